@@ -1,0 +1,95 @@
+"""aflow: an asyncio-native workflow runtime.
+
+Tasks are coroutine functions; the canvas (``chain``, ``group``, ``chord``...)
+composes them into a graph that one scheduler runs on your own event loop::
+
+    import aflow
+
+    @aflow.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    await (add.s(2, 2) | add.s(4))          # 8
+"""
+
+from __future__ import annotations
+
+from ._canvas import Canvas as Canvas
+from ._canvas import Chain as Chain
+from ._canvas import Chord as Chord
+from ._canvas import Group as Group
+from ._canvas import Signature as Signature
+from ._canvas import chain as chain
+from ._canvas import chord as chord
+from ._canvas import group as group
+from ._canvas import signature as signature
+from ._events import Event as Event
+from ._exceptions import AflowError as AflowError
+from ._exceptions import AflowInternalError as AflowInternalError
+from ._exceptions import CycleError as CycleError
+from ._exceptions import DefinitionError as DefinitionError
+from ._exceptions import DuplicateTaskError as DuplicateTaskError
+from ._exceptions import RunCancelled as RunCancelled
+from ._exceptions import RunError as RunError
+from ._exceptions import RunNotFinished as RunNotFinished
+from ._exceptions import SignatureError as SignatureError
+from ._graph import Graph as Graph
+from ._graph import Node as Node
+from ._graph import NodeKind as NodeKind
+from ._graph import compile as compile
+from ._runtime._api import Run as Run
+from ._runtime._api import Runtime as Runtime
+from ._runtime._api import run as run
+from ._runtime._api import run_sync as run_sync
+from ._runtime._states import NodeState as NodeState
+from ._runtime._states import RunStatistics as RunStatistics
+from ._runtime._states import RunStatus as RunStatus
+from ._runtime._states import StepInfo as StepInfo
+from ._task import FunctionTask as FunctionTask
+from ._task import task as task
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AflowError",
+    "AflowInternalError",
+    "Canvas",
+    "Chain",
+    "Chord",
+    "CycleError",
+    "DefinitionError",
+    "DuplicateTaskError",
+    "Event",
+    "FunctionTask",
+    "Graph",
+    "Node",
+    "NodeKind",
+    "NodeState",
+    "Run",
+    "RunCancelled",
+    "RunError",
+    "RunNotFinished",
+    "RunStatistics",
+    "RunStatus",
+    "Runtime",
+    "Signature",
+    "SignatureError",
+    "StepInfo",
+    "chain",
+    "chord",
+    "compile",
+    "group",
+    "run",
+    "run_sync",
+    "signature",
+    "task",
+]
+
+for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("aflow."):
+        try:
+            _obj.__module__ = "aflow"
+        except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
+            pass
+del _name, _obj

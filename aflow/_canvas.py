@@ -1,0 +1,624 @@
+"""The canvas: signatures, chains, groups and chords (Celery's semantics, kept on purpose).
+
+Every canvas object is an immutable value: ``.set()``, ``.clone()``, ``.link()``
+and ``|`` return new objects. Every one is awaitable the same way
+(``await sig``), and compiles to the one graph IR.
+
+The rules of data flow (Celery's):
+
+* In a chain, a parent's result is *prepended* to the next signature's
+  partial arguments (``sub.s(10)`` after ``30`` calls ``sub(30, 10)``).
+* An immutable signature (``.si()``) ignores the parent's result.
+* A group passes the incoming value to every member; its value is the list of
+  its members' values in declaration order, nested groups flattened.
+* A group chained into anything becomes a chord: the next step receives the
+  header's list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
+
+from ._exceptions import SignatureError
+from ._graph import INPUT_ERROR, Graph, GraphBuilder, NodeKind
+from ._task import FunctionTask, check_options, resolve_options
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = ["Canvas", "Chain", "Chord", "Group", "Signature", "chain", "chord", "group", "signature"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+_MODES = {"call": NodeKind.TASK, "map": NodeKind.MAP, "starmap": NodeKind.STARMAP}
+
+
+class _Compiler:
+    """Walks a canvas tree once, emitting nodes; linear in the number of nodes."""
+
+    __slots__ = ("builder",)
+
+    def __init__(self) -> None:
+        self.builder = GraphBuilder()
+
+    def materialize(self, out: tuple[tuple[int, ...], bool]) -> int:
+        """One node holding an element's value: the node itself, or a join for a group."""
+        outputs, is_group = out
+        if not is_group:
+            return outputs[0]
+        return self.builder.add(NodeKind.JOIN, None, parents=outputs, name="join")
+
+
+class Canvas(Generic[R]):
+    """The base of every canvas object: options, callbacks, ``|``, ``await``."""
+
+    __slots__ = ("_errbacks", "_links", "_options")
+
+    _options: Mapping[str, Any]
+    _links: tuple[Canvas[Any], ...]
+    _errbacks: tuple[Canvas[Any], ...]
+
+    def _init_canvas(
+        self,
+        options: Mapping[str, Any] | None,
+        links: tuple[Canvas[Any], ...] = (),
+        errbacks: tuple[Canvas[Any], ...] = (),
+    ) -> None:
+        self._options = check_options(self._owner(), options) if options else {}
+        self._links = links
+        self._errbacks = errbacks
+
+    def _owner(self) -> str:
+        return type(self).__name__.lower()
+
+    def _copy(self, **changes: Any) -> Self:
+        new = object.__new__(type(self))
+        for cls in type(self).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                if hasattr(self, slot):
+                    object.__setattr__(new, slot, changes.get(slot, getattr(self, slot)))
+        return new
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The options set on this object (``name``, ``retries``, ``timeout``, ``limit``)."""
+        return dict(self._options)
+
+    def set(self, **options: Any) -> Self:
+        """A copy with options merged in (the new ones win)."""
+        merged = {**self._options, **check_options(self._owner(), options)}
+        return self._copy(_options=merged)
+
+    def link(self, callback: Canvas[Any]) -> Self:
+        """A copy that calls ``callback`` with this object's result once it succeeds.
+
+        Unlike Celery, a link on a group receives the group's whole list of results.
+        """
+        return self._copy(_links=(*self._links, _as_canvas(callback, "link")))
+
+    def link_error(self, errback: Canvas[Any]) -> Self:
+        """A copy that calls ``errback`` with the exception if any task inside it fails.
+
+        The errback runs once per failure of this object, after the run has
+        stopped its other tasks; the run still raises the original exception.
+        """
+        return self._copy(_errbacks=(*self._errbacks, _as_canvas(errback, "link_error")))
+
+    def on_error(self, errback: Canvas[Any]) -> Self:
+        """Alias of :meth:`link_error` (Celery's name on chords)."""
+        return self.link_error(errback)
+
+    def clone(
+        self, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Self:
+        """A copy with partial arguments applied and options merged (new ones win)."""
+        new = self._with_partial(tuple(args), dict(kwargs or {}))
+        return new.set(**options) if options else new
+
+    def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def __or__(self, other: Canvas[T]) -> Canvas[T]:
+        other = _as_canvas(other, "|")
+        return Chain._join(self, other)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        from ._runtime._api import run
+
+        return run(self).__await__()
+
+    def __aflow_graph__(self) -> Graph:
+        compiler = _Compiler()
+        out = self._compile(compiler, -1, {})
+        output = compiler.materialize(out)
+        return compiler.builder.build(output, name=self._options.get("name"))
+
+    # --- compilation -----------------------------------------------------------------------
+
+    def _compile(
+        self, c: _Compiler, pred: int, inherited: Mapping[str, Any]
+    ) -> tuple[tuple[int, ...], bool]:
+        start = len(c.builder.nodes)
+        inner = {**inherited, **self._options} if self._options else inherited
+        inner_without_name = {k: v for k, v in inner.items() if k != "name"}
+        out = self._compile_body(c, pred, inherited, inner_without_name)
+        if self._links or self._errbacks:
+            end = len(c.builder.nodes)
+            value = c.materialize(out)
+            for cb in self._links:
+                cb._compile(c, value, inherited)
+            for eb in self._errbacks:
+                eb._compile_errback(c, (start, end), inherited)
+            if out[1]:  # a group with links still yields its flattened members
+                return out
+            return ((value,), False)
+        return out
+
+    def _compile_body(
+        self,
+        c: _Compiler,
+        pred: int,
+        inherited: Mapping[str, Any],
+        inner: Mapping[str, Any],
+    ) -> tuple[tuple[int, ...], bool]:
+        raise NotImplementedError
+
+    def _compile_errback(
+        self, c: _Compiler, scope: tuple[int, int], inherited: Mapping[str, Any]
+    ) -> None:
+        raise SignatureError(
+            self._owner(), "an error callback must be a task signature, e.g. log_error.s()"
+        )
+
+
+def _as_canvas(obj: object, where: str) -> Canvas[Any]:
+    if isinstance(obj, Canvas):
+        return obj
+    if isinstance(obj, FunctionTask):
+        return Signature(obj, (), {})
+    raise TypeError(f"{where}: expected a signature, chain, group or chord, got {obj!r}")
+
+
+@final
+class Signature(Canvas[R]):
+    """One task call with (possibly partial) arguments and options.
+
+    Build with ``task.s(...)``, ``task.si(...)``, ``task.signature(...)`` or
+    :func:`aflow.signature`. Awaiting it runs it: ``await add.s(2, 2)`` is 4.
+    """
+
+    __slots__ = ("_args", "_immutable", "_kwargs", "_mode", "_task")
+
+    def __init__(
+        self,
+        task: FunctionTask[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        options: Mapping[str, Any] | None = None,
+        mode: str = "call",
+    ) -> None:
+        if not isinstance(task, FunctionTask):
+            raise TypeError(f"a signature needs an @aflow.task, got {task!r}")
+        self._task = task
+        self._args = tuple(args)
+        self._kwargs = dict(kwargs or {})
+        self._immutable = immutable
+        self._mode = mode
+        self._init_canvas(options)
+
+    def _owner(self) -> str:
+        return self._task.name
+
+    @property
+    def task(self) -> FunctionTask[..., R]:
+        """The task this signature calls."""
+        return self._task
+
+    @property
+    def name(self) -> str:
+        """The node name: the ``name`` option, else the task's name."""
+        name: str = self._options.get("name", self._task.name)
+        return name
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The partial positional arguments."""
+        return self._args
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The partial keyword arguments (a copy)."""
+        return dict(self._kwargs)
+
+    @property
+    def immutable(self) -> bool:
+        """True when the signature ignores its parent's result (built with ``.si()``)."""
+        return self._immutable
+
+    def set(self, *, immutable: bool | None = None, **options: Any) -> Signature[R]:
+        """A copy with options merged in (new ones win); ``immutable=`` switches immutability."""
+        new = super().set(**options)
+        if immutable is not None:
+            new._immutable = immutable
+        return new
+
+    def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature[R]:
+        if self._immutable:  # Celery: an immutable signature ignores partial arguments
+            return self._copy()
+        return self._copy(_args=args + self._args, _kwargs={**self._kwargs, **kwargs})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Signature):
+            return NotImplemented
+        return (
+            self._task is other._task
+            and self._args == other._args
+            and self._kwargs == other._kwargs
+            and self._immutable == other._immutable
+            and self._mode == other._mode
+            and self._options == other._options
+            and self._links == other._links
+            and self._errbacks == other._errbacks
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self._args]
+        parts += [f"{k}={v!r}" for k, v in self._kwargs.items()]
+        method = {"call": "si" if self._immutable else "s", "map": "map", "starmap": "starmap"}
+        text = f"{self._task.name}.{method[self._mode]}({', '.join(parts)})"
+        if self._options:
+            text += ".set(" + ", ".join(f"{k}={v!r}" for k, v in self._options.items()) + ")"
+        return text
+
+    def _compile_body(
+        self,
+        c: _Compiler,
+        pred: int,
+        inherited: Mapping[str, Any],
+        inner: Mapping[str, Any],
+    ) -> tuple[tuple[int, ...], bool]:
+        kind = _MODES[self._mode]
+        takes_input = pred != -1 and not self._immutable
+        if kind is not NodeKind.TASK:
+            if takes_input and self._args:
+                raise SignatureError(
+                    self.name,
+                    f"{self._mode} was given items and would also receive its parent's result; "
+                    f"use .{self._mode}() without items to map over the parent's result, "
+                    "or .set(immutable=True) to ignore it",
+                )
+            if not takes_input and not self._args:
+                raise SignatureError(
+                    self.name, f"{self._mode}() without items needs a parent in a chain"
+                )
+        options = {**self._task.options, **inner}
+        return (
+            (
+                c.builder.add(
+                    kind,
+                    self._task,
+                    name=self.name,
+                    args=self._args,
+                    kwargs=self._kwargs,
+                    parents=(pred,) if pred != -1 else (),
+                    input=pred if takes_input else -1,
+                    options=resolve_options(options),
+                ),
+            ),
+            False,
+        )
+
+    def _compile_errback(
+        self, c: _Compiler, scope: tuple[int, int], inherited: Mapping[str, Any]
+    ) -> None:
+        if self._mode != "call" or self._links or self._errbacks:
+            super()._compile_errback(c, scope, inherited)
+        options = {**self._task.options, **inherited, **self._options}
+        options.pop("name", None)
+        c.builder.add(
+            NodeKind.TASK,
+            self._task,
+            name=self.name,
+            args=self._args,
+            kwargs=self._kwargs,
+            options=resolve_options(options),
+            error_scope=scope,
+            input=-1 if self._immutable else INPUT_ERROR,
+        )
+
+
+class _ChainNode:
+    """A persistent list cell: ``a | b | c`` appends in O(1) and flattens once, in O(n)."""
+
+    __slots__ = ("items", "prev")
+
+    def __init__(self, prev: _ChainNode | None, items: tuple[Canvas[Any], ...]) -> None:
+        self.prev = prev
+        self.items = items
+
+
+@final
+class Chain(Canvas[R]):
+    """Signatures run one after the other, each receiving its parent's result.
+
+    ``chain(a, b, c)`` is ``a | b | c``; nested chains flatten. Its value is
+    the last step's value. Example::
+
+        await (add.s(2, 2) | add.s(4) | add.s(8))   # 16
+    """
+
+    __slots__ = ("_cell", "_flat")
+
+    def __init__(self, *tasks: Canvas[Any], **options: Any) -> None:
+        items = _flatten_chain(tuple(_as_canvas(t, "chain") for t in tasks))
+        self._cell = _ChainNode(None, items)
+        self._flat: tuple[Canvas[Any], ...] | None = items
+        self._init_canvas(options)
+
+    @classmethod
+    def _join(cls, left: Canvas[Any], right: Canvas[Any]) -> Canvas[Any]:
+        if isinstance(left, Group) and not isinstance(right, Group):
+            return Chord(left, right)
+        if isinstance(left, Chain) and left._is_plain():
+            cell = left._cell
+        else:
+            cell = _ChainNode(None, (left,))
+        items = right.tasks if isinstance(right, Chain) and right._is_plain() else (right,)
+        new = object.__new__(cls)
+        new._cell = _ChainNode(cell, items)
+        new._flat = None
+        new._init_canvas(None)
+        return new
+
+    def _is_plain(self) -> bool:
+        return not (self._options or self._links or self._errbacks)
+
+    @property
+    def tasks(self) -> tuple[Canvas[Any], ...]:
+        """The steps, flattened."""
+        if self._flat is None:
+            parts: list[tuple[Canvas[Any], ...]] = []
+            cell: _ChainNode | None = self._cell
+            while cell is not None:
+                parts.append(cell.items)
+                cell = cell.prev
+            parts.reverse()
+            self._flat = tuple(item for part in parts for item in part)
+        return self._flat
+
+    def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chain[R]:
+        tasks = self.tasks
+        if not tasks:
+            return self._copy()
+        first = tasks[0].clone(args, kwargs)
+        flat = (first, *tasks[1:])
+        return self._copy(_cell=_ChainNode(None, flat), _flat=flat)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chain):
+            return NotImplemented
+        return (self.tasks, self._options, self._links, self._errbacks) == (
+            other.tasks,
+            other._options,
+            other._links,
+            other._errbacks,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        tasks = self.tasks
+        if len(tasks) > 8:
+            return " | ".join(repr(t) for t in tasks[:4]) + f" | ... ({len(tasks)} steps)"
+        return " | ".join(repr(t) for t in tasks) if tasks else "chain()"
+
+    def _compile_body(
+        self,
+        c: _Compiler,
+        pred: int,
+        inherited: Mapping[str, Any],
+        inner: Mapping[str, Any],
+    ) -> tuple[tuple[int, ...], bool]:
+        tasks = self.tasks
+        if not tasks:
+            raise SignatureError("chain", "an empty chain has no value; add at least one step")
+        cur = pred
+        last = len(tasks) - 1
+        out: tuple[tuple[int, ...], bool] = ((), False)
+        for position, step in enumerate(tasks):
+            out = step._compile(c, cur, inner)
+            if position != last:
+                cur = c.materialize(out)
+        # A chain is one value even when it ends in a group: a parent group keeps it nested.
+        return ((c.materialize(out),), False)
+
+
+def _flatten_chain(items: tuple[Canvas[Any], ...]) -> tuple[Canvas[Any], ...]:
+    flat: list[Canvas[Any]] = []
+    for item in items:
+        if isinstance(item, Chain) and item._is_plain():
+            flat.extend(item.tasks)
+        else:
+            flat.append(item)
+    return tuple(flat)
+
+
+@final
+class Group(Canvas[list[Any]]):
+    """Members run concurrently; the value is their list of values, in declaration order.
+
+    Nested groups flatten into the list; a one-member group still yields a
+    list. Chained into another step, a group becomes a :class:`Chord`. Example::
+
+        await group(add.s(i, i) for i in range(10))   # [0, 2, ..., 18]
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self, tasks: Iterable[Canvas[Any]] = (), **options: Any) -> None:
+        self._tasks = tuple(_as_canvas(t, "group") for t in tasks)
+        self._init_canvas(options)
+
+    @property
+    def tasks(self) -> tuple[Canvas[Any], ...]:
+        """The members, in declaration order."""
+        return self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Group:
+        return self._copy(_tasks=tuple(t.clone(args, kwargs) for t in self._tasks))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Group):
+            return NotImplemented
+        return (self._tasks, self._options, self._links, self._errbacks) == (
+            other._tasks,
+            other._options,
+            other._links,
+            other._errbacks,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(t) for t in self._tasks[:4])
+        more = f", ... ({len(self._tasks)} members)" if len(self._tasks) > 4 else ""
+        return f"group([{shown}{more}])"
+
+    def _compile_body(
+        self,
+        c: _Compiler,
+        pred: int,
+        inherited: Mapping[str, Any],
+        inner: Mapping[str, Any],
+    ) -> tuple[tuple[int, ...], bool]:
+        outputs: list[int] = []
+        for member in self._tasks:
+            outs, is_group = member._compile(c, pred, inner)
+            if is_group:
+                outputs.extend(outs)  # nested groups flatten, in declaration order
+            else:
+                outputs.append(outs[0])
+        return (tuple(outputs), True)
+
+
+@final
+class Chord(Canvas[R]):
+    """A header group, then a body called with the header's list of results.
+
+    An empty header calls the body with ``[]``. Example::
+
+        await chord((add.s(i, i) for i in range(100)), tsum.s())   # 9900
+    """
+
+    __slots__ = ("_body", "_header")
+
+    def __init__(self, header: Iterable[Canvas[Any]] | Group, body: Canvas[R], **options: Any):
+        self._header = header if isinstance(header, Group) else Group(header)
+        self._body = _as_canvas(body, "chord body")
+        self._init_canvas(options)
+
+    @property
+    def header(self) -> Group:
+        """The group that runs first."""
+        return self._header
+
+    @property
+    def body(self) -> Canvas[R]:
+        """The step that receives the header's results."""
+        return self._body
+
+    def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chord[R]:
+        return self._copy(_header=self._header.clone(args, kwargs))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chord):
+            return NotImplemented
+        return (self._header, self._body, self._options, self._links, self._errbacks) == (
+            other._header,
+            other._body,
+            other._options,
+            other._links,
+            other._errbacks,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"chord({self._header!r}, {self._body!r})"
+
+    def _compile_body(
+        self,
+        c: _Compiler,
+        pred: int,
+        inherited: Mapping[str, Any],
+        inner: Mapping[str, Any],
+    ) -> tuple[tuple[int, ...], bool]:
+        header = c.materialize(self._header._compile(c, pred, inner))
+        body = self._body._compile(c, header, inner)
+        return ((c.materialize(body),), False)
+
+
+# --- the functional API -------------------------------------------------------------------
+
+
+def _members(tasks: tuple[Any, ...]) -> tuple[Canvas[Any], ...]:
+    if len(tasks) == 1 and not isinstance(tasks[0], Canvas | FunctionTask):
+        return tuple(tasks[0])  # chain([a, b]) / group(generator)
+    return tasks
+
+
+def chain(*tasks: Canvas[Any] | Iterable[Canvas[Any]], **options: Any) -> Chain[Any]:
+    """Run steps one after another, each receiving its parent's result (``a | b | c``)."""
+    return Chain(*_members(tasks), **options)
+
+
+def group(*tasks: Canvas[Any] | Iterable[Canvas[Any]], **options: Any) -> Group:
+    """Run members concurrently; the value is the list of their values, in order."""
+    return Group(_members(tasks), **options)
+
+
+@overload
+def chord(header: Iterable[Canvas[Any]] | Group, body: Canvas[R], **options: Any) -> Chord[R]: ...
+@overload
+def chord(
+    header: Iterable[Canvas[Any]] | Group, body: None = None
+) -> Callable[[Canvas[R]], Chord[R]]: ...
+def chord(
+    header: Iterable[Canvas[Any]] | Group, body: Canvas[Any] | None = None, **options: Any
+) -> Chord[Any] | Callable[[Canvas[Any]], Chord[Any]]:
+    """A header group and a body called with the header's results.
+
+    ``chord(header, body)`` or Celery's ``chord(header)(body)``.
+    """
+    header_group = header if isinstance(header, Group) else Group(header)
+    if body is None:
+        return lambda b: Chord(header_group, b, **options)
+    return Chord(header_group, body, **options)
+
+
+def signature(
+    task: FunctionTask[..., R] | Signature[R],
+    args: Iterable[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    immutable: bool = False,
+    **options: Any,
+) -> Signature[R]:
+    """Build a signature from a task, an args tuple, a kwargs dict and options.
+
+    The loosely typed form, for partial signatures under a type checker::
+
+        aflow.signature(add, (4,))           # add.s(4), its first argument still to come
+    """
+    if isinstance(task, Signature):
+        return task.clone(args, kwargs, **options)
+    return Signature(task, tuple(args), kwargs, immutable=immutable, options=options)

@@ -1,0 +1,124 @@
+"""Run and node events: structlog records and in-process listeners.
+
+structlog is imported here and nowhere else. Node transitions are logged at
+debug level and run transitions at info level, under the logger name
+``aflow``, only when structlog has been configured by the application (a
+library stays quiet by default). When nobody listens and that logger would
+drop the record, the scheduler does no event work at all: it checks one flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, final
+
+import structlog
+
+__all__ = ["Event", "EventListener", "EventSink"]
+
+#: Event names, fixed: tests and dashboards match on them.
+RUN_STARTED = "run_started"
+RUN_SUCCEEDED = "run_succeeded"
+RUN_FAILED = "run_failed"
+RUN_CANCELLED = "run_cancelled"
+TASK_STARTED = "task_started"
+TASK_SUCCEEDED = "task_succeeded"
+TASK_FAILED = "task_failed"
+TASK_RETRIED = "task_retried"
+TASK_CANCELLED = "task_cancelled"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One transition of a run or of one of its nodes.
+
+    ``name`` is one of ``run_started``, ``run_succeeded``, ``run_failed``,
+    ``run_cancelled``, ``task_started``, ``task_succeeded``, ``task_failed``,
+    ``task_retried``, ``task_cancelled``. Run events have ``node=None``.
+    """
+
+    name: str
+    run_id: str
+    node: str | None = None
+    task: str | None = None
+    attempt: int = 0
+    duration_s: float | None = None
+    error: BaseException | None = None
+    timestamp: float = 0.0
+
+
+EventListener = Callable[[Event], None]
+
+
+def _structlog_logger(level: int) -> Any | None:
+    if not structlog.is_configured():
+        return None
+    logger = structlog.get_logger("aflow").bind()
+    is_enabled = getattr(logger, "is_enabled_for", None)
+    if is_enabled is not None and not is_enabled(level):
+        return None
+    return logger
+
+
+@final
+class EventSink:
+    """Fans a run's events out to its listeners and to structlog."""
+
+    __slots__ = ("_listeners", "_node_log", "_run_log", "node_events", "run_id")
+
+    def __init__(self, run_id: str, listeners: Sequence[EventListener]) -> None:
+        self.run_id = run_id
+        self._listeners = list(listeners)
+        self._node_log = _structlog_logger(logging.DEBUG)
+        self._run_log = _structlog_logger(logging.INFO)
+        #: The scheduler's one check on the hot path.
+        self.node_events = bool(self._listeners) or self._node_log is not None
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Subscribe while the run is going (used by ``Run.events()``)."""
+        self._listeners.append(listener)
+        self.node_events = True
+
+    def remove_listener(self, listener: EventListener) -> None:
+        """Unsubscribe; node events stop costing anything once nobody listens."""
+        self._listeners.remove(listener)
+        self.node_events = bool(self._listeners) or self._node_log is not None
+
+    def emit(
+        self,
+        name: str,
+        node: str | None = None,
+        task: str | None = None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Send one event to every listener and, if enabled, to structlog."""
+        event = Event(name, self.run_id, node, task, attempt, duration_s, error, time.time())
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception as exc:  # a broken listener must not break the run
+                logging.getLogger("aflow").exception(
+                    "event listener %r failed on %s", listener, name, exc_info=exc
+                )
+        log = self._node_log if node is not None else self._run_log
+        if log is None:
+            return
+        fields: dict[str, Any] = {"run_id": self.run_id}
+        if node is not None:
+            fields.update(node=node, task=task, attempt=attempt)
+        if duration_s is not None:
+            fields["duration_s"] = round(duration_s, 6)
+        if error is not None:
+            fields["error"] = f"{type(error).__name__}: {error}"
+        if node is not None:
+            log.debug(name, **fields)
+        elif name in (RUN_FAILED, RUN_CANCELLED):
+            log.warning(name, **fields)
+        else:
+            log.info(name, **fields)

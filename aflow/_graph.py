@@ -1,0 +1,361 @@
+"""The graph IR: the one immutable form every workflow compiles to.
+
+Builders (the canvas today; flows and typed operators later) only produce
+nodes and edges through :class:`GraphBuilder`; the scheduler only reads a
+:class:`Graph`. A node never learns which builder made it.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, final
+
+from ._exceptions import AflowInternalError, CycleError, DuplicateTaskError, SignatureError
+from ._task import DEFAULT_OPTIONS, NodeOptions
+
+if TYPE_CHECKING:
+    from ._task import FunctionTask
+
+__all__ = ["INPUT_ERROR", "Graph", "GraphBuilder", "Node", "NodeKind", "compile"]
+
+#: ``Node.input`` of an error callback that receives the exception first.
+INPUT_ERROR = -2
+
+
+class NodeKind(enum.Enum):
+    """What a node does when it runs."""
+
+    #: Call the task once: ``fn(parent_result?, *args, **kwargs)``.
+    TASK = "task"
+    #: Call the task on each item in turn and collect a list.
+    MAP = "map"
+    #: Like MAP, unpacking each item as positional arguments.
+    STARMAP = "starmap"
+    #: No task: the list of its parents' results, in order (a group's value).
+    JOIN = "join"
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class Node:
+    """One task invocation in a graph.
+
+    ``parents`` must all finish before the node starts. ``input`` is the
+    parent whose result is prepended to ``args`` (``-1``: none, as for an
+    immutable signature). A node with ``error_scope`` set is an error
+    callback: it runs only when a node with an index in that half-open range
+    fails, and receives the exception as its first argument when ``input``
+    is ``INPUT_ERROR``.
+    """
+
+    index: int
+    key: str
+    kind: NodeKind
+    task: FunctionTask[..., Any] | None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    parents: tuple[int, ...] = ()
+    input: int = -1
+    options: NodeOptions = DEFAULT_OPTIONS
+    error_scope: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        """The task's name (``join`` for a join node)."""
+        return self.task.name if self.task is not None else "join"
+
+    def __repr__(self) -> str:
+        return f"<Node {self.index} {self.key!r} {self.kind.value} parents={list(self.parents)}>"
+
+
+@final
+class Graph:
+    """An immutable, validated workflow graph.
+
+    Get one with :func:`aflow.compile`. ``graph.nodes[i].parents`` and
+    ``graph.children(i)`` give the edges; :meth:`to_dot` and
+    :meth:`to_mermaid` draw it.
+    """
+
+    __slots__ = ("_by_key", "_children", "name", "nodes", "output")
+
+    def __init__(self, nodes: Sequence[Node], output: int, name: str | None = None) -> None:
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.output = output
+        self.name = name
+        self._by_key: dict[str, int] | None = None
+        self._children = self._validate()
+
+    # --- validation ------------------------------------------------------------------------
+
+    def _validate(self) -> tuple[tuple[int, ...], ...]:
+        nodes = self.nodes
+        n = len(nodes)
+        if not 0 <= self.output < n:
+            raise AflowInternalError(f"graph output {self.output} is not a node")
+        children: list[list[int]] = [[] for _ in range(n)]
+        ordered = True
+        for i, node in enumerate(nodes):
+            if node.index != i:
+                raise AflowInternalError(f"node {node.key!r} has index {node.index}, expected {i}")
+            for p in node.parents:
+                if not 0 <= p < n:
+                    raise AflowInternalError(f"node {node.key!r} has an unknown parent {p}")
+                if p >= i:
+                    ordered = False
+                children[p].append(i)
+            if node.input >= 0 and node.input not in node.parents:
+                raise AflowInternalError(f"node {node.key!r} takes input from a non-parent")
+        if not ordered:  # builders that emit in topological order skip this pass
+            self._check_acyclic(children)
+        return tuple(tuple(c) for c in children)
+
+    def _check_acyclic(self, children: list[list[int]]) -> None:
+        remaining = [len(node.parents) for node in self.nodes]
+        stack = [i for i, r in enumerate(remaining) if r == 0]
+        seen = 0
+        while stack:
+            i = stack.pop()
+            seen += 1
+            for c in children[i]:
+                remaining[c] -= 1
+                if remaining[c] == 0:
+                    stack.append(c)
+        if seen == len(self.nodes):
+            return
+        # Walk parents from any node left over until a node repeats: that is a cycle.
+        start = next(i for i, r in enumerate(remaining) if r > 0)
+        path: list[int] = []
+        position: dict[int, int] = {}
+        i = start
+        while i not in position:
+            position[i] = len(path)
+            path.append(i)
+            i = next(p for p in self.nodes[i].parents if remaining[p] > 0)
+        cycle = path[position[i] :]
+        cycle.reverse()  # parent -> child order
+        raise CycleError([self.nodes[j].key for j in cycle])
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __repr__(self) -> str:
+        edges = sum(len(node.parents) for node in self.nodes)
+        label = f" {self.name!r}" if self.name else ""
+        return f"<Graph{label} [{len(self.nodes)} nodes, {edges} edges]>"
+
+    def children(self, index: int) -> tuple[int, ...]:
+        """The nodes that depend on node ``index``."""
+        return self._children[index]
+
+    def node(self, key: str) -> Node:
+        """The node with this key (raises ``KeyError`` naming the known keys when absent)."""
+        if self._by_key is None:
+            self._by_key = {node.key: node.index for node in self.nodes}
+        try:
+            return self.nodes[self._by_key[key]]
+        except KeyError:
+            known = ", ".join(sorted(self._by_key)[:20])
+            raise KeyError(f"no node {key!r} in this graph; known: {known}") from None
+
+    def edges(self) -> Iterator[tuple[int, int]]:
+        """Every ``(parent, child)`` edge, in node order."""
+        for node in self.nodes:
+            for p in node.parents:
+                yield p, node.index
+
+    def topological_order(self) -> list[int]:
+        """Node indices such that every parent comes before its children."""
+        if all(p < node.index for node in self.nodes for p in node.parents):
+            return list(range(len(self.nodes)))
+        remaining = [len(node.parents) for node in self.nodes]
+        order = [i for i, r in enumerate(remaining) if r == 0]
+        for i in order:  # order grows while we walk it
+            for c in self._children[i]:
+                remaining[c] -= 1
+                if remaining[c] == 0:
+                    order.append(c)
+        return order
+
+    # --- drawing ---------------------------------------------------------------------------
+
+    def _label(self, node: Node) -> str:
+        if node.kind is NodeKind.JOIN:
+            return "join"
+        if node.kind is not NodeKind.TASK:
+            return f"{node.key} ({node.kind.value})"
+        return node.key
+
+    def _error_edges(self) -> Iterator[tuple[int, int]]:
+        for node in self.nodes:
+            if node.error_scope is not None:
+                yield node.error_scope[1] - 1, node.index
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT; error callbacks hang off dashed edges."""
+
+        def quote(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = [f"digraph {quote(self.name or 'workflow')} {{", "  rankdir=LR;"]
+        for node in self.nodes:
+            shape = "point" if node.kind is NodeKind.JOIN else "box"
+            lines.append(f"  n{node.index} [label={quote(self._label(node))}, shape={shape}];")
+        for p, c in self.edges():
+            lines.append(f"  n{p} -> n{c};")
+        for p, c in self._error_edges():
+            lines.append(f'  n{p} -> n{c} [style=dashed, color=red, label="on error"];')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart."""
+
+        def quote(text: str) -> str:
+            return '"' + text.replace('"', "#quot;") + '"'
+
+        lines = ["flowchart LR"]
+        for node in self.nodes:
+            if node.kind is NodeKind.JOIN:
+                lines.append(f"  n{node.index}(({quote('join')}))")
+            else:
+                lines.append(f"  n{node.index}[{quote(self._label(node))}]")
+        for p, c in self.edges():
+            lines.append(f"  n{p} --> n{c}")
+        for p, c in self._error_edges():
+            lines.append(f"  n{p} -. on error .-> n{c}")
+        return "\n".join(lines) + "\n"
+
+
+_PLACEHOLDER = object()
+_bind_cache: dict[tuple[Any, ...], object] = {}
+
+
+def _check_call(task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[str, ...]) -> None:
+    """Raise SignatureError if ``task`` cannot be called with this shape of arguments.
+
+    Shapes are cached, so a million calls of one task cost one ``bind``.
+    """
+    cache_key = (task, n_pos, kw)
+    reason = _bind_cache.get(cache_key, _PLACEHOLDER)
+    if reason is _PLACEHOLDER:
+        try:
+            sig = inspect.signature(task.fn)
+        except (TypeError, ValueError):  # builtins without a signature: cannot check
+            reason = None
+        else:
+            try:
+                sig.bind(*([None] * n_pos), **dict.fromkeys(kw))
+                reason = None
+            except TypeError as exc:
+                reason = str(exc)
+        _bind_cache[cache_key] = reason
+    if reason is not None:
+        argument = None
+        if "'" in str(reason):
+            argument = str(reason).split("'")[1]
+        raise SignatureError(key, f"cannot be called with {_shape(n_pos, kw)}: {reason}", argument)
+
+
+def _shape(n_pos: int, kw: tuple[str, ...]) -> str:
+    parts = [f"{n_pos} positional argument{'s' if n_pos != 1 else ''}"]
+    if kw:
+        parts.append("keywords " + ", ".join(kw))
+    return " and ".join(parts)
+
+
+@final
+class GraphBuilder:
+    """Builds a graph node by node, giving each a unique, stable key.
+
+    Keys are the task's name, then ``name#2``, ``name#3``... in build order,
+    so the same workflow always yields the same keys.
+    """
+
+    __slots__ = ("_counts", "_keys", "nodes")
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self._counts: dict[str, int] = {}
+        self._keys: set[str] = set()
+
+    def _key(self, base: str) -> str:
+        count = self._counts.get(base, 0)
+        while True:
+            count += 1
+            key = base if count == 1 else f"{base}#{count}"
+            if key not in self._keys:
+                break
+        self._counts[base] = count
+        self._keys.add(key)
+        return key
+
+    def add(
+        self,
+        kind: NodeKind,
+        task: FunctionTask[..., Any] | None,
+        *,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        parents: tuple[int, ...] = (),
+        input: int = -1,
+        options: NodeOptions = DEFAULT_OPTIONS,
+        error_scope: tuple[int, int] | None = None,
+        key: str | None = None,
+    ) -> int:
+        """Append a node and return its index; checks the call shape against the task."""
+        index = len(self.nodes)
+        if key is not None:
+            if key in self._keys:
+                raise DuplicateTaskError(key)
+            self._keys.add(key)
+        else:
+            key = self._key(name or (task.name if task is not None else "join"))
+        kwargs = kwargs if kwargs is not None else {}
+        if task is not None:
+            extra = 1 if input != -1 else 0
+            if kind is NodeKind.TASK:
+                _check_call(task, key, extra + len(args), tuple(kwargs))
+            elif kind is NodeKind.MAP:
+                _check_call(task, key, 1, ())
+            elif kind is NodeKind.STARMAP and args:
+                for n_pos in {len(item) for item in args[0]}:
+                    _check_call(task, key, n_pos, ())
+        self.nodes.append(
+            Node(index, key, kind, task, args, kwargs, parents, input, options, error_scope)
+        )
+        return index
+
+    def build(self, output: int, name: str | None = None) -> Graph:
+        """Freeze the nodes into a validated :class:`Graph`."""
+        return Graph(self.nodes, output, name)
+
+
+def compile(workflow: object) -> Graph:
+    """Compile any workflow (signature, chain, group, chord, ...) to its :class:`Graph`.
+
+    Validation happens here, before anything runs: an argument a task cannot
+    take raises :class:`~aflow.SignatureError` naming the node, a cycle raises
+    :class:`~aflow.CycleError` naming the nodes on it.
+    """
+    if isinstance(workflow, Graph):
+        return workflow
+    build = getattr(workflow, "__aflow_graph__", None)
+    if build is None:
+        raise TypeError(
+            f"cannot compile {type(workflow).__name__!r}: expected a signature, chain, group, "
+            "chord or another aflow workflow"
+        )
+    graph = build()
+    if not isinstance(graph, Graph):
+        raise AflowInternalError(f"{type(workflow).__name__}.__aflow_graph__ returned {graph!r}")
+    return graph
