@@ -239,7 +239,13 @@ _PLACEHOLDER = object()
 _bind_cache: dict[tuple[Any, ...], object] = {}
 
 
-def _check_call(task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[str, ...]) -> None:
+def _check_call(
+    task: FunctionTask[..., Any],
+    key: str,
+    n_pos: int,
+    kw: tuple[str, ...],
+    prepended: str | None = None,
+) -> None:
     """Raise SignatureError if ``task`` cannot be called with this shape of arguments.
 
     Shapes are cached, so a million calls of one task cost one ``bind``.
@@ -262,7 +268,10 @@ def _check_call(task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[st
         argument = None
         if "'" in str(reason):
             argument = str(reason).split("'")[1]
-        raise SignatureError(key, f"cannot be called with {_shape(n_pos, kw)}: {reason}", argument)
+        hint = f" ({prepended} comes first)" if prepended else ""
+        raise SignatureError(
+            key, f"cannot be called with {_shape(n_pos, kw)}{hint}: {reason}", argument
+        )
 
 
 def _shape(n_pos: int, kw: tuple[str, ...]) -> str:
@@ -324,7 +333,12 @@ class GraphBuilder:
         if task is not None:
             extra = 1 if input != -1 else 0
             if kind is NodeKind.TASK:
-                _check_call(task, key, extra + len(args), tuple(kwargs))
+                prepended = None
+                if input >= 0:
+                    prepended = "its parent's result"
+                elif input == INPUT_ERROR:
+                    prepended = "the exception"
+                _check_call(task, key, extra + len(args), tuple(kwargs), prepended)
             elif kind is NodeKind.MAP:
                 _check_call(task, key, 1, ())
             elif kind is NodeKind.STARMAP and args:
