@@ -359,7 +359,7 @@ class Execution:
             args = (self._errors_for(node), *args)
         kwargs = node.kwargs
         options = node.options
-        emit = self._events.node_events
+        sink = self._events
         self._states[index] = _RUNNING
         self._running += 1
         if self._running > self._peak:
@@ -370,8 +370,8 @@ class Execution:
         call: Any
         try:
             while True:
-                if emit:
-                    self._events.emit(TASK_STARTED, node.key, task.name, attempt)
+                if sink.node_events:
+                    sink.emit(TASK_STARTED, node.key, task.name, attempt)
                 try:
                     if node.kind is _TASK:
                         if task.is_async:
@@ -396,8 +396,8 @@ class Execution:
                             value = await call
                 except Exception as exc:
                     if attempt <= options.retries and not self._stopping:
-                        if emit:
-                            self._events.emit(TASK_RETRIED, node.key, task.name, attempt, error=exc)
+                        if sink.node_events:
+                            sink.emit(TASK_RETRIED, node.key, task.name, attempt, error=exc)
                         attempt += 1
                         continue
                     self._fail(node, exc, attempt)
@@ -407,8 +407,8 @@ class Execution:
             self._states[index] = _CANCELLED
             self._finished[index] = _perf_counter()
             self._errors[index] = exc
-            if emit:
-                self._events.emit(TASK_CANCELLED, node.key, task.name, attempt)
+            if sink.node_events:
+                sink.emit(TASK_CANCELLED, node.key, task.name, attempt)
             raise
         finally:
             self._running -= 1
@@ -416,8 +416,8 @@ class Execution:
                 self._attempts[index] = attempt
             if limits:
                 release(limits, self)
-        if emit:
-            self._events.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
+        if sink.node_events:
+            sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
         self._succeed(index, value)
 
     def _succeed(self, index: int, value: Any) -> None:

@@ -1,0 +1,189 @@
+"""Runtime, Run handles and the entry points (run, run_sync)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import aflow
+
+from .helpers import Gate
+
+
+class Boom(Exception):
+    pass
+
+
+@aflow.task
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+class TestRun:
+    async def test_submit_returns_at_once_and_run_outlives_the_submitter(self) -> None:
+        gate = Gate()
+
+        @aflow.task
+        async def slow() -> str:
+            await gate.wait()
+            return "done"
+
+        async with aflow.Runtime() as rt:
+
+            async def handler() -> aflow.Run[str]:  # a web request that returns early
+                return await rt.submit(slow.s())
+
+            run = await handler()
+            await anyio.wait_all_tasks_blocked()
+            assert run.status is aflow.RunStatus.RUNNING
+            assert run in rt.runs()
+            assert rt.get(run.id) is run
+            with pytest.raises(aflow.RunNotFinished):
+                run.result_nowait()
+            gate.open()
+            assert await run.result() == "done"
+        assert run.status is aflow.RunStatus.SUCCEEDED
+        assert run.result_nowait() == "done"
+        assert rt.runs() == []
+
+    async def test_step_statistics_and_repr(self) -> None:
+        gate = Gate()
+
+        @aflow.task
+        async def slow(x: int) -> int:
+            await gate.wait()
+            return x
+
+        async with aflow.Runtime(max_concurrency=4, limits={"db": 2}) as rt:
+            run = await rt.submit(add.s(1, 1) | aflow.group(slow.s(), slow.s(), add.s(1)))
+            await anyio.wait_all_tasks_blocked()
+            assert repr(run) == (
+                f"<Run {run.id[:8]} RUNNING [2 done, 2 running, 0 waiting"
+                " | max_concurrency 2/4, db 0/2]>"
+            )
+            stats = run.statistics()
+            assert (stats.total, stats.succeeded, stats.running) == (4, 2, 2)
+            gate.open()
+            assert await run.result() == [2, 2, 3]
+        step = run.step("add")
+        assert step.state is aflow.NodeState.SUCCEEDED
+        assert step.result == 2
+        assert step.attempts == 1
+        assert step.started_at is not None
+        assert step.finished_at is not None
+        assert step.started_at <= step.finished_at
+        assert step.duration_s is not None
+        assert run.results() == {"add": 2, "slow": 2, "slow#2": 2, "add#2": 3}
+        assert [s.key for s in run.steps()] == ["add", "slow", "slow#2", "add#2"]
+        assert run.statistics().peak_running == 3  # both slow ones and add#2
+        with pytest.raises(KeyError, match="no node 'nope'"):
+            run.step("nope")
+
+    async def test_failed_run_stores_the_error_without_crashing_the_runtime(self) -> None:
+        @aflow.task
+        async def broken() -> None:
+            raise Boom
+
+        async with aflow.Runtime() as rt:
+            bad = await rt.submit(broken.s())
+            good = await rt.submit(add.s(1, 2))
+            assert await bad.wait() is aflow.RunStatus.FAILED
+            assert await good.result() == 3
+            with pytest.raises(Boom):
+                await bad.result()
+
+    async def test_cancel_a_run(self) -> None:
+        @aflow.task
+        async def forever() -> None:
+            await anyio.sleep_forever()
+
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(forever.s())
+            await anyio.wait_all_tasks_blocked()
+            await run.cancel()
+            assert run.status is aflow.RunStatus.CANCELLED
+            assert run.step("forever").state is aflow.NodeState.CANCELLED
+            with pytest.raises(aflow.RunCancelled):
+                await run.result()
+
+    async def test_revoke_is_cancel(self) -> None:
+        @aflow.task
+        async def forever() -> None:
+            await anyio.sleep_forever()
+
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(aflow.group(forever.s(), forever.s()))
+            await anyio.wait_all_tasks_blocked()
+            assert run.waiting()
+            await run.revoke()
+            assert run.ready()
+            assert not run.successful()
+
+    async def test_shutdown_timeout_cancels_what_is_left(self) -> None:
+        @aflow.task
+        async def forever() -> None:
+            await anyio.sleep_forever()
+
+        async with aflow.Runtime(shutdown_timeout=0.01) as rt:
+            run = await rt.submit(forever.s())
+        assert run.status is aflow.RunStatus.CANCELLED
+
+    async def test_runtime_exits_waiting_for_runs_by_default(self) -> None:
+        gate = Gate()
+
+        @aflow.task
+        async def slow() -> int:
+            await gate.wait()
+            return 7
+
+        async def open_later() -> None:
+            await anyio.wait_all_tasks_blocked()
+            gate.open()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(open_later)
+            async with aflow.Runtime() as rt:
+                run = await rt.submit(slow.s())
+        assert run.result_nowait() == 7
+
+    async def test_submit_validates_before_returning(self) -> None:
+        async with aflow.Runtime() as rt:
+            with pytest.raises(aflow.SignatureError):
+                await rt.submit(add.s(1, 2, 3))
+            assert rt.runs() == []
+
+    async def test_submit_outside_the_context_is_an_error(self) -> None:
+        with pytest.raises(RuntimeError, match="async with"):
+            await aflow.Runtime().submit(add.s(1, 1))
+
+    async def test_events_async_iterator(self) -> None:
+        gate = Gate()
+
+        @aflow.task
+        async def slow() -> int:
+            await gate.wait()
+            return 1
+
+        seen: list[str] = []
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(slow.s() | add.s(1))
+
+            async def consume() -> None:
+                async for event in run.events():
+                    seen.append(event.name)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await anyio.wait_all_tasks_blocked()
+                gate.open()
+        # Subscribed while the run was under way: it sees the rest, up to the end.
+        assert seen[-4:] == ["task_succeeded", "task_started", "task_succeeded", "run_succeeded"]
+
+    async def test_rt_run_returns_the_value(self) -> None:
+        async with aflow.Runtime() as rt:
+            assert await rt.run(add.s(20, 22)) == 42
+
+
+def test_run_sync_from_a_script() -> None:
+    assert aflow.run_sync(add.s(2, 3) | add.s(5)) == 10
+    assert aflow.run_sync(add.s(1, 1), use_uvloop=False) == 2
