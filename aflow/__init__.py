@@ -62,6 +62,7 @@ __all__ = [
     "Event",
     "FunctionTask",
     "Graph",
+    "Group",
     "Node",
     "NodeKind",
     "NodeState",

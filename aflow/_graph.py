@@ -82,12 +82,20 @@ class Graph:
 
     __slots__ = ("_by_key", "_children", "name", "nodes", "output")
 
-    def __init__(self, nodes: Sequence[Node], output: int, name: str | None = None) -> None:
+    def __init__(
+        self, nodes: Sequence[Node], output: int, name: str | None = None, *, _unique: bool = False
+    ) -> None:
         self.nodes: tuple[Node, ...] = tuple(nodes)
         self.output = output
         self.name = name
         self._by_key: dict[str, int] | None = None
         self._children = self._validate()
+        if not _unique:  # GraphBuilder guarantees unique keys; hand-made graphs are checked
+            by_key: dict[str, int] = {}
+            for node in self.nodes:
+                if by_key.setdefault(node.key, node.index) != node.index:
+                    raise DuplicateTaskError(node.key)
+            self._by_key = by_key
 
     # --- validation ------------------------------------------------------------------------
 
@@ -351,7 +359,7 @@ class GraphBuilder:
 
     def build(self, output: int, name: str | None = None) -> Graph:
         """Freeze the nodes into a validated :class:`Graph`."""
-        return Graph(self.nodes, output, name)
+        return Graph(self.nodes, output, name, _unique=True)
 
 
 def compile(workflow: object) -> Graph:

@@ -182,19 +182,39 @@ def main() -> None:
         f"aflow {aflow.__version__}, median of {args.repeat}"
     )
     print(header)
-    print(f"{'loop':8} {'workload':26} {'nodes':>6} {'raw µs/node':>12} {'aflow µs/node':>14} {'ratio':>6}")
+    print(
+        f"{'loop':8} {'workload':26} {'nodes':>6} {'raw µs/node':>12} "
+        f"{'aflow µs/node':>14} {'ratio':>6}"
+    )
     for loop_name, factory in loops().items():
         for name, nodes, raw, flow in workloads:
             raw_s = measure(factory, raw, args.repeat)
             flow_s = measure(factory, flow, args.repeat)
-            row = (loop_name, name, nodes, raw_s / nodes * 1e6, flow_s / nodes * 1e6, flow_s / raw_s)
+            row = (
+                loop_name,
+                name,
+                nodes,
+                raw_s / nodes * 1e6,
+                flow_s / nodes * 1e6,
+                flow_s / raw_s,
+            )
             rows.append(row)
-            print(f"{row[0]:8} {row[1]:26} {row[2]:>6} {row[3]:>12.2f} {row[4]:>14.2f} {row[5]:>6.2f}")
+            print(
+                f"{row[0]:8} {row[1]:26} {row[2]:>6} {row[3]:>12.2f} {row[4]:>14.2f} {row[5]:>6.2f}"
+            )
         n, limit = 1000 // scale, 100 // scale
         ideal = n / limit * 0.01
-        raw_s = measure(factory, lambda: sleep_raw_limited(n, limit), max(3, args.repeat // 2))
-        flow_s = measure(factory, lambda: sleep_aflow(n, limit), max(3, args.repeat // 2))
-        row = (loop_name, f"{n} sleeps, limit {limit}", n, ideal / raw_s, ideal / flow_s, raw_s / flow_s)
+        reps = max(3, args.repeat // 2)
+        raw_s = measure(factory, lambda n=n, limit=limit: sleep_raw_limited(n, limit), reps)
+        flow_s = measure(factory, lambda n=n, limit=limit: sleep_aflow(n, limit), reps)
+        row = (
+            loop_name,
+            f"{n} sleeps, limit {limit}",
+            n,
+            ideal / raw_s,
+            ideal / flow_s,
+            raw_s / flow_s,
+        )
         rows.append(row)
         print(
             f"{row[0]:8} {row[1]:26} {row[2]:>6} {'eff ' + format(row[3], '.2f'):>12} "

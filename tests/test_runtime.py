@@ -45,6 +45,9 @@ class TestRun:
         assert run.status is aflow.RunStatus.SUCCEEDED
         assert run.result_nowait() == "done"
         assert rt.runs() == []
+        assert rt.get(run.id) is run  # finished runs stay reachable for a while
+        with pytest.raises(KeyError, match="no run 'nope'"):
+            rt.get("nope")
 
     async def test_step_statistics_and_repr(self) -> None:
         gate = Gate()

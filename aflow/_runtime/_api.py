@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 import anyio
 import anyio.abc
@@ -33,14 +34,32 @@ def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
     return {name: Limit(name, total) for name, total in (limits or {}).items()}
 
 
+@overload
 async def run(
-    workflow: Canvas[R] | Graph | Any,
+    workflow: Canvas[R],
     *,
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
-) -> R:
+) -> R: ...
+@overload
+async def run(
+    workflow: Graph | object,
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+) -> Any: ...
+async def run(
+    workflow: object,
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+) -> Any:
     """Run a workflow in the calling task and return its value.
 
     Independent branches run concurrently, at most ``max_concurrency`` task
@@ -63,18 +82,35 @@ async def run(
         limits=_make_limits(limits),
         listeners=(on_event,) if on_event is not None else (),
     )
-    value: R = await execution.execute()
-    return value
+    return await execution.execute()
 
 
+@overload
 def run_sync(
-    workflow: Canvas[R] | Graph | Any,
+    workflow: Canvas[R],
     *,
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     use_uvloop: bool | None = None,
-) -> R:
+) -> R: ...
+@overload
+def run_sync(
+    workflow: Graph | object,
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    use_uvloop: bool | None = None,
+) -> Any: ...
+def run_sync(
+    workflow: object,
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    use_uvloop: bool | None = None,
+) -> Any:
     """Run a workflow from synchronous code (a script) on a new event loop.
 
     Uses uvloop when it is installed unless ``use_uvloop=False``.
@@ -89,8 +125,7 @@ def run_sync(
     call = functools.partial(
         run, workflow, max_concurrency=max_concurrency, limits=limits, on_event=on_event
     )
-    result: R = anyio.run(call, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
-    return result
+    return anyio.run(call, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
 
 @final
@@ -280,6 +315,7 @@ class Runtime:
             await run.result()
 
     ``max_concurrency`` and ``limits`` are shared by every run of the runtime.
+    The last ``keep_finished`` finished runs stay reachable through :meth:`get`.
     On exit the runtime waits for its runs (up to ``shutdown_timeout`` seconds,
     if given, then cancels what is left); leaving because of an exception
     cancels them at once.
@@ -287,6 +323,8 @@ class Runtime:
 
     __slots__ = (
         "_global",
+        "_history",
+        "_keep",
         "_limits",
         "_max_concurrency",
         "_runs",
@@ -303,8 +341,11 @@ class Runtime:
         limits: Mapping[str, int] | None = None,
         threads: int = DEFAULT_THREADS,
         shutdown_timeout: float | None = None,
+        keep_finished: int = 1000,
     ) -> None:
         self._max_concurrency = max_concurrency
+        self._keep = keep_finished
+        self._history: OrderedDict[str, Run[Any]] = OrderedDict()
         self._limits = _make_limits(limits)
         self._global = (
             (Limit("max_concurrency", max_concurrency),) if max_concurrency is not None else ()
@@ -348,13 +389,29 @@ class Runtime:
             handled = await tg.__aexit__(exc_type, exc, tb)
         return handled
 
+    @overload
     async def submit(
         self,
-        workflow: Canvas[R] | Graph | Any,
+        workflow: Canvas[R],
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
-    ) -> Run[R]:
+    ) -> Run[R]: ...
+    @overload
+    async def submit(
+        self,
+        workflow: Graph | object,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+    ) -> Run[Any]: ...
+    async def submit(
+        self,
+        workflow: object,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+    ) -> Run[Any]:
         """Start a run in the runtime and return its handle at once.
 
         The workflow is compiled and validated here, so a malformed workflow
@@ -362,7 +419,7 @@ class Runtime:
         """
         if self._tg is None:
             raise RuntimeError("submit() needs an entered Runtime: use 'async with Runtime()'")
-        if run_id is not None and run_id in self._runs:
+        if run_id is not None and (run_id in self._runs or run_id in self._history):
             raise ValueError(f"a run with id {run_id!r} is already active in this runtime")
         execution = Execution(
             compile(workflow),
@@ -372,7 +429,7 @@ class Runtime:
             thread_limiter=self._thread_limiter,
             listeners=(on_event,) if on_event is not None else (),
         )
-        handle: Run[R] = Run(execution)
+        handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle
         self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
         return handle
@@ -382,17 +439,27 @@ class Runtime:
             await handle._drive()
         finally:
             self._runs.pop(handle.id, None)
+            if self._keep > 0:
+                self._history[handle.id] = handle
+                while len(self._history) > self._keep:
+                    self._history.popitem(last=False)
 
-    async def run(self, workflow: Canvas[R] | Graph | Any) -> R:
+    @overload
+    async def run(self, workflow: Canvas[R]) -> R: ...
+    @overload
+    async def run(self, workflow: Graph | object) -> Any: ...
+    async def run(self, workflow: object) -> Any:
         """Submit a workflow and wait for its value."""
-        handle: Run[R] = await self.submit(workflow)
-        value: R = await handle.result()
-        return value
+        handle = await self.submit(workflow)
+        return await handle.result()
 
     def runs(self) -> list[Run[Any]]:
         """The runs that have not finished yet."""
         return list(self._runs.values())
 
     def get(self, run_id: str) -> Run[Any]:
-        """An active run by id (``KeyError`` if it is unknown or finished)."""
-        return self._runs[run_id]
+        """A run by id: an active one, or one of the last ``keep_finished`` finished ones."""
+        found = self._runs.get(run_id) or self._history.get(run_id)
+        if found is None:
+            raise KeyError(f"no run {run_id!r} in this runtime (active or recently finished)")
+        return found

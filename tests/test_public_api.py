@@ -1,0 +1,40 @@
+"""The public surface stays small, sorted, documented and free of private leaks."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import aflow
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert list(aflow.__all__) == sorted(aflow.__all__)
+    public = {n for n in vars(aflow) if not n.startswith("_")} - {"testing", "annotations"}
+    assert public == set(aflow.__all__)
+    assert len(aflow.__all__) <= 40
+
+
+def test_exports_present_as_aflow() -> None:
+    for name in aflow.__all__:
+        obj = getattr(aflow, name)
+        if isinstance(obj, type) or callable(obj):
+            assert obj.__module__ == "aflow", name
+
+
+def test_every_export_has_a_docstring() -> None:
+    for name in aflow.__all__:
+        assert (getattr(aflow, name).__doc__ or "").strip(), name
+
+
+def test_readme_and_examples_use_no_private_names() -> None:
+    pattern = re.compile(r"\baflow\._\w+|from aflow\._\w+")
+    files = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.py"))]
+    for path in files:
+        assert not pattern.search(path.read_text()), path
+
+
+def test_py_typed_ships() -> None:
+    assert (ROOT / "aflow" / "py.typed").exists()
