@@ -141,9 +141,11 @@ class Canvas(Generic[R]):
         self, c: _Compiler, pred: int, inherited: Mapping[str, Any]
     ) -> tuple[tuple[int, ...], bool]:
         start = len(c.builder.nodes)
-        inner = {**inherited, **self._options} if self._options else inherited
-        inner_without_name = {k: v for k, v in inner.items() if k != "name"}
-        out = self._compile_body(c, pred, inherited, inner_without_name)
+        inner = inherited
+        if self._options:
+            inner = {**inherited, **self._options}
+            inner.pop("name", None)  # a name labels this object only; it is not inherited
+        out = self._compile_body(c, pred, inherited, inner)
         if self._links or self._errbacks:
             end = len(c.builder.nodes)
             value = c.materialize(out)
@@ -209,6 +211,26 @@ class Signature(Canvas[R]):
         self._immutable = immutable
         self._mode = mode
         self._init_canvas(options)
+
+    @classmethod
+    def _new(
+        cls,
+        task: FunctionTask[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        immutable: bool,
+    ) -> Signature[Any]:
+        """The fast path behind ``task.s()`` / ``task.si()``: nothing to check."""
+        sig = object.__new__(cls)
+        sig._task = task
+        sig._args = args
+        sig._kwargs = kwargs
+        sig._immutable = immutable
+        sig._mode = "call"
+        sig._options = {}
+        sig._links = ()
+        sig._errbacks = ()
+        return sig
 
     def _owner(self) -> str:
         return self._task.name
@@ -297,7 +319,9 @@ class Signature(Canvas[R]):
                 raise SignatureError(
                     self.name, f"{self._mode}() without items needs a parent in a chain"
                 )
-        options = {**self._task.options, **inner}
+        node_options = (
+            resolve_options({**self._task.options, **inner}) if inner else self._task.node_options
+        )
         return (
             (
                 c.builder.add(
@@ -308,7 +332,7 @@ class Signature(Canvas[R]):
                     kwargs=self._kwargs,
                     parents=(pred,) if pred != -1 else (),
                     input=pred if takes_input else -1,
-                    options=resolve_options(options),
+                    options=node_options,
                 ),
             ),
             False,

@@ -107,6 +107,10 @@ class FunctionTask(Generic[P, R]):
             getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ also counts
         )
         self.options: dict[str, Any] = checked
+        #: The node options when nothing overrides the decorator's (the common case).
+        self.node_options = resolve_options(checked)
+        #: Call shapes already checked against the function (see aflow._graph).
+        self.checked_shapes: dict[tuple[int, tuple[str, ...]], str | None] = {}
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -130,15 +134,11 @@ class FunctionTask(Generic[P, R]):
         checker ``.s()`` checks the full argument list; for a partial signature
         use :meth:`signature` (``add.signature((4,))``).
         """
-        from ._canvas import Signature
-
-        return Signature(self, args, kwargs)
+        return _canvas.Signature._new(self, args, kwargs, False)
 
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """An immutable signature: it ignores the parent's result."""
-        from ._canvas import Signature
-
-        return Signature(self, args, kwargs, immutable=True)
+        return _canvas.Signature._new(self, args, kwargs, True)
 
     def signature(
         self,
@@ -149,9 +149,7 @@ class FunctionTask(Generic[P, R]):
         **options: Any,
     ) -> Signature[R]:
         """A signature built from an args tuple, a kwargs dict and options (Celery's form)."""
-        from ._canvas import Signature
-
-        return Signature(
+        return _canvas.Signature(
             self, tuple(args), dict(kwargs or {}), immutable=immutable, options=options
         )
 
@@ -160,15 +158,11 @@ class FunctionTask(Generic[P, R]):
 
         Without ``items``, the parent's result in a chain is the iterable.
         """
-        from ._canvas import Signature
-
-        return Signature(self, () if items is None else (list(items),), {}, mode="map")
+        return _canvas.Signature(self, () if items is None else (list(items),), {}, mode="map")
 
     def starmap(self, items: Iterable[Iterable[Any]] | None = None) -> Signature[list[R]]:
         """Like :meth:`map`, but each item is unpacked as positional arguments."""
-        from ._canvas import Signature
-
-        return Signature(
+        return _canvas.Signature(
             self, () if items is None else ([tuple(x) for x in items],), {}, mode="starmap"
         )
 
@@ -177,12 +171,10 @@ class FunctionTask(Generic[P, R]):
 
         The result is a list with one list of results per part.
         """
-        from ._canvas import Group
-
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise SignatureError(self.name, f"chunk size must be an int >= 1, got {n!r}", "n")
         pairs = [tuple(x) for x in items]
-        return Group([self.starmap(pairs[i : i + n]) for i in range(0, len(pairs), n)])
+        return _canvas.Group([self.starmap(pairs[i : i + n]) for i in range(0, len(pairs), n)])
 
 
 class _TaskDecorator(Protocol):
@@ -243,3 +235,7 @@ def task(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+# The canvas builds on this module; imported as a module, last, so the cycle resolves.
+from . import _canvas  # noqa: E402

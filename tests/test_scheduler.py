@@ -158,6 +158,43 @@ class TestConcurrency:
             assert [await r.result() for r in runs] == [[0, 1, 2, 3]] * 3
         assert probe.peak == 3
 
+    async def test_a_stopping_run_never_strands_another_runs_waiter(self) -> None:
+        """A slot handed to a run that then stops goes on to the next run waiting for it.
+
+        A holds the only db slot; B waits for it and C waits behind B. One gate
+        releases A's task and B's failing task in the same tick: A hands its
+        slot to B, then B fails before it can use the slot.
+        """
+        gate = Gate()
+
+        @aflow.task(limit="db")
+        async def hold() -> str:
+            await gate.wait()
+            return "held"
+
+        @aflow.task(limit="db")
+        async def query(tag: str) -> str:
+            return tag
+
+        @aflow.task
+        async def doomed() -> None:
+            await gate.wait()
+            raise Boom
+
+        async with aflow.Runtime(limits={"db": 1}) as rt:
+            holder = await rt.submit(hold.s())
+            await anyio.wait_all_tasks_blocked()
+            b = await rt.submit(aflow.group(doomed.s(), query.s("b")))
+            await anyio.wait_all_tasks_blocked()
+            c = await rt.submit(query.s("c"))
+            await anyio.wait_all_tasks_blocked()
+            gate.open()
+            assert await holder.result() == "held"
+            assert await b.wait() is aflow.RunStatus.FAILED
+            assert b.step("query").state is aflow.NodeState.PENDING
+            with anyio.fail_after(5):  # a stranded waiter would hang here
+                assert await c.result() == "c"
+
     async def test_unknown_limit_is_a_definition_error_before_running(self) -> None:
         ran: list[int] = []
 

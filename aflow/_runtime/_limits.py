@@ -57,10 +57,28 @@ def release(limits: tuple[Limit, ...], releaser: Execution) -> None:
     """Give the slots back and hand each freed slot's next waiter back to its run."""
     for limit in limits:
         limit.borrowed -= 1
-        waiters = limit.waiters
-        while waiters:
-            execution, index = waiters.popleft()
-            if execution.closed:
-                continue
-            execution.requeue(index, wake=execution is not releaser)
-            break
+        wake(limit, 1, releaser)
+
+
+def wake(limit: Limit, count: int, releaser: Execution | None = None) -> None:
+    """Hand up to ``count`` waiters back to their runs, skipping runs that are stopping.
+
+    A woken node retries its acquire when a worker pops it, so waking one too
+    many costs a retry, never a lost slot; waking too few could strand a
+    waiter forever, which is why a stopping run wakes its limits' waiters.
+    """
+    waiters = limit.waiters
+    while count > 0 and waiters:
+        execution, index = waiters.popleft()
+        if execution.stopping:
+            continue
+        execution.requeue(index, wake=execution is not releaser)
+        count -= 1
+
+
+def wake_free(limits: tuple[Limit, ...]) -> None:
+    """Wake as many waiters as each limit has free slots (a run stopped holding some)."""
+    for limit in limits:
+        free = limit.total - limit.borrowed
+        if free > 0:
+            wake(limit, free)

@@ -41,7 +41,7 @@ from .._events import (
 )
 from .._exceptions import DefinitionError, RunCancelled
 from .._graph import INPUT_ERROR, Graph, Node, NodeKind
-from ._limits import Limit, release, try_acquire
+from ._limits import Limit, release, try_acquire, wake_free
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import run_in_thread
 
@@ -124,6 +124,7 @@ class Execution:
         "_done",
         "_done_count",
         "_errors",
+        "_errback_phase",
         "_events",
         "_failure",
         "_finished",
@@ -141,7 +142,7 @@ class Execution:
         "_spare_pending",
         "_started",
         "_states",
-        "_stopping",
+        "stopping",
         "_tg",
         "_thread_limiter",
         "_wall_offset",
@@ -193,7 +194,8 @@ class Execution:
         self._running = 0
         self._peak = 0
         self._failure: tuple[int, BaseException] | None = None
-        self._stopping = False
+        self.stopping = False
+        self._errback_phase = False
         self._cancel_requested = False
         self._spare_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -264,7 +266,7 @@ class Execution:
                 self._tg = tg
                 self._scope = tg.cancel_scope
                 await self._worker()
-                if self._done_count < self._needed and not self._stopping:
+                if self._done_count < self._needed and not self.stopping:
                     self._done = anyio.Event()
                     await self._done.wait()
         except BaseException as exc:
@@ -274,6 +276,9 @@ class Execution:
             raise
         self._tg = None
         self.closed = True  # no limit may hand this run a node any more
+        self.stopping = True
+        if self._any_limits:
+            wake_free(self._global_limits + tuple(self._limits.values()))
         if self._failure is not None:
             error = self._failure[1]
             try:
@@ -296,12 +301,15 @@ class Execution:
     def cancel(self) -> None:
         """Cancel the run from outside; :meth:`execute` then raises :class:`RunCancelled`."""
         self._cancel_requested = True
-        self._stopping = True
+        self.stopping = True
         if self._scope is not None:
             self._scope.cancel()
 
     def _close(self, status: RunStatus) -> None:
         self.closed = True
+        self.stopping = True
+        if self._any_limits:  # waiters of other runs may have been handed to this one
+            wake_free(self._global_limits + tuple(self._limits.values()))
         self.status = status
         self.ended_at = time.time()
         states = self._states
@@ -316,7 +324,7 @@ class Execution:
             self._ensure_worker()
 
     def _ensure_worker(self) -> None:
-        if not self._spare_pending and not self._stopping and self._tg is not None:
+        if not self._spare_pending and not self.stopping and self._tg is not None:
             self._spare_pending = True
             self._tg.start_soon(self._worker)
 
@@ -326,7 +334,7 @@ class Execution:
         nodes = self._nodes
         results = self._results
         streak = 0
-        while ready and not self._stopping:
+        while ready and not self.stopping:
             index = ready.popleft()
             if ready and not self._spare_pending:
                 self._spare_pending = True
@@ -395,7 +403,7 @@ class Execution:
                         with anyio.fail_after(options.timeout):
                             value = await call
                 except Exception as exc:
-                    if attempt <= options.retries and not self._stopping:
+                    if attempt <= options.retries and (not self.stopping or self._errback_phase):
                         if sink.node_events:
                             sink.emit(TASK_RETRIED, node.key, task.name, attempt, error=exc)
                         attempt += 1
@@ -453,7 +461,7 @@ class Execution:
             )
         if self._failure is None and node.error_scope is None:
             self._failure = (index, error)
-            self._stopping = True
+            self.stopping = True
             if self._scope is not None:
                 self._scope.cancel()
 
@@ -490,7 +498,7 @@ class Execution:
                 )
 
     async def _run_errback(self, node: Node) -> None:
-        self._stopping = False  # errbacks run after the forward phase stopped
+        self._errback_phase = True  # errbacks run after the forward phase stopped
         await self._run_node(node, ())
 
     # --- introspection -------------------------------------------------------------------
