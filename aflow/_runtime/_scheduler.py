@@ -123,8 +123,8 @@ class Execution:
         "_children",
         "_done",
         "_done_count",
-        "_errors",
         "_errback_phase",
+        "_errors",
         "_events",
         "_failure",
         "_finished",
@@ -142,7 +142,6 @@ class Execution:
         "_spare_pending",
         "_started",
         "_states",
-        "stopping",
         "_tg",
         "_thread_limiter",
         "_wall_offset",
@@ -152,6 +151,7 @@ class Execution:
         "run_id",
         "started_at",
         "status",
+        "stopping",
     )
 
     def __init__(
