@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
+import os
 import platform
 import statistics
 import sys
@@ -158,6 +160,48 @@ def loops() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     return found
 
 
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def write_markdown(path: str, header: str, rows: list[tuple[Any, ...]]) -> None:
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("anyio", "structlog", "uvloop")
+    )
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (`python benchmarks/run.py --markdown {path}`).",
+        "",
+        f"- machine: {machine()}",
+        f"- {header}; {versions}",
+        "- per-node figures are wall time / nodes, building the workflow included;",
+        "  ratio = aflow / hand-written asyncio, measured in the same process on the same loop.",
+        "- the sleep rows give efficiency (ideal 0.1 s / wall) and ratio = raw wall / aflow wall.",
+        "",
+        "| loop | workload | nodes | raw asyncio µs/node | aflow µs/node | ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for loop, name, nodes, raw, flow, ratio in rows:
+        if "sleeps" in name:
+            lines.append(
+                f"| {loop} | {name} | {nodes} | eff {raw:.2f} | eff {flow:.2f} | {ratio:.2f} |"
+            )
+        else:
+            lines.append(f"| {loop} | {name} | {nodes} | {raw:.2f} | {flow:.2f} | {ratio:.2f} |")
+    with open(path, "w") as out:
+        out.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -221,11 +265,7 @@ def main() -> None:
             f"{'eff ' + format(row[4], '.2f'):>14} {row[5]:>6.2f}"
         )
     if args.markdown:
-        with open(args.markdown, "w") as out:
-            out.write(f"{header}\n\n| loop | workload | nodes | raw asyncio | aflow | ratio |\n")
-            out.write("|---|---|---|---|---|---|\n")
-            for r in rows:
-                out.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} |\n")
+        write_markdown(args.markdown, header, rows)
     sys.stdout.flush()
 
 
