@@ -298,6 +298,35 @@ class Signature(Canvas[R]):
             text += ".set(" + ", ".join(f"{k}={v!r}" for k, v in self._options.items()) + ")"
         return text
 
+    def _compile(
+        self, c: _Compiler, pred: int, inherited: Mapping[str, Any]
+    ) -> tuple[tuple[int, ...], bool]:
+        if self._links or self._errbacks or self._mode != "call":
+            return super()._compile(c, pred, inherited)
+        # The hot path: one plain call, as most nodes of a big workflow are.
+        task = self._task
+        own = self._options
+        if own:
+            merged = {**task.options, **inherited, **own}
+            merged.pop("name", None)
+            node_options = resolve_options(merged)
+            name = own.get("name", task.name)
+        else:
+            node_options = (
+                resolve_options({**task.options, **inherited}) if inherited else task.node_options
+            )
+            name = task.name
+        index = c.builder.add_call(
+            task,
+            name,
+            self._args,
+            self._kwargs,
+            (pred,) if pred != -1 else (),
+            pred if pred != -1 and not self._immutable else -1,
+            node_options,
+        )
+        return ((index,), False)
+
     def _compile_body(
         self,
         c: _Compiler,
