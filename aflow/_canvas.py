@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from ._exceptions import SignatureError
 from ._graph import INPUT_ERROR, Graph, GraphBuilder, NodeKind
-from ._task import FunctionTask, check_options, resolve_options
+from ._task import FunctionTask, check_options, layer_options, resolve_options
 
 if TYPE_CHECKING:
     from typing import Self
@@ -43,12 +43,20 @@ class _Compiler:
     def __init__(self) -> None:
         self.builder = GraphBuilder()
 
-    def materialize(self, out: tuple[tuple[int, ...], bool]) -> int:
-        """One node holding an element's value: the node itself, or a join for a group."""
+    def materialize(self, out: tuple[tuple[int, ...], bool], pred: int) -> int:
+        """One node holding an element's value: the node itself, or a join for a group.
+
+        ``pred`` is the node the element ran after: an empty group's join must
+        still wait for it, or whatever follows would overtake the chain.
+        """
         outputs, is_group = out
         if not is_group:
             return outputs[0]
-        return self.builder.add(NodeKind.JOIN, None, parents=outputs, name="join")
+        if outputs:
+            return self.builder.add(NodeKind.JOIN, None, parents=outputs, name="join")
+        return self.builder.add(
+            NodeKind.JOIN, None, parents=(pred,) if pred != -1 else (), args=((),), name="join"
+        )
 
 
 class Canvas(Generic[R]):
@@ -132,7 +140,7 @@ class Canvas(Generic[R]):
     def __aflow_graph__(self) -> Graph:
         compiler = _Compiler()
         out = self._compile(compiler, -1, {})
-        output = compiler.materialize(out)
+        output = compiler.materialize(out, -1)
         return compiler.builder.build(output, name=self._options.get("name"))
 
     # --- compilation -----------------------------------------------------------------------
@@ -143,12 +151,16 @@ class Canvas(Generic[R]):
         start = len(c.builder.nodes)
         inner = inherited
         if self._options:
-            inner = {**inherited, **self._options}
+            inner = layer_options(inherited, self._options)
             inner.pop("name", None)  # a name labels this object only; it is not inherited
         out = self._compile_body(c, pred, inherited, inner)
         if self._links or self._errbacks:
             end = len(c.builder.nodes)
-            value = c.materialize(out)
+            if not self._links:
+                for eb in self._errbacks:
+                    eb._compile_errback(c, (start, end), inherited)
+                return out
+            value = c.materialize(out, pred)
             for cb in self._links:
                 cb._compile(c, value, inherited)
             for eb in self._errbacks:
@@ -271,6 +283,12 @@ class Signature(Canvas[R]):
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature[R]:
         if self._immutable:  # Celery: an immutable signature ignores partial arguments
             return self._copy()
+        if self._mode != "call" and args:
+            raise SignatureError(
+                self.name,
+                f"a {self._mode} signature takes its items, not partial positional arguments; "
+                "keyword arguments are passed to every call",
+            )
         return self._copy(_args=args + self._args, _kwargs={**self._kwargs, **kwargs})
 
     def __eq__(self, other: object) -> bool:
@@ -307,13 +325,15 @@ class Signature(Canvas[R]):
         task = self._task
         own = self._options
         if own:
-            merged = {**task.options, **inherited, **own}
+            merged = layer_options(layer_options(task.options, inherited), own)
             merged.pop("name", None)
             node_options = resolve_options(merged)
             name = own.get("name", task.name)
         else:
             node_options = (
-                resolve_options({**task.options, **inherited}) if inherited else task.node_options
+                resolve_options(layer_options(task.options, inherited))
+                if inherited
+                else task.node_options
             )
             name = task.name
         index = c.builder.add_call(
@@ -349,7 +369,9 @@ class Signature(Canvas[R]):
                     self.name, f"{self._mode}() without items needs a parent in a chain"
                 )
         node_options = (
-            resolve_options({**self._task.options, **inner}) if inner else self._task.node_options
+            resolve_options(layer_options(self._task.options, inner))
+            if inner
+            else self._task.node_options
         )
         return (
             (
@@ -372,7 +394,7 @@ class Signature(Canvas[R]):
     ) -> None:
         if self._mode != "call" or self._links or self._errbacks:
             super()._compile_errback(c, scope, inherited)
-        options = {**self._task.options, **inherited, **self._options}
+        options = layer_options(layer_options(self._task.options, inherited), self._options)
         options.pop("name", None)
         c.builder.add(
             NodeKind.TASK,
@@ -484,12 +506,14 @@ class Chain(Canvas[R]):
         cur = pred
         last = len(tasks) - 1
         out: tuple[tuple[int, ...], bool] = ((), False)
+        step_pred = cur
         for position, step in enumerate(tasks):
+            step_pred = cur
             out = step._compile(c, cur, inner)
             if position != last:
-                cur = c.materialize(out)
+                cur = c.materialize(out, step_pred)
         # A chain is one value even when it ends in a group: a parent group keeps it nested.
-        return ((c.materialize(out),), False)
+        return ((c.materialize(out, step_pred),), False)
 
 
 def _flatten_chain(items: tuple[Canvas[Any], ...]) -> tuple[Canvas[Any], ...]:
@@ -615,9 +639,9 @@ class Chord(Canvas[R]):
         inherited: Mapping[str, Any],
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
-        header = c.materialize(self._header._compile(c, pred, inner))
+        header = c.materialize(self._header._compile(c, pred, inner), pred)
         body = self._body._compile(c, header, inner)
-        return ((c.materialize(body),), False)
+        return ((c.materialize(body, header),), False)
 
 
 # --- the functional API -------------------------------------------------------------------
@@ -673,5 +697,6 @@ def signature(
         aflow.signature(add, (4,))           # add.s(4), its first argument still to come
     """
     if isinstance(task, Signature):
-        return task.clone(args, kwargs, **options)
+        sig = task.clone(args, kwargs, **options)
+        return sig.set(immutable=True) if immutable else sig
     return Signature(task, tuple(args), kwargs, immutable=immutable, options=options)

@@ -37,7 +37,8 @@ class NodeKind(enum.Enum):
     MAP = "map"
     #: Like MAP, unpacking each item as positional arguments.
     STARMAP = "starmap"
-    #: No task: the list of its parents' results, in order (a group's value).
+    #: No task: the list of its parents' results, in order (a group's value);
+    #: ``args[0]``, when given, lists the nodes whose results it collects instead.
     JOIN = "join"
 
 
@@ -217,8 +218,9 @@ class Graph:
 
     def _error_edges(self) -> Iterator[tuple[int, int]]:
         for node in self.nodes:
-            if node.error_scope is not None:
-                yield node.error_scope[1] - 1, node.index
+            scope = node.error_scope
+            if scope is not None and scope[1] > scope[0]:  # an empty scope can never fail
+                yield scope[1] - 1, node.index
 
     def to_dot(self) -> str:
         """The graph in Graphviz DOT; error callbacks hang off dashed edges."""
@@ -360,10 +362,10 @@ class GraphBuilder:
                     prepended = "the exception"
                 _check_call(task, key, extra + len(args), tuple(kwargs), prepended)
             elif kind is NodeKind.MAP:
-                _check_call(task, key, 1, ())
+                _check_call(task, key, 1, tuple(kwargs))
             elif kind is NodeKind.STARMAP and args:
                 for n_pos in {len(item) for item in args[0]}:
-                    _check_call(task, key, n_pos, ())
+                    _check_call(task, key, n_pos, tuple(kwargs))
         self.nodes.append(
             Node(index, key, kind, task, args, kwargs, parents, input, options, error_scope)
         )

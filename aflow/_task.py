@@ -13,7 +13,7 @@ from ._exceptions import SignatureError
 if TYPE_CHECKING:
     from ._canvas import Group, Signature
 
-__all__ = ["FunctionTask", "NodeOptions", "resolve_options", "task"]
+__all__ = ["FunctionTask", "NodeOptions", "layer_options", "resolve_options", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +69,20 @@ def check_options(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
             )
         out["limit"] = tuple(names)
     return out
+
+
+def layer_options(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> dict[str, Any]:
+    """Options of a more specific level (``inner``) over a broader one.
+
+    The more specific value wins (a signature's ``timeout`` over its group's,
+    a group's over the decorator's), except ``limit``: limits add up, so a
+    task declared ``limit="db"`` inside a group set to ``limit="api"`` takes
+    a slot of both.
+    """
+    merged = {**outer, **inner}
+    if "limit" in outer and "limit" in inner:
+        merged["limit"] = tuple(dict.fromkeys((*outer["limit"], *inner["limit"])))
+    return merged
 
 
 def resolve_options(merged: Mapping[str, Any]) -> NodeOptions:
@@ -216,8 +230,10 @@ def task(
     Args:
         name: the node name (default: the function's ``__name__``).
         retries: extra attempts after a failure (``CancelledError`` is never retried).
-        timeout: seconds per attempt; an attempt over time raises ``TimeoutError``.
-        limit: the name(s) of concurrency limits this task takes a slot of.
+        timeout: seconds per attempt; an attempt over time raises ``TimeoutError``
+            (a thread task cannot be interrupted: its late result is discarded).
+        limit: the name(s) of concurrency limits this task takes a slot of; limits set
+            on an enclosing group or chain add to these.
     """
     options: dict[str, Any] = {}
     if name is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import aflow
@@ -159,6 +160,7 @@ class TestImmutability:
 
     def test_set_immutable(self) -> None:
         assert add.s(1, 1).set(immutable=True).immutable
+        assert aflow.signature(add.s(5), immutable=True).immutable
 
 
 class TestCallbacks:
@@ -239,6 +241,24 @@ class TestGroups:
 
     async def test_empty_group_is_an_empty_list(self) -> None:
         assert await aflow.group() == []
+
+    async def test_empty_group_in_a_chain_keeps_the_order(self) -> None:
+        order: list[str] = []
+
+        @aflow.task
+        async def first() -> int:
+            await anyio.lowlevel.checkpoint()
+            order.append("first")
+            return 1
+
+        @aflow.task
+        async def after(x: Any) -> Any:
+            order.append("after")
+            return x
+
+        assert await aflow.chain(first.s(), aflow.group(), after.s()) == []
+        assert await (first.s() | aflow.chord([], after.s())) == []
+        assert order == ["first", "after", "first", "after"]
 
     async def test_one_member_group_keeps_its_shape(self) -> None:
         assert await aflow.group(add.s(1, 1)) == [2]
@@ -369,6 +389,15 @@ class TestMapStarmapChunks:
             return 2 * x
 
         assert await (numbers.s(4) | double.map()) == [0, 2, 4, 6]
+
+    async def test_map_passes_kwargs_to_every_call(self) -> None:
+        assert await add.map([1, 2]).clone(kwargs={"y": 100}) == [101, 102]
+        assert await add.starmap([(1, 2)]).clone(kwargs={"debug": True}) == [3]
+        assert calls[-1][2] == {"debug": True}
+
+    def test_map_refuses_partial_positional_args(self) -> None:
+        with pytest.raises(aflow.SignatureError, match="items"):
+            add.map([1, 2]).clone(args=(5,))
 
     async def test_sync_map_runs_in_a_thread(self) -> None:
         assert await xsum.map([[1, 2], [3]]) == [3, 3]

@@ -61,6 +61,22 @@ def test_options_resolve_per_node_with_signature_winning() -> None:
     assert (second.retries, second.timeout, second.limits) == (3, 1, ("db",))
 
 
+def test_limits_add_up_across_levels() -> None:
+    @aflow.task(limit="db")
+    async def q(x: int) -> int:
+        return x
+
+    graph = aflow.compile(aflow.group(q.s(1), q.s(2).set(limit="db")).set(limit="api"))
+    assert graph.nodes[0].options.limits == ("db", "api")
+    assert graph.nodes[1].options.limits == ("db", "api")
+
+
+def test_an_empty_error_scope_draws_no_edge() -> None:
+    graph = aflow.compile(aflow.group().link_error(log_error.s()))
+    assert "on error" not in graph.to_mermaid()
+    assert "n-1" not in graph.to_dot()
+
+
 def test_name_option_sets_the_node_key() -> None:
     graph = aflow.compile(add.s(1, 1).set(name="charge") | add.s(1).set(name="charge"))
     assert [n.key for n in graph] == ["charge", "charge#2"]

@@ -182,6 +182,34 @@ class TestRun:
         # Subscribed while the run was under way: it sees the rest, up to the end.
         assert seen[-4:] == ["task_succeeded", "task_started", "task_succeeded", "run_succeeded"]
 
+    async def test_cancelling_rt_run_cancels_and_waits_for_the_run(self) -> None:
+        @aflow.task
+        async def forever() -> None:
+            await anyio.sleep_forever()
+
+        async with aflow.Runtime() as rt:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(rt.run, forever.s())
+                await anyio.wait_all_tasks_blocked()
+                (active,) = rt.runs()
+                tg.cancel_scope.cancel()
+            assert active.status is aflow.RunStatus.CANCELLED
+            assert rt.runs() == []
+
+    async def test_result_raised_twice_keeps_one_traceback(self) -> None:
+        @aflow.task
+        async def broken() -> None:
+            raise Boom
+
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(broken.s())
+            depths = []
+            for _ in range(3):
+                with pytest.raises(Boom) as info:
+                    await run.result()
+                depths.append(len(info.traceback))
+        assert depths[0] == depths[1] == depths[2]
+
     async def test_rt_run_returns_the_value(self) -> None:
         async with aflow.Runtime() as rt:
             assert await rt.run(add.s(20, 22)) == 42

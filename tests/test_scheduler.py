@@ -195,6 +195,51 @@ class TestConcurrency:
             with anyio.fail_after(5):  # a stranded waiter would hang here
                 assert await c.result() == "c"
 
+    async def test_a_freed_slot_goes_to_the_waiting_run_first(self) -> None:
+        """First come, first served: a run cannot take back the slot it frees while others wait."""
+        gate = Gate()
+        log: list[str] = []
+
+        @aflow.task
+        async def step(x: int, tag: str) -> int:
+            log.append(tag)
+            await gate.wait()
+            return x
+
+        async with aflow.Runtime(max_concurrency=1) as rt:
+            long = await rt.submit(
+                aflow.chain(step.s(0, "A0"), *(step.s(f"A{i}") for i in range(1, 6)))
+            )
+            await anyio.wait_all_tasks_blocked()
+            short = await rt.submit(step.s(0, "B"))
+            await anyio.wait_all_tasks_blocked()
+            gate.open()
+            await long.result()
+            await short.result()
+        assert log[:3] == ["A0", "B", "A1"]
+
+    async def test_limits_of_a_group_add_to_the_tasks_own(self) -> None:
+        db_probe, api_probe = Probe(), Probe()
+        gate = Gate()
+
+        @aflow.task(limit="db")
+        async def query(i: int) -> int:
+            db_probe.enter()
+            api_probe.enter()
+            await gate.wait()
+            db_probe.leave()
+            api_probe.leave()
+            return i
+
+        wf = aflow.group(query.s(i) for i in range(6)).set(limit="api")
+        async with aflow.Runtime(limits={"db": 1, "api": 10}) as rt:
+            run = await rt.submit(wf)
+            await anyio.wait_all_tasks_blocked()
+            assert db_probe.current == 1
+            gate.open()
+            await run.result()
+        assert db_probe.peak == 1
+
     async def test_unknown_limit_is_a_definition_error_before_running(self) -> None:
         ran: list[int] = []
 
@@ -323,6 +368,23 @@ class TestFailure:
         with pytest.raises(TimeoutError):
             await hangs.s()
 
+    async def test_timeout_of_a_thread_task_discards_the_late_result(self) -> None:
+        release = threading.Event()
+
+        @aflow.task(timeout=0.05)
+        def blocking() -> str:
+            release.wait(5)
+            return "late"
+
+        async def open_later() -> None:
+            await anyio.sleep(0.2)  # past the timeout: the thread cannot be interrupted
+            release.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(open_later)
+            with pytest.raises(TimeoutError, match="late"):
+                await blocking.s()
+
     async def test_timeout_option_on_signature(self) -> None:
         @aflow.task
         async def hangs() -> None:
@@ -387,6 +449,27 @@ class TestCancellation:
 
 
 class TestContextAndThreads:
+    async def test_runs_sharing_a_limit_keep_their_own_context(self) -> None:
+        """A worker restarted by another run's freed slot runs in its own run's context."""
+        request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="-")
+        gate = Gate()
+
+        @aflow.task(limit="db")
+        async def query() -> str:
+            await gate.wait()
+            return request.get()
+
+        async with aflow.Runtime(limits={"db": 1}) as rt:
+            request.set("req-A")
+            a = await rt.submit(query.s())
+            await anyio.wait_all_tasks_blocked()
+            request.set("req-B")
+            b = await rt.submit(query.s())
+            await anyio.wait_all_tasks_blocked()
+            gate.open()
+            assert await a.result() == "req-A"
+            assert await b.result() == "req-B"
+
     async def test_contextvars_propagate_into_async_and_sync_tasks(self) -> None:
         var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 

@@ -92,6 +92,7 @@ def run_sync(
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
+    run_id: str | None = None,
     use_uvloop: bool | None = None,
 ) -> R: ...
 @overload
@@ -101,6 +102,7 @@ def run_sync(
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
+    run_id: str | None = None,
     use_uvloop: bool | None = None,
 ) -> Any: ...
 def run_sync(
@@ -109,6 +111,7 @@ def run_sync(
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
+    run_id: str | None = None,
     use_uvloop: bool | None = None,
 ) -> Any:
     """Run a workflow from synchronous code (a script) on a new event loop.
@@ -123,7 +126,12 @@ def run_sync(
         else:
             use_uvloop = True
     call = functools.partial(
-        run, workflow, max_concurrency=max_concurrency, limits=limits, on_event=on_event
+        run,
+        workflow,
+        max_concurrency=max_concurrency,
+        limits=limits,
+        on_event=on_event,
+        run_id=run_id,
     )
     return anyio.run(call, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
@@ -137,13 +145,14 @@ class Run(Generic[R]):
     ``ready()``...) follow Celery's ``GroupResult`` and count task nodes.
     """
 
-    __slots__ = ("_error", "_execution", "_finished", "_streams", "_value")
+    __slots__ = ("_error", "_execution", "_finished", "_streams", "_traceback", "_value")
 
     def __init__(self, execution: Execution) -> None:
         self._execution = execution
         self._finished = anyio.Event()
         self._value: Any = None
         self._error: BaseException | None = None
+        self._traceback: TracebackType | None = None
         self._streams: list[MemoryObjectSendStream[Event]] = []
 
     async def _drive(self) -> None:
@@ -151,6 +160,7 @@ class Run(Generic[R]):
             self._value = await self._execution.execute()
         except Exception as exc:  # stored for result(); the runtime must not crash
             self._error = exc
+            self._traceback = exc.__traceback__
         except BaseException:  # the runtime is shutting down: record, then re-raise
             self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
             raise
@@ -196,7 +206,7 @@ class Run(Generic[R]):
         """
         await self._finished.wait()
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(self._traceback)
         value: R = self._value
         return value
 
@@ -205,7 +215,7 @@ class Run(Generic[R]):
         if not self._finished.is_set():
             raise RunNotFinished(self.id)
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(self._traceback)
         value: R = self._value
         return value
 
@@ -449,9 +459,16 @@ class Runtime:
     @overload
     async def run(self, workflow: Graph | object) -> Any: ...
     async def run(self, workflow: object) -> Any:
-        """Submit a workflow and wait for its value."""
+        """Submit a workflow and wait for its value; cancelling the caller cancels the run."""
         handle = await self.submit(workflow)
-        return await handle.result()
+        try:
+            return await handle.result()
+        except anyio.get_cancelled_exc_class():
+            # Cancelling the awaiter cancels the run and waits for it to stop, then re-raises.
+            handle._execution.cancel()
+            with anyio.CancelScope(shield=True):
+                await handle.wait()
+            raise
 
     def runs(self) -> list[Run[Any]]:
         """The runs that have not finished yet."""

@@ -1,10 +1,16 @@
 """Concurrency limits that never make a worker wait.
 
 A node that cannot take a slot is parked on the limit's queue and its worker
-moves on to other ready nodes; the node that frees the slot puts the parked
-node back at the front of its run's ready queue. No acquire ever awaits, so a
-limit costs a counter check on the hot path (an awaited acquire per node cost
-~100x more in the prototype: every acquire yields and wakes the herd).
+moves on to other ready nodes. No acquire ever awaits, so a limit costs a
+counter check on the hot path (an awaited acquire per node cost ~100x more in
+the prototype: every acquire yields and wakes the herd).
+
+Fairness: a freed slot is *handed* to the first waiter (the slot stays
+borrowed, now on that node's behalf), so a run that frees a slot cannot take
+it straight back for its next step while another run waits: waiters are
+served first come, first served. A node that was handed one slot but finds
+another limit full gives the slot back before it parks again (no
+hold-and-wait, so no deadlock between limits).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import TYPE_CHECKING, final
 if TYPE_CHECKING:
     from ._scheduler import Execution
 
-__all__ = ["Limit"]
+__all__ = ["Limit", "release", "try_acquire"]
 
 
 @final
@@ -42,43 +48,34 @@ class Limit:
 
 def try_acquire(limits: tuple[Limit, ...], execution: Execution, index: int) -> bool:
     """Take one slot of every limit, or none: park the node on the first full one."""
+    granted = execution.take_grants(index) if execution.grants else ()
     for limit in limits:
+        if limit in granted:
+            continue
         if limit.borrowed >= limit.total:
+            if granted:
+                release(granted, execution)
             limit.waiters.append((execution, index))
             return False
     for limit in limits:
+        if limit in granted:
+            continue
         limit.borrowed += 1
         if limit.borrowed > limit.peak:
             limit.peak = limit.borrowed
     return True
 
 
-def release(limits: tuple[Limit, ...], releaser: Execution) -> None:
-    """Give the slots back and hand each freed slot's next waiter back to its run."""
+def release(limits: tuple[Limit, ...], releaser: Execution | None) -> None:
+    """Free one slot of each limit, handing it to the first waiter of a live run if any."""
     for limit in limits:
-        limit.borrowed -= 1
-        wake(limit, 1, releaser)
-
-
-def wake(limit: Limit, count: int, releaser: Execution | None = None) -> None:
-    """Hand up to ``count`` waiters back to their runs, skipping runs that are stopping.
-
-    A woken node retries its acquire when a worker pops it, so waking one too
-    many costs a retry, never a lost slot; waking too few could strand a
-    waiter forever, which is why a stopping run wakes its limits' waiters.
-    """
-    waiters = limit.waiters
-    while count > 0 and waiters:
-        execution, index = waiters.popleft()
-        if execution.stopping:
-            continue
-        execution.requeue(index, wake=execution is not releaser)
-        count -= 1
-
-
-def wake_free(limits: tuple[Limit, ...]) -> None:
-    """Wake as many waiters as each limit has free slots (a run stopped holding some)."""
-    for limit in limits:
-        free = limit.total - limit.borrowed
-        if free > 0:
-            wake(limit, free)
+        waiters = limit.waiters
+        while waiters:
+            execution, index = waiters.popleft()
+            if execution.stopping:
+                continue
+            execution.grant(index, limit)
+            execution.requeue(index, wake=execution is not releaser)
+            break
+        else:
+            limit.borrowed -= 1

@@ -41,7 +41,7 @@ from .._events import (
 )
 from .._exceptions import DefinitionError, RunCancelled
 from .._graph import INPUT_ERROR, Graph, Node, NodeKind
-from ._limits import Limit, release, try_acquire, wake_free
+from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import run_in_thread
 
@@ -100,16 +100,18 @@ class _InContext:
                 error = exc
 
 
-async def _map_async(fn: Any, items: Iterable[Any], star: bool) -> list[Any]:
+async def _map_async(
+    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any]
+) -> list[Any]:
     if star:
-        return [await fn(*item) for item in items]
-    return [await fn(item) for item in items]
+        return [await fn(*item, **kwargs) for item in items]
+    return [await fn(item, **kwargs) for item in items]
 
 
-def _map_sync(fn: Any, items: Iterable[Any], star: bool) -> list[Any]:
+def _map_sync(fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any]) -> list[Any]:
     if star:
-        return [fn(*item) for item in items]
-    return [fn(item) for item in items]
+        return [fn(*item, **kwargs) for item in items]
+    return [fn(item, **kwargs) for item in items]
 
 
 @final
@@ -121,6 +123,7 @@ class Execution:
         "_attempts",
         "_cancel_requested",
         "_children",
+        "_context",
         "_done",
         "_done_count",
         "_errback_phase",
@@ -147,6 +150,7 @@ class Execution:
         "_wall_offset",
         "closed",
         "ended_at",
+        "grants",
         "graph",
         "run_id",
         "started_at",
@@ -202,6 +206,7 @@ class Execution:
         self._scope: anyio.CancelScope | None = None
         self._done: anyio.Event | None = None
         self._wall_offset = 0.0
+        self._context = _copy_context()
         self._thread_limiter = thread_limiter
         self._events = EventSink(self.run_id, listeners)
 
@@ -211,6 +216,7 @@ class Execution:
         self._global_limits = tuple(global_)
         self._limits = dict(limits or {})
         self._limit_cache: dict[int, tuple[Limit, ...]] = {}
+        self.grants: dict[int, tuple[Limit, ...]] = {}
         self._any_limits = bool(self._global_limits)
         for node in nodes:  # options are interned: this loop sees few distinct objects
             if node.options.limits and id(node.options) not in self._limit_cache:
@@ -259,6 +265,7 @@ class Execution:
         self.status = RunStatus.RUNNING
         self.started_at = time.time()
         self._wall_offset = self.started_at - _perf_counter()
+        self._context = _copy_context()
         events = self._events
         events.emit(RUN_STARTED)
         try:
@@ -277,8 +284,7 @@ class Execution:
         self._tg = None
         self.closed = True  # no limit may hand this run a node any more
         self.stopping = True
-        if self._any_limits:
-            wake_free(self._global_limits + tuple(self._limits.values()))
+        self._return_grants()
         if self._failure is not None:
             error = self._failure[1]
             try:
@@ -290,7 +296,7 @@ class Execution:
             self._close(RunStatus.FAILED)
             events.emit(RUN_FAILED, error=error)
             raise error
-        if self._cancel_requested:
+        if self._cancel_requested and self._done_count < self._needed:
             self._close(RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED)
             raise RunCancelled(self.run_id)
@@ -308,14 +314,28 @@ class Execution:
     def _close(self, status: RunStatus) -> None:
         self.closed = True
         self.stopping = True
-        if self._any_limits:  # waiters of other runs may have been handed to this one
-            wake_free(self._global_limits + tuple(self._limits.values()))
+        self._return_grants()
         self.status = status
         self.ended_at = time.time()
         states = self._states
         for node in self._nodes:
             if node.error_scope is not None and states[node.index] is _PENDING:
                 states[node.index] = _SKIPPED
+
+    def grant(self, index: int, limit: Limit) -> None:
+        """A slot of ``limit`` was handed to node ``index`` (see :mod:`._limits`)."""
+        held = self.grants.get(index)
+        self.grants[index] = (limit,) if held is None else (*held, limit)
+
+    def take_grants(self, index: int) -> tuple[Limit, ...]:
+        """The slots handed to node ``index``, now its own."""
+        return self.grants.pop(index, ())
+
+    def _return_grants(self) -> None:
+        # Slots handed to nodes this run will never start go on to the next waiters.
+        while self.grants:
+            _, limits = self.grants.popitem()
+            release(limits, None)
 
     def requeue(self, index: int, *, wake: bool) -> None:
         """Put a node that waited for a limit slot back at the front of the ready queue."""
@@ -326,7 +346,9 @@ class Execution:
     def _ensure_worker(self) -> None:
         if not self._spare_pending and not self.stopping and self._tg is not None:
             self._spare_pending = True
-            self._tg.start_soon(self._worker)
+            # Called from another run's worker when a limit hands us a slot: start
+            # the worker in this run's own context, never in the caller's.
+            self._context.run(self._tg.start_soon, self._worker)
 
     async def _worker(self) -> None:
         self._spare_pending = False
@@ -341,7 +363,8 @@ class Execution:
                 self._tg.start_soon(self._worker)  # type: ignore[union-attr]
             node = nodes[index]
             if node.kind is _JOIN:
-                self._succeed(index, [results[p] for p in node.parents])
+                sources = node.args[0] if node.args else node.parents
+                self._succeed(index, [results[p] for p in sources])
                 continue
             if self._any_limits:
                 limits = self._limits_of(node)
@@ -391,17 +414,27 @@ class Execution:
                     else:
                         star = node.kind is not _MAP
                         if task.is_async:
-                            call = _InContext(_map_async(task.fn, args[0], star))
+                            call = _InContext(_map_async(task.fn, args[0], star, kwargs))
                         else:
                             call = run_in_thread(
-                                functools.partial(_map_sync, task.fn, args[0], star),
+                                functools.partial(_map_sync, task.fn, args[0], star, kwargs),
                                 self._thread_limiter,
                             )
                     if options.timeout is None:
                         value = await call
-                    else:
+                    elif task.is_async:
                         with anyio.fail_after(options.timeout):
                             value = await call
+                    else:
+                        # A thread cannot be interrupted: wait for it, then treat a
+                        # late result as a timeout (the value is discarded).
+                        began = _perf_counter()
+                        value = await call
+                        if _perf_counter() - began > options.timeout:
+                            raise TimeoutError(
+                                f"task {node.key!r} took longer than {options.timeout} s "
+                                "(a thread task's result arrived late and was discarded)"
+                            )
                 except Exception as exc:
                     if attempt <= options.retries and (not self.stopping or self._errback_phase):
                         if sink.node_events:
@@ -491,7 +524,12 @@ class Execution:
                 tg.start_soon(self._run_errback, node)
         for node in due:
             error = self._errors.get(node.index)
-            if error is not None and root is not None and self._states[node.index] is _FAILED:
+            if (
+                error is not None
+                and root is not None
+                and error is not root
+                and self._states[node.index] is _FAILED
+            ):
                 root.add_note(
                     f"aflow: error callback {node.key!r} also failed: "
                     f"{type(error).__name__}: {error}"
