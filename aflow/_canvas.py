@@ -128,6 +128,23 @@ class Canvas(Generic[R]):
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Self:
         raise NotImplementedError
 
+    def _value(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        """Canvas objects are values: equal when of one kind with equal contents and options."""
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Canvas)
+        return (self._value(), self._options, self._links, self._errbacks) == (
+            other._value(),
+            other._options,
+            other._links,
+            other._errbacks,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
+
     def __or__(self, other: Canvas[T]) -> Canvas[T]:
         other = _as_canvas(other, "|")
         return Chain._join(self, other)
@@ -291,21 +308,8 @@ class Signature(Canvas[R]):
             )
         return self._copy(_args=args + self._args, _kwargs={**self._kwargs, **kwargs})
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Signature):
-            return NotImplemented
-        return (
-            self._task is other._task
-            and self._args == other._args
-            and self._kwargs == other._kwargs
-            and self._immutable == other._immutable
-            and self._mode == other._mode
-            and self._options == other._options
-            and self._links == other._links
-            and self._errbacks == other._errbacks
-        )
-
-    __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
+    def _value(self) -> tuple[Any, ...]:
+        return (self._task, self._args, self._kwargs, self._immutable, self._mode)
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self._args]
@@ -467,6 +471,9 @@ class Chain(Canvas[R]):
             self._flat = tuple(item for part in parts for item in part)
         return self._flat
 
+    def _value(self) -> tuple[Any, ...]:
+        return (self.tasks,)
+
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chain[R]:
         tasks = self.tasks
         if not tasks:
@@ -474,18 +481,6 @@ class Chain(Canvas[R]):
         first = tasks[0].clone(args, kwargs)
         flat = (first, *tasks[1:])
         return self._copy(_cell=_ChainNode(None, flat), _flat=flat)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Chain):
-            return NotImplemented
-        return (self.tasks, self._options, self._links, self._errbacks) == (
-            other.tasks,
-            other._options,
-            other._links,
-            other._errbacks,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         tasks = self.tasks
@@ -550,20 +545,11 @@ class Group(Canvas[list[Any]]):
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def _value(self) -> tuple[Any, ...]:
+        return (self._tasks,)
+
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Group:
         return self._copy(_tasks=tuple(t.clone(args, kwargs) for t in self._tasks))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Group):
-            return NotImplemented
-        return (self._tasks, self._options, self._links, self._errbacks) == (
-            other._tasks,
-            other._options,
-            other._links,
-            other._errbacks,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         shown = ", ".join(repr(t) for t in self._tasks[:4])
@@ -613,21 +599,11 @@ class Chord(Canvas[R]):
         """The step that receives the header's results."""
         return self._body
 
+    def _value(self) -> tuple[Any, ...]:
+        return (self._header, self._body)
+
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chord[R]:
         return self._copy(_header=self._header.clone(args, kwargs))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Chord):
-            return NotImplemented
-        return (self._header, self._body, self._options, self._links, self._errbacks) == (
-            other._header,
-            other._body,
-            other._options,
-            other._links,
-            other._errbacks,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"chord({self._header!r}, {self._body!r})"
