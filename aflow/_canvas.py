@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from ._exceptions import SignatureError
 from ._graph import INPUT_ERROR, Graph, GraphBuilder, NodeKind
-from ._task import FunctionTask, check_options, layer_options, resolve_options
+from ._options import check_options, layer_options, resolve_options
+from ._task import FunctionTask
 
 if TYPE_CHECKING:
     from typing import Self

@@ -11,28 +11,39 @@ building or validating a workflow (before any task runs) also derive from
     │   └── SignatureError(DefinitionError, TypeError)   .task, .argument, .reason
     ├── RunError(AflowError)                      .run_id
     │   ├── RunNotFinished          the run has not finished yet
-    │   └── RunCancelled            run.cancel() or a runtime shutdown stopped it
+    │   ├── RunCancelled            run.cancel() or a runtime shutdown stopped it
+    │   ├── TaskTimeout(RunError, TimeoutError)   .task, .attempt, .timeout
+    │   ├── RunTimeout(RunError, TimeoutError)    .timeout: the run's own deadline
+    │   ├── GroupFailed(RunError, ExceptionGroup)          several root failures
+    │   └── CompensationFailed(RunError, ExceptionGroup)   a revert failed too
     └── AflowInternalError(AflowError)            a bug in aflow
 
 A task's own exception is never wrapped: it reaches the awaiter as raised,
-with notes (PEP 678) naming the task and the run. Cancellation is never
-wrapped, converted or swallowed.
+with notes (PEP 678) naming the task, the run and what was reverted. Only
+when there is more than one thing to report does aflow raise a group
+(``except*`` still matches the task's exception inside it). Cancellation is
+never wrapped, converted or swallowed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Self
 
 __all__ = [
     "AflowError",
     "AflowInternalError",
+    "CompensationFailed",
     "CycleError",
     "DefinitionError",
     "DuplicateTaskError",
+    "GroupFailed",
     "RunCancelled",
     "RunError",
     "RunNotFinished",
+    "RunTimeout",
     "SignatureError",
+    "TaskTimeout",
 ]
 
 
@@ -52,7 +63,7 @@ class CycleError(DefinitionError):
         path = " -> ".join((*self.cycle, self.cycle[0])) if self.cycle else "?"
         super().__init__(f"cycle: {path}")
 
-    def __reduce__(self) -> tuple[type[CycleError], tuple[tuple[str, ...]]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.cycle,))
 
 
@@ -63,7 +74,7 @@ class DuplicateTaskError(DefinitionError):
         self.name = name
         super().__init__(f"duplicate node key {name!r}: node keys must be unique within a graph")
 
-    def __reduce__(self) -> tuple[type[DuplicateTaskError], tuple[str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name,))
 
 
@@ -82,7 +93,7 @@ class SignatureError(DefinitionError, TypeError):
         where = f"argument {argument!r} of " if argument else ""
         super().__init__(f"{where}task {task!r}: {reason}")
 
-    def __reduce__(self) -> tuple[type[SignatureError], tuple[str, str, str | None]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task, self.reason, self.argument))
 
 
@@ -94,7 +105,7 @@ class RunError(AflowError):
         self.message = message
         super().__init__(f"run {run_id}: {message}")
 
-    def __reduce__(self) -> tuple[type[RunError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run_id, self.message))
 
 
@@ -115,6 +126,67 @@ class RunCancelled(RunError):
 
     def __init__(self, run_id: str, message: str = "the run was cancelled") -> None:
         super().__init__(run_id, message)
+
+
+class TaskTimeout(RunError, TimeoutError):
+    """One attempt of a task ran past its ``timeout`` (``except TimeoutError`` catches it)."""
+
+    def __init__(self, run_id: str, task: str, attempt: int, timeout: float) -> None:
+        self.task = task
+        self.attempt = attempt
+        self.timeout = timeout
+        super().__init__(run_id, f"task {task!r} timed out after {timeout} s on attempt {attempt}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.task, self.attempt, self.timeout))
+
+
+class RunTimeout(RunError, TimeoutError):
+    """The run as a whole ran past its ``timeout``; it was stopped and unwound."""
+
+    def __init__(self, run_id: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(run_id, f"the run exceeded its deadline of {timeout} s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.timeout))
+
+
+class _RunGroup(RunError, ExceptionGroup):
+    """An ExceptionGroup that is also a RunError (so ``except*`` works on it)."""
+
+    def __new__(cls, run_id: str, message: str, exceptions: Sequence[Exception]) -> Self:
+        return ExceptionGroup.__new__(cls, message, list(exceptions))
+
+    def __init__(self, run_id: str, message: str, exceptions: Sequence[Exception]) -> None:
+        self.run_id = run_id
+        self.message_text = message
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}: {ExceptionGroup.__str__(self)}"
+
+    def derive(self, excs: Sequence[Exception]) -> _RunGroup:  # type: ignore[override]
+        return type(self)(self.run_id, self.message_text, excs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.message_text, list(self.exceptions)))
+
+
+class GroupFailed(_RunGroup):
+    """Several independent tasks failed; the group holds each task's own exception."""
+
+
+class CompensationFailed(_RunGroup):
+    """A revert failed while unwinding a failed run.
+
+    The group holds the root failure(s) first, then every revert failure;
+    :attr:`original` is the root failure (or the :class:`GroupFailed` of several).
+    """
+
+    @property
+    def original(self) -> BaseException:
+        """The forward failure that started the unwinding."""
+        return self.exceptions[0]
 
 
 class AflowInternalError(AflowError):

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from ._exceptions import AflowInternalError, CycleError, DuplicateTaskError, SignatureError
-from ._task import DEFAULT_OPTIONS, NodeOptions
+from ._options import DEFAULT_OPTIONS, NodeOptions
 
 if TYPE_CHECKING:
     from ._task import FunctionTask

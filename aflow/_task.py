@@ -9,89 +9,119 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
 
 from ._exceptions import SignatureError
+from ._options import (
+    DEFAULT_OPTIONS,
+    Backoff,
+    NodeOptions,
+    RetryOn,
+    check_options,
+    layer_options,
+    resolve_options,
+)
 
 if TYPE_CHECKING:
     from ._canvas import Group, Signature
 
-__all__ = ["FunctionTask", "NodeOptions", "layer_options", "resolve_options", "task"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "FunctionTask",
+    "NodeOptions",
+    "Revert",
+    "layer_options",
+    "resolve_options",
+    "task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
+F = TypeVar("F", bound=Callable[..., Any])
 
-#: The options a task, a signature or a composite accepts, with their checks.
-OPTION_NAMES = frozenset({"name", "retries", "timeout", "limit"})
+
+def _is_async(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ also counts
+    )
+
+
+class _RevertDecorator(Protocol):
+    def __call__(self, fn: F, /) -> F: ...
 
 
 @final
 @dataclass(frozen=True, slots=True)
-class NodeOptions:
-    """The resolved per-node options the scheduler reads.
+class Revert:
+    """A task's compensation: the function and how it is called.
 
-    Instances are interned: nodes that resolve to the same options share one
-    object, so a million-node graph holds a handful of these.
+    ``takes_result`` / ``takes_failures`` say whether the function accepts the
+    ``result=`` and ``flow_failures=`` keywords (it is given only what it accepts).
     """
 
-    retries: int = 0
-    timeout: float | None = None
-    limits: tuple[str, ...] = ()
+    fn: Callable[..., Any]
+    is_async: bool
+    takes_result: bool
+    takes_failures: bool
+    options: NodeOptions
 
 
-DEFAULT_OPTIONS = NodeOptions()
-_interned: dict[tuple[int, float | None, tuple[str, ...]], NodeOptions] = {}
-
-
-def check_options(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate option names and values; return them as a new dict."""
-    unknown = set(options) - OPTION_NAMES
-    if unknown:
-        bad = sorted(unknown)[0]
-        raise SignatureError(
-            owner, f"unknown option; known options are {sorted(OPTION_NAMES)}", argument=bad
-        )
-    out = dict(options)
-    if "name" in out and (not isinstance(out["name"], str) or not out["name"]):
-        raise SignatureError(owner, "must be a non-empty string", argument="name")
-    retries = out.get("retries", 0)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise SignatureError(owner, f"must be an int >= 0, got {retries!r}", argument="retries")
-    timeout = out.get("timeout")
-    if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
-    ):
-        raise SignatureError(owner, f"must be a number > 0, got {timeout!r}", argument="timeout")
-    limit = out.get("limit")
-    if limit is not None:
-        names = (limit,) if isinstance(limit, str) else limit
-        if not isinstance(names, tuple | list) or not all(isinstance(n, str) and n for n in names):
+def _check_revert(task_name: str, task_fn: Callable[..., Any], fn: Callable[..., Any]) -> Revert:
+    """Reject, at definition time, a revert that cannot take what it will be given."""
+    revert_name = getattr(fn, "__name__", repr(fn))
+    try:
+        task_sig = inspect.signature(task_fn)
+        revert_sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no introspectable signature: trust the user
+        return Revert(fn, _is_async(fn), True, True, DEFAULT_OPTIONS)
+    params = revert_sig.parameters
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for reserved in ("result", "flow_failures"):
+        if reserved in task_sig.parameters:
             raise SignatureError(
-                owner, f"must be a limit name or a sequence of names, got {limit!r}", "limit"
+                task_name,
+                f"a task with a revert cannot have a parameter named {reserved!r}: "
+                "the revert receives it as a keyword",
+                reserved,
             )
-        out["limit"] = tuple(names)
-    return out
-
-
-def layer_options(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> dict[str, Any]:
-    """Options of a more specific level (``inner``) over a broader one.
-
-    The more specific value wins (a signature's ``timeout`` over its group's,
-    a group's over the decorator's), except ``limit``: limits add up, so a
-    task declared ``limit="db"`` inside a group set to ``limit="api"`` takes
-    a slot of both.
-    """
-    merged = {**outer, **inner}
-    if "limit" in outer and "limit" in inner:
-        merged["limit"] = tuple(dict.fromkeys((*outer["limit"], *inner["limit"])))
-    return merged
-
-
-def resolve_options(merged: Mapping[str, Any]) -> NodeOptions:
-    """Turn merged (already checked) option dicts into an interned NodeOptions."""
-    key = (merged.get("retries", 0), merged.get("timeout"), merged.get("limit") or ())
-    found = _interned.get(key)
-    if found is None:
-        found = _interned[key] = NodeOptions(*key)
-    return found
+    takes_result = "result" in params or var_kw
+    takes_failures = "flow_failures" in params or var_kw
+    # The revert is called with the task's own arguments: every way of passing them
+    # (all positionally, or by keyword where the task allows) must bind.
+    positional: list[None] = []
+    keywords: dict[str, None] = {}
+    by_keyword: dict[str, None] = {}
+    for p in task_sig.parameters.values():
+        if p.kind is p.POSITIONAL_ONLY:
+            positional.append(None)
+        elif p.kind is p.POSITIONAL_OR_KEYWORD:
+            positional.append(None)
+            by_keyword[p.name] = None
+        elif p.kind is p.VAR_POSITIONAL:
+            positional.append(None)
+        elif p.kind is p.KEYWORD_ONLY:
+            keywords[p.name] = None
+        else:
+            keywords["__any_keyword__"] = None
+    extra: dict[str, None] = {}
+    if takes_result:
+        extra["result"] = None
+    if takes_failures:
+        extra["flow_failures"] = None
+    n_posonly = sum(1 for p in task_sig.parameters.values() if p.kind is p.POSITIONAL_ONLY)
+    for args, kwargs in (
+        (positional, keywords),
+        (positional[:n_posonly], {**by_keyword, **keywords}),
+    ):
+        try:
+            revert_sig.bind(*args, **kwargs, **extra)
+        except TypeError as exc:
+            reason = str(exc)
+            argument = reason.split("'")[1] if "'" in reason else None
+            raise SignatureError(
+                task_name,
+                f"revert {revert_name!r} cannot take the task's arguments "
+                f"{list(task_sig.parameters)} plus {list(extra) or 'nothing'}: {reason}",
+                argument,
+            ) from None
+    return Revert(fn, _is_async(fn), takes_result, takes_failures, DEFAULT_OPTIONS)
 
 
 @final
@@ -117,10 +147,10 @@ class FunctionTask(Generic[P, R]):
         checked = check_options(name, options)
         self.fn = fn
         self.name: str = checked.pop("name", name)
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ also counts
-        )
+        self.is_async = _is_async(fn)
         self.options: dict[str, Any] = checked
+        #: The compensation registered with :meth:`revert`, if any.
+        self.reverter: Revert | None = None
         #: The node options when nothing overrides the decorator's (the common case).
         self.node_options = resolve_options(checked)
         #: Call shapes already checked against the function (see aflow._graph).
@@ -129,7 +159,68 @@ class FunctionTask(Generic[P, R]):
 
     def __repr__(self) -> str:
         kind = "async" if self.is_async else "thread"
-        return f"<aflow task {self.name} ({kind})>"
+        revert = ", with revert" if self.reverter is not None else ""
+        return f"<aflow task {self.name} ({kind}{revert})>"
+
+    @overload
+    def revert(self, fn: F, /) -> F: ...
+    @overload
+    def revert(
+        self,
+        /,
+        *,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        timeout: float | None = None,
+    ) -> _RevertDecorator: ...
+    def revert(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register this task's compensation, bare or with retry options::
+
+            @charge.revert
+            async def refund(order_id: str, amount: int, *, result: str) -> None: ...
+
+        The revert is called with the task's own arguments, plus ``result=``
+        (the task's return value, or an :class:`aflow.Failure` if it failed or
+        was cancelled mid-way) and ``flow_failures=`` (node key -> Failure),
+        each only if its signature accepts it. A revert that cannot take them
+        raises :class:`~aflow.SignatureError` here, not when it is needed.
+        The function is returned unchanged.
+        """
+        options: dict[str, Any] = {"retries": retries}
+        if backoff is not None:
+            options["backoff"] = backoff
+        if retry_on is not None:
+            options["retry_on"] = retry_on
+        if timeout is not None:
+            options["timeout"] = timeout
+        checked = check_options(f"{self.name} (revert)", options)
+
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            if not callable(f):
+                raise TypeError(f"{self.name}.revert expects a function, got {f!r}")
+            found = _check_revert(self.name, self.fn, f)
+            self.reverter = Revert(
+                found.fn,
+                found.is_async,
+                found.takes_result,
+                found.takes_failures,
+                resolve_options(checked),
+            )
+            return f
+
+        if fn is not None:
+            return register(fn)
+        return register
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         """Run the function now, outside any graph (a plain sync function runs in a thread)."""
@@ -207,8 +298,12 @@ def task(
     *,
     name: str | None = None,
     retries: int = 0,
+    backoff: Backoff | None = None,
+    retry_on: RetryOn | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
     limit: str | Iterable[str] | None = None,
+    continue_on_failed: bool = False,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -216,8 +311,12 @@ def task(
     *,
     name: str | None = None,
     retries: int = 0,
+    backoff: Backoff | None = None,
+    retry_on: RetryOn | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
     limit: str | Iterable[str] | None = None,
+    continue_on_failed: bool = False,
 ) -> Any:
     """Turn a function into a task.
 
@@ -230,20 +329,35 @@ def task(
     Args:
         name: the node name (default: the function's ``__name__``).
         retries: extra attempts after a failure (``CancelledError`` is never retried).
-        timeout: seconds per attempt; an attempt over time raises ``TimeoutError``
-            (a thread task cannot be interrupted: its late result is discarded).
+        backoff: how long to wait between attempts (default: retry at once).
+        retry_on: exception types, or a predicate, that may be retried (default: any
+            ``Exception``; a ``TimeoutError`` from ``timeout`` too, if admitted).
+        timeout: seconds per attempt; an attempt over time raises
+            :class:`aflow.TaskTimeout` (a ``TimeoutError``). A thread task cannot be
+            interrupted: its late result is discarded.
+        deadline: seconds for all attempts together, waits included.
         limit: the name(s) of concurrency limits this task takes a slot of; limits set
             on an enclosing group or chain add to these.
+        continue_on_failed: if the task still fails, the run goes on as if it had
+            returned ``None`` (its state stays ``FAILED``).
     """
     options: dict[str, Any] = {}
     if name is not None:
         options["name"] = name
     if retries:
         options["retries"] = retries
+    if backoff is not None:
+        options["backoff"] = backoff
+    if retry_on is not None:
+        options["retry_on"] = retry_on
     if timeout is not None:
         options["timeout"] = timeout
+    if deadline is not None:
+        options["deadline"] = deadline
     if limit is not None:
         options["limit"] = limit if isinstance(limit, str) else tuple(limit)
+    if continue_on_failed:
+        options["continue_on_failed"] = True
 
     def decorate(f: Callable[..., Any]) -> FunctionTask[..., Any]:
         return FunctionTask(f, options)
