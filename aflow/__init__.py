@@ -26,21 +26,28 @@ from ._canvas import signature as signature
 from ._events import Event as Event
 from ._exceptions import AflowError as AflowError
 from ._exceptions import AflowInternalError as AflowInternalError
+from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CycleError as CycleError
 from ._exceptions import DefinitionError as DefinitionError
 from ._exceptions import DuplicateTaskError as DuplicateTaskError
+from ._exceptions import GroupFailed as GroupFailed
 from ._exceptions import RunCancelled as RunCancelled
 from ._exceptions import RunError as RunError
 from ._exceptions import RunNotFinished as RunNotFinished
+from ._exceptions import RunTimeout as RunTimeout
 from ._exceptions import SignatureError as SignatureError
+from ._exceptions import TaskTimeout as TaskTimeout
+from ._failure import Failure as Failure
 from ._graph import Graph as Graph
 from ._graph import Node as Node
 from ._graph import NodeKind as NodeKind
 from ._graph import compile as compile
+from ._options import Backoff as Backoff
 from ._runtime._api import Run as Run
 from ._runtime._api import Runtime as Runtime
 from ._runtime._api import run as run
 from ._runtime._api import run_sync as run_sync
+from ._runtime._current import current_attempt as current_attempt
 from ._runtime._states import NodeState as NodeState
 from ._runtime._states import RunStatistics as RunStatistics
 from ._runtime._states import RunStatus as RunStatus
@@ -53,16 +60,20 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AflowError",
     "AflowInternalError",
+    "Backoff",
     "Canvas",
     "Chain",
     "Chord",
+    "CompensationFailed",
     "CycleError",
     "DefinitionError",
     "DuplicateTaskError",
     "Event",
+    "Failure",
     "FunctionTask",
     "Graph",
     "Group",
+    "GroupFailed",
     "Node",
     "NodeKind",
     "NodeState",
@@ -72,13 +83,16 @@ __all__ = [
     "RunNotFinished",
     "RunStatistics",
     "RunStatus",
+    "RunTimeout",
     "Runtime",
     "Signature",
     "SignatureError",
     "StepInfo",
+    "TaskTimeout",
     "chain",
     "chord",
     "compile",
+    "current_attempt",
     "group",
     "run",
     "run_sync",

@@ -24,11 +24,17 @@ RUN_STARTED = "run_started"
 RUN_SUCCEEDED = "run_succeeded"
 RUN_FAILED = "run_failed"
 RUN_CANCELLED = "run_cancelled"
+RUN_REVERTED = "run_reverted"
 TASK_STARTED = "task_started"
 TASK_SUCCEEDED = "task_succeeded"
 TASK_FAILED = "task_failed"
 TASK_RETRIED = "task_retried"
 TASK_CANCELLED = "task_cancelled"
+TASK_SKIPPED = "task_skipped"
+REVERT_STARTED = "revert_started"
+REVERT_SUCCEEDED = "revert_succeeded"
+REVERT_FAILED = "revert_failed"
+REVERT_RETRIED = "revert_retried"
 
 
 @final
@@ -37,8 +43,10 @@ class Event:
     """One transition of a run or of one of its nodes.
 
     ``name`` is one of ``run_started``, ``run_succeeded``, ``run_failed``,
-    ``run_cancelled``, ``task_started``, ``task_succeeded``, ``task_failed``,
-    ``task_retried``, ``task_cancelled``. Run events have ``node=None``.
+    ``run_reverted``, ``run_cancelled``, ``task_started``, ``task_succeeded``,
+    ``task_failed``, ``task_retried``, ``task_cancelled``, ``task_skipped``,
+    ``revert_started``, ``revert_succeeded``, ``revert_failed``,
+    ``revert_retried``. Run events have ``node=None``.
     """
 
     name: str
@@ -118,7 +126,7 @@ class EventSink:
             fields["error"] = f"{type(error).__name__}: {error}"
         if node is not None:
             log.debug(name, **fields)
-        elif name in (RUN_FAILED, RUN_CANCELLED):
+        elif name in (RUN_FAILED, RUN_CANCELLED, RUN_REVERTED):
             log.warning(name, **fields)
         else:
             log.info(name, **fields)

@@ -65,6 +65,9 @@ class Node(NamedTuple):
     input: int = -1
     options: NodeOptions = DEFAULT_OPTIONS
     error_scope: tuple[int, int] | None = None
+    #: For the join of a group with a success threshold: the half-open range of
+    #: the group's own nodes, whose failures it tolerates up to that threshold.
+    tolerates: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -342,6 +345,7 @@ class GraphBuilder:
         options: NodeOptions = DEFAULT_OPTIONS,
         error_scope: tuple[int, int] | None = None,
         key: str | None = None,
+        tolerates: tuple[int, int] | None = None,
     ) -> int:
         """Append a node and return its index; checks the call shape against the task."""
         index = len(self.nodes)
@@ -367,7 +371,19 @@ class GraphBuilder:
                 for n_pos in {len(item) for item in args[0]}:
                     _check_call(task, key, n_pos, tuple(kwargs))
         self.nodes.append(
-            Node(index, key, kind, task, args, kwargs, parents, input, options, error_scope)
+            Node(
+                index,
+                key,
+                kind,
+                task,
+                args,
+                kwargs,
+                parents,
+                input,
+                options,
+                error_scope,
+                tolerates,
+            )
         )
         return index
 

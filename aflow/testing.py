@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import heapq
+import itertools
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, final
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import structlog.testing
 
-__all__ = ["capture_events"]
+__all__ = ["FakeClock", "capture_events"]
 
 
 @contextmanager
@@ -22,3 +27,87 @@ def capture_events() -> Iterator[list[MutableMapping[str, Any]]]:
     """
     with structlog.testing.capture_logs() as entries:
         yield entries
+
+
+@final
+class FakeClock:
+    """Virtual time for tests: waits and deadlines complete without real waiting.
+
+    Use it as an async context manager and pass it to the run::
+
+        async with aflow.testing.FakeClock() as clock:
+            await aflow.run(workflow, clock=clock)   # a 30 s backoff takes no time
+            assert clock.now() >= 30
+
+    With ``autojump=True`` (the default) time jumps to the next deadline as
+    soon as every task is blocked. Note that a task waiting for a worker
+    thread counts as blocked. Call :meth:`advance` to move time by hand.
+    """
+
+    def __init__(self, start: float = 0.0, *, autojump: bool = True) -> None:
+        self._now = start
+        self._autojump = autojump
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._seq = itertools.count()
+        self._registered: anyio.Event | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def now(self) -> float:
+        """The virtual time."""
+        return self._now
+
+    def _add(self, when: float, fire: Callable[[], object]) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), fire))
+        if self._registered is not None:
+            self._registered.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until virtual time has moved ``seconds`` on."""
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        woken = anyio.Event()
+        self._add(self._now + seconds, woken.set)
+        await woken.wait()
+
+    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> anyio.CancelScope:
+        """A cancel scope cancelled when virtual time reaches now + ``timeout``."""
+        scope = anyio.CancelScope(shield=shield)
+        if timeout is not None:
+            self._add(self._now + timeout, scope.cancel)
+        return scope
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time on by ``seconds``, firing every timer that falls due."""
+        self._now += seconds
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, fire = heapq.heappop(self._timers)
+            fire()
+
+    def _jump(self) -> None:
+        when = self._timers[0][0]
+        self.advance(max(0.0, when - self._now))
+
+    async def _drive(self) -> None:
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if self._timers:
+                self._jump()
+                await anyio.lowlevel.checkpoint()
+            else:
+                self._registered = anyio.Event()
+                await self._registered.wait()
+                self._registered = None
+
+    async def __aenter__(self) -> FakeClock:
+        if self._autojump:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg.start_soon(self._drive)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None

@@ -382,8 +382,10 @@ class TestFailure:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(open_later)
-            with pytest.raises(TimeoutError, match="late"):
+            with pytest.raises(aflow.TaskTimeout, match="timed out after 0.05 s") as info:
                 await blocking.s()
+        assert info.value.task == "blocking"
+        assert isinstance(info.value, TimeoutError)
 
     async def test_timeout_option_on_signature(self) -> None:
         @aflow.task

@@ -14,7 +14,9 @@ import anyio.abc
 
 from .._events import Event, EventListener
 from .._exceptions import RunCancelled, RunNotFinished
+from .._failure import Failure
 from .._graph import Graph, NodeKind, compile
+from ._clock import Clock
 from ._limits import Limit
 from ._scheduler import Execution
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
@@ -42,6 +44,10 @@ async def run(
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
 ) -> R: ...
 @overload
 async def run(
@@ -51,6 +57,10 @@ async def run(
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
 ) -> Any: ...
 async def run(
     workflow: object,
@@ -59,6 +69,10 @@ async def run(
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
 ) -> Any:
     """Run a workflow in the calling task and return its value.
 
@@ -66,9 +80,15 @@ async def run(
     nodes at once, and at most ``limits[name]`` nodes of tasks declared with
     ``limit=name``. ``on_event`` receives every run and node event.
 
-    If a task fails, the other running tasks are cancelled, nodes not started
-    never start, and the task's own exception is raised. Cancelling the
-    caller cancels the run.
+    If a task fails (after its retries), the other running tasks are
+    cancelled, nodes not started never start, the reverts of what ran are
+    called in reverse dependency order (``on_error="revert"``, shielded, at
+    most ``compensation_timeout`` seconds), and the task's own exception is
+    raised. With ``on_error="continue"`` the dependents of a failed task are
+    skipped, independent branches finish, and the failure is raised at the
+    end. ``timeout`` bounds the whole run (:class:`aflow.RunTimeout`); time
+    comes from ``clock`` (``aflow.testing.FakeClock`` in tests). Cancelling
+    the caller cancels and unwinds the run, then re-raises.
 
     Example::
 
@@ -81,6 +101,10 @@ async def run(
         max_concurrency=max_concurrency,
         limits=_make_limits(limits),
         listeners=(on_event,) if on_event is not None else (),
+        on_error=on_error,
+        timeout=timeout,
+        compensation_timeout=compensation_timeout,
+        clock=clock,
     )
     return await execution.execute()
 
@@ -93,6 +117,10 @@ def run_sync(
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
     use_uvloop: bool | None = None,
 ) -> R: ...
 @overload
@@ -103,6 +131,10 @@ def run_sync(
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
     use_uvloop: bool | None = None,
 ) -> Any: ...
 def run_sync(
@@ -112,6 +144,10 @@ def run_sync(
     limits: Mapping[str, int] | None = None,
     on_event: EventListener | None = None,
     run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
     use_uvloop: bool | None = None,
 ) -> Any:
     """Run a workflow from synchronous code (a script) on a new event loop.
@@ -132,6 +168,10 @@ def run_sync(
         limits=limits,
         on_event=on_event,
         run_id=run_id,
+        on_error=on_error,
+        timeout=timeout,
+        compensation_timeout=compensation_timeout,
+        clock=clock,
     )
     return anyio.run(call, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
@@ -242,6 +282,14 @@ class Run(Generic[R]):
         """Every succeeded task node's output, by node key."""
         return self._execution.results()
 
+    def failures(self) -> dict[str, Failure]:
+        """Every node that failed or was cancelled mid-way, by key (the run's full record)."""
+        return self._execution.failures()
+
+    def reverted(self) -> list[str]:
+        """The keys of the nodes whose reverts succeeded, in the order they finished."""
+        return self._execution.reverted()
+
     def statistics(self) -> RunStatistics:
         """Counts of task nodes by state, the peak in flight, and the duration."""
         return self._execution.statistics()
@@ -332,16 +380,20 @@ class Runtime:
     """
 
     __slots__ = (
+        "_clock",
+        "_compensation_timeout",
         "_global",
         "_history",
         "_keep",
         "_limits",
         "_max_concurrency",
+        "_on_error",
         "_runs",
         "_shutdown_timeout",
         "_tg",
         "_thread_limiter",
         "_threads",
+        "_timeout",
     )
 
     def __init__(
@@ -352,7 +404,15 @@ class Runtime:
         threads: int = DEFAULT_THREADS,
         shutdown_timeout: float | None = None,
         keep_finished: int = 1000,
+        on_error: str = "revert",
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self._on_error = on_error
+        self._timeout = timeout
+        self._compensation_timeout = compensation_timeout
+        self._clock = clock
         self._max_concurrency = max_concurrency
         self._keep = keep_finished
         self._history: OrderedDict[str, Run[Any]] = OrderedDict()
@@ -406,6 +466,10 @@ class Runtime:
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> Run[R]: ...
     @overload
     async def submit(
@@ -414,6 +478,10 @@ class Runtime:
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> Run[Any]: ...
     async def submit(
         self,
@@ -421,6 +489,10 @@ class Runtime:
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> Run[Any]:
         """Start a run in the runtime and return its handle at once.
 
@@ -438,6 +510,14 @@ class Runtime:
             global_limits=self._global,
             thread_limiter=self._thread_limiter,
             listeners=(on_event,) if on_event is not None else (),
+            on_error=on_error or self._on_error,
+            timeout=timeout if timeout is not None else self._timeout,
+            compensation_timeout=(
+                compensation_timeout
+                if compensation_timeout is not None
+                else self._compensation_timeout
+            ),
+            clock=clock or self._clock,
         )
         handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle

@@ -1,25 +1,35 @@
-"""The scheduler: runs one graph on the caller's event loop.
+"""The scheduler: runs one graph on the caller's event loop, and unwinds it on failure.
 
-Bookkeeping is O(V + E): an in-degree counter per node and a ready deque; a
-finished node decrements its children and pushes the ones that reach zero.
-
-Workers are coroutines in the run's one task group. A worker pops a ready
-node and awaits it *inline*; when it pops a node while more are ready, it
-makes sure one spare worker is scheduled, so that if this node blocks the
+Forward phase. Bookkeeping is O(V + E): an in-degree counter per node and a
+ready deque; a finished node decrements its children and pushes the ones that
+reach zero. Workers are coroutines in the run's one task group. A worker pops
+a ready node and awaits it *inline*; when it pops a node while more are ready,
+it makes sure one spare worker is scheduled, so that if this node blocks the
 others still start. A chain therefore runs in a single worker without any
-task switch, and a fan-out of blocking nodes gets one worker per node, much
-as hand-written ``create_task`` code would. Cancel scopes are opened only for
+task switch, and a fan-out of blocking nodes gets one worker per node, much as
+hand-written ``create_task`` code would. Cancel scopes are opened only for
 nodes with a timeout.
+
+Unwind phase (issue #3). When the forward phase fails, is cancelled or runs
+out of time, the same workers walk the graph backwards: a node becomes ready
+to revert once every node that consumed its output has been unwound, so a
+revert never starts before the reverts of its consumers, and independent
+reverts run concurrently under the same limits. The phase runs in a shielded
+cancel scope with its own deadline, so a cancelled caller still unwinds. A
+revert that fails blocks the unwinding of everything upstream of it (its
+branch) while other branches go on.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
+import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import Any, final
 
 import anyio
@@ -27,20 +37,37 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._events import (
+    REVERT_FAILED,
+    REVERT_RETRIED,
+    REVERT_STARTED,
+    REVERT_SUCCEEDED,
     RUN_CANCELLED,
     RUN_FAILED,
+    RUN_REVERTED,
     RUN_STARTED,
     RUN_SUCCEEDED,
     TASK_CANCELLED,
     TASK_FAILED,
     TASK_RETRIED,
+    TASK_SKIPPED,
     TASK_STARTED,
     TASK_SUCCEEDED,
     EventListener,
     EventSink,
 )
-from .._exceptions import DefinitionError, RunCancelled
+from .._exceptions import (
+    CompensationFailed,
+    DefinitionError,
+    GroupFailed,
+    RunCancelled,
+    RunTimeout,
+    TaskTimeout,
+)
+from .._failure import Failure
 from .._graph import INPUT_ERROR, Graph, Node, NodeKind
+from .._options import NodeOptions
+from ._clock import SYSTEM_CLOCK, Clock
+from ._current import ATTEMPT, INJECTIONS, Injection
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import run_in_thread
@@ -49,10 +76,14 @@ __all__ = ["Execution"]
 
 _PENDING = NodeState.PENDING
 _RUNNING = NodeState.RUNNING
+_RETRYING = NodeState.RETRYING
 _SUCCEEDED = NodeState.SUCCEEDED
 _FAILED = NodeState.FAILED
 _CANCELLED = NodeState.CANCELLED
 _SKIPPED = NodeState.SKIPPED
+_REVERTING = NodeState.REVERTING
+_REVERTED = NodeState.REVERTED
+_REVERT_FAILED = NodeState.REVERT_FAILED
 _TASK = NodeKind.TASK
 _JOIN = NodeKind.JOIN
 _MAP = NodeKind.MAP
@@ -63,6 +94,7 @@ _YIELD_EVERY = 128
 
 _perf_counter = time.perf_counter
 _copy_context = contextvars.copy_context
+_set_attempt = ATTEMPT.set
 
 
 @final
@@ -75,9 +107,10 @@ class _InContext:
 
     __slots__ = ("_coro", "_ctx")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], attempt: int) -> None:
         self._coro = coro
-        self._ctx = _copy_context()
+        self._ctx = ctx = _copy_context()
+        ctx.run(_set_attempt, attempt)
 
     def __await__(self) -> Generator[Any, Any, Any]:
         run = self._ctx.run
@@ -100,46 +133,107 @@ class _InContext:
                 error = exc
 
 
+def _in_thread_with_attempt(attempt: int, fn: Callable[[], Any]) -> Any:
+    _set_attempt(attempt)  # the thread runs in its own copy of the context
+    return fn()
+
+
 async def _map_async(
-    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any]
+    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], options: NodeOptions
 ) -> list[Any]:
-    if star:
-        return [await fn(*item, **kwargs) for item in items]
-    return [await fn(item, **kwargs) for item in items]
+    if not options.tolerant:
+        if star:
+            return [await fn(*item, **kwargs) for item in items]
+        return [await fn(item, **kwargs) for item in items]
+    out: list[Any] = []
+    errors: list[Exception] = []
+    for item in items:
+        try:
+            out.append(await (fn(*item, **kwargs) if star else fn(item, **kwargs)))
+        except Exception as exc:
+            errors.append(exc)
+            out.append(_MISSING)
+    return _settle_map(out, errors, options)
 
 
-def _map_sync(fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any]) -> list[Any]:
-    if star:
-        return [fn(*item, **kwargs) for item in items]
-    return [fn(item, **kwargs) for item in items]
+def _map_sync(
+    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], options: NodeOptions
+) -> list[Any]:
+    if not options.tolerant:
+        if star:
+            return [fn(*item, **kwargs) for item in items]
+        return [fn(item, **kwargs) for item in items]
+    out: list[Any] = []
+    errors: list[Exception] = []
+    for item in items:
+        try:
+            out.append(fn(*item, **kwargs) if star else fn(item, **kwargs))
+        except Exception as exc:
+            errors.append(exc)
+            out.append(_MISSING)
+    return _settle_map(out, errors, options)
+
+
+_MISSING: Any = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _keywords_of(fn: Callable[..., Any]) -> frozenset[str]:
+    """Keyword names a callable accepts by name ("*" if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= {"failures", "results"}
+    return frozenset(names)
+
+
+def _settle_map(out: list[Any], errors: list[Exception], options: NodeOptions) -> list[Any]:
+    succeeded = len(out) - len(errors)
+    if errors and not options.threshold_met(succeeded, len(out)):
+        raise ExceptionGroup(
+            f"{len(errors)} of {len(out)} items failed, below the success threshold", errors
+        )
+    return [None if v is _MISSING else v for v in out]
 
 
 @final
 class Execution:
-    """One run of one graph: its state arrays, workers and limits."""
+    """One run of one graph: its state arrays, workers, limits and unwinding."""
 
     __slots__ = (
         "_any_limits",
         "_attempts",
         "_cancel_requested",
         "_children",
+        "_clock",
+        "_compensation_timeout",
         "_context",
         "_done",
         "_done_count",
-        "_errback_phase",
+        "_errbacks_due",
         "_errors",
         "_events",
         "_failure",
+        "_failures",
         "_finished",
         "_global_limits",
+        "_halt",
         "_limit_cache",
         "_limits",
         "_needed",
         "_nodes",
+        "_on_error",
+        "_parked",
         "_peak",
         "_ready",
         "_remaining",
         "_results",
+        "_revert_errors",
+        "_reverted",
+        "_reverting",
         "_running",
         "_scope",
         "_spare_pending",
@@ -147,6 +241,10 @@ class Execution:
         "_states",
         "_tg",
         "_thread_limiter",
+        "_timed_out",
+        "_timeout",
+        "_tolerated_by",
+        "_unwinding",
         "_wall_offset",
         "closed",
         "ended_at",
@@ -168,13 +266,27 @@ class Execution:
         global_limits: Sequence[Limit] = (),
         thread_limiter: anyio.CapacityLimiter | None = None,
         listeners: Sequence[EventListener] = (),
+        on_error: str = "revert",
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        if on_error not in ("revert", "continue"):
+            raise ValueError(f"on_error must be 'revert' or 'continue', got {on_error!r}")
+        for name, value in (("timeout", timeout), ("compensation_timeout", compensation_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         self.graph = graph
         self.run_id = run_id or uuid.uuid4().hex
         self.status = RunStatus.PENDING
         self.closed = False
+        self.stopping = False
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        self._on_error = on_error
+        self._timeout = timeout
+        self._compensation_timeout = compensation_timeout
+        self._clock: Clock = clock or SYSTEM_CLOCK
         nodes = graph.nodes
         n = len(nodes)
         self._nodes = nodes
@@ -186,21 +298,37 @@ class Execution:
         self._finished: list[float | None] = [None] * n
         self._attempts: dict[int, int] = {}
         self._errors: dict[int, BaseException] = {}
+        self._failures: dict[int, Failure] = {}
+        self._revert_errors: dict[int, BaseException] = {}
+        self._reverted: list[int] = []
+        self._reverting: frozenset[int] = frozenset()
         self._ready: deque[int] = deque()
         errbacks = 0
+        tolerant: list[Node] = []
         for node in nodes:
             if node.error_scope is not None:
                 errbacks += 1
             elif not node.parents:
                 self._ready.append(node.index)
+            if node.tolerates is not None:
+                tolerant.append(node)
         self._needed = n - errbacks
+        # node -> the join of the innermost group with a threshold that tolerates it
+        self._tolerated_by: dict[int, int] = {}
+        for join in sorted(tolerant, key=lambda j: j.tolerates[1] - j.tolerates[0], reverse=True):  # type: ignore[index]
+            start, end = join.tolerates  # type: ignore[misc]
+            for i in range(start, end):
+                self._tolerated_by[i] = join.index
         self._done_count = 0
         self._running = 0
+        self._parked = 0
         self._peak = 0
         self._failure: tuple[int, BaseException] | None = None
-        self.stopping = False
-        self._errback_phase = False
+        self._errbacks_due = False
+        self._halt = False
+        self._unwinding = False
         self._cancel_requested = False
+        self._timed_out = False
         self._spare_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -242,7 +370,7 @@ class Execution:
         named = self._limit_cache[id(node.options)]
         return self._global_limits + named if self._global_limits else named
 
-    # --- running -------------------------------------------------------------------------
+    # --- the run -------------------------------------------------------------------------
 
     def add_listener(self, listener: EventListener) -> None:
         """Subscribe to this run's events from now on."""
@@ -255,10 +383,11 @@ class Execution:
     async def execute(self) -> Any:
         """Run the graph to the end in the calling task; return the output node's value.
 
-        A task's exception propagates as raised (with notes naming the task
-        and the run) after the other running tasks were cancelled and the
-        matching error callbacks ran. Cancelling the caller cancels the run
-        and re-raises.
+        On failure the other running tasks are cancelled, completed work is
+        unwound (reverts, reverse dependency order, shielded), error callbacks
+        run, and the task's own exception is raised with notes naming the
+        task, the run and what was reverted. Cancelling the caller cancels and
+        unwinds the run, then re-raises ``CancelledError``.
         """
         if self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
@@ -268,46 +397,112 @@ class Execution:
         self._context = _copy_context()
         events = self._events
         events.emit(RUN_STARTED)
+        caller_cancel: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self._scope = tg.cancel_scope
-                await self._worker()
-                if self._done_count < self._needed and not self.stopping:
-                    self._done = anyio.Event()
-                    await self._done.wait()
-        except BaseException as exc:
-            self._tg = None
-            self._close(RunStatus.CANCELLED)
-            events.emit(RUN_CANCELLED, error=exc)
-            raise
-        self._tg = None
-        self.closed = True  # no limit may hand this run a node any more
-        self.stopping = True
-        self._return_grants()
-        if self._failure is not None:
-            error = self._failure[1]
-            try:
-                await self._run_errbacks()
-            except BaseException:
-                self._close(RunStatus.CANCELLED)
-                events.emit(RUN_CANCELLED)
-                raise
+            with self._clock.cancel_scope(self._timeout) as deadline:
+                await self._run_phase()
+            if deadline.cancelled_caught:
+                self._timed_out = True
+        except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
+            caller_cancel = exc
+        self._end_phase()
+
+        stopped = (
+            self._failure is not None
+            or caller_cancel is not None
+            or self._timed_out
+            or self._cancel_requested
+        )
+        if stopped and self._on_error == "revert":
+            await self._unwind()
+        if caller_cancel is not None:
+            self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED, error=caller_cancel)
+            raise caller_cancel
+
+        roots = self._root_failures()
+        primary: BaseException | None
+        if self._timed_out:
+            primary = RunTimeout(self.run_id, self._timeout or 0.0)
+        elif len(roots) == 1:
+            primary = roots[0]
+        elif roots:
+            primary = GroupFailed(self.run_id, f"{len(roots)} tasks failed", roots)  # type: ignore[arg-type]
+        elif self._cancel_requested and self._done_count < self._needed:
+            primary = RunCancelled(self.run_id)
+        else:
+            primary = None
+        errback_errors = await self._run_errbacks() if self._errbacks_due else []
+        if primary is None:
+            self._close(RunStatus.SUCCEEDED)
+            events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
+            return self._results[self.graph.output]
+
+        self._note_outcome(primary)
+        for key, error in errback_errors:
+            if error is not primary:
+                primary.add_note(
+                    f"aflow: error callback {key!r} also failed: {type(error).__name__}: {error}"
+                )
+        if self._revert_errors:
+            errors = [primary, *self._revert_errors.values()]
             self._close(RunStatus.FAILED)
-            events.emit(RUN_FAILED, error=error)
-            raise error
-        if self._cancel_requested and self._done_count < self._needed:
+            events.emit(RUN_FAILED, error=primary)
+            raise CompensationFailed(
+                self.run_id,
+                f"{len(self._revert_errors)} revert(s) failed while unwinding",
+                errors,  # type: ignore[arg-type]
+            )
+        if isinstance(primary, RunCancelled):
             self._close(RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED)
-            raise RunCancelled(self.run_id)
-        self._close(RunStatus.SUCCEEDED)
-        events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
-        return self._results[self.graph.output]
+        elif self._reverted:
+            self._close(RunStatus.REVERTED)
+            events.emit(RUN_REVERTED, error=primary)
+        else:
+            self._close(RunStatus.FAILED)
+            events.emit(RUN_FAILED, error=primary)
+        raise primary
+
+    async def _run_phase(self) -> None:
+        """Run workers until the phase's ready work is done (or it is halted)."""
+        self._halt = False
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._scope = tg.cancel_scope
+            await self._worker()
+            if self._busy():
+                self._done = anyio.Event()
+                await self._done.wait()
+        self._tg = None
+        self._done = None
+
+    def _busy(self) -> bool:
+        if self._halt:
+            return False
+        if self._unwinding:
+            return bool(self._running or self._ready or self._parked)
+        return self._done_count < self._needed
+
+    def _check_idle(self) -> None:
+        if self._done is not None and not self._busy():
+            self._done.set()
+
+    def _end_phase(self) -> None:
+        """The forward phase is over: nothing may start, slots go back."""
+        self._tg = None
+        self._halt = True
+        self.stopping = True
+        self._ready.clear()
+        self._parked = 0
+        self._return_grants()
 
     def cancel(self) -> None:
-        """Cancel the run from outside; :meth:`execute` then raises :class:`RunCancelled`."""
+        """Cancel the run from outside; it unwinds, then raises :class:`RunCancelled`."""
         self._cancel_requested = True
-        self.stopping = True
+        if self._unwinding:
+            return  # compensation is shielded: let it finish
+        self._halt = True
         if self._scope is not None:
             self._scope.cancel()
 
@@ -321,6 +516,32 @@ class Execution:
         for node in self._nodes:
             if node.error_scope is not None and states[node.index] is _PENDING:
                 states[node.index] = _SKIPPED
+
+    def _root_failures(self) -> list[BaseException]:
+        """Failures that stopped the run: not tolerated, not continued past."""
+        roots: list[BaseException] = []
+        for index, error in self._errors.items():
+            node = self._nodes[index]
+            if (
+                self._states[index] in (_FAILED, _REVERTED, _REVERT_FAILED)
+                and index in self._failures
+                and not self._failures[index].cancelled
+                and node.error_scope is None
+                and not node.options.continue_on_failed
+                and index not in self._tolerated_by
+            ):
+                roots.append(error)
+        return roots
+
+    def _note_outcome(self, primary: BaseException) -> None:
+        if self._reverted:
+            names = ", ".join(self._nodes[i].key for i in self._reverted)
+            primary.add_note(f"aflow: run {self.run_id} reverted {names} (in that order)")
+        if self._revert_errors:
+            names = ", ".join(self._nodes[i].key for i in self._revert_errors)
+            primary.add_note(f"aflow: the revert of {names} failed; what precedes it was kept")
+
+    # --- grants and limits -----------------------------------------------------------------
 
     def grant(self, index: int, limit: Limit) -> None:
         """A slot of ``limit`` was handed to node ``index`` (see :mod:`._limits`)."""
@@ -339,164 +560,395 @@ class Execution:
 
     def requeue(self, index: int, *, wake: bool) -> None:
         """Put a node that waited for a limit slot back at the front of the ready queue."""
+        self._parked -= 1
         self._ready.appendleft(index)
         if wake:
             self._ensure_worker()
 
     def _ensure_worker(self) -> None:
-        if not self._spare_pending and not self.stopping and self._tg is not None:
+        if not self._spare_pending and not self._halt and self._tg is not None:
             self._spare_pending = True
             # Called from another run's worker when a limit hands us a slot: start
             # the worker in this run's own context, never in the caller's.
             self._context.run(self._tg.start_soon, self._worker)
 
+    # --- workers -------------------------------------------------------------------------
+
     async def _worker(self) -> None:
         self._spare_pending = False
         ready = self._ready
         nodes = self._nodes
-        results = self._results
         streak = 0
-        while ready and not self.stopping:
+        while ready and not self._halt:
             index = ready.popleft()
             if ready and not self._spare_pending:
                 self._spare_pending = True
                 self._tg.start_soon(self._worker)  # type: ignore[union-attr]
             node = nodes[index]
-            if node.kind is _JOIN:
-                sources = node.args[0] if node.args else node.parents
-                self._succeed(index, [results[p] for p in sources])
+            if self._unwinding:
+                if index not in self._reverting:
+                    self._unwound(index)
+                    continue
+            elif node.kind is _JOIN:
+                self._join(node)
                 continue
             if self._any_limits:
                 limits = self._limits_of(node)
                 if limits and not try_acquire(limits, self, index):
+                    self._parked += 1
                     continue
             else:
                 limits = ()
-            await self._run_node(node, limits)
+            if self._unwinding:
+                await self._revert_node(node, limits)
+            else:
+                await self._run_node(node, limits)
             streak += 1
             if streak == _YIELD_EVERY:
                 streak = 0
                 await anyio.lowlevel.checkpoint()
 
+    def _args_of(self, node: Node) -> tuple[Any, ...]:
+        source = node.input
+        if source >= 0:
+            return (self._results[source], *node.args)
+        if source == INPUT_ERROR:
+            return (self._errors_for(node), *node.args)
+        return node.args
+
+    def _make_call(self, node: Node, args: tuple[Any, ...], attempt: int) -> Any:
+        task = node.task
+        assert task is not None
+        kwargs = node.kwargs
+        if node.kind is _TASK:
+            if task.is_async:
+                return _InContext(task.fn(*args, **kwargs), attempt)  # type: ignore[arg-type]
+            call = functools.partial(task.fn, *args, **kwargs)
+        else:
+            star = node.kind is not _MAP
+            if task.is_async:
+                coro = _map_async(task.fn, args[0], star, kwargs, node.options)
+                return _InContext(coro, attempt)
+            call = functools.partial(_map_sync, task.fn, args[0], star, kwargs, node.options)
+        return run_in_thread(
+            functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
+        )
+
+    async def _attempts_of(
+        self,
+        node: Node,
+        options: NodeOptions,
+        is_async: bool,
+        make_call: Callable[[int], Any],
+        started: str,
+        retried: str,
+    ) -> tuple[Any, int]:
+        """Call until success or until the retry policy gives up; return (value, attempts).
+
+        The final exception is re-raised with ``self._attempts`` recording how
+        many attempts were made. Cancellation is never retried.
+        """
+        index = node.index
+        sink = self._events
+        clock = self._clock
+        name = node.name
+        attempt = 1
+        timeout = options.timeout
+        give_up_at = clock.now() + options.deadline if options.deadline is not None else math.inf
+        while True:
+            if sink.node_events:
+                sink.emit(started, node.key, name, attempt)
+            try:
+                if INJECTIONS:
+                    await self._inject(node, attempt)
+                limit = timeout
+                if give_up_at != math.inf:
+                    left = give_up_at - clock.now()
+                    if left <= 0:
+                        raise TaskTimeout(self.run_id, node.key, attempt, options.deadline or 0.0)
+                    limit = left if limit is None else min(limit, left)
+                if limit is None:
+                    value = await make_call(attempt)
+                elif is_async:
+                    with clock.cancel_scope(limit) as scope:
+                        value = await make_call(attempt)
+                    if scope.cancelled_caught:
+                        raise TaskTimeout(self.run_id, node.key, attempt, limit)
+                else:
+                    # A thread cannot be interrupted: wait for it, then treat a late
+                    # result as a timeout (the value is discarded).
+                    began = clock.now()
+                    value = await make_call(attempt)
+                    if clock.now() - began > limit:
+                        raise TaskTimeout(self.run_id, node.key, attempt, limit)
+                if attempt > 1:
+                    self._attempts[index] = attempt
+                return value, attempt
+            except Exception as exc:
+                halted = self._halt and not self._unwinding
+                if attempt <= options.retries and options.should_retry(exc) and not halted:
+                    wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
+                    if clock.now() + wait < give_up_at:
+                        if sink.node_events:
+                            sink.emit(retried, node.key, name, attempt, error=exc)
+                        if wait > 0:
+                            previous = self._states[index]
+                            self._states[index] = _RETRYING
+                            await clock.sleep(wait)
+                            self._states[index] = previous
+                        attempt += 1
+                        continue
+                self._attempts[index] = attempt
+                raise
+
+    async def _inject(self, node: Node, attempt: int) -> None:
+        plans = INJECTIONS.get(node.key) or INJECTIONS.get(node.name) or ()
+        plan: Injection | None = next(
+            (p for p in plans if p.attempt is None or p.attempt == attempt), None
+        )
+        if plan is None or self._unwinding:
+            return
+        plan.hits += 1
+        if plan.action == "raise":
+            assert plan.error is not None
+            raise plan.error
+        if plan.action == "cancel":
+            self.cancel()
+        await anyio.sleep_forever()
+
     async def _run_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
         index = node.index
         task = node.task
         assert task is not None
-        args = node.args
-        source = node.input
-        if source >= 0:
-            args = (self._results[source], *args)
-        elif source == INPUT_ERROR:
-            args = (self._errors_for(node), *args)
-        kwargs = node.kwargs
-        options = node.options
-        sink = self._events
+        args = self._args_of(node)
         self._states[index] = _RUNNING
         self._running += 1
         if self._running > self._peak:
             self._peak = self._running
         start = _perf_counter()
         self._started[index] = start
-        attempt = 1
-        call: Any
+        sink = self._events
         try:
-            while True:
-                if sink.node_events:
-                    sink.emit(TASK_STARTED, node.key, task.name, attempt)
-                try:
-                    if node.kind is _TASK:
-                        if task.is_async:
-                            call = _InContext(task.fn(*args, **kwargs))  # type: ignore[arg-type]
-                        else:
-                            call = run_in_thread(
-                                functools.partial(task.fn, *args, **kwargs), self._thread_limiter
-                            )
-                    else:
-                        star = node.kind is not _MAP
-                        if task.is_async:
-                            call = _InContext(_map_async(task.fn, args[0], star, kwargs))
-                        else:
-                            call = run_in_thread(
-                                functools.partial(_map_sync, task.fn, args[0], star, kwargs),
-                                self._thread_limiter,
-                            )
-                    if options.timeout is None:
-                        value = await call
-                    elif task.is_async:
-                        with anyio.fail_after(options.timeout):
-                            value = await call
-                    else:
-                        # A thread cannot be interrupted: wait for it, then treat a
-                        # late result as a timeout (the value is discarded).
-                        began = _perf_counter()
-                        value = await call
-                        if _perf_counter() - began > options.timeout:
-                            raise TimeoutError(
-                                f"task {node.key!r} took longer than {options.timeout} s "
-                                "(a thread task's result arrived late and was discarded)"
-                            )
-                except Exception as exc:
-                    if attempt <= options.retries and (not self.stopping or self._errback_phase):
-                        if sink.node_events:
-                            sink.emit(TASK_RETRIED, node.key, task.name, attempt, error=exc)
-                        attempt += 1
-                        continue
-                    self._fail(node, exc, attempt)
-                    return
-                break
+            value, attempt = await self._attempts_of(
+                node,
+                node.options,
+                task.is_async,
+                lambda attempt: self._make_call(node, args, attempt),
+                TASK_STARTED,
+                TASK_RETRIED,
+            )
+        except Exception as exc:
+            self._node_failed(node, exc, self._attempts.get(index, 1))
+            return
         except BaseException as exc:  # cancellation: record it, never swallow it
             self._states[index] = _CANCELLED
             self._finished[index] = _perf_counter()
             self._errors[index] = exc
+            attempt = self._attempts.get(index, 1)
+            self._failures[index] = Failure.capture(node.key, exc, attempt, cancelled=True)
             if sink.node_events:
                 sink.emit(TASK_CANCELLED, node.key, task.name, attempt)
             raise
         finally:
             self._running -= 1
-            if attempt > 1:
-                self._attempts[index] = attempt
             if limits:
                 release(limits, self)
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
         self._succeed(index, value)
 
-    def _succeed(self, index: int, value: Any) -> None:
+    def _join(self, node: Node) -> None:
+        results = self._results
+        sources = node.args[0] if node.args else node.parents
+        if node.tolerates is None:
+            self._succeed(node.index, [results[p] for p in sources])
+            return
+        states = self._states
+        ok = sum(1 for p in sources if states[p] is _SUCCEEDED)
+        if node.options.threshold_met(ok, len(sources)):
+            self._succeed(
+                node.index, [results[p] if states[p] is _SUCCEEDED else None for p in sources]
+            )
+            return
+        start, end = node.tolerates
+        failed = [
+            error
+            for i, error in self._errors.items()
+            if start <= i < end and i in self._failures and not self._failures[i].cancelled
+        ]
+        error = GroupFailed(
+            self.run_id,
+            f"{ok} of {len(sources)} members of group {node.key!r} succeeded, "
+            "below its success threshold",
+            failed,  # type: ignore[arg-type]
+        )
+        self._started[node.index] = _perf_counter()
+        self._node_failed(node, error, 1)
+
+    def _succeed(self, index: int, value: Any, state: NodeState = _SUCCEEDED) -> None:
         self._results[index] = value
-        self._states[index] = _SUCCEEDED
+        self._states[index] = state
         self._finished[index] = _perf_counter()
         remaining = self._remaining
         ready = self._ready
+        states = self._states
         for child in self._children[index]:
             left = remaining[child] - 1
             remaining[child] = left
-            if left == 0:
+            if left == 0 and states[child] is _PENDING:
                 ready.append(child)
         self._done_count += 1
         if self._done_count == self._needed and self._done is not None:
             self._done.set()
 
-    def _fail(self, node: Node, error: Exception, attempt: int) -> None:
+    def _node_failed(self, node: Node, error: Exception, attempt: int) -> None:
         index = node.index
-        self._states[index] = _FAILED
-        self._finished[index] = _perf_counter()
         self._errors[index] = error
+        self._failures[index] = Failure.capture(node.key, error, attempt)
         error.add_note(f"aflow: task {node.key!r} failed on attempt {attempt} in run {self.run_id}")
         if self._events.node_events:
-            assert node.task is not None
             self._events.emit(
                 TASK_FAILED,
                 node.key,
-                node.task.name,
+                node.name,
                 attempt,
-                _perf_counter() - (self._started[index] or 0.0),
+                _perf_counter() - (self._started[index] or _perf_counter()),
                 error,
             )
-        if self._failure is None and node.error_scope is None:
+        if node.error_scope is not None:  # an error callback failed: noted, not a root
+            self._states[index] = _FAILED
+            self._finished[index] = _perf_counter()
+            return
+        if node.options.continue_on_failed:
+            self._succeed(index, None, _FAILED)  # dependents go on without its output
+            return
+        self._errbacks_due = True
+        tolerant_join = self._tolerated_by.get(index)
+        if tolerant_join is not None or self._on_error == "continue":
+            self._states[index] = _FAILED
+            self._finished[index] = _perf_counter()
+            self._skip_dependents(index, tolerant_join)
+            self._done_count += 1
+            self._check_idle()
+            return
+        self._states[index] = _FAILED
+        self._finished[index] = _perf_counter()
+        if self._failure is None:
             self._failure = (index, error)
-            self.stopping = True
+            self._halt = True
             if self._scope is not None:
                 self._scope.cancel()
+
+    def _skip_dependents(self, index: int, tolerant_join: int | None) -> None:
+        """Mark every node downstream of a failed one SKIPPED, up to a tolerating join."""
+        states = self._states
+        remaining = self._remaining
+        stack = [index]
+        sink = self._events
+        while stack:
+            i = stack.pop()
+            for child in self._children[i]:
+                if child == tolerant_join:
+                    remaining[child] -= 1
+                    if remaining[child] == 0 and states[child] is _PENDING:
+                        self._ready.append(child)
+                elif states[child] is _PENDING:
+                    states[child] = _SKIPPED
+                    self._done_count += 1
+                    if sink.node_events and self._nodes[child].kind is not _JOIN:
+                        sink.emit(TASK_SKIPPED, self._nodes[child].key, self._nodes[child].name)
+                    stack.append(child)
+
+    # --- unwinding -------------------------------------------------------------------------
+
+    async def _unwind(self) -> None:
+        """Revert what ran, consumers first; shielded, with its own deadline."""
+        states = self._states
+        started = self._started
+        self._reverting = frozenset(
+            node.index
+            for node in self._nodes
+            if node.task is not None
+            and node.task.reverter is not None
+            and node.error_scope is None
+            and started[node.index] is not None
+            and states[node.index] in (_SUCCEEDED, _FAILED, _CANCELLED)
+        )
+        if not self._reverting:
+            return
+        self._unwinding = True
+        self.stopping = False  # reverts take limit slots like any node
+        self._remaining = [len(c) for c in self._children]
+        self._ready = deque(i for i, left in enumerate(self._remaining) if left == 0)
+        with self._clock.cancel_scope(self._compensation_timeout, shield=True) as scope:
+            await self._run_phase()
+        self._unwinding = False
+        self._end_phase()
+        if scope.cancelled_caught:
+            timeout = TimeoutError(
+                f"compensation of run {self.run_id} exceeded {self._compensation_timeout} s"
+            )
+            for i in self._reverting:
+                if states[i] is _REVERTING:
+                    states[i] = _REVERT_FAILED
+                    self._revert_errors[i] = timeout
+
+    def _unwound(self, index: int) -> None:
+        remaining = self._remaining
+        ready = self._ready
+        for parent in self._nodes[index].parents:
+            left = remaining[parent] - 1
+            remaining[parent] = left
+            if left == 0:
+                ready.append(parent)
+
+    async def _revert_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
+        index = node.index
+        task = node.task
+        assert task is not None
+        assert task.reverter is not None
+        reverter = task.reverter
+        args = self._args_of(node)
+        kwargs = dict(node.kwargs)
+        if reverter.takes_result:
+            failure = self._failures.get(index)
+            kwargs["result"] = self._results[index] if failure is None else failure
+        if reverter.takes_failures:
+            kwargs["flow_failures"] = self.failures()
+
+        def make_call(attempt: int) -> Any:
+            if reverter.is_async:
+                return _InContext(reverter.fn(*args, **kwargs), attempt)
+            call = functools.partial(reverter.fn, *args, **kwargs)
+            return run_in_thread(
+                functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
+            )
+
+        self._states[index] = _REVERTING
+        self._running += 1
+        start = _perf_counter()
+        sink = self._events
+        try:
+            _, attempt = await self._attempts_of(
+                node, reverter.options, reverter.is_async, make_call, REVERT_STARTED, REVERT_RETRIED
+            )
+        except Exception as exc:
+            self._states[index] = _REVERT_FAILED
+            self._revert_errors[index] = exc
+            exc.add_note(f"aflow: the revert of {node.key!r} failed in run {self.run_id}")
+            if sink.node_events:
+                sink.emit(REVERT_FAILED, node.key, node.name, error=exc)
+            return  # what precedes this node in its branch stays as it is
+        finally:
+            self._running -= 1
+            if limits:
+                release(limits, self)
+            self._check_idle()
+        self._states[index] = _REVERTED
+        self._reverted.append(index)
+        if sink.node_events:
+            sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
+        self._unwound(index)
 
     # --- error callbacks -----------------------------------------------------------------
 
@@ -504,12 +956,14 @@ class Execution:
         assert node.error_scope is not None
         start, end = node.error_scope
         for index, error in self._errors.items():  # insertion order: the first failure first
-            if start <= index < end and self._states[index] is _FAILED:
+            failure = self._failures.get(index)
+            if start <= index < end and failure is not None and not failure.cancelled:
                 return error
         raise AssertionError("error callback run without a failure in its scope")
 
-    async def _run_errbacks(self) -> None:
-        failed = [i for i, s in enumerate(self._states) if s is _FAILED]
+    async def _run_errbacks(self) -> list[tuple[str, BaseException]]:
+        """Run the error callbacks whose scope saw a failure; return those that failed."""
+        failed = [i for i, f in self._failures.items() if not f.cancelled]
         due = [
             node
             for node in self._nodes
@@ -517,27 +971,40 @@ class Execution:
             and any(node.error_scope[0] <= i < node.error_scope[1] for i in failed)
         ]
         if not due:
-            return
-        root = self._failure[1] if self._failure is not None else None
+            return []
+        self._halt = False
         async with anyio.create_task_group() as tg:
             for node in due:
                 tg.start_soon(self._run_errback, node)
-        for node in due:
-            error = self._errors.get(node.index)
-            if (
-                error is not None
-                and root is not None
-                and error is not root
-                and self._states[node.index] is _FAILED
-            ):
-                root.add_note(
-                    f"aflow: error callback {node.key!r} also failed: "
-                    f"{type(error).__name__}: {error}"
-                )
+        return [
+            (node.key, self._errors[node.index])
+            for node in due
+            if self._states[node.index] is _FAILED and node.index in self._errors
+        ]
 
     async def _run_errback(self, node: Node) -> None:
-        self._errback_phase = True  # errbacks run after the forward phase stopped
-        await self._run_node(node, ())
+        task = node.task
+        assert task is not None
+        assert node.error_scope is not None
+        start, end = node.error_scope
+        args = self._args_of(node)
+        kwargs = dict(node.kwargs)
+        accepted = _keywords_of(task.fn)
+        if "failures" in accepted:
+            kwargs["failures"] = {
+                self._nodes[i].key: f
+                for i, f in self._failures.items()
+                if start <= i < end and not f.cancelled
+            }
+        if "results" in accepted:
+            kwargs["results"] = {
+                self._nodes[i].key: self._results[i]
+                for i in range(start, end)
+                if self._nodes[i].kind is not _JOIN
+                and i not in self._failures
+                and self._states[i] in (_SUCCEEDED, _REVERTED, _REVERT_FAILED)
+            }
+        await self._run_node(node._replace(args=args, kwargs=kwargs, input=-1), ())
 
     # --- introspection -------------------------------------------------------------------
 
@@ -566,7 +1033,16 @@ class Execution:
             started_at=self._wall(started),
             finished_at=self._wall(finished),
             duration_s=None if started is None or finished is None else finished - started,
+            revert_error=self._revert_errors.get(i),
         )
+
+    def failures(self) -> dict[str, Failure]:
+        """Every node that failed or was cancelled mid-way, by key."""
+        return {self._nodes[i].key: f for i, f in self._failures.items()}
+
+    def reverted(self) -> list[str]:
+        """The keys of the nodes reverted, in the order their reverts finished."""
+        return [self._nodes[i].key for i in self._reverted]
 
     def task_indices(self) -> Iterable[int]:
         """Indices of the nodes that call a task (not joins)."""
@@ -590,7 +1066,9 @@ class Execution:
         return {
             node.key: self._results[node.index]
             for node in self._nodes
-            if node.kind is not _JOIN and states[node.index] is _SUCCEEDED
+            if node.kind is not _JOIN
+            and states[node.index] in (_SUCCEEDED, _REVERTED)
+            and node.index not in self._failures
         }
 
     def statistics(self) -> RunStatistics:
@@ -602,11 +1080,13 @@ class Execution:
         return RunStatistics(
             total=sum(counts.values()),
             pending=counts[_PENDING],
-            running=counts[_RUNNING],
+            running=counts[_RUNNING] + counts[_RETRYING] + counts[_REVERTING],
             succeeded=counts[_SUCCEEDED],
             failed=counts[_FAILED],
             cancelled=counts[_CANCELLED],
             skipped=counts[_SKIPPED],
+            reverted=counts[_REVERTED],
+            revert_failed=counts[_REVERT_FAILED],
             peak_running=self._peak,
             duration_s=self.duration_s,
         )

@@ -10,32 +10,46 @@ __all__ = ["NodeState", "RunStatistics", "RunStatus", "StepInfo"]
 
 
 class NodeState(enum.Enum):
-    """Where one node of a run is: ``PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED``.
+    """Where one node of a run is.
 
-    ``SKIPPED`` marks an error callback that was not needed.
+    ``PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | SKIPPED`` going
+    forward (``RETRYING`` while it waits between attempts), then, if the run
+    unwinds, ``REVERTING -> REVERTED | REVERT_FAILED``. ``SKIPPED`` marks a
+    node downstream of a failure the run went on past, and an error callback
+    that was not needed.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    REVERTING = "reverting"
+    REVERTED = "reverted"
+    REVERT_FAILED = "revert_failed"
+
+
+class RunStatus(enum.Enum):
+    """Where a run is: ``PENDING -> RUNNING -> SUCCEEDED | FAILED | REVERTED | CANCELLED``.
+
+    ``REVERTED``: a task failed and every revert that was due succeeded.
+    ``FAILED``: a task failed with nothing to revert, or a revert failed too.
+    ``CANCELLED``: the run was cancelled and unwound cleanly.
     """
 
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-
-
-class RunStatus(enum.Enum):
-    """Where a run is: ``PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED``."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+    REVERTED = "reverted"
     CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """True once the run can no longer change."""
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
 
 
 @final
@@ -56,6 +70,7 @@ class StepInfo:
     started_at: float | None
     finished_at: float | None
     duration_s: float | None
+    revert_error: BaseException | None = None
 
 
 @final
@@ -70,5 +85,7 @@ class RunStatistics:
     failed: int
     cancelled: int
     skipped: int
+    reverted: int
+    revert_failed: int
     peak_running: int
     duration_s: float | None

@@ -1,0 +1,55 @@
+"""Time, injectable: every wait and deadline of a run goes through a :class:`Clock`.
+
+The system clock is the event loop's (``anyio.current_time``); tests pass
+``aflow.testing.FakeClock``, whose virtual time jumps to the next deadline as
+soon as every task is blocked, so "retry after 30 s" takes microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, final, runtime_checkable
+
+import anyio
+
+__all__ = ["Clock", "SystemClock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What the scheduler needs from time."""
+
+    def now(self) -> float:
+        """The current time in seconds (only differences matter)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> anyio.CancelScope:
+        """A cancel scope that cancels itself ``timeout`` seconds from now (never if None)."""
+        ...
+
+
+@final
+class SystemClock:
+    """The event loop's clock."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        """The loop's monotonic time."""
+        return anyio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        """``anyio.sleep``."""
+        await anyio.sleep(seconds)
+
+    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> anyio.CancelScope:
+        """An anyio cancel scope with a deadline on the loop's clock."""
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        return anyio.CancelScope(deadline=deadline, shield=shield)
+
+
+SYSTEM_CLOCK = SystemClock()
