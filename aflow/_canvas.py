@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from ._exceptions import SignatureError
 from ._graph import INPUT_ERROR, Graph, GraphBuilder, NodeKind
-from ._options import check_options, layer_options, resolve_options
+from ._options import FANOUT_OPTIONS, check_options, layer_options, resolve_options
 from ._task import FunctionTask
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _MODES = {"call": NodeKind.TASK, "map": NodeKind.MAP, "starmap": NodeKind.STARMAP}
+_NOT_INHERITED = ("name", *sorted(FANOUT_OPTIONS))
 
 
 class _Compiler:
@@ -170,7 +171,9 @@ class Canvas(Generic[R]):
         inner = inherited
         if self._options:
             inner = layer_options(inherited, self._options)
-            inner.pop("name", None)  # a name labels this object only; it is not inherited
+            # A name labels this object only, and thresholds belong to this fan-out only.
+            for private in _NOT_INHERITED:
+                inner.pop(private, None)
         out = self._compile_body(c, pred, inherited, inner)
         if self._links or self._errbacks:
             end = len(c.builder.nodes)
@@ -373,11 +376,16 @@ class Signature(Canvas[R]):
                 raise SignatureError(
                     self.name, f"{self._mode}() without items needs a parent in a chain"
                 )
-        node_options = (
-            resolve_options(layer_options(self._task.options, inner))
-            if inner
-            else self._task.node_options
-        )
+        if kind is NodeKind.TASK:
+            node_options = (
+                resolve_options(layer_options(self._task.options, inner))
+                if inner
+                else self._task.node_options
+            )
+        else:
+            thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
+            merged = layer_options(self._task.options, {**inner, **thresholds})
+            node_options = resolve_options(merged, fanout=True)
         return (
             (
                 c.builder.add(
@@ -527,7 +535,12 @@ class Group(Canvas[list[Any]]):
     """Members run concurrently; the value is their list of values, in declaration order.
 
     Nested groups flatten into the list; a one-member group still yields a
-    list. Chained into another step, a group becomes a :class:`Chord`. Example::
+    list. Chained into another step, a group becomes a :class:`Chord`.
+
+    ``min_success=k`` or ``success_ratio=r`` (as options) let the group succeed
+    when enough members do: a failed member leaves ``None`` in its place and
+    its own dependents inside the group are skipped. Below the threshold the
+    group fails with :class:`aflow.GroupFailed`. Example::
 
         await group(add.s(i, i) for i in range(10))   # [0, 2, ..., 18]
     """
@@ -564,6 +577,7 @@ class Group(Canvas[list[Any]]):
         inherited: Mapping[str, Any],
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
+        start = len(c.builder.nodes)
         outputs: list[int] = []
         for member in self._tasks:
             outs, is_group = member._compile(c, pred, inner)
@@ -571,7 +585,23 @@ class Group(Canvas[list[Any]]):
                 outputs.extend(outs)  # nested groups flatten, in declaration order
             else:
                 outputs.append(outs[0])
-        return (tuple(outputs), True)
+        thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
+        if not thresholds:
+            return (tuple(outputs), True)
+        # A group with a success threshold gets its own join, which tolerates the
+        # failures of the group's nodes up to the threshold; it is one value even
+        # inside an enclosing group.
+        end = len(c.builder.nodes)
+        join = c.builder.add(
+            NodeKind.JOIN,
+            None,
+            name=self._options.get("name", "group"),
+            parents=tuple(outputs) if outputs else ((pred,) if pred != -1 else ()),
+            args=(tuple(outputs),),
+            options=resolve_options(thresholds, fanout=True),
+            tolerates=(start, end),
+        )
+        return ((join,), False)
 
 
 @final

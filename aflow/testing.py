@@ -13,7 +13,9 @@ import anyio.abc
 import anyio.lowlevel
 import structlog.testing
 
-__all__ = ["FakeClock", "capture_events"]
+from ._runtime._current import INJECTIONS, Injection
+
+__all__ = ["FakeClock", "Injection", "capture_events", "inject_failure"]
 
 
 @contextmanager
@@ -111,3 +113,40 @@ class FakeClock:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
+
+
+@contextmanager
+def inject_failure(
+    node: str,
+    *,
+    raises: BaseException | None = None,
+    hang: bool = False,
+    cancel: bool = False,
+    attempt: int | None = 1,
+) -> Iterator[Injection]:
+    """Make the node with this key (or task name) misbehave while the block runs.
+
+    Exactly one of: ``raises=`` an exception instance (raised instead of
+    calling the task), ``hang=True`` (the attempt never finishes, so a
+    timeout or a cancellation has to end it), ``cancel=True`` (the run is
+    cancelled from inside that attempt, as ``run.cancel()`` would). Only
+    attempt ``attempt`` misbehaves (``None``: every attempt). Reverts are
+    never affected. The yielded object counts ``hits``::
+
+        with aflow.testing.inject_failure("charge", raises=PaymentDeclined()) as plan:
+            with pytest.raises(PaymentDeclined):
+                await order_saga(order)
+        assert plan.hits == 1
+    """
+    actions = [raises is not None, hang, cancel]
+    if sum(actions) != 1:
+        raise ValueError("inject_failure needs exactly one of raises=, hang=True, cancel=True")
+    action = "raise" if raises is not None else "hang" if hang else "cancel"
+    plan = Injection(node, attempt, action, raises)
+    INJECTIONS.setdefault(node, []).append(plan)
+    try:
+        yield plan
+    finally:
+        INJECTIONS[node].remove(plan)
+        if not INJECTIONS[node]:
+            del INJECTIONS[node]
