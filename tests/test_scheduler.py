@@ -382,7 +382,7 @@ class TestFailure:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(open_later)
-            with pytest.raises(aflow.TaskTimeout, match="timed out after 0.05 s") as info:
+            with pytest.raises(aflow.TaskTimeout, match=r"timed out after 0\.05 s") as info:
                 await blocking.s()
         assert info.value.task == "blocking"
         assert isinstance(info.value, TimeoutError)
