@@ -13,7 +13,14 @@ except ImportError:  # pragma: no cover - uvloop is a dev dependency
     uvloop = None
 
 #: Modules whose tests run on both loops (the issue asks for scheduler and canvas).
-BOTH_LOOPS = {"test_canvas", "test_scheduler", "test_runtime", "test_properties"}
+BOTH_LOOPS = {
+    "test_canvas",
+    "test_scheduler",
+    "test_runtime",
+    "test_properties",
+    "test_saga",
+    "test_policies",
+}
 
 
 def pytest_asyncio_loop_factories(

@@ -211,6 +211,7 @@ class Execution:
         "_clock",
         "_compensation_timeout",
         "_context",
+        "_deferred_cancel",
         "_done",
         "_done_count",
         "_errbacks_due",
@@ -329,6 +330,7 @@ class Execution:
         self._unwinding = False
         self._cancel_requested = False
         self._timed_out = False
+        self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -415,6 +417,12 @@ class Execution:
         )
         if stopped and self._on_error == "revert":
             await self._unwind()
+            if caller_cancel is None and self._reverting:
+                caller_cancel = self._deferred_cancel
+                try:  # a cancel that arrived while the shield was up is the caller's now
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                except BaseException as exc:
+                    caller_cancel = exc
         if caller_cancel is not None:
             self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED, error=caller_cancel)
@@ -659,8 +667,6 @@ class Execution:
             if sink.node_events:
                 sink.emit(started, node.key, name, attempt)
             try:
-                if INJECTIONS:
-                    await self._inject(node, attempt)
                 limit = timeout
                 if give_up_at != math.inf:
                     left = give_up_at - clock.now()
@@ -668,13 +674,22 @@ class Execution:
                         raise TaskTimeout(self.run_id, node.key, attempt, options.deadline or 0.0)
                     limit = left if limit is None else min(limit, left)
                 if limit is None:
+                    if INJECTIONS:
+                        await self._inject(node, attempt)
                     value = await make_call(attempt)
                 elif is_async:
                     with clock.cancel_scope(limit) as scope:
+                        if INJECTIONS:
+                            await self._inject(node, attempt)
                         value = await make_call(attempt)
                     if scope.cancelled_caught:
                         raise TaskTimeout(self.run_id, node.key, attempt, limit)
                 else:
+                    if INJECTIONS:  # an injected hang is interruptible, unlike the thread
+                        with clock.cancel_scope(limit) as scope:
+                            await self._inject(node, attempt)
+                        if scope.cancelled_caught:
+                            raise TaskTimeout(self.run_id, node.key, attempt, limit)
                     # A thread cannot be interrupted: wait for it, then treat a late
                     # result as a timeout (the value is discarded).
                     began = clock.now()
@@ -880,11 +895,30 @@ class Execution:
         self.stopping = False  # reverts take limit slots like any node
         self._remaining = [len(c) for c in self._children]
         self._ready = deque(i for i, left in enumerate(self._remaining) if left == 0)
-        with self._clock.cancel_scope(self._compensation_timeout, shield=True) as scope:
-            await self._run_phase()
+        timed_out = False
+        finished = anyio.Event()
+
+        async def compensate() -> None:
+            nonlocal timed_out
+            with self._clock.cancel_scope(self._compensation_timeout) as deadline:
+                await self._run_phase()
+            timed_out = deadline.cancelled_caught
+            finished.set()
+
+        # The shield stops anyio cancellation (cancel scopes, task groups). A native
+        # ``task.cancel()`` on asyncio still reaches the waiting task: that is why the
+        # reverts run in a child task and this one only waits, keeping the cancel for later.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(compensate)
+                while not finished.is_set():
+                    try:
+                        await finished.wait()
+                    except anyio.get_cancelled_exc_class() as exc:
+                        self._deferred_cancel = exc
         self._unwinding = False
         self._end_phase()
-        if scope.cancelled_caught:
+        if timed_out:
             timeout = TimeoutError(
                 f"compensation of run {self.run_id} exceeded {self._compensation_timeout} s"
             )
