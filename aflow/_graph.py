@@ -264,6 +264,22 @@ class Graph:
 _TASK = NodeKind.TASK
 
 
+def _errback_extras(task: FunctionTask[..., Any], given: tuple[str, ...]) -> tuple[str, ...]:
+    """``failures`` / ``results``: the keywords the scheduler passes an errback naming them."""
+    try:
+        params = inspect.signature(task.fn).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(
+        name
+        for name in ("failures", "results")
+        if name in params
+        and name not in given
+        and params[name].kind
+        in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
+
+
 def _check_call(
     task: FunctionTask[..., Any],
     key: str,
@@ -364,7 +380,10 @@ class GraphBuilder:
                     prepended = "its parent's result"
                 elif input == INPUT_ERROR:
                     prepended = "the exception"
-                _check_call(task, key, extra + len(args), tuple(kwargs), prepended)
+                kw = tuple(kwargs)
+                if error_scope is not None:
+                    kw += _errback_extras(task, kw)
+                _check_call(task, key, extra + len(args), kw, prepended)
             elif kind is NodeKind.MAP:
                 _check_call(task, key, 1, tuple(kwargs))
             elif kind is NodeKind.STARMAP and args:

@@ -52,8 +52,12 @@ class Backoff:
     jitter: bool = False
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.factor < 1 or self.max < 0:
-            raise ValueError(f"Backoff needs base >= 0, factor >= 1 and max >= 0, got {self!r}")
+        for name, minimum in (("base", 0), ("factor", 1), ("max", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+                raise ValueError(f"Backoff {name} must be a number >= {minimum}, got {value!r}")
+        if not isinstance(self.jitter, bool):
+            raise ValueError(f"Backoff jitter must be True or False, got {self.jitter!r}")
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""

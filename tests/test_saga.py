@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -516,6 +517,38 @@ class TestCancellationUnwinds:
         assert undone == ["done"]
         assert run.step("after").state is aflow.NodeState.PENDING  # never started
         assert run.status is aflow.RunStatus.CANCELLED
+
+    async def test_thread_task_cancelled_cooperatively_says_so(self) -> None:
+        entered = threading.Event()
+
+        @aflow.task
+        def polling() -> str:
+            entered.set()
+            while True:  # a well-behaved long sync task checks in now and then
+                anyio.from_thread.check_cancelled()
+                time.sleep(0.001)
+
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(polling.s())
+            await anyio.to_thread.run_sync(entered.wait, 5)
+            await run.cancel()
+        step = run.step("polling")
+        assert step.state is aflow.NodeState.CANCELLED
+        assert run.failures()["polling"].cancelled
+        assert run.status is aflow.RunStatus.CANCELLED
+
+    async def test_thread_task_sees_its_timeout_cooperatively(self) -> None:
+        @aflow.task(timeout=0.05)
+        def polling() -> str:
+            for _ in range(5000):  # 5 s unless it notices the deadline
+                anyio.from_thread.check_cancelled()
+                time.sleep(0.001)
+            return "finished"
+
+        began = time.monotonic()
+        with pytest.raises(aflow.TaskTimeout):
+            await polling.s()
+        assert time.monotonic() - began < 2.5  # stopped at its deadline, not after 5 s
 
     async def test_cancel_after_the_output_exists_keeps_the_result(self) -> None:
         @aflow.task

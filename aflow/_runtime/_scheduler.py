@@ -139,8 +139,9 @@ def _in_thread_with_attempt(attempt: int, fn: Callable[[], Any]) -> Any:
 
 
 async def _map_async(
-    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], options: NodeOptions
+    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], node: Node, run_id: str
 ) -> list[Any]:
+    options = node.options
     if not options.tolerant:
         if star:
             return [await fn(*item, **kwargs) for item in items]
@@ -153,12 +154,13 @@ async def _map_async(
         except Exception as exc:
             errors.append(exc)
             out.append(_MISSING)
-    return _settle_map(out, errors, options)
+    return _settle_map(out, errors, node, run_id)
 
 
 def _map_sync(
-    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], options: NodeOptions
+    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], node: Node, run_id: str
 ) -> list[Any]:
+    options = node.options
     if not options.tolerant:
         if star:
             return [fn(*item, **kwargs) for item in items]
@@ -171,7 +173,7 @@ def _map_sync(
         except Exception as exc:
             errors.append(exc)
             out.append(_MISSING)
-    return _settle_map(out, errors, options)
+    return _settle_map(out, errors, node, run_id)
 
 
 _MISSING: Any = object()
@@ -190,11 +192,14 @@ def _keywords_of(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _settle_map(out: list[Any], errors: list[Exception], options: NodeOptions) -> list[Any]:
+def _settle_map(out: list[Any], errors: list[Exception], node: Node, run_id: str) -> list[Any]:
     succeeded = len(out) - len(errors)
-    if errors and not options.threshold_met(succeeded, len(out)):
-        raise ExceptionGroup(
-            f"{len(errors)} of {len(out)} items failed, below the success threshold", errors
+    if errors and not node.options.threshold_met(succeeded, len(out)):
+        raise GroupFailed(
+            run_id,
+            f"{succeeded} of {len(out)} items of {node.key!r} succeeded, "
+            "below its success threshold",
+            errors,
         )
     return [None if v is _MISSING else v for v in out]
 
@@ -635,9 +640,9 @@ class Execution:
         else:
             star = node.kind is not _MAP
             if task.is_async:
-                coro = _map_async(task.fn, args[0], star, kwargs, node.options)
+                coro = _map_async(task.fn, args[0], star, kwargs, node, self.run_id)
                 return _InContext(coro, attempt)
-            call = functools.partial(_map_sync, task.fn, args[0], star, kwargs, node.options)
+            call = functools.partial(_map_sync, task.fn, args[0], star, kwargs, node, self.run_id)
         return run_in_thread(
             functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
         )
@@ -690,11 +695,12 @@ class Execution:
                             await self._inject(node, attempt)
                         if scope.cancelled_caught:
                             raise TaskTimeout(self.run_id, node.key, attempt, limit)
-                    # A thread cannot be interrupted: wait for it, then treat a late
-                    # result as a timeout (the value is discarded).
-                    began = clock.now()
-                    value = await make_call(attempt)
-                    if clock.now() - began > limit:
+                    # A thread cannot be interrupted: at the deadline its cancel scope is
+                    # cancelled (anyio.from_thread.check_cancelled() in the thread sees it),
+                    # the thread is waited for, and a late result counts as a timeout.
+                    with clock.cancel_scope(limit) as scope:
+                        value = await make_call(attempt)
+                    if scope.cancel_called:
                         raise TaskTimeout(self.run_id, node.key, attempt, limit)
                 if attempt > 1:
                     self._attempts[index] = attempt
