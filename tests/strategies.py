@@ -88,3 +88,61 @@ def trees(max_leaves: int = 25) -> st.SearchStrategy[Any]:
         )
 
     return st.recursive(leaves, extend, max_leaves=max_leaves)
+
+
+# --- failure injection ------------------------------------------------------------------
+
+
+class Injected(Exception):
+    """The failure a property test plants at a node."""
+
+
+#: Reverts seen by the failure properties: ``k`` of each reverted leaf, in order.
+REVERTED: list[int] = []
+
+
+@aflow.task
+async def step(*args: Any, k: int, fail: bool = False) -> int:
+    await anyio.lowlevel.checkpoint()  # let siblings interleave
+    if fail:
+        raise Injected(f"k={k}")
+    return k
+
+
+@step.revert
+async def undo_step(*args: Any, k: int, fail: bool = False, result: Any) -> None:
+    await anyio.lowlevel.checkpoint()
+    REVERTED.append(k)
+
+
+def to_saga(tree: Any, failing: frozenset[int]) -> aflow.Canvas[Any]:
+    """The canvas a tree describes, with reverting ``step`` leaves numbered in order.
+
+    Leaf number ``i`` fails when ``i`` is in ``failing``.
+    """
+    numbers = iter(range(1_000_000))
+
+    def build(node: Any) -> aflow.Canvas[Any]:
+        if isinstance(node, Leaf):
+            k = next(numbers)
+            make = step.si if node.immutable else step.s
+            return make(k=k, fail=k in failing)
+        if isinstance(node, Chain):
+            return aflow.chain(*(build(s) for s in node.steps))
+        if isinstance(node, Group):
+            return aflow.group(build(m) for m in node.members)
+        header = [build(m) for m in node.header]
+        return aflow.chord(header, build(node.body))
+
+    return build(tree)
+
+
+def count_leaves(tree: Any) -> int:
+    """How many leaf tasks a tree holds."""
+    if isinstance(tree, Leaf):
+        return 1
+    if isinstance(tree, Chain):
+        return sum(count_leaves(s) for s in tree.steps)
+    if isinstance(tree, Group):
+        return sum(count_leaves(m) for m in tree.members)
+    return sum(count_leaves(m) for m in tree.header) + count_leaves(tree.body)
