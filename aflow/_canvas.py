@@ -109,10 +109,12 @@ class Canvas(Generic[R]):
         return self._copy(_links=(*self._links, _as_canvas(callback, "link")))
 
     def link_error(self, errback: Canvas[Any]) -> Self:
-        """A copy that calls ``errback`` with the exception if any task inside it fails.
+        """A copy that calls ``errback`` if any task inside it fails.
 
-        The errback runs once per failure of this object, after the run has
-        stopped its other tasks; the run still raises the original exception.
+        The errback runs once, after the run has stopped and unwound, with the
+        first failure inside this object as its argument; if it names
+        ``failures`` / ``results`` it also gets every failure and every result
+        inside this object (node key to value). The run still raises.
         """
         return self._copy(_errbacks=(*self._errbacks, _as_canvas(errback, "link_error")))
 
