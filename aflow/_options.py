@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, final
 
 from ._exceptions import SignatureError
@@ -85,6 +85,12 @@ class NodeOptions:
     continue_on_failed: bool = False
     min_success: int | None = None
     success_ratio: float | None = None
+    #: One attempt, no deadline: the scheduler's fast path (computed, not an option).
+    single_shot: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        single = self.retries == 0 and self.timeout is None and self.deadline is None
+        object.__setattr__(self, "single_shot", single)
 
     def should_retry(self, error: BaseException) -> bool:
         """True if ``retry_on`` admits ``error`` (any ``Exception`` when unset)."""

@@ -107,10 +107,13 @@ class _InContext:
 
     __slots__ = ("_coro", "_ctx")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], attempt: int) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], run_context: contextvars.Context, attempt: int = 1
+    ) -> None:
         self._coro = coro
-        self._ctx = ctx = _copy_context()
-        ctx.run(_set_attempt, attempt)
+        self._ctx = ctx = run_context.copy()
+        if attempt != 1:  # the run's context says 1 already
+            ctx.run(_set_attempt, attempt)
 
     def __await__(self) -> Generator[Any, Any, Any]:
         run = self._ctx.run
@@ -401,7 +404,8 @@ class Execution:
         self.status = RunStatus.RUNNING
         self.started_at = time.time()
         self._wall_offset = self.started_at - _perf_counter()
-        self._context = _copy_context()
+        self._context = context = _copy_context()
+        context.run(_set_attempt, 1)  # every node's context starts from this one
         events = self._events
         events.emit(RUN_STARTED)
         caller_cancel: BaseException | None = None
@@ -635,13 +639,13 @@ class Execution:
         kwargs = node.kwargs
         if node.kind is _TASK:
             if task.is_async:
-                return _InContext(task.fn(*args, **kwargs), attempt)  # type: ignore[arg-type]
+                return _InContext(task.fn(*args, **kwargs), self._context, attempt)  # type: ignore[arg-type]
             call = functools.partial(task.fn, *args, **kwargs)
         else:
             star = node.kind is not _MAP
             if task.is_async:
                 coro = _map_async(task.fn, args[0], star, kwargs, node, self.run_id)
-                return _InContext(coro, attempt)
+                return _InContext(coro, self._context, attempt)
             call = functools.partial(_map_sync, task.fn, args[0], star, kwargs, node, self.run_id)
         return run_in_thread(
             functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
@@ -750,14 +754,24 @@ class Execution:
         self._started[index] = start
         sink = self._events
         try:
-            value, attempt = await self._attempts_of(
-                node,
-                node.options,
-                task.is_async,
-                lambda attempt: self._make_call(node, args, attempt),
-                TASK_STARTED,
-                TASK_RETRIED,
-            )
+            if (
+                node.options.single_shot
+                and node.kind is _TASK
+                and task.is_async
+                and not sink.node_events
+                and not INJECTIONS
+            ):  # the common case, without the retry machinery
+                attempt = 1
+                value = await _InContext(task.fn(*args, **node.kwargs), self._context)  # type: ignore[arg-type]
+            else:
+                value, attempt = await self._attempts_of(
+                    node,
+                    node.options,
+                    task.is_async,
+                    lambda attempt: self._make_call(node, args, attempt),
+                    TASK_STARTED,
+                    TASK_RETRIED,
+                )
         except Exception as exc:
             self._node_failed(node, exc, self._attempts.get(index, 1))
             return
@@ -958,7 +972,7 @@ class Execution:
 
         def make_call(attempt: int) -> Any:
             if reverter.is_async:
-                return _InContext(reverter.fn(*args, **kwargs), attempt)
+                return _InContext(reverter.fn(*args, **kwargs), self._context, attempt)
             call = functools.partial(reverter.fn, *args, **kwargs)
             return run_in_thread(
                 functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
