@@ -386,6 +386,8 @@ class Signature(Canvas[R]):
             )
         else:
             thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
+            if thresholds and self._args:  # the items are known: check now, not at run time
+                _check_reachable(self.name, thresholds, len(self._args[0]))
             merged = layer_options(self._task.options, {**inner, **thresholds})
             node_options = resolve_options(merged, fanout=True)
         return (
@@ -590,6 +592,7 @@ class Group(Canvas[list[Any]]):
         thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
         if not thresholds:
             return (tuple(outputs), True)
+        _check_reachable(self._options.get("name", "group"), thresholds, len(outputs))
         # A group with a success threshold gets its own join, which tolerates the
         # failures of the group's nodes up to the threshold; it is one value even
         # inside an enclosing group.
@@ -604,6 +607,17 @@ class Group(Canvas[list[Any]]):
             tolerates=(start, end),
         )
         return ((join,), False)
+
+
+def _check_reachable(owner: str, thresholds: Mapping[str, Any], members: int) -> None:
+    """A ``min_success`` larger than the fan-out could never be met: say so before running."""
+    needed = thresholds.get("min_success")
+    if needed is not None and needed > members:
+        raise SignatureError(
+            owner,
+            f"min_success={needed} can never be met by {members} member(s)",
+            "min_success",
+        )
 
 
 @final

@@ -7,6 +7,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, final
 
 import anyio
@@ -50,7 +51,7 @@ class FakeClock:
     def __init__(self, start: float = 0.0, *, autojump: bool = True) -> None:
         self._now = start
         self._autojump = autojump
-        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
         self._registered: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -59,10 +60,12 @@ class FakeClock:
         """The virtual time."""
         return self._now
 
-    def _add(self, when: float, fire: Callable[[], object]) -> None:
-        heapq.heappush(self._timers, (when, next(self._seq), fire))
+    def _add(self, when: float, fire: Callable[[], object]) -> _Timer:
+        timer = _Timer(fire)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
         if self._registered is not None:
             self._registered.set()
+        return timer
 
     async def sleep(self, seconds: float) -> None:
         """Wait until virtual time has moved ``seconds`` on."""
@@ -70,31 +73,37 @@ class FakeClock:
             await anyio.lowlevel.checkpoint()
             return
         woken = anyio.Event()
-        self._add(self._now + seconds, woken.set)
-        await woken.wait()
+        timer = self._add(self._now + seconds, woken.set)
+        try:
+            await woken.wait()
+        finally:
+            timer.live = False  # a cancelled sleep must not pull time forward later
 
-    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> anyio.CancelScope:
+    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> _FakeDeadline:
         """A cancel scope cancelled when virtual time reaches now + ``timeout``."""
         scope = anyio.CancelScope(shield=shield)
-        if timeout is not None:
-            self._add(self._now + timeout, scope.cancel)
-        return scope
+        timer = None if timeout is None else self._add(self._now + timeout, scope.cancel)
+        return _FakeDeadline(scope, timer)
 
     def advance(self, seconds: float) -> None:
         """Move virtual time on by ``seconds``, firing every timer that falls due."""
         self._now += seconds
         while self._timers and self._timers[0][0] <= self._now:
-            _, _, fire = heapq.heappop(self._timers)
-            fire()
+            _, _, timer = heapq.heappop(self._timers)
+            if timer.live:
+                timer.live = False
+                timer.fire()
 
     def _jump(self) -> None:
-        when = self._timers[0][0]
-        self.advance(max(0.0, when - self._now))
+        while self._timers and not self._timers[0][2].live:
+            heapq.heappop(self._timers)  # a scope that ended, a sleep that was cancelled
+        if self._timers:
+            self.advance(max(0.0, self._timers[0][0] - self._now))
 
     async def _drive(self) -> None:
         while True:
             await _all_tasks_blocked()
-            if self._timers:
+            if any(timer.live for _, _, timer in self._timers):
                 self._jump()
                 await anyio.lowlevel.checkpoint()
             else:
@@ -136,6 +145,51 @@ async def _all_tasks_blocked() -> None:
         spins += 1
         if spins >= 1000:  # something is busy for real (a CPU-bound task): back off
             await asyncio.sleep(0.001)
+
+
+@final
+class _Timer:
+    __slots__ = ("fire", "live")
+
+    def __init__(self, fire: Callable[[], object]) -> None:
+        self.fire = fire
+        self.live = True
+
+
+@final
+class _FakeDeadline:
+    """An anyio cancel scope whose virtual deadline is dropped when the scope exits."""
+
+    __slots__ = ("_scope", "_timer")
+
+    def __init__(self, scope: anyio.CancelScope, timer: _Timer | None) -> None:
+        self._scope = scope
+        self._timer = timer
+
+    def __enter__(self) -> _FakeDeadline:
+        self._scope.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._timer is not None:
+            self._timer.live = False
+        return bool(self._scope.__exit__(exc_type, exc, tb))
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    @property
+    def cancel_called(self) -> bool:
+        return self._scope.cancel_called
+
+    @property
+    def cancelled_caught(self) -> bool:
+        return self._scope.cancelled_caught
 
 
 @contextmanager

@@ -320,8 +320,8 @@ class Run(Generic[R]):
         return all(s is NodeState.SUCCEEDED for s in self._task_states())
 
     def failed(self) -> bool:
-        """True when any task node failed."""
-        return any(s is NodeState.FAILED for s in self._task_states())
+        """True when any task node failed (reverted since or not)."""
+        return any(not f.cancelled for f in self._execution.failures().values())
 
     def waiting(self) -> bool:
         """True while any task node has not finished."""

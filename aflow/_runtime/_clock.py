@@ -8,11 +8,33 @@ soon as every task is blocked, so "retry after 30 s" takes microseconds.
 from __future__ import annotations
 
 import math
-from typing import Protocol, final, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, final, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "DeadlineScope", "SystemClock"]
+
+
+class DeadlineScope(Protocol):
+    """A cancel scope with a deadline, as the scheduler uses one (``anyio.CancelScope`` is one)."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+    def cancel(self) -> None: ...
+
+    @property
+    def cancel_called(self) -> bool: ...
+
+    @property
+    def cancelled_caught(self) -> bool: ...
 
 
 @runtime_checkable
@@ -27,7 +49,7 @@ class Clock(Protocol):
         """Wait ``seconds``."""
         ...
 
-    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> anyio.CancelScope:
+    def cancel_scope(self, timeout: float | None, *, shield: bool = False) -> DeadlineScope:
         """A cancel scope that cancels itself ``timeout`` seconds from now (never if None)."""
         ...
 

@@ -141,11 +141,22 @@ def _in_thread_with_attempt(attempt: int, fn: Callable[[], Any]) -> Any:
     return fn()
 
 
+# A map or starmap node calls its task on each item in turn. When the task has a
+# revert, ``done`` records (item, value or Failure) for every call made, so the
+# unwinding can compensate item by item (see Execution._revert_node).
+
+
 async def _map_async(
-    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], node: Node, run_id: str
+    fn: Any,
+    items: Iterable[Any],
+    star: bool,
+    kwargs: Mapping[str, Any],
+    node: Node,
+    run_id: str,
+    done: list[tuple[Any, Any]] | None,
 ) -> list[Any]:
-    options = node.options
-    if not options.tolerant:
+    tolerant = node.options.tolerant
+    if not tolerant and done is None:
         if star:
             return [await fn(*item, **kwargs) for item in items]
         return [await fn(item, **kwargs) for item in items]
@@ -153,18 +164,31 @@ async def _map_async(
     errors: list[Exception] = []
     for item in items:
         try:
-            out.append(await (fn(*item, **kwargs) if star else fn(item, **kwargs)))
-        except Exception as exc:
+            value = await (fn(*item, **kwargs) if star else fn(item, **kwargs))
+        except BaseException as exc:
+            _record_item(done, node, item, exc)
+            if not tolerant or not isinstance(exc, Exception):
+                raise
             errors.append(exc)
             out.append(_MISSING)
+        else:
+            if done is not None:
+                done.append((item, value))
+            out.append(value)
     return _settle_map(out, errors, node, run_id)
 
 
 def _map_sync(
-    fn: Any, items: Iterable[Any], star: bool, kwargs: Mapping[str, Any], node: Node, run_id: str
+    fn: Any,
+    items: Iterable[Any],
+    star: bool,
+    kwargs: Mapping[str, Any],
+    node: Node,
+    run_id: str,
+    done: list[tuple[Any, Any]] | None,
 ) -> list[Any]:
-    options = node.options
-    if not options.tolerant:
+    tolerant = node.options.tolerant
+    if not tolerant and done is None:
         if star:
             return [fn(*item, **kwargs) for item in items]
         return [fn(item, **kwargs) for item in items]
@@ -172,11 +196,49 @@ def _map_sync(
     errors: list[Exception] = []
     for item in items:
         try:
-            out.append(fn(*item, **kwargs) if star else fn(item, **kwargs))
-        except Exception as exc:
+            value = fn(*item, **kwargs) if star else fn(item, **kwargs)
+        except BaseException as exc:
+            _record_item(done, node, item, exc)
+            if not tolerant or not isinstance(exc, Exception):
+                raise
             errors.append(exc)
             out.append(_MISSING)
+        else:
+            if done is not None:
+                done.append((item, value))
+            out.append(value)
     return _settle_map(out, errors, node, run_id)
+
+
+def _record_item(
+    done: list[tuple[Any, Any]] | None, node: Node, item: Any, error: BaseException
+) -> None:
+    if done is not None:
+        cancelled = not isinstance(error, Exception)
+        done.append((item, Failure.capture(node.key, error, ATTEMPT.get(1), cancelled=cancelled)))
+
+
+async def _revert_items_async(
+    fn: Any, done: list[tuple[Any, Any]], star: bool, kwargs: dict[str, Any], takes_result: bool
+) -> None:
+    while done:  # last call first; a retry resumes where a failed revert stopped
+        item, result = done[-1]
+        extra = {"result": result} if takes_result else {}
+        await (fn(*item, **kwargs, **extra) if star else fn(item, **kwargs, **extra))
+        done.pop()
+
+
+def _revert_items_sync(
+    fn: Any, done: list[tuple[Any, Any]], star: bool, kwargs: dict[str, Any], takes_result: bool
+) -> None:
+    while done:
+        item, result = done[-1]
+        extra = {"result": result} if takes_result else {}
+        if star:
+            fn(*item, **kwargs, **extra)
+        else:
+            fn(item, **kwargs, **extra)
+        done.pop()
 
 
 _MISSING: Any = object()
@@ -195,15 +257,19 @@ def _keywords_of(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _below_threshold(
+    run_id: str, node: Node, ok: int, total: int, what: str, errors: Sequence[BaseException]
+) -> GroupFailed:
+    message = f"{ok} of {total} {what} of {node.key!r} succeeded, below its success threshold"
+    if not errors:  # too few members to begin with (a fan-out over a short input)
+        errors = [ValueError(f"{node.key!r}: {message}")]
+    return GroupFailed(run_id, message, errors)  # type: ignore[arg-type]
+
+
 def _settle_map(out: list[Any], errors: list[Exception], node: Node, run_id: str) -> list[Any]:
     succeeded = len(out) - len(errors)
-    if errors and not node.options.threshold_met(succeeded, len(out)):
-        raise GroupFailed(
-            run_id,
-            f"{succeeded} of {len(out)} items of {node.key!r} succeeded, "
-            "below its success threshold",
-            errors,
-        )
+    if not node.options.threshold_met(succeeded, len(out)):
+        raise _below_threshold(run_id, node, succeeded, len(out), "items", errors)
     return [None if v is _MISSING else v for v in out]
 
 
@@ -232,6 +298,7 @@ class Execution:
         "_halt",
         "_limit_cache",
         "_limits",
+        "_map_calls",
         "_needed",
         "_nodes",
         "_on_error",
@@ -240,6 +307,7 @@ class Execution:
         "_ready",
         "_remaining",
         "_results",
+        "_revert_attempts",
         "_revert_errors",
         "_reverted",
         "_reverting",
@@ -306,6 +374,8 @@ class Execution:
         self._started: list[float | None] = [None] * n
         self._finished: list[float | None] = [None] * n
         self._attempts: dict[int, int] = {}
+        self._revert_attempts: dict[int, int] = {}
+        self._map_calls: dict[int, list[tuple[Any, Any]]] = {}
         self._errors: dict[int, BaseException] = {}
         self._failures: dict[int, Failure] = {}
         self._revert_errors: dict[int, BaseException] = {}
@@ -410,10 +480,11 @@ class Execution:
         events.emit(RUN_STARTED)
         caller_cancel: BaseException | None = None
         try:
-            with self._clock.cancel_scope(self._timeout) as deadline:
-                await self._run_phase()
-            if deadline.cancelled_caught:
-                self._timed_out = True
+            if not self._cancel_requested:  # run.cancel() may come before the run starts
+                with self._clock.cancel_scope(self._timeout) as deadline:
+                    await self._run_phase()
+                if deadline.cancelled_caught:
+                    self._timed_out = True
         except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
             caller_cancel = exc
         self._end_phase()
@@ -425,7 +496,10 @@ class Execution:
             or self._cancel_requested
         )
         if stopped and self._on_error == "revert":
-            await self._unwind()
+            try:
+                await self._unwind()
+            except BaseException as exc:  # a native cancel as the shielded group closed
+                caller_cancel = caller_cancel or exc
             if caller_cancel is None and self._reverting:
                 caller_cancel = self._deferred_cancel
                 try:  # a cancel that arrived while the shield was up is the caller's now
@@ -449,7 +523,12 @@ class Execution:
             primary = RunCancelled(self.run_id)
         else:
             primary = None
-        errback_errors = await self._run_errbacks() if self._errbacks_due else []
+        try:
+            errback_errors = await self._run_errbacks() if self._errbacks_due else []
+        except BaseException as exc:  # cancelled while the error callbacks ran
+            self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED, error=exc)
+            raise
         if primary is None:
             self._close(RunStatus.SUCCEEDED)
             events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
@@ -462,7 +541,8 @@ class Execution:
                     f"aflow: error callback {key!r} also failed: {type(error).__name__}: {error}"
                 )
         if self._revert_errors:
-            errors = [primary, *self._revert_errors.values()]
+            unique = {id(e): e for e in self._revert_errors.values()}  # one compensation timeout
+            errors = [primary, *unique.values()]
             self._close(RunStatus.FAILED)
             events.emit(RUN_FAILED, error=primary)
             raise CompensationFailed(
@@ -511,8 +591,16 @@ class Execution:
         self._halt = True
         self.stopping = True
         self._ready.clear()
+        if self._parked:
+            self._forget_waiters()
         self._parked = 0
         self._return_grants()
+
+    def _forget_waiters(self) -> None:
+        """Take this run's parked nodes off the limits' queues (a later phase starts afresh)."""
+        for limit in (*self._global_limits, *self._limits.values()):
+            if any(execution is self for execution, _ in limit.waiters):
+                limit.waiters = deque(w for w in limit.waiters if w[0] is not self)
 
     def cancel(self) -> None:
         """Cancel the run from outside; it unwinds, then raises :class:`RunCancelled`."""
@@ -624,6 +712,8 @@ class Execution:
             if streak == _YIELD_EVERY:
                 streak = 0
                 await anyio.lowlevel.checkpoint()
+        if self._unwinding:
+            self._check_idle()  # the last nodes may have been joins, unwound without a revert
 
     def _args_of(self, node: Node) -> tuple[Any, ...]:
         source = node.input
@@ -643,10 +733,15 @@ class Execution:
             call = functools.partial(task.fn, *args, **kwargs)
         else:
             star = node.kind is not _MAP
+            done = None
+            if task.reverter is not None:
+                done = self._map_calls.setdefault(node.index, [])
             if task.is_async:
-                coro = _map_async(task.fn, args[0], star, kwargs, node, self.run_id)
+                coro = _map_async(task.fn, args[0], star, kwargs, node, self.run_id, done)
                 return _InContext(coro, self._context, attempt)
-            call = functools.partial(_map_sync, task.fn, args[0], star, kwargs, node, self.run_id)
+            call = functools.partial(
+                _map_sync, task.fn, args[0], star, kwargs, node, self.run_id, done
+            )
         return run_in_thread(
             functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
         )
@@ -659,16 +754,20 @@ class Execution:
         make_call: Callable[[int], Any],
         started: str,
         retried: str,
+        attempts: dict[int, int] | None = None,
     ) -> tuple[Any, int]:
         """Call until success or until the retry policy gives up; return (value, attempts).
 
-        The final exception is re-raised with ``self._attempts`` recording how
-        many attempts were made. Cancellation is never retried.
+        The final exception is re-raised with ``attempts`` (default: the node
+        attempts) recording how many attempts were made. Cancellation is never
+        retried.
         """
         index = node.index
         sink = self._events
         clock = self._clock
         name = node.name
+        if attempts is None:
+            attempts = self._attempts
         attempt = 1
         timeout = options.timeout
         give_up_at = clock.now() + options.deadline if options.deadline is not None else math.inf
@@ -707,7 +806,7 @@ class Execution:
                     if scope.cancel_called:
                         raise TaskTimeout(self.run_id, node.key, attempt, limit)
                 if attempt > 1:
-                    self._attempts[index] = attempt
+                    attempts[index] = attempt
                 return value, attempt
             except Exception as exc:
                 halted = self._halt and not self._unwinding
@@ -723,7 +822,7 @@ class Execution:
                             self._states[index] = previous
                         attempt += 1
                         continue
-                self._attempts[index] = attempt
+                attempts[index] = attempt
                 raise
 
     async def _inject(self, node: Node, attempt: int) -> None:
@@ -811,12 +910,7 @@ class Execution:
             for i, error in self._errors.items()
             if start <= i < end and i in self._failures and not self._failures[i].cancelled
         ]
-        error = GroupFailed(
-            self.run_id,
-            f"{ok} of {len(sources)} members of group {node.key!r} succeeded, "
-            "below its success threshold",
-            failed,  # type: ignore[arg-type]
-        )
+        error = _below_threshold(self.run_id, node, ok, len(sources), "members", failed)
         self._started[node.index] = _perf_counter()
         self._node_failed(node, error, 1)
 
@@ -920,10 +1014,12 @@ class Execution:
 
         async def compensate() -> None:
             nonlocal timed_out
-            with self._clock.cancel_scope(self._compensation_timeout) as deadline:
-                await self._run_phase()
-            timed_out = deadline.cancelled_caught
-            finished.set()
+            try:
+                with self._clock.cancel_scope(self._compensation_timeout) as deadline:
+                    await self._run_phase()
+                timed_out = deadline.cancelled_caught
+            finally:
+                finished.set()
 
         # The shield stops anyio cancellation (cancel scopes, task groups). A native
         # ``task.cancel()`` on asyncio still reaches the waiting task: that is why the
@@ -935,6 +1031,8 @@ class Execution:
                     try:
                         await finished.wait()
                     except anyio.get_cancelled_exc_class() as exc:
+                        if tg.cancel_scope.cancel_called:
+                            raise  # the compensation itself crashed: let its error out
                         self._deferred_cancel = exc
         self._unwinding = False
         self._end_phase()
@@ -942,8 +1040,8 @@ class Execution:
             timeout = TimeoutError(
                 f"compensation of run {self.run_id} exceeded {self._compensation_timeout} s"
             )
-            for i in self._reverting:
-                if states[i] is _REVERTING:
+            for i in self._reverting:  # in progress, in backoff, parked or never reached
+                if states[i] is not _REVERTED and i not in self._revert_errors:
                     states[i] = _REVERT_FAILED
                     self._revert_errors[i] = timeout
 
@@ -971,9 +1069,23 @@ class Execution:
             kwargs["flow_failures"] = self.failures()
 
         def make_call(attempt: int) -> Any:
-            if reverter.is_async:
+            call: Callable[[], Any]
+            if node.kind is not _TASK:  # map / starmap: one revert per call made
+                kwargs.pop("result", None)
+                star = node.kind is not _MAP
+                done = self._map_calls.get(index, [])
+                if reverter.is_async:
+                    coro = _revert_items_async(
+                        reverter.fn, done, star, kwargs, reverter.takes_result
+                    )
+                    return _InContext(coro, self._context, attempt)
+                call = functools.partial(
+                    _revert_items_sync, reverter.fn, done, star, kwargs, reverter.takes_result
+                )
+            elif reverter.is_async:
                 return _InContext(reverter.fn(*args, **kwargs), self._context, attempt)
-            call = functools.partial(reverter.fn, *args, **kwargs)
+            else:
+                call = functools.partial(reverter.fn, *args, **kwargs)
             return run_in_thread(
                 functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
             )
@@ -984,7 +1096,13 @@ class Execution:
         sink = self._events
         try:
             _, attempt = await self._attempts_of(
-                node, reverter.options, reverter.is_async, make_call, REVERT_STARTED, REVERT_RETRIED
+                node,
+                reverter.options,
+                reverter.is_async,
+                make_call,
+                REVERT_STARTED,
+                REVERT_RETRIED,
+                self._revert_attempts,
             )
         except Exception as exc:
             self._states[index] = _REVERT_FAILED
@@ -992,17 +1110,18 @@ class Execution:
             exc.add_note(f"aflow: the revert of {node.key!r} failed in run {self.run_id}")
             if sink.node_events:
                 sink.emit(REVERT_FAILED, node.key, node.name, error=exc)
-            return  # what precedes this node in its branch stays as it is
+            # what precedes this node in its branch stays as it is
+        else:
+            self._states[index] = _REVERTED
+            self._reverted.append(index)
+            if sink.node_events:
+                sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
+            self._unwound(index)  # before the idle check: the parents are ready now
         finally:
             self._running -= 1
             if limits:
                 release(limits, self)
             self._check_idle()
-        self._states[index] = _REVERTED
-        self._reverted.append(index)
-        if sink.node_events:
-            sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
-        self._unwound(index)
 
     # --- error callbacks -----------------------------------------------------------------
 
@@ -1017,12 +1136,25 @@ class Execution:
 
     async def _run_errbacks(self) -> list[tuple[str, BaseException]]:
         """Run the error callbacks whose scope saw a failure; return those that failed."""
-        failed = [i for i, f in self._failures.items() if not f.cancelled]
+        failed = [
+            i
+            for i, f in self._failures.items()
+            if not f.cancelled
+            and self._nodes[i].error_scope is None
+            and not self._nodes[i].options.continue_on_failed
+        ]
+        tolerated_by = self._tolerated_by
+
+        def fails(scope: tuple[int, int], i: int) -> bool:
+            # A failure a threshold inside the scope tolerated did not fail the scope.
+            start, end = scope
+            join = tolerated_by.get(i)
+            return start <= i < end and not (join is not None and start <= join < end)
+
         due = [
             node
             for node in self._nodes
-            if node.error_scope is not None
-            and any(node.error_scope[0] <= i < node.error_scope[1] for i in failed)
+            if node.error_scope is not None and any(fails(node.error_scope, i) for i in failed)
         ]
         if not due:
             return []
