@@ -665,3 +665,236 @@ class TestErrorContract:
         with inject_failure("t", raises=Declined("once"), attempt=1) as plan:
             assert await t.s() == 2
         assert plan.hits == 1
+
+
+class TestUnwindingEdgeCases:
+    """Regressions found in review: limits, early cancels, deadlines, maps, records."""
+
+    async def test_reverts_waiting_on_another_runs_slot_still_all_run(self) -> None:
+        log: list[str] = []
+        go_fail = anyio.Event()
+        release_other = anyio.Event()
+
+        @aflow.task(limit="x")
+        async def step(tag: str) -> str:
+            log.append(f"do {tag}")
+            return tag
+
+        @step.revert
+        async def undo(tag: str) -> None:
+            log.append(f"undo {tag}")
+
+        @aflow.task
+        async def fail() -> None:
+            await go_fail.wait()
+            raise Declined
+
+        @aflow.task(limit="x")
+        async def hold() -> None:
+            await release_other.wait()
+
+        async with aflow.Runtime(limits={"x": 1}) as rt:
+            a = await rt.submit(step.si("a") | step.si("b") | step.si("c") | fail.si())
+            await anyio.wait_all_tasks_blocked()
+            other = await rt.submit(hold.si() | hold.si())  # takes x while a fails
+            await anyio.wait_all_tasks_blocked()
+            go_fail.set()
+            await anyio.wait_all_tasks_blocked()  # a's reverts wait for x
+            release_other.set()
+            assert await a.wait() is aflow.RunStatus.REVERTED
+            await other.wait()
+        assert log[-3:] == ["undo c", "undo b", "undo a"]
+        assert a.reverted() == ["step#3", "step#2", "step"]
+
+    async def test_a_stale_limit_waiter_neither_hangs_the_unwind_nor_leaks_the_slot(
+        self,
+    ) -> None:
+        release_other = anyio.Event()
+
+        @aflow.task
+        async def first() -> str:
+            return "s"
+
+        @first.revert
+        async def undo_first() -> None:
+            await anyio.lowlevel.checkpoint()
+
+        @aflow.task(limit="x")
+        async def needs_x() -> None:
+            return None
+
+        @aflow.task
+        async def fail() -> None:
+            raise Declined
+
+        @aflow.task(limit="x")
+        async def hold() -> None:
+            await release_other.wait()
+
+        async with aflow.Runtime(limits={"x": 1}) as rt:
+            holder = await rt.submit(hold.si())
+            await anyio.wait_all_tasks_blocked()
+            run = await rt.submit(first.si() | aflow.group(needs_x.si(), fail.si()))
+            await anyio.wait_all_tasks_blocked()  # needs_x parked on x, fail failed
+            release_other.set()
+            with anyio.fail_after(5):
+                assert await run.wait() is aflow.RunStatus.REVERTED
+            await holder.wait()
+            again = await rt.submit(needs_x.si())  # the slot came back
+            with anyio.fail_after(5):
+                await again.result()
+
+    async def test_cancel_before_the_run_starts_runs_nothing(self) -> None:
+        journal = Journal()
+        step, _ = journal.tasks()
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(step.si("a") | step.si("b"))
+            await run.cancel()
+            with pytest.raises(aflow.RunCancelled):
+                await run.result()
+        assert journal.entries == []
+        assert run.status is aflow.RunStatus.CANCELLED
+
+    async def test_compensation_timeout_records_reverts_in_backoff(self) -> None:
+        @aflow.task
+        async def charge(order: int) -> int:
+            return order
+
+        @charge.revert(retries=3, backoff=aflow.Backoff(base=10, max=100))
+        async def refund(order: int) -> None:
+            raise ConnectionError("down")
+
+        @aflow.task
+        async def ship(receipt: int) -> None:
+            raise Declined
+
+        async with FakeClock() as clock, aflow.Runtime(clock=clock, compensation_timeout=5) as rt:
+            run = await rt.submit(charge.s(1) | ship.s())
+            with pytest.raises(aflow.CompensationFailed) as info:
+                await run.result()
+        assert isinstance(info.value.original, Declined)
+        step = run.step("charge")
+        assert step.state is aflow.NodeState.REVERT_FAILED
+        assert isinstance(step.revert_error, TimeoutError)
+        assert run.statistics().running == 0
+        assert run.status is aflow.RunStatus.FAILED
+
+    async def test_cancel_during_error_callbacks_closes_the_run(self) -> None:
+        @aflow.task
+        async def boom() -> None:
+            raise Declined
+
+        @aflow.task
+        async def slow_errback(error: BaseException) -> None:
+            await anyio.sleep_forever()
+
+        events: list[str] = []
+
+        class Shutdown(Exception):
+            pass
+
+        runs: list[aflow.Run[Any]] = []
+
+        async def serve() -> None:
+            async with aflow.Runtime() as rt:
+                runs.append(
+                    await rt.submit(
+                        boom.si().on_error(slow_errback.s()),
+                        on_event=lambda e: events.append(e.name),
+                    )
+                )
+                await anyio.wait_all_tasks_blocked()  # the errback is running
+                raise Shutdown  # leaving the runtime cancels what still runs
+
+        with pytest.raises(ExceptionGroup) as info:  # the runtime's task group re-raises it
+            await serve()
+        run = runs[0]
+        assert info.value.subgroup(Shutdown) is not None
+        assert run.status is aflow.RunStatus.CANCELLED  # ended, not left RUNNING
+        assert run.ready()
+        assert "run_cancelled" in events
+
+    async def test_unreachable_thresholds_are_refused_before_running(self) -> None:
+        @aflow.task
+        async def fetch(x: int) -> int:
+            return x
+
+        with pytest.raises(aflow.SignatureError, match="can never be met"):
+            aflow.compile(aflow.group(fetch.si(1), fetch.si(2)).set(min_success=3))
+        with pytest.raises(aflow.SignatureError, match="can never be met"):
+            aflow.compile(fetch.map([]).set(min_success=1))
+
+        @aflow.task
+        async def nothing() -> list[int]:
+            return []
+
+        with pytest.raises(aflow.GroupFailed):  # known only at run time
+            await (nothing.s() | fetch.map().set(min_success=1))
+
+    async def test_map_reverts_each_call_it_made_last_first(self) -> None:
+        undone: list[tuple[int, Any]] = []
+
+        @aflow.task
+        async def inc(x: int) -> int:
+            if x == 3:
+                raise Declined
+            return x + 1
+
+        @inc.revert
+        async def uninc(x: int, result: Any) -> None:
+            undone.append((x, "failed" if isinstance(result, aflow.Failure) else result))
+
+        @aflow.task
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        @add.revert
+        async def unadd(x: int, y: int, result: int) -> None:
+            undone.append((x, result))
+
+        @aflow.task
+        async def fail(*xs: Any) -> None:
+            raise Declined
+
+        with pytest.raises(Declined):
+            await inc.map([1, 2, 3, 4])
+        assert undone == [(3, "failed"), (2, 3), (1, 2)]  # 4 never ran
+        undone.clear()
+        with pytest.raises(Declined):
+            await (add.starmap([(1, 2), (3, 4)]) | fail.s())
+        assert undone == [(3, 7), (1, 3)]
+
+    async def test_records_after_unwinding(self) -> None:
+        calls = 0
+
+        @aflow.task(retries=3)
+        async def flaky() -> None:
+            nonlocal calls
+            calls += 1
+            if calls < 3:
+                raise ConnectionError
+
+        @flaky.revert
+        async def undo_flaky() -> None:
+            return None
+
+        @aflow.task
+        async def boom() -> None:
+            raise Declined
+
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(flaky.si() | boom.si())
+            await run.wait()
+        assert run.step("flaky").attempts == 3  # the revert's own attempt is not counted here
+        assert run.failed()  # boom failed (and has no revert)
+        assert list(run.failures()) == ["boom"]
+
+    async def test_fake_clock_ignores_deadlines_of_scopes_that_ended(self) -> None:
+        @aflow.task(timeout=1000)
+        async def quick() -> int:
+            return 1
+
+        async with FakeClock() as clock:
+            await aflow.run(quick.si(), clock=clock)
+            await clock.sleep(1)
+        assert clock.now() == 1  # not 1000
