@@ -8,8 +8,9 @@ nodes and edges through :class:`GraphBuilder`; the scheduler only reads a
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
@@ -19,7 +20,7 @@ from ._options import DEFAULT_OPTIONS, NodeOptions
 if TYPE_CHECKING:
     from ._task import FunctionTask
 
-__all__ = ["INPUT_ERROR", "Graph", "GraphBuilder", "Node", "NodeKind", "compile"]
+__all__ = ["INPUT_ERROR", "Graph", "GraphBuilder", "Node", "NodeKind", "compile", "errback_extras"]
 
 #: ``Node.input`` of an error callback that receives the exception first.
 INPUT_ERROR = -2
@@ -264,20 +265,24 @@ class Graph:
 _TASK = NodeKind.TASK
 
 
-def _errback_extras(task: FunctionTask[..., Any], given: tuple[str, ...]) -> tuple[str, ...]:
-    """``failures`` / ``results``: the keywords the scheduler passes an errback naming them."""
+def errback_extras(task: FunctionTask[..., Any]) -> frozenset[str]:
+    """Which of ``failures`` / ``results`` an error callback takes (by name or ``**kwargs``).
+
+    The scheduler passes exactly these; the call-shape check counts them as given.
+    """
+    return _errback_extras_of(task.fn)
+
+
+@functools.lru_cache(maxsize=256)
+def _errback_extras_of(fn: Callable[..., Any]) -> frozenset[str]:
     try:
-        params = inspect.signature(task.fn).parameters
+        params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
-        return ()
-    return tuple(
-        name
-        for name in ("failures", "results")
-        if name in params
-        and name not in given
-        and params[name].kind
-        in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    )
+        return frozenset()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return frozenset({"failures", "results"})
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(named & {"failures", "results"})
 
 
 def _check_call(
@@ -382,7 +387,7 @@ class GraphBuilder:
                     prepended = "the exception"
                 kw = tuple(kwargs)
                 if error_scope is not None:
-                    kw += _errback_extras(task, kw)
+                    kw += tuple(sorted(errback_extras(task) - set(kw)))
                 _check_call(task, key, extra + len(args), kw, prepended)
             elif kind is NodeKind.MAP:
                 _check_call(task, key, 1, tuple(kwargs))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
-import time
 from typing import Any
 
 import anyio
@@ -55,6 +54,27 @@ class Journal:
             journal.append(f"undo {tag} (failed)")
 
         return step, boom
+
+
+def slow_compensation() -> tuple[aflow.Canvas[None], Gate, list[str]]:
+    """A two-step saga whose second step fails and whose revert waits at a gate."""
+    undo_gate = Gate()
+    finished: list[str] = []
+
+    @aflow.task
+    async def t() -> int:
+        return 1
+
+    @t.revert
+    async def slow_undo() -> None:
+        await undo_gate.wait()
+        finished.append("undone")
+
+    @aflow.task
+    async def fail(x: int) -> None:
+        raise Declined
+
+    return t.s() | fail.s(), undo_gate, finished
 
 
 class TestRevertSignatures:
@@ -406,21 +426,7 @@ class TestCancellationUnwinds:
         assert events[-1] == "run_cancelled"
 
     async def test_cancellation_mid_compensation_still_finishes_it(self) -> None:
-        undo_gate = Gate()
-        finished: list[str] = []
-
-        @aflow.task
-        async def t() -> int:
-            return 1
-
-        @t.revert
-        async def slow_undo() -> None:
-            await undo_gate.wait()
-            finished.append("undone")
-
-        @aflow.task
-        async def fail(x: int) -> None:
-            raise Declined
+        workflow, undo_gate, finished = slow_compensation()
 
         outcome: list[BaseException] = []
         caller_scope = anyio.CancelScope()
@@ -428,7 +434,7 @@ class TestCancellationUnwinds:
         async def caller() -> None:
             with caller_scope:
                 try:
-                    await (t.s() | fail.s())
+                    await workflow
                 except BaseException as exc:
                     outcome.append(exc)
                     raise
@@ -520,35 +526,51 @@ class TestCancellationUnwinds:
 
     async def test_thread_task_cancelled_cooperatively_says_so(self) -> None:
         entered = threading.Event()
+        checkpoint = threading.Event()
 
         @aflow.task
         def polling() -> str:
             entered.set()
-            while True:  # a well-behaved long sync task checks in now and then
-                anyio.from_thread.check_cancelled()
-                time.sleep(0.001)
+            checkpoint.wait(5)  # long sync work, up to the point where it checks in
+            anyio.from_thread.check_cancelled()
+            return "finished"
 
         async with aflow.Runtime() as rt:
             run = await rt.submit(polling.s())
             await anyio.to_thread.run_sync(entered.wait, 5)
-            await run.cancel()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.cancel)
+                await anyio.wait_all_tasks_blocked()  # the run's scope is cancelled now
+                checkpoint.set()
         step = run.step("polling")
         assert step.state is aflow.NodeState.CANCELLED
         assert run.failures()["polling"].cancelled
         assert run.status is aflow.RunStatus.CANCELLED
 
     async def test_thread_task_sees_its_timeout_cooperatively(self) -> None:
-        @aflow.task(timeout=0.05)
+        entered = threading.Event()
+        checkpoint = threading.Event()
+        finished_anyway: list[bool] = []
+
+        @aflow.task(timeout=30)
         def polling() -> str:
-            for _ in range(5000):  # 5 s unless it notices the deadline
-                anyio.from_thread.check_cancelled()
-                time.sleep(0.001)
+            entered.set()
+            checkpoint.wait(5)
+            anyio.from_thread.check_cancelled()  # raises: the deadline has passed
+            finished_anyway.append(True)
             return "finished"
 
-        began = time.monotonic()
-        with pytest.raises(aflow.TaskTimeout):
-            await polling.s()
-        assert time.monotonic() - began < 2.5  # stopped at its deadline, not after 5 s
+        async def run_it(clock: FakeClock) -> None:
+            with pytest.raises(aflow.TaskTimeout):
+                await aflow.run(polling.s(), clock=clock)
+
+        async with FakeClock(autojump=False) as clock, anyio.create_task_group() as tg:
+            tg.start_soon(run_it, clock)
+            await anyio.to_thread.run_sync(entered.wait, 5)
+            clock.advance(30)  # the attempt's deadline, in virtual time
+            checkpoint.set()
+        assert clock.now() == 30
+        assert finished_anyway == []  # it stopped at its deadline instead of running on
 
     async def test_cancel_after_the_output_exists_keeps_the_result(self) -> None:
         @aflow.task
@@ -563,23 +585,9 @@ class TestCancellationUnwinds:
             assert await run.result() == "value"
 
     async def test_native_asyncio_cancel_cannot_break_the_shield(self) -> None:
-        undo_gate = Gate()
-        finished: list[str] = []
+        workflow, undo_gate, finished = slow_compensation()
 
-        @aflow.task
-        async def t() -> int:
-            return 1
-
-        @t.revert
-        async def slow_undo() -> None:
-            await undo_gate.wait()
-            finished.append("undone")
-
-        @aflow.task
-        async def fail(x: int) -> None:
-            raise Declined
-
-        task = asyncio.create_task(aflow.run(t.s() | fail.s()))
+        task = asyncio.create_task(aflow.run(workflow))
         await anyio.wait_all_tasks_blocked()  # the revert waits at its gate
         task.cancel()  # what asyncio.wait_for or a server's handler timeout does
         await anyio.wait_all_tasks_blocked()

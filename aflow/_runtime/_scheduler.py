@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import math
 import time
 import uuid
@@ -64,7 +63,7 @@ from .._exceptions import (
     TaskTimeout,
 )
 from .._failure import Failure
-from .._graph import INPUT_ERROR, Graph, Node, NodeKind
+from .._graph import INPUT_ERROR, Graph, Node, NodeKind, errback_extras
 from .._options import NodeOptions
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, INJECTIONS, Injection
@@ -242,19 +241,6 @@ def _revert_items_sync(
 
 
 _MISSING: Any = object()
-
-
-@functools.lru_cache(maxsize=256)
-def _keywords_of(fn: Callable[..., Any]) -> frozenset[str]:
-    """Keyword names a callable accepts by name ("*" if it takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return frozenset()
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        names |= {"failures", "results"}
-    return frozenset(names)
 
 
 def _below_threshold(
@@ -1175,7 +1161,7 @@ class Execution:
         start, end = node.error_scope
         args = self._args_of(node)
         kwargs = dict(node.kwargs)
-        accepted = _keywords_of(task.fn)
+        accepted = errback_extras(task)
         if "failures" in accepted:
             kwargs["failures"] = {
                 self._nodes[i].key: f
