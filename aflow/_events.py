@@ -25,6 +25,7 @@ RUN_SUCCEEDED = "run_succeeded"
 RUN_FAILED = "run_failed"
 RUN_CANCELLED = "run_cancelled"
 RUN_REVERTED = "run_reverted"
+RUN_SUSPENDED = "run_suspended"
 TASK_STARTED = "task_started"
 TASK_SUCCEEDED = "task_succeeded"
 TASK_FAILED = "task_failed"
@@ -43,7 +44,7 @@ class Event:
     """One transition of a run or of one of its nodes.
 
     ``name`` is one of ``run_started``, ``run_succeeded``, ``run_failed``,
-    ``run_reverted``, ``run_cancelled``, ``task_started``, ``task_succeeded``,
+    ``run_reverted``, ``run_cancelled``, ``run_suspended``, ``task_started``, ``task_succeeded``,
     ``task_failed``, ``task_retried``, ``task_cancelled``, ``task_skipped``,
     ``revert_started``, ``revert_succeeded``, ``revert_failed``,
     ``revert_retried``. Run events have ``node=None``.
@@ -76,15 +77,24 @@ def _structlog_logger(level: int) -> Any | None:
 class EventSink:
     """Fans a run's events out to its listeners and to structlog."""
 
-    __slots__ = ("_listeners", "_node_log", "_run_log", "node_events", "run_id")
+    __slots__ = ("_listeners", "_node_log", "_run_log", "node_events", "run_events", "run_id")
 
-    def __init__(self, run_id: str, listeners: Sequence[EventListener]) -> None:
+    def __init__(
+        self, run_id: str, listeners: Sequence[EventListener], *, run_events: bool = True
+    ) -> None:
         self.run_id = run_id
+        #: False for a nested run (a retried flow): only its node events go out.
+        self.run_events = run_events
         self._listeners = list(listeners)
         self._node_log = _structlog_logger(logging.DEBUG)
         self._run_log = _structlog_logger(logging.INFO)
         #: The scheduler's one check on the hot path.
         self.node_events = bool(self._listeners) or self._node_log is not None
+
+    @property
+    def listeners(self) -> tuple[EventListener, ...]:
+        """The listeners subscribed now."""
+        return tuple(self._listeners)
 
     def add_listener(self, listener: EventListener) -> None:
         """Subscribe while the run is going (used by ``Run.events()``)."""
@@ -106,6 +116,8 @@ class EventSink:
         error: BaseException | None = None,
     ) -> None:
         """Send one event to every listener and, if enabled, to structlog."""
+        if node is None and not self.run_events:
+            return
         event = Event(name, self.run_id, node, task, attempt, duration_s, error, time.time())
         for listener in tuple(self._listeners):
             try:

@@ -8,6 +8,8 @@ building or validating a workflow (before any task runs) also derive from
     ├── DefinitionError(AflowError, ValueError)   raised before anything runs
     │   ├── CycleError              .cycle
     │   ├── DuplicateTaskError      .name
+    │   ├── MissingInputError       .task, .missing: inputs nothing provides
+    │   ├── AmbiguousProviderError  .name, .providers: two providers of one name
     │   └── SignatureError(DefinitionError, TypeError)   .task, .argument, .reason
     ├── RunError(AflowError)                      .run_id
     │   ├── RunNotFinished          the run has not finished yet
@@ -33,11 +35,13 @@ from typing import Any, Self
 __all__ = [
     "AflowError",
     "AflowInternalError",
+    "AmbiguousProviderError",
     "CompensationFailed",
     "CycleError",
     "DefinitionError",
     "DuplicateTaskError",
     "GroupFailed",
+    "MissingInputError",
     "RunCancelled",
     "RunError",
     "RunNotFinished",
@@ -76,6 +80,42 @@ class DuplicateTaskError(DefinitionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name,))
+
+
+class MissingInputError(DefinitionError):
+    """A task requires values that nothing provides: not an upstream task, not the store.
+
+    :attr:`task` names the task and :attr:`missing` every name it lacks.
+    """
+
+    def __init__(self, task: str, missing: Sequence[str], detail: str | None = None) -> None:
+        self.task = task
+        self.missing: tuple[str, ...] = tuple(missing)
+        self.detail = detail
+        names = ", ".join(repr(m) for m in self.missing)
+        text = f"task {task!r} requires {names}, which nothing provides"
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.missing, self.detail))
+
+
+class AmbiguousProviderError(DefinitionError):
+    """Several tasks of one flow provide the same name, so a consumer cannot tell which it gets.
+
+    :attr:`name` is the value's name and :attr:`providers` the tasks providing it.
+    """
+
+    def __init__(self, name: str, providers: Sequence[str], where: str = "") -> None:
+        self.name = name
+        self.providers: tuple[str, ...] = tuple(providers)
+        self.where = where
+        both = " and ".join(repr(p) for p in self.providers)
+        scope = f" in {where}" if where else ""
+        super().__init__(f"{both} both provide {name!r}{scope}: which one is meant is ambiguous")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.providers, self.where))
 
 
 class SignatureError(DefinitionError, TypeError):

@@ -38,6 +38,9 @@ class NodeKind(enum.Enum):
     MAP = "map"
     #: Like MAP, unpacking each item as positional arguments.
     STARMAP = "starmap"
+    #: Call the task, which runs a nested graph of its own (a flow under a retry
+    #: controller): it takes no limit slot itself, the nodes it runs do.
+    SUBGRAPH = "subgraph"
     #: No task: the list of its parents' results, in order (a group's value);
     #: ``args[0]``, when given, lists the nodes whose results it collects instead.
     JOIN = "join"
@@ -69,6 +72,13 @@ class Node(NamedTuple):
     #: For the join of a group with a success threshold: the half-open range of
     #: the group's own nodes, whose failures it tolerates up to that threshold.
     tolerates: tuple[int, int] | None = None
+    #: Keyword arguments taken from other nodes' results by name (flows):
+    #: ``(parameter, source node, selector)``; the value is the source's result,
+    #: or ``result[selector]`` when the selector is not ``None``.
+    bindings: tuple[tuple[str, int, Any], ...] = ()
+    #: For a join: a guard called with ``{key: result}`` of the nodes it collects;
+    #: when false the join is SKIPPED, and everything downstream of it too.
+    when: Callable[[dict[str, Any]], Any] | None = None
 
     @property
     def name(self) -> str:
@@ -135,6 +145,9 @@ class Graph:
                 children[p].append(i)
             if node.input >= 0 and node.input not in node.parents:
                 raise AflowInternalError(f"node {node.key!r} takes input from a non-parent")
+            for _, source, _ in node.bindings:
+                if not 0 <= source < i:
+                    raise AflowInternalError(f"node {node.key!r} binds an unknown node {source}")
         if not ordered:  # builders that emit in topological order skip this pass
             self._check_acyclic(children)
         return tuple(tuple(c) for c in children)
@@ -216,6 +229,8 @@ class Graph:
     def _label(self, node: Node) -> str:
         if node.kind is NodeKind.JOIN:
             return "join"
+        if node.kind is NodeKind.SUBGRAPH:
+            return f"{node.key} (retried flow)"
         if node.kind is not NodeKind.TASK:
             return f"{node.key} ({node.kind.value})"
         return node.key
@@ -367,6 +382,8 @@ class GraphBuilder:
         error_scope: tuple[int, int] | None = None,
         key: str | None = None,
         tolerates: tuple[int, int] | None = None,
+        bindings: tuple[tuple[str, int, Any], ...] = (),
+        when: Callable[[dict[str, Any]], Any] | None = None,
     ) -> int:
         """Append a node and return its index; checks the call shape against the task."""
         index = len(self.nodes)
@@ -379,13 +396,13 @@ class GraphBuilder:
         kwargs = kwargs if kwargs else _NO_KWARGS
         if task is not None:
             extra = 1 if input != -1 else 0
-            if kind is NodeKind.TASK:
+            if kind is NodeKind.TASK or kind is NodeKind.SUBGRAPH:
                 prepended = None
                 if input >= 0:
                     prepended = "its parent's result"
                 elif input == INPUT_ERROR:
                     prepended = "the exception"
-                kw = tuple(kwargs)
+                kw = tuple(kwargs) + tuple(b[0] for b in bindings if b[0] not in kwargs)
                 if error_scope is not None:
                     kw += tuple(sorted(errback_extras(task) - set(kw)))
                 _check_call(task, key, extra + len(args), kw, prepended)
@@ -407,6 +424,8 @@ class GraphBuilder:
                 options,
                 error_scope,
                 tolerates,
+                bindings,
+                when,
             )
         )
         return index

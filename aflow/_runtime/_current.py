@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
-from typing import final
+from typing import TYPE_CHECKING, final
 
-__all__ = ["ATTEMPT", "INJECTIONS", "Injection", "current_attempt"]
+if TYPE_CHECKING:
+    from ._scheduler import Execution
+
+__all__ = ["ATTEMPT", "EXECUTION", "INJECTIONS", "Injection", "current_attempt"]
 
 ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_attempt")
+#: The run a task belongs to (a retried flow starts its nested run from it).
+EXECUTION: contextvars.ContextVar[Execution] = contextvars.ContextVar("aflow_execution")
 
 
 def current_attempt() -> int:

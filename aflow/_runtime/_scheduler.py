@@ -29,6 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any, final
 
 import anyio
@@ -45,6 +46,7 @@ from .._events import (
     RUN_REVERTED,
     RUN_STARTED,
     RUN_SUCCEEDED,
+    RUN_SUSPENDED,
     TASK_CANCELLED,
     TASK_FAILED,
     TASK_RETRIED,
@@ -58,6 +60,7 @@ from .._exceptions import (
     CompensationFailed,
     DefinitionError,
     GroupFailed,
+    MissingInputError,
     RunCancelled,
     RunTimeout,
     TaskTimeout,
@@ -66,10 +69,10 @@ from .._failure import Failure
 from .._graph import INPUT_ERROR, Graph, Node, NodeKind, errback_extras
 from .._options import NodeOptions
 from ._clock import SYSTEM_CLOCK, Clock
-from ._current import ATTEMPT, INJECTIONS, Injection
+from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
-from ._threads import run_in_thread
+from ._threads import run_in_executor, run_in_thread
 
 __all__ = ["Execution"]
 
@@ -86,6 +89,8 @@ _REVERT_FAILED = NodeState.REVERT_FAILED
 _TASK = NodeKind.TASK
 _JOIN = NodeKind.JOIN
 _MAP = NodeKind.MAP
+_STARMAP = NodeKind.STARMAP
+_SUBGRAPH = NodeKind.SUBGRAPH
 
 #: A worker that keeps finding work without ever blocking yields to the loop
 #: this often, so a long run of instant tasks cannot starve the application.
@@ -94,6 +99,7 @@ _YIELD_EVERY = 128
 _perf_counter = time.perf_counter
 _copy_context = contextvars.copy_context
 _set_attempt = ATTEMPT.set
+_set_execution = EXECUTION.set
 
 
 @final
@@ -277,6 +283,7 @@ class Execution:
         "_errbacks_due",
         "_errors",
         "_events",
+        "_executor",
         "_failure",
         "_failures",
         "_finished",
@@ -286,6 +293,7 @@ class Execution:
         "_limits",
         "_map_calls",
         "_needed",
+        "_nested",
         "_nodes",
         "_on_error",
         "_parked",
@@ -302,6 +310,7 @@ class Execution:
         "_spare_pending",
         "_started",
         "_states",
+        "_suspend_requested",
         "_tg",
         "_thread_limiter",
         "_timed_out",
@@ -333,6 +342,8 @@ class Execution:
         timeout: float | None = None,
         compensation_timeout: float | None = None,
         clock: Clock | None = None,
+        executor: Executor | None = None,
+        nested: bool = False,
     ) -> None:
         if on_error not in ("revert", "continue"):
             raise ValueError(f"on_error must be 'revert' or 'continue', got {on_error!r}")
@@ -393,6 +404,9 @@ class Execution:
         self._halt = False
         self._unwinding = False
         self._cancel_requested = False
+        self._suspend_requested = False
+        self._executor = executor
+        self._nested = nested
         self._timed_out = False
         self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
@@ -402,7 +416,7 @@ class Execution:
         self._wall_offset = 0.0
         self._context = _copy_context()
         self._thread_limiter = thread_limiter
-        self._events = EventSink(self.run_id, listeners)
+        self._events = EventSink(self.run_id, listeners, run_events=not nested)
 
         global_ = list(global_limits)
         if max_concurrency is not None:
@@ -455,13 +469,17 @@ class Execution:
         task, the run and what was reverted. Cancelling the caller cancels and
         unwinds the run, then re-raises ``CancelledError``.
         """
-        if self.status is not RunStatus.PENDING:
+        if self.status is RunStatus.SUSPENDED:
+            self._prepare_resume()
+        elif self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
+        else:
+            self.started_at = time.time()
+            self._wall_offset = self.started_at - _perf_counter()
         self.status = RunStatus.RUNNING
-        self.started_at = time.time()
-        self._wall_offset = self.started_at - _perf_counter()
         self._context = context = _copy_context()
         context.run(_set_attempt, 1)  # every node's context starts from this one
+        context.run(_set_execution, self)
         events = self._events
         events.emit(RUN_STARTED)
         caller_cancel: BaseException | None = None
@@ -496,6 +514,10 @@ class Execution:
             self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED, error=caller_cancel)
             raise caller_cancel
+        if self._suspend_requested and not stopped and self._done_count < self._needed:
+            self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
+            events.emit(RUN_SUSPENDED)
+            return None
 
         roots = self._root_failures()
         primary: BaseException | None
@@ -559,6 +581,69 @@ class Execution:
                 await self._done.wait()
         self._tg = None
         self._done = None
+
+    def suspend(self) -> None:
+        """Start no more nodes; the running ones finish, then :meth:`execute` returns.
+
+        The run is then ``SUSPENDED`` and a later :meth:`execute` runs only
+        what is left. A run already unwinding is not suspended.
+        """
+        if self._unwinding or self.closed:
+            return
+        self._suspend_requested = True
+        self._halt = True
+        self._check_idle()
+
+    def _prepare_resume(self) -> None:
+        """Ready again every pending node whose parents are all done."""
+        self._suspend_requested = False
+        self._halt = False
+        self.stopping = False
+        states = self._states
+        remaining = self._remaining
+        self._ready = deque(
+            node.index
+            for node in self._nodes
+            if node.error_scope is None
+            and states[node.index] is _PENDING
+            and remaining[node.index] == 0
+        )
+
+    async def compensate(self) -> None:
+        """Revert a run that succeeded (a retried flow undone by an outer failure).
+
+        Same order and shielding as the unwinding after a failure; a revert
+        that fails raises :class:`aflow.CompensationFailed`.
+        """
+        if self.status is not RunStatus.SUCCEEDED:
+            return  # a failed run was unwound already; a suspended one is not undone
+        await self._unwind()
+        if self._revert_errors:
+            errors = list({id(e): e for e in self._revert_errors.values()}.values())
+            self.status = RunStatus.FAILED
+            raise CompensationFailed(
+                self.run_id,
+                f"{len(errors)} revert(s) failed while undoing a finished run",
+                errors,  # type: ignore[arg-type]
+            )
+        if self._reverted:
+            self.status = RunStatus.REVERTED
+
+    def nested(self, graph: Graph, *, run_id: str | None = None) -> Execution:
+        """A run of ``graph`` that shares this run's limits, threads, clock and listeners."""
+        child = Execution(
+            graph,
+            run_id=run_id or self.run_id,
+            limits=self._limits,
+            global_limits=self._global_limits,
+            thread_limiter=self._thread_limiter,
+            listeners=self._events.listeners,
+            compensation_timeout=self._compensation_timeout,
+            clock=self._clock,
+            executor=self._executor,
+            nested=True,
+        )
+        return child
 
     def _busy(self) -> bool:
         if self._halt:
@@ -683,7 +768,7 @@ class Execution:
             elif node.kind is _JOIN:
                 self._join(node)
                 continue
-            if self._any_limits:
+            if self._any_limits and node.kind is not _SUBGRAPH:
                 limits = self._limits_of(node)
                 if limits and not try_acquire(limits, self, index):
                     self._parked += 1
@@ -709,11 +794,37 @@ class Execution:
             return (self._errors_for(node), *node.args)
         return node.args
 
-    def _make_call(self, node: Node, args: tuple[Any, ...], attempt: int) -> Any:
+    def _kwargs_of(self, node: Node) -> Mapping[str, Any]:
+        """The node's keyword arguments, with the values it takes by name from other nodes."""
+        if not node.bindings:
+            return node.kwargs
+        kwargs = dict(node.kwargs)
+        results = self._results
+        for param, source, selector in node.bindings:
+            value = results[source]
+            if selector is not None:
+                try:
+                    value = value[selector]
+                except (KeyError, IndexError, TypeError):
+                    raise MissingInputError(
+                        node.key,
+                        [param],
+                        f"{self._nodes[source].key!r} gave no value {selector!r}",
+                    ) from None
+            kwargs[param] = value
+        return kwargs
+
+    def _in_thread(self, call: Callable[[], Any]) -> Any:
+        if self._executor is not None:
+            return run_in_executor(call, self._executor)
+        return run_in_thread(call, self._thread_limiter)
+
+    def _make_call(
+        self, node: Node, args: tuple[Any, ...], kwargs: Mapping[str, Any], attempt: int
+    ) -> Any:
         task = node.task
         assert task is not None
-        kwargs = node.kwargs
-        if node.kind is _TASK:
+        if node.kind is _TASK or node.kind is _SUBGRAPH:
             if task.is_async:
                 return _InContext(task.fn(*args, **kwargs), self._context, attempt)  # type: ignore[arg-type]
             call = functools.partial(task.fn, *args, **kwargs)
@@ -728,9 +839,7 @@ class Execution:
             call = functools.partial(
                 _map_sync, task.fn, args[0], star, kwargs, node, self.run_id, done
             )
-        return run_in_thread(
-            functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
-        )
+        return self._in_thread(functools.partial(_in_thread_with_attempt, attempt, call))
 
     async def _attempts_of(
         self,
@@ -839,6 +948,7 @@ class Execution:
         self._started[index] = start
         sink = self._events
         try:
+            kwargs = self._kwargs_of(node) if node.bindings else node.kwargs
             if (
                 node.options.single_shot
                 and node.kind is _TASK
@@ -847,13 +957,13 @@ class Execution:
                 and not INJECTIONS
             ):  # the common case, without the retry machinery
                 attempt = 1
-                value = await _InContext(task.fn(*args, **node.kwargs), self._context)  # type: ignore[arg-type]
+                value = await _InContext(task.fn(*args, **kwargs), self._context)  # type: ignore[arg-type]
             else:
                 value, attempt = await self._attempts_of(
                     node,
                     node.options,
                     task.is_async,
-                    lambda attempt: self._make_call(node, args, attempt),
+                    lambda attempt: self._make_call(node, args, kwargs, attempt),
                     TASK_STARTED,
                     TASK_RETRIED,
                 )
@@ -880,6 +990,18 @@ class Execution:
     def _join(self, node: Node) -> None:
         results = self._results
         sources = node.args[0] if node.args else node.parents
+        if node.when is not None:
+            self._started[node.index] = _perf_counter()
+            try:
+                go = node.when({self._nodes[p].key: results[p] for p in sources})
+            except Exception as exc:
+                self._node_failed(node, exc, 1)
+                return
+            if not go:
+                self._skip(node.index)
+                return
+            self._succeed(node.index, None)
+            return
         if node.tolerates is None:
             self._succeed(node.index, [results[p] for p in sources])
             return
@@ -953,6 +1075,14 @@ class Execution:
             self._halt = True
             if self._scope is not None:
                 self._scope.cancel()
+
+    def _skip(self, index: int) -> None:
+        """A guard said no: this node and everything downstream of it is SKIPPED."""
+        self._states[index] = _SKIPPED
+        self._finished[index] = _perf_counter()
+        self._done_count += 1
+        self._skip_dependents(index, None)
+        self._check_idle()
 
     def _skip_dependents(self, index: int, tolerant_join: int | None) -> None:
         """Mark every node downstream of a failed one SKIPPED, up to a tolerating join."""
@@ -1047,7 +1177,10 @@ class Execution:
         assert task.reverter is not None
         reverter = task.reverter
         args = self._args_of(node)
-        kwargs = dict(node.kwargs)
+        try:
+            kwargs = dict(self._kwargs_of(node))
+        except MissingInputError:  # it never ran with them: nothing to undo
+            kwargs = dict(node.kwargs)
         if reverter.takes_result:
             failure = self._failures.get(index)
             kwargs["result"] = self._results[index] if failure is None else failure
@@ -1056,7 +1189,7 @@ class Execution:
 
         def make_call(attempt: int) -> Any:
             call: Callable[[], Any]
-            if node.kind is not _TASK:  # map / starmap: one revert per call made
+            if node.kind is _MAP or node.kind is _STARMAP:  # one revert per call made
                 kwargs.pop("result", None)
                 star = node.kind is not _MAP
                 done = self._map_calls.get(index, [])
@@ -1072,9 +1205,7 @@ class Execution:
                 return _InContext(reverter.fn(*args, **kwargs), self._context, attempt)
             else:
                 call = functools.partial(reverter.fn, *args, **kwargs)
-            return run_in_thread(
-                functools.partial(_in_thread_with_attempt, attempt, call), self._thread_limiter
-            )
+            return self._in_thread(functools.partial(_in_thread_with_attempt, attempt, call))
 
         self._states[index] = _REVERTING
         self._running += 1

@@ -37,6 +37,8 @@ class RunStatus(enum.Enum):
     ``REVERTED``: a task failed and every revert that was due succeeded.
     ``FAILED``: a task failed with nothing to revert, or a revert failed too.
     ``CANCELLED``: the run was cancelled and unwound cleanly.
+    ``SUSPENDED``: told to suspend, it let running tasks finish and stopped;
+    running it again runs only what is left.
     """
 
     PENDING = "pending"
@@ -45,11 +47,12 @@ class RunStatus(enum.Enum):
     FAILED = "failed"
     REVERTED = "reverted"
     CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
 
     @property
     def finished(self) -> bool:
         """True once the run can no longer change."""
-        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED)
 
 
 @final

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
-__all__ = ["DEFAULT_THREADS", "default_thread_limiter", "run_in_thread"]
+__all__ = ["DEFAULT_THREADS", "default_thread_limiter", "run_in_executor", "run_in_thread"]
 
 T = TypeVar("T")
 
@@ -51,3 +55,21 @@ async def run_in_thread(fn: Callable[[], T], limiter: anyio.CapacityLimiter | No
     cancellation waits for the function to return, so no thread outlives the run.
     """
     return await anyio.to_thread.run_sync(fn, limiter=limiter or default_thread_limiter())
+
+
+async def run_in_executor(fn: Callable[[], T], executor: Executor) -> T:
+    """Run ``fn`` in a caller-given ``concurrent.futures`` executor (asyncio only).
+
+    As with :func:`run_in_thread`, a cancelled caller waits for ``fn`` to
+    return before the cancellation goes on, so no work outlives the run.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(executor, contextvars.copy_context().run, fn)
+    with anyio.CancelScope(shield=True):
+        try:
+            done = await asyncio.shield(future)
+        except asyncio.CancelledError:  # a native cancel: wait for the thread, then go on
+            await asyncio.wait([future])
+            raise
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return done
