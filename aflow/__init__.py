@@ -14,6 +14,7 @@ composes them into a graph that one scheduler runs on your own event loop::
 
 from __future__ import annotations
 
+from ._atom import Task as Task
 from ._canvas import Canvas as Canvas
 from ._canvas import Chain as Chain
 from ._canvas import Chord as Chord
@@ -25,7 +26,6 @@ from ._canvas import group as group
 from ._canvas import signature as signature
 from ._events import Event as Event
 from ._exceptions import AflowError as AflowError
-from ._exceptions import AflowInternalError as AflowInternalError
 from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CycleError as CycleError
 from ._exceptions import DefinitionError as DefinitionError
@@ -59,7 +59,6 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AflowError",
-    "AflowInternalError",
     "Backoff",
     "Canvas",
     "Chain",
@@ -88,6 +87,7 @@ __all__ = [
     "Signature",
     "SignatureError",
     "StepInfo",
+    "Task",
     "TaskTimeout",
     "chain",
     "chord",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from ._exceptions import SignatureError
 from ._graph import INPUT_ERROR, Graph, GraphBuilder, NodeKind
-from ._options import FANOUT_OPTIONS, check_options, layer_options, resolve_options
+from ._options import FANOUT_OPTIONS, FLOW_OPTIONS, check_options, layer_options, resolve_options
 from ._task import FunctionTask
 
 if TYPE_CHECKING:
@@ -34,16 +34,26 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _MODES = {"call": NodeKind.TASK, "map": NodeKind.MAP, "starmap": NodeKind.STARMAP}
-_NOT_INHERITED = ("name", *sorted(FANOUT_OPTIONS))
+_NOT_INHERITED = ("name", *sorted(FANOUT_OPTIONS), *sorted(FLOW_OPTIONS))
+
+
+#: ``resolve(task, key, positional count, keyword names) -> (bindings, extra kwargs)``:
+#: inside a flow, the parameters a signature leaves open are looked up by name.
+Resolver = Callable[
+    [FunctionTask[..., Any], str, int, tuple[str, ...]],
+    tuple[tuple[tuple[str, int, Any], ...], Mapping[str, Any]],
+]
 
 
 class _Compiler:
     """Walks a canvas tree once, emitting nodes; linear in the number of nodes."""
 
-    __slots__ = ("builder",)
+    __slots__ = ("builder", "resolve")
 
-    def __init__(self) -> None:
-        self.builder = GraphBuilder()
+    def __init__(self, builder: GraphBuilder | None = None) -> None:
+        self.builder = builder or GraphBuilder()
+        #: Set while a canvas sits inside a flow (see aflow.patterns).
+        self.resolve: Resolver | None = None
 
     def materialize(self, out: tuple[tuple[int, ...], bool], pred: int) -> int:
         """One node holding an element's value: the node itself, or a join for a group.
@@ -215,6 +225,11 @@ def _as_canvas(obj: object, where: str) -> Canvas[Any]:
         return obj
     if isinstance(obj, FunctionTask):
         return Signature(obj, (), {})
+    adapt = getattr(obj, "__aflow_canvas__", None)  # a flow (aflow.patterns) in a canvas
+    if adapt is not None:
+        canvas = adapt()
+        if isinstance(canvas, Canvas):
+            return canvas
     raise TypeError(f"{where}: expected a signature, chain, group or chord, got {obj!r}")
 
 
@@ -329,7 +344,7 @@ class Signature(Canvas[R]):
     def _compile(
         self, c: _Compiler, pred: int, inherited: Mapping[str, Any]
     ) -> tuple[tuple[int, ...], bool]:
-        if self._links or self._errbacks or self._mode != "call":
+        if self._links or self._errbacks or self._mode != "call" or c.resolve is not None:
             return super()._compile(c, pred, inherited)
         # The hot path: one plain call, as most nodes of a big workflow are.
         task = self._task
@@ -378,12 +393,19 @@ class Signature(Canvas[R]):
                 raise SignatureError(
                     self.name, f"{self._mode}() without items needs a parent in a chain"
                 )
+        bindings: tuple[tuple[str, int, Any], ...] = ()
+        kwargs: Mapping[str, Any] = self._kwargs
         if kind is NodeKind.TASK:
             node_options = (
                 resolve_options(layer_options(self._task.options, inner))
                 if inner
                 else self._task.node_options
             )
+            if c.resolve is not None:
+                n_pos = len(self._args) + (1 if takes_input else 0)
+                bindings, extra = c.resolve(self._task, self.name, n_pos, tuple(self._kwargs))
+                if extra:
+                    kwargs = {**extra, **self._kwargs}
         else:
             thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
             if thresholds and self._args:  # the items are known: check now, not at run time
@@ -397,10 +419,11 @@ class Signature(Canvas[R]):
                     self._task,
                     name=self.name,
                     args=self._args,
-                    kwargs=self._kwargs,
+                    kwargs=kwargs,
                     parents=(pred,) if pred != -1 else (),
                     input=pred if takes_input else -1,
                     options=node_options,
+                    bindings=bindings,
                 ),
             ),
             False,

@@ -11,6 +11,7 @@ building or validating a workflow (before any task runs) also derive from
     │   ├── MissingInputError       .task, .missing: inputs nothing provides
     │   ├── AmbiguousProviderError  .name, .providers: two providers of one name
     │   └── SignatureError(DefinitionError, TypeError)   .task, .argument, .reason
+    ├── ProvidesError(AflowError, TypeError)      a result that does not fit ``provides``
     ├── RunError(AflowError)                      .run_id
     │   ├── RunNotFinished          the run has not finished yet
     │   ├── RunCancelled            run.cancel() or a runtime shutdown stopped it
@@ -42,6 +43,7 @@ __all__ = [
     "DuplicateTaskError",
     "GroupFailed",
     "MissingInputError",
+    "ProvidesError",
     "RunCancelled",
     "RunError",
     "RunNotFinished",
@@ -135,6 +137,23 @@ class SignatureError(DefinitionError, TypeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task, self.reason, self.argument))
+
+
+class ProvidesError(AflowError, TypeError):
+    """A task returned a value that does not fit what it ``provides``.
+
+    A tuple of names needs a sequence of that length, a set of names a dict
+    with those keys. :attr:`task` names the task, :attr:`provides` the names.
+    """
+
+    def __init__(self, task: str, provides: Sequence[str], reason: str) -> None:
+        self.task = task
+        self.provides: tuple[str, ...] = tuple(provides)
+        self.reason = reason
+        super().__init__(f"task {task!r} provides {list(self.provides)} but {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.provides, self.reason))
 
 
 class RunError(AflowError):

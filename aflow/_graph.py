@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
@@ -350,12 +350,21 @@ class GraphBuilder:
     so the same workflow always yields the same keys.
     """
 
-    __slots__ = ("_counts", "_keys", "nodes")
+    __slots__ = ("_counts", "_keys", "_reserved", "nodes")
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self._counts: dict[str, int] = {}
         self._keys: set[str] = set()
+        self._reserved: set[str] = set()
+
+    def reserve(self, keys: Iterable[str]) -> None:
+        """Keep these keys for nodes added later with ``key=`` (generated keys avoid them)."""
+        for key in keys:
+            if key in self._keys:
+                raise DuplicateTaskError(key)
+            self._keys.add(key)
+            self._reserved.add(key)
 
     def _key(self, base: str) -> str:
         count = self._counts.get(base, 0)
@@ -388,7 +397,9 @@ class GraphBuilder:
         """Append a node and return its index; checks the call shape against the task."""
         index = len(self.nodes)
         if key is not None:
-            if key in self._keys:
+            if key in self._reserved:
+                self._reserved.discard(key)
+            elif key in self._keys:
                 raise DuplicateTaskError(key)
             self._keys.add(key)
         else:

@@ -11,6 +11,7 @@ from ._exceptions import SignatureError
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "FLOW_OPTIONS",
     "OPTION_NAMES",
     "Backoff",
     "NodeOptions",
@@ -29,7 +30,9 @@ NODE_OPTIONS = frozenset(
 )
 #: Options of a fan-out (a group, or a map/starmap signature).
 FANOUT_OPTIONS = frozenset({"min_success", "success_ratio"})
-OPTION_NAMES = NODE_OPTIONS | FANOUT_OPTIONS
+#: Options that only matter inside a flow (aflow.patterns): the name(s) a value is stored under.
+FLOW_OPTIONS = frozenset({"provides"})
+OPTION_NAMES = NODE_OPTIONS | FANOUT_OPTIONS | FLOW_OPTIONS
 
 
 @final
@@ -172,6 +175,13 @@ def check_options(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
             raise SignatureError(
                 owner, "cancellation and other BaseExceptions are never retried", "retry_on"
             )
+    provides = out.get("provides")
+    if provides is not None and not isinstance(provides, str | tuple | list | set | frozenset):
+        raise SignatureError(
+            owner,
+            f"must be a name, a tuple of names or a set of names, got {provides!r}",
+            "provides",
+        )
     if "continue_on_failed" in out and not isinstance(out["continue_on_failed"], bool):
         raise SignatureError(owner, "must be True or False", "continue_on_failed")
     min_success = out.get("min_success")

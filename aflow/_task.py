@@ -304,6 +304,7 @@ def task(
     deadline: float | None = None,
     limit: str | Iterable[str] | None = None,
     continue_on_failed: bool = False,
+    provides: str | tuple[str, ...] | set[str] | frozenset[str] | None = None,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -317,6 +318,7 @@ def task(
     deadline: float | None = None,
     limit: str | Iterable[str] | None = None,
     continue_on_failed: bool = False,
+    provides: str | tuple[str, ...] | set[str] | frozenset[str] | None = None,
 ) -> Any:
     """Turn a function into a task.
 
@@ -340,6 +342,9 @@ def task(
             on an enclosing group or chain add to these.
         continue_on_failed: if the task still fails, the run goes on as if it had
             returned ``None`` (its state stays ``FAILED``).
+        provides: inside a flow (``aflow.patterns``), the name its result is stored
+            under; a tuple of names unpacks a returned sequence, a set of names
+            picks keys of a returned dict.
     """
     options: dict[str, Any] = {}
     if name is not None:
@@ -358,6 +363,8 @@ def task(
         options["limit"] = limit if isinstance(limit, str) else tuple(limit)
     if continue_on_failed:
         options["continue_on_failed"] = True
+    if provides is not None:
+        options["provides"] = provides
 
     def decorate(f: Callable[..., Any]) -> FunctionTask[..., Any]:
         return FunctionTask(f, options)

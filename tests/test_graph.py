@@ -7,7 +7,9 @@ import pickle
 import pytest
 
 import aflow
+import aflow.patterns
 from aflow import Graph, Node, NodeKind
+from aflow._exceptions import AflowInternalError
 
 
 @aflow.task
@@ -158,7 +160,7 @@ def test_exceptions_survive_pickle() -> None:
         aflow.RunError("r1", "went wrong"),
         aflow.RunNotFinished("r1"),
         aflow.RunCancelled("r1"),
-        aflow.AflowInternalError("bug"),
+        AflowInternalError("bug"),
     ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))

@@ -14,6 +14,8 @@ import anyio
 import pytest
 
 import aflow
+import aflow.patterns
+from aflow._exceptions import AflowInternalError
 from aflow.testing import FakeClock, inject_failure
 
 from .helpers import Gate, Probe
@@ -624,7 +626,10 @@ class TestErrorContract:
             aflow.RunTimeout("r", 3.0),
             aflow.GroupFailed("r", "two", [ValueError("a"), KeyError("b")]),
             aflow.CompensationFailed("r", "undo", [Declined("x"), RuntimeError("y")]),
-            aflow.AflowInternalError("bug"),
+            AflowInternalError("bug"),
+            aflow.patterns.MissingInputError("t", ["x", "y"], "d"),
+            aflow.patterns.AmbiguousProviderError("x", ["a", "b"], "graph flow 'g'"),
+            aflow.patterns.ProvidesError("t", ["a", "b"], "returned int"),
         ]
         for error in errors:
             copy = pickle.loads(pickle.dumps(error))

@@ -1,0 +1,288 @@
+"""Engines: run a TaskFlow-style flow with a store of named values (``taskflow.engines``).
+
+Ported TaskFlow code changes its imports and adds ``async``/``await``::
+
+    engine = aflow.engines.load(flow, store={"a": 1}, engine="parallel", max_workers=8)
+    await engine.run()
+    engine.storage.fetch_all()
+
+``load`` compiles and validates the flow at once (missing inputs, ambiguous
+providers, cycles, duplicate names raise there, before anything runs). The
+engine runs on the caller's event loop with the one aflow scheduler; no
+thread pool is created per engine. Sync ``execute`` methods run in aflow's
+worker threads, or in the ``executor`` you pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from typing import Any, final
+
+from ._events import EventListener
+from ._exceptions import AflowError
+from ._runtime._clock import Clock
+from ._runtime._limits import Limit
+from ._runtime._scheduler import Execution
+from ._runtime._states import NodeState, RunStatistics, RunStatus
+from .patterns._compile import CompiledFlow, Level, compile_flow
+from .patterns._flow import Flow
+
+__all__ = ["Engine", "NotFound", "Storage", "load", "run"]
+
+_ENGINES = ("serial", "parallel")
+
+
+class NotFound(AflowError, KeyError):
+    """The storage holds no value under that name (yet, or any more)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+@final
+class Storage:
+    """The values an engine's flow provides, and its store (``engine.storage``)."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def fetch(self, name: str) -> Any:
+        """The value stored under ``name``: its provider's (if it ran), else the store's.
+
+        Raises :class:`NotFound` when neither has it.
+        """
+        engine = self._engine
+        provided = engine._provided()
+        if name in provided:
+            return provided[name]
+        if name in engine._store:
+            return engine._store[name]
+        known = ", ".join(sorted({*provided, *engine._store})[:20]) or "nothing"
+        raise NotFound(f"no value named {name!r} (stored: {known})")
+
+    def fetch_all(self) -> dict[str, Any]:
+        """Every stored value by name: the store, overridden by what tasks provided."""
+        return {**self._engine._store, **self._engine._provided()}
+
+    def fetch_many(self, *names: str) -> dict[str, Any]:
+        """Several values by name (raises :class:`NotFound` for the first missing one)."""
+        return {name: self.fetch(name) for name in names}
+
+    def get_atom_state(self, name: str) -> NodeState:
+        """The state of the task (or retried flow) called ``name``."""
+        states = self._engine.states()
+        try:
+            return states[name]
+        except KeyError:
+            raise NotFound(f"no task named {name!r} in flow {self._engine.flow.name!r}") from None
+
+    def get_flow_state(self) -> RunStatus:
+        """The run's state (TaskFlow's name for :attr:`Engine.state`)."""
+        return self._engine.state
+
+
+@final
+class Engine:
+    """Runs one flow; get one from :func:`load`.
+
+    ``await run()`` runs the flow (or, after :meth:`suspend`, what is left of
+    it); a failure reverts what ran, in reverse order, and raises the task's
+    own exception, as ``await workflow`` does.
+    """
+
+    __slots__ = (
+        "_compiled",
+        "_execution",
+        "_options",
+        "_store",
+        "flow",
+        "storage",
+    )
+
+    def __init__(
+        self,
+        flow: Flow,
+        store: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> None:
+        self.flow = flow
+        self._store: dict[str, Any] = dict(store or {})
+        self._options = options
+        #: The values the flow provides, and the store.
+        self.storage = Storage(self)
+        self._compiled: CompiledFlow = compile_flow(flow, self._store)
+        self._execution: Execution | None = None
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.flow.name!r} {self.state.value}>"
+
+    @property
+    def state(self) -> RunStatus:
+        """``PENDING`` before :meth:`run`, then the run's status (``SUSPENDED`` included)."""
+        if self._compiled.graph is None:
+            return RunStatus.SUCCEEDED if self._options.get("_ran") else RunStatus.PENDING
+        if self._execution is None:
+            return RunStatus.PENDING
+        return self._execution.status
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the engine's run, once started."""
+        return self._execution.run_id if self._execution is not None else None
+
+    def compile(self) -> None:
+        """Nothing left to do: :func:`load` compiled and validated the flow already."""
+
+    prepare = validate = compile
+
+    async def run(self) -> None:
+        """Run the flow to the end, or until :meth:`suspend`; a later call continues."""
+        graph = self._compiled.graph
+        if graph is None:
+            self._options["_ran"] = True
+            return
+        execution = self._execution
+        if execution is None:
+            execution = self._execution = self._new_execution()
+        elif execution.status is RunStatus.SUCCEEDED:
+            return  # nothing left to run
+        elif execution.status is not RunStatus.SUSPENDED:
+            raise RuntimeError(
+                f"engine of flow {self.flow.name!r} already ran ({execution.status.value}); "
+                "load the flow again to run it again"
+            )
+        await execution.execute()
+
+    def suspend(self) -> None:
+        """Start no more tasks; running ones finish, then :meth:`run` returns (``SUSPENDED``)."""
+        if self._execution is not None:
+            self._execution.suspend()
+
+    def _new_execution(self) -> Execution:
+        graph = self._compiled.graph
+        assert graph is not None
+        options = self._options
+        workers = options["max_workers"] if options["engine"] == "parallel" else 1
+        on_event: EventListener | None = options["on_event"]
+        return Execution(
+            graph,
+            global_limits=(Limit("max_workers", workers),) if workers is not None else (),
+            listeners=(on_event,) if on_event is not None else (),
+            timeout=options["timeout"],
+            compensation_timeout=options["compensation_timeout"],
+            clock=options["clock"],
+            executor=options["executor"],
+        )
+
+    def _provided(self) -> dict[str, Any]:
+        return self._compiled.values(self._execution)
+
+    def states(self) -> dict[str, NodeState]:
+        """The state of every task by name (tasks in retried flows: their latest attempt)."""
+        out: dict[str, NodeState] = {}
+        self._states_of(self._compiled, self._execution, out)
+        return out
+
+    def _states_of(
+        self, compiled: CompiledFlow, execution: Execution | None, out: dict[str, NodeState]
+    ) -> None:
+        graph = compiled.graph
+        if graph is None:
+            return
+        for node in graph.nodes:
+            if node.key.startswith("~"):
+                continue  # a barrier or a decider's gate
+            state = execution.state_of(node.index) if execution is not None else NodeState.PENDING
+            out[node.key] = state
+        _inner(compiled.level, out, self._states_of)
+
+    def statistics(self) -> RunStatistics | None:
+        """Counts of the top-level nodes by state (``None`` before the run)."""
+        return self._execution.statistics() if self._execution is not None else None
+
+
+def _inner(level: Level, out: dict[str, NodeState], visit: Any) -> None:
+    """Add the states of the tasks inside retried flows (their latest attempt)."""
+    from .patterns._compile import Level as _Level
+
+    for item in level.items:
+        if not isinstance(item, _Level):
+            continue
+        if item.runner is not None:
+            last = item.runner.last
+            if last is None:
+                for name in item.names:
+                    out.setdefault(name, NodeState.PENDING)
+            else:
+                visit(last[0], last[1], out)
+        else:
+            _inner(item, out, visit)
+
+
+def load(
+    flow: Flow,
+    store: Mapping[str, Any] | None = None,
+    *,
+    engine: str = "serial",
+    max_workers: int | None = None,
+    executor: Executor | None = None,
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    on_event: EventListener | None = None,
+    clock: Clock | None = None,
+) -> Engine:
+    """Compile ``flow`` with ``store`` and return an :class:`Engine` ready to :meth:`~Engine.run`.
+
+    Args:
+        flow: a linear, unordered or graph flow (any nesting).
+        store: the initial named values tasks may require.
+        engine: ``"serial"`` (one task at a time, TaskFlow's default) or
+            ``"parallel"`` (independent tasks concurrently).
+        max_workers: with ``"parallel"``, at most this many tasks at once.
+        executor: a ``concurrent.futures`` executor for sync ``execute`` methods
+            (default: aflow's worker threads). The engine never shuts it down.
+        timeout, compensation_timeout, on_event, clock: as for :func:`aflow.run`.
+    """
+    if not isinstance(flow, Flow):
+        raise TypeError(f"engines.load expects a flow from aflow.patterns, got {flow!r}")
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
+    if max_workers is not None and (
+        not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
+    ):
+        raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be a concurrent.futures.Executor, got {executor!r} "
+            "(aflow needs no executor: sync tasks run in its worker threads by default)"
+        )
+    options: dict[str, Any] = {
+        "engine": engine,
+        "max_workers": max_workers,
+        "executor": executor,
+        "timeout": timeout,
+        "compensation_timeout": compensation_timeout,
+        "on_event": on_event,
+        "clock": clock,
+    }
+    return Engine(flow, store, options)
+
+
+async def run(
+    flow: Flow,
+    store: Mapping[str, Any] | None = None,
+    *,
+    engine: str = "serial",
+    max_workers: int | None = None,
+    executor: Executor | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Load and run ``flow``; return every stored value by name (``storage.fetch_all()``)."""
+    eng = load(
+        flow, store, engine=engine, max_workers=max_workers, executor=executor, timeout=timeout
+    )
+    await eng.run()
+    return eng.storage.fetch_all()

@@ -1,0 +1,744 @@
+"""Flows to graph nodes: analysis (names, order, validation), then emission.
+
+Analysis walks the flow tree once, bottom-up. Each flow (a *level*) learns
+what it provides to what follows it (``exports``), what it needs from
+outside (``wants``) and, for a graph flow, the order its items must run in
+(edges inferred from who provides what, plus explicit links). Duplicate
+names, ambiguous providers and cycles are reported here, before anything runs.
+
+Emission walks the levels in that order and appends one node per task to a
+graph builder, so every parent has a smaller index than its children. A task
+reads each name from the *nearest* provider upstream of it, found by walking
+its enclosing levels outwards (a linear level: the last earlier item that
+provides the name, by binary search; a graph level: the item providing it);
+only when no task provides the name does the store (or, for a flow inside a
+chain, the dict its parent returned) supply it. ``inject`` beats both.
+
+A flow with a retry controller becomes one SUBGRAPH node whose task runs the
+flow's own graph as a nested run, once per attempt (see :class:`RetriedFlow`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from .._atom import Params, ProvidesSpec, Task, analyse_params, checked_task, provides_spec
+from .._canvas import Canvas, Signature, _Compiler
+from .._exceptions import (
+    AmbiguousProviderError,
+    CompensationFailed,
+    CycleError,
+    DefinitionError,
+    DuplicateTaskError,
+    MissingInputError,
+    SignatureError,
+)
+from .._graph import Graph, GraphBuilder, NodeKind
+from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
+from .._runtime._current import EXECUTION
+from .._runtime._scheduler import Execution
+from .._task import FunctionTask, Revert
+from ..retry import REVERT_ALL, RETRY, Attempt, History, Retry
+from ._flow import Decider, Flow, FlowItem, item_name
+
+__all__ = ["CompiledFlow", "FlowCanvas", "Level", "analyse", "compile_flow"]
+
+_REVERT_ALL_FLAG = "_aflow_revert_all"
+
+
+@dataclass(eq=False, slots=True)
+class Atom:
+    """One flow item that becomes nodes: a task, or a canvas piece."""
+
+    name: str
+    task: FunctionTask[..., Any] | None
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    params: Params
+    spec: ProvidesSpec
+    options: NodeOptions
+    canvas: Canvas[Any] | None
+    wants: dict[str, tuple[bool, str]]
+    select: dict[str, Any]
+    node: int = -1
+
+
+@dataclass(eq=False, slots=True)
+class Level:
+    """One flow, analysed."""
+
+    flow: Flow
+    name: str
+    kind: str
+    items: list[Atom | Level]
+    retry: Retry | None
+    preds: list[list[int]]
+    gates: list[list[tuple[int, Decider]]]
+    order: list[int]
+    exports: dict[str, int]
+    positions: dict[str, list[int]]
+    wants: dict[str, tuple[bool, str]]
+    names: list[str]
+    node: int = -1
+    runner: RetriedFlow | None = None
+
+    @property
+    def export_names(self) -> list[str]:
+        names = list(self.exports)
+        if self.retry is not None and self.retry.provides and self.retry.provides not in names:
+            names.append(self.retry.provides)
+        return names
+
+
+def _merge(into: dict[str, tuple[bool, str]], name: str, required: bool, who: str) -> None:
+    old = into.get(name)
+    if old is None or (required and not old[0]):
+        into[name] = (required, who)
+
+
+def _wants_of(params: Params, who: str) -> dict[str, tuple[bool, str]]:
+    wants: dict[str, tuple[bool, str]] = {}
+    for name in params.required.values():
+        _merge(wants, name, True, who)
+    for name in params.optional.values():
+        _merge(wants, name, False, who)
+    return wants
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+def _atom_of(item: FlowItem) -> Atom:
+    if isinstance(item, Task):
+        cls_task = type(item)._aflow_task
+        assert cls_task is not None
+        spec = item._spec
+        return Atom(
+            item.name,
+            checked_task(cls_task, spec),
+            (item,),
+            item.inject,
+            item._params,
+            spec,
+            item._node_options,
+            None,
+            _wants_of(item._params, item.name),
+            spec.selectors,
+        )
+    if isinstance(item, FunctionTask):
+        item = Signature(item)
+    if isinstance(item, Signature) and item._mode == "call" and not (item._links or item._errbacks):
+        task = item.task
+        own = item._options
+        name: str = own.get("name", task.name)
+        spec = provides_spec(name, own.get("provides", task.options.get("provides")))
+        params = analyse_params(name, task.fn, skip=len(item.args), given=tuple(item._kwargs))
+        merged = layer_options(task.options, own)
+        merged.pop("name", None)
+        return Atom(
+            name,
+            checked_task(task, spec),
+            item.args,
+            item._kwargs,
+            params,
+            spec,
+            resolve_options(merged) if own else task.node_options,
+            None,
+            _wants_of(params, name),
+            spec.selectors,
+        )
+    assert isinstance(item, Canvas)
+    name = item_name(item)
+    spec = provides_spec(name, item.options.get("provides"))
+    if spec.kind not in ("none", "name"):
+        raise SignatureError(name, "a chain, group or chord provides one name", "provides")
+    wants: dict[str, tuple[bool, str]] = {}
+
+    def record(
+        task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[str, ...]
+    ) -> tuple[tuple[tuple[str, int, Any], ...], Mapping[str, Any]]:
+        params = analyse_params(key, task.fn, skip=n_pos, given=kw)
+        for n in params.required.values():
+            _merge(wants, n, True, name)
+        for n in params.optional.values():
+            _merge(wants, n, False, name)
+        return tuple((p, 0, None) for p in (*params.required, *params.optional)), {}
+
+    dry = _Compiler()
+    dry.resolve = record
+    item._compile(dry, -1, {})  # finds what it reads by name, and checks its calls
+    return Atom(
+        name, None, (), {}, Params({}, {}), spec, DEFAULT_OPTIONS, item, wants, spec.selectors
+    )
+
+
+def analyse(flow: Flow) -> Level:
+    """Analyse a flow tree; raises the definition errors before anything runs."""
+    seen: dict[str, str] = {}
+    return _analyse(flow, seen, set())
+
+
+def _claim(seen: dict[str, str], name: str, what: str) -> None:
+    if name in seen:
+        raise DuplicateTaskError(name)
+    seen[name] = what
+
+
+def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
+    if id(flow) in stack:
+        raise DefinitionError(f"flow {flow.name!r} contains itself")
+    stack.add(id(flow))
+    items: list[Atom | Level] = []
+    names: list[str] = []
+    for item in flow:
+        if isinstance(item, Flow):
+            level = _analyse(item, seen, stack)
+            items.append(level)
+            names.extend(level.names)
+        else:
+            atom = _atom_of(item)
+            _claim(seen, atom.name, "task")
+            items.append(atom)
+            names.append(atom.name)
+    stack.discard(id(flow))
+    kind = flow.pattern
+    n = len(items)
+    exported = [_exports_of(it) for it in items]
+    wanted = [it.wants for it in items]
+    preds: list[list[int]] = [[] for _ in range(n)]
+    gates: list[list[tuple[int, Decider]]] = [[] for _ in range(n)]
+    exports: dict[str, int] = {}
+    positions: dict[str, list[int]] = {}
+    wants: dict[str, tuple[bool, str]] = {}
+    where = f"{kind} flow {flow.name!r}"
+    if kind == "linear":
+        provided: set[str] = set()
+        for i in range(n):
+            for name, (required, who) in wanted[i].items():
+                if name not in provided:
+                    _merge(wants, name, required, who)
+            for name in exported[i]:
+                positions.setdefault(name, []).append(i)
+                exports[name] = i
+            provided.update(exported[i])
+            if i:
+                preds[i].append(i - 1)
+        order = list(range(n))
+    else:
+        for i in range(n):
+            for name in exported[i]:
+                j = exports.setdefault(name, i)
+                if j != i:
+                    raise AmbiguousProviderError(name, [_label(items[j]), _label(items[i])], where)
+        for i in range(n):
+            for name, (required, who) in wanted[i].items():
+                j = exports.get(name, i)
+                if j == i:
+                    _merge(wants, name, required, who)
+                elif kind == "graph":
+                    preds[i].append(j)
+                else:
+                    raise DefinitionError(
+                        f"{where}: {who!r} requires {name!r}, which its sibling "
+                        f"{_label(items[j])!r} provides, but the items of an unordered flow "
+                        "run in any order; put them in a linear or graph flow"
+                    )
+        order = list(range(n))
+        if kind == "graph":
+            position = {id(item): i for i, item in enumerate(flow)}
+            for u, v, decider in flow.iter_links():
+                iu, iv = position.get(id(u)), position.get(id(v))
+                if iu is None or iv is None:
+                    missing = u if iu is None else v
+                    raise DefinitionError(
+                        f"{where}: cannot link {item_name(missing)!r}, which is not in this flow"
+                    )
+                if decider is None:
+                    preds[iv].append(iu)
+                else:
+                    gates[iv].append((iu, decider))
+            preds = [list(dict.fromkeys(p)) for p in preds]
+            order = _order(items, preds, gates)
+    retry = flow.retry
+    if retry is not None:
+        _claim(seen, flow.name, "retried flow")
+        for name in retry.params.required.values():
+            _merge(wants, name, True, retry.name)
+        for name in retry.params.optional.values():
+            _merge(wants, name, False, retry.name)
+        if retry.provides:
+            wants.pop(retry.provides, None)  # the flow's tasks read the attempt's value
+    level = Level(
+        flow, flow.name, kind, items, retry, preds, gates, order, exports, positions, wants, names
+    )
+    if retry is not None:
+        level.runner = RetriedFlow(level)
+    return level
+
+
+def _exports_of(item: Atom | Level) -> list[str]:
+    return list(item.spec.names) if isinstance(item, Atom) else item.export_names
+
+
+def _label(item: Atom | Level) -> str:
+    return item.name
+
+
+def _order(
+    items: Sequence[Atom | Level],
+    preds: list[list[int]],
+    gates: list[list[tuple[int, Decider]]],
+) -> list[int]:
+    """Kahn's order of a graph flow's items (ties in insertion order); names a cycle."""
+    n = len(items)
+    before = [list(dict.fromkeys([*preds[i], *(j for j, _ in gates[i])])) for i in range(n)]
+    after: list[list[int]] = [[] for _ in range(n)]
+    remaining = [len(b) for b in before]
+    for i, bs in enumerate(before):
+        for j in bs:
+            after[j].append(i)
+    ready = [i for i in range(n) if remaining[i] == 0]
+    order: list[int] = []
+    heapq.heapify(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in after[i]:
+            remaining[k] -= 1
+            if remaining[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) == n:
+        return order
+    start = next(i for i in range(n) if remaining[i] > 0)
+    path: list[int] = []
+    seen_at: dict[int, int] = {}
+    i = start
+    while i not in seen_at:
+        seen_at[i] = len(path)
+        path.append(i)
+        i = next(j for j in before[i] if remaining[j] > 0)
+    cycle = path[seen_at[i] :]
+    cycle.reverse()
+    raise CycleError([items[j].name for j in cycle])
+
+
+# --- emission --------------------------------------------------------------------------------
+
+#: (level, position of the item in it, the enclosing frame)
+Frame = tuple[Level, int, "Frame | None"]
+_Found = tuple[str, Any, Any]  # ("node", index, selector) | ("value", v, None) | ("parent", i, key)
+
+
+@final
+class _Emitter:
+    __slots__ = ("c", "parent", "store")
+
+    def __init__(self, c: _Compiler, store: Mapping[str, Any] | None, parent: int) -> None:
+        self.c = c
+        self.store = store
+        self.parent = parent
+
+    @property
+    def builder(self) -> GraphBuilder:
+        return self.c.builder
+
+    # lookups
+
+    def _ref(self, item: Atom | Level, name: str) -> tuple[int, Any]:
+        while True:
+            if isinstance(item, Atom):
+                return item.node, item.select[name]
+            if item.node != -1 and item.retry is not None:
+                return item.node, name
+            item = item.items[item.exports[name]]
+
+    def find(self, name: str, frame: Frame | None) -> _Found | None:
+        f = frame
+        while f is not None:
+            level, pos, outer = f
+            if level.kind == "linear":
+                found = level.positions.get(name)
+                if found:
+                    k = bisect.bisect_left(found, pos) - 1
+                    if k >= 0:
+                        return ("node", *self._ref(level.items[found[k]], name))
+            elif level.kind == "graph":
+                q = level.exports.get(name)
+                if q is not None and q != pos:
+                    return ("node", *self._ref(level.items[q], name))
+            f = outer
+        if self.store is not None and name in self.store:
+            return ("value", self.store[name], None)
+        if self.parent != -1:
+            return ("parent", self.parent, name)
+        return None
+
+    def bind(
+        self, wanted: Mapping[str, tuple[str, bool]], frame: Frame | None
+    ) -> tuple[list[tuple[str, int, Any]], dict[str, Any], list[str]]:
+        """``wanted``: parameter -> (name, required). Returns bindings, literals, missing names."""
+        bindings: list[tuple[str, int, Any]] = []
+        literals: dict[str, Any] = {}
+        missing: list[str] = []
+        for param, (name, required) in wanted.items():
+            found = self.find(name, frame)
+            if found is None:
+                if required:
+                    missing.append(name)
+                continue
+            how, a, b = found
+            if how == "value":
+                literals[param] = a
+            else:
+                bindings.append((param, a, b))
+        return bindings, literals, missing
+
+    def _missing(self, who: str, missing: list[str]) -> MissingInputError:
+        if self.store:
+            known = ", ".join(sorted(self.store)[:12])
+            detail = f"no upstream task provides it and the store has only: {known}"
+        elif self.parent != -1:
+            detail = "no upstream task provides it; it may come from the parent's dict"
+        else:
+            detail = "no upstream task provides it and no store was given"
+        return MissingInputError(who, missing, detail)
+
+    # emission
+
+    def emit(
+        self, level: Level, preds: tuple[int, ...], frame: Frame | None, *, root: bool
+    ) -> tuple[int, ...]:
+        if level.retry is not None and not root:
+            return self._emit_retried(level, preds, frame)
+        items = level.items
+        if level.kind == "linear":
+            cur = preds
+            for pos, item in enumerate(items):
+                if isinstance(item, Level) and len(cur) > 1:
+                    cur = (self._barrier(cur),)
+                cur = self._emit_item(item, cur, (level, pos, frame))
+            return cur
+        if level.kind == "unordered":
+            sinks: list[int] = []
+            for pos, item in enumerate(items):
+                sinks.extend(self._emit_item(item, preds, (level, pos, frame)))
+            return tuple(sinks)
+        done: dict[int, tuple[int, ...]] = {}
+        followed = [False] * len(items)
+        for pos in level.order:
+            parents: list[int] = []
+            for j in level.preds[pos]:
+                parents.extend(done[j])
+                followed[j] = True
+            for j, decider in level.gates[pos]:
+                followed[j] = True
+                parents.append(self._gate(items[j], items[pos], done[j], decider))
+            if not level.preds[pos] and not level.gates[pos]:
+                parents.extend(preds)
+            done[pos] = self._emit_item(
+                items[pos], tuple(dict.fromkeys(parents)), (level, pos, frame)
+            )
+        return tuple(x for pos in level.order if not followed[pos] for x in done[pos])
+
+    def _emit_item(
+        self, item: Atom | Level, preds: tuple[int, ...], frame: Frame
+    ) -> tuple[int, ...]:
+        if isinstance(item, Level):
+            return self.emit(item, preds, frame, root=False)
+        if item.canvas is not None:
+            return self._emit_canvas(item, preds, frame)
+        wanted = {p: (n, True) for p, n in item.params.required.items()}
+        wanted.update({p: (n, False) for p, n in item.params.optional.items()})
+        bindings, literals, missing = self.bind(wanted, frame)
+        if missing:
+            raise self._missing(item.name, missing)
+        index = self.builder.add(
+            NodeKind.TASK,
+            item.task,
+            key=item.name,
+            args=item.args,
+            kwargs={**literals, **item.kwargs} if literals else item.kwargs,
+            parents=preds,
+            options=item.options,
+            bindings=tuple(bindings),
+        )
+        item.node = index
+        return (index,)
+
+    def _emit_canvas(self, atom: Atom, preds: tuple[int, ...], frame: Frame) -> tuple[int, ...]:
+        c = self.c
+        assert atom.canvas is not None
+        start = len(c.builder.nodes)
+
+        def resolve(
+            task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[str, ...]
+        ) -> tuple[tuple[tuple[str, int, Any], ...], Mapping[str, Any]]:
+            params = analyse_params(key, task.fn, skip=n_pos, given=kw)
+            wanted = {p: (n, True) for p, n in params.required.items()}
+            wanted.update({p: (n, False) for p, n in params.optional.items()})
+            bindings, literals, missing = self.bind(wanted, frame)
+            if missing:
+                raise self._missing(key, missing)
+            return tuple(bindings), literals
+
+        saved = c.resolve
+        c.resolve = resolve
+        try:
+            out = atom.canvas._compile(c, -1, {})
+        finally:
+            c.resolve = saved
+        value = c.materialize(out, -1)
+        nodes = c.builder.nodes
+        if preds:  # the piece's first nodes wait for what precedes it in the flow
+            for i in range(start, len(nodes)):
+                node = nodes[i]
+                if not node.parents and node.error_scope is None:
+                    nodes[i] = node._replace(parents=preds)
+        atom.node = value
+        return (value,)
+
+    def _emit_retried(
+        self, level: Level, preds: tuple[int, ...], frame: Frame | None
+    ) -> tuple[int, ...]:
+        assert level.runner is not None
+        wanted = {name: (name, required) for name, (required, _) in level.wants.items()}
+        bindings, literals, missing = self.bind(wanted, frame)
+        if missing:
+            who = next(level.wants[m][1] for m in missing)
+            raise self._missing(who, missing)
+        index = self.builder.add(
+            NodeKind.SUBGRAPH,
+            level.runner.task,
+            key=level.name,
+            kwargs=literals,
+            parents=preds,
+            bindings=tuple(bindings),
+        )
+        level.node = index
+        return (index,)
+
+    def _barrier(self, parents: tuple[int, ...]) -> int:
+        return self.builder.add(NodeKind.JOIN, None, name="~barrier", parents=parents, args=((),))
+
+    def _gate(
+        self, source: Atom | Level, target: Atom | Level, parents: tuple[int, ...], decider: Decider
+    ) -> int:
+        return self.builder.add(
+            NodeKind.JOIN,
+            None,
+            name=f"~decider:{target.name}",
+            parents=parents,
+            args=(tuple(_value_nodes(source)),),
+            when=decider,
+        )
+
+
+def _value_nodes(item: Atom | Level) -> list[int]:
+    """The nodes whose results a decider on ``item`` sees: its tasks' (or its retried flow's)."""
+    if isinstance(item, Atom):
+        return [item.node]
+    if item.retry is not None and item.node != -1:
+        return [item.node]
+    return [n for sub in item.items for n in _value_nodes(sub)]
+
+
+@final
+@dataclass(slots=True)
+class CompiledFlow:
+    """A flow's graph (``None`` when it has no task) and where each provided name lives."""
+
+    graph: Graph | None
+    level: Level
+    storage: dict[str, tuple[int, Any]] = field(default_factory=dict)
+
+    def values(self, execution: Execution | None) -> dict[str, Any]:
+        """Every provided name whose provider succeeded, with its value."""
+        out: dict[str, Any] = {}
+        if execution is None:
+            return out
+        from .._runtime._states import NodeState
+
+        for name, (index, selector) in self.storage.items():
+            if execution.state_of(index) is NodeState.SUCCEEDED:
+                value = execution.result_of(index)
+                out[name] = value if selector is None else value[selector]
+        return out
+
+
+def _storage_of(emitter: _Emitter, level: Level, *, root: bool) -> dict[str, tuple[int, Any]]:
+    if level.retry is not None and not root:
+        return {name: (level.node, name) for name in level.export_names}
+    return {name: emitter._ref(level.items[i], name) for name, i in level.exports.items()}
+
+
+def compile_flow(
+    flow: Flow | Level, store: Mapping[str, Any] | None = None, *, root: bool = False
+) -> CompiledFlow:
+    """Compile a flow for an engine: store values are bound as literals.
+
+    ``root=True`` compiles a retried flow's own body (one attempt) rather than
+    the one node that retries it.
+    """
+    level = flow if isinstance(flow, Level) else analyse(flow)
+    c = _Compiler()
+    reserved = list(level.names)
+    if level.retry is not None and not root:
+        reserved.append(level.name)
+    c.builder.reserve(reserved)
+    emitter = _Emitter(c, store or {}, -1)
+    emitter.emit(level, (), None, root=root)
+    storage = _storage_of(emitter, level, root=root)
+    nodes = c.builder.nodes
+    graph = c.builder.build(len(nodes) - 1, name=level.name) if nodes else None
+    return CompiledFlow(graph, level, storage)
+
+
+# --- retried flows ---------------------------------------------------------------------------
+
+
+@final
+class RetriedFlow:
+    """Runs a flow under its retry controller, as the task of one SUBGRAPH node.
+
+    Each attempt compiles the flow with the attempt's value and runs it as a
+    nested run sharing the outer run's limits; a failed attempt is unwound
+    (its reverts run) before the controller decides. The node's result is the
+    dict of the names the flow provides; its revert undoes the last attempt.
+    """
+
+    __slots__ = ("attempts", "executions", "level", "task")
+
+    def __init__(self, level: Level) -> None:
+        self.level = level
+        self.executions: list[Execution] = []
+        self.attempts: list[CompiledFlow] = []
+
+        async def run(**inputs: Any) -> dict[str, Any]:
+            return await self.run(inputs)
+
+        async def undo(**inputs: Any) -> None:
+            if self.executions:
+                await self.executions[-1].compensate()
+
+        run.__name__ = undo.__name__ = level.name
+        task: FunctionTask[..., Any] = FunctionTask(run, {"name": level.name})
+        task.reverter = Revert(undo, True, False, False, DEFAULT_OPTIONS)
+        self.task = task
+
+    @property
+    def last(self) -> tuple[CompiledFlow, Execution] | None:
+        """The latest attempt, if one started."""
+        if not self.executions:
+            return None
+        return self.attempts[-1], self.executions[-1]
+
+    async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        level = self.level
+        retry = level.retry
+        assert retry is not None
+        params = {p: inputs[n] for p, n in retry.params.required.items()}
+        params.update({p: inputs[n] for p, n in retry.params.optional.items() if n in inputs})
+        history = History()
+        while True:
+            value = await retry._call("execute", history, params)
+            store = dict(inputs)
+            if retry.provides:
+                store[retry.provides] = value
+            compiled = compile_flow(level, store, root=True)
+            if compiled.graph is None:
+                return {retry.provides: value} if retry.provides else {}
+            execution = EXECUTION.get().nested(compiled.graph)
+            self.attempts.append(compiled)
+            self.executions.append(execution)
+            try:
+                await execution.execute()
+            except Exception as exc:
+                if isinstance(exc, CompensationFailed) or getattr(exc, _REVERT_ALL_FLAG, False):
+                    raise
+                history.attempts.append(Attempt(value, execution.failures()))
+                decision = await retry._call("on_failure", history, params)
+                if decision is RETRY:
+                    continue
+                exc.add_note(
+                    f"aflow: retry {retry.name!r} of flow {level.name!r} gave up after "
+                    f"{len(history)} attempt(s)"
+                )
+                if decision is REVERT_ALL:
+                    setattr(exc, _REVERT_ALL_FLAG, True)
+                raise
+            values = compiled.values(execution)
+            if retry.provides:
+                values[retry.provides] = value
+            return values
+
+
+# --- a flow inside a canvas ------------------------------------------------------------------
+
+
+async def _collect(**values: Any) -> dict[str, Any]:
+    return values
+
+
+_COLLECT: FunctionTask[..., Any] = FunctionTask(_collect, {"name": "flow"})
+
+
+@final
+class FlowCanvas(Canvas[dict[str, Any]]):
+    """A flow seen as a canvas object: its value is the dict of the names it provides.
+
+    In a chain, the names it needs and nothing in it provides are read from
+    the dict its parent returned (partial keyword arguments, given with
+    ``.clone(kwargs=...)``, come first).
+    """
+
+    __slots__ = ("_flow", "_store")
+
+    def __init__(self, flow: Flow, store: Mapping[str, Any] | None = None) -> None:
+        self._flow = flow
+        self._store = dict(store or {})
+        self._init_canvas(None)
+
+    def _owner(self) -> str:
+        return self._flow.name
+
+    def _value(self) -> tuple[Any, ...]:
+        return (id(self._flow), self._store)
+
+    def __repr__(self) -> str:
+        return f"{self._flow!r}.as_canvas()"
+
+    def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FlowCanvas:
+        if args:
+            raise SignatureError(
+                self._flow.name, "a flow takes values by name: pass kwargs, not args"
+            )
+        return self._copy(_store={**self._store, **kwargs})
+
+    def _compile_body(
+        self,
+        c: _Compiler,
+        pred: int,
+        inherited: Mapping[str, Any],
+        inner: Mapping[str, Any],
+    ) -> tuple[tuple[int, ...], bool]:
+        level = analyse(self._flow)
+        reserved = list(level.names)
+        if level.retry is not None:
+            reserved.append(level.name)
+        c.builder.reserve(reserved)
+        emitter = _Emitter(c, self._store, pred)
+        preds = (pred,) if pred != -1 else ()
+        sinks = emitter.emit(level, preds, None, root=False)
+        storage = _storage_of(emitter, level, root=False)
+        out = c.builder.add(
+            NodeKind.TASK,
+            _COLLECT,
+            name=self._flow.name,
+            parents=tuple(dict.fromkeys(sinks)) or preds,
+            bindings=tuple((name, index, sel) for name, (index, sel) in storage.items()),
+        )
+        return ((out,), False)

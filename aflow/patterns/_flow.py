@@ -1,0 +1,114 @@
+"""The flow patterns' common base: items, nesting, and running a flow like any canvas."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+
+from .._atom import Task
+from .._canvas import Canvas
+from .._graph import Graph
+from .._task import FunctionTask
+from ..retry import Retry
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = ["Decider", "Flow", "FlowItem"]
+
+#: What a flow holds: tasks, function tasks, canvas pieces and other flows.
+FlowItem: TypeAlias = "Task | FunctionTask[..., Any] | Canvas[Any] | Flow"
+#: ``decider(history) -> bool`` where history maps the linked task's name to its result.
+Decider = Callable[[dict[str, Any]], Any]
+
+
+class Flow:
+    """A named collection of items run in some order; nestable in any mix.
+
+    Build one with :class:`aflow.patterns.linear_flow.Flow`,
+    :class:`~aflow.patterns.unordered_flow.Flow` or
+    :class:`~aflow.patterns.graph_flow.Flow`. ``retry=`` attaches a retry
+    controller (:mod:`aflow.retry`) to this flow.
+
+    A flow is awaitable like a canvas (``await flow`` returns a dict of every
+    value it provides) and can sit in a ``group`` or ``chain``; in a chain it
+    reads the names it needs from the dict its parent returned.
+    """
+
+    pattern: ClassVar[str] = "flow"
+
+    def __init__(self, name: str, retry: Retry | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a flow needs a non-empty name, got {name!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"flow {name!r}: retry must be an aflow.retry.Retry, got {retry!r}")
+        self.name = name
+        self.retry = retry
+        self._items: list[FlowItem] = []
+        #: (u, v, decider) links between items (graph flows).
+        self._links: list[tuple[FlowItem, FlowItem, Decider | None]] = []
+
+    def add(self, *items: FlowItem) -> Self:
+        """Add items (tasks, function tasks, signatures, chains, groups, flows); returns the flow."""
+        for item in items:
+            if not isinstance(item, Task | FunctionTask | Canvas | Flow):
+                raise TypeError(
+                    f"flow {self.name!r}: cannot add {item!r}; expected an aflow.Task, a task, "
+                    "a signature/chain/group/chord or another flow"
+                )
+            if item is self:
+                raise ValueError(f"flow {self.name!r} cannot contain itself")
+            if any(existing is item for existing in self._items):
+                raise ValueError(f"flow {self.name!r} already holds {item!r}")
+            self._items.append(item)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[FlowItem]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        retry = f" retry={self.retry!r}" if self.retry is not None else ""
+        return f"<{self.pattern} flow {self.name!r} [{len(self._items)} items]{retry}>"
+
+    def iter_links(self) -> Iterator[tuple[FlowItem, FlowItem, Decider | None]]:
+        """The explicit links ``(u, v, decider)`` (graph flows)."""
+        return iter(self._links)
+
+    # --- running like a canvas ------------------------------------------------------------
+
+    def __aflow_canvas__(self) -> Canvas[dict[str, Any]]:
+        from ._compile import FlowCanvas
+
+        return FlowCanvas(self)
+
+    def __aflow_graph__(self) -> Graph:
+        return self.__aflow_canvas__().__aflow_graph__()
+
+    def __await__(self) -> Generator[Any, None, dict[str, Any]]:
+        return self.__aflow_canvas__().__await__()
+
+    def as_canvas(self, **options: Any) -> Canvas[dict[str, Any]]:
+        """This flow as a canvas object (``.set()``, ``.link()``, ``|`` and friends)."""
+        canvas = self.__aflow_canvas__()
+        return canvas.set(**options) if options else canvas
+
+
+def item_name(item: object) -> str:
+    """The name an item goes by in errors and storage."""
+    if isinstance(item, Task | Flow):
+        return item.name
+    if isinstance(item, FunctionTask):
+        return item.name
+    if isinstance(item, Canvas):
+        options: Mapping[str, Any] = item.options
+        name = options.get("name")
+        if isinstance(name, str):
+            return name
+        task = getattr(item, "task", None)
+        if isinstance(task, FunctionTask):
+            return task.name
+        return type(item).__name__.lower()
+    return repr(item)
