@@ -108,3 +108,8 @@ for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
         except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
             pass
 del _name, _obj
+
+# Namespaces: TaskFlow-style flows, their engines and retry controllers.
+from . import engines as engines  # noqa: E402
+from . import patterns as patterns  # noqa: E402
+from . import retry as retry  # noqa: E402
