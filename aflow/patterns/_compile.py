@@ -42,7 +42,7 @@ from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_opti
 from .._runtime._current import EXECUTION
 from .._runtime._scheduler import Execution
 from .._task import FunctionTask, Revert
-from ..retry import REVERT_ALL, RETRY, Attempt, History, Retry
+from ..retry import RETRY, REVERT_ALL, Attempt, History, Retry
 from ._flow import Decider, Flow, FlowItem, item_name
 
 __all__ = ["CompiledFlow", "FlowCanvas", "Level", "analyse", "compile_flow"]

@@ -49,7 +49,7 @@ class Flow:
         self._links: list[tuple[FlowItem, FlowItem, Decider | None]] = []
 
     def add(self, *items: FlowItem) -> Self:
-        """Add items (tasks, function tasks, signatures, chains, groups, flows); returns the flow."""
+        """Add tasks, function tasks, signatures, chains, groups or flows; returns the flow."""
         for item in items:
             if not isinstance(item, Task | FunctionTask | Canvas | Flow):
                 raise TypeError(
