@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any, final
+from typing import Any, Literal, final
 
 from ._events import EventListener
 from ._exceptions import AflowError
@@ -226,7 +226,7 @@ def load(
     flow: Flow,
     store: Mapping[str, Any] | None = None,
     *,
-    engine: str = "serial",
+    engine: Literal["serial", "parallel"] = "serial",
     max_workers: int | None = None,
     executor: Executor | None = None,
     timeout: float | None = None,
@@ -275,7 +275,7 @@ async def run(
     flow: Flow,
     store: Mapping[str, Any] | None = None,
     *,
-    engine: str = "serial",
+    engine: Literal["serial", "parallel"] = "serial",
     max_workers: int | None = None,
     executor: Executor | None = None,
     timeout: float | None = None,

@@ -181,10 +181,10 @@ def test_retry_controllers_check_their_arguments() -> None:
         aflow.retry.Times(0)
     with pytest.raises(aflow.SignatureError, match="at least one value"):
         aflow.retry.ForEach([])
-    with pytest.raises(TypeError, match="aflow.retry.Retry"):
+    with pytest.raises(TypeError, match=r"aflow\.retry\.Retry"):
         lf.Flow("f", retry=3)  # type: ignore[arg-type]
+    flow = lf.Flow("f", retry=aflow.retry.ParameterizedForEach(provides="v"))
     with pytest.raises(aflow.patterns.MissingInputError, match="'values'"):
-        flow = lf.Flow("f", retry=aflow.retry.ParameterizedForEach(provides="v"))
         engines.load(flow.add(aflow.task(lambda: None)))
 
 
