@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
 from ._exceptions import ProvidesError, SignatureError
-from ._options import check_options, resolve_options
+from ._options import DEFAULT_OPTIONS, check_options, resolve_options
 from ._task import FunctionTask, Revert, _check_revert
 
 __all__ = ["Params", "ProvidesSpec", "Task", "analyse_params", "checked_task", "provides_spec"]
@@ -154,6 +154,9 @@ class Params:
     optional: dict[str, str]
 
 
+_params_cache: dict[tuple[Any, ...], Params] = {}
+
+
 def analyse_params(
     owner: str,
     fn: Callable[..., Any],
@@ -168,7 +171,34 @@ def analyse_params(
 
     ``skip`` leading positional parameters are given positionally (``self``,
     a signature's partial arguments) and ``given`` keywords are fixed already.
+    Cached: ten thousand instances of one task class cost one ``inspect.signature``.
     """
+    try:
+        if isinstance(rebind, Mapping):
+            rebind_key: Any = ("map", tuple(rebind.items()))
+        else:
+            rebind_key = ("seq", tuple(rebind) if rebind is not None else None)
+        key = (fn, skip, tuple(given), rebind_key, tuple(inject or ()), tuple(requires))
+        hash(key)
+    except TypeError:  # unhashable names: checked (and rejected) below, uncached
+        return _analyse_params(owner, fn, skip, given, rebind, inject, requires)
+    found = _params_cache.get(key)
+    if found is None:
+        found = _analyse_params(owner, fn, skip, given, rebind, inject, requires)
+        if len(_params_cache) < 4096:
+            _params_cache[key] = found
+    return found
+
+
+def _analyse_params(
+    owner: str,
+    fn: Callable[..., Any],
+    skip: int,
+    given: Iterable[str],
+    rebind: Mapping[str, str] | Iterable[str] | None,
+    inject: Mapping[str, Any] | None,
+    requires: Iterable[str],
+) -> Params:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -324,10 +354,14 @@ class Task:
         #: The names this task must be given, and those it can do without.
         self.requires: frozenset[str] = frozenset(self._params.required.values())
         self.optional: frozenset[str] = frozenset(self._params.optional.values())
-        checked = check_options(self.name, options)
-        checked.pop("name", None)
-        self._options = checked
-        self._node_options = resolve_options(checked)
+        if options:
+            checked = check_options(self.name, options)
+            checked.pop("name", None)
+            self._options = checked
+            self._node_options = resolve_options(checked)
+        else:
+            self._options = {}
+            self._node_options = DEFAULT_OPTIONS
 
     def __repr__(self) -> str:
         provides = f" provides={list(self.provides)}" if self.provides else ""

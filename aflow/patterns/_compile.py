@@ -64,6 +64,7 @@ class Atom:
     canvas: Canvas[Any] | None
     wants: dict[str, tuple[bool, str]]
     select: dict[str, Any]
+    wanted: dict[str, tuple[str, bool]] = field(default_factory=dict)
     node: int = -1
 
 
@@ -101,12 +102,20 @@ def _merge(into: dict[str, tuple[bool, str]], name: str, required: bool, who: st
 
 
 def _wants_of(params: Params, who: str) -> dict[str, tuple[bool, str]]:
+    """name -> (required, who): what a task reads from outside."""
     wants: dict[str, tuple[bool, str]] = {}
     for name in params.required.values():
         _merge(wants, name, True, who)
     for name in params.optional.values():
         _merge(wants, name, False, who)
     return wants
+
+
+def _wanted_of(params: Params) -> dict[str, tuple[str, bool]]:
+    """parameter -> (name, required): what emission looks up (shared by equal Params)."""
+    wanted = {p: (n, True) for p, n in params.required.items()}
+    wanted.update({p: (n, False) for p, n in params.optional.items()})
+    return wanted
 
 
 # --- analysis --------------------------------------------------------------------------------
@@ -128,6 +137,7 @@ def _atom_of(item: FlowItem) -> Atom:
             None,
             _wants_of(item._params, item.name),
             spec.selectors,
+            _wanted_of(item._params),
         )
     if isinstance(item, FunctionTask):
         item = Signature(item)
@@ -150,6 +160,7 @@ def _atom_of(item: FlowItem) -> Atom:
             None,
             _wants_of(params, name),
             spec.selectors,
+            _wanted_of(params),
         )
     assert isinstance(item, Canvas)
     name = item_name(item)
@@ -451,9 +462,7 @@ class _Emitter:
             return self.emit(item, preds, frame, root=False)
         if item.canvas is not None:
             return self._emit_canvas(item, preds, frame)
-        wanted = {p: (n, True) for p, n in item.params.required.items()}
-        wanted.update({p: (n, False) for p, n in item.params.optional.items()})
-        bindings, literals, missing = self.bind(wanted, frame)
+        bindings, literals, missing = self.bind(item.wanted, frame)
         if missing:
             raise self._missing(item.name, missing)
         index = self.builder.add(
@@ -478,9 +487,7 @@ class _Emitter:
             task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[str, ...]
         ) -> tuple[tuple[tuple[str, int, Any], ...], Mapping[str, Any]]:
             params = analyse_params(key, task.fn, skip=n_pos, given=kw)
-            wanted = {p: (n, True) for p, n in params.required.items()}
-            wanted.update({p: (n, False) for p, n in params.optional.items()})
-            bindings, literals, missing = self.bind(wanted, frame)
+            bindings, literals, missing = self.bind(_wanted_of(params), frame)
             if missing:
                 raise self._missing(key, missing)
             return tuple(bindings), literals

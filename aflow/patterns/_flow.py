@@ -45,6 +45,7 @@ class Flow:
         self.name = name
         self.retry = retry
         self._items: list[FlowItem] = []
+        self._ids: set[int] = set()  # identity of each item: add() stays O(1)
         #: (u, v, decider) links between items (graph flows).
         self._links: list[tuple[FlowItem, FlowItem, Decider | None]] = []
 
@@ -58,13 +59,17 @@ class Flow:
                 )
             if item is self:
                 raise ValueError(f"flow {self.name!r} cannot contain itself")
-            if any(existing is item for existing in self._items):
+            if id(item) in self._ids:
                 raise ValueError(f"flow {self.name!r} already holds {item!r}")
+            self._ids.add(id(item))
             self._items.append(item)
         return self
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return id(item) in self._ids
 
     def __iter__(self) -> Iterator[FlowItem]:
         return iter(self._items)

@@ -34,7 +34,7 @@ class Flow(_BaseFlow):
         every task in it.
         """
         for item in (u, v):
-            if not any(existing is item for existing in self):
+            if item not in self:
                 raise ValueError(f"graph flow {self.name!r}: add {item!r} before linking it")
         if decider is not None and not callable(decider):
             raise TypeError(f"graph flow {self.name!r}: decider must be callable, got {decider!r}")
