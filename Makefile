@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Peers we measure against live in their own venv, never in the project's.
+PEERS  := .venv-peers
 
 .PHONY: all demo test lint typing bench clean
 
@@ -29,8 +31,15 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet 'taskflow>=6,<7'
+	touch $@
+
+bench: $(STAMP) $(PEERS)/.installed
 	$(BIN)/python benchmarks/run.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

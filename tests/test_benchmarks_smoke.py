@@ -26,3 +26,20 @@ def test_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = out.read_text()
     for workload in ("fan-out + sum", "chain", "DAG", "sleeps"):
         assert workload in table
+
+
+@pytest.mark.slow
+def test_flow_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "flows.md"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/flows.py", "--quick", "--repeat", "1", "--markdown", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    table = out.read_text()
+    assert "| asyncio | linear | 1,000 |" in table
+    assert "| asyncio | unordered | 1,000 |" in table
