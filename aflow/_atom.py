@@ -17,6 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar, final
 
 from ._exceptions import ProvidesError, SignatureError
@@ -190,6 +191,30 @@ def analyse_params(
     return found
 
 
+@functools.lru_cache(maxsize=1024)
+def _shape_of(
+    fn: Callable[..., Any], skip: int, given: tuple[str, ...]
+) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
+    """``fn``'s parameters passed by name (after ``skip`` positional ones and ``given``
+    keywords), those with defaults, and whether it takes ``**kwargs``; ``None`` if unknown.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    skipped = {p.name for p in positional[:skip]} | set(given)
+    named = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skipped
+    ]
+    defaults = frozenset(p.name for p in named if p.default is not p.empty)
+    return tuple(p.name for p in named), defaults, var_kw
+
+
 def _analyse_params(
     owner: str,
     fn: Callable[..., Any],
@@ -199,21 +224,11 @@ def _analyse_params(
     inject: Mapping[str, Any] | None,
     requires: Iterable[str],
 ) -> Params:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    shape = _shape_of(fn, skip, tuple(given))
+    if shape is None:
         return Params({}, {})
-    params = list(sig.parameters.values())
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    named = [
-        p
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in set(given)
-    ]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    skipped = {p.name for p in positional[:skip]}
-    named = [p for p in named if p.name not in skipped]
-    names = {p.name: p.name for p in named}
+    named, has_default, var_kw = shape
+    names = {p: p for p in named}
     if isinstance(rebind, Mapping):
         mapping = dict(rebind)
     elif rebind is not None:
@@ -222,10 +237,10 @@ def _analyse_params(
             raise SignatureError(
                 owner,
                 f"rebind lists {len(order)} name(s) but execute takes {len(named)} "
-                f"parameter(s) by name: {[p.name for p in named]}",
+                f"parameter(s) by name: {list(named)}",
                 "rebind",
             )
-        mapping = {p.name: new for p, new in zip(named, order, strict=False)}
+        mapping = {p: new for p, new in zip(named, order, strict=False)}
     else:
         mapping = {}
     for param, new in mapping.items():
@@ -244,12 +259,10 @@ def _analyse_params(
             )
     required: dict[str, str] = {}
     optional: dict[str, str] = {}
-    by_name = {p.name: p for p in named}
     for param, name in names.items():
         if param in injected:
             continue
-        p = by_name.get(param)
-        if p is not None and p.default is not p.empty:
+        if param in has_default:
             optional[param] = name
         else:
             required[param] = name
@@ -269,6 +282,7 @@ def _analyse_params(
 
 
 _UNSET: Any = object()
+_NO_INJECT: Mapping[str, Any] = MappingProxyType({})
 
 
 class Task:
@@ -350,10 +364,7 @@ class Task:
             inject=inject,
             requires=requires or (),
         )
-        self.inject: dict[str, Any] = dict(inject or {})
-        #: The names this task must be given, and those it can do without.
-        self.requires: frozenset[str] = frozenset(self._params.required.values())
-        self.optional: frozenset[str] = frozenset(self._params.optional.values())
+        self.inject: Mapping[str, Any] = dict(inject) if inject else _NO_INJECT
         if options:
             checked = check_options(self.name, options)
             checked.pop("name", None)
@@ -362,6 +373,16 @@ class Task:
         else:
             self._options = {}
             self._node_options = DEFAULT_OPTIONS
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """The names this task must be given."""
+        return frozenset(self._params.required.values())
+
+    @property
+    def optional(self) -> frozenset[str]:
+        """The names this task reads if something provides them (parameters with defaults)."""
+        return frozenset(self._params.optional.values())
 
     def __repr__(self) -> str:
         provides = f" provides={list(self.provides)}" if self.provides else ""
