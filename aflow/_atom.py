@@ -240,7 +240,7 @@ def _analyse_params(
                 f"parameter(s) by name: {list(named)}",
                 "rebind",
             )
-        mapping = {p: new for p, new in zip(named, order, strict=False)}
+        mapping = dict(zip(named, order, strict=False))
     else:
         mapping = {}
     for param, new in mapping.items():
