@@ -10,6 +10,7 @@ import pytest
 import aflow
 import aflow.retry
 from aflow import engines
+from aflow.testing import FakeClock
 from aflow.patterns import graph_flow as gf
 from aflow.patterns import linear_flow as lf
 from aflow.patterns import unordered_flow as uf
@@ -405,3 +406,64 @@ async def test_a_failure_while_suspending_still_reverts() -> None:
         await eng.run()
     assert log == ["a", "undo a"]
     assert eng.state is aflow.RunStatus.REVERTED
+
+
+# --- the run around a flow: cancellation, timeouts, runtimes and events ----------------------
+
+
+async def test_cancelling_the_caller_reverts_the_flow_and_reraises() -> None:
+    log: list[str] = []
+    started = anyio.Event()
+
+    class Step(aflow.Task):
+        async def execute(self) -> None:
+            log.append(self.name)
+
+        async def revert(self, result: Any) -> None:
+            log.append(f"undo {self.name}")
+
+    class Hang(aflow.Task):
+        async def execute(self) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+    sub = lf.Flow("sub", retry=aflow.retry.Times(3)).add(Step(name="inner"), Hang())
+    eng = engines.load(lf.Flow("main").add(Step(name="outer"), sub))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eng.run)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert log == ["outer", "inner", "undo inner", "undo outer"]
+    assert eng.state is aflow.RunStatus.CANCELLED
+
+
+async def test_task_options_apply_to_flow_tasks() -> None:
+    attempts: list[int] = []
+
+    class Slow(aflow.Task):
+        async def execute(self) -> None:
+            attempts.append(aflow.current_attempt())
+            await anyio.Event().wait()  # never set: only the timeout ends it
+
+    async with FakeClock() as clock:
+        eng = engines.load(lf.Flow("f").add(Slow(timeout=5, retries=1)), clock=clock)
+        with pytest.raises(aflow.TaskTimeout):
+            await eng.run()
+    assert attempts == [1, 2]
+
+
+async def test_a_flow_runs_in_a_runtime_and_reports_events() -> None:
+    events: list[aflow.Event] = []
+
+    class Step(aflow.Task):
+        async def execute(self, n: int) -> int:
+            return n + 1
+
+    sub = lf.Flow("sub", retry=aflow.retry.Times(2)).add(Step(name="inner", provides="m"))
+    flow = lf.Flow("main").add(sub, Step(name="after", rebind=["m"], provides="out"))
+    async with aflow.Runtime() as rt:
+        run = await rt.submit(flow.as_canvas().clone(kwargs={"n": 1}), on_event=events.append)
+        assert await run.result() == {"m": 2, "out": 3}
+    names = [(e.name, e.node) for e in events]
+    assert ("task_succeeded", "inner") in names  # a node event from the nested run
+    assert [n for n, node in names if node is None] == ["run_started", "run_succeeded"]
