@@ -10,10 +10,10 @@ import pytest
 import aflow
 import aflow.retry
 from aflow import engines
-from aflow.testing import FakeClock
 from aflow.patterns import graph_flow as gf
 from aflow.patterns import linear_flow as lf
 from aflow.patterns import unordered_flow as uf
+from aflow.testing import FakeClock
 
 # --- retry controllers ----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,7 @@ def build(tree: Tree, built: Built, fail_at: int | None) -> tuple[Any, list[str]
     parts = [build(child, built, fail_at) for child in children]
     flow.add(*(item for item, _ in parts))
     if kind == "linear":
-        for (_, a), (_, b) in zip(parts, parts[1:], strict=False):
+        for (_, a), (_, b) in itertools.pairwise(parts):
             built.constraints.append((a, b))
     for i, j in links:
         flow.link(parts[i][0], parts[j][0])
