@@ -42,6 +42,14 @@ class ProvidesSpec:
     kind: str  # "none" | "name" | "tuple" | "set"
     names: tuple[str, ...]
 
+    def selector(self, name: str) -> Any:
+        """Where ``name`` is in the result: ``None`` (all of it), an index, or a key."""
+        if self.kind == "name":
+            return None
+        if self.kind == "tuple":
+            return self.names.index(name)
+        return name
+
     @property
     def selectors(self) -> dict[str, Any]:
         if self.kind == "name":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -62,10 +62,20 @@ class Atom:
     spec: ProvidesSpec
     options: NodeOptions
     canvas: Canvas[Any] | None
-    wants: dict[str, tuple[bool, str]]
-    select: dict[str, Any]
-    wanted: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: For a canvas piece only: name -> (required, who) of what its signatures read.
+    canvas_wants: dict[str, tuple[bool, str]] | None = None
     node: int = -1
+
+    def wants(self) -> Iterator[tuple[str, bool, str]]:
+        """(name, required, who) for each name it reads from outside."""
+        if self.canvas_wants is not None:
+            for name, (required, who) in self.canvas_wants.items():
+                yield name, required, who
+            return
+        for name in self.params.required.values():
+            yield name, True, self.name
+        for name in self.params.optional.values():
+            yield name, False, self.name
 
 
 @dataclass(eq=False, slots=True)
@@ -101,23 +111,6 @@ def _merge(into: dict[str, tuple[bool, str]], name: str, required: bool, who: st
         into[name] = (required, who)
 
 
-def _wants_of(params: Params, who: str) -> dict[str, tuple[bool, str]]:
-    """name -> (required, who): what a task reads from outside."""
-    wants: dict[str, tuple[bool, str]] = {}
-    for name in params.required.values():
-        _merge(wants, name, True, who)
-    for name in params.optional.values():
-        _merge(wants, name, False, who)
-    return wants
-
-
-def _wanted_of(params: Params) -> dict[str, tuple[str, bool]]:
-    """parameter -> (name, required): what emission looks up (shared by equal Params)."""
-    wanted = {p: (n, True) for p, n in params.required.items()}
-    wanted.update({p: (n, False) for p, n in params.optional.items()})
-    return wanted
-
-
 # --- analysis --------------------------------------------------------------------------------
 
 
@@ -135,9 +128,6 @@ def _atom_of(item: FlowItem) -> Atom:
             spec,
             item._node_options,
             None,
-            _wants_of(item._params, item.name),
-            spec.selectors,
-            _wanted_of(item._params),
         )
     if isinstance(item, FunctionTask):
         item = Signature(item)
@@ -158,9 +148,6 @@ def _atom_of(item: FlowItem) -> Atom:
             spec,
             resolve_options(merged) if own else task.node_options,
             None,
-            _wants_of(params, name),
-            spec.selectors,
-            _wanted_of(params),
         )
     assert isinstance(item, Canvas)
     name = item_name(item)
@@ -182,9 +169,7 @@ def _atom_of(item: FlowItem) -> Atom:
     dry = _Compiler()
     dry.resolve = record
     item._compile(dry, -1, {})  # finds what it reads by name, and checks its calls
-    return Atom(
-        name, None, (), {}, Params({}, {}), spec, DEFAULT_OPTIONS, item, wants, spec.selectors
-    )
+    return Atom(name, None, (), {}, Params({}, {}), spec, DEFAULT_OPTIONS, item, wants)
 
 
 def analyse(flow: Flow) -> Level:
@@ -219,7 +204,6 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     kind = flow.pattern
     n = len(items)
     exported = [_exports_of(it) for it in items]
-    wanted = [it.wants for it in items]
     preds: list[list[int]] = [[] for _ in range(n)]
     gates: list[list[tuple[int, Decider]]] = [[] for _ in range(n)]
     exports: dict[str, int] = {}
@@ -229,7 +213,7 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     if kind == "linear":
         provided: set[str] = set()
         for i in range(n):
-            for name, (required, who) in wanted[i].items():
+            for name, required, who in _wants(items[i]):
                 if name not in provided:
                     _merge(wants, name, required, who)
             for name in exported[i]:
@@ -246,7 +230,7 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
                 if j != i:
                     raise AmbiguousProviderError(name, [_label(items[j]), _label(items[i])], where)
         for i in range(n):
-            for name, (required, who) in wanted[i].items():
+            for name, required, who in _wants(items[i]):
                 j = exports.get(name, i)
                 if j == i:
                     _merge(wants, name, required, who)
@@ -291,8 +275,14 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     return level
 
 
-def _exports_of(item: Atom | Level) -> list[str]:
-    return list(item.spec.names) if isinstance(item, Atom) else item.export_names
+def _exports_of(item: Atom | Level) -> Sequence[str]:
+    return item.spec.names if isinstance(item, Atom) else item.export_names
+
+
+def _wants(item: Atom | Level) -> Iterator[tuple[str, bool, str]]:
+    if isinstance(item, Atom):
+        return item.wants()
+    return ((name, required, who) for name, (required, who) in item.wants.items())
 
 
 def _label(item: Atom | Level) -> str:
@@ -362,7 +352,7 @@ class _Emitter:
     def _ref(self, item: Atom | Level, name: str) -> tuple[int, Any]:
         while True:
             if isinstance(item, Atom):
-                return item.node, item.select[name]
+                return item.node, item.spec.selector(name)
             if item.node != -1 and item.retry is not None:
                 return item.node, name
             item = item.items[item.exports[name]]
@@ -389,23 +379,24 @@ class _Emitter:
         return None
 
     def bind(
-        self, wanted: Mapping[str, tuple[str, bool]], frame: Frame | None
+        self, params: Params, frame: Frame | None
     ) -> tuple[list[tuple[str, int, Any]], dict[str, Any], list[str]]:
-        """``wanted``: parameter -> (name, required). Returns bindings, literals, missing names."""
+        """Look up each parameter's name; returns bindings, literal values, missing names."""
         bindings: list[tuple[str, int, Any]] = []
         literals: dict[str, Any] = {}
         missing: list[str] = []
-        for param, (name, required) in wanted.items():
-            found = self.find(name, frame)
-            if found is None:
-                if required:
-                    missing.append(name)
-                continue
-            how, a, b = found
-            if how == "value":
-                literals[param] = a
-            else:
-                bindings.append((param, a, b))
+        for table, required in ((params.required, True), (params.optional, False)):
+            for param, name in table.items():
+                found = self.find(name, frame)
+                if found is None:
+                    if required:
+                        missing.append(name)
+                    continue
+                how, a, b = found
+                if how == "value":
+                    literals[param] = a
+                else:
+                    bindings.append((param, a, b))
         return bindings, literals, missing
 
     def _missing(self, who: str, missing: list[str]) -> MissingInputError:
@@ -462,7 +453,7 @@ class _Emitter:
             return self.emit(item, preds, frame, root=False)
         if item.canvas is not None:
             return self._emit_canvas(item, preds, frame)
-        bindings, literals, missing = self.bind(item.wanted, frame)
+        bindings, literals, missing = self.bind(item.params, frame)
         if missing:
             raise self._missing(item.name, missing)
         index = self.builder.add(
@@ -487,7 +478,7 @@ class _Emitter:
             task: FunctionTask[..., Any], key: str, n_pos: int, kw: tuple[str, ...]
         ) -> tuple[tuple[tuple[str, int, Any], ...], Mapping[str, Any]]:
             params = analyse_params(key, task.fn, skip=n_pos, given=kw)
-            bindings, literals, missing = self.bind(_wanted_of(params), frame)
+            bindings, literals, missing = self.bind(params, frame)
             if missing:
                 raise self._missing(key, missing)
             return tuple(bindings), literals
@@ -512,7 +503,10 @@ class _Emitter:
         self, level: Level, preds: tuple[int, ...], frame: Frame | None
     ) -> tuple[int, ...]:
         assert level.runner is not None
-        wanted = {name: (name, required) for name, (required, _) in level.wants.items()}
+        wanted = Params(
+            {name: name for name, (required, _) in level.wants.items() if required},
+            {name: name for name, (required, _) in level.wants.items() if not required},
+        )
         bindings, literals, missing = self.bind(wanted, frame)
         if missing:
             who = next(level.wants[m][1] for m in missing)
