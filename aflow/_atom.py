@@ -349,6 +349,7 @@ class Task:
         self,
         name: str | None = None,
         provides: ProvidesLike = _UNSET,
+        *,
         requires: Iterable[str] | None = None,
         rebind: Mapping[str, str] | Iterable[str] | None = None,
         inject: Mapping[str, Any] | None = None,

@@ -228,7 +228,7 @@ class Graph:
 
     def _label(self, node: Node) -> str:
         if node.kind is NodeKind.JOIN:
-            return "join"
+            return "decider" if node.when is not None else "join"
         if node.kind is NodeKind.SUBGRAPH:
             return f"{node.key} (retried flow)"
         if node.kind is not NodeKind.TASK:
@@ -267,7 +267,7 @@ class Graph:
         lines = ["flowchart LR"]
         for node in self.nodes:
             if node.kind is NodeKind.JOIN:
-                lines.append(f"  n{node.index}(({quote('join')}))")
+                lines.append(f"  n{node.index}(({quote(self._label(node))}))")
             else:
                 lines.append(f"  n{node.index}[{quote(self._label(node))}]")
         for p, c in self.edges():

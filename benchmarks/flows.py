@@ -124,7 +124,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--taskflow-python", help="a Python with TaskFlow 6.x installed")
-    parser.add_argument("--taskflow-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--taskflow-timeout", type=float, default=300.0, help="seconds per TaskFlow run"
+    )
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
 
@@ -147,7 +149,7 @@ def main() -> None:
     peer_version = None
     if args.taskflow_python:
         peer_version = taskflow_version(args.taskflow_python)
-        plan = {"linear": [100, 300, 1000], "unordered": [100, 1000]}
+        plan = {"linear": [100, 300, 1000, 3000, 10_000], "unordered": [100, 1000, 10_000]}
         if args.quick:
             plan = {"linear": [50], "unordered": [50]}
         for pattern, ns in plan.items():
@@ -169,7 +171,7 @@ def main() -> None:
                 print(f"taskflow {pattern:10} {n:>7} tasks  {shown}", flush=True)
 
     if args.markdown:
-        write(args.markdown, args.repeat, rows, peer_rows, peer_version)
+        write(args.markdown, args.repeat, rows, peer_rows, peer_version, args.taskflow_timeout)
 
 
 def write(
@@ -178,6 +180,7 @@ def write(
     rows: list[tuple[str, str, int, float, float, float]],
     peer_rows: list[tuple[str, int, float | None, float | None, float, int | None]],
     peer_version: str | None,
+    timeout: float = 0.0,
 ) -> None:
     lines = [
         "# Flow benchmark results (TaskFlow-style flows)",
@@ -206,7 +209,7 @@ def write(
             "|---|---:|---:|---:|---:|---:|",
         ]
         for pattern, n, theirs, ratio, ours, rss in peer_rows:
-            t = f"{theirs:,.0f}" if theirs is not None else "did not finish"
+            t = f"{theirs:,.0f}" if theirs is not None else f"not done in {timeout:.0f} s"
             r = f"{ratio:,.0f}x" if ratio is not None else "-"
             m = f"{rss / 1024:,.0f} MiB" if rss is not None else "-"
             lines.append(f"| {pattern} | {n:,} | {t} | {ours:.2f} | {r} | {m} |")
