@@ -20,7 +20,16 @@ from ._options import DEFAULT_OPTIONS, NodeOptions
 if TYPE_CHECKING:
     from ._task import FunctionTask
 
-__all__ = ["INPUT_ERROR", "Graph", "GraphBuilder", "Node", "NodeKind", "compile", "errback_extras"]
+__all__ = [
+    "INPUT_ERROR",
+    "Graph",
+    "GraphBuilder",
+    "Node",
+    "NodeKind",
+    "compile",
+    "errback_extras",
+    "find_cycle",
+]
 
 #: ``Node.input`` of an error callback that receives the exception first.
 INPUT_ERROR = -2
@@ -165,17 +174,7 @@ class Graph:
                     stack.append(c)
         if seen == len(self.nodes):
             return
-        # Walk parents from any node left over until a node repeats: that is a cycle.
-        start = next(i for i, r in enumerate(remaining) if r > 0)
-        path: list[int] = []
-        position: dict[int, int] = {}
-        i = start
-        while i not in position:
-            position[i] = len(path)
-            path.append(i)
-            i = next(p for p in self.nodes[i].parents if remaining[p] > 0)
-        cycle = path[position[i] :]
-        cycle.reverse()  # parent -> child order
+        cycle = find_cycle([node.parents for node in self.nodes], remaining)
         raise CycleError([self.nodes[j].key for j in cycle])
 
     # --- queries ---------------------------------------------------------------------------
@@ -278,6 +277,25 @@ class Graph:
 
 
 _TASK = NodeKind.TASK
+
+
+def find_cycle(parents: Sequence[Sequence[int]], remaining: Sequence[int]) -> list[int]:
+    """A cycle among the nodes a topological walk left over (``remaining[i] > 0``).
+
+    Walks parents from any left-over node until one repeats; returns the
+    cycle in parent -> child order.
+    """
+    start = next(i for i, r in enumerate(remaining) if r > 0)
+    path: list[int] = []
+    position: dict[int, int] = {}
+    i = start
+    while i not in position:
+        position[i] = len(path)
+        path.append(i)
+        i = next(p for p in parents[i] if remaining[p] > 0)
+    cycle = path[position[i] :]
+    cycle.reverse()
+    return cycle
 
 
 def errback_extras(task: FunctionTask[..., Any]) -> frozenset[str]:

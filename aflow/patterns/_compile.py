@@ -37,7 +37,7 @@ from .._exceptions import (
     MissingInputError,
     SignatureError,
 )
-from .._graph import Graph, GraphBuilder, NodeKind
+from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
 from .._runtime._current import EXECUTION
 from .._runtime._scheduler import Execution
@@ -314,17 +314,7 @@ def _order(
                 heapq.heappush(ready, k)
     if len(order) == n:
         return order
-    start = next(i for i in range(n) if remaining[i] > 0)
-    path: list[int] = []
-    seen_at: dict[int, int] = {}
-    i = start
-    while i not in seen_at:
-        seen_at[i] = len(path)
-        path.append(i)
-        i = next(j for j in before[i] if remaining[j] > 0)
-    cycle = path[seen_at[i] :]
-    cycle.reverse()
-    raise CycleError([items[j].name for j in cycle])
+    raise CycleError([items[j].name for j in find_cycle(before, remaining)])
 
 
 # --- emission --------------------------------------------------------------------------------
