@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -580,3 +581,40 @@ async def test_a_failure_reverts_completed_tasks_in_reverse_order_with_results()
         eng.storage.fetch("n")  # reverted values are gone
     with pytest.raises(RuntimeError, match="already ran"):
         await eng.run()
+
+
+async def test_a_cancelled_run_waits_for_its_executor_thread() -> None:
+    loop = asyncio.get_running_loop()
+    started = anyio.Event()
+    release = threading.Event()
+    finished: list[str] = []
+
+    class Blocking(aflow.Task):
+        def execute(self) -> None:
+            loop.call_soon_threadsafe(started.set)
+            release.wait(10)
+            finished.append("thread")
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    eng = engines.load(lf.Flow("f").add(Blocking()), executor=pool)
+    scope = anyio.CancelScope()
+
+    async def runner() -> None:
+        with scope:
+            await eng.run()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner)
+            await started.wait()
+            scope.cancel()
+            for _ in range(20):  # the run cannot end while its thread still runs
+                await anyio.lowlevel.checkpoint()
+            assert eng.state is aflow.RunStatus.RUNNING
+            assert finished == []
+            release.set()
+    finally:
+        release.set()
+        pool.shutdown()
+    assert finished == ["thread"]
+    assert eng.state is aflow.RunStatus.CANCELLED
