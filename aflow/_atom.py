@@ -403,7 +403,7 @@ class Task:
 
 
 def _class_revert(owner: str, execute: Callable[..., Any], revert: Callable[..., Any]) -> Revert:
-    found = _check_revert(owner, execute, revert)
+    found = _check_revert(owner, execute, revert, by_keyword=True)
     if not found.takes_result:
         raise SignatureError(
             owner,

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INPUT_ERROR",
+    "EndBranch",
     "Graph",
     "GraphBuilder",
     "Node",
     "NodeKind",
+    "OptionalKey",
     "compile",
     "errback_extras",
     "find_cycle",
@@ -88,6 +90,9 @@ class Node(NamedTuple):
     #: For a join: a guard called with ``{key: result}`` of the nodes it collects;
     #: when false the join is SKIPPED, and everything downstream of it too.
     when: Callable[[dict[str, Any]], Any] | None = None
+    #: Runs once its parents end, even if some were SKIPPED (it is not skipped with
+    #: them); bindings to a source that did not succeed are left out.
+    after_all: bool = False
 
     @property
     def name(self) -> str:
@@ -194,15 +199,20 @@ class Graph:
         """The nodes that depend on node ``index``."""
         return self._children[index]
 
-    def node(self, key: str) -> Node:
-        """The node with this key (raises ``KeyError`` naming the known keys when absent)."""
+    def find(self, key: str) -> Node | None:
+        """The node with this key, or ``None``."""
         if self._by_key is None:
             self._by_key = {node.key: node.index for node in self.nodes}
-        try:
-            return self.nodes[self._by_key[key]]
-        except KeyError:
-            known = ", ".join(sorted(self._by_key)[:20])
-            raise KeyError(f"no node {key!r} in this graph; known: {known}") from None
+        index = self._by_key.get(key)
+        return None if index is None else self.nodes[index]
+
+    def node(self, key: str) -> Node:
+        """The node with this key (raises ``KeyError`` naming the known keys when absent)."""
+        found = self.find(key)
+        if found is not None:
+            return found
+        known = ", ".join(sorted(self._by_key or ())[:20])
+        raise KeyError(f"no node {key!r} in this graph; known: {known}")
 
     def edges(self) -> Iterator[tuple[int, int]]:
         """Every ``(parent, child)`` edge, in node order."""
@@ -277,6 +287,33 @@ class Graph:
 
 
 _TASK = NodeKind.TASK
+
+
+@final
+class OptionalKey:
+    """A binding selector for an optional input: when the source's result lacks
+    ``key``, the parameter is left out (it keeps its default) instead of failing.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"OptionalKey({self.key!r})"
+
+
+@final
+class EndBranch:
+    """Returned by a node's task: the node succeeds with ``value``, and everything
+    downstream of it is SKIPPED (a retried flow whose inner branch a decider ended).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def find_cycle(parents: Sequence[Sequence[int]], remaining: Sequence[int]) -> list[int]:
@@ -411,6 +448,7 @@ class GraphBuilder:
         tolerates: tuple[int, int] | None = None,
         bindings: tuple[tuple[str, int, Any], ...] = (),
         when: Callable[[dict[str, Any]], Any] | None = None,
+        after_all: bool = False,
     ) -> int:
         """Append a node and return its index; checks the call shape against the task."""
         index = len(self.nodes)
@@ -455,6 +493,7 @@ class GraphBuilder:
                 tolerates,
                 bindings,
                 when,
+                after_all,
             )
         )
         return index

@@ -63,8 +63,18 @@ class Revert:
     options: NodeOptions
 
 
-def _check_revert(task_name: str, task_fn: Callable[..., Any], fn: Callable[..., Any]) -> Revert:
-    """Reject, at definition time, a revert that cannot take what it will be given."""
+def _check_revert(
+    task_name: str,
+    task_fn: Callable[..., Any],
+    fn: Callable[..., Any],
+    *,
+    by_keyword: bool = False,
+) -> Revert:
+    """Reject, at definition time, a revert that cannot take what it will be given.
+
+    ``by_keyword``: the task's arguments always come by keyword after one
+    positional ``self`` (an ``aflow.Task``'s), not positionally as in a canvas.
+    """
     revert_name = getattr(fn, "__name__", repr(fn))
     try:
         task_sig = inspect.signature(task_fn)
@@ -87,13 +97,13 @@ def _check_revert(task_name: str, task_fn: Callable[..., Any], fn: Callable[...,
     # (all positionally, or by keyword where the task allows) must bind.
     positional: list[None] = []
     keywords: dict[str, None] = {}
-    by_keyword: dict[str, None] = {}
+    by_name: dict[str, None] = {}
     for p in task_sig.parameters.values():
         if p.kind is p.POSITIONAL_ONLY:
             positional.append(None)
         elif p.kind is p.POSITIONAL_OR_KEYWORD:
             positional.append(None)
-            by_keyword[p.name] = None
+            by_name[p.name] = None
         elif p.kind is p.VAR_POSITIONAL:
             positional.append(None)
         elif p.kind is p.KEYWORD_ONLY:
@@ -106,10 +116,15 @@ def _check_revert(task_name: str, task_fn: Callable[..., Any], fn: Callable[...,
     if takes_failures:
         extra["flow_failures"] = None
     n_posonly = sum(1 for p in task_sig.parameters.values() if p.kind is p.POSITIONAL_ONLY)
-    for args, kwargs in (
+    variants: list[tuple[list[None], dict[str, None]]] = [
         (positional, keywords),
-        (positional[:n_posonly], {**by_keyword, **keywords}),
-    ):
+        (positional[:n_posonly], {**by_name, **keywords}),
+    ]
+    if by_keyword:
+        first = next(iter(task_sig.parameters), None)
+        named = {k: v for k, v in {**by_name, **keywords}.items() if k != first}
+        variants = [([None], named)]
+    for args, kwargs in variants:
         try:
             revert_sig.bind(*args, **kwargs, **extra)
         except TypeError as exc:

@@ -15,7 +15,7 @@ worker threads, or in the ``executor`` you pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any, Literal, final
 
@@ -55,12 +55,12 @@ class Storage:
         Raises :class:`NotFound` when neither has it.
         """
         engine = self._engine
-        provided = engine._provided()
-        if name in provided:
-            return provided[name]
+        found, value = engine._compiled.value(engine._execution, name)
+        if found:
+            return value
         if name in engine._store:
             return engine._store[name]
-        known = ", ".join(sorted({*provided, *engine._store})[:20]) or "nothing"
+        known = ", ".join(sorted(self.fetch_all())[:20]) or "nothing"
         raise NotFound(f"no value named {name!r} (stored: {known})")
 
     def fetch_all(self) -> dict[str, Any]:
@@ -73,11 +73,11 @@ class Storage:
 
     def get_atom_state(self, name: str) -> NodeState:
         """The state of the task (or retried flow) called ``name``."""
-        states = self._engine.states()
-        try:
-            return states[name]
-        except KeyError:
-            raise NotFound(f"no task named {name!r} in flow {self._engine.flow.name!r}") from None
+        engine = self._engine
+        state = _state_in(engine._compiled, engine._execution, name)
+        if state is None:
+            raise NotFound(f"no task named {name!r} in flow {engine.flow.name!r}")
+        return state
 
     def get_flow_state(self) -> RunStatus:
         """The run's state (TaskFlow's name for :attr:`Engine.state`)."""
@@ -149,10 +149,12 @@ class Engine:
             execution = self._execution = self._new_execution()
         elif execution.status is RunStatus.SUCCEEDED:
             return  # nothing left to run
+        elif execution.status is RunStatus.RUNNING:
+            raise RuntimeError(f"the engine of flow {self.flow.name!r} is running already")
         elif execution.status is not RunStatus.SUSPENDED:
             raise RuntimeError(
-                f"engine of flow {self.flow.name!r} already ran ({execution.status.value}); "
-                "load the flow again to run it again"
+                f"the engine of flow {self.flow.name!r} already ran "
+                f"({execution.status.value}); load the flow again to run it again"
             )
         await execution.execute()
 
@@ -183,43 +185,82 @@ class Engine:
     def states(self) -> dict[str, NodeState]:
         """The state of every task by name (tasks in retried flows: their latest attempt)."""
         out: dict[str, NodeState] = {}
-        self._states_of(self._compiled, self._execution, out)
+        _states_of(self._compiled, self._execution, out, None)
         return out
-
-    def _states_of(
-        self, compiled: CompiledFlow, execution: Execution | None, out: dict[str, NodeState]
-    ) -> None:
-        graph = compiled.graph
-        if graph is None:
-            return
-        for node in graph.nodes:
-            if node.key.startswith("~"):
-                continue  # a barrier or a decider's gate
-            state = execution.state_of(node.index) if execution is not None else NodeState.PENDING
-            out[node.key] = state
-        _inner(compiled.level, out, self._states_of)
 
     def statistics(self) -> RunStatistics | None:
         """Counts of the top-level nodes by state (``None`` before the run)."""
         return self._execution.statistics() if self._execution is not None else None
 
 
-def _inner(level: Level, out: dict[str, NodeState], visit: Any) -> None:
-    """Add the states of the tasks inside retried flows (their latest attempt)."""
-    from .patterns._compile import Level as _Level
-
+def _retried(level: Level) -> Iterator[Level]:
+    """The retried flows directly inside ``level`` (not inside them)."""
     for item in level.items:
-        if not isinstance(item, _Level):
-            continue
-        if item.runner is not None:
-            last = item.runner.last
-            if last is None:
-                for name in item.names:
-                    out.setdefault(name, NodeState.PENDING)
+        if isinstance(item, Level):
+            if item.runner is not None:
+                yield item
             else:
-                visit(last[0], last[1], out)
+                yield from _retried(item)
+
+
+def _states_of(
+    compiled: CompiledFlow,
+    execution: Execution | None,
+    out: dict[str, NodeState],
+    fill: NodeState | None,
+) -> None:
+    """Add the state of every task of ``compiled`` (``fill`` for those that never ran)."""
+    graph = compiled.graph
+    if graph is None:
+        return
+    for node in graph.nodes:
+        if node.key.startswith("~"):
+            continue  # a barrier or a decider's gate
+        if execution is not None:
+            out[node.key] = execution.state_of(node.index)
         else:
-            _inner(item, out, visit)
+            out[node.key] = fill or NodeState.PENDING
+    for level in _retried(compiled.level):
+        _retried_states(level, execution, out)
+
+
+def _retried_states(level: Level, outer: Execution | None, out: dict[str, NodeState]) -> None:
+    assert level.runner is not None
+    last = level.runner.last(outer)
+    if last is not None:
+        _states_of(last[0], last[1], out, None)
+        return
+    # never started: its tasks are PENDING, or SKIPPED with the flow
+    own = out.get(level.name, NodeState.PENDING)
+    fill = NodeState.SKIPPED if own is NodeState.SKIPPED else NodeState.PENDING
+    for name in level.names:
+        if name != level.name:
+            out.setdefault(name, fill)
+
+
+def _state_in(compiled: CompiledFlow, execution: Execution | None, name: str) -> NodeState | None:
+    """The state of task ``name``, looked up without listing every task."""
+    graph = compiled.graph
+    if graph is None:
+        return None
+    node = graph.find(name)
+    if node is not None and not name.startswith("~"):
+        return execution.state_of(node.index) if execution is not None else NodeState.PENDING
+    for level in _retried(compiled.level):
+        if name not in level.name_set:
+            continue
+        assert level.runner is not None
+        last = level.runner.last(execution)
+        if last is not None:
+            return _state_in(last[0], last[1], name)
+        own = graph.find(level.name)
+        skipped = (
+            own is not None
+            and execution is not None
+            and execution.state_of(own.index) is NodeState.SKIPPED
+        )
+        return NodeState.SKIPPED if skipped else NodeState.PENDING
+    return None
 
 
 def load(

@@ -66,7 +66,7 @@ from .._exceptions import (
     TaskTimeout,
 )
 from .._failure import Failure
-from .._graph import INPUT_ERROR, Graph, Node, NodeKind, errback_extras
+from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey, errback_extras
 from .._options import NodeOptions
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
@@ -270,6 +270,7 @@ class Execution:
     """One run of one graph: its state arrays, workers, limits and unwinding."""
 
     __slots__ = (
+        "__weakref__",
         "_any_limits",
         "_attempts",
         "_cancel_requested",
@@ -615,6 +616,11 @@ class Execution:
         Same order and shielding as the unwinding after a failure; a revert
         that fails raises :class:`aflow.CompensationFailed`.
         """
+        if self._revert_errors:  # its own unwinding failed: what it kept cannot be undone
+            errors = list({id(e): e for e in self._revert_errors.values()}.values())
+            raise CompensationFailed(
+                self.run_id, f"{len(errors)} revert(s) failed earlier; what they kept stays", errors  # type: ignore[arg-type]
+            )
         if self.status is not RunStatus.SUCCEEDED:
             return  # a failed run was unwound already; a suspended one is not undone
         await self._unwind()
@@ -800,12 +806,18 @@ class Execution:
             return node.kwargs
         kwargs = dict(node.kwargs)
         results = self._results
+        after_all = node.after_all
         for param, source, selector in node.bindings:
+            if after_all and self._states[source] is not _SUCCEEDED:
+                continue  # a provider that was skipped (or failed and was continued past)
             value = results[source]
             if selector is not None:
+                soft = type(selector) is OptionalKey
                 try:
-                    value = value[selector]
+                    value = value[selector.key if soft else selector]
                 except (KeyError, IndexError, TypeError):
+                    if soft or after_all:
+                        continue  # an optional input: the parameter keeps its default
                     raise MissingInputError(
                         node.key,
                         [param],
@@ -904,7 +916,7 @@ class Execution:
                     attempts[index] = attempt
                 return value, attempt
             except Exception as exc:
-                halted = self._halt and not self._unwinding
+                halted = self._stopping_retries()
                 if attempt <= options.retries and options.should_retry(exc) and not halted:
                     wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
                     if clock.now() + wait < give_up_at:
@@ -919,6 +931,12 @@ class Execution:
                         continue
                 attempts[index] = attempt
                 raise
+
+    def _stopping_retries(self) -> bool:
+        """A failure or a cancel stops retries; a suspend lets running nodes finish theirs."""
+        if self._unwinding or not self._halt:
+            return False
+        return not self._suspend_requested or self._failure is not None or self._cancel_requested
 
     async def _inject(self, node: Node, attempt: int) -> None:
         plans = INJECTIONS.get(node.key) or INJECTIONS.get(node.name) or ()
@@ -940,6 +958,16 @@ class Execution:
         task = node.task
         assert task is not None
         args = self._args_of(node)
+        if node.bindings:
+            try:
+                kwargs = self._kwargs_of(node)
+            except MissingInputError as exc:  # it never ran: nothing to revert
+                if limits:
+                    release(limits, self)
+                self._node_failed(node, exc, 1)
+                return
+        else:
+            kwargs = node.kwargs
         self._states[index] = _RUNNING
         self._running += 1
         if self._running > self._peak:
@@ -948,7 +976,6 @@ class Execution:
         self._started[index] = start
         sink = self._events
         try:
-            kwargs = self._kwargs_of(node) if node.bindings else node.kwargs
             if (
                 node.options.single_shot
                 and node.kind is _TASK
@@ -985,6 +1012,11 @@ class Execution:
                 release(limits, self)
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
+        if type(value) is EndBranch:  # succeeded, but what follows it is SKIPPED
+            self._succeed(index, value.value, children=False)
+            self._skip_dependents(index, None)
+            self._check_idle()
+            return
         self._succeed(index, value)
 
     def _join(self, node: Node) -> None:
@@ -1022,14 +1054,16 @@ class Execution:
         self._started[node.index] = _perf_counter()
         self._node_failed(node, error, 1)
 
-    def _succeed(self, index: int, value: Any, state: NodeState = _SUCCEEDED) -> None:
+    def _succeed(
+        self, index: int, value: Any, state: NodeState = _SUCCEEDED, *, children: bool = True
+    ) -> None:
         self._results[index] = value
         self._states[index] = state
         self._finished[index] = _perf_counter()
         remaining = self._remaining
         ready = self._ready
         states = self._states
-        for child in self._children[index]:
+        for child in self._children[index] if children else ():
             left = remaining[child] - 1
             remaining[child] = left
             if left == 0 and states[child] is _PENDING:
@@ -1093,7 +1127,7 @@ class Execution:
         while stack:
             i = stack.pop()
             for child in self._children[i]:
-                if child == tolerant_join:
+                if child == tolerant_join or self._nodes[child].after_all:
                     remaining[child] -= 1
                     if remaining[child] == 0 and states[child] is _PENDING:
                         self._ready.append(child)

@@ -7,7 +7,7 @@ import contextvars
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -65,11 +65,18 @@ async def run_in_executor(fn: Callable[[], T], executor: Executor) -> T:
     """
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(executor, contextvars.copy_context().run, fn)
+    error: BaseException | None = None
+    done: Any = None
     with anyio.CancelScope(shield=True):
         try:
             done = await asyncio.shield(future)
         except asyncio.CancelledError:  # a native cancel: wait for the thread, then go on
             await asyncio.wait([future])
             raise
+        except BaseException as exc:  # raised below, unless the run was cancelled meanwhile
+            error = exc
     await anyio.lowlevel.checkpoint_if_cancelled()
-    return done
+    if error is not None:
+        raise error
+    result: T = done
+    return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -37,10 +38,11 @@ from .._exceptions import (
     MissingInputError,
     SignatureError,
 )
-from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
+from .._graph import EndBranch, Graph, GraphBuilder, NodeKind, OptionalKey, find_cycle
 from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
 from .._runtime._current import EXECUTION
 from .._runtime._scheduler import Execution
+from .._runtime._states import NodeState
 from .._task import FunctionTask, Revert
 from ..retry import RETRY, REVERT_ALL, Attempt, History, Retry
 from ._flow import Decider, Flow, FlowItem, item_name
@@ -96,6 +98,30 @@ class Level:
     names: list[str]
     node: int = -1
     runner: RetriedFlow | None = None
+    reach: dict[tuple[int, int], bool] = field(default_factory=dict)
+    name_set: frozenset[str] = frozenset()
+
+    def reaches(self, source: int, target: int) -> bool:
+        """True when item ``source`` runs before item ``target`` (graph flows)."""
+        if source in self.preds[target]:
+            return True
+        key = (source, target)
+        found = self.reach.get(key)
+        if found is None:
+            seen = {target}
+            stack = [target]
+            found = False
+            while stack and not found:
+                i = stack.pop()
+                for j in (*self.preds[i], *(g for g, _ in self.gates[i])):
+                    if j == source:
+                        found = True
+                        break
+                    if j not in seen:
+                        seen.add(j)
+                        stack.append(j)
+            self.reach[key] = found
+        return found
 
     @property
     def export_names(self) -> list[str]:
@@ -229,11 +255,14 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
                 j = exports.setdefault(name, i)
                 if j != i:
                     raise AmbiguousProviderError(name, [_label(items[j]), _label(items[i])], where)
+        optional: list[tuple[int, str, str, int]] = []
         for i in range(n):
             for name, required, who in _wants(items[i]):
                 j = exports.get(name, i)
                 if j == i:
                     _merge(wants, name, required, who)
+                elif not required:  # an optional input never orders anything
+                    optional.append((i, name, who, j))
                 elif kind == "graph":
                     preds[i].append(j)
                 else:
@@ -270,8 +299,14 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     level = Level(
         flow, flow.name, kind, items, retry, preds, gates, order, exports, positions, wants, names
     )
+    if kind != "linear":
+        for i, name, who, j in optional:  # read from a provider only if it runs before
+            if kind == "unordered" or not level.reaches(j, i):
+                _merge(wants, name, False, who)
     if retry is not None:
         level.runner = RetriedFlow(level)
+        names.append(flow.name)
+        level.name_set = frozenset(names)
     return level
 
 
@@ -347,7 +382,7 @@ class _Emitter:
                 return item.node, name
             item = item.items[item.exports[name]]
 
-    def find(self, name: str, frame: Frame | None) -> _Found | None:
+    def find(self, name: str, frame: Frame | None, required: bool = True) -> _Found | None:
         f = frame
         while f is not None:
             level, pos, outer = f
@@ -359,13 +394,13 @@ class _Emitter:
                         return ("node", *self._ref(level.items[found[k]], name))
             elif level.kind == "graph":
                 q = level.exports.get(name)
-                if q is not None and q != pos:
+                if q is not None and q != pos and level.reaches(q, pos):
                     return ("node", *self._ref(level.items[q], name))
             f = outer
         if self.store is not None and name in self.store:
             return ("value", self.store[name], None)
-        if self.parent != -1:
-            return ("parent", self.parent, name)
+        if self.parent != -1:  # the dict the parent returns; an optional name may be absent
+            return ("parent", self.parent, name if required else OptionalKey(name))
         return None
 
     def bind(
@@ -377,7 +412,7 @@ class _Emitter:
         missing: list[str] = []
         for table, required in ((params.required, True), (params.optional, False)):
             for param, name in table.items():
-                found = self.find(name, frame)
+                found = self.find(name, frame, required)
                 if found is None:
                     if required:
                         missing.append(name)
@@ -418,7 +453,7 @@ class _Emitter:
             sinks: list[int] = []
             for pos, item in enumerate(items):
                 sinks.extend(self._emit_item(item, preds, (level, pos, frame)))
-            return tuple(sinks)
+            return tuple(sinks) or preds  # an empty flow: what follows waits for what preceded
         done: dict[int, tuple[int, ...]] = {}
         followed = [False] * len(items)
         for pos in level.order:
@@ -434,7 +469,8 @@ class _Emitter:
             done[pos] = self._emit_item(
                 items[pos], tuple(dict.fromkeys(parents)), (level, pos, frame)
             )
-        return tuple(x for pos in level.order if not followed[pos] for x in done[pos])
+        sinks = [x for pos in level.order if not followed[pos] for x in done[pos]]
+        return tuple(sinks) or preds
 
     def _emit_item(
         self, item: Atom | Level, preds: tuple[int, ...], frame: Frame
@@ -499,8 +535,8 @@ class _Emitter:
         )
         bindings, literals, missing = self.bind(wanted, frame)
         if missing:
-            who = next(level.wants[m][1] for m in missing)
-            raise self._missing(who, missing)
+            who = level.wants[missing[0]][1]
+            raise self._missing(who, [m for m in missing if level.wants[m][1] == who])
         index = self.builder.add(
             NodeKind.SUBGRAPH,
             level.runner.task,
@@ -546,17 +582,29 @@ class CompiledFlow:
     level: Level
     storage: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
+    def value(self, execution: Execution | None, name: str) -> tuple[bool, Any]:
+        """``(True, value)`` if the provider of ``name`` gave it, else ``(False, None)``."""
+        where = self.storage.get(name)
+        if where is None or execution is None:
+            return False, None
+        index, selector = where
+        if execution.state_of(index) is not NodeState.SUCCEEDED:
+            return False, None
+        value = execution.result_of(index)
+        if selector is None:
+            return True, value
+        try:
+            return True, value[selector]
+        except (KeyError, IndexError, TypeError):  # a retried flow whose provider was skipped
+            return False, None
+
     def values(self, execution: Execution | None) -> dict[str, Any]:
         """Every provided name whose provider succeeded, with its value."""
         out: dict[str, Any] = {}
-        if execution is None:
-            return out
-        from .._runtime._states import NodeState
-
-        for name, (index, selector) in self.storage.items():
-            if execution.state_of(index) is NodeState.SUCCEEDED:
-                value = execution.result_of(index)
-                out[name] = value if selector is None else value[selector]
+        for name in self.storage:
+            found, value = self.value(execution, name)
+            if found:
+                out[name] = value
         return out
 
 
@@ -576,10 +624,7 @@ def compile_flow(
     """
     level = flow if isinstance(flow, Level) else analyse(flow)
     c = _Compiler()
-    reserved = list(level.names)
-    if level.retry is not None and not root:
-        reserved.append(level.name)
-    c.builder.reserve(reserved)
+    c.builder.reserve(level.names)
     emitter = _Emitter(c, store or {}, -1)
     emitter.emit(level, (), None, root=root)
     storage = _storage_of(emitter, level, root=root)
@@ -601,33 +646,33 @@ class RetriedFlow:
     dict of the names the flow provides; its revert undoes the last attempt.
     """
 
-    __slots__ = ("attempts", "executions", "level", "task")
+    __slots__ = ("_runs", "level", "task")
 
     def __init__(self, level: Level) -> None:
         self.level = level
-        self.executions: list[Execution] = []
-        self.attempts: list[CompiledFlow] = []
+        # Attempts per outer run: one compiled graph may run several times at once.
+        self._runs: weakref.WeakKeyDictionary[Execution, list[tuple[CompiledFlow, Execution]]]
+        self._runs = weakref.WeakKeyDictionary()
 
-        async def run(**inputs: Any) -> dict[str, Any]:
+        async def run(**inputs: Any) -> Any:
             return await self.run(inputs)
 
         async def undo(**inputs: Any) -> None:
-            if self.executions:
-                await self.executions[-1].compensate()
+            last = self.last(EXECUTION.get())
+            if last is not None:
+                await last[1].compensate()
 
         run.__name__ = undo.__name__ = level.name
         task: FunctionTask[..., Any] = FunctionTask(run, {"name": level.name})
         task.reverter = Revert(undo, True, False, False, DEFAULT_OPTIONS)
         self.task = task
 
-    @property
-    def last(self) -> tuple[CompiledFlow, Execution] | None:
-        """The latest attempt, if one started."""
-        if not self.executions:
-            return None
-        return self.attempts[-1], self.executions[-1]
+    def last(self, outer: Execution | None) -> tuple[CompiledFlow, Execution] | None:
+        """The latest attempt made within the run ``outer``, if one started."""
+        attempts = self._runs.get(outer) if outer is not None else None
+        return attempts[-1] if attempts else None
 
-    async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any] | EndBranch:
         level = self.level
         retry = level.retry
         assert retry is not None
@@ -642,13 +687,13 @@ class RetriedFlow:
             compiled = compile_flow(level, store, root=True)
             if compiled.graph is None:
                 return {retry.provides: value} if retry.provides else {}
-            execution = EXECUTION.get().nested(compiled.graph)
-            self.attempts.append(compiled)
-            self.executions.append(execution)
+            outer = EXECUTION.get()
+            execution = outer.nested(compiled.graph)
+            self._runs.setdefault(outer, []).append((compiled, execution))
             try:
                 await execution.execute()
             except Exception as exc:
-                if isinstance(exc, CompensationFailed) or getattr(exc, _REVERT_ALL_FLAG, False):
+                if isinstance(exc, CompensationFailed) or _reverts_all(exc):
                     raise
                 history.attempts.append(Attempt(value, execution.failures()))
                 decision = await retry._call("on_failure", history, params)
@@ -664,7 +709,28 @@ class RetriedFlow:
             values = compiled.values(execution)
             if retry.provides:
                 values[retry.provides] = value
+            if _ended_a_branch(compiled.graph, execution):
+                return EndBranch(values)  # a decider said no: what follows is SKIPPED
             return values
+
+
+def _reverts_all(exc: BaseException) -> bool:
+    """True when a controller gave up with ``revert_all`` (inside a group too)."""
+    if getattr(exc, _REVERT_ALL_FLAG, False):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_reverts_all(e) for e in exc.exceptions)
+    return False
+
+
+def _ended_a_branch(graph: Graph, execution: Execution) -> bool:
+    """True when a last node of the run was SKIPPED (everything after it is, too)."""
+    return any(
+        not graph.children(node.index)
+        and node.error_scope is None
+        and execution.state_of(node.index) is NodeState.SKIPPED
+        for node in graph.nodes
+    )
 
 
 # --- a flow inside a canvas ------------------------------------------------------------------
@@ -717,10 +783,7 @@ class FlowCanvas(Canvas[dict[str, Any]]):
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
         level = analyse(self._flow)
-        reserved = list(level.names)
-        if level.retry is not None:
-            reserved.append(level.name)
-        c.builder.reserve(reserved)
+        c.builder.reserve(level.names)
         emitter = _Emitter(c, self._store, pred)
         preds = (pred,) if pred != -1 else ()
         sinks = emitter.emit(level, preds, None, root=False)
@@ -731,5 +794,6 @@ class FlowCanvas(Canvas[dict[str, Any]]):
             name=self._flow.name,
             parents=tuple(dict.fromkeys(sinks)) or preds,
             bindings=tuple((name, index, sel) for name, (index, sel) in storage.items()),
+            after_all=True,  # the flow's value is what it provided, deciders or not
         )
         return ((out,), False)
