@@ -619,7 +619,9 @@ class Execution:
         if self._revert_errors:  # its own unwinding failed: what it kept cannot be undone
             errors = list({id(e): e for e in self._revert_errors.values()}.values())
             raise CompensationFailed(
-                self.run_id, f"{len(errors)} revert(s) failed earlier; what they kept stays", errors  # type: ignore[arg-type]
+                self.run_id,
+                f"{len(errors)} revert(s) failed earlier; what they kept stays",
+                errors,  # type: ignore[arg-type]
             )
         if self.status is not RunStatus.SUCCEEDED:
             return  # a failed run was unwound already; a suspended one is not undone
