@@ -159,7 +159,11 @@ class Engine:
         await execution.execute()
 
     def suspend(self) -> None:
-        """Start no more tasks; running ones finish, then :meth:`run` returns (``SUSPENDED``)."""
+        """Start no more tasks; running ones finish, then :meth:`run` returns (``SUSPENDED``).
+
+        A task inside a retried flow counts as part of that flow, which runs to its
+        end. Before :meth:`run` has started (or once it ended) this does nothing.
+        """
         if self._execution is not None:
             self._execution.suspend()
 
