@@ -12,6 +12,10 @@ building or validating a workflow (before any task runs) also derive from
     │   ├── AmbiguousProviderError  .name, .providers: two providers of one name
     │   └── SignatureError(DefinitionError, TypeError)   .task, .argument, .reason
     ├── ProvidesError(AflowError, TypeError)      a result that does not fit ``provides``
+    ├── SerializationError(AflowError, TypeError) a value a durable store cannot hold
+    ├── StoreError(AflowError)                    a store that cannot be used as asked
+    │   ├── RunNotFound(StoreError, KeyError)     .run_id
+    │   └── ResumeMismatch(StoreError)            the workflow changed since the run began
     ├── RunError(AflowError)                      .run_id
     │   ├── RunNotFinished          the run has not finished yet
     │   ├── RunCancelled            run.cancel() or a runtime shutdown stopped it
@@ -44,6 +48,10 @@ __all__ = [
     "GroupFailed",
     "MissingInputError",
     "ProvidesError",
+    "ResumeMismatch",
+    "RunNotFound",
+    "SerializationError",
+    "StoreError",
     "RunCancelled",
     "RunError",
     "RunNotFinished",
@@ -154,6 +162,57 @@ class ProvidesError(AflowError, TypeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task, self.provides, self.reason))
+
+
+class SerializationError(AflowError, TypeError):
+    """A value cannot be stored by the run's serializer (JSON by default).
+
+    :attr:`task` names the task whose result (or ``"inputs"``) it is, :attr:`type`
+    the offending type and :attr:`path` where it sits inside the value.
+    """
+
+    def __init__(self, task: str, type_: type | str, path: str = "", detail: str = "") -> None:
+        self.task = task
+        self.type = type_ if isinstance(type_, str) else f"{type_.__module__}.{type_.__qualname__}"
+        self.path = path
+        self.detail = detail
+        where = f" at {path}" if path else ""
+        hint = f": {detail}" if detail else " (return JSON-friendly values, or opt in to pickle)"
+        super().__init__(f"task {task!r}: cannot serialise a {self.type}{where}{hint}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.type, self.path, self.detail))
+
+
+class StoreError(AflowError):
+    """A durable store cannot do what was asked (unknown URL, foreign or corrupt database...)."""
+
+
+class RunNotFound(StoreError, KeyError):
+    """No run with this id in the store."""
+
+    def __init__(self, run_id: str, where: str = "") -> None:
+        self.run_id = run_id
+        self.where = where
+        super().__init__(f"no run {run_id!r}" + (f" in {where}" if where else ""))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.where))
+
+
+class ResumeMismatch(StoreError):
+    """A run cannot resume: its workflow now builds a different graph (or cannot be rebuilt)."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} cannot resume: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.reason))
 
 
 class RunError(AflowError):

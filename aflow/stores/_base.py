@@ -1,0 +1,122 @@
+"""The store protocol, its records, and opening a store from a URL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .._exceptions import StoreError
+
+__all__ = ["SCHEMA_VERSION", "NodeRecord", "RunRecord", "Store", "open_store"]
+
+#: The schema this aflow writes; a store written by a newer aflow is refused.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as stored. ``params`` and ``result`` are serialised text."""
+
+    run_id: str
+    workflow: str
+    params: str
+    fingerprint: str
+    status: str
+    idempotency_key: str | None
+    created_at: float
+    updated_at: float
+    ended_at: float | None = None
+    result: str | None = None
+    error: str | None = None
+    serializer: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """The latest transition of one node of a run."""
+
+    key: str
+    state: str
+    attempt: int
+    result: str | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What a durable store does. Every method is safe to call from several tasks at once."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect, and create or check the schema (idempotent)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        """Insert a run; with an idempotency key already used, return that run instead.
+
+        Returns ``(run, created)``; atomic across tasks (and processes, for shared stores).
+        """
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The run (raises :class:`~aflow.stores.RunNotFound`)."""
+        ...
+
+    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        """Runs, newest first, optionally of one status."""
+        ...
+
+    async def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """Record a run's new status (and, at the end, its result or error)."""
+
+    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+        """Record node transitions, in one transaction (a batch is all or nothing)."""
+
+    async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
+        """The latest transition of each node of a run, by node key."""
+        ...
+
+
+def open_store(url: str | None) -> Store:
+    """The store for a URL: ``memory://``, ``sqlite:///path.db`` or ``postgresql://...``.
+
+    ``sqlite:///runs.db`` is a path relative to the working directory,
+    ``sqlite:////var/lib/runs.db`` an absolute one. The store still has to be
+    opened (``await store.open()``); a Runtime does that.
+    """
+    if url is None or url in ("memory", "memory://"):
+        from ._memory import MemoryStore
+
+        return MemoryStore()
+    if not isinstance(url, str):
+        raise StoreError(f"a store URL must be a string, got {url!r}")
+    if url.startswith("sqlite:///"):
+        from ._sqlite import SQLiteStore
+
+        path = url[len("sqlite:///") :]
+        if not path:
+            raise StoreError(f"store URL {url!r} names no file: use sqlite:///runs.db")
+        return SQLiteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from ._postgres import PostgresStore
+
+        return PostgresStore(url)
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    raise StoreError(
+        f"unknown store URL scheme {scheme!r} in {url!r}: "
+        "use memory://, sqlite:///path.db or postgresql://..."
+    )

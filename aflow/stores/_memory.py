@@ -1,0 +1,90 @@
+"""The in-memory store: the same behaviour as the durable ones, gone with the process."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import final
+
+from .._exceptions import RunNotFound
+from ._base import NodeRecord, RunRecord
+
+__all__ = ["MemoryStore"]
+
+
+@final
+class MemoryStore:
+    """Runs and node transitions in dicts (the default for a plain ``await``)."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._runs: dict[str, RunRecord] = {}
+        self._keys: dict[str, str] = {}
+        self._nodes: dict[str, dict[str, NodeRecord]] = {}
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore [{len(self._runs)} runs]>"
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        key = record.idempotency_key
+        if key is not None and key in self._keys:
+            return self._runs[self._keys[key]], False
+        if record.run_id in self._runs:
+            raise ValueError(f"run {record.run_id!r} exists already")
+        self._runs[record.run_id] = record
+        self._nodes[record.run_id] = {}
+        if key is not None:
+            self._keys[key] = record.run_id
+        return record, True
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFound(run_id, self.url) from None
+
+    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        runs = [r for r in self._runs.values() if status is None or r.status == status]
+        runs.sort(key=lambda r: r.created_at, reverse=True)
+        return runs[:limit]
+
+    async def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        import time
+
+        run = await self.get_run(run_id)
+        self._runs[run_id] = dataclasses.replace(
+            run,
+            status=status,
+            updated_at=time.time(),
+            result=result if result is not None else run.result,
+            error=error if error is not None else run.error,
+            ended_at=ended_at if ended_at is not None else run.ended_at,
+        )
+
+    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+        table = self._nodes.get(run_id)
+        if table is None:
+            raise RunNotFound(run_id, self.url)
+        for node in nodes:
+            table[node.key] = node
+
+    async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
+        table = self._nodes.get(run_id)
+        if table is None:
+            raise RunNotFound(run_id, self.url)
+        return dict(table)

@@ -1,0 +1,165 @@
+"""The PostgreSQL store, for several processes sharing runs (asyncpg lives here only)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, final
+
+from .._exceptions import RunNotFound, StoreError
+from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
+from ._sql import RUN_COLUMNS, SCHEMA, node_row, run_from_row, run_row
+
+__all__ = ["PostgresStore"]
+
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 13))
+
+
+@final
+class PostgresStore:
+    """Runs in PostgreSQL (``postgresql://user@host:port/db``); needs ``aflow[postgres]``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: Any = None
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.url.split('@')[-1]!r}>"
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            import asyncpg
+        except ImportError as exc:  # pragma: no cover - the extra is missing
+            raise StoreError("PostgreSQL stores need asyncpg: pip install 'aflow[postgres]'") from exc
+        try:
+            pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to {self!r}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # one process creates the schema at a time
+                await conn.execute("SELECT pg_advisory_xact_lock(727274)")
+                exists = await conn.fetchval("SELECT to_regclass('aflow_meta') IS NOT NULL")
+                version = 0
+                if exists:
+                    row = await conn.fetchval(
+                        "SELECT value FROM aflow_meta WHERE key = 'schema_version'"
+                    )
+                    version = int(row) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self!r} has schema {version}, newer than this aflow's "
+                        f"{SCHEMA_VERSION}: upgrade aflow"
+                    )
+                if version < SCHEMA_VERSION:
+                    for statement in SCHEMA:
+                        await conn.execute(statement.format(real="DOUBLE PRECISION"))
+                    await conn.execute(
+                        "INSERT INTO aflow_meta (key, value) VALUES ('schema_version', $1) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        str(SCHEMA_VERSION),
+                    )
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _p(self) -> Any:
+        if self._pool is None:
+            raise StoreError(f"the store {self!r} is not open: await store.open() first")
+        return self._pool
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        async with self._p().acquire() as conn:
+            inserted = await conn.fetchval(
+                f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING run_id",
+                *run_row(record),
+            )
+            if inserted is not None:
+                return record, True
+            row = await conn.fetchrow(
+                f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = $1",
+                record.idempotency_key,
+            )
+            return run_from_row(tuple(row)), False
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        row = await self._p().fetchrow(
+            f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE run_id = $1", run_id
+        )
+        if row is None:
+            raise RunNotFound(run_id, repr(self))
+        return run_from_row(tuple(row))
+
+    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        if status is None:
+            rows = await self._p().fetch(
+                f"SELECT {RUN_COLUMNS} FROM aflow_runs ORDER BY created_at DESC LIMIT $1", limit
+            )
+        else:
+            rows = await self._p().fetch(
+                f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE status = $1 "
+                "ORDER BY created_at DESC LIMIT $2",
+                status,
+                limit,
+            )
+        return [run_from_row(tuple(row)) for row in rows]
+
+    async def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        done = await self._p().execute(
+            "UPDATE aflow_runs SET status = $1, updated_at = $2, "
+            "result = COALESCE($3, result), error = COALESCE($4, error), "
+            "ended_at = COALESCE($5, ended_at) WHERE run_id = $6",
+            status,
+            time.time(),
+            result,
+            error,
+            ended_at,
+            run_id,
+        )
+        if done.endswith(" 0"):
+            raise RunNotFound(run_id, repr(self))
+
+    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+        if not nodes:
+            return
+        import asyncpg
+
+        async with self._p().acquire() as conn, conn.transaction():
+            try:
+                await conn.executemany(
+                    "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, "
+                    "started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "ON CONFLICT (run_id, key) DO UPDATE SET state = excluded.state, "
+                    "attempt = excluded.attempt, result = excluded.result, "
+                    "error = excluded.error, started_at = excluded.started_at, "
+                    "finished_at = excluded.finished_at",
+                    [node_row(run_id, node) for node in nodes],
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise RunNotFound(run_id, repr(self)) from exc
+
+    async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
+        await self.get_run(run_id)
+        rows = await self._p().fetch(
+            "SELECT key, state, attempt, result, error, started_at, finished_at "
+            "FROM aflow_nodes WHERE run_id = $1",
+            run_id,
+        )
+        return {row[0]: NodeRecord(*tuple(row)) for row in rows}

@@ -1,0 +1,202 @@
+"""The embedded SQLite store (aiosqlite is imported here and nowhere else).
+
+WAL journal with ``synchronous=NORMAL``: a committed batch survives the
+process being killed; a power cut may lose the last batches (they re-run
+on resume, like any node not recorded as done).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any, final
+
+import aiosqlite
+import anyio
+
+from .._exceptions import RunNotFound, StoreError
+from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
+from ._sql import RUN_COLUMNS, SCHEMA, node_row, run_from_row, run_row
+
+__all__ = ["SQLiteStore"]
+
+
+@final
+class SQLiteStore:
+    """Runs in one SQLite file (``sqlite:///runs.db``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._db: aiosqlite.Connection | None = None
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r}>"
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        try:
+            await self._prepare(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            async with db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'"
+            ) as cursor:
+                tables = {row[0] for row in await cursor.fetchall()}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path!r} is not an aflow store (not a SQLite database: {exc})"
+            ) from exc
+        if tables and "aflow_meta" not in tables:
+            raise StoreError(
+                f"{self.path!r} is a SQLite database of something else "
+                f"(tables: {', '.join(sorted(tables)[:5])}); aflow leaves it alone"
+            )
+        if "aflow_meta" in tables:
+            async with db.execute(
+                "SELECT value FROM aflow_meta WHERE key='schema_version'"
+            ) as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path!r} has schema {version}, newer than this aflow's "
+                    f"{SCHEMA_VERSION}: upgrade aflow"
+                )
+            if version == SCHEMA_VERSION:
+                return
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in SCHEMA:
+                await db.execute(statement.format(real="REAL"))
+            await db.execute(
+                "INSERT OR REPLACE INTO aflow_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"the store {self.url} is not open: await store.open() first")
+        return self._db
+
+    async def _fetchone(self, sql: str, args: Sequence[Any]) -> Any:
+        async with self._conn().execute(sql, args) as cursor:
+            return await cursor.fetchone()
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        db = self._conn()
+        async with self._lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                if record.idempotency_key is not None:
+                    row = await self._fetchone(
+                        f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = ?",
+                        (record.idempotency_key,),
+                    )
+                    if row is not None:
+                        await db.execute("COMMIT")
+                        return run_from_row(row), False
+                await db.execute(
+                    f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    run_row(record),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return record, True
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        row = await self._fetchone(
+            f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE run_id = ?", (run_id,)
+        )
+        if row is None:
+            raise RunNotFound(run_id, self.url)
+        return run_from_row(row)
+
+    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        sql = f"SELECT {RUN_COLUMNS} FROM aflow_runs"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql += " WHERE status = ?"
+            args = (status,)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        async with self._conn().execute(sql, (*args, limit)) as cursor:
+            return [run_from_row(row) for row in await cursor.fetchall()]
+
+    async def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        async with self._lock:
+            cursor = await self._conn().execute(
+                "UPDATE aflow_runs SET status = ?, updated_at = ?, "
+                "result = COALESCE(?, result), error = COALESCE(?, error), "
+                "ended_at = COALESCE(?, ended_at) WHERE run_id = ?",
+                (status, time.time(), result, error, ended_at, run_id),
+            )
+            if cursor.rowcount == 0:
+                raise RunNotFound(run_id, self.url)
+
+    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+        if not nodes:
+            return
+        db = self._conn()
+        async with self._lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(
+                    "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, "
+                    "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, key) DO UPDATE SET state = excluded.state, "
+                    "attempt = excluded.attempt, result = excluded.result, "
+                    "error = excluded.error, started_at = excluded.started_at, "
+                    "finished_at = excluded.finished_at",
+                    [node_row(run_id, node) for node in nodes],
+                )
+                await db.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                await db.execute("ROLLBACK")
+                raise RunNotFound(run_id, self.url) from exc
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
+        await self.get_run(run_id)
+        async with self._conn().execute(
+            "SELECT key, state, attempt, result, error, started_at, finished_at "
+            "FROM aflow_nodes WHERE run_id = ?",
+            (run_id,),
+        ) as cursor:
+            return {row[0]: NodeRecord(*row) for row in await cursor.fetchall()}
