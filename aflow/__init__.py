@@ -35,11 +35,11 @@ from ._exceptions import RunCancelled as RunCancelled
 from ._exceptions import RunError as RunError
 from ._exceptions import RunNotFinished as RunNotFinished
 from ._exceptions import RunTimeout as RunTimeout
+from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SignatureError as SignatureError
 from ._exceptions import TaskTimeout as TaskTimeout
 from ._failure import Failure as Failure
 from ._graph import Graph as Graph
-from ._graph import Node as Node
 from ._graph import NodeKind as NodeKind
 from ._graph import compile as compile
 from ._options import Backoff as Backoff
@@ -49,11 +49,11 @@ from ._runtime._api import run as run
 from ._runtime._api import run_sync as run_sync
 from ._runtime._current import current_attempt as current_attempt
 from ._runtime._states import NodeState as NodeState
-from ._runtime._states import RunStatistics as RunStatistics
 from ._runtime._states import RunStatus as RunStatus
 from ._runtime._states import StepInfo as StepInfo
 from ._task import FunctionTask as FunctionTask
 from ._task import task as task
+from ._workflow import workflow as workflow
 
 __version__ = "0.1.0.dev0"
 
@@ -73,17 +73,16 @@ __all__ = [
     "Graph",
     "Group",
     "GroupFailed",
-    "Node",
     "NodeKind",
     "NodeState",
     "Run",
     "RunCancelled",
     "RunError",
     "RunNotFinished",
-    "RunStatistics",
     "RunStatus",
     "RunTimeout",
     "Runtime",
+    "SerializationError",
     "Signature",
     "SignatureError",
     "StepInfo",
@@ -98,6 +97,7 @@ __all__ = [
     "run_sync",
     "signature",
     "task",
+    "workflow",
 ]
 
 for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
@@ -113,3 +113,4 @@ del _name, _obj
 from . import engines as engines  # noqa: E402
 from . import patterns as patterns  # noqa: E402
 from . import retry as retry  # noqa: E402
+from . import stores as stores  # noqa: E402

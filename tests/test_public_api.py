@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_all_is_sorted_and_complete() -> None:
     assert list(aflow.__all__) == sorted(aflow.__all__)
-    namespaces = {"testing", "patterns", "engines", "retry"}  # public submodules
+    namespaces = {"testing", "patterns", "engines", "retry", "stores"}  # public submodules
     public = {n for n in vars(aflow) if not n.startswith("_")} - namespaces - {"annotations"}
     assert public == set(aflow.__all__)
     assert len(aflow.__all__) <= 40

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+import time
+import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
@@ -13,7 +15,11 @@ import anyio
 import anyio.abc
 
 from .._events import Event, EventListener
-from .._exceptions import RunCancelled, RunNotFinished
+from .._exceptions import DefinitionError, ResumeMismatch, RunCancelled, RunError, RunNotFinished
+from .._serialize import Serializer, serializer_for
+from .._workflow import Workflow, fingerprint, resolve_workflow
+from ..stores._base import NodeRecord, RunRecord, Store, open_store
+from ._journal import Journal
 from .._failure import Failure
 from .._graph import Graph, NodeKind, compile
 from ._clock import Clock
@@ -30,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["Run", "Runtime", "run", "run_sync"]
 
 R = TypeVar("R")
+
+_FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
+_KEEP: Any = object()
 
 
 def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
@@ -185,7 +194,7 @@ class Run(Generic[R]):
     ``ready()``...) follow Celery's ``GroupResult`` and count task nodes.
     """
 
-    __slots__ = ("_error", "_execution", "_finished", "_streams", "_traceback", "_value")
+    __slots__ = ("_error", "_execution", "_finished", "_key", "_streams", "_traceback", "_value")
 
     def __init__(self, execution: Execution) -> None:
         self._execution = execution
@@ -194,6 +203,18 @@ class Run(Generic[R]):
         self._error: BaseException | None = None
         self._traceback: TracebackType | None = None
         self._streams: list[MemoryObjectSendStream[Event]] = []
+        self._key: str | None = None
+
+    @classmethod
+    def _finished_in_store(
+        cls, execution: Execution, value: Any, error: BaseException | None
+    ) -> Run[Any]:
+        """A handle on a run that ended earlier (found by its idempotency key)."""
+        handle: Run[Any] = cls(execution)
+        handle._value = value
+        handle._error = error
+        handle._finished.set()
+        return handle
 
     async def _drive(self) -> None:
         try:
@@ -388,8 +409,12 @@ class Runtime:
         "_limits",
         "_max_concurrency",
         "_on_error",
+        "_recover",
         "_runs",
+        "_serializer",
         "_shutdown_timeout",
+        "_store",
+        "_store_spec",
         "_tg",
         "_thread_limiter",
         "_threads",
@@ -408,7 +433,14 @@ class Runtime:
         timeout: float | None = None,
         compensation_timeout: float | None = None,
         clock: Clock | None = None,
+        store: str | Store | None = None,
+        serializer: str | Serializer = "json",
+        recover: bool = False,
     ) -> None:
+        self._store_spec = store
+        self._store: Store | None = None
+        self._serializer: Serializer = serializer_for(serializer)
+        self._recover = recover
         self._on_error = on_error
         self._timeout = timeout
         self._compensation_timeout = compensation_timeout
@@ -434,9 +466,20 @@ class Runtime:
         if self._tg is not None:
             raise RuntimeError("this Runtime is already running")
         self._thread_limiter = anyio.CapacityLimiter(self._threads)
+        spec = self._store_spec
+        if spec is not None:
+            store = open_store(spec) if isinstance(spec, str) else spec
+            await store.open()
+            self._store = store
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        if self._recover and self._store is not None:
+            try:
+                await self.recover()
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         return self
 
     async def __aexit__(
@@ -456,13 +499,20 @@ class Runtime:
                     active._execution.cancel()
         finally:
             self._tg = None
-            handled = await tg.__aexit__(exc_type, exc, tb)
+            try:
+                handled = await tg.__aexit__(exc_type, exc, tb)
+            finally:
+                if self._store is not None and isinstance(self._store_spec, str):
+                    with anyio.CancelScope(shield=True):
+                        await self._store.close()
+                self._store = None
         return handled
 
     @overload
     async def submit(
         self,
         workflow: Canvas[R],
+        /,
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
@@ -470,11 +520,14 @@ class Runtime:
         timeout: float | None = None,
         compensation_timeout: float | None = None,
         clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Run[R]: ...
     @overload
     async def submit(
         self,
         workflow: Graph | object,
+        /,
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
@@ -482,10 +535,14 @@ class Runtime:
         timeout: float | None = None,
         compensation_timeout: float | None = None,
         clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
     ) -> Run[Any]: ...
     async def submit(
         self,
         workflow: object,
+        /,
         *,
         run_id: str | None = None,
         on_event: EventListener | None = None,
@@ -493,36 +550,262 @@ class Runtime:
         timeout: float | None = None,
         compensation_timeout: float | None = None,
         clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
     ) -> Run[Any]:
         """Start a run in the runtime and return its handle at once.
 
-        The workflow is compiled and validated here, so a malformed workflow
-        raises to the submitter before anything runs.
+        ``workflow`` is a canvas, a flow or a graph, or an ``@aflow.workflow``
+        called with ``params`` / keyword parameters. The workflow is compiled
+        and validated here, so a malformed one raises before anything runs.
+
+        With a durable store (``Runtime(store="sqlite:///runs.db")``) the
+        workflow must be an ``@aflow.workflow`` (so any process can rebuild
+        it); every node is checkpointed. ``idempotency_key``: a second submit
+        with the same key returns the same run and runs nothing twice (a
+        finished run's handle holds its stored result).
         """
         if self._tg is None:
             raise RuntimeError("submit() needs an entered Runtime: use 'async with Runtime()'")
         if run_id is not None and (run_id in self._runs or run_id in self._history):
             raise ValueError(f"a run with id {run_id!r} is already active in this runtime")
+        all_params = {**(params or {}), **workflow_params}
+        store = self._store
+        if isinstance(workflow, Workflow):
+            graph = workflow.build(all_params)
+        elif all_params:
+            raise TypeError("parameters can only be given to an @aflow.workflow")
+        else:
+            if store is not None:
+                raise DefinitionError(
+                    f"a durable run needs a workflow it can rebuild: decorate the function that "
+                    f"builds {type(workflow).__name__} with @aflow.workflow and submit that "
+                    f"(the store is {store.url})"
+                )
+            graph = compile(workflow)
+        options = {
+            "on_event": on_event,
+            "on_error": on_error,
+            "timeout": timeout,
+            "compensation_timeout": compensation_timeout,
+            "clock": clock,
+        }
+        if store is None:
+            if idempotency_key is not None:
+                for active in (*self._runs.values(), *self._history.values()):
+                    if active._key == idempotency_key:
+                        return active
+            handle = self._start(graph, run_id, None, options)
+            handle._key = idempotency_key
+            return handle
+        assert isinstance(workflow, Workflow)
+        why = workflow.rebuildable
+        if why is not None:
+            raise DefinitionError(
+                f"workflow {workflow.path} cannot be rebuilt by another process: {why}"
+            )
+        now = time.time()
+        record = RunRecord(
+            run_id=run_id or uuid.uuid4().hex,
+            workflow=workflow.path,
+            params=self._serializer.dumps(all_params, task="inputs"),
+            fingerprint=fingerprint(graph),
+            status="pending",
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+            serializer=self._serializer.name,
+        )
+        stored, created = await store.create_run(record)
+        if not created:
+            return await self._attach(stored, graph, options)
+        return self._start(
+            graph, stored.run_id, Journal(store, stored.run_id, self._serializer), options
+        )
+
+    def _start(
+        self,
+        graph: Graph,
+        run_id: str | None,
+        journal: Journal | None,
+        options: Mapping[str, Any],
+        restore: tuple[Mapping[str, NodeRecord], bool] | None = None,
+    ) -> Run[Any]:
+        listener = options.get("on_event")
+        timeout = options.get("timeout")
+        compensation_timeout = options.get("compensation_timeout")
         execution = Execution(
-            compile(workflow),
+            graph,
             run_id=run_id,
             limits=self._limits,
             global_limits=self._global,
             thread_limiter=self._thread_limiter,
-            listeners=(on_event,) if on_event is not None else (),
-            on_error=on_error or self._on_error,
+            listeners=(listener,) if listener is not None else (),
+            on_error=options.get("on_error") or self._on_error,
             timeout=timeout if timeout is not None else self._timeout,
             compensation_timeout=(
                 compensation_timeout
                 if compensation_timeout is not None
                 else self._compensation_timeout
             ),
-            clock=clock or self._clock,
+            clock=options.get("clock") or self._clock,
+            journal=journal,
         )
+        if restore is not None:
+            execution.restore(restore[0], self._serializer.loads, unwinding=restore[1])
         handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle
+        assert self._tg is not None
         self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
         return handle
+
+    async def _attach(
+        self, stored: RunRecord, graph: Graph, options: Mapping[str, Any]
+    ) -> Run[Any]:
+        """The run an idempotency key names: live here, finished, or left by a dead process."""
+        active = self._runs.get(stored.run_id) or self._history.get(stored.run_id)
+        if active is not None:
+            return active
+        if stored.status in _FINISHED:
+            value = None
+            error: BaseException | None = None
+            if stored.result is not None:
+                value = serializer_for(stored.serializer).loads(stored.result)
+            if stored.status != "succeeded":
+                error = RunError(stored.run_id, f"the run ended {stored.status}: {stored.error}")
+            execution = Execution(graph, run_id=stored.run_id)
+            execution.status = RunStatus(stored.status)
+            return Run._finished_in_store(execution, value, error)
+        # pending or running in the store, but not here: another process has it, or had it
+        # and died; wait for it to end there (recovery resumes a dead one).
+        return await self._follow(stored, graph)
+
+    async def _follow(self, stored: RunRecord, graph: Graph) -> Run[Any]:
+        store = self._store
+        assert store is not None and self._tg is not None
+        execution = Execution(graph, run_id=stored.run_id)
+        execution.status = RunStatus.RUNNING
+        handle: Run[Any] = Run(execution)
+
+        async def poll() -> None:
+            while True:
+                record = await store.get_run(stored.run_id)
+                if record.status in _FINISHED:
+                    execution.status = RunStatus(record.status)
+                    if record.result is not None:
+                        handle._value = serializer_for(record.serializer).loads(record.result)
+                    if record.status != "succeeded":
+                        handle._error = RunError(
+                            record.run_id, f"the run ended {record.status}: {record.error}"
+                        )
+                    handle._finished.set()
+                    return
+                await anyio.sleep(0.05)
+
+        self._tg.start_soon(poll)
+        return handle
+
+    async def resume(self, run_id: str) -> Run[Any]:
+        """Take up a run a dead process left ``running`` (or ``reverting``) in the store.
+
+        The graph is rebuilt from the run's registered workflow and parameters
+        (:class:`~aflow.stores.ResumeMismatch` if it changed); nodes whose results
+        are on record are not run again, nodes that were running are run again
+        (at-least-once), and an interrupted compensation goes on where it stopped.
+        """
+        store = self._require_store("resume")
+        if self._tg is None:
+            raise RuntimeError("resume() needs an entered Runtime: use 'async with Runtime()'")
+        active = self._runs.get(run_id)
+        if active is not None:
+            return active
+        record = await store.get_run(run_id)
+        if record.status in _FINISHED:
+            raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
+        graph = self._rebuild(record)
+        records = await store.load_nodes(run_id)
+        serializer = serializer_for(record.serializer)
+        journal = Journal(store, run_id, serializer)
+        return self._start(graph, run_id, journal, {}, (records, record.status == "reverting"))
+
+    async def recover(self) -> list[Run[Any]]:
+        """Resume every run the store has ``running`` or ``reverting`` (after a crash)."""
+        store = self._require_store("recover")
+        found: list[Run[Any]] = []
+        for status in ("running", "reverting", "pending"):
+            for record in await store.list_runs(status, limit=10_000):
+                if record.run_id not in self._runs:
+                    found.append(await self.resume(record.run_id))
+        return found
+
+    async def fork(
+        self, run_id: str, reuse: Mapping[str, Any] | Iterable[str], *, run_key: str | None = None
+    ) -> Run[Any]:
+        """A new run of an earlier run's workflow that takes the ``reuse`` nodes' outputs from it.
+
+        ``reuse`` lists node keys (their stored outputs are taken as they are) or
+        maps keys to new outputs (dflow's ``reuse_step`` with a modified value).
+        """
+        store = self._require_store("fork")
+        record = await store.get_run(run_id)
+        graph = self._rebuild(record)
+        old = await store.load_nodes(run_id)
+        serializer = serializer_for(record.serializer)
+        overrides = dict(reuse) if isinstance(reuse, Mapping) else dict.fromkeys(reuse, _KEEP)
+        taken: dict[str, NodeRecord] = {}
+        for key, value in overrides.items():
+            graph.node(key)  # KeyError naming the known keys
+            if value is _KEEP:
+                found = old.get(key)
+                if found is None or found.state != "succeeded":
+                    raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
+                taken[key] = found
+            else:
+                text = serializer.dumps(value, task=key)
+                taken[key] = NodeRecord(key, "succeeded", 1, text)
+        now = time.time()
+        new = RunRecord(
+            run_id=uuid.uuid4().hex,
+            workflow=record.workflow,
+            params=record.params,
+            fingerprint=record.fingerprint,
+            status="pending",
+            idempotency_key=run_key,
+            created_at=now,
+            updated_at=now,
+            serializer=record.serializer,
+        )
+        stored, _ = await store.create_run(new)
+        await store.write_nodes(stored.run_id, list(taken.values()))
+        journal = Journal(store, stored.run_id, serializer)
+        return self._start(graph, stored.run_id, journal, {}, (taken, False))
+
+    def _rebuild(self, record: RunRecord) -> Graph:
+        try:
+            workflow = resolve_workflow(record.workflow)
+        except DefinitionError as exc:
+            raise ResumeMismatch(record.run_id, str(exc)) from exc
+        params = serializer_for(record.serializer).loads(record.params)
+        graph = workflow.build(params)
+        if fingerprint(graph) != record.fingerprint:
+            raise ResumeMismatch(
+                record.run_id,
+                f"workflow {record.workflow} now builds a different graph than when the run began",
+            )
+        return graph
+
+    def _require_store(self, what: str) -> Store:
+        if self._store is None:
+            raise RuntimeError(
+                f"{what}() needs a durable store: Runtime(store='sqlite:///runs.db')"
+            )
+        return self._store
+
+    @property
+    def store(self) -> Store | None:
+        """The runtime's durable store (``None``: runs live in memory only)."""
+        return self._store
 
     async def _drive(self, handle: Run[Any]) -> None:
         try:

@@ -65,13 +65,16 @@ from .._exceptions import (
     RunTimeout,
     TaskTimeout,
 )
+from .._exceptions import SerializationError
 from .._failure import Failure
+from ..stores._base import NodeRecord
 from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey, errback_extras
 from .._options import NodeOptions
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
+from ._journal import Journal
 from ._threads import run_in_executor, run_in_thread
 
 __all__ = ["Execution"]
@@ -290,6 +293,7 @@ class Execution:
         "_finished",
         "_global_limits",
         "_halt",
+        "_journal",
         "_limit_cache",
         "_limits",
         "_map_calls",
@@ -305,6 +309,7 @@ class Execution:
         "_revert_attempts",
         "_revert_errors",
         "_reverted",
+        "_resumed_unwinding",
         "_reverting",
         "_running",
         "_scope",
@@ -345,6 +350,7 @@ class Execution:
         clock: Clock | None = None,
         executor: Executor | None = None,
         nested: bool = False,
+        journal: Journal | None = None,
     ) -> None:
         if on_error not in ("revert", "continue"):
             raise ValueError(f"on_error must be 'revert' or 'continue', got {on_error!r}")
@@ -408,6 +414,8 @@ class Execution:
         self._suspend_requested = False
         self._executor = executor
         self._nested = nested
+        self._journal = journal
+        self._resumed_unwinding = False
         self._timed_out = False
         self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
@@ -464,6 +472,94 @@ class Execution:
     async def execute(self) -> Any:
         """Run the graph to the end in the calling task; return the output node's value.
 
+        With a journal (a durable store), the run's status, result or error are
+        recorded too; a run killed before the end stays ``running`` (or
+        ``reverting``) in the store, which is what recovery looks for.
+        """
+        journal = self._journal
+        if journal is None:
+            return await self._execute()
+        store = journal.store
+        await store.set_status(self.run_id, "running")
+        try:
+            value = await self._execute()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await store.set_status(
+                    self.run_id,
+                    self.status.value,
+                    error=f"{type(exc).__name__}: {exc}",
+                    ended_at=self.ended_at,
+                )
+            raise
+        try:
+            text: str | None = journal.encode("the run's result", value)
+        except SerializationError:
+            text = None  # every node's result is on record; only the run's own value is not
+        with anyio.CancelScope(shield=True):
+            await store.set_status(
+                self.run_id, self.status.value, result=text, ended_at=self.ended_at
+            )
+        return value
+
+    def restore(
+        self, records: Mapping[str, NodeRecord], decode: Callable[[str], Any], *, unwinding: bool
+    ) -> None:
+        """Take up a run from its checkpoints: recorded successes are not run again.
+
+        With ``unwinding`` the run was compensating when it stopped: nodes already
+        reverted stay so, and the unwinding goes on from there (what had failed or
+        was running then is reverted too, as it would have been).
+        """
+        if self.status is not RunStatus.PENDING:
+            raise RuntimeError(f"run {self.run_id} was already started")
+        now = _perf_counter()
+        states = self._states
+        for node in self._nodes:
+            record = records.get(node.key)
+            if record is None or node.task is None:
+                continue
+            i = node.index
+            state = record.state
+            if state == "succeeded" and record.result is not None:
+                self._results[i] = decode(record.result)
+                states[i] = _SUCCEEDED
+            elif unwinding and state == "reverted":
+                states[i] = _REVERTED
+                self._reverted.append(i)
+            elif unwinding and state in ("failed", "running", "revert_failed"):
+                error = RuntimeError(record.error or "cancelled when the process stopped")
+                cancelled = state == "running"
+                states[i] = _CANCELLED if cancelled else _FAILED
+                self._errors[i] = error
+                self._failures[i] = Failure.capture(
+                    node.key, error, record.attempt, cancelled=cancelled
+                )
+                if state == "revert_failed":
+                    states[i] = _REVERT_FAILED
+                    self._revert_errors[i] = error
+            else:
+                continue
+            self._started[i] = self._finished[i] = now
+            if record.attempt > 1:
+                self._attempts[i] = record.attempt
+        done = [i for i, st in enumerate(states) if st is _SUCCEEDED]
+        self._done_count = len(done)
+        for i in done:
+            self._release(i)
+        self._ready = deque(
+            node.index
+            for node in self._nodes
+            if node.error_scope is None
+            and states[node.index] is _PENDING
+            and self._remaining[node.index] == 0
+        )
+        if unwinding:
+            self._resumed_unwinding = True
+
+    async def _execute(self) -> Any:
+        """The run itself (see :meth:`execute`).
+
         On failure the other running tasks are cancelled, completed work is
         unwound (reverts, reverse dependency order, shielded), error callbacks
         run, and the task's own exception is raised with notes naming the
@@ -484,8 +580,11 @@ class Execution:
         events = self._events
         events.emit(RUN_STARTED)
         caller_cancel: BaseException | None = None
+        if self._resumed_unwinding:  # taken up mid-compensation: go on with it
+            self._failure = next(iter(self._errors.items()), (0, RuntimeError("resumed")))
+            self._halt = True
         try:
-            if not self._cancel_requested:  # run.cancel() may come before the run starts
+            if not self._cancel_requested and not self._resumed_unwinding:
                 with self._clock.cancel_scope(self._timeout) as deadline:
                     await self._run_phase()
                 if deadline.cancelled_caught:
@@ -573,15 +672,43 @@ class Execution:
     async def _run_phase(self) -> None:
         """Run workers until the phase's ready work is done (or it is halted)."""
         self._halt = False
+        journal = self._journal
+        if journal is not None:
+            journal.reopen()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._scope = tg.cancel_scope
+            if journal is not None:
+                tg.start_soon(self._flusher, journal)
             await self._worker()
             if self._busy():
                 self._done = anyio.Event()
                 await self._done.wait()
+            if journal is not None:
+                journal.close()
         self._tg = None
         self._done = None
+        if journal is not None and journal.holding:  # left over by a halted phase
+            with anyio.CancelScope(shield=True):
+                released = await journal.write()
+            self._release_held(released)
+
+    async def _flusher(self, journal: Journal) -> None:
+        """Write checkpoints in batches; release what each batch held (see _journal)."""
+        while await journal.next_batch():
+            with anyio.CancelScope(shield=True):  # a batch is written whole, even when cancelled
+                released = await journal.write()
+            self._release_held(released)
+            if self._ready:
+                self._ensure_worker()
+            self._check_idle()
+
+    def _release_held(self, released: list[tuple[str, int]]) -> None:
+        for kind, index in released:
+            if kind == "ok":
+                self._release(index)
+            else:
+                self._unwound(index)
 
     def suspend(self) -> None:
         """Start no more nodes; the running ones finish, then :meth:`execute` returns.
@@ -657,7 +784,8 @@ class Execution:
         if self._halt:
             return False
         if self._unwinding:
-            return bool(self._running or self._ready or self._parked)
+            held = self._journal is not None and self._journal.holding
+            return bool(self._running or self._ready or self._parked or held)
         return self._done_count < self._needed
 
     def _check_idle(self) -> None:
@@ -977,6 +1105,8 @@ class Execution:
         start = _perf_counter()
         self._started[index] = start
         sink = self._events
+        if self._journal is not None:
+            self._journal.started(node.key, 1)
         try:
             if (
                 node.options.single_shot
@@ -1019,7 +1149,27 @@ class Execution:
             self._skip_dependents(index, None)
             self._check_idle()
             return
+        if self._journal is not None:
+            self._checkpoint_success(node, value, attempt, start)
+            return
         self._succeed(index, value)
+
+    def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
+        """Record a success; its children start once the record is written."""
+        journal = self._journal
+        assert journal is not None
+        try:
+            text = journal.encode(node.key, value)
+        except SerializationError as exc:  # the value cannot be kept: the node fails
+            self._node_failed(node, exc, attempt)
+            return
+        now = time.time()
+        started = self._wall(start)
+        journal.record(
+            NodeRecord(node.key, "succeeded", attempt, text, None, started, now),
+            ("ok", node.index),
+        )
+        self._succeed(node.index, value, children=False)
 
     def _join(self, node: Node) -> None:
         results = self._results
@@ -1062,20 +1212,29 @@ class Execution:
         self._results[index] = value
         self._states[index] = state
         self._finished[index] = _perf_counter()
-        remaining = self._remaining
-        ready = self._ready
-        states = self._states
-        for child in self._children[index] if children else ():
-            left = remaining[child] - 1
-            remaining[child] = left
-            if left == 0 and states[child] is _PENDING:
-                ready.append(child)
+        if children:
+            self._release(index)
         self._done_count += 1
         if self._done_count == self._needed and self._done is not None:
             self._done.set()
 
+    def _release(self, index: int) -> None:
+        """Node ``index`` is done: its children whose parents are all done become ready."""
+        remaining = self._remaining
+        ready = self._ready
+        states = self._states
+        for child in self._children[index]:
+            left = remaining[child] - 1
+            remaining[child] = left
+            if left == 0 and states[child] is _PENDING:
+                ready.append(child)
+
     def _node_failed(self, node: Node, error: Exception, attempt: int) -> None:
         index = node.index
+        if self._journal is not None and node.task is not None:
+            self._journal.record(
+                NodeRecord(node.key, "failed", attempt, None, f"{type(error).__name__}: {error}")
+            )
         self._errors[index] = error
         self._failures[index] = Failure.capture(node.key, error, attempt)
         error.add_note(f"aflow: task {node.key!r} failed on attempt {attempt} in run {self.run_id}")
@@ -1166,6 +1325,8 @@ class Execution:
 
         async def compensate() -> None:
             nonlocal timed_out
+            if self._journal is not None:
+                await self._journal.store.set_status(self.run_id, "reverting")
             try:
                 with self._clock.cancel_scope(self._compensation_timeout) as deadline:
                     await self._run_phase()
@@ -1260,6 +1421,10 @@ class Execution:
         except Exception as exc:
             self._states[index] = _REVERT_FAILED
             self._revert_errors[index] = exc
+            if self._journal is not None:
+                tries = self._revert_attempts.get(index, 1)
+                text = f"{type(exc).__name__}: {exc}"
+                self._journal.record(NodeRecord(node.key, "revert_failed", tries, None, text))
             exc.add_note(f"aflow: the revert of {node.key!r} failed in run {self.run_id}")
             if sink.node_events:
                 sink.emit(REVERT_FAILED, node.key, node.name, error=exc)
@@ -1269,7 +1434,13 @@ class Execution:
             self._reverted.append(index)
             if sink.node_events:
                 sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
-            self._unwound(index)  # before the idle check: the parents are ready now
+            if self._journal is not None:  # its parents' reverts start once this is on record
+                self._journal.record(
+                    NodeRecord(node.key, "reverted", attempt, None, None, None, time.time()),
+                    ("reverted", index),
+                )
+            else:
+                self._unwound(index)  # before the idle check: the parents are ready now
         finally:
             self._running -= 1
             if limits:

@@ -32,7 +32,9 @@ class PostgresStore:
         try:
             import asyncpg
         except ImportError as exc:  # pragma: no cover - the extra is missing
-            raise StoreError("PostgreSQL stores need asyncpg: pip install 'aflow[postgres]'") from exc
+            raise StoreError(
+                "PostgreSQL stores need asyncpg: pip install 'aflow[postgres]'"
+            ) from exc
         try:
             pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
         except (OSError, asyncpg.PostgresError) as exc:

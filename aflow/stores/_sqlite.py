@@ -54,9 +54,7 @@ class SQLiteStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
-            async with db.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'"
-            ) as cursor:
+            async with db.execute("SELECT name FROM sqlite_master WHERE type='table'") as cursor:
                 tables = {row[0] for row in await cursor.fetchall()}
         except sqlite3.DatabaseError as exc:
             raise StoreError(

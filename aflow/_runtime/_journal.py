@@ -1,0 +1,100 @@
+"""Checkpoints of one run: node transitions buffered, then written to the store in batches.
+
+A node's success is *held*: its children start only once the batch holding
+it is committed (group commit), so a crash never loses a result something
+downstream already used. While one batch is being written the next one
+fills, so a fan-out pays one transaction per batch, not per node. Reverts
+are held the same way: a node's revert starts only once the reverts of its
+consumers are on record, so an interrupted compensation resumes where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, final
+
+import anyio
+
+from .._serialize import Serializer
+from ..stores._base import NodeRecord, Store
+
+__all__ = ["Journal"]
+
+
+@final
+class Journal:
+    """The checkpoint buffer of one run."""
+
+    __slots__ = (
+        "_pending",
+        "_wake",
+        "batches",
+        "closing",
+        "held",
+        "run_id",
+        "serializer",
+        "store",
+        "written",
+    )
+
+    def __init__(self, store: Store, run_id: str, serializer: Serializer) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.serializer = serializer
+        self._pending: dict[str, NodeRecord] = {}
+        #: (kind, node index) released once the pending batch is committed
+        self.held: list[tuple[str, int]] = []
+        self._wake = anyio.Event()
+        self.closing = False
+        self.batches = 0
+        self.written = 0
+
+    @property
+    def holding(self) -> bool:
+        """True while transitions wait to be written."""
+        return bool(self._pending or self.held)
+
+    def encode(self, task: str, value: Any) -> str:
+        """The stored form of a result (raises :class:`aflow.SerializationError`)."""
+        return self.serializer.dumps(value, task=task)
+
+    def record(self, node: NodeRecord, hold: tuple[str, int] | None = None) -> None:
+        """Buffer one transition; ``hold`` is released to the scheduler after it is written."""
+        self._pending[node.key] = node
+        if hold is not None:
+            self.held.append(hold)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def started(self, key: str, attempt: int) -> None:
+        self.record(NodeRecord(key, "running", attempt, started_at=time.time()))
+
+    async def next_batch(self) -> bool:
+        """Wait for something to write; False once the phase is over and all is written."""
+        while not self._pending and not self.held:
+            if self.closing:
+                return False
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        return True
+
+    async def write(self) -> list[tuple[str, int]]:
+        """Write what is pending in one transaction; return the transitions it releases."""
+        batch = list(self._pending.values())
+        released = self.held
+        self._pending = {}
+        self.held = []
+        if batch:
+            await self.store.write_nodes(self.run_id, batch)
+            self.batches += 1
+            self.written += len(batch)
+        return released
+
+    def close(self) -> None:
+        """No more transitions this phase: write what is left, then stop."""
+        self.closing = True
+        self._wake.set()
+
+    def reopen(self) -> None:
+        self.closing = False
