@@ -8,8 +8,9 @@ import pytest
 
 import aflow
 import aflow.patterns
-from aflow import Graph, Node, NodeKind
+from aflow import Graph, NodeKind
 from aflow._exceptions import AflowInternalError
+from aflow._graph import Node
 
 
 @aflow.task

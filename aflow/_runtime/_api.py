@@ -16,13 +16,13 @@ import anyio.abc
 
 from .._events import Event, EventListener
 from .._exceptions import DefinitionError, ResumeMismatch, RunCancelled, RunError, RunNotFinished
+from .._failure import Failure
+from .._graph import Graph, NodeKind, compile
 from .._serialize import Serializer, serializer_for
 from .._workflow import Workflow, fingerprint, resolve_workflow
 from ..stores._base import NodeRecord, RunRecord, Store, open_store
-from ._journal import Journal
-from .._failure import Failure
-from .._graph import Graph, NodeKind, compile
 from ._clock import Clock
+from ._journal import Journal
 from ._limits import Limit
 from ._scheduler import Execution
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
@@ -683,7 +683,8 @@ class Runtime:
 
     async def _follow(self, stored: RunRecord, graph: Graph) -> Run[Any]:
         store = self._store
-        assert store is not None and self._tg is not None
+        assert store is not None
+        assert self._tg is not None
         execution = Execution(graph, run_id=stored.run_id)
         execution.status = RunStatus.RUNNING
         handle: Run[Any] = Run(execution)

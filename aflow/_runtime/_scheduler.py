@@ -63,18 +63,18 @@ from .._exceptions import (
     MissingInputError,
     RunCancelled,
     RunTimeout,
+    SerializationError,
     TaskTimeout,
 )
-from .._exceptions import SerializationError
 from .._failure import Failure
-from ..stores._base import NodeRecord
 from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey, errback_extras
 from .._options import NodeOptions
+from ..stores._base import NodeRecord
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
+from ._journal import Journal
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
-from ._journal import Journal
 from ._threads import run_in_executor, run_in_thread
 
 __all__ = ["Execution"]
@@ -306,10 +306,10 @@ class Execution:
         "_ready",
         "_remaining",
         "_results",
+        "_resumed_unwinding",
         "_revert_attempts",
         "_revert_errors",
         "_reverted",
-        "_resumed_unwinding",
         "_reverting",
         "_running",
         "_scope",
