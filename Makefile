@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict tests/typing
 
 test: lint
+	./scripts/ensure-postgres
 	$(BIN)/python -m pytest
 
 $(PEERS)/.installed:

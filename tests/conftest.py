@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
@@ -36,3 +37,21 @@ def pytest_asyncio_loop_factories(
             raise pytest.UsageError("uvloop is required for the both-loops tests: make test")
         factories["uvloop"] = uvloop.new_event_loop
     return factories
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (see tests/pg.py)."""
+    from .pg import postgres_cluster
+
+    try:
+        cluster = postgres_cluster()
+        url = cluster.__enter__()
+    except RuntimeError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(f"PostgreSQL unavailable here (CI fails instead): {exc}")
+    try:
+        yield url
+    finally:
+        cluster.__exit__(None, None, None)
