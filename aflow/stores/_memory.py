@@ -81,6 +81,13 @@ class MemoryStore:
         if table is None:
             raise RunNotFound(run_id, self.url)
         for node in nodes:
+            old = table.get(node.key)
+            if old is not None:  # a later transition keeps the result and start time it lacks
+                node = dataclasses.replace(
+                    node,
+                    result=node.result if node.result is not None else old.result,
+                    started_at=node.started_at if node.started_at is not None else old.started_at,
+                )
             table[node.key] = node
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:

@@ -149,8 +149,9 @@ class PostgresStore:
                     "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, "
                     "started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
                     "ON CONFLICT (run_id, key) DO UPDATE SET state = excluded.state, "
-                    "attempt = excluded.attempt, result = excluded.result, "
-                    "error = excluded.error, started_at = excluded.started_at, "
+                    "attempt = excluded.attempt, result = COALESCE(excluded.result, aflow_nodes.result), "
+                    "error = excluded.error, "
+                    "started_at = COALESCE(excluded.started_at, aflow_nodes.started_at), "
                     "finished_at = excluded.finished_at",
                     [node_row(run_id, node) for node in nodes],
                 )

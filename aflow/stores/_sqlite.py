@@ -177,8 +177,9 @@ class SQLiteStore:
                     "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, "
                     "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (run_id, key) DO UPDATE SET state = excluded.state, "
-                    "attempt = excluded.attempt, result = excluded.result, "
-                    "error = excluded.error, started_at = excluded.started_at, "
+                    "attempt = excluded.attempt, result = COALESCE(excluded.result, aflow_nodes.result), "
+                    "error = excluded.error, "
+                    "started_at = COALESCE(excluded.started_at, aflow_nodes.started_at), "
                     "finished_at = excluded.finished_at",
                     [node_row(run_id, node) for node in nodes],
                 )

@@ -1,0 +1,260 @@
+"""Durable runs: checkpoints, idempotency, resume after a real crash, fork, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+import aflow
+from aflow.stores import ResumeMismatch, RunNotFound
+
+from . import durable_workflows as wf
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def counts(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pathlib.Path]:
+    path = tmp_path / "counts.json"
+    monkeypatch.setenv("AFLOW_COUNTS", str(path))
+    monkeypatch.delenv("AFLOW_HANG", raising=False)
+    yield path
+
+
+def read(path: pathlib.Path) -> dict[str, int]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    import asyncpg
+
+    async def create() -> str:
+        name = f"t{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(url)
+        await conn.execute(f"CREATE DATABASE {name}")
+        await conn.close()
+        return url.rsplit("/", 1)[0] + f"/{name}"
+
+    return anyio.run(create)
+
+
+async def test_a_durable_run_checkpoints_every_node(store_url: str, counts: pathlib.Path) -> None:
+    async with aflow.Runtime(store=store_url) as rt:
+        run = await rt.submit(wf.abc, start=1)
+        assert await run.result() == 104
+        assert rt.store is not None
+        nodes = await rt.store.load_nodes(run.id)
+        stored = await rt.store.get_run(run.id)
+    assert {k: (n.state, n.result) for k, n in nodes.items()} == {
+        "step_a": ("succeeded", "2"),
+        "step_b": ("succeeded", "4"),
+        "step_c": ("succeeded", "104"),
+    }
+    assert stored.status == "succeeded"
+    assert stored.result == "104"
+    assert stored.workflow == "tests.durable_workflows:abc"
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}
+
+
+async def test_an_idempotency_key_runs_once_even_when_submitted_at_once(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=store_url) as rt:
+        handles = []
+
+        async def submit() -> None:
+            handles.append(await rt.submit(wf.abc, start=1, idempotency_key="order-42"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(submit)
+        assert len({h.id for h in handles}) == 1
+        assert [await h.result() for h in handles] == [104] * 4
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}
+    async with aflow.Runtime(store=store_url) as rt:  # a later process: the stored result
+        again = await rt.submit(wf.abc, start=1, idempotency_key="order-42")
+        assert again.id == handles[0].id
+        assert await again.result() == 104
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}
+
+
+async def test_a_value_that_cannot_be_stored_fails_its_node_and_keeps_the_rest(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        run = await rt.submit(wf.a_then_opaque, start=1)
+        with pytest.raises(aflow.SerializationError) as info:
+            await run.result()
+        assert rt.store is not None
+        nodes = await rt.store.load_nodes(run.id)
+    assert info.value.task == "opaque"
+    assert info.value.type == "tests.durable_workflows.Opaque"
+    assert (nodes["step_a"].state, nodes["step_a"].result) == ("reverted", "2")  # kept
+    assert nodes["opaque"].state == "failed"
+    assert "SerializationError" in (nodes["opaque"].error or "")
+
+
+async def test_a_workflow_that_cannot_be_rebuilt_is_refused(tmp_path: pathlib.Path) -> None:
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        with pytest.raises(aflow.DefinitionError, match="@aflow.workflow"):
+            await rt.submit(wf.step_a.s(1))
+
+        @aflow.workflow
+        def local(start: int) -> aflow.Signature[int]:
+            return wf.step_a.s(start)
+
+        with pytest.raises(aflow.DefinitionError, match="inside a function"):
+            await rt.submit(local, start=1)
+        with pytest.raises(aflow.SerializationError, match="'inputs'"):
+            await rt.submit(wf.abc, start=wf.Opaque())
+        assert rt.store is not None
+        assert await rt.store.list_runs() == []  # nothing was recorded
+
+
+async def test_resume_refuses_unknown_finished_and_changed_runs(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        with pytest.raises(RunNotFound):
+            await rt.resume("no-such-run")
+        run = await rt.submit(wf.abc, start=1)
+        await run.result()
+        with pytest.raises(ResumeMismatch, match="finished already"):
+            await rt.resume(run.id)
+        assert rt.store is not None
+        record = await rt.store.get_run(run.id)
+        changed = aflow.stores.RunRecord(
+            **{f: getattr(record, f) for f in record.__dataclass_fields__},
+        )
+        object.__setattr__(changed, "run_id", "changed")
+        object.__setattr__(changed, "status", "running")
+        object.__setattr__(changed, "fingerprint", "0" * 32)
+        object.__setattr__(changed, "idempotency_key", None)
+        await rt.store.create_run(changed)
+        with pytest.raises(ResumeMismatch, match="different graph"):
+            await rt.resume("changed")
+        assert (await rt.store.get_run("changed")).status == "running"  # left as it was
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}
+
+
+async def test_fork_reuses_the_outputs_it_is_told_to(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        first = await rt.submit(wf.abc, start=1)
+        assert await first.result() == 104
+        same = await rt.fork(first.id, reuse=["step_a", "step_b"])
+        assert await same.result() == 104
+        changed = await rt.fork(first.id, reuse={"step_a": 10})
+        assert await changed.result() == 120
+    assert read(counts) == {"A": 1, "B": 2, "C": 3}
+
+
+async def test_a_durable_fan_out_batches_its_checkpoints(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        run = await rt.submit(wf.fan, n=200)
+        assert await run.result() == sum(range(1, 201))
+        assert rt.store is not None
+        nodes = await rt.store.load_nodes(run.id)
+    assert sum(1 for n in nodes.values() if n.state == "succeeded") == 201
+    journal = run._execution._journal
+    assert journal is not None
+    assert journal.batches < 201  # several successes per transaction
+
+
+# --- crashes: a real process killed with SIGKILL, then a fresh one resumes ------------------
+
+CRASHER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import aflow
+    from tests import durable_workflows as wf
+
+    async def main():
+        async with aflow.Runtime(store=sys.argv[1]) as rt:
+            run = await rt.submit(getattr(wf, sys.argv[2]), start=1)
+            print(run.id, flush=True)
+            try:
+                await run.result()
+            except Exception:
+                pass
+
+    asyncio.run(main())
+    """
+)
+
+
+def crash_in(store_url: str, workflow: str, hang: str, counts: pathlib.Path) -> str:
+    """Run ``workflow`` in a subprocess and SIGKILL it while step ``hang`` runs."""
+    env = {**os.environ, "AFLOW_COUNTS": str(counts), "AFLOW_HANG": hang}
+    with subprocess.Popen(
+        [sys.executable, "-c", CRASHER, store_url, workflow],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            run_id = proc.stdout.readline().strip()
+            marker = counts.parent / f"hanging-{hang}"
+            deadline = time.monotonic() + 30
+            while not marker.exists():  # the step signals that it is blocked
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the step never started"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return run_id
+
+
+@pytest.mark.slow
+async def test_a_run_killed_inside_b_resumes_without_repeating_a(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc", "B", counts)
+    assert read(counts) == {"A": 1, "B": 1}
+    async with aflow.Runtime(store=store_url, recover=True) as rt:
+        (run,) = rt.runs()
+        assert run.id == run_id
+        assert await run.result() == 104  # what an uninterrupted run returns
+    assert read(counts) == {"A": 1, "B": 2, "C": 1}  # B ran again: at-least-once
+
+
+@pytest.mark.slow
+async def test_a_run_killed_during_compensation_finishes_unwinding(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc_fails", "revert-B", counts)
+    assert read(counts) == {"A": 1, "B": 1, "C": 1, "revert-B": 1}
+    async with aflow.Runtime(store=store_url) as rt:
+        assert rt.store is not None
+        assert (await rt.store.get_run(run_id)).status == "reverting"
+        run = await rt.resume(run_id)
+        with pytest.raises(Exception, match="card declined"):
+            await run.result()
+        assert run.status is aflow.RunStatus.REVERTED
+        assert (await rt.store.get_run(run_id)).status == "reverted"
+    assert read(counts) == {"A": 1, "B": 1, "C": 1, "revert-B": 2, "revert-A": 1}
