@@ -11,7 +11,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -25,11 +24,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def counts(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pathlib.Path]:
+def counts(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
     path = tmp_path / "counts.json"
     monkeypatch.setenv("AFLOW_COUNTS", str(path))
     monkeypatch.delenv("AFLOW_HANG", raising=False)
-    yield path
+    return path
 
 
 def read(path: pathlib.Path) -> dict[str, int]:
@@ -111,7 +110,7 @@ async def test_a_value_that_cannot_be_stored_fails_its_node_and_keeps_the_rest(
 
 async def test_a_workflow_that_cannot_be_rebuilt_is_refused(tmp_path: pathlib.Path) -> None:
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
-        with pytest.raises(aflow.DefinitionError, match="@aflow.workflow"):
+        with pytest.raises(aflow.DefinitionError, match=r"@aflow\.workflow"):
             await rt.submit(wf.step_a.s(1))
 
         @aflow.workflow

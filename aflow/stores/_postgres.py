@@ -8,7 +8,7 @@ from typing import Any, final
 
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
-from ._sql import RUN_COLUMNS, SCHEMA, node_row, run_from_row, run_row
+from ._sql import RUN_COLUMNS, SCHEMA, UPSERT_NODE, node_row, run_from_row, run_row
 
 __all__ = ["PostgresStore"]
 
@@ -146,13 +146,7 @@ class PostgresStore:
         async with self._p().acquire() as conn, conn.transaction():
             try:
                 await conn.executemany(
-                    "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, "
-                    "started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-                    "ON CONFLICT (run_id, key) DO UPDATE SET state = excluded.state, "
-                    "attempt = excluded.attempt, result = COALESCE(excluded.result, aflow_nodes.result), "
-                    "error = excluded.error, "
-                    "started_at = COALESCE(excluded.started_at, aflow_nodes.started_at), "
-                    "finished_at = excluded.finished_at",
+                    UPSERT_NODE.format(p=", ".join(f"${i}" for i in range(1, 9))),
                     [node_row(run_id, node) for node in nodes],
                 )
             except asyncpg.ForeignKeyViolationError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._base import NodeRecord, RunRecord
 
-__all__ = ["RUN_COLUMNS", "SCHEMA", "node_row", "run_from_row", "run_row"]
+__all__ = ["RUN_COLUMNS", "SCHEMA", "UPSERT_NODE", "node_row", "run_from_row", "run_row"]
 
 #: Created on first use; ``{real}`` is REAL (SQLite) or DOUBLE PRECISION (PostgreSQL).
 SCHEMA = (
@@ -38,6 +38,17 @@ SCHEMA = (
         finished_at {real},
         PRIMARY KEY (run_id, key)
     )""",
+)
+
+#: Record a node transition; a later one keeps the result and start time it lacks.
+#: ``{p}`` are the placeholders: ``?`` (SQLite) or ``$1``...``$8`` (PostgreSQL).
+UPSERT_NODE = (
+    "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, started_at, "
+    "finished_at) VALUES ({p}) ON CONFLICT (run_id, key) DO UPDATE SET "
+    "state = excluded.state, attempt = excluded.attempt, "
+    "result = COALESCE(excluded.result, aflow_nodes.result), error = excluded.error, "
+    "started_at = COALESCE(excluded.started_at, aflow_nodes.started_at), "
+    "finished_at = excluded.finished_at"
 )
 
 RUN_COLUMNS = (

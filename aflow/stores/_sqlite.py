@@ -17,7 +17,7 @@ import anyio
 
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
-from ._sql import RUN_COLUMNS, SCHEMA, node_row, run_from_row, run_row
+from ._sql import RUN_COLUMNS, SCHEMA, UPSERT_NODE, node_row, run_from_row, run_row
 
 __all__ = ["SQLiteStore"]
 
@@ -174,13 +174,7 @@ class SQLiteStore:
             await db.execute("BEGIN IMMEDIATE")
             try:
                 await db.executemany(
-                    "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, "
-                    "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (run_id, key) DO UPDATE SET state = excluded.state, "
-                    "attempt = excluded.attempt, result = COALESCE(excluded.result, aflow_nodes.result), "
-                    "error = excluded.error, "
-                    "started_at = COALESCE(excluded.started_at, aflow_nodes.started_at), "
-                    "finished_at = excluded.finished_at",
+                    UPSERT_NODE.format(p=", ".join("?" * 8)),
                     [node_row(run_id, node) for node in nodes],
                 )
                 await db.execute("COMMIT")
