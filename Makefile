@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/python examples/order_saga.py
+	$(BIN)/aflow --store sqlite:///.aflow-demo.db run examples.durable_orders:order_saga --param order_id=o-42
+	$(BIN)/aflow --store sqlite:///.aflow-demo.db runs --limit 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check aflow tests examples benchmarks

@@ -1,0 +1,225 @@
+"""The ``aflow`` command: run, list, show, resume and cancel durable runs; draw workflows.
+
+Usage::
+
+    aflow run examples.orders:order_saga --param order_id=o-42 [--store URL]
+    aflow runs [--status running]
+    aflow show RUN_ID
+    aflow resume RUN_ID
+    aflow cancel RUN_ID
+    aflow graph examples.orders:order_saga --param order_id=o-42 --format mermaid
+
+The store defaults to ``$AFLOW_STORE`` or ``sqlite:///aflow-runs.db``. Exit
+codes: 0 succeeded, 1 failed or reverted, 2 bad input, 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from ._exceptions import AflowError, DefinitionError, StoreError
+from ._runtime._api import Run, Runtime
+from ._runtime._states import RunStatus
+from ._workflow import resolve_workflow
+from .stores import open_store
+
+__all__ = ["main"]
+
+DEFAULT_STORE = "sqlite:///aflow-runs.db"
+EXIT = {"succeeded": 0, "failed": 1, "reverted": 1, "cancelled": 3}
+
+
+def _params(pairs: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise DefinitionError(f"--param wants key=value, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw  # a bare word is a string
+    return params
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aflow", description="Run and inspect aflow workflows.")
+    parser.add_argument(
+        "--store", default=os.environ.get("AFLOW_STORE", DEFAULT_STORE), help="store URL"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow to its end, with live progress")
+    run.add_argument("workflow", help="package.module:function (an @aflow.workflow)")
+    run.add_argument("--param", action="append", default=[], help="key=value (JSON or text)")
+    run.add_argument("--max-concurrency", type=int, default=None)
+    run.add_argument("--key", default=None, help="idempotency key")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    runs = sub.add_parser("runs", help="list runs, newest first")
+    runs.add_argument("--status", default=None)
+    runs.add_argument("--limit", type=int, default=50)
+    show = sub.add_parser("show", help="a run and its nodes")
+    show.add_argument("run_id")
+    resume = sub.add_parser("resume", help="take up a run a dead process left unfinished")
+    resume.add_argument("run_id")
+    resume.add_argument("--quiet", action="store_true")
+    cancel = sub.add_parser("cancel", help="mark an unfinished run cancelled (no recovery)")
+    cancel.add_argument("run_id")
+    graph = sub.add_parser("graph", help="draw a workflow's graph")
+    graph.add_argument("workflow")
+    graph.add_argument("--param", action="append", default=[])
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aflow`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if os.getcwd() not in sys.path:  # `aflow run myapp.flows:thing` from the project's folder
+        sys.path.insert(0, os.getcwd())
+    try:
+        code: int = anyio.run(_dispatch, args)
+    except (DefinitionError, StoreError) as exc:
+        print(f"aflow: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:  # raised from inside the runtime's task group
+        bad = group.subgroup((DefinitionError, StoreError))
+        if bad is None:
+            raise
+        for leaf in _leaves(bad):
+            print(f"aflow: {leaf}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 3
+    return code
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "graph":
+        graph = resolve_workflow(args.workflow).build(_params(args.param))
+        print(graph.to_mermaid() if args.format == "mermaid" else graph.to_dot(), end="")
+        return 0
+    if args.command in ("runs", "show", "cancel"):
+        store = open_store(args.store)
+        await store.open()
+        try:
+            if args.command == "runs":
+                return await _runs(store, args.status, args.limit)
+            if args.command == "show":
+                return await _show(store, args.run_id)
+            return await _cancel(store, args.run_id)
+        finally:
+            await store.close()
+    async with Runtime(
+        store=args.store, max_concurrency=getattr(args, "max_concurrency", None)
+    ) as rt:
+        if args.command == "run":
+            workflow = resolve_workflow(args.workflow)
+            handle = await rt.submit(workflow, params=_params(args.param), idempotency_key=args.key)
+        else:
+            handle = await rt.resume(args.run_id)
+        return await _follow(handle, quiet=args.quiet)
+
+
+async def _follow(handle: Run[Any], *, quiet: bool) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    console.print(f"run [bold]{handle.id}[/bold]")
+    if quiet or not console.is_terminal:
+        await handle.wait()
+    else:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=console,
+            transient=True,
+        ) as progress:
+            stats = handle.statistics()
+            bar = progress.add_task("nodes", total=stats.total, detail="")
+            with anyio.move_on_after(None):
+                while handle.status in (RunStatus.PENDING, RunStatus.RUNNING):
+                    stats = handle.statistics()
+                    done = stats.succeeded + stats.failed + stats.skipped + stats.reverted
+                    detail = f"{stats.running} running, {stats.failed} failed"
+                    progress.update(bar, completed=done, detail=detail)
+                    with anyio.move_on_after(0.1):
+                        await handle.wait()
+    status = handle.status.value
+    try:
+        value = await handle.result()
+    except AflowError as exc:
+        console.print(f"[red]{status}[/red]: {exc}")
+    except Exception as exc:
+        console.print(f"[red]{status}[/red]: {type(exc).__name__}: {exc}")
+    else:
+        console.print(f"[green]{status}[/green]")
+        print(json.dumps(value, default=repr))
+    return EXIT.get(status, 1)
+
+
+async def _runs(store: Any, status: str | None, limit: int) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("workflow", "status", "started", "key")
+    table.add_column("run", no_wrap=True)
+    import datetime as dt
+
+    for record in await store.list_runs(status, limit):
+        when = dt.datetime.fromtimestamp(record.created_at).isoformat(sep=" ", timespec="seconds")
+        table.add_row(
+            record.workflow, record.status, when, record.idempotency_key or "", record.run_id
+        )
+    Console().print(table)
+    return 0
+
+
+async def _show(store: Any, run_id: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    record = await store.get_run(run_id)
+    nodes = await store.load_nodes(run_id)
+    console = Console()
+    console.print(f"run [bold]{record.run_id}[/bold]  {record.workflow}  [b]{record.status}[/b]")
+    if record.error:
+        console.print(f"error: {record.error}")
+    table = Table("node", "state", "attempts", "duration", "error")
+    for key, node in nodes.items():
+        duration = ""
+        if node.started_at is not None and node.finished_at is not None:
+            duration = f"{(node.finished_at - node.started_at) * 1000:.1f} ms"
+        table.add_row(key, node.state, str(node.attempt), duration, node.error or "")
+    console.print(table)
+    return EXIT.get(record.status, 0)
+
+
+async def _cancel(store: Any, run_id: str) -> int:
+    record = await store.get_run(run_id)
+    if record.status in EXIT:
+        print(f"aflow: run {run_id} has finished already ({record.status})", file=sys.stderr)
+        return 2
+    await store.set_status(run_id, "cancelled", error="cancelled from the command line")
+    print(f"run {run_id} marked cancelled: it will not be recovered")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

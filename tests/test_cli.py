@@ -1,0 +1,125 @@
+"""The ``aflow`` command, run as a real subprocess against a SQLite store."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def aflow(
+    *args: str, store: pathlib.Path, counts: pathlib.Path
+) -> subprocess.CompletedProcess[str]:
+    env = {"AFLOW_COUNTS": str(counts), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "aflow.cli", "--store", f"sqlite:///{store}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def paths(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    return tmp_path / "runs.db", tmp_path / "counts.json"
+
+
+def test_run_prints_the_result_and_exits_0(paths: tuple[pathlib.Path, pathlib.Path]) -> None:
+    store, counts = paths
+    done = aflow(
+        "run", "tests.durable_workflows:abc", "--param", "start=1", store=store, counts=counts
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == 104
+    assert "succeeded" in done.stderr
+    listed = aflow("runs", store=store, counts=counts)
+    assert listed.returncode == 0
+    assert "succeeded" in listed.stdout
+    run_id = done.stderr.split()[1]
+    shown = aflow("show", run_id, store=store, counts=counts)
+    assert shown.returncode == 0
+    for key in ("step_a", "step_b", "step_c"):
+        assert key in shown.stdout
+
+
+def test_a_failed_run_exits_1_and_shows_its_error(paths: tuple[pathlib.Path, pathlib.Path]) -> None:
+    store, counts = paths
+    done = aflow(
+        "run", "tests.durable_workflows:abc_fails", "--param", "start=1", store=store, counts=counts
+    )
+    assert done.returncode == 1
+    assert "card declined" in done.stderr
+    assert "reverted" in done.stderr
+
+
+def test_graph_draws_mermaid_and_dot(paths: tuple[pathlib.Path, pathlib.Path]) -> None:
+    store, counts = paths
+    mermaid = aflow(
+        "graph", "tests.durable_workflows:abc", "--param", "start=1", store=store, counts=counts
+    )
+    assert mermaid.stdout.startswith("flowchart LR")
+    dot = aflow(
+        "graph",
+        "tests.durable_workflows:abc",
+        "--param",
+        "start=1",
+        "--format",
+        "dot",
+        store=store,
+        counts=counts,
+    )
+    assert dot.stdout.startswith('digraph "workflow"')
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("show", "no-such-run"), "no run 'no-such-run'"),
+        (("resume", "no-such-run"), "no run 'no-such-run'"),
+        (("cancel", "no-such-run"), "no run 'no-such-run'"),
+        (("run", "tests.durable_workflows:nope"), "no workflow 'nope'"),
+        (("run", "tests.durable_workflows:step_a"), "not marked @aflow.workflow"),
+        (("run", "tests.durable_workflows:abc", "--param", "oops"), "key=value"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(
+    paths: tuple[pathlib.Path, pathlib.Path], args: tuple[str, ...], message: str
+) -> None:
+    store, counts = paths
+    done = aflow(*args, store=store, counts=counts)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_an_unknown_store_scheme_exits_2(tmp_path: pathlib.Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "aflow.cli", "--store", "redis://x", "runs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unknown store URL scheme 'redis'" in done.stderr
+
+
+def test_cancel_marks_an_unfinished_run_and_refuses_a_finished_one(
+    paths: tuple[pathlib.Path, pathlib.Path],
+) -> None:
+    store, counts = paths
+    done = aflow(
+        "run", "tests.durable_workflows:abc", "--param", "start=1", store=store, counts=counts
+    )
+    run_id = done.stderr.split()[1]
+    refused = aflow("cancel", run_id, store=store, counts=counts)
+    assert refused.returncode == 2
+    assert "finished already" in refused.stderr
