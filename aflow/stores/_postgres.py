@@ -146,7 +146,7 @@ class PostgresStore:
         async with self._p().acquire() as conn, conn.transaction():
             try:
                 await conn.executemany(
-                    UPSERT_NODE.format(p=", ".join(f"${i}" for i in range(1, 9))),
+                    UPSERT_NODE.format(rows="(" + ", ".join(f"${i}" for i in range(1, 9)) + ")"),
                     [node_row(run_id, node) for node in nodes],
                 )
             except asyncpg.ForeignKeyViolationError as exc:

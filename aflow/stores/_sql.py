@@ -41,10 +41,10 @@ SCHEMA = (
 )
 
 #: Record a node transition; a later one keeps the result and start time it lacks.
-#: ``{p}`` are the placeholders: ``?`` (SQLite) or ``$1``...``$8`` (PostgreSQL).
+#: ``{rows}`` is one or more ``(?, ...)`` groups (SQLite) or ``($1, ..., $8)`` (PostgreSQL).
 UPSERT_NODE = (
     "INSERT INTO aflow_nodes (run_id, key, state, attempt, result, error, started_at, "
-    "finished_at) VALUES ({p}) ON CONFLICT (run_id, key) DO UPDATE SET "
+    "finished_at) VALUES {rows} ON CONFLICT (run_id, key) DO UPDATE SET "
     "state = excluded.state, attempt = excluded.attempt, "
     "result = COALESCE(excluded.result, aflow_nodes.result), error = excluded.error, "
     "started_at = COALESCE(excluded.started_at, aflow_nodes.started_at), "

@@ -7,6 +7,7 @@ on resume, like any node not recorded as done).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -20,6 +21,14 @@ from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import RUN_COLUMNS, SCHEMA, UPSERT_NODE, node_row, run_from_row, run_row
 
 __all__ = ["SQLiteStore"]
+
+#: SQLite allows 32,766 parameters per statement; a node row has 8.
+_ROWS_PER_STATEMENT = 4000
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert(n: int) -> str:
+    return UPSERT_NODE.format(rows=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n))
 
 
 @final
@@ -170,20 +179,24 @@ class SQLiteStore:
         if not nodes:
             return
         db = self._conn()
+        rows = [value for node in nodes for value in node_row(run_id, node)]
         async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.executemany(
-                    UPSERT_NODE.format(p=", ".join("?" * 8)),
-                    [node_row(run_id, node) for node in nodes],
-                )
-                await db.execute("COMMIT")
+                if len(nodes) <= _ROWS_PER_STATEMENT:  # one statement: atomic, one thread hop
+                    await db.execute(_upsert(len(nodes)), rows)
+                    return
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
+                        chunk = nodes[start : start + _ROWS_PER_STATEMENT]
+                        values = [v for node in chunk for v in node_row(run_id, node)]
+                        await db.execute(_upsert(len(chunk)), values)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
             except sqlite3.IntegrityError as exc:
-                await db.execute("ROLLBACK")
                 raise RunNotFound(run_id, self.url) from exc
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)

@@ -1,0 +1,124 @@
+"""What durability costs: per-node time with checkpoints in memory, SQLite and PostgreSQL.
+
+Usage: ``python benchmarks/durable.py [--repeat N] [--quick] [--no-postgres] [--markdown PATH]``
+
+Each workload runs through a :class:`aflow.Runtime` as an ``@aflow.workflow``:
+without a store (nothing checkpointed), then with the in-memory store, a
+SQLite file and a throw-away PostgreSQL cluster (tests/pg.py). Reported: µs per
+node and the ratio to the run without a store, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aflow  # noqa: E402
+
+
+@aflow.task
+async def inc(x: int) -> int:
+    return x + 1
+
+
+@aflow.task
+async def tsum(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@aflow.workflow
+def fanout(n: int) -> Any:
+    return aflow.chord((inc.s(i) for i in range(n)), tsum.s())
+
+
+@aflow.workflow
+def chain(n: int) -> Any:
+    return aflow.chain(inc.s(0), *(inc.s() for _ in range(n - 1)))
+
+
+async def once(store: str | None, workflow: Any, n: int) -> float:
+    async with aflow.Runtime(store=store) as rt:
+        start = time.perf_counter()
+        if store is None:
+            run = await rt.submit(workflow(n))
+        else:
+            run = await rt.submit(workflow, n=n)
+        await run.result()
+        return time.perf_counter() - start
+
+
+@contextmanager
+def stores(postgres: bool) -> Iterator[dict[str, str | None]]:
+    with tempfile.TemporaryDirectory() as folder:
+        found: dict[str, str | None] = {
+            "none": None,
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{os.path.join(folder, 'runs.db')}",
+        }
+        if not postgres:
+            yield found
+            return
+        from tests.pg import postgres_cluster
+
+        with postgres_cluster() as url:
+            found["postgresql"] = url
+            yield found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    # Durable runs refuse workflows defined in __main__: take them by their module name.
+    from benchmarks.durable import chain, fanout
+
+    sizes = {"fan-out + sum": (fanout, 200 if args.quick else 5000)}
+    sizes["chain"] = (chain, 100 if args.quick else 1000)
+    rows: list[tuple[str, int, str, float, float]] = []
+    with stores(not args.no_postgres) as urls:
+        for name, (workflow, n) in sizes.items():
+            base = None
+            for label, url in urls.items():
+                asyncio.run(once(url, workflow, n))  # warm-up (and schema creation)
+                seconds = statistics.median(
+                    asyncio.run(once(url, workflow, n)) for _ in range(args.repeat)
+                )
+                per_node = seconds / (n + 1) * 1e6
+                base = base or per_node
+                rows.append((name, n + 1, label, per_node, per_node / base))
+                print(
+                    f"{name:14} {n + 1:>6} nodes  {label:10} {per_node:8.1f} µs/node  "
+                    f"{per_node / base:5.2f}x",
+                    flush=True,
+                )
+    if args.markdown:
+        lines = [
+            "# Durable runs: what checkpoints cost",
+            "",
+            "Written by `make bench` (`python benchmarks/durable.py`). Median of "
+            f"{args.repeat}; ratio = per-node time / the same run with no store.",
+            "",
+            "| workload | nodes | store | µs/node | ratio |",
+            "|---|---:|---|---:|---:|",
+        ]
+        lines += [f"| {w} | {n:,} | {s} | {us:.1f} | {r:.2f} |" for w, n, s, us, r in rows]
+        pathlib.Path(args.markdown).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
