@@ -43,6 +43,8 @@ $(PEERS)/.installed:
 bench: $(STAMP) $(PEERS)/.installed
 	$(BIN)/python benchmarks/run.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
+	./scripts/ensure-postgres
+	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md
 
 clean:
 	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -43,3 +43,27 @@ def test_flow_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = out.read_text()
     assert "| asyncio | linear | 1,000 |" in table
     assert "| asyncio | unordered | 1,000 |" in table
+
+
+@pytest.mark.slow
+def test_durable_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "durable.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/durable.py",
+            "--quick",
+            "--repeat",
+            "1",
+            "--no-postgres",
+            "--markdown",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| chain | 101 | sqlite |" in out.read_text()

@@ -257,3 +257,54 @@ async def test_a_run_killed_during_compensation_finishes_unwinding(
         assert run.status is aflow.RunStatus.REVERTED
         assert (await rt.store.get_run(run_id)).status == "reverted"
     assert read(counts) == {"A": 1, "B": 1, "C": 1, "revert-B": 2, "revert-A": 1}
+
+
+SUBMITTER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import aflow
+    from tests import durable_workflows as wf
+
+    async def main():
+        async with aflow.Runtime(store=sys.argv[1]) as rt:
+            run = await rt.submit(wf.abc, start=1, idempotency_key="shared-key")
+            print(run.id, await run.result(), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_an_idempotency_key_holds_across_processes(store_url: str, counts: pathlib.Path) -> None:
+    env = {**os.environ, "AFLOW_COUNTS": str(counts)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SUBMITTER, store_url],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        outputs.append(out.split())
+    assert len({run_id for run_id, _ in outputs}) == 1  # one run, whoever submitted first
+    assert {value for _, value in outputs} == {"104"}
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}  # executed once in all
+
+
+async def test_the_pickle_serializer_is_opt_in(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    async with aflow.Runtime(store=url, serializer="pickle") as rt:
+        run = await rt.submit(wf.a_then_opaque, start=1)
+        assert isinstance(await run.result(), wf.Opaque)
+    with pytest.raises(ValueError, match="serializer must be"):
+        aflow.Runtime(store=url, serializer="yaml")

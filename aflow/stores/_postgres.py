@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any, final
@@ -13,6 +14,14 @@ from ._sql import RUN_COLUMNS, SCHEMA, UPSERT_NODE, node_row, run_from_row, run_
 __all__ = ["PostgresStore"]
 
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 13))
+#: PostgreSQL allows 32,767 parameters per statement; a node row has 8.
+_ROWS_PER_STATEMENT = 4000
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert(n: int) -> str:
+    groups = ("(" + ", ".join(f"${8 * row + col}" for col in range(1, 9)) + ")" for row in range(n))
+    return UPSERT_NODE.format(rows=", ".join(groups))
 
 
 @final
@@ -143,14 +152,18 @@ class PostgresStore:
             return
         import asyncpg
 
-        async with self._p().acquire() as conn, conn.transaction():
-            try:
-                await conn.executemany(
-                    UPSERT_NODE.format(rows="(" + ", ".join(f"${i}" for i in range(1, 9)) + ")"),
-                    [node_row(run_id, node) for node in nodes],
-                )
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise RunNotFound(run_id, repr(self)) from exc
+        try:
+            if len(nodes) <= _ROWS_PER_STATEMENT:  # one statement: atomic, one round trip
+                rows = [value for node in nodes for value in node_row(run_id, node)]
+                await self._p().execute(_upsert(len(nodes)), *rows)
+                return
+            async with self._p().acquire() as conn, conn.transaction():
+                for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
+                    chunk = nodes[start : start + _ROWS_PER_STATEMENT]
+                    rows = [value for node in chunk for value in node_row(run_id, node)]
+                    await conn.execute(_upsert(len(chunk)), *rows)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise RunNotFound(run_id, repr(self)) from exc
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
