@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="take up a run a dead process left unfinished")
     resume.add_argument("run_id")
     resume.add_argument("--quiet", action="store_true")
-    cancel = sub.add_parser("cancel", help="mark an unfinished run cancelled (no recovery)")
+    cancel = sub.add_parser("cancel", help="cancel an unfinished run (it is unwound)")
     cancel.add_argument("run_id")
     graph = sub.add_parser("graph", help="draw a workflow's graph")
     graph.add_argument("workflow")
@@ -216,8 +216,8 @@ async def _cancel(store: Any, run_id: str) -> int:
     if record.status in EXIT:
         print(f"aflow: run {run_id} has finished already ({record.status})", file=sys.stderr)
         return 2
-    await store.set_status(run_id, "cancelled", error="cancelled from the command line")
-    print(f"run {run_id} marked cancelled: it will not be recovered")
+    await store.set_status(run_id, "cancelling", error="cancelled from the command line")
+    print(f"run {run_id}: cancel requested (its process unwinds it; a dead one's recovery does)")
     return 0
 
 

@@ -95,3 +95,24 @@ def fan(n: int) -> Any:
 @aflow.task
 async def total(xs: list[int]) -> int:
     return sum(xs)
+
+
+@aflow.task
+async def wait_here(x: int) -> int:
+    import anyio
+
+    bump("W")
+    path = pathlib.Path(os.environ["AFLOW_COUNTS"])
+    (path.parent / "waiting").write_text("")
+    await anyio.sleep(120)  # cancellable: the loop stays free
+    return x
+
+
+@wait_here.revert
+async def undo_wait(x: int, *, result: Any) -> None:
+    bump("revert-W")
+
+
+@aflow.workflow
+def a_then_wait(start: int) -> Any:
+    return step_a.s(start) | wait_here.s()

@@ -200,7 +200,9 @@ CRASHER = textwrap.dedent(
 )
 
 
-def crash_in(store_url: str, workflow: str, hang: str, counts: pathlib.Path) -> str:
+def crash_in(
+    store_url: str, workflow: str, hang: str, counts: pathlib.Path, marker: str = ""
+) -> str:
     """Run ``workflow`` in a subprocess and SIGKILL it while step ``hang`` runs."""
     env = {**os.environ, "AFLOW_COUNTS": str(counts), "AFLOW_HANG": hang}
     with subprocess.Popen(
@@ -214,9 +216,9 @@ def crash_in(store_url: str, workflow: str, hang: str, counts: pathlib.Path) -> 
         try:
             assert proc.stdout is not None
             run_id = proc.stdout.readline().strip()
-            marker = counts.parent / f"hanging-{hang}"
+            flag = counts.parent / (marker or f"hanging-{hang}")
             deadline = time.monotonic() + 30
-            while not marker.exists():  # the step signals that it is blocked
+            while not flag.exists():  # the step signals that it is blocked
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline, "the step never started"
                 time.sleep(0.01)
@@ -236,8 +238,7 @@ async def test_a_run_killed_inside_b_resumes_without_repeating_a(
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc", "B", counts)
     assert read(counts) == {"A": 1, "B": 1}
     async with aflow.Runtime(store=store_url, recover=True) as rt:
-        (run,) = rt.runs()
-        assert run.id == run_id
+        run = rt.get(run_id)  # recovered at start-up (active, or finished already)
         assert await run.result() == 104  # what an uninterrupted run returns
     assert read(counts) == {"A": 1, "B": 2, "C": 1}  # B ran again: at-least-once
 
@@ -308,3 +309,64 @@ async def test_the_pickle_serializer_is_opt_in(
         assert isinstance(await run.result(), wf.Opaque)
     with pytest.raises(ValueError, match="serializer must be"):
         aflow.Runtime(store=url, serializer="yaml")
+
+
+@pytest.mark.slow
+def test_aflow_cancel_stops_a_run_in_another_process(store_url: str, counts: pathlib.Path) -> None:
+    env = {**os.environ, "AFLOW_COUNTS": str(counts)}
+    with subprocess.Popen(
+        [sys.executable, "-c", CRASHER, store_url, "a_then_wait"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        deadline = time.monotonic() + 30
+        while not (counts.parent / "waiting").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        cancel = subprocess.run(
+            [sys.executable, "-m", "aflow.cli", "--store", store_url, "cancel", run_id],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert cancel.returncode == 0, cancel.stderr
+        proc.communicate(timeout=30)  # the owner notices, unwinds and ends
+    assert read(counts) == {"A": 1, "W": 1, "revert-W": 1, "revert-A": 1}  # W cancelled mid-way
+
+    async def status() -> str:
+        store = aflow.stores.open_store(store_url)
+        await store.open()
+        try:
+            return (await store.get_run(run_id)).status
+        finally:
+            await store.close()
+
+    assert anyio.run(status) == "cancelled"
+
+
+@pytest.mark.slow
+async def test_a_dead_run_cancelled_from_the_command_line_is_unwound_on_recovery(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    run_id = await anyio.to_thread.run_sync(
+        crash_in, store_url, "a_then_wait", "", counts, "waiting"
+    )
+    cancel = await anyio.run_process(
+        [sys.executable, "-m", "aflow.cli", "--store", store_url, "cancel", run_id],
+        cwd=ROOT,
+        check=False,
+    )
+    assert cancel.returncode == 0
+    async with aflow.Runtime(store=store_url, recover=True) as rt:
+        run = rt.get(run_id)
+        assert (await run.wait()) is aflow.RunStatus.CANCELLED
+    # nothing ran again; the step running when the process died (its start was on
+    # record) is reverted as cancelled mid-way, then A
+    assert read(counts) == {"A": 1, "W": 1, "revert-W": 1, "revert-A": 1}

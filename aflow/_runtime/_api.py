@@ -39,6 +39,8 @@ R = TypeVar("R")
 
 _FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
 _KEEP: Any = object()
+#: How often a durable run looks for a cancel request from another process (seconds).
+_CANCEL_POLL = 0.25
 
 
 def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
@@ -719,7 +721,7 @@ class Runtime:
         if self._tg is None:
             raise RuntimeError("resume() needs an entered Runtime: use 'async with Runtime()'")
         active = self._runs.get(run_id)
-        if active is not None:
+        if active is not None and not active._finished.is_set():
             return active
         record = await store.get_run(run_id)
         if record.status in _FINISHED:
@@ -728,13 +730,20 @@ class Runtime:
         records = await store.load_nodes(run_id)
         serializer = serializer_for(record.serializer)
         journal = Journal(store, run_id, serializer)
-        return self._start(graph, run_id, journal, {}, (records, record.status == "reverting"))
+        # A run cancelled while its process was gone is unwound at once; what was running
+        # when the process died counts as cancelled mid-way (its revert runs), as it would
+        # have in the process itself.
+        unwinding = record.status in ("reverting", "cancelling")
+        handle = self._start(graph, run_id, journal, {}, (records, unwinding))
+        if record.status == "cancelling":
+            handle._execution.cancel()
+        return handle
 
     async def recover(self) -> list[Run[Any]]:
         """Resume every run the store has ``running`` or ``reverting`` (after a crash)."""
         store = self._require_store("recover")
         found: list[Run[Any]] = []
-        for status in ("running", "reverting", "pending"):
+        for status in ("running", "reverting", "pending", "cancelling"):
             for record in await store.list_runs(status, limit=10_000):
                 if record.run_id not in self._runs:
                     found.append(await self.resume(record.run_id))
@@ -809,14 +818,29 @@ class Runtime:
         return self._store
 
     async def _drive(self, handle: Run[Any]) -> None:
+        journal = handle._execution._journal
         try:
-            await handle._drive()
+            if journal is None:
+                await handle._drive()
+            else:  # a durable run also obeys `aflow cancel` from another process
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_cancel, handle, journal.store)
+                    await handle._drive()
+                    tg.cancel_scope.cancel()
         finally:
             self._runs.pop(handle.id, None)
             if self._keep > 0:
                 self._history[handle.id] = handle
                 while len(self._history) > self._keep:
                     self._history.popitem(last=False)
+
+    async def _watch_cancel(self, handle: Run[Any], store: Store) -> None:
+        while True:
+            await anyio.sleep(_CANCEL_POLL)
+            record = await store.get_run(handle.id)
+            if record.status == "cancelling":
+                handle._execution.cancel()
+                return
 
     @overload
     async def run(self, workflow: Canvas[R]) -> R: ...
