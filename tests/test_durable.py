@@ -21,6 +21,8 @@ from aflow.stores import ResumeMismatch, RunNotFound
 from . import durable_workflows as wf
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: A short lease, so a killed process's runs count as dead soon after the kill.
+LEASE = 0.2
 
 
 @pytest.fixture
@@ -187,7 +189,7 @@ CRASHER = textwrap.dedent(
     from tests import durable_workflows as wf
 
     async def main():
-        async with aflow.Runtime(store=sys.argv[1]) as rt:
+        async with aflow.Runtime(store=sys.argv[1], lease=float(sys.argv[3])) as rt:
             run = await rt.submit(getattr(wf, sys.argv[2]), start=1)
             print(run.id, flush=True)
             try:
@@ -206,7 +208,7 @@ def crash_in(
     """Run ``workflow`` in a subprocess and SIGKILL it while step ``hang`` runs."""
     env = {**os.environ, "AFLOW_COUNTS": str(counts), "AFLOW_HANG": hang}
     with subprocess.Popen(
-        [sys.executable, "-c", CRASHER, store_url, workflow],
+        [sys.executable, "-c", CRASHER, store_url, workflow, str(LEASE)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -237,7 +239,8 @@ async def test_a_run_killed_inside_b_resumes_without_repeating_a(
 ) -> None:
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc", "B", counts)
     assert read(counts) == {"A": 1, "B": 1}
-    async with aflow.Runtime(store=store_url, recover=True) as rt:
+    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
         run = rt.get(run_id)  # recovered at start-up (active, or finished already)
         assert await run.result() == 104  # what an uninterrupted run returns
     assert read(counts) == {"A": 1, "B": 2, "C": 1}  # B ran again: at-least-once
@@ -249,7 +252,8 @@ async def test_a_run_killed_during_compensation_finishes_unwinding(
 ) -> None:
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc_fails", "revert-B", counts)
     assert read(counts) == {"A": 1, "B": 1, "C": 1, "revert-B": 1}
-    async with aflow.Runtime(store=store_url) as rt:
+    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, lease=LEASE) as rt:
         assert rt.store is not None
         assert (await rt.store.get_run(run_id)).status == "reverting"
         run = await rt.resume(run_id)
@@ -315,7 +319,7 @@ async def test_the_pickle_serializer_is_opt_in(
 def test_aflow_cancel_stops_a_run_in_another_process(store_url: str, counts: pathlib.Path) -> None:
     env = {**os.environ, "AFLOW_COUNTS": str(counts)}
     with subprocess.Popen(
-        [sys.executable, "-c", CRASHER, store_url, "a_then_wait"],
+        [sys.executable, "-c", CRASHER, store_url, "a_then_wait", str(LEASE)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -364,9 +368,27 @@ async def test_a_dead_run_cancelled_from_the_command_line_is_unwound_on_recovery
         check=False,
     )
     assert cancel.returncode == 0
-    async with aflow.Runtime(store=store_url, recover=True) as rt:
+    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
         run = rt.get(run_id)
         assert (await run.wait()) is aflow.RunStatus.CANCELLED
     # nothing ran again; the step running when the process died (its start was on
     # record) is reverted as cancelled mid-way, then A
     assert read(counts) == {"A": 1, "W": 1, "revert-W": 1, "revert-A": 1}
+
+
+async def test_a_run_whose_owner_is_alive_is_neither_recovered_nor_resumed(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    async with aflow.Runtime(store=url, lease=LEASE) as owner:
+        run = await owner.submit(wf.a_then_wait, start=1)
+        while not (counts.parent / "waiting").exists():
+            await anyio.sleep(0.01)
+        await anyio.sleep(LEASE * 1.5)  # the owner has renewed its lease meanwhile
+        async with aflow.Runtime(store=url, recover=True, lease=LEASE) as other:
+            assert other.runs() == []
+            with pytest.raises(ResumeMismatch, match="a live process runs it"):
+                await other.resume(run.id)
+        await run.cancel()
+    assert read(counts)["W"] == 1  # nobody ran it a second time

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -39,8 +41,8 @@ R = TypeVar("R")
 
 _FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
 _KEEP: Any = object()
-#: How often a durable run looks for a cancel request from another process (seconds).
-_CANCEL_POLL = 0.25
+#: Seconds without a heartbeat after which a run's process counts as dead (recovery takes it).
+DEFAULT_LEASE = 10.0
 
 
 def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
@@ -408,6 +410,9 @@ class Runtime:
         "_global",
         "_history",
         "_keep",
+        "_alive",
+        "_lease",
+        "_owner",
         "_limits",
         "_max_concurrency",
         "_on_error",
@@ -438,7 +443,13 @@ class Runtime:
         store: str | Store | None = None,
         serializer: str | Serializer = "json",
         recover: bool = False,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
+        if not lease > 0:
+            raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+        self._lease = lease
+        self._alive = anyio.CancelScope()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._store_spec = store
         self._store: Store | None = None
         self._serializer: Serializer = serializer_for(serializer)
@@ -476,6 +487,9 @@ class Runtime:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._alive = anyio.CancelScope()
+        if self._store is not None:
+            tg.start_soon(self._keep_alive, self._store, name="aflow runtime heartbeat")
         if self._recover and self._store is not None:
             try:
                 await self.recover()
@@ -499,6 +513,10 @@ class Runtime:
                         await active.wait()
                 for active in self.runs():
                     active._execution.cancel()
+            if exc is None:
+                for active in self.runs():
+                    await active.wait()
+            self._alive.cancel()  # the heartbeat, once every run has ended
         finally:
             self._tg = None
             try:
@@ -618,6 +636,8 @@ class Runtime:
             created_at=now,
             updated_at=now,
             serializer=self._serializer.name,
+            owner=self._owner,
+            heartbeat=now + self._lease,
         )
         stored, created = await store.create_run(record)
         if not created:
@@ -727,6 +747,10 @@ class Runtime:
         if record.status in _FINISHED:
             raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
         graph = self._rebuild(record)
+        if not await store.claim(run_id, self._owner, self._lease):
+            raise ResumeMismatch(
+                run_id, f"a live process runs it ({record.owner}); its lease holds"
+            )
         records = await store.load_nodes(run_id)
         serializer = serializer_for(record.serializer)
         journal = Journal(store, run_id, serializer)
@@ -743,10 +767,17 @@ class Runtime:
         """Resume every run the store has ``running`` or ``reverting`` (after a crash)."""
         store = self._require_store("recover")
         found: list[Run[Any]] = []
+        now = time.time()
         for status in ("running", "reverting", "pending", "cancelling"):
             for record in await store.list_runs(status, limit=10_000):
-                if record.run_id not in self._runs:
+                if record.run_id in self._runs:
+                    continue
+                if record.owner is not None and (record.heartbeat or 0) >= now:
+                    continue  # its owner's lease holds: the process is alive
+                try:
                     found.append(await self.resume(record.run_id))
+                except ResumeMismatch:
+                    continue  # another recovering process claimed it first, or it changed
         return found
 
     async def fork(
@@ -785,6 +816,8 @@ class Runtime:
             created_at=now,
             updated_at=now,
             serializer=record.serializer,
+            owner=self._owner,
+            heartbeat=now + self._lease,
         )
         stored, _ = await store.create_run(new)
         await store.write_nodes(stored.run_id, list(taken.values()))
@@ -818,15 +851,8 @@ class Runtime:
         return self._store
 
     async def _drive(self, handle: Run[Any]) -> None:
-        journal = handle._execution._journal
         try:
-            if journal is None:
-                await handle._drive()
-            else:  # a durable run also obeys `aflow cancel` from another process
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_cancel, handle, journal.store)
-                    await handle._drive()
-                    tg.cancel_scope.cancel()
+            await handle._drive()
         finally:
             self._runs.pop(handle.id, None)
             if self._keep > 0:
@@ -834,13 +860,15 @@ class Runtime:
                 while len(self._history) > self._keep:
                     self._history.popitem(last=False)
 
-    async def _watch_cancel(self, handle: Run[Any], store: Store) -> None:
-        while True:
-            await anyio.sleep(_CANCEL_POLL)
-            record = await store.get_run(handle.id)
-            if record.status == "cancelling":
-                handle._execution.cancel()
-                return
+    async def _keep_alive(self, store: Store) -> None:
+        """Say this process still runs its durable runs; obey `aflow cancel` for them."""
+        with self._alive:
+            while True:
+                await anyio.sleep(self._lease / 4)
+                for run_id in await store.heartbeat(self._owner, self._lease):
+                    active = self._runs.get(run_id)
+                    if active is not None:
+                        active._execution.cancel()
 
     @overload
     async def run(self, workflow: Canvas[R]) -> R: ...

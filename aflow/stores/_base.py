@@ -30,6 +30,10 @@ class RunRecord:
     result: str | None = None
     error: str | None = None
     serializer: str = "json"
+    #: The process running it (``host:pid:nonce``) and when its lease runs out
+    #: (the owner renews it while alive; recovery takes only expired runs).
+    owner: str | None = None
+    heartbeat: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,16 @@ class Store(Protocol):
 
     async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
         """Record node transitions, in one transaction (a batch is all or nothing)."""
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
+        """Make ``owner`` the run's owner for ``lease`` seconds unless another owner's
+        lease has not run out; atomic. True if ``owner`` now owns it."""
+        ...
+
+    async def heartbeat(self, owner: str, lease: float) -> list[str]:
+        """Renew for ``lease`` seconds every unfinished run ``owner`` owns; return
+        the ids of those asked to cancel (status ``cancelling``)."""
+        ...
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         """The latest transition of each node of a run, by node key."""

@@ -8,6 +8,7 @@ from typing import final
 
 from .._exceptions import RunNotFound
 from ._base import NodeRecord, RunRecord
+from ._sql import UNFINISHED
 
 __all__ = ["MemoryStore"]
 
@@ -89,6 +90,28 @@ class MemoryStore:
                     started_at=node.started_at if node.started_at is not None else old.started_at,
                 )
             table[node.key] = node
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
+        import time
+
+        run = await self.get_run(run_id)
+        now = time.time()
+        if run.owner not in (None, owner) and (run.heartbeat or 0) >= now:
+            return False  # another owner's lease has not run out
+        self._runs[run_id] = dataclasses.replace(run, owner=owner, heartbeat=now + lease)
+        return True
+
+    async def heartbeat(self, owner: str, lease: float) -> list[str]:
+        import time
+
+        expires = time.time() + lease
+        cancel: list[str] = []
+        for run_id, run in self._runs.items():
+            if run.owner == owner and run.status in UNFINISHED:
+                self._runs[run_id] = dataclasses.replace(run, heartbeat=expires)
+                if run.status == "cancelling":
+                    cancel.append(run_id)
+        return cancel
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         table = self._nodes.get(run_id)

@@ -9,11 +9,11 @@ from typing import Any, final
 
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
-from ._sql import RUN_COLUMNS, SCHEMA, UPSERT_NODE, node_row, run_from_row, run_row
+from ._sql import RUN_COLUMNS, SCHEMA, UNFINISHED, UPSERT_NODE, node_row, run_from_row, run_row
 
 __all__ = ["PostgresStore"]
 
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 13))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 15))
 #: PostgreSQL allows 32,767 parameters per statement; a node row has 8.
 _ROWS_PER_STATEMENT = 4000
 
@@ -164,6 +164,31 @@ class PostgresStore:
                     await conn.execute(_upsert(len(chunk)), *rows)
         except asyncpg.ForeignKeyViolationError as exc:
             raise RunNotFound(run_id, repr(self)) from exc
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
+        now = time.time()
+        done = await self._p().execute(
+            "UPDATE aflow_runs SET owner = $1, heartbeat = $2 WHERE run_id = $3 AND "
+            "(owner IS NULL OR owner = $1 OR heartbeat IS NULL OR heartbeat < $4)",
+            owner,
+            now + lease,
+            run_id,
+            now,
+        )
+        if done.endswith(" 0"):
+            await self.get_run(run_id)  # RunNotFound, or owned by a live process
+            return False
+        return True
+
+    async def heartbeat(self, owner: str, lease: float) -> list[str]:
+        rows = await self._p().fetch(
+            "UPDATE aflow_runs SET heartbeat = $1 WHERE owner = $2 AND status = ANY($3::text[]) "
+            "RETURNING run_id, status",
+            time.time() + lease,
+            owner,
+            list(UNFINISHED),
+        )
+        return [row[0] for row in rows if row[1] == "cancelling"]
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)

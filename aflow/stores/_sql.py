@@ -7,7 +7,15 @@ from typing import Any
 
 from ._base import NodeRecord, RunRecord
 
-__all__ = ["RUN_COLUMNS", "SCHEMA", "UPSERT_NODE", "node_row", "run_from_row", "run_row"]
+__all__ = [
+    "RUN_COLUMNS",
+    "SCHEMA",
+    "UNFINISHED",
+    "UPSERT_NODE",
+    "node_row",
+    "run_from_row",
+    "run_row",
+]
 
 #: Created on first use; ``{real}`` is REAL (SQLite) or DOUBLE PRECISION (PostgreSQL).
 SCHEMA = (
@@ -24,7 +32,9 @@ SCHEMA = (
         ended_at {real},
         result TEXT,
         error TEXT,
-        serializer TEXT NOT NULL
+        serializer TEXT NOT NULL,
+        owner TEXT,
+        heartbeat {real}
     )""",
     "CREATE INDEX IF NOT EXISTS aflow_runs_status ON aflow_runs (status, created_at)",
     """CREATE TABLE IF NOT EXISTS aflow_nodes (
@@ -53,8 +63,11 @@ UPSERT_NODE = (
 
 RUN_COLUMNS = (
     "run_id, workflow, params, fingerprint, status, idempotency_key, created_at, "
-    "updated_at, ended_at, result, error, serializer"
+    "updated_at, ended_at, result, error, serializer, owner, heartbeat"
 )
+
+#: Statuses of runs that are not over (recovery looks at these).
+UNFINISHED = ("pending", "running", "reverting", "cancelling")
 
 
 def run_row(record: RunRecord) -> tuple[Any, ...]:
@@ -71,6 +84,8 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
         record.result,
         record.error,
         record.serializer,
+        record.owner,
+        record.heartbeat,
     )
 
 

@@ -18,7 +18,7 @@ import anyio
 
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
-from ._sql import RUN_COLUMNS, SCHEMA, UPSERT_NODE, node_row, run_from_row, run_row
+from ._sql import RUN_COLUMNS, SCHEMA, UNFINISHED, UPSERT_NODE, node_row, run_from_row, run_row
 
 __all__ = ["SQLiteStore"]
 
@@ -129,7 +129,7 @@ class SQLiteStore:
                         return run_from_row(row), False
                 await db.execute(
                     f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     run_row(record),
                 )
                 await db.execute("COMMIT")
@@ -197,6 +197,31 @@ class SQLiteStore:
                     raise
             except sqlite3.IntegrityError as exc:
                 raise RunNotFound(run_id, self.url) from exc
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
+        now = time.time()
+        async with self._lock:
+            cursor = await self._conn().execute(
+                "UPDATE aflow_runs SET owner = ?, heartbeat = ? WHERE run_id = ? AND "
+                "(owner IS NULL OR owner = ? OR heartbeat IS NULL OR heartbeat < ?)",
+                (owner, now + lease, run_id, owner, now),
+            )
+            claimed = cursor.rowcount == 1
+        if not claimed:
+            await self.get_run(run_id)  # RunNotFound, or owned by a live process
+        return claimed
+
+    async def heartbeat(self, owner: str, lease: float) -> list[str]:
+        marks = ", ".join("?" * len(UNFINISHED))
+        async with self._lock:
+            await self._conn().execute(
+                f"UPDATE aflow_runs SET heartbeat = ? WHERE owner = ? AND status IN ({marks})",
+                (time.time() + lease, owner, *UNFINISHED),
+            )
+        async with self._conn().execute(
+            "SELECT run_id FROM aflow_runs WHERE owner = ? AND status = 'cancelling'", (owner,)
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
