@@ -405,17 +405,17 @@ class Runtime:
     """
 
     __slots__ = (
+        "_alive",
         "_clock",
         "_compensation_timeout",
         "_global",
         "_history",
         "_keep",
-        "_alive",
         "_lease",
-        "_owner",
         "_limits",
         "_max_concurrency",
         "_on_error",
+        "_owner",
         "_recover",
         "_runs",
         "_serializer",
