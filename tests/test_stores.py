@@ -138,11 +138,13 @@ async def test_a_foreign_database_is_a_store_error_and_is_left_alone(tmp_path: P
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    before = path.read_bytes()
     with pytest.raises(StoreError, match=r"database of something else.*users"):
         await SQLiteStore(str(path)).open()
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert tables == {"users"}
+    assert path.read_bytes() == before  # not even switched to WAL
 
 
 def test_store_urls() -> None:

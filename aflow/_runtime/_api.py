@@ -819,7 +819,9 @@ class Runtime:
             owner=self._owner,
             heartbeat=now + self._lease,
         )
-        stored, _ = await store.create_run(new)
+        stored, created = await store.create_run(new)
+        if not created:  # the key names another run: never write into it
+            raise ValueError(f"run_key {run_key!r} is used by run {stored.run_id} already")
         await store.write_nodes(stored.run_id, list(taken.values()))
         journal = Journal(store, stored.run_id, serializer)
         return self._start(graph, stored.run_id, journal, {}, (taken, False))

@@ -60,9 +60,6 @@ class SQLiteStore:
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
             async with db.execute("SELECT name FROM sqlite_master WHERE type='table'") as cursor:
                 tables = {row[0] for row in await cursor.fetchall()}
         except sqlite3.DatabaseError as exc:
@@ -74,6 +71,10 @@ class SQLiteStore:
                 f"{self.path!r} is a SQLite database of something else "
                 f"(tables: {', '.join(sorted(tables)[:5])}); aflow leaves it alone"
             )
+        # only now that the file is ours (or empty) do settings that change it
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
         if "aflow_meta" in tables:
             async with db.execute(
                 "SELECT value FROM aflow_meta WHERE key='schema_version'"
