@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, final
 
+import anyio
+
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import RUN_COLUMNS, SCHEMA, UNFINISHED, UPSERT_NODE, node_row, run_from_row, run_row
@@ -72,8 +74,9 @@ class PostgresStore:
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         str(SCHEMA_VERSION),
                     )
-        except BaseException:
-            await pool.close()
+        except BaseException:  # cancellation too: close the pool (shielded), then go on
+            with anyio.CancelScope(shield=True):
+                await pool.close()
             raise
         self._pool = pool
 

@@ -7,10 +7,11 @@ on resume, like any node not recorded as done).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, final
 
 import aiosqlite
@@ -24,6 +25,31 @@ __all__ = ["SQLiteStore"]
 
 #: SQLite allows 32,766 parameters per statement; a node row has 8.
 _ROWS_PER_STATEMENT = 4000
+
+
+@contextlib.asynccontextmanager
+async def _transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT; on any error (cancellation too) a shielded ROLLBACK,
+    so the connection is never left inside a transaction; the error goes on."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+@contextlib.asynccontextmanager
+async def _closing_on_error(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """Close ``db`` (shielded) if the block fails, cancellation included; the error goes on."""
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await db.close()
+        raise
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,11 +77,8 @@ class SQLiteStore:
             db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
-        try:
+        async with _closing_on_error(db):
             await self._prepare(db)
-        except BaseException:
-            await db.close()
-            raise
         self._db = db
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
@@ -88,18 +111,13 @@ class SQLiteStore:
                 )
             if version == SCHEMA_VERSION:
                 return
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with _transaction(db):
             for statement in SCHEMA:
                 await db.execute(statement.format(real="REAL"))
             await db.execute(
                 "INSERT OR REPLACE INTO aflow_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
 
     async def close(self) -> None:
         if self._db is not None:
@@ -117,26 +135,19 @@ class SQLiteStore:
 
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
         db = self._conn()
-        async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if record.idempotency_key is not None:
-                    row = await self._fetchone(
-                        f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = ?",
-                        (record.idempotency_key,),
-                    )
-                    if row is not None:
-                        await db.execute("COMMIT")
-                        return run_from_row(row), False
-                await db.execute(
-                    f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    run_row(record),
+        async with self._lock, _transaction(db):
+            if record.idempotency_key is not None:
+                row = await self._fetchone(
+                    f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = ?",
+                    (record.idempotency_key,),
                 )
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+                if row is not None:
+                    return run_from_row(row), False
+            await db.execute(
+                f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                run_row(record),
+            )
         return record, True
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -186,16 +197,11 @@ class SQLiteStore:
                 if len(nodes) <= _ROWS_PER_STATEMENT:  # one statement: atomic, one thread hop
                     await db.execute(_upsert(len(nodes)), rows)
                     return
-                await db.execute("BEGIN IMMEDIATE")
-                try:
+                async with _transaction(db):
                     for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
                         chunk = nodes[start : start + _ROWS_PER_STATEMENT]
                         values = [v for node in chunk for v in node_row(run_id, node)]
                         await db.execute(_upsert(len(chunk)), values)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
             except sqlite3.IntegrityError as exc:
                 raise RunNotFound(run_id, self.url) from exc
 
