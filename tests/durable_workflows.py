@@ -2,7 +2,7 @@
 
 Side effects are counted in the JSON file named by ``AFLOW_COUNTS``; ``AFLOW_HANG``
 names a step (``B`` or ``revert-B``) that blocks the first time it runs, so the
-test can kill the process right there.
+test can kill the process right there; ``wait_here`` always blocks.
 """
 
 from __future__ import annotations
@@ -10,56 +10,71 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import time
 from typing import Any
+
+import anyio
 
 import aflow
 
 
-def bump(name: str) -> int:
+async def bump(name: str) -> int:
+    """Count one call of ``name``; the step named by ``AFLOW_HANG`` then blocks, once.
+
+    A blocked step says so on stdout (``hanging NAME``), so the test that started
+    this process knows when to kill it, with no polling.
+    """
+    count = _count(name)
+    if os.environ.get("AFLOW_HANG") == name and count == 1:
+        await hang(name)
+    return count
+
+
+def _count(name: str) -> int:
     path = pathlib.Path(os.environ["AFLOW_COUNTS"])
     data = json.loads(path.read_text()) if path.exists() else {}
     data[name] = data.get(name, 0) + 1
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
-    if os.environ.get("AFLOW_HANG") == name and data[name] == 1:
-        (path.parent / f"hanging-{name}").write_text("")
-        time.sleep(120)  # blocks the loop on purpose: the test kills the process here
     return int(data[name])
+
+
+async def hang(name: str) -> None:
+    print(f"hanging {name}", flush=True)
+    await anyio.sleep_forever()  # until the test kills the process (or cancels the run)
 
 
 @aflow.task
 async def step_a(x: int) -> int:
-    bump("A")
+    await bump("A")
     return x + 1
 
 
 @step_a.revert
 async def undo_a(x: int, *, result: Any) -> None:
-    bump("revert-A")
+    await bump("revert-A")
 
 
 @aflow.task
 async def step_b(x: int) -> int:
-    bump("B")
+    await bump("B")
     return x * 2
 
 
 @step_b.revert
 async def undo_b(x: int, *, result: Any) -> None:
-    bump("revert-B")
+    await bump("revert-B")
 
 
 @aflow.task
 async def step_c(x: int) -> int:
-    bump("C")
+    await bump("C")
     return x + 100
 
 
 @aflow.task
 async def step_c_fails(x: int) -> int:
-    bump("C")
+    await bump("C")
     raise RuntimeError("card declined")
 
 
@@ -99,18 +114,14 @@ async def total(xs: list[int]) -> int:
 
 @aflow.task
 async def wait_here(x: int) -> int:
-    import anyio
-
-    bump("W")
-    path = pathlib.Path(os.environ["AFLOW_COUNTS"])
-    (path.parent / "waiting").write_text("")
-    await anyio.sleep(120)  # cancellable: the loop stays free
+    await bump("W")
+    await hang("W")
     return x
 
 
 @wait_here.revert
 async def undo_wait(x: int, *, result: Any) -> None:
-    bump("revert-W")
+    await bump("revert-W")
 
 
 @aflow.workflow
