@@ -97,6 +97,7 @@ class Engine:
         "_compiled",
         "_execution",
         "_options",
+        "_ran_empty",
         "_store",
         "flow",
         "storage",
@@ -115,6 +116,7 @@ class Engine:
         self.storage = Storage(self)
         self._compiled: CompiledFlow = compile_flow(flow, self._store)
         self._execution: Execution | None = None
+        self._ran_empty = False  # an empty flow has no run: this says it was run
 
     def __repr__(self) -> str:
         return f"<Engine {self.flow.name!r} {self.state.value}>"
@@ -123,7 +125,7 @@ class Engine:
     def state(self) -> RunStatus:
         """``PENDING`` before :meth:`run`, then the run's status (``SUSPENDED`` included)."""
         if self._compiled.graph is None:
-            return RunStatus.SUCCEEDED if self._options.get("_ran") else RunStatus.PENDING
+            return RunStatus.SUCCEEDED if self._ran_empty else RunStatus.PENDING
         if self._execution is None:
             return RunStatus.PENDING
         return self._execution.status
@@ -142,7 +144,7 @@ class Engine:
         """Run the flow to the end, or until :meth:`suspend`; a later call continues."""
         graph = self._compiled.graph
         if graph is None:
-            self._options["_ran"] = True
+            self._ran_empty = True
             return
         execution = self._execution
         if execution is None:

@@ -1144,7 +1144,7 @@ class Execution:
                 release(limits, self)
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
-        if type(value) is EndBranch:  # succeeded, but what follows it is SKIPPED
+        if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is SKIPPED
             self._succeed(index, value.value, children=False)
             self._skip_dependents(index, None)
             self._check_idle()
