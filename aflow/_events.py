@@ -17,7 +17,7 @@ from typing import Any, final
 
 import structlog
 
-__all__ = ["Event", "EventListener", "EventSink"]
+__all__ = ["Event", "EventListener", "EventSink", "warn"]
 
 #: Event names, fixed: tests and dashboards match on them.
 RUN_STARTED = "run_started"
@@ -71,6 +71,16 @@ def _structlog_logger(level: int) -> Any | None:
     if is_enabled is not None and not is_enabled(level):
         return None
     return logger
+
+
+def warn(event: str, **fields: Any) -> None:
+    """A problem the runtime works around (a store read that failed, a run it could not
+    recover): to structlog when configured, else to the standard ``aflow`` logger."""
+    if structlog.is_configured():
+        structlog.get_logger("aflow").warning(event, **fields)
+    else:
+        details = " ".join(f"{k}={v!r}" for k, v in fields.items())
+        logging.getLogger("aflow").warning("%s %s", event, details)
 
 
 @final

@@ -215,6 +215,18 @@ class ResumeMismatch(StoreError):
         return (type(self), (self.run_id, self.reason))
 
 
+class RecordedError(AflowError):
+    """A failure read back from a store when a run resumed: the text it was recorded as
+    (``Type: message``); the original exception object did not survive the process."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.text,))
+
+
 class RunError(AflowError):
     """Something about a run (rather than a task in it) went wrong."""
 

@@ -4,7 +4,7 @@ Usage::
 
     aflow run examples.orders:order_saga --param order_id=o-42 [--store URL]
     aflow runs [--status running]
-    aflow show RUN_ID
+    aflow show RUN_ID [--history]
     aflow resume RUN_ID
     aflow cancel RUN_ID
     aflow graph examples.orders:order_saga --param order_id=o-42 --format mermaid
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=50)
     show = sub.add_parser("show", help="a run and its nodes")
     show.add_argument("run_id")
+    show.add_argument("--history", action="store_true", help="every transition, oldest first")
     resume = sub.add_parser("resume", help="take up a run a dead process left unfinished")
     resume.add_argument("run_id")
     resume.add_argument("--quiet", action="store_true")
@@ -119,7 +120,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             if args.command == "runs":
                 return await _runs(store, args.status, args.limit)
             if args.command == "show":
-                return await _show(store, args.run_id)
+                return await _show(store, args.run_id, history=args.history)
             return await _cancel(store, args.run_id)
         finally:
             await store.close()
@@ -191,18 +192,28 @@ async def _runs(store: Any, status: str | None, limit: int) -> int:
     return 0
 
 
-async def _show(store: Any, run_id: str) -> int:
+async def _show(store: Any, run_id: str, *, history: bool = False) -> int:
+    import datetime as dt
+
     from rich.console import Console
     from rich.table import Table
 
     record = await store.get_run(run_id)
-    nodes = await store.load_nodes(run_id)
     console = Console()
     console.print(f"run [bold]{record.run_id}[/bold]  {record.workflow}  [b]{record.status}[/b]")
     if record.error:
         console.print(f"error: {record.error}")
+    if history:
+        table = Table("at", "node", "state", "attempt", "error")
+        for node in await store.load_history(run_id):
+            at = node.finished_at or node.started_at
+            when = dt.datetime.fromtimestamp(at).isoformat(sep=" ", timespec="milliseconds")
+            row = (when if at else "", node.key, node.state, str(node.attempt), node.error or "")
+            table.add_row(*row)
+        console.print(table)
+        return EXIT.get(record.status, 0)
     table = Table("node", "state", "attempts", "duration", "error")
-    for key, node in nodes.items():
+    for key, node in (await store.load_nodes(run_id)).items():
         duration = ""
         if node.started_at is not None and node.finished_at is not None:
             duration = f"{(node.finished_at - node.started_at) * 1000:.1f} ms"
@@ -212,11 +223,10 @@ async def _show(store: Any, run_id: str) -> int:
 
 
 async def _cancel(store: Any, run_id: str) -> int:
-    record = await store.get_run(run_id)
-    if record.status in EXIT:
-        print(f"aflow: run {run_id} has finished already ({record.status})", file=sys.stderr)
+    status = await store.request_cancel(run_id, "RunCancelled: cancelled from the command line")
+    if status != "cancelling":
+        print(f"aflow: run {run_id} has finished already ({status})", file=sys.stderr)
         return 2
-    await store.set_status(run_id, "cancelling", error="cancelled from the command line")
     print(f"run {run_id}: cancel requested (its process unwinds it; a dead one's recovery does)")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 import uuid
@@ -12,6 +13,7 @@ import anyio
 import pytest
 
 from aflow.stores import (
+    SCHEMA_VERSION,
     MemoryStore,
     NodeRecord,
     RunNotFound,
@@ -21,6 +23,7 @@ from aflow.stores import (
     StoreError,
     open_store,
 )
+from aflow.stores._sql import migrations
 
 
 def record(key: str | None = None, status: str = "pending") -> RunRecord:
@@ -111,7 +114,86 @@ async def test_the_sqlite_schema_is_created_once_and_versioned(tmp_path: Path) -
         (version,) = db.execute(
             "SELECT value FROM aflow_meta WHERE key='schema_version'"
         ).fetchone()
-    assert version == "1"
+    assert version == str(SCHEMA_VERSION)
+
+
+async def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    ((_, version_1), *_) = migrations("sqlite", 0)
+    with sqlite3.connect(path) as db:  # a store as the first aflow release left it
+        for statement in version_1:
+            db.execute(statement)
+        db.execute("INSERT INTO aflow_meta VALUES ('schema_version', '1')")
+        db.execute(
+            "INSERT INTO aflow_runs VALUES ('old', 'mod:wf', '{}', 'fp', 'running', NULL, "
+            "1.0, 1.0, NULL, NULL, NULL, 'json', NULL, NULL)"
+        )
+        db.execute("INSERT INTO aflow_nodes VALUES ('old', 'a', 'succeeded', 1, '41', NULL, 1, 2)")
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        old = await store.get_run("old")
+        assert (old.status, old.options) == ("running", None)
+        assert (await store.load_nodes("old"))["a"].result == "41"
+        await store.write_nodes("old", [NodeRecord("b", "failed", 1, None, "ValueError: x")])
+        assert [(n.key, n.state) for n in await store.load_history("old")] == [("b", "failed")]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        (version,) = db.execute(
+            "SELECT value FROM aflow_meta WHERE key='schema_version'"
+        ).fetchone()
+    assert version == str(SCHEMA_VERSION)
+
+
+async def test_options_and_every_transition_are_kept(store: Store) -> None:
+    run = dataclasses.replace(record(), options='{"on_error": "continue"}')
+    await store.create_run(run)
+    assert (await store.get_run(run.run_id)).options == '{"on_error": "continue"}'
+    await store.write_nodes(run.run_id, [NodeRecord("a", "running", 1, started_at=1.0)])
+    await store.write_nodes(run.run_id, [NodeRecord("a", "retrying", 1, None, "OSError: x")])
+    await store.write_nodes(
+        run.run_id,
+        [NodeRecord("a", "succeeded", 2, "7", None, None, 3.0), NodeRecord("b", "running", 1)],
+    )
+    history = await store.load_history(run.run_id)
+    assert [(n.key, n.state, n.attempt, n.error) for n in history] == [
+        ("a", "running", 1, None),
+        ("a", "retrying", 1, "OSError: x"),
+        ("a", "succeeded", 2, None),
+        ("b", "running", 1, None),
+    ]
+    assert all(n.result is None for n in history)  # results live in the latest record only
+    assert (await store.load_nodes(run.run_id))["a"].result == "7"
+    with pytest.raises(RunNotFound):
+        await store.load_history("nope")
+
+
+async def test_a_cancel_request_changes_only_an_unfinished_run(store: Store) -> None:
+    live, done = record(status="running"), record(status="succeeded")
+    for run in (live, done):
+        await store.create_run(run)
+    assert await store.request_cancel(live.run_id, "RunCancelled: by hand") == "cancelling"
+    assert (await store.get_run(live.run_id)).error == "RunCancelled: by hand"
+    assert await store.request_cancel(done.run_id, "RunCancelled: by hand") == "succeeded"
+    after = await store.get_run(done.run_id)
+    assert (after.status, after.error) == ("succeeded", None)
+    with pytest.raises(RunNotFound):
+        await store.request_cancel("nope", "x")
+
+
+async def test_a_heartbeat_renews_only_the_runs_named(store: Store) -> None:
+    driven, dropped = record(status="running"), record(status="running")
+    for run in (driven, dropped):
+        await store.create_run(run)
+        assert await store.claim(run.run_id, "me", 0.01)
+    await store.request_cancel(driven.run_id, "RunCancelled: x")
+    assert await store.heartbeat("me", 60.0, [driven.run_id]) == [driven.run_id]
+    assert await store.heartbeat("someone-else", 60.0, [dropped.run_id]) == []
+    assert await store.heartbeat("me", 60.0, []) == []
+    now = time.time()
+    assert ((await store.get_run(driven.run_id)).heartbeat or 0) > now + 30
+    assert ((await store.get_run(dropped.run_id)).heartbeat or 0) < now + 1  # not renewed
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import socket
@@ -16,8 +17,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 import anyio
 import anyio.abc
 
-from .._events import Event, EventListener
-from .._exceptions import DefinitionError, ResumeMismatch, RunCancelled, RunError, RunNotFinished
+from .._events import Event, EventListener, warn
+from .._exceptions import (
+    DefinitionError,
+    ResumeMismatch,
+    RunCancelled,
+    RunError,
+    RunNotFinished,
+)
 from .._failure import Failure
 from .._graph import Graph, NodeKind, compile
 from .._serialize import Serializer, serializer_for
@@ -41,8 +48,16 @@ R = TypeVar("R")
 
 _FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
 _KEEP: Any = object()
+#: The run options a durable store keeps, so that a resumed run behaves the same.
+_STORED_OPTIONS = ("on_error", "timeout", "compensation_timeout")
 #: Seconds without a heartbeat after which a run's process counts as dead (recovery takes it).
 DEFAULT_LEASE = 10.0
+
+
+def _load_options(record: RunRecord) -> dict[str, Any]:
+    """The options a run was submitted with, as its store keeps them."""
+    stored: dict[str, Any] = json.loads(record.options) if record.options else {}
+    return {k: v for k, v in stored.items() if k in _STORED_OPTIONS}
 
 
 def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
@@ -408,6 +423,7 @@ class Runtime:
         "_alive",
         "_clock",
         "_compensation_timeout",
+        "_followers",
         "_global",
         "_history",
         "_keep",
@@ -470,6 +486,8 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._thread_limiter: anyio.CapacityLimiter | None = None
         self._runs: dict[str, Run[Any]] = {}
+        #: handles on runs another process drives (an idempotency key's), polled until they end
+        self._followers: set[anyio.CancelScope] = set()
 
     def __repr__(self) -> str:
         state = "open" if self._tg is not None else "closed"
@@ -517,6 +535,8 @@ class Runtime:
                 for active in self.runs():
                     await active.wait()
             self._alive.cancel()  # the heartbeat, once every run has ended
+            for follower in self._followers:  # runs of other processes: stop watching them
+                follower.cancel()
         finally:
             self._tg = None
             try:
@@ -606,10 +626,14 @@ class Runtime:
             graph = compile(workflow)
         options = {
             "on_event": on_event,
-            "on_error": on_error,
-            "timeout": timeout,
-            "compensation_timeout": compensation_timeout,
             "clock": clock,
+            "on_error": on_error or self._on_error,
+            "timeout": timeout if timeout is not None else self._timeout,
+            "compensation_timeout": (
+                compensation_timeout
+                if compensation_timeout is not None
+                else self._compensation_timeout
+            ),
         }
         if store is None:
             if idempotency_key is not None:
@@ -638,6 +662,7 @@ class Runtime:
             serializer=self._serializer.name,
             owner=self._owner,
             heartbeat=now + self._lease,
+            options=json.dumps({k: options[k] for k in _STORED_OPTIONS}),
         )
         stored, created = await store.create_run(record)
         if not created:
@@ -652,7 +677,7 @@ class Runtime:
         run_id: str | None,
         journal: Journal | None,
         options: Mapping[str, Any],
-        restore: tuple[Mapping[str, NodeRecord], bool] | None = None,
+        restore: tuple[Mapping[str, NodeRecord], bool, str | None] | None = None,
     ) -> Run[Any]:
         listener = options.get("on_event")
         timeout = options.get("timeout")
@@ -675,7 +700,10 @@ class Runtime:
             journal=journal,
         )
         if restore is not None:
-            execution.restore(restore[0], self._serializer.loads, unwinding=restore[1])
+            assert journal is not None  # the run's own serializer reads its records
+            records, unwinding, trigger = restore
+            decode = journal.serializer.loads
+            execution.restore(records, decode, unwinding=unwinding, trigger=trigger)
         handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle
         assert self._tg is not None
@@ -704,29 +732,60 @@ class Runtime:
         return await self._follow(stored, graph)
 
     async def _follow(self, stored: RunRecord, graph: Graph) -> Run[Any]:
+        """A handle on a run another process drives: it follows the run's status in the
+        store. If that process dies (its lease runs out) this runtime resumes the run
+        and the handle follows its own execution; on exit, following stops."""
         store = self._store
         assert store is not None
         assert self._tg is not None
         execution = Execution(graph, run_id=stored.run_id)
         execution.status = RunStatus.RUNNING
         handle: Run[Any] = Run(execution)
+        scope = anyio.CancelScope()
+        self._followers.add(scope)
+
+        def end(status: str, error: BaseException | None, value: Any = None) -> None:
+            execution.status = RunStatus(status)
+            handle._value = value
+            handle._error = error
+            handle._finished.set()
 
         async def poll() -> None:
-            while True:
-                record = await store.get_run(stored.run_id)
-                if record.status in _FINISHED:
-                    execution.status = RunStatus(record.status)
-                    if record.result is not None:
-                        handle._value = serializer_for(record.serializer).loads(record.result)
-                    if record.status != "succeeded":
-                        handle._error = RunError(
-                            record.run_id, f"the run ended {record.status}: {record.error}"
-                        )
-                    handle._finished.set()
-                    return
-                await anyio.sleep(0.05)
+            try:
+                with scope:
+                    while True:
+                        record = await store.get_run(stored.run_id)
+                        if record.status in _FINISHED:
+                            value = None
+                            if record.result is not None:
+                                value = serializer_for(record.serializer).loads(record.result)
+                            error = None
+                            if record.status != "succeeded":
+                                error = RunError(
+                                    record.run_id, f"the run ended {record.status}: {record.error}"
+                                )
+                            end(record.status, error, value)
+                            return
+                        if (record.heartbeat or 0) < time.time():  # its process is gone
+                            try:
+                                resumed = await self.resume(record.run_id)
+                            except ResumeMismatch:
+                                pass  # another process took it first: keep following
+                            else:
+                                await resumed.wait()
+                                handle._execution = resumed._execution
+                                end(resumed.status.value, resumed._error, resumed._value)
+                                return
+                        await anyio.sleep(0.05)
+            finally:
+                self._followers.discard(scope)
+                if not handle._finished.is_set():
+                    end(
+                        "cancelled",
+                        RunCancelled(handle.id, "the runtime closed while following the run"),
+                    )
 
-        self._tg.start_soon(poll)
+        self._tg.start_soon(poll, name=f"aflow follow {stored.run_id[:8]}")
         return handle
 
     async def resume(self, run_id: str) -> Run[Any]:
@@ -758,13 +817,19 @@ class Runtime:
         # when the process died counts as cancelled mid-way (its revert runs), as it would
         # have in the process itself.
         unwinding = record.status in ("reverting", "cancelling")
-        handle = self._start(graph, run_id, journal, {}, (records, unwinding))
+        options = _load_options(record)
+        handle = self._start(graph, run_id, journal, options, (records, unwinding, record.error))
         if record.status == "cancelling":
             handle._execution.cancel()
         return handle
 
     async def recover(self) -> list[Run[Any]]:
-        """Resume every run the store has ``running`` or ``reverting`` (after a crash)."""
+        """Resume every unfinished run whose process is gone (its lease ran out).
+
+        A run that cannot be resumed (its workflow changed or cannot be imported,
+        its records cannot be read) is left as it is in the store and logged as
+        a warning; the others are resumed.
+        """
         store = self._require_store("recover")
         found: list[Run[Any]] = []
         now = time.time()
@@ -776,8 +841,15 @@ class Runtime:
                     continue  # its owner's lease holds: the process is alive
                 try:
                     found.append(await self.resume(record.run_id))
-                except ResumeMismatch:
-                    continue  # another recovering process claimed it first, or it changed
+                except ResumeMismatch as exc:  # claimed by another process first, or changed
+                    warn("aflow_recover_skipped", run_id=record.run_id, reason=str(exc))
+                except Exception as exc:  # one broken run must not keep the others down
+                    warn(
+                        "aflow_recover_failed",
+                        run_id=record.run_id,
+                        workflow=record.workflow,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
         return found
 
     async def fork(
@@ -799,12 +871,12 @@ class Runtime:
             graph.node(key)  # KeyError naming the known keys
             if value is _KEEP:
                 found = old.get(key)
-                if found is None or found.state != "succeeded":
+                if found is None or found.state not in ("succeeded", "reused"):
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
-                taken[key] = found
+                taken[key] = NodeRecord(key, "reused", 1, found.result)
             else:
                 text = serializer.dumps(value, task=key)
-                taken[key] = NodeRecord(key, "succeeded", 1, text)
+                taken[key] = NodeRecord(key, "reused", 1, text)
         now = time.time()
         new = RunRecord(
             run_id=uuid.uuid4().hex,
@@ -818,13 +890,16 @@ class Runtime:
             serializer=record.serializer,
             owner=self._owner,
             heartbeat=now + self._lease,
+            options=record.options,
         )
         stored, created = await store.create_run(new)
         if not created:  # the key names another run: never write into it
             raise ValueError(f"run_key {run_key!r} is used by run {stored.run_id} already")
         await store.write_nodes(stored.run_id, list(taken.values()))
         journal = Journal(store, stored.run_id, serializer)
-        return self._start(graph, stored.run_id, journal, {}, (taken, False))
+        return self._start(
+            graph, stored.run_id, journal, _load_options(record), (taken, False, None)
+        )
 
     def _rebuild(self, record: RunRecord) -> Graph:
         try:
@@ -867,7 +942,17 @@ class Runtime:
         with self._alive:
             while True:
                 await anyio.sleep(self._lease / 4)
-                for run_id in await store.heartbeat(self._owner, self._lease):
+                driven = [
+                    run_id
+                    for run_id, active in self._runs.items()
+                    if active._execution._journal is not None
+                ]
+                try:
+                    cancelled = await store.heartbeat(self._owner, self._lease, driven)
+                except Exception as exc:  # the next tick tries again; the runs go on
+                    warn("aflow_heartbeat_failed", store=store.url, error=repr(exc))
+                    continue
+                for run_id in cancelled:
                     active = self._runs.get(run_id)
                     if active is not None:
                         active._execution.cancel()

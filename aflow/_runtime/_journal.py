@@ -16,10 +16,19 @@ from typing import Any, final
 
 import anyio
 
+from .._exceptions import RecordedError
 from .._serialize import Serializer
 from ..stores._base import NodeRecord, Store
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "describe"]
+
+
+def describe(error: BaseException) -> str:
+    """An error as stored text (``Type: message``); NUL, which PostgreSQL text refuses,
+    is written as ``\\0``."""
+    if isinstance(error, RecordedError):  # recorded before: keep the text as it was
+        return error.text
+    return f"{type(error).__name__}: {error}".replace("\x00", "\\0")
 
 
 @final

@@ -61,9 +61,11 @@ from .._exceptions import (
     DefinitionError,
     GroupFailed,
     MissingInputError,
+    RecordedError,
     RunCancelled,
     RunTimeout,
     SerializationError,
+    StoreError,
     TaskTimeout,
 )
 from .._failure import Failure
@@ -72,7 +74,7 @@ from .._options import NodeOptions
 from ..stores._base import NodeRecord
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
-from ._journal import Journal
+from ._journal import Journal, describe
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import run_in_executor, run_in_thread
@@ -316,12 +318,14 @@ class Execution:
         "_spare_pending",
         "_started",
         "_states",
+        "_store_error",
         "_suspend_requested",
         "_tg",
         "_thread_limiter",
         "_timed_out",
         "_timeout",
         "_tolerated_by",
+        "_trigger",
         "_unwinding",
         "_wall_offset",
         "closed",
@@ -416,6 +420,9 @@ class Execution:
         self._nested = nested
         self._journal = journal
         self._resumed_unwinding = False
+        self._store_error: BaseException | None = None
+        #: What stopped the run, as stored while it is reverting (a resume needs it)
+        self._trigger: str | None = None
         self._timed_out = False
         self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
@@ -484,12 +491,11 @@ class Execution:
         try:
             value = await self._execute()
         except BaseException as exc:
+            if self._store_error is not None:
+                raise  # the store keeps the run unfinished, for a resume to take up
             with anyio.CancelScope(shield=True):
                 await store.set_status(
-                    self.run_id,
-                    self.status.value,
-                    error=f"{type(exc).__name__}: {exc}",
-                    ended_at=self.ended_at,
+                    self.run_id, self.status.value, error=describe(exc), ended_at=self.ended_at
                 )
             raise
         try:
@@ -503,59 +509,130 @@ class Execution:
         return value
 
     def restore(
-        self, records: Mapping[str, NodeRecord], decode: Callable[[str], Any], *, unwinding: bool
+        self,
+        records: Mapping[str, NodeRecord],
+        decode: Callable[[str], Any],
+        *,
+        unwinding: bool,
+        trigger: str | None = None,
     ) -> None:
         """Take up a run from its checkpoints: recorded successes are not run again.
 
-        With ``unwinding`` the run was compensating when it stopped: nodes already
-        reverted stay so, and the unwinding goes on from there (what had failed or
-        was running then is reverted too, as it would have been).
+        A recorded failure is final, as it was in the process that stopped: with
+        ``on_error="revert"`` (and not tolerated) it makes the run unwind. With
+        ``unwinding`` the run was compensating when it stopped: nodes already
+        reverted stay so, a revert that failed keeps what precedes it, and the
+        unwinding goes on from there; what was running then is reverted as
+        cancelled mid-way. ``trigger`` is what stopped the run (the stored text:
+        a task's error, ``RunTimeout: ...`` or ``RunCancelled: ...``).
         """
         if self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
         now = _perf_counter()
         states = self._states
-        for node in self._nodes:
+        nodes = self._nodes
+        failed: list[int] = []
+        for node in nodes:
             record = records.get(node.key)
             if record is None or node.task is None:
                 continue
             i = node.index
             state = record.state
-            if state == "succeeded" and record.result is not None:
-                self._results[i] = decode(record.result)
+            if state in ("succeeded", "reused") and (
+                record.result is not None or node.error_scope is not None
+            ):
+                self._results[i] = None if record.result is None else decode(record.result)
                 states[i] = _SUCCEEDED
-            elif unwinding and state == "reverted":
-                states[i] = _REVERTED
-                self._reverted.append(i)
-            elif unwinding and state in ("failed", "running", "revert_failed"):
-                error = RuntimeError(record.error or "cancelled when the process stopped")
-                cancelled = state == "running"
-                states[i] = _CANCELLED if cancelled else _FAILED
+            elif state == "failed":
+                failed.append(i)
+                error: BaseException = RecordedError(record.error or "failed (no error on record)")
                 self._errors[i] = error
-                self._failures[i] = Failure.capture(
-                    node.key, error, record.attempt, cancelled=cancelled
-                )
-                if state == "revert_failed":
+                self._failures[i] = Failure.capture(node.key, error, record.attempt)
+            elif unwinding and state in ("reverted", "revert_failed"):
+                if record.result is not None:
+                    self._results[i] = decode(record.result)
+                if state == "reverted":
+                    states[i] = _REVERTED
+                    self._reverted.append(i)
+                else:
                     states[i] = _REVERT_FAILED
-                    self._revert_errors[i] = error
+                    self._revert_errors[i] = RecordedError(record.error or "its revert failed")
+            elif unwinding and state in ("running", "retrying"):
+                error = RecordedError("cancelled mid-way: its process stopped")
+                states[i] = _CANCELLED
+                self._errors[i] = error
+                self._failures[i] = Failure.capture(node.key, error, record.attempt, cancelled=True)
             else:
-                continue
-            self._started[i] = self._finished[i] = now
+                continue  # it runs (again)
+            if state != "reused":  # a fork's reused node ran in another run: never reverted
+                self._started[i] = self._finished[i] = now
             if record.attempt > 1:
                 self._attempts[i] = record.attempt
         done = [i for i, st in enumerate(states) if st is _SUCCEEDED]
         self._done_count = len(done)
         for i in done:
             self._release(i)
+        for i in failed:
+            if self._restore_failure(nodes[i]):
+                unwinding = True
+        self._rebuild_map_calls()
         self._ready = deque(
             node.index
-            for node in self._nodes
+            for node in nodes
             if node.error_scope is None
             and states[node.index] is _PENDING
             and self._remaining[node.index] == 0
         )
         if unwinding:
             self._resumed_unwinding = True
+            self._trigger = trigger
+            if trigger is not None and trigger.startswith("RunTimeout"):
+                self._timed_out = True
+            elif trigger is not None and trigger.startswith("RunCancelled"):
+                self._cancel_requested = True
+
+    def _restore_failure(self, node: Node) -> bool:
+        """Replay a recorded failure's effect; True if it stops the run (it unwinds)."""
+        i = node.index
+        self._states[i] = _FAILED
+        self._finished[i] = _perf_counter()
+        if node.error_scope is not None:
+            return False
+        if node.options.continue_on_failed:
+            self._done_count += 1
+            self._release(i)
+            return False
+        self._errbacks_due = True
+        tolerant_join = self._tolerated_by.get(i)
+        if tolerant_join is not None or self._on_error == "continue":
+            self._done_count += 1
+            self._skip_dependents(i, tolerant_join)
+            return False
+        return True
+
+    def _rebuild_map_calls(self) -> None:
+        """A restored map or starmap with a revert undoes each of its items' calls.
+
+        A map that succeeded pairs each item with its result; one that failed or
+        was running when the process stopped gives each item the failure (which
+        items had run is not on record, so every item's revert is called).
+        """
+        for node in self._nodes:
+            i = node.index
+            task = node.task
+            if (
+                node.kind not in (_MAP, _STARMAP)
+                or task is None
+                or task.reverter is None
+                or self._started[i] is None
+            ):
+                continue
+            items = list(self._args_of(node)[0])
+            failure = self._failures.get(i)
+            if failure is None:
+                self._map_calls[i] = list(zip(items, self._results[i] or (), strict=False))
+            else:
+                self._map_calls[i] = [(item, failure) for item in items]
 
     async def _execute(self) -> Any:
         """The run itself (see :meth:`execute`).
@@ -581,7 +658,13 @@ class Execution:
         events.emit(RUN_STARTED)
         caller_cancel: BaseException | None = None
         if self._resumed_unwinding:  # taken up mid-compensation: go on with it
-            self._failure = next(iter(self._errors.items()), (0, RuntimeError("resumed")))
+            if self._timed_out or self._cancel_requested:
+                pass  # the outcome says so (RunTimeout / RunCancelled)
+            elif roots := self._root_failures():
+                first = next(i for i, e in self._errors.items() if e is roots[0])
+                self._failure = (first, roots[0])
+            else:  # the failed node was reverted since: the stored trigger says what failed
+                self._failure = (-1, RecordedError(self._trigger or "failed (no error on record)"))
             self._halt = True
         try:
             if not self._cancel_requested and not self._resumed_unwinding:
@@ -592,6 +675,8 @@ class Execution:
         except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
             caller_cancel = exc
         self._end_phase()
+        if self._store_error is not None and caller_cancel is None:
+            raise self._stopped_by_store()
 
         stopped = (
             self._failure is not None
@@ -600,6 +685,7 @@ class Execution:
             or self._cancel_requested
         )
         if stopped and self._on_error == "revert":
+            self._trigger = self._trigger_text(caller_cancel)
             try:
                 await self._unwind()
             except BaseException as exc:  # a native cancel as the shielded group closed
@@ -614,6 +700,8 @@ class Execution:
             self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED, error=caller_cancel)
             raise caller_cancel
+        if self._store_error is not None:  # while unwinding
+            raise self._stopped_by_store()
         if self._suspend_requested and not stopped and self._done_count < self._needed:
             self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
             events.emit(RUN_SUSPENDED)
@@ -627,6 +715,8 @@ class Execution:
             primary = roots[0]
         elif roots:
             primary = GroupFailed(self.run_id, f"{len(roots)} tasks failed", roots)  # type: ignore[arg-type]
+        elif self._failure is not None and self._failure[0] < 0:  # resumed: the stored trigger
+            primary = self._failure[1]
         elif self._cancel_requested and self._done_count < self._needed:
             primary = RunCancelled(self.run_id)
         else:
@@ -669,6 +759,37 @@ class Execution:
             events.emit(RUN_FAILED, error=primary)
         raise primary
 
+    def _trigger_text(self, caller_cancel: BaseException | None) -> str:
+        if self._failure is not None:
+            return describe(self._failure[1])
+        if self._timed_out:
+            return describe(RunTimeout(self.run_id, self._timeout or 0.0))
+        return describe(RunCancelled(self.run_id))
+
+    def _stopped_by_store(self) -> StoreError:
+        """The run stops where its store last recorded it (nothing reverted): a resume
+        takes it up from there once the store works again."""
+        error = self._store_error
+        assert error is not None
+        self._close(RunStatus.FAILED)
+        self._events.emit(RUN_FAILED, error=error)
+        failure = StoreError(
+            f"run {self.run_id} stopped: a checkpoint could not be written "
+            f"({describe(error)}). Nothing was reverted; the store keeps the run unfinished "
+            "at its last checkpoint: resume it (Runtime.resume(), `aflow resume`, or "
+            "Runtime(recover=True)) once the store is back"
+        )
+        failure.__cause__ = error
+        return failure
+
+    def _store_failed(self, error: BaseException) -> None:
+        """A checkpoint write failed: stop at once (running nodes are cancelled)."""
+        if self._store_error is None:
+            self._store_error = error
+        self._halt = True
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def _run_phase(self) -> None:
         """Run workers until the phase's ready work is done (or it is halted)."""
         self._halt = False
@@ -688,16 +809,24 @@ class Execution:
                 journal.close()
         self._tg = None
         self._done = None
-        if journal is not None and journal.holding:  # left over by a halted phase
-            with anyio.CancelScope(shield=True):
-                released = await journal.write()
-            self._release_held(released)
+        if journal is not None and journal.holding and self._store_error is None:
+            try:  # left over by a halted phase
+                with anyio.CancelScope(shield=True):
+                    released = await journal.write()
+            except Exception as exc:
+                self._store_failed(exc)
+            else:
+                self._release_held(released)
 
     async def _flusher(self, journal: Journal) -> None:
         """Write checkpoints in batches; release what each batch held (see _journal)."""
         while await journal.next_batch():
-            with anyio.CancelScope(shield=True):  # a batch is written whole, even when cancelled
-                released = await journal.write()
+            try:
+                with anyio.CancelScope(shield=True):  # a batch is written whole, even if cancelled
+                    released = await journal.write()
+            except Exception as exc:
+                self._store_failed(exc)
+                return
             self._release_held(released)
             if self._ready:
                 self._ensure_worker()
@@ -899,7 +1028,8 @@ class Execution:
             node = nodes[index]
             if self._unwinding:
                 if index not in self._reverting:
-                    self._unwound(index)
+                    if self._states[index] is not _REVERT_FAILED:  # (restored) it blocks its branch
+                        self._unwound(index)
                     continue
             elif node.kind is _JOIN:
                 self._join(node)
@@ -1052,6 +1182,14 @@ class Execution:
                     if clock.now() + wait < give_up_at:
                         if sink.node_events:
                             sink.emit(retried, node.key, name, attempt, error=exc)
+                        if (
+                            self._journal is not None
+                            and not self._unwinding
+                            and node.error_scope is None
+                        ):
+                            self._journal.record(
+                                NodeRecord(node.key, "retrying", attempt, None, describe(exc))
+                            )
                         if wait > 0:
                             previous = self._states[index]
                             self._states[index] = _RETRYING
@@ -1105,8 +1243,9 @@ class Execution:
         start = _perf_counter()
         self._started[index] = start
         sink = self._events
-        if self._journal is not None:
-            self._journal.started(node.key, 1)
+        journal = self._journal
+        if journal is not None and node.error_scope is None:
+            journal.started(node.key, 1)
         try:
             if (
                 node.options.single_shot
@@ -1149,9 +1288,13 @@ class Execution:
             self._skip_dependents(index, None)
             self._check_idle()
             return
-        if self._journal is not None:
-            self._checkpoint_success(node, value, attempt, start)
-            return
+        if journal is not None:
+            if node.error_scope is None:
+                self._checkpoint_success(node, value, attempt, start)
+                return
+            # an error callback's value is nobody's input: noted as done, not kept
+            times = (self._wall(start), time.time())
+            journal.record(NodeRecord(node.key, "succeeded", attempt, None, None, *times))
         self._succeed(index, value)
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
@@ -1233,7 +1376,7 @@ class Execution:
         index = node.index
         if self._journal is not None and node.task is not None:
             self._journal.record(
-                NodeRecord(node.key, "failed", attempt, None, f"{type(error).__name__}: {error}")
+                NodeRecord(node.key, "failed", attempt, None, describe(error), None, time.time())
             )
         self._errors[index] = error
         self._failures[index] = Failure.capture(node.key, error, attempt)
@@ -1326,7 +1469,14 @@ class Execution:
         async def compensate() -> None:
             nonlocal timed_out
             if self._journal is not None:
-                await self._journal.store.set_status(self.run_id, "reverting")
+                try:
+                    await self._journal.store.set_status(
+                        self.run_id, "reverting", error=self._trigger
+                    )
+                except Exception as exc:
+                    self._store_failed(exc)
+                    finished.set()
+                    return
             try:
                 with self._clock.cancel_scope(self._compensation_timeout) as deadline:
                     await self._run_phase()
@@ -1353,10 +1503,23 @@ class Execution:
             timeout = TimeoutError(
                 f"compensation of run {self.run_id} exceeded {self._compensation_timeout} s"
             )
+            journal = self._journal
             for i in self._reverting:  # in progress, in backoff, parked or never reached
                 if states[i] is not _REVERTED and i not in self._revert_errors:
                     states[i] = _REVERT_FAILED
                     self._revert_errors[i] = timeout
+                    if journal is not None:
+                        journal.record(
+                            NodeRecord(
+                                self._nodes[i].key, "revert_failed", 1, None, describe(timeout)
+                            )
+                        )
+            if journal is not None and journal.holding and self._store_error is None:
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await journal.write()
+                except Exception as exc:
+                    self._store_failed(exc)
 
     def _unwound(self, index: int) -> None:
         remaining = self._remaining
@@ -1423,8 +1586,9 @@ class Execution:
             self._revert_errors[index] = exc
             if self._journal is not None:
                 tries = self._revert_attempts.get(index, 1)
-                text = f"{type(exc).__name__}: {exc}"
-                self._journal.record(NodeRecord(node.key, "revert_failed", tries, None, text))
+                text = describe(exc)
+                record = NodeRecord(node.key, "revert_failed", tries, None, text, None, time.time())
+                self._journal.record(record)
             exc.add_note(f"aflow: the revert of {node.key!r} failed in run {self.run_id}")
             if sink.node_events:
                 sink.emit(REVERT_FAILED, node.key, node.name, error=exc)
@@ -1475,10 +1639,13 @@ class Execution:
             join = tolerated_by.get(i)
             return start <= i < end and not (join is not None and start <= join < end)
 
-        due = [
+        states = self._states
+        due = [  # one already done before a resume is not run again
             node
             for node in self._nodes
-            if node.error_scope is not None and any(fails(node.error_scope, i) for i in failed)
+            if node.error_scope is not None
+            and states[node.index] is _PENDING
+            and any(fails(node.error_scope, i) for i in failed)
         ]
         if not due:
             return []

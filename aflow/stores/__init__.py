@@ -5,16 +5,19 @@ One protocol, three implementations with the same behaviour::
     store = aflow.stores.open_store("sqlite:///runs.db")     # or "postgresql://...", "memory://"
 
 A store holds each run (id, workflow, inputs, graph fingerprint, status,
-idempotency key, result or error, times) and the latest transition of each
-node, keyed by the node's key in the graph (stable across processes). The
-schema is versioned and created on first use.
+idempotency key, options, result or error, times), the latest transition of
+each node, keyed by the node's key in the graph (stable across processes),
+and the history of those transitions. The schema is versioned, created on
+first use and migrated forward when an older store is opened.
 """
 
 from __future__ import annotations
 
+from .._exceptions import RecordedError as RecordedError
 from .._exceptions import ResumeMismatch as ResumeMismatch
 from .._exceptions import RunNotFound as RunNotFound
 from .._exceptions import StoreError as StoreError
+from ._base import SCHEMA_VERSION as SCHEMA_VERSION
 from ._base import NodeRecord as NodeRecord
 from ._base import RunRecord as RunRecord
 from ._base import Store as Store
@@ -23,8 +26,10 @@ from ._memory import MemoryStore as MemoryStore
 from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
+    "SCHEMA_VERSION",
     "MemoryStore",
     "NodeRecord",
+    "RecordedError",
     "ResumeMismatch",
     "RunNotFound",
     "RunRecord",

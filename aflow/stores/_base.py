@@ -11,7 +11,7 @@ from .._exceptions import StoreError
 __all__ = ["SCHEMA_VERSION", "NodeRecord", "RunRecord", "Store", "open_store"]
 
 #: The schema this aflow writes; a store written by a newer aflow is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +34,19 @@ class RunRecord:
     #: (the owner renews it while alive; recovery takes only expired runs).
     owner: str | None = None
     heartbeat: float | None = None
+    #: The run's options as JSON text (``on_error``, ``timeout``, ``compensation_timeout``),
+    #: so a resumed run keeps them.
+    options: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
-    """The latest transition of one node of a run."""
+    """One transition of one node of a run.
+
+    ``state`` is ``running``, ``retrying`` (``error`` holds the attempt's failure),
+    ``succeeded``, ``reused`` (taken from an earlier run by a fork), ``failed``,
+    ``reverted`` or ``revert_failed``.
+    """
 
     key: str
     state: str
@@ -90,18 +98,32 @@ class Store(Protocol):
     async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
         """Record node transitions, in one transaction (a batch is all or nothing)."""
 
+    async def request_cancel(self, run_id: str, reason: str) -> str:
+        """Set an unfinished run to ``cancelling``, atomically; return the run's status
+        afterwards (a finished run keeps its own; raises :class:`RunNotFound`)."""
+        ...
+
     async def claim(self, run_id: str, owner: str, lease: float) -> bool:
         """Make ``owner`` the run's owner for ``lease`` seconds unless another owner's
         lease has not run out; atomic. True if ``owner`` now owns it."""
         ...
 
-    async def heartbeat(self, owner: str, lease: float) -> list[str]:
-        """Renew for ``lease`` seconds every unfinished run ``owner`` owns; return
-        the ids of those asked to cancel (status ``cancelling``)."""
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+        """Renew for ``lease`` seconds those of ``run_ids`` that ``owner`` owns and that
+        are unfinished; return the ids of those asked to cancel (``cancelling``).
+
+        Only the runs a process still drives are renewed: one it stopped driving
+        (its store failed) lapses, and recovery can take it.
+        """
         ...
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         """The latest transition of each node of a run, by node key."""
+        ...
+
+    async def load_history(self, run_id: str) -> list[NodeRecord]:
+        """Every transition written for a run, oldest first (results are in
+        :meth:`load_nodes`; a start and an end written in one batch are one entry)."""
         ...
 
 

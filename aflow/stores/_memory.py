@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import final
 
@@ -23,6 +24,7 @@ class MemoryStore:
         self._runs: dict[str, RunRecord] = {}
         self._keys: dict[str, str] = {}
         self._nodes: dict[str, dict[str, NodeRecord]] = {}
+        self._history: dict[str, list[NodeRecord]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore [{len(self._runs)} runs]>"
@@ -41,6 +43,7 @@ class MemoryStore:
             raise ValueError(f"run {record.run_id!r} exists already")
         self._runs[record.run_id] = record
         self._nodes[record.run_id] = {}
+        self._history[record.run_id] = []
         if key is not None:
             self._keys[key] = record.run_id
         return record, True
@@ -65,8 +68,6 @@ class MemoryStore:
         error: str | None = None,
         ended_at: float | None = None,
     ) -> None:
-        import time
-
         run = await self.get_run(run_id)
         self._runs[run_id] = dataclasses.replace(
             run,
@@ -81,7 +82,9 @@ class MemoryStore:
         table = self._nodes.get(run_id)
         if table is None:
             raise RunNotFound(run_id, self.url)
+        history = self._history[run_id]
         for node in nodes:
+            history.append(dataclasses.replace(node, result=None))
             old = table.get(node.key)
             if old is not None:  # a later transition keeps the result and start time it lacks
                 node = dataclasses.replace(
@@ -92,8 +95,6 @@ class MemoryStore:
             table[node.key] = node
 
     async def claim(self, run_id: str, owner: str, lease: float) -> bool:
-        import time
-
         run = await self.get_run(run_id)
         now = time.time()
         if run.owner not in (None, owner) and (run.heartbeat or 0) >= now:
@@ -101,13 +102,19 @@ class MemoryStore:
         self._runs[run_id] = dataclasses.replace(run, owner=owner, heartbeat=now + lease)
         return True
 
-    async def heartbeat(self, owner: str, lease: float) -> list[str]:
-        import time
+    async def request_cancel(self, run_id: str, reason: str) -> str:
+        run = await self.get_run(run_id)
+        if run.status in UNFINISHED:
+            await self.set_status(run_id, "cancelling", error=reason)
+            return "cancelling"
+        return run.status
 
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
         expires = time.time() + lease
         cancel: list[str] = []
-        for run_id, run in self._runs.items():
-            if run.owner == owner and run.status in UNFINISHED:
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is not None and run.owner == owner and run.status in UNFINISHED:
                 self._runs[run_id] = dataclasses.replace(run, heartbeat=expires)
                 if run.status == "cancelling":
                     cancel.append(run_id)
@@ -118,3 +125,7 @@ class MemoryStore:
         if table is None:
             raise RunNotFound(run_id, self.url)
         return dict(table)
+
+    async def load_history(self, run_id: str) -> list[NodeRecord]:
+        await self.get_run(run_id)
+        return list(self._history[run_id])

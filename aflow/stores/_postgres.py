@@ -11,11 +11,21 @@ import anyio
 
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
-from ._sql import RUN_COLUMNS, SCHEMA, UNFINISHED, UPSERT_NODE, node_row, run_from_row, run_row
+from ._sql import (
+    HISTORY_COLUMNS,
+    NODE_COLUMNS,
+    RUN_COLUMNS,
+    UNFINISHED,
+    UPSERT_NODE,
+    migrations,
+    node_row,
+    run_from_row,
+    run_row,
+)
 
 __all__ = ["PostgresStore"]
 
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 15))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 16))
 #: PostgreSQL allows 32,767 parameters per statement; a node row has 8.
 _ROWS_PER_STATEMENT = 4000
 
@@ -66,14 +76,15 @@ class PostgresStore:
                         f"{self!r} has schema {version}, newer than this aflow's "
                         f"{SCHEMA_VERSION}: upgrade aflow"
                     )
-                if version < SCHEMA_VERSION:
-                    for statement in SCHEMA:
-                        await conn.execute(statement.format(real="DOUBLE PRECISION"))
-                    await conn.execute(
-                        "INSERT INTO aflow_meta (key, value) VALUES ('schema_version', $1) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        str(SCHEMA_VERSION),
-                    )
+                for target, statements in migrations("postgres", version):
+                    async with conn.transaction():  # a savepoint per version
+                        for statement in statements:
+                            await conn.execute(statement)
+                        await conn.execute(
+                            "INSERT INTO aflow_meta (key, value) VALUES ('schema_version', $1) "
+                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            str(target),
+                        )
         except BaseException:  # cancellation too: close the pool (shielded), then go on
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -183,11 +194,25 @@ class PostgresStore:
             return False
         return True
 
-    async def heartbeat(self, owner: str, lease: float) -> list[str]:
+    async def request_cancel(self, run_id: str, reason: str) -> str:
+        await self._p().execute(
+            "UPDATE aflow_runs SET status = 'cancelling', error = $1, updated_at = $2 "
+            "WHERE run_id = $3 AND status = ANY($4::text[])",
+            reason,
+            time.time(),
+            run_id,
+            list(UNFINISHED),
+        )
+        return (await self.get_run(run_id)).status
+
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+        if not run_ids:
+            return []
         rows = await self._p().fetch(
-            "UPDATE aflow_runs SET heartbeat = $1 WHERE owner = $2 AND status = ANY($3::text[]) "
-            "RETURNING run_id, status",
+            "UPDATE aflow_runs SET heartbeat = $1 WHERE run_id = ANY($2::text[]) AND owner = $3 "
+            "AND status = ANY($4::text[]) RETURNING run_id, status",
             time.time() + lease,
+            list(run_ids),
             owner,
             list(UNFINISHED),
         )
@@ -196,8 +221,14 @@ class PostgresStore:
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
         rows = await self._p().fetch(
-            "SELECT key, state, attempt, result, error, started_at, finished_at "
-            "FROM aflow_nodes WHERE run_id = $1",
-            run_id,
+            f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = $1", run_id
         )
         return {row[0]: NodeRecord(*tuple(row)) for row in rows}
+
+    async def load_history(self, run_id: str) -> list[NodeRecord]:
+        await self.get_run(run_id)
+        rows = await self._p().fetch(
+            f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = $1 ORDER BY seq",
+            run_id,
+        )
+        return [NodeRecord(*tuple(row)) for row in rows]

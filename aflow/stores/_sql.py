@@ -8,17 +8,21 @@ from typing import Any
 from ._base import NodeRecord, RunRecord
 
 __all__ = [
+    "HISTORY_COLUMNS",
+    "NODE_COLUMNS",
     "RUN_COLUMNS",
-    "SCHEMA",
     "UNFINISHED",
     "UPSERT_NODE",
+    "migrations",
     "node_row",
     "run_from_row",
     "run_row",
 ]
 
-#: Created on first use; ``{real}`` is REAL (SQLite) or DOUBLE PRECISION (PostgreSQL).
-SCHEMA = (
+#: Version 1, created on first use; later versions are migrations from it (below), so
+#: a new store and an upgraded one run the same statements. ``{real}`` is REAL
+#: (SQLite) or DOUBLE PRECISION (PostgreSQL).
+_VERSION_1 = (
     "CREATE TABLE IF NOT EXISTS aflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS aflow_runs (
         run_id TEXT PRIMARY KEY,
@@ -50,6 +54,60 @@ SCHEMA = (
     )""",
 )
 
+#: Version 2: the run's options (a resumed run keeps them), and every node transition
+#: (a trigger on aflow_nodes appends it, so a checkpoint batch stays one statement).
+_VERSION_2_COMMON = (
+    "ALTER TABLE aflow_runs ADD COLUMN options TEXT",
+    """CREATE TABLE aflow_transitions (
+        seq {serial},
+        run_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        error TEXT,
+        started_at {real},
+        finished_at {real}
+    )""",
+    "CREATE INDEX aflow_transitions_run ON aflow_transitions (run_id, seq)",
+)
+_LOG_VALUES = (
+    "INSERT INTO aflow_transitions (run_id, key, state, attempt, error, started_at, "
+    "finished_at) VALUES (NEW.run_id, NEW.key, NEW.state, NEW.attempt, NEW.error, "
+    "NEW.started_at, NEW.finished_at);"
+)
+_VERSION_2 = {
+    "sqlite": _VERSION_2_COMMON
+    + tuple(
+        f"CREATE TRIGGER aflow_nodes_log_{event.lower()} AFTER {event} ON aflow_nodes "
+        f"BEGIN {_LOG_VALUES} END"
+        for event in ("INSERT", "UPDATE")
+    ),
+    "postgres": (
+        *_VERSION_2_COMMON,
+        "CREATE OR REPLACE FUNCTION aflow_log_transition() RETURNS trigger AS $$ "
+        f"BEGIN {_LOG_VALUES} RETURN NULL; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER aflow_nodes_log AFTER INSERT OR UPDATE ON aflow_nodes "
+        "FOR EACH ROW EXECUTE FUNCTION aflow_log_transition()",
+    ),
+}
+_TYPES = {
+    "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY"},
+    "postgres": {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"},
+}
+
+
+def migrations(dialect: str, version: int) -> list[tuple[int, list[str]]]:
+    """The statements that take a store from schema ``version`` (0: empty) to the
+    newest, version by version; each version runs in its own transaction."""
+    types = _TYPES[dialect]
+    steps = {1: _VERSION_1, 2: _VERSION_2[dialect]}
+    return [
+        (v, [statement.format(**types) for statement in steps[v]])
+        for v in sorted(steps)
+        if v > version
+    ]
+
+
 #: Record a node transition; a later one keeps the result and start time it lacks.
 #: ``{rows}`` is one or more ``(?, ...)`` groups (SQLite) or ``($1, ..., $8)`` (PostgreSQL).
 UPSERT_NODE = (
@@ -63,8 +121,11 @@ UPSERT_NODE = (
 
 RUN_COLUMNS = (
     "run_id, workflow, params, fingerprint, status, idempotency_key, created_at, "
-    "updated_at, ended_at, result, error, serializer, owner, heartbeat"
+    "updated_at, ended_at, result, error, serializer, owner, heartbeat, options"
 )
+NODE_COLUMNS = "key, state, attempt, result, error, started_at, finished_at"
+#: A transition as the history keeps it (its result is in aflow_nodes).
+HISTORY_COLUMNS = "key, state, attempt, NULL, error, started_at, finished_at"
 
 #: Statuses of runs that are not over (recovery looks at these).
 UNFINISHED = ("pending", "running", "reverting", "cancelling")
@@ -86,6 +147,7 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
         record.serializer,
         record.owner,
         record.heartbeat,
+        record.options,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,7 +20,17 @@ import anyio
 
 from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
-from ._sql import RUN_COLUMNS, SCHEMA, UNFINISHED, UPSERT_NODE, node_row, run_from_row, run_row
+from ._sql import (
+    HISTORY_COLUMNS,
+    NODE_COLUMNS,
+    RUN_COLUMNS,
+    UNFINISHED,
+    UPSERT_NODE,
+    migrations,
+    node_row,
+    run_from_row,
+    run_row,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -98,6 +109,7 @@ class SQLiteStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
+        version = 0
         if "aflow_meta" in tables:
             async with db.execute(
                 "SELECT value FROM aflow_meta WHERE key='schema_version'"
@@ -109,15 +121,14 @@ class SQLiteStore:
                     f"{self.path!r} has schema {version}, newer than this aflow's "
                     f"{SCHEMA_VERSION}: upgrade aflow"
                 )
-            if version == SCHEMA_VERSION:
-                return
-        async with _transaction(db):
-            for statement in SCHEMA:
-                await db.execute(statement.format(real="REAL"))
-            await db.execute(
-                "INSERT OR REPLACE INTO aflow_meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        for target, statements in migrations("sqlite", version):
+            async with _transaction(db):
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT OR REPLACE INTO aflow_meta (key, value) VALUES ('schema_version', ?)",
+                    (str(target),),
+                )
 
     async def close(self) -> None:
         if self._db is not None:
@@ -145,7 +156,7 @@ class SQLiteStore:
                     return run_from_row(row), False
             await db.execute(
                 f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 run_row(record),
             )
         return record, True
@@ -218,23 +229,44 @@ class SQLiteStore:
             await self.get_run(run_id)  # RunNotFound, or owned by a live process
         return claimed
 
-    async def heartbeat(self, owner: str, lease: float) -> list[str]:
+    async def request_cancel(self, run_id: str, reason: str) -> str:
         marks = ", ".join("?" * len(UNFINISHED))
         async with self._lock:
             await self._conn().execute(
-                f"UPDATE aflow_runs SET heartbeat = ? WHERE owner = ? AND status IN ({marks})",
-                (time.time() + lease, owner, *UNFINISHED),
+                f"UPDATE aflow_runs SET status = 'cancelling', error = ?, updated_at = ? "
+                f"WHERE run_id = ? AND status IN ({marks})",
+                (reason, time.time(), run_id, *UNFINISHED),
             )
-        async with self._conn().execute(
-            "SELECT run_id FROM aflow_runs WHERE owner = ? AND status = 'cancelling'", (owner,)
-        ) as cursor:
-            return [row[0] for row in await cursor.fetchall()]
+        return (await self.get_run(run_id)).status
+
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" * len(UNFINISHED))
+        ids = json.dumps(list(run_ids))
+        chosen = "run_id IN (SELECT value FROM json_each(?)) AND owner = ?"
+        async with self._lock:
+            await self._conn().execute(
+                f"UPDATE aflow_runs SET heartbeat = ? WHERE {chosen} AND status IN ({marks})",
+                (time.time() + lease, ids, owner, *UNFINISHED),
+            )
+            async with self._conn().execute(
+                f"SELECT run_id FROM aflow_runs WHERE {chosen} AND status = 'cancelling'",
+                (ids, owner),
+            ) as cursor:
+                return [row[0] for row in await cursor.fetchall()]
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
         async with self._conn().execute(
-            "SELECT key, state, attempt, result, error, started_at, finished_at "
-            "FROM aflow_nodes WHERE run_id = ?",
-            (run_id,),
+            f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = ?", (run_id,)
         ) as cursor:
             return {row[0]: NodeRecord(*row) for row in await cursor.fetchall()}
+
+    async def load_history(self, run_id: str) -> list[NodeRecord]:
+        await self.get_run(run_id)
+        async with self._conn().execute(
+            f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+        ) as cursor:
+            return [NodeRecord(*row) for row in await cursor.fetchall()]
