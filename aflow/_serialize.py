@@ -1,9 +1,12 @@
 """Serialising task results and run inputs for durable stores.
 
 JSON by default, with a small set of well-known types kept exact (tuples,
-sets, bytes, datetimes, dates, times, timedeltas, Decimals, UUIDs, Paths and
-:class:`aflow.Failure` as text). A value outside that set raises
-:class:`aflow.SerializationError` naming the task and the type. The pickle
+sets, bytes, datetimes, dates, times, timedeltas, Decimals, UUIDs, paths of
+each pathlib class, enum members and named tuples, the last two by their
+class's import path). A value that would not come back as it went in (any
+other type, or a subclass of a builtin such as a ``str`` subclass) raises
+:class:`aflow.SerializationError` naming the task, the type and where in the
+value it sits. The pickle
 serialiser is opt-in and only for stores nobody untrusted can write to:
 loading a pickle runs code.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import enum
+import importlib
 import json
 import pathlib
 import pickle
@@ -36,13 +41,47 @@ class Serializer(Protocol):
     def loads(self, text: str) -> Any: ...
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str})
+_PATHS = {
+    cls.__name__: cls
+    for cls in (
+        pathlib.Path,
+        pathlib.PurePath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+    )
+}
+
+
+#: What ``Path(...)`` makes here (PosixPath or WindowsPath): stored as plain text.
+_CONCRETE_PATH = type(pathlib.Path())
+
+
+def _class_path(cls: type, task: str, path: str) -> str:
+    """Where another process imports ``cls`` from (an enum's or named tuple's class)."""
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        where = "in __main__" if cls.__module__ == "__main__" else "inside a function"
+        raise SerializationError(
+            task, cls, path, f"its class is defined {where}; define it at module level"
+        )
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def _encode(value: Any, task: str, path: str) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
+    kind = type(value)
+    if kind in _SCALARS:
         return value
-    if isinstance(value, list):
+    if isinstance(value, enum.Enum):  # before int and str: IntEnum and StrEnum are both
+        return {
+            _TAG: "enum",
+            "v": [_class_path(kind, task, path), _encode(value.value, task, path)],
+        }
+    if kind is list:
         return [_encode(v, task, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value):
+    if kind is dict:
+        if all(type(k) is str for k in value):
             if _TAG in value:
                 return {_TAG: "dict", "v": [[k, _encode(v, task, path)] for k, v in value.items()]}
             return {k: _encode(v, task, f"{path}[{k!r}]") for k, v in value.items()}
@@ -50,28 +89,76 @@ def _encode(value: Any, task: str, path: str) -> Any:
             _TAG: "dict",
             "v": [[_encode(k, task, path), _encode(v, task, path)] for k, v in value.items()],
         }
-    if isinstance(value, tuple):
-        return {_TAG: "tuple", "v": [_encode(v, task, path) for v in value]}
-    if isinstance(value, set | frozenset):
-        kind = "set" if isinstance(value, set) else "frozenset"
-        return {_TAG: kind, "v": [_encode(v, task, path) for v in value]}
-    if isinstance(value, bytes):
+    if kind is tuple:
+        return {_TAG: "tuple", "v": [_encode(v, task, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, tuple) and hasattr(kind, "_fields"):  # a named tuple
+        items = [_encode(v, task, f"{path}.{f}") for f, v in zip(kind._fields, value, strict=True)]
+        return {_TAG: "namedtuple", "v": [_class_path(kind, task, path), items]}
+    if kind is set or kind is frozenset:
+        return {_TAG: kind.__name__, "v": [_encode(v, task, path) for v in value]}
+    if kind is bytes:
         return {_TAG: "bytes", "v": base64.b64encode(value).decode()}
-    if isinstance(value, dt.datetime):
-        return {_TAG: "datetime", "v": value.isoformat()}
-    if isinstance(value, dt.date):
+    if kind is dt.datetime:  # fold (which of a repeated wall-clock hour) is not in isoformat
+        return {_TAG: "datetime", "v": [value.isoformat(), 1] if value.fold else value.isoformat()}
+    if kind is dt.date:
         return {_TAG: "date", "v": value.isoformat()}
-    if isinstance(value, dt.time):
-        return {_TAG: "time", "v": value.isoformat()}
-    if isinstance(value, dt.timedelta):
+    if kind is dt.time:
+        return {_TAG: "time", "v": [value.isoformat(), 1] if value.fold else value.isoformat()}
+    if kind is dt.timedelta:
         return {_TAG: "timedelta", "v": value.total_seconds()}
-    if isinstance(value, decimal.Decimal):
+    if kind is decimal.Decimal:
         return {_TAG: "decimal", "v": str(value)}
-    if isinstance(value, uuid.UUID):
+    if kind is uuid.UUID:
         return {_TAG: "uuid", "v": str(value)}
-    if isinstance(value, pathlib.PurePath):
-        return {_TAG: "path", "v": str(value)}
-    raise SerializationError(task, type(value), path)
+    if _PATHS.get(kind.__name__) is kind:
+        return {
+            _TAG: "path",
+            "v": str(value) if kind is _CONCRETE_PATH else [kind.__name__, str(value)],
+        }
+    detail = ""
+    for base in (int, float, str, bytes, list, dict, tuple, set, dt.datetime, dt.date):
+        if isinstance(value, base):
+            detail = (
+                f"a subclass of {base.__name__} would come back as a plain {base.__name__}; "
+                "convert it, or opt in to pickle"
+            )
+            break
+    raise SerializationError(task, kind, path, detail)
+
+
+def _load_class(spec: str, check: Any, what: str) -> Any:
+    module, _, qualname = spec.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, type) or not check(obj):
+        raise TypeError(f"{spec} is not {what}: refusing to load it")
+    return obj
+
+
+def _decode_enum(v: list[Any]) -> Any:
+    cls = _load_class(v[0], lambda c: issubclass(c, enum.Enum), "an Enum")
+    return cls(_decode(v[1]))
+
+
+def _decode_namedtuple(v: list[Any]) -> Any:
+    cls = _load_class(
+        v[0], lambda c: issubclass(c, tuple) and hasattr(c, "_fields"), "a named tuple"
+    )
+    return cls(*(_decode(x) for x in v[1]))
+
+
+def _folded(parse: Any, v: Any) -> Any:
+    if isinstance(v, str):
+        return parse(v)
+    return parse(v[0]).replace(fold=v[1])
+
+
+def _decode_path(v: Any) -> Any:
+    if isinstance(v, str):
+        return pathlib.Path(v)
+    name, text = v
+    return _PATHS[name](text)
 
 
 _DECODERS: dict[str, Any] = {
@@ -80,13 +167,15 @@ _DECODERS: dict[str, Any] = {
     "frozenset": lambda v: frozenset(_decode(x) for x in v),
     "dict": lambda v: {_decode(k): _decode(x) for k, x in v},
     "bytes": lambda v: base64.b64decode(v),
-    "datetime": dt.datetime.fromisoformat,
+    "datetime": lambda v: _folded(dt.datetime.fromisoformat, v),
     "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
+    "time": lambda v: _folded(dt.time.fromisoformat, v),
     "timedelta": lambda v: dt.timedelta(seconds=v),
     "decimal": decimal.Decimal,
     "uuid": uuid.UUID,
-    "path": pathlib.Path,
+    "path": _decode_path,
+    "enum": _decode_enum,
+    "namedtuple": _decode_namedtuple,
 }
 
 
