@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 import pytest
@@ -58,3 +60,31 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         cluster.__exit__(None, None, None)
+
+
+@pytest.fixture
+def counts(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """The side-effect counter file of tests/durable_workflows.py."""
+    path = tmp_path / "counts.json"
+    monkeypatch.setenv("AFLOW_COUNTS", str(path))
+    monkeypatch.delenv("AFLOW_HANG", raising=False)
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """A fresh durable store: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    import anyio
+    import asyncpg
+
+    async def create() -> str:
+        name = f"t{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(url)
+        await conn.execute(f"CREATE DATABASE {name}")
+        await conn.close()
+        return url.rsplit("/", 1)[0] + f"/{name}"
+
+    return anyio.run(create)

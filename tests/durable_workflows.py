@@ -29,6 +29,11 @@ async def bump(name: str) -> int:
     return count
 
 
+def read_counts(path: pathlib.Path) -> dict[str, int]:
+    """The counts so far (empty before anything ran)."""
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
 def _count(name: str) -> int:
     path = pathlib.Path(os.environ["AFLOW_COUNTS"])
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -127,3 +132,75 @@ async def undo_wait(x: int, *, result: Any) -> None:
 @aflow.workflow
 def a_then_wait(start: int) -> Any:
     return step_a.s(start) | wait_here.s()
+
+
+# --- for the resume tests (tests/test_resume.py) ------------------------------------------
+
+
+@aflow.task
+async def book(x: int) -> int:
+    await bump(f"book-{x}")
+    return x * 10
+
+
+@book.revert
+async def unbook(x: int, *, result: Any) -> None:
+    await bump(f"unbook-{x}:{result if isinstance(result, int) else 'failure'}")
+
+
+@aflow.workflow
+def booked(n: int) -> Any:
+    return book.map(list(range(1, n + 1))) | step_c_fails.s()
+
+
+@aflow.task
+async def note_failure(error: BaseException) -> Opaque:
+    await bump("errback")
+    return Opaque()  # nobody's input: it is never serialised
+
+
+@aflow.workflow
+def abc_fails_with_errback(start: int) -> Any:
+    return (step_a.s(start) | step_c_fails.s()).on_error(note_failure.s())
+
+
+@aflow.workflow
+def a_and_failing_c(start: int) -> Any:
+    return aflow.group(step_a.s(start), step_c_fails.s(start))
+
+
+@aflow.task
+async def stuck(x: int) -> int:
+    return x
+
+
+@stuck.revert
+async def unstick(x: int, *, result: Any) -> None:
+    await anyio.sleep_forever()
+
+
+@aflow.workflow
+def stuck_then_fails(start: int) -> Any:
+    return stuck.s(start) | step_c_fails.s()
+
+
+@aflow.task
+async def nul_error(x: int) -> int:
+    raise ValueError("bad\x00byte")
+
+
+@aflow.workflow
+def a_then_nul(start: int) -> Any:
+    return step_a.s(start) | nul_error.s()
+
+
+@aflow.task
+async def flaky(x: int) -> int:
+    if await bump("flaky") == 1:
+        raise OSError("connection reset")
+    return x
+
+
+@aflow.workflow
+def flaky_once(start: int) -> Any:
+    return flaky.s(start).set(retries=1)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import anyio
 import pytest
@@ -24,33 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LEASE = 0.2
 
 
-@pytest.fixture
-def counts(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
-    path = tmp_path / "counts.json"
-    monkeypatch.setenv("AFLOW_COUNTS", str(path))
-    monkeypatch.delenv("AFLOW_HANG", raising=False)
-    return path
-
-
-def read(path: pathlib.Path) -> dict[str, int]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'runs.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    import asyncpg
-
-    async def create() -> str:
-        name = f"t{uuid.uuid4().hex[:12]}"
-        conn = await asyncpg.connect(url)
-        await conn.execute(f"CREATE DATABASE {name}")
-        await conn.close()
-        return url.rsplit("/", 1)[0] + f"/{name}"
-
-    return anyio.run(create)
+read = wf.read_counts
 
 
 async def test_a_durable_run_checkpoints_every_node(store_url: str, counts: pathlib.Path) -> None:

@@ -37,6 +37,7 @@ class Journal:
 
     __slots__ = (
         "_pending",
+        "_superseded",
         "_wake",
         "batches",
         "closing",
@@ -52,6 +53,8 @@ class Journal:
         self.run_id = run_id
         self.serializer = serializer
         self._pending: dict[str, NodeRecord] = {}
+        #: earlier transitions of a node in the same batch that carry an error (a retry's)
+        self._superseded: list[NodeRecord] = []
         #: (kind, node index) released once the pending batch is committed
         self.held: list[tuple[str, int]] = []
         self._wake = anyio.Event()
@@ -70,6 +73,9 @@ class Journal:
 
     def record(self, node: NodeRecord, hold: tuple[str, int] | None = None) -> None:
         """Buffer one transition; ``hold`` is released to the scheduler after it is written."""
+        earlier = self._pending.get(node.key)
+        if earlier is not None and earlier.error is not None:  # the history keeps it
+            self._superseded.append(earlier)
         self._pending[node.key] = node
         if hold is not None:
             self.held.append(hold)
@@ -91,11 +97,13 @@ class Journal:
     async def write(self) -> list[tuple[str, int]]:
         """Write what is pending in one transaction; return the transitions it releases."""
         batch = list(self._pending.values())
+        superseded = self._superseded
         released = self.held
         self._pending = {}
+        self._superseded = []
         self.held = []
         if batch:
-            await self.store.write_nodes(self.run_id, batch)
+            await self.store.write_nodes(self.run_id, batch, superseded)
             self.batches += 1
             self.written += len(batch)
         return released

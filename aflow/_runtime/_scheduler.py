@@ -723,6 +723,7 @@ class Execution:
             primary = None
         try:
             errback_errors = await self._run_errbacks() if self._errbacks_due else []
+            await self._write_leftover()  # the error callbacks' records
         except BaseException as exc:  # cancelled while the error callbacks ran
             self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED, error=exc)
@@ -809,14 +810,20 @@ class Execution:
                 journal.close()
         self._tg = None
         self._done = None
-        if journal is not None and journal.holding and self._store_error is None:
-            try:  # left over by a halted phase
-                with anyio.CancelScope(shield=True):
-                    released = await journal.write()
-            except Exception as exc:
-                self._store_failed(exc)
-            else:
-                self._release_held(released)
+        await self._write_leftover()  # a halted phase leaves transitions unwritten
+
+    async def _write_leftover(self) -> None:
+        """Write what is still buffered outside a phase (shielded); release what it held."""
+        journal = self._journal
+        if journal is None or not journal.holding or self._store_error is not None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                released = await journal.write()
+        except Exception as exc:
+            self._store_failed(exc)
+        else:
+            self._release_held(released)
 
     async def _flusher(self, journal: Journal) -> None:
         """Write checkpoints in batches; release what each batch held (see _journal)."""
@@ -1514,12 +1521,7 @@ class Execution:
                                 self._nodes[i].key, "revert_failed", 1, None, describe(timeout)
                             )
                         )
-            if journal is not None and journal.holding and self._store_error is None:
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await journal.write()
-                except Exception as exc:
-                    self._store_failed(exc)
+            await self._write_leftover()
 
     def _unwound(self, index: int) -> None:
         remaining = self._remaining

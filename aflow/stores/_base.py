@@ -95,8 +95,15 @@ class Store(Protocol):
     ) -> None:
         """Record a run's new status (and, at the end, its result or error)."""
 
-    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
-        """Record node transitions, in one transaction (a batch is all or nothing)."""
+    async def write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> None:
+        """Record node transitions, in one transaction (a batch is all or nothing).
+
+        ``nodes`` has one transition per node; ``superseded`` holds earlier ones of
+        the same nodes from the same batch (a retry's failure), which only the
+        history keeps.
+        """
 
     async def request_cancel(self, run_id: str, reason: str) -> str:
         """Set an unfinished run to ``cancelling``, atomically; return the run's status

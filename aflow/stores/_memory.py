@@ -78,11 +78,14 @@ class MemoryStore:
             ended_at=ended_at if ended_at is not None else run.ended_at,
         )
 
-    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+    async def write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> None:
         table = self._nodes.get(run_id)
         if table is None:
             raise RunNotFound(run_id, self.url)
         history = self._history[run_id]
+        history.extend(dataclasses.replace(node, result=None) for node in superseded)
         for node in nodes:
             history.append(dataclasses.replace(node, result=None))
             old = table.get(node.key)

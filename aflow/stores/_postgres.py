@@ -13,10 +13,12 @@ from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import (
     HISTORY_COLUMNS,
+    INSERT_HISTORY,
     NODE_COLUMNS,
     RUN_COLUMNS,
     UNFINISHED,
     UPSERT_NODE,
+    history_row,
     migrations,
     node_row,
     run_from_row,
@@ -34,6 +36,12 @@ _ROWS_PER_STATEMENT = 4000
 def _upsert(n: int) -> str:
     groups = ("(" + ", ".join(f"${8 * row + col}" for col in range(1, 9)) + ")" for row in range(n))
     return UPSERT_NODE.format(rows=", ".join(groups))
+
+
+@functools.lru_cache(maxsize=16)
+def _history(n: int) -> str:
+    groups = ("(" + ", ".join(f"${7 * row + col}" for col in range(1, 8)) + ")" for row in range(n))
+    return INSERT_HISTORY.format(rows=", ".join(groups))
 
 
 @final
@@ -161,17 +169,23 @@ class PostgresStore:
         if done.endswith(" 0"):
             raise RunNotFound(run_id, repr(self))
 
-    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+    async def write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> None:
         if not nodes:
             return
         import asyncpg
 
         try:
-            if len(nodes) <= _ROWS_PER_STATEMENT:  # one statement: atomic, one round trip
+            if len(nodes) <= _ROWS_PER_STATEMENT and not superseded:  # one round trip
                 rows = [value for node in nodes for value in node_row(run_id, node)]
                 await self._p().execute(_upsert(len(nodes)), *rows)
                 return
             async with self._p().acquire() as conn, conn.transaction():
+                for start in range(0, len(superseded), _ROWS_PER_STATEMENT):
+                    part = superseded[start : start + _ROWS_PER_STATEMENT]
+                    values = [v for node in part for v in history_row(run_id, node)]
+                    await conn.execute(_history(len(part)), *values)
                 for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
                     chunk = nodes[start : start + _ROWS_PER_STATEMENT]
                     rows = [value for node in chunk for value in node_row(run_id, node)]

@@ -12,7 +12,9 @@ __all__ = [
     "NODE_COLUMNS",
     "RUN_COLUMNS",
     "UNFINISHED",
+    "INSERT_HISTORY",
     "UPSERT_NODE",
+    "history_row",
     "migrations",
     "node_row",
     "run_from_row",
@@ -119,6 +121,12 @@ UPSERT_NODE = (
     "finished_at = excluded.finished_at"
 )
 
+#: Transitions kept in the history only (a retry's failure, superseded in its batch).
+INSERT_HISTORY = (
+    "INSERT INTO aflow_transitions (run_id, key, state, attempt, error, started_at, "
+    "finished_at) VALUES {rows}"
+)
+
 RUN_COLUMNS = (
     "run_id, workflow, params, fingerprint, status, idempotency_key, created_at, "
     "updated_at, ended_at, result, error, serializer, owner, heartbeat, options"
@@ -153,6 +161,18 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:
     return RunRecord(*row)
+
+
+def history_row(run_id: str, node: NodeRecord) -> tuple[Any, ...]:
+    return (
+        run_id,
+        node.key,
+        node.state,
+        node.attempt,
+        node.error,
+        node.started_at,
+        node.finished_at,
+    )
 
 
 def node_row(run_id: str, node: NodeRecord) -> tuple[Any, ...]:

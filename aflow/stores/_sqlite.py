@@ -22,10 +22,12 @@ from .._exceptions import RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import (
     HISTORY_COLUMNS,
+    INSERT_HISTORY,
     NODE_COLUMNS,
     RUN_COLUMNS,
     UNFINISHED,
     UPSERT_NODE,
+    history_row,
     migrations,
     node_row,
     run_from_row,
@@ -66,6 +68,11 @@ async def _closing_on_error(db: aiosqlite.Connection) -> AsyncIterator[None]:
 @functools.lru_cache(maxsize=64)
 def _upsert(n: int) -> str:
     return UPSERT_NODE.format(rows=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n))
+
+
+@functools.lru_cache(maxsize=16)
+def _history(n: int) -> str:
+    return INSERT_HISTORY.format(rows=", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n))
 
 
 @final
@@ -198,17 +205,23 @@ class SQLiteStore:
             if cursor.rowcount == 0:
                 raise RunNotFound(run_id, self.url)
 
-    async def write_nodes(self, run_id: str, nodes: Sequence[NodeRecord]) -> None:
+    async def write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> None:
         if not nodes:
             return
         db = self._conn()
-        rows = [value for node in nodes for value in node_row(run_id, node)]
         async with self._lock:
             try:
-                if len(nodes) <= _ROWS_PER_STATEMENT:  # one statement: atomic, one thread hop
-                    await db.execute(_upsert(len(nodes)), rows)
+                if len(nodes) <= _ROWS_PER_STATEMENT and not superseded:
+                    rows = [value for node in nodes for value in node_row(run_id, node)]
+                    await db.execute(_upsert(len(nodes)), rows)  # atomic, one thread hop
                     return
                 async with _transaction(db):
+                    for start in range(0, len(superseded), _ROWS_PER_STATEMENT):
+                        part = superseded[start : start + _ROWS_PER_STATEMENT]
+                        values = [v for node in part for v in history_row(run_id, node)]
+                        await db.execute(_history(len(part)), values)
                     for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
                         chunk = nodes[start : start + _ROWS_PER_STATEMENT]
                         values = [v for node in chunk for v in node_row(run_id, node)]

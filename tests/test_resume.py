@@ -1,0 +1,442 @@
+"""Resuming what a dead process left in the store, and the failures around it.
+
+Most tests here write into the store what a process leaves when it dies at a
+given point (its records, its status, a lapsed lease), then resume: precise and
+fast. The SIGKILL tests in test_durable.py check that real crashes leave such
+records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+import aflow
+from aflow._serialize import serializer_for
+from aflow._workflow import Workflow, fingerprint
+from aflow.stores import NodeRecord, RecordedError, RunRecord, Store, StoreError
+
+from . import durable_workflows as wf
+
+read = wf.read_counts
+
+
+async def dead_run(
+    store: Store | None,
+    workflow: Workflow[..., Any],
+    nodes: Sequence[NodeRecord],
+    *,
+    status: str,
+    error: str | None = None,
+    options: dict[str, Any] | None = None,
+    serializer: str = "json",
+    key: str | None = None,
+    lease_left: float = -1.0,
+    params: dict[str, Any] | None = None,
+) -> str:
+    """Write what a process that died mid-run leaves behind; return the run id."""
+    assert store is not None
+    params = params if params is not None else {"start": 1}
+    graph = workflow.build(params)
+    now = time.time()
+    run_id = uuid.uuid4().hex
+    record = RunRecord(
+        run_id=run_id,
+        workflow=workflow.path,
+        params=serializer_for(serializer).dumps(params, task="inputs"),
+        fingerprint=fingerprint(graph),
+        status=status,
+        idempotency_key=key,
+        created_at=now,
+        updated_at=now,
+        error=error,
+        serializer=serializer,
+        owner="gone-host:1:dead",
+        heartbeat=now + lease_left,
+        options=json.dumps(options) if options else None,
+    )
+    await store.create_run(record)
+    for node in nodes:  # one transition at a time, as the process wrote them
+        await store.write_nodes(run_id, [node])
+    return run_id
+
+
+def ok(key: str, value: str) -> NodeRecord:
+    return NodeRecord(key, "succeeded", 1, value, None, 1.0, 2.0)
+
+
+def failed(key: str, error: str = "RuntimeError: card declined") -> NodeRecord:
+    return NodeRecord(key, "failed", 1, None, error, 1.0, 2.0)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: pathlib.Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+async def status_of(rt: aflow.Runtime, run_id: str) -> str:
+    assert rt.store is not None
+    return (await rt.store.get_run(run_id)).status
+
+
+# --- what a resume restores --------------------------------------------------------------
+
+
+async def test_a_resumed_map_reverts_each_of_its_items(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run_id = await dead_run(
+            rt.store,
+            wf.booked,
+            [ok("book", "[10,20,30]"), failed("step_c_fails")],
+            status="reverting",
+            error="RuntimeError: card declined",
+            params={"n": 3},
+        )
+        run = await rt.resume(run_id)
+        with pytest.raises(RecordedError, match="card declined"):
+            await run.result()
+        assert await status_of(rt, run_id) == "reverted"
+    assert read(counts) == {"unbook-3:30": 1, "unbook-2:20": 1, "unbook-1:10": 1}
+
+
+async def test_a_map_running_when_its_process_died_reverts_every_item_on_cancel(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run_id = await dead_run(
+            rt.store,
+            wf.booked,
+            [NodeRecord("book", "running", 1, started_at=1.0)],
+            status="cancelling",
+            error="RunCancelled: cancelled from the command line",
+            params={"n": 2},
+        )
+        run = await rt.resume(run_id)
+        assert await run.wait() is aflow.RunStatus.CANCELLED
+    # which items had run is not on record: each one's revert is called, with the failure
+    assert read(counts) == {"unbook-2:failure": 1, "unbook-1:failure": 1}
+
+
+@pytest.mark.parametrize(
+    ("trigger", "b_state", "expected", "status"),
+    [
+        (
+            "RunTimeout: run x: the run exceeded its deadline of 1.5 s",
+            "running",
+            aflow.RunTimeout,
+            "reverted",
+        ),
+        ("RunCancelled: run x: the run was cancelled", "running", aflow.RunCancelled, "cancelled"),
+        ("RuntimeError: card declined", "reverted", RecordedError, "reverted"),
+    ],
+)
+async def test_a_resumed_compensation_ends_as_what_started_it(
+    sqlite_url: str,
+    counts: pathlib.Path,
+    trigger: str,
+    b_state: str,
+    expected: type[BaseException],
+    status: str,
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        b = NodeRecord("step_b", b_state, 1, "4" if b_state == "reverted" else None, None, 1.0)
+        run_id = await dead_run(
+            rt.store,
+            wf.abc,
+            [ok("step_a", "2"), b],
+            status="reverting",
+            error=trigger,
+            options={"timeout": 1.5},
+        )
+        run = await rt.resume(run_id)
+        with pytest.raises(expected) as info:
+            await run.result()
+        assert await status_of(rt, run_id) == status
+    if isinstance(info.value, aflow.RunTimeout):
+        assert info.value.timeout == 1.5  # the run's own options came back with it
+    if isinstance(info.value, RecordedError):
+        assert str(info.value) == trigger  # what failed, though that node was reverted since
+    reverted_b = {"revert-B": 1} if b_state == "running" else {}  # cancelled mid-way: undone
+    assert read(counts) == {"revert-A": 1, **reverted_b}
+
+
+async def test_a_resumed_run_keeps_on_error_continue_and_its_recorded_failures(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:  # the runtime's default is "revert"
+        run_id = await dead_run(
+            rt.store,
+            wf.a_and_failing_c,
+            [failed("step_c_fails")],
+            status="running",
+            options={"on_error": "continue"},
+        )
+        run = await rt.resume(run_id)
+        with pytest.raises(RecordedError, match="card declined"):
+            await run.result()
+        assert await status_of(rt, run_id) == "failed"
+        assert run.step("step_a").state is aflow.NodeState.SUCCEEDED
+    assert read(counts) == {"A": 1}  # the failure is final: C is not run again, A is kept
+
+
+async def test_a_recorded_failure_makes_a_running_run_unwind_on_resume(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    # the process died after C's failure was written but before the run said "reverting"
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run_id = await dead_run(
+            rt.store,
+            wf.abc_fails,
+            [ok("step_a", "2"), ok("step_b", "4"), failed("step_c_fails")],
+            status="running",
+        )
+        run = await rt.resume(run_id)
+        with pytest.raises(RecordedError, match="card declined"):
+            await run.result()
+        assert await status_of(rt, run_id) == "reverted"
+    assert read(counts) == {"revert-B": 1, "revert-A": 1}
+
+
+async def test_a_failed_revert_still_keeps_what_precedes_it_after_resume(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run_id = await dead_run(
+            rt.store,
+            wf.abc_fails,
+            [
+                ok("step_a", "2"),
+                ok("step_b", "4"),
+                failed("step_c_fails"),
+                NodeRecord("step_b", "revert_failed", 1, None, "OSError: refund API down"),
+            ],
+            status="reverting",
+            error="RuntimeError: card declined",
+        )
+        run = await rt.resume(run_id)
+        with pytest.raises(aflow.CompensationFailed):
+            await run.result()
+        assert await status_of(rt, run_id) == "failed"
+    assert read(counts) == {}  # A is upstream of the failed revert: it stays
+
+
+async def test_resume_reads_a_run_with_the_run_s_own_serializer(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    import base64
+    import pickle
+
+    two = base64.b64encode(pickle.dumps(2)).decode()
+    async with aflow.Runtime(store=sqlite_url) as rt:  # this runtime's serializer is JSON
+        run_id = await dead_run(
+            rt.store, wf.abc, [ok("step_a", two)], status="running", serializer="pickle"
+        )
+        run = await rt.resume(run_id)
+        assert await run.result() == 104
+    assert read(counts) == {"B": 1, "C": 1}
+
+
+async def test_recovery_leaves_a_run_it_cannot_rebuild_and_takes_the_others(
+    sqlite_url: str, counts: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        good = await dead_run(rt.store, wf.abc, [ok("step_a", "2")], status="running")
+        assert rt.store is not None
+        record = await rt.store.get_run(good)
+        broken = RunRecord(
+            **{f: getattr(record, f) for f in record.__dataclass_fields__},
+        )
+        object.__setattr__(broken, "run_id", "broken")
+        object.__setattr__(broken, "workflow", "tests.durable_workflows:gone_since")
+        await rt.store.create_run(broken)
+    with caplog.at_level(logging.WARNING, logger="aflow"):
+        async with aflow.Runtime(store=sqlite_url, recover=True) as rt:
+            assert await rt.get(good).result() == 104
+            assert await status_of(rt, "broken") == "running"  # left as it was
+    assert "aflow_recover_skipped" in caplog.text
+    assert "gone_since" in caplog.text
+    assert read(counts) == {"B": 1, "C": 1}
+
+
+# --- idempotency keys of runs another process drives -------------------------------------
+
+
+async def test_following_another_process_s_run_stops_when_the_runtime_closes(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as writer:
+        await dead_run(writer.store, wf.abc, [], status="running", key="k", lease_left=600)
+    with anyio.fail_after(10):
+        async with aflow.Runtime(store=sqlite_url) as rt:
+            handle = await rt.submit(wf.abc, start=1, idempotency_key="k")
+            assert not handle.ready()
+    with pytest.raises(aflow.RunCancelled, match="closed while following"):
+        await handle.result()
+    assert read(counts) == {}
+
+
+async def test_a_followed_run_whose_process_dies_is_taken_up_here(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        await dead_run(
+            rt.store, wf.abc, [ok("step_a", "2")], status="running", key="k", lease_left=0.3
+        )
+        handle = await rt.submit(wf.abc, start=1, idempotency_key="k")  # its owner is alive
+        assert not handle.ready()
+        assert await handle.result() == 104  # the lease ran out: this runtime resumed it
+        assert handle.step("step_b").state is aflow.NodeState.SUCCEEDED
+    assert read(counts) == {"B": 1, "C": 1}
+
+
+# --- a store that fails under a run ----------------------------------------------------------
+
+
+class FlakyStore:
+    """A SQLite store whose writes (or heartbeats) fail when told to."""
+
+    def __init__(self, url: str) -> None:
+        self.inner = aflow.stores.open_store(url)
+        self.url = self.inner.url
+        self.fail_writes = False
+        self.fail_heartbeats = False
+        self.heartbeats = 0
+        self.beat = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> None:
+        if self.fail_writes:
+            raise StoreError("disk I/O error")
+        await self.inner.write_nodes(run_id, nodes, superseded)
+
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+        self.heartbeats += 1
+        if self.heartbeats >= 3:
+            self.beat.set()
+        if self.fail_heartbeats:
+            raise OSError("connection refused")
+        return await self.inner.heartbeat(owner, lease, run_ids)
+
+
+async def test_a_store_that_fails_mid_run_stops_it_unreverted_and_resumable(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    store = FlakyStore(sqlite_url)
+    await store.open()
+    lease = 0.2
+    try:
+
+        def on_event(event: aflow.Event) -> None:
+            if event.name == "task_started" and event.node == "step_b":
+                store.fail_writes = True  # B's checkpoint will not be written
+
+        async with aflow.Runtime(store=store, lease=lease) as rt:  # type: ignore[arg-type]
+            run = await rt.submit(wf.abc, start=1, on_event=on_event)
+            with pytest.raises(StoreError, match="could not be written") as info:
+                await run.result()
+            assert "Nothing was reverted" in str(info.value)
+            assert (await store.get_run(run.id)).status == "running"  # unfinished, on record
+            await anyio.sleep(lease * 1.5)  # this runtime no longer renews the run's lease
+            async with aflow.Runtime(store=sqlite_url, recover=True, lease=lease) as other:
+                assert await other.get(run.id).result() == 104
+    finally:
+        await store.close()
+    assert read(counts) == {"A": 1, "B": 2, "C": 1}  # nothing reverted; B again (at-least-once)
+
+
+async def test_a_failing_heartbeat_does_not_take_the_runtime_down(
+    sqlite_url: str, counts: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyStore(sqlite_url)
+    store.fail_heartbeats = True
+    await store.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="aflow"):
+            async with aflow.Runtime(store=store, lease=0.04) as rt:  # type: ignore[arg-type]
+                await store.beat.wait()  # three failed heartbeats
+                run = await rt.submit(wf.abc, start=1)
+                assert await run.result() == 104
+    finally:
+        await store.close()
+    assert "aflow_heartbeat_failed" in caplog.text
+
+
+# --- what gets recorded ------------------------------------------------------------------
+
+
+async def test_a_nul_in_an_error_message_is_stored(store_url: str, counts: pathlib.Path) -> None:
+    async with aflow.Runtime(store=store_url) as rt:
+        run = await rt.submit(wf.a_then_nul, start=1)
+        with pytest.raises(ValueError, match="bad"):
+            await run.result()
+        assert rt.store is not None
+        nodes = await rt.store.load_nodes(run.id)
+        assert nodes["nul_error"].error == "ValueError: bad\\0byte"
+        assert (await rt.store.get_run(run.id)).status == "reverted"
+
+
+async def test_a_fork_that_fails_does_not_revert_the_nodes_it_reused(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        first = await rt.submit(wf.abc_fails, start=1)
+        with pytest.raises(RuntimeError):
+            await first.result()
+        fork = await rt.fork(first.id, reuse={"step_a": 10})
+        with pytest.raises(RuntimeError):
+            await fork.result()
+        assert rt.store is not None
+        assert (await rt.store.load_nodes(fork.id))["step_a"].state == "reused"
+    # A ran (and was reverted) in the first run only; the fork reverted its own B
+    assert read(counts) == {"A": 1, "B": 2, "C": 2, "revert-B": 2, "revert-A": 1}
+
+
+async def test_an_error_callback_s_value_is_not_serialised(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run = await rt.submit(wf.abc_fails_with_errback, start=1)
+        with pytest.raises(RuntimeError, match="card declined"):  # not a SerializationError
+            await run.result()
+        assert rt.store is not None
+        errback = (await rt.store.load_nodes(run.id))["note_failure"]
+    assert (errback.state, errback.result) == ("succeeded", None)
+    assert read(counts)["errback"] == 1
+
+
+async def test_reverts_cut_short_by_the_compensation_timeout_are_recorded(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url, compensation_timeout=0.2) as rt:
+        run = await rt.submit(wf.stuck_then_fails, start=1)
+        with pytest.raises(aflow.CompensationFailed):
+            await run.result()
+        assert rt.store is not None
+        stuck = (await rt.store.load_nodes(run.id))["stuck"]
+    assert stuck.state == "revert_failed"
+    assert "TimeoutError" in (stuck.error or "")
+
+
+async def test_the_history_keeps_every_attempt(sqlite_url: str, counts: pathlib.Path) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run = await rt.submit(wf.flaky_once, start=5)
+        assert await run.result() == 5
+        assert rt.store is not None
+        history = await rt.store.load_history(run.id)
+    states = [(n.state, n.attempt, n.error) for n in history]
+    assert ("retrying", 1, "OSError: connection reset") in states
+    assert states[-1] == ("succeeded", 2, None)
