@@ -362,3 +362,25 @@ async def test_a_run_whose_owner_is_alive_is_neither_recovered_nor_resumed(
                 await other.resume(run.id)
         await run.cancel()
     assert read(counts)["W"] == 1  # nobody ran it a second time
+
+
+async def test_aflow_run_with_a_store_is_durable_and_idempotent(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    for _ in range(2):
+        value = await aflow.run(
+            wf.abc, params={"start": 1}, store=store_url, idempotency_key="order-1"
+        )
+        assert value == 104
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}  # the second call got the stored result
+    assert await aflow.run(wf.abc, params={"start": 2}) == 106  # built, in memory
+    with pytest.raises(ValueError, match="needs a durable store"):
+        await aflow.run(wf.abc, params={"start": 1}, idempotency_key="order-1")
+    with pytest.raises(TypeError, match="@aflow.workflow"):
+        await aflow.run(wf.step_a.s(1), params={"start": 1})
+
+
+def test_run_sync_with_a_store(tmp_path: pathlib.Path, counts: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert aflow.run_sync(wf.abc, params={"start": 1}, store=url) == 104
+    assert read(counts) == {"A": 1, "B": 1, "C": 1}

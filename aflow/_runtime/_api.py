@@ -54,6 +54,18 @@ _STORED_OPTIONS = ("on_error", "timeout", "compensation_timeout")
 DEFAULT_LEASE = 10.0
 
 
+async def _outcome(handle: Run[Any]) -> Any:
+    """The run's value; cancelling the awaiter cancels the run, waits for it to stop
+    (it unwinds), then re-raises."""
+    try:
+        return await handle.result()
+    except anyio.get_cancelled_exc_class():
+        handle._execution.cancel()
+        with anyio.CancelScope(shield=True):
+            await handle.wait()
+        raise
+
+
 def _load_options(record: RunRecord) -> dict[str, Any]:
     """The options a run was submitted with, as its store keeps them."""
     stored: dict[str, Any] = json.loads(record.options) if record.options else {}
@@ -76,6 +88,10 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
 ) -> R: ...
 @overload
 async def run(
@@ -89,6 +105,10 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
 ) -> Any: ...
 async def run(
     workflow: object,
@@ -101,6 +121,10 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
 ) -> Any:
     """Run a workflow in the calling task and return its value.
 
@@ -118,13 +142,45 @@ async def run(
     comes from ``clock`` (``aflow.testing.FakeClock`` in tests). Cancelling
     the caller cancels and unwinds the run, then re-raises.
 
+    ``params`` builds an ``@aflow.workflow``. With ``store`` (a URL or a
+    :class:`~aflow.stores.Store`) the run is durable, as in a
+    :class:`Runtime` with that store: every node is checkpointed, and
+    ``idempotency_key`` makes a second call with the same key return the
+    first run's result instead of running again.
+
     Example::
 
         total = await aflow.run(aflow.chord(fetch.s(u) for u in urls), merge.s(),
                                 max_concurrency=16)
+        await aflow.run(order_saga, params={"order_id": "o-42"},
+                        store="sqlite:///runs.db", idempotency_key="order-o-42")
     """
+    if store is not None:
+        async with Runtime(
+            store=store, serializer=serializer, max_concurrency=max_concurrency, limits=limits
+        ) as rt:
+            handle = await rt.submit(
+                workflow,
+                params=params,
+                run_id=run_id,
+                on_event=on_event,
+                on_error=on_error,
+                timeout=timeout,
+                compensation_timeout=compensation_timeout,
+                clock=clock,
+                idempotency_key=idempotency_key,
+            )
+            return await _outcome(handle)
+    if idempotency_key is not None:
+        raise ValueError("an idempotency_key needs a durable store: pass store='sqlite:///...'")
+    if isinstance(workflow, Workflow):
+        graph = workflow.build(dict(params or {}))
+    elif params:
+        raise TypeError("parameters can only be given to an @aflow.workflow")
+    else:
+        graph = compile(workflow)
     execution = Execution(
-        compile(workflow),
+        graph,
         run_id=run_id,
         max_concurrency=max_concurrency,
         limits=_make_limits(limits),
@@ -149,6 +205,10 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    idempotency_key: str | None = None,
+    serializer: str = "json",
     use_uvloop: bool | None = None,
 ) -> R: ...
 @overload
@@ -163,6 +223,10 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    idempotency_key: str | None = None,
+    serializer: str = "json",
     use_uvloop: bool | None = None,
 ) -> Any: ...
 def run_sync(
@@ -176,6 +240,10 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    idempotency_key: str | None = None,
+    serializer: str = "json",
     use_uvloop: bool | None = None,
 ) -> Any:
     """Run a workflow from synchronous code (a script) on a new event loop.
@@ -200,6 +268,10 @@ def run_sync(
         timeout=timeout,
         compensation_timeout=compensation_timeout,
         clock=clock,
+        params=params,
+        store=store,
+        idempotency_key=idempotency_key,
+        serializer=serializer,
     )
     return anyio.run(call, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
@@ -963,15 +1035,7 @@ class Runtime:
     async def run(self, workflow: Graph | object) -> Any: ...
     async def run(self, workflow: object) -> Any:
         """Submit a workflow and wait for its value; cancelling the caller cancels the run."""
-        handle = await self.submit(workflow)
-        try:
-            return await handle.result()
-        except anyio.get_cancelled_exc_class():
-            # Cancelling the awaiter cancels the run and waits for it to stop, then re-raises.
-            handle._execution.cancel()
-            with anyio.CancelScope(shield=True):
-                await handle.wait()
-            raise
+        return await _outcome(await self.submit(workflow))
 
     def runs(self) -> list[Run[Any]]:
         """The runs that have not finished yet."""
