@@ -376,7 +376,7 @@ async def test_aflow_run_with_a_store_is_durable_and_idempotent(
     assert await aflow.run(wf.abc, params={"start": 2}) == 106  # built, in memory
     with pytest.raises(ValueError, match="needs a durable store"):
         await aflow.run(wf.abc, params={"start": 1}, idempotency_key="order-1")
-    with pytest.raises(TypeError, match="@aflow.workflow"):
+    with pytest.raises(TypeError, match=r"@aflow\.workflow"):
         await aflow.run(wf.step_a.s(1), params={"start": 1})
 
 
