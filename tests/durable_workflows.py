@@ -204,3 +204,29 @@ async def flaky(x: int) -> int:
 @aflow.workflow
 def flaky_once(start: int) -> Any:
     return flaky.s(start).set(retries=1)
+
+
+@aflow.task
+async def sees_its_start(x: int) -> int:
+    """Count what the SQLite store (``AFLOW_DB``) says of this step while it runs."""
+    import sqlite3
+
+    with sqlite3.connect(os.environ["AFLOW_DB"]) as db:
+        row = db.execute("SELECT state FROM aflow_nodes WHERE key = 'sees_its_start'").fetchone()
+    _count(f"on record: {row[0] if row else None}")
+    return x
+
+
+@sees_its_start.revert
+async def forget_start(x: int, *, result: Any) -> None:
+    pass
+
+
+@aflow.workflow
+def a_then_sees_its_start(start: int) -> Any:
+    return step_a.s(start) | sees_its_start.s()
+
+
+@aflow.workflow
+def sees_its_start_first(start: int) -> Any:
+    return sees_its_start.s(start) | step_a.s()

@@ -51,4 +51,4 @@ def test_flow_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
 @pytest.mark.slow
 def test_durable_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = run_script("durable.py", tmp_path / "durable.md", "--no-postgres")
-    assert "| chain | 101 | sqlite |" in table
+    assert "| chain | 100 | sqlite |" in table

@@ -440,3 +440,23 @@ async def test_the_history_keeps_every_attempt(sqlite_url: str, counts: pathlib.
     states = [(n.state, n.attempt, n.error) for n in history]
     assert ("retrying", 1, "OSError: connection reset") in states
     assert states[-1] == ("succeeded", 2, None)
+
+
+@pytest.mark.parametrize(
+    "workflow",
+    [
+        wf.sees_its_start_first,  # first in its run: it waits for its own start's commit
+        wf.a_then_sees_its_start,  # after A: its start goes out with A's success
+    ],
+)
+async def test_a_step_with_a_revert_starts_only_once_its_start_is_on_record(
+    tmp_path: pathlib.Path,
+    counts: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workflow: Workflow[..., Any],
+) -> None:
+    path = tmp_path / "runs.db"
+    monkeypatch.setenv("AFLOW_DB", str(path))
+    async with aflow.Runtime(store=f"sqlite:///{path}") as rt:
+        assert await (await rt.submit(workflow, start=1)).result() == 2
+    assert read(counts) == {"A": 1, "on record: running": 1}

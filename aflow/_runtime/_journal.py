@@ -36,6 +36,7 @@ class Journal:
     """The checkpoint buffer of one run."""
 
     __slots__ = (
+        "_committed",
         "_pending",
         "_superseded",
         "_wake",
@@ -58,6 +59,8 @@ class Journal:
         #: (kind, node index) released once the pending batch is committed
         self.held: list[tuple[str, int]] = []
         self._wake = anyio.Event()
+        #: set once the batch being filled now is committed
+        self._committed = anyio.Event()
         self.closing = False
         self.batches = 0
         self.written = 0
@@ -83,7 +86,18 @@ class Journal:
             self._wake.set()
 
     def started(self, key: str, attempt: int) -> None:
+        """Note a node's start; it goes out with the next batch."""
         self.record(NodeRecord(key, "running", attempt, started_at=time.time()))
+
+    async def announce(self, key: str) -> None:
+        """Note a node's start and wait until it is committed (write-ahead).
+
+        For nodes with a revert: if the process dies while one runs, its start is
+        on record, so cancelling or unwinding the dead run reverts it. Nodes that
+        start together share one commit.
+        """
+        self.started(key, 1)
+        await self._committed.wait()
 
     async def next_batch(self) -> bool:
         """Wait for something to write; False once the phase is over and all is written."""
@@ -99,13 +113,16 @@ class Journal:
         batch = list(self._pending.values())
         superseded = self._superseded
         released = self.held
+        committed = self._committed
         self._pending = {}
         self._superseded = []
         self.held = []
+        self._committed = anyio.Event()
         if batch:
             await self.store.write_nodes(self.run_id, batch, superseded)
             self.batches += 1
             self.written += len(batch)
+        committed.set()
         return released
 
     def close(self) -> None:

@@ -276,6 +276,7 @@ class Execution:
 
     __slots__ = (
         "__weakref__",
+        "_announced",
         "_any_limits",
         "_attempts",
         "_cancel_requested",
@@ -421,6 +422,8 @@ class Execution:
         self._journal = journal
         self._resumed_unwinding = False
         self._store_error: BaseException | None = None
+        #: nodes whose start went out with their parent's success (write-ahead for free)
+        self._announced: set[int] = set()
         #: What stopped the run, as stored while it is reverting (a resume needs it)
         self._trigger: str | None = None
         self._timed_out = False
@@ -1243,6 +1246,23 @@ class Execution:
                 return
         else:
             kwargs = node.kwargs
+        journal = self._journal
+        if journal is not None and node.error_scope is None:
+            if index in self._announced:
+                pass  # its start was committed with its parent's success
+            elif task.reverter is not None:  # write-ahead: a dead run's cancel must undo it
+                try:
+                    await journal.announce(node.key)
+                except BaseException:
+                    if limits:
+                        release(limits, self)
+                    raise
+                if self._halt:  # the run stopped meanwhile: it does not start
+                    if limits:
+                        release(limits, self)
+                    return
+            else:
+                journal.started(node.key, 1)
         self._states[index] = _RUNNING
         self._running += 1
         if self._running > self._peak:
@@ -1250,9 +1270,6 @@ class Execution:
         start = _perf_counter()
         self._started[index] = start
         sink = self._events
-        journal = self._journal
-        if journal is not None and node.error_scope is None:
-            journal.started(node.key, 1)
         try:
             if (
                 node.options.single_shot
@@ -1319,6 +1336,20 @@ class Execution:
             NodeRecord(node.key, "succeeded", attempt, text, None, started, now),
             ("ok", node.index),
         )
+        # A child with a revert that this success makes ready writes its start in the
+        # same batch, so a saga's chain pays one commit per step, not two.
+        remaining = self._remaining
+        for child in self._children[node.index]:
+            task = self._nodes[child].task
+            if (
+                remaining[child] == 1
+                and task is not None
+                and task.reverter is not None
+                and self._states[child] is _PENDING
+                and self._nodes[child].error_scope is None
+            ):
+                journal.started(self._nodes[child].key, 1)
+                self._announced.add(child)
         self._succeed(node.index, value, children=False)
 
     def _join(self, node: Node) -> None:
