@@ -17,11 +17,12 @@ import base64
 import datetime as dt
 import decimal
 import enum
-import importlib
 import json
 import pathlib
 import pickle
+import sys
 import uuid
+import zoneinfo
 from typing import Any, Protocol, final
 
 from ._exceptions import SerializationError
@@ -98,14 +99,12 @@ def _encode(value: Any, task: str, path: str) -> Any:
         return {_TAG: kind.__name__, "v": [_encode(v, task, path) for v in value]}
     if kind is bytes:
         return {_TAG: "bytes", "v": base64.b64encode(value).decode()}
-    if kind is dt.datetime:  # fold (which of a repeated wall-clock hour) is not in isoformat
-        return {_TAG: "datetime", "v": [value.isoformat(), 1] if value.fold else value.isoformat()}
+    if kind is dt.datetime or kind is dt.time:
+        return _encode_clock(value, task, path)
     if kind is dt.date:
         return {_TAG: "date", "v": value.isoformat()}
-    if kind is dt.time:
-        return {_TAG: "time", "v": [value.isoformat(), 1] if value.fold else value.isoformat()}
-    if kind is dt.timedelta:
-        return {_TAG: "timedelta", "v": value.total_seconds()}
+    if kind is dt.timedelta:  # exact: float seconds lose microseconds past ~300 years
+        return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
     if kind is decimal.Decimal:
         return {_TAG: "decimal", "v": str(value)}
     if kind is uuid.UUID:
@@ -126,11 +125,36 @@ def _encode(value: Any, task: str, path: str) -> Any:
     raise SerializationError(task, kind, path, detail)
 
 
+def _encode_clock(value: dt.datetime | dt.time, task: str, path: str) -> Any:
+    """A datetime or time: ISO text, plus ``fold`` (which of a repeated wall-clock hour)
+    and the zone key of a :class:`zoneinfo.ZoneInfo`, which ISO text (a fixed offset)
+    would lose: six months later the offset differs."""
+    kind = "datetime" if type(value) is dt.datetime else "time"
+    zone = value.tzinfo
+    if zone is None or type(zone) is dt.timezone:
+        text = value.isoformat()
+        return {_TAG: kind, "v": [text, 1] if value.fold else text}
+    if isinstance(zone, zoneinfo.ZoneInfo) and zone.key is not None:
+        wall = value.replace(tzinfo=None).isoformat()
+        return {_TAG: kind, "v": [wall, value.fold, zone.key]}
+    raise SerializationError(
+        task,
+        type(value),
+        path,
+        f"its tzinfo {type(zone).__name__} would come back as a fixed offset; "
+        "use zoneinfo.ZoneInfo or datetime.timezone",
+    )
+
+
 def _load_class(spec: str, check: Any, what: str) -> Any:
-    module, _, qualname = spec.partition(":")
-    obj: Any = importlib.import_module(module)
+    """A class named in stored data. It is looked up in modules already imported (the
+    workflow's own imports), never imported because a store says so."""
+    module_name, _, qualname = spec.partition(":")
+    obj: Any = sys.modules.get(module_name)
+    if obj is None:
+        raise TypeError(f"{spec}: module {module_name!r} is not imported; refusing to import it")
     for part in qualname.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, part, None)
     if not isinstance(obj, type) or not check(obj):
         raise TypeError(f"{spec} is not {what}: refusing to load it")
     return obj
@@ -148,10 +172,13 @@ def _decode_namedtuple(v: list[Any]) -> Any:
     return cls(*(_decode(x) for x in v[1]))
 
 
-def _folded(parse: Any, v: Any) -> Any:
+def _clock(parse: Any, v: Any) -> Any:
     if isinstance(v, str):
         return parse(v)
-    return parse(v[0]).replace(fold=v[1])
+    if len(v) == 2:
+        return parse(v[0]).replace(fold=v[1])
+    text, fold, key = v
+    return parse(text).replace(fold=fold, tzinfo=zoneinfo.ZoneInfo(key))
 
 
 def _decode_path(v: Any) -> Any:
@@ -167,10 +194,10 @@ _DECODERS: dict[str, Any] = {
     "frozenset": lambda v: frozenset(_decode(x) for x in v),
     "dict": lambda v: {_decode(k): _decode(x) for k, x in v},
     "bytes": lambda v: base64.b64decode(v),
-    "datetime": lambda v: _folded(dt.datetime.fromisoformat, v),
+    "datetime": lambda v: _clock(dt.datetime.fromisoformat, v),
     "date": dt.date.fromisoformat,
-    "time": lambda v: _folded(dt.time.fromisoformat, v),
-    "timedelta": lambda v: dt.timedelta(seconds=v),
+    "time": lambda v: _clock(dt.time.fromisoformat, v),
+    "timedelta": lambda v: dt.timedelta(*v) if isinstance(v, list) else dt.timedelta(seconds=v),
     "decimal": decimal.Decimal,
     "uuid": uuid.UUID,
     "path": _decode_path,
@@ -197,7 +224,12 @@ class JsonSerializer:
     name = "json"
 
     def dumps(self, value: Any, *, task: str) -> str:
-        return json.dumps(_encode(value, task, "result"), separators=(",", ":"), allow_nan=True)
+        try:
+            return json.dumps(_encode(value, task, "result"), separators=(",", ":"))
+        except SerializationError:
+            raise
+        except (ValueError, RecursionError) as exc:  # an int too long for JSON, deep nesting
+            raise SerializationError(task, type(value), "result", str(exc)) from exc
 
     def loads(self, text: str) -> Any:
         return _decode(json.loads(text))

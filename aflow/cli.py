@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--store", default=os.environ.get("AFLOW_STORE", DEFAULT_STORE), help="store URL"
     )
+    parser.add_argument(
+        "--serializer",
+        choices=("json", "pickle"),
+        default="json",
+        help="how results are stored (pickle: trusted stores only; loading a pickle runs code)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a workflow to its end, with live progress")
     run.add_argument("workflow", help="package.module:function (an @aflow.workflow)")
@@ -125,7 +131,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         finally:
             await store.close()
     async with Runtime(
-        store=args.store, max_concurrency=getattr(args, "max_concurrency", None)
+        store=args.store,
+        serializer=args.serializer,
+        max_concurrency=getattr(args, "max_concurrency", None),
     ) as rt:
         if args.command == "run":
             workflow = resolve_workflow(args.workflow)

@@ -230,3 +230,45 @@ def a_then_sees_its_start(start: int) -> Any:
 @aflow.workflow
 def sees_its_start_first(start: int) -> Any:
     return sees_its_start.s(start) | step_a.s()
+
+
+@aflow.task
+async def pair(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@pair.revert
+async def unpair(xs: list[int], *, result: Any) -> None:
+    await bump(f"unpair:{xs}")
+
+
+@aflow.workflow
+def grouped_pair_fails(start: int) -> Any:
+    return aflow.group(step_a.s(start), step_a.s(start + 1)) | pair.s() | step_c_fails.s()
+
+
+@aflow.task
+async def charge_fails(x: int) -> int:
+    await bump("charge")
+    raise RuntimeError("card declined")
+
+
+@charge_fails.revert
+async def refund(x: int, *, result: Any) -> None:
+    await bump("refund")
+
+
+@aflow.workflow
+def a_charge_fails_with_errback(start: int) -> Any:
+    return (step_a.s(start) | charge_fails.s()).on_error(note_failure.s())
+
+
+@aflow.task
+async def nap(x: int) -> int:
+    await anyio.sleep(0.1)
+    return x
+
+
+@aflow.workflow
+def napping(start: int) -> Any:
+    return nap.s(start)

@@ -230,20 +230,48 @@ async def test_a_failed_revert_still_keeps_what_precedes_it_after_resume(
     assert read(counts) == {}  # A is upstream of the failed revert: it stays
 
 
-async def test_resume_reads_a_run_with_the_run_s_own_serializer(
+async def test_a_pickle_run_is_read_only_by_a_runtime_that_opted_into_pickle(
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
     import base64
     import pickle
 
     two = base64.b64encode(pickle.dumps(2)).decode()
-    async with aflow.Runtime(store=sqlite_url) as rt:  # this runtime's serializer is JSON
+    async with aflow.Runtime(store=sqlite_url) as rt:  # JSON: loading a pickle runs code
         run_id = await dead_run(
             rt.store, wf.abc, [ok("step_a", two)], status="running", serializer="pickle"
         )
-        run = await rt.resume(run_id)
-        assert await run.result() == 104
+        with pytest.raises(aflow.stores.ResumeMismatch, match="serializer='pickle'"):
+            await rt.resume(run_id)
+        assert await status_of(rt, run_id) == "running"  # left alone
+    async with aflow.Runtime(store=sqlite_url, serializer="pickle") as rt:
+        assert await (await rt.resume(run_id)).result() == 104
     assert read(counts) == {"B": 1, "C": 1}
+
+
+class Tagged:
+    """A custom serializer: JSON text with a prefix."""
+
+    name = "tagged"
+
+    def dumps(self, value: Any, *, task: str) -> str:
+        return "T" + json.dumps(value)
+
+    def loads(self, text: str) -> Any:
+        return json.loads(text[1:])
+
+
+async def test_a_run_written_with_a_custom_serializer_resumes_with_it(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url, serializer=Tagged()) as rt:
+        assert rt.store is not None
+        first = await rt.submit(wf.abc, start=1)
+        assert await first.result() == 104
+        assert (await rt.store.load_nodes(first.id))["step_a"].result == "T2"
+        forked = await rt.fork(first.id, reuse=["step_a"])
+        assert await forked.result() == 104
+    assert read(counts) == {"A": 1, "B": 2, "C": 2}
 
 
 async def test_recovery_leaves_a_run_it_cannot_rebuild_and_takes_the_others(
@@ -310,6 +338,10 @@ class FlakyStore:
         self.url = self.inner.url
         self.fail_writes = False
         self.fail_heartbeats = False
+        self.fail_reads = False
+        self.failed_read = anyio.Event()
+        self.cancel_before_start = False
+        self.statuses: list[str] = []
         self.heartbeats = 0
         self.beat = anyio.Event()
 
@@ -322,6 +354,22 @@ class FlakyStore:
         if self.fail_writes:
             raise StoreError("disk I/O error")
         await self.inner.write_nodes(run_id, nodes, superseded)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        if self.fail_reads:
+            self.failed_read.set()
+            raise StoreError("database is locked")
+        return await self.inner.get_run(run_id)
+
+    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+        self.statuses.append(status)
+        if self.cancel_before_start:  # `aflow cancel` lands just before the run starts
+            await self.inner.request_cancel(run_id, "RunCancelled: from the command line")
+        return await self.inner.start_run(run_id, status, error)
+
+    async def set_status(self, run_id: str, status: str, **kwargs: Any) -> None:
+        self.statuses.append(status)
+        await self.inner.set_status(run_id, status, **kwargs)
 
     async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
         self.heartbeats += 1
@@ -460,3 +508,207 @@ async def test_a_step_with_a_revert_starts_only_once_its_start_is_on_record(
     async with aflow.Runtime(store=f"sqlite:///{path}") as rt:
         assert await (await rt.submit(workflow, start=1)).result() == 2
     assert read(counts) == {"A": 1, "on record: running": 1}
+
+
+# --- found in review: each failed before its fix ------------------------------------------
+
+
+async def test_a_step_running_beside_a_recorded_failure_is_reverted_on_resume(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    # the process died while A still ran beside C's failure, before it said "reverting"
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run_id = await dead_run(
+            rt.store,
+            wf.a_and_failing_c,
+            [NodeRecord("step_a", "running", 1, started_at=1.0), failed("step_c_fails")],
+            status="running",
+        )
+        run = await rt.resume(run_id)
+        with pytest.raises(RecordedError):
+            await run.result()
+        assert await status_of(rt, run_id) == "reverted"
+    assert read(counts) == {"revert-A": 1}  # cancelled mid-way: undone, not left
+
+
+async def test_a_revert_fed_by_a_group_gets_the_group_s_value_on_resume(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        run_id = await dead_run(
+            rt.store,
+            wf.grouped_pair_fails,
+            [ok("step_a", "2"), ok("step_a#2", "3"), ok("pair", "5"), failed("step_c_fails")],
+            status="reverting",
+            error="RuntimeError: card declined",
+        )
+        with pytest.raises(RecordedError):
+            await (await rt.resume(run_id)).result()
+    assert read(counts) == {"unpair:[2, 3]": 1, "revert-A": 2}
+
+
+async def test_an_error_callback_runs_on_resume_after_its_failed_step_was_reverted(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        first = await rt.submit(wf.a_charge_fails_with_errback, start=1)
+        with pytest.raises(RuntimeError):
+            await first.result()
+        assert rt.store is not None
+        reverted = (await rt.store.load_nodes(first.id))["charge_fails"]
+        assert (reverted.state, reverted.error) == ("reverted", "RuntimeError: card declined")
+        run_id = await dead_run(  # the same, killed after the failed step's revert
+            rt.store,
+            wf.a_charge_fails_with_errback,
+            [ok("step_a", "2"), reverted],
+            status="reverting",
+            error="RuntimeError: card declined",
+        )
+        with pytest.raises(RecordedError, match="card declined"):
+            await (await rt.resume(run_id)).result()
+    assert read(counts) == {"A": 1, "charge": 1, "refund": 1, "revert-A": 2, "errback": 2}
+
+
+async def test_a_resumed_compensation_says_reverting_before_anything_else(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    store = FlakyStore(sqlite_url)
+    await store.open()
+    try:
+        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+            run_id = await dead_run(
+                rt.store,
+                wf.abc_fails,
+                [ok("step_a", "2"), failed("step_c_fails")],
+                status="reverting",
+                error="RuntimeError: card declined",
+            )
+            with pytest.raises(RecordedError):
+                await (await rt.resume(run_id)).result()
+    finally:
+        await store.close()
+    assert store.statuses == ["reverting", "reverting", "reverted"]  # never "running"
+
+
+async def test_a_cancel_requested_just_before_the_run_starts_is_obeyed(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    store = FlakyStore(sqlite_url)
+    store.cancel_before_start = True
+    await store.open()
+    try:
+        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+            run = await rt.submit(wf.abc, start=1)
+            assert await run.wait() is aflow.RunStatus.CANCELLED
+            assert (await store.inner.get_run(run.id)).status == "cancelled"
+    finally:
+        await store.close()
+    assert read(counts).get("C") is None
+
+
+async def test_a_cancel_during_a_compensation_keeps_what_started_it(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        assert rt.store is not None
+        run_id = await dead_run(
+            rt.store,
+            wf.a_charge_fails_with_errback,
+            [ok("step_a", "2"), NodeRecord("charge_fails", "reverted", 1, None, "RuntimeError: x")],
+            status="reverting",
+            error="RuntimeError: x",
+        )
+        assert await rt.store.request_cancel(run_id, "RunCancelled: by hand") == "cancelling"
+        assert (await rt.store.get_run(run_id)).error == "RuntimeError: x"
+        with pytest.raises(RecordedError, match="RuntimeError: x"):
+            await (await rt.resume(run_id)).result()
+        assert await status_of(rt, run_id) == "reverted"
+
+
+async def test_two_submits_following_one_run_take_it_up_once(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url) as rt:
+        await dead_run(
+            rt.store, wf.abc, [ok("step_a", "2")], status="running", key="k", lease_left=0.3
+        )
+        first = await rt.submit(wf.abc, start=1, idempotency_key="k")
+        second = await rt.submit(wf.abc, start=1, idempotency_key="k")
+        assert first is second
+        assert await first.result() == 104
+    assert read(counts) == {"B": 1, "C": 1}
+
+
+async def test_a_store_hiccup_while_following_does_not_take_the_runtime_down(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    store = FlakyStore(sqlite_url)
+    await store.open()
+    try:
+        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+            run_id = await dead_run(rt.store, wf.abc, [], status="running", key="k", lease_left=600)
+            handle = await rt.submit(wf.abc, start=1, idempotency_key="k")
+            store.fail_reads = True
+            await store.failed_read.wait()
+            store.fail_reads = False
+            await store.inner.set_status(run_id, "succeeded", result="104")  # its owner ends
+            assert await handle.result() == 104
+    finally:
+        await store.close()
+
+
+async def test_a_stored_null_option_is_kept_over_the_runtime_s_default(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=sqlite_url, timeout=0.02) as rt:  # nap takes 0.1 s
+        run_id = await dead_run(
+            rt.store, wf.napping, [], status="running", options={"timeout": None}
+        )
+        assert await (await rt.resume(run_id)).result() == 1
+
+
+async def test_a_key_whose_run_the_store_stopped_resumes_it_once_the_store_is_back(
+    sqlite_url: str, counts: pathlib.Path
+) -> None:
+    store = FlakyStore(sqlite_url)
+    await store.open()
+
+    def on_event(event: aflow.Event) -> None:
+        if event.name == "task_started" and event.node == "step_b":
+            store.fail_writes = True
+
+    try:
+        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+            run = await rt.submit(wf.abc, start=1, on_event=on_event, idempotency_key="k")
+            with pytest.raises(StoreError):
+                await run.result()
+            store.fail_writes = False
+            again = await rt.submit(wf.abc, start=1, idempotency_key="k")
+            assert again.id == run.id
+            assert await again.result() == 104
+    finally:
+        await store.close()
+    assert read(counts) == {"A": 1, "B": 2, "C": 1}
+
+
+async def test_two_processes_opening_one_old_store_at_once_both_migrate_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    import sqlite3
+
+    from aflow.stores._sql import migrations
+
+    ((_, version_1), *_) = migrations("sqlite", 0)
+    for attempt in range(5):  # a race: several rounds, each on a fresh v1 file
+        path = tmp_path / f"runs-{attempt}.db"
+        with sqlite3.connect(path) as db:
+            for statement in version_1:
+                db.execute(statement)
+            db.execute("INSERT INTO aflow_meta VALUES ('schema_version', '1')")
+        stores = [aflow.stores.SQLiteStore(str(path)) for _ in range(4)]
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.open)
+        for store in stores:
+            assert await store.list_runs() == []
+            await store.close()

@@ -7,6 +7,7 @@ import decimal
 import enum
 import pathlib
 import uuid
+import zoneinfo
 from typing import Any, NamedTuple
 
 import pytest
@@ -64,6 +65,12 @@ def round_trip(value: Any) -> Any:
         {"a": (1, 2), "b": {1, 2}, "c": frozenset({"x"}), 3: b"\x00\xff"},
         [dt.datetime(2026, 11, 30, 23, 5, tzinfo=dt.UTC), dt.date(2026, 1, 2), dt.time(4, 5)],
         [dt.timedelta(seconds=1.5), decimal.Decimal("1.10"), uuid.UUID(int=7)],
+        [dt.timedelta(days=200_000, microseconds=1), dt.timedelta(days=-3, seconds=5)],
+        [
+            dt.datetime(2024, 6, 28, 12, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+            dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+            dt.time(9, 30, tzinfo=zoneinfo.ZoneInfo("America/New_York")),
+        ],
         [pathlib.Path("/a/b"), pathlib.PurePosixPath("x/y"), pathlib.PureWindowsPath(r"C:\\x")],
         [Colour.RED, Code.GONE, Point(1, (2, 3))],
         {"__aflow__": "not a tag", "v": 1},
@@ -135,3 +142,35 @@ json_values = st.recursive(
 @given(json_values)
 def test_any_mix_of_supported_values_round_trips(value: Any) -> None:
     assert_same(round_trip(value), value)
+
+
+def test_a_zoned_datetime_keeps_its_zone_not_just_its_offset() -> None:
+    summer = dt.datetime(2024, 6, 28, 12, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    back = round_trip(summer)
+    later = back + dt.timedelta(days=183)
+    assert (
+        later.utcoffset() == (summer + dt.timedelta(days=183)).utcoffset() == dt.timedelta(hours=1)
+    )
+
+
+def test_a_tzinfo_that_would_come_back_as_a_fixed_offset_is_refused() -> None:
+    class Custom(dt.tzinfo):
+        def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+            return dt.timedelta(hours=2)
+
+    with pytest.raises(aflow.SerializationError, match="fixed offset"):
+        JsonSerializer().dumps(dt.datetime(2024, 1, 1, tzinfo=Custom()), task="t")
+
+
+def test_an_int_too_long_for_json_is_a_serialization_error() -> None:
+    with pytest.raises(aflow.SerializationError, match=r"'huge'.*4300 digits"):
+        JsonSerializer().dumps({"n": 10**5000}, task="huge")
+
+
+def test_a_stored_class_is_never_imported_because_the_store_says_so() -> None:
+    import sys
+
+    assert "this" not in sys.modules  # importing it prints the Zen of Python
+    with pytest.raises(TypeError, match="not imported"):
+        JsonSerializer().loads('{"__aflow__":"enum","v":["this:s","x"]}')
+    assert "this" not in sys.modules

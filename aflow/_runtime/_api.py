@@ -558,8 +558,9 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._thread_limiter: anyio.CapacityLimiter | None = None
         self._runs: dict[str, Run[Any]] = {}
-        #: handles on runs another process drives (an idempotency key's), polled until they end
-        self._followers: set[anyio.CancelScope] = set()
+        #: handles on runs another process drives (an idempotency key's), polled until they
+        #: end, one per run id, with the scope that stops the polling
+        self._followers: dict[str, tuple[Run[Any], anyio.CancelScope]] = {}
 
     def __repr__(self) -> str:
         state = "open" if self._tg is not None else "closed"
@@ -597,18 +598,18 @@ class Runtime:
         tg = self._tg
         assert tg is not None
         try:
+            for _, follower in self._followers.values():  # other processes' runs: stop watching
+                follower.cancel()
             if exc is None and self._shutdown_timeout is not None:
                 with anyio.move_on_after(self._shutdown_timeout):
-                    for active in self.runs():
-                        await active.wait()
+                    while self._runs:
+                        await next(iter(self._runs.values())).wait()
                 for active in self.runs():
                     active._execution.cancel()
             if exc is None:
-                for active in self.runs():
-                    await active.wait()
+                while self._runs:  # a follower may have resumed one meanwhile
+                    await next(iter(self._runs.values())).wait()
             self._alive.cancel()  # the heartbeat, once every run has ended
-            for follower in self._followers:  # runs of other processes: stop watching them
-                follower.cancel()
         finally:
             self._tg = None
             try:
@@ -752,8 +753,6 @@ class Runtime:
         restore: tuple[Mapping[str, NodeRecord], bool, str | None] | None = None,
     ) -> Run[Any]:
         listener = options.get("on_event")
-        timeout = options.get("timeout")
-        compensation_timeout = options.get("compensation_timeout")
         execution = Execution(
             graph,
             run_id=run_id,
@@ -761,13 +760,10 @@ class Runtime:
             global_limits=self._global,
             thread_limiter=self._thread_limiter,
             listeners=(listener,) if listener is not None else (),
+            # a stored option (None included) wins over this runtime's default
             on_error=options.get("on_error") or self._on_error,
-            timeout=timeout if timeout is not None else self._timeout,
-            compensation_timeout=(
-                compensation_timeout
-                if compensation_timeout is not None
-                else self._compensation_timeout
-            ),
+            timeout=options.get("timeout", self._timeout),
+            compensation_timeout=options.get("compensation_timeout", self._compensation_timeout),
             clock=options.get("clock") or self._clock,
             journal=journal,
         )
@@ -787,13 +783,19 @@ class Runtime:
     ) -> Run[Any]:
         """The run an idempotency key names: live here, finished, or left by a dead process."""
         active = self._runs.get(stored.run_id) or self._history.get(stored.run_id)
+        following = self._followers.get(stored.run_id)
+        if following is not None:
+            return following[0]
         if active is not None:
-            return active
+            stopped_by_store = active._execution._store_error is not None
+            if not (stopped_by_store and stored.status not in _FINISHED):
+                return active
+            return await self.resume(stored.run_id)  # its store failed here; it works again
         if stored.status in _FINISHED:
             value = None
             error: BaseException | None = None
             if stored.result is not None:
-                value = serializer_for(stored.serializer).loads(stored.result)
+                value = self._serializer_of(stored).loads(stored.result)
             if stored.status != "succeeded":
                 error = RunError(stored.run_id, f"the run ended {stored.status}: {stored.error}")
             execution = Execution(graph, run_id=stored.run_id)
@@ -814,43 +816,51 @@ class Runtime:
         execution.status = RunStatus.RUNNING
         handle: Run[Any] = Run(execution)
         scope = anyio.CancelScope()
-        self._followers.add(scope)
+        self._followers[stored.run_id] = (handle, scope)
 
         def end(status: str, error: BaseException | None, value: Any = None) -> None:
-            execution.status = RunStatus(status)
+            handle._execution.status = RunStatus(status)
             handle._value = value
             handle._error = error
             handle._finished.set()
+
+        async def step() -> bool:
+            """One look at the store; True once the run has ended."""
+            record = await store.get_run(stored.run_id)
+            if record.status in _FINISHED:
+                value = None
+                if record.result is not None:
+                    value = self._serializer_of(record).loads(record.result)
+                error = None
+                if record.status != "succeeded":
+                    error = RunError(
+                        record.run_id, f"the run ended {record.status}: {record.error}"
+                    )
+                end(record.status, error, value)
+                return True
+            if (record.heartbeat or 0) >= time.time():
+                return False  # its process is alive
+            try:
+                resumed = await self.resume(record.run_id)
+            except ResumeMismatch:
+                return False  # another process took it first: keep following
+            await resumed.wait()
+            handle._execution = resumed._execution
+            end(resumed.status.value, resumed._error, resumed._value)
+            return True
 
         async def poll() -> None:
             try:
                 with scope:
                     while True:
-                        record = await store.get_run(stored.run_id)
-                        if record.status in _FINISHED:
-                            value = None
-                            if record.result is not None:
-                                value = serializer_for(record.serializer).loads(record.result)
-                            error = None
-                            if record.status != "succeeded":
-                                error = RunError(
-                                    record.run_id, f"the run ended {record.status}: {record.error}"
-                                )
-                            end(record.status, error, value)
-                            return
-                        if (record.heartbeat or 0) < time.time():  # its process is gone
-                            try:
-                                resumed = await self.resume(record.run_id)
-                            except ResumeMismatch:
-                                pass  # another process took it first: keep following
-                            else:
-                                await resumed.wait()
-                                handle._execution = resumed._execution
-                                end(resumed.status.value, resumed._error, resumed._value)
+                        try:
+                            if await step():
                                 return
+                        except Exception as exc:  # a store hiccup: the next look tries again
+                            warn("aflow_follow_failed", run_id=stored.run_id, error=repr(exc))
                         await anyio.sleep(0.05)
             finally:
-                self._followers.discard(scope)
+                self._followers.pop(stored.run_id, None)
                 if not handle._finished.is_set():
                     end(
                         "cancelled",
@@ -883,13 +893,15 @@ class Runtime:
                 run_id, f"a live process runs it ({record.owner}); its lease holds"
             )
         records = await store.load_nodes(run_id)
-        serializer = serializer_for(record.serializer)
-        journal = Journal(store, run_id, serializer)
+        journal = Journal(store, run_id, self._serializer_of(record))
         # A run cancelled while its process was gone is unwound at once; what was running
         # when the process died counts as cancelled mid-way (its revert runs), as it would
         # have in the process itself.
         unwinding = record.status in ("reverting", "cancelling")
         options = _load_options(record)
+        active = self._runs.get(run_id)
+        if active is not None:  # resumed by another task of this runtime meanwhile
+            return active
         handle = self._start(graph, run_id, journal, options, (records, unwinding, record.error))
         if record.status == "cancelling":
             handle._execution.cancel()
@@ -936,7 +948,7 @@ class Runtime:
         record = await store.get_run(run_id)
         graph = self._rebuild(record)
         old = await store.load_nodes(run_id)
-        serializer = serializer_for(record.serializer)
+        serializer = self._serializer_of(record)
         overrides = dict(reuse) if isinstance(reuse, Mapping) else dict.fromkeys(reuse, _KEEP)
         taken: dict[str, NodeRecord] = {}
         for key, value in overrides.items():
@@ -978,7 +990,7 @@ class Runtime:
             workflow = resolve_workflow(record.workflow)
         except DefinitionError as exc:
             raise ResumeMismatch(record.run_id, str(exc)) from exc
-        params = serializer_for(record.serializer).loads(record.params)
+        params = self._serializer_of(record).loads(record.params)
         graph = workflow.build(params)
         if fingerprint(graph) != record.fingerprint:
             raise ResumeMismatch(
@@ -986,6 +998,20 @@ class Runtime:
                 f"workflow {record.workflow} now builds a different graph than when the run began",
             )
         return graph
+
+    def _serializer_of(self, record: RunRecord) -> Serializer:
+        """The serializer a run was written with. A pickle run is read only by a runtime
+        that opted into pickle: loading a pickle runs code."""
+        mine = self._serializer
+        if record.serializer == mine.name:
+            return mine
+        if record.serializer == "json":
+            return serializer_for("json")
+        raise ResumeMismatch(
+            record.run_id,
+            f"it was written with serializer {record.serializer!r} and this runtime uses "
+            f"{mine.name!r}; only a Runtime(serializer={record.serializer!r}) reads it",
+        )
 
     def _require_store(self, what: str) -> Store:
         if self._store is None:

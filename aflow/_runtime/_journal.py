@@ -16,7 +16,7 @@ from typing import Any, final
 
 import anyio
 
-from .._exceptions import RecordedError
+from .._exceptions import RecordedError, SerializationError
 from .._serialize import Serializer
 from ..stores._base import NodeRecord, Store
 
@@ -72,7 +72,12 @@ class Journal:
 
     def encode(self, task: str, value: Any) -> str:
         """The stored form of a result (raises :class:`aflow.SerializationError`)."""
-        return self.serializer.dumps(value, task=task)
+        try:
+            return self.serializer.dumps(value, task=task)
+        except SerializationError:
+            raise
+        except Exception as exc:  # a custom serializer's own error: the same contract
+            raise SerializationError(task, type(value), "result", repr(exc)) from exc
 
     def record(self, node: NodeRecord, hold: tuple[str, int] | None = None) -> None:
         """Buffer one transition; ``hold`` is released to the scheduler after it is written."""

@@ -490,7 +490,11 @@ class Execution:
         if journal is None:
             return await self._execute()
         store = journal.store
-        await store.set_status(self.run_id, "running")
+        # A resumed compensation says so (with its trigger) before anything else; a cancel
+        # requested meanwhile (`aflow cancel`) is kept, and obeyed.
+        first = "reverting" if self._resumed_unwinding else "running"
+        if await store.start_run(self.run_id, first, self._trigger) == "cancelling":
+            self.cancel()
         try:
             value = await self._execute()
         except BaseException as exc:
@@ -522,18 +526,29 @@ class Execution:
         """Take up a run from its checkpoints: recorded successes are not run again.
 
         A recorded failure is final, as it was in the process that stopped: with
-        ``on_error="revert"`` (and not tolerated) it makes the run unwind. With
-        ``unwinding`` the run was compensating when it stopped: nodes already
-        reverted stay so, a revert that failed keeps what precedes it, and the
-        unwinding goes on from there; what was running then is reverted as
-        cancelled mid-way. ``trigger`` is what stopped the run (the stored text:
-        a task's error, ``RunTimeout: ...`` or ``RunCancelled: ...``).
+        ``on_error="revert"`` (and not tolerated) it makes the run unwind. The run
+        unwinds too when ``unwinding`` says it was compensating, or when a revert
+        is on record: nodes already reverted stay so, a revert that failed keeps
+        what precedes it, and the unwinding goes on from there; what was running
+        then is reverted as cancelled mid-way. ``trigger`` is what stopped the run
+        (the stored text: a task's error, ``RunTimeout: ...`` or ``RunCancelled: ...``).
         """
         if self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
         now = _perf_counter()
         states = self._states
         nodes = self._nodes
+        for node in nodes:  # first: was the run unwinding when it stopped?
+            record = records.get(node.key)
+            if (
+                record is not None
+                and node.task is not None
+                and (
+                    record.state in ("reverted", "revert_failed")
+                    or (record.state == "failed" and self._stops_run(node))
+                )
+            ):
+                unwinding = True
         failed: list[int] = []
         for node in nodes:
             record = records.get(node.key)
@@ -548,23 +563,23 @@ class Execution:
                 states[i] = _SUCCEEDED
             elif state == "failed":
                 failed.append(i)
-                error: BaseException = RecordedError(record.error or "failed (no error on record)")
-                self._errors[i] = error
-                self._failures[i] = Failure.capture(node.key, error, record.attempt)
+                self._restore_error(node, record.error or "failed (no error on record)", record)
             elif unwinding and state in ("reverted", "revert_failed"):
                 if record.result is not None:
                     self._results[i] = decode(record.result)
                 if state == "reverted":
                     states[i] = _REVERTED
                     self._reverted.append(i)
+                    if record.error is not None:  # it had failed before it was reverted
+                        self._restore_error(node, record.error, record)
+                        self._errbacks_due = True
                 else:
                     states[i] = _REVERT_FAILED
                     self._revert_errors[i] = RecordedError(record.error or "its revert failed")
             elif unwinding and state in ("running", "retrying"):
-                error = RecordedError("cancelled mid-way: its process stopped")
                 states[i] = _CANCELLED
-                self._errors[i] = error
-                self._failures[i] = Failure.capture(node.key, error, record.attempt, cancelled=True)
+                text = "cancelled mid-way: its process stopped"
+                self._restore_error(node, text, record, cancelled=True)
             else:
                 continue  # it runs (again)
             if state != "reused":  # a fork's reused node ran in another run: never reverted
@@ -576,8 +591,8 @@ class Execution:
         for i in done:
             self._release(i)
         for i in failed:
-            if self._restore_failure(nodes[i]):
-                unwinding = True
+            self._restore_failure(nodes[i])
+        self._restore_joins()
         self._rebuild_map_calls()
         self._ready = deque(
             node.index
@@ -594,24 +609,58 @@ class Execution:
             elif trigger is not None and trigger.startswith("RunCancelled"):
                 self._cancel_requested = True
 
-    def _restore_failure(self, node: Node) -> bool:
-        """Replay a recorded failure's effect; True if it stops the run (it unwinds)."""
+    def _stops_run(self, node: Node) -> bool:
+        """Whether a failure of ``node`` stops the run (rather than being tolerated)."""
+        return (
+            node.error_scope is None
+            and not node.options.continue_on_failed
+            and node.index not in self._tolerated_by
+            and self._on_error == "revert"
+        )
+
+    def _restore_error(
+        self, node: Node, text: str, record: NodeRecord, *, cancelled: bool = False
+    ) -> None:
+        error = RecordedError(text)
+        self._errors[node.index] = error
+        self._failures[node.index] = Failure.capture(
+            node.key, error, record.attempt, cancelled=cancelled
+        )
+
+    def _restore_failure(self, node: Node) -> None:
+        """Replay a recorded failure's effect on what depends on it."""
         i = node.index
         self._states[i] = _FAILED
         self._finished[i] = _perf_counter()
         if node.error_scope is not None:
-            return False
+            return
         if node.options.continue_on_failed:
             self._done_count += 1
             self._release(i)
-            return False
+            return
         self._errbacks_due = True
         tolerant_join = self._tolerated_by.get(i)
         if tolerant_join is not None or self._on_error == "continue":
             self._done_count += 1
             self._skip_dependents(i, tolerant_join)
-            return False
-        return True
+
+    def _restore_joins(self) -> None:
+        """Joins are not stored: recompute those whose sources are all restored.
+
+        A revert (or a map's items) may take a join's value as its input. Guard
+        joins (deciders) are left to run again: nothing takes their value.
+        """
+        nodes = self._nodes
+        states = self._states
+        for i in self.graph.topological_order():
+            node = nodes[i]
+            if (
+                node.kind is _JOIN
+                and node.when is None
+                and states[i] is _PENDING
+                and self._remaining[i] == 0
+            ):
+                self._join(node)
 
     def _rebuild_map_calls(self) -> None:
         """A restored map or starmap with a revert undoes each of its items' calls.
@@ -630,7 +679,10 @@ class Execution:
                 or self._started[i] is None
             ):
                 continue
-            items = list(self._args_of(node)[0])
+            source = self._args_of(node)
+            if not source or source[0] is None:
+                continue  # its input was never restored: it cannot have run
+            items = list(source[0])
             failure = self._failures.get(i)
             if failure is None:
                 self._map_calls[i] = list(zip(items, self._results[i] or (), strict=False))
@@ -661,13 +713,15 @@ class Execution:
         events.emit(RUN_STARTED)
         caller_cancel: BaseException | None = None
         if self._resumed_unwinding:  # taken up mid-compensation: go on with it
-            if self._timed_out or self._cancel_requested:
-                pass  # the outcome says so (RunTimeout / RunCancelled)
-            elif roots := self._root_failures():
+            trigger = self._trigger or ""
+            if roots := self._root_failures():
                 first = next(i for i, e in self._errors.items() if e is roots[0])
                 self._failure = (first, roots[0])
-            else:  # the failed node was reverted since: the stored trigger says what failed
-                self._failure = (-1, RecordedError(self._trigger or "failed (no error on record)"))
+            elif self._timed_out:
+                pass  # the outcome says so (RunTimeout)
+            elif trigger and not trigger.startswith("RunCancelled"):
+                # a failure started it (a cancel asked later does not change that)
+                self._failure = (-1, RecordedError(trigger))
             self._halt = True
         try:
             if not self._cancel_requested and not self._resumed_unwinding:
@@ -1632,8 +1686,12 @@ class Execution:
             if sink.node_events:
                 sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
             if self._journal is not None:  # its parents' reverts start once this is on record
+                failure = self._failures.get(index)
+                had = None  # a failure it had is kept on record: a resume needs it
+                if failure is not None and not failure.cancelled:
+                    had = describe(self._errors[index])
                 self._journal.record(
-                    NodeRecord(node.key, "reverted", attempt, None, None, None, time.time()),
+                    NodeRecord(node.key, "reverted", attempt, None, had, None, time.time()),
                     ("reverted", index),
                 )
             else:

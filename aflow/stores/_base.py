@@ -105,9 +105,15 @@ class Store(Protocol):
         history keeps.
         """
 
+    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+        """Set the status of a run that (re)starts, unless a cancel was requested
+        meanwhile (``cancelling`` stays); return the status now stored."""
+        ...
+
     async def request_cancel(self, run_id: str, reason: str) -> str:
         """Set an unfinished run to ``cancelling``, atomically; return the run's status
-        afterwards (a finished run keeps its own; raises :class:`RunNotFound`)."""
+        afterwards (a finished run keeps its own; raises :class:`RunNotFound`). A run
+        that is reverting keeps its stored error: what started the compensation."""
         ...
 
     async def claim(self, run_id: str, owner: str, lease: float) -> bool:

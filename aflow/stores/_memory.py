@@ -105,10 +105,17 @@ class MemoryStore:
         self._runs[run_id] = dataclasses.replace(run, owner=owner, heartbeat=now + lease)
         return True
 
+    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+        run = await self.get_run(run_id)
+        if run.status != "cancelling":
+            await self.set_status(run_id, status, error=error)
+        return (await self.get_run(run_id)).status
+
     async def request_cancel(self, run_id: str, reason: str) -> str:
         run = await self.get_run(run_id)
         if run.status in UNFINISHED:
-            await self.set_status(run_id, "cancelling", error=reason)
+            keep = run.status == "reverting" and run.error is not None
+            await self.set_status(run_id, "cancelling", error=None if keep else reason)
             return "cancelling"
         return run.status
 

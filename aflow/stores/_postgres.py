@@ -208,9 +208,21 @@ class PostgresStore:
             return False
         return True
 
+    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+        await self._p().execute(
+            "UPDATE aflow_runs SET status = $1, updated_at = $2, error = COALESCE($3, error) "
+            "WHERE run_id = $4 AND status <> 'cancelling'",
+            status,
+            time.time(),
+            error,
+            run_id,
+        )
+        return (await self.get_run(run_id)).status
+
     async def request_cancel(self, run_id: str, reason: str) -> str:
         await self._p().execute(
-            "UPDATE aflow_runs SET status = 'cancelling', error = $1, updated_at = $2 "
+            "UPDATE aflow_runs SET status = 'cancelling', updated_at = $2, error = CASE "
+            "WHEN status = 'reverting' AND error IS NOT NULL THEN error ELSE $1 END "
             "WHERE run_id = $3 AND status = ANY($4::text[])",
             reason,
             time.time(),

@@ -113,29 +113,54 @@ class SQLiteStore:
                 f"(tables: {', '.join(sorted(tables)[:5])}); aflow leaves it alone"
             )
         # only now that the file is ours (or empty) do settings that change it
-        await db.execute("PRAGMA journal_mode=WAL")
+        await self._wal(db)
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
-        version = 0
-        if "aflow_meta" in tables:
-            async with db.execute(
-                "SELECT value FROM aflow_meta WHERE key='schema_version'"
-            ) as cursor:
-                row = await cursor.fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path!r} has schema {version}, newer than this aflow's "
-                    f"{SCHEMA_VERSION}: upgrade aflow"
-                )
+        version = await self._version(db) if "aflow_meta" in tables else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path!r} has schema {version}, newer than this aflow's "
+                f"{SCHEMA_VERSION}: upgrade aflow"
+            )
         for target, statements in migrations("sqlite", version):
-            async with _transaction(db):
-                for statement in statements:
-                    await db.execute(statement)
-                await db.execute(
-                    "INSERT OR REPLACE INTO aflow_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(target),),
-                )
+            try:
+                async with _transaction(db):  # BEGIN IMMEDIATE: one process migrates at a time
+                    tables = await self._tables(db)
+                    if "aflow_meta" in tables and await self._version(db) >= target:
+                        continue  # another process got there first
+                    for statement in statements:
+                        await db.execute(statement)
+                    await db.execute(
+                        "INSERT OR REPLACE INTO aflow_meta (key, value) "
+                        "VALUES ('schema_version', ?)",
+                        (str(target),),
+                    )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot bring {self.path!r} to schema {target}: {exc}") from exc
+
+    async def _wal(self, db: aiosqlite.Connection) -> None:
+        """Switch to WAL. The switch needs the file to itself and SQLite does not wait
+        for that (no busy timeout), so processes opening one store at once retry."""
+        for delay in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0):
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise StoreError(f"cannot open {self.path!r}: {exc}") from exc
+                await anyio.sleep(delay)
+        raise StoreError(f"{self.path!r} stayed locked while switching it to WAL")
+
+    @staticmethod
+    async def _tables(db: aiosqlite.Connection) -> set[str]:
+        async with db.execute("SELECT name FROM sqlite_master WHERE type='table'") as cursor:
+            return {row[0] for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _version(db: aiosqlite.Connection) -> int:
+        async with db.execute("SELECT value FROM aflow_meta WHERE key='schema_version'") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def close(self) -> None:
         if self._db is not None:
@@ -242,13 +267,23 @@ class SQLiteStore:
             await self.get_run(run_id)  # RunNotFound, or owned by a live process
         return claimed
 
+    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+        async with self._lock:
+            await self._conn().execute(
+                "UPDATE aflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error) "
+                "WHERE run_id = ? AND status <> 'cancelling'",
+                (status, time.time(), error, run_id),
+            )
+        return (await self.get_run(run_id)).status
+
     async def request_cancel(self, run_id: str, reason: str) -> str:
         marks = ", ".join("?" * len(UNFINISHED))
         async with self._lock:
             await self._conn().execute(
-                f"UPDATE aflow_runs SET status = 'cancelling', error = ?, updated_at = ? "
+                "UPDATE aflow_runs SET status = 'cancelling', updated_at = ?, error = CASE "
+                "WHEN status = 'reverting' AND error IS NOT NULL THEN error ELSE ? END "
                 f"WHERE run_id = ? AND status IN ({marks})",
-                (reason, time.time(), run_id, *UNFINISHED),
+                (time.time(), reason, run_id, *UNFINISHED),
             )
         return (await self.get_run(run_id)).status
 
