@@ -215,6 +215,19 @@ class ResumeMismatch(StoreError):
         return (type(self), (self.run_id, self.reason))
 
 
+class LeaseLost(StoreError):
+    """This process no longer owns a run: its heartbeats failed for longer than the
+    lease, or another process took the run over. The run stops here, unreverted."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r}: this process lost its lease on it ({reason})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.reason))
+
+
 class RecordedError(AflowError):
     """A failure read back from a store when a run resumed: the text it was recorded as
     (``Type: message``); the original exception object did not survive the process."""

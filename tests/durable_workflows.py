@@ -272,3 +272,121 @@ async def nap(x: int) -> int:
 @aflow.workflow
 def napping(start: int) -> Any:
     return nap.s(start)
+
+
+# --- for the second review's regression tests ---------------------------------------------
+
+
+@aflow.workflow
+def ab_charge_fails_with_errback(start: int) -> Any:
+    return (step_a.s(start) | step_b.s() | charge_fails.s()).on_error(note_failure.s())
+
+
+@aflow.task
+async def one(x: int) -> int:
+    await bump(f"one-{x}")
+    return x
+
+
+@one.revert
+async def undo_one(x: int, *, result: Any) -> None:
+    await bump(f"undo-one-{x}")
+
+
+@aflow.workflow
+def below_threshold(start: int) -> Any:
+    members = aflow.group(step_c_fails.s(start), step_c_fails.s(start + 1), one.s(start))
+    return aflow.chord(members.set(min_success=2), total.s())
+
+
+class Charge(aflow.Task):
+    default_provides = "charged"
+
+    async def execute(self, amount: int) -> int:
+        await bump("charge")
+        return amount
+
+    async def revert(self, amount: int, result: Any) -> None:
+        await bump("refund")
+
+
+class Ship(aflow.Task):
+    async def execute(self, charged: int) -> None:
+        await bump("ship")
+        raise RuntimeError("no truck")
+
+
+@aflow.workflow
+def retried_pay(amount: int) -> Any:
+    from aflow.patterns import linear_flow
+
+    return linear_flow.Flow("order").add(
+        linear_flow.Flow("pay", retry=aflow.retry.Times(2)).add(Charge(inject={"amount": amount})),
+        Ship(),
+    )
+
+
+@aflow.task
+async def charge_refund_fails(x: int) -> int:
+    await bump("charge")
+    raise RuntimeError("card declined")
+
+
+@charge_refund_fails.revert
+async def refund_fails(x: int, *, result: Any) -> None:
+    await bump("refund-attempt")
+    raise OSError("refund service down")
+
+
+@aflow.workflow
+def refund_fails_with_errback(start: int) -> Any:
+    return (step_a.s(start) | charge_refund_fails.s()).on_error(note_failure.s())
+
+
+class Probe(aflow.Task):
+    default_provides = "probe"
+
+    async def execute(self) -> int:
+        await bump("probe")
+        return 1
+
+
+class Book(aflow.Task):
+    async def execute(self, probe: int) -> int:
+        await bump("book")
+        return 2
+
+
+def _never(_: Any) -> bool:
+    return False
+
+
+@aflow.workflow
+def retried_flow_ends_early(start: int) -> Any:
+    from aflow.patterns import graph_flow
+
+    probe, book = Probe(), Book()
+    pay = graph_flow.Flow("pay", retry=aflow.retry.Times(2)).add(probe, book)
+    pay.link(probe, book, decider=_never)
+    return pay
+
+
+@aflow.task
+async def op(name: str) -> str:
+    await bump(name)
+    return name
+
+
+@op.revert
+async def undo_op(name: str, *, result: Any) -> None:
+    await bump(f"undo-{name}")
+
+
+@aflow.task
+async def fails_now(name: str) -> str:
+    raise RuntimeError(f"{name} failed")
+
+
+@aflow.workflow
+def two_branches_and_a_failure() -> Any:
+    return aflow.group(op.si("a") | op.si("b"), op.si("c") | op.si("d"), fails_now.si("z"))

@@ -188,9 +188,9 @@ async def test_a_heartbeat_renews_only_the_runs_named(store: Store) -> None:
         await store.create_run(run)
         assert await store.claim(run.run_id, "me", 0.01)
     await store.request_cancel(driven.run_id, "RunCancelled: x")
-    assert await store.heartbeat("me", 60.0, [driven.run_id]) == [driven.run_id]
-    assert await store.heartbeat("someone-else", 60.0, [dropped.run_id]) == []
-    assert await store.heartbeat("me", 60.0, []) == []
+    assert await store.heartbeat("me", 60.0, [driven.run_id]) == {driven.run_id: "cancelling"}
+    assert await store.heartbeat("someone-else", 60.0, [dropped.run_id]) == {}
+    assert await store.heartbeat("me", 60.0, []) == {}
     now = time.time()
     assert ((await store.get_run(driven.run_id)).heartbeat or 0) > now + 30
     assert ((await store.get_run(dropped.run_id)).heartbeat or 0) < now + 1  # not renewed

@@ -10,7 +10,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
@@ -20,6 +20,7 @@ import anyio.abc
 from .._events import Event, EventListener, warn
 from .._exceptions import (
     DefinitionError,
+    LeaseLost,
     ResumeMismatch,
     RunCancelled,
     RunError,
@@ -156,21 +157,28 @@ async def run(
                         store="sqlite:///runs.db", idempotency_key="order-o-42")
     """
     if store is not None:
+        failure: Exception | None = None
         async with Runtime(
             store=store, serializer=serializer, max_concurrency=max_concurrency, limits=limits
         ) as rt:
-            handle = await rt.submit(
-                workflow,
-                params=params,
-                run_id=run_id,
-                on_event=on_event,
-                on_error=on_error,
-                timeout=timeout,
-                compensation_timeout=compensation_timeout,
-                clock=clock,
-                idempotency_key=idempotency_key,
-            )
-            return await _outcome(handle)
+            try:
+                handle = await rt.submit(
+                    workflow,
+                    params=params,
+                    run_id=run_id,
+                    on_event=on_event,
+                    on_error=on_error,
+                    timeout=timeout,
+                    compensation_timeout=compensation_timeout,
+                    clock=clock,
+                    idempotency_key=idempotency_key,
+                )
+                value = await _outcome(handle)
+            except Exception as exc:  # raised below, as itself (not in the runtime's group)
+                failure = exc
+        if failure is not None:
+            raise failure
+        return value
     if idempotency_key is not None:
         raise ValueError("an idempotency_key needs a durable store: pass store='sqlite:///...'")
     if isinstance(workflow, Workflow):
@@ -285,7 +293,16 @@ class Run(Generic[R]):
     ``ready()``...) follow Celery's ``GroupResult`` and count task nodes.
     """
 
-    __slots__ = ("_error", "_execution", "_finished", "_key", "_streams", "_traceback", "_value")
+    __slots__ = (
+        "_error",
+        "_execution",
+        "_finished",
+        "_key",
+        "_remote_cancel",
+        "_streams",
+        "_traceback",
+        "_value",
+    )
 
     def __init__(self, execution: Execution) -> None:
         self._execution = execution
@@ -295,6 +312,8 @@ class Run(Generic[R]):
         self._traceback: TracebackType | None = None
         self._streams: list[MemoryObjectSendStream[Event]] = []
         self._key: str | None = None
+        #: for a run another process drives: ask its store to cancel it
+        self._remote_cancel: Callable[[], Awaitable[Any]] | None = None
 
     @classmethod
     def _finished_in_store(
@@ -377,7 +396,13 @@ class Run(Generic[R]):
         return self.status
 
     async def cancel(self) -> None:
-        """Cancel the run and wait until it has stopped."""
+        """Cancel the run and wait until it has stopped.
+
+        A run another process drives (found by its idempotency key) is asked to
+        cancel through the store, as ``aflow cancel`` does; its process unwinds it.
+        """
+        if self._remote_cancel is not None and not self._finished.is_set():
+            await self._remote_cancel()
         self._execution.cancel()
         await self._finished.wait()
 
@@ -750,7 +775,7 @@ class Runtime:
         run_id: str | None,
         journal: Journal | None,
         options: Mapping[str, Any],
-        restore: tuple[Mapping[str, NodeRecord], bool, str | None] | None = None,
+        restore: tuple[Mapping[str, NodeRecord], bool, str | None, Mapping[str, str]] | None = None,
     ) -> Run[Any]:
         listener = options.get("on_event")
         execution = Execution(
@@ -769,9 +794,11 @@ class Runtime:
         )
         if restore is not None:
             assert journal is not None  # the run's own serializer reads its records
-            records, unwinding, trigger = restore
+            records, unwinding, trigger, failed_before = restore
             decode = journal.serializer.loads
-            execution.restore(records, decode, unwinding=unwinding, trigger=trigger)
+            execution.restore(
+                records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
+            )
         handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle
         assert self._tg is not None
@@ -818,6 +845,11 @@ class Runtime:
         scope = anyio.CancelScope()
         self._followers[stored.run_id] = (handle, scope)
 
+        async def cancel_there() -> None:
+            await store.request_cancel(stored.run_id, "RunCancelled: cancelled by a follower")
+
+        handle._remote_cancel = cancel_there
+
         def end(status: str, error: BaseException | None, value: Any = None) -> None:
             handle._execution.status = RunStatus(status)
             handle._value = value
@@ -842,10 +874,15 @@ class Runtime:
                 return False  # its process is alive
             try:
                 resumed = await self.resume(record.run_id)
-            except ResumeMismatch:
-                return False  # another process took it first: keep following
-            await resumed.wait()
-            handle._execution = resumed._execution
+            except ResumeMismatch as exc:
+                if "lease holds" in exc.reason:
+                    return False  # another process took it first: keep following
+                end("failed", exc)  # it cannot be resumed (its workflow changed...)
+                return True
+            handle._remote_cancel = None
+            handle._execution = resumed._execution  # cancel() and steps() reach it now
+            with anyio.CancelScope(shield=True):  # it runs here now: exit waits for it anyway
+                await resumed.wait()
             end(resumed.status.value, resumed._error, resumed._value)
             return True
 
@@ -893,6 +930,11 @@ class Runtime:
                 run_id, f"a live process runs it ({record.owner}); its lease holds"
             )
         records = await store.load_nodes(run_id)
+        failed_before: dict[str, str] = {}
+        if any(node.state == "revert_failed" for node in records.values()):
+            for transition in await store.load_history(run_id):  # oldest first
+                if transition.state == "failed" and transition.error is not None:
+                    failed_before[transition.key] = transition.error
         journal = Journal(store, run_id, self._serializer_of(record))
         # A run cancelled while its process was gone is unwound at once; what was running
         # when the process died counts as cancelled mid-way (its revert runs), as it would
@@ -902,7 +944,8 @@ class Runtime:
         active = self._runs.get(run_id)
         if active is not None:  # resumed by another task of this runtime meanwhile
             return active
-        handle = self._start(graph, run_id, journal, options, (records, unwinding, record.error))
+        restore = (records, unwinding, record.error, failed_before)
+        handle = self._start(graph, run_id, journal, options, restore)
         if record.status == "cancelling":
             handle._execution.cancel()
         return handle
@@ -982,7 +1025,7 @@ class Runtime:
         await store.write_nodes(stored.run_id, list(taken.values()))
         journal = Journal(store, stored.run_id, serializer)
         return self._start(
-            graph, stored.run_id, journal, _load_options(record), (taken, False, None)
+            graph, stored.run_id, journal, _load_options(record), (taken, False, None, {})
         )
 
     def _rebuild(self, record: RunRecord) -> Graph:
@@ -1036,24 +1079,47 @@ class Runtime:
                     self._history.popitem(last=False)
 
     async def _keep_alive(self, store: Store) -> None:
-        """Say this process still runs its durable runs; obey `aflow cancel` for them."""
+        """Say this process still runs its durable runs; obey `aflow cancel` for them.
+
+        A run this process no longer owns stops here (:class:`~aflow.stores.LeaseLost`):
+        another process took it over, or the heartbeats failed for longer than the
+        lease, after which recovery elsewhere may take it at any moment.
+        """
+        until: dict[str, float] = {}  # run id -> when its lease runs out, as far as we know
         with self._alive:
             while True:
                 await anyio.sleep(self._lease / 4)
-                driven = [
-                    run_id
+                driven = {
+                    run_id: active._execution
                     for run_id, active in self._runs.items()
-                    if active._execution._journal is not None
-                ]
+                    if active._execution._journal is not None and not active._execution.closed
+                }
+                now = time.monotonic()
+                for run_id in driven:
+                    until.setdefault(run_id, now + self._lease)  # claimed or created just now
+                for run_id in list(until):
+                    if run_id not in driven:
+                        del until[run_id]
                 try:
-                    cancelled = await store.heartbeat(self._owner, self._lease, driven)
-                except Exception as exc:  # the next tick tries again; the runs go on
+                    renewed = await store.heartbeat(self._owner, self._lease, list(driven))
+                except Exception as exc:  # the next tick tries again; the runs go on meanwhile
                     warn("aflow_heartbeat_failed", store=store.url, error=repr(exc))
+                    for run_id, execution in driven.items():
+                        if time.monotonic() > until[run_id]:
+                            reason = f"its heartbeats failed for over {self._lease} s ({exc!r})"
+                            execution._store_failed(LeaseLost(run_id, reason))
                     continue
-                for run_id in cancelled:
-                    active = self._runs.get(run_id)
-                    if active is not None:
-                        active._execution.cancel()
+                expires = now + self._lease
+                for run_id, execution in driven.items():
+                    status = renewed.get(run_id)
+                    if status is None:
+                        if not execution.closed:  # (a run that just ended is not ours to stop)
+                            reason = "another process owns it now"
+                            execution._store_failed(LeaseLost(run_id, reason))
+                        continue
+                    until[run_id] = expires
+                    if status == "cancelling":
+                        execution.cancel()
 
     @overload
     async def run(self, workflow: Canvas[R]) -> R: ...

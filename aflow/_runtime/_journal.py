@@ -37,6 +37,7 @@ class Journal:
 
     __slots__ = (
         "_committed",
+        "_in_flight",
         "_pending",
         "_superseded",
         "_wake",
@@ -61,14 +62,16 @@ class Journal:
         self._wake = anyio.Event()
         #: set once the batch being filled now is committed
         self._committed = anyio.Event()
+        #: a batch being written: what it releases is not released yet
+        self._in_flight = False
         self.closing = False
         self.batches = 0
         self.written = 0
 
     @property
     def holding(self) -> bool:
-        """True while transitions wait to be written."""
-        return bool(self._pending or self.held)
+        """True while transitions wait to be written or are being written."""
+        return bool(self._pending or self.held or self._in_flight)
 
     def encode(self, task: str, value: Any) -> str:
         """The stored form of a result (raises :class:`aflow.SerializationError`)."""
@@ -124,7 +127,11 @@ class Journal:
         self.held = []
         self._committed = anyio.Event()
         if batch:
-            await self.store.write_nodes(self.run_id, batch, superseded)
+            self._in_flight = True
+            try:
+                await self.store.write_nodes(self.run_id, batch, superseded)
+            finally:
+                self._in_flight = False
             self.batches += 1
             self.written += len(batch)
         committed.set()

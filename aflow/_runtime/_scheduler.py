@@ -55,11 +55,13 @@ from .._events import (
     TASK_SUCCEEDED,
     EventListener,
     EventSink,
+    warn,
 )
 from .._exceptions import (
     CompensationFailed,
     DefinitionError,
     GroupFailed,
+    LeaseLost,
     MissingInputError,
     RecordedError,
     RunCancelled,
@@ -252,6 +254,7 @@ def _revert_items_sync(
 
 
 _MISSING: Any = object()
+_CUT_SHORT = "cancelled mid-way: its process stopped"
 
 
 def _below_threshold(
@@ -493,27 +496,45 @@ class Execution:
         # A resumed compensation says so (with its trigger) before anything else; a cancel
         # requested meanwhile (`aflow cancel`) is kept, and obeyed.
         first = "reverting" if self._resumed_unwinding else "running"
-        if await store.start_run(self.run_id, first, self._trigger) == "cancelling":
+        try:
+            stored = await store.start_run(self.run_id, first, self._trigger)
+        except Exception as exc:  # nothing ran: the run stays as stored, for a resume
+            self._store_error = exc
+            raise self._stopped_by_store() from exc
+        if stored == "cancelling":
             self.cancel()
         try:
             value = await self._execute()
         except BaseException as exc:
             if self._store_error is not None:
                 raise  # the store keeps the run unfinished, for a resume to take up
-            with anyio.CancelScope(shield=True):
-                await store.set_status(
-                    self.run_id, self.status.value, error=describe(exc), ended_at=self.ended_at
-                )
+            await self._record_end(error=describe(exc))
             raise
         try:
             text: str | None = journal.encode("the run's result", value)
         except SerializationError:
             text = None  # every node's result is on record; only the run's own value is not
-        with anyio.CancelScope(shield=True):
-            await store.set_status(
-                self.run_id, self.status.value, result=text, ended_at=self.ended_at
-            )
+        await self._record_end(result=text)
         return value
+
+    async def _record_end(self, *, result: str | None = None, error: str | None = None) -> None:
+        """Write the run's final status. If the store fails here the outcome stands (the
+        caller gets it); the store keeps the run unfinished, and a resume of it, with every
+        node on record, runs nothing again and writes the end."""
+        journal = self._journal
+        assert journal is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await journal.store.set_status(
+                    self.run_id,
+                    self.status.value,
+                    result=result,
+                    error=error,
+                    ended_at=self.ended_at,
+                )
+        except Exception as exc:
+            self._store_error = exc
+            warn("aflow_run_end_not_recorded", run_id=self.run_id, error=repr(exc))
 
     def restore(
         self,
@@ -522,6 +543,7 @@ class Execution:
         *,
         unwinding: bool,
         trigger: str | None = None,
+        failed_before: Mapping[str, str] | None = None,
     ) -> None:
         """Take up a run from its checkpoints: recorded successes are not run again.
 
@@ -532,6 +554,8 @@ class Execution:
         what precedes it, and the unwinding goes on from there; what was running
         then is reverted as cancelled mid-way. ``trigger`` is what stopped the run
         (the stored text: a task's error, ``RunTimeout: ...`` or ``RunCancelled: ...``).
+        ``failed_before`` gives, from the history, the failure of a step whose latest
+        record is a failed revert.
         """
         if self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
@@ -550,17 +574,20 @@ class Execution:
             ):
                 unwinding = True
         failed: list[int] = []
+        ended: set[int] = set()  # succeeded, and ended their branch (what follows is skipped)
         for node in nodes:
             record = records.get(node.key)
             if record is None or node.task is None:
                 continue
             i = node.index
             state = record.state
-            if state in ("succeeded", "reused") and (
+            if state in ("succeeded", "reused", "ended") and (
                 record.result is not None or node.error_scope is not None
             ):
                 self._results[i] = None if record.result is None else decode(record.result)
                 states[i] = _SUCCEEDED
+                if state == "ended":
+                    ended.add(i)
             elif state == "failed":
                 failed.append(i)
                 self._restore_error(node, record.error or "failed (no error on record)", record)
@@ -576,10 +603,13 @@ class Execution:
                 else:
                     states[i] = _REVERT_FAILED
                     self._revert_errors[i] = RecordedError(record.error or "its revert failed")
+                    earlier = (failed_before or {}).get(node.key)
+                    if earlier is not None:  # it had failed, then its revert failed too
+                        self._restore_error(node, earlier, record)
+                        self._errbacks_due = True
             elif unwinding and state in ("running", "retrying"):
                 states[i] = _CANCELLED
-                text = "cancelled mid-way: its process stopped"
-                self._restore_error(node, text, record, cancelled=True)
+                self._restore_error(node, _CUT_SHORT, record, cancelled=True)
             else:
                 continue  # it runs (again)
             if state != "reused":  # a fork's reused node ran in another run: never reverted
@@ -589,10 +619,29 @@ class Execution:
         done = [i for i, st in enumerate(states) if st is _SUCCEEDED]
         self._done_count = len(done)
         for i in done:
-            self._release(i)
+            if i in ended:
+                self._skip_dependents(i, None)
+            else:
+                self._release(i)
         for i in failed:
             self._restore_failure(nodes[i])
         self._restore_joins()
+        if self._failure is not None and self._on_error == "revert" and not unwinding:
+            # a join below its threshold failed again on restore: the run unwinds, and
+            # what was running when the process stopped was cancelled mid-way
+            unwinding = True
+            for node in nodes:
+                record = records.get(node.key)
+                i = node.index
+                if (
+                    record is not None
+                    and node.task is not None
+                    and states[i] is _PENDING
+                    and record.state in ("running", "retrying")
+                ):
+                    states[i] = _CANCELLED
+                    self._restore_error(node, _CUT_SHORT, record, cancelled=True)
+                    self._started[i] = self._finished[i] = now
         self._rebuild_map_calls()
         self._ready = deque(
             node.index
@@ -722,6 +771,9 @@ class Execution:
             elif trigger and not trigger.startswith("RunCancelled"):
                 # a failure started it (a cancel asked later does not change that)
                 self._failure = (-1, RecordedError(trigger))
+            elif not self._cancel_requested:  # unwinding, with no cause on record
+                why = "the run was being undone when its process stopped (no cause on record)"
+                self._failure = (-1, RecordedError(why))
             self._halt = True
         try:
             if not self._cancel_requested and not self._resumed_unwinding:
@@ -831,17 +883,24 @@ class Execution:
         assert error is not None
         self._close(RunStatus.FAILED)
         self._events.emit(RUN_FAILED, error=error)
-        failure = StoreError(
-            f"run {self.run_id} stopped: a checkpoint could not be written "
-            f"({describe(error)}). Nothing was reverted; the store keeps the run unfinished "
-            "at its last checkpoint: resume it (Runtime.resume(), `aflow resume`, or "
-            "Runtime(recover=True)) once the store is back"
-        )
+        if isinstance(error, LeaseLost):
+            failure = StoreError(
+                f"run {self.run_id} stopped: {error}. Nothing was reverted here; whoever "
+                "owns the run now (or a recovery) takes it up from its last checkpoint"
+            )
+        else:
+            failure = StoreError(
+                f"run {self.run_id} stopped: a checkpoint could not be written "
+                f"({describe(error)}). Nothing was reverted; the store keeps the run "
+                "unfinished at its last checkpoint: resume it (Runtime.resume(), "
+                "`aflow resume`, or Runtime(recover=True)) once the store is back"
+            )
         failure.__cause__ = error
         return failure
 
     def _store_failed(self, error: BaseException) -> None:
-        """A checkpoint write failed: stop at once (running nodes are cancelled)."""
+        """A checkpoint write failed, or the lease was lost: stop at once (running nodes
+        are cancelled; nothing is reverted)."""
         if self._store_error is None:
             self._store_error = error
         self._halt = True
@@ -900,6 +959,8 @@ class Execution:
         for kind, index in released:
             if kind == "ok":
                 self._release(index)
+            elif kind == "end":
+                self._skip_dependents(index, None)
             else:
                 self._unwound(index)
 
@@ -987,6 +1048,12 @@ class Execution:
 
     def _end_phase(self) -> None:
         """The forward phase is over: nothing may start, slots go back."""
+        if self._announced and self._journal is not None:
+            states = self._states
+            for i in self._announced:  # its start is on record, but it never started
+                if states[i] is _PENDING:
+                    self._journal.record(NodeRecord(self._nodes[i].key, "not_started", 1))
+            self._announced.clear()
         self._tg = None
         self._halt = True
         self.stopping = True
@@ -1305,13 +1372,14 @@ class Execution:
             if index in self._announced:
                 pass  # its start was committed with its parent's success
             elif task.reverter is not None:  # write-ahead: a dead run's cancel must undo it
+                self._announced.add(index)
                 try:
                     await journal.announce(node.key)
                 except BaseException:
                     if limits:
                         release(limits, self)
                     raise
-                if self._halt:  # the run stopped meanwhile: it does not start
+                if self._halt:  # the run stopped meanwhile: it does not start (see _end_phase)
                     if limits:
                         release(limits, self)
                     return
@@ -1362,6 +1430,18 @@ class Execution:
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
         if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is SKIPPED
+            if journal is not None:  # on record as "ended": a resume skips what follows too
+                try:
+                    text = journal.encode(node.key, value.value)
+                except SerializationError as exc:
+                    self._node_failed(node, exc, attempt)
+                    return
+                times = (self._wall(start), time.time())
+                journal.record(
+                    NodeRecord(node.key, "ended", attempt, text, None, *times), ("end", index)
+                )
+                self._succeed(index, value.value, children=False)
+                return
             self._succeed(index, value.value, children=False)
             self._skip_dependents(index, None)
             self._check_idle()
@@ -1396,7 +1476,8 @@ class Execution:
         for child in self._children[node.index]:
             task = self._nodes[child].task
             if (
-                remaining[child] == 1
+                not self._halt
+                and remaining[child] == 1
                 and task is not None
                 and task.reverter is not None
                 and self._states[child] is _PENDING

@@ -661,6 +661,11 @@ class RetriedFlow:
             last = self.last(EXECUTION.get())
             if last is not None:
                 await last[1].compensate()
+            elif _has_reverts(level):  # it ran in a process that is gone (a resumed run)
+                raise RuntimeError(
+                    f"retried flow {level.name!r} ran before this run was resumed; its "
+                    "attempts are not checkpointed, so its inner steps cannot be undone here"
+                )
 
         run.__name__ = undo.__name__ = level.name
         task: FunctionTask[..., Any] = FunctionTask(run, {"name": level.name})
@@ -712,6 +717,17 @@ class RetriedFlow:
             if _ended_a_branch(compiled.graph, execution):
                 return EndBranch(values)  # a decider said no: what follows is SKIPPED
             return values
+
+
+def _has_reverts(level: Level) -> bool:
+    """True when something inside ``level`` may have a revert (a canvas piece may)."""
+    for item in level.items:
+        if isinstance(item, Level):
+            if _has_reverts(item):
+                return True
+        elif item.canvas is not None or (item.task is not None and item.task.reverter):
+            return True
+    return False
 
 
 def _reverts_all(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ first use and migrated forward when an older store is opened.
 
 from __future__ import annotations
 
+from .._exceptions import LeaseLost as LeaseLost
 from .._exceptions import RecordedError as RecordedError
 from .._exceptions import ResumeMismatch as ResumeMismatch
 from .._exceptions import RunNotFound as RunNotFound
@@ -27,6 +28,7 @@ from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "LeaseLost",
     "MemoryStore",
     "NodeRecord",
     "RecordedError",

@@ -121,9 +121,10 @@ class Store(Protocol):
         lease has not run out; atomic. True if ``owner`` now owns it."""
         ...
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
         """Renew for ``lease`` seconds those of ``run_ids`` that ``owner`` owns and that
-        are unfinished; return the ids of those asked to cancel (``cancelling``).
+        are unfinished; return the renewed ones with their status (``cancelling``: a
+        cancel was asked). A run missing from the answer is no longer this owner's.
 
         Only the runs a process still drives are renewed: one it stopped driving
         (its store failed) lapses, and recovery can take it.

@@ -119,16 +119,15 @@ class MemoryStore:
             return "cancelling"
         return run.status
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
         expires = time.time() + lease
-        cancel: list[str] = []
+        renewed: dict[str, str] = {}
         for run_id in run_ids:
             run = self._runs.get(run_id)
             if run is not None and run.owner == owner and run.status in UNFINISHED:
                 self._runs[run_id] = dataclasses.replace(run, heartbeat=expires)
-                if run.status == "cancelling":
-                    cancel.append(run_id)
-        return cancel
+                renewed[run_id] = run.status
+        return renewed
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         table = self._nodes.get(run_id)

@@ -231,9 +231,9 @@ class PostgresStore:
         )
         return (await self.get_run(run_id)).status
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
         if not run_ids:
-            return []
+            return {}
         rows = await self._p().fetch(
             "UPDATE aflow_runs SET heartbeat = $1 WHERE run_id = ANY($2::text[]) AND owner = $3 "
             "AND status = ANY($4::text[]) RETURNING run_id, status",
@@ -242,7 +242,7 @@ class PostgresStore:
             owner,
             list(UNFINISHED),
         )
-        return [row[0] for row in rows if row[1] == "cancelling"]
+        return {row[0]: row[1] for row in rows}
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)

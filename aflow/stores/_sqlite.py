@@ -287,22 +287,20 @@ class SQLiteStore:
             )
         return (await self.get_run(run_id)).status
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> list[str]:
+    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
         if not run_ids:
-            return []
+            return {}
         marks = ", ".join("?" * len(UNFINISHED))
-        ids = json.dumps(list(run_ids))
-        chosen = "run_id IN (SELECT value FROM json_each(?)) AND owner = ?"
-        async with self._lock:
-            await self._conn().execute(
-                f"UPDATE aflow_runs SET heartbeat = ? WHERE {chosen} AND status IN ({marks})",
-                (time.time() + lease, ids, owner, *UNFINISHED),
-            )
-            async with self._conn().execute(
-                f"SELECT run_id FROM aflow_runs WHERE {chosen} AND status = 'cancelling'",
-                (ids, owner),
-            ) as cursor:
-                return [row[0] for row in await cursor.fetchall()]
+        async with (
+            self._lock,
+            self._conn().execute(
+                f"UPDATE aflow_runs SET heartbeat = ? WHERE run_id IN "
+                f"(SELECT value FROM json_each(?)) AND owner = ? AND status IN ({marks}) "
+                "RETURNING run_id, status",
+                (time.time() + lease, json.dumps(list(run_ids)), owner, *UNFINISHED),
+            ) as cursor,
+        ):
+            return {row[0]: row[1] for row in await cursor.fetchall()}
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
