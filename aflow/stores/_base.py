@@ -44,8 +44,10 @@ class NodeRecord:
     """One transition of one node of a run.
 
     ``state`` is ``running``, ``retrying`` (``error`` holds the attempt's failure),
-    ``succeeded``, ``reused`` (taken from an earlier run by a fork), ``failed``,
-    ``reverted`` or ``revert_failed``.
+    ``succeeded``, ``ended`` (succeeded and ended its branch), ``reused`` (taken
+    from an earlier run by a fork), ``not_started`` (its start was written ahead
+    but it never began), ``failed``, ``reverted`` (``error`` keeps a failure it
+    had) or ``revert_failed``.
     """
 
     key: str
