@@ -14,7 +14,7 @@ import pathlib
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import pytest
@@ -349,6 +349,13 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    async def __aenter__(self) -> Self:
+        await self.inner.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.inner.close()
+
     async def write_nodes(
         self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
     ) -> None:
@@ -386,9 +393,8 @@ async def test_a_store_that_fails_mid_run_stops_it_unreverted_and_resumable(
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
     store = FlakyStore(sqlite_url)
-    await store.open()
     lease = 0.2
-    try:
+    async with store:
 
         def on_event(event: aflow.Event) -> None:
             if event.name == "task_started" and event.node == "step_b":
@@ -403,8 +409,6 @@ async def test_a_store_that_fails_mid_run_stops_it_unreverted_and_resumable(
             await anyio.sleep(lease * 1.5)  # this runtime no longer renews the run's lease
             async with aflow.Runtime(store=sqlite_url, recover=True, lease=lease) as other:
                 assert await other.get(run.id).result() == 104
-    finally:
-        await store.close()
     assert read(counts) == {"A": 1, "B": 2, "C": 1}  # nothing reverted; B again (at-least-once)
 
 
@@ -413,16 +417,13 @@ async def test_a_heartbeat_that_fails_for_a_while_does_not_stop_anything(
 ) -> None:
     store = FlakyStore(sqlite_url)
     store.fail_heartbeats = True
-    await store.open()
-    try:
+    async with store:
         with caplog.at_level(logging.WARNING, logger="aflow"):
             async with aflow.Runtime(store=store, lease=0.04) as rt:  # type: ignore[arg-type]
                 await store.beat.wait()  # three failed heartbeats, no run to lose
                 store.fail_heartbeats = False
                 run = await rt.submit(wf.abc, start=1)
                 assert await run.result() == 104
-    finally:
-        await store.close()
     assert "aflow_heartbeat_failed" in caplog.text
 
 
@@ -431,7 +432,6 @@ async def test_a_run_whose_lease_is_lost_stops_here_unreverted(
     sqlite_url: str, counts: pathlib.Path, how: str
 ) -> None:
     store = FlakyStore(sqlite_url)
-    await store.open()
 
     def on_event(event: aflow.Event) -> None:
         if event.name == "task_started" and event.node == "wait_here":
@@ -440,14 +440,11 @@ async def test_a_run_whose_lease_is_lost_stops_here_unreverted(
             else:
                 store.disown = True
 
-    try:
-        async with aflow.Runtime(store=store, lease=0.1) as rt:  # type: ignore[arg-type]
-            run = await rt.submit(wf.a_then_wait, start=1, on_event=on_event)
-            with pytest.raises(StoreError, match="lost its lease"):
-                await run.result()
-            assert (await store.inner.get_run(run.id)).status == "running"  # for its owner
-    finally:
-        await store.close()
+    async with store, aflow.Runtime(store=store, lease=0.1) as rt:  # type: ignore[arg-type]
+        run = await rt.submit(wf.a_then_wait, start=1, on_event=on_event)
+        with pytest.raises(StoreError, match="lost its lease"):
+            await run.result()
+        assert (await store.inner.get_run(run.id)).status == "running"  # for its owner
     assert read(counts) == {"A": 1, "W": 1}  # W was stopped, and nothing was reverted here
 
 
@@ -601,20 +598,16 @@ async def test_a_resumed_compensation_says_reverting_before_anything_else(
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
     store = FlakyStore(sqlite_url)
-    await store.open()
-    try:
-        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
-            run_id = await dead_run(
-                rt.store,
-                wf.abc_fails,
-                [ok("step_a", "2"), failed("step_c_fails")],
-                status="reverting",
-                error="RuntimeError: card declined",
-            )
-            with pytest.raises(RecordedError):
-                await (await rt.resume(run_id)).result()
-    finally:
-        await store.close()
+    async with store, aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+        run_id = await dead_run(
+            rt.store,
+            wf.abc_fails,
+            [ok("step_a", "2"), failed("step_c_fails")],
+            status="reverting",
+            error="RuntimeError: card declined",
+        )
+        with pytest.raises(RecordedError):
+            await (await rt.resume(run_id)).result()
     assert store.statuses == ["reverting", "reverting", "reverted"]  # never "running"
 
 
@@ -623,14 +616,10 @@ async def test_a_cancel_requested_just_before_the_run_starts_is_obeyed(
 ) -> None:
     store = FlakyStore(sqlite_url)
     store.cancel_before_start = True
-    await store.open()
-    try:
-        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
-            run = await rt.submit(wf.abc, start=1)
-            assert await run.wait() is aflow.RunStatus.CANCELLED
-            assert (await store.inner.get_run(run.id)).status == "cancelled"
-    finally:
-        await store.close()
+    async with store, aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+        run = await rt.submit(wf.abc, start=1)
+        assert await run.wait() is aflow.RunStatus.CANCELLED
+        assert (await store.inner.get_run(run.id)).status == "cancelled"
     assert read(counts).get("C") is None
 
 
@@ -671,18 +660,14 @@ async def test_a_store_hiccup_while_following_does_not_take_the_runtime_down(
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
     store = FlakyStore(sqlite_url)
-    await store.open()
-    try:
-        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
-            run_id = await dead_run(rt.store, wf.abc, [], status="running", key="k", lease_left=600)
-            handle = await rt.submit(wf.abc, start=1, idempotency_key="k")
-            store.fail_reads = True
-            await store.failed_read.wait()
-            store.fail_reads = False
-            await store.inner.set_status(run_id, "succeeded", result="104")  # its owner ends
-            assert await handle.result() == 104
-    finally:
-        await store.close()
+    async with store, aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+        run_id = await dead_run(rt.store, wf.abc, [], status="running", key="k", lease_left=600)
+        handle = await rt.submit(wf.abc, start=1, idempotency_key="k")
+        store.fail_reads = True
+        await store.failed_read.wait()
+        store.fail_reads = False
+        await store.inner.set_status(run_id, "succeeded", result="104")  # its owner ends
+        assert await handle.result() == 104
 
 
 async def test_a_stored_null_option_is_kept_over_the_runtime_s_default(
@@ -699,23 +684,19 @@ async def test_a_key_whose_run_the_store_stopped_resumes_it_once_the_store_is_ba
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
     store = FlakyStore(sqlite_url)
-    await store.open()
 
     def on_event(event: aflow.Event) -> None:
         if event.name == "task_started" and event.node == "step_b":
             store.fail_writes = True
 
-    try:
-        async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
-            run = await rt.submit(wf.abc, start=1, on_event=on_event, idempotency_key="k")
-            with pytest.raises(StoreError):
-                await run.result()
-            store.fail_writes = False
-            again = await rt.submit(wf.abc, start=1, idempotency_key="k")
-            assert again.id == run.id
-            assert await again.result() == 104
-    finally:
-        await store.close()
+    async with store, aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+        run = await rt.submit(wf.abc, start=1, on_event=on_event, idempotency_key="k")
+        with pytest.raises(StoreError):
+            await run.result()
+        store.fail_writes = False
+        again = await rt.submit(wf.abc, start=1, idempotency_key="k")
+        assert again.id == run.id
+        assert await again.result() == 104
     assert read(counts) == {"A": 1, "B": 2, "C": 1}
 
 
@@ -870,22 +851,18 @@ async def test_a_store_failure_at_a_run_s_start_or_end_leaves_it_resumable(
     for at in ("start", "end"):
         store = FailsAt(sqlite_url)
         store.at = at
-        await store.open()
-        try:
-            async with aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
-                run = await rt.submit(wf.abc, start=1, idempotency_key=f"k-{at}")
-                if at == "start":
-                    with pytest.raises(StoreError, match="disk full"):
-                        await run.result()
-                else:  # the outcome stands; the store is told on the next submit
-                    assert await run.result() == 104
-                assert (await store.inner.get_run(run.id)).status in ("pending", "running")
-                store.at = ""
-                again = await rt.submit(wf.abc, start=1, idempotency_key=f"k-{at}")
-                assert await again.result() == 104
-                assert (await store.inner.get_run(run.id)).status == "succeeded"
-        finally:
-            await store.close()
+        async with store, aflow.Runtime(store=store) as rt:  # type: ignore[arg-type]
+            run = await rt.submit(wf.abc, start=1, idempotency_key=f"k-{at}")
+            if at == "start":
+                with pytest.raises(StoreError, match="disk full"):
+                    await run.result()
+            else:  # the outcome stands; the store is told on the next submit
+                assert await run.result() == 104
+            assert (await store.inner.get_run(run.id)).status in ("pending", "running")
+            store.at = ""
+            again = await rt.submit(wf.abc, start=1, idempotency_key=f"k-{at}")
+            assert await again.result() == 104
+            assert (await store.inner.get_run(run.id)).status == "succeeded"
     assert read(counts) == {"A": 2, "B": 2, "C": 2}  # once per run: nothing ran twice
 
 

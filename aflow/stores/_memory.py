@@ -85,9 +85,9 @@ class MemoryStore:
         if table is None:
             raise RunNotFound(run_id, self.url)
         history = self._history[run_id]
-        history.extend(dataclasses.replace(node, result=None) for node in superseded)
+        history.extend(superseded)
         for node in nodes:
-            history.append(dataclasses.replace(node, result=None))
+            history.append(node)  # its result is dropped when the history is read
             old = table.get(node.key)
             if old is not None:  # a later transition keeps the result and start time it lacks
                 node = dataclasses.replace(
@@ -137,4 +137,4 @@ class MemoryStore:
 
     async def load_history(self, run_id: str) -> list[NodeRecord]:
         await self.get_run(run_id)
-        return list(self._history[run_id])
+        return [dataclasses.replace(node, result=None) for node in self._history[run_id]]

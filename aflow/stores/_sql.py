@@ -85,7 +85,7 @@ _VERSION_2 = {
         for event in ("INSERT", "UPDATE")
     ),
     # PostgreSQL: one statement-level trigger per event, reading the rows a checkpoint
-    # batch wrote from a transition table (a row-level plpgsql trigger costs ~25% more)
+    # batch wrote from a transition table (one trigger call per batch, not per row)
     "postgres": (
         *_VERSION_2_COMMON,
         "CREATE OR REPLACE FUNCTION aflow_log_transitions() RETURNS trigger AS $$ BEGIN "
