@@ -37,7 +37,12 @@ class Workflow(Generic[P, R]):
         return f"<aflow workflow {self.path}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
+        built = self.fn(*args, **kwargs)
+        # an ops.Workflow remembers what built it, so its submit() can run it durably
+        remember = getattr(built, "_remember_origin", None)
+        if remember is not None:
+            remember(self, args, kwargs)
+        return built
 
     def build(self, params: dict[str, Any]) -> Graph:
         """The graph for these parameters."""

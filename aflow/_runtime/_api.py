@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import math
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from .._canvas import Canvas
 
-__all__ = ["Run", "Runtime", "run", "run_sync"]
+__all__ = ["CURRENT_RUNTIME", "Run", "Runtime", "run", "run_sync"]
 
 R = TypeVar("R")
 
@@ -51,6 +52,8 @@ _FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
 _KEEP: Any = object()
 #: The run options a durable store keeps, so that a resumed run behaves the same.
 _STORED_OPTIONS = ("on_error", "timeout", "compensation_timeout")
+#: The innermost entered Runtime of this context (``aflow.ops.Workflow.submit()`` uses it).
+CURRENT_RUNTIME: contextvars.ContextVar[Runtime] = contextvars.ContextVar("aflow_runtime")
 #: Seconds without a heartbeat after which a run's process counts as dead (recovery takes it).
 DEFAULT_LEASE = 10.0
 
@@ -532,6 +535,7 @@ class Runtime:
         "_recover",
         "_runs",
         "_serializer",
+        "_token",
         "_shutdown_timeout",
         "_store",
         "_store_spec",
@@ -586,6 +590,7 @@ class Runtime:
         #: handles on runs another process drives (an idempotency key's), polled until they
         #: end, one per run id, with the scope that stops the polling
         self._followers: dict[str, tuple[Run[Any], anyio.CancelScope]] = {}
+        self._token: contextvars.Token[Runtime] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._tg is not None else "closed"
@@ -603,6 +608,7 @@ class Runtime:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._token = CURRENT_RUNTIME.set(self)
         self._alive = anyio.CancelScope()
         if self._store is not None:
             tg.start_soon(self._keep_alive, self._store, name="aflow runtime heartbeat")
@@ -637,6 +643,12 @@ class Runtime:
             self._alive.cancel()  # the heartbeat, once every run has ended
         finally:
             self._tg = None
+            if self._token is not None:
+                try:
+                    CURRENT_RUNTIME.reset(self._token)
+                except ValueError:  # exited in another context than it was entered in
+                    pass
+                self._token = None
             try:
                 handled = await tg.__aexit__(exc_type, exc, tb)
             finally:
@@ -660,6 +672,7 @@ class Runtime:
         clock: Clock | None = None,
         idempotency_key: str | None = None,
         params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
     ) -> Run[R]: ...
     @overload
     async def submit(
@@ -675,6 +688,7 @@ class Runtime:
         clock: Clock | None = None,
         idempotency_key: str | None = None,
         params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
         **workflow_params: Any,
     ) -> Run[Any]: ...
     async def submit(
@@ -690,6 +704,7 @@ class Runtime:
         clock: Clock | None = None,
         idempotency_key: str | None = None,
         params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
         **workflow_params: Any,
     ) -> Run[Any]:
         """Start a run in the runtime and return its handle at once.
@@ -703,6 +718,9 @@ class Runtime:
         it); every node is checkpointed. ``idempotency_key``: a second submit
         with the same key returns the same run and runs nothing twice (a
         finished run's handle holds its stored result).
+
+        ``reuse`` maps node keys to outputs the run takes instead of running
+        those nodes (dflow's ``reuse_step``); they are recorded ``reused``.
         """
         if self._tg is None:
             raise RuntimeError("submit() needs an entered Runtime: use 'async with Runtime()'")
@@ -722,6 +740,8 @@ class Runtime:
                     f"(the store is {store.url})"
                 )
             graph = compile(workflow)
+        taken = self._reused(graph, reuse) if reuse else None
+        restore = (taken, False, None, {}) if taken else None
         options = {
             "on_event": on_event,
             "clock": clock,
@@ -738,7 +758,7 @@ class Runtime:
                 for active in (*self._runs.values(), *self._history.values()):
                     if active._key == idempotency_key:
                         return active
-            handle = self._start(graph, run_id, None, options)
+            handle = self._start(graph, run_id, None, options, restore)
             handle._key = idempotency_key
             return handle
         assert isinstance(workflow, Workflow)
@@ -765,9 +785,18 @@ class Runtime:
         stored, created = await store.create_run(record)
         if not created:
             return await self._attach(stored, graph, options)
+        if taken:
+            await store.write_nodes(stored.run_id, list(taken.values()))
         return self._start(
-            graph, stored.run_id, Journal(store, stored.run_id, self._serializer), options
+            graph, stored.run_id, Journal(store, stored.run_id, self._serializer), options, restore
         )
+
+    def _reused(self, graph: Graph, reuse: Mapping[str, Any]) -> dict[str, NodeRecord]:
+        taken: dict[str, NodeRecord] = {}
+        for key, value in reuse.items():
+            graph.node(key)  # KeyError naming the known keys
+            taken[key] = NodeRecord(key, "reused", 1, self._serializer.dumps(value, task=key))
+        return taken
 
     def _start(
         self,
@@ -793,9 +822,9 @@ class Runtime:
             journal=journal,
         )
         if restore is not None:
-            assert journal is not None  # the run's own serializer reads its records
+            # the run's own serializer reads its records
             records, unwinding, trigger, failed_before = restore
-            decode = journal.serializer.loads
+            decode = (journal.serializer if journal is not None else self._serializer).loads
             execution.restore(
                 records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
             )

@@ -1,0 +1,284 @@
+"""The artifact store: content-addressed files beside the run store, and per-step work dirs.
+
+Layout under the root::
+
+    objects/ab/abcdef...      one file per distinct content (sha256), read-only
+    work/<run>/<step>/<n>     the working directory of attempt n of a step
+
+An artifact value in a step's outputs is a *manifest*, plain JSON data:
+``{"file": sha, "name": "msg.txt", "size": 12}`` for a file,
+``{"dir": "name", "entries": [[relpath, sha, size], ...]}`` for a directory;
+a ``list[Path]`` artifact is a list of them, a ``dict[str, Path]`` a dict.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, final
+
+from .._exceptions import DefinitionError
+from ._sign import Artifact, OpIOError
+
+__all__ = [
+    "ArtifactStore",
+    "ArtifactValue",
+    "default_root",
+    "download_artifact",
+    "manifest_paths",
+]
+
+_CHUNK = 1 << 20
+_temp_lock = threading.Lock()
+_temp_root: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _process_temp_root() -> Path:
+    """A folder for runs without a durable store: it lives as long as this process."""
+    global _temp_root
+    with _temp_lock:
+        if _temp_root is None:
+            _temp_root = tempfile.TemporaryDirectory(prefix="aflow-artifacts-")
+            atexit.register(_temp_root.cleanup)
+        return Path(_temp_root.name)
+
+
+def default_root(store: object | None) -> Path:
+    """Where a run's artifacts go when the workflow does not say.
+
+    Beside a SQLite store (``runs.db`` -> ``runs.db.artifacts/``), else
+    ``$AFLOW_ARTIFACTS``, else (no durable store) a folder that lives as long
+    as the process. A PostgreSQL store needs a folder every process can reach:
+    ``Workflow(artifacts=...)`` or ``$AFLOW_ARTIFACTS``.
+    """
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path and path != ":memory:":
+        return Path(path).resolve().with_name(Path(path).name + ".artifacts")
+    env = os.environ.get("AFLOW_ARTIFACTS")
+    if env:
+        return Path(env).resolve()
+    url = getattr(store, "url", "")
+    if isinstance(url, str) and url.startswith("postgres"):
+        raise DefinitionError(
+            "runs in a PostgreSQL store keep their artifacts in a folder every process can "
+            "reach: pass ops.Workflow(artifacts='/shared/path') or set AFLOW_ARTIFACTS"
+        )
+    return _process_temp_root()
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+@final
+class ArtifactStore:
+    """Content-addressed objects under ``root``; every call does blocking file I/O
+    (the step runner calls them in a worker thread)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def object_path(self, sha: str) -> Path:
+        return self.root / "objects" / sha[:2] / sha
+
+    def workdir(self, run_id: str, step: str, attempt: int) -> Path:
+        """A fresh, empty working directory for one attempt of one step."""
+        safe = step.replace(os.sep, "_").replace("/", "_") or "_"
+        path = self.root / "work" / run_id / safe / str(attempt)
+        if path.exists():  # an attempt of a resumed run: never see the dead one's files
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def _put_file(self, path: Path) -> tuple[str, int]:
+        sha, size = _hash_file(path)
+        target = self.object_path(sha)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            os.close(fd)
+            try:
+                shutil.copyfile(path, tmp)
+                os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                os.replace(tmp, target)  # atomic: a reader never sees half an object
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return sha, size
+
+    def put(self, path: Path) -> dict[str, Any]:
+        """Store a file or a directory; return its manifest."""
+        if path.is_dir():
+            entries: list[list[Any]] = []
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                sha, size = self._put_file(file)
+                entries.append([file.relative_to(path).as_posix(), sha, size])
+            return {"dir": path.name, "entries": entries}
+        sha, size = self._put_file(path)
+        return {"file": sha, "name": path.name, "size": size}
+
+    def has(self, manifest: dict[str, Any]) -> bool:
+        return all(self.object_path(sha).exists() for sha in _shas(manifest))
+
+    def copy_from(self, other: ArtifactStore, manifest: dict[str, Any]) -> None:
+        """Bring the objects of ``manifest`` over from another store (a reused step's)."""
+        for sha in _shas(manifest):
+            target = self.object_path(sha)
+            if not target.exists():
+                source = other.object_path(sha)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+
+    def materialize(self, manifest: dict[str, Any], into: Path) -> Path:
+        """Write a manifest's file or directory under ``into``; return its path there."""
+        into.mkdir(parents=True, exist_ok=True)
+        if "dir" in manifest:
+            top = into / (manifest["dir"] or "dir")
+            top.mkdir(exist_ok=True)
+            for rel, sha, _ in manifest["entries"]:
+                dest = top / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self._copy_object(sha, dest)
+            return top
+        dest = into / manifest["name"]
+        self._copy_object(manifest["file"], dest)
+        return dest
+
+    def _copy_object(self, sha: str, dest: Path) -> None:
+        source = self.object_path(sha)
+        if not source.exists():
+            raise FileNotFoundError(f"artifact object {sha} is missing from {self.root}")
+        shutil.copyfile(source, dest)  # a copy: the step may change its inputs freely
+
+
+def _shas(manifest: dict[str, Any]) -> Iterator[str]:
+    if "dir" in manifest:
+        for _, sha, _ in manifest["entries"]:
+            yield sha
+    else:
+        yield manifest["file"]
+
+
+def manifest_paths(value: Any, shape: str) -> list[dict[str, Any]]:
+    """The manifests in an artifact value of this shape (``one``, ``list``, ``dict``)."""
+    if value is None:
+        return []
+    if shape == "one":
+        return [value]
+    if shape == "list":
+        return list(value)
+    return list(value.values())
+
+
+def store_output(
+    store: ArtifactStore, op: str, field: str, spec: Artifact, value: Any, workdir: Path
+) -> Any:
+    """Check an artifact output's shape, store its files, return its manifest(s)."""
+
+    def one(item: Any, where: str) -> dict[str, Any]:
+        if not isinstance(item, str | os.PathLike):
+            raise OpIOError(op, "output", where, "a path", f"{type(item).__name__} ({item!r})")
+        path = Path(item)
+        if not path.is_absolute():
+            path = workdir / path
+        if not path.exists():
+            raise OpIOError(
+                op, "output", where, "an existing file or directory", f"missing path {path}"
+            )
+        return store.put(path)
+
+    if value is None:
+        if spec.optional:
+            return None
+        raise OpIOError(op, "output", field, repr(spec), "None")
+    if spec.shape == "one":
+        return one(value, field)
+    if spec.shape == "list":
+        if not isinstance(value, list | tuple):
+            raise OpIOError(op, "output", field, repr(spec), type(value).__name__)
+        return [one(item, f"{field}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, dict):
+        raise OpIOError(op, "output", field, repr(spec), type(value).__name__)
+    return {str(k): one(item, f"{field}[{k!r}]") for k, item in value.items()}
+
+
+def load_input(
+    store: ArtifactStore, spec: Artifact | None, shape: str, value: Any, into: Path
+) -> Any:
+    """Materialise an artifact input under ``into``: the local path(s) the op receives."""
+    as_str = spec is not None and (spec.type is str or str in getattr(spec.type, "__args__", ()))
+
+    def local(manifest: dict[str, Any], sub: Path) -> Any:
+        path = store.materialize(manifest, sub)
+        return str(path) if as_str else path
+
+    if value is None:
+        return None
+    if shape == "one":
+        return local(value, into)
+    if shape == "list":
+        return [local(m, into / str(i)) for i, m in enumerate(value)]
+    return {k: local(m, into / f"{i}") for i, (k, m) in enumerate(value.items())}
+
+
+@final
+class ArtifactValue:
+    """An artifact a step produced, as :meth:`Workflow.query_step` shows it.
+
+    ``download_artifact(value, path=...)`` copies its files out.
+    """
+
+    __slots__ = ("manifest", "root", "shape")
+
+    def __init__(self, root: Path, manifest: Any, shape: str) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        names = [m.get("name") or m.get("dir") for m in manifest_paths(self.manifest, self.shape)]
+        return f"<ArtifactValue {names}>"
+
+
+def download_artifact(
+    artifact: ArtifactValue, path: str | os.PathLike[str] = ".", *, skip_exists: bool = False
+) -> list[Path]:
+    """Copy an artifact's files (or directories) into ``path``; return their local paths.
+
+    Files keep their names; members of a list artifact whose names clash go
+    into numbered sub-folders. ``skip_exists=True`` leaves files already there.
+    """
+    if not isinstance(artifact, ArtifactValue):
+        raise TypeError(
+            f"download_artifact takes step.outputs.artifacts[name] from query_step(), "
+            f"got {type(artifact).__name__}"
+        )
+    target = Path(path)
+    store = ArtifactStore(artifact.root)
+    manifests = manifest_paths(artifact.manifest, artifact.shape)
+    names = [m.get("name") or m.get("dir") for m in manifests]
+    clash = len(set(names)) != len(names)
+    out: list[Path] = []
+    for i, manifest in enumerate(manifests):
+        into = target / str(i) if clash else target
+        name = manifest.get("name") or manifest.get("dir") or "dir"
+        if skip_exists and (into / name).exists():
+            out.append(into / name)
+            continue
+        out.append(store.materialize(manifest, into))
+    return out

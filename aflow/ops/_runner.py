@@ -1,0 +1,295 @@
+"""Running one step: fresh working directory, inputs checked and materialised, the op
+called, outputs checked and stored. Sliced steps fan out here, bounded by ``pool_size``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._exceptions import RunError, TaskTimeout
+from .._runtime._current import ATTEMPT, EXECUTION
+from .._runtime._threads import run_in_thread
+from ._artifacts import ArtifactStore, default_root, load_input, store_output
+from ._op import OP, op_name
+from ._sign import OPIO, Field, OpIOError, check_value
+from ._step import OutputRef, Step
+
+__all__ = ["SLICES_ATTR", "SlicesBelowThreshold", "make_runner", "run_root", "source_names"]
+
+#: The attribute of a sliced step's error that holds its slices' records.
+SLICES_ATTR = "__aflow_slices__"
+
+
+class SlicesBelowThreshold(RunError):
+    """Fewer slices of a step succeeded than ``continue_on_num_success`` / ``..._ratio`` ask."""
+
+    def __init__(self, run_id: str, step: str, succeeded: int, total: int) -> None:
+        self.step = step
+        self.succeeded = succeeded
+        self.total = total
+        super().__init__(run_id, f"step {step!r}: {succeeded} of {total} slices succeeded")
+
+
+def run_root(explicit: Path | None) -> Path:
+    """The artifact root of the run that is executing now."""
+    if explicit is not None:
+        return explicit
+    execution = EXECUTION.get(None)
+    journal = getattr(execution, "_journal", None)
+    return default_root(getattr(journal, "store", None))
+
+
+async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def source_names(step: Step) -> dict[int, str]:
+    """id(source step) -> the binding name it arrives under."""
+    out: dict[int, str] = {}
+    for ref in step.refs():
+        out.setdefault(id(ref.step), f"up{len(out)}")
+    return out
+
+
+def _resolve(value: Any, upstream: Mapping[str, Any], names: Mapping[int, str]) -> Any:
+    if isinstance(value, OutputRef):
+        result = upstream[names[id(value.step)]]
+        return result[value.kind][value.name]
+    return value
+
+
+async def _call_op(
+    step: Step,
+    store: ArtifactStore,
+    run_id: str,
+    key: str,
+    attempt: int,
+    params: Mapping[str, Any],
+    artifacts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One call of the op; returns ``{"parameters": ..., "artifacts": manifests}``."""
+    name = op_name(step.op)
+    workdir: Path = await _thread(store.workdir, run_id, key, attempt)
+    op_in = OPIO()
+    op_in.workdir = workdir
+    fields = step.input_fields
+    for field in fields.values():
+        if field.is_artifact:
+            continue
+        if field.name in params:
+            op_in[field.name] = check_value(name, "input", field.name, field.type, params[field.name])
+        elif field.has_default:
+            op_in[field.name] = field.default
+    for field in fields.values():
+        if not field.is_artifact:
+            continue
+        assert field.artifact is not None
+        value = artifacts.get(field.name)
+        if value is None:
+            if field.required:
+                raise OpIOError(name, "input", field.name, repr(field.artifact), "nothing")
+            op_in[field.name] = None
+            continue
+        into = workdir / "inputs" / field.name
+        op_in[field.name] = await _thread(
+            load_input, store, field.artifact, field.artifact.shape, value, into
+        )
+    instance = step.op() if isinstance(step.op, type) else step.op
+    execute = instance.execute
+    if inspect.iscoroutinefunction(execute):
+        out = await execute(op_in)
+    else:
+        out = await run_in_thread(functools.partial(execute, op_in), None)
+        if inspect.isawaitable(out):
+            out = await out
+    return await _check_outputs(step, store, name, out, workdir)
+
+
+async def _check_outputs(
+    step: Step, store: ArtifactStore, name: str, out: Any, workdir: Path
+) -> dict[str, Any]:
+    if not isinstance(out, Mapping):
+        raise OpIOError(name, "output", "*", "an OPIO (a dict of outputs)", type(out).__name__)
+    fields: dict[str, Field] = step.all_output_fields
+    for key in out:
+        if key not in fields:
+            raise OpIOError(name, "output", str(key), f"one of {sorted(fields)}", "an unknown key")
+    params: dict[str, Any] = {}
+    arts: dict[str, Any] = {}
+    for key, field in fields.items():
+        if key not in out:
+            if field.artifact is not None and field.artifact.optional:
+                arts[key] = None
+                continue
+            raise OpIOError(name, "output", key, field.describe(), "nothing (the key is missing)")
+        if field.artifact is not None:
+            arts[key] = await _thread(store_output, store, name, key, field.artifact, out[key], workdir)
+        else:
+            params[key] = check_value(name, "output", key, field.type, out[key])
+    await _thread(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
+    return {"parameters": params, "artifacts": arts}
+
+
+def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
+    """Local files given as artifact inputs, put in the store (blocking: call in a thread)."""
+    out: dict[str, Any] = {}
+    sliced = set(step.sliced_inputs)
+    for key, value in step.artifacts.items():
+        if isinstance(value, OutputRef):
+            continue
+        field = step.input_fields[key]
+        assert field.artifact is not None
+        if key in sliced or field.artifact.shape == "list":
+            out[key] = [store.put(Path(p)) for p in value]
+        elif field.artifact.shape == "dict":
+            out[key] = {k: store.put(Path(p)) for k, p in value.items()}
+        else:
+            out[key] = store.put(Path(value))
+    return out
+
+
+def make_runner(step: Step, root: Path | None) -> Callable[..., Any]:
+    """The coroutine function of a step's node: it takes upstream results by binding name."""
+    names = source_names(step)
+
+    async def run_step(**upstream: Any) -> dict[str, Any]:
+        execution = EXECUTION.get()
+        store = ArtifactStore(run_root(root))
+        literal = await _thread(_literal_artifacts, step, store)
+        params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
+        arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
+        arts.update(literal)
+        if step.slices is None:
+            attempt = ATTEMPT.get(1)
+            return await _call_op(step, store, execution.run_id, step.node_key, attempt, params, arts)
+        return await _run_slices(step, store, execution.run_id, params, arts)
+
+    run_step.__name__ = run_step.__qualname__ = f"step {step.name}"
+    return run_step
+
+
+async def _run_slices(
+    step: Step, store: ArtifactStore, run_id: str, params: dict[str, Any], arts: dict[str, Any]
+) -> dict[str, Any]:
+    slices = step.slices
+    assert slices is not None
+    name = op_name(step.op)
+    sliced = step.sliced_inputs
+    lengths = {}
+    for key in sliced:
+        value = params[key] if key in params else arts.get(key)
+        if not isinstance(value, list | tuple):
+            raise OpIOError(name, "input", key, "a list to slice", type(value).__name__)
+        lengths[key] = len(value)
+    n = next(iter(lengths.values()))
+    for key, length in lengths.items():
+        if length != n:
+            raise OpIOError(name, "input", key, f"a list of {n} items like {sliced[0]!r}", f"{length} items")
+    records: list[dict[str, Any]] = [
+        {"index": i, "key": step.slice_key(i), "phase": "Pending", "attempts": 0,
+         "started_at": None, "finished_at": None, "error": None, "outputs": None}
+        for i in range(n)
+    ]
+    errors: dict[int, BaseException] = {}
+    tolerant = step.continue_on_num_success is not None or step.continue_on_success_ratio is not None
+    pool = anyio.CapacityLimiter(slices.pool_size or max(1, -(-n // slices.group_size)))
+
+    async def one(i: int) -> None:
+        record = records[i]
+        item_params = {k: (v[i] if k in sliced else v) for k, v in params.items()}
+        item_arts = {k: (v[i] if k in sliced else v) for k, v in arts.items()}
+        record["phase"] = "Running"
+        record["started_at"] = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            record["attempts"] = attempt
+            try:
+                if step.timeout is not None:
+                    try:
+                        with anyio.fail_after(step.timeout):
+                            out = await _call_op(
+                                step, store, run_id, record["key"], attempt, item_params, item_arts
+                            )
+                    except TimeoutError as exc:
+                        raise TaskTimeout(run_id, record["key"], attempt, step.timeout) from exc
+                else:
+                    out = await _call_op(step, store, run_id, record["key"], attempt, item_params, item_arts)
+            except Exception as exc:
+                if attempt <= step.retries:
+                    delay = step.backoff.delay(attempt) if step.backoff is not None else 0
+                    if delay:
+                        await anyio.sleep(delay)
+                    continue
+                record["phase"] = "Failed"
+                record["finished_at"] = time.time()
+                record["error"] = f"{type(exc).__name__}: {exc}"
+                errors[i] = exc
+                if not tolerant:
+                    scope.cancel()  # fail fast, as any run does
+                return
+            record["phase"] = "Succeeded"
+            record["finished_at"] = time.time()
+            record["outputs"] = out
+            return
+
+    async def group(start: int) -> None:
+        async with pool:
+            for i in range(start, min(n, start + slices.group_size)):
+                if errors and not tolerant:
+                    return
+                await one(i)
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            for start in range(0, n, slices.group_size):
+                tg.start_soon(group, start)
+    for record in records:
+        if record["phase"] in ("Pending", "Running"):
+            record["phase"] = "Cancelled" if record["phase"] == "Running" else "Skipped"
+    ok = sum(1 for r in records if r["phase"] == "Succeeded")
+    if errors:
+        met = tolerant and (
+            (step.continue_on_num_success is None or ok >= step.continue_on_num_success)
+            and (step.continue_on_success_ratio is None or (n and ok / n >= step.continue_on_success_ratio))
+        )
+        if not met:
+            first = errors[min(errors)]
+            if tolerant:
+                error: BaseException = SlicesBelowThreshold(run_id, step.node_key, ok, n)
+                error.__cause__ = first
+            else:
+                error = first
+                error.add_note(f"aflow: slice {min(errors)} ({records[min(errors)]['key']!r}) of step {step.name!r} failed")
+            setattr(error, SLICES_ATTR, records)
+            raise error
+    stacked_params = {
+        p: [r["outputs"]["parameters"][p] if r["outputs"] else None for r in records]
+        for p in slices.output_parameter
+    }
+    stacked_arts: dict[str, list[Any]] = {}
+    for a in slices.output_artifact:
+        shape = step.all_output_fields[a].artifact.shape  # type: ignore[union-attr]
+        flat: list[Any] = []
+        for r in records:
+            if r["outputs"] is None:
+                continue
+            value = r["outputs"]["artifacts"][a]
+            if value is None:
+                continue
+            if shape == "one":
+                flat.append(value)
+            elif shape == "list":
+                flat.extend(value)
+            else:
+                flat.extend(value.values())
+        stacked_arts[a] = flat
+    return {"parameters": stacked_params, "artifacts": stacked_arts, "slices": records}

@@ -1,0 +1,320 @@
+"""Steps: an operator with its inputs wired, and references to other steps' outputs."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, final
+
+from .._exceptions import MissingInputError, SignatureError
+from .._options import Backoff, check_options
+from ._expr import Expression
+from ._op import OP, PythonOPTemplate, Slices, op_name, template_of
+from ._sign import MISSING, Artifact, Field, OpIOError, check_value, type_name
+
+__all__ = ["OutputRef", "Step"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@final
+class OutputRef:
+    """``step.outputs.parameters["x"]`` or ``step.outputs.artifacts["out"]``: wiring.
+
+    Give it as another step's input, or format it into a ``when`` expression
+    (``f"{ref} > 5"``).
+    """
+
+    __slots__ = ("kind", "name", "step")
+
+    def __init__(self, step: Step, kind: str, name: str) -> None:
+        self.step = step
+        self.kind = kind
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{{{{steps.{self.step.name}.outputs.{self.kind}.{self.name}}}}}"
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return f"<{self.step.name}.outputs.{self.kind}[{self.name!r}]>"
+
+    @property
+    def field(self) -> Field:
+        return self.step.output_fields[self.name]
+
+
+@final
+class _RefMap(Mapping[str, OutputRef]):
+    __slots__ = ("_kind", "_step")
+
+    def __init__(self, step: Step, kind: str) -> None:
+        self._step = step
+        self._kind = kind
+
+    def _names(self) -> list[str]:
+        artifacts = self._kind == "artifacts"
+        return [n for n, f in self._step.output_fields.items() if f.is_artifact == artifacts]
+
+    def __getitem__(self, name: str) -> OutputRef:
+        step = self._step
+        field = step.output_fields.get(name)
+        if field is None or field.is_artifact != (self._kind == "artifacts"):
+            what = "output parameter" if self._kind == "parameters" else "output artifact"
+            hint = ""
+            if step.slices is not None and name in step.all_output_fields:
+                hint = (
+                    f" (the step is sliced: name it in Slices(output_{self._kind[:-1]}=...) "
+                    "to stack it)"
+                )
+            raise SignatureError(
+                step.name, f"has no {what} {name!r}{hint}; it has {self._names()}", name
+            )
+        return OutputRef(step, self._kind, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+@final
+class _Outputs:
+    __slots__ = ("artifacts", "parameters")
+
+    def __init__(self, step: Step) -> None:
+        self.parameters = _RefMap(step, "parameters")
+        self.artifacts = _RefMap(step, "artifacts")
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str | os.PathLike)
+
+
+@final
+class Step:
+    """One use of an operator in a workflow.
+
+    ``parameters`` and ``artifacts`` give the op's inputs: literal values,
+    local files (for artifacts), or other steps' outputs
+    (``step0.outputs.parameters["x"]``). ``when`` runs the step only if a
+    callable over earlier steps' parameters, or an expression string
+    (``f"{s0.outputs.parameters['y']} > 5"``), is true; otherwise the step is
+    ``Skipped``. ``slices`` fans it out over list inputs. ``retries``,
+    ``timeout`` and ``backoff`` apply to each call of the op;
+    ``continue_on_failed`` lets the workflow go on past its failure, and
+    ``continue_on_num_success`` / ``continue_on_success_ratio`` past failed
+    slices. ``dependencies`` (in a ``DAG``) adds ordering to what the wiring implies.
+    Missing and unknown inputs, and literals of the wrong type, raise here.
+    """
+
+    __slots__ = (
+        "all_output_fields",
+        "artifacts",
+        "backoff",
+        "continue_on_failed",
+        "continue_on_num_success",
+        "continue_on_success_ratio",
+        "dependencies",
+        "input_fields",
+        "key",
+        "name",
+        "op",
+        "output_fields",
+        "outputs",
+        "parameters",
+        "retries",
+        "slices",
+        "template",
+        "timeout",
+        "when",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        template: type[OP] | OP | PythonOPTemplate,
+        parameters: Mapping[str, Any] | None = None,
+        artifacts: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        when: str | Callable[[Mapping[str, Mapping[str, Any]]], Any] | None = None,
+        continue_on_failed: bool = False,
+        continue_on_num_success: int | None = None,
+        continue_on_success_ratio: float | None = None,
+        slices: Slices | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        dependencies: Sequence[Step] = (),
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SignatureError(
+                str(name), "a step name is letters, digits, '-' and '_', starting alnum", "name"
+            )
+        self.name = name
+        self.template = tmpl = template_of(template, name)
+        self.op = tmpl.op
+        if slices is not None and tmpl.slices is not None:
+            raise SignatureError(name, "slices are given both to the step and to its template")
+        self.slices = slices if slices is not None else tmpl.slices
+        if slices is not None and not isinstance(slices, Slices):
+            raise SignatureError(name, f"must be an aflow.ops.Slices, got {slices!r}", "slices")
+        options = check_options(
+            name,
+            {"retries": retries, "timeout": timeout, "backoff": backoff,
+             "continue_on_failed": continue_on_failed},
+        )
+        self.retries: int = options["retries"]
+        self.timeout: float | None = options["timeout"]
+        self.backoff: Backoff | None = options["backoff"]
+        self.continue_on_failed: bool = options["continue_on_failed"]
+        if (continue_on_num_success is not None or continue_on_success_ratio is not None) and (
+            self.slices is None
+        ):
+            raise SignatureError(
+                name, "continue_on_num_success / continue_on_success_ratio need slices"
+            )
+        threshold = check_options(
+            name,
+            {"min_success": continue_on_num_success, "success_ratio": continue_on_success_ratio},
+        )
+        self.continue_on_num_success: int | None = threshold["min_success"]
+        self.continue_on_success_ratio: float | None = threshold["success_ratio"]
+        if key is not None and (not isinstance(key, str) or not key):
+            raise SignatureError(name, f"must be a non-empty string, got {key!r}", "key")
+        self.key = key
+        self.input_fields = dict(self.op.get_input_sign().fields)
+        all_out = dict(self.op.get_output_sign().fields)
+        self.all_output_fields = all_out
+        self.output_fields = all_out if self.slices is None else self._stacked(all_out)
+        self.parameters = dict(parameters or {})
+        self.artifacts = dict(artifacts or {})
+        self._check_inputs()
+        if isinstance(when, str):
+            self.when: Expression | Callable[..., Any] | None = Expression(when, name)
+        elif when is None or callable(when):
+            self.when = when
+        else:
+            raise SignatureError(name, f"must be a callable or an expression, got {when!r}", "when")
+        deps = tuple(dependencies)
+        for dep in deps:
+            if not isinstance(dep, Step):
+                raise SignatureError(name, f"dependencies are steps, got {dep!r}", "dependencies")
+        self.dependencies = deps
+        self.outputs = _Outputs(self)
+
+    def __repr__(self) -> str:
+        return f"<Step {self.name!r} {op_name(self.op)}>"
+
+    @property
+    def node_key(self) -> str:
+        """The step's key in the run (its ``key``, else its name)."""
+        if self.key is not None and "{{item}}" not in self.key:
+            return self.key
+        return self.name
+
+    def slice_key(self, index: int) -> str:
+        """The key of slice ``index``: ``key`` with ``{{item}}`` replaced, else ``name-index``."""
+        if self.key is not None and "{{item}}" in self.key:
+            return self.key.replace("{{item}}", str(index))
+        return f"{self.name}-{index}"
+
+    def _stacked(self, fields: dict[str, Field]) -> dict[str, Field]:
+        assert self.slices is not None
+        out: dict[str, Field] = {}
+        for names, artifact in (
+            (self.slices.output_parameter, False),
+            (self.slices.output_artifact, True),
+        ):
+            for n in names:
+                f = fields.get(n)
+                if f is None or f.is_artifact != artifact:
+                    kind = "artifact" if artifact else "parameter"
+                    raise SignatureError(
+                        self.name, f"Slices names output {kind} {n!r}, which {op_name(self.op)} "
+                        f"does not give", n,
+                    )
+                if artifact:  # failed slices give nothing; the others' files, in order
+                    out[n] = Field(n, list[Path], Artifact(list[Path], optional=True), MISSING)
+                else:  # a failed slice (past a threshold) gives None
+                    out[n] = Field(n, list[f.type | None], None, MISSING)  # type: ignore[name-defined]
+        return out
+
+    @property
+    def sliced_inputs(self) -> tuple[str, ...]:
+        if self.slices is None:
+            return ()
+        return self.slices.input_parameter + self.slices.input_artifact
+
+    def _check_inputs(self) -> None:
+        name = self.name
+        fields = self.input_fields
+        sliced = set(self.sliced_inputs)
+        for key in sliced:
+            if key not in fields:
+                raise SignatureError(name, f"Slices names input {key!r}, which the op does not take", key)
+        for given, artifact in ((self.parameters, False), (self.artifacts, True)):
+            for key, value in given.items():
+                field = fields.get(key)
+                if field is None:
+                    raise SignatureError(
+                        name, f"{op_name(self.op)} has no input {key!r}; it takes {sorted(fields)}", key
+                    )
+                if field.is_artifact != artifact:
+                    right = "artifacts=" if field.is_artifact else "parameters="
+                    raise SignatureError(name, f"input {key!r} is given in {right}", key)
+                self._check_input(field, value, key in sliced)
+        missing = [
+            key
+            for key, field in fields.items()
+            if field.required and key not in self.parameters and key not in self.artifacts
+        ]
+        if missing:
+            raise MissingInputError(
+                name, missing, f"step of {op_name(self.op)}: give them in parameters= or artifacts="
+            )
+
+    def _check_input(self, field: Field, value: Any, sliced: bool) -> None:
+        name = self.name
+        key = field.name
+        if isinstance(value, OutputRef):
+            if (value.kind == "artifacts") != field.is_artifact:
+                what = "an artifact" if field.is_artifact else "a parameter"
+                raise SignatureError(name, f"input {key!r} is {what}, but is wired to {value!r}", key)
+            return
+        if field.is_artifact:
+            items = value if sliced or (field.artifact and field.artifact.shape == "list") else [value]
+            if field.artifact and field.artifact.shape == "dict" and not sliced:
+                items = list(value.values()) if isinstance(value, Mapping) else [value]
+            if not isinstance(items, list | tuple) or not all(_is_path(p) for p in items):
+                raise SignatureError(
+                    name, f"input {key!r} takes local paths or another step's artifact, got {value!r}", key
+                )
+            for p in items:
+                if not Path(p).exists():
+                    raise SignatureError(name, f"input {key!r}: no such file or directory {p}", key)
+            return
+        try:
+            if sliced:
+                if not isinstance(value, list | tuple):
+                    raise SignatureError(
+                        name, f"sliced input {key!r} takes a list, got {type_name(type(value))}", key
+                    )
+                for item in value:
+                    check_value(op_name(self.op), "input", key, field.type, item)
+            else:
+                check_value(op_name(self.op), "input", key, field.type, value)
+        except OpIOError as exc:
+            raise SignatureError(name, f"input {key!r}: expected {exc.expected}, got {exc.actual}", key) from None
+
+    def refs(self) -> Iterator[OutputRef]:
+        """Every output reference this step reads (inputs, then its ``when`` expression)."""
+        for value in (*self.parameters.values(), *self.artifacts.values()):
+            if isinstance(value, OutputRef):
+                yield value

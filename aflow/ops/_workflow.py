@@ -1,0 +1,632 @@
+"""dflow-style workflows: steps in sequence or parallel, DAGs, submit / wait / query."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+from .._exceptions import CycleError, DuplicateTaskError, SignatureError
+from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
+from .._options import resolve_options
+from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
+from .._runtime._states import NodeState, RunStatus
+from .._task import FunctionTask
+from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
+from ._expr import Expression
+from ._runner import SLICES_ATTR, make_runner, source_names
+from ._step import OutputRef, Step
+
+if TYPE_CHECKING:
+    from .._workflow import Workflow as Builder
+
+__all__ = ["DAG", "OutputParameter", "StepIO", "StepRecord", "Workflow"]
+
+_PHASES = {
+    NodeState.PENDING: "Pending",
+    NodeState.RUNNING: "Running",
+    NodeState.RETRYING: "Running",
+    NodeState.SUCCEEDED: "Succeeded",
+    NodeState.FAILED: "Failed",
+    NodeState.CANCELLED: "Cancelled",
+    NodeState.SKIPPED: "Skipped",
+    NodeState.REVERTING: "Succeeded",
+    NodeState.REVERTED: "Succeeded",
+    NodeState.REVERT_FAILED: "Succeeded",
+}
+_STATUS = {
+    RunStatus.PENDING: "Pending",
+    RunStatus.RUNNING: "Running",
+    RunStatus.SUSPENDED: "Running",
+    RunStatus.SUCCEEDED: "Succeeded",
+    RunStatus.FAILED: "Failed",
+    RunStatus.REVERTED: "Failed",
+    RunStatus.CANCELLED: "Failed",
+}
+_RESULT_KEY = "_outputs"
+
+
+@final
+class DAG:
+    """Steps whose order comes from their wiring (plus ``Step(dependencies=...)``)."""
+
+    __slots__ = ("name", "steps")
+
+    def __init__(self, name: str = "dag") -> None:
+        self.name = name
+        self.steps: list[Step] = []
+
+    def add(self, step: Step | Sequence[Step]) -> DAG:
+        """Add a step (or several); returns the DAG."""
+        self.steps.extend(_as_steps(step))
+        return self
+
+
+def _as_steps(step: Step | Sequence[Step]) -> list[Step]:
+    items = [step] if isinstance(step, Step) else list(step)
+    for item in items:
+        if not isinstance(item, Step):
+            raise TypeError(f"add() takes a Step or a list of steps, got {item!r}")
+    return items
+
+
+@final
+class OutputParameter:
+    """An output parameter in a :class:`StepRecord`: its ``value``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"OutputParameter({self.value!r})"
+
+
+@final
+class StepIO:
+    """``record.inputs`` / ``record.outputs``: ``parameters`` and ``artifacts`` by name."""
+
+    __slots__ = ("artifacts", "parameters")
+
+    def __init__(self, parameters: dict[str, Any], artifacts: dict[str, ArtifactValue | None]) -> None:
+        self.parameters = parameters
+        self.artifacts = artifacts
+
+    def __repr__(self) -> str:
+        return f"StepIO(parameters={self.parameters!r}, artifacts={self.artifacts!r})"
+
+
+@final
+class StepRecord:
+    """What :meth:`Workflow.query_step` returns for one step (or one slice of a step).
+
+    ``phase`` is ``Pending``, ``Running``, ``Succeeded``, ``Failed``,
+    ``Skipped`` or ``Cancelled``; ``outputs.parameters[name].value`` and
+    ``outputs.artifacts[name]`` (give that to ``download_artifact``);
+    ``inputs`` likewise (input parameters are plain values); ``attempts``,
+    ``started_at`` / ``finished_at`` (epoch seconds), ``error``;
+    ``slices`` holds a sliced step's per-slice records; ``reused`` is true
+    for a step taken from an earlier run.
+    """
+
+    __slots__ = (
+        "_raw",
+        "attempts",
+        "error",
+        "finished_at",
+        "inputs",
+        "key",
+        "name",
+        "outputs",
+        "phase",
+        "reused",
+        "root",
+        "slice_index",
+        "slices",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        key: str,
+        phase: str,
+        inputs: StepIO,
+        raw: dict[str, Any] | None,
+        root: Path,
+        shapes: Mapping[str, str],
+        attempts: int,
+        started_at: float | None,
+        finished_at: float | None,
+        error: BaseException | str | None,
+        slices: tuple[StepRecord, ...] = (),
+        slice_index: int | None = None,
+        reused: bool = False,
+    ) -> None:
+        self.name = name
+        self.key = key
+        self.phase = phase
+        self.inputs = inputs
+        self._raw = raw
+        self.root = root
+        self.outputs = _outputs_view(raw, root, shapes)
+        self.attempts = attempts
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.error = error
+        self.slices = slices
+        self.slice_index = slice_index
+        self.reused = reused
+
+    def __repr__(self) -> str:
+        return f"<StepRecord {self.key!r} {self.phase}>"
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end, if both are known."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def modify_output_parameter(self, name: str, value: Any) -> None:
+        """Change an output before giving this record to ``submit(reuse_step=...)``."""
+        if self._raw is None or name not in self._raw["parameters"]:
+            raise KeyError(f"step {self.key!r} has no output parameter {name!r}")
+        self._raw["parameters"][name] = value
+        self.outputs.parameters[name] = OutputParameter(value)
+
+    def modify_output_artifact(self, name: str, artifact: ArtifactValue) -> None:
+        """Replace an output artifact (another step's, say) before reusing this record."""
+        if self._raw is None or name not in self._raw["artifacts"]:
+            raise KeyError(f"step {self.key!r} has no output artifact {name!r}")
+        if artifact.root != self.root:
+            store = ArtifactStore(self.root)
+            for manifest in manifest_paths(artifact.manifest, artifact.shape):
+                store.copy_from(ArtifactStore(artifact.root), manifest)
+        self._raw["artifacts"][name] = artifact.manifest
+        self.outputs.artifacts[name] = ArtifactValue(self.root, artifact.manifest, artifact.shape)
+
+
+def _outputs_view(raw: dict[str, Any] | None, root: Path, shapes: Mapping[str, str]) -> StepIO:
+    if raw is None:
+        return StepIO({}, {})
+    params = {k: OutputParameter(v) for k, v in raw.get("parameters", {}).items()}
+    arts: dict[str, ArtifactValue | None] = {
+        k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"))
+        for k, v in raw.get("artifacts", {}).items()
+    }
+    return StepIO(params, arts)
+
+
+def _match(value: str, wanted: str | Sequence[str] | None) -> bool:
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):
+        return value == wanted
+    return value in wanted
+
+
+class Workflow:
+    """A dflow-style workflow run by aflow's scheduler, in this process.
+
+    ``add(step)`` appends a step that runs after everything added before;
+    ``add([s1, s2])`` appends steps that run in parallel. Give ``dag=`` to let
+    the wiring alone order the steps. ``artifacts`` is the folder of the
+    artifact store (default: beside a SQLite run store, else
+    ``$AFLOW_ARTIFACTS``, else a folder that lives as long as the process).
+
+    Example::
+
+        wf = Workflow("hello").add(Step("step0", WriteFile, parameters={"msg": "hi", "number": 1}))
+        async with aflow.Runtime():
+            await wf.submit()
+            assert await wf.wait() == "Succeeded"
+            step = wf.query_step(name="step0")[0]
+            download_artifact(step.outputs.artifacts["out_art"], path="out")
+
+    ``await aflow.run(wf)`` works too; its value maps each last step's key to
+    its output parameters.
+    """
+
+    def __init__(
+        self,
+        name: str = "workflow",
+        *,
+        dag: DAG | None = None,
+        artifacts: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = name
+        self._stages: list[list[Step]] = []
+        self._dag = dag
+        self._root: Path | None = Path(artifacts).resolve() if artifacts is not None else None
+        self._origin: tuple[Builder[..., Any], dict[str, Any]] | None = None
+        self._run: Run[Any] | None = None
+        self._run_root: Path | None = None
+        self._reused: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<ops.Workflow {self.name!r} [{len(self.steps)} steps]>"
+
+    def add(self, step: Step | Sequence[Step]) -> Workflow:
+        """Append a step, or a list of steps that run in parallel; returns the workflow."""
+        if self._dag is not None:
+            raise TypeError("this workflow runs a DAG: add steps to the DAG")
+        self._stages.append(_as_steps(step))
+        return self
+
+    @property
+    def steps(self) -> list[Step]:
+        """Every step, in the order added."""
+        if self._dag is not None:
+            return list(self._dag.steps)
+        return [s for stage in self._stages for s in stage]
+
+    def _remember_origin(self, builder: Builder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        bound = inspect.signature(builder.fn).bind(*args, **kwargs)
+        self._origin = (builder, dict(bound.arguments))
+
+    # --- compiling -------------------------------------------------------------------------
+
+    def __aflow_graph__(self) -> Graph:
+        return _compile(self)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        runtime: Runtime | None = None,
+        reuse_step: Sequence[StepRecord] | None = None,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Run[Any]:
+        """Start a run in ``runtime`` (default: the innermost ``async with aflow.Runtime()``)
+        and return its handle at once.
+
+        ``reuse_step`` takes records from an earlier run's :meth:`query_step`
+        (optionally changed with ``modify_output_parameter``): those steps are
+        not run, their outputs are taken. With a durable runtime the workflow
+        must come from an ``@aflow.workflow`` function, so another process can
+        rebuild it.
+        """
+        rt = runtime if runtime is not None else CURRENT_RUNTIME.get(None)
+        if rt is None:
+            raise RuntimeError(
+                "Workflow.submit() needs a running aflow.Runtime: "
+                "'async with aflow.Runtime(): await wf.submit()'"
+            )
+        root = self._root or default_root(rt.store)
+        reuse: dict[str, Any] = {}
+        keys = {s.node_key for s in self.steps}
+        for record in reuse_step or ():
+            if not isinstance(record, StepRecord):
+                raise TypeError(f"reuse_step takes records from query_step(), got {record!r}")
+            if record.slice_index is not None or record.key not in keys:
+                raise KeyError(f"workflow {self.name!r} has no step with key {record.key!r} to reuse")
+            if record._raw is None:
+                raise ValueError(f"step {record.key!r} has no outputs to reuse (it is {record.phase})")
+            if record.root != root:
+                _copy_artifacts(record, root)
+            reuse[record.key] = record._raw
+        self._reused = set(reuse)
+        options: dict[str, Any] = {
+            "run_id": run_id,
+            "idempotency_key": idempotency_key,
+            "timeout": timeout,
+            "reuse": reuse or None,
+        }
+        if self._origin is not None and rt.store is not None:
+            builder, params = self._origin
+            run = await rt.submit(builder, params=params, **options)
+        else:
+            run = await rt.submit(self, **options)
+        self._run = run
+        self._run_root = root
+        return run
+
+    @property
+    def run(self) -> Run[Any]:
+        """The handle of the last submitted run (``await wf.run.result()`` raises on failure)."""
+        if self._run is None:
+            raise RuntimeError(f"workflow {self.name!r} has not been submitted")
+        return self._run
+
+    async def wait(self) -> str:
+        """Wait for the run to end and return its status; never raises for a failed run."""
+        await self.run.wait()
+        return self.query_status()
+
+    def query_status(self) -> str:
+        """``Pending``, ``Running``, ``Succeeded`` or ``Failed`` (reverted and cancelled
+        runs are ``Failed``; ``wf.run.status`` tells them apart)."""
+        if self._run is None:
+            return "Pending"
+        return _STATUS[self._run.status]
+
+    def query_step(
+        self,
+        name: str | Sequence[str] | None = None,
+        key: str | Sequence[str] | None = None,
+        phase: str | Sequence[str] | None = None,
+    ) -> list[StepRecord]:
+        """Records of the steps that match (all of them without arguments), skipped
+        steps included, in the order the workflow lists them. A sliced step's
+        slices match by their own keys (``name-0`` or the step's templated key)."""
+        run = self.run
+        root = self._run_root or self._root or default_root(None)
+        results = run.results()
+        found: list[StepRecord] = []
+        for step in self.steps:
+            record = self._record(step, run, results, root)
+            candidates = [record, *record.slices] if key is not None else [record]
+            for candidate in candidates:
+                if (
+                    _match(candidate.name, name)
+                    and _match(candidate.key, key)
+                    and _match(candidate.phase, phase)
+                ):
+                    found.append(candidate)
+        return found
+
+    def _record(self, step: Step, run: Run[Any], results: Mapping[str, Any], root: Path) -> StepRecord:
+        info = run.step(step.node_key)
+        raw = results.get(step.node_key) if info.state is NodeState.SUCCEEDED else None
+        if raw is not None:
+            raw = {"parameters": dict(raw["parameters"]), "artifacts": dict(raw["artifacts"])} | (
+                {"slices": raw["slices"]} if "slices" in raw else {}
+            )
+        shapes = {
+            k: ("list" if step.slices is not None else f.artifact.shape)
+            for k, f in step.output_fields.items()
+            if f.artifact is not None
+        }
+        inputs = _inputs_of(step, results, root)
+        slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None) or []
+        item_shapes = {k: f.artifact.shape for k, f in step.all_output_fields.items() if f.artifact}
+        slices = tuple(
+            StepRecord(
+                name=step.name,
+                key=item["key"],
+                phase=item["phase"],
+                inputs=StepIO({}, {}),
+                raw=item["outputs"],
+                root=root,
+                shapes=item_shapes,
+                attempts=item["attempts"],
+                started_at=item["started_at"],
+                finished_at=item["finished_at"],
+                error=item["error"],
+                slice_index=item["index"],
+            )
+            for item in slice_dicts
+        )
+        started = finished = None
+        if info.started_at is not None:
+            started = info.started_at
+        if info.finished_at is not None:
+            finished = info.finished_at
+        return StepRecord(
+            name=step.name,
+            key=step.node_key,
+            phase=_PHASES[info.state],
+            inputs=inputs,
+            raw=raw,
+            root=root,
+            shapes=shapes,
+            attempts=info.attempts,
+            started_at=started,
+            finished_at=finished,
+            error=info.error,
+            slices=slices,
+            reused=step.node_key in self._reused,
+        )
+
+
+def _copy_artifacts(record: StepRecord, root: Path) -> None:
+    """A reused record's files, brought into this run's artifact store."""
+    assert record._raw is not None
+    target = ArtifactStore(root)
+    source = ArtifactStore(record.root)
+    for value in record.outputs.artifacts.values():
+        if value is not None:
+            for manifest in manifest_paths(value.manifest, value.shape):
+                target.copy_from(source, manifest)
+
+
+def _inputs_of(step: Step, results: Mapping[str, Any], root: Path) -> StepIO:
+    params: dict[str, Any] = {}
+    arts: dict[str, ArtifactValue | None] = {}
+    for k, v in step.parameters.items():
+        if isinstance(v, OutputRef):
+            upstream = results.get(v.step.node_key)
+            params[k] = None if upstream is None else upstream["parameters"].get(v.name)
+        else:
+            params[k] = v
+    for k, v in step.artifacts.items():
+        if isinstance(v, OutputRef):
+            upstream = results.get(v.step.node_key)
+            manifest = None if upstream is None else upstream["artifacts"].get(v.name)
+            field = v.field
+            shape = "list" if v.step.slices is not None else (field.artifact.shape if field.artifact else "one")
+            arts[k] = None if manifest is None else ArtifactValue(root, manifest, shape)
+        else:
+            arts[k] = None  # a local file: it is where the caller left it
+    return StepIO(params, arts)
+
+
+# --- compiling to the graph IR ----------------------------------------------------------------
+
+
+def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, list[Step]]]:
+    """Steps in a topological order, each step's data sources and its order-only dependencies."""
+    steps = wf.steps
+    by_id = {id(s): s for s in steps}
+    names: dict[str, Step] = {}
+    for s in steps:
+        if names.setdefault(s.name, s) is not s:
+            raise DuplicateTaskError(s.name)
+    data: dict[int, list[Step]] = {}
+    order_deps: dict[int, list[Step]] = {}
+    previous: list[Step] = []
+    stages = [[s] for s in steps] if wf._dag is not None else wf._stages
+    for stage in stages:
+        for s in stage:
+            sources: dict[int, Step] = {}
+            for ref in s.refs():
+                if id(ref.step) not in by_id:
+                    raise SignatureError(
+                        s.name, f"reads {ref!r}, but step {ref.step.name!r} is not in workflow "
+                        f"{wf.name!r}", ref.name,
+                    )
+                sources[id(ref.step)] = ref.step
+            if isinstance(s.when, Expression):
+                for step_name, param in s.when.refs:
+                    src = names.get(step_name)
+                    if src is None:
+                        raise SignatureError(
+                            s.name, f"its when expression reads step {step_name!r}, which is not in "
+                            f"workflow {wf.name!r}", "when",
+                        )
+                    src.outputs.parameters[param]  # noqa: B018 - raises naming the missing output
+                    sources[id(src)] = src
+            for dep in s.dependencies:
+                if id(dep) not in by_id:
+                    raise SignatureError(s.name, f"depends on step {dep.name!r}, which is not in workflow {wf.name!r}", "dependencies")
+            data[id(s)] = list(sources.values())
+            extra = [d for d in (*(previous if wf._dag is None else ()), *s.dependencies) if id(d) not in sources]
+            order_deps[id(s)] = list({id(d): d for d in extra}.values())
+        previous = stage
+    # Kahn's walk over every dependency; a cycle names its steps
+    index = {id(s): i for i, s in enumerate(steps)}
+    parents = [[index[id(d)] for d in (*data[id(s)], *order_deps[id(s)])] for s in steps]
+    children: list[list[int]] = [[] for _ in steps]
+    remaining = [len(p) for p in parents]
+    for i, ps in enumerate(parents):
+        for p in ps:
+            children[p].append(i)
+    ordered = [i for i, r in enumerate(remaining) if r == 0]
+    for i in ordered:
+        for c in children[i]:
+            remaining[c] -= 1
+            if remaining[c] == 0:
+                ordered.append(c)
+    if len(ordered) != len(steps):
+        cycle = find_cycle(parents, remaining)
+        raise CycleError([steps[j].name for j in cycle])
+    return [steps[i] for i in ordered], data, order_deps
+
+
+def _guard(step: Step, data: list[Step], collected: list[tuple[int, Step]]) -> Callable[[dict[str, Any]], bool]:
+    """The ``when`` of a step's guard join: every data source gave outputs, and the condition holds."""
+    data_keys = [s.node_key for s in data]
+    when = step.when
+
+    def guard(results: dict[str, Any]) -> bool:
+        if any(results.get(k) is None for k in data_keys):
+            return False  # a source failed and the run went on past it: nothing to read
+        if isinstance(when, Expression):
+            values = {}
+            for step_name, param in when.refs:
+                src = next(s for _, s in collected if s.name == step_name)
+                values[(step_name, param)] = results[src.node_key]["parameters"][param]
+            return bool(when.evaluate(values))
+        if when is not None:
+            seen = {
+                s.name: (None if results.get(s.node_key) is None else dict(results[s.node_key]["parameters"]))
+                for _, s in collected
+            }
+            return bool(when(seen))
+        return True
+
+    return guard
+
+
+def _ancestors(step: Step, data: Mapping[int, list[Step]], order_deps: Mapping[int, list[Step]]) -> list[Step]:
+    seen: dict[int, Step] = {}
+    stack = [*data[id(step)], *order_deps[id(step)]]
+    while stack:
+        s = stack.pop()
+        if id(s) not in seen:
+            seen[id(s)] = s
+            stack.extend((*data[id(s)], *order_deps[id(s)]))
+    return list(seen.values())
+
+
+def _compile(wf: Workflow) -> Graph:
+    if not wf.steps:
+        raise SignatureError(wf.name, "a workflow needs at least one step", "steps")
+    ordered, data, order_deps = _order(wf)
+    builder = GraphBuilder()
+    builder.reserve(s.node_key for s in ordered)
+    node_of: dict[int, int] = {}
+    gates: dict[tuple[int, ...], int] = {}
+    consumed: set[int] = set()
+    for step in ordered:
+        sources = data[id(step)]
+        deps = order_deps[id(step)]
+        parents = [node_of[id(s)] for s in sources]
+        consumed.update(id(s) for s in (*sources, *deps))
+        if deps:  # ordering only: runs once they end, whether they succeeded, failed or were skipped
+            dep_nodes = tuple(sorted(node_of[id(d)] for d in deps))
+            gate = gates.get(dep_nodes)
+            if gate is None:
+                gate = gates[dep_nodes] = builder.add(
+                    NodeKind.JOIN, None, name="_after", parents=dep_nodes, after_all=True
+                )
+            parents.append(gate)
+        needs_guard = step.when is not None or any(s.continue_on_failed for s in sources)
+        if needs_guard:
+            if callable(step.when) and not isinstance(step.when, Expression):
+                collected = [(node_of[id(s)], s) for s in _ancestors(step, data, order_deps)]
+            else:
+                collected = [(node_of[id(s)], s) for s in sources]
+            guard = builder.add(
+                NodeKind.JOIN,
+                None,
+                name=f"_when-{step.name}",
+                args=(tuple(i for i, _ in collected),),
+                parents=tuple(parents),
+                when=_guard(step, sources, collected),
+            )
+            parents.append(guard)
+        binding_names = source_names(step)
+        bindings = tuple(
+            (binding_names[id(s)], node_of[id(s)], None) for s in sources if id(s) in binding_names
+        )
+        sliced = step.slices is not None
+        options = resolve_options(
+            {
+                "retries": 0 if sliced else step.retries,
+                "timeout": None if sliced else step.timeout,
+                "backoff": None if sliced else step.backoff,
+                "continue_on_failed": step.continue_on_failed,
+            }
+        )
+        task: FunctionTask[..., Any] = FunctionTask(make_runner(step, wf._root), {"name": step.name})
+        node_of[id(step)] = builder.add(
+            NodeKind.TASK,
+            task,
+            key=step.node_key,
+            parents=tuple(dict.fromkeys(parents)),
+            options=options,
+            bindings=bindings,
+        )
+    sinks = [s for s in ordered if id(s) not in consumed]
+
+    async def outputs(**results: Any) -> dict[str, Any]:
+        return {key: dict(value["parameters"]) for key, value in results.items()}
+
+    final = builder.add(
+        NodeKind.TASK,
+        FunctionTask(outputs, {"name": _RESULT_KEY}),
+        key=_RESULT_KEY,
+        parents=tuple(node_of[id(s)] for s in sinks),
+        bindings=tuple((s.node_key, node_of[id(s)], None) for s in sinks),
+        after_all=True,
+    )
+    return builder.build(final, name=wf.name)
