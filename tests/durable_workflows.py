@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 import aflow
+from aflow import ops
 
 
 async def bump(name: str) -> int:
@@ -390,3 +391,48 @@ async def fails_now(name: str) -> str:
 @aflow.workflow
 def two_branches_and_a_failure() -> Any:
     return aflow.group(op.si("a") | op.si("b"), op.si("c") | op.si("d"), fails_now.si("z"))
+
+
+# --- typed operators (aflow.ops) ---------------------------------------------------------
+
+
+class Produce(ops.OP):
+    """Writes ``text`` to ``out.txt`` and returns it as an artifact."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"text": str})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"out": ops.Artifact(pathlib.Path)})
+
+    def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        _count("produce")
+        assert op_in.workdir is not None
+        (op_in.workdir / "out.txt").write_text(op_in["text"])
+        return ops.OPIO({"out": pathlib.Path("out.txt")})
+
+
+class Consume(ops.OP):
+    """Reads the artifact it is given (blocking the first time when ``AFLOW_HANG=consume``)."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"src": ops.Artifact(pathlib.Path)})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"text": str})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        await bump("consume")
+        return ops.OPIO({"text": op_in["src"].read_text()})
+
+
+@aflow.workflow
+def ops_files(start: int) -> ops.Workflow:
+    """produce -> consume, passing a file."""
+    produce = ops.Step("produce", Produce, parameters={"text": f"hello {start}"})
+    consume = ops.Step("consume", Consume, artifacts={"src": produce.outputs.artifacts["out"]})
+    return ops.Workflow("files").add(produce).add(consume)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
+import sys
 
 import aflow
 
@@ -12,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_all_is_sorted_and_complete() -> None:
     assert list(aflow.__all__) == sorted(aflow.__all__)
-    namespaces = {"testing", "patterns", "engines", "retry", "stores"}  # public submodules
+    namespaces = {"testing", "patterns", "engines", "retry", "stores", "ops"}  # public submodules
     public = {n for n in vars(aflow) if not n.startswith("_")} - namespaces - {"annotations"}
     assert public == set(aflow.__all__)
     assert len(aflow.__all__) <= 40
@@ -35,6 +37,18 @@ def test_readme_and_examples_use_no_private_names() -> None:
     files = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.py"))]
     for path in files:
         assert not pattern.search(path.read_text()), path
+
+
+def test_ops_namespace_is_sorted_documented_and_imported_only_on_demand() -> None:
+    from aflow import ops
+
+    assert list(ops.__all__) == sorted(ops.__all__)
+    for name in ops.__all__:
+        assert (getattr(ops, name).__doc__ or "").strip(), name
+    # pydantic is paid for only by those who use typed operators
+    code = "import sys, aflow; print('pydantic' in sys.modules, 'aflow.ops' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
 
 
 def test_py_typed_ships() -> None:

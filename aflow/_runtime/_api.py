@@ -535,7 +535,6 @@ class Runtime:
         "_recover",
         "_runs",
         "_serializer",
-        "_token",
         "_shutdown_timeout",
         "_store",
         "_store_spec",
@@ -543,6 +542,7 @@ class Runtime:
         "_thread_limiter",
         "_threads",
         "_timeout",
+        "_token",
     )
 
     def __init__(
@@ -741,7 +741,9 @@ class Runtime:
                 )
             graph = compile(workflow)
         taken = self._reused(graph, reuse) if reuse else None
-        restore = (taken, False, None, {}) if taken else None
+        restore: tuple[dict[str, NodeRecord], bool, None, dict[str, str]] | None = (
+            (taken, False, None, {}) if taken else None
+        )
         options = {
             "on_event": on_event,
             "clock": clock,

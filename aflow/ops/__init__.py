@@ -30,8 +30,8 @@ from ._op import op as op
 from ._runner import SlicesBelowThreshold as SlicesBelowThreshold
 from ._sign import OPIO as OPIO
 from ._sign import Artifact as Artifact
-from ._sign import OPIOSign as OPIOSign
 from ._sign import OpIOError as OpIOError
+from ._sign import OPIOSign as OPIOSign
 from ._sign import Parameter as Parameter
 from ._step import OutputRef as OutputRef
 from ._step import Step as Step
@@ -42,12 +42,12 @@ from ._workflow import StepRecord as StepRecord
 from ._workflow import Workflow as Workflow
 
 __all__ = [
-    "DAG",
-    "OP",
-    "OPIO",
     "Artifact",
     "ArtifactValue",
+    "DAG",
     "MissingInputError",
+    "OP",
+    "OPIO",
     "OPIOSign",
     "OpIOError",
     "OutputParameter",

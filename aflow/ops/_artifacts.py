@@ -20,6 +20,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, final
@@ -155,7 +156,7 @@ class ArtifactStore:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self._copy_object(sha, dest)
             return top
-        dest = into / manifest["name"]
+        dest = into / str(manifest["name"])
         self._copy_object(manifest["file"], dest)
         return dest
 
@@ -221,7 +222,10 @@ def load_input(
     store: ArtifactStore, spec: Artifact | None, shape: str, value: Any, into: Path
 ) -> Any:
     """Materialise an artifact input under ``into``: the local path(s) the op receives."""
-    as_str = spec is not None and (spec.type is str or str in getattr(spec.type, "__args__", ()))
+    as_str = False
+    if spec is not None:
+        element = spec.type if spec.shape == "one" else typing.get_args(spec.type)[-1]
+        as_str = element is str
 
     def local(manifest: dict[str, Any], sub: Path) -> Any:
         path = store.materialize(manifest, sub)

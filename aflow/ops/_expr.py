@@ -23,8 +23,17 @@ from .._exceptions import SignatureError
 
 __all__ = ["Expression"]
 
-_REF = re.compile(r"\{\{\s*steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.parameters\.([^\s{}]+)\s*\}\}")
-_CONSTANTS = {"true": True, "false": False, "True": True, "False": False, "null": None, "None": None}
+_REF = re.compile(
+    r"\{\{\s*steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.parameters\.([^\s{}]+)\s*\}\}"
+)
+_CONSTANTS = {
+    "true": True,
+    "false": False,
+    "True": True,
+    "False": False,
+    "null": None,
+    "None": None,
+}
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -69,21 +78,43 @@ class Expression:
         try:
             tree = ast.parse(source.strip(), mode="eval")
         except SyntaxError as exc:
-            raise SignatureError(step, f"is not a valid expression: {text!r} ({exc.msg})", "when") from None
+            raise SignatureError(
+                step, f"is not a valid expression: {text!r} ({exc.msg})", "when"
+            ) from None
         for node in ast.walk(tree):
             if not isinstance(
                 node,
-                ast.Expression | ast.BoolOp | ast.And | ast.Or | ast.UnaryOp | ast.Not | ast.USub
-                | ast.UAdd | ast.BinOp | ast.Compare | ast.Constant | ast.Name | ast.Load
-                | ast.List | ast.Tuple | ast.cmpop | ast.operator,
+                ast.Expression
+                | ast.BoolOp
+                | ast.And
+                | ast.Or
+                | ast.UnaryOp
+                | ast.Not
+                | ast.USub
+                | ast.UAdd
+                | ast.BinOp
+                | ast.Compare
+                | ast.Constant
+                | ast.Name
+                | ast.Load
+                | ast.List
+                | ast.Tuple
+                | ast.cmpop
+                | ast.operator,
             ):
                 raise SignatureError(
-                    step, f"{type(node).__name__} is not allowed in a when expression: {text!r}", "when"
+                    step,
+                    f"{type(node).__name__} is not allowed in a when expression: {text!r}",
+                    "when",
                 )
             if isinstance(node, ast.operator) and type(node) not in _BINARY:
-                raise SignatureError(step, f"operator {type(node).__name__} is not allowed: {text!r}", "when")
+                raise SignatureError(
+                    step, f"operator {type(node).__name__} is not allowed: {text!r}", "when"
+                )
             if isinstance(node, ast.cmpop) and type(node) not in _COMPARE:
-                raise SignatureError(step, f"comparison {type(node).__name__} is not allowed: {text!r}", "when")
+                raise SignatureError(
+                    step, f"comparison {type(node).__name__} is not allowed: {text!r}", "when"
+                )
             if isinstance(node, ast.Name) and not (
                 node.id in _CONSTANTS or node.id.startswith("__ref")
             ):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, final, overload
 
 from .._exceptions import SignatureError
 from ._sign import OPIO, Artifact, OPIOSign, Parameter
@@ -63,9 +63,7 @@ def _is_async(fn: Any) -> bool:
     )
 
 
-def _sign_from(
-    annotation: Any, where: str
-) -> dict[str, Any]:
+def _sign_from(annotation: Any, where: str) -> dict[str, Any]:
     if annotation is None or annotation is inspect.Signature.empty or annotation is type(None):
         return {}
     if isinstance(annotation, dict):
@@ -90,20 +88,34 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def op(fn: Callable[..., Any]) -> type[OP]:
+@overload
+def op(fn: Callable[..., Any], /) -> type[OP]: ...
+@overload
+def op(*, outputs: Mapping[str, Any] | None = None) -> Callable[[Callable[..., Any]], type[OP]]: ...
+def op(
+    fn: Callable[..., Any] | None = None, /, *, outputs: Mapping[str, Any] | None = None
+) -> type[OP] | Callable[[Callable[..., Any]], type[OP]]:
     """Make an operator of a function; its annotations are its signatures.
 
     Parameters are inputs (a default makes one optional; a parameter named
-    ``workdir`` receives the step's working directory instead). The return
-    annotation names the outputs, and the function returns a dict of them::
+    ``workdir`` receives the step's working directory instead). The outputs
+    are named by ``outputs=``, or by the return annotation (a dict, as in
+    dflow, or a ``TypedDict``), and the function returns a dict of them::
 
-        @op
-        async def duplicate(num: int, foo: Artifact(Path)) -> {"num": int, "bar": Artifact(Path)}:
+        @op(outputs={"num": int, "bar": Artifact(Path)})
+        async def duplicate(num: int, foo: Annotated[Path, Artifact(Path)]):
             ...
 
-    For type checkers, write ``Annotated[Path, Artifact(Path)]`` and a
-    ``TypedDict`` return type instead.
+        @op  # dflow's form (type checkers and linters dislike it)
+        def duplicate(num: int, foo: Artifact(Path)) -> {"num": int, "bar": Artifact(Path)}:
+            ...
     """
+    if fn is None:
+        return lambda f: _make_op(f, outputs)
+    return _make_op(fn, outputs)
+
+
+def _make_op(fn: Callable[..., Any], declared: Mapping[str, Any] | None) -> type[OP]:
     name = getattr(fn, "__qualname__", repr(fn))
     try:
         annotations = inspect.get_annotations(fn, eval_str=True)
@@ -125,7 +137,10 @@ def op(fn: Callable[..., Any]) -> type[OP]:
             elif not isinstance(spec, Parameter):
                 spec = Parameter(spec, default=param.default)
         inputs[pname] = spec
-    outputs = {k: _unwrap(v) for k, v in _sign_from(annotations.get("return"), name).items()}
+    if declared is not None:
+        outputs = {k: _unwrap(v) for k, v in declared.items()}
+    else:
+        outputs = {k: _unwrap(v) for k, v in _sign_from(annotations.get("return"), name).items()}
     input_sign = OPIOSign(inputs)
     output_sign = OPIOSign(outputs)
     run_async = _is_async(fn)
@@ -194,9 +209,13 @@ class Slices:
         pool_size: int | None = None,
     ) -> None:
         if slices not in (None, "{{item}}"):
-            raise ValueError(f"Slices takes '{{{{item}}}}' or nothing as its pattern, got {slices!r}")
+            raise ValueError(
+                f"Slices takes '{{{{item}}}}' or nothing as its pattern, got {slices!r}"
+            )
         for label, size in (("group_size", group_size), ("pool_size", pool_size)):
-            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            if size is not None and (
+                not isinstance(size, int) or isinstance(size, bool) or size < 1
+            ):
                 raise ValueError(f"Slices {label} must be an int >= 1, got {size!r}")
         self.slices = slices
         self.input_parameter = tuple(input_parameter)
@@ -257,7 +276,7 @@ def template_of(template: Any, step: str) -> PythonOPTemplate:
     if isinstance(template, OP) or (isinstance(template, type) and issubclass(template, OP)):
         return PythonOPTemplate(template)
     raise SignatureError(
-        step, f"a step's template is an OP class, an OP or a PythonOPTemplate, got {template!r}",
+        step,
+        f"a step's template is an OP class, an OP or a PythonOPTemplate, got {template!r}",
         "template",
     )
-

@@ -18,7 +18,7 @@ from .._exceptions import RunError, TaskTimeout
 from .._runtime._current import ATTEMPT, EXECUTION
 from .._runtime._threads import run_in_thread
 from ._artifacts import ArtifactStore, default_root, load_input, store_output
-from ._op import OP, op_name
+from ._op import op_name
 from ._sign import OPIO, Field, OpIOError, check_value
 from ._step import OutputRef, Step
 
@@ -85,7 +85,9 @@ async def _call_op(
         if field.is_artifact:
             continue
         if field.name in params:
-            op_in[field.name] = check_value(name, "input", field.name, field.type, params[field.name])
+            op_in[field.name] = check_value(
+                name, "input", field.name, field.type, params[field.name]
+            )
         elif field.has_default:
             op_in[field.name] = field.default
     for field in fields.values():
@@ -131,7 +133,9 @@ async def _check_outputs(
                 continue
             raise OpIOError(name, "output", key, field.describe(), "nothing (the key is missing)")
         if field.artifact is not None:
-            arts[key] = await _thread(store_output, store, name, key, field.artifact, out[key], workdir)
+            arts[key] = await _thread(
+                store_output, store, name, key, field.artifact, out[key], workdir
+            )
         else:
             params[key] = check_value(name, "output", key, field.type, out[key])
     await _thread(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
@@ -169,7 +173,9 @@ def make_runner(step: Step, root: Path | None) -> Callable[..., Any]:
         arts.update(literal)
         if step.slices is None:
             attempt = ATTEMPT.get(1)
-            return await _call_op(step, store, execution.run_id, step.node_key, attempt, params, arts)
+            return await _call_op(
+                step, store, execution.run_id, step.node_key, attempt, params, arts
+            )
         return await _run_slices(step, store, execution.run_id, params, arts)
 
     run_step.__name__ = run_step.__qualname__ = f"step {step.name}"
@@ -192,14 +198,26 @@ async def _run_slices(
     n = next(iter(lengths.values()))
     for key, length in lengths.items():
         if length != n:
-            raise OpIOError(name, "input", key, f"a list of {n} items like {sliced[0]!r}", f"{length} items")
+            raise OpIOError(
+                name, "input", key, f"a list of {n} items like {sliced[0]!r}", f"{length} items"
+            )
     records: list[dict[str, Any]] = [
-        {"index": i, "key": step.slice_key(i), "phase": "Pending", "attempts": 0,
-         "started_at": None, "finished_at": None, "error": None, "outputs": None}
+        {
+            "index": i,
+            "key": step.slice_key(i),
+            "phase": "Pending",
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+            "error": None,
+            "outputs": None,
+        }
         for i in range(n)
     ]
     errors: dict[int, BaseException] = {}
-    tolerant = step.continue_on_num_success is not None or step.continue_on_success_ratio is not None
+    tolerant = (
+        step.continue_on_num_success is not None or step.continue_on_success_ratio is not None
+    )
     pool = anyio.CapacityLimiter(slices.pool_size or max(1, -(-n // slices.group_size)))
 
     async def one(i: int) -> None:
@@ -222,7 +240,9 @@ async def _run_slices(
                     except TimeoutError as exc:
                         raise TaskTimeout(run_id, record["key"], attempt, step.timeout) from exc
                 else:
-                    out = await _call_op(step, store, run_id, record["key"], attempt, item_params, item_arts)
+                    out = await _call_op(
+                        step, store, run_id, record["key"], attempt, item_params, item_arts
+                    )
             except Exception as exc:
                 if attempt <= step.retries:
                     delay = step.backoff.delay(attempt) if step.backoff is not None else 0
@@ -259,7 +279,10 @@ async def _run_slices(
     if errors:
         met = tolerant and (
             (step.continue_on_num_success is None or ok >= step.continue_on_num_success)
-            and (step.continue_on_success_ratio is None or (n and ok / n >= step.continue_on_success_ratio))
+            and (
+                step.continue_on_success_ratio is None
+                or (n and ok / n >= step.continue_on_success_ratio)
+            )
         )
         if not met:
             first = errors[min(errors)]
@@ -268,7 +291,8 @@ async def _run_slices(
                 error.__cause__ = first
             else:
                 error = first
-                error.add_note(f"aflow: slice {min(errors)} ({records[min(errors)]['key']!r}) of step {step.name!r} failed")
+                where = records[min(errors)]["key"]
+                error.add_note(f"aflow: slice {where!r} of step {step.name!r} failed")
             setattr(error, SLICES_ATTR, records)
             raise error
     stacked_params = {

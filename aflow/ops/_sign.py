@@ -54,7 +54,9 @@ class OpIOError(AflowError, TypeError):
 def type_name(tp: Any) -> str:
     """A short readable name of a type annotation (``int``, ``list[pathlib.Path]``)."""
     if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+        return (
+            tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+        )
     return repr(tp).replace("typing.", "")
 
 
@@ -68,7 +70,7 @@ class Artifact:
 
     __slots__ = ("optional", "shape", "type")
 
-    def __init__(self, type: Any = Path, *, optional: bool = False) -> None:  # noqa: A002
+    def __init__(self, type: Any = Path, *, optional: bool = False) -> None:
         origin = typing.get_origin(type)
         args = typing.get_args(type)
         if type is Path or type is str:
@@ -96,7 +98,7 @@ class Parameter:
 
     __slots__ = ("default", "type")
 
-    def __init__(self, type: Any, *, default: Any = MISSING) -> None:  # noqa: A002
+    def __init__(self, type: Any, *, default: Any = MISSING) -> None:
         self.type = type
         self.default = default
 
@@ -217,5 +219,7 @@ def check_value(op: str, direction: str, key: str, tp: Any, value: Any) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = "".join(f"[{part!r}]" for part in first.get("loc", ()))
-        detail = f"{_actual(value)}; {where} {first['msg']}".replace("; ", "; at ", 1) if where else ""
+        detail = (
+            f"{_actual(value)}; {where} {first['msg']}".replace("; ", "; at ", 1) if where else ""
+        )
         raise OpIOError(op, direction, key, type_name(tp), detail or _actual(value)) from None

@@ -167,8 +167,12 @@ class Step:
             raise SignatureError(name, f"must be an aflow.ops.Slices, got {slices!r}", "slices")
         options = check_options(
             name,
-            {"retries": retries, "timeout": timeout, "backoff": backoff,
-             "continue_on_failed": continue_on_failed},
+            {
+                "retries": retries,
+                "timeout": timeout,
+                "backoff": backoff,
+                "continue_on_failed": continue_on_failed,
+            },
         )
         self.retries: int = options["retries"]
         self.timeout: float | None = options["timeout"]
@@ -237,8 +241,9 @@ class Step:
                 if f is None or f.is_artifact != artifact:
                     kind = "artifact" if artifact else "parameter"
                     raise SignatureError(
-                        self.name, f"Slices names output {kind} {n!r}, which {op_name(self.op)} "
-                        f"does not give", n,
+                        self.name,
+                        f"Slices names output {kind} {n!r}, which {op_name(self.op)} does not give",
+                        n,
                     )
                 if artifact:  # failed slices give nothing; the others' files, in order
                     out[n] = Field(n, list[Path], Artifact(list[Path], optional=True), MISSING)
@@ -258,13 +263,17 @@ class Step:
         sliced = set(self.sliced_inputs)
         for key in sliced:
             if key not in fields:
-                raise SignatureError(name, f"Slices names input {key!r}, which the op does not take", key)
+                raise SignatureError(
+                    name, f"Slices names input {key!r}, which the op does not take", key
+                )
         for given, artifact in ((self.parameters, False), (self.artifacts, True)):
             for key, value in given.items():
                 field = fields.get(key)
                 if field is None:
                     raise SignatureError(
-                        name, f"{op_name(self.op)} has no input {key!r}; it takes {sorted(fields)}", key
+                        name,
+                        f"{op_name(self.op)} has no input {key!r}; it takes {sorted(fields)}",
+                        key,
                     )
                 if field.is_artifact != artifact:
                     right = "artifacts=" if field.is_artifact else "parameters="
@@ -286,15 +295,21 @@ class Step:
         if isinstance(value, OutputRef):
             if (value.kind == "artifacts") != field.is_artifact:
                 what = "an artifact" if field.is_artifact else "a parameter"
-                raise SignatureError(name, f"input {key!r} is {what}, but is wired to {value!r}", key)
+                raise SignatureError(
+                    name, f"input {key!r} is {what}, but is wired to {value!r}", key
+                )
             return
         if field.is_artifact:
-            items = value if sliced or (field.artifact and field.artifact.shape == "list") else [value]
+            items = (
+                value if sliced or (field.artifact and field.artifact.shape == "list") else [value]
+            )
             if field.artifact and field.artifact.shape == "dict" and not sliced:
                 items = list(value.values()) if isinstance(value, Mapping) else [value]
             if not isinstance(items, list | tuple) or not all(_is_path(p) for p in items):
                 raise SignatureError(
-                    name, f"input {key!r} takes local paths or another step's artifact, got {value!r}", key
+                    name,
+                    f"input {key!r} takes local paths or another step's artifact, got {value!r}",
+                    key,
                 )
             for p in items:
                 if not Path(p).exists():
@@ -304,14 +319,18 @@ class Step:
             if sliced:
                 if not isinstance(value, list | tuple):
                     raise SignatureError(
-                        name, f"sliced input {key!r} takes a list, got {type_name(type(value))}", key
+                        name,
+                        f"sliced input {key!r} takes a list, got {type_name(type(value))}",
+                        key,
                     )
                 for item in value:
                     check_value(op_name(self.op), "input", key, field.type, item)
             else:
                 check_value(op_name(self.op), "input", key, field.type, value)
         except OpIOError as exc:
-            raise SignatureError(name, f"input {key!r}: expected {exc.expected}, got {exc.actual}", key) from None
+            raise SignatureError(
+                name, f"input {key!r}: expected {exc.expected}, got {exc.actual}", key
+            ) from None
 
     def refs(self) -> Iterator[OutputRef]:
         """Every output reference this step reads (inputs, then its ``when`` expression)."""

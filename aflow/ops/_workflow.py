@@ -91,7 +91,9 @@ class StepIO:
 
     __slots__ = ("artifacts", "parameters")
 
-    def __init__(self, parameters: dict[str, Any], artifacts: dict[str, ArtifactValue | None]) -> None:
+    def __init__(
+        self, parameters: dict[str, Any], artifacts: dict[str, ArtifactValue | None]
+    ) -> None:
         self.parameters = parameters
         self.artifacts = artifacts
 
@@ -265,7 +267,9 @@ class Workflow:
             return list(self._dag.steps)
         return [s for stage in self._stages for s in stage]
 
-    def _remember_origin(self, builder: Builder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _remember_origin(
+        self, builder: Builder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         bound = inspect.signature(builder.fn).bind(*args, **kwargs)
         self._origin = (builder, dict(bound.arguments))
 
@@ -307,9 +311,13 @@ class Workflow:
             if not isinstance(record, StepRecord):
                 raise TypeError(f"reuse_step takes records from query_step(), got {record!r}")
             if record.slice_index is not None or record.key not in keys:
-                raise KeyError(f"workflow {self.name!r} has no step with key {record.key!r} to reuse")
+                raise KeyError(
+                    f"workflow {self.name!r} has no step with key {record.key!r} to reuse"
+                )
             if record._raw is None:
-                raise ValueError(f"step {record.key!r} has no outputs to reuse (it is {record.phase})")
+                raise ValueError(
+                    f"step {record.key!r} has no outputs to reuse (it is {record.phase})"
+                )
             if record.root != root:
                 _copy_artifacts(record, root)
             reuse[record.key] = record._raw
@@ -373,7 +381,9 @@ class Workflow:
                     found.append(candidate)
         return found
 
-    def _record(self, step: Step, run: Run[Any], results: Mapping[str, Any], root: Path) -> StepRecord:
+    def _record(
+        self, step: Step, run: Run[Any], results: Mapping[str, Any], root: Path
+    ) -> StepRecord:
         info = run.step(step.node_key)
         raw = results.get(step.node_key) if info.state is NodeState.SUCCEEDED else None
         if raw is not None:
@@ -452,7 +462,11 @@ def _inputs_of(step: Step, results: Mapping[str, Any], root: Path) -> StepIO:
             upstream = results.get(v.step.node_key)
             manifest = None if upstream is None else upstream["artifacts"].get(v.name)
             field = v.field
-            shape = "list" if v.step.slices is not None else (field.artifact.shape if field.artifact else "one")
+            shape = (
+                "list"
+                if v.step.slices is not None
+                else (field.artifact.shape if field.artifact else "one")
+            )
             arts[k] = None if manifest is None else ArtifactValue(root, manifest, shape)
         else:
             arts[k] = None  # a local file: it is where the caller left it
@@ -480,8 +494,9 @@ def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, l
             for ref in s.refs():
                 if id(ref.step) not in by_id:
                     raise SignatureError(
-                        s.name, f"reads {ref!r}, but step {ref.step.name!r} is not in workflow "
-                        f"{wf.name!r}", ref.name,
+                        s.name,
+                        f"reads {ref!r}, but step {ref.step.name!r} is not in workflow {wf.name!r}",
+                        ref.name,
                     )
                 sources[id(ref.step)] = ref.step
             if isinstance(s.when, Expression):
@@ -489,16 +504,26 @@ def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, l
                     src = names.get(step_name)
                     if src is None:
                         raise SignatureError(
-                            s.name, f"its when expression reads step {step_name!r}, which is not in "
-                            f"workflow {wf.name!r}", "when",
+                            s.name,
+                            f"its when expression reads step {step_name!r}, which is not in "
+                            f"workflow {wf.name!r}",
+                            "when",
                         )
-                    src.outputs.parameters[param]  # noqa: B018 - raises naming the missing output
+                    src.outputs.parameters[param]
                     sources[id(src)] = src
             for dep in s.dependencies:
                 if id(dep) not in by_id:
-                    raise SignatureError(s.name, f"depends on step {dep.name!r}, which is not in workflow {wf.name!r}", "dependencies")
+                    raise SignatureError(
+                        s.name,
+                        f"depends on step {dep.name!r}, which is not in workflow {wf.name!r}",
+                        "dependencies",
+                    )
             data[id(s)] = list(sources.values())
-            extra = [d for d in (*(previous if wf._dag is None else ()), *s.dependencies) if id(d) not in sources]
+            extra = [
+                d
+                for d in (*(previous if wf._dag is None else ()), *s.dependencies)
+                if id(d) not in sources
+            ]
             order_deps[id(s)] = list({id(d): d for d in extra}.values())
         previous = stage
     # Kahn's walk over every dependency; a cycle names its steps
@@ -521,8 +546,10 @@ def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, l
     return [steps[i] for i in ordered], data, order_deps
 
 
-def _guard(step: Step, data: list[Step], collected: list[tuple[int, Step]]) -> Callable[[dict[str, Any]], bool]:
-    """The ``when`` of a step's guard join: every data source gave outputs, and the condition holds."""
+def _guard(
+    step: Step, data: list[Step], collected: list[tuple[int, Step]]
+) -> Callable[[dict[str, Any]], bool]:
+    """A step's guard: every data source gave outputs, and its ``when`` holds."""
     data_keys = [s.node_key for s in data]
     when = step.when
 
@@ -537,7 +564,11 @@ def _guard(step: Step, data: list[Step], collected: list[tuple[int, Step]]) -> C
             return bool(when.evaluate(values))
         if when is not None:
             seen = {
-                s.name: (None if results.get(s.node_key) is None else dict(results[s.node_key]["parameters"]))
+                s.name: (
+                    None
+                    if results.get(s.node_key) is None
+                    else dict(results[s.node_key]["parameters"])
+                )
                 for _, s in collected
             }
             return bool(when(seen))
@@ -546,7 +577,9 @@ def _guard(step: Step, data: list[Step], collected: list[tuple[int, Step]]) -> C
     return guard
 
 
-def _ancestors(step: Step, data: Mapping[int, list[Step]], order_deps: Mapping[int, list[Step]]) -> list[Step]:
+def _ancestors(
+    step: Step, data: Mapping[int, list[Step]], order_deps: Mapping[int, list[Step]]
+) -> list[Step]:
     seen: dict[int, Step] = {}
     stack = [*data[id(step)], *order_deps[id(step)]]
     while stack:
@@ -571,7 +604,9 @@ def _compile(wf: Workflow) -> Graph:
         deps = order_deps[id(step)]
         parents = [node_of[id(s)] for s in sources]
         consumed.update(id(s) for s in (*sources, *deps))
-        if deps:  # ordering only: runs once they end, whether they succeeded, failed or were skipped
+        if (
+            deps
+        ):  # ordering only: runs once they end, whether they succeeded, failed or were skipped
             dep_nodes = tuple(sorted(node_of[id(d)] for d in deps))
             gate = gates.get(dep_nodes)
             if gate is None:
@@ -607,7 +642,9 @@ def _compile(wf: Workflow) -> Graph:
                 "continue_on_failed": step.continue_on_failed,
             }
         )
-        task: FunctionTask[..., Any] = FunctionTask(make_runner(step, wf._root), {"name": step.name})
+        task: FunctionTask[..., Any] = FunctionTask(
+            make_runner(step, wf._root), {"name": step.name}
+        )
         node_of[id(step)] = builder.add(
             NodeKind.TASK,
             task,

@@ -1,0 +1,828 @@
+"""aflow.ops: dflow-style typed operators, artifacts, slices, conditions, queries and reuse."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import aflow
+from aflow import ops
+from aflow.ops import (
+    DAG,
+    OP,
+    OPIO,
+    Artifact,
+    OPIOSign,
+    Parameter,
+    PythonOPTemplate,
+    Slices,
+    Step,
+    Workflow,
+    download_artifact,
+    op,
+)
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+# --- operators used below ------------------------------------------------------------------------
+
+
+class WriteFile(OP):
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"msg": str, "number": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"out_art": Artifact(list[Path])})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        assert op_in.workdir is not None
+        (op_in.workdir / "msg.txt").write_text(op_in["msg"])
+        (op_in.workdir / "results.txt").write_text(str(op_in["number"]))
+        return OPIO({"out_art": [Path("msg.txt"), Path("results.txt")]})
+
+
+@op(outputs={"sum": int})
+async def add(x: int, y: int = 1):
+    return {"sum": x + y}
+
+
+@op(outputs={"text": str})
+def to_text(x: int):
+    return {"text": str(x)}
+
+
+class Sum(TypedDict):
+    total: int
+
+
+@op
+async def total(values: list[int | None]) -> Sum:
+    return {"total": sum(v for v in values if v is not None)}
+
+
+@op(outputs={"file": Artifact(Path)})
+async def write(text: str, workdir: Path):
+    (workdir / "note.txt").write_text(text)
+    return {"file": Path("note.txt")}
+
+
+@op(outputs={"text": str})
+async def read(file: Annotated[Path, Artifact(Path)]):
+    return {"text": file.read_text()}
+
+
+@op(outputs={"y": int})
+async def boom(x: int):
+    raise ValueError(f"boom {x}")
+
+
+@op(outputs={"y": int})
+async def wrong_type(x: int):
+    return {"y": "5"}
+
+
+@op(outputs={"y": int, "z": int})
+async def missing_key(x: int):
+    return {"y": 1}
+
+
+async def run_wf(wf: Workflow, **submit: Any) -> str:
+    async with aflow.Runtime():
+        await wf.submit(**submit)
+        return await wf.wait()
+
+
+# --- the seed's hello world ----------------------------------------------------------------------
+
+
+async def test_hello_world_downloads_both_files(tmp_path: Path) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import dflow_style  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    paths = await dflow_style.main(tmp_path)
+    assert sorted(p.name for p in paths) == ["msg.txt", "results.txt"]
+    assert (tmp_path / "msg.txt").read_text() == "HelloWorld!"
+    assert (tmp_path / "results.txt").read_text() == "1"
+
+
+async def test_workflow_query_status_and_step_record(tmp_path: Path) -> None:
+    step0 = Step("step0", PythonOPTemplate(WriteFile), parameters={"msg": "hi", "number": 7})
+    wf = Workflow("python", artifacts=tmp_path / "arts").add(step0)
+    assert wf.query_status() == "Pending"
+    assert await run_wf(wf) == "Succeeded"
+    [record] = wf.query_step(name="step0")
+    assert record.phase == "Succeeded"
+    assert record.inputs.parameters == {"msg": "hi", "number": 7}
+    assert record.attempts == 1
+    assert record.started_at is not None
+    assert record.finished_at is not None
+    assert record.duration is not None
+    assert record.duration >= 0
+    got = download_artifact(record.outputs.artifacts["out_art"], path=tmp_path / "dl")
+    assert [p.read_text() for p in got] == ["hi", "7"]
+    # content-addressed objects beside the run's folder, read-only
+    objects = [p for p in (tmp_path / "arts" / "objects").rglob("*") if p.is_file()]
+    assert len(objects) == 2
+    assert not os.access(objects[0], os.W_OK) or os.geteuid() == 0
+
+
+# --- typed boundaries ----------------------------------------------------------------------------
+
+
+def test_a_literal_of_the_wrong_type_is_refused_when_the_step_is_built() -> None:
+    with pytest.raises(
+        aflow.SignatureError, match=r"input 'number': expected int, got str"
+    ) as info:
+        Step("step0", WriteFile, parameters={"msg": "hi", "number": "5"})
+    assert info.value.task == "step0"
+    assert info.value.argument == "number"
+
+
+def test_a_missing_input_is_a_build_time_error_naming_step_and_key() -> None:
+    with pytest.raises(ops.MissingInputError) as info:
+        Step("step0", WriteFile, parameters={"msg": "hi"})
+    assert info.value.task == "step0"
+    assert info.value.missing == ("number",)
+
+
+def test_unknown_inputs_and_misplaced_artifacts_are_refused() -> None:
+    with pytest.raises(aflow.SignatureError, match="has no input 'nope'"):
+        Step("s", WriteFile, parameters={"msg": "a", "number": 1, "nope": 2})
+    producer = Step("w", write, parameters={"text": "x"})
+    with pytest.raises(aflow.SignatureError, match="is a parameter, but is wired to"):
+        Step("s", add, parameters={"x": producer.outputs.artifacts["file"]})
+    with pytest.raises(aflow.SignatureError, match="no output parameter 'nope'"):
+        producer.outputs.parameters["nope"]
+    with pytest.raises(aflow.SignatureError, match="is given in artifacts="):
+        Step("r", read, parameters={"file": "x.txt"})
+
+
+async def test_a_wired_value_of_the_wrong_type_fails_the_step_and_nothing_downstream_runs() -> None:
+    ran: list[str] = []
+
+    @op(outputs={"x": int})
+    async def record(x: int):
+        ran.append("downstream")
+        return {"x": x}
+
+    text = Step("text", to_text, parameters={"x": 5})
+    bad = Step("bad", add, parameters={"x": text.outputs.parameters["text"]})  # str into int
+    after = Step("after", record, parameters={"x": bad.outputs.parameters["sum"]})
+    wf = Workflow("typed").add(text).add(bad).add(after)
+    assert await run_wf(wf) == "Failed"
+    [failed] = wf.query_step(phase="Failed")
+    assert failed.key == "bad"
+    error = failed.error
+    assert isinstance(error, ops.OpIOError)
+    assert (error.op, error.direction, error.key, error.expected) == ("add", "input", "x", "int")
+    assert error.actual.startswith("str")
+    assert ran == []
+    assert wf.query_step(name="after")[0].phase == "Pending"
+    with pytest.raises(ops.OpIOError):
+        await wf.run.result()
+
+
+@pytest.mark.parametrize(
+    ("operator", "key", "expected", "actual"),
+    [
+        (wrong_type, "y", "int", "str ('5')"),
+        (missing_key, "z", "int", "nothing (the key is missing)"),
+    ],
+)
+async def test_outputs_are_checked(
+    operator: type[OP], key: str, expected: str, actual: str
+) -> None:
+    wf = Workflow("out").add(Step("s", operator, parameters={"x": 1}))
+    assert await run_wf(wf) == "Failed"
+    error = wf.query_step(name="s")[0].error
+    assert isinstance(error, ops.OpIOError)
+    assert (error.direction, error.key, error.expected, error.actual) == (
+        "output",
+        key,
+        expected,
+        actual,
+    )
+
+
+async def test_an_output_artifact_that_does_not_exist_fails_the_step() -> None:
+    @op(outputs={"f": Artifact(Path)})
+    async def liar():
+        return {"f": Path("never-written.txt")}
+
+    wf = Workflow("liar").add(Step("s", liar))
+    assert await run_wf(wf) == "Failed"
+    error = wf.query_step(name="s")[0].error
+    assert isinstance(error, ops.OpIOError)
+    assert error.key == "f"
+    assert "missing path" in error.actual
+
+
+async def test_defaults_typeddict_outputs_and_parameter_objects() -> None:
+    class Scale(OP):
+        @classmethod
+        def get_input_sign(cls) -> OPIOSign:
+            return OPIOSign({"x": int, "factor": Parameter(int, default=3)})
+
+        @classmethod
+        def get_output_sign(cls) -> OPIOSign:
+            return OPIOSign({"y": int})
+
+        async def execute(self, op_in: OPIO) -> OPIO:
+            return OPIO({"y": op_in["x"] * op_in["factor"]})
+
+    a = Step("a", add, parameters={"x": 1})  # y defaults to 1
+    b = Step("b", Scale, parameters={"x": a.outputs.parameters["sum"]})
+    with pytest.raises(
+        aflow.SignatureError, match="at \\[0\\]"
+    ):  # a list of references is no wiring
+        Step("c", total, parameters={"values": [b.outputs.parameters["y"]]})
+    c = Step("c", add, parameters={"x": b.outputs.parameters["y"], "y": 10})
+    assert await aflow.run(Workflow("w").add(a).add(b).add(c)) == {"c": {"sum": 16}}
+
+
+async def test_sync_ops_run_in_a_worker_thread_and_async_ops_on_the_loop() -> None:
+    seen: dict[str, int] = {}
+
+    @op(outputs={"t": int})
+    def in_thread():
+        seen["sync"] = threading.get_ident()
+        return {"t": 1}
+
+    @op(outputs={"t": int})
+    async def on_loop():
+        seen["async"] = threading.get_ident()
+        return {"t": 1}
+
+    assert await run_wf(Workflow("t").add([Step("a", in_thread), Step("b", on_loop)])) == (
+        "Succeeded"
+    )
+    assert seen["async"] == threading.get_ident()
+    assert seen["sync"] != threading.get_ident()
+
+
+# --- artifacts and working directories -----------------------------------------------------------
+
+
+async def test_each_attempt_gets_a_fresh_workdir_and_the_process_cwd_never_changes(
+    tmp_path: Path,
+) -> None:
+    cwd = os.getcwd()
+    workdirs: list[Path] = []
+
+    @op(outputs={"f": Artifact(Path)})
+    async def flaky(workdir: Path):
+        assert os.getcwd() == cwd
+        leftovers = list(workdir.iterdir())  # noqa: ASYNC240
+        workdirs.append(workdir)
+        (workdir / "partial.txt").write_text(str(len(workdirs)))
+        if len(workdirs) < 3:
+            raise OSError("transient")
+        assert leftovers == []  # nothing of the failed attempts leaks in
+        return {"f": Path("partial.txt")}
+
+    @op(outputs={"n": int})
+    async def other(workdir: Path):
+        workdirs.append(workdir)
+        return {"n": len(list(workdir.iterdir()))}  # noqa: ASYNC240
+
+    s = Step("s", flaky, retries=2)
+    t = Step("t", other)
+    wf = Workflow("fresh", artifacts=tmp_path).add(s).add(t)
+    assert await run_wf(wf) == "Succeeded"
+    assert len(set(workdirs)) == 4
+    assert wf.query_step(name="s")[0].attempts == 3
+    assert wf.query_step(name="t")[0].outputs.parameters["n"].value == 0
+    [f] = download_artifact(wf.query_step(name="s")[0].outputs.artifacts["f"], tmp_path / "out")
+    assert f.read_text() == "3"
+
+
+async def test_directories_dicts_and_local_files_as_artifacts(tmp_path: Path) -> None:
+    local = tmp_path / "input.txt"
+    local.write_text("from the caller")
+
+    @op  # dflow's own form: the outputs in the return annotation
+    async def tree(
+        src: Artifact(Path), workdir: Path
+    ) -> {
+        "d": Artifact(Path),  # noqa: UP037 - ruff reads the keys as quoted annotations
+        "m": Artifact(dict[str, Path]),  # noqa: UP037, F821
+    }:
+        (workdir / "out" / "sub").mkdir(parents=True)
+        (workdir / "out" / "sub" / "deep.txt").write_text(src.read_text().upper())
+        (workdir / "a.txt").write_text("A")
+        (workdir / "b.txt").write_text("B")
+        return {"d": Path("out"), "m": {"first": Path("a.txt"), "second": Path("b.txt")}}
+
+    @op(outputs={"text": str})
+    async def look(d: Artifact(Path), m: Artifact(dict[str, Path])):
+        assert d.is_dir()
+        return {
+            "text": (d / "sub" / "deep.txt").read_text()
+            + m["first"].read_text()
+            + m["second"].read_text()
+        }
+
+    t = Step("t", tree, artifacts={"src": local})
+    u = Step("u", look, artifacts={"d": t.outputs.artifacts["d"], "m": t.outputs.artifacts["m"]})
+    wf = Workflow("trees", artifacts=tmp_path / "store").add(t).add(u)
+    assert await run_wf(wf) == "Succeeded", [r.error for r in wf.query_step()]
+    assert wf.query_step(name="u")[0].outputs.parameters["text"].value == "FROM THE CALLERAB"
+    [d] = download_artifact(wf.query_step(name="t")[0].outputs.artifacts["d"], tmp_path / "dl")
+    assert (d / "sub" / "deep.txt").read_text() == "FROM THE CALLER"
+    assert local.read_text() == "from the caller"
+
+
+async def test_artifacts_default_beside_the_sqlite_store(tmp_path: Path) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    os.environ["AFLOW_COUNTS"] = str(tmp_path / "counts.json")
+    try:
+        async with aflow.Runtime(store=url) as rt:
+            wf = dw.ops_files(start=3)  # built by an @aflow.workflow: durable
+            run = await wf.submit(runtime=rt)
+            assert await run.result() == {"consume": {"text": "hello 3"}}
+    finally:
+        del os.environ["AFLOW_COUNTS"]
+    assert (tmp_path / "runs.db.artifacts" / "objects").is_dir()
+    [path] = download_artifact(wf.query_step(name="produce")[0].outputs.artifacts["out"], tmp_path)
+    assert path.read_text() == "hello 3"
+
+
+async def test_a_plain_workflow_cannot_run_durably(tmp_path: Path) -> None:
+    wf = Workflow("w").add(Step("a", add, parameters={"x": 1}))
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}"):
+        with pytest.raises(aflow.DefinitionError, match=r"@aflow\.workflow"):
+            await wf.submit()
+
+
+async def test_submit_needs_a_runtime() -> None:
+    wf = Workflow("w").add(Step("a", add, parameters={"x": 1}))
+    with pytest.raises(RuntimeError, match=r"needs a running aflow\.Runtime"):
+        await wf.submit()
+
+
+# --- ordering: sequence, parallel, DAG -----------------------------------------------------------
+
+
+async def test_add_runs_steps_in_sequence_and_lists_in_parallel() -> None:
+    events = {name: anyio.Event() for name in ("b", "c")}
+    order: list[str] = []
+
+    def waiter(name: str, other: str) -> type[OP]:
+        @op(outputs={"ok": bool})
+        async def step():
+            order.append(f"start {name}")
+            events[name].set()
+            await events[other].wait()  # both must run at once, or this never ends
+            order.append(f"end {name}")
+            return {"ok": True}
+
+        return step
+
+    @op(outputs={"ok": bool})
+    async def mark(tag: str):
+        order.append(tag)
+        return {"ok": True}
+
+    wf = Workflow("seq")
+    wf.add(Step("a", mark, parameters={"tag": "a"}))
+    wf.add([Step("b", waiter("b", "c")), Step("c", waiter("c", "b"))])
+    wf.add(Step("d", mark, parameters={"tag": "d"}))
+    with anyio.fail_after(10):
+        assert await run_wf(wf) == "Succeeded"
+    assert order[0] == "a"
+    assert order[-1] == "d"
+    assert set(order[1:3]) == {"start b", "start c"}
+
+
+async def test_a_dag_orders_by_wiring_and_explicit_dependencies_add_to_it() -> None:
+    order: list[str] = []
+
+    @op(outputs={"x": int})
+    async def mark(tag: str, x: int = 0):
+        order.append(tag)
+        await anyio.lowlevel.checkpoint()
+        return {"x": x + 1}
+
+    a = Step("a", mark, parameters={"tag": "a"})
+    side = Step("side", mark, parameters={"tag": "side"})
+    b = Step(
+        "b",
+        mark,
+        parameters={"tag": "b", "x": a.outputs.parameters["x"]},
+        dependencies=[side],  # adds to the wiring: b waits for a *and* side
+    )
+    dag = DAG().add([b, side, a])  # added out of order on purpose
+    wf = Workflow("dag", dag=dag)
+    assert await run_wf(wf) == "Succeeded"
+    assert order.index("b") > order.index("a")
+    assert order.index("b") > order.index("side")
+    assert wf.query_step(name="b")[0].outputs.parameters["x"].value == 2
+
+
+def test_cycles_duplicates_and_foreign_steps_are_build_errors() -> None:
+    a = Step("a", add, parameters={"x": 1})
+    b = Step("b", add, parameters={"x": a.outputs.parameters["sum"]})
+    a.dependencies = (b,)  # only a later change can close a loop
+    with pytest.raises(aflow.CycleError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
+        aflow.compile(Workflow("c", dag=DAG().add([a, b])))
+    a.dependencies = ()
+    with pytest.raises(aflow.SignatureError, match="is not in workflow"):
+        aflow.compile(Workflow("c").add(b))
+    with pytest.raises(aflow.DuplicateTaskError):
+        aflow.compile(Workflow("c").add(a).add(Step("a", add, parameters={"x": 2})))
+    x = Step("x", add, parameters={"x": 1})
+    y = Step("y", add, parameters={"x": 1}, dependencies=[x])
+    with pytest.raises(aflow.SignatureError, match="depends on step 'x'"):
+        aflow.compile(Workflow("c", dag=DAG().add([y])))
+
+
+# --- submit, wait, status ------------------------------------------------------------------------
+
+
+async def test_submit_returns_at_once_and_wait_reports_without_raising() -> None:
+    release = anyio.Event()
+    started = anyio.Event()
+
+    @op(outputs={"ok": bool})
+    async def gate():
+        started.set()
+        await release.wait()
+        raise RuntimeError("declined")
+
+    wf = Workflow("w").add(Step("g", gate))
+    async with aflow.Runtime():
+        run = await wf.submit()
+        await started.wait()
+        assert wf.query_status() == "Running"
+        assert wf.query_step(name="g")[0].phase == "Running"
+        release.set()
+        assert await wf.wait() == "Failed"
+        with pytest.raises(RuntimeError, match="declined"):
+            await run.result()
+
+
+# --- conditions ----------------------------------------------------------------------------------
+
+
+async def test_when_expressions_and_callables_skip_steps_which_queries_still_show() -> None:
+    ran: list[str] = []
+
+    @op(outputs={"x": int})
+    async def mark(tag: str, x: int = 0):
+        ran.append(tag)
+        return {"x": x}
+
+    s1 = Step("s1", add, parameters={"x": 4})  # sum = 5
+    big = Step("big", mark, parameters={"tag": "big"}, when=f"{s1.outputs.parameters['sum']} > 5")
+    small = Step(
+        "small", mark, parameters={"tag": "small"}, when=f"{s1.outputs.parameters['sum']} <= 5"
+    )
+    odd = Step("odd", mark, parameters={"tag": "odd"}, when=lambda seen: seen["s1"]["sum"] % 2)
+    uses_big = Step(
+        "uses-big", mark, parameters={"tag": "uses-big", "x": big.outputs.parameters["x"]}
+    )
+    after = Step("after", mark, parameters={"tag": "after"})
+    wf = Workflow("cond").add(s1).add([big, small, odd]).add(uses_big).add(after)
+    assert await run_wf(wf) == "Succeeded"
+    assert sorted(ran) == ["after", "odd", "small"]
+    phases = {r.name: r.phase for r in wf.query_step()}
+    assert phases == {
+        "s1": "Succeeded",
+        "big": "Skipped",
+        "small": "Succeeded",
+        "odd": "Succeeded",
+        "uses-big": "Skipped",  # it reads a skipped step's output
+        "after": "Succeeded",  # ordering only: it runs after a skipped step
+    }
+    assert [r.name for r in wf.query_step(phase="Skipped")] == ["big", "uses-big"]
+    assert [r.name for r in wf.query_step(name=["s1", "after"])] == ["s1", "after"]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "__import__('os').system('true')",
+        "{{steps.s1.outputs.parameters.sum}}.__class__",
+        "[x for x in (1,)]",
+        "'a' * 100000000",
+        "lambda: 1",
+        "open",
+    ],
+)
+def test_when_expressions_are_evaluated_safely(expression: str) -> None:
+    try:
+        step = Step("t", add, parameters={"x": 1}, when=expression)
+    except aflow.SignatureError:
+        return  # refused when built
+    # what parses must still be harmless: only the multiplication case gets here
+    assert step.when is not None
+    with pytest.raises(TypeError):
+        step.when.evaluate({})  # type: ignore[union-attr]
+
+
+def test_when_expressions_name_real_outputs() -> None:
+    s1 = Step("s1", add, parameters={"x": 4})
+    t = Step("t", add, parameters={"x": 1}, when="{{steps.s1.outputs.parameters.nope}} > 1")
+    with pytest.raises(aflow.SignatureError, match="no output parameter 'nope'"):
+        aflow.compile(Workflow("w").add(s1).add(t))
+    u = Step("u", add, parameters={"x": 1}, when="{{steps.ghost.outputs.parameters.sum}} > 1")
+    with pytest.raises(aflow.SignatureError, match="step 'ghost'"):
+        aflow.compile(Workflow("w").add(s1).add(u))
+
+
+async def test_expression_values_are_typed_not_pasted_text() -> None:
+    @op(outputs={"word": str})
+    async def say():
+        return {"word": "a b"}
+
+    s = Step("s", say)
+    yes = Step(
+        "yes", add, parameters={"x": 1}, when=f"{s.outputs.parameters['word']} == 'a b' && true"
+    )
+    no = Step("no", add, parameters={"x": 1}, when=f"{s.outputs.parameters['word']} in ['x', 'y']")
+    wf = Workflow("w").add(s).add([yes, no])
+    assert await run_wf(wf) == "Succeeded"
+    assert {r.name: r.phase for r in wf.query_step()} == {
+        "s": "Succeeded",
+        "yes": "Succeeded",
+        "no": "Skipped",
+    }
+
+
+async def test_continue_on_failed_goes_on_and_skips_what_reads_the_failed_step() -> None:
+    f = Step("f", boom, parameters={"x": 1}, continue_on_failed=True)
+    reader = Step("reader", add, parameters={"x": f.outputs.parameters["y"]})
+    after = Step("after", add, parameters={"x": 2})
+    wf = Workflow("w").add(f).add([reader, after])
+    assert await run_wf(wf) == "Succeeded"
+    assert {r.name: r.phase for r in wf.query_step()} == {
+        "f": "Failed",
+        "reader": "Skipped",
+        "after": "Succeeded",
+    }
+    assert isinstance(wf.query_step(name="f")[0].error, ValueError)
+
+
+# --- retries and timeouts really apply -----------------------------------------------------------
+
+
+async def test_retries_apply_to_ops() -> None:
+    calls: list[int] = []
+
+    @op(outputs={"n": int})
+    async def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("again")
+        return {"n": len(calls)}
+
+    wf = Workflow("r").add(Step("f", flaky, retries=2))
+    assert await run_wf(wf) == "Succeeded"
+    [record] = wf.query_step()
+    assert (record.attempts, record.outputs.parameters["n"].value) == (3, 3)
+    calls.clear()
+    wf = Workflow("r").add(Step("f", flaky, retries=1))
+    assert await run_wf(wf) == "Failed"
+    assert wf.query_step()[0].attempts == 2
+
+
+async def test_timeouts_apply_to_ops() -> None:
+    @op(outputs={"n": int})
+    async def stuck():
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    wf = Workflow("t").add(Step("s", stuck, timeout=0.05, retries=1))
+    with anyio.fail_after(10):
+        assert await run_wf(wf) == "Failed"
+    [record] = wf.query_step()
+    assert isinstance(record.error, aflow.TaskTimeout)
+    assert record.attempts == 2
+
+
+# --- slices --------------------------------------------------------------------------------------
+
+
+async def test_slices_stack_results_in_input_order_with_templated_keys() -> None:
+    finished: list[int] = []
+    gates = [anyio.Event() for _ in range(4)]
+
+    @op(outputs={"y": int})
+    async def square(x: int):
+        if x < 3:  # finish in reverse order: each item waits for the next one
+            await gates[x + 1].wait()
+        finished.append(x)
+        gates[x].set()
+        return {"y": x * x}
+
+    sq = Step(
+        "sq",
+        PythonOPTemplate(
+            square, slices=Slices("{{item}}", input_parameter=["x"], output_parameter=["y"])
+        ),
+        parameters={"x": [0, 1, 2, 3]},
+        key="square-{{item}}",
+    )
+    tot = Step("tot", total, parameters={"values": sq.outputs.parameters["y"]})
+    wf = Workflow("slices").add(sq).add(tot)
+    with anyio.fail_after(10):
+        assert await run_wf(wf) == "Succeeded"
+    assert finished == [3, 2, 1, 0]
+    [record] = wf.query_step(name="sq")
+    assert record.outputs.parameters["y"].value == [0, 1, 4, 9]
+    assert [s.key for s in record.slices] == [f"square-{i}" for i in range(4)]
+    assert [s.outputs.parameters["y"].value for s in record.slices] == [0, 1, 4, 9]
+    assert [r.key for r in wf.query_step(key="square-2")] == ["square-2"]
+    assert wf.query_step(name="tot")[0].outputs.parameters["total"].value == 14
+
+
+@pytest.mark.parametrize(("pool", "group"), [(2, 1), (1, 1), (3, 2)])
+async def test_the_slice_pool_bounds_what_runs_at_once(pool: int, group: int) -> None:
+    in_flight = 0
+    peak = 0
+    arrived = anyio.Event()
+
+    @op(outputs={"x": int})
+    async def probe(x: int):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight == min(pool, 9):
+            arrived.set()
+        await arrived.wait()  # hold the slot until the pool is full
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()  # let any unbounded sibling start, were there one
+        in_flight -= 1
+        return {"x": x}
+
+    slices = Slices(input_parameter=["x"], output_parameter=["x"], pool_size=pool, group_size=group)
+    wf = Workflow("pool").add(Step("p", probe, parameters={"x": list(range(9))}, slices=slices))
+    with anyio.fail_after(10):
+        assert await run_wf(wf) == "Succeeded"
+    assert peak == pool
+    assert wf.query_step()[0].outputs.parameters["x"].value == list(range(9))
+
+
+async def test_a_failed_slice_fails_the_step_unless_a_threshold_lets_it_go_on() -> None:
+    @op(outputs={"y": int})
+    async def picky(x: int):
+        if x % 3 == 0:
+            raise ValueError(f"no {x}")
+        return {"y": x}
+
+    slices = Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    strict = Workflow("s").add(Step("p", picky, parameters={"x": [1, 2, 3, 4]}, slices=slices))
+    assert await run_wf(strict) == "Failed"
+    [record] = strict.query_step()
+    assert isinstance(record.error, ValueError)
+    assert [s.phase for s in record.slices] == ["Succeeded", "Succeeded", "Failed", "Skipped"]
+
+    by_count = Step(
+        "p", picky, parameters={"x": [1, 2, 3, 4]}, slices=slices, continue_on_num_success=3
+    )
+    wf = Workflow("n").add(by_count)
+    assert await run_wf(wf) == "Succeeded"
+    assert wf.query_step()[0].outputs.parameters["y"].value == [1, 2, None, 4]
+
+    by_ratio = Step(
+        "p",
+        picky,
+        parameters={"x": [0, 1, 3, 6]},
+        slices=slices,
+        continue_on_success_ratio=0.5,
+    )
+    wf = Workflow("r").add(by_ratio)
+    assert await run_wf(wf) == "Failed"
+    error = wf.query_step()[0].error
+    assert isinstance(error, ops.SlicesBelowThreshold)
+    assert (error.succeeded, error.total) == (1, 4)
+
+
+async def test_slices_over_an_upstream_list_and_over_artifacts() -> None:
+    @op(outputs={"xs": list[int]})
+    async def numbers(n: int):
+        return {"xs": list(range(n))}
+
+    @op(outputs={"f": Artifact(Path)})
+    async def write_one(x: int, workdir: Path):
+        (workdir / f"{x}.txt").write_text(str(x * 10))
+        return {"f": Path(f"{x}.txt")}
+
+    @op(outputs={"v": int})
+    async def read_one(f: Artifact(Path)):
+        return {"v": int(f.read_text())}
+
+    @op(outputs={"names": list[str]})
+    async def read_all(fs: Artifact(list[Path])):
+        return {"names": [p.name for p in fs]}
+
+    nums = Step("nums", numbers, parameters={"n": 3})
+    files = Step(
+        "files",
+        write_one,
+        parameters={"x": nums.outputs.parameters["xs"]},
+        slices=Slices(input_parameter=["x"], output_artifact=["f"]),
+    )
+    values = Step(
+        "values",
+        read_one,
+        artifacts={"f": files.outputs.artifacts["f"]},
+        slices=Slices(input_artifact=["f"], output_parameter=["v"]),
+    )
+    names = Step("names", read_all, artifacts={"fs": files.outputs.artifacts["f"]})
+    wf = Workflow("fan").add(nums).add(files).add([values, names])
+    assert await run_wf(wf) == "Succeeded"
+    assert wf.query_step(name="values")[0].outputs.parameters["v"].value == [0, 10, 20]
+    assert wf.query_step(name="names")[0].outputs.parameters["names"].value == [
+        "0.txt",
+        "1.txt",
+        "2.txt",
+    ]
+
+
+def test_slice_definitions_are_checked() -> None:
+    with pytest.raises(aflow.SignatureError, match="sliced input 'x' takes a list"):
+        Step("s", add, parameters={"x": 1}, slices=Slices(input_parameter=["x"]))
+    with pytest.raises(aflow.SignatureError, match="expected int"):
+        Step("s", add, parameters={"x": [1, "2"]}, slices=Slices(input_parameter=["x"]))
+    with pytest.raises(aflow.SignatureError, match="Slices names input 'nope'"):
+        Step("s", add, parameters={"x": [1]}, slices=Slices(input_parameter=["nope"]))
+    with pytest.raises(aflow.SignatureError, match="need slices"):
+        Step("s", add, parameters={"x": 1}, continue_on_num_success=1)
+    s = Step("s", add, parameters={"x": [1]}, slices=Slices(input_parameter=["x"]))
+    with pytest.raises(aflow.SignatureError, match="stack it"):
+        s.outputs.parameters["sum"]
+    with pytest.raises(ValueError, match="pool_size"):
+        Slices(input_parameter=["x"], pool_size=0)
+
+
+# --- reuse ---------------------------------------------------------------------------------------
+
+
+async def test_reuse_step_takes_earlier_outputs_optionally_modified(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    @op(outputs={"y": int})
+    async def expensive(x: int):
+        calls.append("expensive")
+        return {"y": x * 100}
+
+    def build() -> Workflow:
+        e = Step("e", expensive, parameters={"x": 2})
+        w = Step("w", write, parameters={"text": "kept"})
+        c = Step("c", add, parameters={"x": e.outputs.parameters["y"]})
+        r = Step("r", read, artifacts={"file": w.outputs.artifacts["file"]})
+        return Workflow("reuse", artifacts=tmp_path / "one").add([e, w]).add([c, r])
+
+    first = build()
+    assert await run_wf(first) == "Succeeded"
+    assert calls == ["expensive"]
+    e_rec, w_rec = first.query_step(name=["e", "w"])
+    e_rec.modify_output_parameter("y", 7)
+
+    second = build()
+    second._root = tmp_path / "two"  # another store: the reused files are brought over
+    assert await run_wf(second, reuse_step=[e_rec, w_rec]) == "Succeeded"
+    assert calls == ["expensive"]  # not run again
+    assert second.query_step(name="c")[0].outputs.parameters["sum"].value == 8
+    assert second.query_step(name="r")[0].outputs.parameters["text"].value == "kept"
+    assert second.query_step(name="e")[0].reused
+    with pytest.raises(KeyError, match="nope"):
+        e_rec.modify_output_parameter("nope", 1)
+
+
+# --- durable: artifacts survive a process restart and a resumed run ------------------------------
+
+
+@pytest.mark.slow
+async def test_artifacts_survive_a_crash_and_the_resumed_run_reads_them(
+    store_url: str, counts: pathlib.Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.durable_workflows import read_counts
+    from tests.test_durable import LEASE, crash_in
+
+    if store_url.startswith("postgres"):
+        monkeypatch.setenv("AFLOW_ARTIFACTS", str(tmp_path / "shared-artifacts"))
+    run_id = await anyio.to_thread.run_sync(crash_in, store_url, "ops_files", "consume", counts)
+    assert read_counts(counts) == {"produce": 1, "consume": 1}
+    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
+        run = rt.get(run_id)
+        assert await run.result() == {"consume": {"text": "hello 1"}}
+    # the file the dead process produced was read by the resumed run; produce ran once
+    assert read_counts(counts) == {"produce": 1, "consume": 2}
