@@ -98,13 +98,9 @@ class ArtifactStore:
         return self.root / "objects" / sha[:2] / sha
 
     def workdir(self, run_id: str, step: str, attempt: int) -> Path:
-        """A fresh, empty working directory for one attempt of one step."""
+        """Where one attempt of one step works (``OPIO.workdir`` makes it on first use)."""
         safe = step.replace(os.sep, "_").replace("/", "_") or "_"
-        path = self.root / "work" / run_id / safe / str(attempt)
-        if path.exists():  # an attempt of a resumed run: never see the dead one's files
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        return path
+        return self.root / "work" / run_id / safe / str(attempt)
 
     def _put_file(self, path: Path) -> tuple[str, int]:
         sha, size = _hash_file(path)

@@ -7,6 +7,7 @@ import functools
 import inspect
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,21 @@ import anyio.to_thread
 from .._exceptions import RunError, TaskTimeout
 from .._runtime._current import ATTEMPT, EXECUTION
 from .._runtime._threads import run_in_thread
+from .._task import FunctionTask
 from ._artifacts import ArtifactStore, default_root, load_input, store_output
-from ._op import op_name
+from ._op import OP, op_name
 from ._sign import OPIO, Field, OpIOError, check_value
 from ._step import OutputRef, Step
 
-__all__ = ["SLICES_ATTR", "SlicesBelowThreshold", "make_runner", "run_root", "source_names"]
+__all__ = [
+    "SLICES_ATTR",
+    "SlicesBelowThreshold",
+    "StepCall",
+    "run_root",
+    "run_step",
+    "source_names",
+    "task_for",
+]
 
 #: The attribute of a sliced step's error that holds its slices' records.
 SLICES_ATTR = "__aflow_slices__"
@@ -77,47 +87,67 @@ async def _call_op(
 ) -> dict[str, Any]:
     """One call of the op; returns ``{"parameters": ..., "artifacts": manifests}``."""
     name = op_name(step.op)
-    workdir: Path = await _thread(store.workdir, run_id, key, attempt)
     op_in = OPIO()
-    op_in.workdir = workdir
+    op_in.workdir = store.workdir(run_id, key, attempt)
     fields = step.input_fields
+    wanted: list[tuple[Field, Any]] = []
     for field in fields.values():
-        if field.is_artifact:
+        if field.artifact is None:
+            if field.name in params:
+                value = params[field.name]
+                op_in[field.name] = check_value(name, "input", field.name, field.type, value)
+            elif field.has_default:
+                op_in[field.name] = field.default
             continue
-        if field.name in params:
-            op_in[field.name] = check_value(
-                name, "input", field.name, field.type, params[field.name]
-            )
-        elif field.has_default:
-            op_in[field.name] = field.default
-    for field in fields.values():
-        if not field.is_artifact:
-            continue
-        assert field.artifact is not None
         value = artifacts.get(field.name)
         if value is None:
             if field.required:
                 raise OpIOError(name, "input", field.name, repr(field.artifact), "nothing")
             op_in[field.name] = None
-            continue
-        into = workdir / "inputs" / field.name
-        op_in[field.name] = await _thread(
-            load_input, store, field.artifact, field.artifact.shape, value, into
-        )
+        else:
+            wanted.append((field, value))
     instance = step.op() if isinstance(step.op, type) else step.op
     execute = instance.execute
     if inspect.iscoroutinefunction(execute):
+        if wanted:  # file work happens in a worker thread
+            await _thread(_materialize, store, op_in, wanted)
         out = await execute(op_in)
-    else:
-        out = await run_in_thread(functools.partial(execute, op_in), None)
+        params, files, arts = _check_outputs(step, name, out)
+        if files or op_in._made:
+            await _thread(_store_files, step, store, name, op_in, files, arts)
+        return {"parameters": params, "artifacts": arts}
+
+    def whole_attempt() -> dict[str, Any]:  # a sync op: one trip to a worker thread in all
+        if wanted:
+            _materialize(store, op_in, wanted)
+        out = execute(op_in)
         if inspect.isawaitable(out):
-            out = await out
-    return await _check_outputs(step, store, name, out, workdir)
+            close = getattr(out, "close", None)
+            if close is not None:
+                close()
+            raise OpIOError(name, "output", "*", "an OPIO from a plain def", "an awaitable")
+        params, files, arts = _check_outputs(step, name, out)
+        if files or op_in._made:
+            _store_files(step, store, name, op_in, files, arts)
+        return {"parameters": params, "artifacts": arts}
+
+    result: dict[str, Any] = await run_in_thread(whole_attempt, None)
+    return result
 
 
-async def _check_outputs(
-    step: Step, store: ArtifactStore, name: str, out: Any, workdir: Path
-) -> dict[str, Any]:
+def _materialize(store: ArtifactStore, op_in: OPIO, wanted: list[tuple[Field, Any]]) -> None:
+    workdir = op_in.workdir
+    assert workdir is not None
+    for field, value in wanted:
+        assert field.artifact is not None
+        into = workdir / "inputs" / field.name
+        op_in[field.name] = load_input(store, field.artifact, field.artifact.shape, value, into)
+
+
+def _check_outputs(
+    step: Step, name: str, out: Any
+) -> tuple[dict[str, Any], list[tuple[str, Any]], dict[str, Any]]:
+    """Checked parameters, the artifact outputs still to store, and the optional ones left out."""
     if not isinstance(out, Mapping):
         raise OpIOError(name, "output", "*", "an OPIO (a dict of outputs)", type(out).__name__)
     fields: dict[str, Field] = step.all_output_fields
@@ -125,6 +155,7 @@ async def _check_outputs(
         if key not in fields:
             raise OpIOError(name, "output", str(key), f"one of {sorted(fields)}", "an unknown key")
     params: dict[str, Any] = {}
+    files: list[tuple[str, Any]] = []
     arts: dict[str, Any] = {}
     for key, field in fields.items():
         if key not in out:
@@ -133,13 +164,28 @@ async def _check_outputs(
                 continue
             raise OpIOError(name, "output", key, field.describe(), "nothing (the key is missing)")
         if field.artifact is not None:
-            arts[key] = await _thread(
-                store_output, store, name, key, field.artifact, out[key], workdir
-            )
+            files.append((key, out[key]))
         else:
             params[key] = check_value(name, "output", key, field.type, out[key])
-    await _thread(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
-    return {"parameters": params, "artifacts": arts}
+    return params, files, arts
+
+
+def _store_files(
+    step: Step,
+    store: ArtifactStore,
+    name: str,
+    op_in: OPIO,
+    files: list[tuple[str, Any]],
+    arts: dict[str, Any],
+) -> None:
+    """Copy artifact outputs into the store, then drop the working directory (blocking)."""
+    workdir = op_in._path
+    assert workdir is not None
+    for key, value in files:
+        spec = step.all_output_fields[key].artifact
+        assert spec is not None
+        arts[key] = store_output(store, name, key, spec, value, workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
@@ -160,26 +206,46 @@ def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
     return out
 
 
-def make_runner(step: Step, root: Path | None) -> Callable[..., Any]:
-    """The coroutine function of a step's node: it takes upstream results by binding name."""
-    names = source_names(step)
+class StepCall:
+    """What a step's node passes its runner: the step, its wiring, its artifact root."""
 
-    async def run_step(**upstream: Any) -> dict[str, Any]:
-        execution = EXECUTION.get()
-        store = ArtifactStore(run_root(root))
-        literal = await _thread(_literal_artifacts, step, store)
-        params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
-        arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
-        arts.update(literal)
-        if step.slices is None:
-            attempt = ATTEMPT.get(1)
-            return await _call_op(
-                step, store, execution.run_id, step.node_key, attempt, params, arts
-            )
-        return await _run_slices(step, store, execution.run_id, params, arts)
+    __slots__ = ("has_literal", "names", "root", "step")
 
-    run_step.__name__ = run_step.__qualname__ = f"step {step.name}"
-    return run_step
+    def __init__(self, step: Step, root: Path | None) -> None:
+        self.step = step
+        self.root = root
+        self.names = source_names(step)
+        self.has_literal = any(not isinstance(v, OutputRef) for v in step.artifacts.values())
+
+    def __repr__(self) -> str:
+        return f"<StepCall {self.step.name!r}>"
+
+
+async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
+    """The task of every step's node; upstream results arrive by binding name."""
+    step = call.step
+    names = call.names
+    execution = EXECUTION.get()
+    store = ArtifactStore(run_root(call.root))
+    literal = await _thread(_literal_artifacts, step, store) if call.has_literal else {}
+    params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
+    arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
+    arts.update(literal)
+    if step.slices is None:
+        attempt = ATTEMPT.get(1)
+        return await _call_op(step, store, execution.run_id, step.node_key, attempt, params, arts)
+    return await _run_slices(step, store, execution.run_id, params, arts)
+
+
+_tasks: weakref.WeakKeyDictionary[Any, FunctionTask[..., Any]] = weakref.WeakKeyDictionary()
+
+
+def task_for(op: type[OP] | OP) -> FunctionTask[..., Any]:
+    """One task per operator, named after it (so call shapes are checked once per op)."""
+    task = _tasks.get(op)
+    if task is None:
+        task = _tasks[op] = FunctionTask(run_step, {"name": op_name(op)})
+    return task
 
 
 async def _run_slices(

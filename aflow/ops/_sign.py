@@ -6,6 +6,7 @@ Values are checked with pydantic in strict mode: ``"5"`` is not an ``int``.
 from __future__ import annotations
 
 import functools
+import shutil
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -186,12 +187,30 @@ class OPIOSign(Mapping[str, Any]):
 class OPIO(dict[str, Any]):
     """An operator's inputs or outputs: a dict, plus the step's working directory.
 
-    ``op_in.workdir`` is the fresh directory the step runs in: write files
-    there (aflow never changes the process's current directory), and return
-    paths relative to it or absolute.
+    ``op_in.workdir`` is the fresh directory this attempt of the step runs in
+    (made on first use, so an op that never touches files pays nothing): write
+    files there (aflow never changes the process's current directory), and
+    return paths relative to it or absolute.
     """
 
-    workdir: Path | None = None
+    _path: Path | None = None
+    _made: bool = False
+
+    @property
+    def workdir(self) -> Path | None:
+        """This attempt's own, initially empty, working directory."""
+        path = self._path
+        if path is not None and not self._made:
+            if path.exists():  # an attempt of a resumed run: never see the dead one's files
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+            self._made = True
+        return path
+
+    @workdir.setter
+    def workdir(self, path: Path | None) -> None:
+        self._path = path
+        self._made = False
 
 
 @functools.lru_cache(maxsize=512)

@@ -16,7 +16,7 @@ from .._runtime._states import NodeState, RunStatus
 from .._task import FunctionTask
 from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
 from ._expr import Expression
-from ._runner import SLICES_ATTR, make_runner, source_names
+from ._runner import SLICES_ATTR, StepCall, task_for
 from ._step import OutputRef, Step
 
 if TYPE_CHECKING:
@@ -629,7 +629,8 @@ def _compile(wf: Workflow) -> Graph:
                 when=_guard(step, sources, collected),
             )
             parents.append(guard)
-        binding_names = source_names(step)
+        call = StepCall(step, wf._root)
+        binding_names = call.names
         bindings = tuple(
             (binding_names[id(s)], node_of[id(s)], None) for s in sources if id(s) in binding_names
         )
@@ -642,12 +643,10 @@ def _compile(wf: Workflow) -> Graph:
                 "continue_on_failed": step.continue_on_failed,
             }
         )
-        task: FunctionTask[..., Any] = FunctionTask(
-            make_runner(step, wf._root), {"name": step.name}
-        )
         node_of[id(step)] = builder.add(
             NodeKind.TASK,
-            task,
+            task_for(step.op),
+            args=(call,),
             key=step.node_key,
             parents=tuple(dict.fromkeys(parents)),
             options=options,
