@@ -118,6 +118,19 @@ async def test_hello_world_downloads_both_files(tmp_path: Path) -> None:
     assert (tmp_path / "results.txt").read_text() == "1"
 
 
+async def test_typed_ops_example_reuses_the_simulation(tmp_path: Path) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import typed_ops  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    typed_ops.simulations = 0
+    outcome = await typed_ops.main(tmp_path)
+    assert outcome["simulations"] == 5  # the second run reused them all
+    assert outcome["flag"] == "Skipped"  # the lowered scores miss the threshold
+    assert outcome["report"].splitlines()[2] == "candidate 2: 0.80"
+
+
 async def test_workflow_query_status_and_step_record(tmp_path: Path) -> None:
     step0 = Step("step0", PythonOPTemplate(WriteFile), parameters={"msg": "hi", "number": 7})
     wf = Workflow("python", artifacts=tmp_path / "arts").add(step0)

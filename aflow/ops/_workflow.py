@@ -363,13 +363,14 @@ class Workflow:
         phase: str | Sequence[str] | None = None,
     ) -> list[StepRecord]:
         """Records of the steps that match (all of them without arguments), skipped
-        steps included, in the order the workflow lists them. A sliced step's
-        slices match by their own keys (``name-0`` or the step's templated key)."""
+        steps included, in an order where every step follows those it depends on.
+        A sliced step's slices match by their own keys (``name-0`` or the step's
+        templated key)."""
         run = self.run
         root = self._run_root or self._root or default_root(None)
         results = run.results()
         found: list[StepRecord] = []
-        for step in self.steps:
+        for step in _order(self)[0]:
             record = self._record(step, run, results, root)
             candidates = [record, *record.slices] if key is not None else [record]
             for candidate in candidates:
