@@ -358,21 +358,29 @@ async def test_directories_dicts_and_local_files_as_artifacts(tmp_path: Path) ->
     assert local.read_text() == "from the caller"
 
 
-async def test_artifacts_default_beside_the_sqlite_store(tmp_path: Path) -> None:
+async def test_artifacts_default_beside_the_sqlite_store(
+    tmp_path: Path, counts: pathlib.Path
+) -> None:
     from tests import durable_workflows as dw
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    os.environ["AFLOW_COUNTS"] = str(tmp_path / "counts.json")
-    try:
-        async with aflow.Runtime(store=url) as rt:
-            wf = dw.ops_files(start=3)  # built by an @aflow.workflow: durable
-            run = await wf.submit(runtime=rt)
-            assert await run.result() == {"consume": {"text": "hello 3"}}
-    finally:
-        del os.environ["AFLOW_COUNTS"]
+    async with aflow.Runtime(store=url) as rt:
+        wf = dw.ops_files(start=3)  # built by an @aflow.workflow: durable
+        run = await wf.submit(runtime=rt)
+        assert await run.result() == {"consume": {"text": "hello 3"}}
     assert (tmp_path / "runs.db.artifacts" / "objects").is_dir()
     [path] = download_artifact(wf.query_step(name="produce")[0].outputs.artifacts["out"], tmp_path)
     assert path.read_text() == "hello 3"
+    # later, another runtime (another process, say) reads the run back from the store
+    async with aflow.Runtime(store=url):
+        again = await Workflow.load(run.id)
+    assert again.query_status() == "Succeeded"
+    records = {r.name: r for r in again.query_step()}
+    assert records["consume"].outputs.parameters["text"].value == "hello 3"
+    assert records["produce"].attempts == 1
+    assert records["produce"].started_at is not None
+    [copy] = download_artifact(records["produce"].outputs.artifacts["out"], tmp_path / "again")
+    assert copy.read_text() == "hello 3"
 
 
 async def test_a_plain_workflow_cannot_run_durably(tmp_path: Path) -> None:
@@ -839,3 +847,8 @@ async def test_artifacts_survive_a_crash_and_the_resumed_run_reads_them(
         assert await run.result() == {"consume": {"text": "hello 1"}}
     # the file the dead process produced was read by the resumed run; produce ran once
     assert read_counts(counts) == {"produce": 1, "consume": 2}
+    async with aflow.Runtime(store=store_url) as rt:
+        wf = await Workflow.load(run_id, runtime=rt)
+    [produce] = wf.query_step(name="produce")
+    [path] = download_artifact(produce.outputs.artifacts["out"], tmp_path / "dl")
+    assert path.read_text() == "hello 1"

@@ -8,12 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from .._exceptions import CycleError, DuplicateTaskError, SignatureError
+from .._exceptions import CycleError, DuplicateTaskError, RecordedError, SignatureError
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
 from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
-from .._runtime._states import NodeState, RunStatus
+from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
+from .._workflow import resolve_workflow
+from ..stores._base import NodeRecord, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
 from ._expr import Expression
 from ._runner import SLICES_ATTR, StepCall, task_for
@@ -204,6 +206,63 @@ def _outputs_view(raw: dict[str, Any] | None, root: Path, shapes: Mapping[str, s
     return StepIO(params, arts)
 
 
+_STORED_STATES = {
+    "running": NodeState.RUNNING,
+    "retrying": NodeState.RETRYING,
+    "succeeded": NodeState.SUCCEEDED,
+    "ended": NodeState.SUCCEEDED,
+    "reused": NodeState.SUCCEEDED,
+    "not_started": NodeState.PENDING,
+    "failed": NodeState.FAILED,
+    "reverted": NodeState.REVERTED,
+    "revert_failed": NodeState.REVERT_FAILED,
+}
+
+
+@final
+class _StoredRun:
+    """A run read back from a durable store: what ``query_step`` needs, from its records."""
+
+    __slots__ = ("_finished_ok", "_infos", "_results", "status")
+
+    def __init__(
+        self, record: RunRecord, nodes: Mapping[str, NodeRecord], loads: Callable[[str], Any]
+    ) -> None:
+        self.status = RunStatus(record.status)
+        finished = self.status.finished
+        self._results: dict[str, Any] = {}
+        self._infos: dict[str, StepInfo] = {}
+        for key, node in nodes.items():
+            state = _STORED_STATES.get(node.state, NodeState.PENDING)
+            if state is NodeState.SUCCEEDED and node.result is not None:
+                self._results[key] = loads(node.result)
+            if finished and state in (NodeState.RUNNING, NodeState.RETRYING):
+                state = NodeState.CANCELLED
+            self._infos[key] = StepInfo(
+                key=key,
+                task=key,
+                state=state,
+                result=None,
+                error=RecordedError(node.error) if node.error else None,
+                attempts=node.attempt,
+                started_at=node.started_at,
+                finished_at=node.finished_at,
+                duration_s=None,
+            )
+        self._finished_ok = finished and self.status is RunStatus.SUCCEEDED
+
+    def step(self, key: str) -> StepInfo:
+        found = self._infos.get(key)
+        if found is not None:
+            return found
+        # not on record: skipped, in a run that succeeded; never started, otherwise
+        state = NodeState.SKIPPED if self._finished_ok else NodeState.PENDING
+        return StepInfo(key, key, state, None, None, 0, None, None, None)
+
+    def results(self) -> dict[str, Any]:
+        return self._results
+
+
 def _match(value: str, wanted: str | Sequence[str] | None) -> bool:
     if wanted is None:
         return True
@@ -249,6 +308,7 @@ class Workflow:
         self._run: Run[Any] | None = None
         self._run_root: Path | None = None
         self._reused: set[str] = set()
+        self._stored: _StoredRun | None = None
 
     def __repr__(self) -> str:
         return f"<ops.Workflow {self.name!r} [{len(self.steps)} steps]>"
@@ -334,6 +394,7 @@ class Workflow:
         else:
             run = await rt.submit(self, **options)
         self._run = run
+        self._stored = None
         self._run_root = root
         return run
 
@@ -344,6 +405,31 @@ class Workflow:
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
         return self._run
 
+    @classmethod
+    async def load(cls, run_id: str, *, runtime: Runtime | None = None) -> Workflow:
+        """A workflow run by any process, read back from a durable store, to query its
+        steps and download its artifacts (dflow's ``Workflow(id=...)``).
+
+        The run's ``@aflow.workflow`` is called again with the run's parameters;
+        a run this runtime is driving is followed live.
+        """
+        rt = runtime if runtime is not None else CURRENT_RUNTIME.get(None)
+        if rt is None or rt.store is None:
+            raise RuntimeError("Workflow.load() needs an entered aflow.Runtime with a store")
+        store = rt.store
+        record = await store.get_run(run_id)
+        builder = resolve_workflow(record.workflow)
+        loads = rt._serializer_of(record).loads
+        built = builder(**loads(record.params))
+        if not isinstance(built, Workflow):
+            raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
+        built._run_root = built._root or default_root(store)
+        try:
+            built._run = rt.get(run_id)
+        except KeyError:
+            built._stored = _StoredRun(record, await store.load_nodes(run_id), loads)
+        return built
+
     async def wait(self) -> str:
         """Wait for the run to end and return its status; never raises for a failed run."""
         await self.run.wait()
@@ -352,6 +438,8 @@ class Workflow:
     def query_status(self) -> str:
         """``Pending``, ``Running``, ``Succeeded`` or ``Failed`` (reverted and cancelled
         runs are ``Failed``; ``wf.run.status`` tells them apart)."""
+        if self._stored is not None:
+            return _STATUS[self._stored.status]
         if self._run is None:
             return "Pending"
         return _STATUS[self._run.status]
@@ -366,7 +454,7 @@ class Workflow:
         steps included, in an order where every step follows those it depends on.
         A sliced step's slices match by their own keys (``name-0`` or the step's
         templated key)."""
-        run = self.run
+        run: Run[Any] | _StoredRun = self._stored if self._stored is not None else self.run
         root = self._run_root or self._root or default_root(None)
         results = run.results()
         found: list[StepRecord] = []
@@ -383,7 +471,7 @@ class Workflow:
         return found
 
     def _record(
-        self, step: Step, run: Run[Any], results: Mapping[str, Any], root: Path
+        self, step: Step, run: Run[Any] | _StoredRun, results: Mapping[str, Any], root: Path
     ) -> StepRecord:
         info = run.step(step.node_key)
         raw = results.get(step.node_key) if info.state is NodeState.SUCCEEDED else None
