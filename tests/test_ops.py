@@ -852,3 +852,35 @@ async def test_artifacts_survive_a_crash_and_the_resumed_run_reads_them(
     [produce] = wf.query_step(name="produce")
     [path] = download_artifact(produce.outputs.artifacts["out"], tmp_path / "dl")
     assert path.read_text() == "hello 1"
+
+
+async def test_retries_and_timeouts_apply_to_each_slice() -> None:
+    tries: dict[int, int] = {}
+
+    @op(outputs={"x": int})
+    async def shaky(x: int):
+        tries[x] = tries.get(x, 0) + 1
+        if x == 2 and tries[x] == 1:
+            raise ConnectionError("once")
+        if x == 3 and tries[x] < 3:
+            await anyio.sleep_forever()  # times out twice, then answers
+        return {"x": x}
+
+    sliced = Slices(input_parameter=["x"], output_parameter=["x"])
+    ok = Step("s", shaky, parameters={"x": [1, 2, 3]}, slices=sliced, retries=2, timeout=0.05)
+    wf = Workflow("w").add(ok)
+    with anyio.fail_after(10):
+        assert await run_wf(wf) == "Succeeded"
+    [record] = wf.query_step()
+    assert [s.attempts for s in record.slices] == [1, 2, 3]
+    assert record.outputs.parameters["x"].value == [1, 2, 3]
+
+    tries.clear()
+    short = Step("s", shaky, parameters={"x": [3]}, slices=sliced, retries=1, timeout=0.05)
+    wf = Workflow("w").add(short)
+    with anyio.fail_after(10):
+        assert await run_wf(wf) == "Failed"
+    [record] = wf.query_step()
+    assert isinstance(record.error, aflow.TaskTimeout)
+    assert record.slices[0].attempts == 2
+    assert record.slices[0].phase == "Failed"
