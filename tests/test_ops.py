@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypedDict
 import anyio
 import anyio.lowlevel
 import pytest
+from pydantic import BaseModel
 
 import aflow
 from aflow import ops
@@ -884,3 +885,280 @@ async def test_retries_and_timeouts_apply_to_each_slice() -> None:
     assert isinstance(record.error, aflow.TaskTimeout)
     assert record.slices[0].attempts == 2
     assert record.slices[0].phase == "Failed"
+
+
+# --- regressions found in review ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sliced", [False, True])
+async def test_timeouts_apply_to_sync_ops_too(sliced: bool) -> None:
+    release = threading.Event()
+
+    @op(outputs={"y": int})
+    def slow(x: int):
+        release.wait(5)  # blocks its thread until the timeout has fired
+        return {"y": x}
+
+    options: dict[str, Any] = {"timeout": 0.05}
+    if sliced:
+        options["slices"] = Slices(input_parameter=["x"], output_parameter=["y"])
+    wf = Workflow("t").add(Step("s", slow, parameters={"x": [1] if sliced else 1}, **options))
+    async with aflow.Runtime():
+        await wf.submit()
+        with anyio.fail_after(10):
+            while wf.query_step()[0].phase == "Pending" or (wf.query_step()[0].started_at is None):
+                await anyio.lowlevel.checkpoint()
+            await anyio.sleep(0.1)  # the timeout fires while the thread is blocked
+            release.set()
+            assert await wf.wait() == "Failed"
+    error = wf.query_step()[0].error
+    assert isinstance(error, aflow.TaskTimeout), error
+
+
+def test_slice_keys_may_not_clash_with_other_keys() -> None:
+    sliced = Slices(input_parameter=["x"], output_parameter=["sum"])
+    a = Step("a", add, parameters={"x": [1, 2]}, slices=sliced, key="job-{{item}}")
+    b = Step("b", add, parameters={"x": [3, 4]}, slices=sliced, key="job-{{item}}")
+    with pytest.raises(aflow.DuplicateTaskError, match="job-"):
+        aflow.compile(Workflow("k").add([a, b]))
+    s = Step("s", add, parameters={"x": [1]}, slices=sliced)
+    plain = Step("s-0", add, parameters={"x": 1})
+    with pytest.raises(aflow.DuplicateTaskError, match="s-0"):
+        aflow.compile(Workflow("k").add([s, plain]))
+
+
+async def test_max_concurrency_bounds_the_slices_of_a_run() -> None:
+    in_flight = 0
+    peak = 0
+    full = anyio.Event()
+
+    @op(outputs={"x": int})
+    async def probe(x: int):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight == 2:
+            full.set()
+        await full.wait()
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        in_flight -= 1
+        return {"x": x}
+
+    sliced = Slices(input_parameter=["x"], output_parameter=["x"])  # no pool_size
+    wf = Workflow("w").add(Step("p", probe, parameters={"x": list(range(12))}, slices=sliced))
+    async with aflow.Runtime(max_concurrency=2):
+        await wf.submit()
+        with anyio.fail_after(10):
+            assert await wf.wait() == "Succeeded"
+    assert peak == 2
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["{{steps.s1.outputs.parameters.text}} > 5", lambda seen: seen["nope"]],
+    ids=["expression", "callable"],
+)
+async def test_a_when_that_raises_fails_its_step_which_continue_on_failed_covers(
+    when: Any,
+) -> None:
+    s1 = Step("s1", to_text, parameters={"x": 1})  # text "1": "1" > 5 raises TypeError
+    s2 = Step("s2", add, parameters={"x": 1}, when=when, continue_on_failed=True, retries=2)
+    s3 = Step("s3", add, parameters={"x": 2})
+    wf = Workflow("w").add(s1).add(s2).add(s3)
+    assert await run_wf(wf) == "Succeeded"
+    records = {r.name: r for r in wf.query_step()}
+    assert records["s2"].phase == "Failed"
+    assert isinstance(records["s2"].error, ops.WhenError)
+    assert records["s2"].attempts == 1  # a broken condition is not retried
+    assert records["s3"].phase == "Succeeded"
+    strict = Step("s2", add, parameters={"x": 1}, when=when)
+    wf = Workflow("w").add(Step("s1", to_text, parameters={"x": 1})).add(strict)
+    assert await run_wf(wf) == "Failed"
+    assert isinstance(wf.query_step(name="s2")[0].error, ops.WhenError)
+
+
+async def test_a_keyed_resubmit_queries_the_stored_run(tmp_path: Path, counts: Path) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        first = dw.ops_files(start=5)
+        await first.submit(runtime=rt, idempotency_key="k1")
+        assert await first.wait() == "Succeeded"
+    async with aflow.Runtime(store=url) as rt:
+        again = dw.ops_files(start=5)
+        await again.submit(runtime=rt, idempotency_key="k1")  # nothing runs twice
+        assert await again.wait() == "Succeeded"
+    records = {r.name: r for r in again.query_step()}
+    assert records["consume"].outputs.parameters["text"].value == "hello 5"
+    [path] = download_artifact(records["produce"].outputs.artifacts["out"], tmp_path / "dl")
+    assert path.read_text() == "hello 5"
+
+
+async def test_sync_ops_use_the_runtime_threads() -> None:
+    barrier = threading.Barrier(2, timeout=0.3)
+    together: list[bool] = []
+
+    @op(outputs={"ok": bool})
+    def meet(i: int):
+        try:
+            barrier.wait()
+            together.append(True)
+        except threading.BrokenBarrierError:
+            together.append(False)
+        return {"ok": True}
+
+    steps = [Step(f"m{i}", meet, parameters={"i": i}) for i in range(2)]
+    async with aflow.Runtime(threads=1):
+        wf = Workflow("w").add(steps)
+        await wf.submit()
+        assert await wf.wait() == "Succeeded"
+    assert together == [False, False]  # one thread: they never met
+    barrier.reset()
+    together.clear()
+    async with aflow.Runtime(threads=2):
+        wf = Workflow("w").add([Step(f"m{i}", meet, parameters={"i": i}) for i in range(2)])
+        await wf.submit()
+        assert await wf.wait() == "Succeeded"
+    assert together == [True, True]
+
+
+async def test_an_op_instance_need_not_be_hashable() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Scale(OP):
+        factor: int = 2
+
+        @classmethod
+        def get_input_sign(cls) -> OPIOSign:
+            return OPIOSign({"x": int})
+
+        @classmethod
+        def get_output_sign(cls) -> OPIOSign:
+            return OPIOSign({"y": int})
+
+        async def execute(self, op_in: OPIO) -> OPIO:
+            return OPIO({"y": op_in["x"] * self.factor})
+
+    wf = Workflow("dc").add(Step("s", PythonOPTemplate(Scale(3)), parameters={"x": 2}))
+    assert await aflow.run(wf) == {"s": {"y": 6}}
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ['"%0999999999d" % 1 == "x"', "-" * 2000 + "1 > 0", "1" + " + 1" * 3000 + " > 0"],
+)
+async def test_when_expressions_cannot_exhaust_memory_or_the_stack(expression: str) -> None:
+    try:
+        step = Step("t", add, parameters={"x": 1}, when=expression)
+    except aflow.SignatureError:
+        return  # refused when built
+    wf = Workflow("w").add(step)
+    assert await run_wf(wf) == "Failed"
+    assert isinstance(wf.query_step()[0].error, ops.WhenError)
+
+
+async def test_directories_keep_empty_folders_and_manifests_stay_inside(tmp_path: Path) -> None:
+    @op(outputs={"d": Artifact(Path)})
+    async def tree(workdir: Path):
+        (workdir / "out" / "empty" / "deeper").mkdir(parents=True)
+        (workdir / "out" / "f.txt").write_text("f")
+        return {"d": Path("out")}
+
+    wf = Workflow("w", artifacts=tmp_path / "s").add(Step("t", tree))
+    assert await run_wf(wf) == "Succeeded"
+    value = wf.query_step()[0].outputs.artifacts["d"]
+    assert value is not None
+    [d] = download_artifact(value, tmp_path / "dl")
+    assert (d / "empty" / "deeper").is_dir()
+    assert (d / "f.txt").read_text() == "f"
+    evil = ops.ArtifactValue(value.root, {"file": "0" * 64, "name": "../escape"}, "one")
+    with pytest.raises(ValueError, match="outside"):
+        download_artifact(evil, tmp_path / "dl2")
+
+
+def test_op_functions_and_wiring_shapes_are_checked_when_built(tmp_path: Path) -> None:
+    with pytest.raises(aflow.SignatureError, match="named parameters only"):
+
+        @op(outputs={})
+        async def positional(x: int, /):
+            return {}
+
+    with pytest.raises(aflow.SignatureError, match="given twice"):
+
+        @op(outputs={})
+        async def twice(x: Parameter(int, default=5) = 7):  # type: ignore[valid-type]
+            return {}
+
+    @op(outputs={"fs": Artifact(list[Path])})
+    async def many():
+        return {"fs": []}
+
+    @op(outputs={})
+    async def one(f: Artifact(Path), d: Artifact(dict[str, Path], optional=True) = None):  # type: ignore[valid-type]
+        return {}
+
+    m = Step("m", many)
+    with pytest.raises(aflow.SignatureError, match="is wired to"):
+        Step("o", one, artifacts={"f": m.outputs.artifacts["fs"]})
+    local = tmp_path / "x.txt"
+    local.write_text("x")
+    with pytest.raises(aflow.SignatureError, match="dict of local paths"):
+        Step("o", one, artifacts={"f": local, "d": local})
+    sliced = Slices(input_parameter=["x", "y"])
+    with pytest.raises(aflow.SignatureError, match="one length"):
+        Step("a", add, parameters={"x": [1, 2], "y": [1]}, slices=sliced)
+
+
+class Point(BaseModel):
+    x: int
+
+
+async def test_reuse_without_a_store_keeps_values_as_they_are() -> None:
+    @op(outputs={"p": Point})
+    async def make():
+        return {"p": Point(x=1)}
+
+    @op(outputs={"x": int})
+    async def read_point(p: Point):
+        return {"x": p.x}
+
+    def build() -> Workflow:
+        mk = Step("mk", make)
+        return (
+            Workflow("w")
+            .add(mk)
+            .add(Step("rd", read_point, parameters={"p": mk.outputs.parameters["p"]}))
+        )
+
+    first = build()
+    assert await run_wf(first) == "Succeeded"
+    [record] = first.query_step(name="mk")
+    record.modify_output_parameter("p", Point(x=41))
+    second = build()
+    assert await run_wf(second, reuse_step=[record]) == "Succeeded"
+    assert second.query_step(name="rd")[0].outputs.parameters["x"].value == 41
+
+
+async def test_work_dirs_go_when_the_run_succeeds_and_stay_when_it_fails(tmp_path: Path) -> None:
+    @op(outputs={"f": Artifact(Path)})
+    async def keep(workdir: Path):
+        (workdir / "a.txt").write_text("a")
+        return {"f": Path("a.txt")}
+
+    ok = Workflow("ok", artifacts=tmp_path).add(Step("k", keep))
+    assert await run_wf(ok, run_id="../../escape") == "Succeeded"
+    assert not (tmp_path.parent.parent / "escape").exists()
+    assert list((tmp_path / "work").iterdir()) == []
+
+    @op(outputs={"y": int})
+    async def fail(workdir: Path):
+        (workdir / "clue.txt").write_text("why")
+        raise RuntimeError("no")
+
+    bad = Workflow("bad", artifacts=tmp_path).add(Step("f", fail))
+    assert await run_wf(bad) == "Failed"
+    clues = list((tmp_path / "work").rglob("clue.txt"))
+    assert [c.read_text() for c in clues] == ["why"]  # kept to look into

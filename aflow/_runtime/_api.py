@@ -76,6 +76,10 @@ def _load_options(record: RunRecord) -> dict[str, Any]:
     return {k: v for k, v in stored.items() if k in _STORED_OPTIONS}
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
     return {name: Limit(name, total) for name, total in (limits or {}).items()}
 
@@ -794,10 +798,15 @@ class Runtime:
         )
 
     def _reused(self, graph: Graph, reuse: Mapping[str, Any]) -> dict[str, NodeRecord]:
+        """Records of reused outputs: serialised for a store, as they are without one."""
         taken: dict[str, NodeRecord] = {}
         for key, value in reuse.items():
             graph.node(key)  # KeyError naming the known keys
-            taken[key] = NodeRecord(key, "reused", 1, self._serializer.dumps(value, task=key))
+            if self._store is not None:
+                value = self._serializer.dumps(value, task=key)
+            elif value is None:
+                raise ValueError(f"cannot reuse node {key!r}: its output is None")
+            taken[key] = NodeRecord(key, "reused", 1, value)
         return taken
 
     def _start(
@@ -826,7 +835,7 @@ class Runtime:
         if restore is not None:
             # the run's own serializer reads its records
             records, unwinding, trigger, failed_before = restore
-            decode = (journal.serializer if journal is not None else self._serializer).loads
+            decode = journal.serializer.loads if journal is not None else _as_is
             execution.restore(
                 records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
             )

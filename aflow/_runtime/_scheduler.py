@@ -1493,7 +1493,8 @@ class Execution:
         if node.when is not None:
             self._started[node.index] = _perf_counter()
             try:
-                go = node.when({self._nodes[p].key: results[p] for p in sources})
+                # in the run's context, as a task would be (contextvars, the current run)
+                go = self._context.run(node.when, {self._nodes[p].key: results[p] for p in sources})
             except Exception as exc:
                 self._node_failed(node, exc, 1)
                 return

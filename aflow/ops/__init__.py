@@ -28,6 +28,7 @@ from ._op import PythonOPTemplate as PythonOPTemplate
 from ._op import Slices as Slices
 from ._op import op as op
 from ._runner import SlicesBelowThreshold as SlicesBelowThreshold
+from ._runner import WhenError as WhenError
 from ._sign import OPIO as OPIO
 from ._sign import Artifact as Artifact
 from ._sign import OpIOError as OpIOError
@@ -59,6 +60,7 @@ __all__ = [
     "Step",
     "StepIO",
     "StepRecord",
+    "WhenError",
     "Workflow",
     "download_artifact",
     "op",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -97,10 +98,17 @@ class ArtifactStore:
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
 
-    def workdir(self, run_id: str, step: str, attempt: int) -> Path:
-        """Where one attempt of one step works (``OPIO.workdir`` makes it on first use)."""
-        safe = step.replace(os.sep, "_").replace("/", "_") or "_"
-        return self.root / "work" / run_id / safe / str(attempt)
+    def workdir(self, run_id: str, *parts: str) -> Path:
+        """Where one attempt of one step works (``OPIO.workdir`` makes it on first use).
+
+        Each part is escaped (``%xx`` for anything but letters, digits, ``-`` and
+        ``_``), so distinct keys never share a folder and none leaves the root.
+        """
+        return self.root.joinpath("work", *(_safe(p) for p in (run_id, *parts)))
+
+    def run_workdirs(self, run_id: str) -> Path:
+        """The folder of every work dir of one run."""
+        return self.root / "work" / _safe(run_id)
 
     def _put_file(self, path: Path) -> tuple[str, int]:
         sha, size = _hash_file(path)
@@ -122,10 +130,21 @@ class ArtifactStore:
         """Store a file or a directory; return its manifest."""
         if path.is_dir():
             entries: list[list[Any]] = []
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                sha, size = self._put_file(file)
-                entries.append([file.relative_to(path).as_posix(), sha, size])
-            return {"dir": path.name, "entries": entries}
+            empty: list[str] = []
+            for folder, subdirs, files in os.walk(path):
+                here = Path(folder)
+                if not subdirs and not files and here != path:
+                    empty.append(here.relative_to(path).as_posix())
+                for file in files:
+                    full = here / file
+                    if full.is_file():  # a dangling link is left out
+                        sha, size = self._put_file(full)
+                        entries.append([full.relative_to(path).as_posix(), sha, size])
+            entries.sort()
+            manifest: dict[str, Any] = {"dir": path.name, "entries": entries}
+            if empty:
+                manifest["empty"] = sorted(empty)
+            return manifest
         sha, size = self._put_file(path)
         return {"file": sha, "name": path.name, "size": size}
 
@@ -143,6 +162,7 @@ class ArtifactStore:
 
     def materialize(self, manifest: dict[str, Any], into: Path) -> Path:
         """Write a manifest's file or directory under ``into``; return its path there."""
+        _check_manifest(manifest)
         into.mkdir(parents=True, exist_ok=True)
         if "dir" in manifest:
             top = into / (manifest["dir"] or "dir")
@@ -151,6 +171,8 @@ class ArtifactStore:
                 dest = top / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self._copy_object(sha, dest)
+            for rel in manifest.get("empty", ()):
+                (top / rel).mkdir(parents=True, exist_ok=True)
             return top
         dest = into / str(manifest["name"])
         self._copy_object(manifest["file"], dest)
@@ -161,6 +183,34 @@ class ArtifactStore:
         if not source.exists():
             raise FileNotFoundError(f"artifact object {sha} is missing from {self.root}")
         shutil.copyfile(source, dest)  # a copy: the step may change its inputs freely
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _safe(part: str) -> str:
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02x}" for b in m.group().encode()), part) or "%"
+
+
+def _inside(rel: str) -> bool:
+    path = Path(rel)
+    return bool(rel) and not path.is_absolute() and ".." not in path.parts
+
+
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    """A manifest names files inside the folder it is written to, and nothing else."""
+    if "dir" in manifest:
+        names = [manifest["dir"] or "dir", *(e[0] for e in manifest["entries"])]
+        names += list(manifest.get("empty", ()))
+    else:
+        names = [manifest["name"]]
+    bad = [n for n in names if not isinstance(n, str) or not _inside(n)]
+    if (
+        bad
+        or ("dir" in manifest and "/" in (manifest["dir"] or ""))
+        or "/" in manifest.get("name", "")
+    ):
+        raise ValueError(f"artifact manifest names a path outside its folder: {bad or names}")
 
 
 def _shas(manifest: dict[str, Any]) -> Iterator[str]:

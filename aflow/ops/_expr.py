@@ -23,6 +23,8 @@ from .._exceptions import SignatureError
 
 __all__ = ["Expression"]
 
+_MAX_LENGTH = 2000
+_MAX_DEPTH = 50
 _REF = re.compile(
     r"\{\{\s*steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.parameters\.([^\s{}]+)\s*\}\}"
 )
@@ -75,12 +77,20 @@ class Expression:
         if "{{" in source:
             raise SignatureError(step, f"cannot read the reference in {text!r}", "when")
         source = source.replace("&&", " and ").replace("||", " or ")
+        if len(source) > _MAX_LENGTH:
+            raise SignatureError(
+                step, f"a when expression is at most {_MAX_LENGTH} characters", "when"
+            )
         try:
             tree = ast.parse(source.strip(), mode="eval")
+        except RecursionError:
+            raise SignatureError(step, f"is nested too deeply: {text[:60]!r}...", "when") from None
         except SyntaxError as exc:
             raise SignatureError(
                 step, f"is not a valid expression: {text!r} ({exc.msg})", "when"
             ) from None
+        if _depth(tree) > _MAX_DEPTH:
+            raise SignatureError(step, f"is nested too deeply: {text[:60]!r}...", "when")
         for node in ast.walk(tree):
             if not isinstance(
                 node,
@@ -133,6 +143,17 @@ class Expression:
         return _eval(self._tree.body, bound)
 
 
+def _depth(node: ast.AST) -> int:
+    """How deep the tree goes (iteratively: a deep tree must not exhaust the stack here)."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(current))
+    return deepest
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -163,8 +184,8 @@ def _eval(node: ast.AST, names: Mapping[str, Any]) -> Any:
         return -operand if isinstance(node.op, ast.USub) else +operand
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, names), _eval(node.right, names)
-        if isinstance(node.op, ast.Mult) and not (_is_number(left) and _is_number(right)):
-            raise TypeError("'*' in a when expression multiplies numbers only")
+        if isinstance(node.op, ast.Mult | ast.Mod) and not (_is_number(left) and _is_number(right)):
+            raise TypeError("'*' and '%' in a when expression take numbers only")
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.Compare):
         left = _eval(node.left, names)
@@ -174,6 +195,8 @@ def _eval(node: ast.AST, names: Mapping[str, Any]) -> Any:
                 return False
             left = right
         return True
-    if isinstance(node, ast.List | ast.Tuple):
+    if isinstance(node, ast.List):
         return [_eval(item, names) for item in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_eval(item, names) for item in node.elts)
     raise TypeError(f"unexpected {type(node).__name__}")  # pragma: no cover - refused at parse

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, final, overload
 
 from .._exceptions import SignatureError
-from ._sign import OPIO, Artifact, OPIOSign, Parameter
+from ._sign import MISSING, OPIO, Artifact, OPIOSign, Parameter
 
 __all__ = ["OP", "PythonOPTemplate", "Slices", "op", "template_of"]
 
@@ -125,17 +125,23 @@ def _make_op(fn: Callable[..., Any], declared: Mapping[str, Any] | None) -> type
     inputs: dict[str, Any] = {}
     takes_workdir = False
     for pname, param in params.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
             raise SignatureError(name, "an @op function takes named parameters only", pname)
         if pname == "workdir":
             takes_workdir = True
             continue
         spec = _unwrap(annotations.get(pname, Any))
         if param.default is not param.empty:
+            if isinstance(spec, Parameter) and spec.default is not MISSING:
+                raise SignatureError(
+                    name, "the default is given twice (in Parameter() and after '=')", pname
+                )
             if isinstance(spec, Artifact):
                 spec = Artifact(spec.type, optional=True)
-            elif not isinstance(spec, Parameter):
-                spec = Parameter(spec, default=param.default)
+            else:
+                spec = Parameter(
+                    spec.type if isinstance(spec, Parameter) else spec, default=param.default
+                )
         inputs[pname] = spec
     if declared is not None:
         outputs = {k: _unwrap(v) for k, v in declared.items()}

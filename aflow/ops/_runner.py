@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
+import anyio.lowlevel
 
-from .._exceptions import RunError, TaskTimeout
+from .._exceptions import AflowError, RunError, TaskTimeout
 from .._runtime._current import ATTEMPT, EXECUTION
+from .._runtime._scheduler import Execution
 from .._runtime._threads import run_in_thread
 from .._task import FunctionTask
 from ._artifacts import ArtifactStore, default_root, load_input, store_output
@@ -30,6 +31,8 @@ __all__ = [
     "StepCall",
     "run_root",
     "run_step",
+    "in_thread",
+    "retryable",
     "source_names",
     "task_for",
 ]
@@ -48,6 +51,39 @@ class SlicesBelowThreshold(RunError):
         super().__init__(run_id, f"step {step!r}: {succeeded} of {total} slices succeeded")
 
 
+class WhenError(AflowError):
+    """A step's ``when`` condition raised: the step fails with this (never retried)."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        self.step = step
+        self.error = error
+        super().__init__(
+            f"the when condition of step {step!r} raised {type(error).__name__}: {error}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.error))
+
+
+#: Conditions that raised, by run and step key (the guard lets the step run to fail with it).
+WHEN_ERRORS: weakref.WeakKeyDictionary[Execution, dict[str, BaseException]] = (
+    weakref.WeakKeyDictionary()
+)
+#: The slices of each running sliced step, by run and step key (live progress for queries).
+LIVE_SLICES: weakref.WeakKeyDictionary[Execution, dict[str, list[dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+#: One limiter per run for the slices of all its sliced steps, sized by max_concurrency.
+_RUN_POOLS: weakref.WeakKeyDictionary[Execution, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def retryable(error: BaseException) -> bool:
+    """A step's retry rule: any exception but a failed condition."""
+    return isinstance(error, Exception) and not isinstance(error, WhenError)
+
+
 def run_root(explicit: Path | None) -> Path:
     """The artifact root of the run that is executing now."""
     if explicit is not None:
@@ -57,8 +93,20 @@ def run_root(explicit: Path | None) -> Path:
     return default_root(getattr(journal, "store", None))
 
 
-async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking work in the run's threads (its ``Runtime(threads=)`` or executor).
+
+    A thread cannot be interrupted: a cancel (a timeout, say) that came
+    meanwhile is raised once it returns, so its result is dropped.
+    """
+    call = functools.partial(fn, *args)
+    execution = EXECUTION.get(None)
+    if execution is not None:
+        result = await execution._in_thread(call)
+    else:
+        result = await run_in_thread(call, None)
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return result
 
 
 def source_names(step: Step) -> dict[int, str]:
@@ -80,7 +128,7 @@ async def _call_op(
     step: Step,
     store: ArtifactStore,
     run_id: str,
-    key: str,
+    where: tuple[str, ...],
     attempt: int,
     params: Mapping[str, Any],
     artifacts: Mapping[str, Any],
@@ -88,7 +136,7 @@ async def _call_op(
     """One call of the op; returns ``{"parameters": ..., "artifacts": manifests}``."""
     name = op_name(step.op)
     op_in = OPIO()
-    op_in.workdir = store.workdir(run_id, key, attempt)
+    op_in.workdir = store.workdir(run_id, *where, str(attempt))
     fields = step.input_fields
     wanted: list[tuple[Field, Any]] = []
     for field in fields.values():
@@ -110,11 +158,11 @@ async def _call_op(
     execute = instance.execute
     if inspect.iscoroutinefunction(execute):
         if wanted:  # file work happens in a worker thread
-            await _thread(_materialize, store, op_in, wanted)
+            await in_thread(_materialize, store, op_in, wanted)
         out = await execute(op_in)
         params, files, arts = _check_outputs(step, name, out)
         if files or op_in._made:
-            await _thread(_store_files, step, store, name, op_in, files, arts)
+            await in_thread(_store_files, step, store, name, op_in, files, arts)
         return {"parameters": params, "artifacts": arts}
 
     def whole_attempt() -> dict[str, Any]:  # a sync op: one trip to a worker thread in all
@@ -131,7 +179,7 @@ async def _call_op(
             _store_files(step, store, name, op_in, files, arts)
         return {"parameters": params, "artifacts": arts}
 
-    result: dict[str, Any] = await run_in_thread(whole_attempt, None)
+    result: dict[str, Any] = await in_thread(whole_attempt)
     return result
 
 
@@ -227,32 +275,47 @@ async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     names = call.names
     execution = EXECUTION.get()
     store = ArtifactStore(run_root(call.root))
-    literal = await _thread(_literal_artifacts, step, store) if call.has_literal else {}
+    literal = await in_thread(_literal_artifacts, step, store) if call.has_literal else {}
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
     arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
     arts.update(literal)
     if step.slices is None:
         attempt = ATTEMPT.get(1)
-        return await _call_op(step, store, execution.run_id, step.node_key, attempt, params, arts)
-    return await _run_slices(step, store, execution.run_id, params, arts)
+        failed = WHEN_ERRORS.get(execution, {}).get(step.node_key)
+        if failed is not None:
+            raise WhenError(step.name, failed) from failed
+        return await _call_op(
+            step, store, execution.run_id, (step.node_key,), attempt, params, arts
+        )
+    failed = WHEN_ERRORS.get(execution, {}).get(step.node_key)
+    if failed is not None:
+        raise WhenError(step.name, failed) from failed
+    return await _run_slices(step, store, execution, params, arts)
 
 
 _tasks: weakref.WeakKeyDictionary[Any, FunctionTask[..., Any]] = weakref.WeakKeyDictionary()
 
 
 def task_for(op: type[OP] | OP) -> FunctionTask[..., Any]:
-    """One task per operator, named after it (so call shapes are checked once per op)."""
-    task = _tasks.get(op)
+    """One task per operator class, named after it (call shapes are checked once per class;
+    keyed by class, so an unhashable OP instance is fine)."""
+    cls = op if isinstance(op, type) else type(op)
+    task = _tasks.get(cls)
     if task is None:
-        task = _tasks[op] = FunctionTask(run_step, {"name": op_name(op)})
+        task = _tasks[cls] = FunctionTask(run_step, {"name": op_name(op)})
     return task
 
 
 async def _run_slices(
-    step: Step, store: ArtifactStore, run_id: str, params: dict[str, Any], arts: dict[str, Any]
+    step: Step,
+    store: ArtifactStore,
+    execution: Execution,
+    params: dict[str, Any],
+    arts: dict[str, Any],
 ) -> dict[str, Any]:
     slices = step.slices
     assert slices is not None
+    run_id = execution.run_id
     name = op_name(step.op)
     sliced = step.sliced_inputs
     lengths = {}
@@ -276,20 +339,33 @@ async def _run_slices(
             "started_at": None,
             "finished_at": None,
             "error": None,
+            "inputs": {
+                "parameters": {k: (v[i] if k in sliced else v) for k, v in params.items()},
+                "artifacts": {k: (v[i] if k in sliced else v) for k, v in arts.items()},
+            },
             "outputs": None,
         }
         for i in range(n)
     ]
+    live = LIVE_SLICES.setdefault(execution, {})
+    live[step.node_key] = records
     errors: dict[int, BaseException] = {}
     tolerant = (
         step.continue_on_num_success is not None or step.continue_on_success_ratio is not None
     )
-    pool = anyio.CapacityLimiter(slices.pool_size or max(1, -(-n // slices.group_size)))
+    groups = max(1, -(-n // slices.group_size))
+    pool = anyio.CapacityLimiter(slices.pool_size or groups)
+    run_pool = _RUN_POOLS.get(execution)
+    if run_pool is None:
+        bound = min((limit.total for limit in execution._global_limits), default=None)
+        if bound is not None:
+            run_pool = _RUN_POOLS[execution] = anyio.CapacityLimiter(bound)
 
     async def one(i: int) -> None:
         record = records[i]
-        item_params = {k: (v[i] if k in sliced else v) for k, v in params.items()}
-        item_arts = {k: (v[i] if k in sliced else v) for k, v in arts.items()}
+        item_params = record["inputs"]["parameters"]
+        item_arts = record["inputs"]["artifacts"]
+        where = (step.node_key, f"slice-{i}")
         record["phase"] = "Running"
         record["started_at"] = time.time()
         attempt = 0
@@ -301,13 +377,13 @@ async def _run_slices(
                     try:
                         with anyio.fail_after(step.timeout):
                             out = await _call_op(
-                                step, store, run_id, record["key"], attempt, item_params, item_arts
+                                step, store, run_id, where, attempt, item_params, item_arts
                             )
                     except TimeoutError as exc:
                         raise TaskTimeout(run_id, record["key"], attempt, step.timeout) from exc
                 else:
                     out = await _call_op(
-                        step, store, run_id, record["key"], attempt, item_params, item_arts
+                        step, store, run_id, where, attempt, item_params, item_arts
                     )
             except Exception as exc:
                 if attempt <= step.retries:
@@ -327,12 +403,19 @@ async def _run_slices(
             record["outputs"] = out
             return
 
+    async def bounded(i: int) -> None:
+        if run_pool is None:
+            await one(i)
+            return
+        async with run_pool:
+            await one(i)
+
     async def group(start: int) -> None:
         async with pool:
             for i in range(start, min(n, start + slices.group_size)):
                 if errors and not tolerant:
                     return
-                await one(i)
+                await bounded(i)
 
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:

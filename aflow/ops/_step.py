@@ -279,6 +279,16 @@ class Step:
                     right = "artifacts=" if field.is_artifact else "parameters="
                     raise SignatureError(name, f"input {key!r} is given in {right}", key)
                 self._check_input(field, value, key in sliced)
+        given = {**self.parameters, **self.artifacts}
+        lengths = {
+            key: len(given[key])
+            for key in sliced
+            if key in given and isinstance(given[key], list | tuple)
+        }
+        if len(set(lengths.values())) > 1:
+            raise SignatureError(
+                name, f"sliced inputs must be lists of one length, got lengths {lengths}"
+            )
         missing = [
             key
             for key, field in fields.items()
@@ -298,13 +308,28 @@ class Step:
                 raise SignatureError(
                     name, f"input {key!r} is {what}, but is wired to {value!r}", key
                 )
+            source = value.field.artifact
+            if field.artifact is not None and source is not None:
+                wanted = "list" if sliced else field.artifact.shape
+                if source.shape != wanted or (sliced and field.artifact.shape != "one"):
+                    raise SignatureError(
+                        name,
+                        f"input {key!r} takes {field.artifact!r}"
+                        f"{' per slice' if sliced else ''}, but is wired to {value!r}, "
+                        f"an {source!r}",
+                        key,
+                    )
             return
         if field.is_artifact:
             items = (
                 value if sliced or (field.artifact and field.artifact.shape == "list") else [value]
             )
             if field.artifact and field.artifact.shape == "dict" and not sliced:
-                items = list(value.values()) if isinstance(value, Mapping) else [value]
+                if not isinstance(value, Mapping):
+                    raise SignatureError(
+                        name, f"input {key!r} takes a dict of local paths, got {value!r}", key
+                    )
+                items = list(value.values())
             if not isinstance(items, list | tuple) or not all(_is_path(p) for p in items):
                 raise SignatureError(
                     name,

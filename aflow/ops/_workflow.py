@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -12,13 +14,23 @@ from .._exceptions import CycleError, DuplicateTaskError, RecordedError, Signatu
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
 from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
+from .._runtime._current import EXECUTION
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
 from .._workflow import resolve_workflow
 from ..stores._base import NodeRecord, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
 from ._expr import Expression
-from ._runner import SLICES_ATTR, StepCall, task_for
+from ._runner import (
+    LIVE_SLICES,
+    SLICES_ATTR,
+    WHEN_ERRORS,
+    StepCall,
+    in_thread,
+    retryable,
+    run_root,
+    task_for,
+)
 from ._step import OutputRef, Step
 
 if TYPE_CHECKING:
@@ -309,6 +321,7 @@ class Workflow:
         self._run_root: Path | None = None
         self._reused: set[str] = set()
         self._stored: _StoredRun | None = None
+        self._store_runtime: Runtime | None = None
 
     def __repr__(self) -> str:
         return f"<ops.Workflow {self.name!r} [{len(self.steps)} steps]>"
@@ -396,6 +409,13 @@ class Workflow:
         self._run = run
         self._stored = None
         self._run_root = root
+        self._store_runtime = None
+        if rt.store is not None:
+            try:
+                rt.get(run.id)
+            except KeyError:  # an earlier run under this key, or one another process drives
+                self._store_runtime = rt
+                self._stored = await _load_stored(rt, run.id)
         return run
 
     @property
@@ -430,9 +450,15 @@ class Workflow:
             built._stored = _StoredRun(record, await store.load_nodes(run_id), loads)
         return built
 
+    async def refresh(self) -> None:
+        """Read a run that another process drives (or drove) from the store again."""
+        if self._store_runtime is not None and self._run is not None:
+            self._stored = await _load_stored(self._store_runtime, self._run.id)
+
     async def wait(self) -> str:
         """Wait for the run to end and return its status; never raises for a failed run."""
         await self.run.wait()
+        await self.refresh()
         return self.query_status()
 
     def query_status(self) -> str:
@@ -485,14 +511,18 @@ class Workflow:
             if f.artifact is not None
         }
         inputs = _inputs_of(step, results, root)
-        slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None) or []
+        slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
+        if not slice_dicts and isinstance(run, Run) and step.slices is not None:
+            slice_dicts = LIVE_SLICES.get(run._execution, {}).get(step.node_key)  # in progress
         item_shapes = {k: f.artifact.shape for k, f in step.all_output_fields.items() if f.artifact}
+        in_shapes = {k: f.artifact.shape for k, f in step.input_fields.items() if f.artifact}
+        ended = info.state not in (NodeState.RUNNING, NodeState.RETRYING)
         slices = tuple(
             StepRecord(
                 name=step.name,
                 key=item["key"],
-                phase=item["phase"],
-                inputs=StepIO({}, {}),
+                phase=_slice_phase(item["phase"], ended),
+                inputs=_slice_inputs(item.get("inputs"), in_shapes, root),
                 raw=item["outputs"],
                 root=root,
                 shapes=item_shapes,
@@ -502,7 +532,7 @@ class Workflow:
                 error=item["error"],
                 slice_index=item["index"],
             )
-            for item in slice_dicts
+            for item in slice_dicts or ()
         )
         started = finished = None
         if info.started_at is not None:
@@ -524,6 +554,32 @@ class Workflow:
             slices=slices,
             reused=step.node_key in self._reused,
         )
+
+
+async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
+    store = rt.store
+    assert store is not None
+    record = await store.get_run(run_id)
+    return _StoredRun(record, await store.load_nodes(run_id), rt._serializer_of(record).loads)
+
+
+def _slice_phase(phase: str, ended: bool) -> str:
+    """A slice left running or pending when its step was stopped from outside."""
+    if ended and phase == "Running":
+        return "Cancelled"
+    if ended and phase == "Pending":
+        return "Skipped"
+    return phase
+
+
+def _slice_inputs(inputs: Any, shapes: Mapping[str, str], root: Path) -> StepIO:
+    if not inputs:
+        return StepIO({}, {})
+    arts: dict[str, ArtifactValue | None] = {
+        k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"))
+        for k, v in inputs["artifacts"].items()
+    }
+    return StepIO(dict(inputs["parameters"]), arts)
 
 
 def _copy_artifacts(record: StepRecord, root: Path) -> None:
@@ -642,9 +698,7 @@ def _guard(
     data_keys = [s.node_key for s in data]
     when = step.when
 
-    def guard(results: dict[str, Any]) -> bool:
-        if any(results.get(k) is None for k in data_keys):
-            return False  # a source failed and the run went on past it: nothing to read
+    def holds(results: dict[str, Any]) -> bool:
         if isinstance(when, Expression):
             values = {}
             for step_name, param in when.refs:
@@ -663,6 +717,15 @@ def _guard(
             return bool(when(seen))
         return True
 
+    def guard(results: dict[str, Any]) -> bool:
+        if any(results.get(k) is None for k in data_keys):
+            return False  # a source failed and the run went on past it: nothing to read
+        try:
+            return holds(results)
+        except Exception as exc:  # the step itself fails with it (see run_step)
+            WHEN_ERRORS.setdefault(EXECUTION.get(), {})[step.node_key] = exc
+            return True
+
     return guard
 
 
@@ -679,11 +742,33 @@ def _ancestors(
     return list(seen.values())
 
 
+def _check_slice_keys(steps: list[Step]) -> None:
+    """Slice keys (``name-3``, or a ``{{item}}`` key template) clash with no other key."""
+    patterns: dict[str, Step] = {}
+    for step in steps:
+        if step.slices is None:
+            continue
+        pattern = step.key if step.key and "{{item}}" in step.key else f"{step.name}-{{{{item}}}}"
+        other = patterns.setdefault(pattern, step)
+        if other is not step:
+            raise DuplicateTaskError(
+                f"{pattern} (slice keys of steps {other.name!r} and {step.name!r})"
+            )
+    for pattern, owner in patterns.items():
+        regex = re.compile(re.escape(pattern).replace(re.escape("{{item}}"), r"\d+"))
+        for step in steps:
+            if regex.fullmatch(step.node_key):
+                raise DuplicateTaskError(
+                    f"{step.node_key} (a step's key, and a slice key of step {owner.name!r})"
+                )
+
+
 def _compile(wf: Workflow) -> Graph:
     if not wf.steps:
         raise SignatureError(wf.name, "a workflow needs at least one step", "steps")
     ordered, data, order_deps = _order(wf)
     builder = GraphBuilder()
+    _check_slice_keys(ordered)
     builder.reserve(s.node_key for s in ordered)
     node_of: dict[int, int] = {}
     gates: dict[tuple[int, ...], int] = {}
@@ -730,6 +815,7 @@ def _compile(wf: Workflow) -> Graph:
                 "timeout": None if sliced else step.timeout,
                 "backoff": None if sliced else step.backoff,
                 "continue_on_failed": step.continue_on_failed,
+                "retry_on": retryable,
             }
         )
         node_of[id(step)] = builder.add(
@@ -743,7 +829,12 @@ def _compile(wf: Workflow) -> Graph:
         )
     sinks = [s for s in ordered if id(s) not in consumed]
 
+    root = wf._root
+
     async def outputs(**results: Any) -> dict[str, Any]:
+        # the run went through: its outputs are stored, its work dirs can go
+        store = ArtifactStore(run_root(root))
+        await in_thread(shutil.rmtree, store.run_workdirs(EXECUTION.get().run_id), True)
         return {key: dict(value["parameters"]) for key, value in results.items()}
 
     final = builder.add(
