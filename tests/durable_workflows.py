@@ -16,6 +16,7 @@ import anyio
 
 import aflow
 from aflow import ops
+from aflow._runtime._current import EXECUTION
 
 
 async def bump(name: str) -> int:
@@ -436,3 +437,35 @@ def ops_files(start: int) -> ops.Workflow:
     produce = ops.Step("produce", Produce, parameters={"text": f"hello {start}"})
     consume = ops.Step("consume", Consume, artifacts={"src": produce.outputs.artifacts["out"]})
     return ops.Workflow("files").add(produce).add(consume)
+
+
+class SliceWork(ops.OP):
+    """``y = 10 x``; the slice named by ``AFLOW_HANG`` (``slice-X``) blocks the first time,
+    once every earlier checkpoint is written (so the test kills it at a known point)."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"x": int})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"y": int})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        name = f"slice-{op_in['x']}"
+        if _count(name) == 1 and os.environ.get("AFLOW_HANG") == name:
+            journal = EXECUTION.get()._journal
+            while journal is not None and journal.holding:  # noqa: ASYNC110 - no event to wait on
+                await anyio.sleep(0.01)
+            await hang(name)
+        return ops.OPIO({"y": op_in["x"] * 10})
+
+
+@aflow.workflow
+def ops_slices(start: int) -> ops.Workflow:
+    """One step sliced over four items, one at a time."""
+    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    work = ops.Step(
+        "work", SliceWork, parameters={"x": [start + i for i in range(4)]}, slices=sliced
+    )
+    return ops.Workflow("slices").add(work)

@@ -1162,3 +1162,40 @@ async def test_work_dirs_go_when_the_run_succeeds_and_stay_when_it_fails(tmp_pat
     assert await run_wf(bad) == "Failed"
     clues = list((tmp_path / "work").rglob("clue.txt"))
     assert [c.read_text() for c in clues] == ["why"]  # kept to look into
+
+
+@pytest.mark.slow
+async def test_a_resumed_run_does_not_run_finished_slices_again(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    from tests.durable_workflows import read_counts
+    from tests.test_durable import LEASE, crash_in
+
+    run_id = await anyio.to_thread.run_sync(crash_in, store_url, "ops_slices", "slice-3", counts)
+    assert read_counts(counts) == {"slice-1": 1, "slice-2": 1, "slice-3": 1}
+    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
+        run = rt.get(run_id)
+        assert await run.result() == {"work": {"y": [10, 20, 30, 40]}}
+        wf = await Workflow.load(run_id, runtime=rt)
+        [record] = wf.query_step(name="work")
+        assert [s.attempts for s in record.slices] == [1, 1, 1, 1]
+    # slices 1 and 2 were on record; 3 ran again (at-least-once), 4 ran once
+    assert read_counts(counts) == {"slice-1": 1, "slice-2": 1, "slice-3": 2, "slice-4": 1}
+
+
+async def test_a_postgres_run_that_passes_files_needs_a_shared_folder(
+    store_url: str, counts: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import durable_workflows as dw
+
+    monkeypatch.delenv("AFLOW_ARTIFACTS", raising=False)
+    async with aflow.Runtime(store=store_url) as rt:
+        wf = dw.ops_files(start=1)
+        if store_url.startswith("postgres"):  # refused before anything runs
+            with pytest.raises(aflow.DefinitionError, match="AFLOW_ARTIFACTS"):
+                await wf.submit(runtime=rt)
+            assert await rt.store.list_runs() == []  # type: ignore[union-attr]
+        else:  # beside the SQLite file
+            await wf.submit(runtime=rt)
+            assert await wf.wait() == "Succeeded"

@@ -90,10 +90,31 @@ class ArtifactStore:
     """Content-addressed objects under ``root``; every call does blocking file I/O
     (the step runner calls them in a worker thread)."""
 
-    __slots__ = ("root",)
+    __slots__ = ("_missing", "_root")
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    def __init__(
+        self, root: str | os.PathLike[str] | None, missing: DefinitionError | None = None
+    ) -> None:
+        #: without a root (a PostgreSQL store and no folder given), work dirs go to a
+        #: temporary folder and any artifact raises ``missing``
+        self._root = Path(root) if root is not None else None
+        self._missing = missing
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise self._missing or DefinitionError("no artifact folder")
+        return self._root
+
+    @classmethod
+    def for_run(cls, explicit: Path | None, store: object | None) -> ArtifactStore:
+        """The artifact store of a run: ``explicit``, else the default for its run store."""
+        if explicit is not None:
+            return cls(explicit)
+        try:
+            return cls(default_root(store))
+        except DefinitionError as exc:
+            return cls(None, exc)
 
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
@@ -104,11 +125,12 @@ class ArtifactStore:
         Each part is escaped (``%xx`` for anything but letters, digits, ``-`` and
         ``_``), so distinct keys never share a folder and none leaves the root.
         """
-        return self.root.joinpath("work", *(_safe(p) for p in (run_id, *parts)))
+        return self.run_workdirs(run_id).joinpath(*(_safe(p) for p in parts))
 
     def run_workdirs(self, run_id: str) -> Path:
         """The folder of every work dir of one run."""
-        return self.root / "work" / _safe(run_id)
+        base = self._root if self._root is not None else _process_temp_root()
+        return base / "work" / _safe(run_id)
 
     def _put_file(self, path: Path) -> tuple[str, int]:
         sha, size = _hash_file(path)

@@ -20,7 +20,8 @@ from .._runtime._current import ATTEMPT, EXECUTION
 from .._runtime._scheduler import Execution
 from .._runtime._threads import run_in_thread
 from .._task import FunctionTask
-from ._artifacts import ArtifactStore, default_root, load_input, store_output
+from ..stores._base import NodeRecord
+from ._artifacts import ArtifactStore, load_input, store_output
 from ._op import OP, op_name
 from ._sign import OPIO, Field, OpIOError, check_value
 from ._step import OutputRef, Step
@@ -29,7 +30,7 @@ __all__ = [
     "SLICES_ATTR",
     "SlicesBelowThreshold",
     "StepCall",
-    "run_root",
+    "run_store",
     "run_step",
     "in_thread",
     "retryable",
@@ -84,13 +85,11 @@ def retryable(error: BaseException) -> bool:
     return isinstance(error, Exception) and not isinstance(error, WhenError)
 
 
-def run_root(explicit: Path | None) -> Path:
-    """The artifact root of the run that is executing now."""
-    if explicit is not None:
-        return explicit
+def run_store(explicit: Path | None) -> ArtifactStore:
+    """The artifact store of the run that is executing now."""
     execution = EXECUTION.get(None)
     journal = getattr(execution, "_journal", None)
-    return default_root(getattr(journal, "store", None))
+    return ArtifactStore.for_run(explicit, getattr(journal, "store", None))
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -274,7 +273,7 @@ async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     step = call.step
     names = call.names
     execution = EXECUTION.get()
-    store = ArtifactStore(run_root(call.root))
+    store = run_store(call.root)
     literal = await in_thread(_literal_artifacts, step, store) if call.has_literal else {}
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
     arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
@@ -347,6 +346,19 @@ async def _run_slices(
         }
         for i in range(n)
     ]
+    journal = execution._journal
+    if journal is not None:  # a resumed run: slices on record are not run again
+        stored = await journal.store.load_nodes(run_id)
+        for record in records:
+            found = stored.get(record["key"])
+            if found is not None and found.state == "succeeded" and found.result is not None:
+                record.update(
+                    phase="Succeeded",
+                    attempts=found.attempt,
+                    started_at=found.started_at,
+                    finished_at=found.finished_at,
+                    outputs=journal.serializer.loads(found.result),
+                )
     live = LIVE_SLICES.setdefault(execution, {})
     live[step.node_key] = records
     errors: dict[int, BaseException] = {}
@@ -363,6 +375,8 @@ async def _run_slices(
 
     async def one(i: int) -> None:
         record = records[i]
+        if record["phase"] == "Succeeded":
+            return  # checkpointed before the run was resumed
         item_params = record["inputs"]["parameters"]
         item_arts = record["inputs"]["artifacts"]
         where = (step.node_key, f"slice-{i}")
@@ -401,6 +415,19 @@ async def _run_slices(
             record["phase"] = "Succeeded"
             record["finished_at"] = time.time()
             record["outputs"] = out
+            if journal is not None:  # checkpoint each slice: a crash loses only what ran
+                text = journal.encode(record["key"], out)
+                journal.record(
+                    NodeRecord(
+                        record["key"],
+                        "succeeded",
+                        attempt,
+                        text,
+                        None,
+                        record["started_at"],
+                        record["finished_at"],
+                    )
+                )
             return
 
     async def bounded(i: int) -> None:

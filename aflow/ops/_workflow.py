@@ -10,7 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from .._exceptions import CycleError, DuplicateTaskError, RecordedError, SignatureError
+from .._exceptions import (
+    CycleError,
+    DefinitionError,
+    DuplicateTaskError,
+    RecordedError,
+    SignatureError,
+)
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
 from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
@@ -28,7 +34,7 @@ from ._runner import (
     StepCall,
     in_thread,
     retryable,
-    run_root,
+    run_store,
     task_for,
 )
 from ._step import OutputRef, Step
@@ -377,7 +383,7 @@ class Workflow:
                 "Workflow.submit() needs a running aflow.Runtime: "
                 "'async with aflow.Runtime(): await wf.submit()'"
             )
-        root = self._root or default_root(rt.store)
+        root = self._artifact_root(rt.store)
         reuse: dict[str, Any] = {}
         keys = {s.node_key for s in self.steps}
         for record in reuse_step or ():
@@ -418,6 +424,23 @@ class Workflow:
                 self._stored = await _load_stored(rt, run.id)
         return run
 
+    def _artifact_root(self, store: object | None) -> Path:
+        """Where this workflow's artifacts go with this run store (raises, for a PostgreSQL
+        store with no folder given, only if some step passes files)."""
+        if self._root is not None:
+            return self._root
+        try:
+            return default_root(store)
+        except DefinitionError:
+            files = any(
+                f.is_artifact
+                for step in self.steps
+                for f in (*step.input_fields.values(), *step.all_output_fields.values())
+            )
+            if files:
+                raise
+            return default_root(None)
+
     @property
     def run(self) -> Run[Any]:
         """The handle of the last submitted run (``await wf.run.result()`` raises on failure)."""
@@ -443,7 +466,7 @@ class Workflow:
         built = builder(**loads(record.params))
         if not isinstance(built, Workflow):
             raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
-        built._run_root = built._root or default_root(store)
+        built._run_root = built._artifact_root(store)
         try:
             built._run = rt.get(run_id)
         except KeyError:
@@ -833,7 +856,7 @@ def _compile(wf: Workflow) -> Graph:
 
     async def outputs(**results: Any) -> dict[str, Any]:
         # the run went through: its outputs are stored, its work dirs can go
-        store = ArtifactStore(run_root(root))
+        store = run_store(root)
         await in_thread(shutil.rmtree, store.run_workdirs(EXECUTION.get().run_id), True)
         return {key: dict(value["parameters"]) for key, value in results.items()}
 
