@@ -45,6 +45,7 @@ bench: $(STAMP) $(PEERS)/.installed
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md
+	$(BIN)/python benchmarks/ops.py --markdown benchmarks/OPS.md
 
 clean:
 	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

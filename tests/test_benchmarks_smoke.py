@@ -52,3 +52,10 @@ def test_flow_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
 def test_durable_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = run_script("durable.py", tmp_path / "durable.md", "--no-postgres")
     assert "| chain | 100 | sqlite |" in table
+
+
+@pytest.mark.slow
+def test_ops_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
+    table = run_script("ops.py", tmp_path / "ops.md")
+    for workload in ("| chain 50 |", "| slices 50 |", "| files 10 |"):
+        assert workload in table
