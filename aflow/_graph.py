@@ -239,7 +239,7 @@ class Graph:
         if node.kind is NodeKind.JOIN:
             return "decider" if node.when is not None else "join"
         if node.kind is NodeKind.SUBGRAPH:
-            return f"{node.key} (retried flow)"
+            return f"{node.key} (nested)"
         if node.kind is not NodeKind.TASK:
             return f"{node.key} ({node.kind.value})"
         return node.key

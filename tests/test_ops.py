@@ -927,7 +927,7 @@ def test_slice_keys_may_not_clash_with_other_keys() -> None:
         aflow.compile(Workflow("k").add([s, plain]))
 
 
-async def test_max_concurrency_bounds_the_slices_of_a_run() -> None:
+async def test_max_concurrency_bounds_slices_and_steps_of_every_run() -> None:
     in_flight = 0
     peak = 0
     full = anyio.Event()
@@ -946,11 +946,23 @@ async def test_max_concurrency_bounds_the_slices_of_a_run() -> None:
         return {"x": x}
 
     sliced = Slices(input_parameter=["x"], output_parameter=["x"])  # no pool_size
-    wf = Workflow("w").add(Step("p", probe, parameters={"x": list(range(12))}, slices=sliced))
-    async with aflow.Runtime(max_concurrency=2):
-        await wf.submit()
+
+    def build() -> Workflow:
+        return Workflow("w").add(
+            [
+                Step("p", probe, parameters={"x": list(range(6))}, slices=sliced),
+                Step("q", probe, parameters={"x": list(range(6))}, slices=sliced),
+                Step("plain", probe, parameters={"x": 1}),
+            ]
+        )
+
+    first, second = build(), build()
+    async with aflow.Runtime(max_concurrency=2):  # shared by both runs, steps and slices
+        await first.submit()
+        await second.submit()
         with anyio.fail_after(10):
-            assert await wf.wait() == "Succeeded"
+            assert await first.wait() == "Succeeded"
+            assert await second.wait() == "Succeeded"
     assert peak == 2
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, final
 
+import anyio
+
 if TYPE_CHECKING:
     from ._scheduler import Execution
 
-__all__ = ["Limit", "release", "try_acquire"]
+__all__ = ["Limit", "SlotWaiter", "acquire_slot", "release", "try_acquire"]
 
 
 @final
@@ -37,7 +39,9 @@ class Limit:
         self.total = total
         self.borrowed = 0
         self.peak = 0
-        self.waiters: deque[tuple[Execution, int]] = deque()
+        #: parked nodes ``(run, node index)``, and work inside a node waiting in
+        #: :func:`acquire_slot` ``(SlotWaiter, -1)``, first come first served
+        self.waiters: deque[tuple[Execution | SlotWaiter, int]] = deque()
 
     def __repr__(self) -> str:
         return (
@@ -72,6 +76,10 @@ def release(limits: tuple[Limit, ...], releaser: Execution | None) -> None:
         waiters = limit.waiters
         while waiters:
             execution, index = waiters.popleft()
+            if isinstance(execution, SlotWaiter):
+                execution.granted = True  # the slot stays borrowed, now on its behalf
+                execution.event.set()
+                break
             if execution.stopping:
                 continue
             execution.grant(index, limit)
@@ -79,3 +87,41 @@ def release(limits: tuple[Limit, ...], releaser: Execution | None) -> None:
             break
         else:
             limit.borrowed -= 1
+
+
+@final
+class SlotWaiter:
+    """Work inside a running node (a slice of a sliced step) waiting for a slot."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
+
+
+async def acquire_slot(limit: Limit) -> None:
+    """Take one slot of ``limit`` for work inside a node, waiting in line with the nodes.
+
+    Give it back with ``release((limit,), None)``. Cancelled while waiting, it
+    leaves the line (or passes on a slot handed to it meanwhile).
+    """
+    if limit.borrowed < limit.total and not limit.waiters:
+        limit.borrowed += 1
+        if limit.borrowed > limit.peak:
+            limit.peak = limit.borrowed
+        return
+    waiter = SlotWaiter()
+    entry: tuple[Execution | SlotWaiter, int] = (waiter, -1)
+    limit.waiters.append(entry)
+    try:
+        await waiter.event.wait()
+    except BaseException:
+        if waiter.granted:
+            release((limit,), None)
+        else:
+            try:
+                limit.waiters.remove(entry)
+            except ValueError:  # pragma: no cover - granted and removed at once
+                pass
+        raise

@@ -17,6 +17,7 @@ import anyio.lowlevel
 
 from .._exceptions import AflowError, RunError, TaskTimeout
 from .._runtime._current import ATTEMPT, EXECUTION
+from .._runtime._limits import Limit, acquire_slot, release
 from .._runtime._scheduler import Execution
 from .._runtime._threads import run_in_thread
 from .._task import FunctionTask
@@ -72,10 +73,6 @@ WHEN_ERRORS: weakref.WeakKeyDictionary[Execution, dict[str, BaseException]] = (
 )
 #: The slices of each running sliced step, by run and step key (live progress for queries).
 LIVE_SLICES: weakref.WeakKeyDictionary[Execution, dict[str, list[dict[str, Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-#: One limiter per run for the slices of all its sliced steps, sized by max_concurrency.
-_RUN_POOLS: weakref.WeakKeyDictionary[Execution, anyio.CapacityLimiter] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -367,11 +364,7 @@ async def _run_slices(
     )
     groups = max(1, -(-n // slices.group_size))
     pool = anyio.CapacityLimiter(slices.pool_size or groups)
-    run_pool = _RUN_POOLS.get(execution)
-    if run_pool is None:
-        bound = min((limit.total for limit in execution._global_limits), default=None)
-        if bound is not None:
-            run_pool = _RUN_POOLS[execution] = anyio.CapacityLimiter(bound)
+    global_limits = execution._global_limits  # the runtime's max_concurrency
 
     async def one(i: int) -> None:
         record = records[i]
@@ -431,11 +424,17 @@ async def _run_slices(
             return
 
     async def bounded(i: int) -> None:
-        if run_pool is None:
+        if not global_limits:
             await one(i)
             return
-        async with run_pool:
+        taken: list[Limit] = []
+        try:
+            for limit in global_limits:
+                await acquire_slot(limit)
+                taken.append(limit)
             await one(i)
+        finally:
+            release(tuple(taken), None)
 
     async def group(start: int) -> None:
         async with pool:
@@ -444,6 +443,8 @@ async def _run_slices(
                     return
                 await bounded(i)
 
+    # A sliced step's node takes no slot (it is a SUBGRAPH node): its slices queue
+    # for slots like any node, so steps and slices together stay within max_concurrency.
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             for start in range(0, n, slices.group_size):

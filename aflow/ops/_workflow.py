@@ -842,7 +842,8 @@ def _compile(wf: Workflow) -> Graph:
             }
         )
         node_of[id(step)] = builder.add(
-            NodeKind.TASK,
+            # a sliced step's node holds no slot of the limits: its slices take them
+            NodeKind.SUBGRAPH if sliced else NodeKind.TASK,
             task_for(step.op),
             args=(call,),
             key=step.node_key,
