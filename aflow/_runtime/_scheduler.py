@@ -336,6 +336,7 @@ class Execution:
         "ended_at",
         "grants",
         "graph",
+        "restored",
         "run_id",
         "started_at",
         "status",
@@ -427,6 +428,8 @@ class Execution:
         self._store_error: BaseException | None = None
         #: nodes whose start went out with their parent's success (write-ahead for free)
         self._announced: set[int] = set()
+        #: taken up from checkpoints (a resumed or forked run)
+        self.restored = False
         #: What stopped the run, as stored while it is reverting (a resume needs it)
         self._trigger: str | None = None
         self._timed_out = False
@@ -559,6 +562,7 @@ class Execution:
         """
         if self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
+        self.restored = True
         now = _perf_counter()
         states = self._states
         nodes = self._nodes

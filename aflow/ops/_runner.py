@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .._exceptions import AflowError, RunError, TaskTimeout
+from .._exceptions import AflowError, DefinitionError, RunError, TaskTimeout
 from .._runtime._current import ATTEMPT, EXECUTION
 from .._runtime._limits import Limit, acquire_slot, release
 from .._runtime._scheduler import Execution
@@ -78,8 +78,8 @@ LIVE_SLICES: weakref.WeakKeyDictionary[Execution, dict[str, list[dict[str, Any]]
 
 
 def retryable(error: BaseException) -> bool:
-    """A step's retry rule: any exception but a failed condition."""
-    return isinstance(error, Exception) and not isinstance(error, WhenError)
+    """A step's retry rule: any exception but a failed condition or a definition error."""
+    return isinstance(error, Exception) and not isinstance(error, WhenError | DefinitionError)
 
 
 def run_store(explicit: Path | None) -> ArtifactStore:
@@ -344,7 +344,7 @@ async def _run_slices(
         for i in range(n)
     ]
     journal = execution._journal
-    if journal is not None:  # a resumed run: slices on record are not run again
+    if journal is not None and execution.restored:  # slices on record are not run again
         stored = await journal.store.load_nodes(run_id)
         for record in records:
             found = stored.get(record["key"])
@@ -381,13 +381,12 @@ async def _run_slices(
             record["attempts"] = attempt
             try:
                 if step.timeout is not None:
-                    try:
-                        with anyio.fail_after(step.timeout):
-                            out = await _call_op(
-                                step, store, run_id, where, attempt, item_params, item_arts
-                            )
-                    except TimeoutError as exc:
-                        raise TaskTimeout(run_id, record["key"], attempt, step.timeout) from exc
+                    with anyio.move_on_after(step.timeout) as deadline:
+                        out = await _call_op(
+                            step, store, run_id, where, attempt, item_params, item_arts
+                        )
+                    if deadline.cancelled_caught:  # not the op's own TimeoutError
+                        raise TaskTimeout(run_id, record["key"], attempt, step.timeout)
                 else:
                     out = await _call_op(
                         step, store, run_id, where, attempt, item_params, item_arts
@@ -402,6 +401,18 @@ async def _run_slices(
                 record["finished_at"] = time.time()
                 record["error"] = f"{type(exc).__name__}: {exc}"
                 errors[i] = exc
+                if journal is not None:  # for queries: a resume runs it again anyway
+                    journal.record(
+                        NodeRecord(
+                            record["key"],
+                            "failed",
+                            attempt,
+                            None,
+                            record["error"],
+                            record["started_at"],
+                            record["finished_at"],
+                        )
+                    )
                 if not tolerant:
                     scope.cancel()  # fail fast, as any run does
                 return

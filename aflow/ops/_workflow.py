@@ -6,6 +6,7 @@ import inspect
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -225,6 +226,7 @@ def _outputs_view(raw: dict[str, Any] | None, root: Path, shapes: Mapping[str, s
 
 
 _STORED_STATES = {
+    "skipped": NodeState.SKIPPED,
     "running": NodeState.RUNNING,
     "retrying": NodeState.RETRYING,
     "succeeded": NodeState.SUCCEEDED,
@@ -241,20 +243,24 @@ _STORED_STATES = {
 class _StoredRun:
     """A run read back from a durable store: what ``query_step`` needs, from its records."""
 
-    __slots__ = ("_finished_ok", "_infos", "_results", "status")
+    __slots__ = ("_infos", "_results", "finished", "reused", "status")
 
     def __init__(
         self, record: RunRecord, nodes: Mapping[str, NodeRecord], loads: Callable[[str], Any]
     ) -> None:
-        self.status = RunStatus(record.status)
-        finished = self.status.finished
+        try:
+            self.status = RunStatus(record.status)
+        except ValueError:  # "cancelling", "reverting": still going
+            self.status = RunStatus.RUNNING
+        self.finished = self.status.finished
         self._results: dict[str, Any] = {}
         self._infos: dict[str, StepInfo] = {}
+        self.reused = {key for key, node in nodes.items() if node.state == "reused"}
         for key, node in nodes.items():
             state = _STORED_STATES.get(node.state, NodeState.PENDING)
             if state is NodeState.SUCCEEDED and node.result is not None:
                 self._results[key] = loads(node.result)
-            if finished and state in (NodeState.RUNNING, NodeState.RETRYING):
+            if self.finished and state in (NodeState.RUNNING, NodeState.RETRYING):
                 state = NodeState.CANCELLED
             self._infos[key] = StepInfo(
                 key=key,
@@ -267,18 +273,40 @@ class _StoredRun:
                 finished_at=node.finished_at,
                 duration_s=None,
             )
-        self._finished_ok = finished and self.status is RunStatus.SUCCEEDED
+
+    def find(self, key: str) -> StepInfo | None:
+        return self._infos.get(key)
 
     def step(self, key: str) -> StepInfo:
+        """A step's record (not on record: never started, see ``Workflow._record``)."""
         found = self._infos.get(key)
         if found is not None:
             return found
-        # not on record: skipped, in a run that succeeded; never started, otherwise
-        state = NodeState.SKIPPED if self._finished_ok else NodeState.PENDING
-        return StepInfo(key, key, state, None, None, 0, None, None, None)
+        return StepInfo(key, key, NodeState.PENDING, None, None, 0, None, None, None)
 
     def results(self) -> dict[str, Any]:
         return self._results
+
+    def slices(self, step: Step) -> list[dict[str, Any]]:
+        """A sliced step's slices, from their own checkpoints."""
+        out: list[dict[str, Any]] = []
+        i = 0
+        while (info := self._infos.get(step.slice_key(i))) is not None:
+            phase = _PHASES[info.state]
+            out.append(
+                {
+                    "index": i,
+                    "key": info.key,
+                    "phase": phase,
+                    "attempts": info.attempts,
+                    "started_at": info.started_at,
+                    "finished_at": info.finished_at,
+                    "error": str(info.error) if info.error is not None else None,
+                    "outputs": self._results.get(info.key),
+                }
+            )
+            i += 1
+        return out
 
 
 def _match(value: str, wanted: str | Sequence[str] | None) -> bool:
@@ -507,8 +535,19 @@ class Workflow:
         root = self._run_root or self._root or default_root(None)
         results = run.results()
         found: list[StepRecord] = []
-        for step in _order(self)[0]:
-            record = self._record(step, run, results, root)
+        ordered, data, _ = _order(self)
+        phases: dict[int, str] = {}
+        for step in ordered:
+            unrecorded: str | None = None
+            if isinstance(run, _StoredRun) and run.find(step.node_key) is None:
+                # not on record: skipped if what it reads did not succeed (or the run
+                # succeeded without it); otherwise it never started
+                upstream = [phases[id(s)] for s in data[id(step)]]
+                skipped = any(p in ("Skipped", "Failed", "Cancelled") for p in upstream)
+                if skipped or run.status is RunStatus.SUCCEEDED:
+                    unrecorded = "Skipped"
+            record = self._record(step, run, results, root, unrecorded)
+            phases[id(step)] = record.phase
             candidates = [record, *record.slices] if key is not None else [record]
             for candidate in candidates:
                 if (
@@ -520,7 +559,12 @@ class Workflow:
         return found
 
     def _record(
-        self, step: Step, run: Run[Any] | _StoredRun, results: Mapping[str, Any], root: Path
+        self,
+        step: Step,
+        run: Run[Any] | _StoredRun,
+        results: Mapping[str, Any],
+        root: Path,
+        phase: str | None = None,
     ) -> StepRecord:
         info = run.step(step.node_key)
         raw = results.get(step.node_key) if info.state is NodeState.SUCCEEDED else None
@@ -535,8 +579,11 @@ class Workflow:
         }
         inputs = _inputs_of(step, results, root)
         slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
-        if not slice_dicts and isinstance(run, Run) and step.slices is not None:
-            slice_dicts = LIVE_SLICES.get(run._execution, {}).get(step.node_key)  # in progress
+        if not slice_dicts and step.slices is not None:
+            if isinstance(run, Run):  # in progress here
+                slice_dicts = LIVE_SLICES.get(run._execution, {}).get(step.node_key)
+            else:  # from each slice's own checkpoint
+                slice_dicts = run.slices(step)
         item_shapes = {k: f.artifact.shape for k, f in step.all_output_fields.items() if f.artifact}
         in_shapes = {k: f.artifact.shape for k, f in step.input_fields.items() if f.artifact}
         ended = info.state not in (NodeState.RUNNING, NodeState.RETRYING)
@@ -565,7 +612,7 @@ class Workflow:
         return StepRecord(
             name=step.name,
             key=step.node_key,
-            phase=_PHASES[info.state],
+            phase=phase or _PHASES[info.state],
             inputs=inputs,
             raw=raw,
             root=root,
@@ -575,7 +622,8 @@ class Workflow:
             finished_at=finished,
             error=info.error,
             slices=slices,
-            reused=step.node_key in self._reused,
+            reused=step.node_key in self._reused
+            or (isinstance(run, _StoredRun) and step.node_key in run.reused),
         )
 
 
@@ -741,13 +789,17 @@ def _guard(
         return True
 
     def guard(results: dict[str, Any]) -> bool:
-        if any(results.get(k) is None for k in data_keys):
-            return False  # a source failed and the run went on past it: nothing to read
+        # a source that failed (and the run went on past it) gave nothing to read
+        go = all(results.get(k) is not None for k in data_keys)
         try:
-            return holds(results)
+            go = go and holds(results)
         except Exception as exc:  # the step itself fails with it (see run_step)
             WHEN_ERRORS.setdefault(EXECUTION.get(), {})[step.node_key] = exc
             return True
+        journal = EXECUTION.get()._journal
+        if not go and journal is not None:  # so a query of the stored run shows it
+            journal.record(NodeRecord(step.node_key, "skipped", 0, finished_at=time.time()))
+        return go
 
     return guard
 
