@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check aflow tests examples benchmarks
 	$(BIN)/ruff format --check aflow tests examples benchmarks
 	$(BIN)/mypy --strict aflow
-	$(BIN)/mypy --strict tests/typing
+	$(BIN)/mypy --strict tests/typing examples/dflow_style.py examples/typed_ops.py
 
 test: lint
 	./scripts/ensure-postgres

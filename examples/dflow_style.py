@@ -37,7 +37,6 @@ class WriteFile(OP):
 
     @OP.exec_sign_check
     def execute(self, op_in: OPIO) -> OPIO:  # a plain def runs in a worker thread
-        assert op_in.workdir is not None
         (op_in.workdir / "msg.txt").write_text(op_in["msg"])
         (op_in.workdir / "results.txt").write_text(str(op_in["number"]))
         return OPIO({"out_art": [Path("msg.txt"), Path("results.txt")]})

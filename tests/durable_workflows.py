@@ -410,7 +410,6 @@ class Produce(ops.OP):
 
     def execute(self, op_in: ops.OPIO) -> ops.OPIO:
         _count("produce")
-        assert op_in.workdir is not None
         (op_in.workdir / "out.txt").write_text(op_in["text"])
         return ops.OPIO({"out": pathlib.Path("out.txt")})
 
@@ -469,3 +468,62 @@ def ops_slices(start: int) -> ops.Workflow:
         "work", SliceWork, parameters={"x": [start + i for i in range(4)]}, slices=sliced
     )
     return ops.Workflow("slices").add(work)
+
+
+class ReadLocal(ops.OP):
+    """Reads the local file it is given; blocks the first time when ``AFLOW_HANG=read-local``."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"src": ops.Artifact(pathlib.Path)})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"text": str})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        await bump("read-local")
+        return ops.OPIO({"text": op_in["src"].read_text()})
+
+
+@aflow.workflow
+def ops_local(start: int) -> ops.Workflow:
+    """One step reading the local file named by ``AFLOW_LOCAL_FILE``."""
+    src = pathlib.Path(os.environ["AFLOW_LOCAL_FILE"])
+    return ops.Workflow("local").add(ops.Step("read", ReadLocal, artifacts={"src": src}))
+
+
+class Square(ops.OP):
+    """``y = x * x``; fails for the ``x`` named by ``fail``."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"x": int, "fail": ops.Parameter(int, default=-1)})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"y": int})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        if op_in["x"] == op_in["fail"]:
+            raise ValueError(f"no {op_in['x']}")
+        return ops.OPIO({"y": op_in["x"] * op_in["x"]})
+
+
+@aflow.workflow
+def ops_mixed(fail: int) -> ops.Workflow:
+    """prep, then a skipped step (and its reader), and slices with one tolerated failure."""
+    prep = ops.Step("prep", Square, parameters={"x": 3})
+    maybe = ops.Step(
+        "maybe", Square, parameters={"x": 1}, when=f"{prep.outputs.parameters['y']} > 100"
+    )
+    after = ops.Step("after-maybe", Square, parameters={"x": maybe.outputs.parameters["y"]})
+    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    sq = ops.Step(
+        "sq",
+        Square,
+        parameters={"x": [0, 1, 2, 3], "fail": fail},
+        slices=sliced,
+        continue_on_num_success=3,
+    )
+    return ops.Workflow("mixed").add(prep).add([maybe, sq]).add(after)

@@ -47,7 +47,6 @@ class WriteFile(OP):
         return OPIOSign({"out_art": Artifact(list[Path])})
 
     def execute(self, op_in: OPIO) -> OPIO:
-        assert op_in.workdir is not None
         (op_in.workdir / "msg.txt").write_text(op_in["msg"])
         (op_in.workdir / "results.txt").write_text(str(op_in["number"]))
         return OPIO({"out_art": [Path("msg.txt"), Path("results.txt")]})
@@ -1211,3 +1210,192 @@ async def test_a_postgres_run_that_passes_files_needs_a_shared_folder(
         else:  # beside the SQLite file
             await wf.submit(runtime=rt)
             assert await wf.wait() == "Succeeded"
+
+
+# --- second review ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_resumed_run_reads_the_local_file_as_it_was_first_read(
+    tmp_path: Path, counts: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.durable_workflows import read_counts
+    from tests.test_durable import LEASE, crash_in
+
+    local = tmp_path / "input.txt"
+    local.write_text("as submitted")
+    monkeypatch.setenv("AFLOW_LOCAL_FILE", str(local))
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_local", "read-local", counts)
+    local.write_text("changed afterwards")
+    await anyio.sleep(LEASE * 1.5)
+    async with aflow.Runtime(store=url, recover=True, lease=LEASE) as rt:
+        assert await rt.get(run_id).result() == {"read": {"text": "as submitted"}}
+    assert read_counts(counts) == {"read-local": 2}
+
+
+async def test_load_follows_a_run_another_runtime_drives(tmp_path: Path, counts: Path) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as owner, aflow.Runtime(store=url) as other:
+        wf = dw.ops_files(start=7)
+        os.environ["AFLOW_HANG"] = "consume"  # consume blocks: the run stays running
+        consuming = anyio.Event()
+
+        def on_event(event: aflow.Event) -> None:
+            if event.name == "task_started" and event.node == "consume":
+                consuming.set()
+
+        try:
+            run = await wf.submit(runtime=owner, on_event=on_event)
+            await consuming.wait()
+            watched = await Workflow.load(run.id, runtime=other)
+            assert watched.query_status() == "Running"
+            with pytest.raises(RuntimeError, match="read from the store"):
+                watched.run
+            await run.cancel()
+        finally:
+            del os.environ["AFLOW_HANG"]
+        with anyio.fail_after(10):
+            assert await watched.wait(poll=0.01) == "Failed"
+        assert watched.query_step(name="produce")[0].phase == "Succeeded"
+
+
+async def test_load_reads_statuses_skips_slices_and_reuse_from_the_store(
+    tmp_path: Path, counts: Path
+) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        first = dw.ops_mixed(fail=2)
+        await first.submit(runtime=rt)
+        assert await first.wait() == "Succeeded"
+        live = {r.name: (r.phase, [s.phase for s in r.slices]) for r in first.query_step()}
+        [prep] = first.query_step(name="prep")
+        second = dw.ops_mixed(fail=2)
+        run = await second.submit(runtime=rt, reuse_step=[prep])
+        await second.wait()
+    async with aflow.Runtime(store=url) as rt:
+        loaded = await Workflow.load(first.run.id, runtime=rt)
+        again = await Workflow.load(run.id, runtime=rt)
+        store = rt.store
+        assert store is not None
+        await store.set_status(run.id, "cancelling")
+        cancelling = await Workflow.load(run.id, runtime=rt)
+    stored = {r.name: (r.phase, [s.phase for s in r.slices]) for r in loaded.query_step()}
+    assert stored == live
+    assert live["maybe"] == ("Skipped", [])
+    assert live["after-maybe"] == ("Skipped", [])
+    assert live["sq"] == ("Succeeded", ["Succeeded", "Succeeded", "Failed", "Succeeded"])
+    assert [r.key for r in loaded.query_step(key="sq-2")] == ["sq-2"]
+    assert again.query_step(name="prep")[0].reused
+    assert cancelling.query_status() == "Running"
+
+
+async def test_a_durable_workflow_changed_after_its_builder_is_refused(
+    tmp_path: Path, counts: Path
+) -> None:
+    from tests import durable_workflows as dw
+
+    wf = dw.ops_files(start=1)
+    wf.add(Step("extra", add, parameters={"x": 1}))
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        with pytest.raises(aflow.DefinitionError, match="changed after"):
+            await wf.submit(runtime=rt)
+
+
+async def test_stacked_file_outputs_keep_slice_positions(tmp_path: Path) -> None:
+    @op(outputs={"f": Artifact(Path), "tag": str})
+    async def mk(i: int, workdir: Path):
+        if i == 1:
+            raise ValueError("no 1")
+        (workdir / f"{i}.txt").write_text(str(i))
+        return {"f": Path(f"{i}.txt"), "tag": f"tag-{i}"}
+
+    @op(outputs={"names": list[str | None]})
+    async def names(fs: Artifact(list[Path])):  # type: ignore[valid-type]
+        return {"names": [None if f is None else f.name for f in fs]}
+
+    sliced = Slices(input_parameter=["i"], output_parameter=["tag"], output_artifact=["f"])
+    m = Step("m", mk, parameters={"i": [0, 1, 2]}, slices=sliced, continue_on_num_success=2)
+    n = Step("n", names, artifacts={"fs": m.outputs.artifacts["f"]})
+    wf = Workflow("w", artifacts=tmp_path).add(m).add(n)
+    assert await run_wf(wf) == "Succeeded"
+    assert wf.query_step(name="m")[0].outputs.parameters["tag"].value == ["tag-0", None, "tag-2"]
+    assert wf.query_step(name="n")[0].outputs.parameters["names"].value == ["0.txt", None, "2.txt"]
+    got = download_artifact(wf.query_step(name="m")[0].outputs.artifacts["f"], tmp_path / "dl")
+    assert [p.name for p in got] == ["0.txt", "2.txt"]
+
+
+async def test_submit_takes_an_event_listener() -> None:
+    seen: list[tuple[str, str | None]] = []
+    wf = Workflow("w").add(Step("a", add, parameters={"x": 1}))
+    async with aflow.Runtime():
+        await wf.submit(on_event=lambda e: seen.append((e.name, e.node)))
+        await wf.wait()
+    assert ("run_started", None) in seen
+    assert ("task_succeeded", "a") in seen
+
+
+async def test_quoted_references_and_logical_words_inside_strings() -> None:
+    @op(outputs={"msg": str})
+    async def say():
+        return {"msg": "a||b"}
+
+    s = Step("s", say)
+    ref = s.outputs.parameters["msg"]
+    yes = Step("yes", add, parameters={"x": 1}, when=f"'{ref}' == 'a||b' && true")
+    also = Step("also", add, parameters={"x": 1}, when=f'"{ref}" != "a or b"')
+    wf = Workflow("w").add(s).add([yes, also])
+    assert await run_wf(wf) == "Succeeded"
+    assert {r.name: r.phase for r in wf.query_step()} == {
+        "s": "Succeeded",
+        "yes": "Succeeded",
+        "also": "Succeeded",
+    }
+
+
+def test_an_async_when_is_refused() -> None:
+    async def later(seen: Any) -> bool:
+        return False
+
+    with pytest.raises(aflow.SignatureError, match="not async"):
+        Step("s", add, parameters={"x": 1}, when=later)
+
+
+async def test_an_ops_own_timeout_error_is_not_a_slice_timeout() -> None:
+    @op(outputs={"y": int})
+    async def db(x: int):
+        raise TimeoutError("the database did not answer")
+
+    sliced = Slices(input_parameter=["x"], output_parameter=["y"])
+    wf = Workflow("w").add(Step("s", db, parameters={"x": [1]}, slices=sliced, timeout=30))
+    assert await run_wf(wf) == "Failed"
+    error = wf.query_step()[0].error
+    assert type(error) is TimeoutError
+    assert "database" in str(error)
+
+
+def test_overlapping_slice_key_templates_are_refused() -> None:
+    sliced = Slices(input_parameter=["x"], output_parameter=["sum"])
+    a = Step("a", add, parameters={"x": [1]}, slices=sliced, key="p{{item}}")
+    b = Step("b", add, parameters={"x": [1]}, slices=sliced, key="p1{{item}}")
+    with pytest.raises(aflow.DuplicateTaskError, match="p1"):
+        aflow.compile(Workflow("w").add([a, b]))
+
+
+async def test_modify_output_artifact_checks_the_shape(tmp_path: Path) -> None:
+    wf = Workflow("w", artifacts=tmp_path).add(
+        [
+            Step("many", WriteFile, parameters={"msg": "m", "number": 1}),
+            Step("one", write, parameters={"text": "t"}),
+        ]
+    )
+    assert await run_wf(wf) == "Succeeded"
+    many, one = wf.query_step(name=["many", "one"])
+    single = one.outputs.artifacts["file"]
+    assert single is not None
+    with pytest.raises(TypeError, match="holds a list"):
+        many.modify_output_artifact("out_art", single)

@@ -249,9 +249,8 @@ def manifest_paths(value: Any, shape: str) -> list[dict[str, Any]]:
         return []
     if shape == "one":
         return [value]
-    if shape == "list":
-        return list(value)
-    return list(value.values())
+    items = value if shape == "list" else value.values()
+    return [m for m in items if m is not None]  # a failed slice leaves None in its place
 
 
 def store_output(
@@ -304,7 +303,7 @@ def load_input(
     if shape == "one":
         return local(value, into)
     if shape == "list":
-        return [local(m, into / str(i)) for i, m in enumerate(value)]
+        return [None if m is None else local(m, into / str(i)) for i, m in enumerate(value)]
     return {k: local(m, into / f"{i}") for i, (k, m) in enumerate(value.items())}
 
 
@@ -328,13 +327,18 @@ class ArtifactValue:
 
 
 def download_artifact(
-    artifact: ArtifactValue, path: str | os.PathLike[str] = ".", *, skip_exists: bool = False
+    artifact: ArtifactValue | None,
+    path: str | os.PathLike[str] = ".",
+    *,
+    skip_exists: bool = False,
 ) -> list[Path]:
     """Copy an artifact's files (or directories) into ``path``; return their local paths.
 
     Files keep their names; members of a list artifact whose names clash go
     into numbered sub-folders. ``skip_exists=True`` leaves files already there.
     """
+    if artifact is None:
+        raise ValueError("this artifact is empty: the step gave none (optional), or did not run")
     if not isinstance(artifact, ArtifactValue):
         raise TypeError(
             f"download_artifact takes step.outputs.artifacts[name] from query_step(), "

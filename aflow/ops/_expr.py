@@ -25,8 +25,11 @@ __all__ = ["Expression"]
 
 _MAX_LENGTH = 2000
 _MAX_DEPTH = 50
+# a reference, alone or quoted as Argo writes strings ('{{...}}' == 'yes'): either way it
+# is bound to the value itself
 _REF = re.compile(
-    r"\{\{\s*steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.parameters\.([^\s{}]+)\s*\}\}"
+    r"""(['"]?)\{\{\s*steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.parameters\."""
+    r"""([^\s{}'"]+)\s*\}\}\1"""
 )
 _CONSTANTS = {
     "true": True,
@@ -68,7 +71,7 @@ class Expression:
         refs: list[tuple[str, str]] = []
 
         def bind(match: re.Match[str]) -> str:
-            ref = (match.group(1), match.group(2))
+            ref = (match.group(2), match.group(3))
             if ref not in refs:
                 refs.append(ref)
             return f" __ref{refs.index(ref)} "
@@ -76,7 +79,7 @@ class Expression:
         source = _REF.sub(bind, text)
         if "{{" in source:
             raise SignatureError(step, f"cannot read the reference in {text!r}", "when")
-        source = source.replace("&&", " and ").replace("||", " or ")
+        source = _logical_words(source)
         if len(source) > _MAX_LENGTH:
             raise SignatureError(
                 step, f"a when expression is at most {_MAX_LENGTH} characters", "when"
@@ -141,6 +144,31 @@ class Expression:
         """The expression's value with each reference bound to ``values[(step, parameter)]``."""
         bound = {f"__ref{i}": values[ref] for i, ref in enumerate(self.refs)}
         return _eval(self._tree.body, bound)
+
+
+def _logical_words(source: str) -> str:
+    """``&&`` and ``||`` (Argo's) as ``and`` / ``or``, outside string literals only."""
+    out: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(source):
+        char = source[i]
+        if quote:
+            if char == "\\":
+                out.append(source[i : i + 2])
+                i += 2
+                continue
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif source.startswith(("&&", "||"), i):
+            out.append(" and " if char == "&" else " or ")
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def _depth(node: ast.AST) -> int:

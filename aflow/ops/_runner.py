@@ -181,7 +181,6 @@ async def _call_op(
 
 def _materialize(store: ArtifactStore, op_in: OPIO, wanted: list[tuple[Field, Any]]) -> None:
     workdir = op_in.workdir
-    assert workdir is not None
     for field, value in wanted:
         assert field.artifact is not None
         into = workdir / "inputs" / field.name
@@ -236,6 +235,11 @@ def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
     """Local files given as artifact inputs, put in the store (blocking: call in a thread)."""
     out: dict[str, Any] = {}
     sliced = set(step.sliced_inputs)
+    for key, path in step.local_files():
+        if not path.exists():
+            raise OpIOError(
+                op_name(step.op), "input", key, "an existing file or directory", f"missing {path}"
+            )
     for key, value in step.artifacts.items():
         if isinstance(value, OutputRef):
             continue
@@ -248,6 +252,24 @@ def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
         else:
             out[key] = store.put(Path(value))
     return out
+
+
+async def _local_inputs(
+    call: StepCall, store: ArtifactStore, execution: Execution
+) -> dict[str, Any]:
+    """A step's local input files, stored once per run: a resumed run reads what the
+    first attempt read, whatever became of the files since."""
+    journal = execution._journal
+    key = f"_inputs-{call.step.node_key}"
+    if journal is not None and execution.restored:
+        found = (await journal.store.load_nodes(execution.run_id)).get(key)
+        if found is not None and found.result is not None:
+            stored: dict[str, Any] = journal.serializer.loads(found.result)
+            return stored
+    manifests: dict[str, Any] = await in_thread(_literal_artifacts, call.step, store)
+    if journal is not None:
+        journal.record(NodeRecord(key, "succeeded", 1, journal.encode(key, manifests)))
+    return manifests
 
 
 class StepCall:
@@ -271,7 +293,7 @@ async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     names = call.names
     execution = EXECUTION.get()
     store = run_store(call.root)
-    literal = await in_thread(_literal_artifacts, step, store) if call.has_literal else {}
+    literal = await _local_inputs(call, store, execution) if call.has_literal else {}
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
     arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
     arts.update(literal)
@@ -492,13 +514,11 @@ async def _run_slices(
         shape = step.all_output_fields[a].artifact.shape  # type: ignore[union-attr]
         flat: list[Any] = []
         for r in records:
-            if r["outputs"] is None:
-                continue
-            value = r["outputs"]["artifacts"][a]
-            if value is None:
-                continue
-            if shape == "one":
+            value = None if r["outputs"] is None else r["outputs"]["artifacts"][a]
+            if shape == "one":  # one file per slice: positions kept, None for a failed one
                 flat.append(value)
+            elif value is None:
+                continue
             elif shape == "list":
                 flat.extend(value)
             else:

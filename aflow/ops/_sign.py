@@ -197,10 +197,12 @@ class OPIO(dict[str, Any]):
     _made: bool = False
 
     @property
-    def workdir(self) -> Path | None:
-        """This attempt's own, initially empty, working directory."""
+    def workdir(self) -> Path:
+        """This attempt's own, initially empty, working directory (inputs only)."""
         path = self._path
-        if path is not None and not self._made:
+        if path is None:
+            raise RuntimeError("only an op's inputs (op_in) have a working directory")
+        if not self._made:
             if path.exists():  # an attempt of a resumed run: never see the dead one's files
                 shutil.rmtree(path)
             path.mkdir(parents=True)

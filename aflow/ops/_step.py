@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -94,6 +95,15 @@ class _Outputs:
 
 def _is_path(value: Any) -> bool:
     return isinstance(value, str | os.PathLike)
+
+
+def _absolute(value: Any) -> Any:
+    """Local artifact paths made absolute (a resumed run may start in another directory)."""
+    if isinstance(value, Mapping):
+        return {k: Path(p).absolute() for k, p in value.items()}
+    if isinstance(value, list | tuple):
+        return [Path(p).absolute() for p in value]
+    return Path(value).absolute()
 
 
 @final
@@ -202,6 +212,11 @@ class Step:
         self._check_inputs()
         if isinstance(when, str):
             self.when: Expression | Callable[..., Any] | None = Expression(when, name)
+        elif when is not None and (
+            inspect.iscoroutinefunction(when)
+            or inspect.iscoroutinefunction(getattr(when, "__call__", None))  # noqa: B004
+        ):
+            raise SignatureError(name, "a when condition is a plain function, not async", "when")
         elif when is None or callable(when):
             self.when = when
         else:
@@ -279,6 +294,9 @@ class Step:
                     right = "artifacts=" if field.is_artifact else "parameters="
                     raise SignatureError(name, f"input {key!r} is given in {right}", key)
                 self._check_input(field, value, key in sliced)
+        for key, value in self.artifacts.items():  # local paths: absolute from now on
+            if not isinstance(value, OutputRef):
+                self.artifacts[key] = _absolute(value)
         given = {**self.parameters, **self.artifacts}
         lengths = {
             key: len(given[key])
@@ -336,10 +354,7 @@ class Step:
                     f"input {key!r} takes local paths or another step's artifact, got {value!r}",
                     key,
                 )
-            for p in items:
-                if not Path(p).exists():
-                    raise SignatureError(name, f"input {key!r}: no such file or directory {p}", key)
-            return
+            return  # local files are looked for when the workflow is submitted
         try:
             if sliced:
                 if not isinstance(value, list | tuple):
@@ -356,6 +371,17 @@ class Step:
             raise SignatureError(
                 name, f"input {key!r}: expected {exc.expected}, got {exc.actual}", key
             ) from None
+
+    def local_files(self) -> Iterator[tuple[str, Path]]:
+        """``(input, path)`` of every local file given as an artifact input."""
+        for key, value in self.artifacts.items():
+            if isinstance(value, OutputRef):
+                continue
+            items = value.values() if isinstance(value, Mapping) else value
+            for path in (
+                items if isinstance(items, list | tuple) or isinstance(value, Mapping) else [value]
+            ):
+                yield key, Path(path)
 
     def refs(self) -> Iterator[OutputRef]:
         """Every output reference this step reads (inputs, then its ``when`` expression)."""

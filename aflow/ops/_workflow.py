@@ -11,6 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
+import anyio
+import anyio.to_thread
+
+from .._events import EventListener
 from .._exceptions import (
     CycleError,
     DefinitionError,
@@ -24,7 +28,7 @@ from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
 from .._runtime._current import EXECUTION
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
-from .._workflow import resolve_workflow
+from .._workflow import fingerprint, resolve_workflow
 from ..stores._base import NodeRecord, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
 from ._expr import Expression
@@ -137,6 +141,7 @@ class StepRecord:
 
     __slots__ = (
         "_raw",
+        "_shapes",
         "attempts",
         "error",
         "finished_at",
@@ -176,6 +181,7 @@ class StepRecord:
         self.inputs = inputs
         self._raw = raw
         self.root = root
+        self._shapes = dict(shapes)
         self.outputs = _outputs_view(raw, root, shapes)
         self.attempts = attempts
         self.started_at = started_at
@@ -206,6 +212,13 @@ class StepRecord:
         """Replace an output artifact (another step's, say) before reusing this record."""
         if self._raw is None or name not in self._raw["artifacts"]:
             raise KeyError(f"step {self.key!r} has no output artifact {name!r}")
+        shape = self._shapes.get(name, "one")
+        if artifact.shape != shape:
+            raise TypeError(
+                f"output artifact {name!r} of step {self.key!r} holds "
+                f"{'one file or folder' if shape == 'one' else 'a ' + shape}; "
+                f"the new one holds {'one' if artifact.shape == 'one' else 'a ' + artifact.shape}"
+            )
         if artifact.root != self.root:
             store = ArtifactStore(self.root)
             for manifest in manifest_paths(artifact.manifest, artifact.shape):
@@ -356,6 +369,7 @@ class Workflow:
         self._reused: set[str] = set()
         self._stored: _StoredRun | None = None
         self._store_runtime: Runtime | None = None
+        self._run_id: str | None = None
 
     def __repr__(self) -> str:
         return f"<ops.Workflow {self.name!r} [{len(self.steps)} steps]>"
@@ -395,6 +409,7 @@ class Workflow:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        on_event: EventListener | None = None,
     ) -> Run[Any]:
         """Start a run in ``runtime`` (default: the innermost ``async with aflow.Runtime()``)
         and return its handle at once.
@@ -412,6 +427,12 @@ class Workflow:
                 "'async with aflow.Runtime(): await wf.submit()'"
             )
         root = self._artifact_root(rt.store)
+        for step in self.steps:  # before anything runs: the local files it will read
+            for key, path in step.local_files():
+                if not path.exists():
+                    raise SignatureError(
+                        step.name, f"input {key!r}: no such file or directory {path}", key
+                    )
         reuse: dict[str, Any] = {}
         keys = {s.node_key for s in self.steps}
         for record in reuse_step or ():
@@ -425,8 +446,8 @@ class Workflow:
                 raise ValueError(
                     f"step {record.key!r} has no outputs to reuse (it is {record.phase})"
                 )
-            if record.root != root:
-                _copy_artifacts(record, root)
+            if record.root != root:  # file copies: off the event loop
+                await anyio.to_thread.run_sync(_copy_artifacts, record, root)
             reuse[record.key] = record._raw
         self._reused = set(reuse)
         options: dict[str, Any] = {
@@ -434,13 +455,20 @@ class Workflow:
             "idempotency_key": idempotency_key,
             "timeout": timeout,
             "reuse": reuse or None,
+            "on_event": on_event,
         }
         if self._origin is not None and rt.store is not None:
             builder, params = self._origin
+            if fingerprint(_compile(self)) != fingerprint(builder.build(params)):
+                raise DefinitionError(
+                    f"workflow {self.name!r} was changed after {builder.path} built it; a "
+                    "durable run is rebuilt from that function, so make the change there"
+                )
             run = await rt.submit(builder, params=params, **options)
         else:
             run = await rt.submit(self, **options)
         self._run = run
+        self._run_id = run.id
         self._stored = None
         self._run_root = root
         self._store_runtime = None
@@ -473,6 +501,11 @@ class Workflow:
     def run(self) -> Run[Any]:
         """The handle of the last submitted run (``await wf.run.result()`` raises on failure)."""
         if self._run is None:
+            if self._stored is not None:
+                raise RuntimeError(
+                    f"workflow {self.name!r} is read from the store (another process runs it, "
+                    "or ran it): use wait(), query_status() and query_step()"
+                )
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
         return self._run
 
@@ -495,21 +528,33 @@ class Workflow:
         if not isinstance(built, Workflow):
             raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
         built._run_root = built._artifact_root(store)
+        built._run_id = run_id
         try:
             built._run = rt.get(run_id)
-        except KeyError:
+        except KeyError:  # run by another process, or finished: read from the store
+            built._store_runtime = rt
             built._stored = _StoredRun(record, await store.load_nodes(run_id), loads)
         return built
 
     async def refresh(self) -> None:
         """Read a run that another process drives (or drove) from the store again."""
-        if self._store_runtime is not None and self._run is not None:
-            self._stored = await _load_stored(self._store_runtime, self._run.id)
+        if self._store_runtime is not None and self._run_id is not None:
+            self._stored = await _load_stored(self._store_runtime, self._run_id)
 
-    async def wait(self) -> str:
-        """Wait for the run to end and return its status; never raises for a failed run."""
-        await self.run.wait()
-        await self.refresh()
+    async def wait(self, *, poll: float = 0.25) -> str:
+        """Wait for the run to end and return its status; never raises for a failed run.
+
+        A run another process drives is read from the store every ``poll`` seconds.
+        """
+        if self._run is not None:
+            await self._run.wait()
+            await self.refresh()
+        elif self._stored is not None:
+            while not self._stored.finished:
+                await anyio.sleep(poll)
+                await self.refresh()
+        else:
+            raise RuntimeError(f"workflow {self.name!r} has not been submitted")
         return self.query_status()
 
     def query_status(self) -> str:
@@ -817,6 +862,14 @@ def _ancestors(
     return list(seen.values())
 
 
+#: How many items of each slice-key template are tried against the others.
+_OVERLAP_PROBE = 10_000
+
+
+def _slice_key(pattern: str, index: int) -> str:
+    return pattern.replace("{{item}}", str(index))
+
+
 def _check_slice_keys(steps: list[Step]) -> None:
     """Slice keys (``name-3``, or a ``{{item}}`` key template) clash with no other key."""
     patterns: dict[str, Step] = {}
@@ -829,12 +882,27 @@ def _check_slice_keys(steps: list[Step]) -> None:
             raise DuplicateTaskError(
                 f"{pattern} (slice keys of steps {other.name!r} and {step.name!r})"
             )
+    regexes = {
+        pattern: re.compile(re.escape(pattern).replace(re.escape("{{item}}"), r"\d+"))
+        for pattern in patterns
+    }
     for pattern, owner in patterns.items():
-        regex = re.compile(re.escape(pattern).replace(re.escape("{{item}}"), r"\d+"))
         for step in steps:
-            if regex.fullmatch(step.node_key):
+            if regexes[pattern].fullmatch(step.node_key):
                 raise DuplicateTaskError(
                     f"{step.node_key} (a step's key, and a slice key of step {owner.name!r})"
+                )
+        for template, regex in regexes.items():  # 'p{{item}}' and 'p1{{item}}' share 'p10'
+            if template == pattern:
+                continue
+            shared = next(
+                (k for i in range(_OVERLAP_PROBE) if regex.fullmatch(k := _slice_key(pattern, i))),
+                None,
+            )
+            if shared is not None:
+                raise DuplicateTaskError(
+                    f"{shared} (a slice key of steps {owner.name!r} and "
+                    f"{patterns[template].name!r})"
                 )
 
 

@@ -68,7 +68,6 @@ async def main() -> None:
         status: str = await wf.wait()
         records: list[StepRecord] = wf.query_step(name="s1", phase=["Succeeded"])
         value = records[0].outputs.artifacts["out"]
-        if value is not None:
-            assert_type(value, ArtifactValue)
-            paths: list[Path] = download_artifact(value, path="out")
+        assert_type(value, ArtifactValue | None)
+        paths: list[Path] = download_artifact(value, path="out")  # None raises ValueError
         print(status, paths)
