@@ -218,3 +218,22 @@ class TestRun:
 def test_run_sync_from_a_script() -> None:
     assert aflow.run_sync(add.s(2, 3) | add.s(5)) == 10
     assert aflow.run_sync(add.s(1, 1), use_uvloop=False) == 2
+
+
+async def test_an_error_in_the_runtime_block_leaves_as_itself() -> None:
+    with pytest.raises(aflow.DefinitionError, match="bad"):
+        async with aflow.Runtime():
+            raise aflow.DefinitionError("bad")
+    started = anyio.Event()
+
+    @aflow.task
+    async def wait_forever() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    with pytest.raises(aflow.CycleError):  # also with a run going on (it is cancelled)
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(wait_forever.s())
+            await started.wait()
+            raise aflow.CycleError(["a", "b"])
+    assert run.status is aflow.RunStatus.CANCELLED

@@ -654,7 +654,14 @@ class Runtime:
                     pass
                 self._token = None
             try:
-                handled = await tg.__aexit__(exc_type, exc, tb)
+                try:
+                    handled = await tg.__aexit__(exc_type, exc, tb)
+                except BaseExceptionGroup as group:
+                    # the block's own exception, alone: let it out as itself (so
+                    # `except DefinitionError:` around `async with Runtime()` works)
+                    if exc is not None and group.split(lambda e: e is exc)[1] is None:
+                        return False
+                    raise
             finally:
                 if self._store is not None and isinstance(self._store_spec, str):
                     with anyio.CancelScope(shield=True):
