@@ -221,19 +221,23 @@ def test_run_sync_from_a_script() -> None:
 
 
 async def test_an_error_in_the_runtime_block_leaves_as_itself() -> None:
-    with pytest.raises(aflow.DefinitionError, match="bad"):
-        async with aflow.Runtime():
-            raise aflow.DefinitionError("bad")
     started = anyio.Event()
+    runs: list[aflow.Run[None]] = []
 
     @aflow.task
     async def wait_forever() -> None:
         started.set()
         await anyio.sleep_forever()
 
-    with pytest.raises(aflow.CycleError):  # also with a run going on (it is cancelled)
+    async def block(error: Exception, with_a_run: bool) -> None:
         async with aflow.Runtime() as rt:
-            run = await rt.submit(wait_forever.s())
-            await started.wait()
-            raise aflow.CycleError(["a", "b"])
-    assert run.status is aflow.RunStatus.CANCELLED
+            if with_a_run:
+                runs.append(await rt.submit(wait_forever.s()))
+                await started.wait()
+            raise error
+
+    with pytest.raises(aflow.DefinitionError, match="bad"):
+        await block(aflow.DefinitionError("bad"), with_a_run=False)
+    with pytest.raises(aflow.CycleError):  # also with a run going on (it is cancelled)
+        await block(aflow.CycleError(["a", "b"]), with_a_run=True)
+    assert runs[0].status is aflow.RunStatus.CANCELLED
