@@ -23,6 +23,7 @@ BOTH_LOOPS = {
     "test_properties",
     "test_saga",
     "test_policies",
+    "test_ops",
 }
 
 

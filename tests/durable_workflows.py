@@ -415,7 +415,10 @@ class Produce(ops.OP):
 
 
 class Consume(ops.OP):
-    """Reads the artifact it is given (blocking the first time when ``AFLOW_HANG=consume``)."""
+    """Reads the artifact it is given (blocking the first time when ``AFLOW_HANG`` names
+    its counter)."""
+
+    counter = "consume"
 
     @classmethod
     def get_input_sign(cls) -> ops.OPIOSign:
@@ -426,7 +429,7 @@ class Consume(ops.OP):
         return ops.OPIOSign({"text": str})
 
     async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
-        await bump("consume")
+        await bump(self.counter)
         return ops.OPIO({"text": op_in["src"].read_text()})
 
 
@@ -470,20 +473,10 @@ def ops_slices(start: int) -> ops.Workflow:
     return ops.Workflow("slices").add(work)
 
 
-class ReadLocal(ops.OP):
+class ReadLocal(Consume):
     """Reads the local file it is given; blocks the first time when ``AFLOW_HANG=read-local``."""
 
-    @classmethod
-    def get_input_sign(cls) -> ops.OPIOSign:
-        return ops.OPIOSign({"src": ops.Artifact(pathlib.Path)})
-
-    @classmethod
-    def get_output_sign(cls) -> ops.OPIOSign:
-        return ops.OPIOSign({"text": str})
-
-    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
-        await bump("read-local")
-        return ops.OPIO({"text": op_in["src"].read_text()})
+    counter = "read-local"
 
 
 @aflow.workflow

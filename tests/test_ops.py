@@ -97,6 +97,31 @@ async def missing_key(x: int):
     return {"y": 1}
 
 
+class PeakProbe:
+    """An op that counts how many of its calls run at once; each call holds on until
+    ``fill`` calls are in flight (so a bound that is too loose shows), then yields a little."""
+
+    def __init__(self, fill: int) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.full = anyio.Event()
+        probe = self
+
+        @op(outputs={"x": int})
+        async def probe_op(x: int):
+            probe.in_flight += 1
+            probe.peak = max(probe.peak, probe.in_flight)
+            if probe.in_flight == fill:
+                probe.full.set()
+            await probe.full.wait()
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()  # let any unbounded sibling start
+            probe.in_flight -= 1
+            return {"x": x}
+
+        self.op = probe_op
+
+
 async def run_wf(wf: Workflow, **submit: Any) -> str:
     async with aflow.Runtime():
         await wf.submit(**submit)
@@ -674,28 +699,12 @@ async def test_slices_stack_results_in_input_order_with_templated_keys() -> None
 
 @pytest.mark.parametrize(("pool", "group"), [(2, 1), (1, 1), (3, 2)])
 async def test_the_slice_pool_bounds_what_runs_at_once(pool: int, group: int) -> None:
-    in_flight = 0
-    peak = 0
-    arrived = anyio.Event()
-
-    @op(outputs={"x": int})
-    async def probe(x: int):
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        if in_flight == min(pool, 9):
-            arrived.set()
-        await arrived.wait()  # hold the slot until the pool is full
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()  # let any unbounded sibling start, were there one
-        in_flight -= 1
-        return {"x": x}
-
+    probe = PeakProbe(fill=pool)
     slices = Slices(input_parameter=["x"], output_parameter=["x"], pool_size=pool, group_size=group)
-    wf = Workflow("pool").add(Step("p", probe, parameters={"x": list(range(9))}, slices=slices))
+    wf = Workflow("pool").add(Step("p", probe.op, parameters={"x": list(range(9))}, slices=slices))
     with anyio.fail_after(10):
         assert await run_wf(wf) == "Succeeded"
-    assert peak == pool
+    assert probe.peak == pool
     assert wf.query_step()[0].outputs.parameters["x"].value == list(range(9))
 
 
@@ -927,31 +936,15 @@ def test_slice_keys_may_not_clash_with_other_keys() -> None:
 
 
 async def test_max_concurrency_bounds_slices_and_steps_of_every_run() -> None:
-    in_flight = 0
-    peak = 0
-    full = anyio.Event()
-
-    @op(outputs={"x": int})
-    async def probe(x: int):
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        if in_flight == 2:
-            full.set()
-        await full.wait()
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-        in_flight -= 1
-        return {"x": x}
-
+    probe = PeakProbe(fill=2)
     sliced = Slices(input_parameter=["x"], output_parameter=["x"])  # no pool_size
 
     def build() -> Workflow:
         return Workflow("w").add(
             [
-                Step("p", probe, parameters={"x": list(range(6))}, slices=sliced),
-                Step("q", probe, parameters={"x": list(range(6))}, slices=sliced),
-                Step("plain", probe, parameters={"x": 1}),
+                Step("p", probe.op, parameters={"x": list(range(6))}, slices=sliced),
+                Step("q", probe.op, parameters={"x": list(range(6))}, slices=sliced),
+                Step("plain", probe.op, parameters={"x": 1}),
             ]
         )
 
@@ -962,7 +955,7 @@ async def test_max_concurrency_bounds_slices_and_steps_of_every_run() -> None:
         with anyio.fail_after(10):
             assert await first.wait() == "Succeeded"
             assert await second.wait() == "Succeeded"
-    assert peak == 2
+    assert probe.peak == 2
 
 
 @pytest.mark.parametrize(
