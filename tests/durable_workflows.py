@@ -504,11 +504,12 @@ class Square(ops.OP):
 
 
 @aflow.workflow
-def ops_mixed(fail: int) -> ops.Workflow:
-    """prep, then a skipped step (and its reader), and slices with one tolerated failure."""
+def ops_mixed(fail: int, limit: int = 100) -> ops.Workflow:
+    """prep (y = 9), then a step run only when y > limit (and its reader), and slices
+    with one tolerated failure."""
     prep = ops.Step("prep", Square, parameters={"x": 3})
     maybe = ops.Step(
-        "maybe", Square, parameters={"x": 1}, when=f"{prep.outputs.parameters['y']} > 100"
+        "maybe", Square, parameters={"x": 1}, when=f"{prep.outputs.parameters['y']} > {limit}"
     )
     after = ops.Step("after-maybe", Square, parameters={"x": maybe.outputs.parameters["y"]})
     sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
@@ -520,3 +521,31 @@ def ops_mixed(fail: int) -> ops.Workflow:
         continue_on_num_success=3,
     )
     return ops.Workflow("mixed").add(prep).add([maybe, sq]).add(after)
+
+
+class Gate(ops.OP):
+    """Item 0 never ends (a fail-fast cancels it), item 2 fails, the others answer."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"x": int})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"y": int})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        if op_in["x"] == 0:
+            await anyio.sleep_forever()
+        if op_in["x"] == 2:
+            raise ValueError("no 2")
+        return ops.OPIO({"y": op_in["x"]})
+
+
+@aflow.workflow
+def ops_gaps(n: int) -> ops.Workflow:
+    """Slices that fail fast while an earlier one still runs; a step after them."""
+    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=4)
+    gate = ops.Step("gate", Gate, parameters={"x": list(range(n))}, slices=sliced)
+    after = ops.Step("after", Square, parameters={"x": 2})
+    return ops.Workflow("gaps").add(gate).add(after)

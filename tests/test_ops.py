@@ -1371,12 +1371,20 @@ async def test_an_ops_own_timeout_error_is_not_a_slice_timeout() -> None:
     assert "database" in str(error)
 
 
-def test_overlapping_slice_key_templates_are_refused() -> None:
+async def test_overlapping_slice_key_templates_keep_their_own_checkpoints(
+    tmp_path: Path,
+) -> None:
     sliced = Slices(input_parameter=["x"], output_parameter=["sum"])
-    a = Step("a", add, parameters={"x": [1]}, slices=sliced, key="p{{item}}")
-    b = Step("b", add, parameters={"x": [1]}, slices=sliced, key="p1{{item}}")
-    with pytest.raises(aflow.DuplicateTaskError, match="p1"):
-        aflow.compile(Workflow("w").add([a, b]))
+    xs = list(range(11))
+    a = Step("a", add, parameters={"x": xs, "y": 0}, slices=sliced, key="p{{item}}")
+    b = Step("b", add, parameters={"x": xs, "y": 100}, slices=sliced, key="p1{{item}}")
+    plain = Step("p01", add, parameters={"x": 1})  # "p01" is no slice key: str(1) is "1"
+    # both steps have a slice keyed "p10"; their work dirs and outputs stay apart
+    wf = Workflow("w", artifacts=tmp_path).add([a, b, plain])
+    assert await run_wf(wf) == "Succeeded"
+    assert sorted(r.name for r in wf.query_step(key="p10")) == ["a", "b"]
+    assert wf.query_step(name="a")[0].outputs.parameters["sum"].value == xs
+    assert wf.query_step(name="b")[0].outputs.parameters["sum"].value == [x + 100 for x in xs]
 
 
 async def test_modify_output_artifact_checks_the_shape(tmp_path: Path) -> None:
@@ -1392,3 +1400,90 @@ async def test_modify_output_artifact_checks_the_shape(tmp_path: Path) -> None:
     assert single is not None
     with pytest.raises(TypeError, match="holds a list"):
         many.modify_output_artifact("out_art", single)
+
+
+# --- third review ---------------------------------------------------------------------------------
+
+
+async def test_a_stored_failed_sliced_step_shows_every_slice(tmp_path: Path) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        live = dw.ops_gaps(n=4)
+        await live.submit(runtime=rt)
+        assert await live.wait() == "Failed"
+    async with aflow.Runtime(store=url) as rt:
+        stored = await Workflow.load(live.run.id, runtime=rt)
+
+    def view(wf: Workflow) -> dict[str, tuple[str, list[str]]]:
+        return {r.name: (r.phase, [s.phase for s in r.slices]) for r in wf.query_step()}
+
+    assert view(stored) == view(live)
+    assert view(live)["gate"][1][:3] == ["Cancelled", "Succeeded", "Failed"]
+    assert view(live)["after"] == ("Pending", [])  # never started: the run failed first
+    assert [r.key for r in stored.query_step(key="gate-2")] == ["gate-2"]
+
+
+async def test_a_reused_step_is_not_recorded_skipped_by_its_guard(
+    tmp_path: Path, counts: Path
+) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        first = dw.ops_mixed(fail=-1, limit=0)  # 9 > 0: maybe runs
+        await first.submit(runtime=rt)
+        assert await first.wait() == "Succeeded"
+        reuse = first.query_step(name=["prep", "maybe"])
+        second = dw.ops_mixed(fail=-1)  # 9 > 100 is false, but maybe is reused
+        run = await second.submit(runtime=rt, reuse_step=reuse)
+        assert await second.wait() == "Succeeded"
+        here = await Workflow.load(run.id, runtime=rt)  # live in this runtime
+    async with aflow.Runtime(store=url) as rt:
+        stored = await Workflow.load(run.id, runtime=rt)
+    for wf in (second, here, stored):
+        records = {r.name: r for r in wf.query_step()}
+        assert (records["maybe"].phase, records["maybe"].reused) == ("Succeeded", True)
+        assert records["after-maybe"].phase == "Succeeded"
+
+
+async def test_any_change_after_the_builder_is_refused_for_a_durable_run(
+    tmp_path: Path, counts: Path
+) -> None:
+    from tests import durable_workflows as dw
+
+    wf = dw.ops_files(start=1)
+    wf.steps[0].parameters["text"] = "changed"
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        with pytest.raises(aflow.DefinitionError, match="changed after"):
+            await wf.submit(runtime=rt)
+        await dw.ops_files(start=1).submit(runtime=rt)  # unchanged: accepted
+
+
+def test_a_reference_inside_a_longer_string_is_refused() -> None:
+    for text in (
+        "'pre-{{steps.a.outputs.parameters.x}}' == 'pre-yes'",
+        "'{{steps.a.outputs.parameters.x}}-suf' == 'yes-suf'",
+    ):
+        with pytest.raises(aflow.SignatureError, match="inside a longer string"):
+            Step("s", add, parameters={"x": 1}, when=text)
+    Step("s", add, parameters={"x": 1}, when="'{{steps.a.outputs.parameters.x}}' == '__refund'")
+
+
+@pytest.mark.slow
+async def test_wait_takes_up_a_loaded_run_whose_process_died(
+    tmp_path: Path, counts: pathlib.Path
+) -> None:
+    from tests.durable_workflows import read_counts
+    from tests.test_durable import LEASE, crash_in
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_files", "consume", counts)
+    async with aflow.Runtime(store=url, lease=LEASE) as rt:  # no recover=True
+        wf = await Workflow.load(run_id, runtime=rt)
+        assert wf.query_status() == "Running"
+        with anyio.fail_after(10):
+            assert await wf.wait(poll=0.05) == "Succeeded"
+        assert await wf.run.result() == {"consume": {"text": "hello 1"}}
+    assert read_counts(counts) == {"produce": 1, "consume": 2}

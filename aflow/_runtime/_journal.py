@@ -97,6 +97,11 @@ class Journal:
         """Note a node's start; it goes out with the next batch."""
         self.record(NodeRecord(key, "running", attempt, started_at=time.time()))
 
+    async def record_now(self, node: NodeRecord) -> None:
+        """Buffer one record and wait until it is committed (write-ahead)."""
+        self.record(node)
+        await self._committed.wait()
+
     async def announce(self, key: str) -> None:
         """Note a node's start and wait until it is committed (write-ahead).
 

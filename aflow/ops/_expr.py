@@ -23,6 +23,8 @@ from .._exceptions import SignatureError
 
 __all__ = ["Expression"]
 
+#: The name a reference is bound to (no expression writes it by accident).
+_BOUND = "__aflow_ref_"
 _MAX_LENGTH = 2000
 _MAX_DEPTH = 50
 # a reference, alone or quoted as Argo writes strings ('{{...}}' == 'yes'): either way it
@@ -74,7 +76,7 @@ class Expression:
             ref = (match.group(2), match.group(3))
             if ref not in refs:
                 refs.append(ref)
-            return f" __ref{refs.index(ref)} "
+            return f" {_BOUND}{refs.index(ref)} "
 
         source = _REF.sub(bind, text)
         if "{{" in source:
@@ -92,6 +94,14 @@ class Expression:
             raise SignatureError(
                 step, f"is not a valid expression: {text!r} ({exc.msg})", "when"
             ) from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and _BOUND in str(node.value):
+                raise SignatureError(
+                    step,
+                    f"a reference inside a longer string is not supported: {text!r}; "
+                    "compare the whole value (quoted or not), or give a callable",
+                    "when",
+                )
         if _depth(tree) > _MAX_DEPTH:
             raise SignatureError(step, f"is nested too deeply: {text[:60]!r}...", "when")
         for node in ast.walk(tree):
@@ -129,7 +139,7 @@ class Expression:
                     step, f"comparison {type(node).__name__} is not allowed: {text!r}", "when"
                 )
             if isinstance(node, ast.Name) and not (
-                node.id in _CONSTANTS or node.id.startswith("__ref")
+                node.id in _CONSTANTS or node.id.startswith(_BOUND)
             ):
                 raise SignatureError(
                     step, f"unknown name {node.id!r} in {text!r} (quote strings)", "when"
@@ -142,7 +152,7 @@ class Expression:
 
     def evaluate(self, values: Mapping[tuple[str, str], Any]) -> Any:
         """The expression's value with each reference bound to ``values[(step, parameter)]``."""
-        bound = {f"__ref{i}": values[ref] for i, ref in enumerate(self.refs)}
+        bound = {f"{_BOUND}{i}": values[ref] for i, ref in enumerate(self.refs)}
         return _eval(self._tree.body, bound)
 
 

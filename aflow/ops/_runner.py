@@ -33,6 +33,7 @@ __all__ = [
     "StepCall",
     "run_store",
     "run_step",
+    "checkpoint_key",
     "in_thread",
     "retryable",
     "source_names",
@@ -75,6 +76,15 @@ WHEN_ERRORS: weakref.WeakKeyDictionary[Execution, dict[str, BaseException]] = (
 LIVE_SLICES: weakref.WeakKeyDictionary[Execution, dict[str, list[dict[str, Any]]]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def checkpoint_key(step: Step, index: int) -> str:
+    """The stored key of a slice's checkpoint: ``_slice:<step key>:<index>``.
+
+    Not the slice's templated key, which only names it in queries: a step key
+    never starts with ``_``, so these never clash with each other or a node.
+    """
+    return f"_slice:{step.node_key}:{index}"
 
 
 def retryable(error: BaseException) -> bool:
@@ -267,8 +277,8 @@ async def _local_inputs(
             stored: dict[str, Any] = journal.serializer.loads(found.result)
             return stored
     manifests: dict[str, Any] = await in_thread(_literal_artifacts, call.step, store)
-    if journal is not None:
-        journal.record(NodeRecord(key, "succeeded", 1, journal.encode(key, manifests)))
+    if journal is not None:  # on record before the op starts
+        await journal.record_now(NodeRecord(key, "succeeded", 1, journal.encode(key, manifests)))
     return manifests
 
 
@@ -369,7 +379,7 @@ async def _run_slices(
     if journal is not None and execution.restored:  # slices on record are not run again
         stored = await journal.store.load_nodes(run_id)
         for record in records:
-            found = stored.get(record["key"])
+            found = stored.get(checkpoint_key(step, record["index"]))
             if found is not None and found.state == "succeeded" and found.result is not None:
                 record.update(
                     phase="Succeeded",
@@ -397,6 +407,10 @@ async def _run_slices(
         where = (step.node_key, f"slice-{i}")
         record["phase"] = "Running"
         record["started_at"] = time.time()
+        if journal is not None:  # so a stored run shows it was running (then cut short)
+            journal.record(
+                NodeRecord(checkpoint_key(step, i), "running", 1, started_at=record["started_at"])
+            )
         attempt = 0
         while True:
             attempt += 1
@@ -426,7 +440,7 @@ async def _run_slices(
                 if journal is not None:  # for queries: a resume runs it again anyway
                     journal.record(
                         NodeRecord(
-                            record["key"],
+                            checkpoint_key(step, i),
                             "failed",
                             attempt,
                             None,
@@ -445,7 +459,7 @@ async def _run_slices(
                 text = journal.encode(record["key"], out)
                 journal.record(
                     NodeRecord(
-                        record["key"],
+                        checkpoint_key(step, i),
                         "succeeded",
                         attempt,
                         text,

@@ -200,8 +200,10 @@ class Step:
         )
         self.continue_on_num_success: int | None = threshold["min_success"]
         self.continue_on_success_ratio: float | None = threshold["success_ratio"]
-        if key is not None and (not isinstance(key, str) or not key):
-            raise SignatureError(name, f"must be a non-empty string, got {key!r}", "key")
+        if key is not None and (not isinstance(key, str) or not key or key.startswith("_")):
+            raise SignatureError(
+                name, f"must be a non-empty string not starting with '_', got {key!r}", "key"
+            )
         self.key = key
         self.input_fields = dict(self.op.get_input_sign().fields)
         all_out = dict(self.op.get_output_sign().fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import re
@@ -20,6 +21,7 @@ from .._exceptions import (
     DefinitionError,
     DuplicateTaskError,
     RecordedError,
+    ResumeMismatch,
     SignatureError,
 )
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
@@ -28,10 +30,11 @@ from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
 from .._runtime._current import EXECUTION
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
-from .._workflow import fingerprint, resolve_workflow
+from .._workflow import resolve_workflow
 from ..stores._base import NodeRecord, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
 from ._expr import Expression
+from ._op import op_name
 from ._runner import (
     LIVE_SLICES,
     SLICES_ATTR,
@@ -256,7 +259,7 @@ _STORED_STATES = {
 class _StoredRun:
     """A run read back from a durable store: what ``query_step`` needs, from its records."""
 
-    __slots__ = ("_infos", "_results", "finished", "reused", "status")
+    __slots__ = ("_infos", "_results", "finished", "heartbeat", "reused", "status")
 
     def __init__(
         self, record: RunRecord, nodes: Mapping[str, NodeRecord], loads: Callable[[str], Any]
@@ -266,6 +269,8 @@ class _StoredRun:
         except ValueError:  # "cancelling", "reverting": still going
             self.status = RunStatus.RUNNING
         self.finished = self.status.finished
+        #: when the owner's lease runs out (it renews it while alive)
+        self.heartbeat = record.heartbeat
         self._results: dict[str, Any] = {}
         self._infos: dict[str, StepInfo] = {}
         self.reused = {key for key, node in nodes.items() if node.state == "reused"}
@@ -300,25 +305,39 @@ class _StoredRun:
     def results(self) -> dict[str, Any]:
         return self._results
 
-    def slices(self, step: Step) -> list[dict[str, Any]]:
-        """A sliced step's slices, from their own checkpoints."""
+    def slices(self, step: Step, count: int | None) -> list[dict[str, Any]]:
+        """A sliced step's slices, from their own checkpoints (gaps: never recorded).
+
+        ``count`` is how many it has, when its inputs tell."""
+        prefix = f"_slice:{step.node_key}:"
+        found = {
+            int(key[len(prefix) :]): info
+            for key, info in self._infos.items()
+            if key.startswith(prefix) and key[len(prefix) :].isdigit()
+        }
         out: list[dict[str, Any]] = []
-        i = 0
-        while (info := self._infos.get(step.slice_key(i))) is not None:
-            phase = _PHASES[info.state]
-            out.append(
-                {
-                    "index": i,
-                    "key": info.key,
-                    "phase": phase,
-                    "attempts": info.attempts,
-                    "started_at": info.started_at,
-                    "finished_at": info.finished_at,
-                    "error": str(info.error) if info.error is not None else None,
-                    "outputs": self._results.get(info.key),
-                }
-            )
-            i += 1
+        for i in range(max(max(found, default=-1) + 1, count or 0)):
+            info = found.get(i)
+            item: dict[str, Any] = {
+                "index": i,
+                "key": step.slice_key(i),
+                "phase": "Pending",
+                "attempts": 0,
+                "started_at": None,
+                "finished_at": None,
+                "error": None,
+                "outputs": None,
+            }
+            if info is not None:
+                item.update(
+                    phase=_PHASES[info.state],
+                    attempts=info.attempts,
+                    started_at=info.started_at,
+                    finished_at=info.finished_at,
+                    error=str(info.error) if info.error is not None else None,
+                    outputs=self._results.get(info.key),
+                )
+            out.append(item)
         return out
 
 
@@ -427,7 +446,10 @@ class Workflow:
                 "'async with aflow.Runtime(): await wf.submit()'"
             )
         root = self._artifact_root(rt.store)
+        reused_keys = {r.key for r in reuse_step or ()}
         for step in self.steps:  # before anything runs: the local files it will read
+            if step.node_key in reused_keys:
+                continue
             for key, path in step.local_files():
                 if not path.exists():
                     raise SignatureError(
@@ -459,7 +481,8 @@ class Workflow:
         }
         if self._origin is not None and rt.store is not None:
             builder, params = self._origin
-            if fingerprint(_compile(self)) != fingerprint(builder.build(params)):
+            rebuilt = builder.fn(**params)
+            if not isinstance(rebuilt, Workflow) or _digest(rebuilt) != _digest(self):
                 raise DefinitionError(
                     f"workflow {self.name!r} was changed after {builder.path} built it; a "
                     "durable run is rebuilt from that function, so make the change there"
@@ -529,11 +552,13 @@ class Workflow:
             raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
         built._run_root = built._artifact_root(store)
         built._run_id = run_id
+        nodes = await store.load_nodes(run_id)
+        built._reused = {key for key, node in nodes.items() if node.state == "reused"}
         try:
             built._run = rt.get(run_id)
         except KeyError:  # run by another process, or finished: read from the store
             built._store_runtime = rt
-            built._stored = _StoredRun(record, await store.load_nodes(run_id), loads)
+            built._stored = _StoredRun(record, nodes, loads)
         return built
 
     async def refresh(self) -> None:
@@ -551,6 +576,18 @@ class Workflow:
             await self.refresh()
         elif self._stored is not None:
             while not self._stored.finished:
+                lease = self._stored.heartbeat
+                if self._store_runtime is not None and lease is not None and lease < time.time():
+                    # its process died: take the run up here, as recovery would
+                    try:
+                        self._run = await self._store_runtime.resume(self._run_id or "")
+                    except ResumeMismatch:
+                        pass  # taken up by another process meanwhile: keep watching
+                    else:
+                        await self._run.wait()
+                        self._stored = None
+                        self._store_runtime = None
+                        break
                 await anyio.sleep(poll)
                 await self.refresh()
         else:
@@ -587,8 +624,11 @@ class Workflow:
             if isinstance(run, _StoredRun) and run.find(step.node_key) is None:
                 # not on record: skipped if what it reads did not succeed (or the run
                 # succeeded without it); otherwise it never started
-                upstream = [phases[id(s)] for s in data[id(step)]]
-                skipped = any(p in ("Skipped", "Failed", "Cancelled") for p in upstream)
+                skipped = any(
+                    phases[id(src)] == "Skipped"
+                    or (phases[id(src)] == "Failed" and src.continue_on_failed)
+                    for src in data[id(step)]
+                )
                 if skipped or run.status is RunStatus.SUCCEEDED:
                     unrecorded = "Skipped"
             record = self._record(step, run, results, root, unrecorded)
@@ -628,7 +668,7 @@ class Workflow:
             if isinstance(run, Run):  # in progress here
                 slice_dicts = LIVE_SLICES.get(run._execution, {}).get(step.node_key)
             else:  # from each slice's own checkpoint
-                slice_dicts = run.slices(step)
+                slice_dicts = run.slices(step, _slice_count(step, results))
         item_shapes = {k: f.artifact.shape for k, f in step.all_output_fields.items() if f.artifact}
         in_shapes = {k: f.artifact.shape for k, f in step.input_fields.items() if f.artifact}
         ended = info.state not in (NodeState.RUNNING, NodeState.RETRYING)
@@ -677,6 +717,18 @@ async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
     assert store is not None
     record = await store.get_run(run_id)
     return _StoredRun(record, await store.load_nodes(run_id), rt._serializer_of(record).loads)
+
+
+def _slice_count(step: Step, results: Mapping[str, Any]) -> int | None:
+    """How many slices a step has, from its first sliced input (None: not known)."""
+    key = step.sliced_inputs[0]
+    value = step.parameters.get(key, step.artifacts.get(key))
+    if isinstance(value, OutputRef):
+        upstream = results.get(value.step.node_key)
+        if upstream is None:
+            return None
+        value = upstream[value.kind].get(value.name)
+    return len(value) if isinstance(value, list | tuple) else None
 
 
 def _slice_phase(phase: str, ended: bool) -> str:
@@ -841,9 +893,12 @@ def _guard(
         except Exception as exc:  # the step itself fails with it (see run_step)
             WHEN_ERRORS.setdefault(EXECUTION.get(), {})[step.node_key] = exc
             return True
-        journal = EXECUTION.get()._journal
+        execution = EXECUTION.get()
+        journal = execution._journal
         if not go and journal is not None:  # so a query of the stored run shows it
-            journal.record(NodeRecord(step.node_key, "skipped", 0, finished_at=time.time()))
+            node = execution.graph.find(step.node_key)
+            if node is not None and execution._states[node.index] is NodeState.PENDING:
+                journal.record(NodeRecord(step.node_key, "skipped", 0, finished_at=time.time()))
         return go
 
     return guard
@@ -862,16 +917,37 @@ def _ancestors(
     return list(seen.values())
 
 
-#: How many items of each slice-key template are tried against the others.
-_OVERLAP_PROBE = 10_000
+def _describe_value(value: Any) -> str:
+    return str(value) if isinstance(value, OutputRef) else repr(value)
 
 
-def _slice_key(pattern: str, index: int) -> str:
-    return pattern.replace("{{item}}", str(index))
+def _digest(wf: Workflow) -> str:
+    """Everything that makes the workflow what it is: steps, wiring, options, conditions."""
+    digest = hashlib.sha256()
+    for step in wf.steps:
+        when = step.when
+        condition = when.text if isinstance(when, Expression) else getattr(when, "__qualname__", "")
+        parts = [
+            step.name,
+            repr(step.key),
+            op_name(step.op),
+            repr(sorted((k, _describe_value(v)) for k, v in step.parameters.items())),
+            repr(sorted((k, _describe_value(v)) for k, v in step.artifacts.items())),
+            condition,
+            repr((step.retries, step.timeout, step.backoff, step.continue_on_failed)),
+            repr((step.continue_on_num_success, step.continue_on_success_ratio, step.slices)),
+            repr([d.name for d in step.dependencies]),
+        ]
+        digest.update("\x1f".join(parts).encode() + b"\n")
+    digest.update(repr([[s.name for s in stage] for stage in wf._stages]).encode())
+    return digest.hexdigest()
 
 
 def _check_slice_keys(steps: list[Step]) -> None:
-    """Slice keys (``name-3``, or a ``{{item}}`` key template) clash with no other key."""
+    """Slice keys (``name-3``, or a ``{{item}}`` key template) clash with no step's key, and
+    no two steps share a template. (Templates that merely overlap, as ``p{{item}}`` and
+    ``p1{{item}}`` do at ``p10``, are allowed: such a key names a slice of each in queries.
+    Checkpoints and work dirs go by step key and index, never by these keys.)"""
     patterns: dict[str, Step] = {}
     for step in steps:
         if step.slices is None:
@@ -883,7 +959,7 @@ def _check_slice_keys(steps: list[Step]) -> None:
                 f"{pattern} (slice keys of steps {other.name!r} and {step.name!r})"
             )
     regexes = {
-        pattern: re.compile(re.escape(pattern).replace(re.escape("{{item}}"), r"\d+"))
+        pattern: re.compile(re.escape(pattern).replace(re.escape("{{item}}"), r"(0|[1-9]\d*)"))
         for pattern in patterns
     }
     for pattern, owner in patterns.items():
@@ -891,18 +967,6 @@ def _check_slice_keys(steps: list[Step]) -> None:
             if regexes[pattern].fullmatch(step.node_key):
                 raise DuplicateTaskError(
                     f"{step.node_key} (a step's key, and a slice key of step {owner.name!r})"
-                )
-        for template, regex in regexes.items():  # 'p{{item}}' and 'p1{{item}}' share 'p10'
-            if template == pattern:
-                continue
-            shared = next(
-                (k for i in range(_OVERLAP_PROBE) if regex.fullmatch(k := _slice_key(pattern, i))),
-                None,
-            )
-            if shared is not None:
-                raise DuplicateTaskError(
-                    f"{shared} (a slice key of steps {owner.name!r} and "
-                    f"{patterns[template].name!r})"
                 )
 
 
