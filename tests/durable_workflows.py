@@ -547,5 +547,6 @@ def ops_gaps(n: int) -> ops.Workflow:
     """Slices that fail fast while an earlier one still runs; a step after them."""
     sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=4)
     gate = ops.Step("gate", Gate, parameters={"x": list(range(n))}, slices=sliced)
-    after = ops.Step("after", Square, parameters={"x": 2})
+    later = ops.Slices(input_parameter=["x"], output_parameter=["y"])
+    after = ops.Step("after", Square, parameters={"x": [1, 2]}, slices=later)  # never starts
     return ops.Workflow("gaps").add(gate).add(after)

@@ -1487,3 +1487,48 @@ async def test_wait_takes_up_a_loaded_run_whose_process_died(
             assert await wf.wait(poll=0.05) == "Succeeded"
         assert await wf.run.result() == {"consume": {"text": "hello 1"}}
     assert read_counts(counts) == {"produce": 1, "consume": 2}
+
+
+# --- fourth review --------------------------------------------------------------------------------
+
+
+def test_the_bound_name_is_reserved_in_expressions() -> None:
+    with pytest.raises(aflow.SignatureError, match="reserved"):
+        Step("s", add, parameters={"x": 1}, when="__aflow_ref_0 == 1")
+
+
+async def test_a_builder_with_temp_paths_and_plain_objects_is_not_taken_for_changed(
+    tmp_path: Path, counts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import durable_workflows as dw
+
+    local = tmp_path / "in.txt"
+    local.write_text("x")
+    monkeypatch.setenv("AFLOW_LOCAL_FILE", str(local))
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        wf = dw.ops_local(start=1)
+        monkeypatch.setenv("AFLOW_LOCAL_FILE", str(tmp_path / "moved.txt"))  # a rebuild differs
+        (tmp_path / "moved.txt").write_text("y")
+        await wf.submit(runtime=rt)
+        assert await wf.wait() == "Succeeded"
+
+
+@pytest.mark.slow
+async def test_wait_raises_when_a_dead_run_cannot_be_taken_up(
+    tmp_path: Path, counts: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import durable_workflows as dw
+    from tests.test_durable import LEASE, crash_in
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_files", "consume", counts)
+    original = dw.ops_files.fn
+
+    def redeployed(start: int) -> Workflow:  # a new version adds a step
+        return original(start).add(Step("extra", add, parameters={"x": 1}))
+
+    async with aflow.Runtime(store=url, lease=LEASE) as rt:
+        wf = await Workflow.load(run_id, runtime=rt)
+        monkeypatch.setattr(dw.ops_files, "fn", redeployed)
+        with anyio.fail_after(10), pytest.raises(aflow.stores.ResumeMismatch, match="different"):
+            await wf.wait(poll=0.05)

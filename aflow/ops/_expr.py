@@ -78,6 +78,8 @@ class Expression:
                 refs.append(ref)
             return f" {_BOUND}{refs.index(ref)} "
 
+        if _BOUND in text:
+            raise SignatureError(step, f"{_BOUND!r} is reserved in when expressions", "when")
         source = _REF.sub(bind, text)
         if "{{" in source:
             raise SignatureError(step, f"cannot read the reference in {text!r}", "when")
@@ -94,6 +96,7 @@ class Expression:
             raise SignatureError(
                 step, f"is not a valid expression: {text!r} ({exc.msg})", "when"
             ) from None
+        bound = {f"{_BOUND}{i}" for i in range(len(refs))}
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and _BOUND in str(node.value):
                 raise SignatureError(
@@ -138,9 +141,7 @@ class Expression:
                 raise SignatureError(
                     step, f"comparison {type(node).__name__} is not allowed: {text!r}", "when"
                 )
-            if isinstance(node, ast.Name) and not (
-                node.id in _CONSTANTS or node.id.startswith(_BOUND)
-            ):
+            if isinstance(node, ast.Name) and not (node.id in _CONSTANTS or node.id in bound):
                 raise SignatureError(
                     step, f"unknown name {node.id!r} in {text!r} (quote strings)", "when"
                 )

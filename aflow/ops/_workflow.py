@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -315,6 +316,8 @@ class _StoredRun:
             for key, info in self._infos.items()
             if key.startswith(prefix) and key[len(prefix) :].isdigit()
         }
+        if not found and step.node_key not in self._infos:
+            return []  # the step never started: no slices, as a live run shows
         out: list[dict[str, Any]] = []
         for i in range(max(max(found, default=-1) + 1, count or 0)):
             info = found.get(i)
@@ -582,7 +585,11 @@ class Workflow:
                     try:
                         self._run = await self._store_runtime.resume(self._run_id or "")
                     except ResumeMismatch:
-                        pass  # taken up by another process meanwhile: keep watching
+                        await self.refresh()
+                        taken = self._stored.heartbeat
+                        if not self._stored.finished and (taken is None or taken < time.time()):
+                            raise  # not taken up elsewhere: it cannot be resumed (say why)
+                        continue  # another process took it up meanwhile: keep watching
                     else:
                         await self._run.wait()
                         self._stored = None
@@ -918,7 +925,14 @@ def _ancestors(
 
 
 def _describe_value(value: Any) -> str:
-    return str(value) if isinstance(value, OutputRef) else repr(value)
+    """A value as the change check compares it: wiring by reference, data by content."""
+    if isinstance(value, OutputRef):
+        return str(value)
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        text = repr(value)  # an object whose repr holds its address compares by type
+        return type(value).__qualname__ if " at 0x" in text else text
 
 
 def _digest(wf: Workflow) -> str:
@@ -932,7 +946,14 @@ def _digest(wf: Workflow) -> str:
             repr(step.key),
             op_name(step.op),
             repr(sorted((k, _describe_value(v)) for k, v in step.parameters.items())),
-            repr(sorted((k, _describe_value(v)) for k, v in step.artifacts.items())),
+            # local files may move between builds (a temp dir, say): what is read is recorded
+            repr(
+                sorted(
+                    (k, _describe_value(v))
+                    for k, v in step.artifacts.items()
+                    if isinstance(v, OutputRef)
+                )
+            ),
             condition,
             repr((step.retries, step.timeout, step.backoff, step.continue_on_failed)),
             repr((step.continue_on_num_success, step.continue_on_success_ratio, step.slices)),
