@@ -334,8 +334,8 @@ def download_artifact(
 ) -> list[Path]:
     """Copy an artifact's files (or directories) into ``path``; return their local paths.
 
-    Files keep their names; members of a list artifact whose names clash go
-    into numbered sub-folders. ``skip_exists=True`` leaves files already there.
+    Files keep their names; when members of a list artifact share a name,
+    every member goes into a numbered sub-folder (``0/``, ``1/``...). ``skip_exists=True`` leaves files already there.
     """
     if artifact is None:
         raise ValueError("this artifact is empty: the step gave none (optional), or did not run")

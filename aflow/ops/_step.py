@@ -24,8 +24,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 class OutputRef:
     """``step.outputs.parameters["x"]`` or ``step.outputs.artifacts["out"]``: wiring.
 
-    Give it as another step's input, or format it into a ``when`` expression
-    (``f"{ref} > 5"``).
+    Give it as another step's input; a parameter's can also be formatted into a
+    ``when`` expression (``f"{ref} > 5"``).
     """
 
     __slots__ = ("kind", "name", "step")
@@ -386,7 +386,7 @@ class Step:
                 yield key, Path(path)
 
     def refs(self) -> Iterator[OutputRef]:
-        """Every output reference this step reads (inputs, then its ``when`` expression)."""
+        """Every output reference among this step's inputs (its ``when`` is read apart)."""
         for value in (*self.parameters.values(), *self.artifacts.values()):
             if isinstance(value, OutputRef):
                 yield value
