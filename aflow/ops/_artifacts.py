@@ -335,7 +335,8 @@ def download_artifact(
     """Copy an artifact's files (or directories) into ``path``; return their local paths.
 
     Files keep their names; when members of a list artifact share a name,
-    every member goes into a numbered sub-folder (``0/``, ``1/``...). ``skip_exists=True`` leaves files already there.
+    every member goes into a numbered sub-folder (``0/``, ``1/``...).
+    ``skip_exists=True`` leaves files already there.
     """
     if artifact is None:
         raise ValueError("this artifact is empty: the step gave none (optional), or did not run")
