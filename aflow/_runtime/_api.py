@@ -804,13 +804,16 @@ class Runtime:
             graph, stored.run_id, Journal(store, stored.run_id, self._serializer), options, restore
         )
 
-    def _reused(self, graph: Graph, reuse: Mapping[str, Any]) -> dict[str, NodeRecord]:
-        """Records of reused outputs: serialised for a store, as they are without one."""
+    def _reused(
+        self, graph: Graph, reuse: Mapping[str, Any], serializer: Serializer | None = None
+    ) -> dict[str, NodeRecord]:
+        """Records of reused outputs: serialised for a store (with ``serializer``, else the
+        runtime's), as they are without one."""
         taken: dict[str, NodeRecord] = {}
         for key, value in reuse.items():
             graph.node(key)  # KeyError naming the known keys
             if self._store is not None:
-                value = self._serializer.dumps(value, task=key)
+                value = (serializer or self._serializer).dumps(value, task=key)
             elif value is None:
                 raise ValueError(f"cannot reuse node {key!r}: its output is None")
             taken[key] = NodeRecord(key, "reused", 1, value)
@@ -1040,17 +1043,15 @@ class Runtime:
         old = await store.load_nodes(run_id)
         serializer = self._serializer_of(record)
         overrides = dict(reuse) if isinstance(reuse, Mapping) else dict.fromkeys(reuse, _KEEP)
-        taken: dict[str, NodeRecord] = {}
+        new_values = {k: v for k, v in overrides.items() if v is not _KEEP}
+        taken = self._reused(graph, new_values, serializer)
         for key, value in overrides.items():
-            graph.node(key)  # KeyError naming the known keys
             if value is _KEEP:
+                graph.node(key)  # KeyError naming the known keys
                 found = old.get(key)
                 if found is None or found.state not in ("succeeded", "reused"):
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
                 taken[key] = NodeRecord(key, "reused", 1, found.result)
-            else:
-                text = serializer.dumps(value, task=key)
-                taken[key] = NodeRecord(key, "reused", 1, text)
         now = time.time()
         new = RunRecord(
             run_id=uuid.uuid4().hex,

@@ -170,9 +170,6 @@ class ArtifactStore:
         sha, size = self._put_file(path)
         return {"file": sha, "name": path.name, "size": size}
 
-    def has(self, manifest: dict[str, Any]) -> bool:
-        return all(self.object_path(sha).exists() for sha in _shas(manifest))
-
     def copy_from(self, other: ArtifactStore, manifest: dict[str, Any]) -> None:
         """Bring the objects of ``manifest`` over from another store (a reused step's)."""
         for sha in _shas(manifest):

@@ -32,8 +32,10 @@ __all__ = [
     "SlicesBelowThreshold",
     "StepCall",
     "run_store",
+    "slice_record",
     "run_step",
     "checkpoint_key",
+    "checkpoint_prefix",
     "in_thread",
     "retryable",
     "source_names",
@@ -78,13 +80,33 @@ LIVE_SLICES: weakref.WeakKeyDictionary[Execution, dict[str, list[dict[str, Any]]
 )
 
 
-def checkpoint_key(step: Step, index: int) -> str:
-    """The stored key of a slice's checkpoint: ``_slice:<step key>:<index>``.
+def checkpoint_prefix(step: Step) -> str:
+    """Where a step's slice checkpoints are stored: ``_slice:<step key>:<index>``.
 
     Not the slice's templated key, which only names it in queries: a step key
     never starts with ``_``, so these never clash with each other or a node.
     """
-    return f"_slice:{step.node_key}:{index}"
+    return f"_slice:{step.node_key}:"
+
+
+def checkpoint_key(step: Step, index: int) -> str:
+    """The stored key of slice ``index``'s checkpoint."""
+    return f"{checkpoint_prefix(step)}{index}"
+
+
+def slice_record(step: Step, index: int, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A slice's record before it runs (live queries and stored ones share this form)."""
+    return {
+        "index": index,
+        "key": step.slice_key(index),
+        "phase": "Pending",
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+        "error": None,
+        "inputs": inputs,
+        "outputs": None,
+    }
 
 
 def retryable(error: BaseException) -> bool:
@@ -300,8 +322,11 @@ class StepCall:
 async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     """The task of every step's node; upstream results arrive by binding name."""
     step = call.step
-    names = call.names
     execution = EXECUTION.get()
+    failed = WHEN_ERRORS.get(execution, {}).get(step.node_key)
+    if failed is not None:  # its condition raised: it fails before doing anything
+        raise WhenError(step.name, failed) from failed
+    names = call.names
     store = run_store(call.root)
     literal = await _local_inputs(call, store, execution) if call.has_literal else {}
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
@@ -309,15 +334,9 @@ async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     arts.update(literal)
     if step.slices is None:
         attempt = ATTEMPT.get(1)
-        failed = WHEN_ERRORS.get(execution, {}).get(step.node_key)
-        if failed is not None:
-            raise WhenError(step.name, failed) from failed
         return await _call_op(
             step, store, execution.run_id, (step.node_key,), attempt, params, arts
         )
-    failed = WHEN_ERRORS.get(execution, {}).get(step.node_key)
-    if failed is not None:
-        raise WhenError(step.name, failed) from failed
     return await _run_slices(step, store, execution, params, arts)
 
 
@@ -358,21 +377,15 @@ async def _run_slices(
             raise OpIOError(
                 name, "input", key, f"a list of {n} items like {sliced[0]!r}", f"{length} items"
             )
-    records: list[dict[str, Any]] = [
-        {
-            "index": i,
-            "key": step.slice_key(i),
-            "phase": "Pending",
-            "attempts": 0,
-            "started_at": None,
-            "finished_at": None,
-            "error": None,
-            "inputs": {
+    records = [
+        slice_record(
+            step,
+            i,
+            {
                 "parameters": {k: (v[i] if k in sliced else v) for k, v in params.items()},
                 "artifacts": {k: (v[i] if k in sliced else v) for k, v in arts.items()},
             },
-            "outputs": None,
-        }
+        )
         for i in range(n)
     ]
     journal = execution._journal

@@ -41,9 +41,11 @@ from ._runner import (
     SLICES_ATTR,
     WHEN_ERRORS,
     StepCall,
+    checkpoint_prefix,
     in_thread,
     retryable,
     run_store,
+    slice_record,
     task_for,
 )
 from ._step import OutputRef, Step
@@ -310,7 +312,7 @@ class _StoredRun:
         """A sliced step's slices, from their own checkpoints (gaps: never recorded).
 
         ``count`` is how many it has, when its inputs tell."""
-        prefix = f"_slice:{step.node_key}:"
+        prefix = checkpoint_prefix(step)
         found = {
             int(key[len(prefix) :]): info
             for key, info in self._infos.items()
@@ -321,16 +323,7 @@ class _StoredRun:
         out: list[dict[str, Any]] = []
         for i in range(max(max(found, default=-1) + 1, count or 0)):
             info = found.get(i)
-            item: dict[str, Any] = {
-                "index": i,
-                "key": step.slice_key(i),
-                "phase": "Pending",
-                "attempts": 0,
-                "started_at": None,
-                "finished_at": None,
-                "error": None,
-                "outputs": None,
-            }
+            item = slice_record(step, i)
             if info is not None:
                 item.update(
                     phase=_PHASES[info.state],
