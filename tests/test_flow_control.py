@@ -367,7 +367,8 @@ async def test_suspend_from_outside_while_parallel_tasks_run() -> None:
     class Slow(aflow.Task):
         async def execute(self) -> None:
             ran.append(self.name)
-            started.set()
+            if len(ran) == 2:  # both workers are busy
+                started.set()
             await release.wait()
 
     flow = uf.Flow("u").add(*(Slow(name=f"t{i}") for i in range(4)))

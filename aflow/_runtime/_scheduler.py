@@ -128,24 +128,54 @@ class _InContext:
             ctx.run(_set_attempt, attempt)
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        run = self._ctx.run
-        coro = self._coro
-        send = coro.send
+        return _drive(self._coro, self._ctx, None, None)
+
+
+@final
+class _Resumed:
+    """Await the rest of a coroutine the worker started inline, which suspended on ``first``."""
+
+    __slots__ = ("_coro", "_ctx", "_first")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context, first: Any
+    ) -> None:
+        self._coro = coro
+        self._ctx = ctx
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                if error is None:
-                    yielded = run(send, value)
-                else:
-                    yielded = run(coro.throw, error)
-                    error = None
-            except StopIteration as stop:
-                return stop.value
-            try:
-                value = yield yielded
-            except BaseException as exc:  # forwarded into the coroutine, never swallowed
-                error = exc
+        try:
+            value = yield self._first
+        except BaseException as exc:  # forwarded into the coroutine, never swallowed
+            error = exc
+        return (yield from _drive(self._coro, self._ctx, value, error))
+
+
+def _drive(
+    coro: Coroutine[Any, Any, Any],
+    ctx: contextvars.Context,
+    value: Any,
+    error: BaseException | None,
+) -> Generator[Any, Any, Any]:
+    """Step ``coro`` in ``ctx``, passing what the loop sends or throws, until it returns."""
+    run = ctx.run
+    send = coro.send
+    while True:
+        try:
+            if error is None:
+                yielded = run(send, value)
+            else:
+                yielded = run(coro.throw, error)
+                error = None
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = yield yielded
+        except BaseException as exc:  # forwarded into the coroutine, never swallowed
+            error = exc
 
 
 def _in_thread_with_attempt(attempt: int, fn: Callable[[], Any]) -> Any:
@@ -1154,13 +1184,67 @@ class Execution:
         self._spare_pending = False
         ready = self._ready
         nodes = self._nodes
+        states = self._states
+        results = self._results
+        started = self._started
+        context = self._context
         streak = 0
         while ready and not self._halt:
             index = ready.popleft()
+            node = nodes[index]
+            task = node.task
+            if (
+                task is not None
+                and task.is_async
+                and node.kind is _TASK
+                and node.options.one_attempt
+                and not node.bindings
+                and node.error_scope is None
+                and self._journal is None
+                and not self._unwinding
+                and not self._events.node_events
+                and not INJECTIONS
+            ):
+                # The common node, started inline: most coroutines finish without ever
+                # suspending, and then cost no task, no wake-up and no spare worker.
+                if self._any_limits:
+                    limits = self._limits_of(node)
+                    if limits and not try_acquire(limits, self, index):
+                        self._parked += 1
+                        continue
+                else:
+                    limits = ()
+                states[index] = _RUNNING
+                self._running += 1
+                if self._running > self._peak:
+                    self._peak = self._running
+                started[index] = start = _perf_counter()
+                ctx = context.copy()
+                try:
+                    source = node.input
+                    args = (results[source], *node.args) if source >= 0 else node.args
+                    coro = task.fn(*args, **node.kwargs) if node.kwargs else task.fn(*args)
+                    yielded = ctx.run(coro.send, None)
+                except StopIteration as stop:
+                    self._running -= 1
+                    if limits:
+                        release(limits, self)
+                    self._succeed(index, stop.value)
+                except BaseException as exc:  # (handled, and re-raised if it is a cancel)
+                    await self._run_node(node, limits, (exc, start))
+                else:
+                    if ready and not self._spare_pending:  # it blocks: the others go on
+                        self._spare_pending = True
+                        self._tg.start_soon(self._worker)  # type: ignore[union-attr]
+                    await self._run_node(node, limits, (_Resumed(coro, ctx, yielded), start))
+                streak += 1
+                if streak == _YIELD_EVERY:
+                    streak = 0
+                    await anyio.lowlevel.checkpoint()
+                continue
             if ready and not self._spare_pending:
                 self._spare_pending = True
                 self._tg.start_soon(self._worker)  # type: ignore[union-attr]
-            node = nodes[index]
             if self._unwinding:
                 if index not in self._reverting:
                     if self._states[index] is not _REVERT_FAILED:  # (restored) it blocks its branch
@@ -1356,10 +1440,46 @@ class Execution:
             self.cancel()
         await anyio.sleep_forever()
 
-    async def _run_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
+    async def _run_node(
+        self,
+        node: Node,
+        limits: tuple[Limit, ...],
+        inline: tuple[BaseException | _Resumed, float] | None = None,
+    ) -> None:
+        """Run one task node to its end; ``inline`` is how a node the worker already
+        started inline went on (it raised, or it suspended), and when it started."""
         index = node.index
         task = node.task
         assert task is not None
+        if inline is not None:
+            outcome, start = inline
+            try:
+                if type(outcome) is not _Resumed:
+                    raise outcome
+                timeout = node.options.timeout
+                if timeout is None:
+                    value = await outcome
+                else:  # what is left of it: the inline part ran on the clock too
+                    if self._clock is SYSTEM_CLOCK:
+                        timeout -= _perf_counter() - start
+                    with self._clock.cancel_scope(timeout) as scope:
+                        value = await outcome
+                    if scope.cancelled_caught:
+                        raise TaskTimeout(self.run_id, node.key, 1, node.options.timeout or 0.0)
+            except Exception as exc:
+                self._node_failed(node, exc, 1)
+                return
+            except BaseException as exc:  # cancellation: record it, never swallow it
+                self._cancelled(node, exc)
+                raise
+            finally:
+                self._running -= 1
+                if limits:
+                    release(limits, self)
+            if self._events.node_events:  # someone subscribed while it ran
+                self._events.emit(TASK_SUCCEEDED, node.key, task.name, 1, _perf_counter() - start)
+            self._succeed(index, value)
+            return
         args = self._args_of(node)
         if node.bindings:
             try:
@@ -1419,13 +1539,7 @@ class Execution:
             self._node_failed(node, exc, self._attempts.get(index, 1))
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
-            self._states[index] = _CANCELLED
-            self._finished[index] = _perf_counter()
-            self._errors[index] = exc
-            attempt = self._attempts.get(index, 1)
-            self._failures[index] = Failure.capture(node.key, exc, attempt, cancelled=True)
-            if sink.node_events:
-                sink.emit(TASK_CANCELLED, node.key, task.name, attempt)
+            self._cancelled(node, exc)
             raise
         finally:
             self._running -= 1
@@ -1458,6 +1572,16 @@ class Execution:
             times = (self._wall(start), time.time())
             journal.record(NodeRecord(node.key, "succeeded", attempt, None, None, *times))
         self._succeed(index, value)
+
+    def _cancelled(self, node: Node, exc: BaseException) -> None:
+        index = node.index
+        self._states[index] = _CANCELLED
+        self._finished[index] = _perf_counter()
+        self._errors[index] = exc
+        attempt = self._attempts.get(index, 1)
+        self._failures[index] = Failure.capture(node.key, exc, attempt, cancelled=True)
+        if self._events.node_events:
+            self._events.emit(TASK_CANCELLED, node.key, node.name, attempt)
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
         """Record a success; its children start once the record is written."""
