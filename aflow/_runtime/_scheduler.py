@@ -410,7 +410,7 @@ class Execution:
         nodes = graph.nodes
         n = len(nodes)
         self._nodes = nodes
-        self._children = [graph.children(i) for i in range(n)]
+        self._children = graph._children
         self._results: list[Any] = [None] * n
         self._states: list[NodeState] = [_PENDING] * n
         self._remaining = [len(node.parents) for node in nodes]
@@ -1192,14 +1192,8 @@ class Execution:
         while ready and not self._halt:
             index = ready.popleft()
             node = nodes[index]
-            task = node.task
             if (
-                task is not None
-                and task.is_async
-                and node.kind is _TASK
-                and node.options.one_attempt
-                and not node.bindings
-                and node.error_scope is None
+                node.inline
                 and self._journal is None
                 and not self._unwinding
                 and not self._events.node_events
@@ -1220,10 +1214,11 @@ class Execution:
                     self._peak = self._running
                 started[index] = start = _perf_counter()
                 ctx = context.copy()
+                fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
                 try:
                     source = node.input
                     args = (results[source], *node.args) if source >= 0 else node.args
-                    coro = task.fn(*args, **node.kwargs) if node.kwargs else task.fn(*args)
+                    coro = fn(*args, **node.kwargs) if node.kwargs else fn(*args)
                     yielded = ctx.run(coro.send, None)
                 except StopIteration as stop:
                     self._running -= 1
