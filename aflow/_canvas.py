@@ -604,14 +604,50 @@ class Group(Canvas[list[Any]]):
         inherited: Mapping[str, Any],
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
-        start = len(c.builder.nodes)
+        builder = c.builder
+        start = len(builder.nodes)
         outputs: list[int] = []
+        parents = (pred,) if pred != -1 else ()
+        # The hot path: runs of plain calls of one task (a big fan-out) are added in one
+        # go, their options resolved once rather than once per member.
+        batch: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = []
+        batch_of: tuple[FunctionTask[..., Any], bool] | None = None
+
+        def flush() -> None:
+            if batch:
+                task, immutable = batch_of  # type: ignore[misc]
+                node_options = (
+                    resolve_options(layer_options(task.options, inner))
+                    if inner
+                    else task.node_options
+                )
+                input = -1 if immutable else pred
+                outputs.extend(builder.add_calls(task, batch, parents, input, node_options))
+                batch.clear()
+
+        plain = c.resolve is None
         for member in self._tasks:
+            if (
+                plain
+                and type(member) is Signature
+                and not member._options
+                and not member._links
+                and not member._errbacks
+                and member._mode == "call"
+            ):
+                of = (member._task, member._immutable)
+                if of != batch_of:
+                    flush()
+                    batch_of = of
+                batch.append((member._args, member._kwargs))
+                continue
+            flush()
             outs, is_group = member._compile(c, pred, inner)
             if is_group:
                 outputs.extend(outs)  # nested groups flatten, in declaration order
             else:
                 outputs.append(outs[0])
+        flush()
         thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
         if not thresholds:
             return (tuple(outputs), True)

@@ -591,6 +591,64 @@ class GraphBuilder:
         )
         return index
 
+    def add_calls(
+        self,
+        task: FunctionTask[..., Any],
+        calls: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]],
+        parents: tuple[int, ...],
+        input: int,
+        options: NodeOptions,
+    ) -> range:
+        """:meth:`add_call` for many calls of one task (a fan-out); returns their indices."""
+        nodes = self.nodes
+        keys = self._keys
+        name = task.name
+        first = len(nodes)
+        count = self._counts.get(name, 0)
+        extra = input != -1
+        inline = task.is_async and options.one_attempt
+        prepended = "its parent's result" if input >= 0 else None
+        shapes = task.checked_shapes
+        last_shape: tuple[int, tuple[str, ...]] | None = None
+        for index, (args, kwargs) in enumerate(calls, first):
+            count += 1
+            key = f"{name}#{count}" if count > 1 else name
+            if key in keys:  # taken by a key=: the next free number
+                self._counts[name] = count - 1
+                key = self._key(name)
+                count = self._counts[name]
+            else:
+                keys.add(key)
+            shape = (len(args) + extra, tuple(kwargs) if kwargs else ())
+            if shape != last_shape:
+                if shapes.get(shape, _UNCHECKED) is not None:
+                    _check_call(task, key, shape[0], shape[1], prepended)
+                last_shape = shape
+            nodes.append(
+                _new_node(
+                    Node,
+                    (
+                        index,
+                        key,
+                        _TASK,
+                        task,
+                        args,
+                        kwargs or _NO_KWARGS,
+                        parents,
+                        input,
+                        options,
+                        None,
+                        None,
+                        (),
+                        None,
+                        False,
+                        inline,
+                    ),
+                )
+            )
+        self._counts[name] = count
+        return range(first, len(nodes))
+
     def build(self, output: int, name: str | None = None) -> Graph:
         """Freeze the nodes into a validated :class:`Graph`."""
         return Graph(self.nodes, output, name, _unique=True)

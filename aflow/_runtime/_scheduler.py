@@ -1187,6 +1187,9 @@ class Execution:
         states = self._states
         results = self._results
         started = self._started
+        finished = self._finished
+        children = self._children
+        remaining = self._remaining
         context = self._context
         streak = 0
         while ready and not self._halt:
@@ -1209,9 +1212,6 @@ class Execution:
                 else:
                     limits = ()
                 states[index] = _RUNNING
-                self._running += 1
-                if self._running > self._peak:
-                    self._peak = self._running
                 started[index] = start = _perf_counter()
                 ctx = context.copy()
                 fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
@@ -1220,14 +1220,29 @@ class Execution:
                     args = (results[source], *node.args) if source >= 0 else node.args
                     coro = fn(*args, **node.kwargs) if node.kwargs else fn(*args)
                     yielded = ctx.run(coro.send, None)
-                except StopIteration as stop:
-                    self._running -= 1
+                except StopIteration as stop:  # done without suspending: _succeed, inlined
                     if limits:
                         release(limits, self)
-                    self._succeed(index, stop.value)
+                    results[index] = stop.value
+                    states[index] = _SUCCEEDED
+                    finished[index] = _perf_counter()
+                    for child in children[index]:
+                        left = remaining[child] - 1
+                        remaining[child] = left
+                        if left == 0 and states[child] is _PENDING:
+                            ready.append(child)
+                    self._done_count += 1
+                    if self._done_count == self._needed and self._done is not None:
+                        self._done.set()
+                    if self._running >= self._peak:  # it ran beside those running
+                        self._peak = self._running + 1
                 except BaseException as exc:  # (handled, and re-raised if it is a cancel)
+                    self._running += 1  # as _run_node counts it down
                     await self._run_node(node, limits, (exc, start))
                 else:
+                    self._running += 1
+                    if self._running > self._peak:
+                        self._peak = self._running
                     if ready and not self._spare_pending:  # it blocks: the others go on
                         self._spare_pending = True
                         self._tg.start_soon(self._worker)  # type: ignore[union-attr]
