@@ -17,7 +17,7 @@ The rules of data flow (Celery's):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from ._exceptions import SignatureError
@@ -535,14 +535,20 @@ class Chain(Canvas[R]):
         if not tasks:
             raise SignatureError("chain", "an empty chain has no value; add at least one step")
         cur = pred
-        last = len(tasks) - 1
         out: tuple[tuple[int, ...], bool] = ((), False)
         step_pred = cur
-        for position, step in enumerate(tasks):
-            step_pred = cur
-            out = step._compile(c, cur, inner)
-            if position != last:
+        first = True
+        for part in _plain_runs(tasks, c):
+            if not first:
                 cur = c.materialize(out, step_pred)
+            first = False
+            step_pred = cur
+            if type(part) is _PlainRun:  # a run of plain calls of one task, one after another
+                added = part.add(c, cur, inner, chained=True)
+                step_pred = added[-2] if len(added) > 1 else cur
+                out = ((added[-1],), False)
+            else:
+                out = part._compile(c, cur, inner)
         # A chain is one value even when it ends in a group: a parent group keeps it nested.
         return ((c.materialize(out, step_pred),), False)
 
@@ -604,50 +610,17 @@ class Group(Canvas[list[Any]]):
         inherited: Mapping[str, Any],
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
-        builder = c.builder
-        start = len(builder.nodes)
+        start = len(c.builder.nodes)
         outputs: list[int] = []
-        parents = (pred,) if pred != -1 else ()
-        # The hot path: runs of plain calls of one task (a big fan-out) are added in one
-        # go, their options resolved once rather than once per member.
-        batch: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = []
-        batch_of: tuple[FunctionTask[..., Any], bool] | None = None
-
-        def flush() -> None:
-            if batch:
-                task, immutable = batch_of  # type: ignore[misc]
-                node_options = (
-                    resolve_options(layer_options(task.options, inner))
-                    if inner
-                    else task.node_options
-                )
-                input = -1 if immutable else pred
-                outputs.extend(builder.add_calls(task, batch, parents, input, node_options))
-                batch.clear()
-
-        plain = c.resolve is None
-        for member in self._tasks:
-            if (
-                plain
-                and type(member) is Signature
-                and not member._options
-                and not member._links
-                and not member._errbacks
-                and member._mode == "call"
-            ):
-                of = (member._task, member._immutable)
-                if of != batch_of:
-                    flush()
-                    batch_of = of
-                batch.append((member._args, member._kwargs))
+        for part in _plain_runs(self._tasks, c):
+            if type(part) is _PlainRun:  # a run of plain calls of one task (a big fan-out)
+                outputs.extend(part.add(c, pred, inner, chained=False))
                 continue
-            flush()
-            outs, is_group = member._compile(c, pred, inner)
+            outs, is_group = part._compile(c, pred, inner)
             if is_group:
                 outputs.extend(outs)  # nested groups flatten, in declaration order
             else:
                 outputs.append(outs[0])
-        flush()
         thresholds = {k: v for k, v in self._options.items() if k in FANOUT_OPTIONS}
         if not thresholds:
             return (tuple(outputs), True)
@@ -666,6 +639,55 @@ class Group(Canvas[list[Any]]):
             tolerates=(start, end),
         )
         return ((join,), False)
+
+
+@final
+class _PlainRun:
+    """Consecutive plain calls of one task in a group or a chain, added in one go."""
+
+    __slots__ = ("calls", "immutable", "task")
+
+    def __init__(self, task: FunctionTask[..., Any], immutable: bool) -> None:
+        self.task = task
+        self.immutable = immutable
+        self.calls: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = []
+
+    def add(self, c: _Compiler, pred: int, inner: Mapping[str, Any], *, chained: bool) -> range:
+        task = self.task
+        options = (
+            resolve_options(layer_options(task.options, inner)) if inner else task.node_options
+        )
+        return c.builder.add_calls(
+            task, self.calls, options, pred, immutable=self.immutable, chained=chained
+        )
+
+
+def _plain_runs(items: Iterable[Canvas[Any]], c: _Compiler) -> Iterator[Canvas[Any] | _PlainRun]:
+    """``items`` with each run of plain calls (no options, callbacks or mode, compiled
+    without named inputs) of one task gathered into a :class:`_PlainRun`."""
+    run: _PlainRun | None = None
+    plain = c.resolve is None
+    for item in items:
+        if (
+            plain
+            and type(item) is Signature
+            and not item._options
+            and not item._links
+            and not item._errbacks
+            and item._mode == "call"
+        ):
+            if run is None or run.task is not item._task or run.immutable != item._immutable:
+                if run is not None:
+                    yield run
+                run = _PlainRun(item._task, item._immutable)
+            run.calls.append((item._args, item._kwargs))
+            continue
+        if run is not None:
+            yield run
+            run = None
+        yield item
+    if run is not None:
+        yield run
 
 
 def _check_reachable(owner: str, thresholds: Mapping[str, Any], members: int) -> None:

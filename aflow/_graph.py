@@ -455,6 +455,23 @@ class GraphBuilder:
         self._keys.add(key)
         return key
 
+    def _next_key(self, name: str) -> str:
+        """:meth:`_key` without the search, in the usual case where the next one is free."""
+        keys = self._keys
+        count = self._counts.get(name)
+        if count is None:
+            if name in keys:
+                return self._key(name)
+            self._counts[name] = 1
+            keys.add(name)
+            return name
+        key = f"{name}#{count + 1}"
+        if key in keys:  # taken by a key=: search on
+            return self._key(name)
+        self._counts[name] = count + 1
+        keys.add(key)
+        return key
+
     def add(
         self,
         kind: NodeKind,
@@ -482,11 +499,16 @@ class GraphBuilder:
                 raise DuplicateTaskError(key)
             self._keys.add(key)
         else:
-            key = self._key(name or (task.name if task is not None else "join"))
+            key = self._next_key(name or (task.name if task is not None else "join"))
         kwargs = kwargs if kwargs else _NO_KWARGS
         if task is not None:
             extra = 1 if input != -1 else 0
-            if kind is NodeKind.TASK or kind is NodeKind.SUBGRAPH:
+            if kind is _TASK and not bindings and error_scope is None:  # the usual call
+                n_pos = extra + len(args)
+                kw = tuple(kwargs) if kwargs else ()
+                if task.checked_shapes.get((n_pos, kw), _UNCHECKED) is not None:
+                    _check_call(task, key, n_pos, kw, "its parent's result" if input >= 0 else None)
+            elif kind is NodeKind.TASK or kind is NodeKind.SUBGRAPH:
                 prepended = None
                 if input >= 0:
                     prepended = "its parent's result"
@@ -546,22 +568,7 @@ class GraphBuilder:
         """The hot path of :meth:`add` for a plain task call; same checks, fewer steps."""
         nodes = self.nodes
         index = len(nodes)
-        keys = self._keys
-        count = self._counts.get(name)
-        if count is None:
-            if name in keys:
-                key = self._key(name)
-            else:
-                key = name
-                self._counts[name] = 1
-                keys.add(name)
-        else:  # the usual repeat: the next number is free unless a key= took it
-            key = f"{name}#{count + 1}"
-            if key in keys:
-                key = self._key(name)
-            else:
-                self._counts[name] = count + 1
-                keys.add(key)
+        key = self._next_key(name)
         n_pos = len(args) + (input != -1)
         kw = tuple(kwargs) if kwargs else ()
         if task.checked_shapes.get((n_pos, kw), _UNCHECKED) is not None:
@@ -595,21 +602,27 @@ class GraphBuilder:
         self,
         task: FunctionTask[..., Any],
         calls: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]],
-        parents: tuple[int, ...],
-        input: int,
         options: NodeOptions,
+        pred: int,
+        *,
+        immutable: bool = False,
+        chained: bool = False,
     ) -> range:
-        """:meth:`add_call` for many calls of one task (a fan-out); returns their indices."""
+        """:meth:`add_call` for many calls of one task; returns their indices.
+
+        Each call runs after ``pred`` (a fan-out), or, ``chained``, after the call
+        before it (the first after ``pred``); ``immutable`` calls ignore its result.
+        """
         nodes = self.nodes
         keys = self._keys
         name = task.name
         first = len(nodes)
         count = self._counts.get(name, 0)
-        extra = input != -1
         inline = task.is_async and options.one_attempt
-        prepended = "its parent's result" if input >= 0 else None
         shapes = task.checked_shapes
         last_shape: tuple[int, tuple[str, ...]] | None = None
+        parents = (pred,) if pred != -1 else ()
+        input = -1 if immutable else pred
         for index, (args, kwargs) in enumerate(calls, first):
             count += 1
             key = f"{name}#{count}" if count > 1 else name
@@ -619,9 +632,10 @@ class GraphBuilder:
                 count = self._counts[name]
             else:
                 keys.add(key)
-            shape = (len(args) + extra, tuple(kwargs) if kwargs else ())
+            shape = (len(args) + (input != -1), tuple(kwargs) if kwargs else ())
             if shape != last_shape:
                 if shapes.get(shape, _UNCHECKED) is not None:
+                    prepended = "its parent's result" if input >= 0 else None
                     _check_call(task, key, shape[0], shape[1], prepended)
                 last_shape = shape
             nodes.append(
@@ -646,6 +660,10 @@ class GraphBuilder:
                     ),
                 )
             )
+            if chained:
+                parents = (index,)
+                if not immutable:
+                    input = index
         self._counts[name] = count
         return range(first, len(nodes))
 
