@@ -1191,20 +1191,18 @@ class Execution:
         children = self._children
         remaining = self._remaining
         context = self._context
+        events = self._events
+        # A worker lives in one phase, and a run's journal never changes.
+        inline_ok = self._journal is None and not self._unwinding
+        any_limits = self._any_limits
         streak = 0
         while ready and not self._halt:
             index = ready.popleft()
             node = nodes[index]
-            if (
-                node.inline
-                and self._journal is None
-                and not self._unwinding
-                and not self._events.node_events
-                and not INJECTIONS
-            ):
+            if node.inline and inline_ok and not events.node_events and not INJECTIONS:
                 # The common node, started inline: most coroutines finish without ever
                 # suspending, and then cost no task, no wake-up and no spare worker.
-                if self._any_limits:
+                if any_limits:
                     limits = self._limits_of(node)
                     if limits and not try_acquire(limits, self, index):
                         self._parked += 1
@@ -1217,7 +1215,12 @@ class Execution:
                 fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
                 try:
                     source = node.input
-                    args = (results[source], *node.args) if source >= 0 else node.args
+                    if source < 0:
+                        args = node.args
+                    elif node.args:
+                        args = (results[source], *node.args)
+                    else:
+                        args = (results[source],)
                     coro = fn(*args, **node.kwargs) if node.kwargs else fn(*args)
                     yielded = ctx.run(coro.send, None)
                 except StopIteration as stop:  # done without suspending: _succeed, inlined
