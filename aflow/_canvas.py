@@ -86,7 +86,7 @@ class Canvas(Generic[R]):
         links: tuple[Canvas[Any], ...] = (),
         errbacks: tuple[Canvas[Any], ...] = (),
     ) -> None:
-        self._options = check_options(self._owner(), options) if options else {}
+        self._options = check_options(self._owner(), options) if options else _EMPTY
         self._links = links
         self._errbacks = errbacks
 
@@ -220,6 +220,11 @@ class Canvas(Generic[R]):
         )
 
 
+#: The options (or keyword arguments) of the many canvas objects that have none: one
+#: shared dict, never written (typed read-only), which copies and pickles as a dict does.
+_EMPTY: Mapping[str, Any] = {}
+
+
 def _as_canvas(obj: object, where: str) -> Canvas[Any]:
     if isinstance(obj, Canvas):
         return obj
@@ -257,7 +262,7 @@ class Signature(Canvas[R]):
             raise TypeError(f"a signature needs an @aflow.task, got {task!r}")
         self._task = task
         self._args = tuple(args)
-        self._kwargs = dict(kwargs or {})
+        self._kwargs: Mapping[str, Any] = dict(kwargs) if kwargs else _EMPTY
         self._immutable = immutable
         self._mode = mode
         self._init_canvas(options)
@@ -274,10 +279,10 @@ class Signature(Canvas[R]):
         sig = object.__new__(cls)
         sig._task = task
         sig._args = args
-        sig._kwargs = kwargs
+        sig._kwargs = kwargs if kwargs else _EMPTY  # shared: 64 bytes less a signature
         sig._immutable = immutable
         sig._mode = "call"
-        sig._options = {}
+        sig._options = _EMPTY
         sig._links = ()
         sig._errbacks = ()
         return sig
@@ -471,7 +476,9 @@ class Chain(Canvas[R]):
     __slots__ = ("_cell", "_flat")
 
     def __init__(self, *tasks: Canvas[Any], **options: Any) -> None:
-        items = _flatten_chain(tuple(_as_canvas(t, "chain") for t in tasks))
+        items = _flatten_chain(
+            tuple(t if type(t) is Signature else _as_canvas(t, "chain") for t in tasks)
+        )
         self._cell = _ChainNode(None, items)
         self._flat: tuple[Canvas[Any], ...] | None = items
         self._init_canvas(options)
@@ -554,6 +561,8 @@ class Chain(Canvas[R]):
 
 
 def _flatten_chain(items: tuple[Canvas[Any], ...]) -> tuple[Canvas[Any], ...]:
+    if not any(type(item) is Chain for item in items):
+        return items
     flat: list[Canvas[Any]] = []
     for item in items:
         if isinstance(item, Chain) and item._is_plain():
@@ -581,7 +590,7 @@ class Group(Canvas[list[Any]]):
     __slots__ = ("_tasks",)
 
     def __init__(self, tasks: Iterable[Canvas[Any]] = (), **options: Any) -> None:
-        self._tasks = tuple(_as_canvas(t, "group") for t in tasks)
+        self._tasks = tuple(t if type(t) is Signature else _as_canvas(t, "group") for t in tasks)
         self._init_canvas(options)
 
     @property
