@@ -217,6 +217,10 @@ def _decode(value: Any) -> Any:
     return value
 
 
+#: One encoder for every result: ``json.dumps`` with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":")).encode
+
+
 @final
 class JsonSerializer:
     """JSON plus well-known types; anything else is a :class:`~aflow.SerializationError`."""
@@ -225,7 +229,9 @@ class JsonSerializer:
 
     def dumps(self, value: Any, *, task: str) -> str:
         try:
-            return json.dumps(_encode(value, task, "result"), separators=(",", ":"))
+            if type(value) is int:  # the commonest result, as json writes it
+                return int.__repr__(value)
+            return _JSON(_encode(value, task, "result"))
         except SerializationError:
             raise
         except (ValueError, RecursionError) as exc:  # an int too long for JSON, deep nesting

@@ -1193,7 +1193,8 @@ class Execution:
         context = self._context
         events = self._events
         # A worker lives in one phase, and a run's journal never changes.
-        inline_ok = self._journal is None and not self._unwinding
+        journal = self._journal
+        inline_ok = not self._unwinding
         any_limits = self._any_limits
         streak = 0
         # The clock is slow to read (150 ns on some VMs, a fifth of a node): a node that
@@ -1202,7 +1203,14 @@ class Execution:
         while ready and not self._halt:
             index = ready.popleft()
             node = nodes[index]
-            if node.inline and inline_ok and not events.node_events and not INJECTIONS:
+            if (
+                node.inline
+                and inline_ok
+                and not events.node_events
+                and not INJECTIONS
+                # a revert's start is written ahead of it (see _run_node)
+                and (journal is None or node.task.reverter is None)  # type: ignore[union-attr]
+            ):
                 # The common node, started inline: most coroutines finish without ever
                 # suspending, and then cost no task, no wake-up and no spare worker.
                 if any_limits:
@@ -1232,24 +1240,29 @@ class Execution:
                 except StopIteration as stop:  # done without suspending: _succeed, inlined
                     if limits:
                         release(limits, self)
-                    results[index] = stop.value
-                    states[index] = _SUCCEEDED
-                    finished[index] = start
-                    unfinished = index
-                    for child in children[index]:
-                        left = remaining[child] - 1
-                        remaining[child] = left
-                        if left == 0 and states[child] is _PENDING:
-                            ready.append(child)
-                    self._done_count += 1
-                    if self._done_count == self._needed and self._done is not None:
-                        self._done.set()
                     if self._running >= self._peak:  # it ran beside those running
                         self._peak = self._running + 1
+                    if journal is not None:  # (its start needs no record: nothing ran between)
+                        self._checkpoint_success(node, stop.value, 1, start)
+                    else:
+                        results[index] = stop.value
+                        states[index] = _SUCCEEDED
+                        finished[index] = start
+                        unfinished = index
+                        for child in children[index]:
+                            left = remaining[child] - 1
+                            remaining[child] = left
+                            if left == 0 and states[child] is _PENDING:
+                                ready.append(child)
+                        self._done_count += 1
+                        if self._done_count == self._needed and self._done is not None:
+                            self._done.set()
                 except BaseException as exc:  # (handled, and re-raised if it is a cancel)
                     self._running += 1  # as _run_node counts it down
                     await self._run_node(node, limits, (exc, start))
                 else:
+                    if journal is not None:
+                        journal.started(node.key, 1)
                     self._running += 1
                     if self._running > self._peak:
                         self._peak = self._running
@@ -1506,7 +1519,10 @@ class Execution:
                     release(limits, self)
             if self._events.node_events:  # someone subscribed while it ran
                 self._events.emit(TASK_SUCCEEDED, node.key, task.name, 1, _perf_counter() - start)
-            self._succeed(index, value)
+            if self._journal is not None:
+                self._checkpoint_success(node, value, 1, start)
+            else:
+                self._succeed(index, value)
             return
         args = self._args_of(node)
         if node.bindings:
