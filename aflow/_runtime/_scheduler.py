@@ -329,6 +329,7 @@ class Execution:
         "_finished",
         "_global_limits",
         "_halt",
+        "_handoff",
         "_journal",
         "_limit_cache",
         "_limits",
@@ -465,6 +466,8 @@ class Execution:
         self._timed_out = False
         self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
+        #: set by the flusher after each batch, for the worker waiting on it (see _worker)
+        self._handoff: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._done: anyio.Event | None = None
@@ -985,7 +988,9 @@ class Execution:
                 self._store_failed(exc)
                 return
             self._release_held(released)
-            if self._ready:
+            if self._handoff is not None:
+                self._handoff.set()  # the worker waiting for this batch goes on (or ends)
+            elif self._ready:
                 self._ensure_worker()
             self._check_idle()
 
@@ -1200,115 +1205,133 @@ class Execution:
         # The clock is slow to read (150 ns on some VMs, a fifth of a node): a node that
         # ends inline is given the next reading as its finish (its start until then).
         unfinished = -1
-        while ready and not self._halt:
-            index = ready.popleft()
-            node = nodes[index]
-            if (
-                node.inline
-                and inline_ok
-                and not events.node_events
-                and not INJECTIONS
-                # a revert's start is written ahead of it (see _run_node)
-                and (journal is None or node.task.reverter is None)  # type: ignore[union-attr]
-            ):
-                # The common node, started inline: most coroutines finish without ever
-                # suspending, and then cost no task, no wake-up and no spare worker.
-                if any_limits:
+        while True:
+            while ready and not self._halt:
+                index = ready.popleft()
+                node = nodes[index]
+                if (
+                    node.inline
+                    and inline_ok
+                    and not events.node_events
+                    and not INJECTIONS
+                    # a revert's start is written ahead of it (see _run_node)
+                    and (journal is None or node.task.reverter is None)  # type: ignore[union-attr]
+                ):
+                    # The common node, started inline: most coroutines finish without ever
+                    # suspending, and then cost no task, no wake-up and no spare worker.
+                    if any_limits:
+                        limits = self._limits_of(node)
+                        if limits and not try_acquire(limits, self, index):
+                            self._parked += 1
+                            continue
+                    else:
+                        limits = ()
+                    states[index] = _RUNNING
+                    started[index] = start = _perf_counter()
+                    if unfinished >= 0:
+                        finished[unfinished] = start
+                        unfinished = -1
+                    ctx = context.copy()
+                    fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
+                    try:
+                        source = node.input
+                        if source < 0:
+                            args = node.args
+                        elif node.args:
+                            args = (results[source], *node.args)
+                        else:
+                            args = (results[source],)
+                        coro = fn(*args, **node.kwargs) if node.kwargs else fn(*args)
+                        yielded = ctx.run(coro.send, None)
+                    except StopIteration as stop:  # done without suspending: _succeed, inlined
+                        if limits:
+                            release(limits, self)
+                        if self._running >= self._peak:  # it ran beside those running
+                            self._peak = self._running + 1
+                        if journal is not None:  # (its start needs no record: nothing ran between)
+                            self._checkpoint_success(node, stop.value, 1, start)
+                        else:
+                            results[index] = stop.value
+                            states[index] = _SUCCEEDED
+                            finished[index] = start
+                            unfinished = index
+                            for child in children[index]:
+                                left = remaining[child] - 1
+                                remaining[child] = left
+                                if left == 0 and states[child] is _PENDING:
+                                    ready.append(child)
+                            self._done_count += 1
+                            if self._done_count == self._needed and self._done is not None:
+                                self._done.set()
+                    except BaseException as exc:  # (handled, and re-raised if it is a cancel)
+                        self._running += 1  # as _run_node counts it down
+                        await self._run_node(node, limits, (exc, start))
+                    else:
+                        if journal is not None:
+                            journal.started(node.key, 1)
+                        self._running += 1
+                        if self._running > self._peak:
+                            self._peak = self._running
+                        if ready and not self._spare_pending:  # it blocks: the others go on
+                            self._spare_pending = True
+                            self._tg.start_soon(self._worker)  # type: ignore[union-attr]
+                        await self._run_node(node, limits, (_Resumed(coro, ctx, yielded), start))
+                    streak += 1
+                    if streak == _YIELD_EVERY:
+                        streak = 0
+                        if unfinished >= 0:
+                            finished[unfinished] = _perf_counter()
+                            unfinished = -1
+                        await anyio.lowlevel.checkpoint()
+                    continue
+                if unfinished >= 0:
+                    finished[unfinished] = _perf_counter()
+                    unfinished = -1
+                if ready and not self._spare_pending:
+                    self._spare_pending = True
+                    self._tg.start_soon(self._worker)  # type: ignore[union-attr]
+                if self._unwinding:
+                    if index not in self._reverting:
+                        # (a restored revert that failed blocks its branch)
+                        if self._states[index] is not _REVERT_FAILED:
+                            self._unwound(index)
+                        continue
+                elif node.kind is _JOIN:
+                    self._join(node)
+                    continue
+                if self._any_limits and node.kind is not _SUBGRAPH:
                     limits = self._limits_of(node)
                     if limits and not try_acquire(limits, self, index):
                         self._parked += 1
                         continue
                 else:
                     limits = ()
-                states[index] = _RUNNING
-                started[index] = start = _perf_counter()
-                if unfinished >= 0:
-                    finished[unfinished] = start
-                    unfinished = -1
-                ctx = context.copy()
-                fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
-                try:
-                    source = node.input
-                    if source < 0:
-                        args = node.args
-                    elif node.args:
-                        args = (results[source], *node.args)
-                    else:
-                        args = (results[source],)
-                    coro = fn(*args, **node.kwargs) if node.kwargs else fn(*args)
-                    yielded = ctx.run(coro.send, None)
-                except StopIteration as stop:  # done without suspending: _succeed, inlined
-                    if limits:
-                        release(limits, self)
-                    if self._running >= self._peak:  # it ran beside those running
-                        self._peak = self._running + 1
-                    if journal is not None:  # (its start needs no record: nothing ran between)
-                        self._checkpoint_success(node, stop.value, 1, start)
-                    else:
-                        results[index] = stop.value
-                        states[index] = _SUCCEEDED
-                        finished[index] = start
-                        unfinished = index
-                        for child in children[index]:
-                            left = remaining[child] - 1
-                            remaining[child] = left
-                            if left == 0 and states[child] is _PENDING:
-                                ready.append(child)
-                        self._done_count += 1
-                        if self._done_count == self._needed and self._done is not None:
-                            self._done.set()
-                except BaseException as exc:  # (handled, and re-raised if it is a cancel)
-                    self._running += 1  # as _run_node counts it down
-                    await self._run_node(node, limits, (exc, start))
+                if self._unwinding:
+                    await self._revert_node(node, limits)
                 else:
-                    if journal is not None:
-                        journal.started(node.key, 1)
-                    self._running += 1
-                    if self._running > self._peak:
-                        self._peak = self._running
-                    if ready and not self._spare_pending:  # it blocks: the others go on
-                        self._spare_pending = True
-                        self._tg.start_soon(self._worker)  # type: ignore[union-attr]
-                    await self._run_node(node, limits, (_Resumed(coro, ctx, yielded), start))
+                    await self._run_node(node, limits)
                 streak += 1
                 if streak == _YIELD_EVERY:
                     streak = 0
-                    if unfinished >= 0:
-                        finished[unfinished] = _perf_counter()
-                        unfinished = -1
                     await anyio.lowlevel.checkpoint()
-                continue
             if unfinished >= 0:
                 finished[unfinished] = _perf_counter()
                 unfinished = -1
-            if ready and not self._spare_pending:
-                self._spare_pending = True
-                self._tg.start_soon(self._worker)  # type: ignore[union-attr]
-            if self._unwinding:
-                if index not in self._reverting:
-                    if self._states[index] is not _REVERT_FAILED:  # (restored) it blocks its branch
-                        self._unwound(index)
-                    continue
-            elif node.kind is _JOIN:
-                self._join(node)
-                continue
-            if self._any_limits and node.kind is not _SUBGRAPH:
-                limits = self._limits_of(node)
-                if limits and not try_acquire(limits, self, index):
-                    self._parked += 1
-                    continue
-            else:
-                limits = ()
-            if self._unwinding:
-                await self._revert_node(node, limits)
-            else:
-                await self._run_node(node, limits)
-            streak += 1
-            if streak == _YIELD_EVERY:
-                streak = 0
-                await anyio.lowlevel.checkpoint()
-        if unfinished >= 0:
-            finished[unfinished] = _perf_counter()
+            if (
+                journal is None
+                or self._halt
+                or self._unwinding
+                or self._handoff is not None
+                or not journal.holding
+            ):
+                break
+            # What comes next waits for a checkpoint (a chain's next step): wait for the
+            # batch here rather than end, since a new worker for it would cost a task.
+            self._handoff = handoff = anyio.Event()
+            try:
+                await handoff.wait()
+            finally:
+                self._handoff = None
         if self._unwinding:
             self._check_idle()  # the last nodes may have been joins, unwound without a revert
 
