@@ -814,10 +814,13 @@ class Execution:
             self._halt = True
         try:
             if not self._cancel_requested and not self._resumed_unwinding:
-                with self._clock.cancel_scope(self._timeout) as deadline:
+                if self._timeout is None:
                     await self._run_phase()
-                if deadline.cancelled_caught:
-                    self._timed_out = True
+                else:
+                    with self._clock.cancel_scope(self._timeout) as deadline:
+                        await self._run_phase()
+                    if deadline.cancelled_caught:
+                        self._timed_out = True
         except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
             caller_cancel = exc
         self._end_phase()
@@ -948,13 +951,25 @@ class Execution:
         """Run workers until the phase's ready work is done (or it is halted)."""
         self._halt = False
         journal = self._journal
-        if journal is not None:
+        blocked: tuple[Any, ...] | None = None
+        if journal is None:
+            # First without a task group, which a run of nodes that all end without
+            # suspending never needs; the worker stops at a node that would need one.
+            blocked = await self._worker()
+            if blocked is None and not self._busy():
+                return
+        else:
             journal.reopen()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._scope = tg.cancel_scope
             if journal is not None:
                 tg.start_soon(self._flusher, journal)
+            if blocked:  # the node that suspended goes on here, the others in a new worker
+                if self._ready:
+                    self._spare_pending = True
+                    tg.start_soon(self._worker)
+                await self._run_node(*blocked)
             await self._worker()
             if self._busy():
                 self._done = anyio.Event()
@@ -1185,8 +1200,15 @@ class Execution:
 
     # --- workers -------------------------------------------------------------------------
 
-    async def _worker(self) -> None:
+    async def _worker(self) -> tuple[Any, ...] | None:
+        """Run ready nodes until none is left (or the run halts).
+
+        Without a task group yet (the first pass of a phase), it stops instead of
+        awaiting anything: at a node that suspended it returns ``_run_node``'s
+        arguments to go on with it; before any other node, it returns ``()``.
+        """
         self._spare_pending = False
+        in_group = self._tg is not None
         ready = self._ready
         nodes = self._nodes
         states = self._states
@@ -1272,24 +1294,28 @@ class Execution:
                         self._running += 1
                         if self._running > self._peak:
                             self._peak = self._running
+                        resumed = _Resumed(coro, ctx, yielded)
+                        if not in_group:
+                            if unfinished >= 0:
+                                finished[unfinished] = _perf_counter()
+                            return (node, limits, (resumed, start))
                         if ready and not self._spare_pending:  # it blocks: the others go on
                             self._spare_pending = True
                             self._tg.start_soon(self._worker)  # type: ignore[union-attr]
-                        await self._run_node(node, limits, (_Resumed(coro, ctx, yielded), start))
+                        await self._run_node(node, limits, (resumed, start))
                     streak += 1
                     if streak == _YIELD_EVERY:
                         streak = 0
                         if unfinished >= 0:
                             finished[unfinished] = _perf_counter()
                             unfinished = -1
+                        if not in_group:
+                            return ()
                         await anyio.lowlevel.checkpoint()
                     continue
                 if unfinished >= 0:
                     finished[unfinished] = _perf_counter()
                     unfinished = -1
-                if ready and not self._spare_pending:
-                    self._spare_pending = True
-                    self._tg.start_soon(self._worker)  # type: ignore[union-attr]
                 if self._unwinding:
                     if index not in self._reverting:
                         # (a restored revert that failed blocks its branch)
@@ -1299,6 +1325,12 @@ class Execution:
                 elif node.kind is _JOIN:
                     self._join(node)
                     continue
+                if not in_group:
+                    ready.appendleft(index)
+                    return ()
+                if ready and not self._spare_pending:
+                    self._spare_pending = True
+                    self._tg.start_soon(self._worker)  # type: ignore[union-attr]
                 if self._any_limits and node.kind is not _SUBGRAPH:
                     limits = self._limits_of(node)
                     if limits and not try_acquire(limits, self, index):
@@ -1334,6 +1366,7 @@ class Execution:
                 self._handoff = None
         if self._unwinding:
             self._check_idle()  # the last nodes may have been joins, unwound without a revert
+        return None
 
     def _args_of(self, node: Node) -> tuple[Any, ...]:
         source = node.input
