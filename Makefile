@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Peers we measure against live in their own venv, never in the project's.
 PEERS  := .venv-peers
 
-.PHONY: all demo test lint typing bench clean
+.PHONY: all demo test lint typing bench bench-peers clean
 
 all: test
 
@@ -40,12 +40,26 @@ $(PEERS)/.installed:
 	$(PEERS)/bin/python -m pip install --quiet 'taskflow>=6,<7'
 	touch $@
 
-bench: $(STAMP) $(PEERS)/.installed
+# The benchmarks' own extra (matplotlib, for the scaling chart), in the project venv.
+$(VENV)/.bench-installed: pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# Every peer run.py measures with --peers-python, in the peers' venv only.
+$(PEERS)/.peers-installed: $(PEERS)/.installed
+	$(PEERS)/bin/python -m pip install --quiet 'taskflow>=6,<7' 'celery>=5.4,<6' \
+		'dask[distributed]>=2024.1' 'prefect>=3,<4'
+	touch $@
+
+bench: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
 	$(BIN)/python benchmarks/run.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md
 	$(BIN)/python benchmarks/ops.py --markdown benchmarks/OPS.md
+
+bench-peers: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.peers-installed
+	$(BIN)/python benchmarks/run.py --peers-python $(PEERS)/bin/python --markdown benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

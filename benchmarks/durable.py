@@ -138,7 +138,22 @@ def main() -> None:
             "|---|---:|---|---:|---:|",
         ]
         lines += [f"| {w} | {n:,} | {s} | {us:.1f} | {r:.2f} |" for w, n, s, us, r in rows]
+        lines += ["", *target_lines(rows)]
         pathlib.Path(args.markdown).write_text("\n".join(lines) + "\n")
+    for line in target_lines(rows):
+        print(line)
+
+
+def target_lines(rows: list[tuple[str, int, str, float, float]]) -> list[str]:
+    """The issue's target: SQLite per node within 5x the in-memory store, per workload."""
+    per_node = {(w, s): us for w, _, s, us, _ in rows}
+    lines = ["Target: a SQLite checkpoint costs at most 5x the in-memory store's, per node.", ""]
+    for workload in dict.fromkeys(w for w, *_ in rows):
+        memory, sqlite = per_node.get((workload, "memory")), per_node.get((workload, "sqlite"))
+        if memory and sqlite:
+            verdict = "PASS" if sqlite <= 5 * memory else "MISS"
+            lines.append(f"- {verdict} {workload}: sqlite / memory = {sqlite / memory:.2f}x")
+    return lines
 
 
 if __name__ == "__main__":
