@@ -550,3 +550,25 @@ def ops_gaps(n: int) -> ops.Workflow:
     later = ops.Slices(input_parameter=["x"], output_parameter=["y"])
     after = ops.Step("after", Square, parameters={"x": [1, 2]}, slices=later)  # never starts
     return ops.Workflow("gaps").add(gate).add(after)
+
+
+# --- for tests/test_scheduler.py (same process) -------------------------------------------
+
+#: The test opens the gate ``gated`` waits at.
+GATES: dict[str, anyio.Event] = {}
+
+
+@aflow.task
+async def gated(x: int) -> int:
+    await GATES["gated"].wait()
+    return x + 1
+
+
+@aflow.task
+async def plus_one(x: int) -> int:
+    return x + 1
+
+
+@aflow.workflow
+def gated_then_plus_one(start: int) -> Any:
+    return gated.s(start) | plus_one.s()

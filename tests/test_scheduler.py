@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import threading
 from typing import Any
 
@@ -582,3 +583,130 @@ class TestEvents:
         structlog.reset_defaults()
         await aflow.group(add.s(i, i) for i in range(50))
         assert not [name for name in built if name and name.startswith("task_")]
+
+
+class TestInlineStart:
+    """Workers start plain async nodes inline (issue #7): what that must not change."""
+
+    async def test_a_first_node_that_waits_for_a_later_sibling_does_not_deadlock(self) -> None:
+        ready = anyio.Event()
+
+        @aflow.task
+        async def waiter() -> str:
+            await ready.wait()
+            return "waited"
+
+        @aflow.task
+        async def setter() -> str:
+            ready.set()
+            return "set"
+
+        with anyio.fail_after(5):
+            assert await aflow.group(waiter.s(), setter.s()) == ["waited", "set"]
+            ready = anyio.Event()
+            assert await aflow.chord([waiter.s(), setter.s()], ident.s()) == ["waited", "set"]
+
+    async def test_a_node_raising_before_its_first_await_unwinds_what_ran(self) -> None:
+        undone: list[int] = []
+
+        @aflow.task
+        async def book(x: int) -> int:
+            return x + 1
+
+        @book.revert
+        async def unbook(x: int, *, result: Any) -> None:
+            undone.append(result)
+
+        @aflow.task
+        async def broken(x: int) -> int:
+            raise Boom(f"at once, after {x}")
+
+        with pytest.raises(Boom, match="at once, after 2"):
+            await aflow.chain(book.s(0), book.s(), broken.s())
+        assert undone == [2, 1]
+
+    async def test_cancel_reaches_a_node_suspended_after_an_inline_start(self) -> None:
+        gate = Gate()
+        seen: list[str] = []
+
+        @aflow.task
+        async def hang() -> None:
+            try:
+                await gate.wait()
+            except BaseException as exc:
+                seen.append(type(exc).__name__)
+                raise
+
+        task = asyncio.ensure_future(aflow.run(aflow.chain(add.s(1, 1), hang.si())))
+        await anyio.wait_all_tasks_blocked()
+        assert gate.arrived == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["CancelledError"]
+
+    async def test_timeouts_hold_for_nodes_started_inline(self) -> None:
+        @aflow.task(timeout=0.05)
+        async def hang() -> None:
+            await anyio.sleep_forever()
+
+        @aflow.task(timeout=0.05)
+        async def instant(x: int) -> int:
+            return x
+
+        with anyio.fail_after(5):
+            assert await aflow.group(instant.s(i) for i in range(300)) == list(range(300))
+            with pytest.raises(aflow.TaskTimeout):
+                await aflow.group(instant.s(1), hang.s())
+
+    async def test_steps_of_instant_chains_have_ordered_times(self) -> None:
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(aflow.chain(add.s(0, 1), *(add.s(1) for _ in range(300))))
+            assert await run.result() == 301
+        steps = run.steps()
+        for step in steps:
+            assert step.started_at is not None
+            assert step.finished_at is not None
+            assert step.started_at <= step.finished_at
+        for before, after in itertools.pairwise(steps):
+            assert before.finished_at <= after.started_at  # type: ignore[operator]
+        assert run.statistics().peak_running == 1
+
+    async def test_siblings_started_inline_keep_their_own_context(self) -> None:
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("sibling", default="clean")
+        gate = Gate()
+
+        @aflow.task
+        async def dirty_then_wait() -> str:
+            var.set("dirty")
+            await gate.wait()
+            return var.get()
+
+        @aflow.task
+        async def read() -> str:
+            gate.open()
+            return var.get()
+
+        assert await aflow.group(dirty_then_wait.s(), read.s(), read.s()) == [
+            "dirty",
+            "clean",
+            "clean",
+        ]
+
+    async def test_a_durable_node_that_suspends_is_on_record_as_running(self) -> None:
+        from .durable_workflows import GATES, gated_then_plus_one
+
+        GATES["gated"] = gate = anyio.Event()
+        async with aflow.Runtime(store="memory://") as rt:
+            run = await rt.submit(gated_then_plus_one, start=1)
+            await anyio.wait_all_tasks_blocked()
+            assert rt.store is not None
+            records = await rt.store.load_nodes(run.id)
+            assert {k: r.state for k, r in records.items()} == {"gated": "running"}
+            gate.set()
+            assert await run.result() == 3
+            records = await rt.store.load_nodes(run.id)
+            assert {k: r.state for k, r in records.items()} == {
+                "gated": "succeeded",
+                "plus_one": "succeeded",
+            }
