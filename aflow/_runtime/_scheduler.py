@@ -22,10 +22,12 @@ branch) while other branches go on.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import math
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
@@ -131,29 +133,6 @@ class _InContext:
         return _drive(self._coro, self._ctx, None, None)
 
 
-@final
-class _Resumed:
-    """Await the rest of a coroutine the worker started inline, which suspended on ``first``."""
-
-    __slots__ = ("_coro", "_ctx", "_first")
-
-    def __init__(
-        self, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context, first: Any
-    ) -> None:
-        self._coro = coro
-        self._ctx = ctx
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            value = yield self._first
-        except BaseException as exc:  # forwarded into the coroutine, never swallowed
-            error = exc
-        return (yield from _drive(self._coro, self._ctx, value, error))
-
-
 def _drive(
     coro: Coroutine[Any, Any, Any],
     ctx: contextvars.Context,
@@ -176,6 +155,10 @@ def _drive(
             value = yield yielded
         except BaseException as exc:  # forwarded into the coroutine, never swallowed
             error = exc
+
+
+async def _await(coro: Coroutine[Any, Any, Any]) -> Any:
+    return await coro
 
 
 def _in_thread_with_attempt(attempt: int, fn: Callable[[], Any]) -> Any:
@@ -317,6 +300,10 @@ class Execution:
         "_clock",
         "_compensation_timeout",
         "_context",
+        "_crew",
+        "_crew_done_callback",
+        "_crew_error",
+        "_crew_idle",
         "_deferred_cancel",
         "_done",
         "_done_count",
@@ -333,6 +320,7 @@ class Execution:
         "_journal",
         "_limit_cache",
         "_limits",
+        "_loop",
         "_map_calls",
         "_needed",
         "_nested",
@@ -470,6 +458,12 @@ class Execution:
         self._handoff: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
+        #: the phase's worker tasks, and what waits for the last of them to end
+        self._crew: set[asyncio.Task[Any]] = set()
+        self._crew_idle: asyncio.Future[None] | None = None
+        self._crew_error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._crew_done_callback = self._crew_done  # one bound method, not one a task
         self._done: anyio.Event | None = None
         self._wall_offset = 0.0
         self._context = _copy_context()
@@ -944,12 +938,12 @@ class Execution:
         if self._store_error is None:
             self._store_error = error
         self._halt = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._stop_phase()
 
     async def _run_phase(self) -> None:
         """Run workers until the phase's ready work is done (or it is halted)."""
         self._halt = False
+        self._spare_pending = False  # a spare cancelled before it started never said so
         journal = self._journal
         blocked: tuple[Any, ...] | None = None
         if journal is None:
@@ -960,24 +954,36 @@ class Execution:
                 return
         else:
             journal.reopen()
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            self._loop = None
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._scope = tg.cancel_scope
             if journal is not None:
                 tg.start_soon(self._flusher, journal)
-            if blocked:  # the node that suspended goes on here, the others in a new worker
-                if self._ready:
-                    self._spare_pending = True
-                    tg.start_soon(self._worker)
-                await self._run_node(*blocked)
-            await self._worker()
-            if self._busy():
-                self._done = anyio.Event()
-                await self._done.wait()
+            try:
+                if blocked:  # the node that suspended goes on here, the others in a new worker
+                    if self._ready:
+                        self._spare_pending = True
+                        self._spawn(self._worker())
+                    node, limits, coro, ctx, yielded, start = blocked
+                    await self._finish(node, limits, coro, ctx, yielded, start, False)
+                await self._worker()
+                if self._busy():
+                    self._done = anyio.Event()
+                    await self._done.wait()
+            except BaseException:
+                await self._join_crew(cancel=True)
+                raise
+            await self._join_crew(cancel=False)
             if journal is not None:
                 journal.close()
         self._tg = None
         self._done = None
+        if self._crew_error is not None:
+            raise self._crew_error
         await self._write_leftover()  # a halted phase leaves transitions unwritten
 
     async def _write_leftover(self) -> None:
@@ -1129,8 +1135,7 @@ class Execution:
         if self._unwinding:
             return  # compensation is shielded: let it finish
         self._halt = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._stop_phase()
 
     def _close(self, status: RunStatus) -> None:
         self.closed = True
@@ -1194,11 +1199,154 @@ class Execution:
     def _ensure_worker(self) -> None:
         if not self._spare_pending and not self._halt and self._tg is not None:
             self._spare_pending = True
-            # Called from another run's worker when a limit hands us a slot: start
-            # the worker in this run's own context, never in the caller's.
-            self._context.run(self._tg.start_soon, self._worker)
+            self._spawn(self._worker())
 
-    # --- workers -------------------------------------------------------------------------
+    # --- the crew: the phase's worker tasks --------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start a worker-side task of this phase, in this run's own context (this may be
+        called from another run's worker, when a limit hands this run a slot).
+
+        On asyncio it is a plain task the phase tracks, as ``asyncio.TaskGroup`` does:
+        anyio's ``start_soon`` costs 2.5 KiB a task, and a fan-out of nodes that
+        all wait has a task each. The phase cancels them when it stops and waits for
+        every one before it ends (:meth:`_join_crew`).
+        """
+        loop = self._loop
+        if loop is None:  # not on asyncio (trio): a task of the phase's task group
+            self._context.run(self._tg.start_soon, _await, coro)  # type: ignore[union-attr]
+            return
+        task = loop.create_task(coro, context=self._context.copy())
+        self._crew.add(task)
+        task.add_done_callback(self._crew_done_callback)
+
+    def _crew_done(self, task: asyncio.Task[Any]) -> None:
+        self._crew.discard(task)
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None and self._crew_error is None:
+                # Nodes' own errors are handled in the task: this is the scheduler's own,
+                # and it fails the phase, as a task group would.
+                self._crew_error = error
+                self._stop_phase()
+        idle = self._crew_idle
+        if not self._crew and idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def _stop_phase(self) -> None:
+        """Cancel what runs in this phase: the task group's tasks and the crew."""
+        if self._scope is not None:
+            self._scope.cancel()
+        self._cancel_crew()
+
+    def _cancel_crew(self) -> None:
+        # A task cancelled before its first step never runs a line: a node handed over
+        # while suspended would stay "running", its slot held. The cancel is queued
+        # after the tasks' first steps (the loop runs callbacks in order), so each
+        # task starts, then takes the cancel where it waits.
+        loop = self._loop
+        for task in self._crew:
+            if loop is None:
+                task.cancel()
+            else:
+                loop.call_soon(task.cancel)
+
+    async def _join_crew(self, cancel: bool) -> None:
+        """Wait for every crew task to end (shielded), cancelling them first if asked."""
+        if cancel:
+            self._cancel_crew()
+        loop = self._loop
+        with anyio.CancelScope(shield=True):
+            while self._crew and loop is not None:
+                self._crew_idle = loop.create_future()
+                await self._crew_idle
+        self._crew_idle = None
+
+    @types.coroutine
+    def _finish(
+        self,
+        node: Node,
+        limits: tuple[Limit, ...],
+        coro: Coroutine[Any, Any, Any],
+        ctx: contextvars.Context,
+        yielded: Any,
+        start: float,
+        fresh: bool,
+    ) -> Generator[Any, Any, None]:
+        """Drive a node a worker started inline, which suspended on ``yielded``, to its
+        end; in a ``fresh`` task of its own, then work on.
+
+        One generator for all of it (no coroutine per layer): a fan-out of nodes
+        that all wait holds one of these per node. In a fresh task a bare yield
+        (``None``: run me again soon) is not yielded again; the task's first step
+        is that "soon".
+        """
+        value: Any = None
+        try:
+            if node.options.timeout is not None:
+                value = yield from self._drive_with_deadline(node, coro, ctx, yielded, start, fresh)
+            else:  # inline, as most nodes have no timeout: no generator more a waiting node
+                try:
+                    if fresh and yielded is None:
+                        yielded = ctx.run(coro.send, None)
+                    while True:
+                        try:
+                            sent = yield yielded
+                        except BaseException as exc:  # forwarded, never swallowed
+                            yielded = ctx.run(coro.throw, exc)
+                        else:
+                            yielded = ctx.run(coro.send, sent)
+                except StopIteration as stop:
+                    value = stop.value
+        except Exception as exc:
+            self._node_failed(node, exc, 1)
+        except BaseException as exc:  # cancellation: record it, never swallow it
+            self._cancelled(node, exc)
+            raise
+        else:
+            if self._events.node_events:  # someone subscribed while it ran
+                self._events.emit(TASK_SUCCEEDED, node.key, node.name, 1, _perf_counter() - start)
+            if self._journal is not None:
+                self._checkpoint_success(node, value, 1, start)
+            else:
+                self._succeed(node.index, value)
+        finally:
+            self._running -= 1
+            if limits:
+                release(limits, self)
+        if fresh and self._ready and not self._halt:
+            yield from self._worker().__await__()
+
+    def _drive_with_deadline(
+        self,
+        node: Node,
+        coro: Coroutine[Any, Any, Any],
+        ctx: contextvars.Context,
+        yielded: Any,
+        start: float,
+        fresh: bool,
+    ) -> Generator[Any, Any, Any]:
+        """:meth:`_finish`'s drive under the node's timeout, less what its inline start took."""
+        timeout = node.options.timeout
+        assert timeout is not None
+        left = timeout - (_perf_counter() - start) if self._clock is SYSTEM_CLOCK else timeout
+        value: Any = None
+        with self._clock.cancel_scope(left) as scope:
+            try:
+                if fresh and yielded is None:
+                    yielded = ctx.run(coro.send, None)
+                while True:
+                    try:
+                        sent = yield yielded
+                    except BaseException as exc:  # forwarded, never swallowed
+                        yielded = ctx.run(coro.throw, exc)
+                    else:
+                        yielded = ctx.run(coro.send, sent)
+            except StopIteration as stop:
+                value = stop.value
+        if scope.cancelled_caught:
+            raise TaskTimeout(self.run_id, node.key, 1, timeout)
+        return value
 
     async def _worker(self) -> tuple[Any, ...] | None:
         """Run ready nodes until none is left (or the run halts).
@@ -1286,23 +1434,26 @@ class Execution:
                             if self._done_count == self._needed and self._done is not None:
                                 self._done.set()
                     except BaseException as exc:  # (handled, and re-raised if it is a cancel)
-                        self._running += 1  # as _run_node counts it down
-                        await self._run_node(node, limits, (exc, start))
+                        if limits:
+                            release(limits, self)
+                        if not isinstance(exc, Exception):
+                            self._cancelled(node, exc)
+                            raise
+                        self._node_failed(node, exc, 1)
                     else:
                         if journal is not None:
                             journal.started(node.key, 1)
                         self._running += 1
                         if self._running > self._peak:
                             self._peak = self._running
-                        resumed = _Resumed(coro, ctx, yielded)
                         if not in_group:
                             if unfinished >= 0:
                                 finished[unfinished] = _perf_counter()
-                            return (node, limits, (resumed, start))
-                        if ready and not self._spare_pending:  # it blocks: the others go on
-                            self._spare_pending = True
-                            self._tg.start_soon(self._worker)  # type: ignore[union-attr]
-                        await self._run_node(node, limits, (resumed, start))
+                            return (node, limits, coro, ctx, yielded, start)
+                        if ready:  # others wait: it goes on in a task of its own
+                            self._spawn(self._finish(node, limits, coro, ctx, yielded, start, True))
+                        else:  # nothing else to do: wait for it here
+                            await self._finish(node, limits, coro, ctx, yielded, start, False)
                     streak += 1
                     if streak == _YIELD_EVERY:
                         streak = 0
@@ -1330,7 +1481,7 @@ class Execution:
                     return ()
                 if ready and not self._spare_pending:
                     self._spare_pending = True
-                    self._tg.start_soon(self._worker)  # type: ignore[union-attr]
+                    self._spawn(self._worker())
                 if self._any_limits and node.kind is not _SUBGRAPH:
                     limits = self._limits_of(node)
                     if limits and not try_acquire(limits, self, index):
@@ -1537,49 +1688,11 @@ class Execution:
             self.cancel()
         await anyio.sleep_forever()
 
-    async def _run_node(
-        self,
-        node: Node,
-        limits: tuple[Limit, ...],
-        inline: tuple[BaseException | _Resumed, float] | None = None,
-    ) -> None:
-        """Run one task node to its end; ``inline`` is how a node the worker already
-        started inline went on (it raised, or it suspended), and when it started."""
+    async def _run_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
+        """Run one task node to its end (retries, timeouts, checkpoints, events)."""
         index = node.index
         task = node.task
         assert task is not None
-        if inline is not None:
-            outcome, start = inline
-            try:
-                if type(outcome) is not _Resumed:
-                    raise outcome
-                timeout = node.options.timeout
-                if timeout is None:
-                    value = await outcome
-                else:  # what is left of it: the inline part ran on the clock too
-                    if self._clock is SYSTEM_CLOCK:
-                        timeout -= _perf_counter() - start
-                    with self._clock.cancel_scope(timeout) as scope:
-                        value = await outcome
-                    if scope.cancelled_caught:
-                        raise TaskTimeout(self.run_id, node.key, 1, node.options.timeout or 0.0)
-            except Exception as exc:
-                self._node_failed(node, exc, 1)
-                return
-            except BaseException as exc:  # cancellation: record it, never swallow it
-                self._cancelled(node, exc)
-                raise
-            finally:
-                self._running -= 1
-                if limits:
-                    release(limits, self)
-            if self._events.node_events:  # someone subscribed while it ran
-                self._events.emit(TASK_SUCCEEDED, node.key, task.name, 1, _perf_counter() - start)
-            if self._journal is not None:
-                self._checkpoint_success(node, value, 1, start)
-            else:
-                self._succeed(index, value)
-            return
         args = self._args_of(node)
         if node.bindings:
             try:
@@ -1813,8 +1926,7 @@ class Execution:
         if self._failure is None:
             self._failure = (index, error)
             self._halt = True
-            if self._scope is not None:
-                self._scope.cancel()
+            self._stop_phase()
 
     def _skip(self, index: int) -> None:
         """A guard said no: this node and everything downstream of it is SKIPPED."""
