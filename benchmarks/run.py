@@ -51,7 +51,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IMPLS = ("asyncio", "anyio", "aflow")
-WORKLOADS = ("fanout", "fanout_timeout", "chain", "dag", "randdag", "sleep")
+WORKLOADS = ("fanout", "fanout_timeout", "waiting", "chain", "dag", "randdag", "sleep")
 BASELINE = "asyncio"  # the impl every ratio divides by
 PEERS = ("taskflow", "celery", "dask", "prefect")
 PEER_WORKLOADS = ("fanout", "chain", "dag", "sleep")
@@ -80,6 +80,7 @@ FULL = Plan(
         ("dag", 2_500),
         ("sleep", 1_000),
         ("fanout_timeout", 10_000),
+        ("waiting", 100_000),
     ),
     scaling=(
         *((w, n) for w in ("fanout", "chain") for n in (1_000, 10_000, 100_000, 1_000_000)),
@@ -94,6 +95,7 @@ QUICK = Plan(
         ("dag", 100),
         ("sleep", 1_000),
         ("fanout_timeout", 1_000),
+        ("waiting", 1_000),
     ),
     scaling=(
         *((w, n) for w in ("fanout", "chain") for n in (100, 1_000, 10_000)),
@@ -296,6 +298,7 @@ def label(workload: str, n: int) -> str:
     return {
         "fanout": "fan-out + sum",
         "fanout_timeout": "fan-out + sum, 10 s timeout per node",
+        "waiting": "fan-out, every node waiting at once",
         "chain": "chain",
         "dag": f"DAG {width}x{width}, 2 parents",
         "randdag": "random DAG, 1-3 parents",
@@ -430,14 +433,14 @@ def efficiency_target(bench: Bench, n: int, loop_names: list[str]) -> Target:
     return Target(f"{named('sleep', n)}: aflow efficiency >= 0.85", figures, verdict)
 
 
-def memory_target(bench: Bench, n: int, loop_names: list[str]) -> Target:
+def memory_target(bench: Bench, workload: str, n: int, loop_names: list[str]) -> Target:
     def figure(loop: str) -> tuple[str, bool | None]:
-        m = aflow_result(bench, "fanout", n, loop)
+        m = aflow_result(bench, workload, n, loop)
         kib = m.kib_per_node if m else None
         return fmt(kib, suffix=" KiB/node"), None if kib is None else kib <= 2.0
 
     figures, verdict = per_loop(loop_names, figure)
-    return Target(f"fan-out {n:,}: aflow memory <= 2 KiB/node", figures, verdict)
+    return Target(f"{named(workload, n)}: aflow memory <= 2 KiB/node", figures, verdict)
 
 
 def growth_target(bench: Bench, workload: str, top: int, ref: int, loop_names: list[str]) -> Target:
@@ -473,7 +476,9 @@ def targets(bench: Bench, plan: Plan, loop_names: list[str]) -> list[Target]:
         found.append(efficiency_target(bench, main["sleep"], loop_names))
     scaled = {w: sorted(n for w2, n in plan.scaling if w2 == w) for w in ("fanout", "chain")}
     if scaled["fanout"]:
-        found.append(memory_target(bench, scaled["fanout"][-1], loop_names))
+        found.append(memory_target(bench, "fanout", scaled["fanout"][-1], loop_names))
+    if "waiting" in main:  # every node in flight at once
+        found.append(memory_target(bench, "waiting", main["waiting"], loop_names))
     for workload, sizes in scaled.items():
         if plan.scale_ref in sizes and sizes[-1] > plan.scale_ref:
             found.append(growth_target(bench, workload, sizes[-1], plan.scale_ref, loop_names))

@@ -25,6 +25,9 @@ WORKLOAD and N (see ``nodes()`` for the node count):
 
   fanout          N tasks ``inc(i)``, then one task summing their results (a chord)
   fanout_timeout  the same, every ``inc`` under its own 10 s timeout
+  waiting         the same fan-out, but every task waits until the last one has started
+                  (a rendezvous on one event): all N nodes are in flight at once, which
+                  is what the memory figure of this workload measures
   chain           N tasks, each receiving its parent's result plus one
   dag             W x W layered DAG with W = isqrt(N): every node below the first layer has
                   2 parents in the layer above (i and i+1 mod W); the result sums the last layer
@@ -56,7 +59,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-WORKLOADS = ("fanout", "fanout_timeout", "chain", "dag", "randdag", "sleep")
+WORKLOADS = ("fanout", "fanout_timeout", "waiting", "chain", "dag", "randdag", "sleep")
 IMPLS = ("asyncio", "anyio", "aflow")
 LOOPS = ("asyncio", "uvloop")
 
@@ -115,7 +118,7 @@ def prepare(workload: str, n: int) -> Any:
 
 def nodes(workload: str, n: int) -> int:
     """Tasks the workload runs: fan-outs count their final sum, a DAG has W * W nodes."""
-    if workload in ("fanout", "fanout_timeout"):
+    if workload in ("fanout", "fanout_timeout", "waiting"):
         return n + 1
     if workload == "dag":
         return math.isqrt(n) ** 2
@@ -147,6 +150,23 @@ async def node(x: int, *others: int) -> int:
     return x + 1
 
 
+class Rendezvous:
+    """N callers of :meth:`arrive`: each waits until the last one has arrived."""
+
+    def __init__(self, n: int, opened: Any) -> None:
+        self.n = n
+        self.arrived = 0
+        self.opened = opened  # an asyncio.Event or an anyio.Event
+
+    async def arrive(self, x: int) -> int:
+        self.arrived += 1
+        if self.arrived == self.n:
+            self.opened.set()
+        else:
+            await self.opened.wait()
+        return x + 1
+
+
 # --- IMPL asyncio: hand-written, a task per node ------------------------------------------
 
 
@@ -161,6 +181,11 @@ def asyncio_impl() -> dict[str, Workload]:
 
     async def fanout_timeout(n: int) -> int:
         values = await asyncio.gather(*(inc_timeout(i) for i in range(n)))
+        return await asyncio.create_task(tsum(list(values)))
+
+    async def waiting(n: int) -> int:
+        meet = Rendezvous(n, asyncio.Event())
+        values = await asyncio.gather(*(meet.arrive(i) for i in range(n)))
         return await asyncio.create_task(tsum(list(values)))
 
     async def chain(n: int) -> int:
@@ -194,6 +219,7 @@ def asyncio_impl() -> dict[str, Workload]:
     return {
         "fanout": fanout,
         "fanout_timeout": fanout_timeout,
+        "waiting": waiting,
         "chain": chain,
         "dag": dag,
         "randdag": dag,
@@ -241,6 +267,18 @@ def anyio_impl() -> dict[str, Workload]:
                 tg.start_soon(one, i)
         return await call(tsum, results)
 
+    async def waiting(n: int) -> int:
+        meet = Rendezvous(n, anyio.Event())
+        results = [0] * n
+
+        async def one(i: int) -> None:
+            results[i] = await meet.arrive(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+        return await call(tsum, results)
+
     async def chain(n: int) -> int:
         value = 0
         for _ in range(n):
@@ -279,6 +317,7 @@ def anyio_impl() -> dict[str, Workload]:
     return {
         "fanout": fanout,
         "fanout_timeout": fanout_timeout,
+        "waiting": waiting,
         "chain": chain,
         "dag": dag,
         "randdag": dag,
@@ -307,6 +346,10 @@ def aflow_impl() -> dict[str, Workload]:
     async def fanout_timeout(n: int) -> int:
         return await aflow.chord((inc_timeout_t.s(i) for i in range(n)), tsum_t.s())
 
+    async def waiting(n: int) -> int:
+        arrive = aflow.task(Rendezvous(n, asyncio.Event()).arrive)
+        return await aflow.chord((arrive.s(i) for i in range(n)), tsum_t.s())
+
     async def chain(n: int) -> int:
         return await aflow.chain(inc_t.s(0), *(inc_t.s() for _ in range(n - 1)))
 
@@ -329,6 +372,7 @@ def aflow_impl() -> dict[str, Workload]:
     return {
         "fanout": fanout,
         "fanout_timeout": fanout_timeout,
+        "waiting": waiting,
         "chain": chain,
         "dag": dag,
         "randdag": dag,
