@@ -52,14 +52,14 @@ $(PEERS)/.peers-installed: $(PEERS)/.installed
 	touch $@
 
 bench: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
-	$(BIN)/python benchmarks/run.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/run.py --repeat 5 --anyio-max-nodes 100000 --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md
 	$(BIN)/python benchmarks/ops.py --markdown benchmarks/OPS.md
 
 bench-peers: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.peers-installed
-	$(BIN)/python benchmarks/run.py --peers-python $(PEERS)/bin/python --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/run.py --repeat 5 --anyio-max-nodes 100000 --peers-python $(PEERS)/bin/python --markdown benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache .hypothesis
