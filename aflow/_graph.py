@@ -94,8 +94,8 @@ class Node(NamedTuple):
     #: Runs once its parents end, even if some were SKIPPED (it is not skipped with
     #: them); bindings to a source that did not succeed are left out.
     after_all: bool = False
-    #: Set by the builder: an async task called once (no retries, no deadline), with no
-    #: named inputs and no error scope, which a worker may start inline (a timeout is fine).
+    #: Set by the builder: an async task called once (no retries, timeout or deadline),
+    #: with no named inputs and no error scope, which a worker may start inline.
     inline: bool = False
 
     @property
@@ -528,7 +528,7 @@ class GraphBuilder:
             kind is _TASK
             and task is not None
             and task.is_async
-            and options.one_attempt
+            and options.single_shot
             and not bindings
             and error_scope is None
         )
@@ -593,7 +593,7 @@ class GraphBuilder:
                     (),
                     None,
                     False,
-                    task.is_async and options.one_attempt,
+                    task.is_async and options.single_shot,
                 ),
             )
         )
@@ -619,7 +619,7 @@ class GraphBuilder:
         name = task.name
         first = len(nodes)
         count = self._counts.get(name, 0)
-        inline = task.is_async and options.one_attempt
+        inline = task.is_async and options.single_shot
         shapes = task.checked_shapes
         last_shape: tuple[int, tuple[str, ...]] | None = None
         parents = (pred,) if pred != -1 else ()

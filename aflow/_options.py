@@ -90,13 +90,10 @@ class NodeOptions:
     success_ratio: float | None = None
     #: One attempt, no deadline: the scheduler's fast path (computed, not an option).
     single_shot: bool = field(init=False, compare=False, repr=False)
-    #: One attempt, no deadline, perhaps a timeout: a worker may start it inline.
-    one_attempt: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        one = self.retries == 0 and self.deadline is None
-        object.__setattr__(self, "one_attempt", one)
-        object.__setattr__(self, "single_shot", one and self.timeout is None)
+        single = self.retries == 0 and self.timeout is None and self.deadline is None
+        object.__setattr__(self, "single_shot", single)
 
     def should_retry(self, error: BaseException) -> bool:
         """True if ``retry_on`` admits ``error`` (any ``Exception`` when unset)."""

@@ -170,7 +170,10 @@ async def test_revert_all_holds_when_a_sibling_fails_at_the_same_time() -> None:
 
     inner = lf.Flow("inner", retry=aflow.retry.Times(1, revert_all=True)).add(F1())
     outer = uf.Flow("outer", retry=aflow.retry.Times(3)).add(inner, F2())
-    with anyio.fail_after(5), pytest.raises(aflow.GroupFailed):
+    # Both are released by one event; whether the second raises before the first
+    # failure's cancel reaches it depends on the loop's order (GroupFailed, or the
+    # first error with the sibling cancelled). Either way nothing is retried.
+    with anyio.fail_after(5), pytest.raises((aflow.GroupFailed, ValueError)):
         await engines.run(outer, engine="parallel")
     assert attempts == [1]
 

@@ -710,3 +710,76 @@ class TestInlineStart:
                 "gated": "succeeded",
                 "plus_one": "succeeded",
             }
+
+    # From the review of issue #7: a node's first step runs inline, so everything it
+    # binds to the current task (cancel scopes, timeouts, task groups) must still hold.
+
+    async def test_task_bound_scopes_opened_before_the_first_await(self) -> None:
+        @aflow.task
+        async def guarded(i: int) -> str:
+            with anyio.move_on_after(5):
+                await anyio.lowlevel.checkpoint()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.lowlevel.checkpoint)
+            try:
+                async with asyncio.timeout(0.01):
+                    await anyio.sleep_forever()
+            except TimeoutError:
+                return f"timed out {i}"
+            return "never"
+
+        with anyio.fail_after(5):
+            assert await guarded.s(0) == "timed out 0"
+            assert await aflow.group(guarded.s(i) for i in range(3)) == [
+                f"timed out {i}" for i in range(3)
+            ]
+            with anyio.move_on_after(5) as caller:  # the caller's own scope still exits
+                assert await aflow.run(guarded.s(1), timeout=5) == "timed out 1"
+            assert not caller.cancelled_caught
+
+    async def test_a_timeout_node_opening_a_scope_before_its_first_await(self) -> None:
+        @aflow.task(timeout=5)
+        async def guarded(i: int) -> int:
+            with anyio.move_on_after(5):
+                await anyio.lowlevel.checkpoint()
+            return i
+
+        with anyio.fail_after(5):
+            assert await aflow.group(guarded.s(i) for i in range(3)) == [0, 1, 2]
+
+    async def test_a_task_raising_cancelled_error_by_itself_does_not_hang_the_run(self) -> None:
+        @aflow.task
+        async def nap(i: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            return i
+
+        @aflow.task
+        async def gone(i: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            raise asyncio.CancelledError
+
+        with anyio.fail_after(5), pytest.raises((RuntimeError, asyncio.CancelledError)):
+            await aflow.run(aflow.group(nap.s(0), nap.s(1), gone.s(2)))
+
+    async def test_cancelling_the_caller_stops_every_waiting_node_at_once(self) -> None:
+        gate = Gate()
+        ended: list[str] = []
+
+        @aflow.task
+        async def wait(i: int) -> int:
+            try:
+                await gate.wait()
+            except BaseException as exc:
+                ended.append(type(exc).__name__)
+                raise
+            return i
+
+        task = asyncio.ensure_future(aflow.run(aflow.group(wait.s(i) for i in range(5))))
+        await anyio.wait_all_tasks_blocked()
+        assert gate.arrived == 5
+        task.cancel()
+        with anyio.fail_after(5), pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended == ["CancelledError"] * 5
+        await anyio.wait_all_tasks_blocked()
+        assert {t for t in asyncio.all_tasks() if not t.done()} == {asyncio.current_task()}

@@ -328,6 +328,7 @@ class Execution:
         "_on_error",
         "_parked",
         "_peak",
+        "_phase_open",
         "_ready",
         "_remaining",
         "_results",
@@ -464,6 +465,7 @@ class Execution:
         self._crew_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crew_done_callback = self._crew_done  # one bound method, not one a task
+        self._phase_open = False
         self._done: anyio.Event | None = None
         self._wall_offset = 0.0
         self._context = _copy_context()
@@ -944,47 +946,46 @@ class Execution:
         """Run workers until the phase's ready work is done (or it is halted)."""
         self._halt = False
         self._spare_pending = False  # a spare cancelled before it started never said so
-        journal = self._journal
-        blocked: tuple[Any, ...] | None = None
-        if journal is None:
-            # First without a task group, which a run of nodes that all end without
-            # suspending never needs; the worker stops at a node that would need one.
-            blocked = await self._worker()
-            if blocked is None and not self._busy():
-                return
-        else:
-            journal.reopen()
+        self._crew_error = None
         try:
             self._loop = asyncio.get_running_loop()
-        except RuntimeError:  # trio
+        except RuntimeError:  # trio: the workers are tasks of a task group
             self._loop = None
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._scope = tg.cancel_scope
-            if journal is not None:
-                tg.start_soon(self._flusher, journal)
-            try:
-                if blocked:  # the node that suspended goes on here, the others in a new worker
-                    if self._ready:
-                        self._spare_pending = True
-                        self._spawn(self._worker())
-                    node, limits, coro, ctx, yielded, start = blocked
-                    await self._finish(node, limits, coro, ctx, yielded, start, False)
-                await self._worker()
-                if self._busy():
-                    self._done = anyio.Event()
-                    await self._done.wait()
-            except BaseException:
-                await self._join_crew(cancel=True)
-                raise
-            await self._join_crew(cancel=False)
-            if journal is not None:
-                journal.close()
-        self._tg = None
-        self._done = None
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._scope = tg.cancel_scope
+                await self._phase()
+            self._tg = None
+        else:
+            # The phase's scope is entered before any node starts: a node's first step
+            # runs inline, and a cancel scope it opens there must nest inside this one.
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await self._phase()
         if self._crew_error is not None:
             raise self._crew_error
         await self._write_leftover()  # a halted phase leaves transitions unwritten
+
+    async def _phase(self) -> None:
+        journal = self._journal
+        self._phase_open = True
+        if journal is not None:
+            journal.reopen()
+            self._spawn(self._flusher(journal))
+        try:
+            await self._worker()
+            if self._busy():
+                self._done = anyio.Event()
+                await self._done.wait()
+            if journal is not None:
+                journal.close()
+            await self._join_crew(cancel=False)
+        except BaseException:
+            await self._join_crew(cancel=True)
+            raise
+        finally:
+            self._phase_open = False
+            self._done = None
 
     async def _write_leftover(self) -> None:
         """Write what is still buffered outside a phase (shielded); release what it held."""
@@ -1197,23 +1198,25 @@ class Execution:
             self._ensure_worker()
 
     def _ensure_worker(self) -> None:
-        if not self._spare_pending and not self._halt and self._tg is not None:
+        if not self._spare_pending and not self._halt and self._phase_open:
             self._spare_pending = True
             self._spawn(self._worker())
 
     # --- the crew: the phase's worker tasks --------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Start a worker-side task of this phase, in this run's own context (this may be
-        called from another run's worker, when a limit hands this run a slot).
+        """Start a task of this phase (a spare worker, the flusher) in this run's own
+        context: this may be called from another run's worker, when a limit hands this
+        run a slot.
 
-        On asyncio it is a plain task the phase tracks, as ``asyncio.TaskGroup`` does:
-        anyio's ``start_soon`` costs 2.5 KiB a task, and a fan-out of nodes that
-        all wait has a task each. The phase cancels them when it stops and waits for
-        every one before it ends (:meth:`_join_crew`).
+        On asyncio it is a plain task the phase tracks, as ``asyncio.TaskGroup`` does
+        (anyio's ``start_soon`` costs 2.5 KiB a task, and a fan-out of nodes that all
+        wait has a worker each): the phase cancels them when it stops and waits for
+        every one before it ends (:meth:`_join_crew`). A node never moves from the
+        task that started it.
         """
         loop = self._loop
-        if loop is None:  # not on asyncio (trio): a task of the phase's task group
+        if loop is None:  # trio: a task of the phase's task group
             self._context.run(self._tg.start_soon, _await, coro)  # type: ignore[union-attr]
             return
         task = loop.create_task(coro, context=self._context.copy())
@@ -1222,45 +1225,55 @@ class Execution:
 
     def _crew_done(self, task: asyncio.Task[Any]) -> None:
         self._crew.discard(task)
-        if not task.cancelled():
+        if task.cancelled():
+            if not self._halt and self._crew_error is None:
+                # Nothing stopped the phase: a node raised CancelledError of its own
+                # accord. Its worker ended with it; the run must not wait for it.
+                self._crew_error = RuntimeError(
+                    f"run {self.run_id}: a task raised CancelledError without being "
+                    "cancelled (see the step marked cancelled)"
+                )
+                self._halt = True
+                self._stop_phase()
+        else:
             error = task.exception()
             if error is not None and self._crew_error is None:
                 # Nodes' own errors are handled in the task: this is the scheduler's own,
                 # and it fails the phase, as a task group would.
                 self._crew_error = error
+                self._halt = True
                 self._stop_phase()
         idle = self._crew_idle
         if not self._crew and idle is not None and not idle.done():
             idle.set_result(None)
 
     def _stop_phase(self) -> None:
-        """Cancel what runs in this phase: the task group's tasks and the crew."""
+        """Cancel what runs in this phase: what the host awaits, and the crew."""
         if self._scope is not None:
             self._scope.cancel()
-        self._cancel_crew()
-
-    def _cancel_crew(self) -> None:
-        # A task cancelled before its first step never runs a line: a node handed over
-        # while suspended would stay "running", its slot held. The cancel is queued
-        # after the tasks' first steps (the loop runs callbacks in order), so each
-        # task starts, then takes the cancel where it waits.
-        loop = self._loop
         for task in self._crew:
-            if loop is None:
-                task.cancel()
-            else:
-                loop.call_soon(task.cancel)
+            task.cancel()
 
     async def _join_crew(self, cancel: bool) -> None:
-        """Wait for every crew task to end (shielded), cancelling them first if asked."""
+        """Wait for every crew task to end (shielded); with ``cancel``, stop the phase
+        first. A native cancel of this task meanwhile is re-raised once they have."""
+        deferred: BaseException | None = None
         if cancel:
-            self._cancel_crew()
+            self._halt = True
+            self._stop_phase()
         loop = self._loop
         with anyio.CancelScope(shield=True):
             while self._crew and loop is not None:
                 self._crew_idle = loop.create_future()
-                await self._crew_idle
+                try:
+                    await self._crew_idle
+                except BaseException as exc:  # asyncio's own cancel: kept for later
+                    deferred = deferred or exc
+                    self._halt = True
+                    self._stop_phase()
         self._crew_idle = None
+        if deferred is not None:
+            raise deferred
 
     @types.coroutine
     def _finish(
@@ -1271,70 +1284,12 @@ class Execution:
         ctx: contextvars.Context,
         yielded: Any,
         start: float,
-        fresh: bool,
     ) -> Generator[Any, Any, None]:
-        """Drive a node a worker started inline, which suspended on ``yielded``, to its
-        end; in a ``fresh`` task of its own, then work on.
-
-        One generator for all of it (no coroutine per layer): a fan-out of nodes
-        that all wait holds one of these per node. In a fresh task a bare yield
-        (``None``: run me again soon) is not yielded again; the task's first step
-        is that "soon".
-        """
-        value: Any = None
+        """Drive a node the worker started inline, which suspended on ``yielded``, to
+        its end, in the same task: one generator for all of it (no coroutine per layer),
+        as a fan-out of nodes that all wait holds one of these per node."""
         try:
-            if node.options.timeout is not None:
-                value = yield from self._drive_with_deadline(node, coro, ctx, yielded, start, fresh)
-            else:  # inline, as most nodes have no timeout: no generator more a waiting node
-                try:
-                    if fresh and yielded is None:
-                        yielded = ctx.run(coro.send, None)
-                    while True:
-                        try:
-                            sent = yield yielded
-                        except BaseException as exc:  # forwarded, never swallowed
-                            yielded = ctx.run(coro.throw, exc)
-                        else:
-                            yielded = ctx.run(coro.send, sent)
-                except StopIteration as stop:
-                    value = stop.value
-        except Exception as exc:
-            self._node_failed(node, exc, 1)
-        except BaseException as exc:  # cancellation: record it, never swallow it
-            self._cancelled(node, exc)
-            raise
-        else:
-            if self._events.node_events:  # someone subscribed while it ran
-                self._events.emit(TASK_SUCCEEDED, node.key, node.name, 1, _perf_counter() - start)
-            if self._journal is not None:
-                self._checkpoint_success(node, value, 1, start)
-            else:
-                self._succeed(node.index, value)
-        finally:
-            self._running -= 1
-            if limits:
-                release(limits, self)
-        if fresh and self._ready and not self._halt:
-            yield from self._worker().__await__()
-
-    def _drive_with_deadline(
-        self,
-        node: Node,
-        coro: Coroutine[Any, Any, Any],
-        ctx: contextvars.Context,
-        yielded: Any,
-        start: float,
-        fresh: bool,
-    ) -> Generator[Any, Any, Any]:
-        """:meth:`_finish`'s drive under the node's timeout, less what its inline start took."""
-        timeout = node.options.timeout
-        assert timeout is not None
-        left = timeout - (_perf_counter() - start) if self._clock is SYSTEM_CLOCK else timeout
-        value: Any = None
-        with self._clock.cancel_scope(left) as scope:
             try:
-                if fresh and yielded is None:
-                    yielded = ctx.run(coro.send, None)
                 while True:
                     try:
                         sent = yield yielded
@@ -1344,19 +1299,26 @@ class Execution:
                         yielded = ctx.run(coro.send, sent)
             except StopIteration as stop:
                 value = stop.value
-        if scope.cancelled_caught:
-            raise TaskTimeout(self.run_id, node.key, 1, timeout)
-        return value
+        except Exception as exc:
+            self._node_failed(node, exc, 1)
+            return
+        except BaseException as exc:  # cancellation: record it, never swallow it
+            self._cancelled(node, exc)
+            raise
+        finally:
+            self._running -= 1
+            if limits:
+                release(limits, self)
+        if self._events.node_events:  # someone subscribed while it ran
+            self._events.emit(TASK_SUCCEEDED, node.key, node.name, 1, _perf_counter() - start)
+        if self._journal is not None:
+            self._checkpoint_success(node, value, 1, start)
+        else:
+            self._succeed(node.index, value)
 
-    async def _worker(self) -> tuple[Any, ...] | None:
-        """Run ready nodes until none is left (or the run halts).
-
-        Without a task group yet (the first pass of a phase), it stops instead of
-        awaiting anything: at a node that suspended it returns ``_run_node``'s
-        arguments to go on with it; before any other node, it returns ``()``.
-        """
+    async def _worker(self) -> None:
+        """Run ready nodes until none is left (or the run halts)."""
         self._spare_pending = False
-        in_group = self._tg is not None
         ready = self._ready
         nodes = self._nodes
         states = self._states
@@ -1446,22 +1408,19 @@ class Execution:
                         self._running += 1
                         if self._running > self._peak:
                             self._peak = self._running
-                        if not in_group:
-                            if unfinished >= 0:
-                                finished[unfinished] = _perf_counter()
-                            return (node, limits, coro, ctx, yielded, start)
-                        if ready:  # others wait: it goes on in a task of its own
-                            self._spawn(self._finish(node, limits, coro, ctx, yielded, start, True))
-                        else:  # nothing else to do: wait for it here
-                            await self._finish(node, limits, coro, ctx, yielded, start, False)
+                        if ready and not self._spare_pending:  # it blocks: the others go on
+                            self._spare_pending = True
+                            self._spawn(self._worker())
+                        if unfinished >= 0:
+                            finished[unfinished] = _perf_counter()
+                            unfinished = -1
+                        await self._finish(node, limits, coro, ctx, yielded, start)
                     streak += 1
                     if streak == _YIELD_EVERY:
                         streak = 0
                         if unfinished >= 0:
                             finished[unfinished] = _perf_counter()
                             unfinished = -1
-                        if not in_group:
-                            return ()
                         await anyio.lowlevel.checkpoint()
                     continue
                 if unfinished >= 0:
@@ -1476,9 +1435,6 @@ class Execution:
                 elif node.kind is _JOIN:
                     self._join(node)
                     continue
-                if not in_group:
-                    ready.appendleft(index)
-                    return ()
                 if ready and not self._spare_pending:
                     self._spare_pending = True
                     self._spawn(self._worker())
@@ -1517,7 +1473,6 @@ class Execution:
                 self._handoff = None
         if self._unwinding:
             self._check_idle()  # the last nodes may have been joins, unwound without a revert
-        return None
 
     def _args_of(self, node: Node) -> tuple[Any, ...]:
         source = node.input
