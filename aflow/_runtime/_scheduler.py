@@ -2,13 +2,21 @@
 
 Forward phase. Bookkeeping is O(V + E): an in-degree counter per node and a
 ready deque; a finished node decrements its children and pushes the ones that
-reach zero. Workers are coroutines in the run's one task group. A worker pops
-a ready node and awaits it *inline*; when it pops a node while more are ready,
-it makes sure one spare worker is scheduled, so that if this node blocks the
-others still start. A chain therefore runs in a single worker without any
-task switch, and a fan-out of blocking nodes gets one worker per node, much as
-hand-written ``create_task`` code would. Cancel scopes are opened only for
-nodes with a timeout.
+reach zero. A worker pops a ready node and runs it *inline*. A plain async node
+(no retries, timeout, named inputs or error scope) is started by hand: its
+coroutine's first step runs in a copy of the run's context, and most nodes end
+right there, with no task, no wake-up and no loop round trip (issue #7). A node
+that suspends is driven on by :meth:`Execution._finish` in the same task (what
+a node binds to its task, such as cancel scopes, must stay valid); if more work
+is ready, one spare worker is started first, so the others still start. A
+chain therefore runs in a single worker without any task switch, and a
+fan-out of blocking nodes gets one worker per node, much as hand-written
+``create_task`` code would.
+
+Workers other than the caller's are plain asyncio tasks that the phase tracks
+(the crew), cancels when it stops and waits for before it ends, as
+``asyncio.TaskGroup`` does; the phase's own cancel scope is entered before any
+node starts. Cancel scopes are opened only for nodes with a timeout.
 
 Unwind phase (issue #3). When the forward phase fails, is cancelled or runs
 out of time, the same workers walk the graph backwards: a node becomes ready
