@@ -37,8 +37,13 @@ def run_script(script: str, out: pathlib.Path, *extra: str) -> str:
 @pytest.mark.slow
 def test_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = run_script("run.py", tmp_path / "results.md")
-    for workload in ("fan-out + sum", "chain", "DAG", "sleeps"):
+    for workload in ("fan-out + sum", "chain", "DAG", "sleeps", "waiting at once", "random DAG"):
         assert workload in table
+    for impl in ("| asyncio |", "| anyio |", "| aflow |"):
+        assert impl in table
+    assert "## Targets" in table
+    for failure in ("wrong result", "timed out", "exit status", "no JSON", "cannot run"):
+        assert failure not in table  # every worker run succeeded, with the same result
 
 
 @pytest.mark.slow

@@ -322,10 +322,12 @@ class Execution:
         "_failure",
         "_failures",
         "_finished",
+        "_flusher_task",
         "_global_limits",
         "_halt",
         "_handoff",
         "_journal",
+        "_last_spawned",
         "_limit_cache",
         "_limits",
         "_loop",
@@ -474,6 +476,8 @@ class Execution:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crew_done_callback = self._crew_done  # one bound method, not one a task
         self._phase_open = False
+        self._last_spawned: asyncio.Task[Any] | None = None
+        self._flusher_task: asyncio.Task[Any] | None = None
         self._done: anyio.Event | None = None
         self._wall_offset = 0.0
         self._context = _copy_context()
@@ -980,6 +984,8 @@ class Execution:
         if journal is not None:
             journal.reopen()
             self._spawn(self._flusher(journal))
+            # Never cancelled: a batch is written whole; closing the journal ends it.
+            self._flusher_task = self._last_spawned
         try:
             await self._worker()
             if self._busy():
@@ -989,6 +995,8 @@ class Execution:
                 journal.close()
             await self._join_crew(cancel=False)
         except BaseException:
+            if journal is not None:
+                journal.close()
             await self._join_crew(cancel=True)
             raise
         finally:
@@ -1228,6 +1236,7 @@ class Execution:
             self._context.run(self._tg.start_soon, _await, coro)  # type: ignore[union-attr]
             return
         task = loop.create_task(coro, context=self._context.copy())
+        self._last_spawned = task
         self._crew.add(task)
         task.add_done_callback(self._crew_done_callback)
 
@@ -1260,7 +1269,8 @@ class Execution:
         if self._scope is not None:
             self._scope.cancel()
         for task in self._crew:
-            task.cancel()
+            if task is not self._flusher_task:
+                task.cancel()
 
     async def _join_crew(self, cancel: bool) -> None:
         """Wait for every crew task to end (shielded); with ``cancel``, stop the phase
