@@ -366,16 +366,15 @@ class Signature(Canvas[R]):
                 else task.node_options
             )
             name = task.name
-        index = c.builder.add_call(
+        added = c.builder.add_calls(
             task,
-            name,
-            self._args,
-            self._kwargs,
-            (pred,) if pred != -1 else (),
-            pred if pred != -1 and not self._immutable else -1,
+            ((self._args, self._kwargs),),
             node_options,
+            pred,
+            immutable=self._immutable,
+            name=name,
         )
-        return ((index,), False)
+        return ((added[0],), False)
 
     def _compile_body(
         self,

@@ -556,49 +556,6 @@ class GraphBuilder:
         )
         return index
 
-    def add_call(
-        self,
-        task: FunctionTask[..., Any],
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        parents: tuple[int, ...],
-        input: int,
-        options: NodeOptions,
-    ) -> int:
-        """The hot path of :meth:`add` for a plain task call; same checks, fewer steps."""
-        nodes = self.nodes
-        index = len(nodes)
-        key = self._next_key(name)
-        n_pos = len(args) + (input != -1)
-        kw = tuple(kwargs) if kwargs else ()
-        if task.checked_shapes.get((n_pos, kw), _UNCHECKED) is not None:
-            prepended = "its parent's result" if input >= 0 else None
-            _check_call(task, key, n_pos, kw, prepended)
-        nodes.append(
-            _new_node(
-                Node,
-                (
-                    index,
-                    key,
-                    _TASK,
-                    task,
-                    args,
-                    kwargs or _NO_KWARGS,
-                    parents,
-                    input,
-                    options,
-                    None,
-                    None,
-                    (),
-                    None,
-                    False,
-                    task.is_async and options.single_shot,
-                ),
-            )
-        )
-        return index
-
     def add_calls(
         self,
         task: FunctionTask[..., Any],
@@ -608,16 +565,18 @@ class GraphBuilder:
         *,
         immutable: bool = False,
         chained: bool = False,
+        name: str | None = None,
     ) -> range:
-        """:meth:`add_call` for many calls of one task; returns their indices.
+        """The hot path of :meth:`add`: plain calls of one task; returns their indices.
 
         Each call runs after ``pred`` (a fan-out), or, ``chained``, after the call
         before it (the first after ``pred``); ``immutable`` calls ignore its result.
+        Keys come from ``name`` (the task's name by default), as :meth:`add` makes them.
         """
         nodes = self.nodes
         keys = self._keys
-        name = task.name
         first = len(nodes)
+        name = name or task.name
         count = self._counts.get(name, 0)
         inline = task.is_async and options.single_shot
         shapes = task.checked_shapes
@@ -625,16 +584,17 @@ class GraphBuilder:
         parents = (pred,) if pred != -1 else ()
         input = -1 if immutable else pred
         for index, (args, kwargs) in enumerate(calls, first):
+            # _next_key, inlined: a call per node costs a tenth of compiling a fan-out
             count += 1
             key = f"{name}#{count}" if count > 1 else name
-            if key in keys:  # taken by a key=: the next free number
+            if key in keys:  # taken (a key=): search on from there
                 self._counts[name] = count - 1
                 key = self._key(name)
                 count = self._counts[name]
             else:
                 keys.add(key)
             shape = (len(args) + (input != -1), tuple(kwargs) if kwargs else ())
-            if shape != last_shape:
+            if shape != last_shape:  # a call shape is checked once per task (cached there)
                 if shapes.get(shape, _UNCHECKED) is not None:
                     prepended = "its parent's result" if input >= 0 else None
                     _check_call(task, key, shape[0], shape[1], prepended)

@@ -10,10 +10,10 @@ each provides its own name), the serial engine for linear flows and the parallel
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
+from peer_worker import peak_rss_kib  # beside this file; the standard library only
 from taskflow import engines, task
 from taskflow.patterns import linear_flow as lf
 from taskflow.patterns import unordered_flow as uf
@@ -45,18 +45,6 @@ def main() -> None:
         engine.run()
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_rss_kib": peak_rss_kib()}))
-
-
-def peak_rss_kib() -> int:
-    """This process's own peak RSS (``ru_maxrss`` would carry over the parent's across exec)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 if __name__ == "__main__":
