@@ -758,8 +758,10 @@ class TestInlineStart:
             await anyio.lowlevel.checkpoint()
             raise asyncio.CancelledError
 
-        with anyio.fail_after(5), pytest.raises((RuntimeError, asyncio.CancelledError)):
+        with anyio.fail_after(5), pytest.raises((RuntimeError, asyncio.CancelledError)) as info:
             await aflow.run(aflow.group(nap.s(0), nap.s(1), gone.s(2)))
+        if isinstance(info.value, RuntimeError):
+            assert "'gone'" in str(info.value)
 
     async def test_cancelling_the_caller_stops_every_waiting_node_at_once(self) -> None:
         gate = Gate()
@@ -783,3 +785,23 @@ class TestInlineStart:
         assert ended == ["CancelledError"] * 5
         await anyio.wait_all_tasks_blocked()
         assert {t for t in asyncio.all_tasks() if not t.done()} == {asyncio.current_task()}
+
+    async def test_a_shield_inside_a_node_holds_when_a_sibling_fails(self) -> None:
+        inside = anyio.Event()
+        done: list[str] = []
+
+        @aflow.task
+        async def careful() -> None:
+            with anyio.CancelScope(shield=True):
+                inside.set()
+                await anyio.sleep(0.05)  # its cleanup: a cancel must wait for it
+                done.append("cleanup")
+
+        @aflow.task
+        async def broken() -> None:
+            await inside.wait()
+            raise Boom("late")
+
+        with anyio.fail_after(5), pytest.raises(Boom):
+            await aflow.group(broken.s(), careful.s())  # careful runs in a spare worker
+        assert done == ["cleanup"]

@@ -322,12 +322,10 @@ class Execution:
         "_failure",
         "_failures",
         "_finished",
-        "_flusher_task",
         "_global_limits",
         "_halt",
         "_handoff",
         "_journal",
-        "_last_spawned",
         "_limit_cache",
         "_limits",
         "_loop",
@@ -350,6 +348,7 @@ class Execution:
         "_running",
         "_scope",
         "_spare_pending",
+        "_spare_scopes",
         "_started",
         "_states",
         "_store_error",
@@ -476,8 +475,7 @@ class Execution:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crew_done_callback = self._crew_done  # one bound method, not one a task
         self._phase_open = False
-        self._last_spawned: asyncio.Task[Any] | None = None
-        self._flusher_task: asyncio.Task[Any] | None = None
+        self._spare_scopes: set[anyio.CancelScope] = set()
         self._done: anyio.Event | None = None
         self._wall_offset = 0.0
         self._context = _copy_context()
@@ -983,9 +981,8 @@ class Execution:
         self._phase_open = True
         if journal is not None:
             journal.reopen()
+            # Never cancelled (only spares are): closing the journal ends it, batch whole.
             self._spawn(self._flusher(journal))
-            # Never cancelled: a batch is written whole; closing the journal ends it.
-            self._flusher_task = self._last_spawned
         try:
             await self._worker()
             if self._busy():
@@ -1216,7 +1213,7 @@ class Execution:
     def _ensure_worker(self) -> None:
         if not self._spare_pending and not self._halt and self._phase_open:
             self._spare_pending = True
-            self._spawn(self._worker())
+            self._spawn(self._spare())
 
     # --- the crew: the phase's worker tasks --------------------------------------------------
 
@@ -1236,7 +1233,6 @@ class Execution:
             self._context.run(self._tg.start_soon, _await, coro)  # type: ignore[union-attr]
             return
         task = loop.create_task(coro, context=self._context.copy())
-        self._last_spawned = task
         self._crew.add(task)
         task.add_done_callback(self._crew_done_callback)
 
@@ -1246,9 +1242,10 @@ class Execution:
             if not self._halt and self._crew_error is None:
                 # Nothing stopped the phase: a node raised CancelledError of its own
                 # accord. Its worker ended with it; the run must not wait for it.
+                keys = [self._nodes[i].key for i, f in self._failures.items() if f.cancelled]
                 self._crew_error = RuntimeError(
-                    f"run {self.run_id}: a task raised CancelledError without being "
-                    "cancelled (see the step marked cancelled)"
+                    f"run {self.run_id}: task {', '.join(map(repr, keys)) or '?'} raised "
+                    "CancelledError without being cancelled"
                 )
                 self._halt = True
                 self._stop_phase()
@@ -1265,12 +1262,26 @@ class Execution:
             idle.set_result(None)
 
     def _stop_phase(self) -> None:
-        """Cancel what runs in this phase: what the host awaits, and the crew."""
+        """Cancel what runs in this phase: what the host awaits, and the crew's workers.
+
+        Through their anyio scopes, never ``task.cancel()``: a shield inside a node (its
+        cleanup, a thread being waited for) must hold, as in a task group.
+        """
         if self._scope is not None:
             self._scope.cancel()
-        for task in self._crew:
-            if task is not self._flusher_task:
-                task.cancel()
+        for scope in self._spare_scopes:
+            scope.cancel()
+
+    async def _spare(self) -> None:
+        """A spare worker of the crew, in a cancel scope of its own (see _stop_phase)."""
+        with anyio.CancelScope() as scope:
+            if self._halt:
+                return  # the phase stopped before this task started
+            self._spare_scopes.add(scope)
+            try:
+                await self._worker()
+            finally:
+                self._spare_scopes.discard(scope)
 
     async def _join_crew(self, cancel: bool) -> None:
         """Wait for every crew task to end (shielded); with ``cancel``, stop the phase
@@ -1428,7 +1439,7 @@ class Execution:
                             self._peak = self._running
                         if ready and not self._spare_pending:  # it blocks: the others go on
                             self._spare_pending = True
-                            self._spawn(self._worker())
+                            self._spawn(self._spare())
                         if unfinished >= 0:
                             finished[unfinished] = _perf_counter()
                             unfinished = -1
@@ -1455,7 +1466,7 @@ class Execution:
                     continue
                 if ready and not self._spare_pending:
                     self._spare_pending = True
-                    self._spawn(self._worker())
+                    self._spawn(self._spare())
                 if self._any_limits and node.kind is not _SUBGRAPH:
                     limits = self._limits_of(node)
                     if limits and not try_acquire(limits, self, index):
