@@ -109,8 +109,9 @@ for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
             pass
 del _name, _obj
 
-# Namespaces: TaskFlow-style flows, their engines and retry controllers.
+# Namespaces: TaskFlow-style flows, their engines and retry controllers; every exception.
 from . import engines as engines  # noqa: E402
+from . import errors as errors  # noqa: E402
 from . import patterns as patterns  # noqa: E402
 from . import retry as retry  # noqa: E402
 from . import stores as stores  # noqa: E402

@@ -13,12 +13,18 @@ building or validating a workflow (before any task runs) also derive from
     │   └── SignatureError(DefinitionError, TypeError)   .task, .argument, .reason
     ├── ProvidesError(AflowError, TypeError)      a result that does not fit ``provides``
     ├── SerializationError(AflowError, TypeError) a value a durable store cannot hold
+    ├── ResultError(AflowError, TypeError)        a result aflow refuses (an un-awaited coroutine)
     ├── StoreError(AflowError)                    a store that cannot be used as asked
     │   ├── RunNotFound(StoreError, KeyError)     .run_id
-    │   └── ResumeMismatch(StoreError)            the workflow changed since the run began
+    │   ├── ResumeMismatch(StoreError)            the workflow changed since the run began
+    │   └── LeaseLost(StoreError)                 another process owns the run now
+    ├── RecordedError(AflowError)                 a failure read back from a store, as text
     ├── RunError(AflowError)                      .run_id
     │   ├── RunNotFinished          the run has not finished yet
     │   ├── RunCancelled            run.cancel() or a runtime shutdown stopped it
+    │   ├── RunExists(RunError, ValueError)       a run with that id exists already
+    │   ├── IdempotencyConflict(RunError, ValueError)  the key names another workflow's run
+    │   ├── TaskFailed              a task raised a BaseException that is no error (GeneratorExit)
     │   ├── TaskTimeout(RunError, TimeoutError)   .task, .attempt, .timeout
     │   ├── RunTimeout(RunError, TimeoutError)    .timeout: the run's own deadline
     │   ├── GroupFailed(RunError, ExceptionGroup)          several root failures
@@ -46,9 +52,14 @@ __all__ = [
     "DefinitionError",
     "DuplicateTaskError",
     "GroupFailed",
+    "IdempotencyConflict",
+    "LeaseLost",
     "MissingInputError",
     "ProvidesError",
+    "RecordedError",
+    "ResultError",
     "ResumeMismatch",
+    "RunExists",
     "RunNotFound",
     "SerializationError",
     "StoreError",
@@ -57,6 +68,7 @@ __all__ = [
     "RunNotFinished",
     "RunTimeout",
     "SignatureError",
+    "TaskFailed",
     "TaskTimeout",
 ]
 
@@ -184,6 +196,19 @@ class SerializationError(AflowError, TypeError):
         return (type(self), (self.task, self.type, self.path, self.detail))
 
 
+class ResultError(AflowError, TypeError):
+    """A task returned a value aflow refuses to pass on: a coroutine (or another
+    awaitable) it forgot to ``await``. :attr:`task` names the task."""
+
+    def __init__(self, task: str, reason: str) -> None:
+        self.task = task
+        self.reason = reason
+        super().__init__(f"task {task!r} {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.reason))
+
+
 class StoreError(AflowError):
     """A durable store cannot do what was asked (unknown URL, foreign or corrupt database...)."""
 
@@ -269,6 +294,53 @@ class RunCancelled(RunError):
 
     def __init__(self, run_id: str, message: str = "the run was cancelled") -> None:
         super().__init__(run_id, message)
+
+
+class RunExists(RunError, ValueError):
+    """A run was submitted with the id of a run that exists already (active in this
+    runtime, or on record in its store)."""
+
+    def __init__(self, run_id: str, where: str = "") -> None:
+        self.where = where
+        place = f" in {where}" if where else ""
+        super().__init__(run_id, f"a run with this id exists already{place}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.where))
+
+
+class IdempotencyConflict(RunError, ValueError):
+    """An idempotency key was reused for a different workflow (or other parameters) than
+    the run it names; nothing was started. :attr:`run_id` is the run the key names."""
+
+    def __init__(self, run_id: str, key: str, existing: str, requested: str) -> None:
+        self.key = key
+        self.existing = existing
+        self.requested = requested
+        super().__init__(
+            run_id,
+            f"idempotency key {key!r} names this run of {existing}, not {requested}; "
+            "use another key for a different workflow or different parameters",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.key, self.existing, self.requested))
+
+
+class TaskFailed(RunError):
+    """A task ended with a ``BaseException`` that is neither an error nor a cancellation
+    (``GeneratorExit``, a custom ``BaseException``). aflow fails the task with this,
+    the original as ``__cause__``, and unwinds the run as for any failure.
+    ``KeyboardInterrupt`` and ``SystemExit`` are not wrapped: they propagate."""
+
+    def __init__(self, run_id: str, task: str, attempt: int, what: str) -> None:
+        self.task = task
+        self.attempt = attempt
+        self.what = what
+        super().__init__(run_id, f"task {task!r} raised {what} on attempt {attempt}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.task, self.attempt, self.what))
 
 
 class TaskTimeout(RunError, TimeoutError):

@@ -14,7 +14,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_all_is_sorted_and_complete() -> None:
     assert list(aflow.__all__) == sorted(aflow.__all__)
-    namespaces = {"testing", "patterns", "engines", "retry", "stores", "ops"}  # public submodules
+    namespaces = {
+        "testing",
+        "patterns",
+        "engines",
+        "retry",
+        "stores",
+        "ops",
+        "errors",
+    }  # public submodules
     public = {n for n in vars(aflow) if not n.startswith("_")} - namespaces - {"annotations"}
     assert public == set(aflow.__all__)
     assert len(aflow.__all__) <= 40
@@ -53,3 +61,22 @@ def test_ops_namespace_is_sorted_documented_and_imported_only_on_demand() -> Non
 
 def test_py_typed_ships() -> None:
     assert (ROOT / "aflow" / "py.typed").exists()
+
+
+def test_errors_namespace_holds_every_exception() -> None:
+    """aflow.errors lists the whole tree: every exception class aflow defines."""
+    import inspect
+
+    from aflow import _exceptions, errors
+
+    defined = {
+        name
+        for name, obj in vars(_exceptions).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseException)
+        and not name.startswith("_")
+    }
+    assert set(errors.__all__) == defined
+    assert list(errors.__all__) == sorted(errors.__all__)
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), aflow.AflowError), name

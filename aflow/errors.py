@@ -1,0 +1,63 @@
+"""Every exception aflow raises, in one namespace (the commonest are also top-level names).
+
+The tree, with what each carries, is drawn in the docstring of
+:class:`aflow.AflowError`'s module; catch :class:`AflowError` for all of them.
+"""
+
+from __future__ import annotations
+
+from ._exceptions import AflowError as AflowError
+from ._exceptions import AflowInternalError as AflowInternalError
+from ._exceptions import AmbiguousProviderError as AmbiguousProviderError
+from ._exceptions import CompensationFailed as CompensationFailed
+from ._exceptions import CycleError as CycleError
+from ._exceptions import DefinitionError as DefinitionError
+from ._exceptions import DuplicateTaskError as DuplicateTaskError
+from ._exceptions import GroupFailed as GroupFailed
+from ._exceptions import IdempotencyConflict as IdempotencyConflict
+from ._exceptions import LeaseLost as LeaseLost
+from ._exceptions import MissingInputError as MissingInputError
+from ._exceptions import ProvidesError as ProvidesError
+from ._exceptions import RecordedError as RecordedError
+from ._exceptions import ResultError as ResultError
+from ._exceptions import ResumeMismatch as ResumeMismatch
+from ._exceptions import RunCancelled as RunCancelled
+from ._exceptions import RunError as RunError
+from ._exceptions import RunExists as RunExists
+from ._exceptions import RunNotFinished as RunNotFinished
+from ._exceptions import RunNotFound as RunNotFound
+from ._exceptions import RunTimeout as RunTimeout
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import SignatureError as SignatureError
+from ._exceptions import StoreError as StoreError
+from ._exceptions import TaskFailed as TaskFailed
+from ._exceptions import TaskTimeout as TaskTimeout
+
+__all__ = [
+    "AflowError",
+    "AflowInternalError",
+    "AmbiguousProviderError",
+    "CompensationFailed",
+    "CycleError",
+    "DefinitionError",
+    "DuplicateTaskError",
+    "GroupFailed",
+    "IdempotencyConflict",
+    "LeaseLost",
+    "MissingInputError",
+    "ProvidesError",
+    "RecordedError",
+    "ResultError",
+    "ResumeMismatch",
+    "RunCancelled",
+    "RunError",
+    "RunExists",
+    "RunNotFinished",
+    "RunNotFound",
+    "RunTimeout",
+    "SerializationError",
+    "SignatureError",
+    "StoreError",
+    "TaskFailed",
+    "TaskTimeout",
+]
