@@ -11,7 +11,7 @@ from .._exceptions import StoreError
 __all__ = ["SCHEMA_VERSION", "NodeRecord", "RunRecord", "Store", "open_store"]
 
 #: The schema this aflow writes; a store written by a newer aflow is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,8 @@ class RunRecord:
     #: The run's options as JSON text (``on_error``, ``timeout``, ``compensation_timeout``),
     #: so a resumed run keeps them.
     options: str | None = None
+    #: How many times recovery took the run over from a process that died holding it.
+    recoveries: int = 0
 
 
 @dataclass(frozen=True, slots=True)

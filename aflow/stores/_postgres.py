@@ -27,7 +27,7 @@ from ._sql import (
 
 __all__ = ["PostgresStore"]
 
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 16))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 17))
 #: PostgreSQL allows 32,767 parameters per statement; a node row has 8.
 _ROWS_PER_STATEMENT = 4000
 

@@ -100,6 +100,9 @@ _VERSION_2 = {
         ),
     ),
 }
+#: Version 3: how many times recovery took a run over from a process that died holding
+#: it (a run that keeps killing its processes is parked past a maximum; issue 14).
+_VERSION_3 = ("ALTER TABLE aflow_runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0",)
 _TYPES = {
     "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY"},
     "postgres": {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"},
@@ -110,7 +113,7 @@ def migrations(dialect: str, version: int) -> list[tuple[int, list[str]]]:
     """The statements that take a store from schema ``version`` (0: empty) to the
     newest, version by version; each version runs in its own transaction."""
     types = _TYPES[dialect]
-    steps = {1: _VERSION_1, 2: _VERSION_2[dialect]}
+    steps = {1: _VERSION_1, 2: _VERSION_2[dialect], 3: _VERSION_3}
     return [
         (v, [statement.format(**types) for statement in steps[v]])
         for v in sorted(steps)
@@ -137,7 +140,7 @@ INSERT_HISTORY = (
 
 RUN_COLUMNS = (
     "run_id, workflow, params, fingerprint, status, idempotency_key, created_at, "
-    "updated_at, ended_at, result, error, serializer, owner, heartbeat, options"
+    "updated_at, ended_at, result, error, serializer, owner, heartbeat, options, recoveries"
 )
 NODE_COLUMNS = "key, state, attempt, result, error, started_at, finished_at"
 #: A transition as the history keeps it (its result is in aflow_nodes).
@@ -164,6 +167,7 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
         record.owner,
         record.heartbeat,
         record.options,
+        record.recoveries,
     )
 
 

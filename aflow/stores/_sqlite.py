@@ -188,7 +188,7 @@ class SQLiteStore:
                     return run_from_row(row), False
             await db.execute(
                 f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 run_row(record),
             )
         return record, True
