@@ -340,7 +340,13 @@ class Run(Generic[R]):
             self._error = exc
             self._traceback = exc.__traceback__
         except BaseException:  # the runtime is shutting down: record, then re-raise
-            self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
+            execution = self._execution
+            if execution.status is RunStatus.SUCCEEDED:  # it completed as the cancel came
+                self._value = execution.result_of(execution.graph.output)
+            else:
+                self._error = RunCancelled(
+                    self.id, "the runtime shut down before the run finished"
+                )
             raise
         finally:
             self._finished.set()

@@ -84,7 +84,7 @@ from .._failure import Failure
 from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey, errback_extras
 from .._options import NodeOptions
 from ..stores._base import NodeRecord
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope
 from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
 from ._journal import Journal, describe
 from ._limits import Limit, release, try_acquire
@@ -276,6 +276,9 @@ def _revert_items_sync(
 
 _MISSING: Any = object()
 _CUT_SHORT = "cancelled mid-way: its process stopped"
+#: Stored states of a node that began and did not end: it runs again on a resume (or,
+#: in a run that is unwinding, counts as cancelled mid-way).
+_CUT_OFF = ("running", "retrying", "cancelled")
 
 
 def _below_threshold(
@@ -312,6 +315,7 @@ class Execution:
         "_crew_done_callback",
         "_crew_error",
         "_crew_idle",
+        "_deadline",
         "_deferred_cancel",
         "_done",
         "_done_count",
@@ -462,6 +466,8 @@ class Execution:
         #: What stopped the run, as stored while it is reverting (a resume needs it)
         self._trigger: str | None = None
         self._timed_out = False
+        #: the run's own deadline, while its forward phase runs
+        self._deadline: DeadlineScope | None = None
         self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
         #: set by the flusher after each batch, for the worker waiting on it (see _worker)
@@ -550,14 +556,19 @@ class Execution:
         except BaseException as exc:
             if self._store_error is not None:
                 raise  # the store keeps the run unfinished, for a resume to take up
-            await self._record_end(error=describe(exc))
+            if self.status is RunStatus.SUCCEEDED:  # it completed, then its awaiter was cancelled
+                await self._record_end(result=self._result_text(journal))
+            else:
+                await self._record_end(error=describe(exc))
             raise
-        try:
-            text: str | None = journal.encode("the run's result", value)
-        except SerializationError:
-            text = None  # every node's result is on record; only the run's own value is not
-        await self._record_end(result=text)
+        await self._record_end(result=self._result_text(journal))
         return value
+
+    def _result_text(self, journal: Journal) -> str | None:
+        try:
+            return journal.encode("the run's result", self._results[self.graph.output])
+        except SerializationError:
+            return None  # every node's result is on record; only the run's own value is not
 
     async def _record_end(self, *, result: str | None = None, error: str | None = None) -> None:
         """Write the run's final status. If the store fails here the outcome stands (the
@@ -650,7 +661,7 @@ class Execution:
                     if earlier is not None:  # it had failed, then its revert failed too
                         self._restore_error(node, earlier, record)
                         self._errbacks_due = True
-            elif unwinding and state in ("running", "retrying"):
+            elif unwinding and state in _CUT_OFF:
                 states[i] = _CANCELLED
                 self._restore_error(node, _CUT_SHORT, record, cancelled=True)
             else:
@@ -680,7 +691,7 @@ class Execution:
                     record is not None
                     and node.task is not None
                     and states[i] is _PENDING
-                    and record.state in ("running", "retrying")
+                    and record.state in _CUT_OFF
                 ):
                     states[i] = _CANCELLED
                     self._restore_error(node, _CUT_SHORT, record, cancelled=True)
@@ -824,6 +835,7 @@ class Execution:
                     await self._run_phase()
                 else:
                     with self._clock.cancel_scope(self._timeout) as deadline:
+                        self._deadline = deadline
                         await self._run_phase()
                     if deadline.cancelled_caught:
                         self._timed_out = True
@@ -832,6 +844,15 @@ class Execution:
         self._end_phase()
         if self._store_error is not None and caller_cancel is None:
             raise self._stopped_by_store()
+        if self._completed():
+            # A cancel or a deadline that landed as the last node ended stopped nothing:
+            # the run succeeded, and nothing is reverted (its status and its nodes agree).
+            self._cancel_requested = False
+            self._timed_out = False
+            if caller_cancel is not None:  # the awaiter itself was cancelled: never swallowed
+                self._close(RunStatus.SUCCEEDED)
+                events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
+                raise caller_cancel
 
         stopped = (
             self._failure is not None
@@ -852,6 +873,7 @@ class Execution:
                 except BaseException as exc:
                     caller_cancel = exc
         if caller_cancel is not None:
+            await self._write_leftover()  # what was cut short, on record (shielded)
             self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
             events.emit(RUN_CANCELLED, error=caller_cancel)
             raise caller_cancel
@@ -1144,12 +1166,30 @@ class Execution:
                 limit.waiters = deque(w for w in limit.waiters if w[0] is not self)
 
     def cancel(self) -> None:
-        """Cancel the run from outside; it unwinds, then raises :class:`RunCancelled`."""
+        """Cancel the run from outside; it unwinds, then raises :class:`RunCancelled`.
+
+        A run whose every node has ended (or that has closed) is past cancelling: the
+        request changes nothing, as ``asyncio.Task.cancel()`` on a finished task.
+        """
+        if self.closed or (self._completed() and not self._unwinding):
+            return
         self._cancel_requested = True
         if self._unwinding:
             return  # compensation is shielded: let it finish
         self._halt = True
         self._stop_phase()
+
+    def _completed(self) -> bool:
+        """Every node the run needs has ended, and no failure stopped it.
+
+        This is the run's commit point (issue 14): from here on a cancel or a deadline
+        stops nothing, so it must not undo anything either; the run succeeds.
+        """
+        return (
+            self._done_count >= self._needed
+            and self._failure is None
+            and not self._resumed_unwinding
+        )
 
     def _close(self, status: RunStatus) -> None:
         self.closed = True
@@ -1777,8 +1817,28 @@ class Execution:
         self._errors[index] = exc
         attempt = self._attempts.get(index, 1)
         self._failures[index] = Failure.capture(node.key, exc, attempt, cancelled=True)
+        journal = self._journal
+        if journal is not None and self._store_error is None and node.error_scope is None:
+            # Every node of a finished run ends in a final state on record (issue 14); a
+            # resume treats a cancelled node as one that was running (see _CUT_OFF).
+            journal.record(
+                NodeRecord(
+                    node.key, "cancelled", attempt, None, self._why_cut_short(), None, time.time()
+                )
+            )
         if self._events.node_events:
             self._events.emit(TASK_CANCELLED, node.key, node.name, attempt)
+
+    def _why_cut_short(self) -> str:
+        """Why a running node was cancelled, as its record says."""
+        if self._failure is not None:
+            failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
+            return f"cancelled mid-way: task {failed!r} failed"
+        if self._timed_out or (self._deadline is not None and self._deadline.cancel_called):
+            return "cancelled mid-way: the run ran out of time"
+        if self._cancel_requested:
+            return "cancelled mid-way: the run was cancelled"
+        return "cancelled mid-way: the task driving the run was cancelled"
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
         """Record a success; its children start once the record is written."""

@@ -48,8 +48,9 @@ class NodeRecord:
     ``state`` is ``running``, ``retrying`` (``error`` holds the attempt's failure),
     ``succeeded``, ``ended`` (succeeded and ended its branch), ``reused`` (taken
     from an earlier run by a fork), ``not_started`` (its start was written ahead
-    but it never began), ``failed``, ``reverted`` (``error`` keeps a failure it
-    had) or ``revert_failed``.
+    but it never began), ``cancelled`` (cut short while it ran: ``error`` says
+    why), ``failed``, ``reverted`` (``error`` keeps a failure it had) or
+    ``revert_failed``.
     """
 
     key: str
