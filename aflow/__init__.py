@@ -47,7 +47,7 @@ from ._runtime._api import Run as Run
 from ._runtime._api import Runtime as Runtime
 from ._runtime._api import run as run
 from ._runtime._api import run_sync as run_sync
-from ._runtime._current import current_attempt as current_attempt
+from ._runtime._current import current_step as current_step
 from ._runtime._states import NodeState as NodeState
 from ._runtime._states import RunStatus as RunStatus
 from ._runtime._states import StepInfo as StepInfo
@@ -91,7 +91,7 @@ __all__ = [
     "chain",
     "chord",
     "compile",
-    "current_attempt",
+    "current_step",
     "group",
     "run",
     "run_sync",
@@ -108,6 +108,22 @@ for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
         except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
             pass
 del _name, _obj
+
+
+def __getattr__(name: str) -> object:
+    if name == "current_attempt":  # deprecated: aflow.current_step().attempt says more
+        import warnings
+
+        from ._runtime._current import current_attempt
+
+        warnings.warn(
+            "aflow.current_attempt() is deprecated: use aflow.current_step().attempt",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return current_attempt
+    raise AttributeError(f"module 'aflow' has no attribute {name!r}")
+
 
 # Namespaces: TaskFlow-style flows, their engines and retry controllers; every exception.
 from . import engines as engines  # noqa: E402

@@ -84,7 +84,7 @@ async def refund(checks: list[Any], order: dict[str, Any], result: Any) -> None:
 async def ship(receipt: dict[str, Any], address: str) -> dict[str, Any]:
     """Book the carrier: busy lines are retried with backoff, a bad address is not."""
     await anyio.sleep(0.01)
-    if aflow.current_attempt() == 1:
+    if aflow.current_step().attempt == 1:
         raise ConnectionError("carrier line busy")  # retried after 10 ms
     if address == "nowhere":
         raise AddressRejected(f"carrier cannot deliver to {address!r}")

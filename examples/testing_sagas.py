@@ -35,7 +35,7 @@ async def release(order: str, result: object) -> None:
 @aflow.task(retries=4, backoff=aflow.Backoff(base=30, factor=2, max=300))
 async def charge(reservation: str) -> str:
     """A payment API that is down for the first two attempts."""
-    if aflow.current_attempt() <= 2:
+    if aflow.current_step().attempt <= 2:
         raise ConnectionError("payment API unavailable")
     ledger.append(f"charge {reservation}")
     return f"rcpt-{reservation}"

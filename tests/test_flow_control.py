@@ -443,7 +443,7 @@ async def test_task_options_apply_to_flow_tasks() -> None:
 
     class Slow(aflow.Task):
         async def execute(self) -> None:
-            attempts.append(aflow.current_attempt())
+            attempts.append(aflow.current_step().attempt)
             await anyio.Event().wait()  # never set: only the timeout ends it
 
     async with FakeClock() as clock:

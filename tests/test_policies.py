@@ -28,7 +28,7 @@ def failing_until(attempt_ok: int, error: type[Exception] = Flaky) -> Any:
 
     @aflow.task(retries=5)
     async def flaky() -> int:
-        attempt = aflow.current_attempt()
+        attempt = aflow.current_step().attempt
         seen.append(attempt)
         if attempt < attempt_ok:
             raise error(f"attempt {attempt}")
@@ -85,15 +85,15 @@ class TestRetries:
 
         @aflow.task(retries=2)
         def sync_flaky() -> int:
-            sync_seen.append(aflow.current_attempt())
+            sync_seen.append(aflow.current_step().attempt)
             if len(sync_seen) < 2:
                 raise Flaky
-            return aflow.current_attempt()
+            return aflow.current_step().attempt
 
         assert await sync_flaky.s() == 2
         assert sync_seen == [1, 2]
         with pytest.raises(RuntimeError, match="inside a task"):
-            aflow.current_attempt()
+            aflow.current_step().attempt
 
     async def test_retry_on_types_and_predicate(self) -> None:
         calls: list[str] = []
@@ -115,7 +115,7 @@ class TestRetries:
 
         @aflow.task(retries=5, retry_on=lambda exc: "transient" in str(exc))
         async def predicate() -> None:
-            attempts.append(aflow.current_attempt())
+            attempts.append(aflow.current_step().attempt)
             raise Flaky("transient" if len(attempts) < 3 else "permanent")
 
         with pytest.raises(Flaky, match="permanent"):
@@ -134,7 +134,7 @@ class TestRetries:
 
         @aflow.task(retries=5)
         async def waits() -> None:
-            attempts.append(aflow.current_attempt())
+            attempts.append(aflow.current_step().attempt)
             await gate.wait()
 
         async with aflow.Runtime() as rt:
@@ -149,7 +149,7 @@ class TestRetries:
 
         @aflow.task(retries=5, backoff=aflow.Backoff(base=3600))
         async def flaky() -> None:
-            attempts.append(aflow.current_attempt())
+            attempts.append(aflow.current_step().attempt)
             raise Flaky
 
         async with FakeClock(autojump=False) as clock, aflow.Runtime(clock=clock) as rt:
@@ -175,7 +175,7 @@ class TestTimeouts:
 
         @aflow.task(timeout=10, retries=3, retry_on=Flaky)
         async def hangs() -> None:
-            attempts.append(aflow.current_attempt())
+            attempts.append(aflow.current_step().attempt)
             await anyio.sleep_forever()
 
         async with FakeClock() as clock:
@@ -191,7 +191,7 @@ class TestTimeouts:
 
         @aflow.task(timeout=10, retries=2, retry_on=TimeoutError)
         async def hangs_twice() -> int:
-            attempt = aflow.current_attempt()
+            attempt = aflow.current_step().attempt
             attempts.append(attempt)
             if attempt < 3:
                 await anyio.sleep_forever()

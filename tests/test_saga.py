@@ -673,7 +673,7 @@ class TestErrorContract:
     async def test_injection_on_a_later_attempt(self) -> None:
         @aflow.task(retries=2)
         async def t() -> int:
-            return aflow.current_attempt()
+            return aflow.current_step().attempt
 
         with inject_failure("t", raises=Declined("once"), attempt=1) as plan:
             assert await t.s() == 2

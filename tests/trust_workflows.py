@@ -82,3 +82,13 @@ def poison(start: int) -> Any:
 def abc_again(start: int) -> Any:
     """The same graph as durable_workflows.abc, registered under another name."""
     return step_a.s(start) | step_b.s() | step_c.s()
+
+
+@aflow.task
+async def closes_under_it(x: int) -> int:
+    raise GeneratorExit("closed under it")
+
+
+@aflow.workflow
+def a_then_generator_exit(start: int) -> Any:
+    return step_a.s(start) | closes_under_it.s()

@@ -344,9 +344,7 @@ class Run(Generic[R]):
             if execution.status is RunStatus.SUCCEEDED:  # it completed as the cancel came
                 self._value = execution.result_of(execution.graph.output)
             else:
-                self._error = RunCancelled(
-                    self.id, "the runtime shut down before the run finished"
-                )
+                self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
             raise
         finally:
             self._finished.set()

@@ -8,18 +8,53 @@ from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
     from ._scheduler import Execution
+    from ._states import StepInfo
 
-__all__ = ["ATTEMPT", "EXECUTION", "INJECTIONS", "Injection", "current_attempt"]
+__all__ = [
+    "ATTEMPT",
+    "EXECUTION",
+    "INJECTIONS",
+    "STEP",
+    "Injection",
+    "current_attempt",
+    "current_step",
+]
 
 ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_attempt")
 #: The run a task belongs to (a retried flow starts its nested run from it).
 EXECUTION: contextvars.ContextVar[Execution] = contextvars.ContextVar("aflow_execution")
+#: The node whose body runs in this context (``~index`` in its revert).
+STEP: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_step")
+
+
+def current_step() -> StepInfo:
+    """The step whose body (a task, or its revert) is running now, as a snapshot.
+
+    It gives the run id, the node key, the task's name, the attempt (1 for the
+    first) and a stable ``idempotency_key`` to pass to the services the step
+    calls. Works in async and sync bodies and in what they start (tasks and
+    threads inherit it). Raises ``RuntimeError`` outside a body aflow runs::
+
+        @aflow.task
+        async def charge(order: Order) -> Receipt:
+            step = aflow.current_step()
+            return await payments.charge(order, idempotency_key=step.idempotency_key)
+    """
+    try:
+        execution = EXECUTION.get()
+        step = STEP.get()
+    except LookupError:
+        raise RuntimeError(
+            "aflow.current_step() is only available inside a task or a revert that aflow runs"
+        ) from None
+    return execution.step_now(step, ATTEMPT.get(1))
 
 
 def current_attempt() -> int:
     """The attempt number (1 for the first) of the task that is running now.
 
-    Raises ``RuntimeError`` when called outside a task run by aflow.
+    Deprecated: use ``aflow.current_step().attempt``. Raises ``RuntimeError``
+    when called outside a task run by aflow.
     """
     try:
         return ATTEMPT.get()

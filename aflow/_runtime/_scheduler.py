@@ -74,10 +74,12 @@ from .._exceptions import (
     LeaseLost,
     MissingInputError,
     RecordedError,
+    ResultError,
     RunCancelled,
     RunTimeout,
     SerializationError,
     StoreError,
+    TaskFailed,
     TaskTimeout,
 )
 from .._failure import Failure
@@ -85,7 +87,7 @@ from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey,
 from .._options import NodeOptions
 from ..stores._base import NodeRecord
 from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope
-from ._current import ATTEMPT, EXECUTION, INJECTIONS, Injection
+from ._current import ATTEMPT, EXECUTION, INJECTIONS, STEP, Injection
 from ._journal import Journal, describe
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
@@ -117,6 +119,7 @@ _perf_counter = time.perf_counter
 _copy_context = contextvars.copy_context
 _set_attempt = ATTEMPT.set
 _set_execution = EXECUTION.set
+_set_step = STEP.set
 
 
 @final
@@ -130,10 +133,15 @@ class _InContext:
     __slots__ = ("_coro", "_ctx")
 
     def __init__(
-        self, coro: Coroutine[Any, Any, Any], run_context: contextvars.Context, attempt: int = 1
+        self,
+        coro: Coroutine[Any, Any, Any],
+        run_context: contextvars.Context,
+        step: int,
+        attempt: int = 1,
     ) -> None:
         self._coro = coro
         self._ctx = ctx = run_context.copy()
+        ctx.run(_set_step, step)
         if attempt != 1:  # the run's context says 1 already
             ctx.run(_set_attempt, attempt)
 
@@ -169,9 +177,33 @@ async def _await(coro: Coroutine[Any, Any, Any]) -> Any:
     return await coro
 
 
-def _in_thread_with_attempt(attempt: int, fn: Callable[[], Any]) -> Any:
-    _set_attempt(attempt)  # the thread runs in its own copy of the context
-    return fn()
+def _in_thread_as(execution: Execution, step: int, attempt: int, fn: Callable[[], Any]) -> Any:
+    """Call a sync body in its thread, which runs in its own copy of the context: what
+    the body may ask of itself (:func:`aflow.current_step`) is set there first."""
+    _set_execution(execution)
+    _set_step(step)
+    _set_attempt(attempt)
+    try:
+        return fn()
+    except (Exception, KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        raise  # (a cancellation: anyio.from_thread.check_cancelled() saw the run stop)
+    except BaseException as exc:  # (GeneratorExit...) carried out of the thread as an error
+        if type(exc).__module__.startswith("trio"):  # trio's Cancelled
+            raise
+        raise _Escaped(exc) from exc
+
+
+class _Escaped(Exception):
+    """A ``BaseException`` that is no error, raised by a sync body in its thread: it
+    travels to the scheduler as an error (see :meth:`Execution._failure_of`)."""
+
+
+def _no_error(exc: BaseException) -> bool:
+    """A ``BaseException`` a task raised that is neither an error, nor a cancellation, nor
+    an interrupt (``GeneratorExit``, a user's own): the task failed (issue 14)."""
+    return not isinstance(
+        exc, (Exception, KeyboardInterrupt, SystemExit, anyio.get_cancelled_exc_class())
+    )
 
 
 # A map or starmap node calls its task on each item in turn. When the task has a
@@ -275,6 +307,7 @@ def _revert_items_sync(
 
 
 _MISSING: Any = object()
+_COROUTINE = types.CoroutineType
 _CUT_SHORT = "cancelled mid-way: its process stopped"
 #: Stored states of a node that began and did not end: it runs again on a resume (or,
 #: in a run that is unwinding, counts as cancelled mid-way).
@@ -330,12 +363,14 @@ class Execution:
         "_halt",
         "_handoff",
         "_journal",
+        "_key_prefix",
         "_limit_cache",
         "_limits",
         "_loop",
         "_map_calls",
         "_needed",
         "_nested",
+        "_nested_runs",
         "_nodes",
         "_on_error",
         "_parked",
@@ -456,6 +491,9 @@ class Execution:
         self._suspend_requested = False
         self._executor = executor
         self._nested = nested
+        #: a nested run's steps are known by their path: see nested()
+        self._key_prefix = ""
+        self._nested_runs: dict[int, int] | None = None
         self._journal = journal
         self._resumed_unwinding = False
         self._store_error: BaseException | None = None
@@ -1115,7 +1153,18 @@ class Execution:
             self.status = RunStatus.REVERTED
 
     def nested(self, graph: Graph, *, run_id: str | None = None) -> Execution:
-        """A run of ``graph`` that shares this run's limits, threads, clock and listeners."""
+        """A run of ``graph`` that shares this run's limits, threads, clock and listeners.
+
+        Called from a node's body (a retried flow's attempt): the child's steps are
+        known as ``<that node's key>#<attempt>/<their key>``, so their idempotency keys
+        differ from one attempt to the next (an attempt that was undone is new work).
+        """
+        outer = STEP.get(-1)
+        prefix = self._key_prefix
+        if outer >= 0:
+            made = self._nested_runs = self._nested_runs or {}
+            made[outer] = made.get(outer, 0) + 1
+            prefix = f"{prefix}{self._nodes[outer].key}#{made[outer]}/"
         child = Execution(
             graph,
             run_id=run_id or self.run_id,
@@ -1128,6 +1177,7 @@ class Execution:
             executor=self._executor,
             nested=True,
         )
+        child._key_prefix = prefix
         return child
 
     def _busy(self) -> bool:
@@ -1369,15 +1419,21 @@ class Execution:
             except StopIteration as stop:
                 value = stop.value
         except Exception as exc:
-            self._node_failed(node, exc, 1)
+            self._node_failed(node, self._failure_of(node, exc, 1), 1)
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
+            if _no_error(exc):
+                self._node_failed(node, self._failure_of(node, exc, 1), 1)
+                return
             self._cancelled(node, exc)
             raise
         finally:
             self._running -= 1
             if limits:
                 release(limits, self)
+        if type(value) is _COROUTINE:
+            self._node_failed(node, self._unawaited(node, value), 1)
+            return
         if self._events.node_events:  # someone subscribed while it ran
             self._events.emit(TASK_SUCCEEDED, node.key, node.name, 1, _perf_counter() - start)
         if self._journal is not None:
@@ -1433,6 +1489,7 @@ class Execution:
                         finished[unfinished] = start
                         unfinished = -1
                     ctx = context.copy()
+                    ctx.run(_set_step, index)  # what aflow.current_step() reads
                     fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
                     try:
                         source = node.input
@@ -1449,7 +1506,11 @@ class Execution:
                             release(limits, self)
                         if self._running >= self._peak:  # it ran beside those running
                             self._peak = self._running + 1
-                        if journal is not None:  # (its start needs no record: nothing ran between)
+                        if type(stop.value) is _COROUTINE:
+                            self._node_failed(node, self._unawaited(node, stop.value), 1)
+                        elif (
+                            journal is not None
+                        ):  # (its start needs no record: nothing ran between)
                             self._checkpoint_success(node, stop.value, 1, start)
                         else:
                             results[index] = stop.value
@@ -1467,10 +1528,10 @@ class Execution:
                     except BaseException as exc:  # (handled, and re-raised if it is a cancel)
                         if limits:
                             release(limits, self)
-                        if not isinstance(exc, Exception):
+                        if not isinstance(exc, Exception) and not _no_error(exc):
                             self._cancelled(node, exc)
                             raise
-                        self._node_failed(node, exc, 1)
+                        self._node_failed(node, self._failure_of(node, exc, 1), 1)
                     else:
                         if journal is not None:
                             journal.started(node.key, 1)
@@ -1589,7 +1650,7 @@ class Execution:
         assert task is not None
         if node.kind is _TASK or node.kind is _SUBGRAPH:
             if task.is_async:
-                return _InContext(task.fn(*args, **kwargs), self._context, attempt)  # type: ignore[arg-type]
+                return _InContext(task.fn(*args, **kwargs), self._context, node.index, attempt)  # type: ignore[arg-type]
             call = functools.partial(task.fn, *args, **kwargs)
         else:
             star = node.kind is not _MAP
@@ -1598,11 +1659,11 @@ class Execution:
                 done = self._map_calls.setdefault(node.index, [])
             if task.is_async:
                 coro = _map_async(task.fn, args[0], star, kwargs, node, self.run_id, done)
-                return _InContext(coro, self._context, attempt)
+                return _InContext(coro, self._context, node.index, attempt)
             call = functools.partial(
                 _map_sync, task.fn, args[0], star, kwargs, node, self.run_id, done
             )
-        return self._in_thread(functools.partial(_in_thread_with_attempt, attempt, call))
+        return self._in_thread(functools.partial(_in_thread_as, self, node.index, attempt, call))
 
     async def _attempts_of(
         self,
@@ -1667,7 +1728,7 @@ class Execution:
                     attempts[index] = attempt
                 return value, attempt
             except Exception as exc:
-                halted = self._stopping_retries()
+                halted = self._stopping_retries() or isinstance(exc, _Escaped)
                 if attempt <= options.retries and options.should_retry(exc) and not halted:
                     wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
                     if clock.now() + wait < give_up_at:
@@ -1762,7 +1823,7 @@ class Execution:
                 and not INJECTIONS
             ):  # the common case, without the retry machinery
                 attempt = 1
-                value = await _InContext(task.fn(*args, **kwargs), self._context)  # type: ignore[arg-type]
+                value = await _InContext(task.fn(*args, **kwargs), self._context, index)  # type: ignore[arg-type]
             else:
                 value, attempt = await self._attempts_of(
                     node,
@@ -1773,15 +1834,26 @@ class Execution:
                     TASK_RETRIED,
                 )
         except Exception as exc:
-            self._node_failed(node, exc, self._attempts.get(index, 1))
+            attempt = self._attempts.get(index, 1)
+            self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
+            if _no_error(exc):
+                attempt = self._attempts.get(index, 1)
+                self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
+                return
             self._cancelled(node, exc)
             raise
         finally:
             self._running -= 1
             if limits:
                 release(limits, self)
+        if type(value) is _COROUTINE or (
+            (node.kind is _MAP or node.kind is _STARMAP)
+            and any(type(item) is _COROUTINE for item in value)
+        ):
+            self._node_failed(node, self._unawaited(node, value), attempt)
+            return
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
         if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is SKIPPED
@@ -1823,14 +1895,48 @@ class Execution:
             # resume treats a cancelled node as one that was running (see _CUT_OFF).
             journal.record(
                 NodeRecord(
-                    node.key, "cancelled", attempt, None, self._why_cut_short(), None, time.time()
+                    node.key,
+                    "cancelled",
+                    attempt,
+                    None,
+                    self._why_cut_short(exc),
+                    None,
+                    time.time(),
                 )
             )
         if self._events.node_events:
             self._events.emit(TASK_CANCELLED, node.key, node.name, attempt)
 
-    def _why_cut_short(self) -> str:
+    def _unawaited(self, node: Node, value: Any) -> ResultError:
+        """A task returned a coroutine (or a map a list holding some): a missing ``await``.
+        Each is closed, so no "never awaited" warning follows the error."""
+        found = (
+            [value] if type(value) is _COROUTINE else [v for v in value if type(v) is _COROUTINE]
+        )
+        for coro in found:
+            coro.close()
+        what = getattr(found[0], "__qualname__", "?")
+        where = "a coroutine" if len(found) == 1 and found[0] is value else "coroutines"
+        return ResultError(
+            node.key,
+            f"returned {where} ({what}()) instead of a value: a missing 'await'?",
+        )
+
+    def _failure_of(self, node: Node, exc: BaseException, attempt: int) -> Exception:
+        """The error a node failed with: its own, or :class:`aflow.errors.TaskFailed`
+        for a ``BaseException`` that is no error (the original is its ``__cause__``)."""
+        if isinstance(exc, _Escaped):
+            exc = exc.__cause__ or exc
+        if isinstance(exc, Exception):
+            return exc
+        failed = TaskFailed(self.run_id, node.key, attempt, repr(exc))
+        failed.__cause__ = exc
+        return failed
+
+    def _why_cut_short(self, exc: BaseException) -> str:
         """Why a running node was cancelled, as its record says."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return f"interrupted: {exc!r} was raised while it ran"
         if self._failure is not None:
             failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
             return f"cancelled mid-way: task {failed!r} failed"
@@ -2110,15 +2216,15 @@ class Execution:
                     coro = _revert_items_async(
                         reverter.fn, done, star, kwargs, reverter.takes_result
                     )
-                    return _InContext(coro, self._context, attempt)
+                    return _InContext(coro, self._context, ~index, attempt)
                 call = functools.partial(
                     _revert_items_sync, reverter.fn, done, star, kwargs, reverter.takes_result
                 )
             elif reverter.is_async:
-                return _InContext(reverter.fn(*args, **kwargs), self._context, attempt)
+                return _InContext(reverter.fn(*args, **kwargs), self._context, ~index, attempt)
             else:
                 call = functools.partial(reverter.fn, *args, **kwargs)
-            return self._in_thread(functools.partial(_in_thread_with_attempt, attempt, call))
+            return self._in_thread(functools.partial(_in_thread_as, self, ~index, attempt, call))
 
         self._states[index] = _REVERTING
         self._running += 1
@@ -2134,7 +2240,10 @@ class Execution:
                 REVERT_RETRIED,
                 self._revert_attempts,
             )
-        except Exception as exc:
+        except BaseException as caught:
+            if not isinstance(caught, Exception) and not _no_error(caught):
+                raise  # a cancellation (of a crashed compensation) or an interrupt
+            exc = self._failure_of(node, caught, self._revert_attempts.get(index, 1))
             self._states[index] = _REVERT_FAILED
             self._revert_errors[index] = exc
             if self._journal is not None:
@@ -2254,20 +2363,33 @@ class Execution:
 
     def step(self, key: str) -> StepInfo:
         """A snapshot of the node with this key."""
-        node = self.graph.node(key)
-        i = node.index
+        return self._info(self.graph.node(key).index)
+
+    def step_now(self, step: int, attempt: int) -> StepInfo:
+        """The snapshot :func:`aflow.current_step` gives the body of node ``step`` (``~i``:
+        the revert of node ``i``) during attempt ``attempt``."""
+        if step < 0:
+            return self._info(~step, attempt, "/revert")
+        return self._info(step, attempt)
+
+    def _info(self, i: int, attempt: int | None = None, suffix: str = "") -> StepInfo:
+        node = self._nodes[i]
         started, finished = self._started[i], self._finished[i]
+        if attempt is None:
+            attempt = self._attempts.get(i, 1 if started is not None else 0)
         return StepInfo(
             key=node.key,
             task=node.name,
             state=self._states[i],
             result=self._results[i],
             error=self._errors.get(i),
-            attempts=self._attempts.get(i, 1 if started is not None else 0),
+            attempts=attempt,
             started_at=self._wall(started),
             finished_at=self._wall(finished),
             duration_s=None if started is None or finished is None else finished - started,
             revert_error=self._revert_errors.get(i),
+            run_id=self.run_id,
+            idempotency_key=f"{self.run_id}/{self._key_prefix}{node.key}{suffix}",
         )
 
     def failures(self) -> dict[str, Failure]:

@@ -58,10 +58,13 @@ class RunStatus(enum.Enum):
 @final
 @dataclass(frozen=True, slots=True)
 class StepInfo:
-    """A snapshot of one node of a run (``run.step("charge")``).
+    """A snapshot of one node of a run (``run.step("charge")``, ``aflow.current_step()``).
 
     Times are wall-clock seconds since the epoch; ``duration_s`` is measured
-    on a monotonic clock.
+    on a monotonic clock. ``idempotency_key`` is stable for the step across its
+    attempts and across resumes of the run (``<run id>/<node key>``; a revert's
+    own ends in ``/revert``): pass it to the services a step calls, so a step
+    run again after a crash does not do its work twice.
     """
 
     key: str
@@ -74,6 +77,13 @@ class StepInfo:
     finished_at: float | None
     duration_s: float | None
     revert_error: BaseException | None = None
+    run_id: str = ""
+    idempotency_key: str = ""
+
+    @property
+    def attempt(self) -> int:
+        """The attempt under way (or the last one made): ``attempts`` by another name."""
+        return self.attempts
 
 
 @final
