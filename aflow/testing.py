@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from types import TracebackType
@@ -50,6 +51,8 @@ class FakeClock:
 
     def __init__(self, start: float = 0.0, *, autojump: bool = True) -> None:
         self._now = start
+        #: wall time moves with virtual time (leases, stored deadlines)
+        self._wall_origin = time.time() - start
         self._autojump = autojump
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
@@ -59,6 +62,11 @@ class FakeClock:
     def now(self) -> float:
         """The virtual time."""
         return self._now
+
+    def wall(self) -> float:
+        """Seconds since the epoch, as the wall clock would say after the virtual time
+        that has passed (what leases and a run's stored deadline are read with)."""
+        return self._wall_origin + self._now
 
     def _add(self, when: float, fire: Callable[[], object]) -> _Timer:
         timer = _Timer(fire)

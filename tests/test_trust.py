@@ -6,7 +6,10 @@ own hardening is in tests/test_store_errors.py and tests/test_store_processes.py
 
 from __future__ import annotations
 
+import json
 import pathlib
+import time
+from typing import Any
 
 import anyio
 import pytest
@@ -404,3 +407,65 @@ class TestCurrentStep:
             return int(current_attempt())
 
         assert anyio.run(lambda: aflow.run(attempt.s(0))) == 1
+
+
+# --- a run's deadline is absolute: it does not restart on resume (item 18) -----------------
+
+
+class TestDeadlineAcrossResume:
+    async def test_a_deadline_that_passed_while_the_process_was_down_times_out_at_once(
+        self, sqlite_url: str, counts: pathlib.Path
+    ) -> None:
+        from .test_resume import ok
+
+        async with aflow.Runtime(store=sqlite_url) as rt:
+            run = await rt.submit(dw.abc, start=1, timeout=60)
+            await run.result()  # (a run that ends in time: its deadline is on record)
+            assert rt.store is not None
+            options = json.loads((await rt.store.get_run(run.id)).options or "{}")
+            assert options["deadline"] == pytest.approx(time.time() + 60, abs=5)
+            # a run whose process died 59 s in, resumed 2 s later
+            run_id = await _dead_run_like(rt, [ok("step_a", "2")], deadline=time.time() - 1)
+            resumed = await rt.resume(run_id)
+            with pytest.raises(aflow.RunTimeout):
+                await resumed.result()
+            assert resumed.status is aflow.RunStatus.REVERTED
+            nodes = await rt.store.load_nodes(run_id)
+        assert nodes["step_a"].state == "reverted"
+        assert "step_b" not in nodes  # nothing ran after the deadline
+        assert read(counts) == {"A": 1, "B": 1, "C": 1, "revert-A": 1}
+
+    async def test_a_resumed_run_gets_what_is_left_of_its_deadline(
+        self, sqlite_url: str, counts: pathlib.Path
+    ) -> None:
+        from aflow.testing import FakeClock
+
+        async with FakeClock() as clock, aflow.Runtime(store=sqlite_url, clock=clock) as rt:
+            run_id = await _dead_run_like(
+                rt, [], deadline=clock.wall() + 30, workflow=tw.plain_wait_with_deadline
+            )
+            resumed = await rt.resume(run_id)
+            started = clock.now()
+            with pytest.raises(aflow.RunTimeout):
+                await resumed.result()
+            assert clock.now() - started == pytest.approx(30, abs=0.5)  # not a fresh 60
+
+
+async def _dead_run_like(
+    rt: aflow.Runtime,
+    nodes: list[aflow.stores.NodeRecord],
+    *,
+    deadline: float,
+    workflow: Any = None,
+) -> str:
+    """A run a dead process left ``running``, with a stored deadline and timeout 60."""
+    from .test_resume import dead_run
+
+    run_id = await dead_run(
+        rt.store,
+        workflow or dw.abc,
+        nodes,
+        status="running",
+        options={"timeout": 60, "deadline": deadline},
+    )
+    return run_id

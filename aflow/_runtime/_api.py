@@ -32,7 +32,7 @@ from .._graph import Graph, NodeKind, compile
 from .._serialize import Serializer, serializer_for
 from .._workflow import Workflow, fingerprint, resolve_workflow
 from ..stores._base import NodeRecord, RunRecord, Store, open_store
-from ._clock import Clock
+from ._clock import Clock, wall_time
 from ._journal import Journal
 from ._limits import Limit
 from ._scheduler import Execution
@@ -74,6 +74,28 @@ def _load_options(record: RunRecord) -> dict[str, Any]:
     """The options a run was submitted with, as its store keeps them."""
     stored: dict[str, Any] = json.loads(record.options) if record.options else {}
     return {k: v for k, v in stored.items() if k in _STORED_OPTIONS}
+
+
+def _dump_options(options: Mapping[str, Any], wall: float) -> str:
+    """The options a store keeps, with the run's deadline as a wall time: a run resumed
+    after its process was down for a while keeps its deadline, not a new one (issue 14)."""
+    kept = {k: options.get(k) for k in _STORED_OPTIONS}
+    timeout = kept.get("timeout")
+    kept["deadline"] = None if timeout is None else wall + timeout
+    return json.dumps(kept)
+
+
+def _time_left(record: RunRecord, options: dict[str, Any], wall: float) -> None:
+    """Give a resumed run what is left of its deadline; ``expired`` if nothing is."""
+    stored: dict[str, Any] = json.loads(record.options) if record.options else {}
+    deadline = stored.get("deadline")
+    if deadline is None:
+        return  # no deadline, or stored by an aflow that kept none: it starts afresh
+    left = float(deadline) - wall
+    if left > 0:
+        options["timeout"] = left
+    else:
+        options["expired"] = True
 
 
 def _as_is(value: Any) -> Any:
@@ -784,7 +806,7 @@ class Runtime:
             raise DefinitionError(
                 f"workflow {workflow.path} cannot be rebuilt by another process: {why}"
             )
-        now = time.time()
+        now = wall_time(clock or self._clock)
         record = RunRecord(
             run_id=run_id or uuid.uuid4().hex,
             workflow=workflow.path,
@@ -797,7 +819,7 @@ class Runtime:
             serializer=self._serializer.name,
             owner=self._owner,
             heartbeat=now + self._lease,
-            options=json.dumps({k: options[k] for k in _STORED_OPTIONS}),
+            options=_dump_options(options, now),
         )
         stored, created = await store.create_run(record)
         if not created:
@@ -846,6 +868,8 @@ class Runtime:
             clock=options.get("clock") or self._clock,
             journal=journal,
         )
+        if options.get("expired"):
+            execution.expire()
         if restore is not None:
             # the run's own serializer reads its records
             records, unwinding, trigger, failed_before = restore
@@ -995,6 +1019,8 @@ class Runtime:
         # have in the process itself.
         unwinding = record.status in ("reverting", "cancelling")
         options = _load_options(record)
+        if not unwinding:  # (a compensation has its own deadline, and its own cause)
+            _time_left(record, options, wall_time(self._clock))
         active = self._runs.get(run_id)
         if active is not None:  # resumed by another task of this runtime meanwhile
             return active
@@ -1056,7 +1082,8 @@ class Runtime:
                 if found is None or found.state not in ("succeeded", "reused"):
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
                 taken[key] = NodeRecord(key, "reused", 1, found.result)
-        now = time.time()
+        now = wall_time(self._clock)
+        options = _load_options(record)
         new = RunRecord(
             run_id=uuid.uuid4().hex,
             workflow=record.workflow,
@@ -1069,16 +1096,14 @@ class Runtime:
             serializer=record.serializer,
             owner=self._owner,
             heartbeat=now + self._lease,
-            options=record.options,
+            options=_dump_options(options, now),  # a new run: its deadline starts now
         )
         stored, created = await store.create_run(new)
         if not created:  # the key names another run: never write into it
             raise ValueError(f"run_key {run_key!r} is used by run {stored.run_id} already")
         await store.write_nodes(stored.run_id, list(taken.values()))
         journal = Journal(store, stored.run_id, serializer)
-        return self._start(
-            graph, stored.run_id, journal, _load_options(record), (taken, False, None, {})
-        )
+        return self._start(graph, stored.run_id, journal, options, (taken, False, None, {}))
 
     def _rebuild(self, record: RunRecord) -> Graph:
         try:

@@ -8,12 +8,13 @@ soon as every task is blocked, so "retry after 30 s" takes microseconds.
 from __future__ import annotations
 
 import math
+import time
 from types import TracebackType
 from typing import Protocol, Self, final, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "DeadlineScope", "SystemClock"]
+__all__ = ["Clock", "DeadlineScope", "SystemClock", "wall_time"]
 
 
 class DeadlineScope(Protocol):
@@ -53,6 +54,9 @@ class Clock(Protocol):
         """A cancel scope that cancels itself ``timeout`` seconds from now (never if None)."""
         ...
 
+    # Optional: ``wall() -> float``, seconds since the epoch, for what other processes
+    # read (leases, a run's stored deadline); ``time.time()`` when a clock has none.
+
 
 @final
 class SystemClock:
@@ -73,5 +77,16 @@ class SystemClock:
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         return anyio.CancelScope(deadline=deadline, shield=shield)
 
+    def wall(self) -> float:
+        """Seconds since the epoch (``time.time()``): what leases and stored deadlines use,
+        since other processes read them."""
+        return time.time()
+
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def wall_time(clock: Clock | None) -> float:
+    """The wall time of ``clock`` (a clock without ``wall()`` uses ``time.time()``)."""
+    wall = getattr(clock, "wall", None)
+    return float(wall()) if wall is not None else time.time()

@@ -868,7 +868,7 @@ class Execution:
                 self._failure = (-1, RecordedError(why))
             self._halt = True
         try:
-            if not self._cancel_requested and not self._resumed_unwinding:
+            if not self._cancel_requested and not self._resumed_unwinding and not self._timed_out:
                 if self._timeout is None:
                     await self._run_phase()
                 else:
@@ -1228,6 +1228,11 @@ class Execution:
             return  # compensation is shielded: let it finish
         self._halt = True
         self._stop_phase()
+
+    def expire(self) -> None:
+        """The run's deadline passed while no process ran it (a resumed run): it times
+        out as it starts, and unwinds what ran before."""
+        self._timed_out = True
 
     def _completed(self) -> bool:
         """Every node the run needs has ended, and no failure stopped it.
