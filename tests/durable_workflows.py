@@ -211,9 +211,10 @@ def flaky_once(start: int) -> Any:
 @aflow.task
 async def sees_its_start(x: int) -> int:
     """Count what the SQLite store (``AFLOW_DB``) says of this step while it runs."""
+    import contextlib
     import sqlite3
 
-    with sqlite3.connect(os.environ["AFLOW_DB"]) as db:
+    with contextlib.closing(sqlite3.connect(os.environ["AFLOW_DB"])) as db:
         row = db.execute("SELECT state FROM aflow_nodes WHERE key = 'sees_its_start'").fetchone()
     _count(f"on record: {row[0] if row else None}")
     return x

@@ -45,8 +45,12 @@ def postgres_cluster() -> Iterator[str]:
     port = _free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+        if not os.path.exists(runuser):
+            shutil.rmtree(root, ignore_errors=True)
+            raise RuntimeError("runuser is missing: as root, the server is started as 'postgres'")
         os.chown(root, *_uid_gid("postgres"))
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = [runuser, "-u", "postgres", "--"]
     log = os.path.join(root, "server.log")
     try:
         subprocess.run(
