@@ -17,11 +17,13 @@ building or validating a workflow (before any task runs) also derive from
     ├── StoreError(AflowError)                    a store that cannot be used as asked
     │   ├── RunNotFound(StoreError, KeyError)     .run_id
     │   ├── ResumeMismatch(StoreError)            the workflow changed since the run began
-    │   └── LeaseLost(StoreError)                 another process owns the run now
+    │   ├── LeaseLost(StoreError)                 another process owns the run now
+    │   └── UntrustedManifest(StoreError, ValueError)  a stored artifact manifest refused
     ├── RecordedError(AflowError)                 a failure read back from a store, as text
     ├── RunError(AflowError)                      .run_id
     │   ├── RunNotFinished          the run has not finished yet
     │   ├── RunCancelled            run.cancel() or a runtime shutdown stopped it
+    │   │   └── RunReleased         a durable run let go of at shutdown, kept resumable
     │   ├── RunExists(RunError, ValueError)       a run with that id exists already
     │   ├── IdempotencyConflict(RunError, ValueError)  the key names another workflow's run
     │   ├── TaskFailed              a task raised a BaseException that is no error (GeneratorExit)
@@ -61,6 +63,7 @@ __all__ = [
     "ResumeMismatch",
     "RunExists",
     "RunNotFound",
+    "RunReleased",
     "SerializationError",
     "StoreError",
     "RunCancelled",
@@ -70,6 +73,7 @@ __all__ = [
     "SignatureError",
     "TaskFailed",
     "TaskTimeout",
+    "UntrustedManifest",
 ]
 
 
@@ -148,15 +152,21 @@ class SignatureError(DefinitionError, TypeError):
     says what is wrong.
     """
 
-    def __init__(self, task: str, reason: str, argument: str | None = None) -> None:
+    def __init__(
+        self, task: str, reason: str, argument: str | None = None, subject: str = "task"
+    ) -> None:
         self.task = task
         self.reason = reason
         self.argument = argument
-        where = f"argument {argument!r} of " if argument else ""
-        super().__init__(f"{where}task {task!r}: {reason}")
+        self.subject = subject
+        if subject == "workflow":
+            where = f"parameter {argument!r} of " if argument else ""
+        else:
+            where = f"argument {argument!r} of " if argument else ""
+        super().__init__(f"{where}{subject} {task!r}: {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.task, self.reason, self.argument))
+        return (type(self), (self.task, self.reason, self.argument, self.subject))
 
 
 class ProvidesError(AflowError, TypeError):
@@ -179,21 +189,35 @@ class ProvidesError(AflowError, TypeError):
 class SerializationError(AflowError, TypeError):
     """A value cannot be stored by the run's serializer (JSON by default).
 
-    :attr:`task` names the task whose result (or ``"inputs"``) it is, :attr:`type`
-    the offending type and :attr:`path` where it sits inside the value.
+    :attr:`task` names the task whose result it is (or, with ``subject="workflow"``,
+    the workflow whose parameter it is), :attr:`type` the offending type and
+    :attr:`path` where it sits inside the value.
     """
 
-    def __init__(self, task: str, type_: type | str, path: str = "", detail: str = "") -> None:
+    def __init__(
+        self,
+        task: str,
+        type_: type | str,
+        path: str = "",
+        detail: str = "",
+        subject: str = "task",
+    ) -> None:
         self.task = task
         self.type = type_ if isinstance(type_, str) else f"{type_.__module__}.{type_.__qualname__}"
         self.path = path
         self.detail = detail
+        self.subject = subject
         where = f" at {path}" if path else ""
-        hint = f": {detail}" if detail else " (return JSON-friendly values, or opt in to pickle)"
-        super().__init__(f"task {task!r}: cannot serialise a {self.type}{where}{hint}")
+        use = (
+            "pass JSON-friendly parameters"
+            if subject == "workflow"
+            else "return JSON-friendly values"
+        )
+        hint = f": {detail}" if detail else f" ({use}, or opt in to pickle)"
+        super().__init__(f"{subject} {task!r}: cannot serialise a {self.type}{where}{hint}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.task, self.type, self.path, self.detail))
+        return (type(self), (self.task, self.type, self.path, self.detail, self.subject))
 
 
 class ResultError(AflowError, TypeError):
@@ -238,6 +262,30 @@ class ResumeMismatch(StoreError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run_id, self.reason))
+
+
+class UntrustedManifest(StoreError, ValueError):
+    """An artifact manifest read back from a store that aflow refuses to use (``aflow.ops``):
+    a hash that is not a sha256 digest, a name that would leave its folder, or an object
+    that is not a regular file of the artifact store. Nothing was read or written.
+
+    :attr:`run_id` and :attr:`step` name the run and the step whose record holds
+    it (``None`` for an ``ArtifactValue`` made by hand), :attr:`reason` what is wrong.
+    """
+
+    def __init__(self, run_id: str | None, step: str | None, reason: str) -> None:
+        self.run_id = run_id
+        self.step = step
+        self.reason = reason
+        where = ", ".join(
+            ([f"run {run_id}"] if run_id is not None else [])
+            + ([f"step {step!r}"] if step is not None else [])
+        )
+        what = "the stored artifact manifest" if where else "an artifact manifest"
+        super().__init__(f"{where + ': ' if where else ''}{what} is not trusted: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.step, self.reason))
 
 
 class LeaseLost(StoreError):
@@ -293,6 +341,20 @@ class RunCancelled(RunError):
     """
 
     def __init__(self, run_id: str, message: str = "the run was cancelled") -> None:
+        super().__init__(run_id, message)
+
+
+class RunReleased(RunCancelled):
+    """The runtime shut down before this durable run finished and let go of it: nothing
+    was reverted, the store keeps it resumable, and any process with the store (its
+    recovery, ``aflow resume``) takes it up from its last checkpoint."""
+
+    def __init__(
+        self,
+        run_id: str,
+        message: str = "the runtime shut down before the run finished; the run is kept "
+        "resumable in its store (nothing was reverted)",
+    ) -> None:
         super().__init__(run_id, message)
 
 

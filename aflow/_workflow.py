@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-from collections.abc import Callable
+import inspect
+import re
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, final
 
-from ._exceptions import DefinitionError
+from ._exceptions import DefinitionError, SerializationError, SignatureError
 from ._graph import Graph, compile
+from ._serialize import Serializer
 
-__all__ = ["Workflow", "fingerprint", "resolve_workflow", "workflow"]
+__all__ = ["Workflow", "fingerprint", "registered_workflow", "resolve_workflow", "workflow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +35,7 @@ class Workflow(Generic[P, R]):
         self.fn = fn
         self.path = f"{fn.__module__}:{fn.__qualname__}"
         functools.update_wrapper(self, fn)
+        _REGISTRY[self.path] = self  # (a module imported again replaces its workflows)
 
     def __repr__(self) -> str:
         return f"<aflow workflow {self.path}>"
@@ -45,8 +49,48 @@ class Workflow(Generic[P, R]):
         return built
 
     def build(self, params: dict[str, Any]) -> Graph:
-        """The graph for these parameters."""
-        return compile(self.fn(**params))  # type: ignore[call-arg]
+        """The graph for these parameters (:class:`aflow.SignatureError` naming the
+        workflow and the parameter if the function cannot take them)."""
+        try:
+            built = self.fn(**params)  # type: ignore[call-arg]
+        except TypeError as exc:
+            self._check(params, exc)
+            raise
+        return compile(built)
+
+    def _check(self, params: Mapping[str, Any], error: TypeError) -> None:
+        """Raise a SignatureError if ``params`` do not fit the function (``error`` came from
+        the call); a TypeError raised inside its body is left as it is."""
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+            return
+        try:
+            signature.bind(**params)
+        except TypeError as exc:
+            reason = str(exc)
+            argument = reason.split("'")[1] if "'" in reason else None
+            known = ", ".join(signature.parameters) or "none"
+            raise SignatureError(
+                self.path, f"{reason} (its parameters: {known})", argument, subject="workflow"
+            ) from error
+
+    def dump_params(self, params: Mapping[str, Any], serializer: Serializer) -> str:
+        """The stored form of ``params``; :class:`aflow.SerializationError` names this
+        workflow and the parameter that cannot be stored."""
+        try:
+            return serializer.dumps(dict(params), task=self.path)
+        except SerializationError:
+            pass
+        for name, value in params.items():  # find the culprit, and say where in it
+            try:
+                serializer.dumps(value, task=self.path)
+            except SerializationError as exc:
+                where = exc.path.replace("result", f"parameter {name!r}", 1)
+                raise SerializationError(
+                    self.path, exc.type, where, exc.detail, subject="workflow"
+                ) from exc
+        raise SerializationError(self.path, type(params), "its parameters", subject="workflow")
 
     @property
     def rebuildable(self) -> str | None:
@@ -72,11 +116,28 @@ def workflow(fn: Callable[P, R]) -> Workflow[P, R]:
     return Workflow(fn)
 
 
-def resolve_workflow(path: str) -> Workflow[..., Any]:
-    """The workflow registered under ``package.module:function`` (importing the module)."""
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
+#: Every ``@aflow.workflow`` this process defined, by path. A stored run is resumed only
+#: through this: a module a store row names is never imported because it says so.
+_REGISTRY: dict[str, Workflow[..., Any]] = {}
+
+_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def _split(path: str) -> tuple[str, str]:
+    if not isinstance(path, str) or not _PATH.fullmatch(path):
         raise DefinitionError(f"a workflow path looks like 'package.module:function', got {path!r}")
+    module_name, _, qualname = path.partition(":")
+    return module_name, qualname
+
+
+def resolve_workflow(path: str) -> Workflow[..., Any]:
+    """The workflow at ``package.module:function``, importing its module.
+
+    Only for a path someone trusted gave (the ``aflow run`` command line, an
+    application's own code); a path read from a store goes through
+    :func:`registered_workflow`, which imports nothing a row names.
+    """
+    module_name, qualname = _split(path)
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -88,6 +149,35 @@ def resolve_workflow(path: str) -> Workflow[..., Any]:
     if not isinstance(obj, Workflow):
         raise DefinitionError(f"{path!r} is not marked @aflow.workflow")
     return obj
+
+
+def registered_workflow(path: str, modules: Collection[str] = ()) -> Workflow[..., Any]:
+    """The workflow a stored run names, among those this process registered.
+
+    The process registers a workflow by importing the module that defines it
+    (the application's own imports), or by allowing its module explicitly in
+    ``modules`` (``Runtime(workflows=["pkg.mod"])``, ``aflow --allow-module``),
+    which is then imported here. A row naming anything else imports nothing
+    and raises :class:`aflow.DefinitionError` saying how to allow it.
+    """
+    found = _REGISTRY.get(path) if isinstance(path, str) else None
+    if found is not None:
+        return found
+    module_name, _ = _split(path)
+    if module_name in modules:
+        try:
+            importlib.import_module(module_name)
+        except ImportError as exc:
+            raise DefinitionError(f"cannot import the module of workflow {path!r}: {exc}") from exc
+        found = _REGISTRY.get(path)
+        if found is not None:
+            return found
+        raise DefinitionError(f"module {module_name!r} defines no @aflow.workflow {path!r}")
+    raise DefinitionError(
+        f"workflow {path!r} is not registered in this process, and aflow imports no module "
+        f"a stored run names: import {module_name!r} in the application first, or allow it "
+        f"(Runtime(workflows=[{module_name!r}]), aflow --allow-module {module_name})"
+    )
 
 
 def fingerprint(graph: Graph) -> str:

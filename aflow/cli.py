@@ -5,7 +5,7 @@ Usage::
     aflow run examples.orders:order_saga --param order_id=o-42 [--store URL]
     aflow runs [--status running]
     aflow show RUN_ID [--history]
-    aflow resume RUN_ID
+    aflow resume RUN_ID [--allow-module pkg.mod]
     aflow cancel RUN_ID
     aflow graph examples.orders:order_saga --param order_id=o-42 --format mermaid
 
@@ -73,9 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="a run and its nodes")
     show.add_argument("run_id")
     show.add_argument("--history", action="store_true", help="every transition, oldest first")
-    resume = sub.add_parser("resume", help="take up a run a dead process left unfinished")
+    resume = sub.add_parser(
+        "resume", help="take up a run a dead process left unfinished (or recovery parked)"
+    )
     resume.add_argument("run_id")
     resume.add_argument("--quiet", action="store_true")
+    resume.add_argument(
+        "--allow-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE for the run's workflow (a stored run never names what to import)",
+    )
     cancel = sub.add_parser("cancel", help="cancel an unfinished run (it is unwound)")
     cancel.add_argument("run_id")
     graph = sub.add_parser("graph", help="draw a workflow's graph")
@@ -120,7 +129,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         print(graph.to_mermaid() if args.format == "mermaid" else graph.to_dot(), end="")
         return 0
     if args.command in ("runs", "show", "cancel"):
-        store = open_store(args.store)
+        # none of these creates a store; runs and show do not even write to one
+        store = open_store(args.store, read_only=args.command != "cancel", create=False)
         await store.open()
         try:
             if args.command == "runs":
@@ -130,17 +140,23 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _cancel(store, args.run_id)
         finally:
             await store.close()
-    async with Runtime(
-        store=args.store,
-        serializer=args.serializer,
-        max_concurrency=getattr(args, "max_concurrency", None),
-    ) as rt:
-        if args.command == "run":
-            workflow = resolve_workflow(args.workflow)
+    if args.command == "run":
+        workflow = resolve_workflow(args.workflow)  # named on the command line: imported
+        async with Runtime(
+            store=args.store, serializer=args.serializer, max_concurrency=args.max_concurrency
+        ) as rt:
             handle = await rt.submit(workflow, params=_params(args.param), idempotency_key=args.key)
-        else:
+            return await _follow(handle, quiet=args.quiet)
+    store = open_store(args.store, create=False)  # resuming: the store must exist already
+    await store.open()
+    try:
+        async with Runtime(
+            store=store, serializer=args.serializer, workflows=args.allow_module or None
+        ) as rt:
             handle = await rt.resume(args.run_id)
-        return await _follow(handle, quiet=args.quiet)
+            return await _follow(handle, quiet=args.quiet)
+    finally:
+        await store.close()
 
 
 async def _follow(handle: Run[Any], *, quiet: bool) -> int:
@@ -193,9 +209,10 @@ async def _runs(store: Any, status: str | None, limit: int) -> int:
 
     for record in await store.list_runs(status, limit):
         when = dt.datetime.fromtimestamp(record.created_at).isoformat(sep=" ", timespec="seconds")
-        table.add_row(
-            record.workflow, record.status, when, record.idempotency_key or "", record.run_id
-        )
+        status = record.status
+        if record.recoveries:  # taken over from dead processes this often (parked: too often)
+            status += f" ({record.recoveries} recoveries)"
+        table.add_row(record.workflow, status, when, record.idempotency_key or "", record.run_id)
     Console().print(table)
     return 0
 

@@ -26,12 +26,14 @@ from ._exceptions import RunError as RunError
 from ._exceptions import RunExists as RunExists
 from ._exceptions import RunNotFinished as RunNotFinished
 from ._exceptions import RunNotFound as RunNotFound
+from ._exceptions import RunReleased as RunReleased
 from ._exceptions import RunTimeout as RunTimeout
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SignatureError as SignatureError
 from ._exceptions import StoreError as StoreError
 from ._exceptions import TaskFailed as TaskFailed
 from ._exceptions import TaskTimeout as TaskTimeout
+from ._exceptions import UntrustedManifest as UntrustedManifest
 
 __all__ = [
     "AflowError",
@@ -54,10 +56,12 @@ __all__ = [
     "RunExists",
     "RunNotFinished",
     "RunNotFound",
+    "RunReleased",
     "RunTimeout",
     "SerializationError",
     "SignatureError",
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
+    "UntrustedManifest",
 ]

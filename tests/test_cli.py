@@ -94,6 +94,9 @@ def test_bad_input_exits_2_with_a_clear_message(
     paths: tuple[pathlib.Path, pathlib.Path], args: tuple[str, ...], message: str
 ) -> None:
     store, counts = paths
+    aflow("runs", store=store, counts=counts)  # (read-only: it creates no store)
+    assert not store.exists()
+    aflow("run", "tests.durable_workflows:abc", "--param", "start=1", store=store, counts=counts)
     done = aflow(*args, store=store, counts=counts)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr

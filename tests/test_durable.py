@@ -92,7 +92,12 @@ async def test_a_workflow_that_cannot_be_rebuilt_is_refused(tmp_path: pathlib.Pa
 
         with pytest.raises(aflow.DefinitionError, match="inside a function"):
             await rt.submit(local, start=1)
-        with pytest.raises(aflow.SerializationError, match="'inputs'"):
+        # (issue 14: it names the workflow and the parameter, no longer "task 'inputs'")
+        with pytest.raises(
+            aflow.SerializationError,
+            match=r"workflow 'tests\.durable_workflows:abc': cannot serialise a "
+            r"tests\.durable_workflows\.Opaque at parameter 'start'",
+        ):
             await rt.submit(wf.abc, start=wf.Opaque())
         assert rt.store is not None
         assert await rt.store.list_runs() == []  # nothing was recorded

@@ -72,9 +72,7 @@ def test_errors_namespace_holds_every_exception() -> None:
     defined = {
         name
         for name, obj in vars(_exceptions).items()
-        if inspect.isclass(obj)
-        and issubclass(obj, BaseException)
-        and not name.startswith("_")
+        if inspect.isclass(obj) and issubclass(obj, BaseException) and not name.startswith("_")
     }
     assert set(errors.__all__) == defined
     assert list(errors.__all__) == sorted(errors.__all__)

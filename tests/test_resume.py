@@ -379,13 +379,15 @@ class FlakyStore:
         self.statuses.append(status)
         await self.inner.set_status(run_id, status, **kwargs)
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
+    async def heartbeat(
+        self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
+    ) -> dict[str, str]:
         self.heartbeats += 1
         if self.heartbeats >= 3:
             self.beat.set()
         if self.fail_heartbeats:
             raise OSError("connection refused")
-        renewed = await self.inner.heartbeat(owner, lease, run_ids)
+        renewed = await self.inner.heartbeat(owner, lease, run_ids, now=now)
         return {} if self.disown else renewed
 
 
@@ -703,6 +705,7 @@ async def test_a_key_whose_run_the_store_stopped_resumes_it_once_the_store_is_ba
 async def test_two_processes_opening_one_old_store_at_once_both_migrate_it(
     tmp_path: pathlib.Path,
 ) -> None:
+    import contextlib
     import sqlite3
 
     from aflow.stores._sql import migrations
@@ -710,17 +713,20 @@ async def test_two_processes_opening_one_old_store_at_once_both_migrate_it(
     ((_, version_1), *_) = migrations("sqlite", 0)
     for attempt in range(5):  # a race: several rounds, each on a fresh v1 file
         path = tmp_path / f"runs-{attempt}.db"
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             for statement in version_1:
                 db.execute(statement)
             db.execute("INSERT INTO aflow_meta VALUES ('schema_version', '1')")
         stores = [aflow.stores.SQLiteStore(str(path)) for _ in range(4)]
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
+                for store in stores:
+                    tg.start_soon(store.open)
             for store in stores:
-                tg.start_soon(store.open)
-        for store in stores:
-            assert await store.list_runs() == []
-            await store.close()
+                assert await store.list_runs() == []
+        finally:  # those that opened, even when another failed
+            for store in stores:
+                await store.close()
 
 
 # --- found in the second review: each failed before its fix -------------------------------

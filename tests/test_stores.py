@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import time
@@ -16,6 +17,7 @@ from aflow.stores import (
     SCHEMA_VERSION,
     MemoryStore,
     NodeRecord,
+    RunExists,
     RunNotFound,
     RunRecord,
     SQLiteStore,
@@ -110,7 +112,7 @@ async def test_the_sqlite_schema_is_created_once_and_versioned(tmp_path: Path) -
     await again.open()
     assert (await again.get_run(run.run_id)).run_id == run.run_id
     await again.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         (version,) = db.execute(
             "SELECT value FROM aflow_meta WHERE key='schema_version'"
         ).fetchone()
@@ -120,7 +122,8 @@ async def test_the_sqlite_schema_is_created_once_and_versioned(tmp_path: Path) -
 async def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     ((_, version_1), *_) = migrations("sqlite", 0)
-    with sqlite3.connect(path) as db:  # a store as the first aflow release left it
+    # a store as the first aflow release left it
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         for statement in version_1:
             db.execute(statement)
         db.execute("INSERT INTO aflow_meta VALUES ('schema_version', '1')")
@@ -139,7 +142,7 @@ async def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path: Path) 
         assert [(n.key, n.state) for n in await store.load_history("old")] == [("b", "failed")]
     finally:
         await store.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         (version,) = db.execute(
             "SELECT value FROM aflow_meta WHERE key='schema_version'"
         ).fetchone()
@@ -201,7 +204,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     store = SQLiteStore(str(path))
     await store.open()
     await store.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE aflow_meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(StoreError, match="schema 99, newer"):
         await SQLiteStore(str(path)).open()
@@ -211,19 +214,19 @@ async def test_a_corrupted_file_is_a_store_error_and_is_left_alone(tmp_path: Pat
     path = tmp_path / "runs.db"
     path.write_bytes(b"this is not a database at all" * 100)
     before = path.read_bytes()
-    with pytest.raises(StoreError, match="not an aflow store"):
+    with pytest.raises(StoreError, match="damaged or is not an SQLite database"):
         await SQLiteStore(str(path)).open()
     assert path.read_bytes() == before
 
 
 async def test_a_foreign_database_is_a_store_error_and_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     before = path.read_bytes()
     with pytest.raises(StoreError, match=r"database of something else.*users"):
         await SQLiteStore(str(path)).open()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert tables == {"users"}
     assert path.read_bytes() == before  # not even switched to WAL
@@ -243,3 +246,103 @@ def test_store_urls() -> None:
 async def test_a_store_that_is_not_open_says_so(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not open"):
         await SQLiteStore(str(tmp_path / "x.db")).get_run("r")
+
+
+async def test_a_run_id_that_exists_is_refused_with_run_exists(store: Store) -> None:
+    run = record("key-1")
+    await store.create_run(run)
+    for again in (dataclasses.replace(run, idempotency_key=None), record("key-2")):
+        again = dataclasses.replace(again, run_id=run.run_id, workflow="mod:other")
+        with pytest.raises(RunExists) as info:
+            await store.create_run(again)
+        assert (info.value.run_id, info.value.where) == (run.run_id, store.url)
+    assert await store.get_run(run.run_id) == run  # left as it was
+    assert [r.run_id for r in await store.list_runs()] == [run.run_id]
+
+
+async def test_two_connections_to_one_file_read_and_write_at_once(tmp_path: Path) -> None:
+    # As two processes do. Reads used to run outside the lock, so a write could begin
+    # on a connection whose read (of an older snapshot) was still open: it failed at
+    # once with "database is locked", whatever the busy timeout.
+    path = str(tmp_path / "runs.db")
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    for one in stores:
+        await one.open()
+    try:
+        run = record()
+        await stores[0].create_run(run)
+
+        async def reads(store: Store) -> None:
+            for _ in range(100):
+                await store.get_run(run.run_id)
+
+        async def writes(store: Store, name: str) -> None:
+            for i in range(100):
+                await store.create_run(record(f"{name}-{i % 10}"))
+                await store.write_nodes(run.run_id, [NodeRecord(f"{name}-{i}", "running", 1)])
+
+        async with anyio.create_task_group() as tg:
+            for n, one in enumerate(stores):
+                tg.start_soon(reads, one)
+                tg.start_soon(writes, one, f"s{n}")
+        assert len(await stores[1].load_nodes(run.run_id)) == 200
+        assert len(await stores[1].list_runs()) == 21
+    finally:
+        for one in stores:
+            await one.close()
+
+
+async def test_a_create_run_cancelled_anywhere_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "runs.db"), busy_timeout=0.05)
+    await store.open()
+    try:
+        for turns in range(12):  # the cancel lands on each await of create_run in turn
+            with anyio.CancelScope() as scope:
+
+                async def cancel(scope: anyio.CancelScope = scope, turns: int = turns) -> None:
+                    for _ in range(turns):
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel)
+                    await store.create_run(record(f"key-{turns}"))
+            # a BEGIN whose wait was cancelled used to run anyway, and stay open
+            await store.create_run(record())
+    finally:
+        await store.close()
+
+
+async def test_a_takeover_counts_a_recovery_and_a_release_lets_go_at_once(store: Store) -> None:
+    """claim() counts a run taken from an owner that held it (it died), not one taken
+    after a release (a clean shutdown) nor one its owner takes again."""
+    now = time.time()
+    run = dataclasses.replace(record(), status="running", owner="a", heartbeat=now + 60)
+    await store.create_run(run)
+    assert not await store.claim(run.run_id, "b", 10, now=now)  # a's lease holds
+    assert await store.claim(run.run_id, "b", 10, now=now + 61)  # a died: b takes it over
+    assert (await store.get_run(run.run_id)).recoveries == 1
+    assert await store.claim(run.run_id, "b", 10, now=now + 62)  # b again: no recovery
+    assert not await store.release(run.run_id, "a")  # not a's to let go of
+    assert await store.release(run.run_id, "b")
+    released = await store.get_run(run.run_id)
+    assert (released.owner, released.heartbeat, released.recoveries) == (None, None, 1)
+    assert await store.claim(run.run_id, "c", 10, now=now)  # at once, and no recovery
+    assert (await store.get_run(run.run_id)).recoveries == 1
+    renewed = await store.heartbeat("c", 10, [run.run_id], now=now + 100)
+    assert renewed == {run.run_id: "running"}
+    assert (await store.get_run(run.run_id)).heartbeat == pytest.approx(now + 110)
+
+
+async def test_cancelling_a_parked_run_gives_it_a_fresh_count(store: Store) -> None:
+    now = time.time()
+    run = dataclasses.replace(
+        record(), status="parked", error="RuntimeError: declined", recoveries=6
+    )
+    await store.create_run(run)
+    assert await store.heartbeat("x", 10, [run.run_id], now=now) == {}  # parked: not renewed
+    assert await store.request_cancel(run.run_id, "RunCancelled: by hand") == "cancelling"
+    cancelled = await store.get_run(run.run_id)
+    assert (cancelled.recoveries, cancelled.error) == (0, "RuntimeError: declined")

@@ -66,10 +66,12 @@ def contexts(start: int) -> Any:
 
 @aflow.task
 async def kills_its_process(x: int) -> int:
-    """A poison step: each process that runs it dies at once."""
+    """A poison step: each process that runs it dies at once (while ``AFLOW_POISON`` is
+    set: a person who resumes the run by hand has fixed the cause)."""
     await bump("poison")
-    print("poisoned", flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("AFLOW_POISON"):
+        print("poisoned", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
     return x
 
 
@@ -92,3 +94,27 @@ async def closes_under_it(x: int) -> int:
 @aflow.workflow
 def a_then_generator_exit(start: int) -> Any:
     return step_a.s(start) | closes_under_it.s()
+
+
+@aflow.task(limit="q")
+async def limited(x: int) -> int:
+    await bump("limited")
+    return x
+
+
+@aflow.workflow
+def limited_one(start: int) -> Any:
+    return limited.s(start)
+
+
+@aflow.task
+async def interrupts(x: int) -> int:
+    """Raises KeyboardInterrupt the first time (as Ctrl-C inside a step would)."""
+    if await bump("interrupts") == 1:
+        raise KeyboardInterrupt
+    return x
+
+
+@aflow.workflow
+def a_then_interrupted(start: int) -> Any:
+    return step_a.s(start) | interrupts.s()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib
 import json
 import math
 import os
 import socket
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -21,18 +21,22 @@ import anyio.abc
 from .._events import Event, EventListener, warn
 from .._exceptions import (
     DefinitionError,
+    IdempotencyConflict,
     LeaseLost,
     ResumeMismatch,
     RunCancelled,
     RunError,
+    RunExists,
     RunNotFinished,
+    RunReleased,
 )
 from .._failure import Failure
 from .._graph import Graph, NodeKind, compile
 from .._serialize import Serializer, serializer_for
-from .._workflow import Workflow, fingerprint, resolve_workflow
+from .._workflow import Workflow, fingerprint, registered_workflow
 from ..stores._base import NodeRecord, RunRecord, Store, open_store
-from ._clock import Clock, wall_time
+from ..stores._sql import PARKED
+from ._clock import SYSTEM_CLOCK, Clock, wall_time
 from ._journal import Journal
 from ._limits import Limit
 from ._scheduler import Execution
@@ -85,21 +89,38 @@ def _dump_options(options: Mapping[str, Any], wall: float) -> str:
     return json.dumps(kept)
 
 
-def _time_left(record: RunRecord, options: dict[str, Any], wall: float) -> None:
-    """Give a resumed run what is left of its deadline; ``expired`` if nothing is."""
+def _stored_deadline(record: RunRecord) -> float | None:
+    """A run's deadline as its store keeps it (wall seconds), if it has one."""
     stored: dict[str, Any] = json.loads(record.options) if record.options else {}
     deadline = stored.get("deadline")
-    if deadline is None:
-        return  # no deadline, or stored by an aflow that kept none: it starts afresh
-    left = float(deadline) - wall
-    if left > 0:
-        options["timeout"] = left
-    else:
-        options["expired"] = True
+    return None if deadline is None else float(deadline)
 
 
 def _as_is(value: Any) -> Any:
     return value
+
+
+def _identity(workflow: object, params: Mapping[str, Any], graph: Graph) -> tuple[str, Any]:
+    """What an idempotency key stands for: a workflow and its parameters (a canvas: the
+    shape of its graph)."""
+    if isinstance(workflow, Workflow):
+        return (workflow.path, dict(params))
+    return (f"a {type(workflow).__name__} of {len(graph)} nodes", fingerprint(graph))
+
+
+def _same_work(run_id: str, key: str, existing: tuple[str, Any], wanted: tuple[str, Any]) -> None:
+    """An idempotency key names run ``run_id``: refuse it for other work (issue 14)."""
+    if existing == wanted:
+        return
+
+    def text(identity: tuple[str, Any]) -> str:
+        what, params = identity
+        if not isinstance(params, dict):
+            return what
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        return f"{what}({shown[:200]}{'...' if len(shown) > 200 else ''})"
+
+    raise IdempotencyConflict(run_id, key, text(existing), text(wanted))
 
 
 def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
@@ -188,7 +209,11 @@ async def run(
     if store is not None:
         failure: Exception | None = None
         async with Runtime(
-            store=store, serializer=serializer, max_concurrency=max_concurrency, limits=limits
+            store=store,
+            serializer=serializer,
+            max_concurrency=max_concurrency,
+            limits=limits,
+            on_shutdown="cancel",  # the call owns the run: cancelling it cancels the run
         ) as rt:
             try:
                 handle = await rt.submit(
@@ -340,7 +365,8 @@ class Run(Generic[R]):
         self._error: BaseException | None = None
         self._traceback: TracebackType | None = None
         self._streams: list[MemoryObjectSendStream[Event]] = []
-        self._key: str | None = None
+        #: (idempotency key, what it stands for) of a run without a store
+        self._key: tuple[str, tuple[str, Any]] | None = None
         #: for a run another process drives: ask its store to cancel it
         self._remote_cancel: Callable[[], Awaitable[Any]] | None = None
 
@@ -365,6 +391,8 @@ class Run(Generic[R]):
             execution = self._execution
             if execution.status is RunStatus.SUCCEEDED:  # it completed as the cancel came
                 self._value = execution.result_of(execution.graph.output)
+            elif execution._releasing:
+                self._error = RunReleased(self.id)
             else:
                 self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
             raise
@@ -544,14 +572,24 @@ class Runtime:
 
     ``max_concurrency`` and ``limits`` are shared by every run of the runtime.
     The last ``keep_finished`` finished runs stay reachable through :meth:`get`.
+    ``workflows`` (``@aflow.workflow`` functions, or module names imported on
+    entry) narrows what :meth:`resume` and recovery may rebuild; by default any
+    workflow this process registered by importing it. A module a stored run
+    names is never imported because the store says so.
     On exit the runtime waits for its runs (up to ``shutdown_timeout`` seconds,
-    if given, then cancels what is left); leaving because of an exception
-    cancels them at once.
+    if given); then, or at once when it is left because of an exception or a
+    cancellation (a deploy stopping the service), it stops what is left. With a
+    store it *releases* them (``on_shutdown="release"``, the default there):
+    they stop at a step boundary, nothing is reverted, and any process with the
+    store takes them up at once (their result raises
+    :class:`aflow.errors.RunReleased` here). Without a store, or with
+    ``on_shutdown="cancel"``, it cancels them: they unwind.
     """
 
     __slots__ = (
         "_alive",
         "_clock",
+        "_closing",
         "_compensation_timeout",
         "_followers",
         "_global",
@@ -560,7 +598,9 @@ class Runtime:
         "_lease",
         "_limits",
         "_max_concurrency",
+        "_max_recoveries",
         "_on_error",
+        "_on_shutdown",
         "_owner",
         "_recover",
         "_runs",
@@ -573,6 +613,9 @@ class Runtime:
         "_threads",
         "_timeout",
         "_token",
+        "_warned",
+        "_workflow_modules",
+        "_workflows",
     )
 
     def __init__(
@@ -591,6 +634,9 @@ class Runtime:
         serializer: str | Serializer = "json",
         recover: bool = False,
         lease: float = DEFAULT_LEASE,
+        workflows: Iterable[Workflow[..., Any] | str] | None = None,
+        on_shutdown: str | None = None,
+        max_recoveries: int = 5,
     ) -> None:
         if not lease > 0:
             raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
@@ -601,6 +647,29 @@ class Runtime:
         self._store: Store | None = None
         self._serializer: Serializer = serializer_for(serializer)
         self._recover = recover
+        if not (isinstance(max_recoveries, int) and max_recoveries >= 0):
+            raise ValueError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
+        self._max_recoveries = max_recoveries
+        self._warned: set[tuple[str, str]] = set()
+        self._closing = False
+        if on_shutdown not in (None, "release", "cancel"):
+            raise ValueError(f"on_shutdown must be 'release' or 'cancel', got {on_shutdown!r}")
+        if on_shutdown == "release" and store is None:
+            raise ValueError("on_shutdown='release' needs a store: a run in memory cannot resume")
+        self._on_shutdown = on_shutdown or ("release" if store is not None else "cancel")
+        #: what resume() and recovery may rebuild: None for any workflow this process
+        #: registered; else these workflows and those of these modules (imported on entry)
+        self._workflows: frozenset[str] | None = None
+        self._workflow_modules: tuple[str, ...] = ()
+        if workflows is not None:
+            chosen = list(workflows)
+            for item in chosen:
+                if not isinstance(item, (Workflow, str)):
+                    raise TypeError(
+                        f"workflows= takes @aflow.workflow functions and module names, got {item!r}"
+                    )
+            self._workflows = frozenset(w.path for w in chosen if isinstance(w, Workflow))
+            self._workflow_modules = tuple(m for m in chosen if isinstance(m, str))
         self._on_error = on_error
         self._timeout = timeout
         self._compensation_timeout = compensation_timeout
@@ -629,6 +698,11 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         if self._tg is not None:
             raise RuntimeError("this Runtime is already running")
+        for module in self._workflow_modules:  # allowed by the application: imported now
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise DefinitionError(f"cannot import workflow module {module!r}: {exc}") from exc
         self._thread_limiter = anyio.CapacityLimiter(self._threads)
         spec = self._store_spec
         if spec is not None:
@@ -640,6 +714,7 @@ class Runtime:
         self._tg = tg
         self._token = CURRENT_RUNTIME.set(self)
         self._alive = anyio.CancelScope()
+        self._closing = False
         if self._store is not None:
             tg.start_soon(self._keep_alive, self._store, name="aflow runtime heartbeat")
         if self._recover and self._store is not None:
@@ -658,18 +733,24 @@ class Runtime:
     ) -> bool | None:
         tg = self._tg
         assert tg is not None
+        self._closing = True  # recovery takes up nothing more here (what it lets go of)
         try:
             for _, follower in self._followers.values():  # other processes' runs: stop watching
                 follower.cancel()
-            if exc is None and self._shutdown_timeout is not None:
-                with anyio.move_on_after(self._shutdown_timeout):
-                    while self._runs:
-                        await next(iter(self._runs.values())).wait()
-                for active in self.runs():
-                    active._execution.cancel()
             if exc is None:
-                while self._runs:  # a follower may have resumed one meanwhile
-                    await next(iter(self._runs.values())).wait()
+                try:
+                    if self._shutdown_timeout is not None:
+                        with anyio.move_on_after(self._shutdown_timeout):
+                            while self._runs:
+                                await next(iter(self._runs.values())).wait()
+                        self._stop_runs()
+                    while self._runs:  # a follower may have resumed one meanwhile
+                        await next(iter(self._runs.values())).wait()
+                except BaseException:  # cancelled while waiting: a deploy stops the service
+                    self._stop_runs()
+                    raise
+            else:
+                self._stop_runs()
             self._alive.cancel()  # the heartbeat, once every run has ended
         finally:
             self._tg = None
@@ -694,6 +775,16 @@ class Runtime:
                         await self._store.close()
                 self._store = None
         return handled
+
+    def _stop_runs(self) -> None:
+        """Shutting down: let go of durable runs (kept resumable, nothing undone), or
+        cancel them (they unwind) with ``on_shutdown="cancel"`` or without a store."""
+        for active in self.runs():
+            execution = active._execution
+            if self._on_shutdown == "release" and execution._journal is not None:
+                execution.release()
+            else:
+                execution.cancel()
 
     @overload
     async def submit(
@@ -762,7 +853,7 @@ class Runtime:
         if self._tg is None:
             raise RuntimeError("submit() needs an entered Runtime: use 'async with Runtime()'")
         if run_id is not None and (run_id in self._runs or run_id in self._history):
-            raise ValueError(f"a run with id {run_id!r} is already active in this runtime")
+            raise RunExists(run_id, "this runtime")
         all_params = {**(params or {}), **workflow_params}
         store = self._store
         if isinstance(workflow, Workflow):
@@ -793,12 +884,16 @@ class Runtime:
             ),
         }
         if store is None:
+            identity = None
             if idempotency_key is not None:
+                identity = _identity(workflow, all_params, graph)
                 for active in (*self._runs.values(), *self._history.values()):
-                    if active._key == idempotency_key:
+                    if active._key is not None and active._key[0] == idempotency_key:
+                        _same_work(active.id, idempotency_key, active._key[1], identity)
                         return active
             handle = self._start(graph, run_id, None, options, restore)
-            handle._key = idempotency_key
+            if idempotency_key is not None and identity is not None:
+                handle._key = (idempotency_key, identity)
             return handle
         assert isinstance(workflow, Workflow)
         why = workflow.rebuildable
@@ -810,7 +905,7 @@ class Runtime:
         record = RunRecord(
             run_id=run_id or uuid.uuid4().hex,
             workflow=workflow.path,
-            params=self._serializer.dumps(all_params, task="inputs"),
+            params=workflow.dump_params(all_params, self._serializer),
             fingerprint=fingerprint(graph),
             status="pending",
             idempotency_key=idempotency_key,
@@ -823,6 +918,9 @@ class Runtime:
         )
         stored, created = await store.create_run(record)
         if not created:
+            assert idempotency_key is not None
+            existing = (stored.workflow, self._serializer_of(stored).loads(stored.params))
+            _same_work(stored.run_id, idempotency_key, existing, (workflow.path, all_params))
             return await self._attach(stored, graph, options)
         if taken:
             await store.write_nodes(stored.run_id, list(taken.values()))
@@ -853,8 +951,36 @@ class Runtime:
         options: Mapping[str, Any],
         restore: tuple[Mapping[str, NodeRecord], bool, str | None, Mapping[str, str]] | None = None,
     ) -> Run[Any]:
+        execution = self._execution(graph, run_id, journal, options)
+        execution.release_on_interrupt = journal is not None and self._on_shutdown == "release"
+        deadline = options.get("deadline")
+        if deadline is not None:
+            execution.keep_deadline(deadline)
+        if restore is not None:
+            # the run's own serializer reads its records
+            records, unwinding, trigger, failed_before = restore
+            decode = journal.serializer.loads if journal is not None else _as_is
+            execution.restore(
+                records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
+            )
+        handle: Run[Any] = Run(execution)
+        self._runs[handle.id] = handle
+        assert self._tg is not None
+        self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
+        return handle
+
+    def _execution(
+        self,
+        graph: Graph,
+        run_id: str | None,
+        journal: Journal | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Execution:
+        """An execution of ``graph`` with this runtime's limits, threads and defaults: every
+        handle it gives out is built here, one on a finished run too (issue 14)."""
+        options = options or {}
         listener = options.get("on_event")
-        execution = Execution(
+        return Execution(
             graph,
             run_id=run_id,
             limits=self._limits,
@@ -868,20 +994,6 @@ class Runtime:
             clock=options.get("clock") or self._clock,
             journal=journal,
         )
-        if options.get("expired"):
-            execution.expire()
-        if restore is not None:
-            # the run's own serializer reads its records
-            records, unwinding, trigger, failed_before = restore
-            decode = journal.serializer.loads if journal is not None else _as_is
-            execution.restore(
-                records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
-            )
-        handle: Run[Any] = Run(execution)
-        self._runs[handle.id] = handle
-        assert self._tg is not None
-        self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
-        return handle
 
     async def _attach(
         self, stored: RunRecord, graph: Graph, options: Mapping[str, Any]
@@ -903,7 +1015,7 @@ class Runtime:
                 value = self._serializer_of(stored).loads(stored.result)
             if stored.status != "succeeded":
                 error = RunError(stored.run_id, f"the run ended {stored.status}: {stored.error}")
-            execution = Execution(graph, run_id=stored.run_id)
+            execution = self._execution(graph, stored.run_id)
             execution.status = RunStatus(stored.status)
             return Run._finished_in_store(execution, value, error)
         # pending or running in the store, but not here: another process has it, or had it
@@ -917,7 +1029,7 @@ class Runtime:
         store = self._store
         assert store is not None
         assert self._tg is not None
-        execution = Execution(graph, run_id=stored.run_id)
+        execution = self._execution(graph, stored.run_id)
         execution.status = RunStatus.RUNNING
         handle: Run[Any] = Run(execution)
         scope = anyio.CancelScope()
@@ -948,10 +1060,14 @@ class Runtime:
                     )
                 end(record.status, error, value)
                 return True
-            if (record.heartbeat or 0) >= time.time():
+            if record.status == PARKED:
+                reason = "recovery parked it: it kept killing the processes that took it up"
+                end("failed", RunError(record.run_id, reason))
+                return True
+            if (record.heartbeat or 0) >= wall_time(self._clock):
                 return False  # its process is alive
             try:
-                resumed = await self.resume(record.run_id)
+                resumed = await self._resume(record.run_id, automatic=True)
             except ResumeMismatch as exc:
                 if "lease holds" in exc.reason:
                     return False  # another process took it first: keep following
@@ -973,7 +1089,7 @@ class Runtime:
                                 return
                         except Exception as exc:  # a store hiccup: the next look tries again
                             warn("aflow_follow_failed", run_id=stored.run_id, error=repr(exc))
-                        await anyio.sleep(0.05)
+                        await (self._clock or SYSTEM_CLOCK).sleep(0.05)
             finally:
                 self._followers.pop(stored.run_id, None)
                 if not handle._finished.is_set():
@@ -992,7 +1108,12 @@ class Runtime:
         (:class:`~aflow.stores.ResumeMismatch` if it changed); nodes whose results
         are on record are not run again, nodes that were running are run again
         (at-least-once), and an interrupted compensation goes on where it stopped.
+        A run recovery parked (it kept killing the processes that took it up) is
+        resumed too: this is how a person takes it up again.
         """
+        return await self._resume(run_id, automatic=False)
+
+    async def _resume(self, run_id: str, *, automatic: bool) -> Run[Any]:
         store = self._require_store("resume")
         if self._tg is None:
             raise RuntimeError("resume() needs an entered Runtime: use 'async with Runtime()'")
@@ -1003,10 +1124,15 @@ class Runtime:
         if record.status in _FINISHED:
             raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
         graph = self._rebuild(record)
-        if not await store.claim(run_id, self._owner, self._lease):
+        wall = wall_time(self._clock)
+        if not await store.claim(run_id, self._owner, self._lease, now=wall):
             raise ResumeMismatch(
                 run_id, f"a live process runs it ({record.owner}); its lease holds"
             )
+        if automatic:
+            record = await store.get_run(run_id)
+            if record.recoveries > self._max_recoveries:
+                await self._park(record)
         records = await store.load_nodes(run_id)
         failed_before: dict[str, str] = {}
         if any(node.state == "revert_failed" for node in records.values()):
@@ -1017,10 +1143,13 @@ class Runtime:
         # A run cancelled while its process was gone is unwound at once; what was running
         # when the process died counts as cancelled mid-way (its revert runs), as it would
         # have in the process itself.
-        unwinding = record.status in ("reverting", "cancelling")
+        # (a parked run with a stored cause was compensating when recovery parked it)
+        unwinding = record.status in ("reverting", "cancelling") or (
+            record.status == PARKED and record.error is not None
+        )
         options = _load_options(record)
         if not unwinding:  # (a compensation has its own deadline, and its own cause)
-            _time_left(record, options, wall_time(self._clock))
+            options["deadline"] = _stored_deadline(record)
         active = self._runs.get(run_id)
         if active is not None:  # resumed by another task of this runtime meanwhile
             return active
@@ -1039,25 +1168,52 @@ class Runtime:
         """
         store = self._require_store("recover")
         found: list[Run[Any]] = []
-        now = time.time()
+        now = wall_time(self._clock)
         for status in ("running", "reverting", "pending", "cancelling"):
             for record in await store.list_runs(status, limit=10_000):
-                if record.run_id in self._runs:
+                if record.run_id in self._runs or self._closing:
                     continue
                 if record.owner is not None and (record.heartbeat or 0) >= now:
                     continue  # its owner's lease holds: the process is alive
                 try:
-                    found.append(await self.resume(record.run_id))
+                    found.append(await self._resume(record.run_id, automatic=True))
                 except ResumeMismatch as exc:  # claimed by another process first, or changed
-                    warn("aflow_recover_skipped", run_id=record.run_id, reason=str(exc))
+                    self._warn_once("aflow_recover_skipped", run_id=record.run_id, reason=str(exc))
                 except Exception as exc:  # one broken run must not keep the others down
-                    warn(
+                    self._warn_once(
                         "aflow_recover_failed",
                         run_id=record.run_id,
                         workflow=record.workflow,
                         error=f"{type(exc).__name__}: {exc}",
                     )
         return found
+
+    async def _park(self, record: RunRecord) -> None:
+        """Recovery took this run over more than ``max_recoveries`` times, each from a
+        process that died holding it: it is parked (recovery leaves it alone), for a
+        person to resume or cancel."""
+        store = self._require_store("recover")
+        await store.set_status(record.run_id, PARKED)  # (its stored cause stays)
+        await store.release(record.run_id, self._owner)
+        warn(
+            "aflow_run_parked",
+            run_id=record.run_id,
+            workflow=record.workflow,
+            recoveries=record.recoveries,
+        )
+        raise ResumeMismatch(
+            record.run_id,
+            f"parked: recovered {record.recoveries} times, each time from a process that "
+            f"died holding it (max_recoveries={self._max_recoveries}); resume it by hand "
+            "(aflow resume) once the cause is fixed, or cancel it (aflow cancel)",
+        )
+
+    def _warn_once(self, event: str, **fields: Any) -> None:
+        """A run recovery keeps skipping is logged once by this runtime, not every tick."""
+        key = (str(fields.get("run_id")), event)
+        if key not in self._warned:
+            self._warned.add(key)
+            warn(event, **fields)
 
     async def fork(
         self, run_id: str, reuse: Mapping[str, Any] | Iterable[str], *, run_key: str | None = None
@@ -1105,11 +1261,27 @@ class Runtime:
         journal = Journal(store, stored.run_id, serializer)
         return self._start(graph, stored.run_id, journal, options, (taken, False, None, {}))
 
-    def _rebuild(self, record: RunRecord) -> Graph:
+    def _workflow_of(self, record: RunRecord) -> Workflow[..., Any]:
+        """The workflow a stored run names, if this runtime may rebuild it: registered by
+        this process (and, with ``workflows=``, one of those). Never imports what a row
+        names (issue 14)."""
         try:
-            workflow = resolve_workflow(record.workflow)
+            workflow = registered_workflow(record.workflow, self._workflow_modules)
         except DefinitionError as exc:
             raise ResumeMismatch(record.run_id, str(exc)) from exc
+        allowed = self._workflows
+        if (
+            allowed is not None
+            and workflow.path not in allowed
+            and workflow.fn.__module__ not in self._workflow_modules
+        ):
+            raise ResumeMismatch(
+                record.run_id, f"workflow {workflow.path} is not among this runtime's workflows="
+            )
+        return workflow
+
+    def _rebuild(self, record: RunRecord) -> Graph:
+        workflow = self._workflow_of(record)
         params = self._serializer_of(record).loads(record.params)
         graph = workflow.build(params)
         if fingerprint(graph) != record.fingerprint:
@@ -1149,6 +1321,13 @@ class Runtime:
         try:
             await handle._drive()
         finally:
+            execution = handle._execution
+            if execution._releasing and self._store is not None:
+                try:  # any process may take it up at once, without waiting for the lease
+                    with anyio.CancelScope(shield=True):
+                        await self._store.release(handle.id, self._owner)
+                except Exception as exc:  # its lease lapses instead
+                    warn("aflow_release_failed", run_id=handle.id, error=repr(exc))
             self._runs.pop(handle.id, None)
             if self._keep > 0:
                 self._history[handle.id] = handle
@@ -1162,27 +1341,32 @@ class Runtime:
         another process took it over, or the heartbeats failed for longer than the
         lease, after which recovery elsewhere may take it at any moment.
         """
+        clock = self._clock or SYSTEM_CLOCK
         until: dict[str, float] = {}  # run id -> when its lease runs out, as far as we know
         with self._alive:
             while True:
-                await anyio.sleep(self._lease / 4)
+                await clock.sleep(self._lease / 4)
+                if self._recover:  # every tick: a run whose owner died is taken up here
+                    await self._recover_quietly()  # within its lease and one tick (issue 14)
                 driven = {
                     run_id: active._execution
                     for run_id, active in self._runs.items()
                     if active._execution._journal is not None and not active._execution.closed
                 }
-                now = time.monotonic()
+                now = clock.now()
                 for run_id in driven:
                     until.setdefault(run_id, now + self._lease)  # claimed or created just now
                 for run_id in list(until):
                     if run_id not in driven:
                         del until[run_id]
                 try:
-                    renewed = await store.heartbeat(self._owner, self._lease, list(driven))
+                    renewed = await store.heartbeat(
+                        self._owner, self._lease, list(driven), now=wall_time(clock)
+                    )
                 except Exception as exc:  # the next tick tries again; the runs go on meanwhile
                     warn("aflow_heartbeat_failed", store=store.url, error=repr(exc))
                     for run_id, execution in driven.items():
-                        if time.monotonic() > until[run_id]:
+                        if clock.now() > until[run_id]:
                             reason = f"its heartbeats failed for over {self._lease} s ({exc!r})"
                             execution._store_failed(LeaseLost(run_id, reason))
                     continue
@@ -1197,6 +1381,12 @@ class Runtime:
                     until[run_id] = expires
                     if status == "cancelling":
                         execution.cancel()
+
+    async def _recover_quietly(self) -> None:
+        try:
+            await self.recover()
+        except Exception as exc:  # the store hiccupped: the next tick looks again
+            warn("aflow_recover_failed", store=self._require_store("recover").url, error=repr(exc))
 
     @overload
     async def run(self, workflow: Canvas[R]) -> R: ...

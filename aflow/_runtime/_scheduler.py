@@ -53,6 +53,7 @@ from .._events import (
     REVERT_SUCCEEDED,
     RUN_CANCELLED,
     RUN_FAILED,
+    RUN_RELEASED,
     RUN_REVERTED,
     RUN_STARTED,
     RUN_SUCCEEDED,
@@ -76,6 +77,7 @@ from .._exceptions import (
     RecordedError,
     ResultError,
     RunCancelled,
+    RunReleased,
     RunTimeout,
     SerializationError,
     StoreError,
@@ -86,7 +88,7 @@ from .._failure import Failure
 from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey, errback_extras
 from .._options import NodeOptions
 from ..stores._base import NodeRecord
-from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope
+from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope, wall_time
 from ._current import ATTEMPT, EXECUTION, INJECTIONS, STEP, Injection
 from ._journal import Journal, describe
 from ._limits import Limit, release, try_acquire
@@ -377,6 +379,7 @@ class Execution:
         "_peak",
         "_phase_open",
         "_ready",
+        "_releasing",
         "_remaining",
         "_results",
         "_resumed_unwinding",
@@ -399,11 +402,13 @@ class Execution:
         "_tolerated_by",
         "_trigger",
         "_unwinding",
+        "_wall_deadline",
         "_wall_offset",
         "closed",
         "ended_at",
         "grants",
         "graph",
+        "release_on_interrupt",
         "restored",
         "run_id",
         "started_at",
@@ -489,6 +494,12 @@ class Execution:
         self._unwinding = False
         self._cancel_requested = False
         self._suspend_requested = False
+        #: let go of at shutdown (see release()): nothing is undone, the store keeps it
+        self._releasing = False
+        #: a run its runtime owns is cancelled through cancel(); a native cancellation of
+        #: its task means the runtime itself is going away (its task group, or a scope
+        #: around it, was cancelled): with this set, that releases the run (issue 14)
+        self.release_on_interrupt = False
         self._executor = executor
         self._nested = nested
         #: a nested run's steps are known by their path: see nested()
@@ -506,6 +517,8 @@ class Execution:
         self._timed_out = False
         #: the run's own deadline, while its forward phase runs
         self._deadline: DeadlineScope | None = None
+        #: a resumed run's deadline, as its store kept it (see keep_deadline())
+        self._wall_deadline: float | None = None
         self._deferred_cancel: BaseException | None = None
         self._spare_pending = False
         #: set by the flusher after each batch, for the worker waiting on it (see _worker)
@@ -592,7 +605,7 @@ class Execution:
         try:
             value = await self._execute()
         except BaseException as exc:
-            if self._store_error is not None:
+            if self._store_error is not None or self._releasing:
                 raise  # the store keeps the run unfinished, for a resume to take up
             if self.status is RunStatus.SUCCEEDED:  # it completed, then its awaiter was cancelled
                 await self._record_end(result=self._result_text(journal))
@@ -868,11 +881,16 @@ class Execution:
                 self._failure = (-1, RecordedError(why))
             self._halt = True
         try:
+            timeout = self._timeout
+            if self._wall_deadline is not None and timeout is not None:
+                timeout = self._wall_deadline - wall_time(self._clock)
+                if timeout <= 0:
+                    self._timed_out = True
             if not self._cancel_requested and not self._resumed_unwinding and not self._timed_out:
-                if self._timeout is None:
+                if timeout is None:
                     await self._run_phase()
                 else:
-                    with self._clock.cancel_scope(self._timeout) as deadline:
+                    with self._clock.cancel_scope(timeout) as deadline:
                         self._deadline = deadline
                         await self._run_phase()
                     if deadline.cancelled_caught:
@@ -891,6 +909,13 @@ class Execution:
                 self._close(RunStatus.SUCCEEDED)
                 events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
                 raise caller_cancel
+        if self._journal is not None and (
+            isinstance(caller_cancel, (KeyboardInterrupt, SystemExit))
+            or (caller_cancel is not None and self.release_on_interrupt)
+        ):
+            self._releasing = True  # an interrupt leaves a durable run resumable, not final
+        if self._releasing:
+            await self._let_go(caller_cancel)
 
         stopped = (
             self._failure is not None
@@ -904,6 +929,8 @@ class Execution:
                 await self._unwind()
             except BaseException as exc:  # a native cancel as the shielded group closed
                 caller_cancel = caller_cancel or exc
+            if self._releasing:  # let go of mid-compensation: a resume goes on with it
+                await self._let_go(caller_cancel)
             if caller_cancel is None and self._reverting:
                 caller_cancel = self._deferred_cancel
                 try:  # a cancel that arrived while the shield was up is the caller's now
@@ -974,6 +1001,19 @@ class Execution:
             self._close(RunStatus.FAILED)
             events.emit(RUN_FAILED, error=primary)
         raise primary
+
+    async def _let_go(self, interrupt: BaseException | None) -> None:
+        """End a released run here: write what finished (shielded), undo nothing."""
+        await self._write_leftover()
+        self.closed = True
+        self.stopping = True
+        self._return_grants()
+        self.status = RunStatus.SUSPENDED
+        self.ended_at = time.time()
+        self._events.emit(RUN_RELEASED)
+        if interrupt is not None:
+            raise interrupt
+        raise RunReleased(self.run_id)
 
     def _trigger_text(self, caller_cancel: BaseException | None) -> str:
         if self._failure is not None:
@@ -1229,10 +1269,24 @@ class Execution:
         self._halt = True
         self._stop_phase()
 
-    def expire(self) -> None:
-        """The run's deadline passed while no process ran it (a resumed run): it times
-        out as it starts, and unwinds what ran before."""
-        self._timed_out = True
+    def release(self) -> None:
+        """Let go of a durable run at a step boundary, undoing nothing (its runtime shuts
+        down): no node starts any more, running ones are interrupted (they run again on
+        resume, at-least-once), what finished is written, and :meth:`execute` raises
+        :class:`aflow.errors.RunReleased` (or what interrupted its task), the run
+        ``SUSPENDED`` here and resumable in its store. A run without a store, or one
+        whose every node has ended, is not released."""
+        if self.closed or self._journal is None or self._completed():
+            return
+        self._releasing = True
+        self._halt = True
+        self._stop_phase()
+
+    def keep_deadline(self, wall: float) -> None:
+        """Keep the deadline a resumed run had (wall seconds): it gets what is left of
+        it as it starts; one that passed while no process ran it times out at once,
+        and unwinds what ran before (issue 14)."""
+        self._wall_deadline = wall
 
     def _completed(self) -> bool:
         """Every node the run needs has ended, and no failure stopped it.
@@ -1942,6 +1996,8 @@ class Execution:
         """Why a running node was cancelled, as its record says."""
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return f"interrupted: {exc!r} was raised while it ran"
+        if self._releasing:
+            return "interrupted: its runtime shut down (it runs again when the run resumes)"
         if self._failure is not None:
             failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
             return f"cancelled mid-way: task {failed!r} failed"
@@ -1949,6 +2005,8 @@ class Execution:
             return "cancelled mid-way: the run ran out of time"
         if self._cancel_requested:
             return "cancelled mid-way: the run was cancelled"
+        if self.release_on_interrupt:  # its runtime is going away (see release_on_interrupt)
+            return "interrupted: its runtime shut down (it runs again when the run resumes)"
         return "cancelled mid-way: the task driving the run was cancelled"
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:

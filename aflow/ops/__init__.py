@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from .._exceptions import MissingInputError as MissingInputError
 from ._artifacts import ArtifactValue as ArtifactValue
+from ._artifacts import UntrustedManifest as UntrustedManifest
 from ._artifacts import download_artifact as download_artifact
 from ._op import OP as OP
 from ._op import PythonOPTemplate as PythonOPTemplate
@@ -60,6 +61,7 @@ __all__ = [
     "Step",
     "StepIO",
     "StepRecord",
+    "UntrustedManifest",
     "WhenError",
     "Workflow",
     "download_artifact",

@@ -9,11 +9,17 @@ An artifact value in a step's outputs is a *manifest*, plain JSON data:
 ``{"file": sha, "name": "msg.txt", "size": 12}`` for a file,
 ``{"dir": "name", "entries": [[relpath, sha, size], ...]}`` for a directory;
 a ``list[Path]`` artifact is a list of them, a ``dict[str, Path]`` a dict.
+
+A manifest read back from a run store is data, never trusted as a path: every
+hash must be a sha256 digest (64 lowercase hex digits), every name a plain name
+inside its folder, and every object a regular file of this store (no link), or
+:class:`UntrustedManifest` refuses it before anything is read or written.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import os
 import re
@@ -24,22 +30,42 @@ import threading
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, final
+from typing import IO, Any, NamedTuple, final
 
-from .._exceptions import DefinitionError
+from .._exceptions import DefinitionError, UntrustedManifest
 from ._sign import Artifact, OpIOError
 
 __all__ = [
     "ArtifactStore",
     "ArtifactValue",
+    "Origin",
+    "UntrustedManifest",
+    "check_artifact",
+    "check_manifest",
     "default_root",
     "download_artifact",
-    "manifest_paths",
 ]
 
 _CHUNK = 1 << 20
+#: The one form of an object's name (and of the hash in a manifest): a sha256 digest.
+_HASH = re.compile(r"[0-9a-f]{64}")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
 _temp_lock = threading.Lock()
 _temp_root: tempfile.TemporaryDirectory[str] | None = None
+
+
+class Origin(NamedTuple):
+    """The run and step whose record a manifest comes from: named when it is refused."""
+
+    run_id: str | None = None
+    step: str | None = None
+
+    def refuse(self, reason: str) -> UntrustedManifest:
+        return UntrustedManifest(self.run_id, self.step, reason)
+
+
+_NOWHERE = Origin()
 
 
 def _process_temp_root() -> Path:
@@ -117,6 +143,8 @@ class ArtifactStore:
             return cls(None, exc)
 
     def object_path(self, sha: str) -> Path:
+        if not isinstance(sha, str) or not _HASH.fullmatch(sha):  # checked by every caller
+            raise _NOWHERE.refuse(f"object hash {sha!r} is not a sha256 digest")
         return self.root / "objects" / sha[:2] / sha
 
     def workdir(self, run_id: str, *parts: str) -> Path:
@@ -170,38 +198,104 @@ class ArtifactStore:
         sha, size = self._put_file(path)
         return {"file": sha, "name": path.name, "size": size}
 
-    def copy_from(self, other: ArtifactStore, manifest: dict[str, Any]) -> None:
-        """Bring the objects of ``manifest`` over from another store (a reused step's)."""
+    def copy_from(self, other: ArtifactStore, manifest: Any, origin: Origin = _NOWHERE) -> None:
+        """Bring the objects of ``manifest`` over from another store (a reused step's);
+        each copy must hash to its name (it is written under that name)."""
+        check_manifest(manifest, origin)
         for sha in _shas(manifest):
             target = self.object_path(sha)
-            if not target.exists():
-                source = other.object_path(sha)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+            if target.exists():
+                continue
+            folder = target.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            if folder.resolve() != self.root.resolve() / "objects" / sha[:2]:
+                raise origin.refuse(f"the folder of object {sha} in {self.root} is a link")
+            with other._open_object(sha, origin) as source:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
+                try:
+                    digest = hashlib.sha256()
+                    with os.fdopen(fd, "wb") as out:
+                        while chunk := source.read(_CHUNK):
+                            digest.update(chunk)
+                            out.write(chunk)
+                    if digest.hexdigest() != sha:
+                        raise origin.refuse(
+                            f"object {sha} of {other.root} holds other content "
+                            f"(sha256 {digest.hexdigest()})"
+                        )
+                    os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
 
-    def materialize(self, manifest: dict[str, Any], into: Path) -> Path:
-        """Write a manifest's file or directory under ``into``; return its path there."""
-        _check_manifest(manifest)
+    def materialize(self, manifest: Any, into: Path, origin: Origin = _NOWHERE) -> Path:
+        """Write a manifest's file or directory under ``into``; return its path there.
+
+        Nothing is written through a link: one in the way is refused.
+        """
+        check_manifest(manifest, origin)
         into.mkdir(parents=True, exist_ok=True)
-        if "dir" in manifest:
-            top = into / (manifest["dir"] or "dir")
-            top.mkdir(exist_ok=True)
-            for rel, sha, _ in manifest["entries"]:
-                dest = top / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self._copy_object(sha, dest)
-            for rel in manifest.get("empty", ()):
-                (top / rel).mkdir(parents=True, exist_ok=True)
-            return top
-        dest = into / str(manifest["name"])
-        self._copy_object(manifest["file"], dest)
-        return dest
+        if "dir" not in manifest:
+            name: str = manifest["name"]
+            dest = into / name
+            self._copy_object(manifest["file"], dest, origin)
+            return dest
+        top = into / (manifest["dir"] or "dir")
+        made: dict[str, Path] = {}
 
-    def _copy_object(self, sha: str, dest: Path) -> None:
-        source = self.object_path(sha)
-        if not source.exists():
-            raise FileNotFoundError(f"artifact object {sha} is missing from {self.root}")
-        shutil.copyfile(source, dest)  # a copy: the step may change its inputs freely
+        def folder(rel: str) -> Path:  # made one level at a time, never through a link
+            found = made.get(rel)
+            if found is None:
+                parent, _, name = rel.rpartition("/")
+                found = folder(parent) / name if rel else top
+                if found.is_symlink():
+                    raise origin.refuse(f"{found} is a link: the manifest would write through it")
+                found.mkdir(exist_ok=True)
+                made[rel] = found
+            return found
+
+        folder("")
+        for rel, sha, _ in manifest["entries"]:
+            parent, _, name = rel.rpartition("/")
+            self._copy_object(sha, folder(parent) / name, origin)
+        for rel in manifest.get("empty", ()):
+            folder(rel)
+        return top
+
+    def _open_object(self, sha: str, origin: Origin) -> IO[bytes]:
+        """An object, open for reading: a regular file where its hash says, no link."""
+        path = self.object_path(sha)
+        try:
+            real = path.resolve(strict=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"artifact object {sha} is missing from {self.root}") from None
+        except (OSError, RuntimeError) as exc:  # a link loop
+            raise origin.refuse(f"object {sha} in {self.root} cannot be resolved: {exc}") from None
+        if real != self.root.resolve() / "objects" / sha[:2] / sha:
+            raise origin.refuse(f"object {sha} in {self.root} is a link to {real}")
+        try:  # O_NOFOLLOW: no link swapped in since
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise origin.refuse(f"object {sha} in {self.root} is a link") from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise origin.refuse(f"object {sha} in {self.root} is not a regular file")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _copy_object(self, sha: str, dest: Path, origin: Origin) -> None:
+        # a copy: the step may change its inputs freely
+        with self._open_object(sha, origin) as source:
+            if dest.is_symlink():
+                raise origin.refuse(f"{dest} is a link: the manifest would write through it")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _BINARY
+            with os.fdopen(os.open(dest, flags, 0o666), "wb") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -211,25 +305,95 @@ def _safe(part: str) -> str:
     return _UNSAFE.sub(lambda m: "".join(f"%{b:02x}" for b in m.group().encode()), part) or "%"
 
 
-def _inside(rel: str) -> bool:
-    path = Path(rel)
-    return bool(rel) and not path.is_absolute() and ".." not in path.parts
+def _plain_name(name: object) -> bool:
+    """One file or folder name: no separator, drive, root, ``.``, ``..`` or NUL (what
+    separates or anchors a path is the running system's: ``\\`` and ``C:`` are plain
+    names on POSIX, not on Windows)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "\0" in name or "/" in name:
+        return False
+    path = Path(name)
+    return path.parts == (name,) and not path.anchor
 
 
-def _check_manifest(manifest: dict[str, Any]) -> None:
-    """A manifest names files inside the folder it is written to, and nothing else."""
+def _relative(rel: object) -> bool:
+    """A path inside a folder, as a manifest writes it: plain names joined by ``/``."""
+    return isinstance(rel, str) and all(_plain_name(part) for part in rel.split("/"))
+
+
+def _size(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def check_manifest(manifest: Any, origin: Origin = _NOWHERE) -> None:
+    """Refuse a manifest unless it has the form :meth:`ArtifactStore.put` writes: every
+    hash a sha256 digest, every name inside its folder, no file that is also a folder."""
+    if not isinstance(manifest, dict):
+        raise origin.refuse(f"a manifest is a dict, got {type(manifest).__name__}")
+
+    def digest(sha: object) -> None:
+        if not isinstance(sha, str) or not _HASH.fullmatch(sha):
+            raise origin.refuse(
+                f"object hash {sha!r} is not a sha256 digest (64 lowercase hex digits)"
+            )
+
     if "dir" in manifest:
-        names = [manifest["dir"] or "dir", *(e[0] for e in manifest["entries"])]
-        names += list(manifest.get("empty", ()))
+        top, entries, empty = manifest["dir"], manifest.get("entries"), manifest.get("empty", [])
+        if top != "" and not _plain_name(top):
+            raise origin.refuse(f"folder name {top!r} names a path outside its folder")
+        if not isinstance(entries, list | tuple) or not isinstance(empty, list | tuple):
+            raise origin.refuse("a folder's entries and empty folders are lists")
+        files: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, list | tuple) or len(entry) != 3:
+                raise origin.refuse(f"entry {entry!r} is not [path, hash, size]")
+            rel, sha, size = entry
+            if not _relative(rel):
+                raise origin.refuse(f"entry {rel!r} names a path outside its folder")
+            digest(sha)
+            if not _size(size):
+                raise origin.refuse(f"entry {rel!r} has size {size!r}")
+            if rel in files:
+                raise origin.refuse(f"entry {rel!r} is listed twice")
+            files.add(rel)
+        for rel in empty:
+            if not _relative(rel):
+                raise origin.refuse(f"empty folder {rel!r} names a path outside its folder")
+        folders = set(empty)
+        for rel in (*files, *empty):
+            parts = rel.split("/")
+            folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        clash = files & folders
+        if clash:
+            raise origin.refuse(f"{min(clash)!r} is both a file and a folder")
+    elif "file" in manifest:
+        digest(manifest["file"])
+        name = manifest.get("name")
+        if not _plain_name(name):
+            raise origin.refuse(f"file name {name!r} names a path outside its folder")
+        if not _size(manifest.get("size")):
+            raise origin.refuse(f"file {name!r} has size {manifest.get('size')!r}")
     else:
-        names = [manifest["name"]]
-    bad = [n for n in names if not isinstance(n, str) or not _inside(n)]
-    if (
-        bad
-        or ("dir" in manifest and "/" in (manifest["dir"] or ""))
-        or "/" in manifest.get("name", "")
-    ):
-        raise ValueError(f"artifact manifest names a path outside its folder: {bad or names}")
+        raise origin.refuse(f"a manifest has a 'file' or a 'dir', got keys {sorted(manifest)}")
+
+
+def check_artifact(value: Any, shape: str, origin: Origin = _NOWHERE) -> list[dict[str, Any]]:
+    """The manifests in an artifact value of this shape (``one``, ``list``, ``dict``),
+    each checked; ``None`` stands for no artifact (an optional one, a failed slice)."""
+    if value is None:
+        return []
+    if shape == "one":
+        items = [value]
+    elif shape == "list":
+        if not isinstance(value, list | tuple):
+            raise origin.refuse(f"a list artifact is a list, got {type(value).__name__}")
+        items = [m for m in value if m is not None]
+    elif not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise origin.refuse(f"a dict artifact maps str names to manifests, got {value!r:.80}")
+    else:
+        items = list(value.values())
+    for manifest in items:
+        check_manifest(manifest, origin)
+    return items
 
 
 def _shas(manifest: dict[str, Any]) -> Iterator[str]:
@@ -238,16 +402,6 @@ def _shas(manifest: dict[str, Any]) -> Iterator[str]:
             yield sha
     else:
         yield manifest["file"]
-
-
-def manifest_paths(value: Any, shape: str) -> list[dict[str, Any]]:
-    """The manifests in an artifact value of this shape (``one``, ``list``, ``dict``)."""
-    if value is None:
-        return []
-    if shape == "one":
-        return [value]
-    items = value if shape == "list" else value.values()
-    return [m for m in items if m is not None]  # a failed slice leaves None in its place
 
 
 def store_output(
@@ -283,7 +437,12 @@ def store_output(
 
 
 def load_input(
-    store: ArtifactStore, spec: Artifact | None, shape: str, value: Any, into: Path
+    store: ArtifactStore,
+    spec: Artifact | None,
+    shape: str,
+    value: Any,
+    into: Path,
+    origin: Origin = _NOWHERE,
 ) -> Any:
     """Materialise an artifact input under ``into``: the local path(s) the op receives."""
     as_str = False
@@ -292,11 +451,12 @@ def load_input(
         as_str = element is str
 
     def local(manifest: dict[str, Any], sub: Path) -> Any:
-        path = store.materialize(manifest, sub)
+        path = store.materialize(manifest, sub, origin)
         return str(path) if as_str else path
 
     if value is None:
         return None
+    check_artifact(value, shape, origin)
     if shape == "one":
         return local(value, into)
     if shape == "list":
@@ -308,19 +468,36 @@ def load_input(
 class ArtifactValue:
     """An artifact a step produced, as :meth:`Workflow.query_step` shows it.
 
-    ``download_artifact(value, path=...)`` copies its files out.
+    ``download_artifact(value, path=...)`` copies its files out. ``run_id`` and
+    ``step`` name the run and the step whose record holds it.
     """
 
-    __slots__ = ("manifest", "root", "shape")
+    __slots__ = ("manifest", "root", "run_id", "shape", "step")
 
-    def __init__(self, root: Path, manifest: Any, shape: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Any,
+        shape: str,
+        run_id: str | None = None,
+        step: str | None = None,
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.shape = shape
+        self.run_id = run_id
+        self.step = step
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.run_id, self.step)
 
     def __repr__(self) -> str:
-        names = [m.get("name") or m.get("dir") for m in manifest_paths(self.manifest, self.shape)]
-        return f"<ArtifactValue {names}>"
+        try:
+            items = check_artifact(self.manifest, self.shape)
+        except UntrustedManifest:
+            return "<ArtifactValue (untrusted manifest)>"
+        return f"<ArtifactValue {[m.get('name') or m.get('dir') for m in items]}>"
 
 
 def download_artifact(
@@ -344,7 +521,8 @@ def download_artifact(
         )
     target = Path(path)
     store = ArtifactStore(artifact.root)
-    manifests = manifest_paths(artifact.manifest, artifact.shape)
+    origin = artifact.origin
+    manifests = check_artifact(artifact.manifest, artifact.shape, origin)  # before any path
     names = [m.get("name") or m.get("dir") for m in manifests]
     clash = len(set(names)) != len(names)
     out: list[Path] = []
@@ -354,5 +532,5 @@ def download_artifact(
         if skip_exists and (into / name).exists():
             out.append(into / name)
             continue
-        out.append(store.materialize(manifest, into))
+        out.append(store.materialize(manifest, into, origin))
     return out

@@ -22,7 +22,14 @@ from .._runtime._scheduler import Execution
 from .._runtime._threads import run_in_thread
 from .._task import FunctionTask
 from ..stores._base import NodeRecord
-from ._artifacts import ArtifactStore, load_input, store_output
+from ._artifacts import (
+    ArtifactStore,
+    Origin,
+    UntrustedManifest,
+    check_artifact,
+    load_input,
+    store_output,
+)
 from ._op import OP, op_name
 from ._sign import OPIO, Field, OpIOError, check_value
 from ._step import OutputRef, Step
@@ -110,8 +117,11 @@ def slice_record(step: Step, index: int, inputs: dict[str, Any] | None = None) -
 
 
 def retryable(error: BaseException) -> bool:
-    """A step's retry rule: any exception but a failed condition or a definition error."""
-    return isinstance(error, Exception) and not isinstance(error, WhenError | DefinitionError)
+    """A step's retry rule: any exception but a failed condition, a definition error or
+    a stored manifest refused (none goes away by trying again)."""
+    return isinstance(error, Exception) and not isinstance(
+        error, WhenError | DefinitionError | UntrustedManifest
+    )
 
 
 def run_store(explicit: Path | None) -> ArtifactStore:
@@ -186,7 +196,7 @@ async def _call_op(
     execute = instance.execute
     if inspect.iscoroutinefunction(execute):
         if wanted:  # file work happens in a worker thread
-            await in_thread(_materialize, store, op_in, wanted)
+            await in_thread(_materialize, step, run_id, store, op_in, wanted)
         out = await execute(op_in)
         params, files, arts = _check_outputs(step, name, out)
         if files or op_in._made:
@@ -195,7 +205,7 @@ async def _call_op(
 
     def whole_attempt() -> dict[str, Any]:  # a sync op: one trip to a worker thread in all
         if wanted:
-            _materialize(store, op_in, wanted)
+            _materialize(step, run_id, store, op_in, wanted)
         out = execute(op_in)
         if inspect.isawaitable(out):
             close = getattr(out, "close", None)
@@ -211,12 +221,16 @@ async def _call_op(
     return result
 
 
-def _materialize(store: ArtifactStore, op_in: OPIO, wanted: list[tuple[Field, Any]]) -> None:
+def _materialize(
+    step: Step, run_id: str, store: ArtifactStore, op_in: OPIO, wanted: list[tuple[Field, Any]]
+) -> None:
     workdir = op_in.workdir
     for field, value in wanted:
         assert field.artifact is not None
+        shape = field.artifact.shape
         into = workdir / "inputs" / field.name
-        op_in[field.name] = load_input(store, field.artifact, field.artifact.shape, value, into)
+        origin = _source(step, run_id, field.name)
+        op_in[field.name] = load_input(store, field.artifact, shape, value, into, origin)
 
 
 def _check_outputs(
@@ -332,12 +346,44 @@ async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
     arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
     arts.update(literal)
+    _check_artifacts(step, execution.run_id, arts)
     if step.slices is None:
         attempt = ATTEMPT.get(1)
         return await _call_op(
             step, store, execution.run_id, (step.node_key,), attempt, params, arts
         )
     return await _run_slices(step, store, execution, params, arts)
+
+
+def _source(step: Step, run_id: str, key: str) -> Origin:
+    """Whose record holds artifact input ``key``: the step that made it, or this step
+    for a local file (read into the store on its first run)."""
+    wired = step.artifacts.get(key)
+    return Origin(run_id, (wired.step if isinstance(wired, OutputRef) else step).node_key)
+
+
+def _check_artifacts(step: Step, run_id: str, arts: Mapping[str, Any]) -> None:
+    """Refuse any artifact input whose manifest is not as this aflow writes it (it may
+    come from a store), naming the step whose record holds it, before any file is read."""
+    sliced = set(step.sliced_inputs)
+    for key, wired in step.artifacts.items():
+        if isinstance(wired, OutputRef):
+            spec = wired.field.artifact
+            shape = "list" if wired.step.slices is not None else spec.shape if spec else "one"
+        else:  # a local file, as read on the first run
+            spec = step.input_fields[key].artifact
+            shape = "list" if key in sliced else spec.shape if spec else "one"
+        check_artifact(arts.get(key), shape, _source(step, run_id, key))
+
+
+def _check_stored_outputs(step: Step, outputs: Any, origin: Origin) -> None:
+    """A slice's outputs read back from its checkpoint: the artifacts in them checked."""
+    arts = outputs.get("artifacts") if isinstance(outputs, dict) else None
+    if not isinstance(arts, dict):
+        raise origin.refuse(f"its outputs hold no artifacts by name: {type(arts).__name__}")
+    for key, field in step.all_output_fields.items():
+        if field.artifact is not None:
+            check_artifact(arts.get(key), field.artifact.shape, origin)
 
 
 _tasks: weakref.WeakKeyDictionary[Any, FunctionTask[..., Any]] = weakref.WeakKeyDictionary()
@@ -394,12 +440,14 @@ async def _run_slices(
         for record in records:
             found = stored.get(checkpoint_key(step, record["index"]))
             if found is not None and found.state == "succeeded" and found.result is not None:
+                outputs = journal.serializer.loads(found.result)
+                _check_stored_outputs(step, outputs, Origin(run_id, record["key"]))
                 record.update(
                     phase="Succeeded",
                     attempts=found.attempt,
                     started_at=found.started_at,
                     finished_at=found.finished_at,
-                    outputs=journal.serializer.loads(found.result),
+                    outputs=outputs,
                 )
     live = LIVE_SLICES.setdefault(execution, {})
     live[step.node_key] = records
@@ -441,7 +489,7 @@ async def _run_slices(
                         step, store, run_id, where, attempt, item_params, item_arts
                     )
             except Exception as exc:
-                if attempt <= step.retries:
+                if attempt <= step.retries and not isinstance(exc, UntrustedManifest):
                     delay = step.backoff.delay(attempt) if step.backoff is not None else 0
                     if delay:
                         await anyio.sleep(delay)

@@ -31,9 +31,8 @@ from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
 from .._runtime._current import EXECUTION
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
-from .._workflow import resolve_workflow
 from ..stores._base import NodeRecord, RunRecord
-from ._artifacts import ArtifactStore, ArtifactValue, default_root, manifest_paths
+from ._artifacts import ArtifactStore, ArtifactValue, check_artifact, default_root
 from ._expr import Expression
 from ._op import op_name
 from ._runner import (
@@ -54,6 +53,10 @@ if TYPE_CHECKING:
     from .._workflow import Workflow as Builder
 
 __all__ = ["DAG", "OutputParameter", "StepIO", "StepRecord", "Workflow"]
+
+#: a slice's index in its checkpoint key: ASCII digits, no leading zero (``str.isdigit``
+#: would take "²", which ``int`` refuses)
+_SLICE_INDEX = re.compile(r"0|[1-9][0-9]*")
 
 _PHASES = {
     NodeState.PENDING: "Pending",
@@ -142,7 +145,7 @@ class StepRecord:
     ``inputs`` likewise (input parameters are plain values); ``attempts``,
     ``started_at`` / ``finished_at`` (epoch seconds), ``error``;
     ``slices`` holds a sliced step's per-slice records; ``reused`` is true
-    for a step taken from an earlier run.
+    for a step taken from an earlier run; ``run_id`` names the run.
     """
 
     __slots__ = (
@@ -158,6 +161,7 @@ class StepRecord:
         "phase",
         "reused",
         "root",
+        "run_id",
         "slice_index",
         "slices",
         "started_at",
@@ -180,6 +184,7 @@ class StepRecord:
         slices: tuple[StepRecord, ...] = (),
         slice_index: int | None = None,
         reused: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.name = name
         self.key = key
@@ -187,8 +192,9 @@ class StepRecord:
         self.inputs = inputs
         self._raw = raw
         self.root = root
+        self.run_id = run_id
         self._shapes = dict(shapes)
-        self.outputs = _outputs_view(raw, root, shapes)
+        self.outputs = _outputs_view(raw, root, shapes, run_id, key)
         self.attempts = attempts
         self.started_at = started_at
         self.finished_at = finished_at
@@ -225,20 +231,29 @@ class StepRecord:
                 f"{'one file or folder' if shape == 'one' else 'a ' + shape}; "
                 f"the new one holds {'one' if artifact.shape == 'one' else 'a ' + artifact.shape}"
             )
+        manifests = check_artifact(artifact.manifest, artifact.shape, artifact.origin)
         if artifact.root != self.root:
             store = ArtifactStore(self.root)
-            for manifest in manifest_paths(artifact.manifest, artifact.shape):
-                store.copy_from(ArtifactStore(artifact.root), manifest)
+            for manifest in manifests:
+                store.copy_from(ArtifactStore(artifact.root), manifest, artifact.origin)
         self._raw["artifacts"][name] = artifact.manifest
-        self.outputs.artifacts[name] = ArtifactValue(self.root, artifact.manifest, artifact.shape)
+        self.outputs.artifacts[name] = ArtifactValue(
+            self.root, artifact.manifest, artifact.shape, artifact.run_id, artifact.step
+        )
 
 
-def _outputs_view(raw: dict[str, Any] | None, root: Path, shapes: Mapping[str, str]) -> StepIO:
+def _outputs_view(
+    raw: dict[str, Any] | None,
+    root: Path,
+    shapes: Mapping[str, str],
+    run_id: str | None,
+    key: str,
+) -> StepIO:
     if raw is None:
         return StepIO({}, {})
     params = {k: OutputParameter(v) for k, v in raw.get("parameters", {}).items()}
     arts: dict[str, ArtifactValue | None] = {
-        k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"))
+        k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"), run_id, key)
         for k, v in raw.get("artifacts", {}).items()
     }
     return StepIO(params, arts)
@@ -316,12 +331,22 @@ class _StoredRun:
         found = {
             int(key[len(prefix) :]): info
             for key, info in self._infos.items()
-            if key.startswith(prefix) and key[len(prefix) :].isdigit()
+            if key.startswith(prefix) and _SLICE_INDEX.fullmatch(key[len(prefix) :])
         }
         if not found and step.node_key not in self._infos:
             return []  # the step never started: no slices, as a live run shows
+        # A stored key is data: an index past the slices the inputs make (or, when they
+        # do not tell, far past those on record) is not a slice, and builds nothing.
+        top = max(found, default=-1) + 1
+        if count is not None:
+            found = {i: info for i, info in found.items() if i < count}
+            top = count
+        elif top > 2 * len(found) + 64:
+            bound = 2 * len(found) + 64
+            found = {i: info for i, info in found.items() if i < bound}
+            top = max(found, default=-1) + 1
         out: list[dict[str, Any]] = []
-        for i in range(max(max(found, default=-1) + 1, count or 0)):
+        for i in range(top):
             info = found.get(i)
             item = slice_record(step, i)
             if info is not None:
@@ -464,6 +489,9 @@ class Workflow:
                 raise ValueError(
                     f"step {record.key!r} has no outputs to reuse (it is {record.phase})"
                 )
+            for value in record.outputs.artifacts.values():  # refused before anything runs
+                if value is not None:
+                    check_artifact(value.manifest, value.shape, value.origin)
             if record.root != root:  # file copies: off the event loop
                 await anyio.to_thread.run_sync(_copy_artifacts, record, root)
             reuse[record.key] = record._raw
@@ -541,7 +569,7 @@ class Workflow:
             raise RuntimeError("Workflow.load() needs an entered aflow.Runtime with a store")
         store = rt.store
         record = await store.get_run(run_id)
-        builder = resolve_workflow(record.workflow)
+        builder = rt._workflow_of(record)  # registered workflows only: a row is data
         loads = rt._serializer_of(record).loads
         built = builder(**loads(record.params))
         if not isinstance(built, Workflow):
@@ -615,6 +643,7 @@ class Workflow:
         templated key)."""
         run: Run[Any] | _StoredRun = self._stored if self._stored is not None else self.run
         root = self._run_root or self._root or default_root(None)
+        run_id = self._run_id
         results = run.results()
         found: list[StepRecord] = []
         ordered, data, _ = _order(self)
@@ -631,7 +660,7 @@ class Workflow:
                 )
                 if skipped or run.status is RunStatus.SUCCEEDED:
                     unrecorded = "Skipped"
-            record = self._record(step, run, results, root, unrecorded)
+            record = self._record(step, run, results, root, run_id, unrecorded)
             phases[id(step)] = record.phase
             candidates = [record, *record.slices] if key is not None else [record]
             for candidate in candidates:
@@ -649,6 +678,7 @@ class Workflow:
         run: Run[Any] | _StoredRun,
         results: Mapping[str, Any],
         root: Path,
+        run_id: str | None,
         phase: str | None = None,
     ) -> StepRecord:
         info = run.step(step.node_key)
@@ -662,7 +692,7 @@ class Workflow:
             for k, f in step.output_fields.items()
             if f.artifact is not None
         }
-        inputs = _inputs_of(step, results, root)
+        inputs = _inputs_of(step, results, root, run_id)
         slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
         if not slice_dicts and step.slices is not None:
             if isinstance(run, Run):  # in progress here
@@ -677,9 +707,10 @@ class Workflow:
                 name=step.name,
                 key=item["key"],
                 phase=_slice_phase(item["phase"], ended),
-                inputs=_slice_inputs(item.get("inputs"), in_shapes, root),
+                inputs=_slice_inputs(item.get("inputs"), in_shapes, root, run_id, item["key"]),
                 raw=item["outputs"],
                 root=root,
+                run_id=run_id,
                 shapes=item_shapes,
                 attempts=item["attempts"],
                 started_at=item["started_at"],
@@ -709,6 +740,7 @@ class Workflow:
             slices=slices,
             reused=step.node_key in self._reused
             or (isinstance(run, _StoredRun) and step.node_key in run.reused),
+            run_id=run_id,
         )
 
 
@@ -740,11 +772,13 @@ def _slice_phase(phase: str, ended: bool) -> str:
     return phase
 
 
-def _slice_inputs(inputs: Any, shapes: Mapping[str, str], root: Path) -> StepIO:
+def _slice_inputs(
+    inputs: Any, shapes: Mapping[str, str], root: Path, run_id: str | None, key: str
+) -> StepIO:
     if not inputs:
         return StepIO({}, {})
     arts: dict[str, ArtifactValue | None] = {
-        k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"))
+        k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"), run_id, key)
         for k, v in inputs["artifacts"].items()
     }
     return StepIO(dict(inputs["parameters"]), arts)
@@ -757,11 +791,11 @@ def _copy_artifacts(record: StepRecord, root: Path) -> None:
     source = ArtifactStore(record.root)
     for value in record.outputs.artifacts.values():
         if value is not None:
-            for manifest in manifest_paths(value.manifest, value.shape):
-                target.copy_from(source, manifest)
+            for manifest in check_artifact(value.manifest, value.shape, value.origin):
+                target.copy_from(source, manifest, value.origin)
 
 
-def _inputs_of(step: Step, results: Mapping[str, Any], root: Path) -> StepIO:
+def _inputs_of(step: Step, results: Mapping[str, Any], root: Path, run_id: str | None) -> StepIO:
     params: dict[str, Any] = {}
     arts: dict[str, ArtifactValue | None] = {}
     for k, v in step.parameters.items():
@@ -780,7 +814,11 @@ def _inputs_of(step: Step, results: Mapping[str, Any], root: Path) -> StepIO:
                 if v.step.slices is not None
                 else (field.artifact.shape if field.artifact else "one")
             )
-            arts[k] = None if manifest is None else ArtifactValue(root, manifest, shape)
+            arts[k] = (
+                None
+                if manifest is None
+                else ArtifactValue(root, manifest, shape, run_id, v.step.node_key)
+            )
         else:
             arts[k] = None  # a local file: it is where the caller left it
     return StepIO(params, arts)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from .._exceptions import LeaseLost as LeaseLost
 from .._exceptions import RecordedError as RecordedError
 from .._exceptions import ResumeMismatch as ResumeMismatch
+from .._exceptions import RunExists as RunExists
 from .._exceptions import RunNotFound as RunNotFound
 from .._exceptions import StoreError as StoreError
 from ._base import SCHEMA_VERSION as SCHEMA_VERSION
@@ -33,6 +34,7 @@ __all__ = [
     "NodeRecord",
     "RecordedError",
     "ResumeMismatch",
+    "RunExists",
     "RunNotFound",
     "RunRecord",
     "SQLiteStore",

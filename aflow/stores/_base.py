@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -116,20 +117,33 @@ class Store(Protocol):
         ...
 
     async def request_cancel(self, run_id: str, reason: str) -> str:
-        """Set an unfinished run to ``cancelling``, atomically; return the run's status
-        afterwards (a finished run keeps its own; raises :class:`RunNotFound`). A run
-        that is reverting keeps its stored error: what started the compensation."""
+        """Set an unfinished (or parked) run to ``cancelling``, atomically; return the
+        run's status afterwards (a finished run keeps its own; raises
+        :class:`RunNotFound`). A run that is reverting keeps its stored error: what
+        started the compensation; a parked one's recoveries start again from 0."""
         ...
 
-    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
+    async def claim(
+        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+    ) -> bool:
         """Make ``owner`` the run's owner for ``lease`` seconds unless another owner's
-        lease has not run out; atomic. True if ``owner`` now owns it."""
+        lease has not run out at ``now`` (wall seconds; ``time.time()`` by default);
+        atomic. True if ``owner`` now owns it. Taking it from another owner (one that
+        died holding it) counts one more of the run's ``recoveries``."""
         ...
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
-        """Renew for ``lease`` seconds those of ``run_ids`` that ``owner`` owns and that
-        are unfinished; return the renewed ones with their status (``cancelling``: a
-        cancel was asked). A run missing from the answer is no longer this owner's.
+    async def release(self, run_id: str, owner: str) -> bool:
+        """Let go of a run ``owner`` owns, unfinished, so that any process may claim it
+        at once (no lease to wait for, no recovery counted); True if it was ``owner``'s."""
+        ...
+
+    async def heartbeat(
+        self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
+    ) -> dict[str, str]:
+        """Renew for ``lease`` seconds from ``now`` those of ``run_ids`` that ``owner``
+        owns and that are unfinished; return the renewed ones with their status
+        (``cancelling``: a cancel was asked). A run missing from the answer is no
+        longer this owner's.
 
         Only the runs a process still drives are renewed: one it stopped driving
         (its store failed) lapses, and recovery can take it.
@@ -146,12 +160,15 @@ class Store(Protocol):
         ...
 
 
-def open_store(url: str | None) -> Store:
+def open_store(url: str | None, *, read_only: bool = False, create: bool = True) -> Store:
     """The store for a URL: ``memory://``, ``sqlite:///path.db`` or ``postgresql://...``.
 
     ``sqlite:///runs.db`` is a path relative to the working directory,
-    ``sqlite:////var/lib/runs.db`` an absolute one. The store still has to be
-    opened (``await store.open()``); a Runtime does that.
+    ``sqlite:////var/lib/runs.db`` an absolute one; ``?busy_timeout=5`` sets how
+    many seconds a statement waits for another process's lock (30 by default).
+    ``read_only``: the store is only read, never created, migrated or written.
+    ``create=False``: a store that does not exist yet is an error, not a new one.
+    The store still has to be opened (``await store.open()``); a Runtime does that.
     """
     if url is None or url in ("memory", "memory://"):
         from ._memory import MemoryStore
@@ -160,16 +177,32 @@ def open_store(url: str | None) -> Store:
     if not isinstance(url, str):
         raise StoreError(f"a store URL must be a string, got {url!r}")
     if url.startswith("sqlite:///"):
-        from ._sqlite import SQLiteStore
+        from ._sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 
-        path = url[len("sqlite:///") :]
+        path, _, query = url[len("sqlite:///") :].partition("?")
         if not path:
             raise StoreError(f"store URL {url!r} names no file: use sqlite:///runs.db")
-        return SQLiteStore(path)
+        busy_timeout = DEFAULT_BUSY_TIMEOUT
+        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if name != "busy_timeout":
+                raise StoreError(
+                    f"unknown option {name!r} in store URL {url!r}: "
+                    "the one option is busy_timeout (seconds, e.g. ?busy_timeout=5)"
+                )
+            try:
+                busy_timeout = float(value)
+            except ValueError:
+                busy_timeout = -1.0
+            if not 0 <= busy_timeout < float("inf"):
+                raise StoreError(
+                    f"busy_timeout={value!r} in store URL {url!r} is not a number of "
+                    "seconds >= 0: use e.g. ?busy_timeout=5"
+                )
+        return SQLiteStore(path, busy_timeout=busy_timeout, read_only=read_only, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from ._postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, read_only=read_only, create=create)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreError(
         f"unknown store URL scheme {scheme!r} in {url!r}: "

@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from typing import final
 
-from .._exceptions import RunNotFound
+from .._exceptions import RunExists, RunNotFound
 from ._base import NodeRecord, RunRecord
-from ._sql import UNFINISHED
+from ._sql import CANCELLABLE, PARKED, UNFINISHED
 
 __all__ = ["MemoryStore"]
 
@@ -40,7 +40,7 @@ class MemoryStore:
         if key is not None and key in self._keys:
             return self._runs[self._keys[key]], False
         if record.run_id in self._runs:
-            raise ValueError(f"run {record.run_id!r} exists already")
+            raise RunExists(record.run_id, self.url)
         self._runs[record.run_id] = record
         self._nodes[record.run_id] = {}
         self._history[record.run_id] = []
@@ -97,12 +97,24 @@ class MemoryStore:
                 )
             table[node.key] = node
 
-    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
+    async def claim(
+        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+    ) -> bool:
         run = await self.get_run(run_id)
-        now = time.time()
+        now = time.time() if now is None else now
         if run.owner not in (None, owner) and (run.heartbeat or 0) >= now:
             return False  # another owner's lease has not run out
-        self._runs[run_id] = dataclasses.replace(run, owner=owner, heartbeat=now + lease)
+        taken = run.owner is not None and run.owner != owner
+        self._runs[run_id] = dataclasses.replace(
+            run, owner=owner, heartbeat=now + lease, recoveries=run.recoveries + taken
+        )
+        return True
+
+    async def release(self, run_id: str, owner: str) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.owner != owner or run.status not in UNFINISHED:
+            return False
+        self._runs[run_id] = dataclasses.replace(run, owner=None, heartbeat=None)
         return True
 
     async def start_run(self, run_id: str, status: str, error: str | None) -> str:
@@ -113,14 +125,18 @@ class MemoryStore:
 
     async def request_cancel(self, run_id: str, reason: str) -> str:
         run = await self.get_run(run_id)
-        if run.status in UNFINISHED:
-            keep = run.status == "reverting" and run.error is not None
+        if run.status in CANCELLABLE:
+            keep = run.status in ("reverting", PARKED) and run.error is not None
+            if run.status == PARKED:
+                self._runs[run_id] = dataclasses.replace(run, recoveries=0)
             await self.set_status(run_id, "cancelling", error=None if keep else reason)
             return "cancelling"
         return run.status
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
-        expires = time.time() + lease
+    async def heartbeat(
+        self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
+    ) -> dict[str, str]:
+        expires = (time.time() if now is None else now) + lease
         renewed: dict[str, str] = {}
         for run_id in run_ids:
             run = self._runs.get(run_id)

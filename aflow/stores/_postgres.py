@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import functools
 import time
+import urllib.parse
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any, final
 
 import anyio
 
-from .._exceptions import RunNotFound, StoreError
+from .._exceptions import RunExists, RunNotFound, StoreError
 from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import (
+    CANCEL_SET,
+    CANCELLABLE,
+    CLAIM_SET,
     HISTORY_COLUMNS,
     INSERT_HISTORY,
     NODE_COLUMNS,
@@ -24,12 +29,24 @@ from ._sql import (
     run_from_row,
     run_row,
 )
+from ._sqlite import expected_schema, schema_problems, shape_of
 
 __all__ = ["PostgresStore"]
+
+_CLAIM_SET = CLAIM_SET.format(owner="$1", until="$2")
+_CANCEL_SET = CANCEL_SET.format(now="$2", reason="$1")
 
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 17))
 #: PostgreSQL allows 32,767 parameters per statement; a node row has 8.
 _ROWS_PER_STATEMENT = 4000
+
+#: The aflow tables' columns and the triggers, as (kind, name, column) rows.
+_SHAPE_QUERY = (
+    "SELECT 'table', table_name::text, column_name::text FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND table_name LIKE 'aflow%' "
+    "UNION ALL SELECT 'trigger', trigger_name::text, NULL FROM information_schema.triggers "
+    "WHERE trigger_schema = current_schema()"
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -44,16 +61,118 @@ def _history(n: int) -> str:
     return INSERT_HISTORY.format(rows=", ".join(groups))
 
 
+def redacted(url: str) -> str:
+    """``url`` without its password (in the user part or the query)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}@{host}" if name else host
+    query = urllib.parse.urlencode(
+        [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "password"]
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class _Errors:
+    """Turns asyncpg's (and the network's) errors raised in its block into a StoreError
+    naming the store's URL; other exceptions go on as they are."""
+
+    __slots__ = ("doing", "store")
+
+    def __init__(self, store: PostgresStore, doing: str) -> None:
+        self.store = store
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception):
+            error = self.store._error(exc, self.doing)
+            if error is not None:
+                raise error from exc
+
+
 @final
 class PostgresStore:
-    """Runs in PostgreSQL (``postgresql://user@host:port/db``); needs ``aflow[postgres]``."""
+    """Runs in PostgreSQL (``postgresql://user@host:port/db``); needs ``aflow[postgres]``.
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    ``read_only``: only read (every transaction is read-only; the schema is neither
+    created nor migrated). ``create=False``: a database without an aflow store is
+    an error instead of getting a new one.
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False, create: bool = True) -> None:
+        self._dsn = url
+        #: the URL without its password: it goes into messages and logs
+        self.url = redacted(url)
+        self.read_only = read_only
+        self._create = create and not read_only
         self._pool: Any = None
 
     def __repr__(self) -> str:
-        return f"<PostgresStore {self.url.split('@')[-1]!r}>"
+        return f"<PostgresStore {self.url!r}>"
+
+    def _error(self, exc: Exception, doing: str) -> StoreError | None:
+        """The StoreError for a driver or network error (None for any other exception)."""
+        import asyncpg
+
+        where = f"the PostgreSQL store {self.url}"
+        what = f"{type(exc).__name__}: {exc}"
+        if isinstance(
+            exc,
+            OSError
+            | TimeoutError
+            | asyncpg.PostgresConnectionError
+            | asyncpg.CannotConnectNowError
+            | asyncpg.TooManyConnectionsError,
+        ):
+            text = (
+                f"cannot reach {where} while {doing} ({what}): check that the server runs "
+                "and accepts connections from here, and the host and port in the URL"
+            )
+        elif isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+            text = (
+                f"{where} refused the login while {doing} ({what}): check the user and "
+                "password (in the URL, PGPASSWORD or ~/.pgpass)"
+            )
+        elif isinstance(exc, asyncpg.InvalidCatalogNameError):
+            text = (
+                f"{where} names a database that does not exist ({what}): create it "
+                "(createdb NAME) or fix the URL"
+            )
+        elif isinstance(
+            exc,
+            asyncpg.UndefinedTableError
+            | asyncpg.UndefinedColumnError
+            | asyncpg.UndefinedFunctionError,
+        ):
+            text = (
+                f"{where} lacks part of aflow's schema while {doing} ({what}): something "
+                "other than aflow changed it; restore it, or use a new database"
+            )
+        elif isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            text = (
+                f"{where}: the user may not do this while {doing} ({what}): grant it the "
+                "rights on the aflow_* tables, or use another user"
+            )
+        elif isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            text = f"{where} is read-only here while {doing} ({what}): use a writable server"
+        elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+            text = f"{where} failed while {doing}: {what}"
+        else:
+            return None
+        return StoreError(text)
+
+    def _errors(self, doing: str) -> _Errors:
+        return _Errors(self, doing)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -64,86 +183,147 @@ class PostgresStore:
             raise StoreError(
                 "PostgreSQL stores need asyncpg: pip install 'aflow[postgres]'"
             ) from exc
+        settings = {"default_transaction_read_only": "on"} if self.read_only else None
         try:
-            pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to {self!r}: {exc}") from exc
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=4, server_settings=settings
+            )
+        except Exception as exc:  # a malformed URL too (asyncpg raises ValueError for some)
+            error = self._error(exc, "connecting")
+            raise error or StoreError(
+                f"cannot connect to the PostgreSQL store {self.url} "
+                f"({type(exc).__name__}: {exc}): check the URL"
+            ) from exc
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                # one process creates the schema at a time
-                await conn.execute("SELECT pg_advisory_xact_lock(727274)")
-                exists = await conn.fetchval("SELECT to_regclass('aflow_meta') IS NOT NULL")
-                version = 0
-                if exists:
-                    row = await conn.fetchval(
-                        "SELECT value FROM aflow_meta WHERE key = 'schema_version'"
-                    )
-                    version = int(row) if row else 0
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self!r} has schema {version}, newer than this aflow's "
-                        f"{SCHEMA_VERSION}: upgrade aflow"
-                    )
-                for target, statements in migrations("postgres", version):
-                    async with conn.transaction():  # a savepoint per version
-                        for statement in statements:
-                            await conn.execute(statement)
-                        await conn.execute(
-                            "INSERT INTO aflow_meta (key, value) VALUES ('schema_version', $1) "
-                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                            str(target),
-                        )
+            with self._errors("opening it"):
+                async with pool.acquire() as conn, conn.transaction():
+                    await self._prepare(conn)
         except BaseException:  # cancellation too: close the pool (shielded), then go on
             with anyio.CancelScope(shield=True):
                 await pool.close()
             raise
         self._pool = pool
 
+    async def _prepare(self, conn: Any) -> None:
+        """Check the schema, then (unless read-only) bring it to the current version; in
+        the caller's transaction, so a store that is refused is left as it was."""
+        if not self.read_only:  # one process creates or migrates the schema at a time
+            await conn.execute("SELECT pg_advisory_xact_lock(727274)")
+        version = await self._inspect(conn)
+        if version == 0 and not self._create:
+            raise StoreError(
+                f"no store in {self.url}: check the URL; a store is created by the first "
+                "run written to it"
+            )
+        if self.read_only:
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"the PostgreSQL store {self.url} has schema {version}, older than this "
+                    f"aflow's {SCHEMA_VERSION}, and is opened read-only: open it once for "
+                    "writing (aflow run, aflow resume, or a Runtime) to migrate it"
+                )
+            return
+        steps = migrations("postgres", version)
+        for target, statements in steps:
+            async with conn.transaction():  # a savepoint per version
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO aflow_meta (key, value) VALUES ('schema_version', $1) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    str(target),
+                )
+        if steps:
+            await self._inspect(conn)
+
+    async def _inspect(self, conn: Any) -> int:
+        """The schema version, once the tables, columns and triggers are those of that
+        version (a StoreError otherwise); 0 when there is no store."""
+        if not await conn.fetchval("SELECT to_regclass('aflow_meta') IS NOT NULL"):
+            return 0
+        value = await conn.fetchval("SELECT value FROM aflow_meta WHERE key = 'schema_version'")
+        try:
+            version = int(value) if value is not None else -1
+        except ValueError:
+            version = -1
+        if version < 1:
+            raise StoreError(
+                f"the PostgreSQL store {self.url} has no valid schema version "
+                f"({'none' if value is None else repr(value)}): something other than aflow "
+                "changed it; restore it, or use a new database"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the PostgreSQL store {self.url} has schema {version}, newer than this "
+                f"aflow's {SCHEMA_VERSION}: upgrade aflow"
+            )
+        found = shape_of(tuple(row) for row in await conn.fetch(_SHAPE_QUERY))
+        problems = schema_problems(expected_schema(version), found)
+        if problems:
+            raise StoreError(
+                f"the PostgreSQL store {self.url} lacks part of aflow's schema {version} "
+                f"({'; '.join(problems)}): something other than aflow changed it; "
+                "restore it, or use a new database"
+            )
+        return version
+
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            with self._errors("closing it"):
+                await pool.close()
 
     def _p(self) -> Any:
         if self._pool is None:
-            raise StoreError(f"the store {self!r} is not open: await store.open() first")
+            raise StoreError(f"the store {self.url} is not open: await store.open() first")
         return self._pool
 
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
-        async with self._p().acquire() as conn:
-            inserted = await conn.fetchval(
-                f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING run_id",
-                *run_row(record),
-            )
-            if inserted is not None:
-                return record, True
-            row = await conn.fetchrow(
-                f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = $1",
-                record.idempotency_key,
-            )
-            return run_from_row(tuple(row)), False
+        import asyncpg
+
+        with self._errors(f"creating run {record.run_id}"):
+            async with self._p().acquire() as conn:
+                try:
+                    inserted = await conn.fetchval(
+                        f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
+                        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING run_id",
+                        *run_row(record),
+                    )
+                except asyncpg.UniqueViolationError as exc:
+                    if exc.constraint_name == "aflow_runs_pkey":
+                        raise RunExists(record.run_id, self.url) from exc
+                    raise
+                if inserted is not None:
+                    return record, True
+                row = await conn.fetchrow(
+                    f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = $1",
+                    record.idempotency_key,
+                )
+                return run_from_row(tuple(row)), False
 
     async def get_run(self, run_id: str) -> RunRecord:
-        row = await self._p().fetchrow(
-            f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE run_id = $1", run_id
-        )
+        with self._errors("reading a run"):
+            row = await self._p().fetchrow(
+                f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE run_id = $1", run_id
+            )
         if row is None:
-            raise RunNotFound(run_id, repr(self))
+            raise RunNotFound(run_id, self.url)
         return run_from_row(tuple(row))
 
     async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
-        if status is None:
-            rows = await self._p().fetch(
-                f"SELECT {RUN_COLUMNS} FROM aflow_runs ORDER BY created_at DESC LIMIT $1", limit
-            )
-        else:
-            rows = await self._p().fetch(
-                f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE status = $1 "
-                "ORDER BY created_at DESC LIMIT $2",
-                status,
-                limit,
-            )
+        with self._errors("listing runs"):
+            if status is None:
+                rows = await self._p().fetch(
+                    f"SELECT {RUN_COLUMNS} FROM aflow_runs ORDER BY created_at DESC LIMIT $1",
+                    limit,
+                )
+            else:
+                rows = await self._p().fetch(
+                    f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE status = $1 "
+                    "ORDER BY created_at DESC LIMIT $2",
+                    status,
+                    limit,
+                )
         return [run_from_row(tuple(row)) for row in rows]
 
     async def set_status(
@@ -155,19 +335,20 @@ class PostgresStore:
         error: str | None = None,
         ended_at: float | None = None,
     ) -> None:
-        done = await self._p().execute(
-            "UPDATE aflow_runs SET status = $1, updated_at = $2, "
-            "result = COALESCE($3, result), error = COALESCE($4, error), "
-            "ended_at = COALESCE($5, ended_at) WHERE run_id = $6",
-            status,
-            time.time(),
-            result,
-            error,
-            ended_at,
-            run_id,
-        )
+        with self._errors("recording a run's status"):
+            done = await self._p().execute(
+                "UPDATE aflow_runs SET status = $1, updated_at = $2, "
+                "result = COALESCE($3, result), error = COALESCE($4, error), "
+                "ended_at = COALESCE($5, ended_at) WHERE run_id = $6",
+                status,
+                time.time(),
+                result,
+                error,
+                ended_at,
+                run_id,
+            )
         if done.endswith(" 0"):
-            raise RunNotFound(run_id, repr(self))
+            raise RunNotFound(run_id, self.url)
 
     async def write_nodes(
         self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
@@ -176,85 +357,106 @@ class PostgresStore:
             return
         import asyncpg
 
-        try:
-            if len(nodes) <= _ROWS_PER_STATEMENT and not superseded:  # one round trip
-                rows = [value for node in nodes for value in node_row(run_id, node)]
-                await self._p().execute(_upsert(len(nodes)), *rows)
-                return
-            async with self._p().acquire() as conn, conn.transaction():
-                for start in range(0, len(superseded), _ROWS_PER_STATEMENT):
-                    part = superseded[start : start + _ROWS_PER_STATEMENT]
-                    values = [v for node in part for v in history_row(run_id, node)]
-                    await conn.execute(_history(len(part)), *values)
-                for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
-                    chunk = nodes[start : start + _ROWS_PER_STATEMENT]
-                    rows = [value for node in chunk for value in node_row(run_id, node)]
-                    await conn.execute(_upsert(len(chunk)), *rows)
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise RunNotFound(run_id, repr(self)) from exc
+        with self._errors(f"writing a checkpoint of run {run_id}"):
+            try:
+                if len(nodes) <= _ROWS_PER_STATEMENT and not superseded:  # one round trip
+                    rows = [value for node in nodes for value in node_row(run_id, node)]
+                    await self._p().execute(_upsert(len(nodes)), *rows)
+                    return
+                async with self._p().acquire() as conn, conn.transaction():
+                    for start in range(0, len(superseded), _ROWS_PER_STATEMENT):
+                        part = superseded[start : start + _ROWS_PER_STATEMENT]
+                        values = [v for node in part for v in history_row(run_id, node)]
+                        await conn.execute(_history(len(part)), *values)
+                    for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
+                        chunk = nodes[start : start + _ROWS_PER_STATEMENT]
+                        rows = [value for node in chunk for value in node_row(run_id, node)]
+                        await conn.execute(_upsert(len(chunk)), *rows)
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise RunNotFound(run_id, self.url) from exc
 
-    async def claim(self, run_id: str, owner: str, lease: float) -> bool:
-        now = time.time()
-        done = await self._p().execute(
-            "UPDATE aflow_runs SET owner = $1, heartbeat = $2 WHERE run_id = $3 AND "
-            "(owner IS NULL OR owner = $1 OR heartbeat IS NULL OR heartbeat < $4)",
-            owner,
-            now + lease,
-            run_id,
-            now,
-        )
+    async def claim(
+        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+    ) -> bool:
+        now = time.time() if now is None else now
+        with self._errors("claiming a run"):
+            done = await self._p().execute(
+                f"UPDATE aflow_runs SET {_CLAIM_SET} WHERE run_id = $3 AND "
+                "(owner IS NULL OR owner = $1 OR heartbeat IS NULL OR heartbeat < $4)",
+                owner,
+                now + lease,
+                run_id,
+                now,
+            )
         if done.endswith(" 0"):
             await self.get_run(run_id)  # RunNotFound, or owned by a live process
             return False
         return True
 
+    async def release(self, run_id: str, owner: str) -> bool:
+        with self._errors("letting go of a run"):
+            done = await self._p().execute(
+                "UPDATE aflow_runs SET owner = NULL, heartbeat = NULL WHERE run_id = $1 "
+                "AND owner = $2 AND status = ANY($3::text[])",
+                run_id,
+                owner,
+                list(UNFINISHED),
+            )
+        return not done.endswith(" 0")
+
     async def start_run(self, run_id: str, status: str, error: str | None) -> str:
-        await self._p().execute(
-            "UPDATE aflow_runs SET status = $1, updated_at = $2, error = COALESCE($3, error) "
-            "WHERE run_id = $4 AND status <> 'cancelling'",
-            status,
-            time.time(),
-            error,
-            run_id,
-        )
+        with self._errors("starting a run"):
+            await self._p().execute(
+                "UPDATE aflow_runs SET status = $1, updated_at = $2, error = COALESCE($3, error) "
+                "WHERE run_id = $4 AND status <> 'cancelling'",
+                status,
+                time.time(),
+                error,
+                run_id,
+            )
         return (await self.get_run(run_id)).status
 
     async def request_cancel(self, run_id: str, reason: str) -> str:
-        await self._p().execute(
-            "UPDATE aflow_runs SET status = 'cancelling', updated_at = $2, error = CASE "
-            "WHEN status = 'reverting' AND error IS NOT NULL THEN error ELSE $1 END "
-            "WHERE run_id = $3 AND status = ANY($4::text[])",
-            reason,
-            time.time(),
-            run_id,
-            list(UNFINISHED),
-        )
+        with self._errors("asking a run to cancel"):
+            await self._p().execute(
+                f"UPDATE aflow_runs SET {_CANCEL_SET} "
+                "WHERE run_id = $3 AND status = ANY($4::text[])",
+                reason,
+                time.time(),
+                run_id,
+                list(CANCELLABLE),
+            )
         return (await self.get_run(run_id)).status
 
-    async def heartbeat(self, owner: str, lease: float, run_ids: Sequence[str]) -> dict[str, str]:
+    async def heartbeat(
+        self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
+    ) -> dict[str, str]:
         if not run_ids:
             return {}
-        rows = await self._p().fetch(
-            "UPDATE aflow_runs SET heartbeat = $1 WHERE run_id = ANY($2::text[]) AND owner = $3 "
-            "AND status = ANY($4::text[]) RETURNING run_id, status",
-            time.time() + lease,
-            list(run_ids),
-            owner,
-            list(UNFINISHED),
-        )
+        with self._errors("renewing leases"):
+            rows = await self._p().fetch(
+                "UPDATE aflow_runs SET heartbeat = $1 WHERE run_id = ANY($2::text[]) "
+                "AND owner = $3 AND status = ANY($4::text[]) RETURNING run_id, status",
+                (time.time() if now is None else now) + lease,
+                list(run_ids),
+                owner,
+                list(UNFINISHED),
+            )
         return {row[0]: row[1] for row in rows}
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
-        rows = await self._p().fetch(
-            f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = $1", run_id
-        )
+        with self._errors("reading a run's nodes"):
+            rows = await self._p().fetch(
+                f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = $1", run_id
+            )
         return {row[0]: NodeRecord(*tuple(row)) for row in rows}
 
     async def load_history(self, run_id: str) -> list[NodeRecord]:
         await self.get_run(run_id)
-        rows = await self._p().fetch(
-            f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = $1 ORDER BY seq",
-            run_id,
-        )
+        with self._errors("reading a run's history"):
+            rows = await self._p().fetch(
+                f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = $1 ORDER BY seq",
+                run_id,
+            )
         return [NodeRecord(*tuple(row)) for row in rows]

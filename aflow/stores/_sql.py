@@ -11,6 +11,10 @@ __all__ = [
     "HISTORY_COLUMNS",
     "NODE_COLUMNS",
     "RUN_COLUMNS",
+    "CANCELLABLE",
+    "CANCEL_SET",
+    "CLAIM_SET",
+    "PARKED",
     "UNFINISHED",
     "INSERT_HISTORY",
     "UPSERT_NODE",
@@ -148,6 +152,25 @@ HISTORY_COLUMNS = "key, state, attempt, NULL, error, started_at, finished_at"
 
 #: Statuses of runs that are not over (recovery looks at these).
 UNFINISHED = ("pending", "running", "reverting", "cancelling")
+#: A run that kept killing the processes that recovered it: recovery leaves it alone,
+#: a person may resume or cancel it (the dead-letter state; issue 14).
+PARKED = "parked"
+#: What ``aflow cancel`` may act on: an unfinished run, or a parked one.
+CANCELLABLE = (*UNFINISHED, PARKED)
+
+#: Set by ``claim``: the new owner, its lease, and one more recovery when the run is
+#: taken from another owner (one that died holding it; a released run has none).
+CLAIM_SET = (
+    "owner = {owner}, heartbeat = {until}, recoveries = recoveries + "
+    "CASE WHEN owner IS NOT NULL AND owner <> {owner} THEN 1 ELSE 0 END"
+)
+#: ``request_cancel``: a reverting (or parked) run keeps what started its compensation,
+#: and a person cancelling a parked run gives it a fresh count of recoveries.
+CANCEL_SET = (
+    "status = 'cancelling', updated_at = {now}, recoveries = CASE WHEN status = 'parked' "
+    "THEN 0 ELSE recoveries END, error = CASE WHEN status IN ('reverting', 'parked') AND "
+    "error IS NOT NULL THEN error ELSE {reason} END"
+)
 
 
 def run_row(record: RunRecord) -> tuple[Any, ...]:

@@ -1,0 +1,221 @@
+"""A/B: this tree's aflow against another commit's, both against hand-written asyncio.
+
+Usage: ``python benchmarks/ab.py BASE_REF [--repeat N] [--markdown PATH]``
+
+Every runtime change is measured against main in the same session. The base
+commit is exported (``git archive``) to a temporary folder, and each figure is
+taken in a fresh subprocess whose ``PYTHONPATH`` puts that tree's ``aflow``
+first, so both trees run under the same interpreter, harness and machine state.
+Runs of the two trees and of hand-written asyncio are interleaved.
+
+Figures (median of ``--repeat``), each as a ratio to hand-written asyncio measured
+in the same process (short runs) or the same invocation (graphs):
+
+* graphs: ``benchmarks/worker.py`` workloads (fan-out 10k + sum, chain 2k, DAG 50x50),
+  µs per node, aflow / asyncio;
+* short runs: a 1-step run and a 5-node order saga (validate, then reserve and quote
+  at once, charge, ship; reserve and charge have reverts), µs per run, building
+  included, aflow / asyncio (``asyncio.gather`` and try/except by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GRAPHS = (("fanout", 10_000), ("chain", 2_000), ("dag", 2_500))
+LOOPS = ("asyncio", "uvloop")
+
+SHORT = r"""
+import asyncio, json, statistics, sys, time
+import anyio, aflow
+
+LOOP = sys.argv[1]
+ROUNDS, PER_ROUND = 15, 200
+
+@aflow.task
+async def step(x):
+    await anyio.sleep(0)
+    return x + 1
+
+@aflow.task
+async def validate(order):
+    await anyio.sleep(0)
+    return order
+
+@aflow.task
+async def reserve(order):
+    await anyio.sleep(0)
+    return "r"
+
+@reserve.revert
+async def release(order, *, result):
+    pass
+
+@aflow.task
+async def quote(order):
+    await anyio.sleep(0)
+    return 5
+
+@aflow.task
+async def charge(parts):
+    await anyio.sleep(0)
+    return "c"
+
+@charge.revert
+async def refund(parts, *, result):
+    pass
+
+@aflow.task
+async def ship(receipt):
+    await anyio.sleep(0)
+    return "shipped"
+
+async def one_aflow():
+    return await aflow.run(step.s(1))
+
+async def saga_aflow():
+    return await aflow.run(
+        validate.s("o") | aflow.group(reserve.s(), quote.s()) | charge.s() | ship.s()
+    )
+
+async def _step(x):
+    await asyncio.sleep(0)
+    return x + 1
+
+async def one_asyncio():
+    return await _step(1)
+
+async def _v(o):
+    await asyncio.sleep(0); return o
+async def _r(o):
+    await asyncio.sleep(0); return "r"
+async def _q(o):
+    await asyncio.sleep(0); return 5
+async def _c(p):
+    await asyncio.sleep(0); return "c"
+async def _s(r):
+    await asyncio.sleep(0); return "shipped"
+async def _undo(x):
+    pass
+
+async def saga_asyncio():
+    order = await _v("o")
+    done = []
+    try:
+        parts = await asyncio.gather(_r(order), _q(order))
+        done.append("reserve")
+        receipt = await _c(parts)
+        done.append("charge")
+        return await _s(receipt)
+    except Exception:
+        for _ in reversed(done):
+            await _undo(_)
+        raise
+
+async def timed(fn, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        await fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+async def main():
+    pairs = {"1-step run": (one_aflow, one_asyncio), "5-node saga": (saga_aflow, saga_asyncio)}
+    for a, b in pairs.values():  # warm up
+        await timed(a, 50); await timed(b, 50)
+    out = {}
+    for name, (a, b) in pairs.items():
+        ours, theirs = [], []
+        for _ in range(ROUNDS):
+            ours.append(await timed(a, PER_ROUND))
+            theirs.append(await timed(b, PER_ROUND))
+        out[name] = (statistics.median(ours), statistics.median(theirs))
+    print(json.dumps(out))
+
+if LOOP == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+def export(ref: str, into: Path) -> Path:
+    """The tree of ``ref``, written under ``into`` (nothing of the repo changes)."""
+    data = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def run(tree: Path, args: list[str]) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args} failed under {tree}: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="the commit to compare with (e.g. main's last landing)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--markdown", type=Path)
+    opts = parser.parse_args()
+    worker = str(HERE / "worker.py")
+    with tempfile.TemporaryDirectory(prefix="aflow-ab-") as tmp:
+        trees = {"base": export(opts.base, Path(tmp) / "base"), "head": ROOT}
+        graph: dict[tuple[str, str, str], list[float]] = {}
+        short: dict[tuple[str, str, str], list[float]] = {}
+        for _ in range(opts.repeat):
+            for loop in LOOPS:
+                for workload, n in GRAPHS:
+                    for label, tree in trees.items():
+                        times = {
+                            impl: run(tree, [worker, impl, workload, str(n), loop])
+                            for impl in ("asyncio", "aflow")
+                        }
+                        ratio = float(times["aflow"]["seconds"]) / float(  # type: ignore[arg-type]
+                            times["asyncio"]["seconds"]  # type: ignore[arg-type]
+                        )
+                        graph.setdefault((workload, loop, label), []).append(ratio)
+                for label, tree in trees.items():
+                    found = run(tree, ["-c", SHORT, loop])
+                    for name, (ours, theirs) in found.items():  # type: ignore[misc]
+                        short.setdefault((name, loop, label), []).append(ours / theirs)
+    rows = [
+        "| workload | loop | base x asyncio | head x asyncio | head / base |",
+        "|---|---|---|---|---|",
+    ]
+    for table in (graph, short):
+        names = dict.fromkeys(k[0] for k in table)
+        for name in names:
+            for loop in LOOPS:
+                base = statistics.median(table[name, loop, "base"])
+                head = statistics.median(table[name, loop, "head"])
+                rows.append(f"| {name} | {loop} | {base:.2f} | {head:.2f} | {head / base:.3f} |")
+    text = (
+        f"A/B against {opts.base} (median of {opts.repeat}, ratios to hand-written asyncio "
+        "in the same process or invocation)\n\n" + "\n".join(rows) + "\n"
+    )
+    print(text)
+    if opts.markdown:
+        opts.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
