@@ -886,7 +886,12 @@ class Execution:
                 timeout = self._wall_deadline - wall_time(self._clock)
                 if timeout <= 0:
                     self._timed_out = True
-            if not self._cancel_requested and not self._resumed_unwinding and not self._timed_out:
+            if not (
+                self._cancel_requested
+                or self._resumed_unwinding
+                or self._timed_out
+                or self._releasing  # let go of before it began
+            ):
                 if timeout is None:
                     await self._run_phase()
                 else:
