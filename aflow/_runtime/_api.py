@@ -919,8 +919,10 @@ class Runtime:
         stored, created = await store.create_run(record)
         if not created:
             assert idempotency_key is not None
-            existing = (stored.workflow, self._serializer_of(stored).loads(stored.params))
-            _same_work(stored.run_id, idempotency_key, existing, (workflow.path, all_params))
+            if stored.workflow != workflow.path or stored.params != record.params:
+                # (parameters that differ as text may still be equal: order, NaN aside)
+                existing = (stored.workflow, self._serializer_of(stored).loads(stored.params))
+                _same_work(stored.run_id, idempotency_key, existing, (workflow.path, all_params))
             return await self._attach(stored, graph, options)
         if taken:
             await store.write_nodes(stored.run_id, list(taken.values()))

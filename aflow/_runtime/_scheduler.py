@@ -311,6 +311,7 @@ def _revert_items_sync(
 _MISSING: Any = object()
 _COROUTINE = types.CoroutineType
 _CUT_SHORT = "cancelled mid-way: its process stopped"
+_RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
 #: Stored states of a node that began and did not end: it runs again on a resume (or,
 #: in a run that is unwinding, counts as cancelled mid-way).
 _CUT_OFF = ("running", "retrying", "cancelled")
@@ -1010,11 +1011,7 @@ class Execution:
     async def _let_go(self, interrupt: BaseException | None) -> None:
         """End a released run here: write what finished (shielded), undo nothing."""
         await self._write_leftover()
-        self.closed = True
-        self.stopping = True
-        self._return_grants()
-        self.status = RunStatus.SUSPENDED
-        self.ended_at = time.time()
+        self._close(RunStatus.SUSPENDED)
         self._events.emit(RUN_RELEASED)
         if interrupt is not None:
             raise interrupt
@@ -1572,9 +1569,7 @@ class Execution:
                             self._peak = self._running + 1
                         if type(stop.value) is _COROUTINE:
                             self._node_failed(node, self._unawaited(node, stop.value), 1)
-                        elif (
-                            journal is not None
-                        ):  # (its start needs no record: nothing ran between)
+                        elif journal is not None:  # (no start record: nothing ran between)
                             self._checkpoint_success(node, stop.value, 1, start)
                         else:
                             results[index] = stop.value
@@ -2002,7 +1997,7 @@ class Execution:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return f"interrupted: {exc!r} was raised while it ran"
         if self._releasing:
-            return "interrupted: its runtime shut down (it runs again when the run resumes)"
+            return _RELEASED
         if self._failure is not None:
             failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
             return f"cancelled mid-way: task {failed!r} failed"
@@ -2011,7 +2006,7 @@ class Execution:
         if self._cancel_requested:
             return "cancelled mid-way: the run was cancelled"
         if self.release_on_interrupt:  # its runtime is going away (see release_on_interrupt)
-            return "interrupted: its runtime shut down (it runs again when the run resumes)"
+            return _RELEASED
         return "cancelled mid-way: the task driving the run was cancelled"
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
