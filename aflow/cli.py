@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+from rich.markup import escape
+from rich.text import Text
 
 from ._exceptions import AflowError, DefinitionError, StoreError
 from ._runtime._api import Run, Runtime
@@ -190,59 +192,90 @@ async def _follow(handle: Run[Any], *, quiet: bool) -> int:
     try:
         value = await handle.result()
     except AflowError as exc:
-        console.print(f"[red]{status}[/red]: {exc}")
+        console.print(f"[red]{status}[/red]: {escape(str(exc))}")
     except Exception as exc:
-        console.print(f"[red]{status}[/red]: {type(exc).__name__}: {exc}")
+        console.print(f"[red]{status}[/red]: {escape(f'{type(exc).__name__}: {exc}')}")
     else:
         console.print(f"[green]{status}[/green]")
         print(json.dumps(value, default=repr))
     return EXIT.get(status, 1)
 
 
+def _when(at: float | None, timespec: str = "seconds") -> str:
+    """A stored time as text; one that is no time (a crafted row) is shown as it is."""
+    import datetime as dt
+
+    if at is None:
+        return ""
+    try:
+        return dt.datetime.fromtimestamp(at).isoformat(sep=" ", timespec=timespec)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return repr(at)
+
+
 async def _runs(store: Any, status: str | None, limit: int) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    # Stored text is shown as text (Text cells), never read as rich markup.
     table = Table("workflow", "status", "started", "key")
     table.add_column("run", no_wrap=True)
-    import datetime as dt
-
     for record in await store.list_runs(status, limit):
-        when = dt.datetime.fromtimestamp(record.created_at).isoformat(sep=" ", timespec="seconds")
-        status = record.status
+        status_text = record.status
         if record.recoveries:  # taken over from dead processes this often (parked: too often)
-            status += f" ({record.recoveries} recoveries)"
-        table.add_row(record.workflow, status, when, record.idempotency_key or "", record.run_id)
+            status_text += f" ({record.recoveries} recoveries)"
+        table.add_row(
+            *map(
+                Text,
+                (
+                    record.workflow,
+                    status_text,
+                    _when(record.created_at),
+                    record.idempotency_key or "",
+                    record.run_id,
+                ),
+            )
+        )
     Console().print(table)
     return 0
 
 
 async def _show(store: Any, run_id: str, *, history: bool = False) -> int:
-    import datetime as dt
-
     from rich.console import Console
     from rich.table import Table
 
     record = await store.get_run(run_id)
     console = Console()
-    console.print(f"run [bold]{record.run_id}[/bold]  {record.workflow}  [b]{record.status}[/b]")
+    console.print(
+        Text.assemble(
+            "run ", (record.run_id, "bold"), f"  {record.workflow}  ", (record.status, "bold")
+        )
+    )
     if record.error:
-        console.print(f"error: {record.error}")
+        console.print(Text(f"error: {record.error}"))
     if history:
         table = Table("at", "node", "state", "attempt", "error")
         for node in await store.load_history(run_id):
             at = node.finished_at or node.started_at
-            when = dt.datetime.fromtimestamp(at).isoformat(sep=" ", timespec="milliseconds")
-            row = (when if at else "", node.key, node.state, str(node.attempt), node.error or "")
-            table.add_row(*row)
+            row = (
+                _when(at, "milliseconds"),
+                node.key,
+                node.state,
+                str(node.attempt),
+                node.error or "",
+            )
+            table.add_row(*map(Text, row))
         console.print(table)
         return EXIT.get(record.status, 0)
     table = Table("node", "state", "attempts", "duration", "error")
     for key, node in (await store.load_nodes(run_id)).items():
         duration = ""
         if node.started_at is not None and node.finished_at is not None:
-            duration = f"{(node.finished_at - node.started_at) * 1000:.1f} ms"
-        table.add_row(key, node.state, str(node.attempt), duration, node.error or "")
+            try:
+                duration = f"{(node.finished_at - node.started_at) * 1000:.1f} ms"
+            except (TypeError, OverflowError):
+                duration = "?"
+        table.add_row(*map(Text, (key, node.state, str(node.attempt), duration, node.error or "")))
     console.print(table)
     return EXIT.get(record.status, 0)
 

@@ -74,10 +74,33 @@ async def _outcome(handle: Run[Any]) -> Any:
         raise
 
 
-def _load_options(record: RunRecord) -> dict[str, Any]:
-    """The options a run was submitted with, as its store keeps them."""
-    stored: dict[str, Any] = json.loads(record.options) if record.options else {}
-    return {k: v for k, v in stored.items() if k in _STORED_OPTIONS}
+def _stored_options(record: RunRecord) -> tuple[dict[str, Any], float | None]:
+    """The options a run was submitted with, and its deadline (wall seconds), as its
+    store keeps them; a row is data, so anything else is a typed error naming the run."""
+    try:
+        stored = json.loads(record.options) if record.options else {}
+    except ValueError:
+        stored = None
+    problem = None if isinstance(stored, dict) else "not a JSON object"
+    if stored is None or not isinstance(stored, dict):
+        stored = {}
+    on_error = stored.get("on_error")
+    if problem is None and on_error not in (None, "revert", "continue"):
+        problem = f"on_error={on_error!r}"
+    for name in ("timeout", "compensation_timeout", "deadline"):
+        value = stored.get(name)
+        if problem is None and value is not None:
+            number = type(value) in (int, float) and math.isfinite(value)
+            if not number or (name != "deadline" and not value > 0):
+                problem = f"{name}={value!r}"
+    if problem is not None:
+        raise ResumeMismatch(
+            record.run_id,
+            f"its stored options are not aflow's ({problem}): {record.options!r:.200}",
+        )
+    options = {k: v for k, v in stored.items() if k in _STORED_OPTIONS}
+    deadline = stored.get("deadline")
+    return options, None if deadline is None else float(deadline)
 
 
 def _dump_options(options: Mapping[str, Any], wall: float) -> str:
@@ -89,29 +112,26 @@ def _dump_options(options: Mapping[str, Any], wall: float) -> str:
     return json.dumps(kept)
 
 
-def _stored_deadline(record: RunRecord) -> float | None:
-    """A run's deadline as its store keeps it (wall seconds), if it has one."""
-    stored: dict[str, Any] = json.loads(record.options) if record.options else {}
-    deadline = stored.get("deadline")
-    return None if deadline is None else float(deadline)
-
-
 def _as_is(value: Any) -> Any:
     return value
 
 
 def _identity(workflow: object, params: Mapping[str, Any], graph: Graph) -> tuple[str, Any]:
-    """What an idempotency key stands for: a workflow and its parameters (a canvas: the
-    shape of its graph)."""
+    """What an idempotency key stands for: a workflow and its parameters (a canvas: its
+    graph's shape and every node's arguments)."""
     if isinstance(workflow, Workflow):
         return (workflow.path, dict(params))
-    return (f"a {type(workflow).__name__} of {len(graph)} nodes", fingerprint(graph))
+    arguments = [(node.args, dict(node.kwargs)) for node in graph.nodes]
+    return (f"a {type(workflow).__name__} of {len(graph)} nodes", (fingerprint(graph), arguments))
 
 
 def _same_work(run_id: str, key: str, existing: tuple[str, Any], wanted: tuple[str, Any]) -> None:
     """An idempotency key names run ``run_id``: refuse it for other work (issue 14)."""
-    if existing == wanted:
-        return
+    try:
+        if existing == wanted:
+            return
+    except Exception:  # arguments that cannot be compared (an array...) are not the same
+        pass
 
     def text(identity: tuple[str, Any]) -> str:
         what, params = identity
@@ -597,6 +617,7 @@ class Runtime:
         "_keep",
         "_lease",
         "_limits",
+        "_looking",
         "_max_concurrency",
         "_max_recoveries",
         "_on_error",
@@ -642,6 +663,7 @@ class Runtime:
             raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
         self._lease = lease
         self._alive = anyio.CancelScope()
+        self._looking = anyio.CancelScope()
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._store_spec = store
         self._store: Store | None = None
@@ -714,9 +736,12 @@ class Runtime:
         self._tg = tg
         self._token = CURRENT_RUNTIME.set(self)
         self._alive = anyio.CancelScope()
+        self._looking = anyio.CancelScope()
         self._closing = False
         if self._store is not None:
             tg.start_soon(self._keep_alive, self._store, name="aflow runtime heartbeat")
+            if self._recover:
+                tg.start_soon(self._keep_recovering, name="aflow runtime recovery")
         if self._recover and self._store is not None:
             try:
                 await self.recover()
@@ -734,6 +759,7 @@ class Runtime:
         tg = self._tg
         assert tg is not None
         self._closing = True  # recovery takes up nothing more here (what it lets go of)
+        self._looking.cancel()
         try:
             for _, follower in self._followers.values():  # other processes' runs: stop watching
                 follower.cancel()
@@ -1125,38 +1151,49 @@ class Runtime:
         record = await store.get_run(run_id)
         if record.status in _FINISHED:
             raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
+        # What a row says is checked before the run is claimed: a bad row stays as it is.
         graph = self._rebuild(record)
+        options, deadline = _stored_options(record)
+        serializer = self._serializer_of(record)
         wall = wall_time(self._clock)
-        if not await store.claim(run_id, self._owner, self._lease, now=wall):
+        # a person's resume gives the run a fresh count of recoveries (see _park)
+        if not await store.claim(run_id, self._owner, self._lease, now=wall, fresh=not automatic):
             raise ResumeMismatch(
                 run_id, f"a live process runs it ({record.owner}); its lease holds"
             )
-        if automatic:
-            record = await store.get_run(run_id)
-            if record.recoveries > self._max_recoveries:
-                await self._park(record)
-        records = await store.load_nodes(run_id)
-        failed_before: dict[str, str] = {}
-        if any(node.state == "revert_failed" for node in records.values()):
-            for transition in await store.load_history(run_id):  # oldest first
-                if transition.state == "failed" and transition.error is not None:
-                    failed_before[transition.key] = transition.error
-        journal = Journal(store, run_id, self._serializer_of(record))
-        # A run cancelled while its process was gone is unwound at once; what was running
-        # when the process died counts as cancelled mid-way (its revert runs), as it would
-        # have in the process itself.
-        # (a parked run with a stored cause was compensating when recovery parked it)
-        unwinding = record.status in ("reverting", "cancelling") or (
-            record.status == PARKED and record.error is not None
-        )
-        options = _load_options(record)
-        if not unwinding:  # (a compensation has its own deadline, and its own cause)
-            options["deadline"] = _stored_deadline(record)
-        active = self._runs.get(run_id)
-        if active is not None:  # resumed by another task of this runtime meanwhile
-            return active
-        restore = (records, unwinding, record.error, failed_before)
-        handle = self._start(graph, run_id, journal, options, restore)
+        try:
+            if automatic:
+                record = await store.get_run(run_id)
+                if record.recoveries > self._max_recoveries:
+                    await self._park(record)
+            records = await store.load_nodes(run_id)
+            failed_before: dict[str, str] = {}
+            if any(node.state == "revert_failed" for node in records.values()):
+                for transition in await store.load_history(run_id):  # oldest first
+                    if transition.state == "failed" and transition.error is not None:
+                        failed_before[transition.key] = transition.error
+            journal = Journal(store, run_id, serializer)
+            # A run cancelled while its process was gone is unwound at once; what was
+            # running when the process died counts as cancelled mid-way (its revert
+            # runs), as it would have in the process itself. A parked run with a stored
+            # cause was compensating when recovery parked it.
+            unwinding = record.status in ("reverting", "cancelling") or (
+                record.status == PARKED and record.error is not None
+            )
+            if not unwinding:  # (a compensation has its own deadline, and its own cause)
+                options["deadline"] = deadline
+            active = self._runs.get(run_id)
+            if active is not None:  # resumed by another task of this runtime meanwhile
+                return active
+            restore = (records, unwinding, record.error, failed_before)
+            handle = self._start(graph, run_id, journal, options, restore)
+        except BaseException:  # (a checkpoint that cannot be read...): let go of it at once
+            with anyio.CancelScope(shield=True):
+                try:
+                    await store.release(run_id, self._owner)
+                except Exception as exc:  # its lease lapses instead
+                    warn("aflow_release_failed", run_id=run_id, error=repr(exc))
+            raise
         if record.status == "cancelling":
             handle._execution.cancel()
         return handle
@@ -1241,7 +1278,7 @@ class Runtime:
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
                 taken[key] = NodeRecord(key, "reused", 1, found.result)
         now = wall_time(self._clock)
-        options = _load_options(record)
+        options, _ = _stored_options(record)  # (a new run: its deadline starts now)
         new = RunRecord(
             run_id=uuid.uuid4().hex,
             workflow=record.workflow,
@@ -1348,8 +1385,6 @@ class Runtime:
         with self._alive:
             while True:
                 await clock.sleep(self._lease / 4)
-                if self._recover:  # every tick: a run whose owner died is taken up here
-                    await self._recover_quietly()  # within its lease and one tick (issue 14)
                 driven = {
                     run_id: active._execution
                     for run_id, active in self._runs.items()
@@ -1384,11 +1419,19 @@ class Runtime:
                     if status == "cancelling":
                         execution.cancel()
 
-    async def _recover_quietly(self) -> None:
-        try:
-            await self.recover()
-        except Exception as exc:  # the store hiccupped: the next tick looks again
-            warn("aflow_recover_failed", store=self._require_store("recover").url, error=repr(exc))
+    async def _keep_recovering(self) -> None:
+        """Look for runs whose process died every quarter of the lease, so one is taken
+        up within its lease plus a quarter (issue 14). A task of its own: a slow look
+        must not hold up the heartbeats that keep this process's own leases."""
+        clock = self._clock or SYSTEM_CLOCK
+        url = self._require_store("recover").url
+        with self._looking:  # (cancelled as the runtime begins to close)
+            while True:
+                await clock.sleep(self._lease / 4)
+                try:
+                    await self.recover()
+                except Exception as exc:  # the store hiccupped: the next tick looks again
+                    warn("aflow_recover_failed", store=url, error=repr(exc))
 
     @overload
     async def run(self, workflow: Canvas[R]) -> R: ...

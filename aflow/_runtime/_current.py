@@ -25,6 +25,8 @@ ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_attempt")
 EXECUTION: contextvars.ContextVar[Execution] = contextvars.ContextVar("aflow_execution")
 #: The node whose body runs in this context (``~index`` in its revert).
 STEP: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_step")
+#: In a map or starmap, the index of the item whose call runs in this context.
+ITEM: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_item")
 
 
 def current_step() -> StepInfo:
@@ -32,8 +34,11 @@ def current_step() -> StepInfo:
 
     It gives the run id, the node key, the task's name, the attempt (1 for the
     first) and a stable ``idempotency_key`` to pass to the services the step
-    calls. Works in async and sync bodies and in what they start (tasks and
-    threads inherit it). Raises ``RuntimeError`` outside a body aflow runs::
+    calls (each call of a map or starmap has its own, ending in ``[i]``). Works
+    in async and sync bodies and in what they start with their context: tasks,
+    ``anyio.to_thread`` / ``asyncio.to_thread`` (a bare ``threading.Thread``
+    starts from an empty context). Raises ``RuntimeError`` outside a body aflow
+    runs::
 
         @aflow.task
         async def charge(order: Order) -> Receipt:
@@ -47,7 +52,7 @@ def current_step() -> StepInfo:
         raise RuntimeError(
             "aflow.current_step() is only available inside a task or a revert that aflow runs"
         ) from None
-    return execution.step_now(step, ATTEMPT.get(1))
+    return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))
 
 
 def current_attempt() -> int:

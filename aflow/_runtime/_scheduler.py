@@ -76,6 +76,7 @@ from .._exceptions import (
     MissingInputError,
     RecordedError,
     ResultError,
+    ResumeMismatch,
     RunCancelled,
     RunReleased,
     RunTimeout,
@@ -89,7 +90,7 @@ from .._graph import INPUT_ERROR, EndBranch, Graph, Node, NodeKind, OptionalKey,
 from .._options import NodeOptions
 from ..stores._base import NodeRecord
 from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope, wall_time
-from ._current import ATTEMPT, EXECUTION, INJECTIONS, STEP, Injection
+from ._current import ATTEMPT, EXECUTION, INJECTIONS, ITEM, STEP, Injection
 from ._journal import Journal, describe
 from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
@@ -122,6 +123,7 @@ _copy_context = contextvars.copy_context
 _set_attempt = ATTEMPT.set
 _set_execution = EXECUTION.set
 _set_step = STEP.set
+_set_item = ITEM.set
 
 
 @final
@@ -187,12 +189,10 @@ def _in_thread_as(execution: Execution, step: int, attempt: int, fn: Callable[[]
     _set_attempt(attempt)
     try:
         return fn()
-    except (Exception, KeyboardInterrupt, SystemExit, asyncio.CancelledError):
-        raise  # (a cancellation: anyio.from_thread.check_cancelled() saw the run stop)
     except BaseException as exc:  # (GeneratorExit...) carried out of the thread as an error
-        if type(exc).__module__.startswith("trio"):  # trio's Cancelled
-            raise
-        raise _Escaped(exc) from exc
+        if _no_error(exc):
+            raise _Escaped(exc) from exc
+        raise  # an error, an interrupt, or a cancellation that check_cancelled() saw
 
 
 class _Escaped(Exception):
@@ -202,9 +202,11 @@ class _Escaped(Exception):
 
 def _no_error(exc: BaseException) -> bool:
     """A ``BaseException`` a task raised that is neither an error, nor a cancellation, nor
-    an interrupt (``GeneratorExit``, a user's own): the task failed (issue 14)."""
-    return not isinstance(
-        exc, (Exception, KeyboardInterrupt, SystemExit, anyio.get_cancelled_exc_class())
+    an interrupt (``GeneratorExit``, a user's own): the task failed (issue 14). Safe in
+    a worker thread (no anyio call): trio's ``Cancelled`` is known by its module."""
+    return not (
+        isinstance(exc, (Exception, KeyboardInterrupt, SystemExit, asyncio.CancelledError))
+        or type(exc).__module__.startswith("trio")
     )
 
 
@@ -223,20 +225,16 @@ async def _map_async(
     done: list[tuple[Any, Any]] | None,
 ) -> list[Any]:
     tolerant = node.options.tolerant
-    if not tolerant and done is None:
-        if star:
-            return [await fn(*item, **kwargs) for item in items]
-        return [await fn(item, **kwargs) for item in items]
     out: list[Any] = []
     errors: list[Exception] = []
-    for item in items:
-        try:
-            value = await (fn(*item, **kwargs) if star else fn(item, **kwargs))
+    for i, item in enumerate(items):
+        try:  # each call in a context of its own: its step is the item (current_step())
+            value = await _InItem(fn(*item, **kwargs) if star else fn(item, **kwargs), i)
         except BaseException as exc:
             _record_item(done, node, item, exc)
-            if not tolerant or not isinstance(exc, Exception):
+            if not tolerant or not _a_failure(exc):
                 raise
-            errors.append(exc)
+            errors.append(_as_item_error(exc, node, run_id))
             out.append(_MISSING)
         else:
             if done is not None:
@@ -255,20 +253,18 @@ def _map_sync(
     done: list[tuple[Any, Any]] | None,
 ) -> list[Any]:
     tolerant = node.options.tolerant
-    if not tolerant and done is None:
-        if star:
-            return [fn(*item, **kwargs) for item in items]
-        return [fn(item, **kwargs) for item in items]
     out: list[Any] = []
     errors: list[Exception] = []
-    for item in items:
+    for i, item in enumerate(items):
+        ctx = _copy_context()  # each call in a context of its own, as in _map_async
+        ctx.run(_set_item, i)
         try:
-            value = fn(*item, **kwargs) if star else fn(item, **kwargs)
+            value = ctx.run(fn, *item, **kwargs) if star else ctx.run(fn, item, **kwargs)
         except BaseException as exc:
             _record_item(done, node, item, exc)
-            if not tolerant or not isinstance(exc, Exception):
+            if not tolerant or not _a_failure(exc):
                 raise
-            errors.append(exc)
+            errors.append(_as_item_error(exc, node, run_id))
             out.append(_MISSING)
         else:
             if done is not None:
@@ -277,39 +273,103 @@ def _map_sync(
     return _settle_map(out, errors, node, run_id)
 
 
+def _a_failure(exc: BaseException) -> bool:
+    """An error, or a BaseException that is no error: a failure (not a cancellation)."""
+    return isinstance(exc, Exception) or _no_error(exc)
+
+
+def _as_item_error(exc: BaseException, node: Node, run_id: str) -> Exception:
+    if isinstance(exc, Exception):
+        return exc
+    failed = TaskFailed(run_id, node.key, ATTEMPT.get(1), repr(exc))
+    failed.__cause__ = exc
+    return failed
+
+
 def _record_item(
     done: list[tuple[Any, Any]] | None, node: Node, item: Any, error: BaseException
 ) -> None:
     if done is not None:
-        cancelled = not isinstance(error, Exception)
+        cancelled = not _a_failure(error)
         done.append((item, Failure.capture(node.key, error, ATTEMPT.get(1), cancelled=cancelled)))
 
 
 async def _revert_items_async(
-    fn: Any, done: list[tuple[Any, Any]], star: bool, kwargs: dict[str, Any], takes_result: bool
+    fn: Any,
+    done: list[tuple[Any, Any]],
+    star: bool,
+    kwargs: dict[str, Any],
+    takes_result: bool,
+    key: str,
 ) -> None:
     while done:  # last call first; a retry resumes where a failed revert stopped
         item, result = done[-1]
         extra = {"result": result} if takes_result else {}
-        await (fn(*item, **kwargs, **extra) if star else fn(item, **kwargs, **extra))
+        call = fn(*item, **kwargs, **extra) if star else fn(item, **kwargs, **extra)
+        returned = await _InItem(call, len(done) - 1)  # (its item's index: calls in order)
+        _refuse_unawaited(returned, key)
         done.pop()
 
 
 def _revert_items_sync(
-    fn: Any, done: list[tuple[Any, Any]], star: bool, kwargs: dict[str, Any], takes_result: bool
+    fn: Any,
+    done: list[tuple[Any, Any]],
+    star: bool,
+    kwargs: dict[str, Any],
+    takes_result: bool,
+    key: str,
 ) -> None:
     while done:
         item, result = done[-1]
         extra = {"result": result} if takes_result else {}
+        ctx = _copy_context()
+        ctx.run(_set_item, len(done) - 1)
         if star:
-            fn(*item, **kwargs, **extra)
+            returned = ctx.run(fn, *item, **kwargs, **extra)
         else:
-            fn(item, **kwargs, **extra)
+            returned = ctx.run(fn, item, **kwargs, **extra)
+        _refuse_unawaited(returned, key)
         done.pop()
+
+
+def _unawaited(value: Any) -> bool:
+    """A value no task may return: a coroutine or a future it forgot to ``await``."""
+    return type(value) is _COROUTINE or isinstance(value, _FUTURE)
+
+
+def _refuse_unawaited(value: Any, key: str) -> None:
+    """A revert that returned a coroutine or a future did not do its work: it failed."""
+    if _unawaited(value):
+        if type(value) is _COROUTINE:
+            value.close()
+        what = _awaitable_name(value)
+        raise ResultError(key, f"(its revert) returned {what}: a missing 'await'?")
+
+
+def _awaitable_name(value: Any) -> str:
+    if type(value) is _COROUTINE:
+        return f"a coroutine ({getattr(value, '__qualname__', '?')}())"
+    return f"an awaitable ({type(value).__name__})"
+
+
+@final
+class _InItem:
+    """Await one call of a map in a context of its own, naming its item (current_step())."""
+
+    __slots__ = ("_coro", "_ctx")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], item: int) -> None:
+        self._coro = coro
+        self._ctx = ctx = _copy_context()
+        ctx.run(_set_item, item)
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _drive(self._coro, self._ctx, None, None)
 
 
 _MISSING: Any = object()
 _COROUTINE = types.CoroutineType
+_FUTURE = asyncio.Future
 _CUT_SHORT = "cancelled mid-way: its process stopped"
 _RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
 #: Stored states of a node that began and did not end: it runs again on a resume (or,
@@ -365,6 +425,7 @@ class Execution:
         "_global_limits",
         "_halt",
         "_handoff",
+        "_incarnation",
         "_journal",
         "_key_prefix",
         "_limit_cache",
@@ -376,6 +437,7 @@ class Execution:
         "_nested_runs",
         "_nodes",
         "_on_error",
+        "_parent",
         "_parked",
         "_peak",
         "_phase_open",
@@ -506,6 +568,8 @@ class Execution:
         #: a nested run's steps are known by their path: see nested()
         self._key_prefix = ""
         self._nested_runs: dict[int, int] | None = None
+        self._incarnation = ""  # "~<token>" once restored (see nested())
+        self._parent: Execution | None = None
         self._journal = journal
         self._resumed_unwinding = False
         self._store_error: BaseException | None = None
@@ -664,7 +728,17 @@ class Execution:
         """
         if self.status is not RunStatus.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
+
+        def read(node: Node, text: str) -> Any:  # a store row is data: a typed error
+            try:
+                return decode(text)
+            except Exception as exc:
+                raise ResumeMismatch(
+                    self.run_id, f"the stored result of step {node.key!r} cannot be read ({exc})"
+                ) from exc
+
         self.restored = True
+        self._incarnation = f"~{uuid.uuid4().hex[:8]}"
         now = _perf_counter()
         states = self._states
         nodes = self._nodes
@@ -690,7 +764,7 @@ class Execution:
             if state in ("succeeded", "reused", "ended") and (
                 record.result is not None or node.error_scope is not None
             ):
-                self._results[i] = None if record.result is None else decode(record.result)
+                self._results[i] = None if record.result is None else read(node, record.result)
                 states[i] = _SUCCEEDED
                 if state == "ended":
                     ended.add(i)
@@ -699,7 +773,7 @@ class Execution:
                 self._restore_error(node, record.error or "failed (no error on record)", record)
             elif unwinding and state in ("reverted", "revert_failed"):
                 if record.result is not None:
-                    self._results[i] = decode(record.result)
+                    self._results[i] = read(node, record.result)
                 if state == "reverted":
                     states[i] = _REVERTED
                     self._reverted.append(i)
@@ -915,9 +989,13 @@ class Execution:
                 self._close(RunStatus.SUCCEEDED)
                 events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
                 raise caller_cancel
-        if self._journal is not None and (
-            isinstance(caller_cancel, (KeyboardInterrupt, SystemExit))
-            or (caller_cancel is not None and self.release_on_interrupt)
+        if caller_cancel is not None and (
+            (
+                self._journal is not None
+                and isinstance(caller_cancel, (KeyboardInterrupt, SystemExit))
+            )
+            or self._being_released()
+            or (self._parent is not None and self._parent._being_released())
         ):
             self._releasing = True  # an interrupt leaves a durable run resumable, not final
         if self._releasing:
@@ -1206,7 +1284,9 @@ class Execution:
         if outer >= 0:
             made = self._nested_runs = self._nested_runs or {}
             made[outer] = made.get(outer, 0) + 1
-            prefix = f"{prefix}{self._nodes[outer].key}#{made[outer]}/"
+            # A resumed run numbers its nested runs again from 1 (they are not on
+            # record): its own mark keeps it from reusing a key a dead process used.
+            prefix = f"{prefix}{self._nodes[outer].key}#{made[outer]}{self._incarnation}/"
         child = Execution(
             graph,
             run_id=run_id or self.run_id,
@@ -1220,6 +1300,7 @@ class Execution:
             nested=True,
         )
         child._key_prefix = prefix
+        child._parent = self  # (released with it: a nested run undoes nothing then)
         return child
 
     def _busy(self) -> bool:
@@ -1289,6 +1370,18 @@ class Execution:
         it as it starts; one that passed while no process ran it times out at once,
         and unwinds what ran before (issue 14)."""
         self._wall_deadline = wall
+
+    def _being_released(self) -> bool:
+        """Its runtime is letting go of this run: released, or its task cancelled from
+        outside (see release_on_interrupt) with no cancel, failure or deadline of its own."""
+        if self._releasing:
+            return True
+        return (
+            self.release_on_interrupt
+            and not self._cancel_requested
+            and self._failure is None
+            and not (self._deadline is not None and self._deadline.cancel_called)
+        )
 
     def _completed(self) -> bool:
         """Every node the run needs has ended, and no failure stopped it.
@@ -1492,8 +1585,8 @@ class Execution:
             self._running -= 1
             if limits:
                 release(limits, self)
-        if type(value) is _COROUTINE:
-            self._node_failed(node, self._unawaited(node, value), 1)
+        if _unawaited(value):
+            self._node_failed(node, self._refused(node, value), 1)
             return
         if self._events.node_events:  # someone subscribed while it ran
             self._events.emit(TASK_SUCCEEDED, node.key, node.name, 1, _perf_counter() - start)
@@ -1567,8 +1660,8 @@ class Execution:
                             release(limits, self)
                         if self._running >= self._peak:  # it ran beside those running
                             self._peak = self._running + 1
-                        if type(stop.value) is _COROUTINE:
-                            self._node_failed(node, self._unawaited(node, stop.value), 1)
+                        if type(stop.value) is _COROUTINE or isinstance(stop.value, _FUTURE):
+                            self._node_failed(node, self._refused(node, stop.value), 1)
                         elif journal is not None:  # (no start record: nothing ran between)
                             self._checkpoint_success(node, stop.value, 1, start)
                         else:
@@ -1907,11 +2000,10 @@ class Execution:
             self._running -= 1
             if limits:
                 release(limits, self)
-        if type(value) is _COROUTINE or (
-            (node.kind is _MAP or node.kind is _STARMAP)
-            and any(type(item) is _COROUTINE for item in value)
+        if _unawaited(value) or (
+            (node.kind is _MAP or node.kind is _STARMAP) and any(map(_unawaited, value))
         ):
-            self._node_failed(node, self._unawaited(node, value), attempt)
+            self._node_failed(node, self._refused(node, value), attempt)
             return
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
@@ -1966,20 +2058,18 @@ class Execution:
         if self._events.node_events:
             self._events.emit(TASK_CANCELLED, node.key, node.name, attempt)
 
-    def _unawaited(self, node: Node, value: Any) -> ResultError:
-        """A task returned a coroutine (or a map a list holding some): a missing ``await``.
-        Each is closed, so no "never awaited" warning follows the error."""
-        found = (
-            [value] if type(value) is _COROUTINE else [v for v in value if type(v) is _COROUTINE]
-        )
-        for coro in found:
-            coro.close()
-        what = getattr(found[0], "__qualname__", "?")
-        where = "a coroutine" if len(found) == 1 and found[0] is value else "coroutines"
-        return ResultError(
-            node.key,
-            f"returned {where} ({what}()) instead of a value: a missing 'await'?",
-        )
+    def _refused(self, node: Node, value: Any) -> ResultError:
+        """A task returned a coroutine or a future (or a map a list holding some): a
+        missing ``await``. Coroutines are closed: no "never awaited" warning follows."""
+        found = [value] if _unawaited(value) else [v for v in value if _unawaited(v)]
+        for item in found:
+            if type(item) is _COROUTINE:
+                item.close()
+        if found[0] is value:
+            what = _awaitable_name(value)
+        else:
+            what = "coroutines" if all(type(v) is _COROUTINE for v in found) else "awaitables"
+        return ResultError(node.key, f"returned {what} instead of a value: a missing 'await'?")
 
     def _failure_of(self, node: Node, exc: BaseException, attempt: int) -> Exception:
         """The error a node failed with: its own, or :class:`aflow.errors.TaskFailed`
@@ -1996,7 +2086,7 @@ class Execution:
         """Why a running node was cancelled, as its record says."""
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return f"interrupted: {exc!r} was raised while it ran"
-        if self._releasing:
+        if self._being_released():
             return _RELEASED
         if self._failure is not None:
             failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
@@ -2005,8 +2095,6 @@ class Execution:
             return "cancelled mid-way: the run ran out of time"
         if self._cancel_requested:
             return "cancelled mid-way: the run was cancelled"
-        if self.release_on_interrupt:  # its runtime is going away (see release_on_interrupt)
-            return _RELEASED
         return "cancelled mid-way: the task driving the run was cancelled"
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
@@ -2277,11 +2365,17 @@ class Execution:
                 done = self._map_calls.get(index, [])
                 if reverter.is_async:
                     coro = _revert_items_async(
-                        reverter.fn, done, star, kwargs, reverter.takes_result
+                        reverter.fn, done, star, kwargs, reverter.takes_result, node.key
                     )
                     return _InContext(coro, self._context, ~index, attempt)
                 call = functools.partial(
-                    _revert_items_sync, reverter.fn, done, star, kwargs, reverter.takes_result
+                    _revert_items_sync,
+                    reverter.fn,
+                    done,
+                    star,
+                    kwargs,
+                    reverter.takes_result,
+                    node.key,
                 )
             elif reverter.is_async:
                 return _InContext(reverter.fn(*args, **kwargs), self._context, ~index, attempt)
@@ -2294,7 +2388,7 @@ class Execution:
         start = _perf_counter()
         sink = self._events
         try:
-            _, attempt = await self._attempts_of(
+            returned, attempt = await self._attempts_of(
                 node,
                 reverter.options,
                 reverter.is_async,
@@ -2303,6 +2397,7 @@ class Execution:
                 REVERT_RETRIED,
                 self._revert_attempts,
             )
+            _refuse_unawaited(returned, node.key)
         except BaseException as caught:
             if not isinstance(caught, Exception) and not _no_error(caught):
                 raise  # a cancellation (of a crashed compensation) or an interrupt
@@ -2428,12 +2523,13 @@ class Execution:
         """A snapshot of the node with this key."""
         return self._info(self.graph.node(key).index)
 
-    def step_now(self, step: int, attempt: int) -> StepInfo:
+    def step_now(self, step: int, attempt: int, item: int = -1) -> StepInfo:
         """The snapshot :func:`aflow.current_step` gives the body of node ``step`` (``~i``:
-        the revert of node ``i``) during attempt ``attempt``."""
+        the revert of node ``i``) during attempt ``attempt`` (in a map, of call ``item``)."""
+        call = f"[{item}]" if item >= 0 else ""
         if step < 0:
-            return self._info(~step, attempt, "/revert")
-        return self._info(step, attempt)
+            return self._info(~step, attempt, f"{call}/revert")
+        return self._info(step, attempt, call)
 
     def _info(self, i: int, attempt: int | None = None, suffix: str = "") -> StepInfo:
         node = self._nodes[i]

@@ -124,17 +124,25 @@ class Store(Protocol):
         ...
 
     async def claim(
-        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+        self,
+        run_id: str,
+        owner: str,
+        lease: float,
+        *,
+        now: float | None = None,
+        fresh: bool = False,
     ) -> bool:
         """Make ``owner`` the run's owner for ``lease`` seconds unless another owner's
         lease has not run out at ``now`` (wall seconds; ``time.time()`` by default);
         atomic. True if ``owner`` now owns it. Taking it from another owner (one that
-        died holding it) counts one more of the run's ``recoveries``."""
+        died holding it) counts one more of the run's ``recoveries``; ``fresh`` (a
+        person resumes it) sets them back to 0."""
         ...
 
     async def release(self, run_id: str, owner: str) -> bool:
-        """Let go of a run ``owner`` owns, unfinished, so that any process may claim it
-        at once (no lease to wait for, no recovery counted); True if it was ``owner``'s."""
+        """Let go of a run ``owner`` owns, unfinished or parked, so that any process
+        may claim it at once (no lease to wait for, no recovery counted); True if it
+        was ``owner``'s."""
         ...
 
     async def heartbeat(

@@ -98,21 +98,28 @@ class MemoryStore:
             table[node.key] = node
 
     async def claim(
-        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+        self,
+        run_id: str,
+        owner: str,
+        lease: float,
+        *,
+        now: float | None = None,
+        fresh: bool = False,
     ) -> bool:
         run = await self.get_run(run_id)
         now = time.time() if now is None else now
         if run.owner not in (None, owner) and (run.heartbeat or 0) >= now:
             return False  # another owner's lease has not run out
         taken = run.owner is not None and run.owner != owner
+        recoveries = 0 if fresh else run.recoveries + taken
         self._runs[run_id] = dataclasses.replace(
-            run, owner=owner, heartbeat=now + lease, recoveries=run.recoveries + taken
+            run, owner=owner, heartbeat=now + lease, recoveries=recoveries
         )
         return True
 
     async def release(self, run_id: str, owner: str) -> bool:
         run = self._runs.get(run_id)
-        if run is None or run.owner != owner or run.status not in UNFINISHED:
+        if run is None or run.owner != owner or run.status not in CANCELLABLE:
             return False
         self._runs[run_id] = dataclasses.replace(run, owner=None, heartbeat=None)
         return True

@@ -16,6 +16,7 @@ from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
+    CLAIM_FRESH_SET,
     CLAIM_SET,
     HISTORY_COLUMNS,
     INSERT_HISTORY,
@@ -34,6 +35,7 @@ from ._sqlite import expected_schema, schema_problems, shape_of
 __all__ = ["PostgresStore"]
 
 _CLAIM_SET = CLAIM_SET.format(owner="$1", until="$2")
+_CLAIM_FRESH_SET = CLAIM_FRESH_SET.format(owner="$1", until="$2")
 _CANCEL_SET = CANCEL_SET.format(now="$2", reason="$1")
 
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 17))
@@ -376,12 +378,19 @@ class PostgresStore:
                 raise RunNotFound(run_id, self.url) from exc
 
     async def claim(
-        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+        self,
+        run_id: str,
+        owner: str,
+        lease: float,
+        *,
+        now: float | None = None,
+        fresh: bool = False,
     ) -> bool:
         now = time.time() if now is None else now
         with self._errors("claiming a run"):
             done = await self._p().execute(
-                f"UPDATE aflow_runs SET {_CLAIM_SET} WHERE run_id = $3 AND "
+                f"UPDATE aflow_runs SET {_CLAIM_FRESH_SET if fresh else _CLAIM_SET} "
+                "WHERE run_id = $3 AND "
                 "(owner IS NULL OR owner = $1 OR heartbeat IS NULL OR heartbeat < $4)",
                 owner,
                 now + lease,
@@ -400,7 +409,7 @@ class PostgresStore:
                 "AND owner = $2 AND status = ANY($3::text[])",
                 run_id,
                 owner,
-                list(UNFINISHED),
+                list(CANCELLABLE),
             )
         return not done.endswith(" 0")
 

@@ -13,6 +13,7 @@ __all__ = [
     "RUN_COLUMNS",
     "CANCELLABLE",
     "CANCEL_SET",
+    "CLAIM_FRESH_SET",
     "CLAIM_SET",
     "PARKED",
     "UNFINISHED",
@@ -164,6 +165,8 @@ CLAIM_SET = (
     "owner = {owner}, heartbeat = {until}, recoveries = recoveries + "
     "CASE WHEN owner IS NOT NULL AND owner <> {owner} THEN 1 ELSE 0 END"
 )
+#: ``claim(fresh=True)``: a person takes the run up; its count of recoveries restarts.
+CLAIM_FRESH_SET = "owner = {owner}, heartbeat = {until}, recoveries = 0"
 #: ``request_cancel``: a reverting (or parked) run keeps what started its compensation,
 #: and a person cancelling a parked run gives it a fresh count of recoveries.
 CANCEL_SET = (

@@ -32,6 +32,7 @@ from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
+    CLAIM_FRESH_SET,
     CLAIM_SET,
     HISTORY_COLUMNS,
     INSERT_HISTORY,
@@ -49,6 +50,7 @@ from ._sql import (
 __all__ = ["SQLiteStore", "expected_schema", "schema_problems", "shape_of"]
 
 _CLAIM_SET = CLAIM_SET.format(owner=":owner", until=":until")
+_CLAIM_FRESH_SET = CLAIM_FRESH_SET.format(owner=":owner", until=":until")
 _CANCEL_SET = CANCEL_SET.format(now="?", reason="?")
 
 #: SQLite allows 32,766 parameters per statement; a node row has 8.
@@ -511,12 +513,19 @@ class SQLiteStore:
                 raise self._error(exc, f"writing a checkpoint of run {run_id}") from exc
 
     async def claim(
-        self, run_id: str, owner: str, lease: float, *, now: float | None = None
+        self,
+        run_id: str,
+        owner: str,
+        lease: float,
+        *,
+        now: float | None = None,
+        fresh: bool = False,
     ) -> bool:
         now = time.time() if now is None else now
         claimed = await self._change(
             "claiming a run",
-            f"UPDATE aflow_runs SET {_CLAIM_SET} WHERE run_id = :run AND "
+            f"UPDATE aflow_runs SET {_CLAIM_FRESH_SET if fresh else _CLAIM_SET} "
+            "WHERE run_id = :run AND "
             "(owner IS NULL OR owner = :owner OR heartbeat IS NULL OR heartbeat < :now)",
             {"owner": owner, "until": now + lease, "run": run_id, "now": now},
         )
@@ -525,12 +534,12 @@ class SQLiteStore:
         return claimed == 1
 
     async def release(self, run_id: str, owner: str) -> bool:
-        marks = ", ".join("?" * len(UNFINISHED))
+        marks = ", ".join("?" * len(CANCELLABLE))
         released = await self._change(
             "letting go of a run",
             "UPDATE aflow_runs SET owner = NULL, heartbeat = NULL WHERE run_id = ? AND "
             f"owner = ? AND status IN ({marks})",
-            (run_id, owner, *UNFINISHED),
+            (run_id, owner, *CANCELLABLE),
         )
         return released == 1
 
