@@ -95,7 +95,8 @@ class Node(NamedTuple):
     #: them); bindings to a source that did not succeed are left out.
     after_all: bool = False
     #: Set by the builder: an async task called once (no retries, timeout or deadline),
-    #: with no named inputs and no error scope, which a worker may start inline.
+    #: with no named inputs and no error scope, which a worker may start inline (one
+    #: that asks aflow.current_step() is not: see FunctionTask.asks_step).
     inline: bool = False
 
     @property
@@ -531,6 +532,7 @@ class GraphBuilder:
             and options.single_shot
             and not bindings
             and error_scope is None
+            and not task.asks_step
         )
         self.nodes.append(
             _new_node(
@@ -578,7 +580,7 @@ class GraphBuilder:
         first = len(nodes)
         name = name or task.name
         count = self._counts.get(name, 0)
-        inline = task.is_async and options.single_shot
+        inline = task.is_async and options.single_shot and not task.asks_step
         shapes = task.checked_shapes
         last_shape: tuple[int, tuple[str, ...]] | None = None
         parents = (pred,) if pred != -1 else ()

@@ -43,6 +43,29 @@ def _is_async(fn: object) -> bool:
     )
 
 
+#: What a body names when it asks about its own step (see ``FunctionTask.asks_step``).
+_STEP_NAMES = frozenset({"current_step", "current_attempt"})
+
+
+def _asks_step(fn: object) -> bool:
+    """Whether ``fn``'s code (or code defined inside it: a helper, a lambda it starts in
+    a thread) names ``aflow.current_step``. Such a task's nodes are given their step
+    up front; any other's only when it asks (``aflow.current_step`` finds it then),
+    which keeps a plain node's start at its cheapest."""
+    target = inspect.unwrap(fn) if callable(fn) else fn
+    code = getattr(target, "__code__", None)
+    if code is None:  # a callable object: its __call__'s code
+        call = getattr(type(target), "__call__", None)  # noqa: B004 - its code, not a test
+        code = getattr(call, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        current = stack.pop()
+        if _STEP_NAMES.intersection(current.co_names):
+            return True
+        stack.extend(c for c in current.co_consts if inspect.iscode(c))
+    return False
+
+
 class _RevertDecorator(Protocol):
     def __call__(self, fn: F, /) -> F: ...
 
@@ -163,6 +186,8 @@ class FunctionTask(Generic[P, R]):
         self.fn = fn
         self.name: str = checked.pop("name", name)
         self.is_async = _is_async(fn)
+        #: its body asks aflow.current_step(): its nodes get their step up front
+        self.asks_step = _asks_step(fn)
         self.options: dict[str, Any] = checked
         #: The compensation registered with :meth:`revert`, if any.
         self.reverter: Revert | None = None

@@ -356,6 +356,32 @@ class TestCurrentStep:
             "starts_a_task#2",
         ]
 
+    async def test_a_helper_awaited_by_a_plain_body_finds_its_step(self) -> None:
+        """A body that does not name current_step (started inline, its step not set up
+        front) still gets it from a helper it awaits, and what it starts after that."""
+        seen: list[str] = []
+
+        @aflow.task
+        async def plain(x: int) -> int:
+            seen.append(await tw.key_of_this_step())
+            await anyio.lowlevel.checkpoint()  # (it suspends: driven on by another frame)
+            seen.append(await tw.key_of_this_step())
+            seen.append(await anyio.to_thread.run_sync(tw.key_in_a_thread))
+            return x
+
+        async with aflow.Runtime() as rt:
+            run = await rt.submit(aflow.group(plain.s(1), plain.s(2)))
+            await run.result()
+        assert sorted(seen) == [f"{run.id}/plain"] * 3 + [f"{run.id}/plain#2"] * 3
+
+    async def test_a_thread_started_before_a_plain_body_asked_says_what_to_do(self) -> None:
+        @aflow.task
+        async def plain(x: int) -> str:
+            return await anyio.to_thread.run_sync(tw.key_in_a_thread)
+
+        with pytest.raises(RuntimeError, match=r"call aflow.current_step\(\) in the step's body"):
+            await plain.s(1)
+
     async def test_each_attempt_of_a_retried_flow_has_keys_of_its_own(self) -> None:
         from aflow.patterns import linear_flow as lf
 

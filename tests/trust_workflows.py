@@ -118,3 +118,12 @@ async def interrupts(x: int) -> int:
 @aflow.workflow
 def a_then_interrupted(start: int) -> Any:
     return step_a.s(start) | interrupts.s()
+
+
+async def key_of_this_step() -> str:
+    """A helper a task body awaits: the body itself never names aflow.current_step."""
+    return aflow.current_step().idempotency_key
+
+
+def key_in_a_thread() -> str:
+    return aflow.current_step().idempotency_key

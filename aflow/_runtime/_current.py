@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
@@ -45,14 +47,39 @@ def current_step() -> StepInfo:
             step = aflow.current_step()
             return await payments.charge(order, idempotency_key=step.idempotency_key)
     """
-    try:
-        execution = EXECUTION.get()
-        step = STEP.get()
-    except LookupError:
-        raise RuntimeError(
-            "aflow.current_step() is only available inside a task or a revert that aflow runs"
-        ) from None
+    execution = EXECUTION.get(None)
+    step = STEP.get(None)
+    if step is None:
+        # A node started inline has no step in its context (setting it costs a plain
+        # node's start a tenth): the worker or generator driving it is on the stack.
+        found = _driving_step(sys._getframe(1))
+        if found is not None:
+            execution, step = found
+            STEP.set(step)  # in the node's own context: what it starts from now sees it
+            EXECUTION.set(execution)
+    if execution is None or step is None:
+        where = (
+            "a task or thread a step started before it asked: call aflow.current_step() "
+            "in the step's body first (or pass what it returns along)"
+            if execution is not None
+            else "a task or a revert that aflow runs"
+        )
+        raise RuntimeError(f"aflow.current_step() is only available inside {where}")
     return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))
+
+
+def _driving_step(frame: FrameType | None) -> tuple[Execution, int] | None:
+    """The execution and node whose inline start (or its continuation) runs ``frame``."""
+    from ._scheduler import DRIVERS  # (the scheduler imports this module)
+
+    while frame is not None:
+        if frame.f_code in DRIVERS:
+            local = frame.f_locals
+            node, execution = local.get("node"), local.get("self")
+            if node is not None and execution is not None:
+                return execution, int(node.index)
+        frame = frame.f_back
+    return None
 
 
 def current_attempt() -> int:

@@ -96,7 +96,7 @@ from ._limits import Limit, release, try_acquire
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import run_in_executor, run_in_thread
 
-__all__ = ["Execution"]
+__all__ = ["DRIVERS", "Execution"]
 
 _PENDING = NodeState.PENDING
 _RUNNING = NodeState.RUNNING
@@ -1642,8 +1642,7 @@ class Execution:
                     if unfinished >= 0:
                         finished[unfinished] = start
                         unfinished = -1
-                    ctx = context.copy()
-                    ctx.run(_set_step, index)  # what aflow.current_step() reads
+                    ctx = context.copy()  # (no step in it: current_step() finds it here)
                     fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
                     try:
                         source = node.input
@@ -2610,3 +2609,8 @@ class Execution:
         """A short text of the limits in force, for ``repr``."""
         limits = list(self._global_limits) + list(self._limits.values())
         return ", ".join(f"{lim.name} {lim.borrowed}/{lim.total}" for lim in limits)
+
+
+#: The code that starts a node inline and drives it on: aflow.current_step() walks the
+#: stack to them to find the step of a node that has none in its context.
+DRIVERS = frozenset({Execution._worker.__code__, Execution._finish.__code__})
