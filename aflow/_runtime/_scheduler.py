@@ -370,6 +370,16 @@ class _InItem:
 _MISSING: Any = object()
 _COROUTINE = types.CoroutineType
 _FUTURE = asyncio.Future
+#: The types of what a task forgot to await, for the inline path's one-lookup check
+#: (any other future subclass is caught where a node does not end inline).
+_UNAWAITED = frozenset(
+    {
+        _COROUTINE,
+        asyncio.Future,
+        asyncio.Task,
+        getattr(asyncio.tasks, "_GatheringFuture", asyncio.Future),  # what gather() returns
+    }
+)
 _CUT_SHORT = "cancelled mid-way: its process stopped"
 _RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
 #: Stored states of a node that began and did not end: it runs again on a resume (or,
@@ -1611,6 +1621,7 @@ class Execution:
         # A worker lives in one phase, and a run's journal never changes.
         journal = self._journal
         inline_ok = not self._unwinding
+        unawaited = _UNAWAITED  # (what no node may return; a frozenset: one lookup)
         any_limits = self._any_limits
         streak = 0
         # The clock is slow to read (150 ns on some VMs, a fifth of a node): a node that
@@ -1659,12 +1670,13 @@ class Execution:
                             release(limits, self)
                         if self._running >= self._peak:  # it ran beside those running
                             self._peak = self._running + 1
-                        if type(stop.value) is _COROUTINE or isinstance(stop.value, _FUTURE):
-                            self._node_failed(node, self._refused(node, stop.value), 1)
+                        value = stop.value
+                        if type(value) in unawaited:
+                            self._node_failed(node, self._refused(node, value), 1)
                         elif journal is not None:  # (no start record: nothing ran between)
-                            self._checkpoint_success(node, stop.value, 1, start)
+                            self._checkpoint_success(node, value, 1, start)
                         else:
-                            results[index] = stop.value
+                            results[index] = value
                             states[index] = _SUCCEEDED
                             finished[index] = start
                             unfinished = index
