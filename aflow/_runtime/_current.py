@@ -16,6 +16,7 @@ __all__ = [
     "ATTEMPT",
     "EXECUTION",
     "INJECTIONS",
+    "ITEM",
     "STEP",
     "Injection",
     "current_attempt",
