@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 if TYPE_CHECKING:
-    from ._scheduler import Execution
+    from ._run_state import RunState
 
 __all__ = ["Limit", "SlotWaiter", "acquire_slot", "release", "try_acquire"]
 
@@ -41,7 +41,7 @@ class Limit:
         self.peak = 0
         #: parked nodes ``(run, node index)``, and work inside a node waiting in
         #: :func:`acquire_slot` ``(SlotWaiter, -1)``, first come first served
-        self.waiters: deque[tuple[Execution | SlotWaiter, int]] = deque()
+        self.waiters: deque[tuple[RunState | SlotWaiter, int]] = deque()
 
     def __repr__(self) -> str:
         return (
@@ -50,7 +50,7 @@ class Limit:
         )
 
 
-def try_acquire(limits: tuple[Limit, ...], execution: Execution, index: int) -> bool:
+def try_acquire(limits: tuple[Limit, ...], execution: RunState, index: int) -> bool:
     """Take one slot of every limit, or none: park the node on the first full one."""
     granted = execution.take_grants(index) if execution.grants else ()
     for limit in limits:
@@ -70,7 +70,7 @@ def try_acquire(limits: tuple[Limit, ...], execution: Execution, index: int) -> 
     return True
 
 
-def release(limits: tuple[Limit, ...], releaser: Execution | None) -> None:
+def release(limits: tuple[Limit, ...], releaser: RunState | None) -> None:
     """Free one slot of each limit, handing it to the first waiter of a live run if any."""
     for limit in limits:
         waiters = limit.waiters
@@ -112,7 +112,7 @@ async def acquire_slot(limit: Limit) -> None:
             limit.peak = limit.borrowed
         return
     waiter = SlotWaiter()
-    entry: tuple[Execution | SlotWaiter, int] = (waiter, -1)
+    entry: tuple[RunState | SlotWaiter, int] = (waiter, -1)
     limit.waiters.append(entry)
     try:
         await waiter.event.wait()

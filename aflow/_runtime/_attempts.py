@@ -1,0 +1,391 @@
+"""The attempt runner: how a node's body is called, retried, timed out and ended."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._events import (
+    TASK_CANCELLED,
+    TASK_RETRIED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+)
+from .._exceptions import (
+    MissingInputError,
+    ResultError,
+    SerializationError,
+    TaskFailed,
+    TaskTimeout,
+)
+from .._failure import Failure
+from .._graph import INPUT_ERROR, EndBranch, Node, OptionalKey
+from .._options import NodeOptions
+from ..stores._base import NodeRecord
+from ._bodies import (
+    COROUTINE,
+    Escaped,
+    InContext,
+    awaitable_name,
+    in_thread_as,
+    is_unawaited,
+    map_async,
+    map_sync,
+    no_error,
+)
+from ._current import INJECTIONS, Injection
+from ._journal import describe
+from ._limits import Limit, release
+from ._run_state import (
+    _CANCELLED,
+    _MAP,
+    _RETRYING,
+    _RUNNING,
+    _STARMAP,
+    _SUBGRAPH,
+    _SUCCEEDED,
+    _TASK,
+    RunState,
+)
+from ._threads import run_in_executor, run_in_thread
+
+_perf_counter = time.perf_counter
+
+
+class Attempts(RunState):
+    """Run one node to its end: arguments, attempts, retries, timeouts, how it ended."""
+
+    __slots__ = ()
+
+    def _args_of(self, node: Node) -> tuple[Any, ...]:
+        source = node.input
+        if source >= 0:
+            return (self._results[source], *node.args)
+        if source == INPUT_ERROR:
+            return (self._errors_for(node), *node.args)
+        return node.args
+
+    def _kwargs_of(self, node: Node) -> Mapping[str, Any]:
+        """The node's keyword arguments, with the values it takes by name from other nodes."""
+        if not node.bindings:
+            return node.kwargs
+        kwargs = dict(node.kwargs)
+        results = self._results
+        after_all = node.after_all
+        for param, source, selector in node.bindings:
+            if after_all and self._states[source] is not _SUCCEEDED:
+                continue  # a provider that was skipped (or failed and was continued past)
+            value = results[source]
+            if selector is not None:
+                soft = type(selector) is OptionalKey
+                try:
+                    value = value[selector.key if soft else selector]
+                except (KeyError, IndexError, TypeError):
+                    if soft or after_all:
+                        continue  # an optional input: the parameter keeps its default
+                    raise MissingInputError(
+                        node.key,
+                        [param],
+                        f"{self._nodes[source].key!r} gave no value {selector!r}",
+                    ) from None
+            kwargs[param] = value
+        return kwargs
+
+    def _in_thread(self, call: Callable[[], Any]) -> Any:
+        if self._executor is not None:
+            return run_in_executor(call, self._executor)
+        return run_in_thread(call, self._thread_limiter)
+
+    def _make_call(
+        self, node: Node, args: tuple[Any, ...], kwargs: Mapping[str, Any], attempt: int
+    ) -> Any:
+        task = node.task
+        assert task is not None
+        if node.kind is _TASK or node.kind is _SUBGRAPH:
+            if task.is_async:
+                return InContext(task.fn(*args, **kwargs), self._context, node.index, attempt)  # type: ignore[arg-type]
+            call = functools.partial(task.fn, *args, **kwargs)
+        else:
+            star = node.kind is not _MAP
+            done = None
+            if task.reverter is not None:
+                done = self._map_calls.setdefault(node.index, [])
+            if task.is_async:
+                coro = map_async(task.fn, args[0], star, kwargs, node, self.run_id, done)
+                return InContext(coro, self._context, node.index, attempt)
+            call = functools.partial(
+                map_sync, task.fn, args[0], star, kwargs, node, self.run_id, done
+            )
+        return self._in_thread(functools.partial(in_thread_as, self, node.index, attempt, call))
+
+    async def _attempts_of(
+        self,
+        node: Node,
+        options: NodeOptions,
+        is_async: bool,
+        make_call: Callable[[int], Any],
+        started: str,
+        retried: str,
+        attempts: dict[int, int] | None = None,
+    ) -> tuple[Any, int]:
+        """Call until success or until the retry policy gives up; return (value, attempts).
+
+        The final exception is re-raised with ``attempts`` (default: the node
+        attempts) recording how many attempts were made. Cancellation is never
+        retried.
+        """
+        index = node.index
+        sink = self._events
+        clock = self._clock
+        name = node.name
+        if attempts is None:
+            attempts = self._attempts
+        attempt = 1
+        timeout = options.timeout
+        give_up_at = clock.now() + options.deadline if options.deadline is not None else math.inf
+        while True:
+            if sink.node_events:
+                sink.emit(started, node.key, name, attempt)
+            try:
+                limit = timeout
+                if give_up_at != math.inf:
+                    left = give_up_at - clock.now()
+                    if left <= 0:
+                        raise TaskTimeout(self.run_id, node.key, attempt, options.deadline or 0.0)
+                    limit = left if limit is None else min(limit, left)
+                if limit is None:
+                    if INJECTIONS:
+                        await self._inject(node, attempt)
+                    value = await make_call(attempt)
+                elif is_async:
+                    with clock.cancel_scope(limit) as scope:
+                        if INJECTIONS:
+                            await self._inject(node, attempt)
+                        value = await make_call(attempt)
+                    if scope.cancelled_caught:
+                        raise TaskTimeout(self.run_id, node.key, attempt, limit)
+                else:
+                    if INJECTIONS:  # an injected hang is interruptible, unlike the thread
+                        with clock.cancel_scope(limit) as scope:
+                            await self._inject(node, attempt)
+                        if scope.cancelled_caught:
+                            raise TaskTimeout(self.run_id, node.key, attempt, limit)
+                    # A thread cannot be interrupted: at the deadline its cancel scope is
+                    # cancelled (anyio.from_thread.check_cancelled() in the thread sees it),
+                    # the thread is waited for, and a late result counts as a timeout.
+                    with clock.cancel_scope(limit) as scope:
+                        value = await make_call(attempt)
+                    if scope.cancel_called:
+                        raise TaskTimeout(self.run_id, node.key, attempt, limit)
+                if attempt > 1:
+                    attempts[index] = attempt
+                return value, attempt
+            except Exception as exc:
+                halted = self._stopping_retries() or isinstance(exc, Escaped)
+                if attempt <= options.retries and options.should_retry(exc) and not halted:
+                    wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
+                    if clock.now() + wait < give_up_at:
+                        if sink.node_events:
+                            sink.emit(retried, node.key, name, attempt, error=exc)
+                        if (
+                            self._journal is not None
+                            and not self._unwinding
+                            and node.error_scope is None
+                        ):
+                            self._journal.record(
+                                NodeRecord(node.key, "retrying", attempt, None, describe(exc))
+                            )
+                        if wait > 0:
+                            previous = self._states[index]
+                            self._states[index] = _RETRYING
+                            await clock.sleep(wait)
+                            self._states[index] = previous
+                        attempt += 1
+                        continue
+                attempts[index] = attempt
+                raise
+
+    def _stopping_retries(self) -> bool:
+        """A failure or a cancel stops retries; a suspend lets running nodes finish theirs."""
+        if self._unwinding or not self._halt:
+            return False
+        return not self._suspend_requested or self._failure is not None or self._cancel_requested
+
+    async def _inject(self, node: Node, attempt: int) -> None:
+        plans = INJECTIONS.get(node.key) or INJECTIONS.get(node.name) or ()
+        plan: Injection | None = next(
+            (p for p in plans if p.attempt is None or p.attempt == attempt), None
+        )
+        if plan is None or self._unwinding:
+            return
+        plan.hits += 1
+        if plan.action == "raise":
+            assert plan.error is not None
+            raise plan.error
+        if plan.action == "cancel":
+            self.cancel()
+        await anyio.sleep_forever()
+
+    async def _run_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
+        """Run one task node to its end (retries, timeouts, checkpoints, events)."""
+        index = node.index
+        task = node.task
+        assert task is not None
+        args = self._args_of(node)
+        if node.bindings:
+            try:
+                kwargs = self._kwargs_of(node)
+            except MissingInputError as exc:  # it never ran: nothing to revert
+                if limits:
+                    release(limits, self)
+                self._node_failed(node, exc, 1)
+                return
+        else:
+            kwargs = node.kwargs
+        journal = self._journal
+        if journal is not None and node.error_scope is None:
+            if index in self._announced:
+                pass  # its start was committed with its parent's success
+            elif task.reverter is not None:  # write-ahead: a dead run's cancel must undo it
+                self._announced.add(index)
+                try:
+                    await journal.announce(node.key)
+                except BaseException:
+                    if limits:
+                        release(limits, self)
+                    raise
+                if self._halt:  # the run stopped meanwhile: it does not start (see _end_phase)
+                    if limits:
+                        release(limits, self)
+                    return
+            else:
+                journal.started(node.key, 1)
+        self._states[index] = _RUNNING
+        self._running += 1
+        if self._running > self._peak:
+            self._peak = self._running
+        start = _perf_counter()
+        self._started[index] = start
+        sink = self._events
+        try:
+            if (
+                node.options.single_shot
+                and node.kind is _TASK
+                and task.is_async
+                and not sink.node_events
+                and not INJECTIONS
+            ):  # the common case, without the retry machinery
+                attempt = 1
+                value = await InContext(task.fn(*args, **kwargs), self._context, index)  # type: ignore[arg-type]
+            else:
+                value, attempt = await self._attempts_of(
+                    node,
+                    node.options,
+                    task.is_async,
+                    lambda attempt: self._make_call(node, args, kwargs, attempt),
+                    TASK_STARTED,
+                    TASK_RETRIED,
+                )
+        except Exception as exc:
+            attempt = self._attempts.get(index, 1)
+            self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
+            return
+        except BaseException as exc:  # cancellation: record it, never swallow it
+            if no_error(exc):
+                attempt = self._attempts.get(index, 1)
+                self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
+                return
+            self._cancelled(node, exc)
+            raise
+        finally:
+            self._running -= 1
+            if limits:
+                release(limits, self)
+        if is_unawaited(value) or (
+            (node.kind is _MAP or node.kind is _STARMAP) and any(map(is_unawaited, value))
+        ):
+            self._node_failed(node, self._refused(node, value), attempt)
+            return
+        if sink.node_events:
+            sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
+        if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is _SKIPPED
+            if journal is not None:  # on record as "ended": a resume skips what follows too
+                try:
+                    text = journal.encode(node.key, value.value)
+                except SerializationError as exc:
+                    self._node_failed(node, exc, attempt)
+                    return
+                times = (self._wall(start), time.time())
+                journal.record(
+                    NodeRecord(node.key, "ended", attempt, text, None, *times), ("end", index)
+                )
+                self._succeed(index, value.value, children=False)
+                return
+            self._succeed(index, value.value, children=False)
+            self._skip_dependents(index, None)
+            self._check_idle()
+            return
+        if journal is not None:
+            if node.error_scope is None:
+                self._checkpoint_success(node, value, attempt, start)
+                return
+            # an error callback's value is nobody's input: noted as done, not kept
+            times = (self._wall(start), time.time())
+            journal.record(NodeRecord(node.key, "succeeded", attempt, None, None, *times))
+        self._succeed(index, value)
+
+    def _cancelled(self, node: Node, exc: BaseException) -> None:
+        index = node.index
+        self._states[index] = _CANCELLED
+        self._finished[index] = _perf_counter()
+        self._errors[index] = exc
+        attempt = self._attempts.get(index, 1)
+        self._failures[index] = Failure.capture(node.key, exc, attempt, cancelled=True)
+        journal = self._journal
+        if journal is not None and self._store_error is None and node.error_scope is None:
+            # Every node of a finished run ends in a final state on record (issue 14); a
+            # resume treats a cancelled node as one that was running (see _CUT_OFF).
+            journal.record(
+                NodeRecord(
+                    node.key,
+                    "cancelled",
+                    attempt,
+                    None,
+                    self._why_cut_short(exc),
+                    None,
+                    time.time(),
+                )
+            )
+        if self._events.node_events:
+            self._events.emit(TASK_CANCELLED, node.key, node.name, attempt)
+
+    def _refused(self, node: Node, value: Any) -> ResultError:
+        """A task returned a coroutine or a future (or a map a list holding some): a
+        missing ``await``. Coroutines are closed: no "never awaited" warning follows."""
+        found = [value] if is_unawaited(value) else [v for v in value if is_unawaited(v)]
+        for item in found:
+            if type(item) is COROUTINE:
+                item.close()
+        if found[0] is value:
+            what = awaitable_name(value)
+        else:
+            what = "coroutines" if all(type(v) is COROUTINE for v in found) else "awaitables"
+        return ResultError(node.key, f"returned {what} instead of a value: a missing 'await'?")
+
+    def _failure_of(self, node: Node, exc: BaseException, attempt: int) -> Exception:
+        """The error a node failed with: its own, or :class:`aflow.errors.TaskFailed`
+        for a ``BaseException`` that is no error (the original is its ``__cause__``)."""
+        if isinstance(exc, Escaped):
+            exc = exc.__cause__ or exc
+        if isinstance(exc, Exception):
+            return exc
+        failed = TaskFailed(self.run_id, node.key, attempt, repr(exc))
+        failed.__cause__ = exc
+        return failed

@@ -1,0 +1,259 @@
+"""Compensation: the unwind of what ran, consumers first, shielded, with its own deadline."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._events import (
+    REVERT_FAILED,
+    REVERT_RETRIED,
+    REVERT_STARTED,
+    REVERT_SUCCEEDED,
+)
+from .._exceptions import (
+    CompensationFailed,
+    MissingInputError,
+)
+from .._graph import Node
+from ..stores._base import NodeRecord
+from ._bodies import (
+    InContext,
+    in_thread_as,
+    no_error,
+    refuse_unawaited,
+    revert_items_async,
+    revert_items_sync,
+)
+from ._journal import describe
+from ._limits import Limit, release
+from ._run_state import (
+    _CANCELLED,
+    _FAILED,
+    _MAP,
+    _REVERT_FAILED,
+    _REVERTED,
+    _REVERTING,
+    _STARMAP,
+    _SUCCEEDED,
+    RunState,
+)
+from ._states import RunStatus
+
+_perf_counter = time.perf_counter
+
+
+class Compensation(RunState):
+    """The unwind phase: reverts in reverse dependency order."""
+
+    __slots__ = ()
+
+    async def compensate(self) -> None:
+        """Revert a run that succeeded (a retried flow undone by an outer failure).
+
+        Same order and shielding as the unwinding after a failure; a revert
+        that fails raises :class:`aflow.CompensationFailed`.
+        """
+        if self._revert_errors:  # its own unwinding failed: what it kept cannot be undone
+            errors = list({id(e): e for e in self._revert_errors.values()}.values())
+            raise CompensationFailed(
+                self.run_id,
+                f"{len(errors)} revert(s) failed earlier; what they kept stays",
+                errors,  # type: ignore[arg-type]
+            )
+        if self.status is not RunStatus.SUCCEEDED:
+            return  # a failed run was unwound already; a suspended one is not undone
+        await self._unwind()
+        if self._revert_errors:
+            errors = list({id(e): e for e in self._revert_errors.values()}.values())
+            self.status = RunStatus.FAILED
+            raise CompensationFailed(
+                self.run_id,
+                f"{len(errors)} revert(s) failed while undoing a finished run",
+                errors,  # type: ignore[arg-type]
+            )
+        if self._reverted:
+            self.status = RunStatus.REVERTED
+
+    async def _unwind(self) -> None:
+        """Revert what ran, consumers first; shielded, with its own deadline."""
+        states = self._states
+        started = self._started
+        self._reverting = frozenset(
+            node.index
+            for node in self._nodes
+            if node.task is not None
+            and node.task.reverter is not None
+            and node.error_scope is None
+            and started[node.index] is not None
+            and states[node.index] in (_SUCCEEDED, _FAILED, _CANCELLED)
+        )
+        if not self._reverting:
+            return
+        self._unwinding = True
+        self.stopping = False  # reverts take limit slots like any node
+        self._remaining = [len(c) for c in self._children]
+        self._ready = deque(i for i, left in enumerate(self._remaining) if left == 0)
+        timed_out = False
+        finished = anyio.Event()
+
+        async def compensate() -> None:
+            nonlocal timed_out
+            if self._journal is not None:
+                try:
+                    await self._journal.store.set_status(
+                        self.run_id, "reverting", error=self._trigger
+                    )
+                except Exception as exc:
+                    self._store_failed(exc)
+                    finished.set()
+                    return
+            try:
+                with self._clock.cancel_scope(self._compensation_timeout) as deadline:
+                    await self._run_phase()
+                timed_out = deadline.cancelled_caught
+            finally:
+                finished.set()
+
+        # The shield stops anyio cancellation (cancel scopes, task groups). A native
+        # ``task.cancel()`` on asyncio still reaches the waiting task: that is why the
+        # reverts run in a child task and this one only waits, keeping the cancel for later.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(compensate)
+                while not finished.is_set():
+                    try:
+                        await finished.wait()
+                    except anyio.get_cancelled_exc_class() as exc:
+                        if tg.cancel_scope.cancel_called:
+                            raise  # the compensation itself crashed: let its error out
+                        self._deferred_cancel = exc
+        self._unwinding = False
+        self._end_phase()
+        if timed_out:
+            timeout = TimeoutError(
+                f"compensation of run {self.run_id} exceeded {self._compensation_timeout} s"
+            )
+            journal = self._journal
+            for i in self._reverting:  # in progress, in backoff, parked or never reached
+                if states[i] is not _REVERTED and i not in self._revert_errors:
+                    states[i] = _REVERT_FAILED
+                    self._revert_errors[i] = timeout
+                    if journal is not None:
+                        journal.record(
+                            NodeRecord(
+                                self._nodes[i].key, "revert_failed", 1, None, describe(timeout)
+                            )
+                        )
+            await self._write_leftover()
+
+    def _unwound(self, index: int) -> None:
+        remaining = self._remaining
+        ready = self._ready
+        for parent in self._nodes[index].parents:
+            left = remaining[parent] - 1
+            remaining[parent] = left
+            if left == 0:
+                ready.append(parent)
+
+    async def _revert_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
+        index = node.index
+        task = node.task
+        assert task is not None
+        assert task.reverter is not None
+        reverter = task.reverter
+        args = self._args_of(node)
+        try:
+            kwargs = dict(self._kwargs_of(node))
+        except MissingInputError:  # it never ran with them: nothing to undo
+            kwargs = dict(node.kwargs)
+        if reverter.takes_result:
+            failure = self._failures.get(index)
+            kwargs["result"] = self._results[index] if failure is None else failure
+        if reverter.takes_failures:
+            kwargs["flow_failures"] = self.failures()
+
+        def make_call(attempt: int) -> Any:
+            call: Callable[[], Any]
+            if node.kind is _MAP or node.kind is _STARMAP:  # one revert per call made
+                kwargs.pop("result", None)
+                star = node.kind is not _MAP
+                done = self._map_calls.get(index, [])
+                if reverter.is_async:
+                    coro = revert_items_async(
+                        reverter.fn, done, star, kwargs, reverter.takes_result, node.key
+                    )
+                    return InContext(coro, self._context, ~index, attempt)
+                call = functools.partial(
+                    revert_items_sync,
+                    reverter.fn,
+                    done,
+                    star,
+                    kwargs,
+                    reverter.takes_result,
+                    node.key,
+                )
+            elif reverter.is_async:
+                return InContext(reverter.fn(*args, **kwargs), self._context, ~index, attempt)
+            else:
+                call = functools.partial(reverter.fn, *args, **kwargs)
+            return self._in_thread(functools.partial(in_thread_as, self, ~index, attempt, call))
+
+        self._states[index] = _REVERTING
+        self._running += 1
+        start = _perf_counter()
+        sink = self._events
+        try:
+            returned, attempt = await self._attempts_of(
+                node,
+                reverter.options,
+                reverter.is_async,
+                make_call,
+                REVERT_STARTED,
+                REVERT_RETRIED,
+                self._revert_attempts,
+            )
+            refuse_unawaited(returned, node.key)
+        except BaseException as caught:
+            if not isinstance(caught, Exception) and not no_error(caught):
+                raise  # a cancellation (of a crashed compensation) or an interrupt
+            exc = self._failure_of(node, caught, self._revert_attempts.get(index, 1))
+            self._states[index] = _REVERT_FAILED
+            self._revert_errors[index] = exc
+            if self._journal is not None:
+                tries = self._revert_attempts.get(index, 1)
+                text = describe(exc)
+                record = NodeRecord(node.key, "revert_failed", tries, None, text, None, time.time())
+                self._journal.record(record)
+            exc.add_note(f"aflow: the revert of {node.key!r} failed in run {self.run_id}")
+            if sink.node_events:
+                sink.emit(REVERT_FAILED, node.key, node.name, error=exc)
+            # what precedes this node in its branch stays as it is
+        else:
+            self._states[index] = _REVERTED
+            self._reverted.append(index)
+            if sink.node_events:
+                sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
+            if self._journal is not None:  # its parents' reverts start once this is on record
+                failure = self._failures.get(index)
+                had = None  # a failure it had is kept on record: a resume needs it
+                if failure is not None and not failure.cancelled:
+                    had = describe(self._errors[index])
+                self._journal.record(
+                    NodeRecord(node.key, "reverted", attempt, None, had, None, time.time()),
+                    ("reverted", index),
+                )
+            else:
+                self._unwound(index)  # before the idle check: the parents are ready now
+        finally:
+            self._running -= 1
+            if limits:
+                release(limits, self)
+            self._check_idle()

@@ -1,0 +1,167 @@
+"""The outcome: root failures, error callbacks, notes on the error, and why a run stopped."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._events import (
+    RUN_FAILED,
+)
+from .._exceptions import (
+    LeaseLost,
+    RunCancelled,
+    RunTimeout,
+    StoreError,
+)
+from .._graph import Node, errback_extras
+from ._journal import describe
+from ._run_state import _FAILED, _JOIN, _PENDING, _REVERT_FAILED, _REVERTED, _SUCCEEDED, RunState
+from ._states import RunStatus
+
+_RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
+
+
+class Outcome(RunState):
+    """What a run reports when it ends."""
+
+    __slots__ = ()
+
+    def _trigger_text(self, caller_cancel: BaseException | None) -> str:
+        if self._failure is not None:
+            return describe(self._failure[1])
+        if self._timed_out:
+            return describe(RunTimeout(self.run_id, self._timeout or 0.0))
+        return describe(RunCancelled(self.run_id))
+
+    def _stopped_by_store(self) -> StoreError:
+        """The run stops where its store last recorded it (nothing reverted): a resume
+        takes it up from there once the store works again."""
+        error = self._store_error
+        assert error is not None
+        self._close(RunStatus.FAILED)
+        self._events.emit(RUN_FAILED, error=error)
+        if isinstance(error, LeaseLost):
+            failure = StoreError(
+                f"run {self.run_id} stopped: {error}. Nothing was reverted here; whoever "
+                "owns the run now (or a recovery) takes it up from its last checkpoint"
+            )
+        else:
+            failure = StoreError(
+                f"run {self.run_id} stopped: a checkpoint could not be written "
+                f"({describe(error)}). Nothing was reverted; the store keeps the run "
+                "unfinished at its last checkpoint: resume it (Runtime.resume(), "
+                "`aflow resume`, or Runtime(recover=True)) once the store is back"
+            )
+        failure.__cause__ = error
+        return failure
+
+    def _root_failures(self) -> list[BaseException]:
+        """Failures that stopped the run: not tolerated, not continued past."""
+        roots: list[BaseException] = []
+        for index, error in self._errors.items():
+            node = self._nodes[index]
+            if (
+                self._states[index] in (_FAILED, _REVERTED, _REVERT_FAILED)
+                and index in self._failures
+                and not self._failures[index].cancelled
+                and node.error_scope is None
+                and not node.options.continue_on_failed
+                and index not in self._tolerated_by
+            ):
+                roots.append(error)
+        return roots
+
+    def _note_outcome(self, primary: BaseException) -> None:
+        if self._reverted:
+            names = ", ".join(self._nodes[i].key for i in self._reverted)
+            primary.add_note(f"aflow: run {self.run_id} reverted {names} (in that order)")
+        if self._revert_errors:
+            names = ", ".join(self._nodes[i].key for i in self._revert_errors)
+            primary.add_note(f"aflow: the revert of {names} failed; what precedes it was kept")
+
+    def _why_cut_short(self, exc: BaseException) -> str:
+        """Why a running node was cancelled, as its record says."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return f"interrupted: {exc!r} was raised while it ran"
+        if self._being_released():
+            return _RELEASED
+        if self._failure is not None:
+            failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
+            return f"cancelled mid-way: task {failed!r} failed"
+        if self._timed_out or (self._deadline is not None and self._deadline.cancel_called):
+            return "cancelled mid-way: the run ran out of time"
+        if self._cancel_requested:
+            return "cancelled mid-way: the run was cancelled"
+        return "cancelled mid-way: the task driving the run was cancelled"
+
+    def _errors_for(self, node: Node) -> BaseException:
+        assert node.error_scope is not None
+        start, end = node.error_scope
+        for index, error in self._errors.items():  # insertion order: the first failure first
+            failure = self._failures.get(index)
+            if start <= index < end and failure is not None and not failure.cancelled:
+                return error
+        raise AssertionError("error callback run without a failure in its scope")
+
+    async def _run_errbacks(self) -> list[tuple[str, BaseException]]:
+        """Run the error callbacks whose scope saw a failure; return those that failed."""
+        failed = [
+            i
+            for i, f in self._failures.items()
+            if not f.cancelled
+            and self._nodes[i].error_scope is None
+            and not self._nodes[i].options.continue_on_failed
+        ]
+        tolerated_by = self._tolerated_by
+
+        def fails(scope: tuple[int, int], i: int) -> bool:
+            # A failure a threshold inside the scope tolerated did not fail the scope.
+            start, end = scope
+            join = tolerated_by.get(i)
+            return start <= i < end and not (join is not None and start <= join < end)
+
+        states = self._states
+        due = [  # one already done before a resume is not run again
+            node
+            for node in self._nodes
+            if node.error_scope is not None
+            and states[node.index] is _PENDING
+            and any(fails(node.error_scope, i) for i in failed)
+        ]
+        if not due:
+            return []
+        self._halt = False
+        async with anyio.create_task_group() as tg:
+            for node in due:
+                tg.start_soon(self._run_errback, node)
+        return [
+            (node.key, self._errors[node.index])
+            for node in due
+            if self._states[node.index] is _FAILED and node.index in self._errors
+        ]
+
+    async def _run_errback(self, node: Node) -> None:
+        task = node.task
+        assert task is not None
+        assert node.error_scope is not None
+        start, end = node.error_scope
+        args = self._args_of(node)
+        kwargs = dict(node.kwargs)
+        accepted = errback_extras(task)
+        if "failures" in accepted:
+            kwargs["failures"] = {
+                self._nodes[i].key: f
+                for i, f in self._failures.items()
+                if start <= i < end and not f.cancelled
+            }
+        if "results" in accepted:
+            kwargs["results"] = {
+                self._nodes[i].key: self._results[i]
+                for i in range(start, end)
+                if self._nodes[i].kind is not _JOIN
+                and i not in self._failures
+                and self._states[i] in (_SUCCEEDED, _REVERTED, _REVERT_FAILED)
+            }
+        await self._run_node(node._replace(args=args, kwargs=kwargs, input=-1), ())

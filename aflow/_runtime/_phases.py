@@ -1,0 +1,450 @@
+"""The run's lifecycle: its phases, what stops it, and the forward phase's frame."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._events import (
+    RUN_CANCELLED,
+    RUN_FAILED,
+    RUN_RELEASED,
+    RUN_REVERTED,
+    RUN_STARTED,
+    RUN_SUCCEEDED,
+    RUN_SUSPENDED,
+    EventListener,
+)
+from .._exceptions import (
+    CompensationFailed,
+    GroupFailed,
+    RecordedError,
+    RunCancelled,
+    RunReleased,
+    RunTimeout,
+)
+from .._graph import Graph
+from ..stores._base import NodeRecord
+from ._clock import wall_time
+from ._current import ATTEMPT, EXECUTION, STEP
+from ._run_state import _PENDING, _SKIPPED, RunState
+from ._states import RunStatus
+
+if TYPE_CHECKING:
+    from ._scheduler import Execution
+
+_perf_counter = time.perf_counter
+_copy_context = contextvars.copy_context
+_set_attempt = ATTEMPT.set
+_set_execution = EXECUTION.set
+
+
+class Lifecycle(RunState):
+    """Phases of a run and how it stops (see :class:`Phase`, :class:`StopReason`)."""
+
+    __slots__ = ()
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Subscribe to this run's events from now on."""
+        self._events.add_listener(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        """Stop sending events to ``listener``."""
+        self._events.remove_listener(listener)
+
+    async def _execute(self) -> Any:
+        """The run itself (see :meth:`execute`).
+
+        On failure the other running tasks are cancelled, completed work is
+        unwound (reverts, reverse dependency order, shielded), error callbacks
+        run, and the task's own exception is raised with notes naming the
+        task, the run and what was reverted. Cancelling the caller cancels and
+        unwinds the run, then re-raises ``CancelledError``.
+        """
+        if self.status is RunStatus.SUSPENDED:
+            self._prepare_resume()
+        elif self.status is not RunStatus.PENDING:
+            raise RuntimeError(f"run {self.run_id} was already started")
+        else:
+            self.started_at = time.time()
+            self._wall_offset = self.started_at - _perf_counter()
+        self.status = RunStatus.RUNNING
+        self._context = context = _copy_context()
+        context.run(_set_attempt, 1)  # every node's context starts from this one
+        context.run(_set_execution, self)  # type: ignore[arg-type]  # (an Execution)
+        events = self._events
+        events.emit(RUN_STARTED)
+        caller_cancel: BaseException | None = None
+        if self._resumed_unwinding:  # taken up mid-compensation: go on with it
+            trigger = self._trigger or ""
+            if roots := self._root_failures():
+                first = next(i for i, e in self._errors.items() if e is roots[0])
+                self._failure = (first, roots[0])
+            elif self._timed_out:
+                pass  # the outcome says so (RunTimeout)
+            elif trigger and not trigger.startswith("RunCancelled"):
+                # a failure started it (a cancel asked later does not change that)
+                self._failure = (-1, RecordedError(trigger))
+            elif not self._cancel_requested:  # unwinding, with no cause on record
+                why = "the run was being undone when its process stopped (no cause on record)"
+                self._failure = (-1, RecordedError(why))
+            self._halt = True
+        try:
+            timeout = self._timeout
+            if self._wall_deadline is not None and timeout is not None:
+                timeout = self._wall_deadline - wall_time(self._clock)
+                if timeout <= 0:
+                    self._timed_out = True
+            if not (
+                self._cancel_requested
+                or self._resumed_unwinding
+                or self._timed_out
+                or self._releasing  # let go of before it began
+            ):
+                if timeout is None:
+                    await self._run_phase()
+                else:
+                    with self._clock.cancel_scope(timeout) as deadline:
+                        self._deadline = deadline
+                        await self._run_phase()
+                    if deadline.cancelled_caught:
+                        self._timed_out = True
+        except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
+            caller_cancel = exc
+        self._end_phase()
+        if self._store_error is not None and caller_cancel is None:
+            raise self._stopped_by_store()
+        if self._completed():
+            # A cancel or a deadline that landed as the last node ended stopped nothing:
+            # the run succeeded, and nothing is reverted (its status and its nodes agree).
+            self._cancel_requested = False
+            self._timed_out = False
+            if caller_cancel is not None:  # the awaiter itself was cancelled: never swallowed
+                self._close(RunStatus.SUCCEEDED)
+                events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
+                raise caller_cancel
+        if caller_cancel is not None and (
+            (
+                self._journal is not None
+                and isinstance(caller_cancel, (KeyboardInterrupt, SystemExit))
+            )
+            or self._being_released()
+            or (self._parent is not None and self._parent._being_released())
+        ):
+            self._releasing = True  # an interrupt leaves a durable run resumable, not final
+        if self._releasing:
+            await self._let_go(caller_cancel)
+
+        stopped = (
+            self._failure is not None
+            or caller_cancel is not None
+            or self._timed_out
+            or self._cancel_requested
+        )
+        if stopped and self._on_error == "revert":
+            self._trigger = self._trigger_text(caller_cancel)
+            try:
+                await self._unwind()
+            except BaseException as exc:  # a native cancel as the shielded group closed
+                caller_cancel = caller_cancel or exc
+            if self._releasing:  # let go of mid-compensation: a resume goes on with it
+                await self._let_go(caller_cancel)
+            if caller_cancel is None and self._reverting:
+                caller_cancel = self._deferred_cancel
+                try:  # a cancel that arrived while the shield was up is the caller's now
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                except BaseException as exc:
+                    caller_cancel = exc
+        if caller_cancel is not None:
+            await self._write_leftover()  # what was cut short, on record (shielded)
+            self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED, error=caller_cancel)
+            raise caller_cancel
+        if self._store_error is not None:  # while unwinding
+            raise self._stopped_by_store()
+        if self._suspend_requested and not stopped and self._done_count < self._needed:
+            self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
+            events.emit(RUN_SUSPENDED)
+            return None
+
+        roots = self._root_failures()
+        primary: BaseException | None
+        if self._timed_out:
+            primary = RunTimeout(self.run_id, self._timeout or 0.0)
+        elif len(roots) == 1:
+            primary = roots[0]
+        elif roots:
+            primary = GroupFailed(self.run_id, f"{len(roots)} tasks failed", roots)  # type: ignore[arg-type]
+        elif self._failure is not None and self._failure[0] < 0:  # resumed: the stored trigger
+            primary = self._failure[1]
+        elif self._cancel_requested and self._done_count < self._needed:
+            primary = RunCancelled(self.run_id)
+        else:
+            primary = None
+        try:
+            errback_errors = await self._run_errbacks() if self._errbacks_due else []
+            await self._write_leftover()  # the error callbacks' records
+        except BaseException as exc:  # cancelled while the error callbacks ran
+            self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED, error=exc)
+            raise
+        if primary is None:
+            self._close(RunStatus.SUCCEEDED)
+            events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
+            return self._results[self.graph.output]
+
+        self._note_outcome(primary)
+        for key, error in errback_errors:
+            if error is not primary:
+                primary.add_note(
+                    f"aflow: error callback {key!r} also failed: {type(error).__name__}: {error}"
+                )
+        if self._revert_errors:
+            unique = {id(e): e for e in self._revert_errors.values()}  # one compensation timeout
+            errors = [primary, *unique.values()]
+            self._close(RunStatus.FAILED)
+            events.emit(RUN_FAILED, error=primary)
+            raise CompensationFailed(
+                self.run_id,
+                f"{len(self._revert_errors)} revert(s) failed while unwinding",
+                errors,  # type: ignore[arg-type]
+            )
+        if isinstance(primary, RunCancelled):
+            self._close(RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED)
+        elif self._reverted:
+            self._close(RunStatus.REVERTED)
+            events.emit(RUN_REVERTED, error=primary)
+        else:
+            self._close(RunStatus.FAILED)
+            events.emit(RUN_FAILED, error=primary)
+        raise primary
+
+    async def _let_go(self, interrupt: BaseException | None) -> None:
+        """End a released run here: write what finished (shielded), undo nothing."""
+        await self._write_leftover()
+        self._close(RunStatus.SUSPENDED)
+        self._events.emit(RUN_RELEASED)
+        if interrupt is not None:
+            raise interrupt
+        raise RunReleased(self.run_id)
+
+    def _store_failed(self, error: BaseException) -> None:
+        """A checkpoint write failed, or the lease was lost: stop at once (running nodes
+        are cancelled; nothing is reverted)."""
+        if self._store_error is None:
+            self._store_error = error
+        self._halt = True
+        self._stop_phase()
+
+    async def _run_phase(self) -> None:
+        """Run workers until the phase's ready work is done (or it is halted)."""
+        self._halt = False
+        self._spare_pending = False  # a spare cancelled before it started never said so
+        self._crew_error = None
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio: the workers are tasks of a task group
+            self._loop = None
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._scope = tg.cancel_scope
+                await self._phase()
+            self._tg = None
+        else:
+            # The phase's scope is entered before any node starts: a node's first step
+            # runs inline, and a cancel scope it opens there must nest inside this one.
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await self._phase()
+        if self._crew_error is not None:
+            raise self._crew_error
+        await self._write_leftover()  # a halted phase leaves transitions unwritten
+
+    async def _phase(self) -> None:
+        journal = self._journal
+        self._phase_open = True
+        if journal is not None:
+            journal.reopen()
+            # Never cancelled (only spares are): closing the journal ends it, batch whole.
+            self._spawn(self._flusher(journal))
+        try:
+            await self._worker()
+            if self._busy():
+                self._done = anyio.Event()
+                await self._done.wait()
+            if journal is not None:
+                journal.close()
+            await self._join_crew(cancel=False)
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            await self._join_crew(cancel=True)
+            raise
+        finally:
+            self._phase_open = False
+            self._done = None
+
+    def suspend(self) -> None:
+        """Start no more nodes; the running ones finish, then :meth:`execute` returns.
+
+        The run is then ``SUSPENDED`` and a later :meth:`execute` runs only
+        what is left. A run already unwinding is not suspended.
+        """
+        if self._unwinding or self.closed:
+            return
+        self._suspend_requested = True
+        self._halt = True
+        self._check_idle()
+
+    def _prepare_resume(self) -> None:
+        """Ready again every pending node whose parents are all done."""
+        self._suspend_requested = False
+        self._halt = False
+        self.stopping = False
+        states = self._states
+        remaining = self._remaining
+        self._ready = deque(
+            node.index
+            for node in self._nodes
+            if node.error_scope is None
+            and states[node.index] is _PENDING
+            and remaining[node.index] == 0
+        )
+
+    def nested(self, graph: Graph, *, run_id: str | None = None) -> Execution:
+        """A run of ``graph`` that shares this run's limits, threads, clock and listeners.
+
+        Called from a node's body (a retried flow's attempt): the child's steps are
+        known as ``<that node's key>#<attempt>/<their key>``, so their idempotency keys
+        differ from one attempt to the next (an attempt that was undone is new work).
+        """
+        outer = STEP.get(-1)
+        prefix = self._key_prefix
+        if outer >= 0:
+            made = self._nested_runs = self._nested_runs or {}
+            made[outer] = made.get(outer, 0) + 1
+            # A resumed run numbers its nested runs again from 1 (they are not on
+            # record): its own mark keeps it from reusing a key a dead process used.
+            prefix = f"{prefix}{self._nodes[outer].key}#{made[outer]}{self._incarnation}/"
+        from ._scheduler import Execution  # (it is made of this unit)
+
+        child = Execution(
+            graph,
+            run_id=run_id or self.run_id,
+            limits=self._limits,
+            global_limits=self._global_limits,
+            thread_limiter=self._thread_limiter,
+            listeners=self._events.listeners,
+            compensation_timeout=self._compensation_timeout,
+            clock=self._clock,
+            executor=self._executor,
+            nested=True,
+        )
+        child._key_prefix = prefix
+        child._parent = self  # (released with it: a nested run undoes nothing then)
+        return child
+
+    def _busy(self) -> bool:
+        if self._halt:
+            return False
+        if self._unwinding:
+            held = self._journal is not None and self._journal.holding
+            return bool(self._running or self._ready or self._parked or held)
+        return self._done_count < self._needed
+
+    def _check_idle(self) -> None:
+        if self._done is not None and not self._busy():
+            self._done.set()
+
+    def _end_phase(self) -> None:
+        """The forward phase is over: nothing may start, slots go back."""
+        if self._announced and self._journal is not None:
+            states = self._states
+            for i in self._announced:  # its start is on record, but it never started
+                if states[i] is _PENDING:
+                    self._journal.record(NodeRecord(self._nodes[i].key, "not_started", 1))
+            self._announced.clear()
+        self._tg = None
+        self._halt = True
+        self.stopping = True
+        self._ready.clear()
+        if self._parked:
+            self._forget_waiters()
+        self._parked = 0
+        self._return_grants()
+
+    def cancel(self) -> None:
+        """Cancel the run from outside; it unwinds, then raises :class:`RunCancelled`.
+
+        A run whose every node has ended (or that has closed) is past cancelling: the
+        request changes nothing, as ``asyncio.Task.cancel()`` on a finished task.
+        """
+        if self.closed or (self._completed() and not self._unwinding):
+            return
+        self._cancel_requested = True
+        if self._unwinding:
+            return  # compensation is shielded: let it finish
+        self._halt = True
+        self._stop_phase()
+
+    def release(self) -> None:
+        """Let go of a durable run at a step boundary, undoing nothing (its runtime shuts
+        down): no node starts any more, running ones are interrupted (they run again on
+        resume, at-least-once), what finished is written, and :meth:`execute` raises
+        :class:`aflow.errors.RunReleased` (or what interrupted its task), the run
+        ``SUSPENDED`` here and resumable in its store. A run without a store, or one
+        whose every node has ended, is not released."""
+        if self.closed or self._journal is None or self._completed():
+            return
+        self._releasing = True
+        self._halt = True
+        self._stop_phase()
+
+    def keep_deadline(self, wall: float) -> None:
+        """Keep the deadline a resumed run had (wall seconds): it gets what is left of
+        it as it starts; one that passed while no process ran it times out at once,
+        and unwinds what ran before (issue 14)."""
+        self._wall_deadline = wall
+
+    def _being_released(self) -> bool:
+        """Its runtime is letting go of this run: released, or its task cancelled from
+        outside (see release_on_interrupt) with no cancel, failure or deadline of its own."""
+        if self._releasing:
+            return True
+        return (
+            self.release_on_interrupt
+            and not self._cancel_requested
+            and self._failure is None
+            and not (self._deadline is not None and self._deadline.cancel_called)
+        )
+
+    def _completed(self) -> bool:
+        """Every node the run needs has ended, and no failure stopped it.
+
+        This is the run's commit point (issue 14): from here on a cancel or a deadline
+        stops nothing, so it must not undo anything either; the run succeeds.
+        """
+        return (
+            self._done_count >= self._needed
+            and self._failure is None
+            and not self._resumed_unwinding
+        )
+
+    def _close(self, status: RunStatus) -> None:
+        self.closed = True
+        self.stopping = True
+        self._return_grants()
+        self.status = status
+        self.ended_at = time.time()
+        states = self._states
+        for node in self._nodes:
+            if node.error_scope is not None and states[node.index] is _PENDING:
+                states[node.index] = _SKIPPED
