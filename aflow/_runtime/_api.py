@@ -411,7 +411,7 @@ class Run(Generic[R]):
             execution = self._execution
             if execution.status is RunStatus.SUCCEEDED:  # it completed as the cancel came
                 self._value = execution.result_of(execution.graph.output)
-            elif execution._releasing:
+            elif execution.released:
                 self._error = RunReleased(self.id)
             else:
                 self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
@@ -1361,7 +1361,7 @@ class Runtime:
             await handle._drive()
         finally:
             execution = handle._execution
-            if execution._releasing and self._store is not None:
+            if execution.released and self._store is not None:
                 try:  # any process may take it up at once, without waiting for the lease
                     with anyio.CancelScope(shield=True):
                         await self._store.release(handle.id, self._owner)

@@ -52,7 +52,9 @@ from ._run_state import (
     _SUBGRAPH,
     _SUCCEEDED,
     _TASK,
+    _UNWINDING,
     RunState,
+    StopReason,
 )
 from ._threads import run_in_executor, run_in_thread
 
@@ -196,7 +198,7 @@ class Attempts(RunState):
                             sink.emit(retried, node.key, name, attempt, error=exc)
                         if (
                             self._journal is not None
-                            and not self._unwinding
+                            and self._phase is not _UNWINDING
                             and node.error_scope is None
                         ):
                             self._journal.record(
@@ -214,16 +216,16 @@ class Attempts(RunState):
 
     def _stopping_retries(self) -> bool:
         """A failure or a cancel stops retries; a suspend lets running nodes finish theirs."""
-        if self._unwinding or not self._halt:
+        if self._phase is _UNWINDING or self.starting:
             return False
-        return not self._suspend_requested or self._failure is not None or self._cancel_requested
+        return self._stops != {StopReason.SUSPEND}
 
     async def _inject(self, node: Node, attempt: int) -> None:
         plans = INJECTIONS.get(node.key) or INJECTIONS.get(node.name) or ()
         plan: Injection | None = next(
             (p for p in plans if p.attempt is None or p.attempt == attempt), None
         )
-        if plan is None or self._unwinding:
+        if plan is None or self._phase is _UNWINDING:
             return
         plan.hits += 1
         if plan.action == "raise":
@@ -261,7 +263,7 @@ class Attempts(RunState):
                     if limits:
                         release(limits, self)
                     raise
-                if self._halt:  # the run stopped meanwhile: it does not start (see _end_phase)
+                if not self.starting:  # the run stopped meanwhile: it does not start (_end_phase)
                     if limits:
                         release(limits, self)
                     return
@@ -315,7 +317,7 @@ class Attempts(RunState):
             return
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
-        if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is _SKIPPED
+        if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is SKIPPED
             if journal is not None:  # on record as "ended": a resume skips what follows too
                 try:
                     text = journal.encode(node.key, value.value)

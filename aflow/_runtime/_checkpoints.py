@@ -18,7 +18,7 @@ from .._exceptions import (
 from .._graph import Node
 from ..stores._base import NodeRecord
 from ._journal import Journal, describe
-from ._run_state import _PENDING, RunState
+from ._run_state import _PENDING, RunState, StopReason
 from ._states import RunStatus
 
 
@@ -42,16 +42,17 @@ class Checkpoints(RunState):
         # requested meanwhile (`aflow cancel`) is kept, and obeyed.
         first = "reverting" if self._resumed_unwinding else "running"
         try:
-            stored = await store.start_run(self.run_id, first, self._trigger)
+            stored = await store.start_run(self.run_id, first, self._stop_cause)
         except Exception as exc:  # nothing ran: the run stays as stored, for a resume
             self._store_error = exc
+            self._stops.add(StopReason.STORE)
             raise self._stopped_by_store() from exc
         if stored == "cancelling":
             self.cancel()
         try:
             value = await self._execute()
         except BaseException as exc:
-            if self._store_error is not None or self._releasing:
+            if self._store_error is not None or StopReason.RELEASE in self._stops:
                 raise  # the store keeps the run unfinished, for a resume to take up
             if self.status is RunStatus.SUCCEEDED:  # it completed, then its awaiter was cancelled
                 await self._record_end(result=self._result_text(journal))
@@ -145,7 +146,7 @@ class Checkpoints(RunState):
         for child in self._children[node.index]:
             task = self._nodes[child].task
             if (
-                not self._halt
+                self.starting
                 and remaining[child] == 1
                 and task is not None
                 and task.reverter is not None

@@ -43,6 +43,7 @@ from ._run_state import (
     _REVERTING,
     _STARMAP,
     _SUCCEEDED,
+    Phase,
     RunState,
 )
 from ._states import RunStatus
@@ -97,8 +98,8 @@ class Compensation(RunState):
         )
         if not self._reverting:
             return
-        self._unwinding = True
-        self.stopping = False  # reverts take limit slots like any node
+        before = self._phase  # (FORWARD, or CLOSED for compensate())
+        self._phase = Phase.UNWINDING
         self._remaining = [len(c) for c in self._children]
         self._ready = deque(i for i, left in enumerate(self._remaining) if left == 0)
         timed_out = False
@@ -109,7 +110,7 @@ class Compensation(RunState):
             if self._journal is not None:
                 try:
                     await self._journal.store.set_status(
-                        self.run_id, "reverting", error=self._trigger
+                        self.run_id, "reverting", error=self._stop_cause
                     )
                 except Exception as exc:
                     self._store_failed(exc)
@@ -135,7 +136,7 @@ class Compensation(RunState):
                         if tg.cancel_scope.cancel_called:
                             raise  # the compensation itself crashed: let its error out
                         self._deferred_cancel = exc
-        self._unwinding = False
+        self._phase = before
         self._end_phase()
         if timed_out:
             timeout = TimeoutError(

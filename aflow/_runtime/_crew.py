@@ -20,7 +20,7 @@ class Crew(RunState):
     __slots__ = ()
 
     def _ensure_worker(self) -> None:
-        if not self._spare_pending and not self._halt and self._phase_open:
+        if not self._spare_pending and self.starting and self._crew_open:
             self._spare_pending = True
             self._spawn(self._spare())
 
@@ -46,7 +46,7 @@ class Crew(RunState):
     def _crew_done(self, task: asyncio.Task[Any]) -> None:
         self._crew.discard(task)
         if task.cancelled():
-            if not self._halt and self._crew_error is None:
+            if self.starting and self._crew_error is None:
                 # Nothing stopped the phase: a node raised CancelledError of its own
                 # accord. Its worker ended with it; the run must not wait for it.
                 keys = [self._nodes[i].key for i, f in self._failures.items() if f.cancelled]
@@ -54,35 +54,35 @@ class Crew(RunState):
                     f"run {self.run_id}: task {', '.join(map(repr, keys)) or '?'} raised "
                     "CancelledError without being cancelled"
                 )
-                self._halt = True
-                self._stop_phase()
+                self._cut_phase()
         else:
             error = task.exception()
             if error is not None and self._crew_error is None:
                 # Nodes' own errors are handled in the task: this is the scheduler's own,
                 # and it fails the phase, as a task group would.
                 self._crew_error = error
-                self._halt = True
-                self._stop_phase()
+                self._cut_phase()
         idle = self._crew_idle
         if not self._crew and idle is not None and not idle.done():
             idle.set_result(None)
 
-    def _stop_phase(self) -> None:
-        """Cancel what runs in this phase: what the host awaits, and the crew's workers.
+    def _cut_phase(self) -> None:
+        """Start nothing more, and cancel what runs in this phase: what the host awaits,
+        and the crew's workers.
 
         Through their anyio scopes, never ``task.cancel()``: a shield inside a node (its
         cleanup, a thread being waited for) must hold, as in a task group.
         """
+        self.starting = False
         if self._scope is not None:
             self._scope.cancel()
         for scope in self._spare_scopes:
             scope.cancel()
 
     async def _spare(self) -> None:
-        """A spare worker of the crew, in a cancel scope of its own (see _stop_phase)."""
+        """A spare worker of the crew, in a cancel scope of its own (see _cut_phase)."""
         with anyio.CancelScope() as scope:
-            if self._halt:
+            if not self.starting:
                 return  # the phase stopped before this task started
             self._spare_scopes.add(scope)
             try:
@@ -95,8 +95,7 @@ class Crew(RunState):
         first. A native cancel of this task meanwhile is re-raised once they have."""
         deferred: BaseException | None = None
         if cancel:
-            self._halt = True
-            self._stop_phase()
+            self._cut_phase()
         loop = self._loop
         with anyio.CancelScope(shield=True):
             while self._crew and loop is not None:
@@ -105,8 +104,7 @@ class Crew(RunState):
                     await self._crew_idle
                 except BaseException as exc:  # asyncio's own cancel: kept for later
                     deferred = deferred or exc
-                    self._halt = True
-                    self._stop_phase()
+                    self._cut_phase()
         self._crew_idle = None
         if deferred is not None:
             raise deferred

@@ -80,7 +80,7 @@ def release(limits: tuple[Limit, ...], releaser: RunState | None) -> None:
                 execution.granted = True  # the slot stays borrowed, now on its behalf
                 execution.event.set()
                 break
-            if execution.stopping:
+            if not execution.starting:  # (a stopped run's waiters are forgotten at its phase's end)
                 continue
             execution.grant(index, limit)
             execution.requeue(index, wake=execution is not releaser)

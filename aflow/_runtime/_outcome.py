@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
 from .._events import (
+    RUN_CANCELLED,
     RUN_FAILED,
+    RUN_REVERTED,
+    RUN_SUCCEEDED,
 )
 from .._exceptions import (
+    CompensationFailed,
+    GroupFailed,
     LeaseLost,
     RunCancelled,
     RunTimeout,
@@ -17,7 +24,17 @@ from .._exceptions import (
 )
 from .._graph import Node, errback_extras
 from ._journal import describe
-from ._run_state import _FAILED, _JOIN, _PENDING, _REVERT_FAILED, _REVERTED, _SUCCEEDED, RunState
+from ._run_state import (
+    _FAILED,
+    _JOIN,
+    _PENDING,
+    _REVERT_FAILED,
+    _REVERTED,
+    _SUCCEEDED,
+    Phase,
+    RunState,
+    StopReason,
+)
 from ._states import RunStatus
 
 _RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
@@ -28,10 +45,69 @@ class Outcome(RunState):
 
     __slots__ = ()
 
-    def _trigger_text(self, caller_cancel: BaseException | None) -> str:
+    async def _settle(self) -> Any:
+        """Close a run that was not cut short: run the error callbacks that are due, then
+        return the output's value, or raise what stopped the run (with notes)."""
+        events = self._events
+        roots = self._root_failures()
+        primary: BaseException | None
+        if StopReason.TIMEOUT in self._stops:
+            primary = RunTimeout(self.run_id, self._timeout or 0.0)
+        elif len(roots) == 1:
+            primary = roots[0]
+        elif roots:
+            primary = GroupFailed(self.run_id, f"{len(roots)} tasks failed", roots)  # type: ignore[arg-type]
+        elif self._failure is not None and self._failure[0] < 0:  # resumed: the stored trigger
+            primary = self._failure[1]
+        elif StopReason.CANCEL in self._stops and self._done_count < self._done_goal:
+            primary = RunCancelled(self.run_id)
+        else:
+            primary = None
+        try:
+            errback_errors = (
+                await self._run_errbacks() if self._done_goal < len(self._nodes) else []
+            )
+            await self._write_leftover()  # the error callbacks' records
+        except BaseException as exc:  # cancelled while the error callbacks ran
+            self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED, error=exc)
+            raise
+        if primary is None:
+            self._close(RunStatus.SUCCEEDED)
+            events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
+            return self._results[self.graph.output]
+
+        self._note_outcome(primary)
+        for key, error in errback_errors:
+            if error is not primary:
+                primary.add_note(
+                    f"aflow: error callback {key!r} also failed: {type(error).__name__}: {error}"
+                )
+        if self._revert_errors:
+            unique = {id(e): e for e in self._revert_errors.values()}  # one compensation timeout
+            errors = [primary, *unique.values()]
+            self._close(RunStatus.FAILED)
+            events.emit(RUN_FAILED, error=primary)
+            raise CompensationFailed(
+                self.run_id,
+                f"{len(self._revert_errors)} revert(s) failed while unwinding",
+                errors,  # type: ignore[arg-type]
+            )
+        if isinstance(primary, RunCancelled):
+            self._close(RunStatus.CANCELLED)
+            events.emit(RUN_CANCELLED)
+        elif self._reverted:
+            self._close(RunStatus.REVERTED)
+            events.emit(RUN_REVERTED, error=primary)
+        else:
+            self._close(RunStatus.FAILED)
+            events.emit(RUN_FAILED, error=primary)
+        raise primary
+
+    def _cause_text(self) -> str:
         if self._failure is not None:
             return describe(self._failure[1])
-        if self._timed_out:
+        if StopReason.TIMEOUT in self._stops:
             return describe(RunTimeout(self.run_id, self._timeout or 0.0))
         return describe(RunCancelled(self.run_id))
 
@@ -90,9 +166,11 @@ class Outcome(RunState):
         if self._failure is not None:
             failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"
             return f"cancelled mid-way: task {failed!r} failed"
-        if self._timed_out or (self._deadline is not None and self._deadline.cancel_called):
+        if StopReason.TIMEOUT in self._stops or (
+            self._deadline is not None and self._deadline.cancel_called
+        ):
             return "cancelled mid-way: the run ran out of time"
-        if self._cancel_requested:
+        if StopReason.CANCEL in self._stops:
             return "cancelled mid-way: the run was cancelled"
         return "cancelled mid-way: the task driving the run was cancelled"
 
@@ -132,7 +210,8 @@ class Outcome(RunState):
         ]
         if not due:
             return []
-        self._halt = False
+        self._phase = Phase.CALLBACKS
+        self.starting = True
         async with anyio.create_task_group() as tg:
             for node in due:
                 tg.start_soon(self._run_errback, node)

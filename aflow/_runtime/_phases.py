@@ -14,27 +14,21 @@ import anyio.lowlevel
 
 from .._events import (
     RUN_CANCELLED,
-    RUN_FAILED,
     RUN_RELEASED,
-    RUN_REVERTED,
     RUN_STARTED,
     RUN_SUCCEEDED,
     RUN_SUSPENDED,
     EventListener,
 )
 from .._exceptions import (
-    CompensationFailed,
-    GroupFailed,
     RecordedError,
-    RunCancelled,
     RunReleased,
-    RunTimeout,
 )
 from .._graph import Graph
 from ..stores._base import NodeRecord
 from ._clock import wall_time
 from ._current import ATTEMPT, EXECUTION, STEP
-from ._run_state import _PENDING, _SKIPPED, RunState
+from ._run_state import _PENDING, _SKIPPED, _UNWINDING, Phase, RunState, StopReason
 from ._states import RunStatus
 
 if TYPE_CHECKING:
@@ -44,6 +38,12 @@ _perf_counter = time.perf_counter
 _copy_context = contextvars.copy_context
 _set_attempt = ATTEMPT.set
 _set_execution = EXECUTION.set
+
+
+#: Stopped before the forward phase began: it does not run.
+_STOPPED_BEFORE_START = frozenset({StopReason.CANCEL, StopReason.TIMEOUT, StopReason.RELEASE})
+#: What stops a compensation under way (a cancel or a deadline does not: it is shielded).
+_CUTS_COMPENSATION = frozenset({StopReason.STORE, StopReason.RELEASE})
 
 
 class Lifecycle(RunState):
@@ -68,46 +68,31 @@ class Lifecycle(RunState):
         task, the run and what was reverted. Cancelling the caller cancels and
         unwinds the run, then re-raises ``CancelledError``.
         """
-        if self.status is RunStatus.SUSPENDED:
+        if self._phase is Phase.SUSPENDED:
             self._prepare_resume()
-        elif self.status is not RunStatus.PENDING:
+        elif self._phase is not Phase.PENDING:
             raise RuntimeError(f"run {self.run_id} was already started")
         else:
             self.started_at = time.time()
             self._wall_offset = self.started_at - _perf_counter()
+        self._phase = Phase.FORWARD
         self.status = RunStatus.RUNNING
         self._context = context = _copy_context()
         context.run(_set_attempt, 1)  # every node's context starts from this one
         context.run(_set_execution, self)  # type: ignore[arg-type]  # (an Execution)
         events = self._events
         events.emit(RUN_STARTED)
+        if self._resumed_unwinding:
+            self._take_up_unwinding()
+        stops = self._stops
         caller_cancel: BaseException | None = None
-        if self._resumed_unwinding:  # taken up mid-compensation: go on with it
-            trigger = self._trigger or ""
-            if roots := self._root_failures():
-                first = next(i for i, e in self._errors.items() if e is roots[0])
-                self._failure = (first, roots[0])
-            elif self._timed_out:
-                pass  # the outcome says so (RunTimeout)
-            elif trigger and not trigger.startswith("RunCancelled"):
-                # a failure started it (a cancel asked later does not change that)
-                self._failure = (-1, RecordedError(trigger))
-            elif not self._cancel_requested:  # unwinding, with no cause on record
-                why = "the run was being undone when its process stopped (no cause on record)"
-                self._failure = (-1, RecordedError(why))
-            self._halt = True
         try:
             timeout = self._timeout
             if self._wall_deadline is not None and timeout is not None:
                 timeout = self._wall_deadline - wall_time(self._clock)
                 if timeout <= 0:
-                    self._timed_out = True
-            if not (
-                self._cancel_requested
-                or self._resumed_unwinding
-                or self._timed_out
-                or self._releasing  # let go of before it began
-            ):
+                    stops.add(StopReason.TIMEOUT)
+            if stops.isdisjoint(_STOPPED_BEFORE_START) and not self._resumed_unwinding:
                 if timeout is None:
                     await self._run_phase()
                 else:
@@ -115,7 +100,7 @@ class Lifecycle(RunState):
                         self._deadline = deadline
                         await self._run_phase()
                     if deadline.cancelled_caught:
-                        self._timed_out = True
+                        stops.add(StopReason.TIMEOUT)
         except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
             caller_cancel = exc
         self._end_phase()
@@ -124,8 +109,8 @@ class Lifecycle(RunState):
         if self._completed():
             # A cancel or a deadline that landed as the last node ended stopped nothing:
             # the run succeeded, and nothing is reverted (its status and its nodes agree).
-            self._cancel_requested = False
-            self._timed_out = False
+            stops.discard(StopReason.CANCEL)
+            stops.discard(StopReason.TIMEOUT)
             if caller_cancel is not None:  # the awaiter itself was cancelled: never swallowed
                 self._close(RunStatus.SUCCEEDED)
                 events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
@@ -138,23 +123,23 @@ class Lifecycle(RunState):
             or self._being_released()
             or (self._parent is not None and self._parent._being_released())
         ):
-            self._releasing = True  # an interrupt leaves a durable run resumable, not final
-        if self._releasing:
+            stops.add(StopReason.RELEASE)  # an interrupt leaves a durable run resumable
+        if StopReason.RELEASE in stops:
             await self._let_go(caller_cancel)
 
         stopped = (
             self._failure is not None
             or caller_cancel is not None
-            or self._timed_out
-            or self._cancel_requested
+            or StopReason.TIMEOUT in stops
+            or StopReason.CANCEL in stops
         )
         if stopped and self._on_error == "revert":
-            self._trigger = self._trigger_text(caller_cancel)
+            self._stop_cause = self._cause_text()
             try:
                 await self._unwind()
             except BaseException as exc:  # a native cancel as the shielded group closed
                 caller_cancel = caller_cancel or exc
-            if self._releasing:  # let go of mid-compensation: a resume goes on with it
+            if StopReason.RELEASE in stops:  # let go of mid-compensation: a resume goes on
                 await self._let_go(caller_cancel)
             if caller_cancel is None and self._reverting:
                 caller_cancel = self._deferred_cancel
@@ -169,63 +154,31 @@ class Lifecycle(RunState):
             raise caller_cancel
         if self._store_error is not None:  # while unwinding
             raise self._stopped_by_store()
-        if self._suspend_requested and not stopped and self._done_count < self._needed:
+        if StopReason.SUSPEND in stops and not stopped and self._done_count < self._done_goal:
             self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
+            self._phase = Phase.SUSPENDED
             events.emit(RUN_SUSPENDED)
             return None
+        return await self._settle()
 
-        roots = self._root_failures()
-        primary: BaseException | None
-        if self._timed_out:
-            primary = RunTimeout(self.run_id, self._timeout or 0.0)
-        elif len(roots) == 1:
-            primary = roots[0]
-        elif roots:
-            primary = GroupFailed(self.run_id, f"{len(roots)} tasks failed", roots)  # type: ignore[arg-type]
-        elif self._failure is not None and self._failure[0] < 0:  # resumed: the stored trigger
-            primary = self._failure[1]
-        elif self._cancel_requested and self._done_count < self._needed:
-            primary = RunCancelled(self.run_id)
+    def _take_up_unwinding(self) -> None:
+        """A run restored mid-compensation goes on with it, for the cause on record."""
+        trigger = self._stop_cause or ""
+        stops = self._stops
+        if roots := self._root_failures():
+            first = next(i for i, e in self._errors.items() if e is roots[0])
+            self._failure = (first, roots[0])
+        elif StopReason.TIMEOUT in stops:
+            return  # the outcome says so (RunTimeout)
+        elif trigger and not trigger.startswith("RunCancelled"):
+            # a failure started it (a cancel asked later does not change that)
+            self._failure = (-1, RecordedError(trigger))
+        elif StopReason.CANCEL not in stops:  # unwinding, with no cause on record
+            why = "the run was being undone when its process stopped (no cause on record)"
+            self._failure = (-1, RecordedError(why))
         else:
-            primary = None
-        try:
-            errback_errors = await self._run_errbacks() if self._errbacks_due else []
-            await self._write_leftover()  # the error callbacks' records
-        except BaseException as exc:  # cancelled while the error callbacks ran
-            self._close(RunStatus.FAILED if self._revert_errors else RunStatus.CANCELLED)
-            events.emit(RUN_CANCELLED, error=exc)
-            raise
-        if primary is None:
-            self._close(RunStatus.SUCCEEDED)
-            events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
-            return self._results[self.graph.output]
-
-        self._note_outcome(primary)
-        for key, error in errback_errors:
-            if error is not primary:
-                primary.add_note(
-                    f"aflow: error callback {key!r} also failed: {type(error).__name__}: {error}"
-                )
-        if self._revert_errors:
-            unique = {id(e): e for e in self._revert_errors.values()}  # one compensation timeout
-            errors = [primary, *unique.values()]
-            self._close(RunStatus.FAILED)
-            events.emit(RUN_FAILED, error=primary)
-            raise CompensationFailed(
-                self.run_id,
-                f"{len(self._revert_errors)} revert(s) failed while unwinding",
-                errors,  # type: ignore[arg-type]
-            )
-        if isinstance(primary, RunCancelled):
-            self._close(RunStatus.CANCELLED)
-            events.emit(RUN_CANCELLED)
-        elif self._reverted:
-            self._close(RunStatus.REVERTED)
-            events.emit(RUN_REVERTED, error=primary)
-        else:
-            self._close(RunStatus.FAILED)
-            events.emit(RUN_FAILED, error=primary)
-        raise primary
+            return
+        stops.add(StopReason.FAILURE)
 
     async def _let_go(self, interrupt: BaseException | None) -> None:
         """End a released run here: write what finished (shielded), undo nothing."""
@@ -241,12 +194,25 @@ class Lifecycle(RunState):
         are cancelled; nothing is reverted)."""
         if self._store_error is None:
             self._store_error = error
-        self._halt = True
-        self._stop_phase()
+        self._stop(StopReason.STORE)
+
+    def _stop(self, reason: StopReason) -> None:
+        """The one way a run is stopped: record why, and start no node any more.
+
+        A suspend lets running nodes finish; any other reason cancels them, except that
+        a cancel or a deadline does not cut short a compensation (it is shielded: it
+        finishes). A store failure or a release stops the compensation too.
+        """
+        self._stops.add(reason)
+        if reason is StopReason.SUSPEND:
+            self.starting = False
+            self._check_idle()
+        elif self._phase is not _UNWINDING or reason in _CUTS_COMPENSATION:
+            self._cut_phase()
 
     async def _run_phase(self) -> None:
-        """Run workers until the phase's ready work is done (or it is halted)."""
-        self._halt = False
+        """Run workers until the phase's ready work is done (or it is stopped)."""
+        self.starting = True
         self._spare_pending = False  # a spare cancelled before it started never said so
         self._crew_error = None
         try:
@@ -256,21 +222,21 @@ class Lifecycle(RunState):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._scope = tg.cancel_scope
-                await self._phase()
+                await self._phase_frame()
             self._tg = None
         else:
             # The phase's scope is entered before any node starts: a node's first step
             # runs inline, and a cancel scope it opens there must nest inside this one.
             with anyio.CancelScope() as scope:
                 self._scope = scope
-                await self._phase()
+                await self._phase_frame()
         if self._crew_error is not None:
             raise self._crew_error
         await self._write_leftover()  # a halted phase leaves transitions unwritten
 
-    async def _phase(self) -> None:
+    async def _phase_frame(self) -> None:
         journal = self._journal
-        self._phase_open = True
+        self._crew_open = True
         if journal is not None:
             journal.reopen()
             # Never cancelled (only spares are): closing the journal ends it, batch whole.
@@ -289,7 +255,7 @@ class Lifecycle(RunState):
             await self._join_crew(cancel=True)
             raise
         finally:
-            self._phase_open = False
+            self._crew_open = False
             self._done = None
 
     def suspend(self) -> None:
@@ -298,17 +264,13 @@ class Lifecycle(RunState):
         The run is then ``SUSPENDED`` and a later :meth:`execute` runs only
         what is left. A run already unwinding is not suspended.
         """
-        if self._unwinding or self.closed:
+        if self._phase is _UNWINDING or self.closed:
             return
-        self._suspend_requested = True
-        self._halt = True
-        self._check_idle()
+        self._stop(StopReason.SUSPEND)
 
     def _prepare_resume(self) -> None:
         """Ready again every pending node whose parents are all done."""
-        self._suspend_requested = False
-        self._halt = False
-        self.stopping = False
+        self._stops.discard(StopReason.SUSPEND)
         states = self._states
         remaining = self._remaining
         self._ready = deque(
@@ -353,12 +315,12 @@ class Lifecycle(RunState):
         return child
 
     def _busy(self) -> bool:
-        if self._halt:
+        if not self.starting:
             return False
-        if self._unwinding:
+        if self._phase is _UNWINDING:
             held = self._journal is not None and self._journal.holding
             return bool(self._running or self._ready or self._parked or held)
-        return self._done_count < self._needed
+        return self._done_count < self._done_goal
 
     def _check_idle(self) -> None:
         if self._done is not None and not self._busy():
@@ -373,8 +335,7 @@ class Lifecycle(RunState):
                     self._journal.record(NodeRecord(self._nodes[i].key, "not_started", 1))
             self._announced.clear()
         self._tg = None
-        self._halt = True
-        self.stopping = True
+        self.starting = False
         self._ready.clear()
         if self._parked:
             self._forget_waiters()
@@ -387,13 +348,9 @@ class Lifecycle(RunState):
         A run whose every node has ended (or that has closed) is past cancelling: the
         request changes nothing, as ``asyncio.Task.cancel()`` on a finished task.
         """
-        if self.closed or (self._completed() and not self._unwinding):
+        if self.closed or (self._completed() and self._phase is not _UNWINDING):
             return
-        self._cancel_requested = True
-        if self._unwinding:
-            return  # compensation is shielded: let it finish
-        self._halt = True
-        self._stop_phase()
+        self._stop(StopReason.CANCEL)  # (a compensation under way finishes: shielded)
 
     def release(self) -> None:
         """Let go of a durable run at a step boundary, undoing nothing (its runtime shuts
@@ -404,9 +361,17 @@ class Lifecycle(RunState):
         whose every node has ended, is not released."""
         if self.closed or self._journal is None or self._completed():
             return
-        self._releasing = True
-        self._halt = True
-        self._stop_phase()
+        self._stop(StopReason.RELEASE)
+
+    @property
+    def closed(self) -> bool:
+        """The run has ended: its status is final."""
+        return self._phase is Phase.CLOSED
+
+    @property
+    def released(self) -> bool:
+        """Its runtime let go of it (see :meth:`release`): the store keeps it unfinished."""
+        return StopReason.RELEASE in self._stops
 
     def keep_deadline(self, wall: float) -> None:
         """Keep the deadline a resumed run had (wall seconds): it gets what is left of
@@ -417,11 +382,11 @@ class Lifecycle(RunState):
     def _being_released(self) -> bool:
         """Its runtime is letting go of this run: released, or its task cancelled from
         outside (see release_on_interrupt) with no cancel, failure or deadline of its own."""
-        if self._releasing:
+        if StopReason.RELEASE in self._stops:
             return True
         return (
             self.release_on_interrupt
-            and not self._cancel_requested
+            and StopReason.CANCEL not in self._stops
             and self._failure is None
             and not (self._deadline is not None and self._deadline.cancel_called)
         )
@@ -433,14 +398,14 @@ class Lifecycle(RunState):
         stops nothing, so it must not undo anything either; the run succeeds.
         """
         return (
-            self._done_count >= self._needed
+            self._done_count >= self._done_goal
             and self._failure is None
             and not self._resumed_unwinding
         )
 
     def _close(self, status: RunStatus) -> None:
-        self.closed = True
-        self.stopping = True
+        self._phase = Phase.CLOSED
+        self.starting = False
         self._return_grants()
         self.status = status
         self.ended_at = time.time()

@@ -26,6 +26,7 @@ from ._run_state import (
     _STARMAP,
     _SUCCEEDED,
     RunState,
+    StopReason,
 )
 from ._states import RunStatus
 
@@ -116,14 +117,12 @@ class Restore(RunState):
                     self._reverted.append(i)
                     if record.error is not None:  # it had failed before it was reverted
                         self._restore_error(node, record.error, record)
-                        self._errbacks_due = True
                 else:
                     states[i] = _REVERT_FAILED
                     self._revert_errors[i] = RecordedError(record.error or "its revert failed")
                     earlier = (failed_before or {}).get(node.key)
                     if earlier is not None:  # it had failed, then its revert failed too
                         self._restore_error(node, earlier, record)
-                        self._errbacks_due = True
             elif unwinding and state in _CUT_OFF:
                 states[i] = _CANCELLED
                 self._restore_error(node, _CUT_SHORT, record, cancelled=True)
@@ -169,11 +168,11 @@ class Restore(RunState):
         )
         if unwinding:
             self._resumed_unwinding = True
-            self._trigger = trigger
+            self._stop_cause = trigger
             if trigger is not None and trigger.startswith("RunTimeout"):
-                self._timed_out = True
+                self._stops.add(StopReason.TIMEOUT)
             elif trigger is not None and trigger.startswith("RunCancelled"):
-                self._cancel_requested = True
+                self._stops.add(StopReason.CANCEL)
 
     def _stops_run(self, node: Node) -> bool:
         """Whether a failure of ``node`` stops the run (rather than being tolerated)."""
@@ -204,7 +203,6 @@ class Restore(RunState):
             self._done_count += 1
             self._release(i)
             return
-        self._errbacks_due = True
         tolerant_join = self._tolerated_by.get(i)
         if tolerant_join is not None or self._on_error == "continue":
             self._done_count += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,32 @@ _STARMAP = NodeKind.STARMAP
 _SUBGRAPH = NodeKind.SUBGRAPH
 
 
+class Phase(enum.Enum):
+    """Where a run is in its lifecycle (see :mod:`._phases` for the transitions)."""
+
+    PENDING = "pending"  # built or restored; nothing ran yet in this process
+    FORWARD = "forward"  # nodes run, in dependency order
+    SUSPENDED = "suspended"  # suspend(): running nodes finished; execute() goes on
+    UNWINDING = "unwinding"  # reverts run, consumers first (shielded)
+    CALLBACKS = "callbacks"  # error callbacks run
+    CLOSED = "closed"  # ended: its status is final
+
+
+class StopReason(enum.Enum):
+    """Why a run stops before every node has ended (a run may have several)."""
+
+    FAILURE = "failure"  # a node failed and nothing tolerates it
+    CANCEL = "cancel"  # cancel(), or a cancel asked through the store
+    TIMEOUT = "timeout"  # the run's own deadline passed
+    SUSPEND = "suspend"  # suspend(): start nothing more, let running nodes finish
+    STORE = "store"  # a checkpoint could not be written, or the lease was lost
+    RELEASE = "release"  # its runtime let go of it (shutdown): undo nothing
+
+
+_FORWARD = Phase.FORWARD
+_UNWINDING = Phase.UNWINDING
+
+
 class RunState:
     """The fields every unit of a run reads and writes (see :class:`Execution`)."""
 
@@ -58,7 +85,6 @@ class RunState:
         "_announced",
         "_any_limits",
         "_attempts",
-        "_cancel_requested",
         "_children",
         "_clock",
         "_compensation_timeout",
@@ -67,11 +93,12 @@ class RunState:
         "_crew_done_callback",
         "_crew_error",
         "_crew_idle",
+        "_crew_open",
         "_deadline",
         "_deferred_cancel",
         "_done",
         "_done_count",
-        "_errbacks_due",
+        "_done_goal",
         "_errors",
         "_events",
         "_executor",
@@ -79,7 +106,6 @@ class RunState:
         "_failures",
         "_finished",
         "_global_limits",
-        "_halt",
         "_handoff",
         "_incarnation",
         "_journal",
@@ -88,7 +114,6 @@ class RunState:
         "_limits",
         "_loop",
         "_map_calls",
-        "_needed",
         "_nested",
         "_nested_runs",
         "_nodes",
@@ -96,9 +121,8 @@ class RunState:
         "_parent",
         "_parked",
         "_peak",
-        "_phase_open",
+        "_phase",
         "_ready",
-        "_releasing",
         "_remaining",
         "_results",
         "_resumed_unwinding",
@@ -112,18 +136,15 @@ class RunState:
         "_spare_scopes",
         "_started",
         "_states",
+        "_stop_cause",
+        "_stops",
         "_store_error",
-        "_suspend_requested",
         "_tg",
         "_thread_limiter",
-        "_timed_out",
         "_timeout",
         "_tolerated_by",
-        "_trigger",
-        "_unwinding",
         "_wall_deadline",
         "_wall_offset",
-        "closed",
         "ended_at",
         "grants",
         "graph",
@@ -131,8 +152,8 @@ class RunState:
         "restored",
         "run_id",
         "started_at",
+        "starting",
         "status",
-        "stopping",
     )
 
     if TYPE_CHECKING:  # The seams: what one unit calls of another, by the unit that defines it.
@@ -178,7 +199,8 @@ class RunState:
         def _unwound(self, index: int) -> None: ...
 
         # outcome.py
-        def _trigger_text(self, caller_cancel: BaseException | None) -> str: ...
+        def _cause_text(self) -> str: ...
+        async def _settle(self) -> Any: ...
         def _stopped_by_store(self) -> StoreError: ...
         def _root_failures(self) -> list[BaseException]: ...
         def _note_outcome(self, primary: BaseException) -> None: ...
@@ -197,7 +219,8 @@ class RunState:
         def _ensure_worker(self) -> None: ...
         def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
         def _crew_done(self, task: asyncio.Task[Any]) -> None: ...
-        def _stop_phase(self) -> None: ...
+        def _cut_phase(self) -> None: ...
+        def _stop(self, reason: StopReason) -> None: ...
         async def _join_crew(self, cancel: bool) -> None: ...
 
         # inspect.py
@@ -240,31 +263,81 @@ class RunState:
         self.graph = graph
         self.run_id = run_id or uuid.uuid4().hex
         self.status = RunStatus.PENDING
-        self.closed = False
-        self.stopping = False
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self._on_error = on_error
         self._timeout = timeout
         self._compensation_timeout = compensation_timeout
         self._clock: Clock = clock or SYSTEM_CLOCK
+        self._executor = executor
+        self._nested = nested
+        self._thread_limiter = thread_limiter
+        self._events = EventSink(self.run_id, listeners, run_events=not nested)
+
+        # --- The run's lifecycle (see _phases). ------------------------------------------
+        #: where the run is: PENDING -> FORWARD -> [UNWINDING] -> [CALLBACKS] -> CLOSED, or
+        #: FORWARD -> SUSPENDED -> FORWARD; set by the lifecycle unit alone
+        self._phase = Phase.PENDING
+        #: why the run stops, added by _stop() (or by restore()); empty while it goes on
+        self._stops: set[StopReason] = set()
+        #: nodes may start now. A cache of (phase open and not stopped) for the hot loop:
+        #: only _open_phase() sets it, only _stop() and _end_phase() clear it
+        self.starting = False
+        #: the failure that stopped the run: (node index, error); index -1 for one read
+        #: back from the store. Set once, with StopReason.FAILURE
+        self._failure: tuple[int, BaseException] | None = None
+        #: the store write that failed (or the lease lost), with StopReason.STORE
+        self._store_error: BaseException | None = None
+        #: taken up from checkpoints (a resumed or forked run); a fact, never cleared
+        self.restored = False
+        #: taken up in the middle of its compensation: it goes on unwinding (a fact)
+        self._resumed_unwinding = False
+        #: what stopped the run, as its store keeps it while it reverts (a resume needs it)
+        self._stop_cause: str | None = None
+        #: a run its runtime owns is cancelled through cancel(); a native cancellation of
+        #: its task means the runtime itself is going away (its task group, or a scope
+        #: around it, was cancelled): with this set, that releases the run (issue 14)
+        self.release_on_interrupt = False
+        #: the run's own deadline, while its forward phase runs
+        self._deadline: DeadlineScope | None = None
+        #: a resumed run's deadline, as its store kept it (see keep_deadline())
+        self._wall_deadline: float | None = None
+        #: a cancellation of the awaiting task that arrived while compensation was shielded
+        self._deferred_cancel: BaseException | None = None
+        #: set while a phase waits for its last nodes (see _check_idle)
+        self._done: anyio.Event | None = None
+
+        # --- Node state: arrays indexed by node index (see _scheduler). ------------------
         nodes = graph.nodes
         n = len(nodes)
         self._nodes = nodes
         self._children = graph._children
+        #: the node's value once it succeeded (a restored or a join's too)
         self._results: list[Any] = [None] * n
+        #: every node leaves PENDING at most once per phase; at close none is in flight
+        #: (RUNNING, RETRYING, REVERTING)
         self._states: list[NodeState] = [_PENDING] * n
+        #: forward: parents of the node that have not released it yet (it is ready at 0);
+        #: unwinding: consumers of the node not unwound yet (its revert is ready at 0)
         self._remaining = [len(node.parents) for node in nodes]
+        #: perf_counter() readings; a node that started has a start <= its finish
         self._started: list[float | None] = [None] * n
         self._finished: list[float | None] = [None] * n
+        #: attempts made, when more than one (forward; reverts)
         self._attempts: dict[int, int] = {}
         self._revert_attempts: dict[int, int] = {}
+        #: a map's calls with their values or failures, for its per-item revert
         self._map_calls: dict[int, list[tuple[Any, Any]]] = {}
+        #: every node that failed or was cancelled mid-way has an error and a Failure
         self._errors: dict[int, BaseException] = {}
         self._failures: dict[int, Failure] = {}
+        #: every REVERT_FAILED node has its revert's error here
         self._revert_errors: dict[int, BaseException] = {}
+        #: nodes reverted, in the order their reverts ended: a node's consumers come first
         self._reverted: list[int] = []
+        #: the nodes the unwind phase reverts (fixed as it begins)
         self._reverting: frozenset[int] = frozenset()
+        #: nodes whose remaining count reached 0 and that have not started, each once
         self._ready: deque[int] = deque()
         errbacks = 0
         tolerant: list[Node] = []
@@ -275,55 +348,42 @@ class RunState:
                 self._ready.append(node.index)
             if node.tolerates is not None:
                 tolerant.append(node)
-        self._needed = n - errbacks
+        #: the run is complete once _done_count reaches this: every node but the error
+        #: callbacks (which run only after a failure)
+        self._done_goal = n - errbacks
+        #: nodes that have ended for the run's purpose (succeeded, skipped, or failed and
+        #: tolerated); never above _done_goal
+        self._done_count = 0
         # node -> the join of the innermost group with a threshold that tolerates it
         self._tolerated_by: dict[int, int] = {}
         for join in sorted(tolerant, key=lambda j: j.tolerates[1] - j.tolerates[0], reverse=True):  # type: ignore[index]
             start, end = join.tolerates  # type: ignore[misc]
             for i in range(start, end):
                 self._tolerated_by[i] = join.index
-        self._done_count = 0
+        #: nodes in flight in this run's workers, and parked on a limit; both 0 at close
         self._running = 0
         self._parked = 0
         self._peak = 0
-        self._failure: tuple[int, BaseException] | None = None
-        self._errbacks_due = False
-        self._halt = False
-        self._unwinding = False
-        self._cancel_requested = False
-        self._suspend_requested = False
-        #: let go of at shutdown (see release()): nothing is undone, the store keeps it
-        self._releasing = False
-        #: a run its runtime owns is cancelled through cancel(); a native cancellation of
-        #: its task means the runtime itself is going away (its task group, or a scope
-        #: around it, was cancelled): with this set, that releases the run (issue 14)
-        self.release_on_interrupt = False
-        self._executor = executor
-        self._nested = nested
-        #: a nested run's steps are known by their path: see nested()
+
+        # --- Nesting (a retried flow's attempts: see nested()). ----------------------------
+        #: a nested run's steps are known by their path
         self._key_prefix = ""
         self._nested_runs: dict[int, int] | None = None
-        self._incarnation = ""  # "~<token>" once restored (see nested())
+        self._incarnation = ""  # "~<token>" once restored
         self._parent: RunState | None = None
+
+        # --- Checkpoints (see _checkpoints and _journal). ----------------------------------
         self._journal = journal
-        self._resumed_unwinding = False
-        self._store_error: BaseException | None = None
         #: nodes whose start went out with their parent's success (write-ahead for free)
         self._announced: set[int] = set()
-        #: taken up from checkpoints (a resumed or forked run)
-        self.restored = False
-        #: What stopped the run, as stored while it is reverting (a resume needs it)
-        self._trigger: str | None = None
-        self._timed_out = False
-        #: the run's own deadline, while its forward phase runs
-        self._deadline: DeadlineScope | None = None
-        #: a resumed run's deadline, as its store kept it (see keep_deadline())
-        self._wall_deadline: float | None = None
-        self._deferred_cancel: BaseException | None = None
-        self._spare_pending = False
         #: set by the flusher after each batch, for the worker waiting on it (see _worker)
         self._handoff: anyio.Event | None = None
+        #: node time (perf_counter) + this = wall time
+        self._wall_offset = 0.0
+
+        # --- The crew: the phase's workers (see _crew). ------------------------------------
         self._tg: anyio.abc.TaskGroup | None = None
+        #: the phase's own cancel scope (entered before any node starts)
         self._scope: anyio.CancelScope | None = None
         #: the phase's worker tasks, and what waits for the last of them to end
         self._crew: set[asyncio.Task[Any]] = set()
@@ -331,20 +391,23 @@ class RunState:
         self._crew_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crew_done_callback = self._crew_done  # one bound method, not one a task
-        self._phase_open = False
+        #: the crew takes new workers (while a phase's frame is open)
+        self._crew_open = False
+        #: a spare worker was started and has not begun its loop yet (at most one)
+        self._spare_pending = False
         self._spare_scopes: set[anyio.CancelScope] = set()
-        self._done: anyio.Event | None = None
-        self._wall_offset = 0.0
+        #: the run's context; each node runs in a copy of it
         self._context = _copy_context()
-        self._thread_limiter = thread_limiter
-        self._events = EventSink(self.run_id, listeners, run_events=not nested)
 
+        # --- Limits (see _run_limits and _limits). ----------------------------------------
         global_ = list(global_limits)
         if max_concurrency is not None:
             global_.append(Limit("max_concurrency", max_concurrency))
         self._global_limits = tuple(global_)
         self._limits = dict(limits or {})
         self._limit_cache: dict[int, tuple[Limit, ...]] = {}
+        #: slots a limit handed to a parked node of this run, not yet taken; every slot
+        #: granted is taken or released exactly once: empty once a phase ends
         self.grants: dict[int, tuple[Limit, ...]] = {}
         self._any_limits = bool(self._global_limits)
         for node in nodes:  # options are interned: this loop sees few distinct objects

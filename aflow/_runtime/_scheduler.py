@@ -6,7 +6,7 @@ reach zero. A worker pops a ready node and runs it *inline*. A plain async node
 (no retries, timeout, named inputs or error scope) is started by hand: its
 coroutine's first step runs in a copy of the run's context, and most nodes end
 right there, with no task, no wake-up and no loop round trip (issue #7). A node
-that suspends is driven on by :meth:`Execution._finish` in the same task (what
+that suspends is driven on by :meth:`Execution._drive_suspended` in the same task (what
 a node binds to its task, such as cancel scopes, must stay valid); if more work
 is ready, one spare worker is started first, so the others still start. A
 chain therefore runs in a single worker without any task switch, and a
@@ -70,6 +70,8 @@ from ._run_state import (
     _SKIPPED,
     _SUBGRAPH,
     _SUCCEEDED,
+    _UNWINDING,
+    StopReason,
 )
 from ._states import NodeState
 
@@ -103,7 +105,7 @@ class Execution(
         events = self._events
         # A worker lives in one phase, and a run's journal never changes.
         journal = self._journal
-        inline_ok = not self._unwinding
+        inline_ok = self._phase is not _UNWINDING
         unawaited = UNAWAITED  # (what no node may return; a frozenset: one lookup)
         any_limits = self._any_limits
         streak = 0
@@ -111,7 +113,7 @@ class Execution(
         # ends inline is given the next reading as its finish (its start until then).
         unfinished = -1
         while True:
-            while ready and not self._halt:
+            while ready and self.starting:
                 index = ready.popleft()
                 node = nodes[index]
                 if (
@@ -169,7 +171,7 @@ class Execution(
                                 if left == 0 and states[child] is _PENDING:
                                     ready.append(child)
                             self._done_count += 1
-                            if self._done_count == self._needed and self._done is not None:
+                            if self._done_count == self._done_goal and self._done is not None:
                                 self._done.set()
                     except BaseException as exc:  # (handled, and re-raised if it is a cancel)
                         if limits:
@@ -190,7 +192,7 @@ class Execution(
                         if unfinished >= 0:
                             finished[unfinished] = _perf_counter()
                             unfinished = -1
-                        await self._finish(node, limits, coro, ctx, yielded, start)
+                        await self._drive_suspended(node, limits, coro, ctx, yielded, start)
                     streak += 1
                     if streak == _YIELD_EVERY:
                         streak = 0
@@ -202,7 +204,7 @@ class Execution(
                 if unfinished >= 0:
                     finished[unfinished] = _perf_counter()
                     unfinished = -1
-                if self._unwinding:
+                if self._phase is _UNWINDING:
                     if index not in self._reverting:
                         # (a restored revert that failed blocks its branch)
                         if self._states[index] is not _REVERT_FAILED:
@@ -221,7 +223,7 @@ class Execution(
                         continue
                 else:
                     limits = ()
-                if self._unwinding:
+                if self._phase is _UNWINDING:
                     await self._revert_node(node, limits)
                 else:
                     await self._run_node(node, limits)
@@ -234,8 +236,8 @@ class Execution(
                 unfinished = -1
             if (
                 journal is None
-                or self._halt
-                or self._unwinding
+                or not self.starting
+                or self._phase is _UNWINDING
                 or self._handoff is not None
                 or not journal.holding
             ):
@@ -247,11 +249,11 @@ class Execution(
                 await handoff.wait()
             finally:
                 self._handoff = None
-        if self._unwinding:
+        if self._phase is _UNWINDING:
             self._check_idle()  # the last nodes may have been joins, unwound without a revert
 
     @types.coroutine
-    def _finish(
+    def _drive_suspended(
         self,
         node: Node,
         limits: tuple[Limit, ...],
@@ -306,7 +308,7 @@ class Execution(
         if children:
             self._release(index)
         self._done_count += 1
-        if self._done_count == self._needed and self._done is not None:
+        if self._done_count == self._done_goal and self._done is not None:
             self._done.set()
 
     def _release(self, index: int) -> None:
@@ -345,7 +347,6 @@ class Execution(
         if node.options.continue_on_failed:
             self._succeed(index, None, _FAILED)  # dependents go on without its output
             return
-        self._errbacks_due = True
         tolerant_join = self._tolerated_by.get(index)
         if tolerant_join is not None or self._on_error == "continue":
             self._states[index] = _FAILED
@@ -358,11 +359,10 @@ class Execution(
         self._finished[index] = _perf_counter()
         if self._failure is None:
             self._failure = (index, error)
-            self._halt = True
-            self._stop_phase()
+            self._stop(StopReason.FAILURE)
 
     def _skip(self, index: int) -> None:
-        """A guard said no: this node and everything downstream of it is _SKIPPED."""
+        """A guard said no: this node and everything downstream of it is SKIPPED."""
         self._states[index] = _SKIPPED
         self._finished[index] = _perf_counter()
         self._done_count += 1
@@ -370,7 +370,7 @@ class Execution(
         self._check_idle()
 
     def _skip_dependents(self, index: int, tolerant_join: int | None) -> None:
-        """Mark every node downstream of a failed one _SKIPPED, up to a tolerating join."""
+        """Mark every node downstream of a failed one SKIPPED, up to a tolerating join."""
         states = self._states
         remaining = self._remaining
         stack = [index]
@@ -428,4 +428,4 @@ class Execution(
 
 #: The code that starts a node inline and drives it on: aflow.current_step() walks the
 #: stack to them to find the step of a node that has none in its context.
-DRIVERS = frozenset({Execution._worker.__code__, Execution._finish.__code__})
+DRIVERS = frozenset({Execution._worker.__code__, Execution._drive_suspended.__code__})
