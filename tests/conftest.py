@@ -23,7 +23,14 @@ BOTH_LOOPS = {
     "test_properties",
     "test_saga",
     "test_policies",
-    "test_ops",
+    "test_ops_steps",
+    "test_ops_signatures",
+    "test_ops_expressions",
+    "test_ops_policies",
+    "test_ops_slices",
+    "test_ops_artifacts",
+    "test_ops_queries",
+    "test_ops_durable",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow
@@ -133,6 +134,40 @@ async def test_revert_all_skips_the_enclosing_retries() -> None:
     assert runs == [1]
 
 
+async def test_revert_all_holds_when_a_sibling_fails_at_the_same_time() -> None:
+    attempts: list[int] = []
+    both_in = anyio.Event()
+    arrived = 0
+
+    class F1(aflow.Task):
+        async def execute(self) -> None:
+            nonlocal arrived
+            attempts.append(1)
+            arrived += 1
+            if arrived == 2:
+                both_in.set()
+            await both_in.wait()
+            raise ValueError("f1")
+
+    class F2(aflow.Task):
+        async def execute(self) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived == 2:
+                both_in.set()
+            await both_in.wait()
+            raise ValueError("f2")
+
+    inner = lf.Flow("inner", retry=aflow.retry.Times(1, revert_all=True)).add(F1())
+    outer = uf.Flow("outer", retry=aflow.retry.Times(3)).add(inner, F2())
+    # Both are released by one event; whether the second raises before the first
+    # failure's cancel reaches it depends on the loop's order (GroupFailed, or the
+    # first error with the sibling cancelled). Either way nothing is retried.
+    with anyio.fail_after(5), pytest.raises((aflow.GroupFailed, ValueError)):
+        await engines.run(outer, engine="parallel")
+    assert attempts == [1]
+
+
 async def test_for_each_tries_values_in_turn() -> None:
     tried: list[str] = []
 
@@ -233,6 +268,34 @@ async def test_a_succeeded_retried_flow_is_reverted_when_a_later_task_fails() ->
     assert eng.storage.get_atom_state("sub") is aflow.NodeState.REVERTED
 
 
+async def test_a_failed_revert_inside_a_retried_flow_keeps_what_precedes_it() -> None:
+    class First(aflow.Task):
+        async def execute(self) -> None: ...
+
+        async def revert(self, result: Any) -> None:
+            raise AssertionError("must be kept: a revert after it failed")
+
+    class BadRevert(aflow.Task):
+        async def execute(self) -> None: ...
+
+        async def revert(self, result: Any) -> None:
+            raise OSError("cannot undo")
+
+    class Boom(aflow.Task):
+        async def execute(self) -> None:
+            raise ValueError("boom")
+
+    sub = lf.Flow("r", retry=aflow.retry.Times(3)).add(BadRevert(), Boom())
+    eng = engines.load(lf.Flow("m").add(First(), sub))
+    with pytest.raises(aflow.CompensationFailed):
+        await eng.run()
+    assert eng.state is aflow.RunStatus.FAILED
+    states = eng.states()
+    assert states["First"] is aflow.NodeState.SUCCEEDED
+    assert states["r"] is aflow.NodeState.REVERT_FAILED
+    assert states["BadRevert"] is aflow.NodeState.REVERT_FAILED
+
+
 async def test_siblings_of_a_retried_flow_keep_running_while_it_retries() -> None:
     attempts = 0
     sibling_done = anyio.Event()
@@ -257,6 +320,45 @@ async def test_siblings_of_a_retried_flow_keep_running_while_it_retries() -> Non
         values = await engines.run(flow, engine="parallel")
     assert values["f"] == "ok"
     assert values["s"] == "sib"
+
+
+async def test_concurrent_runs_of_one_graph_keep_their_retried_attempts_apart() -> None:
+    log: list[tuple[str, int]] = []
+    count = 0
+    second_done = anyio.Event()
+
+    class Work(aflow.Task):
+        async def execute(self) -> int:
+            nonlocal count
+            count += 1
+            log.append(("work", count))
+            return count
+
+        async def revert(self, result: Any, **kwargs: Any) -> None:
+            log.append(("revert work", result))
+
+    class Later(aflow.Task):
+        async def execute(self, w: int) -> int:
+            if w == 1:
+                await second_done.wait()
+                raise ValueError("run 1 fails")
+            return w
+
+    flow = lf.Flow("m").add(
+        lf.Flow("r", retry=aflow.retry.Times(1)).add(Work(provides="w")), Later()
+    )
+    graph = aflow.compile(flow)
+
+    async def first() -> None:
+        with pytest.raises(ValueError, match="run 1 fails"):
+            await aflow.run(graph)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await anyio.lowlevel.checkpoint()
+        await aflow.run(graph)
+        second_done.set()
+    assert log == [("work", 1), ("work", 2), ("revert work", 1)]
 
 
 # --- deciders -------------------------------------------------------------------------------
@@ -330,6 +432,51 @@ async def test_a_decider_on_a_flow_sees_every_task_result_in_it() -> None:
     flow.link(prep, last, decider=lambda history: seen.append(history) or True)
     await engines.run(flow)
     assert seen == [{"p1": "p1", "p2": "p2"}]
+
+
+@pytest.mark.parametrize("retried", [False, True])
+async def test_a_decider_skip_inside_a_flow_skips_what_follows_it(retried: bool) -> None:
+    class A(aflow.Task):
+        async def execute(self) -> int:
+            return 1
+
+    class B(aflow.Task):
+        async def execute(self) -> int:
+            return 2
+
+    class Reader(aflow.Task):
+        async def execute(self, b: int) -> int:
+            return b
+
+    def make() -> gf.Flow:
+        a, b = A(provides="a"), B(provides="b")
+        retry = aflow.retry.Times(2) if retried else None
+        return gf.Flow("g", retry=retry).add(a, b).link(a, b, decider=lambda history: False)
+
+    eng = engines.load(lf.Flow("m").add(make(), Reader(provides="r")))
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+    assert eng.states()["B"] is aflow.NodeState.SKIPPED
+    assert eng.states()["Reader"] is aflow.NodeState.SKIPPED
+    assert eng.storage.fetch_all() == {"a": 1}
+    assert await make() == {"a": 1}  # a flow's value is what it provided
+
+
+async def test_tasks_of_a_skipped_retried_flow_show_as_skipped() -> None:
+    class A(aflow.Task):
+        async def execute(self) -> int:
+            return 1
+
+    class P(aflow.Task):
+        async def execute(self) -> None: ...
+
+    a = A(name="a", provides="x")
+    sub = lf.Flow("r", retry=aflow.retry.Times(2)).add(P(name="p"), P(name="q"))
+    eng = engines.load(gf.Flow("g").add(a, sub).link(a, sub, decider=lambda h: False))
+    await eng.run()
+    states = eng.states()
+    assert states["r"] is states["p"] is states["q"] is aflow.NodeState.SKIPPED
+    assert eng.storage.get_atom_state("p") is aflow.NodeState.SKIPPED
 
 
 # --- suspend and continue -------------------------------------------------------------------
@@ -407,6 +554,31 @@ async def test_a_failure_while_suspending_still_reverts() -> None:
         await eng.run()
     assert log == ["a", "undo a"]
     assert eng.state is aflow.RunStatus.REVERTED
+
+
+async def test_suspend_lets_a_running_task_use_its_retries() -> None:
+    box: list[engines.Engine] = []
+    calls: list[int] = []
+
+    class Flaky(aflow.Task):
+        async def execute(self) -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                box[0].suspend()
+                raise ConnectionError("transient")
+            return "ok"
+
+    class After(aflow.Task):
+        async def execute(self, v: str) -> str:
+            return v
+
+    eng = engines.load(lf.Flow("m").add(Flaky(provides="v", retries=2), After(provides="w")))
+    box.append(eng)
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUSPENDED
+    assert len(calls) == 2
+    await eng.run()
+    assert eng.storage.fetch("w") == "ok"
 
 
 # --- the run around a flow: cancellation, timeouts, runtimes and events ----------------------

@@ -12,6 +12,7 @@ import anyio.lowlevel
 import pytest
 
 import aflow
+import aflow.retry
 from aflow import engines
 from aflow.patterns import MissingInputError
 from aflow.patterns import graph_flow as gf
@@ -217,6 +218,15 @@ def test_a_revert_that_cannot_take_result_is_rejected_when_the_class_is_defined(
                 pass
 
 
+def test_the_usual_taskflow_revert_signature_is_accepted() -> None:
+    class Charge(aflow.Task):
+        async def execute(self, attempt: int) -> None: ...
+
+        async def revert(self, result: Any, **kwargs: Any) -> None: ...
+
+    assert Charge().requires == {"attempt"}
+
+
 def test_task_base_class_cannot_be_instantiated() -> None:
     with pytest.raises(TypeError, match="base class"):
         aflow.Task()
@@ -293,6 +303,18 @@ async def test_a_flow_in_a_chain_whose_parent_lacks_a_name_fails_clearly() -> No
 
     with pytest.raises(MissingInputError, match="'add_up' requires 'y'"):
         await (make.s() | lf.Flow("f").add(add_up))
+
+
+async def test_an_optional_input_missing_from_the_parent_dict_keeps_its_default() -> None:
+    class C(aflow.Task):
+        async def execute(self, a: int, opt: int = 5) -> int:
+            return a + opt
+
+    @aflow.task
+    async def parent() -> dict[str, int]:
+        return {"a": 1}
+
+    assert await (parent.s() | lf.Flow("f").add(C(provides="r"))) == {"r": 6}
 
 
 # --- patterns and order ---------------------------------------------------------------------
@@ -420,6 +442,28 @@ async def test_max_workers_bounds_a_parallel_engine() -> None:
     assert peak == 2
 
 
+def logging_step(log: list[str]) -> type[aflow.Task]:
+    class Step(aflow.Task):
+        async def execute(self) -> str:
+            log.append(f"{self.name} start")
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            log.append(f"{self.name} end")
+            return self.name
+
+    return Step
+
+
+@pytest.mark.parametrize("empty", [uf.Flow, gf.Flow, lf.Flow])
+async def test_an_empty_subflow_keeps_the_order_around_it(empty: type[Any]) -> None:
+    log: list[str] = []
+    Step = logging_step(log)
+    await engines.run(
+        lf.Flow("m").add(Step(name="a"), empty("empty"), Step(name="b")), engine="parallel"
+    )
+    assert log == ["a start", "a end", "b start", "b end"]
+
+
 # --- value lookup precedence ----------------------------------------------------------------
 
 
@@ -484,6 +528,19 @@ def test_missing_inputs_name_the_task_and_every_missing_name() -> None:
     assert isinstance(info.value, ValueError)
 
 
+def test_missing_inputs_of_a_retried_flow_name_the_right_task() -> None:
+    class A(aflow.Task):
+        async def execute(self, m1: int) -> None: ...
+
+    class B(aflow.Task):
+        async def execute(self, m2: int, m3: int) -> None: ...
+
+    sub = uf.Flow("r", retry=aflow.retry.Times(2)).add(A(), B())
+    with pytest.raises(aflow.patterns.MissingInputError) as info:
+        engines.load(sub)
+    assert (info.value.task, info.value.missing) in {("A", ("m1",)), ("B", ("m2", "m3"))}
+
+
 def test_ambiguous_providers_name_both() -> None:
     flow = gf.Flow("g").add(Const("one", 1, "x"), Const("two", 2, "x"), Read())
     with pytest.raises(aflow.patterns.AmbiguousProviderError) as info:
@@ -515,6 +572,19 @@ def test_cycles_name_the_cycle() -> None:
     x, y = Pass(name="x"), Pass(name="y")
     with pytest.raises(aflow.CycleError, match=r"x -> y -> x|y -> x -> y"):
         engines.load(gf.Flow("g2").add(x, y).link(x, y).link(y, x))
+
+
+async def test_an_optional_input_from_a_later_graph_item_is_no_cycle() -> None:
+    class A(aflow.Task):
+        async def execute(self, y: int = 0) -> int:
+            return y + 10
+
+    class B(aflow.Task):
+        async def execute(self, x: int) -> int:
+            return x + 1
+
+    values = await engines.run(gf.Flow("g").add(A(provides="x"), B(provides="y")))
+    assert values == {"x": 10, "y": 11}  # A kept its default: its "provider" runs after it
 
 
 def test_duplicate_names_are_rejected() -> None:
@@ -581,6 +651,25 @@ async def test_a_failure_reverts_completed_tasks_in_reverse_order_with_results()
         eng.storage.fetch("n")  # reverted values are gone
     with pytest.raises(RuntimeError, match="already ran"):
         await eng.run()
+
+
+async def test_a_task_whose_inputs_never_arrived_is_not_reverted() -> None:
+    reverted: list[str] = []
+
+    class C(aflow.Task):
+        async def execute(self, a: int, b: int) -> int:
+            return a + b
+
+        async def revert(self, a: int, b: int, result: Any, **kwargs: Any) -> None:
+            reverted.append("C")
+
+    @aflow.task
+    async def parent() -> dict[str, int]:
+        return {"a": 1}
+
+    with pytest.raises(aflow.patterns.MissingInputError, match="'C' requires 'b'"):
+        await (parent.s() | lf.Flow("f").add(C()))
+    assert reverted == []
 
 
 async def test_a_cancelled_run_waits_for_its_executor_thread() -> None:
