@@ -10,6 +10,13 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
+# Every run of every test checks its invariants as it closes (aflow/_runtime/_invariants.py),
+# in this process and in the processes tests start.
+os.environ["AFLOW_CHECK_INVARIANTS"] = "1"
+from aflow._runtime import _invariants
+
+_invariants.CHECK_INVARIANTS = True
+
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a dev dependency
@@ -47,6 +54,16 @@ def pytest_asyncio_loop_factories(
             raise pytest.UsageError("uvloop is required for the both-loops tests: make test")
         factories["uvloop"] = uvloop.new_event_loop
     return factories
+
+
+@pytest.fixture(autouse=True)
+def _runs_keep_their_invariants() -> Iterator[None]:
+    """Fail a test in which any run broke an invariant, even if the test caught the error."""
+    _invariants.FOUND.clear()
+    yield
+    found = list(_invariants.FOUND)
+    _invariants.FOUND.clear()
+    assert not found, f"runs broke their invariants: {found}"
 
 
 @pytest.fixture(scope="session")

@@ -334,14 +334,19 @@ class Attempts(RunState):
             self._skip_dependents(index, None)
             self._check_idle()
             return
-        if journal is not None:
-            if node.error_scope is None:
-                self._checkpoint_success(node, value, attempt, start)
-                return
-            # an error callback's value is nobody's input: noted as done, not kept
-            times = (self._wall(start), time.time())
-            journal.record(NodeRecord(node.key, "succeeded", attempt, None, None, *times))
-        self._succeed(index, value)
+        if node.error_scope is not None:
+            # An error callback: nobody's input, and not one of the nodes the run's goal
+            # counts (it runs after the forward phase). Noted as done; its value not kept.
+            if journal is not None:
+                times = (self._wall(start), time.time())
+                journal.record(NodeRecord(node.key, "succeeded", attempt, None, None, *times))
+            self._results[index] = value
+            self._states[index] = _SUCCEEDED
+            self._finished[index] = _perf_counter()
+        elif journal is not None:
+            self._checkpoint_success(node, value, attempt, start)
+        else:
+            self._succeed(index, value)
 
     def _cancelled(self, node: Node, exc: BaseException) -> None:
         index = node.index

@@ -32,6 +32,7 @@ from ._bodies import (
     revert_items_async,
     revert_items_sync,
 )
+from ._invariants import CHECK_INVARIANTS
 from ._journal import describe
 from ._limits import Limit, release
 from ._run_state import (
@@ -82,6 +83,8 @@ class Compensation(RunState):
             )
         if self._reverted:
             self.status = RunStatus.REVERTED
+        if CHECK_INVARIANTS:
+            self._check_invariants()
 
     async def _unwind(self) -> None:
         """Revert what ran, consumers first; shielded, with its own deadline."""

@@ -28,6 +28,7 @@ from .._graph import Graph
 from ..stores._base import NodeRecord
 from ._clock import wall_time
 from ._current import ATTEMPT, EXECUTION, STEP
+from ._invariants import CHECK_INVARIANTS
 from ._run_state import _PENDING, _SKIPPED, _UNWINDING, Phase, RunState, StopReason
 from ._states import RunStatus
 
@@ -413,3 +414,5 @@ class Lifecycle(RunState):
         for node in self._nodes:
             if node.error_scope is not None and states[node.index] is _PENDING:
                 states[node.index] = _SKIPPED
+        if CHECK_INVARIANTS:
+            self._check_invariants()

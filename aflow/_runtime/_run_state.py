@@ -19,9 +19,11 @@ from .._events import (
     EventListener,
     EventSink,
 )
+from .._exceptions import AflowInternalError
 from .._failure import Failure
 from .._graph import Graph, Node, NodeKind
 from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope
+from ._invariants import FOUND, violations
 from ._journal import Journal
 from ._limits import Limit
 from ._states import NodeState, RunStatus
@@ -176,6 +178,8 @@ class RunState:
         def cancel(self) -> None: ...
         def _being_released(self) -> bool: ...
         def _close(self, status: RunStatus) -> None: ...
+        @property
+        def released(self) -> bool: ...
 
         # attempts.py
         def _args_of(self, node: Node) -> tuple[Any, ...]: ...
@@ -414,3 +418,11 @@ class RunState:
             if node.options.limits and id(node.options) not in self._limit_cache:
                 self._limit_cache[id(node.options)] = self._resolve_limits(node)
                 self._any_limits = True
+
+    def _check_invariants(self) -> None:
+        """Raise :class:`aflow.errors.AflowInternalError` naming every invariant this
+        closed run breaks (see :mod:`._invariants`)."""
+        found = violations(self)
+        if found:
+            FOUND.extend(f"run {self.run_id}: {v}" for v in found)
+            raise AflowInternalError(f"run {self.run_id} broke its invariants: " + "; ".join(found))
