@@ -110,7 +110,7 @@ async def test_a_failed_revert_inside_a_retried_flow_keeps_what_precedes_it() ->
 
     sub = lf.Flow("r", retry=aflow.retry.Times(3)).add(BadRevert(), Boom())
     eng = engines.load(lf.Flow("m").add(First(), sub))
-    with pytest.raises(aflow.CompensationFailed):
+    with pytest.raises(aflow.errors.CompensationFailed):
         await eng.run()
     assert eng.state is aflow.RunStatus.FAILED
     states = eng.states()
@@ -173,7 +173,7 @@ async def test_revert_all_holds_when_a_sibling_fails_at_the_same_time() -> None:
     # Both are released by one event; whether the second raises before the first
     # failure's cancel reaches it depends on the loop's order (GroupFailed, or the
     # first error with the sibling cancelled). Either way nothing is retried.
-    with anyio.fail_after(5), pytest.raises((aflow.GroupFailed, ValueError)):
+    with anyio.fail_after(5), pytest.raises((aflow.errors.GroupFailed, ValueError)):
         await engines.run(outer, engine="parallel")
     assert attempts == [1]
 
@@ -192,7 +192,7 @@ async def test_a_task_whose_inputs_never_arrived_is_not_reverted() -> None:
     async def parent() -> dict[str, int]:
         return {"a": 1}
 
-    with pytest.raises(aflow.patterns.MissingInputError, match="'C' requires 'b'"):
+    with pytest.raises(aflow.errors.MissingInputError, match="'C' requires 'b'"):
         await (parent.s() | lf.Flow("f").add(C()))
     assert reverted == []
 
@@ -270,6 +270,6 @@ def test_missing_inputs_of_a_retried_flow_name_the_right_task() -> None:
         async def execute(self, m2: int, m3: int) -> None: ...
 
     sub = uf.Flow("r", retry=aflow.retry.Times(2)).add(A(), B())
-    with pytest.raises(aflow.patterns.MissingInputError) as info:
+    with pytest.raises(aflow.errors.MissingInputError) as info:
         engines.load(sub)
     assert (info.value.task, info.value.missing) in {("A", ("m1",)), ("B", ("m2", "m3"))}

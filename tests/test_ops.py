@@ -182,7 +182,7 @@ async def test_workflow_query_status_and_step_record(tmp_path: Path) -> None:
 
 def test_a_literal_of_the_wrong_type_is_refused_when_the_step_is_built() -> None:
     with pytest.raises(
-        aflow.SignatureError, match=r"input 'number': expected int, got str"
+        aflow.errors.SignatureError, match=r"input 'number': expected int, got str"
     ) as info:
         Step("step0", WriteFile, parameters={"msg": "hi", "number": "5"})
     assert info.value.task == "step0"
@@ -190,21 +190,21 @@ def test_a_literal_of_the_wrong_type_is_refused_when_the_step_is_built() -> None
 
 
 def test_a_missing_input_is_a_build_time_error_naming_step_and_key() -> None:
-    with pytest.raises(ops.MissingInputError) as info:
+    with pytest.raises(aflow.errors.MissingInputError) as info:
         Step("step0", WriteFile, parameters={"msg": "hi"})
     assert info.value.task == "step0"
     assert info.value.missing == ("number",)
 
 
 def test_unknown_inputs_and_misplaced_artifacts_are_refused() -> None:
-    with pytest.raises(aflow.SignatureError, match="has no input 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="has no input 'nope'"):
         Step("s", WriteFile, parameters={"msg": "a", "number": 1, "nope": 2})
     producer = Step("w", write, parameters={"text": "x"})
-    with pytest.raises(aflow.SignatureError, match="is a parameter, but is wired to"):
+    with pytest.raises(aflow.errors.SignatureError, match="is a parameter, but is wired to"):
         Step("s", add, parameters={"x": producer.outputs.artifacts["file"]})
-    with pytest.raises(aflow.SignatureError, match="no output parameter 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="no output parameter 'nope'"):
         producer.outputs.parameters["nope"]
-    with pytest.raises(aflow.SignatureError, match="is given in artifacts="):
+    with pytest.raises(aflow.errors.SignatureError, match="is given in artifacts="):
         Step("r", read, parameters={"file": "x.txt"})
 
 
@@ -224,12 +224,12 @@ async def test_a_wired_value_of_the_wrong_type_fails_the_step_and_nothing_downst
     [failed] = wf.query_step(phase="Failed")
     assert failed.key == "bad"
     error = failed.error
-    assert isinstance(error, ops.OpIOError)
+    assert isinstance(error, aflow.errors.OpIOError)
     assert (error.op, error.direction, error.key, error.expected) == ("add", "input", "x", "int")
     assert error.actual.startswith("str")
     assert ran == []
     assert wf.query_step(name="after")[0].phase == "Pending"
-    with pytest.raises(ops.OpIOError):
+    with pytest.raises(aflow.errors.OpIOError):
         await wf.run.result()
 
 
@@ -246,7 +246,7 @@ async def test_outputs_are_checked(
     wf = Workflow("out").add(Step("s", operator, parameters={"x": 1}))
     assert await run_wf(wf) == "Failed"
     error = wf.query_step(name="s")[0].error
-    assert isinstance(error, ops.OpIOError)
+    assert isinstance(error, aflow.errors.OpIOError)
     assert (error.direction, error.key, error.expected, error.actual) == (
         "output",
         key,
@@ -263,7 +263,7 @@ async def test_an_output_artifact_that_does_not_exist_fails_the_step() -> None:
     wf = Workflow("liar").add(Step("s", liar))
     assert await run_wf(wf) == "Failed"
     error = wf.query_step(name="s")[0].error
-    assert isinstance(error, ops.OpIOError)
+    assert isinstance(error, aflow.errors.OpIOError)
     assert error.key == "f"
     assert "missing path" in error.actual
 
@@ -284,7 +284,7 @@ async def test_defaults_typeddict_outputs_and_parameter_objects() -> None:
     a = Step("a", add, parameters={"x": 1})  # y defaults to 1
     b = Step("b", Scale, parameters={"x": a.outputs.parameters["sum"]})
     with pytest.raises(
-        aflow.SignatureError, match="at \\[0\\]"
+        aflow.errors.SignatureError, match="at \\[0\\]"
     ):  # a list of references is no wiring
         Step("c", total, parameters={"values": [b.outputs.parameters["y"]]})
     c = Step("c", add, parameters={"x": b.outputs.parameters["y"], "y": 10})
@@ -411,7 +411,7 @@ async def test_artifacts_default_beside_the_sqlite_store(
 async def test_a_plain_workflow_cannot_run_durably(tmp_path: Path) -> None:
     wf = Workflow("w").add(Step("a", add, parameters={"x": 1}))
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}"):
-        with pytest.raises(aflow.DefinitionError, match=r"@aflow\.workflow"):
+        with pytest.raises(aflow.errors.DefinitionError, match=r"@aflow\.workflow"):
             await wf.submit()
 
 
@@ -484,16 +484,16 @@ def test_cycles_duplicates_and_foreign_steps_are_build_errors() -> None:
     a = Step("a", add, parameters={"x": 1})
     b = Step("b", add, parameters={"x": a.outputs.parameters["sum"]})
     a.dependencies = (b,)  # only a later change can close a loop
-    with pytest.raises(aflow.CycleError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
+    with pytest.raises(aflow.errors.CycleError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
         aflow.compile(Workflow("c", dag=DAG().add([a, b])))
     a.dependencies = ()
-    with pytest.raises(aflow.SignatureError, match="is not in workflow"):
+    with pytest.raises(aflow.errors.SignatureError, match="is not in workflow"):
         aflow.compile(Workflow("c").add(b))
-    with pytest.raises(aflow.DuplicateTaskError):
+    with pytest.raises(aflow.errors.DuplicateTaskError):
         aflow.compile(Workflow("c").add(a).add(Step("a", add, parameters={"x": 2})))
     x = Step("x", add, parameters={"x": 1})
     y = Step("y", add, parameters={"x": 1}, dependencies=[x])
-    with pytest.raises(aflow.SignatureError, match="depends on step 'x'"):
+    with pytest.raises(aflow.errors.SignatureError, match="depends on step 'x'"):
         aflow.compile(Workflow("c", dag=DAG().add([y])))
 
 
@@ -573,7 +573,7 @@ async def test_when_expressions_and_callables_skip_steps_which_queries_still_sho
 def test_when_expressions_are_evaluated_safely(expression: str) -> None:
     try:
         step = Step("t", add, parameters={"x": 1}, when=expression)
-    except aflow.SignatureError:
+    except aflow.errors.SignatureError:
         return  # refused when built
     # what parses must still be harmless: only the multiplication case gets here
     assert step.when is not None
@@ -584,10 +584,10 @@ def test_when_expressions_are_evaluated_safely(expression: str) -> None:
 def test_when_expressions_name_real_outputs() -> None:
     s1 = Step("s1", add, parameters={"x": 4})
     t = Step("t", add, parameters={"x": 1}, when="{{steps.s1.outputs.parameters.nope}} > 1")
-    with pytest.raises(aflow.SignatureError, match="no output parameter 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="no output parameter 'nope'"):
         aflow.compile(Workflow("w").add(s1).add(t))
     u = Step("u", add, parameters={"x": 1}, when="{{steps.ghost.outputs.parameters.sum}} > 1")
-    with pytest.raises(aflow.SignatureError, match="step 'ghost'"):
+    with pytest.raises(aflow.errors.SignatureError, match="step 'ghost'"):
         aflow.compile(Workflow("w").add(s1).add(u))
 
 
@@ -657,7 +657,7 @@ async def test_timeouts_apply_to_ops() -> None:
     with anyio.fail_after(10):
         assert await run_wf(wf) == "Failed"
     [record] = wf.query_step()
-    assert isinstance(record.error, aflow.TaskTimeout)
+    assert isinstance(record.error, aflow.errors.TaskTimeout)
     assert record.attempts == 2
 
 
@@ -739,7 +739,7 @@ async def test_a_failed_slice_fails_the_step_unless_a_threshold_lets_it_go_on() 
     wf = Workflow("r").add(by_ratio)
     assert await run_wf(wf) == "Failed"
     error = wf.query_step()[0].error
-    assert isinstance(error, ops.SlicesBelowThreshold)
+    assert isinstance(error, aflow.errors.SlicesBelowThreshold)
     assert (error.succeeded, error.total) == (1, 4)
 
 
@@ -786,16 +786,16 @@ async def test_slices_over_an_upstream_list_and_over_artifacts() -> None:
 
 
 def test_slice_definitions_are_checked() -> None:
-    with pytest.raises(aflow.SignatureError, match="sliced input 'x' takes a list"):
+    with pytest.raises(aflow.errors.SignatureError, match="sliced input 'x' takes a list"):
         Step("s", add, parameters={"x": 1}, slices=Slices(input_parameter=["x"]))
-    with pytest.raises(aflow.SignatureError, match="expected int"):
+    with pytest.raises(aflow.errors.SignatureError, match="expected int"):
         Step("s", add, parameters={"x": [1, "2"]}, slices=Slices(input_parameter=["x"]))
-    with pytest.raises(aflow.SignatureError, match="Slices names input 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="Slices names input 'nope'"):
         Step("s", add, parameters={"x": [1]}, slices=Slices(input_parameter=["nope"]))
-    with pytest.raises(aflow.SignatureError, match="need slices"):
+    with pytest.raises(aflow.errors.SignatureError, match="need slices"):
         Step("s", add, parameters={"x": 1}, continue_on_num_success=1)
     s = Step("s", add, parameters={"x": [1]}, slices=Slices(input_parameter=["x"]))
-    with pytest.raises(aflow.SignatureError, match="stack it"):
+    with pytest.raises(aflow.errors.SignatureError, match="stack it"):
         s.outputs.parameters["sum"]
     with pytest.raises(ValueError, match="pool_size"):
         Slices(input_parameter=["x"], pool_size=0)
@@ -890,7 +890,7 @@ async def test_retries_and_timeouts_apply_to_each_slice() -> None:
     with anyio.fail_after(10):
         assert await run_wf(wf) == "Failed"
     [record] = wf.query_step()
-    assert isinstance(record.error, aflow.TaskTimeout)
+    assert isinstance(record.error, aflow.errors.TaskTimeout)
     assert record.slices[0].attempts == 2
     assert record.slices[0].phase == "Failed"
 
@@ -920,18 +920,18 @@ async def test_timeouts_apply_to_sync_ops_too(sliced: bool) -> None:
             release.set()
             assert await wf.wait() == "Failed"
     error = wf.query_step()[0].error
-    assert isinstance(error, aflow.TaskTimeout), error
+    assert isinstance(error, aflow.errors.TaskTimeout), error
 
 
 def test_slice_keys_may_not_clash_with_other_keys() -> None:
     sliced = Slices(input_parameter=["x"], output_parameter=["sum"])
     a = Step("a", add, parameters={"x": [1, 2]}, slices=sliced, key="job-{{item}}")
     b = Step("b", add, parameters={"x": [3, 4]}, slices=sliced, key="job-{{item}}")
-    with pytest.raises(aflow.DuplicateTaskError, match="job-"):
+    with pytest.raises(aflow.errors.DuplicateTaskError, match="job-"):
         aflow.compile(Workflow("k").add([a, b]))
     s = Step("s", add, parameters={"x": [1]}, slices=sliced)
     plain = Step("s-0", add, parameters={"x": 1})
-    with pytest.raises(aflow.DuplicateTaskError, match="s-0"):
+    with pytest.raises(aflow.errors.DuplicateTaskError, match="s-0"):
         aflow.compile(Workflow("k").add([s, plain]))
 
 
@@ -973,13 +973,13 @@ async def test_a_when_that_raises_fails_its_step_which_continue_on_failed_covers
     assert await run_wf(wf) == "Succeeded"
     records = {r.name: r for r in wf.query_step()}
     assert records["s2"].phase == "Failed"
-    assert isinstance(records["s2"].error, ops.WhenError)
+    assert isinstance(records["s2"].error, aflow.errors.WhenError)
     assert records["s2"].attempts == 1  # a broken condition is not retried
     assert records["s3"].phase == "Succeeded"
     strict = Step("s2", add, parameters={"x": 1}, when=when)
     wf = Workflow("w").add(Step("s1", to_text, parameters={"x": 1})).add(strict)
     assert await run_wf(wf) == "Failed"
-    assert isinstance(wf.query_step(name="s2")[0].error, ops.WhenError)
+    assert isinstance(wf.query_step(name="s2")[0].error, aflow.errors.WhenError)
 
 
 async def test_a_keyed_resubmit_queries_the_stored_run(tmp_path: Path, counts: Path) -> None:
@@ -1057,11 +1057,11 @@ async def test_an_op_instance_need_not_be_hashable() -> None:
 async def test_when_expressions_cannot_exhaust_memory_or_the_stack(expression: str) -> None:
     try:
         step = Step("t", add, parameters={"x": 1}, when=expression)
-    except aflow.SignatureError:
+    except aflow.errors.SignatureError:
         return  # refused when built
     wf = Workflow("w").add(step)
     assert await run_wf(wf) == "Failed"
-    assert isinstance(wf.query_step()[0].error, ops.WhenError)
+    assert isinstance(wf.query_step()[0].error, aflow.errors.WhenError)
 
 
 async def test_directories_keep_empty_folders_and_manifests_stay_inside(tmp_path: Path) -> None:
@@ -1084,13 +1084,13 @@ async def test_directories_keep_empty_folders_and_manifests_stay_inside(tmp_path
 
 
 def test_op_functions_and_wiring_shapes_are_checked_when_built(tmp_path: Path) -> None:
-    with pytest.raises(aflow.SignatureError, match="named parameters only"):
+    with pytest.raises(aflow.errors.SignatureError, match="named parameters only"):
 
         @op(outputs={})
         async def positional(x: int, /):
             return {}
 
-    with pytest.raises(aflow.SignatureError, match="given twice"):
+    with pytest.raises(aflow.errors.SignatureError, match="given twice"):
 
         @op(outputs={})
         async def twice(x: Parameter(int, default=5) = 7):  # type: ignore[valid-type]
@@ -1105,14 +1105,14 @@ def test_op_functions_and_wiring_shapes_are_checked_when_built(tmp_path: Path) -
         return {}
 
     m = Step("m", many)
-    with pytest.raises(aflow.SignatureError, match="is wired to"):
+    with pytest.raises(aflow.errors.SignatureError, match="is wired to"):
         Step("o", one, artifacts={"f": m.outputs.artifacts["fs"]})
     local = tmp_path / "x.txt"
     local.write_text("x")
-    with pytest.raises(aflow.SignatureError, match="dict of local paths"):
+    with pytest.raises(aflow.errors.SignatureError, match="dict of local paths"):
         Step("o", one, artifacts={"f": local, "d": local})
     sliced = Slices(input_parameter=["x", "y"])
-    with pytest.raises(aflow.SignatureError, match="one length"):
+    with pytest.raises(aflow.errors.SignatureError, match="one length"):
         Step("a", add, parameters={"x": [1, 2], "y": [1]}, slices=sliced)
 
 
@@ -1197,7 +1197,7 @@ async def test_a_postgres_run_that_passes_files_needs_a_shared_folder(
     async with aflow.Runtime(store=store_url) as rt:
         wf = dw.ops_files(start=1)
         if store_url.startswith("postgres"):  # refused before anything runs
-            with pytest.raises(aflow.DefinitionError, match="AFLOW_ARTIFACTS"):
+            with pytest.raises(aflow.errors.DefinitionError, match="AFLOW_ARTIFACTS"):
                 await wf.submit(runtime=rt)
             assert await rt.store.list_runs() == []  # type: ignore[union-attr]
         else:  # beside the SQLite file
@@ -1295,7 +1295,7 @@ async def test_a_durable_workflow_changed_after_its_builder_is_refused(
     wf = dw.ops_files(start=1)
     wf.add(Step("extra", add, parameters={"x": 1}))
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
-        with pytest.raises(aflow.DefinitionError, match="changed after"):
+        with pytest.raises(aflow.errors.DefinitionError, match="changed after"):
             await wf.submit(runtime=rt)
 
 
@@ -1354,7 +1354,7 @@ def test_an_async_when_is_refused() -> None:
     async def later(seen: Any) -> bool:
         return False
 
-    with pytest.raises(aflow.SignatureError, match="not async"):
+    with pytest.raises(aflow.errors.SignatureError, match="not async"):
         Step("s", add, parameters={"x": 1}, when=later)
 
 
@@ -1456,7 +1456,7 @@ async def test_any_change_after_the_builder_is_refused_for_a_durable_run(
     wf = dw.ops_files(start=1)
     wf.steps[0].parameters["text"] = "changed"
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
-        with pytest.raises(aflow.DefinitionError, match="changed after"):
+        with pytest.raises(aflow.errors.DefinitionError, match="changed after"):
             await wf.submit(runtime=rt)
         await dw.ops_files(start=1).submit(runtime=rt)  # unchanged: accepted
 
@@ -1466,7 +1466,7 @@ def test_a_reference_inside_a_longer_string_is_refused() -> None:
         "'pre-{{steps.a.outputs.parameters.x}}' == 'pre-yes'",
         "'{{steps.a.outputs.parameters.x}}-suf' == 'yes-suf'",
     ):
-        with pytest.raises(aflow.SignatureError, match="inside a longer string"):
+        with pytest.raises(aflow.errors.SignatureError, match="inside a longer string"):
             Step("s", add, parameters={"x": 1}, when=text)
     Step("s", add, parameters={"x": 1}, when="'{{steps.a.outputs.parameters.x}}' == '__refund'")
 
@@ -1493,7 +1493,7 @@ async def test_wait_takes_up_a_loaded_run_whose_process_died(
 
 
 def test_the_bound_name_is_reserved_in_expressions() -> None:
-    with pytest.raises(aflow.SignatureError, match="reserved"):
+    with pytest.raises(aflow.errors.SignatureError, match="reserved"):
         Step("s", add, parameters={"x": 1}, when="__aflow_ref_0 == 1")
 
 
@@ -1530,5 +1530,5 @@ async def test_wait_raises_when_a_dead_run_cannot_be_taken_up(
     async with aflow.Runtime(store=url, lease=LEASE) as rt:
         wf = await Workflow.load(run_id, runtime=rt)
         monkeypatch.setattr(dw.ops_files, "fn", redeployed)
-        with anyio.fail_after(10), pytest.raises(aflow.stores.ResumeMismatch, match="different"):
+        with anyio.fail_after(10), pytest.raises(aflow.errors.ResumeMismatch, match="different"):
             await wf.wait(poll=0.05)
