@@ -24,20 +24,8 @@ from ._canvas import chain as chain
 from ._canvas import chord as chord
 from ._canvas import group as group
 from ._canvas import signature as signature
+from ._deprecated import moved_from as _moved_from
 from ._events import Event as Event
-from ._exceptions import AflowError as AflowError
-from ._exceptions import CompensationFailed as CompensationFailed
-from ._exceptions import CycleError as CycleError
-from ._exceptions import DefinitionError as DefinitionError
-from ._exceptions import DuplicateTaskError as DuplicateTaskError
-from ._exceptions import GroupFailed as GroupFailed
-from ._exceptions import RunCancelled as RunCancelled
-from ._exceptions import RunError as RunError
-from ._exceptions import RunNotFinished as RunNotFinished
-from ._exceptions import RunTimeout as RunTimeout
-from ._exceptions import SerializationError as SerializationError
-from ._exceptions import SignatureError as SignatureError
-from ._exceptions import TaskTimeout as TaskTimeout
 from ._failure import Failure as Failure
 from ._graph import Graph as Graph
 from ._graph import NodeKind as NodeKind
@@ -58,36 +46,23 @@ from ._workflow import workflow as workflow
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AflowError",
     "Backoff",
     "Canvas",
     "Chain",
     "Chord",
-    "CompensationFailed",
-    "CycleError",
-    "DefinitionError",
-    "DuplicateTaskError",
     "Event",
     "Failure",
     "FunctionTask",
     "Graph",
     "Group",
-    "GroupFailed",
     "NodeKind",
     "NodeState",
     "Run",
-    "RunCancelled",
-    "RunError",
-    "RunNotFinished",
     "RunStatus",
-    "RunTimeout",
     "Runtime",
-    "SerializationError",
     "Signature",
-    "SignatureError",
     "StepInfo",
     "Task",
-    "TaskTimeout",
     "chain",
     "chord",
     "compile",
@@ -110,7 +85,29 @@ for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
 del _name, _obj
 
 
+#: Exceptions that were top-level names too (deprecated): their one home is aflow.errors.
+_MOVED_ERRORS = frozenset(
+    {
+        "AflowError",
+        "CompensationFailed",
+        "CycleError",
+        "DefinitionError",
+        "DuplicateTaskError",
+        "GroupFailed",
+        "RunCancelled",
+        "RunError",
+        "RunNotFinished",
+        "RunTimeout",
+        "SerializationError",
+        "SignatureError",
+        "TaskTimeout",
+    }
+)
+
+
 def __getattr__(name: str) -> object:
+    if name in _MOVED_ERRORS:
+        return _moved_from("aflow", name, to="aflow.errors")
     if name == "current_attempt":  # deprecated: aflow.current_step().attempt says more
         import warnings
 

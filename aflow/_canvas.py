@@ -581,7 +581,7 @@ class Group(Canvas[list[Any]]):
     ``min_success=k`` or ``success_ratio=r`` (as options) let the group succeed
     when enough members do: a failed member leaves ``None`` in its place and
     its own dependents inside the group are skipped. Below the threshold the
-    group fails with :class:`aflow.GroupFailed`. Example::
+    group fails with :class:`aflow.errors.GroupFailed`. Example::
 
         await group(add.s(i, i) for i in range(10))   # [0, 2, ..., 18]
     """

@@ -1,37 +1,42 @@
-"""The exception tree.
+"""The exception tree: every exception aflow defines, and nowhere else.
 
-Everything aflow raises derives from :class:`AflowError`. Errors found while
-building or validating a workflow (before any task runs) also derive from
-``ValueError`` or ``TypeError``, so callers can catch them the usual way::
+Its one public home is :mod:`aflow.errors`. Everything aflow raises derives from
+:class:`AflowError`. Below, a name's parent is its first base, and a builtin in
+parentheses is its second base, so ``except ValueError`` or ``except TypeError``
+still catches an error found while building a workflow (before any task runs).
+After the name: the attributes it carries, then what it means::
 
     AflowError(Exception)
-    ├── DefinitionError(AflowError, ValueError)   raised before anything runs
-    │   ├── CycleError              .cycle
-    │   ├── DuplicateTaskError      .name
-    │   ├── MissingInputError       .task, .missing: inputs nothing provides
-    │   ├── AmbiguousProviderError  .name, .providers: two providers of one name
-    │   └── SignatureError(DefinitionError, TypeError)   .task, .argument, .reason
-    ├── ProvidesError(AflowError, TypeError)      a result that does not fit ``provides``
-    ├── SerializationError(AflowError, TypeError) a value a durable store cannot hold
-    ├── ResultError(AflowError, TypeError)        a result aflow refuses (an un-awaited coroutine)
-    ├── StoreError(AflowError)                    a store that cannot be used as asked
-    │   ├── RunNotFound(StoreError, KeyError)     .run_id
-    │   ├── ResumeMismatch(StoreError)            the workflow changed since the run began
-    │   ├── LeaseLost(StoreError)                 another process owns the run now
-    │   └── UntrustedManifest(StoreError, ValueError)  a stored artifact manifest refused
-    ├── RecordedError(AflowError)                 a failure read back from a store, as text
-    ├── RunError(AflowError)                      .run_id
-    │   ├── RunNotFinished          the run has not finished yet
-    │   ├── RunCancelled            run.cancel() or a runtime shutdown stopped it
-    │   │   └── RunReleased         a durable run let go of at shutdown, kept resumable
-    │   ├── RunExists(RunError, ValueError)       a run with that id exists already
-    │   ├── IdempotencyConflict(RunError, ValueError)  the key names another workflow's run
-    │   ├── TaskFailed              a task raised a BaseException that is no error (GeneratorExit)
-    │   ├── TaskTimeout(RunError, TimeoutError)   .task, .attempt, .timeout
-    │   ├── RunTimeout(RunError, TimeoutError)    .timeout: the run's own deadline
-    │   ├── GroupFailed(RunError, ExceptionGroup)          several root failures
-    │   └── CompensationFailed(RunError, ExceptionGroup)   a revert failed too
-    └── AflowInternalError(AflowError)            a bug in aflow
+    ├── DefinitionError(ValueError)       raised before anything runs
+    │   ├── CycleError                    .cycle: the nodes on the cycle, in order
+    │   ├── DuplicateTaskError            .name: a node key used twice
+    │   ├── MissingInputError             .task, .missing, .detail: inputs nothing provides
+    │   ├── AmbiguousProviderError        .name, .providers, .where: two providers of one name
+    │   └── SignatureError(TypeError)     .task, .argument, .reason, .subject
+    ├── ProvidesError(TypeError)          .task, .provides, .reason: a result unlike ``provides``
+    ├── OpIOError(TypeError)              .op, .direction, .key, .expected, .actual: an op's value
+    ├── SerializationError(TypeError)     .task, .type, .path, .detail, .subject: not storable
+    ├── ResultError(TypeError)            .task, .reason: a result refused (an un-awaited coroutine)
+    ├── StoreError                        a store that cannot be used as asked
+    │   ├── RunNotFound(KeyError)         .run_id, .where
+    │   ├── ResumeMismatch                .run_id, .reason: the workflow changed since the run began
+    │   ├── LeaseLost                     .run_id, .reason: another process owns the run now
+    │   └── UntrustedManifest(ValueError) .run_id, .step, .reason: an artifact manifest refused
+    ├── RecordedError                     .text: a failure read back from a store, as text
+    ├── WhenError                         .step, .error: a step's ``when`` condition raised
+    ├── RunError                          .run_id, .message: a run (not a task in it) went wrong
+    │   ├── RunNotFinished                the run has not finished yet
+    │   ├── RunCancelled                  run.cancel() or a runtime shutdown stopped it
+    │   │   └── RunReleased               a durable run let go of at shutdown, kept resumable
+    │   ├── RunExists(ValueError)         .where: a run with that id exists already
+    │   ├── IdempotencyConflict(ValueError)  .key, .existing, .requested: the key names another
+    │   ├── TaskFailed                    .task, .attempt, .what: a BaseException that is no error
+    │   ├── TaskTimeout(TimeoutError)     .task, .attempt, .timeout: one attempt ran too long
+    │   ├── RunTimeout(TimeoutError)      .timeout: the run's own deadline passed
+    │   ├── SlicesBelowThreshold          .step, .succeeded, .total: too few slices succeeded
+    │   ├── GroupFailed(ExceptionGroup)   .exceptions: several root failures, each as raised
+    │   └── CompensationFailed(ExceptionGroup)  .original, .exceptions: a revert failed too
+    └── AflowInternalError                a bug in aflow
 
 A task's own exception is never wrapped: it reaches the awaiter as raised,
 with notes (PEP 678) naming the task, the run and what was reverted. Only
@@ -57,23 +62,26 @@ __all__ = [
     "IdempotencyConflict",
     "LeaseLost",
     "MissingInputError",
+    "OpIOError",
     "ProvidesError",
     "RecordedError",
     "ResultError",
     "ResumeMismatch",
-    "RunExists",
-    "RunNotFound",
-    "RunReleased",
-    "SerializationError",
-    "StoreError",
     "RunCancelled",
     "RunError",
+    "RunExists",
     "RunNotFinished",
+    "RunNotFound",
+    "RunReleased",
     "RunTimeout",
+    "SerializationError",
     "SignatureError",
+    "SlicesBelowThreshold",
+    "StoreError",
     "TaskFailed",
     "TaskTimeout",
     "UntrustedManifest",
+    "WhenError",
 ]
 
 
@@ -184,6 +192,26 @@ class ProvidesError(AflowError, TypeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task, self.provides, self.reason))
+
+
+class OpIOError(AflowError, TypeError):
+    """An operator (``aflow.ops``) got or gave a value its signature does not allow.
+
+    :attr:`op` names the operator, :attr:`direction` is ``"input"`` or
+    ``"output"``, :attr:`key` the field at fault, :attr:`expected` and
+    :attr:`actual` say what was wanted and what came.
+    """
+
+    def __init__(self, op: str, direction: str, key: str, expected: str, actual: str) -> None:
+        self.op = op
+        self.direction = direction
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"op {op!r} {direction} {key!r}: expected {expected}, got {actual}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.op, self.direction, self.key, self.expected, self.actual))
 
 
 class SerializationError(AflowError, TypeError):
@@ -313,6 +341,21 @@ class RecordedError(AflowError):
         return (type(self), (self.text,))
 
 
+class WhenError(AflowError):
+    """A step's ``when`` condition raised (``aflow.ops``): the step fails with this, never
+    retried. :attr:`step` names the step and :attr:`error` is what the condition raised."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        self.step = step
+        self.error = error
+        super().__init__(
+            f"the when condition of step {step!r} raised {type(error).__name__}: {error}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.error))
+
+
 class RunError(AflowError):
     """Something about a run (rather than a task in it) went wrong."""
 
@@ -427,6 +470,21 @@ class RunTimeout(RunError, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run_id, self.timeout))
+
+
+class SlicesBelowThreshold(RunError):
+    """Fewer slices of a sliced step (``aflow.ops``) succeeded than its
+    ``continue_on_num_success`` / ``continue_on_success_ratio`` ask: :attr:`step` names
+    the step, :attr:`succeeded` and :attr:`total` count its slices."""
+
+    def __init__(self, run_id: str, step: str, succeeded: int, total: int) -> None:
+        self.step = step
+        self.succeeded = succeeded
+        self.total = total
+        super().__init__(run_id, f"step {step!r}: {succeeded} of {total} slices succeeded")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.step, self.succeeded, self.total))
 
 
 class _RunGroup(RunError, ExceptionGroup):

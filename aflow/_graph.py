@@ -639,8 +639,8 @@ def compile(workflow: object) -> Graph:
     """Compile any workflow (signature, chain, group, chord, ...) to its :class:`Graph`.
 
     Validation happens here, before anything runs: an argument a task cannot
-    take raises :class:`~aflow.SignatureError` naming the node, a cycle raises
-    :class:`~aflow.CycleError` naming the nodes on it.
+    take raises :class:`~aflow.errors.SignatureError` naming the node, a cycle raises
+    :class:`~aflow.errors.CycleError` naming the nodes on it.
     """
     if isinstance(workflow, Graph):
         return workflow

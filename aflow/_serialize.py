@@ -5,7 +5,7 @@ sets, bytes, datetimes, dates, times, timedeltas, Decimals, UUIDs, paths of
 each pathlib class, enum members and named tuples, the last two by their
 class's import path). A value that would not come back as it went in (any
 other type, or a subclass of a builtin such as a ``str`` subclass) raises
-:class:`aflow.SerializationError` naming the task, the type and where in the
+:class:`aflow.errors.SerializationError` naming the task, the type and where in the
 value it sits. The pickle
 serialiser is opt-in and only for stores nobody untrusted can write to:
 loading a pickle runs code.
@@ -223,7 +223,7 @@ _JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 @final
 class JsonSerializer:
-    """JSON plus well-known types; anything else is a :class:`~aflow.SerializationError`."""
+    """JSON plus well-known types; anything else is a :class:`~aflow.errors.SerializationError`."""
 
     name = "json"
 

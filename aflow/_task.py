@@ -233,7 +233,7 @@ class FunctionTask(Generic[P, R]):
         (the task's return value, or an :class:`aflow.Failure` if it failed or
         was cancelled mid-way) and ``flow_failures=`` (node key -> Failure),
         each only if its signature accepts it. A revert that cannot take them
-        raises :class:`~aflow.SignatureError` here, not when it is needed.
+        raises :class:`~aflow.errors.SignatureError` here, not when it is needed.
         The function is returned unchanged.
         """
         options: dict[str, Any] = {"retries": retries}
@@ -375,7 +375,7 @@ def task(
         retry_on: exception types, or a predicate, that may be retried (default: any
             ``Exception``; a ``TimeoutError`` from ``timeout`` too, if admitted).
         timeout: seconds per attempt; an attempt over time raises
-            :class:`aflow.TaskTimeout` (a ``TimeoutError``). A thread task cannot be
+            :class:`aflow.errors.TaskTimeout` (a ``TimeoutError``). A thread task cannot be
             interrupted: its late result is discarded.
         deadline: seconds for all attempts together, waits included.
         limit: the name(s) of concurrency limits this task takes a slot of; limits set

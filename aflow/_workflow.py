@@ -49,7 +49,7 @@ class Workflow(Generic[P, R]):
         return built
 
     def build(self, params: dict[str, Any]) -> Graph:
-        """The graph for these parameters (:class:`aflow.SignatureError` naming the
+        """The graph for these parameters (:class:`aflow.errors.SignatureError` naming the
         workflow and the parameter if the function cannot take them)."""
         try:
             built = self.fn(**params)  # type: ignore[call-arg]
@@ -76,7 +76,7 @@ class Workflow(Generic[P, R]):
             ) from error
 
     def dump_params(self, params: Mapping[str, Any], serializer: Serializer) -> str:
-        """The stored form of ``params``; :class:`aflow.SerializationError` names this
+        """The stored form of ``params``; :class:`aflow.errors.SerializationError` names this
         workflow and the parameter that cannot be stored."""
         try:
             return serializer.dumps(dict(params), task=self.path)
@@ -158,7 +158,7 @@ def registered_workflow(path: str, modules: Collection[str] = ()) -> Workflow[..
     (the application's own imports), or by allowing its module explicitly in
     ``modules`` (``Runtime(workflows=["pkg.mod"])``, ``aflow --allow-module``),
     which is then imported here. A row naming anything else imports nothing
-    and raises :class:`aflow.DefinitionError` saying how to allow it.
+    and raises :class:`aflow.errors.DefinitionError` saying how to allow it.
     """
     found = _REGISTRY.get(path) if isinstance(path, str) else None
     if found is not None:

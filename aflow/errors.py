@@ -1,11 +1,24 @@
-"""Every exception aflow raises, in one namespace (the commonest are also top-level names).
+"""Every exception aflow raises, in its one public namespace.
 
-The tree, with what each carries, is drawn in the docstring of
-:class:`aflow.AflowError`'s module; catch :class:`AflowError` for all of them.
+Catch :class:`AflowError` for all of them, or one by name::
+
+    import aflow.errors
+
+    try:
+        await run
+    except aflow.errors.RunCancelled:
+        ...
+
+No other namespace exports an exception. The old spellings (``aflow.RunCancelled``,
+``aflow.stores.StoreError``, ``aflow.ops.OpIOError``, ``aflow.patterns.ProvidesError``...)
+still work for one release, with a ``DeprecationWarning``.
+
+The tree, drawn where the classes are defined, follows.
 """
 
 from __future__ import annotations
 
+from . import _exceptions
 from ._exceptions import AflowError as AflowError
 from ._exceptions import AflowInternalError as AflowInternalError
 from ._exceptions import AmbiguousProviderError as AmbiguousProviderError
@@ -17,6 +30,7 @@ from ._exceptions import GroupFailed as GroupFailed
 from ._exceptions import IdempotencyConflict as IdempotencyConflict
 from ._exceptions import LeaseLost as LeaseLost
 from ._exceptions import MissingInputError as MissingInputError
+from ._exceptions import OpIOError as OpIOError
 from ._exceptions import ProvidesError as ProvidesError
 from ._exceptions import RecordedError as RecordedError
 from ._exceptions import ResultError as ResultError
@@ -30,10 +44,12 @@ from ._exceptions import RunReleased as RunReleased
 from ._exceptions import RunTimeout as RunTimeout
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SignatureError as SignatureError
+from ._exceptions import SlicesBelowThreshold as SlicesBelowThreshold
 from ._exceptions import StoreError as StoreError
 from ._exceptions import TaskFailed as TaskFailed
 from ._exceptions import TaskTimeout as TaskTimeout
 from ._exceptions import UntrustedManifest as UntrustedManifest
+from ._exceptions import WhenError as WhenError
 
 __all__ = [
     "AflowError",
@@ -47,6 +63,7 @@ __all__ = [
     "IdempotencyConflict",
     "LeaseLost",
     "MissingInputError",
+    "OpIOError",
     "ProvidesError",
     "RecordedError",
     "ResultError",
@@ -60,8 +77,17 @@ __all__ = [
     "RunTimeout",
     "SerializationError",
     "SignatureError",
+    "SlicesBelowThreshold",
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
     "UntrustedManifest",
+    "WhenError",
 ]
+
+for _name in __all__:  # users see aflow.errors.RunCancelled, not aflow._exceptions.RunCancelled
+    globals()[_name].__module__ = __name__
+del _name
+
+if __doc__ and _exceptions.__doc__:  # (not under python -OO)
+    __doc__ = f"{__doc__}\n{_exceptions.__doc__}"

@@ -69,13 +69,13 @@ async def main() -> None:
     chord = aflow.chord((fetch_price.s(s) for s in shops), cheapest.s())
     try:
         await aflow.run(chord.on_error(report_failures.s()), on_error="continue")
-    except aflow.GroupFailed as exc:
+    except aflow.errors.GroupFailed as exc:
         print(f"  raised {type(exc).__name__}: {exc}")
 
     print("5. a run deadline")
     try:
         await aflow.run(slow_step.s(), timeout=0.05)
-    except aflow.RunTimeout as exc:
+    except aflow.errors.RunTimeout as exc:
         print(f"  {exc}")
 
 

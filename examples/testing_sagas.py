@@ -67,7 +67,7 @@ async def main() -> None:
         with inject_failure("ship", hang=True):
             try:
                 await aflow.run(saga("o-1b"), clock=clock)
-            except aflow.TaskTimeout as exc:
+            except aflow.errors.TaskTimeout as exc:
                 print(f"  {exc}")
         print(f"  virtual {clock.now():.0f} s, real {anyio.current_time() - began:.3f} s")
     assert clock.now() == 2 * (30 + 60) + 600

@@ -84,7 +84,7 @@ async def through_handle(
         await run.cancel()
         try:
             outcome: tuple[str, Any] = ("value", await run.result())
-        except aflow.RunCancelled:
+        except aflow.errors.RunCancelled:
             outcome = ("cancelled", None)
         stored_nodes: dict[str, str] = {}
         stored_status = None
@@ -115,7 +115,7 @@ async def through_awaiter(length: int, fan: bool, k: int, via_runtime: bool) -> 
             if via_runtime:
                 async with aflow.Runtime() as rt:
                     run = await rt.submit(saga(length, fan), on_event=listen)
-                    with contextlib.suppress(aflow.RunCancelled):
+                    with contextlib.suppress(aflow.errors.RunCancelled):
                         value = await _await_run(run)
             else:
                 value = await aflow.run(saga(length, fan), on_event=listen)

@@ -102,7 +102,7 @@ class TestSignatures:
         assert repr(add.si(1, 1).set(retries=2)) == "add.si(1, 1).set(retries=2)"
 
     def test_unknown_option_is_a_typed_error_naming_it(self) -> None:
-        with pytest.raises(aflow.SignatureError) as info:
+        with pytest.raises(aflow.errors.SignatureError) as info:
             add.s(1, 2).set(retires=3)
         assert info.value.argument == "retires"
         assert "add" in str(info.value)
@@ -223,7 +223,7 @@ class TestChains:
         assert aflow.chain([add.s(1, 1), add.s(1)]) == aflow.chain(add.s(1, 1), add.s(1))
 
     def test_empty_chain_is_an_error(self) -> None:
-        with pytest.raises(aflow.SignatureError):
+        with pytest.raises(aflow.errors.SignatureError):
             aflow.compile(aflow.chain())
 
     async def test_sync_task_in_chain(self) -> None:
@@ -396,14 +396,14 @@ class TestMapStarmapChunks:
         assert calls[-1][2] == {"debug": True}
 
     def test_map_refuses_partial_positional_args(self) -> None:
-        with pytest.raises(aflow.SignatureError, match="items"):
+        with pytest.raises(aflow.errors.SignatureError, match="items"):
             add.map([1, 2]).clone(args=(5,))
 
     async def test_sync_map_runs_in_a_thread(self) -> None:
         assert await xsum.map([[1, 2], [3]]) == [3, 3]
 
     def test_map_with_items_and_parent_is_a_clear_error(self) -> None:
-        with pytest.raises(aflow.SignatureError, match="parent"):
+        with pytest.raises(aflow.errors.SignatureError, match="parent"):
             aflow.compile(add.s(1, 1) | tsum.map([[1]]))
 
     async def test_chunks(self) -> None:
@@ -422,19 +422,19 @@ class TestValidation:
     """Bad canvases fail before any task runs, naming the node at fault."""
 
     async def test_too_many_arguments_after_parent_result(self) -> None:
-        with pytest.raises(aflow.SignatureError) as info:
+        with pytest.raises(aflow.errors.SignatureError) as info:
             await (add.s(1, 2) | mul.s(3, 4))
         assert info.value.task == "mul"
         assert "parent's result" in str(info.value)
         assert calls == []  # nothing ran
 
     async def test_unknown_keyword_is_named(self) -> None:
-        with pytest.raises(aflow.SignatureError) as info:
+        with pytest.raises(aflow.errors.SignatureError) as info:
             aflow.compile(add.s(1, 2, colour="red"))
         assert info.value.argument == "colour"
 
     def test_errback_must_be_a_task_signature(self) -> None:
-        with pytest.raises(aflow.SignatureError):
+        with pytest.raises(aflow.errors.SignatureError):
             aflow.compile(add.s(1, 1).link_error(aflow.group(log_error.s())))
 
     def test_compile_rejects_non_workflows(self) -> None:

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import aflow
-from aflow.stores import ResumeMismatch, RunNotFound
+from aflow.errors import ResumeMismatch, RunNotFound
 
 from . import durable_workflows as wf
 
@@ -70,7 +70,7 @@ async def test_a_value_that_cannot_be_stored_fails_its_node_and_keeps_the_rest(
 ) -> None:
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
         run = await rt.submit(wf.a_then_opaque, start=1)
-        with pytest.raises(aflow.SerializationError) as info:
+        with pytest.raises(aflow.errors.SerializationError) as info:
             await run.result()
         assert rt.store is not None
         nodes = await rt.store.load_nodes(run.id)
@@ -83,18 +83,18 @@ async def test_a_value_that_cannot_be_stored_fails_its_node_and_keeps_the_rest(
 
 async def test_a_workflow_that_cannot_be_rebuilt_is_refused(tmp_path: pathlib.Path) -> None:
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
-        with pytest.raises(aflow.DefinitionError, match=r"@aflow\.workflow"):
+        with pytest.raises(aflow.errors.DefinitionError, match=r"@aflow\.workflow"):
             await rt.submit(wf.step_a.s(1))
 
         @aflow.workflow
         def local(start: int) -> aflow.Signature[int]:
             return wf.step_a.s(start)
 
-        with pytest.raises(aflow.DefinitionError, match="inside a function"):
+        with pytest.raises(aflow.errors.DefinitionError, match="inside a function"):
             await rt.submit(local, start=1)
         # (issue 14: it names the workflow and the parameter, no longer "task 'inputs'")
         with pytest.raises(
-            aflow.SerializationError,
+            aflow.errors.SerializationError,
             match=r"workflow 'tests\.durable_workflows:abc': cannot serialise a "
             r"tests\.durable_workflows\.Opaque at parameter 'start'",
         ):

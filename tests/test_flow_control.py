@@ -213,14 +213,14 @@ async def test_parameterized_for_each_reads_its_values_by_name() -> None:
 
 
 def test_retry_controllers_check_their_arguments() -> None:
-    with pytest.raises(aflow.SignatureError, match="attempts must be an int >= 1"):
+    with pytest.raises(aflow.errors.SignatureError, match="attempts must be an int >= 1"):
         aflow.retry.Times(0)
-    with pytest.raises(aflow.SignatureError, match="at least one value"):
+    with pytest.raises(aflow.errors.SignatureError, match="at least one value"):
         aflow.retry.ForEach([])
     with pytest.raises(TypeError, match=r"aflow\.retry\.Retry"):
         lf.Flow("f", retry=3)  # type: ignore[arg-type]
     flow = lf.Flow("f", retry=aflow.retry.ParameterizedForEach(provides="v"))
-    with pytest.raises(aflow.patterns.MissingInputError, match="'values'"):
+    with pytest.raises(aflow.errors.MissingInputError, match="'values'"):
         engines.load(flow.add(aflow.task(lambda: None)))
 
 
@@ -620,7 +620,7 @@ async def test_task_options_apply_to_flow_tasks() -> None:
 
     async with FakeClock() as clock:
         eng = engines.load(lf.Flow("f").add(Slow(timeout=5, retries=1)), clock=clock)
-        with pytest.raises(aflow.TaskTimeout):
+        with pytest.raises(aflow.errors.TaskTimeout):
             await eng.run()
     assert attempts == [1, 2]
 

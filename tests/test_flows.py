@@ -14,7 +14,7 @@ import pytest
 import aflow
 import aflow.retry
 from aflow import engines
-from aflow.patterns import MissingInputError
+from aflow.errors import MissingInputError
 from aflow.patterns import graph_flow as gf
 from aflow.patterns import linear_flow as lf
 from aflow.patterns import unordered_flow as uf
@@ -165,7 +165,7 @@ async def test_a_result_of_the_wrong_shape_fails_its_own_task() -> None:
             raise AssertionError("never runs")
 
     eng = engines.load(lf.Flow("f").add(Bad(name="bad"), Reader()))
-    with pytest.raises(aflow.patterns.ProvidesError, match=r"'bad' provides \['a', 'b', 'c'\]"):
+    with pytest.raises(aflow.errors.ProvidesError, match=r"'bad' provides \['a', 'b', 'c'\]"):
         await eng.run()
     assert eng.storage.get_atom_state("bad") is aflow.NodeState.FAILED
     assert eng.storage.get_atom_state("Reader") is aflow.NodeState.PENDING
@@ -178,27 +178,27 @@ async def test_a_dict_result_missing_a_provided_key_fails_its_task() -> None:
         async def execute(self) -> dict[str, int]:
             return {"n": 1}
 
-    with pytest.raises(aflow.patterns.ProvidesError, match=r"lacks \['m'\]"):
+    with pytest.raises(aflow.errors.ProvidesError, match=r"lacks \['m'\]"):
         await engines.run(lf.Flow("f").add(Bad()))
 
 
 def test_wrong_declarations_fail_at_construction() -> None:
-    with pytest.raises(aflow.SignatureError, match="rebind lists 3 name") as info:
+    with pytest.raises(aflow.errors.SignatureError, match="rebind lists 3 name") as info:
         Add(rebind=["a", "b", "c"])
     assert info.value.task == "Add"
     assert info.value.argument == "rebind"
-    with pytest.raises(aflow.SignatureError, match="'nope', which is not a parameter"):
+    with pytest.raises(aflow.errors.SignatureError, match="'nope', which is not a parameter"):
         Add(rebind={"nope": "x"})
-    with pytest.raises(aflow.SignatureError, match="inject names 'zz'"):
+    with pytest.raises(aflow.errors.SignatureError, match="inject names 'zz'"):
         Add(inject={"zz": 1})
-    with pytest.raises(aflow.SignatureError, match="provides must be a name"):
+    with pytest.raises(aflow.errors.SignatureError, match="provides must be a name"):
         Add(provides=3)  # type: ignore[arg-type]
-    with pytest.raises(aflow.SignatureError, match="unknown option"):
+    with pytest.raises(aflow.errors.SignatureError, match="unknown option"):
         Add(retires=3)
 
 
 def test_a_revert_that_cannot_take_result_is_rejected_when_the_class_is_defined() -> None:
-    with pytest.raises(aflow.SignatureError, match="revert must accept result") as info:
+    with pytest.raises(aflow.errors.SignatureError, match="revert must accept result") as info:
 
         class Sloppy(aflow.Task):  # the seed's own TaskA.revert(self, a) has this bug
             def execute(self, a: int) -> int:
@@ -208,7 +208,7 @@ def test_a_revert_that_cannot_take_result_is_rejected_when_the_class_is_defined(
                 pass
 
     assert info.value.argument == "result"
-    with pytest.raises(aflow.SignatureError, match="cannot take the task's arguments"):
+    with pytest.raises(aflow.errors.SignatureError, match="cannot take the task's arguments"):
 
         class Narrow(aflow.Task):
             def execute(self, a: int, b: int) -> int:
@@ -543,16 +543,16 @@ def test_missing_inputs_of_a_retried_flow_name_the_right_task() -> None:
 
 def test_ambiguous_providers_name_both() -> None:
     flow = gf.Flow("g").add(Const("one", 1, "x"), Const("two", 2, "x"), Read())
-    with pytest.raises(aflow.patterns.AmbiguousProviderError) as info:
+    with pytest.raises(aflow.errors.AmbiguousProviderError) as info:
         engines.load(flow)
     assert info.value.name == "x"
     assert info.value.providers == ("one", "two")
-    with pytest.raises(aflow.patterns.AmbiguousProviderError, match="unordered flow 'u'"):
+    with pytest.raises(aflow.errors.AmbiguousProviderError, match="unordered flow 'u'"):
         engines.load(uf.Flow("u").add(Const("one", 1, "x"), Const("two", 2, "x")))
 
 
 def test_a_sibling_dependency_in_an_unordered_flow_is_rejected() -> None:
-    with pytest.raises(aflow.DefinitionError, match=r"'Read' requires 'x'.*sibling 'one'"):
+    with pytest.raises(aflow.errors.DefinitionError, match=r"'Read' requires 'x'.*sibling 'one'"):
         engines.load(uf.Flow("u").add(Const("one", 1, "x"), Read()))
 
 
@@ -563,14 +563,14 @@ def test_cycles_name_the_cycle() -> None:
     a = Pass(name="a", requires=["vc"], provides="va")
     b = Pass(name="b", requires=["va"], provides="vb")
     c = Pass(name="c", requires=["vb"], provides="vc")
-    with pytest.raises(aflow.CycleError) as info:
+    with pytest.raises(aflow.errors.CycleError) as info:
         engines.load(gf.Flow("g").add(a, b, c))
     cycle = info.value.cycle
     assert set(cycle) == {"a", "b", "c"}
     i = cycle.index("a")
     assert cycle[i:] + cycle[:i] == ("a", "b", "c")
     x, y = Pass(name="x"), Pass(name="y")
-    with pytest.raises(aflow.CycleError, match=r"x -> y -> x|y -> x -> y"):
+    with pytest.raises(aflow.errors.CycleError, match=r"x -> y -> x|y -> x -> y"):
         engines.load(gf.Flow("g2").add(x, y).link(x, y).link(y, x))
 
 
@@ -588,7 +588,7 @@ async def test_an_optional_input_from_a_later_graph_item_is_no_cycle() -> None:
 
 
 def test_duplicate_names_are_rejected() -> None:
-    with pytest.raises(aflow.DuplicateTaskError, match="'Read'"):
+    with pytest.raises(aflow.errors.DuplicateTaskError, match="'Read'"):
         engines.load(lf.Flow("f").add(Read(), uf.Flow("u").add(Read())), store={"x": 1})
 
 

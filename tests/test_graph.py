@@ -9,8 +9,8 @@ import pytest
 import aflow
 import aflow.patterns
 from aflow import Graph, NodeKind
-from aflow._exceptions import AflowInternalError
 from aflow._graph import Node
+from aflow.errors import AflowInternalError
 
 
 @aflow.task
@@ -92,7 +92,7 @@ def test_cycle_is_named() -> None:
         Node(2, "c", NodeKind.TASK, add, parents=(1,)),
         Node(3, "d", NodeKind.TASK, add, parents=()),
     ]
-    with pytest.raises(aflow.CycleError) as info:
+    with pytest.raises(aflow.errors.CycleError) as info:
         Graph(nodes, output=3)
     cycle = info.value.cycle
     assert sorted(cycle) == ["a", "b", "c"]
@@ -112,7 +112,7 @@ def test_out_of_order_acyclic_graph_is_accepted() -> None:
 
 def test_duplicate_keys_are_rejected() -> None:
     nodes = [Node(0, "a", NodeKind.TASK, add), Node(1, "a", NodeKind.TASK, add)]
-    with pytest.raises(aflow.DuplicateTaskError, match="'a'"):
+    with pytest.raises(aflow.errors.DuplicateTaskError, match="'a'"):
         Graph(nodes, output=1)
 
 
@@ -155,12 +155,12 @@ def test_building_a_long_pipe_chain_is_linear() -> None:
 
 def test_exceptions_survive_pickle() -> None:
     errors: list[Exception] = [
-        aflow.CycleError(["a", "b"]),
-        aflow.DuplicateTaskError("a"),
-        aflow.SignatureError("add", "too many arguments", "y"),
-        aflow.RunError("r1", "went wrong"),
-        aflow.RunNotFinished("r1"),
-        aflow.RunCancelled("r1"),
+        aflow.errors.CycleError(["a", "b"]),
+        aflow.errors.DuplicateTaskError("a"),
+        aflow.errors.SignatureError("add", "too many arguments", "y"),
+        aflow.errors.RunError("r1", "went wrong"),
+        aflow.errors.RunNotFinished("r1"),
+        aflow.errors.RunCancelled("r1"),
         AflowInternalError("bug"),
     ]
     for error in errors:

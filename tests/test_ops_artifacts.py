@@ -168,7 +168,7 @@ async def test_a_postgres_run_that_passes_files_needs_a_shared_folder(
     async with aflow.Runtime(store=store_url) as rt:
         wf = dw.ops_files(start=1)
         if store_url.startswith("postgres"):  # refused before anything runs
-            with pytest.raises(aflow.DefinitionError, match="AFLOW_ARTIFACTS"):
+            with pytest.raises(aflow.errors.DefinitionError, match="AFLOW_ARTIFACTS"):
                 await wf.submit(runtime=rt)
             assert await rt.store.list_runs() == []  # type: ignore[union-attr]
         else:  # beside the SQLite file

@@ -20,7 +20,7 @@ from .ops_helpers import add
 async def test_a_plain_workflow_cannot_run_durably(tmp_path: Path) -> None:
     wf = Workflow("w").add(Step("a", add, parameters={"x": 1}))
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}"):
-        with pytest.raises(aflow.DefinitionError, match=r"@aflow\.workflow"):
+        with pytest.raises(aflow.errors.DefinitionError, match=r"@aflow\.workflow"):
             await wf.submit()
 
 
@@ -32,7 +32,7 @@ async def test_a_durable_workflow_changed_after_its_builder_is_refused(
     wf = dw.ops_files(start=1)
     wf.add(Step("extra", add, parameters={"x": 1}))
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
-        with pytest.raises(aflow.DefinitionError, match="changed after"):
+        with pytest.raises(aflow.errors.DefinitionError, match="changed after"):
             await wf.submit(runtime=rt)
 
 
@@ -44,7 +44,7 @@ async def test_any_change_after_the_builder_is_refused_for_a_durable_run(
     wf = dw.ops_files(start=1)
     wf.steps[0].parameters["text"] = "changed"
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
-        with pytest.raises(aflow.DefinitionError, match="changed after"):
+        with pytest.raises(aflow.errors.DefinitionError, match="changed after"):
             await wf.submit(runtime=rt)
         await dw.ops_files(start=1).submit(runtime=rt)  # unchanged: accepted
 
@@ -169,5 +169,5 @@ async def test_wait_raises_when_a_dead_run_cannot_be_taken_up(
     async with aflow.Runtime(store=url, lease=LEASE) as rt:
         wf = await Workflow.load(run_id, runtime=rt)
         monkeypatch.setattr(dw.ops_files, "fn", redeployed)
-        with anyio.fail_after(10), pytest.raises(aflow.stores.ResumeMismatch, match="different"):
+        with anyio.fail_after(10), pytest.raises(aflow.errors.ResumeMismatch, match="different"):
             await wf.wait(poll=0.05)

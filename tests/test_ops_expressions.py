@@ -104,7 +104,7 @@ async def test_quoted_references_and_logical_words_inside_strings() -> None:
 def test_when_expressions_are_evaluated_safely(expression: str) -> None:
     try:
         step = Step("t", add, parameters={"x": 1}, when=expression)
-    except aflow.SignatureError:
+    except aflow.errors.SignatureError:
         return  # refused when built
     # what parses must still be harmless: only the multiplication case gets here
     assert step.when is not None
@@ -119,15 +119,15 @@ def test_when_expressions_are_evaluated_safely(expression: str) -> None:
 async def test_when_expressions_cannot_exhaust_memory_or_the_stack(expression: str) -> None:
     try:
         step = Step("t", add, parameters={"x": 1}, when=expression)
-    except aflow.SignatureError:
+    except aflow.errors.SignatureError:
         return  # refused when built
     wf = Workflow("w").add(step)
     assert await run_wf(wf) == "Failed"
-    assert isinstance(wf.query_step()[0].error, ops.WhenError)
+    assert isinstance(wf.query_step()[0].error, aflow.errors.WhenError)
 
 
 def test_the_bound_name_is_reserved_in_expressions() -> None:
-    with pytest.raises(aflow.SignatureError, match="reserved"):
+    with pytest.raises(aflow.errors.SignatureError, match="reserved"):
         Step("s", add, parameters={"x": 1}, when="__aflow_ref_0 == 1")
 
 
@@ -137,10 +137,10 @@ def test_the_bound_name_is_reserved_in_expressions() -> None:
 def test_when_expressions_name_real_outputs() -> None:
     s1 = Step("s1", add, parameters={"x": 4})
     t = Step("t", add, parameters={"x": 1}, when="{{steps.s1.outputs.parameters.nope}} > 1")
-    with pytest.raises(aflow.SignatureError, match="no output parameter 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="no output parameter 'nope'"):
         aflow.compile(Workflow("w").add(s1).add(t))
     u = Step("u", add, parameters={"x": 1}, when="{{steps.ghost.outputs.parameters.sum}} > 1")
-    with pytest.raises(aflow.SignatureError, match="step 'ghost'"):
+    with pytest.raises(aflow.errors.SignatureError, match="step 'ghost'"):
         aflow.compile(Workflow("w").add(s1).add(u))
 
 
@@ -149,7 +149,7 @@ def test_a_reference_inside_a_longer_string_is_refused() -> None:
         "'pre-{{steps.a.outputs.parameters.x}}' == 'pre-yes'",
         "'{{steps.a.outputs.parameters.x}}-suf' == 'yes-suf'",
     ):
-        with pytest.raises(aflow.SignatureError, match="inside a longer string"):
+        with pytest.raises(aflow.errors.SignatureError, match="inside a longer string"):
             Step("s", add, parameters={"x": 1}, when=text)
     Step("s", add, parameters={"x": 1}, when="'{{steps.a.outputs.parameters.x}}' == '__refund'")
 
@@ -158,7 +158,7 @@ def test_an_async_when_is_refused() -> None:
     async def later(seen: Any) -> bool:
         return False
 
-    with pytest.raises(aflow.SignatureError, match="not async"):
+    with pytest.raises(aflow.errors.SignatureError, match="not async"):
         Step("s", add, parameters={"x": 1}, when=later)
 
 
@@ -177,10 +177,10 @@ async def test_a_when_that_raises_fails_its_step_which_continue_on_failed_covers
     assert await run_wf(wf) == "Succeeded"
     records = {r.name: r for r in wf.query_step()}
     assert records["s2"].phase == "Failed"
-    assert isinstance(records["s2"].error, ops.WhenError)
+    assert isinstance(records["s2"].error, aflow.errors.WhenError)
     assert records["s2"].attempts == 1  # a broken condition is not retried
     assert records["s3"].phase == "Succeeded"
     strict = Step("s2", add, parameters={"x": 1}, when=when)
     wf = Workflow("w").add(Step("s1", to_text, parameters={"x": 1})).add(strict)
     assert await run_wf(wf) == "Failed"
-    assert isinstance(wf.query_step(name="s2")[0].error, ops.WhenError)
+    assert isinstance(wf.query_step(name="s2")[0].error, aflow.errors.WhenError)

@@ -65,7 +65,7 @@ async def test_timeouts_apply_to_ops() -> None:
     with anyio.fail_after(10):
         assert await run_wf(wf) == "Failed"
     [record] = wf.query_step()
-    assert isinstance(record.error, aflow.TaskTimeout)
+    assert isinstance(record.error, aflow.errors.TaskTimeout)
     assert record.attempts == 2
 
 
@@ -91,7 +91,7 @@ async def test_timeouts_apply_to_sync_ops_too(sliced: bool) -> None:
             release.set()
             assert await wf.wait() == "Failed"
     error = wf.query_step()[0].error
-    assert isinstance(error, aflow.TaskTimeout), error
+    assert isinstance(error, aflow.errors.TaskTimeout), error
 
 
 async def test_an_ops_own_timeout_error_is_not_a_slice_timeout() -> None:
@@ -134,7 +134,7 @@ async def test_retries_and_timeouts_apply_to_each_slice() -> None:
     with anyio.fail_after(10):
         assert await run_wf(wf) == "Failed"
     [record] = wf.query_step()
-    assert isinstance(record.error, aflow.TaskTimeout)
+    assert isinstance(record.error, aflow.errors.TaskTimeout)
     assert record.slices[0].attempts == 2
     assert record.slices[0].phase == "Failed"
 

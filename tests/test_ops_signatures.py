@@ -39,7 +39,7 @@ from .ops_helpers import (
 
 def test_a_literal_of_the_wrong_type_is_refused_when_the_step_is_built() -> None:
     with pytest.raises(
-        aflow.SignatureError, match=r"input 'number': expected int, got str"
+        aflow.errors.SignatureError, match=r"input 'number': expected int, got str"
     ) as info:
         Step("step0", WriteFile, parameters={"msg": "hi", "number": "5"})
     assert info.value.task == "step0"
@@ -47,32 +47,32 @@ def test_a_literal_of_the_wrong_type_is_refused_when_the_step_is_built() -> None
 
 
 def test_a_missing_input_is_a_build_time_error_naming_step_and_key() -> None:
-    with pytest.raises(ops.MissingInputError) as info:
+    with pytest.raises(aflow.errors.MissingInputError) as info:
         Step("step0", WriteFile, parameters={"msg": "hi"})
     assert info.value.task == "step0"
     assert info.value.missing == ("number",)
 
 
 def test_unknown_inputs_and_misplaced_artifacts_are_refused() -> None:
-    with pytest.raises(aflow.SignatureError, match="has no input 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="has no input 'nope'"):
         Step("s", WriteFile, parameters={"msg": "a", "number": 1, "nope": 2})
     producer = Step("w", write, parameters={"text": "x"})
-    with pytest.raises(aflow.SignatureError, match="is a parameter, but is wired to"):
+    with pytest.raises(aflow.errors.SignatureError, match="is a parameter, but is wired to"):
         Step("s", add, parameters={"x": producer.outputs.artifacts["file"]})
-    with pytest.raises(aflow.SignatureError, match="no output parameter 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="no output parameter 'nope'"):
         producer.outputs.parameters["nope"]
-    with pytest.raises(aflow.SignatureError, match="is given in artifacts="):
+    with pytest.raises(aflow.errors.SignatureError, match="is given in artifacts="):
         Step("r", read, parameters={"file": "x.txt"})
 
 
 def test_op_functions_and_wiring_shapes_are_checked_when_built(tmp_path: Path) -> None:
-    with pytest.raises(aflow.SignatureError, match="named parameters only"):
+    with pytest.raises(aflow.errors.SignatureError, match="named parameters only"):
 
         @op(outputs={})
         async def positional(x: int, /):
             return {}
 
-    with pytest.raises(aflow.SignatureError, match="given twice"):
+    with pytest.raises(aflow.errors.SignatureError, match="given twice"):
 
         @op(outputs={})
         async def twice(x: Parameter(int, default=5) = 7):  # type: ignore[valid-type]
@@ -87,14 +87,14 @@ def test_op_functions_and_wiring_shapes_are_checked_when_built(tmp_path: Path) -
         return {}
 
     m = Step("m", many)
-    with pytest.raises(aflow.SignatureError, match="is wired to"):
+    with pytest.raises(aflow.errors.SignatureError, match="is wired to"):
         Step("o", one, artifacts={"f": m.outputs.artifacts["fs"]})
     local = tmp_path / "x.txt"
     local.write_text("x")
-    with pytest.raises(aflow.SignatureError, match="dict of local paths"):
+    with pytest.raises(aflow.errors.SignatureError, match="dict of local paths"):
         Step("o", one, artifacts={"f": local, "d": local})
     sliced = Slices(input_parameter=["x", "y"])
-    with pytest.raises(aflow.SignatureError, match="one length"):
+    with pytest.raises(aflow.errors.SignatureError, match="one length"):
         Step("a", add, parameters={"x": [1, 2], "y": [1]}, slices=sliced)
 
 
@@ -117,12 +117,12 @@ async def test_a_wired_value_of_the_wrong_type_fails_the_step_and_nothing_downst
     [failed] = wf.query_step(phase="Failed")
     assert failed.key == "bad"
     error = failed.error
-    assert isinstance(error, ops.OpIOError)
+    assert isinstance(error, aflow.errors.OpIOError)
     assert (error.op, error.direction, error.key, error.expected) == ("add", "input", "x", "int")
     assert error.actual.startswith("str")
     assert ran == []
     assert wf.query_step(name="after")[0].phase == "Pending"
-    with pytest.raises(ops.OpIOError):
+    with pytest.raises(aflow.errors.OpIOError):
         await wf.run.result()
 
 
@@ -139,7 +139,7 @@ async def test_outputs_are_checked(
     wf = Workflow("out").add(Step("s", operator, parameters={"x": 1}))
     assert await run_wf(wf) == "Failed"
     error = wf.query_step(name="s")[0].error
-    assert isinstance(error, ops.OpIOError)
+    assert isinstance(error, aflow.errors.OpIOError)
     assert (error.direction, error.key, error.expected, error.actual) == (
         "output",
         key,
@@ -156,7 +156,7 @@ async def test_an_output_artifact_that_does_not_exist_fails_the_step() -> None:
     wf = Workflow("liar").add(Step("s", liar))
     assert await run_wf(wf) == "Failed"
     error = wf.query_step(name="s")[0].error
-    assert isinstance(error, ops.OpIOError)
+    assert isinstance(error, aflow.errors.OpIOError)
     assert error.key == "f"
     assert "missing path" in error.actual
 
@@ -180,7 +180,7 @@ async def test_defaults_typeddict_outputs_and_parameter_objects() -> None:
     a = Step("a", add, parameters={"x": 1})  # y defaults to 1
     b = Step("b", Scale, parameters={"x": a.outputs.parameters["sum"]})
     with pytest.raises(
-        aflow.SignatureError, match="at \\[0\\]"
+        aflow.errors.SignatureError, match="at \\[0\\]"
     ):  # a list of references is no wiring
         Step("c", total, parameters={"values": [b.outputs.parameters["y"]]})
     c = Step("c", add, parameters={"x": b.outputs.parameters["y"], "y": 10})

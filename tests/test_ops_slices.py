@@ -160,7 +160,7 @@ async def test_a_failed_slice_fails_the_step_unless_a_threshold_lets_it_go_on() 
     wf = Workflow("r").add(by_ratio)
     assert await run_wf(wf) == "Failed"
     error = wf.query_step()[0].error
-    assert isinstance(error, ops.SlicesBelowThreshold)
+    assert isinstance(error, aflow.errors.SlicesBelowThreshold)
     assert (error.succeeded, error.total) == (1, 4)
 
 
@@ -168,16 +168,16 @@ async def test_a_failed_slice_fails_the_step_unless_a_threshold_lets_it_go_on() 
 
 
 def test_slice_definitions_are_checked() -> None:
-    with pytest.raises(aflow.SignatureError, match="sliced input 'x' takes a list"):
+    with pytest.raises(aflow.errors.SignatureError, match="sliced input 'x' takes a list"):
         Step("s", add, parameters={"x": 1}, slices=Slices(input_parameter=["x"]))
-    with pytest.raises(aflow.SignatureError, match="expected int"):
+    with pytest.raises(aflow.errors.SignatureError, match="expected int"):
         Step("s", add, parameters={"x": [1, "2"]}, slices=Slices(input_parameter=["x"]))
-    with pytest.raises(aflow.SignatureError, match="Slices names input 'nope'"):
+    with pytest.raises(aflow.errors.SignatureError, match="Slices names input 'nope'"):
         Step("s", add, parameters={"x": [1]}, slices=Slices(input_parameter=["nope"]))
-    with pytest.raises(aflow.SignatureError, match="need slices"):
+    with pytest.raises(aflow.errors.SignatureError, match="need slices"):
         Step("s", add, parameters={"x": 1}, continue_on_num_success=1)
     s = Step("s", add, parameters={"x": [1]}, slices=Slices(input_parameter=["x"]))
-    with pytest.raises(aflow.SignatureError, match="stack it"):
+    with pytest.raises(aflow.errors.SignatureError, match="stack it"):
         s.outputs.parameters["sum"]
     with pytest.raises(ValueError, match="pool_size"):
         Slices(input_parameter=["x"], pool_size=0)
@@ -187,11 +187,11 @@ def test_slice_keys_may_not_clash_with_other_keys() -> None:
     sliced = Slices(input_parameter=["x"], output_parameter=["sum"])
     a = Step("a", add, parameters={"x": [1, 2]}, slices=sliced, key="job-{{item}}")
     b = Step("b", add, parameters={"x": [3, 4]}, slices=sliced, key="job-{{item}}")
-    with pytest.raises(aflow.DuplicateTaskError, match="job-"):
+    with pytest.raises(aflow.errors.DuplicateTaskError, match="job-"):
         aflow.compile(Workflow("k").add([a, b]))
     s = Step("s", add, parameters={"x": [1]}, slices=sliced)
     plain = Step("s-0", add, parameters={"x": 1})
-    with pytest.raises(aflow.DuplicateTaskError, match="s-0"):
+    with pytest.raises(aflow.errors.DuplicateTaskError, match="s-0"):
         aflow.compile(Workflow("k").add([s, plain]))
 
 

@@ -148,16 +148,16 @@ def test_cycles_duplicates_and_foreign_steps_are_build_errors() -> None:
     a = Step("a", add, parameters={"x": 1})
     b = Step("b", add, parameters={"x": a.outputs.parameters["sum"]})
     a.dependencies = (b,)  # only a later change can close a loop
-    with pytest.raises(aflow.CycleError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
+    with pytest.raises(aflow.errors.CycleError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
         aflow.compile(Workflow("c", dag=DAG().add([a, b])))
     a.dependencies = ()
-    with pytest.raises(aflow.SignatureError, match="is not in workflow"):
+    with pytest.raises(aflow.errors.SignatureError, match="is not in workflow"):
         aflow.compile(Workflow("c").add(b))
-    with pytest.raises(aflow.DuplicateTaskError):
+    with pytest.raises(aflow.errors.DuplicateTaskError):
         aflow.compile(Workflow("c").add(a).add(Step("a", add, parameters={"x": 2})))
     x = Step("x", add, parameters={"x": 1})
     y = Step("y", add, parameters={"x": 1}, dependencies=[x])
-    with pytest.raises(aflow.SignatureError, match="depends on step 'x'"):
+    with pytest.raises(aflow.errors.SignatureError, match="depends on step 'x'"):
         aflow.compile(Workflow("c", dag=DAG().add([y])))
 
 

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import pytest
 
 import aflow
-from aflow import ops
 from aflow.ops import Artifact, Slices, Step, Workflow, download_artifact, op
 from aflow.stores import NodeRecord, open_store
 
@@ -174,7 +173,9 @@ def set_file_hash(sha: str) -> Callable[[Any], Any]:
     return change
 
 
-def refused(exc: pytest.ExceptionInfo[ops.UntrustedManifest], run_id: str, step: str) -> None:
+def refused(
+    exc: pytest.ExceptionInfo[aflow.errors.UntrustedManifest], run_id: str, step: str
+) -> None:
     error = exc.value
     assert isinstance(error, aflow.errors.StoreError)
     assert (error.run_id, error.step) == (run_id, step)
@@ -211,7 +212,7 @@ async def test_a_resumed_step_refuses_a_traversal_hash(
         await rewrite(url, run_id, "produce", set_file_hash(sha))
         await interrupt(url, run_id, "consume")
         run = await rt.resume(run_id)
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             await run.result()
     refused(exc, run_id, "produce")
     assert "is not a sha256 digest" in str(exc.value)
@@ -236,7 +237,7 @@ async def test_download_artifact_refuses_a_traversal_hash(
     produced = stored.query_step(name="produce")[0].outputs.artifacts["out"]
     read = stored.query_step(name="consume")[0].inputs.artifacts["src"]
     for value in (produced, read):  # the consumer's view of it names the producer too
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             download_artifact(value, out)
         refused(exc, run.id, "produce")
     assert copies_of_secret(out, root) == []
@@ -262,7 +263,7 @@ async def test_reuse_refuses_a_traversal_hash_before_writing_anything(
     [record] = stored.query_step(name="produce")
     async with aflow.Runtime() as rt:
         second = files_flow(text="hello", artifacts=str(other))
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             await second.submit(runtime=rt, reuse_step=[record])
         refused(exc, run.id, "produce")
         # modify_output_artifact copies the new artifact's objects into the record's store
@@ -272,7 +273,7 @@ async def test_reuse_refuses_a_traversal_hash_before_writing_anything(
         [target] = fresh.query_step(name="produce")
         crafted = record.outputs.artifacts["out"]
         assert crafted is not None
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             target.modify_output_artifact("out", crafted)
         refused(exc, run.id, "produce")
     assert not outside.resolve().exists()
@@ -310,14 +311,14 @@ async def test_a_directory_member_outside_its_folder_is_refused(
         await rewrite(url, run_id, "tree", change)
         await interrupt(url, run_id, "read")
         run = await rt.resume(run_id)
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             await run.result()
     refused(exc, run_id, "tree")
     assert "outside its folder" in str(exc.value)
     async with aflow.Runtime(store=url) as rt:
         stored = await Workflow.load(run_id, runtime=rt)
     out = tmp_path / "download" / "deeper"
-    with pytest.raises(ops.UntrustedManifest) as exc:
+    with pytest.raises(aflow.errors.UntrustedManifest) as exc:
         download_artifact(stored.query_step(name="tree")[0].outputs.artifacts["tree"], out)
     refused(exc, run_id, "tree")
     assert files_in(tmp_path / "download") == {}
@@ -352,7 +353,7 @@ async def test_a_malformed_directory_manifest_is_refused(
     await rewrite(url, run.id, "tree", change)
     async with aflow.Runtime(store=url) as rt:
         stored = await Workflow.load(run.id, runtime=rt)
-    with pytest.raises(ops.UntrustedManifest) as exc:
+    with pytest.raises(aflow.errors.UntrustedManifest) as exc:
         download_artifact(stored.query_step(name="tree")[0].outputs.artifacts["tree"], tmp_path)
     refused(exc, run.id, "tree")
     assert not (tmp_path / "tree").exists()
@@ -387,7 +388,7 @@ async def test_a_malformed_file_manifest_is_refused(tmp_path: Path, manifest: An
     async with aflow.Runtime(store=url) as rt:
         stored = await Workflow.load(run.id, runtime=rt)
     out = tmp_path / "download"
-    with pytest.raises(ops.UntrustedManifest) as exc:
+    with pytest.raises(aflow.errors.UntrustedManifest) as exc:
         download_artifact(stored.query_step(name="produce")[0].outputs.artifacts["out"], out)
     refused(exc, run.id, "produce")
     assert not out.exists()
@@ -413,7 +414,7 @@ async def test_a_resumed_step_refuses_a_crafted_record_of_its_local_files(
         await rewrite(url, run_id, "_inputs-consume", change)
         await interrupt(url, run_id, "consume")
         run = await rt.resume(run_id)
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             await run.result()
     refused(exc, run_id, "consume")
     assert copies_of_secret(root) == []
@@ -429,7 +430,7 @@ async def test_a_resumed_sliced_step_refuses_a_crafted_checkpoint(
         await rewrite(url, run_id, "_slice:work:0", set_file_hash(traversal(secret, root)))
         await interrupt(url, run_id, "work")
         run = await rt.resume(run_id)
-        with pytest.raises(ops.UntrustedManifest) as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest) as exc:
             await run.result()
     refused(exc, run_id, "work-0")
     assert copies_of_secret(root) == []
@@ -462,12 +463,12 @@ async def test_an_object_that_is_a_link_out_of_the_store_is_refused(
             obj.unlink()
             obj.parent.rmdir()
             obj.parent.symlink_to(elsewhere, target_is_directory=True)
-        with pytest.raises(ops.UntrustedManifest, match="is a link") as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest, match="is a link") as exc:
             download_artifact(value, out)
         refused(exc, run_id, "produce")
         await interrupt(url, run_id, "consume")
         run = await rt.resume(run_id)
-        with pytest.raises(ops.UntrustedManifest, match="is a link") as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest, match="is a link") as exc:
             await run.result()
     refused(exc, run_id, "produce")
     assert copies_of_secret(out, root / "work") == []
@@ -490,7 +491,7 @@ async def test_reuse_copies_no_object_whose_content_is_not_its_hash(tmp_path: Pa
     other = tmp_path / "b"
     async with aflow.Runtime() as rt:
         second = files_flow(text="hello", artifacts=str(other))
-        with pytest.raises(ops.UntrustedManifest, match="holds other content") as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest, match="holds other content") as exc:
             await second.submit(runtime=rt, reuse_step=[record])
     refused(exc, first.run.id, "produce")
     assert copies_of_secret(other) == []
@@ -511,7 +512,7 @@ async def test_reuse_writes_no_object_through_a_link_in_the_target_store(tmp_pat
     (other / "objects" / sha[:2]).symlink_to(elsewhere, target_is_directory=True)
     async with aflow.Runtime() as rt:
         second = files_flow(text="hello", artifacts=str(other))
-        with pytest.raises(ops.UntrustedManifest, match="is a link") as exc:
+        with pytest.raises(aflow.errors.UntrustedManifest, match="is a link") as exc:
             await second.submit(runtime=rt, reuse_step=[record])
     refused(exc, first.run.id, "produce")
     assert files_in(elsewhere) == {}

@@ -181,7 +181,7 @@ class TestTimeouts:
         async with FakeClock() as clock:
             with pytest.raises(TimeoutError) as info:
                 await aflow.run(hangs.s(), clock=clock)
-        assert isinstance(info.value, aflow.TaskTimeout)
+        assert isinstance(info.value, aflow.errors.TaskTimeout)
         assert info.value.task == "hangs"
         assert attempts == [1]  # retry_on did not admit TimeoutError
         assert clock.now() == 10
@@ -223,7 +223,7 @@ class TestTimeouts:
             async def hangs() -> None:
                 await anyio.sleep_forever()
 
-            with pytest.raises(aflow.TaskTimeout):
+            with pytest.raises(aflow.errors.TaskTimeout):
                 await aflow.run(hangs.s(), clock=clock)
         assert clock.now() == 25
 
@@ -244,7 +244,7 @@ class TestTimeouts:
 
         async with FakeClock() as clock, aflow.Runtime(clock=clock) as rt:
             run = await rt.submit(first.s() | slow.s(), timeout=60)
-            with pytest.raises(aflow.RunTimeout) as info:
+            with pytest.raises(aflow.errors.RunTimeout) as info:
                 await run.result()
         assert isinstance(info.value, TimeoutError)
         assert info.value.timeout == 60
@@ -290,7 +290,7 @@ class TestOnErrorContinue:
         async def bad(tag: str) -> None:
             raise Fatal(tag)
 
-        with pytest.raises(aflow.GroupFailed) as info:
+        with pytest.raises(aflow.errors.GroupFailed) as info:
             await aflow.run(aflow.group(bad.s("a"), bad.s("b")), on_error="continue")
         assert sorted(str(e) for e in info.value.exceptions) == ["a", "b"]
 
@@ -340,7 +340,7 @@ class TestThresholds:
     async def test_group_below_threshold_raises_group_failed(self) -> None:
         member = self.members()
         wf = aflow.group(member.s(i) for i in range(1, 7)).set(success_ratio=0.9)
-        with pytest.raises(aflow.GroupFailed) as info:
+        with pytest.raises(aflow.errors.GroupFailed) as info:
             await wf
         assert sorted(str(e) for e in info.value.exceptions) == ["member 3", "member 6"]
         assert "4 of 6" in str(info.value) or "4/6" in str(info.value)
@@ -348,7 +348,7 @@ class TestThresholds:
     async def test_map_threshold(self) -> None:
         member = self.members()
         assert await member.map([1, 2, 3]).set(min_success=2) == [1, 2, None]
-        with pytest.raises(aflow.GroupFailed):
+        with pytest.raises(aflow.errors.GroupFailed):
             await member.map([3, 6, 1]).set(min_success=2)
 
     async def test_threshold_group_feeds_the_next_step(self) -> None:
@@ -363,9 +363,9 @@ class TestThresholds:
 
     async def test_threshold_options_are_checked(self) -> None:
         member = self.members()
-        with pytest.raises(aflow.SignatureError, match="success_ratio"):
+        with pytest.raises(aflow.errors.SignatureError, match="success_ratio"):
             aflow.group(member.s(1)).set(success_ratio=1.5)
-        with pytest.raises(aflow.SignatureError, match="min_success"):
+        with pytest.raises(aflow.errors.SignatureError, match="min_success"):
             aflow.group(member.s(1)).set(min_success=-1)
 
 
@@ -405,7 +405,7 @@ class TestChordErrback:
 
     async def test_errback_sees_all_failures_under_continue(self) -> None:
         wf, calls = failing_chord()
-        with pytest.raises(aflow.GroupFailed):
+        with pytest.raises(aflow.errors.GroupFailed):
             await aflow.run(wf, on_error="continue")
         assert [(sorted(f), sorted(r)) for f, r in calls] == [
             (["part#2", "part#4"], ["part", "part#3"])

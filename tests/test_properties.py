@@ -181,9 +181,9 @@ def test_random_failures_unwind_exactly_once_in_reverse_dependency_order(
         return
     # every started node is reverted, exactly once; nothing else is
     assert sorted(REVERTED) == sorted(started_ks)
-    roots = error.exceptions if isinstance(error, aflow.GroupFailed) else (error,)
+    roots = error.exceptions if isinstance(error, aflow.errors.GroupFailed) else (error,)
     for root in roots:
-        if isinstance(root, aflow.RunCancelled):
+        if isinstance(root, aflow.errors.RunCancelled):
             assert cancel_hits == 1
         else:
             assert isinstance(root, Injected), repr(root)

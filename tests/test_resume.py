@@ -22,7 +22,8 @@ import pytest
 import aflow
 from aflow._serialize import serializer_for
 from aflow._workflow import Workflow, fingerprint
-from aflow.stores import NodeRecord, RecordedError, RunRecord, Store, StoreError
+from aflow.errors import RecordedError, StoreError
+from aflow.stores import NodeRecord, RunRecord, Store
 
 from . import durable_workflows as wf
 
@@ -133,10 +134,15 @@ async def test_a_map_running_when_its_process_died_reverts_every_item_on_cancel(
         (
             "RunTimeout: run x: the run exceeded its deadline of 1.5 s",
             "running",
-            aflow.RunTimeout,
+            aflow.errors.RunTimeout,
             "reverted",
         ),
-        ("RunCancelled: run x: the run was cancelled", "running", aflow.RunCancelled, "cancelled"),
+        (
+            "RunCancelled: run x: the run was cancelled",
+            "running",
+            aflow.errors.RunCancelled,
+            "cancelled",
+        ),
         ("RuntimeError: card declined", "reverted", RecordedError, "reverted"),
     ],
 )
@@ -162,7 +168,7 @@ async def test_a_resumed_compensation_ends_as_what_started_it(
         with pytest.raises(expected) as info:
             await run.result()
         assert await status_of(rt, run_id) == status
-    if isinstance(info.value, aflow.RunTimeout):
+    if isinstance(info.value, aflow.errors.RunTimeout):
         assert info.value.timeout == 1.5  # the run's own options came back with it
     if isinstance(info.value, RecordedError):
         assert str(info.value) == trigger  # what failed, though that node was reverted since
@@ -224,7 +230,7 @@ async def test_a_failed_revert_still_keeps_what_precedes_it_after_resume(
             error="RuntimeError: card declined",
         )
         run = await rt.resume(run_id)
-        with pytest.raises(aflow.CompensationFailed):
+        with pytest.raises(aflow.errors.CompensationFailed):
             await run.result()
         assert await status_of(rt, run_id) == "failed"
     assert read(counts) == {}  # A is upstream of the failed revert: it stays
@@ -241,7 +247,7 @@ async def test_a_pickle_run_is_read_only_by_a_runtime_that_opted_into_pickle(
         run_id = await dead_run(
             rt.store, wf.abc, [ok("step_a", two)], status="running", serializer="pickle"
         )
-        with pytest.raises(aflow.stores.ResumeMismatch, match="serializer='pickle'"):
+        with pytest.raises(aflow.errors.ResumeMismatch, match="serializer='pickle'"):
             await rt.resume(run_id)
         assert await status_of(rt, run_id) == "running"  # left alone
     async with aflow.Runtime(store=sqlite_url, serializer="pickle") as rt:
@@ -308,7 +314,7 @@ async def test_following_another_process_s_run_stops_when_the_runtime_closes(
         async with aflow.Runtime(store=sqlite_url) as rt:
             handle = await rt.submit(wf.abc, start=1, idempotency_key="k")
             assert not handle.ready()
-    with pytest.raises(aflow.RunCancelled, match="closed while following"):
+    with pytest.raises(aflow.errors.RunCancelled, match="closed while following"):
         await handle.result()
     assert read(counts) == {}
 
@@ -498,7 +504,7 @@ async def test_reverts_cut_short_by_the_compensation_timeout_are_recorded(
 ) -> None:
     async with aflow.Runtime(store=sqlite_url, compensation_timeout=0.2) as rt:
         run = await rt.submit(wf.stuck_then_fails, start=1)
-        with pytest.raises(aflow.CompensationFailed):
+        with pytest.raises(aflow.errors.CompensationFailed):
             await run.result()
         assert rt.store is not None
         stuck = (await rt.store.load_nodes(run.id))["stuck"]
@@ -758,7 +764,7 @@ async def test_a_run_below_a_threshold_unwinds_on_resume_instead_of_hanging(
             [failed("step_c_fails"), failed("step_c_fails#2"), ok("one", "1")],
             status="running",
         )
-        with anyio.fail_after(10), pytest.raises(aflow.GroupFailed, match="threshold"):
+        with anyio.fail_after(10), pytest.raises(aflow.errors.GroupFailed, match="threshold"):
             await (await rt.resume(run_id)).result()
         assert await status_of(rt, run_id) == "reverted"
     assert read(counts) == {"undo-one-1": 1}
@@ -777,7 +783,7 @@ async def test_a_retried_flow_that_ran_before_a_resume_is_not_silently_called_un
             params={"amount": 5},
         )
         run = await rt.resume(run_id)
-        with pytest.raises(aflow.CompensationFailed):
+        with pytest.raises(aflow.errors.CompensationFailed):
             await run.result()
         assert run.reverted() == []
         assert rt.store is not None
@@ -802,7 +808,7 @@ async def test_an_error_callback_runs_on_resume_after_the_failed_step_s_revert_f
             error="RuntimeError: card declined",
         )
         run = await rt.resume(run_id)
-        with pytest.raises(aflow.CompensationFailed):
+        with pytest.raises(aflow.errors.CompensationFailed):
             await run.result()
         assert "charge_refund_fails" in run.failures()
     assert read(counts) == {"errback": 1}  # and A, upstream of the failed revert, is kept
@@ -877,7 +883,7 @@ async def test_aflow_run_with_a_store_raises_the_error_itself(
 ) -> None:
     with pytest.raises(RuntimeError, match="card declined"):
         await aflow.run(wf.abc_fails, params={"start": 1}, store=sqlite_url)
-    with pytest.raises(aflow.DefinitionError):
+    with pytest.raises(aflow.errors.DefinitionError):
         await aflow.run(wf.step_a.s(1), store=sqlite_url)
 
 

@@ -38,7 +38,7 @@ class TestRun:
             assert run.status is aflow.RunStatus.RUNNING
             assert run in rt.runs()
             assert rt.get(run.id) is run
-            with pytest.raises(aflow.RunNotFinished):
+            with pytest.raises(aflow.errors.RunNotFinished):
                 run.result_nowait()
             gate.open()
             assert await run.result() == "done"
@@ -106,7 +106,7 @@ class TestRun:
             await run.cancel()
             assert run.status is aflow.RunStatus.CANCELLED
             assert run.step("forever").state is aflow.NodeState.CANCELLED
-            with pytest.raises(aflow.RunCancelled):
+            with pytest.raises(aflow.errors.RunCancelled):
                 await run.result()
 
     async def test_revoke_is_cancel(self) -> None:
@@ -151,7 +151,7 @@ class TestRun:
 
     async def test_submit_validates_before_returning(self) -> None:
         async with aflow.Runtime() as rt:
-            with pytest.raises(aflow.SignatureError):
+            with pytest.raises(aflow.errors.SignatureError):
                 await rt.submit(add.s(1, 2, 3))
             assert rt.runs() == []
 
@@ -236,8 +236,8 @@ async def test_an_error_in_the_runtime_block_leaves_as_itself() -> None:
                 await started.wait()
             raise error
 
-    with pytest.raises(aflow.DefinitionError, match="bad"):
-        await block(aflow.DefinitionError("bad"), with_a_run=False)
-    with pytest.raises(aflow.CycleError):  # also with a run going on (it is cancelled)
-        await block(aflow.CycleError(["a", "b"]), with_a_run=True)
+    with pytest.raises(aflow.errors.DefinitionError, match="bad"):
+        await block(aflow.errors.DefinitionError("bad"), with_a_run=False)
+    with pytest.raises(aflow.errors.CycleError):  # also with a run going on (it is cancelled)
+        await block(aflow.errors.CycleError(["a", "b"]), with_a_run=True)
     assert runs[0].status is aflow.RunStatus.CANCELLED

@@ -15,7 +15,7 @@ import pytest
 
 import aflow
 import aflow.patterns
-from aflow._exceptions import AflowInternalError
+from aflow.errors import AflowInternalError
 from aflow.testing import FakeClock, inject_failure
 
 from .helpers import Gate, Probe
@@ -105,7 +105,7 @@ class TestRevertSignatures:
         async def charge(order: str, amount: int) -> str:
             return "r"
 
-        with pytest.raises(aflow.SignatureError) as info:
+        with pytest.raises(aflow.errors.SignatureError) as info:
 
             @charge.revert
             async def refund(order: str) -> None:  # amount is missing
@@ -119,7 +119,7 @@ class TestRevertSignatures:
         async def charge(order: str) -> str:
             return "r"
 
-        with pytest.raises(aflow.SignatureError, match="reason"):
+        with pytest.raises(aflow.errors.SignatureError, match="reason"):
 
             @charge.revert
             async def refund(order: str, reason: str) -> None:
@@ -130,7 +130,7 @@ class TestRevertSignatures:
         async def t(result: int) -> int:
             return result
 
-        with pytest.raises(aflow.SignatureError, match="'result'"):
+        with pytest.raises(aflow.errors.SignatureError, match="'result'"):
 
             @t.revert
             async def undo(result: int) -> None:
@@ -230,14 +230,14 @@ class TestUnwinding:
             barrier.wait(5)  # both fail before either failure can cancel the other
             raise Declined(tag)
 
-        with pytest.raises(aflow.GroupFailed) as info:
+        with pytest.raises(aflow.errors.GroupFailed) as info:
             await aflow.group(fail_together.s("x"), fail_together.s("y"))
         assert sorted(str(e) for e in info.value.exceptions) == ["x", "y"]
         assert info.value.run_id
         declined = info.value.subgroup(Declined)  # what except* Declined would see
         assert declined is not None
         assert len(declined.exceptions) == 2
-        assert isinstance(declined, aflow.GroupFailed)  # derive() keeps the type and run id
+        assert isinstance(declined, aflow.errors.GroupFailed)  # derive() keeps the type and run id
         assert declined.run_id == info.value.run_id
 
     async def test_revert_failure_stops_its_branch_only(self) -> None:
@@ -275,7 +275,7 @@ class TestUnwinding:
         wf = root.s() | aflow.group(left.s(), stubborn.s()) | fail.s()
         async with aflow.Runtime() as rt:
             run = await rt.submit(wf)
-            with pytest.raises(aflow.CompensationFailed) as info:
+            with pytest.raises(aflow.errors.CompensationFailed) as info:
                 await run.result()
         error = info.value
         assert isinstance(error.original, Declined)
@@ -467,7 +467,7 @@ class TestCancellationUnwinds:
             await run.cancel()
         assert run.status is aflow.RunStatus.CANCELLED
         assert journal.entries == ["do a", "undo a (ok)"]
-        with pytest.raises(aflow.RunCancelled):
+        with pytest.raises(aflow.errors.RunCancelled):
             await run.result()
 
     async def test_compensation_timeout(self) -> None:
@@ -485,7 +485,7 @@ class TestCancellationUnwinds:
 
         async with FakeClock() as clock, aflow.Runtime(compensation_timeout=30, clock=clock) as rt:
             run = await rt.submit(t.s() | fail.s())
-            with pytest.raises(aflow.CompensationFailed) as info:
+            with pytest.raises(aflow.errors.CompensationFailed) as info:
                 await run.result()
         assert isinstance(info.value.exceptions[1], TimeoutError)
         assert run.step("t").state is aflow.NodeState.REVERT_FAILED
@@ -518,7 +518,7 @@ class TestCancellationUnwinds:
                 await anyio.wait_all_tasks_blocked()
                 assert run.status is aflow.RunStatus.RUNNING  # a thread cannot be interrupted
                 release.set()
-            with pytest.raises(aflow.RunCancelled):
+            with pytest.raises(aflow.errors.RunCancelled):
                 await run.result()
         # the thread's work happened, so it counts as done and is compensated
         assert run.step("blocking").state is aflow.NodeState.REVERTED
@@ -563,7 +563,7 @@ class TestCancellationUnwinds:
             return "finished"
 
         async def run_it(clock: FakeClock) -> None:
-            with pytest.raises(aflow.TaskTimeout):
+            with pytest.raises(aflow.errors.TaskTimeout):
                 await aflow.run(polling.s(), clock=clock)
 
         async with FakeClock(autojump=False) as clock, anyio.create_task_group() as tg:
@@ -616,26 +616,26 @@ class TestErrorContract:
 
     def test_every_exception_class_survives_pickle(self) -> None:
         errors: list[BaseException] = [
-            aflow.CycleError(["a", "b"]),
-            aflow.DuplicateTaskError("a"),
-            aflow.SignatureError("t", "bad", "x"),
-            aflow.RunError("r", "m"),
-            aflow.RunNotFinished("r"),
-            aflow.RunCancelled("r"),
-            aflow.TaskTimeout("r", "t", 2, 1.5),
-            aflow.RunTimeout("r", 3.0),
-            aflow.GroupFailed("r", "two", [ValueError("a"), KeyError("b")]),
-            aflow.CompensationFailed("r", "undo", [Declined("x"), RuntimeError("y")]),
+            aflow.errors.CycleError(["a", "b"]),
+            aflow.errors.DuplicateTaskError("a"),
+            aflow.errors.SignatureError("t", "bad", "x"),
+            aflow.errors.RunError("r", "m"),
+            aflow.errors.RunNotFinished("r"),
+            aflow.errors.RunCancelled("r"),
+            aflow.errors.TaskTimeout("r", "t", 2, 1.5),
+            aflow.errors.RunTimeout("r", 3.0),
+            aflow.errors.GroupFailed("r", "two", [ValueError("a"), KeyError("b")]),
+            aflow.errors.CompensationFailed("r", "undo", [Declined("x"), RuntimeError("y")]),
             AflowInternalError("bug"),
-            aflow.patterns.MissingInputError("t", ["x", "y"], "d"),
-            aflow.patterns.AmbiguousProviderError("x", ["a", "b"], "graph flow 'g'"),
-            aflow.patterns.ProvidesError("t", ["a", "b"], "returned int"),
+            aflow.errors.MissingInputError("t", ["x", "y"], "d"),
+            aflow.errors.AmbiguousProviderError("x", ["a", "b"], "graph flow 'g'"),
+            aflow.errors.ProvidesError("t", ["a", "b"], "returned int"),
         ]
         for error in errors:
             copy = pickle.loads(pickle.dumps(error))
             assert type(copy) is type(error)
             assert str(copy) == str(error)
-            assert isinstance(copy, aflow.AflowError)
+            assert isinstance(copy, aflow.errors.AflowError)
         group = pickle.loads(pickle.dumps(errors[8]))
         assert group.run_id == "r"
         assert [type(e) for e in group.exceptions] == [ValueError, KeyError]
@@ -658,7 +658,7 @@ class TestErrorContract:
             return "q"
 
         async with FakeClock() as clock:
-            with inject_failure("quick", hang=True), pytest.raises(aflow.TaskTimeout):
+            with inject_failure("quick", hang=True), pytest.raises(aflow.errors.TaskTimeout):
                 await aflow.run(quick.s(), clock=clock)
 
         journal.entries.clear()
@@ -763,7 +763,7 @@ class TestUnwindingEdgeCases:
         async with aflow.Runtime() as rt:
             run = await rt.submit(step.si("a") | step.si("b"))
             await run.cancel()
-            with pytest.raises(aflow.RunCancelled):
+            with pytest.raises(aflow.errors.RunCancelled):
                 await run.result()
         assert journal.entries == []
         assert run.status is aflow.RunStatus.CANCELLED
@@ -783,7 +783,7 @@ class TestUnwindingEdgeCases:
 
         async with FakeClock() as clock, aflow.Runtime(clock=clock, compensation_timeout=5) as rt:
             run = await rt.submit(charge.s(1) | ship.s())
-            with pytest.raises(aflow.CompensationFailed) as info:
+            with pytest.raises(aflow.errors.CompensationFailed) as info:
                 await run.result()
         assert isinstance(info.value.original, Declined)
         step = run.step("charge")
@@ -831,16 +831,16 @@ class TestUnwindingEdgeCases:
         async def fetch(x: int) -> int:
             return x
 
-        with pytest.raises(aflow.SignatureError, match="can never be met"):
+        with pytest.raises(aflow.errors.SignatureError, match="can never be met"):
             aflow.compile(aflow.group(fetch.si(1), fetch.si(2)).set(min_success=3))
-        with pytest.raises(aflow.SignatureError, match="can never be met"):
+        with pytest.raises(aflow.errors.SignatureError, match="can never be met"):
             aflow.compile(fetch.map([]).set(min_success=1))
 
         @aflow.task
         async def nothing() -> list[int]:
             return []
 
-        with pytest.raises(aflow.GroupFailed):  # known only at run time
+        with pytest.raises(aflow.errors.GroupFailed):  # known only at run time
             await (nothing.s() | fetch.map().set(min_success=1))
 
     async def test_map_reverts_each_call_it_made_last_first(self) -> None:

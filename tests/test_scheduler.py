@@ -248,7 +248,7 @@ class TestConcurrency:
         async def query() -> None:
             ran.append(1)
 
-        with pytest.raises(aflow.DefinitionError, match="'dbb'"):
+        with pytest.raises(aflow.errors.DefinitionError, match="'dbb'"):
             await aflow.run(query.s(), limits={"db": 1})
         assert ran == []
 
@@ -383,7 +383,7 @@ class TestFailure:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(open_later)
-            with pytest.raises(aflow.TaskTimeout, match=r"timed out after 0\.05 s") as info:
+            with pytest.raises(aflow.errors.TaskTimeout, match=r"timed out after 0\.05 s") as info:
                 await blocking.s()
         assert info.value.task == "blocking"
         assert isinstance(info.value, TimeoutError)
@@ -656,7 +656,7 @@ class TestInlineStart:
 
         with anyio.fail_after(5):
             assert await aflow.group(instant.s(i) for i in range(300)) == list(range(300))
-            with pytest.raises(aflow.TaskTimeout):
+            with pytest.raises(aflow.errors.TaskTimeout):
                 await aflow.group(instant.s(1), hang.s())
 
     async def test_steps_of_instant_chains_have_ordered_times(self) -> None:

@@ -96,7 +96,7 @@ def test_an_int_enum_comes_back_as_its_member_not_as_an_int() -> None:
 def test_what_would_not_come_back_the_same_is_refused(
     value: Any, type_: str, path: str, detail: str
 ) -> None:
-    with pytest.raises(aflow.SerializationError) as info:
+    with pytest.raises(aflow.errors.SerializationError) as info:
         JsonSerializer().dumps(value, task="price")
     assert (info.value.task, info.value.type, info.value.path) == ("price", type_, path)
     assert detail in str(info.value)
@@ -106,7 +106,7 @@ def test_a_class_another_process_cannot_import_is_refused() -> None:
     class Local(enum.Enum):
         A = 1
 
-    with pytest.raises(aflow.SerializationError, match="inside a function"):
+    with pytest.raises(aflow.errors.SerializationError, match="inside a function"):
         JsonSerializer().dumps(Local.A, task="t")
 
 
@@ -158,12 +158,12 @@ def test_a_tzinfo_that_would_come_back_as_a_fixed_offset_is_refused() -> None:
         def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
             return dt.timedelta(hours=2)
 
-    with pytest.raises(aflow.SerializationError, match="fixed offset"):
+    with pytest.raises(aflow.errors.SerializationError, match="fixed offset"):
         JsonSerializer().dumps(dt.datetime(2024, 1, 1, tzinfo=Custom()), task="t")
 
 
 def test_an_int_too_long_for_json_is_a_serialization_error() -> None:
-    with pytest.raises(aflow.SerializationError, match=r"'huge'.*4300 digits"):
+    with pytest.raises(aflow.errors.SerializationError, match=r"'huge'.*4300 digits"):
         JsonSerializer().dumps({"n": 10**5000}, task="huge")
 
 

@@ -20,8 +20,8 @@ import anyio
 import pytest
 
 import aflow
-from aflow.errors import RunExists
-from aflow.stores import RunRecord, StoreError, open_store
+from aflow.errors import RunExists, StoreError
+from aflow.stores import RunRecord, open_store
 
 from . import durable_workflows as wf
 

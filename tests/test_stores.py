@@ -13,16 +13,14 @@ from pathlib import Path
 import anyio
 import pytest
 
+from aflow.errors import RunExists, RunNotFound, StoreError
 from aflow.stores import (
     SCHEMA_VERSION,
     MemoryStore,
     NodeRecord,
-    RunExists,
-    RunNotFound,
     RunRecord,
     SQLiteStore,
     Store,
-    StoreError,
     open_store,
 )
 from aflow.stores._sql import migrations

@@ -76,7 +76,7 @@ class TestCutShortNodesAreOnRecord:
     ) -> None:
         async with aflow.Runtime(store=sqlite_url) as rt:
             run = await rt.submit(tw.plain_wait_with_deadline, start=1, timeout=0.05)
-            with pytest.raises(aflow.RunTimeout):
+            with pytest.raises(aflow.errors.RunTimeout):
                 await run.result()
             assert rt.store is not None
             nodes = await rt.store.load_nodes(run.id)
@@ -211,7 +211,7 @@ class TestBaseExceptionsThatAreNoErrors:
         assert read(counts) == {"A": 1, "revert-A": 1}
 
     async def test_a_revert_raising_one_fails_the_compensation(self) -> None:
-        with pytest.raises(aflow.CompensationFailed) as info:
+        with pytest.raises(aflow.errors.CompensationFailed) as info:
             await (ok.s(1) | then_fails.s())
         original, revert_error = info.value.exceptions
         assert isinstance(original, RuntimeError)
@@ -458,7 +458,7 @@ class TestDeadlineAcrossResume:
             # a run whose process died 59 s in, resumed 2 s later
             run_id = await _dead_run_like(rt, [ok("step_a", "2")], deadline=time.time() - 1)
             resumed = await rt.resume(run_id)
-            with pytest.raises(aflow.RunTimeout):
+            with pytest.raises(aflow.errors.RunTimeout):
                 await resumed.result()
             assert resumed.status is aflow.RunStatus.REVERTED
             nodes = await rt.store.load_nodes(run_id)
@@ -478,7 +478,7 @@ class TestDeadlineAcrossResume:
                 rt, [], deadline=clock.wall() + 30, workflow=tw.plain_wait_with_deadline
             )
             resumed = await rt.resume(run_id)
-            with pytest.raises(aflow.RunTimeout):
+            with pytest.raises(aflow.errors.RunTimeout):
                 await resumed.result()
             # not a fresh 60 s (virtual time may reach the heartbeat's next tick, 2.5 s on,
             # before this task runs again)
@@ -590,9 +590,9 @@ class TestBadParameters:
         self, sqlite_url: str
     ) -> None:
         async with aflow.Runtime(store=sqlite_url) as rt:
-            with pytest.raises(aflow.SignatureError) as unknown:
+            with pytest.raises(aflow.errors.SignatureError) as unknown:
                 await rt.submit(dw.abc, start=1, strat=2)
-            with pytest.raises(aflow.SignatureError) as missing:
+            with pytest.raises(aflow.errors.SignatureError) as missing:
                 await rt.submit(dw.abc)
             assert rt.store is not None
             assert await rt.store.list_runs() == []
@@ -606,7 +606,7 @@ class TestBadParameters:
 
     async def test_a_parameter_that_cannot_be_stored_is_named(self, sqlite_url: str) -> None:
         async with aflow.Runtime(store=sqlite_url) as rt:
-            with pytest.raises(aflow.SerializationError) as info:
+            with pytest.raises(aflow.errors.SerializationError) as info:
                 await rt.submit(tw.abc_again, start={"when": object()})
         assert info.value.task == "tests.trust_workflows:abc_again"
         assert info.value.path == "parameter 'start'['when']"
@@ -622,7 +622,7 @@ class TestBadParameters:
 
         with pytest.raises(TypeError, match="has no len") as info:
             await aflow.run(broken, params={"n": 1})
-        assert not isinstance(info.value, aflow.SignatureError)
+        assert not isinstance(info.value, aflow.errors.SignatureError)
 
 
 # --- a stored workflow path is data: resume and recovery import nothing it names (item 7) --
@@ -687,7 +687,7 @@ class TestStoredWorkflowPaths:
         with capture_events() as logged:
             async with aflow.Runtime(store=sqlite_url, recover=True) as rt:
                 assert rt.runs() == []
-                with pytest.raises(aflow.stores.ResumeMismatch, match="not registered"):
+                with pytest.raises(aflow.errors.ResumeMismatch, match="not registered"):
                     await rt.resume(run_id)
                 assert rt.store is not None
                 assert (await rt.store.get_run(run_id)).status == "running"  # left alone
@@ -700,7 +700,7 @@ class TestStoredWorkflowPaths:
         run_id = await self._crafted(sqlite_url, f"{evil.stem}:wf")
         async with aflow.Runtime(store=sqlite_url, workflows=[evil.stem]) as rt:
             assert evil.with_name("imported.marker").exists()  # the application asked for it
-            with pytest.raises(aflow.stores.ResumeMismatch, match="different graph"):
+            with pytest.raises(aflow.errors.ResumeMismatch, match="different graph"):
                 await rt.resume(run_id)  # (the crafted fingerprint does not match)
 
     async def test_workflows_narrows_what_a_runtime_resumes(
@@ -710,7 +710,7 @@ class TestStoredWorkflowPaths:
 
         async with aflow.Runtime(store=sqlite_url, workflows=[tw.abc_again]) as rt:
             run_id = await dead_run(rt.store, dw.abc, [], status="running")
-            with pytest.raises(aflow.stores.ResumeMismatch, match="not among this runtime"):
+            with pytest.raises(aflow.errors.ResumeMismatch, match="not among this runtime"):
                 await rt.resume(run_id)
             allowed = await dead_run(rt.store, tw.abc_again, [], status="running")
             assert await (await rt.resume(allowed)).result() == 104
@@ -768,7 +768,7 @@ class TestShutdownReleasesDurableRuns:
             await event.wait()
         with pytest.raises(aflow.errors.RunReleased):
             await run.result()
-        assert isinstance(run._error, aflow.RunCancelled)
+        assert isinstance(run._error, aflow.errors.RunCancelled)
         assert run.status is aflow.RunStatus.SUSPENDED
         await self._assert_released_then_taken_up(sqlite_url, run.id, counts)
 
@@ -799,7 +799,7 @@ class TestShutdownReleasesDurableRuns:
         ) as rt:
             run = await rt.submit(tw.a_then_plain_wait, start=1, on_event=listen)
             await event.wait()
-        with pytest.raises(aflow.RunCancelled) as info:
+        with pytest.raises(aflow.errors.RunCancelled) as info:
             await run.result()
         assert not isinstance(info.value, aflow.errors.RunReleased)
         assert read(counts) == {"A": 1, "P": 1, "revert-A": 1}

@@ -128,7 +128,7 @@ async def test_a_revert_that_returns_a_coroutine_is_no_compensation() -> None:
     UNDONE.clear()
     async with aflow.Runtime() as rt:
         run = await rt.submit(reserve.s(1) | declined.s())
-        with pytest.raises(aflow.CompensationFailed):
+        with pytest.raises(aflow.errors.CompensationFailed):
             await run.result()
     assert run.step("reserve").state is aflow.NodeState.REVERT_FAILED
 
@@ -294,7 +294,7 @@ async def test_resuming_a_run_with_a_corrupt_checkpoint_is_a_typed_error(
         run_id = await dead_run(
             rt.store, tw.contexts, [NodeRecord("step_a", "succeeded", 1, "{{")], status="running"
         )
-        with pytest.raises((aflow.errors.StoreError, aflow.SerializationError)) as info:
+        with pytest.raises((aflow.errors.StoreError, aflow.errors.SerializationError)) as info:
             await rt.resume(run_id)
     assert "step_a" in str(info.value)
 

@@ -20,19 +20,15 @@ show in queries, and every attempt gets a fresh working directory.
 
 from __future__ import annotations
 
-from .._exceptions import MissingInputError as MissingInputError
+from .._deprecated import moved as _moved
 from ._artifacts import ArtifactValue as ArtifactValue
-from ._artifacts import UntrustedManifest as UntrustedManifest
 from ._artifacts import download_artifact as download_artifact
 from ._op import OP as OP
 from ._op import PythonOPTemplate as PythonOPTemplate
 from ._op import Slices as Slices
 from ._op import op as op
-from ._runner import SlicesBelowThreshold as SlicesBelowThreshold
-from ._runner import WhenError as WhenError
 from ._sign import OPIO as OPIO
 from ._sign import Artifact as Artifact
-from ._sign import OpIOError as OpIOError
 from ._sign import OPIOSign as OPIOSign
 from ._sign import Parameter as Parameter
 from ._step import OutputRef as OutputRef
@@ -47,23 +43,25 @@ __all__ = [
     "Artifact",
     "ArtifactValue",
     "DAG",
-    "MissingInputError",
     "OP",
     "OPIO",
     "OPIOSign",
-    "OpIOError",
     "OutputParameter",
     "OutputRef",
     "Parameter",
     "PythonOPTemplate",
     "Slices",
-    "SlicesBelowThreshold",
     "Step",
     "StepIO",
     "StepRecord",
-    "UntrustedManifest",
-    "WhenError",
     "Workflow",
     "download_artifact",
     "op",
 ]
+
+#: Exceptions this namespace used to export too (deprecated): their one home is aflow.errors.
+__getattr__ = _moved(
+    "aflow.ops",
+    ["MissingInputError", "OpIOError", "SlicesBelowThreshold", "UntrustedManifest", "WhenError"],
+    to="aflow.errors",
+)

@@ -32,14 +32,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple, final
 
-from .._exceptions import DefinitionError, UntrustedManifest
-from ._sign import Artifact, OpIOError
+from .._exceptions import DefinitionError, OpIOError, UntrustedManifest
+from ._sign import Artifact
 
 __all__ = [
     "ArtifactStore",
     "ArtifactValue",
     "Origin",
-    "UntrustedManifest",
     "check_artifact",
     "check_manifest",
     "default_root",

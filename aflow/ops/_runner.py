@@ -15,7 +15,14 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .._exceptions import AflowError, DefinitionError, RunError, TaskTimeout
+from .._exceptions import (
+    DefinitionError,
+    OpIOError,
+    SlicesBelowThreshold,
+    TaskTimeout,
+    UntrustedManifest,
+    WhenError,
+)
 from .._runtime._current import ATTEMPT, EXECUTION
 from .._runtime._limits import Limit, acquire_slot, release
 from .._runtime._scheduler import Execution
@@ -25,18 +32,16 @@ from ..stores._base import NodeRecord
 from ._artifacts import (
     ArtifactStore,
     Origin,
-    UntrustedManifest,
     check_artifact,
     load_input,
     store_output,
 )
 from ._op import OP, op_name
-from ._sign import OPIO, Field, OpIOError, check_value
+from ._sign import OPIO, Field, check_value
 from ._step import OutputRef, Step
 
 __all__ = [
     "SLICES_ATTR",
-    "SlicesBelowThreshold",
     "StepCall",
     "run_store",
     "slice_record",
@@ -51,30 +56,6 @@ __all__ = [
 
 #: The attribute of a sliced step's error that holds its slices' records.
 SLICES_ATTR = "__aflow_slices__"
-
-
-class SlicesBelowThreshold(RunError):
-    """Fewer slices of a step succeeded than ``continue_on_num_success`` / ``..._ratio`` ask."""
-
-    def __init__(self, run_id: str, step: str, succeeded: int, total: int) -> None:
-        self.step = step
-        self.succeeded = succeeded
-        self.total = total
-        super().__init__(run_id, f"step {step!r}: {succeeded} of {total} slices succeeded")
-
-
-class WhenError(AflowError):
-    """A step's ``when`` condition raised: the step fails with this (never retried)."""
-
-    def __init__(self, step: str, error: BaseException) -> None:
-        self.step = step
-        self.error = error
-        super().__init__(
-            f"the when condition of step {step!r} raised {type(error).__name__}: {error}"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.step, self.error))
 
 
 #: Conditions that raised, by run and step key (the guard lets the step run to fail with it).

@@ -14,7 +14,7 @@ from typing import Any, final
 
 from pydantic import TypeAdapter, ValidationError
 
-from .._exceptions import AflowError
+from .._exceptions import OpIOError
 
 __all__ = [
     "MISSING",
@@ -22,7 +22,6 @@ __all__ = [
     "Artifact",
     "Field",
     "OPIOSign",
-    "OpIOError",
     "Parameter",
     "check_value",
     "type_name",
@@ -30,26 +29,6 @@ __all__ = [
 
 #: No default: the field is required.
 MISSING: Any = object()
-
-
-class OpIOError(AflowError, TypeError):
-    """An operator got or gave a value its signature does not allow.
-
-    :attr:`op` names the operator, :attr:`direction` is ``"input"`` or
-    ``"output"``, :attr:`key` the field at fault, :attr:`expected` and
-    :attr:`actual` say what was wanted and what came.
-    """
-
-    def __init__(self, op: str, direction: str, key: str, expected: str, actual: str) -> None:
-        self.op = op
-        self.direction = direction
-        self.key = key
-        self.expected = expected
-        self.actual = actual
-        super().__init__(f"op {op!r} {direction} {key!r}: expected {expected}, got {actual}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.op, self.direction, self.key, self.expected, self.actual))
 
 
 def type_name(tp: Any) -> str:

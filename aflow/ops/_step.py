@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
 
-from .._exceptions import MissingInputError, SignatureError
+from .._exceptions import MissingInputError, OpIOError, SignatureError
 from .._options import Backoff, check_options
 from ._expr import Expression
 from ._op import OP, PythonOPTemplate, Slices, op_name, template_of
-from ._sign import MISSING, Artifact, Field, OpIOError, check_value, type_name
+from ._sign import MISSING, Artifact, Field, check_value, type_name
 
 __all__ = ["OutputRef", "Step"]
 

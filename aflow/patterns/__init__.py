@@ -19,20 +19,22 @@ nearest upstream task that provides the name, then the engine's ``store``.
 
 from __future__ import annotations
 
-from .._exceptions import AmbiguousProviderError as AmbiguousProviderError
-from .._exceptions import MissingInputError as MissingInputError
-from .._exceptions import ProvidesError as ProvidesError
+from .._deprecated import moved as _moved
 from . import graph_flow as graph_flow
 from . import linear_flow as linear_flow
 from . import unordered_flow as unordered_flow
 from ._flow import Flow as Flow
 
 __all__ = [
-    "AmbiguousProviderError",
     "Flow",
-    "MissingInputError",
-    "ProvidesError",
     "graph_flow",
     "linear_flow",
     "unordered_flow",
 ]
+
+#: Exceptions this namespace used to export too (deprecated): their one home is aflow.errors.
+__getattr__ = _moved(
+    "aflow.patterns",
+    ["AmbiguousProviderError", "MissingInputError", "ProvidesError"],
+    to="aflow.errors",
+)

@@ -13,12 +13,7 @@ first use and migrated forward when an older store is opened.
 
 from __future__ import annotations
 
-from .._exceptions import LeaseLost as LeaseLost
-from .._exceptions import RecordedError as RecordedError
-from .._exceptions import ResumeMismatch as ResumeMismatch
-from .._exceptions import RunExists as RunExists
-from .._exceptions import RunNotFound as RunNotFound
-from .._exceptions import StoreError as StoreError
+from .._deprecated import moved as _moved
 from ._base import SCHEMA_VERSION as SCHEMA_VERSION
 from ._base import NodeRecord as NodeRecord
 from ._base import RunRecord as RunRecord
@@ -29,16 +24,17 @@ from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
-    "LeaseLost",
     "MemoryStore",
     "NodeRecord",
-    "RecordedError",
-    "ResumeMismatch",
-    "RunExists",
-    "RunNotFound",
     "RunRecord",
     "SQLiteStore",
     "Store",
-    "StoreError",
     "open_store",
 ]
+
+#: Exceptions this namespace used to export too (deprecated): their one home is aflow.errors.
+__getattr__ = _moved(
+    "aflow.stores",
+    ["LeaseLost", "RecordedError", "ResumeMismatch", "RunExists", "RunNotFound", "StoreError"],
+    to="aflow.errors",
+)

@@ -83,7 +83,7 @@ class Store(Protocol):
         ...
 
     async def get_run(self, run_id: str) -> RunRecord:
-        """The run (raises :class:`~aflow.stores.RunNotFound`)."""
+        """The run (raises :class:`~aflow.errors.RunNotFound`)."""
         ...
 
     async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
