@@ -163,7 +163,7 @@ async def test_revert_all_holds_when_a_sibling_fails_at_the_same_time() -> None:
     # Both are released by one event; whether the second raises before the first
     # failure's cancel reaches it depends on the loop's order (GroupFailed, or the
     # first error with the sibling cancelled). Either way nothing is retried.
-    with anyio.fail_after(5), pytest.raises((aflow.GroupFailed, ValueError)):
+    with anyio.fail_after(5), pytest.raises((aflow.errors.GroupFailed, ValueError)):
         await engines.run(outer, engine="parallel")
     assert attempts == [1]
 
@@ -287,7 +287,7 @@ async def test_a_failed_revert_inside_a_retried_flow_keeps_what_precedes_it() ->
 
     sub = lf.Flow("r", retry=aflow.retry.Times(3)).add(BadRevert(), Boom())
     eng = engines.load(lf.Flow("m").add(First(), sub))
-    with pytest.raises(aflow.CompensationFailed):
+    with pytest.raises(aflow.errors.CompensationFailed):
         await eng.run()
     assert eng.state is aflow.RunStatus.FAILED
     states = eng.states()

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 import aflow
-from aflow import ops
 from aflow.ops import Step, Workflow, op
 
 from .ops_helpers import add, run_wf, to_text

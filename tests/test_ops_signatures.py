@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import aflow
-from aflow import ops
 from aflow.ops import (
     OP,
     OPIO,

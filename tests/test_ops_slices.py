@@ -9,7 +9,6 @@ import anyio
 import pytest
 
 import aflow
-from aflow import ops
 from aflow.ops import Artifact, PythonOPTemplate, Slices, Step, Workflow, download_artifact, op
 
 from .ops_helpers import PeakProbe, add, run_wf, total

@@ -61,7 +61,7 @@ class Compensation(RunState):
         """Revert a run that succeeded (a retried flow undone by an outer failure).
 
         Same order and shielding as the unwinding after a failure; a revert
-        that fails raises :class:`aflow.CompensationFailed`.
+        that fails raises :class:`aflow.errors.CompensationFailed`.
         """
         if self._revert_errors:  # its own unwinding failed: what it kept cannot be undone
             errors = list({id(e): e for e in self._revert_errors.values()}.values())

@@ -74,7 +74,7 @@ class Journal:
         return bool(self._pending or self.held or self._in_flight)
 
     def encode(self, task: str, value: Any) -> str:
-        """The stored form of a result (raises :class:`aflow.SerializationError`)."""
+        """The stored form of a result (raises :class:`aflow.errors.SerializationError`)."""
         try:
             return self.serializer.dumps(value, task=task)
         except SerializationError:
