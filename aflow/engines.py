@@ -22,7 +22,7 @@ from typing import Any, Literal, final
 from ._events import EventListener
 from ._exceptions import AflowError
 from ._runtime._clock import Clock
-from ._runtime._limits import Limit
+from ._runtime._options import RunOptions, new_execution
 from ._runtime._scheduler import Execution
 from ._runtime._states import NodeState, RunStatistics, RunStatus
 from .patterns._compile import CompiledFlow, Level, compile_flow
@@ -103,12 +103,7 @@ class Engine:
         "storage",
     )
 
-    def __init__(
-        self,
-        flow: Flow,
-        store: Mapping[str, Any] | None,
-        options: dict[str, Any],
-    ) -> None:
+    def __init__(self, flow: Flow, store: Mapping[str, Any] | None, options: RunOptions) -> None:
         self.flow = flow
         self._store: dict[str, Any] = dict(store or {})
         self._options = options
@@ -172,18 +167,7 @@ class Engine:
     def _new_execution(self) -> Execution:
         graph = self._compiled.graph
         assert graph is not None
-        options = self._options
-        workers = options["max_workers"] if options["engine"] == "parallel" else 1
-        on_event: EventListener | None = options["on_event"]
-        return Execution(
-            graph,
-            global_limits=(Limit("max_workers", workers),) if workers is not None else (),
-            listeners=(on_event,) if on_event is not None else (),
-            timeout=options["timeout"],
-            compensation_timeout=options["compensation_timeout"],
-            clock=options["clock"],
-            executor=options["executor"],
-        )
+        return new_execution(graph, self._options)
 
     def _provided(self) -> dict[str, Any]:
         return self._compiled.values(self._execution)
@@ -301,20 +285,14 @@ def load(
         not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
     ):
         raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-    if executor is not None and not isinstance(executor, Executor):
-        raise TypeError(
-            f"executor must be a concurrent.futures.Executor, got {executor!r} "
-            "(aflow needs no executor: sync tasks run in its worker threads by default)"
-        )
-    options: dict[str, Any] = {
-        "engine": engine,
-        "max_workers": max_workers,
-        "executor": executor,
-        "timeout": timeout,
-        "compensation_timeout": compensation_timeout,
-        "on_event": on_event,
-        "clock": clock,
-    }
+    options = RunOptions(
+        max_concurrency=max_workers if engine == "parallel" else 1,  # serial: one at a time
+        executor=executor,
+        timeout=timeout,
+        compensation_timeout=compensation_timeout,
+        on_event=on_event,
+        clock=clock,
+    )
     return Engine(flow, store, options)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
-import json
 import math
 import os
 import socket
@@ -38,7 +37,13 @@ from ..stores._base import NodeRecord, RunRecord, Store, open_store
 from ..stores._sql import PARKED
 from ._clock import SYSTEM_CLOCK, Clock, wall_time
 from ._journal import Journal
-from ._limits import Limit
+from ._options import (
+    Capacity,
+    RunOptions,
+    dump_options,
+    new_execution,
+    stored_options,
+)
 from ._scheduler import Execution
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import DEFAULT_THREADS
@@ -54,8 +59,6 @@ R = TypeVar("R")
 
 _FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
 _KEEP: Any = object()
-#: The run options a durable store keeps, so that a resumed run behaves the same.
-_STORED_OPTIONS = ("on_error", "timeout", "compensation_timeout")
 #: The innermost entered Runtime of this context (``aflow.ops.Workflow.submit()`` uses it).
 CURRENT_RUNTIME: contextvars.ContextVar[Runtime] = contextvars.ContextVar("aflow_runtime")
 #: Seconds without a heartbeat after which a run's process counts as dead (recovery takes it).
@@ -72,44 +75,6 @@ async def _outcome(handle: Run[Any]) -> Any:
         with anyio.CancelScope(shield=True):
             await handle.wait()
         raise
-
-
-def _stored_options(record: RunRecord) -> tuple[dict[str, Any], float | None]:
-    """The options a run was submitted with, and its deadline (wall seconds), as its
-    store keeps them; a row is data, so anything else is a typed error naming the run."""
-    try:
-        stored = json.loads(record.options) if record.options else {}
-    except ValueError:
-        stored = None
-    problem = None if isinstance(stored, dict) else "not a JSON object"
-    if stored is None or not isinstance(stored, dict):
-        stored = {}
-    on_error = stored.get("on_error")
-    if problem is None and on_error not in (None, "revert", "continue"):
-        problem = f"on_error={on_error!r}"
-    for name in ("timeout", "compensation_timeout", "deadline"):
-        value = stored.get(name)
-        if problem is None and value is not None:
-            number = type(value) in (int, float) and math.isfinite(value)
-            if not number or (name != "deadline" and not value > 0):
-                problem = f"{name}={value!r}"
-    if problem is not None:
-        raise ResumeMismatch(
-            record.run_id,
-            f"its stored options are not aflow's ({problem}): {record.options!r:.200}",
-        )
-    options = {k: v for k, v in stored.items() if k in _STORED_OPTIONS}
-    deadline = stored.get("deadline")
-    return options, None if deadline is None else float(deadline)
-
-
-def _dump_options(options: Mapping[str, Any], wall: float) -> str:
-    """The options a store keeps, with the run's deadline as a wall time: a run resumed
-    after its process was down for a while keeps its deadline, not a new one (issue 14)."""
-    kept = {k: options.get(k) for k in _STORED_OPTIONS}
-    timeout = kept.get("timeout")
-    kept["deadline"] = None if timeout is None else wall + timeout
-    return json.dumps(kept)
 
 
 def _as_is(value: Any) -> Any:
@@ -141,10 +106,6 @@ def _same_work(run_id: str, key: str, existing: tuple[str, Any], wanted: tuple[s
         return f"{what}({shown[:200]}{'...' if len(shown) > 200 else ''})"
 
     raise IdempotencyConflict(run_id, key, text(existing), text(wanted))
-
-
-def _make_limits(limits: Mapping[str, int] | None) -> dict[str, Limit]:
-    return {name: Limit(name, total) for name, total in (limits or {}).items()}
 
 
 @overload
@@ -226,26 +187,43 @@ async def run(
         await aflow.run(order_saga, params={"order_id": "o-42"},
                         store="sqlite:///runs.db", idempotency_key="order-o-42")
     """
+    options = RunOptions(
+        max_concurrency=max_concurrency,
+        limits=limits,
+        on_event=on_event,
+        on_error=on_error,
+        timeout=timeout,
+        compensation_timeout=compensation_timeout,
+        clock=clock,
+    )
+    return await run_with(
+        workflow,
+        options,
+        run_id=run_id,
+        params=params,
+        store=store,
+        idempotency_key=idempotency_key,
+        serializer=serializer,
+    )
+
+
+async def run_with(
+    workflow: object,
+    options: RunOptions,
+    *,
+    run_id: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
+) -> Any:
+    """:func:`run` with its options built: what ``run`` and ``run_sync`` both call."""
     if store is not None:
         failure: Exception | None = None
-        async with Runtime(
-            store=store,
-            serializer=serializer,
-            max_concurrency=max_concurrency,
-            limits=limits,
-            on_shutdown="cancel",  # the call owns the run: cancelling it cancels the run
-        ) as rt:
+        async with Runtime._owning_one_run(options, store, serializer) as rt:
             try:
                 handle = await rt.submit(
-                    workflow,
-                    params=params,
-                    run_id=run_id,
-                    on_event=on_event,
-                    on_error=on_error,
-                    timeout=timeout,
-                    compensation_timeout=compensation_timeout,
-                    clock=clock,
-                    idempotency_key=idempotency_key,
+                    workflow, params=params, run_id=run_id, idempotency_key=idempotency_key
                 )
                 value = await _outcome(handle)
             except Exception as exc:  # raised below, as itself (not in the runtime's group)
@@ -261,18 +239,7 @@ async def run(
         raise TypeError("parameters can only be given to an @aflow.workflow")
     else:
         graph = compile(workflow)
-    execution = Execution(
-        graph,
-        run_id=run_id,
-        max_concurrency=max_concurrency,
-        limits=_make_limits(limits),
-        listeners=(on_event,) if on_event is not None else (),
-        on_error=on_error,
-        timeout=timeout,
-        compensation_timeout=compensation_timeout,
-        clock=clock,
-    )
-    return await execution.execute()
+    return await new_execution(graph, options, run_id=run_id).execute()
 
 
 @overload
@@ -339,17 +306,20 @@ def run_sync(
             use_uvloop = False
         else:
             use_uvloop = True
-    call = functools.partial(
-        run,
-        workflow,
+    options = RunOptions(
         max_concurrency=max_concurrency,
         limits=limits,
         on_event=on_event,
-        run_id=run_id,
         on_error=on_error,
         timeout=timeout,
         compensation_timeout=compensation_timeout,
         clock=clock,
+    )
+    call = functools.partial(
+        run_with,
+        workflow,
+        options,
+        run_id=run_id,
         params=params,
         store=store,
         idempotency_key=idempotency_key,
@@ -608,19 +578,16 @@ class Runtime:
 
     __slots__ = (
         "_alive",
+        "_capacity",
         "_clock",
         "_closing",
-        "_compensation_timeout",
+        "_defaults",
         "_followers",
-        "_global",
         "_history",
         "_keep",
         "_lease",
-        "_limits",
         "_looking",
-        "_max_concurrency",
         "_max_recoveries",
-        "_on_error",
         "_on_shutdown",
         "_owner",
         "_recover",
@@ -630,9 +597,7 @@ class Runtime:
         "_store",
         "_store_spec",
         "_tg",
-        "_thread_limiter",
         "_threads",
-        "_timeout",
         "_token",
         "_warned",
         "_workflow_modules",
@@ -659,6 +624,17 @@ class Runtime:
         on_shutdown: str | None = None,
         max_recoveries: int = 5,
     ) -> None:
+        #: what a run submitted here gets for every option its call leaves unset
+        self._defaults = RunOptions(
+            max_concurrency=max_concurrency,
+            limits=limits,
+            on_error=on_error,
+            timeout=timeout,
+            compensation_timeout=compensation_timeout,
+            clock=clock,
+        )
+        #: the runtime's own time: heartbeats, recovery, following another process's run
+        self._clock = clock
         if not lease > 0:
             raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
         self._lease = lease
@@ -692,26 +668,29 @@ class Runtime:
                     )
             self._workflows = frozenset(w.path for w in chosen if isinstance(w, Workflow))
             self._workflow_modules = tuple(m for m in chosen if isinstance(m, str))
-        self._on_error = on_error
-        self._timeout = timeout
-        self._compensation_timeout = compensation_timeout
-        self._clock = clock
-        self._max_concurrency = max_concurrency
         self._keep = keep_finished
         self._history: OrderedDict[str, Run[Any]] = OrderedDict()
-        self._limits = _make_limits(limits)
-        self._global = (
-            (Limit("max_concurrency", max_concurrency),) if max_concurrency is not None else ()
-        )
         self._threads = threads
         self._shutdown_timeout = shutdown_timeout
         self._tg: anyio.abc.TaskGroup | None = None
-        self._thread_limiter: anyio.CapacityLimiter | None = None
+        #: the limits and threads every run of this runtime shares (built on entry)
+        self._capacity: Capacity | None = None
         self._runs: dict[str, Run[Any]] = {}
         #: handles on runs another process drives (an idempotency key's), polled until they
         #: end, one per run id, with the scope that stops the polling
         self._followers: dict[str, tuple[Run[Any], anyio.CancelScope]] = {}
         self._token: contextvars.Token[Runtime] | None = None
+
+    @classmethod
+    def _owning_one_run(
+        cls, options: RunOptions, store: str | Store, serializer: str | Serializer
+    ) -> Runtime:
+        """The runtime of ``aflow.run(store=...)``: its one run's options are its defaults,
+        and the call owns the run (cancelling the call cancels the run). Its own time
+        (heartbeats, recovery) stays the loop's: ``clock`` is the run's."""
+        runtime = cls(store=store, serializer=serializer, on_shutdown="cancel")
+        runtime._defaults = options
+        return runtime
 
     def __repr__(self) -> str:
         state = "open" if self._tg is not None else "closed"
@@ -725,7 +704,7 @@ class Runtime:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise DefinitionError(f"cannot import workflow module {module!r}: {exc}") from exc
-        self._thread_limiter = anyio.CapacityLimiter(self._threads)
+        self._capacity = Capacity.of(self._defaults, anyio.CapacityLimiter(self._threads))
         spec = self._store_spec
         if spec is not None:
             store = open_store(spec) if isinstance(spec, str) else spec
@@ -898,17 +877,13 @@ class Runtime:
         restore: tuple[dict[str, NodeRecord], bool, None, dict[str, str]] | None = (
             (taken, False, None, {}) if taken else None
         )
-        options = {
-            "on_event": on_event,
-            "clock": clock,
-            "on_error": on_error or self._on_error,
-            "timeout": timeout if timeout is not None else self._timeout,
-            "compensation_timeout": (
-                compensation_timeout
-                if compensation_timeout is not None
-                else self._compensation_timeout
-            ),
-        }
+        options = self._defaults.merged(
+            on_event=on_event,
+            on_error=on_error,
+            timeout=timeout,
+            compensation_timeout=compensation_timeout,
+            clock=clock,
+        )
         if store is None:
             identity = None
             if idempotency_key is not None:
@@ -927,7 +902,7 @@ class Runtime:
             raise DefinitionError(
                 f"workflow {workflow.path} cannot be rebuilt by another process: {why}"
             )
-        now = wall_time(clock or self._clock)
+        now = wall_time(options.clock)
         record = RunRecord(
             run_id=run_id or uuid.uuid4().hex,
             workflow=workflow.path,
@@ -940,7 +915,7 @@ class Runtime:
             serializer=self._serializer.name,
             owner=self._owner,
             heartbeat=now + self._lease,
-            options=_dump_options(options, now),
+            options=dump_options(options, now),
         )
         stored, created = await store.create_run(record)
         if not created:
@@ -976,12 +951,12 @@ class Runtime:
         graph: Graph,
         run_id: str | None,
         journal: Journal | None,
-        options: Mapping[str, Any],
+        options: RunOptions,
         restore: tuple[Mapping[str, NodeRecord], bool, str | None, Mapping[str, str]] | None = None,
+        deadline: float | None = None,
     ) -> Run[Any]:
         execution = self._execution(graph, run_id, journal, options)
         execution.release_on_interrupt = journal is not None and self._on_shutdown == "release"
-        deadline = options.get("deadline")
         if deadline is not None:
             execution.keep_deadline(deadline)
         if restore is not None:
@@ -1002,30 +977,16 @@ class Runtime:
         graph: Graph,
         run_id: str | None,
         journal: Journal | None = None,
-        options: Mapping[str, Any] | None = None,
+        options: RunOptions | None = None,
     ) -> Execution:
-        """An execution of ``graph`` with this runtime's limits, threads and defaults: every
-        handle it gives out is built here, one on a finished run too (issue 14)."""
-        options = options or {}
-        listener = options.get("on_event")
-        return Execution(
-            graph,
-            run_id=run_id,
-            limits=self._limits,
-            global_limits=self._global,
-            thread_limiter=self._thread_limiter,
-            listeners=(listener,) if listener is not None else (),
-            # a stored option (None included) wins over this runtime's default
-            on_error=options.get("on_error") or self._on_error,
-            timeout=options.get("timeout", self._timeout),
-            compensation_timeout=options.get("compensation_timeout", self._compensation_timeout),
-            clock=options.get("clock") or self._clock,
-            journal=journal,
+        """An execution of ``graph`` with this runtime's limits and threads, and its defaults
+        unless ``options`` are given: every handle it gives out is built here, one on a
+        finished run too (issue 14)."""
+        return new_execution(
+            graph, options or self._defaults, self._capacity, run_id=run_id, journal=journal
         )
 
-    async def _attach(
-        self, stored: RunRecord, graph: Graph, options: Mapping[str, Any]
-    ) -> Run[Any]:
+    async def _attach(self, stored: RunRecord, graph: Graph, options: RunOptions) -> Run[Any]:
         """The run an idempotency key names: live here, finished, or left by a dead process."""
         active = self._runs.get(stored.run_id) or self._history.get(stored.run_id)
         following = self._followers.get(stored.run_id)
@@ -1153,7 +1114,7 @@ class Runtime:
             raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
         # What a row says is checked before the run is claimed: a bad row stays as it is.
         graph = self._rebuild(record)
-        options, deadline = _stored_options(record)
+        options, deadline = stored_options(record, self._defaults)
         serializer = self._serializer_of(record)
         wall = wall_time(self._clock)
         # a person's resume gives the run a fresh count of recoveries (see _park)
@@ -1180,13 +1141,13 @@ class Runtime:
             unwinding = record.status in ("reverting", "cancelling") or (
                 record.status == PARKED and record.error is not None
             )
-            if not unwinding:  # (a compensation has its own deadline, and its own cause)
-                options["deadline"] = deadline
+            if unwinding:  # (a compensation has its own deadline, and its own cause)
+                deadline = None
             active = self._runs.get(run_id)
             if active is not None:  # resumed by another task of this runtime meanwhile
                 return active
             restore = (records, unwinding, record.error, failed_before)
-            handle = self._start(graph, run_id, journal, options, restore)
+            handle = self._start(graph, run_id, journal, options, restore, deadline)
         except BaseException:  # (a checkpoint that cannot be read...): let go of it at once
             with anyio.CancelScope(shield=True):
                 try:
@@ -1278,7 +1239,7 @@ class Runtime:
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
                 taken[key] = NodeRecord(key, "reused", 1, found.result)
         now = wall_time(self._clock)
-        options, _ = _stored_options(record)  # (a new run: its deadline starts now)
+        options, _ = stored_options(record, self._defaults)  # (a new run: its deadline starts now)
         new = RunRecord(
             run_id=uuid.uuid4().hex,
             workflow=record.workflow,
@@ -1291,7 +1252,7 @@ class Runtime:
             serializer=record.serializer,
             owner=self._owner,
             heartbeat=now + self._lease,
-            options=_dump_options(options, now),  # a new run: its deadline starts now
+            options=dump_options(options, now),  # a new run: its deadline starts now
         )
         stored, created = await store.create_run(new)
         if not created:  # the key names another run: never write into it
