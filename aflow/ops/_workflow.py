@@ -27,8 +27,9 @@ from .._exceptions import (
 )
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
-from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
 from .._runtime._current import EXECUTION
+from .._runtime._handle import Run
+from .._runtime._runtime import CURRENT_RUNTIME, Runtime
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
 from ..stores._base import NodeRecord, RunRecord
@@ -569,8 +570,8 @@ class Workflow:
             raise RuntimeError("Workflow.load() needs an entered aflow.Runtime with a store")
         store = rt.store
         record = await store.get_run(run_id)
-        builder = rt._workflow_of(record)  # registered workflows only: a row is data
-        loads = rt._serializer_of(record).loads
+        builder = rt._rebuilder.workflow_of(record)  # registered workflows only: a row is data
+        loads = rt._rebuilder.serializer_of(record).loads
         built = builder(**loads(record.params))
         if not isinstance(built, Workflow):
             raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
@@ -748,7 +749,9 @@ async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
     store = rt.store
     assert store is not None
     record = await store.get_run(run_id)
-    return _StoredRun(record, await store.load_nodes(run_id), rt._serializer_of(record).loads)
+    return _StoredRun(
+        record, await store.load_nodes(run_id), rt._rebuilder.serializer_of(record).loads
+    )
 
 
 def _slice_count(step: Step, results: Mapping[str, Any]) -> int | None:
