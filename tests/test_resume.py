@@ -21,7 +21,7 @@ import pytest
 
 import aflow
 from aflow._serialize import serializer_for
-from aflow._workflow import Workflow, fingerprint
+from aflow._workflow import WorkflowBuilder, fingerprint
 from aflow.stores import NodeRecord, RecordedError, RunRecord, Store, StoreError
 
 from . import durable_workflows as wf
@@ -31,7 +31,7 @@ read = wf.read_counts
 
 async def dead_run(
     store: Store | None,
-    workflow: Workflow[..., Any],
+    workflow: WorkflowBuilder[..., Any],
     nodes: Sequence[NodeRecord],
     *,
     status: str,
@@ -528,7 +528,7 @@ async def test_a_step_with_a_revert_starts_only_once_its_start_is_on_record(
     tmp_path: pathlib.Path,
     counts: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,
-    workflow: Workflow[..., Any],
+    workflow: WorkflowBuilder[..., Any],
 ) -> None:
     path = tmp_path / "runs.db"
     monkeypatch.setenv("AFLOW_DB", str(path))

@@ -21,7 +21,7 @@ from .._events import warn
 from .._exceptions import DefinitionError, ResumeMismatch
 from .._graph import Graph
 from .._serialize import Serializer, serializer_for
-from .._workflow import Workflow, fingerprint
+from .._workflow import WorkflowBuilder, fingerprint
 from ..stores._base import NodeRecord, RunRecord, Store, open_store
 from ..stores._sql import PARKED
 from ._clock import SYSTEM_CLOCK, wall_time
@@ -54,7 +54,7 @@ class Durability:
         runtime: Runtime,
         store: str | Store | None,
         serializer: str | Serializer,
-        workflows: Iterable[Workflow[..., Any] | str] | None,
+        workflows: Iterable[WorkflowBuilder[..., Any] | str] | None,
         *,
         lease: float,
         max_recoveries: int,
@@ -139,7 +139,7 @@ class Durability:
 
     async def submit(
         self,
-        workflow: Workflow[..., Any],
+        workflow: WorkflowBuilder[..., Any],
         graph: Graph,
         params: dict[str, Any],
         run_id: str | None,

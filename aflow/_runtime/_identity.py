@@ -13,7 +13,7 @@ from typing import Any
 
 from .._exceptions import IdempotencyConflict
 from .._graph import Graph
-from .._workflow import Workflow, fingerprint
+from .._workflow import WorkflowBuilder, fingerprint
 
 __all__ = ["Identity", "identity", "same_work"]
 
@@ -24,7 +24,7 @@ Identity = tuple[str, Any]
 def identity(workflow: object, params: Mapping[str, Any], graph: Graph) -> Identity:
     """What an idempotency key stands for: a workflow and its parameters (a canvas: its
     graph's shape and every node's arguments)."""
-    if isinstance(workflow, Workflow):
+    if isinstance(workflow, WorkflowBuilder):
         return (workflow.path, dict(params))
     arguments = [(node.args, dict(node.kwargs)) for node in graph.nodes]
     return (f"a {type(workflow).__name__} of {len(graph)} nodes", (fingerprint(graph), arguments))

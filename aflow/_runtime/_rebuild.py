@@ -16,7 +16,7 @@ from typing import Any, final
 from .._exceptions import DefinitionError, ResumeMismatch, RunError
 from .._graph import Graph
 from .._serialize import Serializer, serializer_for
-from .._workflow import Workflow, fingerprint, registered_workflow
+from .._workflow import WorkflowBuilder, fingerprint, registered_workflow
 from ..stores._base import RunRecord
 
 __all__ = ["FINISHED", "Rebuilder"]
@@ -32,7 +32,7 @@ class Rebuilder:
     __slots__ = ("modules", "serializer", "workflows")
 
     def __init__(
-        self, serializer: Serializer, workflows: Iterable[Workflow[..., Any] | str] | None
+        self, serializer: Serializer, workflows: Iterable[WorkflowBuilder[..., Any] | str] | None
     ) -> None:
         #: the runtime's serializer (a row written with another one is read only if json)
         self.serializer = serializer
@@ -43,11 +43,11 @@ class Rebuilder:
         if workflows is not None:
             chosen = list(workflows)
             for item in chosen:
-                if not isinstance(item, (Workflow, str)):
+                if not isinstance(item, (WorkflowBuilder, str)):
                     raise TypeError(
                         f"workflows= takes @aflow.workflow functions and module names, got {item!r}"
                     )
-            self.workflows = frozenset(w.path for w in chosen if isinstance(w, Workflow))
+            self.workflows = frozenset(w.path for w in chosen if isinstance(w, WorkflowBuilder))
             self.modules = tuple(m for m in chosen if isinstance(m, str))
 
     def import_modules(self) -> None:
@@ -58,7 +58,7 @@ class Rebuilder:
             except ImportError as exc:
                 raise DefinitionError(f"cannot import workflow module {module!r}: {exc}") from exc
 
-    def workflow_of(self, record: RunRecord) -> Workflow[..., Any]:
+    def workflow_of(self, record: RunRecord) -> WorkflowBuilder[..., Any]:
         """The workflow a stored run names, if this runtime may rebuild it: registered by
         this process (and, with ``workflows=``, one of those). Never imports what a row
         names (issue 14)."""

@@ -17,7 +17,7 @@ import anyio
 from .._events import EventListener
 from .._graph import Graph, compile
 from .._serialize import Serializer
-from .._workflow import Workflow
+from .._workflow import WorkflowBuilder
 from ..stores._base import Store
 from ._clock import Clock
 from ._handle import outcome
@@ -157,7 +157,7 @@ async def run_with(
         return value
     if idempotency_key is not None:
         raise ValueError("an idempotency_key needs a durable store: pass store='sqlite:///...'")
-    if isinstance(workflow, Workflow):
+    if isinstance(workflow, WorkflowBuilder):
         graph = workflow.build(dict(params or {}))
     elif params:
         raise TypeError("parameters can only be given to an @aflow.workflow")

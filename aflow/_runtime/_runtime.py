@@ -23,7 +23,7 @@ from .._events import EventListener, warn
 from .._exceptions import DefinitionError, RunExists
 from .._graph import Graph, compile
 from .._serialize import Serializer
-from .._workflow import Workflow
+from .._workflow import WorkflowBuilder
 from ..stores._base import NodeRecord, Store
 from ._clock import Clock
 from ._durable import Durability
@@ -110,7 +110,7 @@ class Runtime:
         serializer: str | Serializer = "json",
         recover: bool = False,
         lease: float = DEFAULT_LEASE,
-        workflows: Iterable[Workflow[..., Any] | str] | None = None,
+        workflows: Iterable[WorkflowBuilder[..., Any] | str] | None = None,
         on_shutdown: str | None = None,
         max_recoveries: int = 5,
     ) -> None:
@@ -329,7 +329,7 @@ class Runtime:
         all_params = {**(params or {}), **workflow_params}
         durable = self._durable
         store = durable.store
-        if isinstance(workflow, Workflow):
+        if isinstance(workflow, WorkflowBuilder):
             graph = workflow.build(all_params)
         elif all_params:
             raise TypeError("parameters can only be given to an @aflow.workflow")
@@ -350,7 +350,7 @@ class Runtime:
             clock=clock,
         )
         if store is not None:
-            assert isinstance(workflow, Workflow)
+            assert isinstance(workflow, WorkflowBuilder)
             return await durable.submit(
                 workflow, graph, all_params, run_id, idempotency_key, options, taken
             )

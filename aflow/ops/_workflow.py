@@ -51,7 +51,7 @@ from ._runner import (
 from ._step import OutputRef, Step
 
 if TYPE_CHECKING:
-    from .._workflow import Workflow as Builder
+    from .._workflow import WorkflowBuilder
 
 __all__ = ["DAG", "OutputParameter", "StepIO", "StepRecord", "Workflow"]
 
@@ -404,7 +404,7 @@ class Workflow:
         self._stages: list[list[Step]] = []
         self._dag = dag
         self._root: Path | None = Path(artifacts).resolve() if artifacts is not None else None
-        self._origin: tuple[Builder[..., Any], dict[str, Any]] | None = None
+        self._origin: tuple[WorkflowBuilder[..., Any], dict[str, Any]] | None = None
         self._run: Run[Any] | None = None
         self._run_root: Path | None = None
         self._reused: set[str] = set()
@@ -430,7 +430,7 @@ class Workflow:
         return [s for stage in self._stages for s in stage]
 
     def _remember_origin(
-        self, builder: Builder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, builder: WorkflowBuilder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         bound = inspect.signature(builder.fn).bind(*args, **kwargs)
         self._origin = (builder, dict(bound.arguments))
