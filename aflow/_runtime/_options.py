@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -137,12 +138,13 @@ class RunOptions:
 
     def replaced(self, **changes: Any) -> RunOptions:
         """These options with ``changes`` as they are (``None`` included)."""
-        values = {name: getattr(self, name) for name in _FIELDS}
+        values = dict(zip(_FIELDS, _VALUES(self), strict=True))
         values.update(changes)
         return RunOptions(**values)
 
 
 _FIELDS = tuple(RunOptions.__dataclass_fields__)
+_VALUES = operator.attrgetter(*_FIELDS)
 #: What every option at its default means.
 DEFAULT_RUN_OPTIONS = RunOptions()
 
