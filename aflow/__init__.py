@@ -31,11 +31,11 @@ from ._graph import Graph as Graph
 from ._graph import NodeKind as NodeKind
 from ._graph import compile as compile
 from ._options import Backoff as Backoff
-from ._runtime._api import Run as Run
-from ._runtime._api import Runtime as Runtime
-from ._runtime._api import run as run
-from ._runtime._api import run_sync as run_sync
 from ._runtime._current import current_step as current_step
+from ._runtime._handle import Run as Run
+from ._runtime._run import run as run
+from ._runtime._run import run_sync as run_sync
+from ._runtime._runtime import Runtime as Runtime
 from ._runtime._states import NodeState as NodeState
 from ._runtime._states import RunStatus as RunStatus
 from ._runtime._states import StepInfo as StepInfo
@@ -75,7 +75,7 @@ __all__ = [
     "workflow",
 ]
 
-for _name in __all__:  # users see aflow.Run, not aflow._runtime._api.Run
+for _name in __all__:  # users see aflow.Run, not aflow._runtime._handle.Run
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("aflow."):
         try:

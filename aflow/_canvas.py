@@ -164,7 +164,7 @@ class Canvas(Generic[R]):
         return Chain._join(self, other)
 
     def __await__(self) -> Generator[Any, None, R]:
-        from ._runtime._api import run
+        from ._runtime._run import run
 
         return run(self).__await__()
 

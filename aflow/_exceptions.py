@@ -24,6 +24,7 @@ After the name: the attributes it carries, then what it means::
     │   └── UntrustedManifest(ValueError) .run_id, .step, .reason: an artifact manifest refused
     ├── RecordedError                     .text: a failure read back from a store, as text
     ├── WhenError                         .step, .error: a step's ``when`` condition raised
+    ├── NotFound(KeyError)                an engine's storage holds no value under that name
     ├── RunError                          .run_id, .message: a run (not a task in it) went wrong
     │   ├── RunNotFinished                the run has not finished yet
     │   ├── RunCancelled                  run.cancel() or a runtime shutdown stopped it
@@ -62,6 +63,7 @@ __all__ = [
     "IdempotencyConflict",
     "LeaseLost",
     "MissingInputError",
+    "NotFound",
     "OpIOError",
     "ProvidesError",
     "RecordedError",
@@ -526,3 +528,11 @@ class CompensationFailed(_RunGroup):
 
 class AflowInternalError(AflowError):
     """A bug in aflow: please report it with the traceback."""
+
+
+class NotFound(AflowError, KeyError):
+    """An engine's storage holds no value under that name (yet, or any more): TaskFlow's
+    ``NotFound`` (:mod:`aflow.engines`)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"

@@ -14,19 +14,22 @@ from ._exceptions import DefinitionError, SerializationError, SignatureError
 from ._graph import Graph, compile
 from ._serialize import Serializer
 
-__all__ = ["Workflow", "fingerprint", "registered_workflow", "resolve_workflow", "workflow"]
+__all__ = ["WorkflowBuilder", "fingerprint", "registered_workflow", "resolve_workflow", "workflow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 @final
-class Workflow(Generic[P, R]):
-    """A function that builds a workflow (canvas, flow or ops) from JSON-friendly parameters.
+class WorkflowBuilder(Generic[P, R]):
+    """A function that builds a workflow (canvas, flow or ops) from JSON-friendly parameters:
+    what ``@aflow.workflow`` makes of a function.
 
     It is known by its import path (``package.module:function``), which a
     durable store records with the parameters, so that any process can
     rebuild the same graph to resume a run. Calling it builds the workflow.
+    (Not a workflow itself: ``aflow.ops.Workflow`` is one, and a builder may
+    return one.)
     """
 
     def __init__(self, fn: Callable[P, R]) -> None:
@@ -102,7 +105,7 @@ class Workflow(Generic[P, R]):
         return None
 
 
-def workflow(fn: Callable[P, R]) -> Workflow[P, R]:
+def workflow(fn: Callable[P, R]) -> WorkflowBuilder[P, R]:
     """Mark a function that builds a workflow, so durable runs can rebuild it.
 
     Example::
@@ -113,12 +116,12 @@ def workflow(fn: Callable[P, R]) -> Workflow[P, R]:
 
         run = await rt.submit(order_saga, order_id="o-42")
     """
-    return Workflow(fn)
+    return WorkflowBuilder(fn)
 
 
 #: Every ``@aflow.workflow`` this process defined, by path. A stored run is resumed only
 #: through this: a module a store row names is never imported because it says so.
-_REGISTRY: dict[str, Workflow[..., Any]] = {}
+_REGISTRY: dict[str, WorkflowBuilder[..., Any]] = {}
 
 _PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 
@@ -130,7 +133,7 @@ def _split(path: str) -> tuple[str, str]:
     return module_name, qualname
 
 
-def resolve_workflow(path: str) -> Workflow[..., Any]:
+def resolve_workflow(path: str) -> WorkflowBuilder[..., Any]:
     """The workflow at ``package.module:function``, importing its module.
 
     Only for a path someone trusted gave (the ``aflow run`` command line, an
@@ -146,12 +149,12 @@ def resolve_workflow(path: str) -> Workflow[..., Any]:
         obj = getattr(obj, part, None)
         if obj is None:
             raise DefinitionError(f"no workflow {qualname!r} in module {module_name!r}")
-    if not isinstance(obj, Workflow):
+    if not isinstance(obj, WorkflowBuilder):
         raise DefinitionError(f"{path!r} is not marked @aflow.workflow")
     return obj
 
 
-def registered_workflow(path: str, modules: Collection[str] = ()) -> Workflow[..., Any]:
+def registered_workflow(path: str, modules: Collection[str] = ()) -> WorkflowBuilder[..., Any]:
     """The workflow a stored run names, among those this process registered.
 
     The process registers a workflow by importing the module that defines it

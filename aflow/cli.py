@@ -27,7 +27,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from ._exceptions import AflowError, DefinitionError, StoreError
-from ._runtime._api import Run, Runtime
+from ._runtime._handle import Run
+from ._runtime._runtime import Runtime
 from ._runtime._states import RunStatus
 from ._workflow import resolve_workflow
 from .stores import open_store

@@ -19,25 +19,21 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any, Literal, final
 
+from ._deprecated import moved as _moved
 from ._events import EventListener
-from ._exceptions import AflowError
+from ._exceptions import NotFound as _NotFound
 from ._runtime._clock import Clock
-from ._runtime._limits import Limit
+from ._runtime._options import RunOptions, new_execution
 from ._runtime._scheduler import Execution
 from ._runtime._states import NodeState, RunStatistics, RunStatus
 from .patterns._compile import CompiledFlow, Level, compile_flow
 from .patterns._flow import Flow
 
-__all__ = ["Engine", "NotFound", "Storage", "load", "run"]
+__all__ = ["Engine", "Storage", "load", "run"]
 
 _ENGINES = ("serial", "parallel")
 
-
-class NotFound(AflowError, KeyError):
-    """The storage holds no value under that name (yet, or any more)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "not found"
+__getattr__ = _moved("aflow.engines", ["NotFound"], to="aflow.errors")
 
 
 @final
@@ -52,7 +48,7 @@ class Storage:
     def fetch(self, name: str) -> Any:
         """The value stored under ``name``: its provider's (if it ran), else the store's.
 
-        Raises :class:`NotFound` when neither has it.
+        Raises :class:`aflow.errors.NotFound` when neither has it.
         """
         engine = self._engine
         found, value = engine._compiled.value(engine._execution, name)
@@ -61,14 +57,14 @@ class Storage:
         if name in engine._store:
             return engine._store[name]
         known = ", ".join(sorted(self.fetch_all())[:20]) or "nothing"
-        raise NotFound(f"no value named {name!r} (stored: {known})")
+        raise _NotFound(f"no value named {name!r} (stored: {known})")
 
     def fetch_all(self) -> dict[str, Any]:
         """Every stored value by name: the store, overridden by what tasks provided."""
         return {**self._engine._store, **self._engine._provided()}
 
     def fetch_many(self, *names: str) -> dict[str, Any]:
-        """Several values by name (raises :class:`NotFound` for the first missing one)."""
+        """Several values by name (:class:`aflow.errors.NotFound` for the first missing one)."""
         return {name: self.fetch(name) for name in names}
 
     def get_atom_state(self, name: str) -> NodeState:
@@ -76,7 +72,7 @@ class Storage:
         engine = self._engine
         state = _state_in(engine._compiled, engine._execution, name)
         if state is None:
-            raise NotFound(f"no task named {name!r} in flow {engine.flow.name!r}")
+            raise _NotFound(f"no task named {name!r} in flow {engine.flow.name!r}")
         return state
 
     def get_flow_state(self) -> RunStatus:
@@ -103,12 +99,7 @@ class Engine:
         "storage",
     )
 
-    def __init__(
-        self,
-        flow: Flow,
-        store: Mapping[str, Any] | None,
-        options: dict[str, Any],
-    ) -> None:
+    def __init__(self, flow: Flow, store: Mapping[str, Any] | None, options: RunOptions) -> None:
         self.flow = flow
         self._store: dict[str, Any] = dict(store or {})
         self._options = options
@@ -172,18 +163,7 @@ class Engine:
     def _new_execution(self) -> Execution:
         graph = self._compiled.graph
         assert graph is not None
-        options = self._options
-        workers = options["max_workers"] if options["engine"] == "parallel" else 1
-        on_event: EventListener | None = options["on_event"]
-        return Execution(
-            graph,
-            global_limits=(Limit("max_workers", workers),) if workers is not None else (),
-            listeners=(on_event,) if on_event is not None else (),
-            timeout=options["timeout"],
-            compensation_timeout=options["compensation_timeout"],
-            clock=options["clock"],
-            executor=options["executor"],
-        )
+        return new_execution(graph, self._options)
 
     def _provided(self) -> dict[str, Any]:
         return self._compiled.values(self._execution)
@@ -301,20 +281,14 @@ def load(
         not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
     ):
         raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-    if executor is not None and not isinstance(executor, Executor):
-        raise TypeError(
-            f"executor must be a concurrent.futures.Executor, got {executor!r} "
-            "(aflow needs no executor: sync tasks run in its worker threads by default)"
-        )
-    options: dict[str, Any] = {
-        "engine": engine,
-        "max_workers": max_workers,
-        "executor": executor,
-        "timeout": timeout,
-        "compensation_timeout": compensation_timeout,
-        "on_event": on_event,
-        "clock": clock,
-    }
+    options = RunOptions(
+        max_concurrency=max_workers if engine == "parallel" else 1,  # serial: one at a time
+        executor=executor,
+        timeout=timeout,
+        compensation_timeout=compensation_timeout,
+        on_event=on_event,
+        clock=clock,
+    )
     return Engine(flow, store, options)
 
 

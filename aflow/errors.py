@@ -30,6 +30,7 @@ from ._exceptions import GroupFailed as GroupFailed
 from ._exceptions import IdempotencyConflict as IdempotencyConflict
 from ._exceptions import LeaseLost as LeaseLost
 from ._exceptions import MissingInputError as MissingInputError
+from ._exceptions import NotFound as NotFound
 from ._exceptions import OpIOError as OpIOError
 from ._exceptions import ProvidesError as ProvidesError
 from ._exceptions import RecordedError as RecordedError
@@ -63,6 +64,7 @@ __all__ = [
     "IdempotencyConflict",
     "LeaseLost",
     "MissingInputError",
+    "NotFound",
     "OpIOError",
     "ProvidesError",
     "RecordedError",

@@ -10,16 +10,36 @@ import sys
 import textwrap
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow
 from aflow.errors import ResumeMismatch, RunNotFound
+from aflow.stores import Store
+from aflow.testing import FakeClock
 
 from . import durable_workflows as wf
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: A short lease, so a killed process's runs count as dead soon after the kill.
 LEASE = 0.2
+
+
+def later() -> FakeClock:
+    """A clock ``LEASE * 1.5`` seconds on from now, that moves only when told: a runtime
+    on it sees a dead process's heartbeat as stale (heartbeats are wall times, and its
+    ``wall()`` is ahead), with no wall time spent waiting and no heartbeat or recovery
+    tick of its own (nothing advances it)."""
+    clock = FakeClock(autojump=False)
+    clock.advance(LEASE * 1.5)
+    return clock
+
+
+async def renewed(store: Store, run_id: str, clock: FakeClock) -> None:
+    """Wait until the run's lease runs past ``clock``'s wall time (its owner renewed it)."""
+    with anyio.fail_after(10):
+        while ((await store.get_run(run_id)).heartbeat or 0) <= clock.wall():
+            await anyio.lowlevel.checkpoint()
 
 
 read = wf.read_counts
@@ -209,8 +229,8 @@ async def test_a_run_killed_inside_b_resumes_without_repeating_a(
 ) -> None:
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc", "B", counts)
     assert read(counts) == {"A": 1, "B": 1}
-    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
-    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
+    clock = later()  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE, clock=clock) as rt:
         run = rt.get(run_id)  # recovered at start-up (active, or finished already)
         assert await run.result() == 104  # what an uninterrupted run returns
     assert read(counts) == {"A": 1, "B": 2, "C": 1}  # B ran again: at-least-once
@@ -222,8 +242,8 @@ async def test_a_run_killed_during_compensation_finishes_unwinding(
 ) -> None:
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "abc_fails", "revert-B", counts)
     assert read(counts) == {"A": 1, "B": 1, "C": 1, "revert-B": 1}
-    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
-    async with aflow.Runtime(store=store_url, lease=LEASE) as rt:
+    clock = later()  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, lease=LEASE, clock=clock) as rt:
         assert rt.store is not None
         assert (await rt.store.get_run(run_id)).status == "reverting"
         run = await rt.resume(run_id)
@@ -333,14 +353,14 @@ async def test_a_dead_run_cancelled_from_the_command_line_is_unwound_on_recovery
         check=False,
     )
     assert cancel.returncode == 0
-    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
+    clock = later()  # the dead process's heartbeat goes stale
     store = aflow.stores.open_store(store_url)
     await store.open()
     try:
         nodes = await store.load_nodes(run_id)  # what the dead process left
     finally:
         await store.close()
-    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE, clock=clock) as rt:
         run = rt.get(run_id)
         assert (await run.wait()) is aflow.RunStatus.CANCELLED
     # Nothing ran again. The step running when the process died is reverted as
@@ -353,7 +373,8 @@ async def test_a_run_whose_owner_is_alive_is_neither_recovered_nor_resumed(
     tmp_path: pathlib.Path, counts: pathlib.Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    async with aflow.Runtime(store=url, lease=LEASE) as owner:
+    clock = FakeClock(autojump=False)  # moved by hand: the owner renews once per advance
+    async with aflow.Runtime(store=url, lease=LEASE, clock=clock) as owner:
         waiting = anyio.Event()
 
         def on_event(event: aflow.Event) -> None:
@@ -362,8 +383,10 @@ async def test_a_run_whose_owner_is_alive_is_neither_recovered_nor_resumed(
 
         run = await owner.submit(wf.a_then_wait, start=1, on_event=on_event)
         await waiting.wait()
-        await anyio.sleep(LEASE * 1.5)  # the owner has renewed its lease meanwhile
-        async with aflow.Runtime(store=url, recover=True, lease=LEASE) as other:
+        clock.advance(LEASE * 1.5)  # past the lease the run was created with...
+        assert owner.store is not None
+        await renewed(owner.store, run.id, clock)  # ...which the owner has renewed meanwhile
+        async with aflow.Runtime(store=url, recover=True, lease=LEASE, clock=clock) as other:
             assert other.runs() == []
             with pytest.raises(ResumeMismatch, match="a live process runs it"):
                 await other.resume(run.id)

@@ -395,7 +395,7 @@ async def test_a_decider_that_says_no_skips_the_task_and_everything_downstream()
     assert states["alert"] is aflow.NodeState.SKIPPED
     assert states["escalate"] is aflow.NodeState.SKIPPED
     assert states["report"] is aflow.NodeState.SUCCEEDED
-    with pytest.raises(engines.NotFound):
+    with pytest.raises(aflow.errors.NotFound):
         eng.storage.fetch("alerted")
 
 

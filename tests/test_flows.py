@@ -505,7 +505,7 @@ async def test_the_store_serves_what_nothing_upstream_provides() -> None:
 
 async def test_fetch_of_an_unknown_name_raises_not_found() -> None:
     eng = engines.load(lf.Flow("f").add(Const("c", 1, "x")))
-    with pytest.raises(engines.NotFound, match="no value named 'x'"):
+    with pytest.raises(aflow.errors.NotFound, match="no value named 'x'"):
         eng.storage.fetch("x")  # not run yet
     await eng.run()
     assert eng.storage.fetch("x") == 1
@@ -536,7 +536,7 @@ def test_missing_inputs_of_a_retried_flow_name_the_right_task() -> None:
         async def execute(self, m2: int, m3: int) -> None: ...
 
     sub = uf.Flow("r", retry=aflow.retry.Times(2)).add(A(), B())
-    with pytest.raises(aflow.patterns.MissingInputError) as info:
+    with pytest.raises(aflow.errors.MissingInputError) as info:
         engines.load(sub)
     assert (info.value.task, info.value.missing) in {("A", ("m1",)), ("B", ("m2", "m3"))}
 
@@ -647,7 +647,7 @@ async def test_a_failure_reverts_completed_tasks_in_reverse_order_with_results()
     assert log == [("boom", "Failure"), ("s2", 2), ("s1", 1)]
     assert eng.state is aflow.RunStatus.REVERTED
     assert eng.storage.get_atom_state("s1") is aflow.NodeState.REVERTED
-    with pytest.raises(engines.NotFound):
+    with pytest.raises(aflow.errors.NotFound):
         eng.storage.fetch("n")  # reverted values are gone
     with pytest.raises(RuntimeError, match="already ran"):
         await eng.run()
@@ -667,7 +667,7 @@ async def test_a_task_whose_inputs_never_arrived_is_not_reverted() -> None:
     async def parent() -> dict[str, int]:
         return {"a": 1}
 
-    with pytest.raises(aflow.patterns.MissingInputError, match="'C' requires 'b'"):
+    with pytest.raises(aflow.errors.MissingInputError, match="'C' requires 'b'"):
         await (parent.s() | lf.Flow("f").add(C()))
     assert reverted == []
 

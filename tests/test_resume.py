@@ -21,7 +21,7 @@ import pytest
 
 import aflow
 from aflow._serialize import serializer_for
-from aflow._workflow import Workflow, fingerprint
+from aflow._workflow import WorkflowBuilder, fingerprint
 from aflow.errors import RecordedError, StoreError
 from aflow.stores import NodeRecord, RunRecord, Store
 
@@ -32,7 +32,7 @@ read = wf.read_counts
 
 async def dead_run(
     store: Store | None,
-    workflow: Workflow[..., Any],
+    workflow: WorkflowBuilder[..., Any],
     nodes: Sequence[NodeRecord],
     *,
     status: str,
@@ -534,7 +534,7 @@ async def test_a_step_with_a_revert_starts_only_once_its_start_is_on_record(
     tmp_path: pathlib.Path,
     counts: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,
-    workflow: Workflow[..., Any],
+    workflow: WorkflowBuilder[..., Any],
 ) -> None:
     path = tmp_path / "runs.db"
     monkeypatch.setenv("AFLOW_DB", str(path))

@@ -31,8 +31,8 @@ from .._options import NodeOptions
 from ..stores._base import NodeRecord
 from ._bodies import (
     COROUTINE,
-    Escaped,
     InContext,
+    _Escaped,
     awaitable_name,
     in_thread_as,
     is_unawaited,
@@ -190,7 +190,7 @@ class Attempts(RunState):
                     attempts[index] = attempt
                 return value, attempt
             except Exception as exc:
-                halted = self._stopping_retries() or isinstance(exc, Escaped)
+                halted = self._stopping_retries() or isinstance(exc, _Escaped)
                 if attempt <= options.retries and options.should_retry(exc) and not halted:
                     wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
                     if clock.now() + wait < give_up_at:
@@ -389,7 +389,7 @@ class Attempts(RunState):
     def _failure_of(self, node: Node, exc: BaseException, attempt: int) -> Exception:
         """The error a node failed with: its own, or :class:`aflow.errors.TaskFailed`
         for a ``BaseException`` that is no error (the original is its ``__cause__``)."""
-        if isinstance(exc, Escaped):
+        if isinstance(exc, _Escaped):
             exc = exc.__cause__ or exc
         if isinstance(exc, Exception):
             return exc

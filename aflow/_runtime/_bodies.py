@@ -93,11 +93,11 @@ def in_thread_as(execution: RunState, step: int, attempt: int, fn: Callable[[], 
         return fn()
     except BaseException as exc:  # (GeneratorExit...) carried out of the thread as an error
         if no_error(exc):
-            raise Escaped(exc) from exc
+            raise _Escaped(exc) from exc
         raise  # an error, an interrupt, or a cancellation that check_cancelled() saw
 
 
-class Escaped(Exception):
+class _Escaped(Exception):
     """A ``BaseException`` that is no error, raised by a sync body in its thread: it
     travels to the scheduler as an error (see :meth:`Execution._failure_of`)."""
 

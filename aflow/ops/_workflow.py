@@ -27,8 +27,9 @@ from .._exceptions import (
 )
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
-from .._runtime._api import CURRENT_RUNTIME, Run, Runtime
 from .._runtime._current import EXECUTION
+from .._runtime._handle import Run
+from .._runtime._runtime import CURRENT_RUNTIME, Runtime
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
 from ..stores._base import NodeRecord, RunRecord
@@ -50,7 +51,7 @@ from ._runner import (
 from ._step import OutputRef, Step
 
 if TYPE_CHECKING:
-    from .._workflow import Workflow as Builder
+    from .._workflow import WorkflowBuilder
 
 __all__ = ["DAG", "OutputParameter", "StepIO", "StepRecord", "Workflow"]
 
@@ -403,7 +404,7 @@ class Workflow:
         self._stages: list[list[Step]] = []
         self._dag = dag
         self._root: Path | None = Path(artifacts).resolve() if artifacts is not None else None
-        self._origin: tuple[Builder[..., Any], dict[str, Any]] | None = None
+        self._origin: tuple[WorkflowBuilder[..., Any], dict[str, Any]] | None = None
         self._run: Run[Any] | None = None
         self._run_root: Path | None = None
         self._reused: set[str] = set()
@@ -429,7 +430,7 @@ class Workflow:
         return [s for stage in self._stages for s in stage]
 
     def _remember_origin(
-        self, builder: Builder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, builder: WorkflowBuilder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         bound = inspect.signature(builder.fn).bind(*args, **kwargs)
         self._origin = (builder, dict(bound.arguments))
@@ -569,8 +570,8 @@ class Workflow:
             raise RuntimeError("Workflow.load() needs an entered aflow.Runtime with a store")
         store = rt.store
         record = await store.get_run(run_id)
-        builder = rt._workflow_of(record)  # registered workflows only: a row is data
-        loads = rt._serializer_of(record).loads
+        builder = rt._rebuilder.workflow_of(record)  # registered workflows only: a row is data
+        loads = rt._rebuilder.serializer_of(record).loads
         built = builder(**loads(record.params))
         if not isinstance(built, Workflow):
             raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
@@ -748,7 +749,9 @@ async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
     store = rt.store
     assert store is not None
     record = await store.get_run(run_id)
-    return _StoredRun(record, await store.load_nodes(run_id), rt._serializer_of(record).loads)
+    return _StoredRun(
+        record, await store.load_nodes(run_id), rt._rebuilder.serializer_of(record).loads
+    )
 
 
 def _slice_count(step: Step, results: Mapping[str, Any]) -> int | None:

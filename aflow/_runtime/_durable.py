@@ -1,0 +1,362 @@
+"""What a store adds to a :class:`~aflow.Runtime`: runs recorded as they go, found again by
+their idempotency key, resumed, forked and recovered.
+
+The :class:`Durability` of a runtime owns its store (opened on entry), its
+:class:`~._leases.Leases` and its :class:`~._rebuild.Rebuilder`. It starts runs
+through the runtime (``Runtime._start``), whose active and finished runs it
+reads; without a store it holds nothing but the checked ``lease``,
+``serializer`` and ``workflows=``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.abc
+
+from .._events import warn
+from .._exceptions import DefinitionError, ResumeMismatch
+from .._graph import Graph
+from .._serialize import Serializer, serializer_for
+from .._workflow import WorkflowBuilder, fingerprint
+from ..stores._base import NodeRecord, RunRecord, Store, open_store
+from ..stores._sql import PARKED
+from ._clock import SYSTEM_CLOCK, wall_time
+from ._follow import follow
+from ._handle import Run
+from ._identity import same_work
+from ._journal import Journal
+from ._leases import Leases
+from ._options import RunOptions, dump_options, stored_options
+from ._rebuild import FINISHED, Rebuilder
+from ._scheduler import Execution
+from ._states import RunStatus
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["Durability"]
+
+_KEEP: Any = object()
+
+
+@final
+class Durability:
+    """A runtime's store side (see the module's docstring)."""
+
+    __slots__ = ("_rt", "_spec", "followers", "leases", "rebuilder", "recovering", "store")
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: str | Store | None,
+        serializer: str | Serializer,
+        workflows: Iterable[WorkflowBuilder[..., Any] | str] | None,
+        *,
+        lease: float,
+        max_recoveries: int,
+        recover: bool,
+    ) -> None:
+        self._rt = runtime
+        self._spec = store
+        #: the open store, between entry and exit (``None`` without one)
+        self.store: Store | None = None
+        self.leases = Leases(lease, max_recoveries)
+        self.rebuilder = Rebuilder(serializer_for(serializer), workflows)
+        #: look for runs whose process died, on entry and every quarter of the lease
+        self.recovering = recover
+        #: handles on runs another process drives (an idempotency key's), polled until they
+        #: end, one per run id, with the scope that stops the polling
+        self.followers: dict[str, tuple[Run[Any], anyio.CancelScope]] = {}
+
+    @property
+    def serializer(self) -> Serializer:
+        """The serializer this runtime writes runs with."""
+        return self.rebuilder.serializer
+
+    def require(self, what: str) -> Store:
+        """The open store, for ``what()`` (a :class:`RuntimeError` without one)."""
+        if self.store is None:
+            raise RuntimeError(
+                f"{what}() needs a durable store: Runtime(store='sqlite:///runs.db')"
+            )
+        return self.store
+
+    # --- entry and exit ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store (one given as a URL is opened here, and closed in :meth:`close`)."""
+        spec = self._spec
+        if spec is not None:
+            store = open_store(spec) if isinstance(spec, str) else spec
+            await store.open()
+            self.store = store
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the heartbeats, and the look for dead runs with ``recover=True``."""
+        self.leases.reset()
+        store = self.store
+        if store is None:
+            return
+        clock = self._rt._clock or SYSTEM_CLOCK
+        tg.start_soon(
+            self.leases.keep_alive, store, clock, self._driven, name="aflow runtime heartbeat"
+        )
+        if self.recovering:
+            tg.start_soon(
+                self.leases.keep_looking, store, clock, self.recover, name="aflow runtime recovery"
+            )
+
+    def _driven(self) -> dict[str, Execution]:
+        """The durable runs this process drives now, by id (what its heartbeats renew)."""
+        return {
+            run_id: active._execution
+            for run_id, active in self._rt._runs.items()
+            if active._execution._journal is not None and not active._execution.closed
+        }
+
+    def stop_looking(self) -> None:
+        """The runtime begins to close: take up nothing more, follow nothing more."""
+        self.leases.looking.cancel()
+        for _, follower in self.followers.values():
+            follower.cancel()
+
+    def stop_heartbeats(self) -> None:
+        """Every run has ended: no lease is left to renew."""
+        self.leases.alive.cancel()
+
+    async def close(self) -> None:
+        """Close a store opened from a URL; the runtime has no store until it is entered again."""
+        if self.store is not None and isinstance(self._spec, str):
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+        self.store = None
+
+    # --- starting runs -------------------------------------------------------------------
+
+    async def submit(
+        self,
+        workflow: WorkflowBuilder[..., Any],
+        graph: Graph,
+        params: dict[str, Any],
+        run_id: str | None,
+        idempotency_key: str | None,
+        options: RunOptions,
+        taken: dict[str, NodeRecord] | None,
+    ) -> Run[Any]:
+        """Record a new run and start it, or attach to the run its idempotency key names."""
+        store = self.require("submit")
+        why = workflow.rebuildable
+        if why is not None:
+            raise DefinitionError(
+                f"workflow {workflow.path} cannot be rebuilt by another process: {why}"
+            )
+        serializer = self.serializer
+        now = wall_time(options.clock)
+        record = RunRecord(
+            run_id=run_id or uuid.uuid4().hex,
+            workflow=workflow.path,
+            params=workflow.dump_params(params, serializer),
+            fingerprint=fingerprint(graph),
+            status="pending",
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+            serializer=serializer.name,
+            owner=self.leases.owner,
+            heartbeat=now + self.leases.lease,
+            options=dump_options(options, now),
+        )
+        stored, created = await store.create_run(record)
+        if not created:
+            assert idempotency_key is not None
+            if stored.workflow != workflow.path or stored.params != record.params:
+                # (parameters that differ as text may still be equal: order, NaN aside)
+                loaded = self.rebuilder.serializer_of(stored).loads(stored.params)
+                same_work(
+                    stored.run_id,
+                    idempotency_key,
+                    (stored.workflow, loaded),
+                    (workflow.path, params),
+                )
+            return await self._attach(stored, graph)
+        restore: tuple[dict[str, NodeRecord], bool, None, dict[str, str]] | None = None
+        if taken:
+            await store.write_nodes(stored.run_id, list(taken.values()))
+            restore = (taken, False, None, {})
+        journal = Journal(store, stored.run_id, serializer)
+        return self._rt._start(graph, stored.run_id, journal, options, restore)
+
+    def reused(
+        self, graph: Graph, reuse: Mapping[str, Any], serializer: Serializer | None = None
+    ) -> dict[str, NodeRecord]:
+        """Records of reused outputs: serialised for a store (with ``serializer``, else the
+        runtime's), as they are without one."""
+        taken: dict[str, NodeRecord] = {}
+        for key, value in reuse.items():
+            graph.node(key)  # KeyError naming the known keys
+            if self.store is not None:
+                value = (serializer or self.serializer).dumps(value, task=key)
+            elif value is None:
+                raise ValueError(f"cannot reuse node {key!r}: its output is None")
+            taken[key] = NodeRecord(key, "reused", 1, value)
+        return taken
+
+    async def _attach(self, stored: RunRecord, graph: Graph) -> Run[Any]:
+        """The run an idempotency key names: live here, finished, or left by a dead process."""
+        rt = self._rt
+        active = rt._runs.get(stored.run_id) or rt._history.get(stored.run_id)
+        following = self.followers.get(stored.run_id)
+        if following is not None:
+            return following[0]
+        if active is not None:
+            stopped_by_store = active._execution._store_error is not None
+            if not (stopped_by_store and stored.status not in FINISHED):
+                return active
+            return await self.resume(stored.run_id)  # its store failed here; it works again
+        if stored.status in FINISHED:
+            value, error = self.rebuilder.outcome_of(stored)
+            execution = rt._execution(graph, stored.run_id)
+            execution.status = RunStatus(stored.status)
+            return Run._finished_in_store(execution, value, error)
+        # pending or running in the store, but not here: another process has it, or had it
+        # and died; wait for it to end there (recovery resumes a dead one).
+        assert rt._tg is not None
+        return follow(self, stored, rt._execution(graph, stored.run_id), rt._tg)
+
+    # --- taking up stored runs -----------------------------------------------------------
+
+    async def resume(self, run_id: str, *, automatic: bool = False) -> Run[Any]:
+        """Take up a run a dead process left unfinished (see :meth:`aflow.Runtime.resume`);
+        ``automatic`` for recovery, which counts the run's recoveries (a person's resume
+        gives it a fresh count) and parks a run recovered too often."""
+        store = self.require("resume")
+        rt = self._rt
+        if rt._tg is None:
+            raise RuntimeError("resume() needs an entered Runtime: use 'async with Runtime()'")
+        active = rt._runs.get(run_id)
+        if active is not None and not active._finished.is_set():
+            return active
+        record = await store.get_run(run_id)
+        if record.status in FINISHED:
+            raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
+        # What a row says is checked before the run is claimed: a bad row stays as it is.
+        graph = self.rebuilder.graph_of(record)
+        options, deadline = stored_options(record, rt._defaults)
+        serializer = self.rebuilder.serializer_of(record)
+        wall = wall_time(rt._clock)
+        leases = self.leases
+        if not await store.claim(run_id, leases.owner, leases.lease, now=wall, fresh=not automatic):
+            raise ResumeMismatch(
+                run_id, f"a live process runs it ({record.owner}); its lease holds"
+            )
+        try:
+            if automatic:
+                record = await store.get_run(run_id)
+                if record.recoveries > leases.max_recoveries:
+                    await leases.park(store, record)
+            records = await store.load_nodes(run_id)
+            failed_before: dict[str, str] = {}
+            if any(node.state == "revert_failed" for node in records.values()):
+                for transition in await store.load_history(run_id):  # oldest first
+                    if transition.state == "failed" and transition.error is not None:
+                        failed_before[transition.key] = transition.error
+            journal = Journal(store, run_id, serializer)
+            # A run cancelled while its process was gone is unwound at once; what was
+            # running when the process died counts as cancelled mid-way (its revert
+            # runs), as it would have in the process itself. A parked run with a stored
+            # cause was compensating when recovery parked it.
+            unwinding = record.status in ("reverting", "cancelling") or (
+                record.status == PARKED and record.error is not None
+            )
+            if unwinding:  # (a compensation has its own deadline, and its own cause)
+                deadline = None
+            active = rt._runs.get(run_id)
+            if active is not None:  # resumed by another task of this runtime meanwhile
+                return active
+            restore = (records, unwinding, record.error, failed_before)
+            handle = rt._start(graph, run_id, journal, options, restore, deadline)
+        except BaseException:  # (a checkpoint that cannot be read...): let go of it at once
+            with anyio.CancelScope(shield=True):
+                try:
+                    await store.release(run_id, leases.owner)
+                except Exception as exc:  # its lease lapses instead
+                    warn("aflow_release_failed", run_id=run_id, error=repr(exc))
+            raise
+        if record.status == "cancelling":
+            handle._execution.cancel()
+        return handle
+
+    async def recover(self) -> list[Run[Any]]:
+        """Resume every unfinished run whose process is gone (see
+        :meth:`aflow.Runtime.recover`)."""
+        store = self.require("recover")
+        rt = self._rt
+        found: list[Run[Any]] = []
+        now = wall_time(rt._clock)
+        for status in ("running", "reverting", "pending", "cancelling"):
+            for record in await store.list_runs(status, limit=10_000):
+                if record.run_id in rt._runs or rt._closing:
+                    continue
+                if record.owner is not None and (record.heartbeat or 0) >= now:
+                    continue  # its owner's lease holds: the process is alive
+                try:
+                    found.append(await self.resume(record.run_id, automatic=True))
+                except ResumeMismatch as exc:  # claimed by another process first, or changed
+                    self.leases.warn_once(
+                        "aflow_recover_skipped", run_id=record.run_id, reason=str(exc)
+                    )
+                except Exception as exc:  # one broken run must not keep the others down
+                    self.leases.warn_once(
+                        "aflow_recover_failed",
+                        run_id=record.run_id,
+                        workflow=record.workflow,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+        return found
+
+    async def fork(
+        self, run_id: str, reuse: Mapping[str, Any] | Iterable[str], run_key: str | None
+    ) -> Run[Any]:
+        """A new run of an earlier run's workflow (see :meth:`aflow.Runtime.fork`)."""
+        store = self.require("fork")
+        rt = self._rt
+        record = await store.get_run(run_id)
+        graph = self.rebuilder.graph_of(record)
+        old = await store.load_nodes(run_id)
+        serializer = self.rebuilder.serializer_of(record)
+        overrides = dict(reuse) if isinstance(reuse, Mapping) else dict.fromkeys(reuse, _KEEP)
+        new_values = {k: v for k, v in overrides.items() if v is not _KEEP}
+        taken = self.reused(graph, new_values, serializer)
+        for key, value in overrides.items():
+            if value is _KEEP:
+                graph.node(key)  # KeyError naming the known keys
+                found = old.get(key)
+                if found is None or found.state not in ("succeeded", "reused"):
+                    raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
+                taken[key] = NodeRecord(key, "reused", 1, found.result)
+        now = wall_time(rt._clock)
+        options, _ = stored_options(record, rt._defaults)  # (a new run: its deadline starts now)
+        new = RunRecord(
+            run_id=uuid.uuid4().hex,
+            workflow=record.workflow,
+            params=record.params,
+            fingerprint=record.fingerprint,
+            status="pending",
+            idempotency_key=run_key,
+            created_at=now,
+            updated_at=now,
+            serializer=record.serializer,
+            owner=self.leases.owner,
+            heartbeat=now + self.leases.lease,
+            options=dump_options(options, now),  # a new run: its deadline starts now
+        )
+        stored, created = await store.create_run(new)
+        if not created:  # the key names another run: never write into it
+            raise ValueError(f"run_key {run_key!r} is used by run {stored.run_id} already")
+        await store.write_nodes(stored.run_id, list(taken.values()))
+        journal = Journal(store, stored.run_id, serializer)
+        return rt._start(graph, stored.run_id, journal, options, (taken, False, None, {}))

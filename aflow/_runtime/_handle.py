@@ -1,0 +1,257 @@
+"""The :class:`Run` handle: a run's identity, state, outcome and events, for whoever started it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+import anyio
+
+from .._events import Event
+from .._exceptions import RunCancelled, RunNotFinished, RunReleased
+from .._failure import Failure
+from .._graph import Graph, NodeKind
+from ._scheduler import Execution
+from ._states import NodeState, RunStatistics, RunStatus, StepInfo
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
+__all__ = ["Run", "outcome"]
+
+R = TypeVar("R")
+
+
+async def outcome(handle: Run[Any]) -> Any:
+    """The run's value; cancelling the awaiter cancels the run, waits for it to stop
+    (it unwinds), then re-raises."""
+    try:
+        return await handle.result()
+    except anyio.get_cancelled_exc_class():
+        handle._execution.cancel()
+        with anyio.CancelScope(shield=True):
+            await handle.wait()
+        raise
+
+
+@final
+class Run(Generic[R]):
+    """A handle on a run submitted to a :class:`Runtime`.
+
+    Get one from ``await runtime.submit(workflow)``; it is never constructed
+    directly. The group-result methods (``successful()``, ``failed()``,
+    ``ready()``...) follow Celery's ``GroupResult`` and count task nodes.
+    """
+
+    __slots__ = (
+        "_error",
+        "_execution",
+        "_finished",
+        "_key",
+        "_remote_cancel",
+        "_streams",
+        "_traceback",
+        "_value",
+    )
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+        self._finished = anyio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._traceback: TracebackType | None = None
+        self._streams: list[MemoryObjectSendStream[Event]] = []
+        #: (idempotency key, what it stands for) of a run without a store
+        self._key: tuple[str, tuple[str, Any]] | None = None
+        #: for a run another process drives: ask its store to cancel it
+        self._remote_cancel: Callable[[], Awaitable[Any]] | None = None
+
+    @classmethod
+    def _finished_in_store(
+        cls, execution: Execution, value: Any, error: BaseException | None
+    ) -> Run[Any]:
+        """A handle on a run that ended earlier (found by its idempotency key)."""
+        handle: Run[Any] = cls(execution)
+        handle._value = value
+        handle._error = error
+        handle._finished.set()
+        return handle
+
+    async def _drive(self) -> None:
+        try:
+            self._value = await self._execution.execute()
+        except Exception as exc:  # stored for result(); the runtime must not crash
+            self._error = exc
+            self._traceback = exc.__traceback__
+        except BaseException:  # the runtime is shutting down: record, then re-raise
+            execution = self._execution
+            if execution.status is RunStatus.SUCCEEDED:  # it completed as the cancel came
+                self._value = execution.result_of(execution.graph.output)
+            elif execution.released:
+                self._error = RunReleased(self.id)
+            else:
+                self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
+            raise
+        finally:
+            self._finished.set()
+            for stream in self._streams:
+                stream.close()
+
+    # --- identity and state ----------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The run id (a uuid4 hex string unless one was given)."""
+        return self._execution.run_id
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's current status."""
+        return self._execution.status
+
+    @property
+    def graph(self) -> Graph:
+        """The compiled graph this run executes."""
+        return self._execution.graph
+
+    def __repr__(self) -> str:
+        stats = self._execution.statistics()
+        done = stats.succeeded + stats.failed + stats.cancelled + stats.skipped
+        text = (
+            f"<Run {self.id[:8]} {self.status.name} [{done} done, {stats.running} running, "
+            f"{stats.pending} waiting"
+        )
+        limits = self._execution.limit_summary()
+        return text + (f" | {limits}]>" if limits else "]>")
+
+    # --- outcome -------------------------------------------------------------------------
+
+    async def result(self) -> R:
+        """Wait for the run to end; return its value or raise what it raised.
+
+        A run cancelled by :meth:`cancel` or by a runtime shutdown raises
+        :class:`~aflow.errors.RunCancelled`.
+        """
+        await self._finished.wait()
+        if self._error is not None:
+            raise self._error.with_traceback(self._traceback)
+        value: R = self._value
+        return value
+
+    def result_nowait(self) -> R:
+        """The value of a finished run (raises :class:`~aflow.RunNotFinished` before the end)."""
+        if not self._finished.is_set():
+            raise RunNotFinished(self.id)
+        if self._error is not None:
+            raise self._error.with_traceback(self._traceback)
+        value: R = self._value
+        return value
+
+    async def wait(self) -> RunStatus:
+        """Wait for the run to end without raising; return its status."""
+        await self._finished.wait()
+        return self.status
+
+    async def cancel(self) -> None:
+        """Cancel the run and wait until it has stopped.
+
+        A run another process drives (found by its idempotency key) is asked to
+        cancel through the store, as ``aflow cancel`` does; its process unwinds it.
+        """
+        if self._remote_cancel is not None and not self._finished.is_set():
+            await self._remote_cancel()
+        self._execution.cancel()
+        await self._finished.wait()
+
+    def step(self, key: str) -> StepInfo:
+        """A snapshot of one node: state, result or error, attempts, times."""
+        return self._execution.step(key)
+
+    def steps(self) -> list[StepInfo]:
+        """A snapshot of every task node, in graph order."""
+        graph = self._execution.graph
+        return [self._execution.step(graph.nodes[i].key) for i in self._execution.task_indices()]
+
+    def results(self) -> dict[str, Any]:
+        """Every succeeded task node's output, by node key."""
+        return self._execution.results()
+
+    def failures(self) -> dict[str, Failure]:
+        """Every node that failed or was cancelled mid-way, by key (the run's full record)."""
+        return self._execution.failures()
+
+    def reverted(self) -> list[str]:
+        """The keys of the nodes whose reverts succeeded, in the order they finished."""
+        return self._execution.reverted()
+
+    def statistics(self) -> RunStatistics:
+        """Counts of task nodes by state, the peak in flight, and the duration."""
+        return self._execution.statistics()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Iterate over the run's events from now until it ends."""
+        if self._finished.is_set():
+            return
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        self._streams.append(send)
+        self._execution.add_listener(send.send_nowait)
+        try:
+            async with receive:
+                async for event in receive:
+                    yield event
+        finally:
+            if not self._finished.is_set():
+                self._execution.remove_listener(send.send_nowait)
+
+    # --- Celery's GroupResult API ----------------------------------------------------------
+
+    def _task_states(self) -> list[NodeState]:
+        ex = self._execution
+        return [ex.state_of(i) for i in ex.task_indices() if ex.graph.nodes[i].error_scope is None]
+
+    def successful(self) -> bool:
+        """True when every task node succeeded."""
+        return all(s is NodeState.SUCCEEDED for s in self._task_states())
+
+    def failed(self) -> bool:
+        """True when any task node failed (reverted since or not)."""
+        return any(not f.cancelled for f in self._execution.failures().values())
+
+    def waiting(self) -> bool:
+        """True while any task node has not finished."""
+        return any(s in (NodeState.PENDING, NodeState.RUNNING) for s in self._task_states())
+
+    def ready(self) -> bool:
+        """True once the run has finished."""
+        return self._finished.is_set()
+
+    def completed_count(self) -> int:
+        """How many task nodes succeeded."""
+        return sum(s is NodeState.SUCCEEDED for s in self._task_states())
+
+    async def join(self, *, propagate: bool = True) -> Any:
+        """Wait for the end; return the result.
+
+        With ``propagate=False`` nothing is raised: for a workflow whose value
+        is a group, failed or cancelled members hold their exception in the
+        list; otherwise the exception itself is returned.
+        """
+        if propagate:
+            return await self.result()
+        await self._finished.wait()
+        if self._error is None:
+            return self._value
+        ex = self._execution
+        output = ex.graph.nodes[ex.graph.output]
+        if output.kind is NodeKind.JOIN:
+            return [
+                ex.result_of(p) if ex.state_of(p) is NodeState.SUCCEEDED else ex.error_of(p)
+                for p in output.parents
+            ]
+        return self._error
+
+    async def revoke(self) -> None:
+        """Cancel the run (Celery's name for :meth:`cancel`)."""
+        await self.cancel()

@@ -1,0 +1,482 @@
+"""The :class:`Runtime`: owns runs that outlive the code that submitted them.
+
+It holds the runs of this process (active, and the last ``keep_finished``
+finished), the limits and threads they share (its :class:`~._options.Capacity`)
+and the defaults of their options; it starts each run in its task group and
+stops what is left when it closes. What a store adds (recording, idempotency
+across processes, resume, fork, recovery, leases) is its
+:class:`~._durable.Durability`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, final, overload
+
+import anyio
+import anyio.abc
+
+from .._events import EventListener, warn
+from .._exceptions import DefinitionError, RunExists
+from .._graph import Graph, compile
+from .._serialize import Serializer
+from .._workflow import WorkflowBuilder
+from ..stores._base import NodeRecord, Store
+from ._clock import Clock
+from ._durable import Durability
+from ._handle import Run, outcome
+from ._identity import identity, same_work
+from ._journal import Journal
+from ._leases import DEFAULT_LEASE
+from ._options import Capacity, RunOptions, new_execution
+from ._rebuild import Rebuilder
+from ._scheduler import Execution
+from ._threads import DEFAULT_THREADS
+
+if TYPE_CHECKING:
+    from .._canvas import Canvas
+
+__all__ = ["CURRENT_RUNTIME", "DEFAULT_LEASE", "Runtime"]
+
+R = TypeVar("R")
+
+#: The innermost entered Runtime of this context (``aflow.ops.Workflow.submit()`` uses it).
+CURRENT_RUNTIME: contextvars.ContextVar[Runtime] = contextvars.ContextVar("aflow_runtime")
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@final
+class Runtime:
+    """Owns runs that outlive the code that submitted them (a web request, say).
+
+    Use it as an async context manager, e.g. in a FastAPI lifespan::
+
+        async with aflow.Runtime(max_concurrency=64, limits={"payments": 4}) as rt:
+            run = await rt.submit(order_saga(order_id))
+            ...
+            await run.result()
+
+    ``max_concurrency`` and ``limits`` are shared by every run of the runtime.
+    The last ``keep_finished`` finished runs stay reachable through :meth:`get`.
+    ``workflows`` (``@aflow.workflow`` functions, or module names imported on
+    entry) narrows what :meth:`resume` and recovery may rebuild; by default any
+    workflow this process registered by importing it. A module a stored run
+    names is never imported because the store says so.
+    On exit the runtime waits for its runs (up to ``shutdown_timeout`` seconds,
+    if given); then, or at once when it is left because of an exception or a
+    cancellation (a deploy stopping the service), it stops what is left. With a
+    store it *releases* them (``on_shutdown="release"``, the default there):
+    they stop at a step boundary, nothing is reverted, and any process with the
+    store takes them up at once (their result raises
+    :class:`aflow.errors.RunReleased` here). Without a store, or with
+    ``on_shutdown="cancel"``, it cancels them: they unwind.
+    """
+
+    __slots__ = (
+        "_capacity",
+        "_clock",
+        "_closing",
+        "_defaults",
+        "_durable",
+        "_history",
+        "_keep",
+        "_on_shutdown",
+        "_runs",
+        "_shutdown_timeout",
+        "_tg",
+        "_threads",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        limits: Mapping[str, int] | None = None,
+        threads: int = DEFAULT_THREADS,
+        shutdown_timeout: float | None = None,
+        keep_finished: int = 1000,
+        on_error: str = "revert",
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        store: str | Store | None = None,
+        serializer: str | Serializer = "json",
+        recover: bool = False,
+        lease: float = DEFAULT_LEASE,
+        workflows: Iterable[WorkflowBuilder[..., Any] | str] | None = None,
+        on_shutdown: str | None = None,
+        max_recoveries: int = 5,
+    ) -> None:
+        #: what a run submitted here gets for every option its call leaves unset
+        self._defaults = RunOptions(
+            max_concurrency=max_concurrency,
+            limits=limits,
+            on_error=on_error,
+            timeout=timeout,
+            compensation_timeout=compensation_timeout,
+            clock=clock,
+        )
+        #: the runtime's own time: heartbeats, recovery, following another process's run
+        self._clock = clock
+        self._durable = Durability(
+            self,
+            store,
+            serializer,
+            workflows,
+            lease=lease,
+            max_recoveries=max_recoveries,
+            recover=recover,
+        )
+        if on_shutdown not in (None, "release", "cancel"):
+            raise ValueError(f"on_shutdown must be 'release' or 'cancel', got {on_shutdown!r}")
+        if on_shutdown == "release" and store is None:
+            raise ValueError("on_shutdown='release' needs a store: a run in memory cannot resume")
+        self._on_shutdown = on_shutdown or ("release" if store is not None else "cancel")
+        self._closing = False
+        self._keep = keep_finished
+        self._runs: dict[str, Run[Any]] = {}
+        self._history: OrderedDict[str, Run[Any]] = OrderedDict()
+        self._threads = threads
+        self._shutdown_timeout = shutdown_timeout
+        self._tg: anyio.abc.TaskGroup | None = None
+        #: the limits and threads every run of this runtime shares (built on entry)
+        self._capacity: Capacity | None = None
+        self._token: contextvars.Token[Runtime] | None = None
+
+    @classmethod
+    def _owning_one_run(
+        cls, options: RunOptions, store: str | Store, serializer: str | Serializer
+    ) -> Runtime:
+        """The runtime of ``aflow.run(store=...)``: its one run's options are its defaults,
+        and the call owns the run (cancelling the call cancels the run). Its own time
+        (heartbeats, recovery) stays the loop's: ``clock`` is the run's."""
+        runtime = cls(store=store, serializer=serializer, on_shutdown="cancel")
+        runtime._defaults = options
+        return runtime
+
+    def __repr__(self) -> str:
+        state = "open" if self._tg is not None else "closed"
+        return f"<Runtime {state} [{len(self.runs())} active runs]>"
+
+    @property
+    def store(self) -> Store | None:
+        """The runtime's durable store (``None``: runs live in memory only)."""
+        return self._durable.store
+
+    @property
+    def _rebuilder(self) -> Rebuilder:
+        """How this runtime reads a stored run (``aflow.ops`` reads its steps with it)."""
+        return self._durable.rebuilder
+
+    # --- entry and exit --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        if self._tg is not None:
+            raise RuntimeError("this Runtime is already running")
+        durable = self._durable
+        durable.rebuilder.import_modules()  # allowed by the application: imported now
+        self._capacity = Capacity.of(self._defaults, anyio.CapacityLimiter(self._threads))
+        await durable.open()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._token = CURRENT_RUNTIME.set(self)
+        self._closing = False
+        durable.start(tg)
+        if durable.recovering and durable.store is not None:
+            try:
+                await durable.recover()
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg = self._tg
+        assert tg is not None
+        self._closing = True  # recovery takes up nothing more here (what it lets go of)
+        durable = self._durable
+        durable.stop_looking()  # (and other processes' runs: stop watching them)
+        try:
+            if exc is None:
+                try:
+                    if self._shutdown_timeout is not None:
+                        with anyio.move_on_after(self._shutdown_timeout):
+                            while self._runs:
+                                await next(iter(self._runs.values())).wait()
+                        self._stop_runs()
+                    while self._runs:  # a follower may have resumed one meanwhile
+                        await next(iter(self._runs.values())).wait()
+                except BaseException:  # cancelled while waiting: a deploy stops the service
+                    self._stop_runs()
+                    raise
+            else:
+                self._stop_runs()
+            durable.stop_heartbeats()  # once every run has ended
+        finally:
+            self._tg = None
+            if self._token is not None:
+                try:
+                    CURRENT_RUNTIME.reset(self._token)
+                except ValueError:  # exited in another context than it was entered in
+                    pass
+                self._token = None
+            try:
+                try:
+                    handled = await tg.__aexit__(exc_type, exc, tb)
+                except BaseExceptionGroup as group:
+                    # the block's own exception, alone: let it out as itself (so
+                    # `except DefinitionError:` around `async with Runtime()` works)
+                    if exc is not None and group.split(lambda e: e is exc)[1] is None:
+                        return False
+                    raise
+            finally:
+                await durable.close()
+        return handled
+
+    def _stop_runs(self) -> None:
+        """Shutting down: let go of durable runs (kept resumable, nothing undone), or
+        cancel them (they unwind) with ``on_shutdown="cancel"`` or without a store."""
+        for active in self.runs():
+            execution = active._execution
+            if self._on_shutdown == "release" and execution._journal is not None:
+                execution.release()
+            else:
+                execution.cancel()
+
+    # --- starting runs ---------------------------------------------------------------------
+
+    @overload
+    async def submit(
+        self,
+        workflow: Canvas[R],
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+    ) -> Run[R]: ...
+    @overload
+    async def submit(
+        self,
+        workflow: Graph | object,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
+    ) -> Run[Any]: ...
+    async def submit(
+        self,
+        workflow: object,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
+    ) -> Run[Any]:
+        """Start a run in the runtime and return its handle at once.
+
+        ``workflow`` is a canvas, a flow or a graph, or an ``@aflow.workflow``
+        called with ``params`` / keyword parameters. The workflow is compiled
+        and validated here, so a malformed one raises before anything runs.
+
+        With a durable store (``Runtime(store="sqlite:///runs.db")``) the
+        workflow must be an ``@aflow.workflow`` (so any process can rebuild
+        it); every node is checkpointed. ``idempotency_key``: a second submit
+        with the same key returns the same run and runs nothing twice (a
+        finished run's handle holds its stored result).
+
+        ``reuse`` maps node keys to outputs the run takes instead of running
+        those nodes (dflow's ``reuse_step``); they are recorded ``reused``.
+        """
+        if self._tg is None:
+            raise RuntimeError("submit() needs an entered Runtime: use 'async with Runtime()'")
+        if run_id is not None and (run_id in self._runs or run_id in self._history):
+            raise RunExists(run_id, "this runtime")
+        all_params = {**(params or {}), **workflow_params}
+        durable = self._durable
+        store = durable.store
+        if isinstance(workflow, WorkflowBuilder):
+            graph = workflow.build(all_params)
+        elif all_params:
+            raise TypeError("parameters can only be given to an @aflow.workflow")
+        else:
+            if store is not None:
+                raise DefinitionError(
+                    f"a durable run needs a workflow it can rebuild: decorate the function that "
+                    f"builds {type(workflow).__name__} with @aflow.workflow and submit that "
+                    f"(the store is {store.url})"
+                )
+            graph = compile(workflow)
+        taken = durable.reused(graph, reuse) if reuse else None
+        options = self._defaults.merged(
+            on_event=on_event,
+            on_error=on_error,
+            timeout=timeout,
+            compensation_timeout=compensation_timeout,
+            clock=clock,
+        )
+        if store is not None:
+            assert isinstance(workflow, WorkflowBuilder)
+            return await durable.submit(
+                workflow, graph, all_params, run_id, idempotency_key, options, taken
+            )
+        key = None
+        if idempotency_key is not None:
+            key = (idempotency_key, identity(workflow, all_params, graph))
+            for active in (*self._runs.values(), *self._history.values()):
+                if active._key is not None and active._key[0] == idempotency_key:
+                    same_work(active.id, idempotency_key, active._key[1], key[1])
+                    return active
+        handle = self._start(
+            graph, run_id, None, options, (taken, False, None, {}) if taken else None
+        )
+        handle._key = key
+        return handle
+
+    def _start(
+        self,
+        graph: Graph,
+        run_id: str | None,
+        journal: Journal | None,
+        options: RunOptions,
+        restore: tuple[Mapping[str, NodeRecord], bool, str | None, Mapping[str, str]] | None = None,
+        deadline: float | None = None,
+    ) -> Run[Any]:
+        """Start a run in this runtime's task group: a new one, or one taken up from its
+        store's records (``restore``, and the wall-time ``deadline`` it kept)."""
+        execution = self._execution(graph, run_id, journal, options)
+        execution.release_on_interrupt = journal is not None and self._on_shutdown == "release"
+        if deadline is not None:
+            execution.keep_deadline(deadline)
+        if restore is not None:
+            # the run's own serializer reads its records
+            records, unwinding, trigger, failed_before = restore
+            decode = journal.serializer.loads if journal is not None else _as_is
+            execution.restore(
+                records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
+            )
+        handle: Run[Any] = Run(execution)
+        self._runs[handle.id] = handle
+        assert self._tg is not None
+        self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
+        return handle
+
+    def _execution(
+        self,
+        graph: Graph,
+        run_id: str | None,
+        journal: Journal | None = None,
+        options: RunOptions | None = None,
+    ) -> Execution:
+        """An execution of ``graph`` with this runtime's limits and threads, and its defaults
+        unless ``options`` are given: every handle it gives out is built here, one on a
+        finished run too (issue 14)."""
+        return new_execution(
+            graph, options or self._defaults, self._capacity, run_id=run_id, journal=journal
+        )
+
+    async def _drive(self, handle: Run[Any]) -> None:
+        try:
+            await handle._drive()
+        finally:
+            execution = handle._execution
+            store = self._durable.store
+            if execution.released and store is not None:
+                try:  # any process may take it up at once, without waiting for the lease
+                    with anyio.CancelScope(shield=True):
+                        await store.release(handle.id, self._durable.leases.owner)
+                except Exception as exc:  # its lease lapses instead
+                    warn("aflow_release_failed", run_id=handle.id, error=repr(exc))
+            self._runs.pop(handle.id, None)
+            if self._keep > 0:
+                self._history[handle.id] = handle
+                while len(self._history) > self._keep:
+                    self._history.popitem(last=False)
+
+    # --- stored runs (see _durable.py) -----------------------------------------------------
+
+    async def resume(self, run_id: str) -> Run[Any]:
+        """Take up a run a dead process left ``running`` (or ``reverting``) in the store.
+
+        The graph is rebuilt from the run's registered workflow and parameters
+        (:class:`~aflow.errors.ResumeMismatch` if it changed); nodes whose results
+        are on record are not run again, nodes that were running are run again
+        (at-least-once), and an interrupted compensation goes on where it stopped.
+        A run recovery parked (it kept killing the processes that took it up) is
+        resumed too: this is how a person takes it up again.
+        """
+        return await self._durable.resume(run_id)
+
+    async def recover(self) -> list[Run[Any]]:
+        """Resume every unfinished run whose process is gone (its lease ran out).
+
+        A run that cannot be resumed (its workflow changed or cannot be imported,
+        its records cannot be read) is left as it is in the store and logged as
+        a warning; the others are resumed.
+        """
+        return await self._durable.recover()
+
+    async def fork(
+        self, run_id: str, reuse: Mapping[str, Any] | Iterable[str], *, run_key: str | None = None
+    ) -> Run[Any]:
+        """A new run of an earlier run's workflow that takes the ``reuse`` nodes' outputs from it.
+
+        ``reuse`` lists node keys (their stored outputs are taken as they are) or
+        maps keys to new outputs (dflow's ``reuse_step`` with a modified value).
+        """
+        return await self._durable.fork(run_id, reuse, run_key)
+
+    # --- the runs --------------------------------------------------------------------------
+
+    @overload
+    async def run(self, workflow: Canvas[R]) -> R: ...
+    @overload
+    async def run(self, workflow: Graph | object) -> Any: ...
+    async def run(self, workflow: object) -> Any:
+        """Submit a workflow and wait for its value; cancelling the caller cancels the run."""
+        return await outcome(await self.submit(workflow))
+
+    def runs(self) -> list[Run[Any]]:
+        """The runs that have not finished yet."""
+        return list(self._runs.values())
+
+    def get(self, run_id: str) -> Run[Any]:
+        """A run by id: an active one, or one of the last ``keep_finished`` finished ones."""
+        found = self._runs.get(run_id) or self._history.get(run_id)
+        if found is None:
+            raise KeyError(f"no run {run_id!r} in this runtime (active or recently finished)")
+        return found
