@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check aflow tests examples benchmarks
 	$(BIN)/ruff format --check aflow tests examples benchmarks
 	$(BIN)/mypy --strict aflow
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy --strict tests/typing examples/dflow_style.py examples/typed_ops.py
 
 # Lint once; then the suite on .venv's Python and on the newest one, at once (it mostly
