@@ -45,6 +45,17 @@ _set_execution = EXECUTION.set
 _STOPPED_BEFORE_START = frozenset({StopReason.CANCEL, StopReason.TIMEOUT, StopReason.RELEASE})
 #: What stops a compensation under way (a cancel or a deadline does not: it is shielded).
 _CUTS_COMPENSATION = frozenset({StopReason.STORE, StopReason.RELEASE})
+# The members the lifecycle reads on every run, as globals (an Enum attribute is slower).
+_NOT_STARTED = Phase.PENDING
+_FORWARD = Phase.FORWARD
+_SUSPENDED = Phase.SUSPENDED
+_CLOSED = Phase.CLOSED
+_FAILURE = StopReason.FAILURE
+_CANCEL = StopReason.CANCEL
+_TIMEOUT = StopReason.TIMEOUT
+_SUSPEND = StopReason.SUSPEND
+_STORE = StopReason.STORE
+_RELEASE = StopReason.RELEASE
 
 
 class Lifecycle(RunState):
@@ -69,14 +80,14 @@ class Lifecycle(RunState):
         task, the run and what was reverted. Cancelling the caller cancels and
         unwinds the run, then re-raises ``CancelledError``.
         """
-        if self._phase is Phase.SUSPENDED:
+        if self._phase is _SUSPENDED:
             self._prepare_resume()
-        elif self._phase is not Phase.PENDING:
+        elif self._phase is not _NOT_STARTED:
             raise RuntimeError(f"run {self.run_id} was already started")
         else:
             self.started_at = time.time()
             self._wall_offset = self.started_at - _perf_counter()
-        self._phase = Phase.FORWARD
+        self._phase = _FORWARD
         self.status = RunStatus.RUNNING
         self._context = context = _copy_context()
         context.run(_set_attempt, 1)  # every node's context starts from this one
@@ -92,7 +103,7 @@ class Lifecycle(RunState):
             if self._wall_deadline is not None and timeout is not None:
                 timeout = self._wall_deadline - wall_time(self._clock)
                 if timeout <= 0:
-                    stops.add(StopReason.TIMEOUT)
+                    stops.add(_TIMEOUT)
             if stops.isdisjoint(_STOPPED_BEFORE_START) and not self._resumed_unwinding:
                 if timeout is None:
                     await self._run_phase()
@@ -101,7 +112,7 @@ class Lifecycle(RunState):
                         self._deadline = deadline
                         await self._run_phase()
                     if deadline.cancelled_caught:
-                        stops.add(StopReason.TIMEOUT)
+                        stops.add(_TIMEOUT)
         except BaseException as exc:  # the caller was cancelled: unwind, then re-raise
             caller_cancel = exc
         self._end_phase()
@@ -110,8 +121,8 @@ class Lifecycle(RunState):
         if self._completed():
             # A cancel or a deadline that landed as the last node ended stopped nothing:
             # the run succeeded, and nothing is reverted (its status and its nodes agree).
-            stops.discard(StopReason.CANCEL)
-            stops.discard(StopReason.TIMEOUT)
+            stops.discard(_CANCEL)
+            stops.discard(_TIMEOUT)
             if caller_cancel is not None:  # the awaiter itself was cancelled: never swallowed
                 self._close(RunStatus.SUCCEEDED)
                 events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
@@ -124,15 +135,15 @@ class Lifecycle(RunState):
             or self._being_released()
             or (self._parent is not None and self._parent._being_released())
         ):
-            stops.add(StopReason.RELEASE)  # an interrupt leaves a durable run resumable
-        if StopReason.RELEASE in stops:
+            stops.add(_RELEASE)  # an interrupt leaves a durable run resumable
+        if _RELEASE in stops:
             await self._let_go(caller_cancel)
 
         stopped = (
             self._failure is not None
             or caller_cancel is not None
-            or StopReason.TIMEOUT in stops
-            or StopReason.CANCEL in stops
+            or _TIMEOUT in stops
+            or _CANCEL in stops
         )
         if stopped and self._on_error == "revert":
             self._stop_cause = self._cause_text()
@@ -140,7 +151,7 @@ class Lifecycle(RunState):
                 await self._unwind()
             except BaseException as exc:  # a native cancel as the shielded group closed
                 caller_cancel = caller_cancel or exc
-            if StopReason.RELEASE in stops:  # let go of mid-compensation: a resume goes on
+            if _RELEASE in stops:  # let go of mid-compensation: a resume goes on
                 await self._let_go(caller_cancel)
             if caller_cancel is None and self._reverting:
                 caller_cancel = self._deferred_cancel
@@ -155,11 +166,16 @@ class Lifecycle(RunState):
             raise caller_cancel
         if self._store_error is not None:  # while unwinding
             raise self._stopped_by_store()
-        if StopReason.SUSPEND in stops and not stopped and self._done_count < self._done_goal:
+        if _SUSPEND in stops and not stopped and self._done_count < self._done_goal:
             self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
-            self._phase = Phase.SUSPENDED
+            self._phase = _SUSPENDED
             events.emit(RUN_SUSPENDED)
             return None
+        if not stopped and not self._errors and self._journal is None:
+            # Nothing failed, and nothing is left to write: it succeeded (the common end).
+            self._close(RunStatus.SUCCEEDED)
+            events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
+            return self._results[self.graph.output]
         return await self._settle()
 
     def _take_up_unwinding(self) -> None:
@@ -169,17 +185,17 @@ class Lifecycle(RunState):
         if roots := self._root_failures():
             first = next(i for i, e in self._errors.items() if e is roots[0])
             self._failure = (first, roots[0])
-        elif StopReason.TIMEOUT in stops:
+        elif _TIMEOUT in stops:
             return  # the outcome says so (RunTimeout)
         elif trigger and not trigger.startswith("RunCancelled"):
             # a failure started it (a cancel asked later does not change that)
             self._failure = (-1, RecordedError(trigger))
-        elif StopReason.CANCEL not in stops:  # unwinding, with no cause on record
+        elif _CANCEL not in stops:  # unwinding, with no cause on record
             why = "the run was being undone when its process stopped (no cause on record)"
             self._failure = (-1, RecordedError(why))
         else:
             return
-        stops.add(StopReason.FAILURE)
+        stops.add(_FAILURE)
 
     async def _let_go(self, interrupt: BaseException | None) -> None:
         """End a released run here: write what finished (shielded), undo nothing."""
@@ -195,7 +211,7 @@ class Lifecycle(RunState):
         are cancelled; nothing is reverted)."""
         if self._store_error is None:
             self._store_error = error
-        self._stop(StopReason.STORE)
+        self._stop(_STORE)
 
     def _stop(self, reason: StopReason) -> None:
         """The one way a run is stopped: record why, and start no node any more.
@@ -205,7 +221,7 @@ class Lifecycle(RunState):
         finishes). A store failure or a release stops the compensation too.
         """
         self._stops.add(reason)
-        if reason is StopReason.SUSPEND:
+        if reason is _SUSPEND:
             self.starting = False
             self._check_idle()
         elif self._phase is not _UNWINDING or reason in _CUTS_COMPENSATION:
@@ -267,11 +283,11 @@ class Lifecycle(RunState):
         """
         if self._phase is _UNWINDING or self.closed:
             return
-        self._stop(StopReason.SUSPEND)
+        self._stop(_SUSPEND)
 
     def _prepare_resume(self) -> None:
         """Ready again every pending node whose parents are all done."""
-        self._stops.discard(StopReason.SUSPEND)
+        self._stops.discard(_SUSPEND)
         states = self._states
         remaining = self._remaining
         self._ready = deque(
@@ -351,7 +367,7 @@ class Lifecycle(RunState):
         """
         if self.closed or (self._completed() and self._phase is not _UNWINDING):
             return
-        self._stop(StopReason.CANCEL)  # (a compensation under way finishes: shielded)
+        self._stop(_CANCEL)  # (a compensation under way finishes: shielded)
 
     def release(self) -> None:
         """Let go of a durable run at a step boundary, undoing nothing (its runtime shuts
@@ -362,17 +378,17 @@ class Lifecycle(RunState):
         whose every node has ended, is not released."""
         if self.closed or self._journal is None or self._completed():
             return
-        self._stop(StopReason.RELEASE)
+        self._stop(_RELEASE)
 
     @property
     def closed(self) -> bool:
         """The run has ended: its status is final."""
-        return self._phase is Phase.CLOSED
+        return self._phase is _CLOSED
 
     @property
     def released(self) -> bool:
         """Its runtime let go of it (see :meth:`release`): the store keeps it unfinished."""
-        return StopReason.RELEASE in self._stops
+        return _RELEASE in self._stops
 
     def keep_deadline(self, wall: float) -> None:
         """Keep the deadline a resumed run had (wall seconds): it gets what is left of
@@ -383,11 +399,11 @@ class Lifecycle(RunState):
     def _being_released(self) -> bool:
         """Its runtime is letting go of this run: released, or its task cancelled from
         outside (see release_on_interrupt) with no cancel, failure or deadline of its own."""
-        if StopReason.RELEASE in self._stops:
+        if _RELEASE in self._stops:
             return True
         return (
             self.release_on_interrupt
-            and StopReason.CANCEL not in self._stops
+            and _CANCEL not in self._stops
             and self._failure is None
             and not (self._deadline is not None and self._deadline.cancel_called)
         )
@@ -405,7 +421,7 @@ class Lifecycle(RunState):
         )
 
     def _close(self, status: RunStatus) -> None:
-        self._phase = Phase.CLOSED
+        self._phase = _CLOSED
         self.starting = False
         self._return_grants()
         self.status = status

@@ -26,10 +26,15 @@ from ._runtime import Runtime
 
 if TYPE_CHECKING:
     from .._canvas import Canvas
+    from ._scheduler import Execution
 
 __all__ = ["run", "run_sync", "run_with"]
 
 R = TypeVar("R")
+
+
+#: The options of a call that gives none (built once: a short run's cost counts).
+_DEFAULTS = RunOptions()
 
 
 @overload
@@ -111,15 +116,28 @@ async def run(
         await aflow.run(order_saga, params={"order_id": "o-42"},
                         store="sqlite:///runs.db", idempotency_key="order-o-42")
     """
-    options = RunOptions(
-        max_concurrency=max_concurrency,
-        limits=limits,
-        on_event=on_event,
-        on_error=on_error,
-        timeout=timeout,
-        compensation_timeout=compensation_timeout,
-        clock=clock,
-    )
+    if (
+        max_concurrency is None
+        and limits is None
+        and on_event is None
+        and on_error == "revert"
+        and timeout is None
+        and compensation_timeout is None
+        and clock is None
+    ):
+        options = _DEFAULTS  # the common call: no options to check (it is frozen)
+    else:
+        options = RunOptions(
+            max_concurrency=max_concurrency,
+            limits=limits,
+            on_event=on_event,
+            on_error=on_error,
+            timeout=timeout,
+            compensation_timeout=compensation_timeout,
+            clock=clock,
+        )
+    if store is None:
+        return await _in_memory(workflow, options, run_id, params, idempotency_key).execute()
     return await run_with(
         workflow,
         options,
@@ -155,6 +173,18 @@ async def run_with(
         if failure is not None:
             raise failure
         return value
+    return await _in_memory(workflow, options, run_id, params, idempotency_key).execute()
+
+
+def _in_memory(
+    workflow: object,
+    options: RunOptions,
+    run_id: str | None,
+    params: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+) -> Execution:
+    """The execution of a run without a store (no coroutine of its own: a short run's
+    cost counts)."""
     if idempotency_key is not None:
         raise ValueError("an idempotency_key needs a durable store: pass store='sqlite:///...'")
     if isinstance(workflow, WorkflowBuilder):
@@ -163,7 +193,7 @@ async def run_with(
         raise TypeError("parameters can only be given to an @aflow.workflow")
     else:
         graph = compile(workflow)
-    return await new_execution(graph, options, run_id=run_id).execute()
+    return new_execution(graph, options, run_id=run_id)
 
 
 @overload
