@@ -136,6 +136,15 @@ class RunOptions:
             return self
         return self.replaced(**changed)
 
+    def nested(self) -> RunOptions:
+        """The options of a run nested in one with these (a retried flow's attempt): the
+        defaults, but for the clock, the executor and the compensation deadline."""
+        return RunOptions(
+            compensation_timeout=self.compensation_timeout,
+            clock=self.clock,
+            executor=self.executor,
+        )
+
     def replaced(self, **changes: Any) -> RunOptions:
         """These options with ``changes`` as they are (``None`` included)."""
         values = dict(zip(_FIELDS, _VALUES(self), strict=True))
@@ -206,16 +215,10 @@ def new_execution(
     listener = options.on_event
     return Execution(
         graph,
+        options,
+        capacity,
         run_id=run_id,
-        limits=capacity.limits,
-        global_limits=capacity.global_limits,
-        thread_limiter=capacity.threads,
         listeners=(listener,) if listener is not None else (),
-        on_error=options.on_error,
-        timeout=options.timeout,
-        compensation_timeout=options.compensation_timeout,
-        clock=options.clock,
-        executor=options.executor,
         journal=journal,
     )
 

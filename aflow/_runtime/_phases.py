@@ -313,18 +313,17 @@ class Lifecycle(RunState):
             # A resumed run numbers its nested runs again from 1 (they are not on
             # record): its own mark keeps it from reusing a key a dead process used.
             prefix = f"{prefix}{self._nodes[outer].key}#{made[outer]}{self._incarnation}/"
+        from ._options import Capacity
         from ._scheduler import Execution  # (it is made of this unit)
 
+        # Its own run options are the defaults, but for the compensation deadline; it
+        # shares this run's limits, threads and listeners.
         child = Execution(
             graph,
+            self._options.nested(),
+            Capacity(self._limits, self._global_limits, self._thread_limiter),
             run_id=run_id or self.run_id,
-            limits=self._limits,
-            global_limits=self._global_limits,
-            thread_limiter=self._thread_limiter,
             listeners=self._events.listeners,
-            compensation_timeout=self._compensation_timeout,
-            clock=self._clock,
-            executor=self._executor,
             nested=True,
         )
         child._key_prefix = prefix

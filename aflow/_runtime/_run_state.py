@@ -8,7 +8,6 @@ import enum
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 
     from .._exceptions import StoreError
     from .._options import NodeOptions
+    from ._options import Capacity, RunOptions
 
 _copy_context = contextvars.copy_context
 
@@ -120,6 +120,7 @@ class RunState:
         "_nested_runs",
         "_nodes",
         "_on_error",
+        "_options",
         "_parent",
         "_parked",
         "_peak",
@@ -244,38 +245,28 @@ class RunState:
     def __init__(
         self,
         graph: Graph,
+        options: RunOptions,
+        capacity: Capacity,
         *,
         run_id: str | None = None,
-        max_concurrency: int | None = None,
-        limits: Mapping[str, Limit] | None = None,
-        global_limits: Sequence[Limit] = (),
-        thread_limiter: anyio.CapacityLimiter | None = None,
         listeners: Sequence[EventListener] = (),
-        on_error: str = "revert",
-        timeout: float | None = None,
-        compensation_timeout: float | None = None,
-        clock: Clock | None = None,
-        executor: Executor | None = None,
         nested: bool = False,
         journal: Journal | None = None,
     ) -> None:
-        if on_error not in ("revert", "continue"):
-            raise ValueError(f"on_error must be 'revert' or 'continue', got {on_error!r}")
-        for name, value in (("timeout", timeout), ("compensation_timeout", compensation_timeout)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        # (options were checked as they were built: see RunOptions)
         self.graph = graph
         self.run_id = run_id or uuid.uuid4().hex
         self.status = RunStatus.PENDING
         self.started_at: float | None = None
         self.ended_at: float | None = None
-        self._on_error = on_error
-        self._timeout = timeout
-        self._compensation_timeout = compensation_timeout
-        self._clock: Clock = clock or SYSTEM_CLOCK
-        self._executor = executor
+        self._options = options
+        self._on_error = options.on_error
+        self._timeout = options.timeout
+        self._compensation_timeout = options.compensation_timeout
+        self._clock: Clock = options.clock or SYSTEM_CLOCK
+        self._executor = options.executor
         self._nested = nested
-        self._thread_limiter = thread_limiter
+        self._thread_limiter = capacity.threads
         self._events = EventSink(self.run_id, listeners, run_events=not nested)
 
         # --- The run's lifecycle (see _phases). ------------------------------------------
@@ -404,11 +395,9 @@ class RunState:
         self._context = _copy_context()
 
         # --- Limits (see _run_limits and _limits). ----------------------------------------
-        global_ = list(global_limits)
-        if max_concurrency is not None:
-            global_.append(Limit("max_concurrency", max_concurrency))
-        self._global_limits = tuple(global_)
-        self._limits = dict(limits or {})
+        #: the limits this run shares (its runtime's, or its own: see Capacity)
+        self._global_limits = capacity.global_limits
+        self._limits = capacity.limits
         self._limit_cache: dict[int, tuple[Limit, ...]] = {}
         #: slots a limit handed to a parked node of this run, not yet taken; every slot
         #: granted is taken or released exactly once: empty once a phase ends
