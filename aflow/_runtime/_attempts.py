@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -40,12 +40,14 @@ from ._bodies import (
     map_sync,
     no_error,
 )
+from ._clock import Clock
 from ._current import INJECTIONS, Injection
 from ._journal import describe
 from ._limits import Limit, release
 from ._run_state import (
     _CANCELLED,
     _MAP,
+    _PENDING,
     _RETRYING,
     _RUNNING,
     _STARMAP,
@@ -59,6 +61,121 @@ from ._run_state import (
 from ._threads import run_in_executor, run_in_thread
 
 _perf_counter = time.perf_counter
+
+T = TypeVar("T")
+
+
+class AttemptHooks:
+    """What an attempt loop tells the work it retries (a node, a revert, a slice), and
+    asks it. The defaults do nothing: override what the work needs."""
+
+    __slots__ = ()
+
+    @property
+    def injecting(self) -> bool:
+        """Whether :meth:`inject` runs before each attempt (planned failures, for tests)."""
+        return False
+
+    def started(self, attempt: int) -> None:
+        """Attempt ``attempt`` (1 for the first) starts now."""
+
+    def retrying(self, attempt: int, error: Exception, wait: float) -> None:
+        """Attempt ``attempt`` failed with ``error``; the next starts after ``wait`` s."""
+
+    def waiting(self, waiting: bool) -> None:
+        """The backoff wait between two attempts begins (``True``) or ends (``False``)."""
+
+    def stop_retrying(self, error: Exception) -> bool:
+        """``True`` when no further attempt may start (the run is stopping)."""
+        return False
+
+    def ended(self, attempt: int, failed: bool) -> None:
+        """The last attempt made was ``attempt``: it succeeded, or it ``failed`` and
+        nothing retries it."""
+
+    async def inject(self, attempt: int) -> None:
+        """Before attempt ``attempt``: act out a planned failure, if any."""
+
+
+_NO_HOOKS = AttemptHooks()
+
+
+async def run_attempts(
+    call: Callable[[int], Awaitable[T]],
+    options: NodeOptions,
+    clock: Clock,
+    timed_out: Callable[[int, float], Exception],
+    *,
+    is_async: bool = True,
+    hooks: AttemptHooks = _NO_HOOKS,
+) -> tuple[T, int]:
+    """Call ``call(attempt)`` until it succeeds or ``options`` give up; return
+    ``(value, attempts made)``. The one retry mechanism of aflow.
+
+    ``options`` give the retries, the backoff, which errors are retried
+    (``retry_on``), the timeout of each attempt and the deadline of them all, all
+    measured on ``clock`` (so a test's fake clock drives them). An attempt cut off
+    by its timeout or the deadline raises ``timed_out(attempt, seconds)``. The last
+    error is raised as it is. A cancellation (or any ``BaseException`` that is not
+    an ``Exception``) is never retried.
+
+    A sync body's ``call`` is a thread: it cannot be interrupted, so at its
+    timeout the thread's cancel scope is cancelled (``anyio.from_thread.
+    check_cancelled()`` in the thread sees it), the thread is waited for, and a
+    late result counts as a timeout.
+    """
+    attempt = 1
+    timeout = options.timeout
+    give_up_at = clock.now() + options.deadline if options.deadline is not None else math.inf
+    while True:
+        hooks.started(attempt)
+        try:
+            limit = timeout
+            if give_up_at != math.inf:
+                left = give_up_at - clock.now()
+                if left <= 0:
+                    raise timed_out(attempt, options.deadline or 0.0)
+                limit = left if limit is None else min(limit, left)
+            if limit is None:
+                if hooks.injecting:
+                    await hooks.inject(attempt)
+                value = await call(attempt)
+            elif is_async:
+                with clock.cancel_scope(limit) as scope:
+                    if hooks.injecting:
+                        await hooks.inject(attempt)
+                    value = await call(attempt)
+                if scope.cancelled_caught:
+                    raise timed_out(attempt, limit)
+            else:
+                if hooks.injecting:  # an injected hang is interruptible, unlike the thread
+                    with clock.cancel_scope(limit) as scope:
+                        await hooks.inject(attempt)
+                    if scope.cancelled_caught:
+                        raise timed_out(attempt, limit)
+                with clock.cancel_scope(limit) as scope:
+                    value = await call(attempt)
+                if scope.cancel_called:
+                    raise timed_out(attempt, limit)
+            hooks.ended(attempt, False)
+            return value, attempt
+        except Exception as exc:
+            if (
+                attempt <= options.retries
+                and options.should_retry(exc)
+                and not hooks.stop_retrying(exc)
+            ):
+                wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
+                if clock.now() + wait < give_up_at:
+                    hooks.retrying(attempt, exc, wait)
+                    if wait > 0:
+                        hooks.waiting(True)
+                        await clock.sleep(wait)
+                        hooks.waiting(False)
+                    attempt += 1
+                    continue
+            hooks.ended(attempt, True)
+            raise
 
 
 class Attempts(RunState):
@@ -143,76 +260,12 @@ class Attempts(RunState):
         attempts) recording how many attempts were made. Cancellation is never
         retried.
         """
-        index = node.index
-        sink = self._events
-        clock = self._clock
-        name = node.name
-        if attempts is None:
-            attempts = self._attempts
-        attempt = 1
-        timeout = options.timeout
-        give_up_at = clock.now() + options.deadline if options.deadline is not None else math.inf
-        while True:
-            if sink.node_events:
-                sink.emit(started, node.key, name, attempt)
-            try:
-                limit = timeout
-                if give_up_at != math.inf:
-                    left = give_up_at - clock.now()
-                    if left <= 0:
-                        raise TaskTimeout(self.run_id, node.key, attempt, options.deadline or 0.0)
-                    limit = left if limit is None else min(limit, left)
-                if limit is None:
-                    if INJECTIONS:
-                        await self._inject(node, attempt)
-                    value = await make_call(attempt)
-                elif is_async:
-                    with clock.cancel_scope(limit) as scope:
-                        if INJECTIONS:
-                            await self._inject(node, attempt)
-                        value = await make_call(attempt)
-                    if scope.cancelled_caught:
-                        raise TaskTimeout(self.run_id, node.key, attempt, limit)
-                else:
-                    if INJECTIONS:  # an injected hang is interruptible, unlike the thread
-                        with clock.cancel_scope(limit) as scope:
-                            await self._inject(node, attempt)
-                        if scope.cancelled_caught:
-                            raise TaskTimeout(self.run_id, node.key, attempt, limit)
-                    # A thread cannot be interrupted: at the deadline its cancel scope is
-                    # cancelled (anyio.from_thread.check_cancelled() in the thread sees it),
-                    # the thread is waited for, and a late result counts as a timeout.
-                    with clock.cancel_scope(limit) as scope:
-                        value = await make_call(attempt)
-                    if scope.cancel_called:
-                        raise TaskTimeout(self.run_id, node.key, attempt, limit)
-                if attempt > 1:
-                    attempts[index] = attempt
-                return value, attempt
-            except Exception as exc:
-                halted = self._stopping_retries() or isinstance(exc, _Escaped)
-                if attempt <= options.retries and options.should_retry(exc) and not halted:
-                    wait = options.backoff.delay(attempt) if options.backoff is not None else 0.0
-                    if clock.now() + wait < give_up_at:
-                        if sink.node_events:
-                            sink.emit(retried, node.key, name, attempt, error=exc)
-                        if (
-                            self._journal is not None
-                            and self._phase is not _UNWINDING
-                            and node.error_scope is None
-                        ):
-                            self._journal.record(
-                                NodeRecord(node.key, "retrying", attempt, None, describe(exc))
-                            )
-                        if wait > 0:
-                            previous = self._states[index]
-                            self._states[index] = _RETRYING
-                            await clock.sleep(wait)
-                            self._states[index] = previous
-                        attempt += 1
-                        continue
-                attempts[index] = attempt
-                raise
+        hooks = _NodeAttempts(
+            self, node, started, retried, self._attempts if attempts is None else attempts
+        )
+        return await run_attempts(
+            make_call, options, self._clock, hooks.timed_out, is_async=is_async, hooks=hooks
+        )
 
     def _stopping_retries(self) -> bool:
         """A failure or a cancel stops retries; a suspend lets running nodes finish theirs."""
@@ -396,3 +449,66 @@ class Attempts(RunState):
         failed = TaskFailed(self.run_id, node.key, attempt, repr(exc))
         failed.__cause__ = exc
         return failed
+
+
+@final
+class _NodeAttempts(AttemptHooks):
+    """A node's (or its revert's) attempts: events, the journal, its RETRYING state."""
+
+    __slots__ = ("_attempts", "_before", "_execution", "_node", "_retried", "_started")
+
+    def __init__(
+        self,
+        execution: Attempts,
+        node: Node,
+        started: str,
+        retried: str,
+        attempts: dict[int, int],
+    ) -> None:
+        self._execution = execution
+        self._node = node
+        self._started = started
+        self._retried = retried
+        self._attempts = attempts
+        self._before = _PENDING
+
+    @property
+    def injecting(self) -> bool:
+        return bool(INJECTIONS)
+
+    def timed_out(self, attempt: int, seconds: float) -> TaskTimeout:
+        return TaskTimeout(self._execution.run_id, self._node.key, attempt, seconds)
+
+    def started(self, attempt: int) -> None:
+        sink = self._execution._events
+        if sink.node_events:
+            sink.emit(self._started, self._node.key, self._node.name, attempt)
+
+    def stop_retrying(self, error: Exception) -> bool:
+        return self._execution._stopping_retries() or isinstance(error, _Escaped)
+
+    def retrying(self, attempt: int, error: Exception, wait: float) -> None:
+        execution = self._execution
+        node = self._node
+        sink = execution._events
+        if sink.node_events:
+            sink.emit(self._retried, node.key, node.name, attempt, error=error)
+        journal = execution._journal
+        if journal is not None and execution._phase is not _UNWINDING and node.error_scope is None:
+            journal.record(NodeRecord(node.key, "retrying", attempt, None, describe(error)))
+
+    def waiting(self, waiting: bool) -> None:
+        states = self._execution._states
+        index = self._node.index
+        if waiting:
+            self._before = states[index]
+            states[index] = _RETRYING
+        else:
+            states[index] = self._before
+
+    def ended(self, attempt: int, failed: bool) -> None:
+        if failed or attempt > 1:
+            self._attempts[self._node.index] = attempt
+
+    async def inject(self, attempt: int) -> None:
+        await self._execution._inject(self._node, attempt)
