@@ -22,9 +22,9 @@ from typing import Any, Literal, final
 from ._deprecated import moved as _moved
 from ._events import EventListener
 from ._exceptions import NotFound as _NotFound
+from ._runtime._builder_api import RunView, new_run
 from ._runtime._clock import Clock
-from ._runtime._options import RunOptions, new_execution
-from ._runtime._scheduler import Execution
+from ._runtime._options import RunOptions
 from ._runtime._states import NodeState, RunStatistics, RunStatus
 from .patterns._compile import CompiledFlow, Level, compile_flow
 from .patterns._flow import Flow
@@ -106,7 +106,7 @@ class Engine:
         #: The values the flow provides, and the store.
         self.storage = Storage(self)
         self._compiled: CompiledFlow = compile_flow(flow, self._store)
-        self._execution: Execution | None = None
+        self._execution: RunView | None = None
         self._ran_empty = False  # an empty flow has no run: this says it was run
 
     def __repr__(self) -> str:
@@ -160,10 +160,10 @@ class Engine:
         if self._execution is not None:
             self._execution.suspend()
 
-    def _new_execution(self) -> Execution:
+    def _new_execution(self) -> RunView:
         graph = self._compiled.graph
         assert graph is not None
-        return new_execution(graph, self._options)
+        return new_run(graph, self._options)
 
     def _provided(self) -> dict[str, Any]:
         return self._compiled.values(self._execution)
@@ -191,7 +191,7 @@ def _retried(level: Level) -> Iterator[Level]:
 
 def _states_of(
     compiled: CompiledFlow,
-    execution: Execution | None,
+    execution: RunView | None,
     out: dict[str, NodeState],
     fill: NodeState | None,
 ) -> None:
@@ -210,7 +210,7 @@ def _states_of(
         _retried_states(level, execution, out)
 
 
-def _retried_states(level: Level, outer: Execution | None, out: dict[str, NodeState]) -> None:
+def _retried_states(level: Level, outer: RunView | None, out: dict[str, NodeState]) -> None:
     assert level.runner is not None
     last = level.runner.last(outer)
     if last is not None:
@@ -224,7 +224,7 @@ def _retried_states(level: Level, outer: Execution | None, out: dict[str, NodeSt
             out.setdefault(name, fill)
 
 
-def _state_in(compiled: CompiledFlow, execution: Execution | None, name: str) -> NodeState | None:
+def _state_in(compiled: CompiledFlow, execution: RunView | None, name: str) -> NodeState | None:
     """The state of task ``name``, looked up without listing every task."""
     graph = compiled.graph
     if graph is None:

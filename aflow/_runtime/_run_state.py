@@ -146,6 +146,7 @@ class RunState:
         "_thread_limiter",
         "_timeout",
         "_tolerated_by",
+        "_view",
         "_wall_deadline",
         "_wall_offset",
         "ended_at",
@@ -366,6 +367,8 @@ class RunState:
         self._nested_runs: dict[int, int] | None = None
         self._incarnation = ""  # "~<token>" once restored
         self._parent: RunState | None = None
+        #: what builders see of this run (see _builder_api.view_of), made when first asked
+        self._view: Any = None
 
         # --- Checkpoints (see _checkpoints and _journal). ----------------------------------
         self._journal = journal

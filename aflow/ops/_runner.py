@@ -12,9 +12,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.lowlevel
-
 from .._exceptions import (
     DefinitionError,
     OpIOError,
@@ -23,10 +20,15 @@ from .._exceptions import (
     UntrustedManifest,
     WhenError,
 )
-from .._runtime._current import ATTEMPT, EXECUTION
-from .._runtime._limits import Limit, acquire_slot, release
-from .._runtime._scheduler import Execution
-from .._runtime._threads import run_in_thread
+from .._options import NodeOptions
+from .._runtime._builder_api import (
+    AttemptHooks,
+    FanOutHooks,
+    RunView,
+    current_attempt_number,
+    current_run,
+)
+from .._runtime._builder_api import in_thread as _in_threads
 from .._task import FunctionTask
 from ..stores._base import NodeRecord
 from ._artifacts import (
@@ -49,23 +51,29 @@ __all__ = [
     "checkpoint_key",
     "checkpoint_prefix",
     "in_thread",
+    "live_slices",
     "retryable",
     "source_names",
     "task_for",
+    "when_errors",
 ]
 
 #: The attribute of a sliced step's error that holds its slices' records.
 SLICES_ATTR = "__aflow_slices__"
 
 
-#: Conditions that raised, by run and step key (the guard lets the step run to fail with it).
-WHEN_ERRORS: weakref.WeakKeyDictionary[Execution, dict[str, BaseException]] = (
-    weakref.WeakKeyDictionary()
-)
-#: The slices of each running sliced step, by run and step key (live progress for queries).
-LIVE_SLICES: weakref.WeakKeyDictionary[Execution, dict[str, list[dict[str, Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
+def when_errors(run: RunView) -> dict[str, BaseException]:
+    """Conditions that raised in ``run``, by step key (the guard lets the step run, to
+    fail with it)."""
+    found: dict[str, BaseException] = run.notes.setdefault("ops.when_errors", {})
+    return found
+
+
+def live_slices(run: RunView) -> dict[str, list[dict[str, Any]]]:
+    """The slices of each sliced step of ``run`` that started, by step key (live
+    progress for queries)."""
+    found: dict[str, list[dict[str, Any]]] = run.notes.setdefault("ops.live_slices", {})
+    return found
 
 
 def checkpoint_prefix(step: Step) -> str:
@@ -107,9 +115,11 @@ def retryable(error: BaseException) -> bool:
 
 def run_store(explicit: Path | None) -> ArtifactStore:
     """The artifact store of the run that is executing now."""
-    execution = EXECUTION.get(None)
-    journal = getattr(execution, "_journal", None)
-    return ArtifactStore.for_run(explicit, getattr(journal, "store", None))
+    try:
+        store = current_run().store
+    except RuntimeError:  # an op called outside a run
+        store = None
+    return ArtifactStore.for_run(explicit, store)
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -118,14 +128,7 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     A thread cannot be interrupted: a cancel (a timeout, say) that came
     meanwhile is raised once it returns, so its result is dropped.
     """
-    call = functools.partial(fn, *args)
-    execution = EXECUTION.get(None)
-    if execution is not None:
-        result = await execution._in_thread(call)
-    else:
-        result = await run_in_thread(call, None)
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    return result
+    return await _in_threads(functools.partial(fn, *args))
 
 
 def source_names(step: Step) -> dict[int, str]:
@@ -281,21 +284,18 @@ def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
     return out
 
 
-async def _local_inputs(
-    call: StepCall, store: ArtifactStore, execution: Execution
-) -> dict[str, Any]:
+async def _local_inputs(call: StepCall, store: ArtifactStore, run: RunView) -> dict[str, Any]:
     """A step's local input files, stored once per run: a resumed run reads what the
     first attempt read, whatever became of the files since."""
-    journal = execution._journal
     key = f"_inputs-{call.step.node_key}"
-    if journal is not None and execution.restored:
-        found = (await journal.store.load_nodes(execution.run_id)).get(key)
+    if run.restored:
+        found = (await run.stored_nodes()).get(key)
         if found is not None and found.result is not None:
-            stored: dict[str, Any] = journal.serializer.loads(found.result)
+            stored: dict[str, Any] = run.decode(found.result)
             return stored
     manifests: dict[str, Any] = await in_thread(_literal_artifacts, call.step, store)
-    if journal is not None:  # on record before the op starts
-        await journal.record_now(NodeRecord(key, "succeeded", 1, journal.encode(key, manifests)))
+    if run.store is not None:  # on record before the op starts
+        await run.record_now(NodeRecord(key, "succeeded", 1, run.encode(key, manifests)))
     return manifests
 
 
@@ -317,23 +317,21 @@ class StepCall:
 async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     """The task of every step's node; upstream results arrive by binding name."""
     step = call.step
-    execution = EXECUTION.get()
-    failed = WHEN_ERRORS.get(execution, {}).get(step.node_key)
+    run = current_run()
+    failed = when_errors(run).get(step.node_key)
     if failed is not None:  # its condition raised: it fails before doing anything
         raise WhenError(step.name, failed) from failed
     names = call.names
     store = run_store(call.root)
-    literal = await _local_inputs(call, store, execution) if call.has_literal else {}
+    literal = await _local_inputs(call, store, run) if call.has_literal else {}
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
     arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
     arts.update(literal)
-    _check_artifacts(step, execution.run_id, arts)
+    _check_artifacts(step, run.run_id, arts)
     if step.slices is None:
-        attempt = ATTEMPT.get(1)
-        return await _call_op(
-            step, store, execution.run_id, (step.node_key,), attempt, params, arts
-        )
-    return await _run_slices(step, store, execution, params, arts)
+        attempt = current_attempt_number()
+        return await _call_op(step, store, run.run_id, (step.node_key,), attempt, params, arts)
+    return await _run_slices(step, store, run, params, arts)
 
 
 def _source(step: Step, run_id: str, key: str) -> Origin:
@@ -383,13 +381,13 @@ def task_for(op: type[OP] | OP) -> FunctionTask[..., Any]:
 async def _run_slices(
     step: Step,
     store: ArtifactStore,
-    execution: Execution,
+    run: RunView,
     params: dict[str, Any],
     arts: dict[str, Any],
 ) -> dict[str, Any]:
     slices = step.slices
     assert slices is not None
-    run_id = execution.run_id
+    run_id = run.run_id
     name = op_name(step.op)
     sliced = step.sliced_inputs
     lengths = {}
@@ -415,13 +413,12 @@ async def _run_slices(
         )
         for i in range(n)
     ]
-    journal = execution._journal
-    if journal is not None and execution.restored:  # slices on record are not run again
-        stored = await journal.store.load_nodes(run_id)
+    if run.restored:  # slices on record are not run again
+        stored = await run.stored_nodes()
         for record in records:
             found = stored.get(checkpoint_key(step, record["index"]))
             if found is not None and found.state == "succeeded" and found.result is not None:
-                outputs = journal.serializer.loads(found.result)
+                outputs = run.decode(found.result)
                 _check_stored_outputs(step, outputs, Origin(run_id, record["key"]))
                 record.update(
                     phase="Succeeded",
@@ -430,137 +427,51 @@ async def _run_slices(
                     finished_at=found.finished_at,
                     outputs=outputs,
                 )
-    live = LIVE_SLICES.setdefault(execution, {})
-    live[step.node_key] = records
-    errors: dict[int, BaseException] = {}
-    tolerant = (
-        step.continue_on_num_success is not None or step.continue_on_success_ratio is not None
+    live_slices(run)[step.node_key] = records
+    # One rule for retries (the step's, per slice) and one for tolerating failed
+    # slices (a success threshold), the runtime's: the same as a group's or a map's.
+    options = NodeOptions(
+        retries=step.retries,
+        timeout=step.timeout,
+        backoff=step.backoff,
+        retry_on=retryable,
+        min_success=step.continue_on_num_success,
+        success_ratio=step.continue_on_success_ratio,
     )
-    groups = max(1, -(-n // slices.group_size))
-    pool = anyio.CapacityLimiter(slices.pool_size or groups)
-    global_limits = execution._global_limits  # the runtime's max_concurrency
+    tolerant = options.tolerant
 
-    async def one(i: int) -> None:
+    async def body(i: int, attempt: int) -> Any:
         record = records[i]
-        if record["phase"] == "Succeeded":
-            return  # checkpointed before the run was resumed
-        item_params = record["inputs"]["parameters"]
-        item_arts = record["inputs"]["artifacts"]
         where = (step.node_key, f"slice-{i}")
-        record["phase"] = "Running"
-        record["started_at"] = time.time()
-        if journal is not None:  # so a stored run shows it was running (then cut short)
-            journal.record(
-                NodeRecord(checkpoint_key(step, i), "running", 1, started_at=record["started_at"])
-            )
-        attempt = 0
-        while True:
-            attempt += 1
-            record["attempts"] = attempt
-            try:
-                if step.timeout is not None:
-                    with anyio.move_on_after(step.timeout) as deadline:
-                        out = await _call_op(
-                            step, store, run_id, where, attempt, item_params, item_arts
-                        )
-                    if deadline.cancelled_caught:  # not the op's own TimeoutError
-                        raise TaskTimeout(run_id, record["key"], attempt, step.timeout)
-                else:
-                    out = await _call_op(
-                        step, store, run_id, where, attempt, item_params, item_arts
-                    )
-            except Exception as exc:
-                if attempt <= step.retries and not isinstance(exc, UntrustedManifest):
-                    delay = step.backoff.delay(attempt) if step.backoff is not None else 0
-                    if delay:
-                        await anyio.sleep(delay)
-                    continue
-                record["phase"] = "Failed"
-                record["finished_at"] = time.time()
-                record["error"] = f"{type(exc).__name__}: {exc}"
-                errors[i] = exc
-                if journal is not None:  # for queries: a resume runs it again anyway
-                    journal.record(
-                        NodeRecord(
-                            checkpoint_key(step, i),
-                            "failed",
-                            attempt,
-                            None,
-                            record["error"],
-                            record["started_at"],
-                            record["finished_at"],
-                        )
-                    )
-                if not tolerant:
-                    scope.cancel()  # fail fast, as any run does
-                return
-            record["phase"] = "Succeeded"
-            record["finished_at"] = time.time()
-            record["outputs"] = out
-            if journal is not None:  # checkpoint each slice: a crash loses only what ran
-                text = journal.encode(record["key"], out)
-                journal.record(
-                    NodeRecord(
-                        checkpoint_key(step, i),
-                        "succeeded",
-                        attempt,
-                        text,
-                        None,
-                        record["started_at"],
-                        record["finished_at"],
-                    )
-                )
-            return
+        inputs = record["inputs"]
+        return await _call_op(
+            step, store, run_id, where, attempt, inputs["parameters"], inputs["artifacts"]
+        )
 
-    async def bounded(i: int) -> None:
-        if not global_limits:
-            await one(i)
-            return
-        taken: list[Limit] = []
-        try:
-            for limit in global_limits:
-                await acquire_slot(limit)
-                taken.append(limit)
-            await one(i)
-        finally:
-            release(tuple(taken), None)
-
-    async def group(start: int) -> None:
-        async with pool:
-            for i in range(start, min(n, start + slices.group_size)):
-                if errors and not tolerant:
-                    return
-                await bounded(i)
-
-    # A sliced step's node takes no slot (it is a SUBGRAPH node): its slices queue
-    # for slots like any node, so steps and slices together stay within max_concurrency.
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            for start in range(0, n, slices.group_size):
-                tg.start_soon(group, start)
+    errors = await run.fan_out(
+        n,
+        body,
+        options,
+        pool_size=slices.pool_size,
+        group_size=slices.group_size,
+        done=[r["index"] for r in records if r["phase"] == "Succeeded"],
+        hooks=_SliceRecords(step, run, records),
+    )
     for record in records:
         if record["phase"] in ("Pending", "Running"):
             record["phase"] = "Cancelled" if record["phase"] == "Running" else "Skipped"
     ok = sum(1 for r in records if r["phase"] == "Succeeded")
-    if errors:
-        met = tolerant and (
-            (step.continue_on_num_success is None or ok >= step.continue_on_num_success)
-            and (
-                step.continue_on_success_ratio is None
-                or (n and ok / n >= step.continue_on_success_ratio)
-            )
-        )
-        if not met:
-            first = errors[min(errors)]
-            if tolerant:
-                error: BaseException = SlicesBelowThreshold(run_id, step.node_key, ok, n)
-                error.__cause__ = first
-            else:
-                error = first
-                where = records[min(errors)]["key"]
-                error.add_note(f"aflow: slice {where!r} of step {step.name!r} failed")
-            setattr(error, SLICES_ATTR, records)
-            raise error
+    if errors and not (tolerant and options.threshold_met(ok, n)):
+        first = errors[min(errors)]
+        if tolerant:
+            error: BaseException = SlicesBelowThreshold(run_id, step.node_key, ok, n)
+            error.__cause__ = first
+        else:
+            error = first
+            where = records[min(errors)]["key"]
+            error.add_note(f"aflow: slice {where!r} of step {step.name!r} failed")
+        setattr(error, SLICES_ATTR, records)
+        raise error
     stacked_params = {
         p: [r["outputs"]["parameters"][p] if r["outputs"] else None for r in records]
         for p in slices.output_parameter
@@ -581,3 +492,77 @@ async def _run_slices(
                 flat.extend(value.values())
         stacked_arts[a] = flat
     return {"parameters": stacked_params, "artifacts": stacked_arts, "slices": records}
+
+
+class _SliceRecords(FanOutHooks):
+    """Each slice's record kept as it runs (live queries), and checkpointed."""
+
+    __slots__ = ("_records", "_run", "_step")
+
+    def __init__(self, step: Step, run: RunView, records: list[dict[str, Any]]) -> None:
+        self._step = step
+        self._run = run
+        self._records = records
+
+    def attempts(self, item: int) -> AttemptHooks:
+        return _SliceAttempts(self._records[item])
+
+    def timed_out(self, item: int, attempt: int, seconds: float) -> Exception:
+        return TaskTimeout(self._run.run_id, self._records[item]["key"], attempt, seconds)
+
+    def started(self, item: int) -> None:
+        record = self._records[item]
+        record["phase"] = "Running"
+        record["started_at"] = time.time()
+        # so a stored run shows it was running (then cut short)
+        self._run.record(
+            NodeRecord(
+                checkpoint_key(self._step, item), "running", 1, started_at=record["started_at"]
+            )
+        )
+
+    def succeeded(self, item: int, value: Any, attempts: int) -> None:
+        record = self._records[item]
+        record["phase"] = "Succeeded"
+        record["finished_at"] = time.time()
+        record["outputs"] = value
+        run = self._run
+        if run.store is not None:  # checkpoint each slice: a crash loses only what ran
+            run.record(
+                NodeRecord(
+                    checkpoint_key(self._step, item),
+                    "succeeded",
+                    attempts,
+                    run.encode(record["key"], value),
+                    None,
+                    record["started_at"],
+                    record["finished_at"],
+                )
+            )
+
+    def failed(self, item: int, error: Exception) -> None:
+        record = self._records[item]
+        record["phase"] = "Failed"
+        record["finished_at"] = time.time()
+        record["error"] = f"{type(error).__name__}: {error}"
+        self._run.record(  # for queries: a resume runs it again anyway
+            NodeRecord(
+                checkpoint_key(self._step, item),
+                "failed",
+                record["attempts"],
+                None,
+                record["error"],
+                record["started_at"],
+                record["finished_at"],
+            )
+        )
+
+
+class _SliceAttempts(AttemptHooks):
+    __slots__ = ("_record",)
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self._record = record
+
+    def started(self, attempt: int) -> None:
+        self._record["attempts"] = attempt

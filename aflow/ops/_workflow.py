@@ -27,7 +27,7 @@ from .._exceptions import (
 )
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
-from .._runtime._current import EXECUTION
+from .._runtime._builder_api import current_run, stored_loads, stored_workflow, view_of
 from .._runtime._handle import Run
 from .._runtime._runtime import CURRENT_RUNTIME, Runtime
 from .._runtime._states import NodeState, RunStatus, StepInfo
@@ -37,16 +37,16 @@ from ._artifacts import ArtifactStore, ArtifactValue, check_artifact, default_ro
 from ._expr import Expression
 from ._op import op_name
 from ._runner import (
-    LIVE_SLICES,
     SLICES_ATTR,
-    WHEN_ERRORS,
     StepCall,
     checkpoint_prefix,
     in_thread,
+    live_slices,
     retryable,
     run_store,
     slice_record,
     task_for,
+    when_errors,
 )
 from ._step import OutputRef, Step
 
@@ -570,8 +570,8 @@ class Workflow:
             raise RuntimeError("Workflow.load() needs an entered aflow.Runtime with a store")
         store = rt.store
         record = await store.get_run(run_id)
-        builder = rt._rebuilder.workflow_of(record)  # registered workflows only: a row is data
-        loads = rt._rebuilder.serializer_of(record).loads
+        builder = stored_workflow(rt, record)  # registered workflows only: a row is data
+        loads = stored_loads(rt, record)
         built = builder(**loads(record.params))
         if not isinstance(built, Workflow):
             raise TypeError(f"run {run_id} is a {type(built).__name__}, not an ops.Workflow")
@@ -697,7 +697,7 @@ class Workflow:
         slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
         if not slice_dicts and step.slices is not None:
             if isinstance(run, Run):  # in progress here
-                slice_dicts = LIVE_SLICES.get(run._execution, {}).get(step.node_key)
+                slice_dicts = live_slices(view_of(run)).get(step.node_key)
             else:  # from each slice's own checkpoint
                 slice_dicts = run.slices(step, _slice_count(step, results))
         item_shapes = {k: f.artifact.shape for k, f in step.all_output_fields.items() if f.artifact}
@@ -749,9 +749,7 @@ async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
     store = rt.store
     assert store is not None
     record = await store.get_run(run_id)
-    return _StoredRun(
-        record, await store.load_nodes(run_id), rt._rebuilder.serializer_of(record).loads
-    )
+    return _StoredRun(record, await store.load_nodes(run_id), stored_loads(rt, record))
 
 
 def _slice_count(step: Step, results: Mapping[str, Any]) -> int | None:
@@ -932,14 +930,10 @@ def _guard(
         try:
             go = go and holds(results)
         except Exception as exc:  # the step itself fails with it (see run_step)
-            WHEN_ERRORS.setdefault(EXECUTION.get(), {})[step.node_key] = exc
+            when_errors(current_run())[step.node_key] = exc
             return True
-        execution = EXECUTION.get()
-        journal = execution._journal
-        if not go and journal is not None:  # so a query of the stored run shows it
-            node = execution.graph.find(step.node_key)
-            if node is not None and execution._states[node.index] is NodeState.PENDING:
-                journal.record(NodeRecord(step.node_key, "skipped", 0, finished_at=time.time()))
+        if not go:  # so a query of the stored run shows it
+            current_run().skipped(step.node_key, time.time())
         return go
 
     return guard
@@ -1097,7 +1091,7 @@ def _compile(wf: Workflow) -> Graph:
     async def outputs(**results: Any) -> dict[str, Any]:
         # the run went through: its outputs are stored, its work dirs can go
         store = run_store(root)
-        await in_thread(shutil.rmtree, store.run_workdirs(EXECUTION.get().run_id), True)
+        await in_thread(shutil.rmtree, store.run_workdirs(current_run().run_id), True)
         return {key: dict(value["parameters"]) for key, value in results.items()}
 
     final = builder.add(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -40,8 +39,7 @@ from .._exceptions import (
 )
 from .._graph import EndBranch, Graph, GraphBuilder, NodeKind, OptionalKey, find_cycle
 from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
-from .._runtime._current import EXECUTION
-from .._runtime._scheduler import Execution
+from .._runtime._builder_api import RunView, run_subflow, undo_subflow
 from .._runtime._states import NodeState
 from .._task import FunctionTask, Revert
 from ..retry import RETRY, REVERT_ALL, Attempt, History, Retry
@@ -582,7 +580,7 @@ class CompiledFlow:
     level: Level
     storage: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
-    def value(self, execution: Execution | None, name: str) -> tuple[bool, Any]:
+    def value(self, execution: RunView | None, name: str) -> tuple[bool, Any]:
         """``(True, value)`` if the provider of ``name`` gave it, else ``(False, None)``."""
         where = self.storage.get(name)
         if where is None or execution is None:
@@ -598,7 +596,7 @@ class CompiledFlow:
         except (KeyError, IndexError, TypeError):  # a retried flow whose provider was skipped
             return False, None
 
-    def values(self, execution: Execution | None) -> dict[str, Any]:
+    def values(self, execution: RunView | None) -> dict[str, Any]:
         """Every provided name whose provider succeeded, with its value."""
         out: dict[str, Any] = {}
         for name in self.storage:
@@ -638,30 +636,26 @@ def compile_flow(
 
 @final
 class RetriedFlow:
-    """Runs a flow under its retry controller, as the task of one SUBGRAPH node.
+    """A flow under its retry controller, as the task of one SUBGRAPH node.
 
-    Each attempt compiles the flow with the attempt's value and runs it as a
-    nested run sharing the outer run's limits; a failed attempt is unwound
-    (its reverts run) before the controller decides. The node's result is the
-    dict of the names the flow provides; its revert undoes the last attempt.
+    The runtime runs it (:func:`run_subflow`): each attempt compiles the flow
+    with the attempt's value and runs it as a nested run sharing the outer run's
+    limits; a failed attempt is unwound (its reverts run) before the controller
+    decides. The node's result is the dict of the names the flow provides; its
+    revert undoes the last attempt.
     """
 
-    __slots__ = ("_runs", "level", "task")
+    __slots__ = ("level", "task")
 
     def __init__(self, level: Level) -> None:
         self.level = level
-        # Attempts per outer run: one compiled graph may run several times at once.
-        self._runs: weakref.WeakKeyDictionary[Execution, list[tuple[CompiledFlow, Execution]]]
-        self._runs = weakref.WeakKeyDictionary()
 
         async def run(**inputs: Any) -> Any:
-            return await self.run(inputs)
+            return await run_subflow(_Attempts(level, inputs))
 
         async def undo(**inputs: Any) -> None:
-            last = self.last(EXECUTION.get())
-            if last is not None:
-                await last[1].compensate()
-            elif _has_reverts(level):  # it ran in a process that is gone (a resumed run)
+            if not await undo_subflow(level.name) and _has_reverts(level):
+                # it ran in a process that is gone (a resumed run)
                 raise RuntimeError(
                     f"retried flow {level.name!r} ran before this run was resumed; its "
                     "attempts are not checkpointed, so its inner steps cannot be undone here"
@@ -672,51 +666,82 @@ class RetriedFlow:
         task.reverter = Revert(undo, True, False, False, DEFAULT_OPTIONS)
         self.task = task
 
-    def last(self, outer: Execution | None) -> tuple[CompiledFlow, Execution] | None:
+    def last(self, outer: RunView | None) -> tuple[CompiledFlow, RunView] | None:
         """The latest attempt made within the run ``outer``, if one started."""
-        attempts = self._runs.get(outer) if outer is not None else None
-        return attempts[-1] if attempts else None
+        made = outer.made_by(self.level.name) if outer is not None else None
+        if not made:
+            return None
+        attempt = made[-1]
+        compiled: CompiledFlow = attempt.notes[_COMPILED]
+        return compiled, attempt
 
-    async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any] | EndBranch:
-        level = self.level
+
+#: Where an attempt's run keeps the compiled flow it runs (for the engine's queries).
+_COMPILED = "patterns.compiled"
+
+
+@final
+class _Attempts:
+    """TaskFlow's retry semantics as the runtime's subflow controller: the controller's
+    ``execute`` gives each attempt's value, its ``on_failure`` decides after a failure."""
+
+    __slots__ = ("_compiled", "_history", "_inputs", "_level", "_params", "_value")
+
+    def __init__(self, level: Level, inputs: Mapping[str, Any]) -> None:
         retry = level.retry
         assert retry is not None
-        params = {p: inputs[n] for p, n in retry.params.required.items()}
-        params.update({p: inputs[n] for p, n in retry.params.optional.items() if n in inputs})
-        history = History()
-        while True:
-            value = await retry._call("execute", history, params)
-            store = dict(inputs)
-            if retry.provides:
-                store[retry.provides] = value
-            compiled = compile_flow(level, store, root=True)
-            if compiled.graph is None:
-                return {retry.provides: value} if retry.provides else {}
-            outer = EXECUTION.get()
-            execution = outer.nested(compiled.graph)
-            self._runs.setdefault(outer, []).append((compiled, execution))
-            try:
-                await execution.execute()
-            except Exception as exc:
-                if isinstance(exc, CompensationFailed) or _reverts_all(exc):
-                    raise
-                history.attempts.append(Attempt(value, execution.failures()))
-                decision = await retry._call("on_failure", history, params)
-                if decision is RETRY:
-                    continue
-                exc.add_note(
-                    f"aflow: retry {retry.name!r} of flow {level.name!r} gave up after "
-                    f"{len(history)} attempt(s)"
-                )
-                if decision is REVERT_ALL:
-                    setattr(exc, _REVERT_ALL_FLAG, True)
-                raise
-            values = compiled.values(execution)
-            if retry.provides:
-                values[retry.provides] = value
-            if _ended_a_branch(compiled.graph, execution):
-                return EndBranch(values)  # a decider said no: what follows is SKIPPED
-            return values
+        self._level = level
+        self._inputs = inputs
+        self._params = {p: inputs[n] for p, n in retry.params.required.items()}
+        self._params.update({p: inputs[n] for p, n in retry.params.optional.items() if n in inputs})
+        self._history = History()
+        self._value: Any = None
+        self._compiled: CompiledFlow | None = None
+
+    async def next_graph(self) -> Graph | None:
+        retry = self._level.retry
+        assert retry is not None
+        self._value = await retry._call("execute", self._history, self._params)
+        store = dict(self._inputs)
+        if retry.provides:
+            store[retry.provides] = self._value
+        self._compiled = compile_flow(self._level, store, root=True)
+        return self._compiled.graph
+
+    def started(self, attempt: RunView) -> None:
+        attempt.notes[_COMPILED] = self._compiled
+
+    async def failed(self, attempt: RunView, error: Exception) -> bool:
+        if isinstance(error, CompensationFailed) or _reverts_all(error):
+            return False
+        retry = self._level.retry
+        assert retry is not None
+        self._history.attempts.append(Attempt(self._value, attempt.failures()))
+        decision = await retry._call("on_failure", self._history, self._params)
+        if decision is RETRY:
+            return True
+        error.add_note(
+            f"aflow: retry {retry.name!r} of flow {self._level.name!r} gave up after "
+            f"{len(self._history)} attempt(s)"
+        )
+        if decision is REVERT_ALL:
+            setattr(error, _REVERT_ALL_FLAG, True)
+        return False
+
+    def value(self, attempt: RunView | None) -> dict[str, Any] | EndBranch:
+        retry = self._level.retry
+        assert retry is not None
+        if attempt is None:
+            return {retry.provides: self._value} if retry.provides else {}
+        compiled = self._compiled
+        assert compiled is not None
+        assert compiled.graph is not None
+        values = compiled.values(attempt)
+        if retry.provides:
+            values[retry.provides] = self._value
+        if _ended_a_branch(compiled.graph, attempt):
+            return EndBranch(values)  # a decider said no: what follows is SKIPPED
+        return values
 
 
 def _has_reverts(level: Level) -> bool:
@@ -739,7 +764,7 @@ def _reverts_all(exc: BaseException) -> bool:
     return False
 
 
-def _ended_a_branch(graph: Graph, execution: Execution) -> bool:
+def _ended_a_branch(graph: Graph, execution: RunView) -> bool:
     """True when a last node of the run was SKIPPED (everything after it is, too)."""
     return any(
         not graph.children(node.index)
