@@ -25,7 +25,7 @@ from .._graph import Graph, compile
 from .._serialize import Serializer
 from .._workflow import WorkflowBuilder
 from ..stores._base import NodeRecord, Store
-from ._clock import Clock
+from ._clock import SYSTEM_CLOCK, Clock
 from ._durable import Durability
 from ._handle import Run, outcome
 from ._identity import identity, same_work
@@ -174,6 +174,12 @@ class Runtime:
     def _rebuilder(self) -> Rebuilder:
         """How this runtime reads a stored run (``aflow.ops`` reads its steps with it)."""
         return self._durable.rebuilder
+
+    @property
+    def _own_clock(self) -> Clock:
+        """The runtime's own time (heartbeats, recovery, following another process's run):
+        ``aflow.ops`` waits for a run another process drives with it."""
+        return self._clock or SYSTEM_CLOCK
 
     # --- entry and exit --------------------------------------------------------------------
 
