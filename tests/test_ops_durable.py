@@ -11,6 +11,7 @@ import pytest
 
 import aflow
 from aflow.ops import Step, Workflow, download_artifact
+from aflow.testing import FakeClock
 
 from .ops_helpers import add
 
@@ -73,14 +74,14 @@ async def test_artifacts_survive_a_crash_and_the_resumed_run_reads_them(
     store_url: str, counts: pathlib.Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.durable_workflows import read_counts
-    from tests.test_durable import LEASE, crash_in
+    from tests.test_durable import LEASE, crash_in, later
 
     if store_url.startswith("postgres"):
         monkeypatch.setenv("AFLOW_ARTIFACTS", str(tmp_path / "shared-artifacts"))
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "ops_files", "consume", counts)
     assert read_counts(counts) == {"produce": 1, "consume": 1}
-    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
-    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
+    clock = later()  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE, clock=clock) as rt:
         run = rt.get(run_id)
         assert await run.result() == {"consume": {"text": "hello 1"}}
     # the file the dead process produced was read by the resumed run; produce ran once
@@ -97,12 +98,12 @@ async def test_a_resumed_run_does_not_run_finished_slices_again(
     store_url: str, counts: pathlib.Path
 ) -> None:
     from tests.durable_workflows import read_counts
-    from tests.test_durable import LEASE, crash_in
+    from tests.test_durable import LEASE, crash_in, later
 
     run_id = await anyio.to_thread.run_sync(crash_in, store_url, "ops_slices", "slice-3", counts)
     assert read_counts(counts) == {"slice-1": 1, "slice-2": 1, "slice-3": 1}
-    await anyio.sleep(LEASE * 1.5)  # the dead process's heartbeat goes stale
-    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE) as rt:
+    clock = later()  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE, clock=clock) as rt:
         run = rt.get(run_id)
         assert await run.result() == {"work": {"y": [10, 20, 30, 40]}}
         wf = await Workflow.load(run_id, runtime=rt)
@@ -117,7 +118,7 @@ async def test_a_resumed_run_reads_the_local_file_as_it_was_first_read(
     tmp_path: Path, counts: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.durable_workflows import read_counts
-    from tests.test_durable import LEASE, crash_in
+    from tests.test_durable import LEASE, crash_in, later
 
     local = tmp_path / "input.txt"
     local.write_text("as submitted")
@@ -125,8 +126,8 @@ async def test_a_resumed_run_reads_the_local_file_as_it_was_first_read(
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_local", "read-local", counts)
     local.write_text("changed afterwards")
-    await anyio.sleep(LEASE * 1.5)
-    async with aflow.Runtime(store=url, recover=True, lease=LEASE) as rt:
+    clock = later()  # the dead process's heartbeat goes stale
+    async with aflow.Runtime(store=url, recover=True, lease=LEASE, clock=clock) as rt:
         assert await rt.get(run_id).result() == {"read": {"text": "as submitted"}}
     assert read_counts(counts) == {"read-local": 2}
 
@@ -143,13 +144,40 @@ async def test_wait_takes_up_a_loaded_run_whose_process_died(
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_files", "consume", counts)
-    async with aflow.Runtime(store=url, lease=LEASE) as rt:  # no recover=True
+    async with (
+        FakeClock() as clock,  # virtual: a poll of a minute takes no time
+        aflow.Runtime(store=url, lease=LEASE, clock=clock) as rt,  # no recover=True
+    ):
+        wf = await Workflow.load(run_id, runtime=rt)
+        assert wf.query_status() == "Running"
+        with anyio.fail_after(10):  # polls on the wall clock would not be done by then
+            assert await wf.wait(poll=60) == "Succeeded"
+        assert await wf.run.result() == {"consume": {"text": "hello 1"}}
+    assert read_counts(counts) == {"produce": 1, "consume": 2}
+
+
+async def test_wait_takes_up_a_dead_run_once_its_lease_runs_out_on_the_runtime_s_clock(
+    tmp_path: Path, counts: pathlib.Path
+) -> None:
+    """The dead owner renewed its lease just before it died: ten minutes left. wait reads
+    the lease and polls on the runtime's (virtual) clock: it takes the run up once they
+    have passed there, not before, and in no time."""
+    from tests import durable_workflows as dw
+    from tests.test_resume import dead_run
+
+    async with (
+        FakeClock() as clock,
+        aflow.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}", clock=clock) as rt,
+    ):
+        start = clock.now()
+        run_id = await dead_run(rt.store, dw.ops_files, [], status="running", lease_left=600)
         wf = await Workflow.load(run_id, runtime=rt)
         assert wf.query_status() == "Running"
         with anyio.fail_after(10):
-            assert await wf.wait(poll=0.05) == "Succeeded"
+            assert await wf.wait(poll=60) == "Succeeded"
+        assert clock.now() - start >= 600  # its lease had run out
         assert await wf.run.result() == {"consume": {"text": "hello 1"}}
-    assert read_counts(counts) == {"produce": 1, "consume": 2}
+    assert dw.read_counts(counts) == {"produce": 1, "consume": 1}
 
 
 @pytest.mark.slow
@@ -166,8 +194,38 @@ async def test_wait_raises_when_a_dead_run_cannot_be_taken_up(
     def redeployed(start: int) -> Workflow:  # a new version adds a step
         return original(start).add(Step("extra", add, parameters={"x": 1}))
 
-    async with aflow.Runtime(store=url, lease=LEASE) as rt:
+    async with (
+        FakeClock() as clock,  # virtual: a poll of a minute takes no time
+        aflow.Runtime(store=url, lease=LEASE, clock=clock) as rt,
+    ):
         wf = await Workflow.load(run_id, runtime=rt)
         monkeypatch.setattr(dw.ops_files, "fn", redeployed)
         with anyio.fail_after(10), pytest.raises(aflow.errors.ResumeMismatch, match="different"):
-            await wf.wait(poll=0.05)
+            await wf.wait(poll=60)
+
+
+async def test_wait_raises_once_the_lease_of_a_run_it_cannot_take_up_runs_out_on_its_clock(
+    tmp_path: Path, counts: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, and the workflow changed since: wait raises, with the run's lease read on
+    the runtime's clock (on the wall clock it has ten minutes left: taken up elsewhere)."""
+    from tests import durable_workflows as dw
+    from tests.test_resume import dead_run
+
+    original = dw.ops_files.fn
+
+    def redeployed(start: int) -> Workflow:  # a new version adds a step
+        return original(start).add(Step("extra", add, parameters={"x": 1}))
+
+    async with (
+        FakeClock() as clock,
+        aflow.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}", clock=clock) as rt,
+    ):
+        start = clock.now()
+        run_id = await dead_run(rt.store, dw.ops_files, [], status="running", lease_left=600)
+        wf = await Workflow.load(run_id, runtime=rt)
+        monkeypatch.setattr(dw.ops_files, "fn", redeployed)
+        with anyio.fail_after(10), pytest.raises(aflow.errors.ResumeMismatch, match="different"):
+            await wf.wait(poll=60)
+        assert clock.now() - start >= 600
+    assert dw.read_counts(counts) == {}

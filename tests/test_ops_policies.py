@@ -12,6 +12,7 @@ import pytest
 
 import aflow
 from aflow.ops import Slices, Step, Workflow, op
+from aflow.testing import FakeClock
 
 from .ops_helpers import PeakProbe, add, boom, run_wf
 
@@ -82,12 +83,14 @@ async def test_timeouts_apply_to_sync_ops_too(sliced: bool) -> None:
     if sliced:
         options["slices"] = Slices(input_parameter=["x"], output_parameter=["y"])
     wf = Workflow("t").add(Step("s", slow, parameters={"x": [1] if sliced else 1}, **options))
-    async with aflow.Runtime():
+    clock = FakeClock(autojump=False)
+    async with clock, aflow.Runtime(clock=clock):
         await wf.submit()
         with anyio.fail_after(10):
             while wf.query_step()[0].phase == "Pending" or (wf.query_step()[0].started_at is None):
                 await anyio.lowlevel.checkpoint()
-            await anyio.sleep(0.1)  # the timeout fires while the thread is blocked
+            await anyio.wait_all_tasks_blocked()
+            clock.advance(0.05)  # the timeout fires while the thread is blocked
             release.set()
             assert await wf.wait() == "Failed"
     error = wf.query_step()[0].error
@@ -137,6 +140,39 @@ async def test_retries_and_timeouts_apply_to_each_slice() -> None:
     assert isinstance(record.error, aflow.errors.TaskTimeout)
     assert record.slices[0].attempts == 2
     assert record.slices[0].phase == "Failed"
+
+
+async def test_slices_wait_their_backoff_and_timeouts_on_the_runs_clock() -> None:
+    tries: dict[int, int] = {}
+
+    @op(outputs={"x": int})
+    async def shaky(x: int):
+        tries[x] = tries.get(x, 0) + 1
+        if tries[x] == 1:
+            await anyio.sleep_forever()  # its first attempt times out (at 60 s)
+        if tries[x] == 2:
+            raise ConnectionError("then fails once more")
+        return {"x": x}
+
+    sliced = Slices(input_parameter=["x"], output_parameter=["x"], pool_size=1)
+    step = Step(
+        "s",
+        shaky,
+        parameters={"x": [1, 2]},
+        slices=sliced,
+        retries=2,
+        timeout=60,
+        backoff=aflow.Backoff(base=600, factor=1, max=600),
+    )
+    wf = Workflow("w").add(step)
+    with anyio.fail_after(10):  # an hour of backoffs and timeouts, at once
+        async with FakeClock() as clock, aflow.Runtime(clock=clock):
+            await wf.submit()
+            assert await wf.wait() == "Succeeded"
+    # one slice at a time: each waits out 60 s, then two backoffs of 600 s
+    assert clock.now() == pytest.approx(2 * (60 + 600 + 600))
+    [record] = wf.query_step()
+    assert [s.attempts for s in record.slices] == [3, 3]
 
 
 # --- concurrency ----------------------------------------------------------------------------------

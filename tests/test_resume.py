@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow
@@ -24,6 +25,7 @@ from aflow._serialize import serializer_for
 from aflow._workflow import WorkflowBuilder, fingerprint
 from aflow.errors import RecordedError, StoreError
 from aflow.stores import NodeRecord, RunRecord, Store
+from aflow.testing import FakeClock
 
 from . import durable_workflows as wf
 
@@ -322,7 +324,10 @@ async def test_following_another_process_s_run_stops_when_the_runtime_closes(
 async def test_a_followed_run_whose_process_dies_is_taken_up_here(
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
-    async with aflow.Runtime(store=sqlite_url) as rt:
+    async with (
+        FakeClock() as clock,  # virtual: the lease runs out, and is seen to, in no time
+        aflow.Runtime(store=sqlite_url, clock=clock) as rt,
+    ):
         await dead_run(
             rt.store, wf.abc, [ok("step_a", "2")], status="running", key="k", lease_left=0.3
         )
@@ -414,8 +419,11 @@ async def test_a_store_that_fails_mid_run_stops_it_unreverted_and_resumable(
                 await run.result()
             assert "Nothing was reverted" in str(info.value)
             assert (await store.get_run(run.id)).status == "running"  # unfinished, on record
-            await anyio.sleep(lease * 1.5)  # this runtime no longer renews the run's lease
-            async with aflow.Runtime(store=sqlite_url, recover=True, lease=lease) as other:
+            clock = FakeClock(autojump=False)
+            clock.advance(lease * 1.5)  # past the lease, which this runtime no longer renews
+            async with aflow.Runtime(
+                store=sqlite_url, recover=True, lease=lease, clock=clock
+            ) as other:
                 assert await other.get(run.id).result() == 104
     assert read(counts) == {"A": 1, "B": 2, "C": 1}  # nothing reverted; B again (at-least-once)
 
@@ -653,7 +661,10 @@ async def test_a_cancel_during_a_compensation_keeps_what_started_it(
 async def test_two_submits_following_one_run_take_it_up_once(
     sqlite_url: str, counts: pathlib.Path
 ) -> None:
-    async with aflow.Runtime(store=sqlite_url) as rt:
+    async with (
+        FakeClock() as clock,  # virtual: the lease runs out, and is seen to, in no time
+        aflow.Runtime(store=sqlite_url, clock=clock) as rt,
+    ):
         await dead_run(
             rt.store, wf.abc, [ok("step_a", "2")], status="running", key="k", lease_left=0.3
         )
@@ -893,6 +904,10 @@ async def test_cancelling_a_followed_run_asks_its_owner_through_the_store(
     async with aflow.Runtime(store=sqlite_url) as rt:
         run_id = await dead_run(rt.store, wf.abc, [], status="running", key="k", lease_left=600)
         handle = await rt.submit(wf.abc, start=1, idempotency_key="k")
-        with anyio.move_on_after(0.3):  # nobody drives it here: the request is what we check
-            await handle.cancel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.cancel)  # waits for an end that nobody here drives...
+            with anyio.fail_after(10):  # ...so the request it writes is what we check
+                while await status_of(rt, run_id) != "cancelling":
+                    await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
         assert await status_of(rt, run_id) == "cancelling"

@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 import aflow
-from aflow.testing import capture_events
+from aflow.testing import FakeClock, capture_events
 
 from .helpers import Gate, Probe
 
@@ -377,14 +377,15 @@ class TestFailure:
             release.wait(5)
             return "late"
 
-        async def open_later() -> None:
-            await anyio.sleep(0.2)  # past the timeout: the thread cannot be interrupted
+        async def open_later(clock: FakeClock) -> None:
+            await clock.sleep(0.2)  # past the timeout: the thread cannot be interrupted
             release.set()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(open_later)
+        # virtual time: the timeout fires at 0.05 s, then the thread is let go at 0.2 s
+        async with FakeClock() as clock, anyio.create_task_group() as tg:
+            tg.start_soon(open_later, clock)
             with pytest.raises(aflow.errors.TaskTimeout, match=r"timed out after 0\.05 s") as info:
-                await blocking.s()
+                await aflow.run(blocking.s(), clock=clock)
         assert info.value.task == "blocking"
         assert isinstance(info.value, TimeoutError)
 

@@ -24,7 +24,7 @@ from .._graph import Graph
 from .._options import NodeOptions
 from ..stores._base import NodeRecord, RunRecord, Store
 from ._attempts import AttemptHooks, run_attempts
-from ._clock import Clock
+from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, STEP, _driving_step
 from ._fan_out import FanOutHooks, fan_out
 from ._limits import Limit, acquire_slot, release
@@ -50,6 +50,7 @@ __all__ = [
     "run_attempts",
     "Subflow",
     "run_subflow",
+    "runtime_clock",
     "stored_loads",
     "stored_workflow",
     "undo_subflow",
@@ -335,6 +336,12 @@ def stored_workflow(runtime: Runtime, record: RunRecord) -> WorkflowBuilder[...,
 def stored_loads(runtime: Runtime, record: RunRecord) -> Callable[[str], Any]:
     """How ``runtime`` reads the values stored by the run ``record`` (its serializer)."""
     return runtime._rebuilder.serializer_of(record).loads
+
+
+def runtime_clock(runtime: Runtime | None) -> Clock:
+    """The time ``runtime`` goes by (heartbeats, recovery, following another process's
+    run); the system clock without one."""
+    return SYSTEM_CLOCK if runtime is None or runtime._clock is None else runtime._clock
 
 
 async def in_thread(call: Callable[[], Any]) -> Any:

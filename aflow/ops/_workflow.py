@@ -27,7 +27,14 @@ from .._exceptions import (
 )
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
-from .._runtime._builder_api import current_run, stored_loads, stored_workflow, view_of
+from .._runtime._builder_api import (
+    current_run,
+    runtime_clock,
+    stored_loads,
+    stored_workflow,
+    view_of,
+)
+from .._runtime._clock import wall_time
 from .._runtime._handle import Run
 from .._runtime._runtime import CURRENT_RUNTIME, Runtime
 from .._runtime._states import NodeState, RunStatus, StepInfo
@@ -594,22 +601,28 @@ class Workflow:
     async def wait(self, *, poll: float = 0.25) -> str:
         """Wait for the run to end and return its status; never raises for a failed run.
 
-        A run another process drives is read from the store every ``poll`` seconds.
+        A run another process drives is read from the store every ``poll`` seconds, on
+        the clock of the runtime that reads it (its heartbeat is stale once that clock's
+        wall time is past it).
         """
         if self._run is not None:
             await self._run.wait()
             await self.refresh()
         elif self._stored is not None:
+            rt = self._store_runtime
+            clock = runtime_clock(rt)
             while not self._stored.finished:
                 lease = self._stored.heartbeat
-                if self._store_runtime is not None and lease is not None and lease < time.time():
+                now = wall_time(clock)
+                if self._store_runtime is not None and lease is not None and lease < now:
                     # its process died: take the run up here, as recovery would
                     try:
                         self._run = await self._store_runtime.resume(self._run_id or "")
                     except ResumeMismatch:
                         await self.refresh()
                         taken = self._stored.heartbeat
-                        if not self._stored.finished and (taken is None or taken < time.time()):
+                        now = wall_time(clock)
+                        if not self._stored.finished and (taken is None or taken < now):
                             raise  # not taken up elsewhere: it cannot be resumed (say why)
                         continue  # another process took it up meanwhile: keep watching
                     else:
@@ -617,7 +630,7 @@ class Workflow:
                         self._stored = None
                         self._store_runtime = None
                         break
-                await anyio.sleep(poll)
+                await clock.sleep(poll)
                 await self.refresh()
         else:
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
