@@ -34,8 +34,9 @@ After the name: the attributes it carries, then what it means::
     │   ├── TaskFailed                    .task, .attempt, .what: a BaseException that is no error
     │   ├── TaskTimeout(TimeoutError)     .task, .attempt, .timeout: one attempt ran too long
     │   ├── RunTimeout(TimeoutError)      .timeout: the run's own deadline passed
-    │   ├── SlicesBelowThreshold          .step, .succeeded, .total: too few slices succeeded
     │   ├── GroupFailed(ExceptionGroup)   .exceptions: several root failures, each as raised
+    │   │   └── BelowThreshold            .key, .succeeded, .total: too few members succeeded
+    │   │       └── SlicesBelowThreshold  .step: too few slices of a sliced step succeeded
     │   └── CompensationFailed(ExceptionGroup)  .original, .exceptions: a revert failed too
     └── AflowInternalError                a bug in aflow
 
@@ -55,6 +56,7 @@ __all__ = [
     "AflowError",
     "AflowInternalError",
     "AmbiguousProviderError",
+    "BelowThreshold",
     "CompensationFailed",
     "CycleError",
     "DefinitionError",
@@ -474,21 +476,6 @@ class RunTimeout(RunError, TimeoutError):
         return (type(self), (self.run_id, self.timeout))
 
 
-class SlicesBelowThreshold(RunError):
-    """Fewer slices of a sliced step (``aflow.ops``) succeeded than its
-    ``continue_on_num_success`` / ``continue_on_success_ratio`` ask: :attr:`step` names
-    the step, :attr:`succeeded` and :attr:`total` count its slices."""
-
-    def __init__(self, run_id: str, step: str, succeeded: int, total: int) -> None:
-        self.step = step
-        self.succeeded = succeeded
-        self.total = total
-        super().__init__(run_id, f"step {step!r}: {succeeded} of {total} slices succeeded")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.run_id, self.step, self.succeeded, self.total))
-
-
 class _RunGroup(RunError, ExceptionGroup):
     """An ExceptionGroup that is also a RunError (so ``except*`` works on it)."""
 
@@ -511,6 +498,56 @@ class _RunGroup(RunError, ExceptionGroup):
 
 class GroupFailed(_RunGroup):
     """Several independent tasks failed; the group holds each task's own exception."""
+
+
+class BelowThreshold(GroupFailed):
+    """Fewer members of a fan-out succeeded than its success threshold asks: a group's or
+    a map's ``min_success`` / ``success_ratio``, a sliced step's
+    ``continue_on_num_success`` / ``continue_on_success_ratio`` (one rule for all).
+    :attr:`key` names the fan-out, :attr:`succeeded` and :attr:`total` count its
+    members; the group holds the failed members' errors."""
+
+    _WHAT = "members"
+
+    def __new__(
+        cls, run_id: str, key: str, succeeded: int, total: int, exceptions: Sequence[Exception]
+    ) -> Self:
+        if not exceptions:  # too few members to begin with (a fan-out over a short input)
+            exceptions = [ValueError(f"{key!r}: {cls._message(key, succeeded, total)}")]
+        return ExceptionGroup.__new__(cls, cls._message(key, succeeded, total), list(exceptions))
+
+    def __init__(
+        self, run_id: str, key: str, succeeded: int, total: int, exceptions: Sequence[Exception]
+    ) -> None:
+        super().__init__(run_id, self._message(key, succeeded, total), exceptions)
+        self.key = key
+        self.succeeded = succeeded
+        self.total = total
+
+    @classmethod
+    def _message(cls, key: str, succeeded: int, total: int) -> str:
+        return f"{succeeded} of {total} {cls._WHAT} of {key!r} succeeded, below its threshold"
+
+    def derive(self, excs: Sequence[Exception]) -> BelowThreshold:  # type: ignore[override]
+        return type(self)(self.run_id, self.key, self.succeeded, self.total, excs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.run_id, self.key, self.succeeded, self.total, list(self.exceptions))
+        return (type(self), args)
+
+
+class SlicesBelowThreshold(BelowThreshold):
+    """Fewer slices of a sliced step (``aflow.ops``) succeeded than its
+    ``continue_on_num_success`` / ``continue_on_success_ratio`` ask: :attr:`step` names
+    the step; the group holds the failed slices' errors (the first is also the
+    ``__cause__``)."""
+
+    _WHAT = "slices"
+
+    @property
+    def step(self) -> str:
+        """The sliced step's key."""
+        return self.key
 
 
 class CompensationFailed(_RunGroup):

@@ -22,6 +22,7 @@ from . import _exceptions
 from ._exceptions import AflowError as AflowError
 from ._exceptions import AflowInternalError as AflowInternalError
 from ._exceptions import AmbiguousProviderError as AmbiguousProviderError
+from ._exceptions import BelowThreshold as BelowThreshold
 from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CycleError as CycleError
 from ._exceptions import DefinitionError as DefinitionError
@@ -56,6 +57,7 @@ __all__ = [
     "AflowError",
     "AflowInternalError",
     "AmbiguousProviderError",
+    "BelowThreshold",
     "CompensationFailed",
     "CycleError",
     "DefinitionError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Any
 
@@ -350,6 +351,51 @@ class TestThresholds:
         assert await member.map([1, 2, 3]).set(min_success=2) == [1, 2, None]
         with pytest.raises(aflow.errors.GroupFailed):
             await member.map([3, 6, 1]).set(min_success=2)
+
+    async def test_one_error_family_for_every_threshold(self) -> None:
+        """A group's, a map's and a sliced step's thresholds raise one type, with the
+        same attributes, that pickles and splits as an exception group."""
+        from aflow.ops import Slices, Step, Workflow, op
+
+        member = self.members()
+        caught: list[aflow.errors.BelowThreshold] = []
+        for wf in (
+            aflow.group(member.s(i) for i in range(1, 7)).set(min_success=5),
+            member.map([3, 6, 1]).set(min_success=2),
+        ):
+            with pytest.raises(aflow.errors.BelowThreshold) as info:
+                await wf
+            caught.append(info.value)
+        assert [(e.succeeded, e.total) for e in caught] == [(4, 6), (1, 3)]
+
+        @op(outputs={"y": int})
+        async def picky(x: int):
+            if x % 3 == 0:
+                raise Fatal(f"slice {x}")
+            return {"y": x}
+
+        sliced = Slices(input_parameter=["x"], output_parameter=["y"])
+        step = Step(
+            "p", picky, parameters={"x": [0, 1, 3]}, slices=sliced, continue_on_num_success=2
+        )
+        ops_wf = Workflow("t").add(step)
+        async with aflow.Runtime():
+            await ops_wf.submit()
+            assert await ops_wf.wait() == "Failed"
+        error = ops_wf.query_step()[0].error
+        assert isinstance(error, aflow.errors.SlicesBelowThreshold)
+        caught.append(error)
+        assert (error.step, error.key, error.succeeded, error.total) == ("p", "p", 1, 3)
+        assert sorted(str(e) for e in error.exceptions) == ["slice 0", "slice 3"]
+        for e in caught:
+            assert isinstance(e, aflow.errors.GroupFailed)
+            again = pickle.loads(pickle.dumps(e))
+            assert type(again) is type(e)
+            assert (again.key, again.succeeded, again.total) == (e.key, e.succeeded, e.total)
+            matched, rest = e.split(Fatal)
+            assert type(matched) is type(e)
+            assert rest is None
+            assert "below its threshold" in str(e)
 
     async def test_threshold_group_feeds_the_next_step(self) -> None:
         member = self.members()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, final
 
 from .._exceptions import (
-    GroupFailed,
+    BelowThreshold,
     ResultError,
     TaskFailed,
 )
@@ -290,16 +290,14 @@ _CUT_OFF = ("running", "retrying", "cancelled")
 
 
 def below_threshold(
-    run_id: str, node: Node, ok: int, total: int, what: str, errors: Sequence[BaseException]
-) -> GroupFailed:
-    message = f"{ok} of {total} {what} of {node.key!r} succeeded, below its success threshold"
-    if not errors:  # too few members to begin with (a fan-out over a short input)
-        errors = [ValueError(f"{node.key!r}: {message}")]
-    return GroupFailed(run_id, message, errors)  # type: ignore[arg-type]
+    run_id: str, node: Node, ok: int, total: int, errors: Sequence[Exception]
+) -> BelowThreshold:
+    """The error of a group or a map with too few members that succeeded."""
+    return BelowThreshold(run_id, node.key, ok, total, errors)
 
 
 def _settle_map(out: list[Any], errors: list[Exception], node: Node, run_id: str) -> list[Any]:
     succeeded = len(out) - len(errors)
     if not node.options.threshold_met(succeeded, len(out)):
-        raise below_threshold(run_id, node, succeeded, len(out), "items", errors)
+        raise below_threshold(run_id, node, succeeded, len(out), errors)
     return [None if v is MISSING else v for v in out]

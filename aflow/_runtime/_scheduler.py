@@ -419,9 +419,12 @@ class Execution(
         failed = [
             error
             for i, error in self._errors.items()
-            if start <= i < end and i in self._failures and not self._failures[i].cancelled
+            if start <= i < end
+            and i in self._failures
+            and not self._failures[i].cancelled
+            and isinstance(error, Exception)
         ]
-        error = below_threshold(self.run_id, node, ok, len(sources), "members", failed)
+        error = below_threshold(self.run_id, node, ok, len(sources), failed)
         self._started[node.index] = _perf_counter()
         self._node_failed(node, error, 1)
 

@@ -464,7 +464,8 @@ async def _run_slices(
     if errors and not (tolerant and options.threshold_met(ok, n)):
         first = errors[min(errors)]
         if tolerant:
-            error: BaseException = SlicesBelowThreshold(run_id, step.node_key, ok, n)
+            failed = [errors[i] for i in sorted(errors)]
+            error: BaseException = SlicesBelowThreshold(run_id, step.node_key, ok, n, failed)
             error.__cause__ = first
         else:
             error = first
