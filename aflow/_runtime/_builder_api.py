@@ -135,14 +135,6 @@ class RunView:
         if journal is not None:
             await journal.record_now(record)
 
-    def skipped(self, key: str, when: float) -> None:
-        """Record that node ``key`` will not run (a condition said no), if it has not
-        started: a query of the stored run then shows it skipped."""
-        execution = self._execution
-        node = execution.graph.find(key)
-        if node is not None and execution.state_of(node.index) is NodeState.PENDING:
-            self.record(NodeRecord(key, "skipped", 0, finished_at=when))
-
     async def stored_nodes(self) -> Mapping[str, NodeRecord]:
         """The run's node records in its store, by key (none for a run in memory)."""
         store = self.store

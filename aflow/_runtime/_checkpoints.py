@@ -18,7 +18,7 @@ from .._exceptions import (
 from .._graph import Node
 from ..stores._base import NodeRecord
 from ._journal import Journal, describe
-from ._run_state import _PENDING, RunState, StopReason
+from ._run_state import _JOIN, _PENDING, RunState, StopReason
 from ._states import RunStatus
 
 
@@ -124,6 +124,21 @@ class Checkpoints(RunState):
                 self._skip_dependents(index, None)
             else:
                 self._unwound(index)
+
+    def _record_decided_out(self, guard: Node) -> None:
+        """A condition (a guard join) said no: the nodes it guards go on record as
+        skipped, so a stored run shows them so. A resume asks the condition again."""
+        journal = self._journal
+        assert journal is not None
+        now = time.time()
+        for child in self._children[guard.index]:
+            node = self._nodes[child]
+            if (
+                node.kind is not _JOIN
+                and node.error_scope is None
+                and self._states[child] is _PENDING
+            ):
+                journal.record(NodeRecord(node.key, "skipped", 0, finished_at=now))
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
         """Record a success; its children start once the record is written."""

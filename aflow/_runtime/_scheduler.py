@@ -401,6 +401,8 @@ class Execution(
                 self._node_failed(node, exc, 1)
                 return
             if not go:
+                if self._journal is not None:
+                    self._record_decided_out(node)
                 self._skip(node.index)
                 return
             self._succeed(node.index, None)

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -945,8 +944,6 @@ def _guard(
         except Exception as exc:  # the step itself fails with it (see run_step)
             when_errors(current_run())[step.node_key] = exc
             return True
-        if not go:  # so a query of the stored run shows it
-            current_run().skipped(step.node_key, time.time())
         return go
 
     return guard
