@@ -31,12 +31,18 @@ from ._runtime._handle import Run
 from ._runtime._runtime import Runtime
 from ._runtime._states import RunStatus
 from ._workflow import resolve_workflow
-from .stores import open_store
+from .stores import StoredRunStatus, open_store
 
 __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///aflow-runs.db"
-EXIT = {"succeeded": 0, "failed": 1, "reverted": 1, "cancelled": 3}
+#: The exit code of a run that ended, by its status (a RunStatus's value, or as stored).
+EXIT: dict[str, int] = {
+    StoredRunStatus.SUCCEEDED: 0,
+    StoredRunStatus.FAILED: 1,
+    StoredRunStatus.REVERTED: 1,
+    StoredRunStatus.CANCELLED: 3,
+}
 
 
 def _params(pairs: Sequence[str]) -> dict[str, Any]:
@@ -71,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--key", default=None, help="idempotency key")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     runs = sub.add_parser("runs", help="list runs, newest first")
-    runs.add_argument("--status", default=None)
+    runs.add_argument(
+        "--status", default=None, choices=[s.value for s in StoredRunStatus], help="only these"
+    )
     runs.add_argument("--limit", type=int, default=50)
     show = sub.add_parser("show", help="a run and its nodes")
     show.add_argument("run_id")
@@ -137,7 +145,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await store.open()
         try:
             if args.command == "runs":
-                return await _runs(store, args.status, args.limit)
+                status = None if args.status is None else StoredRunStatus(args.status)
+                return await _runs(store, status, args.limit)
             if args.command == "show":
                 return await _show(store, args.run_id, history=args.history)
             return await _cancel(store, args.run_id)
@@ -214,7 +223,7 @@ def _when(at: float | None, timespec: str = "seconds") -> str:
         return repr(at)
 
 
-async def _runs(store: Any, status: str | None, limit: int) -> int:
+async def _runs(store: Any, status: StoredRunStatus | None, limit: int) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -222,7 +231,7 @@ async def _runs(store: Any, status: str | None, limit: int) -> int:
     table = Table("workflow", "status", "started", "key")
     table.add_column("run", no_wrap=True)
     for record in await store.list_runs(status, limit):
-        status_text = record.status
+        status_text = str(record.status)
         if record.recoveries:  # taken over from dead processes this often (parked: too often)
             status_text += f" ({record.recoveries} recoveries)"
         table.add_row(
@@ -283,7 +292,7 @@ async def _show(store: Any, run_id: str, *, history: bool = False) -> int:
 
 async def _cancel(store: Any, run_id: str) -> int:
     status = await store.request_cancel(run_id, "RunCancelled: cancelled from the command line")
-    if status != "cancelling":
+    if status != StoredRunStatus.CANCELLING:
         print(f"aflow: run {run_id} has finished already ({status})", file=sys.stderr)
         return 2
     print(f"run {run_id}: cancel requested (its process unwinds it; a dead one's recovery does)")

@@ -28,7 +28,7 @@ from .._exceptions import (
 from .._failure import Failure
 from .._graph import INPUT_ERROR, EndBranch, Node, OptionalKey
 from .._options import NodeOptions
-from ..stores._base import NodeRecord
+from ..stores._base import NodeRecord, RecordState
 from ._bodies import (
     COROUTINE,
     InContext,
@@ -61,6 +61,11 @@ from ._run_state import (
 from ._threads import run_in_executor, run_in_thread
 
 _perf_counter = time.perf_counter
+# Globals: a durable run's attempts read them (an Enum attribute is slower).
+_RECORD_RETRYING = RecordState.RETRYING
+_RECORD_ENDED = RecordState.ENDED
+_RECORD_SUCCEEDED = RecordState.SUCCEEDED
+_RECORD_CANCELLED = RecordState.CANCELLED
 
 T = TypeVar("T")
 
@@ -371,7 +376,7 @@ class Attempts(RunState):
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
         if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is SKIPPED
-            if journal is not None:  # on record as "ended": a resume skips what follows too
+            if journal is not None:  # on record as ENDED: a resume skips what follows too
                 try:
                     text = journal.encode(node.key, value.value)
                 except SerializationError as exc:
@@ -379,7 +384,7 @@ class Attempts(RunState):
                     return
                 times = (self._wall(start), time.time())
                 journal.record(
-                    NodeRecord(node.key, "ended", attempt, text, None, *times), ("end", index)
+                    NodeRecord(node.key, _RECORD_ENDED, attempt, text, None, *times), ("end", index)
                 )
                 self._succeed(index, value.value, children=False)
                 return
@@ -392,7 +397,7 @@ class Attempts(RunState):
             # counts (it runs after the forward phase). Noted as done; its value not kept.
             if journal is not None:
                 times = (self._wall(start), time.time())
-                journal.record(NodeRecord(node.key, "succeeded", attempt, None, None, *times))
+                journal.record(NodeRecord(node.key, _RECORD_SUCCEEDED, attempt, None, None, *times))
             self._results[index] = value
             self._states[index] = _SUCCEEDED
             self._finished[index] = _perf_counter()
@@ -415,7 +420,7 @@ class Attempts(RunState):
             journal.record(
                 NodeRecord(
                     node.key,
-                    "cancelled",
+                    _RECORD_CANCELLED,
                     attempt,
                     None,
                     self._why_cut_short(exc),
@@ -495,7 +500,7 @@ class _NodeAttempts(AttemptHooks):
             sink.emit(self._retried, node.key, node.name, attempt, error=error)
         journal = execution._journal
         if journal is not None and execution._phase is not _UNWINDING and node.error_scope is None:
-            journal.record(NodeRecord(node.key, "retrying", attempt, None, describe(error)))
+            journal.record(NodeRecord(node.key, _RECORD_RETRYING, attempt, None, describe(error)))
 
     def waiting(self, waiting: bool) -> None:
         states = self._execution._states

@@ -282,11 +282,6 @@ UNAWAITED = frozenset(
         getattr(asyncio.tasks, "_GatheringFuture", asyncio.Future),  # what gather() returns
     }
 )
-_CUT_SHORT = "cancelled mid-way: its process stopped"
-_RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
-#: Stored states of a node that began and did not end: it runs again on a resume (or,
-#: in a run that is unwinding, counts as cancelled mid-way).
-_CUT_OFF = ("running", "retrying", "cancelled")
 
 
 def below_threshold(

@@ -16,10 +16,20 @@ from .._exceptions import (
     SerializationError,
 )
 from .._graph import Node
-from ..stores._base import NodeRecord
+from ..stores._base import NodeRecord, RecordState, StoredRunStatus
 from ._journal import Journal, describe
 from ._run_state import _JOIN, _PENDING, RunState, StopReason
 from ._states import RunStatus
+
+# A global: every success of a durable run reads it (an Enum attribute is slower).
+_RECORD_SUCCEEDED = RecordState.SUCCEEDED
+#: The status a run that ended is stored with (a suspended one is not over: none).
+_ENDED_AS = {
+    RunStatus.SUCCEEDED: StoredRunStatus.SUCCEEDED,
+    RunStatus.FAILED: StoredRunStatus.FAILED,
+    RunStatus.REVERTED: StoredRunStatus.REVERTED,
+    RunStatus.CANCELLED: StoredRunStatus.CANCELLED,
+}
 
 
 class Checkpoints(RunState):
@@ -40,14 +50,14 @@ class Checkpoints(RunState):
         store = journal.store
         # A resumed compensation says so (with its trigger) before anything else; a cancel
         # requested meanwhile (`aflow cancel`) is kept, and obeyed.
-        first = "reverting" if self._resumed_unwinding else "running"
+        first = StoredRunStatus.REVERTING if self._resumed_unwinding else StoredRunStatus.RUNNING
         try:
             stored = await store.start_run(self.run_id, first, self._stop_cause)
         except Exception as exc:  # nothing ran: the run stays as stored, for a resume
             self._store_error = exc
             self._stops.add(StopReason.STORE)
             raise self._stopped_by_store() from exc
-        if stored == "cancelling":
+        if stored == StoredRunStatus.CANCELLING:
             self.cancel()
         try:
             value = await self._execute()
@@ -74,11 +84,14 @@ class Checkpoints(RunState):
         node on record, runs nothing again and writes the end."""
         journal = self._journal
         assert journal is not None
+        status = _ENDED_AS.get(self.status)
+        if status is None:  # suspended: what is left runs when it resumes
+            return
         try:
             with anyio.CancelScope(shield=True):
                 await journal.store.set_status(
                     self.run_id,
-                    self.status.value,
+                    status,
                     result=result,
                     error=error,
                     ended_at=self.ended_at,
@@ -138,7 +151,7 @@ class Checkpoints(RunState):
                 and node.error_scope is None
                 and self._states[child] is _PENDING
             ):
-                journal.record(NodeRecord(node.key, "skipped", 0, finished_at=now))
+                journal.record(NodeRecord(node.key, RecordState.SKIPPED, 0, finished_at=now))
 
     def _checkpoint_success(self, node: Node, value: Any, attempt: int, start: float) -> None:
         """Record a success; its children start once the record is written."""
@@ -152,7 +165,7 @@ class Checkpoints(RunState):
         now = time.time()
         started = self._wall(start)
         journal.record(
-            NodeRecord(node.key, "succeeded", attempt, text, None, started, now),
+            NodeRecord(node.key, _RECORD_SUCCEEDED, attempt, text, None, started, now),
             ("ok", node.index),
         )
         # A child with a revert that this success makes ready writes its start in the

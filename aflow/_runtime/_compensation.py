@@ -23,7 +23,7 @@ from .._exceptions import (
     MissingInputError,
 )
 from .._graph import Node
-from ..stores._base import NodeRecord
+from ..stores._base import NodeRecord, RecordState, StoredRunStatus
 from ._bodies import (
     InContext,
     in_thread_as,
@@ -50,6 +50,9 @@ from ._run_state import (
 from ._states import RunStatus
 
 _perf_counter = time.perf_counter
+# Globals: each revert of a durable run reads one (an Enum attribute is slower).
+_RECORD_REVERTED = RecordState.REVERTED
+_RECORD_REVERT_FAILED = RecordState.REVERT_FAILED
 
 
 class Compensation(RunState):
@@ -113,7 +116,7 @@ class Compensation(RunState):
             if self._journal is not None:
                 try:
                     await self._journal.store.set_status(
-                        self.run_id, "reverting", error=self._stop_cause
+                        self.run_id, StoredRunStatus.REVERTING, error=self._stop_cause
                     )
                 except Exception as exc:
                     self._store_failed(exc)
@@ -153,7 +156,11 @@ class Compensation(RunState):
                     if journal is not None:
                         journal.record(
                             NodeRecord(
-                                self._nodes[i].key, "revert_failed", 1, None, describe(timeout)
+                                self._nodes[i].key,
+                                _RECORD_REVERT_FAILED,
+                                1,
+                                None,
+                                describe(timeout),
                             )
                         )
             await self._write_leftover()
@@ -234,7 +241,9 @@ class Compensation(RunState):
             if self._journal is not None:
                 tries = self._revert_attempts.get(index, 1)
                 text = describe(exc)
-                record = NodeRecord(node.key, "revert_failed", tries, None, text, None, time.time())
+                record = NodeRecord(
+                    node.key, _RECORD_REVERT_FAILED, tries, None, text, None, time.time()
+                )
                 self._journal.record(record)
             exc.add_note(f"aflow: the revert of {node.key!r} failed in run {self.run_id}")
             if sink.node_events:
@@ -251,7 +260,7 @@ class Compensation(RunState):
                 if failure is not None and not failure.cancelled:
                     had = describe(self._errors[index])
                 self._journal.record(
-                    NodeRecord(node.key, "reverted", attempt, None, had, None, time.time()),
+                    NodeRecord(node.key, _RECORD_REVERTED, attempt, None, had, None, time.time()),
                     ("reverted", index),
                 )
             else:

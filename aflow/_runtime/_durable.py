@@ -22,8 +22,14 @@ from .._exceptions import DefinitionError, ResumeMismatch
 from .._graph import Graph
 from .._serialize import Serializer, serializer_for
 from .._workflow import WorkflowBuilder, fingerprint
-from ..stores._base import NodeRecord, RunRecord, Store, open_store
-from ..stores._sql import PARKED
+from ..stores._base import (
+    NodeRecord,
+    RecordState,
+    RunRecord,
+    Store,
+    StoredRunStatus,
+    open_store,
+)
 from ._clock import SYSTEM_CLOCK, wall_time
 from ._follow import follow
 from ._handle import Run
@@ -33,7 +39,6 @@ from ._leases import Leases
 from ._options import RunOptions, dump_options, stored_options
 from ._rebuild import FINISHED, Rebuilder
 from ._scheduler import Execution
-from ._states import RunStatus
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -41,6 +46,17 @@ if TYPE_CHECKING:
 __all__ = ["Durability"]
 
 _KEEP: Any = object()
+#: A stored run in one of these is unwinding: a resume goes on undoing it.
+_UNWINDING = (StoredRunStatus.REVERTING, StoredRunStatus.CANCELLING)
+#: The unfinished statuses recovery looks for, in the order it takes their runs up.
+_RECOVERED = (
+    StoredRunStatus.RUNNING,
+    StoredRunStatus.REVERTING,
+    StoredRunStatus.PENDING,
+    StoredRunStatus.CANCELLING,
+)
+#: A fork reuses the stored output of a node in one of these.
+_HAS_OUTPUT = (RecordState.SUCCEEDED, RecordState.REUSED)
 
 
 @final
@@ -161,7 +177,7 @@ class Durability:
             workflow=workflow.path,
             params=workflow.dump_params(params, serializer),
             fingerprint=fingerprint(graph),
-            status="pending",
+            status=StoredRunStatus.PENDING,
             idempotency_key=idempotency_key,
             created_at=now,
             updated_at=now,
@@ -202,7 +218,7 @@ class Durability:
                 value = (serializer or self.serializer).dumps(value, task=key)
             elif value is None:
                 raise ValueError(f"cannot reuse node {key!r}: its output is None")
-            taken[key] = NodeRecord(key, "reused", 1, value)
+            taken[key] = NodeRecord(key, RecordState.REUSED, 1, value)
         return taken
 
     async def _attach(self, stored: RunRecord, graph: Graph) -> Run[Any]:
@@ -220,7 +236,7 @@ class Durability:
         if stored.status in FINISHED:
             value, error = self.rebuilder.outcome_of(stored)
             execution = rt._execution(graph, stored.run_id)
-            execution.status = RunStatus(stored.status)
+            execution.status = FINISHED[stored.status]
             return Run._finished_in_store(execution, value, error)
         # pending or running in the store, but not here: another process has it, or had it
         # and died; wait for it to end there (recovery resumes a dead one).
@@ -260,17 +276,17 @@ class Durability:
                     await leases.park(store, record)
             records = await store.load_nodes(run_id)
             failed_before: dict[str, str] = {}
-            if any(node.state == "revert_failed" for node in records.values()):
+            if any(node.state == RecordState.REVERT_FAILED for node in records.values()):
                 for transition in await store.load_history(run_id):  # oldest first
-                    if transition.state == "failed" and transition.error is not None:
+                    if transition.state == RecordState.FAILED and transition.error is not None:
                         failed_before[transition.key] = transition.error
             journal = Journal(store, run_id, serializer)
             # A run cancelled while its process was gone is unwound at once; what was
             # running when the process died counts as cancelled mid-way (its revert
             # runs), as it would have in the process itself. A parked run with a stored
             # cause was compensating when recovery parked it.
-            unwinding = record.status in ("reverting", "cancelling") or (
-                record.status == PARKED and record.error is not None
+            unwinding = record.status in _UNWINDING or (
+                record.status == StoredRunStatus.PARKED and record.error is not None
             )
             if unwinding:  # (a compensation has its own deadline, and its own cause)
                 deadline = None
@@ -286,7 +302,7 @@ class Durability:
                 except Exception as exc:  # its lease lapses instead
                     warn("aflow_release_failed", run_id=run_id, error=repr(exc))
             raise
-        if record.status == "cancelling":
+        if record.status == StoredRunStatus.CANCELLING:
             handle._execution.cancel()
         return handle
 
@@ -297,7 +313,7 @@ class Durability:
         rt = self._rt
         found: list[Run[Any]] = []
         now = wall_time(rt._clock)
-        for status in ("running", "reverting", "pending", "cancelling"):
+        for status in _RECOVERED:
             for record in await store.list_runs(status, limit=10_000):
                 if record.run_id in rt._runs or rt._closing:
                     continue
@@ -335,9 +351,9 @@ class Durability:
             if value is _KEEP:
                 graph.node(key)  # KeyError naming the known keys
                 found = old.get(key)
-                if found is None or found.state not in ("succeeded", "reused"):
+                if found is None or found.state not in _HAS_OUTPUT:
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
-                taken[key] = NodeRecord(key, "reused", 1, found.result)
+                taken[key] = NodeRecord(key, RecordState.REUSED, 1, found.result)
         now = wall_time(rt._clock)
         options, _ = stored_options(record, rt._defaults)  # (a new run: its deadline starts now)
         new = RunRecord(
@@ -345,7 +361,7 @@ class Durability:
             workflow=record.workflow,
             params=record.params,
             fingerprint=record.fingerprint,
-            status="pending",
+            status=StoredRunStatus.PENDING,
             idempotency_key=run_key,
             created_at=now,
             updated_at=now,

@@ -17,8 +17,7 @@ import anyio.abc
 
 from .._events import warn
 from .._exceptions import ResumeMismatch, RunCancelled, RunError
-from ..stores._base import RunRecord
-from ..stores._sql import PARKED
+from ..stores._base import RunRecord, StoredRunStatus
 from ._clock import SYSTEM_CLOCK, wall_time
 from ._handle import Run
 from ._rebuild import FINISHED
@@ -51,8 +50,8 @@ def follow(
 
     handle._remote_cancel = cancel_there
 
-    def end(status: str, error: BaseException | None, value: Any = None) -> None:
-        handle._execution.status = RunStatus(status)
+    def end(status: RunStatus, error: BaseException | None, value: Any = None) -> None:
+        handle._execution.status = status
         handle._value = value
         handle._error = error
         handle._finished.set()
@@ -60,13 +59,14 @@ def follow(
     async def step() -> bool:
         """One look at the store; True once the run has ended."""
         record = await store.get_run(stored.run_id)
-        if record.status in FINISHED:
+        ended = FINISHED.get(record.status)
+        if ended is not None:
             value, error = durability.rebuilder.outcome_of(record)
-            end(record.status, error, value)
+            end(ended, error, value)
             return True
-        if record.status == PARKED:
+        if record.status == StoredRunStatus.PARKED:
             reason = "recovery parked it: it kept killing the processes that took it up"
-            end("failed", RunError(record.run_id, reason))
+            end(RunStatus.FAILED, RunError(record.run_id, reason))
             return True
         if (record.heartbeat or 0) >= wall_time(clock):
             return False  # its process is alive
@@ -75,13 +75,13 @@ def follow(
         except ResumeMismatch as exc:
             if "lease holds" in exc.reason:
                 return False  # another process took it first: keep following
-            end("failed", exc)  # it cannot be resumed (its workflow changed...)
+            end(RunStatus.FAILED, exc)  # it cannot be resumed (its workflow changed...)
             return True
         handle._remote_cancel = None
         handle._execution = resumed._execution  # cancel() and steps() reach it now
         with anyio.CancelScope(shield=True):  # it runs here now: exit waits for it anyway
             await resumed.wait()
-        end(resumed.status.value, resumed._error, resumed._value)
+        end(resumed.status, resumed._error, resumed._value)
         return True
 
     async def poll() -> None:
@@ -98,7 +98,7 @@ def follow(
             durability.followers.pop(stored.run_id, None)
             if not handle._finished.is_set():
                 end(
-                    "cancelled",
+                    RunStatus.CANCELLED,
                     RunCancelled(handle.id, "the runtime closed while following the run"),
                 )
 

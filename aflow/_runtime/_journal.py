@@ -18,9 +18,12 @@ import anyio
 
 from .._exceptions import RecordedError, SerializationError
 from .._serialize import Serializer
-from ..stores._base import NodeRecord, Store
+from ..stores._base import NodeRecord, RecordState, Store
 
 __all__ = ["Journal", "describe"]
+
+# A global: every node's start reads it (an Enum attribute is slower).
+_RECORD_RUNNING = RecordState.RUNNING
 
 
 def describe(error: BaseException) -> str:
@@ -95,7 +98,7 @@ class Journal:
 
     def started(self, key: str, attempt: int) -> None:
         """Note a node's start; it goes out with the next batch."""
-        self.record(NodeRecord(key, "running", attempt, started_at=time.time()))
+        self.record(NodeRecord(key, _RECORD_RUNNING, attempt, started_at=time.time()))
 
     async def record_now(self, node: NodeRecord) -> None:
         """Buffer one record and wait until it is committed (write-ahead)."""

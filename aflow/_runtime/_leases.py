@@ -26,8 +26,7 @@ import anyio
 
 from .._events import warn
 from .._exceptions import LeaseLost, ResumeMismatch
-from ..stores._base import RunRecord, Store
-from ..stores._sql import PARKED
+from ..stores._base import RunRecord, Store, StoredRunStatus
 from ._clock import Clock, wall_time
 from ._scheduler import Execution
 
@@ -105,7 +104,7 @@ class Leases:
                             execution._store_failed(LeaseLost(run_id, reason))
                         continue
                     until[run_id] = expires
-                    if status == "cancelling":
+                    if status == StoredRunStatus.CANCELLING:
                         execution.cancel()
 
     async def keep_looking(
@@ -126,7 +125,7 @@ class Leases:
         """Recovery took this run over more than ``max_recoveries`` times, each from a
         process that died holding it: it is parked (recovery leaves it alone), for a
         person to resume or cancel."""
-        await store.set_status(record.run_id, PARKED)  # (its stored cause stays)
+        await store.set_status(record.run_id, StoredRunStatus.PARKED)  # (its stored cause stays)
         await store.release(record.run_id, self.owner)
         warn(
             "aflow_run_parked",

@@ -25,7 +25,7 @@ from .._exceptions import (
     RunReleased,
 )
 from .._graph import Graph
-from ..stores._base import NodeRecord
+from ..stores._base import NodeRecord, RecordState
 from ._clock import wall_time
 from ._current import ATTEMPT, EXECUTION, STEP
 from ._invariants import CHECK_INVARIANTS
@@ -56,6 +56,7 @@ _TIMEOUT = StopReason.TIMEOUT
 _SUSPEND = StopReason.SUSPEND
 _STORE = StopReason.STORE
 _RELEASE = StopReason.RELEASE
+_RECORD_NOT_STARTED = RecordState.NOT_STARTED
 
 
 class Lifecycle(RunState):
@@ -348,7 +349,7 @@ class Lifecycle(RunState):
             states = self._states
             for i in self._announced:  # its start is on record, but it never started
                 if states[i] is _PENDING:
-                    self._journal.record(NodeRecord(self._nodes[i].key, "not_started", 1))
+                    self._journal.record(NodeRecord(self._nodes[i].key, _RECORD_NOT_STARTED, 1))
             self._announced.clear()
         self._tg = None
         self.starting = False

@@ -17,12 +17,18 @@ from .._exceptions import DefinitionError, ResumeMismatch, RunError
 from .._graph import Graph
 from .._serialize import Serializer, serializer_for
 from .._workflow import WorkflowBuilder, fingerprint, registered_workflow
-from ..stores._base import RunRecord
+from ..stores._base import RunRecord, StoredRunStatus
+from ._states import RunStatus
 
 __all__ = ["FINISHED", "Rebuilder"]
 
-#: The statuses of a run that has ended, as its store keeps them.
-FINISHED = frozenset({"succeeded", "failed", "reverted", "cancelled"})
+#: The statuses of a run that has ended, as its store keeps them, and as a run's own.
+FINISHED: dict[StoredRunStatus, RunStatus] = {
+    StoredRunStatus.SUCCEEDED: RunStatus.SUCCEEDED,
+    StoredRunStatus.FAILED: RunStatus.FAILED,
+    StoredRunStatus.REVERTED: RunStatus.REVERTED,
+    StoredRunStatus.CANCELLED: RunStatus.CANCELLED,
+}
 
 
 @final
@@ -109,6 +115,6 @@ class Rebuilder:
         if record.result is not None:
             value = self.serializer_of(record).loads(record.result)
         error = None
-        if record.status != "succeeded":
+        if record.status != StoredRunStatus.SUCCEEDED:
             error = RunError(record.run_id, f"the run ended {record.status}: {record.error}")
         return value, error

@@ -14,7 +14,7 @@ from .._exceptions import (
 )
 from .._failure import Failure
 from .._graph import Node
-from ..stores._base import NodeRecord
+from ..stores._base import NodeRecord, RecordState
 from ._run_state import (
     _CANCELLED,
     _FAILED,
@@ -35,7 +35,16 @@ _perf_counter = time.perf_counter
 _CUT_SHORT = "cancelled mid-way: its process stopped"
 #: Stored states of a node that began and did not end: it runs again on a resume (or,
 #: in a run that is unwinding, counts as cancelled mid-way).
-_CUT_OFF = ("running", "retrying", "cancelled")
+_CUT_OFF = frozenset({RecordState.RUNNING, RecordState.RETRYING, RecordState.CANCELLED})
+#: Stored states of a node that ended well: its value is restored, it does not run again.
+_DONE = frozenset({RecordState.SUCCEEDED, RecordState.REUSED, RecordState.ENDED})
+#: Stored states of a node whose revert ran: the run was unwinding.
+_UNDONE = frozenset({RecordState.REVERTED, RecordState.REVERT_FAILED})
+# Globals: a resume reads them for each node on record (an Enum attribute is slower).
+_RECORD_FAILED = RecordState.FAILED
+_RECORD_ENDED = RecordState.ENDED
+_RECORD_REVERTED = RecordState.REVERTED
+_RECORD_REUSED = RecordState.REUSED
 
 
 class Restore(RunState):
@@ -86,8 +95,8 @@ class Restore(RunState):
                 record is not None
                 and node.task is not None
                 and (
-                    record.state in ("reverted", "revert_failed")
-                    or (record.state == "failed" and self._stops_run(node))
+                    record.state in _UNDONE
+                    or (record.state == _RECORD_FAILED and self._stops_run(node))
                 )
             ):
                 unwinding = True
@@ -99,20 +108,18 @@ class Restore(RunState):
                 continue
             i = node.index
             state = record.state
-            if state in ("succeeded", "reused", "ended") and (
-                record.result is not None or node.error_scope is not None
-            ):
+            if state in _DONE and (record.result is not None or node.error_scope is not None):
                 self._results[i] = None if record.result is None else read(node, record.result)
                 states[i] = _SUCCEEDED
-                if state == "ended":
+                if state == _RECORD_ENDED:
                     ended.add(i)
-            elif state == "failed":
+            elif state == _RECORD_FAILED:
                 failed.append(i)
                 self._restore_error(node, record.error or "failed (no error on record)", record)
-            elif unwinding and state in ("reverted", "revert_failed"):
+            elif unwinding and state in _UNDONE:
                 if record.result is not None:
                     self._results[i] = read(node, record.result)
-                if state == "reverted":
+                if state == _RECORD_REVERTED:
                     states[i] = _REVERTED
                     self._reverted.append(i)
                     if record.error is not None:  # it had failed before it was reverted
@@ -128,7 +135,7 @@ class Restore(RunState):
                 self._restore_error(node, _CUT_SHORT, record, cancelled=True)
             else:
                 continue  # it runs (again)
-            if state != "reused":  # a fork's reused node ran in another run: never reverted
+            if state != _RECORD_REUSED:  # a fork's reused node ran elsewhere: never reverted
                 self._started[i] = self._finished[i] = now
             if record.attempt > 1:
                 self._attempts[i] = record.attempt

@@ -30,7 +30,7 @@ from .._runtime._builder_api import (
 )
 from .._runtime._builder_api import in_thread as _in_threads
 from .._task import FunctionTask
-from ..stores._base import NodeRecord
+from ..stores._base import NodeRecord, RecordState
 from ._artifacts import (
     ArtifactStore,
     Origin,
@@ -295,7 +295,7 @@ async def _local_inputs(call: StepCall, store: ArtifactStore, run: RunView) -> d
             return stored
     manifests: dict[str, Any] = await in_thread(_literal_artifacts, call.step, store)
     if run.store is not None:  # on record before the op starts
-        await run.record_now(NodeRecord(key, "succeeded", 1, run.encode(key, manifests)))
+        await run.record_now(NodeRecord(key, RecordState.SUCCEEDED, 1, run.encode(key, manifests)))
     return manifests
 
 
@@ -417,7 +417,11 @@ async def _run_slices(
         stored = await run.stored_nodes()
         for record in records:
             found = stored.get(checkpoint_key(step, record["index"]))
-            if found is not None and found.state == "succeeded" and found.result is not None:
+            if (
+                found is not None
+                and found.state == RecordState.SUCCEEDED
+                and found.result is not None
+            ):
                 outputs = run.decode(found.result)
                 _check_stored_outputs(step, outputs, Origin(run_id, record["key"]))
                 record.update(
@@ -518,7 +522,10 @@ class _SliceRecords(FanOutHooks):
         # so a stored run shows it was running (then cut short)
         self._run.record(
             NodeRecord(
-                checkpoint_key(self._step, item), "running", 1, started_at=record["started_at"]
+                checkpoint_key(self._step, item),
+                RecordState.RUNNING,
+                1,
+                started_at=record["started_at"],
             )
         )
 
@@ -532,7 +539,7 @@ class _SliceRecords(FanOutHooks):
             run.record(
                 NodeRecord(
                     checkpoint_key(self._step, item),
-                    "succeeded",
+                    RecordState.SUCCEEDED,
                     attempts,
                     run.encode(record["key"], value),
                     None,
@@ -549,7 +556,7 @@ class _SliceRecords(FanOutHooks):
         self._run.record(  # for queries: a resume runs it again anyway
             NodeRecord(
                 checkpoint_key(self._step, item),
-                "failed",
+                RecordState.FAILED,
                 record["attempts"],
                 None,
                 record["error"],

@@ -38,7 +38,7 @@ from .._runtime._handle import Run
 from .._runtime._runtime import CURRENT_RUNTIME, Runtime
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
-from ..stores._base import NodeRecord, RunRecord
+from ..stores._base import NodeRecord, RecordState, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, check_artifact, default_root
 from ._expr import Expression
 from ._op import op_name
@@ -266,17 +266,19 @@ def _outputs_view(
     return StepIO(params, arts)
 
 
-_STORED_STATES = {
-    "skipped": NodeState.SKIPPED,
-    "running": NodeState.RUNNING,
-    "retrying": NodeState.RETRYING,
-    "succeeded": NodeState.SUCCEEDED,
-    "ended": NodeState.SUCCEEDED,
-    "reused": NodeState.SUCCEEDED,
-    "not_started": NodeState.PENDING,
-    "failed": NodeState.FAILED,
-    "reverted": NodeState.REVERTED,
-    "revert_failed": NodeState.REVERT_FAILED,
+#: A stored node's state as a query shows it (every RecordState has its entry).
+_STORED_STATES: dict[str, NodeState] = {
+    RecordState.SKIPPED: NodeState.SKIPPED,
+    RecordState.RUNNING: NodeState.RUNNING,
+    RecordState.RETRYING: NodeState.RETRYING,
+    RecordState.SUCCEEDED: NodeState.SUCCEEDED,
+    RecordState.ENDED: NodeState.SUCCEEDED,
+    RecordState.REUSED: NodeState.SUCCEEDED,
+    RecordState.NOT_STARTED: NodeState.PENDING,
+    RecordState.CANCELLED: NodeState.CANCELLED,
+    RecordState.FAILED: NodeState.FAILED,
+    RecordState.REVERTED: NodeState.REVERTED,
+    RecordState.REVERT_FAILED: NodeState.REVERT_FAILED,
 }
 
 
@@ -298,7 +300,7 @@ class _StoredRun:
         self.heartbeat = record.heartbeat
         self._results: dict[str, Any] = {}
         self._infos: dict[str, StepInfo] = {}
-        self.reused = {key for key, node in nodes.items() if node.state == "reused"}
+        self.reused = {key for key, node in nodes.items() if node.state == RecordState.REUSED}
         for key, node in nodes.items():
             state = _STORED_STATES.get(node.state, NodeState.PENDING)
             if state is NodeState.SUCCEEDED and node.result is not None:
@@ -584,7 +586,7 @@ class Workflow:
         built._run_root = built._artifact_root(store)
         built._run_id = run_id
         nodes = await store.load_nodes(run_id)
-        built._reused = {key for key, node in nodes.items() if node.state == "reused"}
+        built._reused = {key for key, node in nodes.items() if node.state == RecordState.REUSED}
         try:
             built._run = rt.get(run_id)
         except KeyError:  # run by another process, or finished: read from the store

@@ -2,28 +2,156 @@
 
 from __future__ import annotations
 
+import enum
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from .._exceptions import StoreError
 
-__all__ = ["SCHEMA_VERSION", "NodeRecord", "RunRecord", "Store", "open_store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "NodeRecord",
+    "RecordState",
+    "RunRecord",
+    "Store",
+    "StoredRunStatus",
+    "open_store",
+]
 
 #: The schema this aflow writes; a store written by a newer aflow is refused.
 SCHEMA_VERSION = 3
 
 
+class StoredRunStatus(enum.StrEnum):
+    """A run's status as its store keeps it (:attr:`RunRecord.status`).
+
+    Each member is the very text stored (a member is a ``str``, equal to it), so
+    rows written before this enum existed read the same. A store hands out members;
+    a row holding any other text is refused with :class:`~aflow.errors.StoreError`
+    as it is read. Adding a member changes the schema: :data:`SCHEMA_VERSION` goes
+    up with it, so an older aflow refuses the whole store instead of one row.
+
+    The four ends are the values of :class:`aflow.RunStatus` of the same names; the
+    others say where an unfinished run is, for recovery and ``aflow cancel``.
+    """
+
+    #: Recorded by ``Runtime.submit`` / ``fork`` as the run is created, owned by the
+    #: process that created it, before it starts. Unfinished: recovery takes it up once
+    #: its owner's lease has run out, and runs what is not on record (a fork's reused
+    #: nodes are).
+    PENDING = "pending"
+    #: Its owner runs it forward (``start_run`` as it starts or is resumed). Unfinished:
+    #: a resume (by hand, or recovery once the lease lapsed) runs again only what is not
+    #: on record as done.
+    RUNNING = "running"
+    #: A failure, a cancel or the deadline stopped it and its owner is undoing what ran;
+    #: ``error`` holds what started the compensation. Unfinished: a resume goes on
+    #: unwinding from the reverts on record.
+    REVERTING = "reverting"
+    #: A cancel was asked (``aflow cancel``, a following handle's ``cancel()``,
+    #: :meth:`Store.request_cancel`) of an unfinished or parked run; its owner sees it at
+    #: its next heartbeat and cancels. Unfinished: a resume unwinds it at once.
+    CANCELLING = "cancelling"
+    #: Recovery took it over from dead processes more than ``max_recoveries`` times
+    #: (``Runtime(max_recoveries=)``): recovery leaves it alone and a following handle
+    #: ends with a :class:`~aflow.errors.RunError`. A person resumes it (``aflow
+    #: resume``: unwinding if ``error`` holds a cause, else forward) or cancels it.
+    PARKED = "parked"
+    #: Ended: every node it needed succeeded; ``result`` holds its value. Written by its
+    #: owner at the end, as the other three ends are. A resume refuses an ended run; an
+    #: idempotency key naming one gets its stored outcome.
+    SUCCEEDED = "succeeded"
+    #: Ended: a task failed (or the deadline passed) with nothing to revert, or a revert
+    #: failed too; ``error`` says what.
+    FAILED = "failed"
+    #: Ended: a task failed (or the deadline passed) and every revert that was due
+    #: succeeded; ``error`` says what stopped it.
+    REVERTED = "reverted"
+    #: Ended: it was cancelled and unwound cleanly (``error`` holds the cancel).
+    CANCELLED = "cancelled"
+
+
+class RecordState(enum.StrEnum):
+    """What one node transition says happened (:attr:`NodeRecord.state`).
+
+    Each member is the very text stored (a member is a ``str``, equal to it), so
+    rows written before this enum existed read the same. A store hands out members;
+    a row holding any other text is refused with :class:`~aflow.errors.StoreError`
+    as it is read. Adding a member changes the schema: :data:`SCHEMA_VERSION` goes
+    up with it, so an older aflow refuses the whole store instead of one row.
+
+    A store keeps each node's latest transition (:meth:`Store.load_nodes`, what a
+    resume reads) and every transition in order (:meth:`Store.load_history`).
+    """
+
+    #: The node began (attempt ``attempt``): written with the next batch, or ahead of
+    #: its start for a node with a revert (so a dead run's cancel reverts it). A resume
+    #: runs it again (at least once); in a run that is unwinding it counts as cancelled
+    #: mid-way, and its revert runs.
+    RUNNING = "running"
+    #: An attempt failed and another follows (``error`` holds that attempt's failure; the
+    #: history keeps it). A resume treats it as ``RUNNING``.
+    RETRYING = "retrying"
+    #: It ended well: ``result`` holds its serialised value (an error callback's is
+    #: ``None``). Written by the checkpoint of a success; its children start only once it
+    #: is committed. A resume restores the value and does not run it again.
+    SUCCEEDED = "succeeded"
+    #: A flow node that succeeded and ended its branch (``EndBranch``): ``result`` holds
+    #: its value. A resume restores it as succeeded and skips what follows it.
+    ENDED = "ended"
+    #: Taken from an earlier run (``Runtime.fork``, ``submit(reuse=)``): ``result`` holds
+    #: the value given. A resume restores it as succeeded and never reverts it (it ran in
+    #: another run).
+    REUSED = "reused"
+    #: Its start was written ahead but it never began (the forward phase ended first).
+    #: A resume runs it; there is nothing of it to undo.
+    NOT_STARTED = "not_started"
+    #: ``aflow.ops``: a step whose ``when`` condition was false (attempt 0), so a query of
+    #: the stored run shows it. A resume treats it as not run (its condition is evaluated
+    #: again).
+    SKIPPED = "skipped"
+    #: Cut short while it ran (its run was cancelled, failed elsewhere or timed out, or
+    #: its runtime let go of it): ``error`` says why. A resume treats it as ``RUNNING``.
+    CANCELLED = "cancelled"
+    #: Its last attempt failed (``error``). A resume keeps the failure: with
+    #: ``on_error="revert"``, unless tolerated, the run unwinds.
+    FAILED = "failed"
+    #: Its revert ran and succeeded; ``error`` keeps a failure it had before. A resume
+    #: keeps it reverted, and the run goes on unwinding.
+    REVERTED = "reverted"
+    #: Its revert failed (``error``; the history holds the failure before it). A resume
+    #: keeps it so, and the run goes on unwinding (it ends ``failed``).
+    REVERT_FAILED = "revert_failed"
+
+
+#: The text of each :class:`RecordState` member (a record may be given either).
+StateText: TypeAlias = Literal[
+    "running",
+    "retrying",
+    "succeeded",
+    "ended",
+    "reused",
+    "not_started",
+    "skipped",
+    "cancelled",
+    "failed",
+    "reverted",
+    "revert_failed",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """One run as stored. ``params`` and ``result`` are serialised text."""
+    """One run as stored. ``params`` and ``result`` are serialised text; ``status`` is
+    a :class:`StoredRunStatus`."""
 
     run_id: str
     workflow: str
     params: str
     fingerprint: str
-    status: str
+    status: StoredRunStatus
     idempotency_key: str | None
     created_at: float
     updated_at: float
@@ -44,18 +172,16 @@ class RunRecord:
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
-    """One transition of one node of a run.
+    """One transition of one node of a run: ``state`` says what happened (see
+    :class:`RecordState`), ``result`` and ``error`` are stored text.
 
-    ``state`` is ``running``, ``retrying`` (``error`` holds the attempt's failure),
-    ``succeeded``, ``ended`` (succeeded and ended its branch), ``reused`` (taken
-    from an earlier run by a fork), ``not_started`` (its start was written ahead
-    but it never began), ``cancelled`` (cut short while it ran: ``error`` says
-    why), ``failed``, ``reverted`` (``error`` keeps a failure it had) or
-    ``revert_failed``.
+    A record a store reads back from its rows holds a :class:`RecordState` member;
+    one made in a process may name its state by the member's text too (equal to it),
+    and keeps it as given (the in-memory store converts nothing).
     """
 
     key: str
-    state: str
+    state: RecordState | StateText
     attempt: int
     result: str | None = None
     error: str | None = None
@@ -65,7 +191,12 @@ class NodeRecord:
 
 @runtime_checkable
 class Store(Protocol):
-    """What a durable store does. Every method is safe to call from several tasks at once."""
+    """What a durable store does. Every method is safe to call from several tasks at once.
+
+    A store that keeps text (rows) converts it as it reads it: the statuses it returns
+    are :class:`StoredRunStatus` members and its records' states :class:`RecordState`
+    members, and text that is neither is a :class:`~aflow.errors.StoreError`.
+    """
 
     url: str
 
@@ -86,14 +217,16 @@ class Store(Protocol):
         """The run (raises :class:`~aflow.errors.RunNotFound`)."""
         ...
 
-    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+    async def list_runs(
+        self, status: StoredRunStatus | None = None, limit: int = 100
+    ) -> list[RunRecord]:
         """Runs, newest first, optionally of one status."""
         ...
 
     async def set_status(
         self,
         run_id: str,
-        status: str,
+        status: StoredRunStatus,
         *,
         result: str | None = None,
         error: str | None = None,
@@ -111,12 +244,14 @@ class Store(Protocol):
         history keeps.
         """
 
-    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+    async def start_run(
+        self, run_id: str, status: StoredRunStatus, error: str | None
+    ) -> StoredRunStatus:
         """Set the status of a run that (re)starts, unless a cancel was requested
         meanwhile (``cancelling`` stays); return the status now stored."""
         ...
 
-    async def request_cancel(self, run_id: str, reason: str) -> str:
+    async def request_cancel(self, run_id: str, reason: str) -> StoredRunStatus:
         """Set an unfinished (or parked) run to ``cancelling``, atomically; return the
         run's status afterwards (a finished run keeps its own; raises
         :class:`RunNotFound`). A run that is reverting keeps its stored error: what
@@ -147,7 +282,7 @@ class Store(Protocol):
 
     async def heartbeat(
         self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, StoredRunStatus]:
         """Renew for ``lease`` seconds from ``now`` those of ``run_ids`` that ``owner``
         owns and that are unfinished; return the renewed ones with their status
         (``cancelling``: a cancel was asked). A run missing from the answer is no

@@ -8,8 +8,13 @@ from collections.abc import Sequence
 from typing import final
 
 from .._exceptions import RunExists, RunNotFound
-from ._base import NodeRecord, RunRecord
-from ._sql import CANCELLABLE, PARKED, UNFINISHED
+from ._base import NodeRecord, RunRecord, StoredRunStatus
+from ._sql import CANCELLABLE, UNFINISHED
+
+_CANCELLING = StoredRunStatus.CANCELLING
+_PARKED = StoredRunStatus.PARKED
+#: A run that keeps what started its compensation when a cancel is asked.
+_KEEPS_CAUSE = (StoredRunStatus.REVERTING, _PARKED)
 
 __all__ = ["MemoryStore"]
 
@@ -54,7 +59,9 @@ class MemoryStore:
         except KeyError:
             raise RunNotFound(run_id, self.url) from None
 
-    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+    async def list_runs(
+        self, status: StoredRunStatus | None = None, limit: int = 100
+    ) -> list[RunRecord]:
         runs = [r for r in self._runs.values() if status is None or r.status == status]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return runs[:limit]
@@ -62,7 +69,7 @@ class MemoryStore:
     async def set_status(
         self,
         run_id: str,
-        status: str,
+        status: StoredRunStatus,
         *,
         result: str | None = None,
         error: str | None = None,
@@ -124,27 +131,29 @@ class MemoryStore:
         self._runs[run_id] = dataclasses.replace(run, owner=None, heartbeat=None)
         return True
 
-    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+    async def start_run(
+        self, run_id: str, status: StoredRunStatus, error: str | None
+    ) -> StoredRunStatus:
         run = await self.get_run(run_id)
-        if run.status != "cancelling":
+        if run.status != _CANCELLING:
             await self.set_status(run_id, status, error=error)
         return (await self.get_run(run_id)).status
 
-    async def request_cancel(self, run_id: str, reason: str) -> str:
+    async def request_cancel(self, run_id: str, reason: str) -> StoredRunStatus:
         run = await self.get_run(run_id)
         if run.status in CANCELLABLE:
-            keep = run.status in ("reverting", PARKED) and run.error is not None
-            if run.status == PARKED:
+            keep = run.status in _KEEPS_CAUSE and run.error is not None
+            if run.status == _PARKED:
                 self._runs[run_id] = dataclasses.replace(run, recoveries=0)
-            await self.set_status(run_id, "cancelling", error=None if keep else reason)
-            return "cancelling"
+            await self.set_status(run_id, _CANCELLING, error=None if keep else reason)
+            return _CANCELLING
         return run.status
 
     async def heartbeat(
         self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, StoredRunStatus]:
         expires = (time.time() if now is None else now) + lease
-        renewed: dict[str, str] = {}
+        renewed: dict[str, StoredRunStatus] = {}
         for run_id in run_ids:
             run = self._runs.get(run_id)
             if run is not None and run.owner == owner and run.status in UNFINISHED:

@@ -12,7 +12,7 @@ from typing import Any, final
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
-from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
+from ._base import SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
@@ -21,14 +21,17 @@ from ._sql import (
     HISTORY_COLUMNS,
     INSERT_HISTORY,
     NODE_COLUMNS,
+    NOT_CANCELLING,
     RUN_COLUMNS,
     UNFINISHED,
     UPSERT_NODE,
     history_row,
     migrations,
+    node_from_row,
     node_row,
     run_from_row,
     run_row,
+    status_of,
 )
 from ._sqlite import expected_schema, schema_problems, shape_of
 
@@ -312,7 +315,9 @@ class PostgresStore:
             raise RunNotFound(run_id, self.url)
         return run_from_row(tuple(row))
 
-    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+    async def list_runs(
+        self, status: StoredRunStatus | None = None, limit: int = 100
+    ) -> list[RunRecord]:
         with self._errors("listing runs"):
             if status is None:
                 rows = await self._p().fetch(
@@ -331,7 +336,7 @@ class PostgresStore:
     async def set_status(
         self,
         run_id: str,
-        status: str,
+        status: StoredRunStatus,
         *,
         result: str | None = None,
         error: str | None = None,
@@ -413,11 +418,13 @@ class PostgresStore:
             )
         return not done.endswith(" 0")
 
-    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+    async def start_run(
+        self, run_id: str, status: StoredRunStatus, error: str | None
+    ) -> StoredRunStatus:
         with self._errors("starting a run"):
             await self._p().execute(
                 "UPDATE aflow_runs SET status = $1, updated_at = $2, error = COALESCE($3, error) "
-                "WHERE run_id = $4 AND status <> 'cancelling'",
+                f"WHERE run_id = $4 AND {NOT_CANCELLING}",
                 status,
                 time.time(),
                 error,
@@ -425,7 +432,7 @@ class PostgresStore:
             )
         return (await self.get_run(run_id)).status
 
-    async def request_cancel(self, run_id: str, reason: str) -> str:
+    async def request_cancel(self, run_id: str, reason: str) -> StoredRunStatus:
         with self._errors("asking a run to cancel"):
             await self._p().execute(
                 f"UPDATE aflow_runs SET {_CANCEL_SET} "
@@ -439,7 +446,7 @@ class PostgresStore:
 
     async def heartbeat(
         self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, StoredRunStatus]:
         if not run_ids:
             return {}
         with self._errors("renewing leases"):
@@ -451,7 +458,7 @@ class PostgresStore:
                 owner,
                 list(UNFINISHED),
             )
-        return {row[0]: row[1] for row in rows}
+        return {row[0]: status_of(row[0], row[1]) for row in rows}
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
@@ -459,7 +466,7 @@ class PostgresStore:
             rows = await self._p().fetch(
                 f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = $1", run_id
             )
-        return {row[0]: NodeRecord(*tuple(row)) for row in rows}
+        return {row[0]: node_from_row(run_id, tuple(row)) for row in rows}
 
     async def load_history(self, run_id: str) -> list[NodeRecord]:
         await self.get_run(run_id)
@@ -468,4 +475,4 @@ class PostgresStore:
                 f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = $1 ORDER BY seq",
                 run_id,
             )
-        return [NodeRecord(*tuple(row)) for row in rows]
+        return [node_from_row(run_id, tuple(row)) for row in rows]

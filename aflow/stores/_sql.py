@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Any
 
-from ._base import NodeRecord, RunRecord
+from .._exceptions import StoreError
+from ._base import NodeRecord, RecordState, RunRecord, StoredRunStatus
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -15,15 +17,17 @@ __all__ = [
     "CANCEL_SET",
     "CLAIM_FRESH_SET",
     "CLAIM_SET",
-    "PARKED",
+    "NOT_CANCELLING",
     "UNFINISHED",
     "INSERT_HISTORY",
     "UPSERT_NODE",
     "history_row",
     "migrations",
+    "node_from_row",
     "node_row",
     "run_from_row",
     "run_row",
+    "status_of",
 ]
 
 #: Version 1, created on first use; later versions are migrations from it (below), so
@@ -151,13 +155,19 @@ NODE_COLUMNS = "key, state, attempt, result, error, started_at, finished_at"
 #: A transition as the history keeps it (its result is in aflow_nodes).
 HISTORY_COLUMNS = "key, state, attempt, NULL, error, started_at, finished_at"
 
+_PENDING = StoredRunStatus.PENDING
+_RUNNING = StoredRunStatus.RUNNING
+_REVERTING = StoredRunStatus.REVERTING
+_CANCELLING = StoredRunStatus.CANCELLING
+_PARKED = StoredRunStatus.PARKED
+
 #: Statuses of runs that are not over (recovery looks at these).
-UNFINISHED = ("pending", "running", "reverting", "cancelling")
-#: A run that kept killing the processes that recovered it: recovery leaves it alone,
-#: a person may resume or cancel it (the dead-letter state; issue 14).
-PARKED = "parked"
-#: What ``aflow cancel`` may act on: an unfinished run, or a parked one.
-CANCELLABLE = (*UNFINISHED, PARKED)
+UNFINISHED = (_PENDING, _RUNNING, _REVERTING, _CANCELLING)
+#: What ``aflow cancel`` may act on: an unfinished run, or a parked one (the dead-letter
+#: state: recovery leaves it alone, a person may resume or cancel it; issue 14).
+CANCELLABLE = (*UNFINISHED, _PARKED)
+#: ``start_run`` changes the status of a run unless a cancel was asked meanwhile.
+NOT_CANCELLING = f"status <> '{_CANCELLING}'"
 
 #: Set by ``claim``: the new owner, its lease, and one more recovery when the run is
 #: taken from another owner (one that died holding it; a released run has none).
@@ -170,10 +180,22 @@ CLAIM_FRESH_SET = "owner = {owner}, heartbeat = {until}, recoveries = 0"
 #: ``request_cancel``: a reverting (or parked) run keeps what started its compensation,
 #: and a person cancelling a parked run gives it a fresh count of recoveries.
 CANCEL_SET = (
-    "status = 'cancelling', updated_at = {now}, recoveries = CASE WHEN status = 'parked' "
-    "THEN 0 ELSE recoveries END, error = CASE WHEN status IN ('reverting', 'parked') AND "
-    "error IS NOT NULL THEN error ELSE {reason} END"
+    f"status = '{_CANCELLING}', updated_at = {{now}}, recoveries = CASE WHEN status = "
+    f"'{_PARKED}' THEN 0 ELSE recoveries END, error = CASE WHEN status IN ('{_REVERTING}', "
+    f"'{_PARKED}') AND error IS NOT NULL THEN error ELSE {{reason}} END"
 )
+
+#: Stored text -> member, for rows read back (a dict lookup, not an enum call per row).
+_STATUSES: dict[object, StoredRunStatus] = {m.value: m for m in StoredRunStatus}
+_STATES: dict[object, RecordState] = {m.value: m for m in RecordState}
+
+
+def _unknown(what: str, text: object, known: type[enum.StrEnum]) -> StoreError:
+    return StoreError(
+        f"{what} is {text!r} on record, which aflow never writes (it writes "
+        f"{', '.join(m.value for m in known)}): something other than aflow changed the "
+        "store; restore it from a backup, or remove the row"
+    )
 
 
 def run_row(record: RunRecord) -> tuple[Any, ...]:
@@ -182,7 +204,7 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
         record.workflow,
         record.params,
         record.fingerprint,
-        record.status,
+        str(record.status),  # as plain text: SQLite adapts a str subclass, a slower path
         record.idempotency_key,
         record.created_at,
         record.updated_at,
@@ -198,14 +220,36 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
 
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(*row)
+    """A run row (``RUN_COLUMNS``) as a record; a status aflow never writes is a
+    :class:`StoreError` naming the run."""
+    run_id, workflow, params, fingerprint, text, *rest = row
+    return RunRecord(run_id, workflow, params, fingerprint, status_of(run_id, text), *rest)
+
+
+def status_of(run_id: str, text: object) -> StoredRunStatus:
+    """A stored status as a member (a :class:`StoreError` naming the run if aflow never
+    writes it)."""
+    status = _STATUSES.get(text)
+    if status is None:
+        raise _unknown(f"the status of run {run_id!r}", text, StoredRunStatus)
+    return status
+
+
+def node_from_row(run_id: str, row: Sequence[Any]) -> NodeRecord:
+    """A node row (``NODE_COLUMNS`` or ``HISTORY_COLUMNS``) as a record; a state aflow
+    never writes is a :class:`StoreError` naming the run and the node."""
+    key, text, *rest = row
+    state = _STATES.get(text)
+    if state is None:
+        raise _unknown(f"the state of node {key!r} of run {run_id!r}", text, RecordState)
+    return NodeRecord(key, state, *rest)
 
 
 def history_row(run_id: str, node: NodeRecord) -> tuple[Any, ...]:
     return (
         run_id,
         node.key,
-        node.state,
+        str(node.state),  # as plain text: SQLite adapts a str subclass, a slower path
         node.attempt,
         node.error,
         node.started_at,
@@ -217,7 +261,7 @@ def node_row(run_id: str, node: NodeRecord) -> tuple[Any, ...]:
     return (
         run_id,
         node.key,
-        node.state,
+        str(node.state),  # as plain text: SQLite adapts a str subclass, a slower path
         node.attempt,
         node.result,
         node.error,

@@ -28,7 +28,7 @@ import aiosqlite
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
-from ._base import SCHEMA_VERSION, NodeRecord, RunRecord
+from ._base import SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
@@ -37,14 +37,17 @@ from ._sql import (
     HISTORY_COLUMNS,
     INSERT_HISTORY,
     NODE_COLUMNS,
+    NOT_CANCELLING,
     RUN_COLUMNS,
     UNFINISHED,
     UPSERT_NODE,
     history_row,
     migrations,
+    node_from_row,
     node_row,
     run_from_row,
     run_row,
+    status_of,
 )
 
 __all__ = ["SQLiteStore", "expected_schema", "schema_problems", "shape_of"]
@@ -458,7 +461,9 @@ class SQLiteStore:
             raise RunNotFound(run_id, self.url)
         return run_from_row(rows[0])
 
-    async def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+    async def list_runs(
+        self, status: StoredRunStatus | None = None, limit: int = 100
+    ) -> list[RunRecord]:
         sql = f"SELECT {RUN_COLUMNS} FROM aflow_runs"
         args: tuple[Any, ...] = ()
         if status is not None:
@@ -470,7 +475,7 @@ class SQLiteStore:
     async def set_status(
         self,
         run_id: str,
-        status: str,
+        status: StoredRunStatus,
         *,
         result: str | None = None,
         error: str | None = None,
@@ -543,16 +548,18 @@ class SQLiteStore:
         )
         return released == 1
 
-    async def start_run(self, run_id: str, status: str, error: str | None) -> str:
+    async def start_run(
+        self, run_id: str, status: StoredRunStatus, error: str | None
+    ) -> StoredRunStatus:
         await self._change(
             "starting a run",
             "UPDATE aflow_runs SET status = ?, updated_at = ?, error = COALESCE(?, error) "
-            "WHERE run_id = ? AND status <> 'cancelling'",
+            f"WHERE run_id = ? AND {NOT_CANCELLING}",
             (status, time.time(), error, run_id),
         )
         return (await self.get_run(run_id)).status
 
-    async def request_cancel(self, run_id: str, reason: str) -> str:
+    async def request_cancel(self, run_id: str, reason: str) -> StoredRunStatus:
         marks = ", ".join("?" * len(CANCELLABLE))
         await self._change(
             "asking a run to cancel",
@@ -563,7 +570,7 @@ class SQLiteStore:
 
     async def heartbeat(
         self, owner: str, lease: float, run_ids: Sequence[str], *, now: float | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, StoredRunStatus]:
         if not run_ids:
             return {}
         until = (time.time() if now is None else now) + lease
@@ -575,7 +582,7 @@ class SQLiteStore:
             "RETURNING run_id, status",
             (until, json.dumps(list(run_ids)), owner, *UNFINISHED),
         )
-        return {row[0]: row[1] for row in rows}
+        return {row[0]: status_of(row[0], row[1]) for row in rows}
 
     async def load_nodes(self, run_id: str) -> dict[str, NodeRecord]:
         await self.get_run(run_id)
@@ -584,7 +591,7 @@ class SQLiteStore:
             f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = ?",
             (run_id,),
         )
-        return {row[0]: NodeRecord(*row) for row in rows}
+        return {row[0]: node_from_row(run_id, row) for row in rows}
 
     async def load_history(self, run_id: str) -> list[NodeRecord]:
         await self.get_run(run_id)
@@ -593,4 +600,4 @@ class SQLiteStore:
             f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = ? ORDER BY seq",
             (run_id,),
         )
-        return [NodeRecord(*row) for row in rows]
+        return [node_from_row(run_id, row) for row in rows]
