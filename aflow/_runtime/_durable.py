@@ -144,6 +144,18 @@ class Durability:
         """Every run has ended: no lease is left to renew."""
         self.leases.alive.cancel()
 
+    async def let_go(self, run_id: str) -> None:
+        """A run let go of at shutdown: any process may take it up at once, without
+        waiting for its lease to lapse (if the store cannot be told, the lease lapses)."""
+        store = self.store
+        if store is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await store.release(run_id, self.leases.owner)
+        except Exception as exc:
+            warn("aflow_release_failed", run_id=run_id, error=repr(exc))
+
     async def close(self) -> None:
         """Close a store opened from a URL; the runtime has no store until it is entered again."""
         if self.store is not None and isinstance(self._spec, str):

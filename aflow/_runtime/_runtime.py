@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 import anyio
 import anyio.abc
 
-from .._events import EventListener, warn
+from .._events import EventListener
 from .._exceptions import DefinitionError, RunExists
 from .._graph import Graph, compile
 from .._serialize import Serializer
@@ -211,17 +211,7 @@ class Runtime:
         durable.stop_looking()  # (and other processes' runs: stop watching them)
         try:
             if exc is None:
-                try:
-                    if self._shutdown_timeout is not None:
-                        with anyio.move_on_after(self._shutdown_timeout):
-                            while self._runs:
-                                await next(iter(self._runs.values())).wait()
-                        self._stop_runs()
-                    while self._runs:  # a follower may have resumed one meanwhile
-                        await next(iter(self._runs.values())).wait()
-                except BaseException:  # cancelled while waiting: a deploy stops the service
-                    self._stop_runs()
-                    raise
+                await _let_runs_end(self)
             else:
                 self._stop_runs()
             durable.stop_heartbeats()  # once every run has ended
@@ -413,14 +403,8 @@ class Runtime:
         try:
             await handle._drive()
         finally:
-            execution = handle._execution
-            store = self._durable.store
-            if execution.released and store is not None:
-                try:  # any process may take it up at once, without waiting for the lease
-                    with anyio.CancelScope(shield=True):
-                        await store.release(handle.id, self._durable.leases.owner)
-                except Exception as exc:  # its lease lapses instead
-                    warn("aflow_release_failed", run_id=handle.id, error=repr(exc))
+            if handle._execution.released:
+                await self._durable.let_go(handle.id)
             self._runs.pop(handle.id, None)
             if self._keep > 0:
                 self._history[handle.id] = handle
@@ -480,3 +464,20 @@ class Runtime:
         if found is None:
             raise KeyError(f"no run {run_id!r} in this runtime (active or recently finished)")
         return found
+
+
+async def _let_runs_end(runtime: Runtime) -> None:
+    """A clean shutdown: wait for the runs (at most ``shutdown_timeout``), then let go
+    of or cancel what is left (see :meth:`Runtime._stop_runs`)."""
+    runs = runtime._runs
+    try:
+        if runtime._shutdown_timeout is not None:
+            with anyio.move_on_after(runtime._shutdown_timeout):
+                while runs:
+                    await next(iter(runs.values())).wait()
+            runtime._stop_runs()
+        while runs:  # a follower may have resumed one meanwhile
+            await next(iter(runs.values())).wait()
+    except BaseException:  # cancelled while waiting: a deploy stops the service
+        runtime._stop_runs()
+        raise
