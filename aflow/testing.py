@@ -134,25 +134,41 @@ class FakeClock:
 
 
 async def _all_tasks_blocked() -> None:
-    """Return once every other task waits on something (a future, an event, a thread).
+    """Return once every other task waits on something (a future, an event, a thread)
+    and nothing is queued on the loop that could wake one.
 
     ``anyio.wait_all_tasks_blocked`` polls every 0.1 s on asyncio; this spins on
     ``sleep(0)`` first, so a jump of the fake clock costs microseconds, not 100 ms.
+    A task waiting on a future that a queued callback is about to resolve is not
+    blocked: asyncio's ready queue must be empty, and (uvloop does not show its
+    queue) the tasks must stay blocked for a few loop turns in a row.
     """
     try:
         me = asyncio.current_task()
     except RuntimeError:  # not on asyncio (trio)
         await anyio.wait_all_tasks_blocked()
         return
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)  # asyncio's queue of callbacks due now
     spins = 0
+    settled = 0
     while True:
         await asyncio.sleep(0)
         waiting = (getattr(t, "_fut_waiter", None) for t in asyncio.all_tasks() if t is not me)
-        if all(w is not None and not w.done() for w in waiting):
-            return
+        if all(w is not None and not w.done() for w in waiting) and not ready:
+            settled += 1
+            if settled >= _SETTLE_TURNS:
+                return
+            continue
+        settled = 0
         spins += 1
         if spins >= 1000:  # something is busy for real (a CPU-bound task): back off
             await asyncio.sleep(0.001)
+
+
+#: Loop turns every task must stay blocked before virtual time may jump (callbacks
+#: chained through call_soon resolve within them).
+_SETTLE_TURNS = 4
 
 
 @final
