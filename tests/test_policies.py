@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import random
 from typing import Any
@@ -76,6 +77,24 @@ class TestRetries:
             with anyio.fail_after(5):  # real seconds: proves nothing really waited
                 assert await aflow.run(slow_flaky.s(), clock=clock) == 3
         assert times == [0, 30, 90]
+
+    @pytest.mark.both_loops
+    async def test_fake_time_does_not_jump_while_a_queued_callback_is_due(self) -> None:
+        """A body waiting on a future that callbacks already queued will resolve is not
+        blocked: the fake clock must not jump to its timeout meanwhile."""
+
+        @aflow.task(timeout=5)
+        async def answered_soon() -> str:
+            loop = asyncio.get_running_loop()
+            answer: asyncio.Future[str] = loop.create_future()
+            # resolved two loop turns from now, by callbacks already queued
+            loop.call_soon(loop.call_soon, answer.set_result, "in time")
+            return await answer
+
+        async with FakeClock() as clock:
+            for _ in range(20):
+                assert await aflow.run(answered_soon.s(), clock=clock) == "in time"
+            assert clock.now() == 0
 
     async def test_current_attempt_in_async_and_sync_tasks(self) -> None:
         flaky, seen = failing_until(3)
