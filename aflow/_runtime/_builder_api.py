@@ -27,6 +27,7 @@ from ._attempts import AttemptHooks, run_attempts
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, STEP, _driving_step
 from ._fan_out import FanOutHooks, fan_out
+from ._handle import Run
 from ._limits import Limit, acquire_slot, release
 from ._options import RunOptions, new_execution
 from ._states import NodeState, RunStatistics, RunStatus
@@ -35,7 +36,6 @@ from ._threads import run_in_thread
 if TYPE_CHECKING:
     from .._failure import Failure
     from .._workflow import WorkflowBuilder
-    from ._handle import Run
     from ._runtime import Runtime
     from ._scheduler import Execution
 
@@ -197,7 +197,7 @@ class RunView:
             body,
             options,
             self._execution._clock,
-            self.slot,
+            self.slot if self._execution._global_limits else None,
             pool_size=pool_size,
             group_size=group_size,
             done=done,
@@ -236,8 +236,6 @@ class RunView:
 
 def view_of(run: Execution | Run[Any]) -> RunView:
     """The view of ``run`` (an execution, or the handle of one): one per run."""
-    from ._handle import Run
-
     execution = run._execution if isinstance(run, Run) else run
     view: RunView | None = execution._view
     if view is None:
@@ -255,7 +253,10 @@ def current_run() -> RunView:
             execution = found[0]
     if execution is None:
         raise RuntimeError("no aflow run is executing here")
-    return view_of(execution)
+    view: RunView | None = execution._view
+    if view is None:
+        view = execution._view = RunView(execution)
+    return view
 
 
 def current_attempt_number() -> int:

@@ -53,7 +53,7 @@ async def fan_out(
     body: Callable[[int, int], Awaitable[Any]],
     options: NodeOptions,
     clock: Clock,
-    slot: Callable[[], AbstractAsyncContextManager[None]],
+    slot: Callable[[], AbstractAsyncContextManager[None]] | None,
     *,
     pool_size: int | None = None,
     group_size: int = 1,
@@ -69,7 +69,7 @@ async def fan_out(
     stops the others (they are cancelled, or never start); with one, every item
     runs and the caller checks ``options.threshold_met``. Items run in groups of
     ``group_size`` in order, at most ``pool_size`` groups at once (all when
-    ``None``), each item holding ``slot()`` while it runs.
+    ``None``), each item holding ``slot()`` while it runs (``None``: no limits).
     """
     hooks = hooks or FanOutHooks()
     errors: dict[int, Exception] = {}
@@ -77,10 +77,14 @@ async def fan_out(
     groups = max(1, -(-count // group_size))
     pool = anyio.CapacityLimiter(pool_size or groups)
 
-    async def one(item: int) -> None:
-        async with slot():
-            hooks.started(item)
-            try:
+    single_shot = options.single_shot  # one attempt, no timeout: no attempt runner
+
+    async def attempt(item: int) -> None:
+        hooks.started(item)
+        try:
+            if single_shot:
+                value, attempts = await body(item, 1), 1
+            else:
                 value, attempts = await run_attempts(
                     lambda attempt: body(item, attempt),
                     options,
@@ -88,12 +92,12 @@ async def fan_out(
                     lambda attempt, seconds: hooks.timed_out(item, attempt, seconds),
                     hooks=hooks.attempts(item),
                 )
-            except Exception as exc:
-                errors[item] = exc
-                hooks.failed(item, exc)
-                if not tolerant:
-                    scope.cancel()  # fail fast, as any run does
-                return
+        except Exception as exc:
+            errors[item] = exc
+            hooks.failed(item, exc)
+            if not tolerant:
+                scope.cancel()  # fail fast, as any run does
+            return
         hooks.succeeded(item, value, attempts)
 
     async def group(start: int) -> None:
@@ -101,8 +105,13 @@ async def fan_out(
             for item in range(start, min(count, start + group_size)):
                 if errors and not tolerant:
                     return
-                if item not in done:
-                    await one(item)
+                if item in done:
+                    continue
+                if slot is None:
+                    await attempt(item)
+                else:
+                    async with slot():
+                        await attempt(item)
 
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:

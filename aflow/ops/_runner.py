@@ -8,7 +8,7 @@ import inspect
 import shutil
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,14 @@ __all__ = [
 SLICES_ATTR = "__aflow_slices__"
 
 
+_WHEN_ERRORS = "ops.when_errors"
+_NONE: dict[str, BaseException] = {}
+
+
 def when_errors(run: RunView) -> dict[str, BaseException]:
     """Conditions that raised in ``run``, by step key (the guard lets the step run, to
     fail with it)."""
-    found: dict[str, BaseException] = run.notes.setdefault("ops.when_errors", {})
+    found: dict[str, BaseException] = run.notes.setdefault(_WHEN_ERRORS, {})
     return found
 
 
@@ -318,11 +322,11 @@ async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     """The task of every step's node; upstream results arrive by binding name."""
     step = call.step
     run = current_run()
-    failed = when_errors(run).get(step.node_key)
+    failed = run.notes.get(_WHEN_ERRORS, _NONE).get(step.node_key)
     if failed is not None:  # its condition raised: it fails before doing anything
         raise WhenError(step.name, failed) from failed
     names = call.names
-    store = run_store(call.root)
+    store = ArtifactStore.for_run(call.root, run.store)
     literal = await _local_inputs(call, store, run) if call.has_literal else {}
     params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
     arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
@@ -444,11 +448,10 @@ async def _run_slices(
     )
     tolerant = options.tolerant
 
-    async def body(i: int, attempt: int) -> Any:
-        record = records[i]
+    def body(i: int, attempt: int) -> Awaitable[dict[str, Any]]:
+        inputs = records[i]["inputs"]
         where = (step.node_key, f"slice-{i}")
-        inputs = record["inputs"]
-        return await _call_op(
+        return _call_op(
             step, store, run_id, where, attempt, inputs["parameters"], inputs["artifacts"]
         )
 
@@ -458,7 +461,7 @@ async def _run_slices(
         options,
         pool_size=slices.pool_size,
         group_size=slices.group_size,
-        done=[r["index"] for r in records if r["phase"] == "Succeeded"],
+        done={r["index"] for r in records if r["phase"] == "Succeeded"},
         hooks=_SliceRecords(step, run, records),
     )
     for record in records:
@@ -518,7 +521,10 @@ class _SliceRecords(FanOutHooks):
     def started(self, item: int) -> None:
         record = self._records[item]
         record["phase"] = "Running"
+        record["attempts"] = 1
         record["started_at"] = time.time()
+        if self._run.store is None:
+            return
         # so a stored run shows it was running (then cut short)
         self._run.record(
             NodeRecord(
@@ -553,6 +559,8 @@ class _SliceRecords(FanOutHooks):
         record["phase"] = "Failed"
         record["finished_at"] = time.time()
         record["error"] = f"{type(error).__name__}: {error}"
+        if self._run.store is None:
+            return
         self._run.record(  # for queries: a resume runs it again anyway
             NodeRecord(
                 checkpoint_key(self._step, item),
