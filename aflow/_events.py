@@ -130,6 +130,9 @@ class EventSink:
         """Send one event to every listener and, if enabled, to structlog."""
         if node is None and not self.run_events:
             return
+        log = self._node_log if node is not None else self._run_log
+        if log is None and not self._listeners:
+            return  # nobody listens: nothing is built
         event = Event(name, self.run_id, node, task, attempt, duration_s, error, time.time())
         for listener in tuple(self._listeners):
             try:
@@ -138,7 +141,6 @@ class EventSink:
                 logging.getLogger("aflow").exception(
                     "event listener %r failed on %s", listener, name, exc_info=exc
                 )
-        log = self._node_log if node is not None else self._run_log
         if log is None:
             return
         fields: dict[str, Any] = {"run_id": self.run_id}

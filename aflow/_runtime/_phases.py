@@ -27,6 +27,7 @@ from .._exceptions import (
 from .._graph import Graph
 from ..stores._base import NodeRecord, RecordState
 from ._clock import wall_time
+from ._crew import AsyncioCancelScope
 from ._current import ATTEMPT, EXECUTION, STEP
 from ._invariants import CHECK_INVARIANTS
 from ._run_state import _PENDING, _SKIPPED, _UNWINDING, Phase, RunState, StopReason
@@ -245,12 +246,13 @@ class Lifecycle(RunState):
         else:
             # The phase's scope is entered before any node starts: a node's first step
             # runs inline, and a cancel scope it opens there must nest inside this one.
-            with anyio.CancelScope() as scope:
+            with AsyncioCancelScope() as scope:
                 self._scope = scope
                 await self._phase_frame()
         if self._crew_error is not None:
             raise self._crew_error
-        await self._write_leftover()  # a halted phase leaves transitions unwritten
+        if self._journal is not None:
+            await self._write_leftover()  # a halted phase leaves transitions unwritten
 
     async def _phase_frame(self) -> None:
         journal = self._journal
