@@ -89,7 +89,8 @@ class Crew(RunState):
 
     async def _spare(self) -> None:
         """A spare worker of the crew, in a cancel scope of its own (see _cut_phase)."""
-        with (anyio.CancelScope() if self._loop is None else AsyncioCancelScope()) as scope:
+        scope = anyio.CancelScope() if self._loop is None else AsyncioCancelScope()
+        with scope:
             if not self.starting:
                 return  # the phase stopped before this task started
             self._spare_scopes.add(scope)
