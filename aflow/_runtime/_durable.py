@@ -10,7 +10,6 @@ reads; without a store it holds nothing but the checked ``lease``,
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
@@ -34,6 +33,7 @@ from ._clock import SYSTEM_CLOCK, wall_time
 from ._follow import follow
 from ._handle import Run
 from ._identity import same_work
+from ._ids import new_run_id
 from ._journal import Journal
 from ._leases import Leases
 from ._options import RunOptions, dump_options, stored_options
@@ -185,7 +185,7 @@ class Durability:
         serializer = self.serializer
         now = wall_time(options.clock)
         record = RunRecord(
-            run_id=run_id or uuid.uuid4().hex,
+            run_id=run_id or new_run_id(),
             workflow=workflow.path,
             params=workflow.dump_params(params, serializer),
             fingerprint=fingerprint(graph),
@@ -369,7 +369,7 @@ class Durability:
         now = wall_time(rt._clock)
         options, _ = stored_options(record, rt._defaults)  # (a new run: its deadline starts now)
         new = RunRecord(
-            run_id=uuid.uuid4().hex,
+            run_id=new_run_id(),
             workflow=record.workflow,
             params=record.params,
             fingerprint=record.fingerprint,

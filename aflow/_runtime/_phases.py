@@ -106,7 +106,9 @@ class Lifecycle(RunState):
                 timeout = self._wall_deadline - wall_time(self._clock)
                 if timeout <= 0:
                     stops.add(_TIMEOUT)
-            if stops.isdisjoint(_STOPPED_BEFORE_START) and not self._resumed_unwinding:
+            if (not stops or stops.isdisjoint(_STOPPED_BEFORE_START)) and (
+                not self._resumed_unwinding
+            ):
                 if timeout is None:
                     await self._run_phase()
                 else:
@@ -123,8 +125,9 @@ class Lifecycle(RunState):
         if self._completed():
             # A cancel or a deadline that landed as the last node ended stopped nothing:
             # the run succeeded, and nothing is reverted (its status and its nodes agree).
-            stops.discard(_CANCEL)
-            stops.discard(_TIMEOUT)
+            if stops:  # (enum members hash in Python: a short run skips it)
+                stops.discard(_CANCEL)
+                stops.discard(_TIMEOUT)
             if caller_cancel is not None:  # the awaiter itself was cancelled: never swallowed
                 self._close(RunStatus.SUCCEEDED)
                 events.emit(RUN_SUCCEEDED, duration_s=self.duration_s)
@@ -138,14 +141,13 @@ class Lifecycle(RunState):
             or (self._parent is not None and self._parent._being_released())
         ):
             stops.add(_RELEASE)  # an interrupt leaves a durable run resumable
-        if _RELEASE in stops:
+        if stops and _RELEASE in stops:
             await self._let_go(caller_cancel)
 
         stopped = (
             self._failure is not None
             or caller_cancel is not None
-            or _TIMEOUT in stops
-            or _CANCEL in stops
+            or (bool(stops) and (_TIMEOUT in stops or _CANCEL in stops))
         )
         if stopped and self._on_error == "revert":
             self._stop_cause = self._cause_text()
@@ -168,7 +170,7 @@ class Lifecycle(RunState):
             raise caller_cancel
         if self._store_error is not None:  # while unwinding
             raise self._stopped_by_store()
-        if _SUSPEND in stops and not stopped and self._done_count < self._done_goal:
+        if stops and _SUSPEND in stops and not stopped and self._done_count < self._done_goal:
             self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
             self._phase = _SUSPENDED
             events.emit(RUN_SUSPENDED)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from .._exceptions import AflowInternalError
 from .._failure import Failure
 from .._graph import Graph, Node, NodeKind
 from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope
+from ._ids import new_run_id
 from ._invariants import FOUND, violations
 from ._journal import Journal
 from ._limits import Limit
@@ -256,7 +256,7 @@ class RunState:
     ) -> None:
         # (options were checked as they were built: see RunOptions)
         self.graph = graph
-        self.run_id = run_id or uuid.uuid4().hex
+        self.run_id = run_id or new_run_id()
         self.status = RunStatus.PENDING
         self.started_at: float | None = None
         self.ended_at: float | None = None
