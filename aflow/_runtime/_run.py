@@ -136,8 +136,8 @@ async def run(
             compensation_timeout=compensation_timeout,
             clock=clock,
         )
-    if store is None:
-        return await _in_memory(workflow, options, run_id, params, idempotency_key).execute()
+    if store is None:  # (no journal: its execute() is _execute(), one coroutine less)
+        return await _in_memory(workflow, options, run_id, params, idempotency_key)._execute()
     return await run_with(
         workflow,
         options,

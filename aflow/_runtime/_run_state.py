@@ -352,10 +352,12 @@ class RunState:
         self._done_count = 0
         # node -> the join of the innermost group with a threshold that tolerates it
         self._tolerated_by: dict[int, int] = {}
-        for join in sorted(tolerant, key=lambda j: j.tolerates[1] - j.tolerates[0], reverse=True):  # type: ignore[index]
-            start, end = join.tolerates  # type: ignore[misc]
-            for i in range(start, end):
-                self._tolerated_by[i] = join.index
+        if tolerant:  # outermost first: an inner group's join overrides it
+            tolerant.sort(key=_tolerated_span, reverse=True)
+            for join in tolerant:
+                start, end = join.tolerates  # type: ignore[misc]
+                for i in range(start, end):
+                    self._tolerated_by[i] = join.index
         #: nodes in flight in this run's workers, and parked on a limit; both 0 at close
         self._running = 0
         self._parked = 0
@@ -418,3 +420,8 @@ class RunState:
         if found:
             FOUND.extend(f"run {self.run_id}: {v}" for v in found)
             raise AflowInternalError(f"run {self.run_id} broke its invariants: " + "; ".join(found))
+
+
+def _tolerated_span(join: Node) -> int:
+    start, end = join.tolerates  # type: ignore[misc]
+    return int(end - start)
