@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _markdown import sections as sections_of
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IMPLS = ("asyncio", "anyio", "aflow")
@@ -655,8 +657,9 @@ def write_markdown(
             "",
             *peer_table(bench, sections["peers"], peer_info),
         ]
+    kept = sections_of(path)  # what short.py and http.py wrote there stays
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + "".join("\n" + text for text in kept))
     print(f"markdown: {path}")
 
 
