@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import final
 
 __all__ = ["Failure"]
@@ -24,9 +25,12 @@ class Failure:
     exception: BaseException = field(compare=False)
     exc_type: str = ""
     message: str = ""
-    traceback_text: str = field(default="", compare=False, repr=False)
     attempt: int = 1
     cancelled: bool = False
+    # the traceback as it was captured, formatted when first asked (formatting one costs
+    # more than a whole short run: a failing run formats only what someone reads)
+    _traceback: TracebackType | None = field(default=None, compare=False, repr=False)
+    _text: list[str] = field(default_factory=list, compare=False, repr=False, init=False)
 
     @classmethod
     def capture(
@@ -38,10 +42,18 @@ class Failure:
             exception=exc,
             exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
             message=str(exc),
-            traceback_text="".join(traceback.format_exception(exc)),
             attempt=attempt,
             cancelled=cancelled,
+            _traceback=exc.__traceback__,
         )
+
+    @property
+    def traceback_text(self) -> str:
+        """The exception's traceback as it was captured (with the notes it has now), formatted."""
+        if not self._text:
+            exc = self.exception
+            self._text.append("".join(traceback.format_exception(type(exc), exc, self._traceback)))
+        return self._text[0]
 
     def check(self, *types: type[BaseException]) -> type[BaseException] | None:
         """The first of ``types`` the exception is an instance of, else ``None`` (as TaskFlow)."""

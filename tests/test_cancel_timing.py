@@ -95,9 +95,11 @@ async def through_handle(
         return run.status, outcome[0], outcome[1], stored_nodes, stored_status
 
 
-async def through_awaiter(length: int, fan: bool, k: int, via_runtime: bool) -> tuple[str, Any]:
-    """The awaiting task is cancelled after ``k`` loop iterations; the run's last event."""
+async def through_awaiter(length: int, fan: bool, k: int, via: str) -> tuple[str, Any]:
+    """The awaiting task is cancelled after ``k`` loop iterations; the run's last event
+    (``rt.run``, which takes no listener: what its status says it was)."""
     last: list[str] = []
+    seen: list[aflow.Run[Any]] = []
 
     def listen(event: aflow.Event) -> None:
         if event.node is None and event.name != "run_started":
@@ -107,18 +109,28 @@ async def through_awaiter(length: int, fan: bool, k: int, via_runtime: bool) -> 
     with anyio.CancelScope() as scope:
 
         async def cancel_later() -> None:
+            if via == "rt.run":  # (it registered its run before its first step)
+                seen.extend(rt.runs())
             await spin(k)
             scope.cancel()
 
-        async with anyio.create_task_group() as tg:
+        async with aflow.Runtime() as rt, anyio.create_task_group() as tg:
             tg.start_soon(cancel_later)
-            if via_runtime:
-                async with aflow.Runtime() as rt:
-                    run = await rt.submit(saga(length, fan), on_event=listen)
-                    with contextlib.suppress(aflow.errors.RunCancelled):
-                        value = await _await_run(run)
+            if via == "rt.submit":
+                run = await rt.submit(saga(length, fan), on_event=listen)
+                with contextlib.suppress(aflow.errors.RunCancelled):
+                    value = await _await_run(run)
+            elif via == "rt.run":
+                value = await rt.run(saga(length, fan))
             else:
                 value = await aflow.run(saga(length, fan), on_event=listen)
+    if seen:  # (rt.run: the run it ran in the awaiting task)
+        (run,) = seen
+        assert run.status in (aflow.RunStatus.SUCCEEDED, aflow.RunStatus.CANCELLED)
+        assert rt.get(run.id) is run  # a finished one is kept
+        last.append("run_succeeded" if run.status is aflow.RunStatus.SUCCEEDED else "run_cancelled")
+    elif via == "rt.run" and value is not None:  # it ended before the other task first ran
+        last.append("run_succeeded")
     return (last[-1] if last else "none"), value
 
 
@@ -174,15 +186,15 @@ def test_status_and_reverts_agree_whenever_run_cancel_lands(
     pauses=st.dictionaries(
         st.sampled_from(["s0", "s1", "s2", "s3", "g1", "g2", "last"]), st.integers(0, 3)
     ),
-    via_runtime=st.booleans(),
+    via=st.sampled_from(["aflow.run", "rt.submit", "rt.run"]),
 )
 def test_status_and_reverts_agree_whenever_the_awaiter_is_cancelled(
-    loop: str, length: int, fan: bool, k: int, pauses: dict[str, int], via_runtime: bool
+    loop: str, length: int, fan: bool, k: int, pauses: dict[str, int], via: str
 ) -> None:
     REVERTED.clear()
     PAUSES.clear()
     PAUSES.update(pauses)
-    last, value = run_on(loop, through_awaiter(length, fan, k, via_runtime))
+    last, value = run_on(loop, through_awaiter(length, fan, k, via))
     if REVERTED:
         assert last == "run_cancelled"
     else:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import aflow
@@ -241,3 +245,160 @@ async def test_an_error_in_the_runtime_block_leaves_as_itself() -> None:
     with pytest.raises(aflow.errors.CycleError):  # also with a run going on (it is cancelled)
         await block(aflow.errors.CycleError(["a", "b"]), with_a_run=True)
     assert runs[0].status is aflow.RunStatus.CANCELLED
+
+
+class TestRtRun:
+    """``rt.run``: a run of the runtime that the calling task drives itself."""
+
+    async def test_it_is_listed_while_it_runs_and_kept_when_it_ends(self) -> None:
+        seen: list[list[aflow.Run[Any]]] = []
+
+        async with aflow.Runtime() as rt:
+
+            @aflow.task
+            async def look() -> int:
+                seen.append(rt.runs())
+                return 1
+
+            assert await rt.run(look.s() | add.s(1)) == 2
+            ((run,),) = seen
+            assert rt.runs() == []
+            assert rt.get(run.id) is run
+            assert run.status is aflow.RunStatus.SUCCEEDED
+            assert await run.result() == 2
+
+    async def test_a_failure_reaches_the_caller_and_the_run_keeps_it(self) -> None:
+        undone: list[int] = []
+
+        @aflow.task
+        async def one() -> int:
+            return 1
+
+        @one.revert
+        async def undo_one(*, result: int) -> None:
+            undone.append(result)
+
+        @aflow.task
+        async def fail(x: int) -> None:
+            raise Boom("no")
+
+        async with aflow.Runtime() as rt:
+            with pytest.raises(Boom) as raised:
+                await rt.run(one.s() | fail.s())
+            (run_id,) = _ids(raised.value)
+            run = rt.get(run_id)
+            assert run.status is aflow.RunStatus.REVERTED  # failed, and its work undone
+            assert undone == [1]
+            with pytest.raises(Boom):
+                await run.result()
+
+    async def test_cancelling_the_caller_unwinds_the_run_and_reraises(self) -> None:
+        gate = Gate()
+        undone: list[str] = []
+
+        @aflow.task
+        async def one() -> str:
+            return "one"
+
+        @one.revert
+        async def undo_one(*, result: str) -> None:
+            await anyio.lowlevel.checkpoint()  # shielded: a cancelled caller still waits for it
+            undone.append(result)
+
+        @aflow.task
+        async def hang(x: str) -> None:
+            await gate.wait()
+
+        async with aflow.Runtime() as rt:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+
+                    async def cancel_when_hanging() -> None:
+                        while gate.arrived == 0:
+                            await anyio.lowlevel.checkpoint()
+                        scope.cancel()
+
+                    tg.start_soon(cancel_when_hanging)
+                    await rt.run(one.s() | hang.s())
+            assert scope.cancelled_caught
+            assert undone == ["one"]
+            assert rt.runs() == []
+
+    async def test_a_runtime_shut_down_by_an_error_cancels_it_and_waits_for_its_unwind(
+        self,
+    ) -> None:
+        gate = Gate()
+        undone: list[str] = []
+        caller_got: list[BaseException] = []
+
+        @aflow.task
+        async def one() -> str:
+            return "one"
+
+        @one.revert
+        async def undo_one(*, result: str) -> None:
+            await anyio.lowlevel.checkpoint()
+            undone.append(result)
+
+        @aflow.task
+        async def hang(x: str) -> None:
+            await gate.wait()
+
+        async def serve(handlers: anyio.abc.TaskGroup) -> None:
+            async with aflow.Runtime() as rt:
+
+                async def handler() -> None:  # a request in the server's own task
+                    try:
+                        await rt.run(one.s() | hang.s())
+                    except aflow.errors.RunCancelled as exc:
+                        caller_got.append(exc)
+
+                handlers.start_soon(handler)
+                while gate.arrived == 0:
+                    await anyio.lowlevel.checkpoint()
+                raise Boom("the service is going down")
+
+        async with anyio.create_task_group() as handlers:
+            with pytest.raises(Boom):
+                await serve(handlers)
+            # the runtime's exit returned only once the run had unwound
+            assert undone == ["one"]
+        (cancelled,) = caller_got
+        assert "cancel" in str(cancelled)
+
+    async def test_a_clean_exit_waits_for_it(self) -> None:
+        gate = Gate()
+        finished: list[str] = []
+
+        @aflow.task
+        async def slow() -> str:
+            await gate.wait()
+            return "done"
+
+        async with anyio.create_task_group() as handlers:
+            async with aflow.Runtime() as rt:
+
+                async def handler() -> None:
+                    finished.append(await rt.run(slow.s()))
+
+                handlers.start_soon(handler)
+                while gate.arrived == 0:
+                    await anyio.lowlevel.checkpoint()
+                handlers.start_soon(_open_later, gate)
+            assert finished == ["done"]
+
+    async def test_it_needs_an_entered_runtime(self) -> None:
+        with pytest.raises(RuntimeError, match=r"run\(\) needs an entered Runtime"):
+            await aflow.Runtime().run(add.s(1, 2))
+
+
+async def _open_later(gate: Gate) -> None:
+    await anyio.lowlevel.checkpoint()
+    gate.open()
+
+
+def _ids(error: BaseException) -> list[str]:
+    """The run ids an error's notes name."""
+    import re
+
+    return re.findall(r"in run ([0-9a-f]{32})", "\n".join(getattr(error, "__notes__", [])))

@@ -406,6 +406,35 @@ class TestUnwinding:
         assert failure.message == "why"
         assert "Declined" in failure.traceback_text
 
+    async def test_a_failures_traceback_is_the_one_it_had_when_captured(self) -> None:
+        seen: list[aflow.Failure] = []
+
+        @aflow.task
+        async def t() -> int:
+            return 1
+
+        @t.revert
+        async def undo(*, flow_failures: dict[str, aflow.Failure]) -> None:
+            seen.extend(flow_failures.values())
+
+        @aflow.task
+        async def fail(x: int) -> None:
+            raise Declined("why")
+
+        async def caller_of_the_run() -> None:
+            await (t.s() | fail.s())
+
+        with pytest.raises(Declined) as raised:
+            await caller_of_the_run()
+        (failure,) = seen
+        text = failure.traceback_text  # formatted after the error went on up
+        assert 'raise Declined("why")' in text
+        assert "Declined: why\n" in text
+        # the frames the error passed through after it was captured are not in it
+        assert "caller_of_the_run" not in text
+        assert "caller_of_the_run" in str(raised.getrepr())
+        assert failure.traceback_text is text  # formatted once
+
 
 class TestCancellationUnwinds:
     async def test_cancelling_the_caller_unwinds_then_propagates(self) -> None:

@@ -79,7 +79,7 @@ class Run(Generic[R]):
         handle._finished.set()
         return handle
 
-    async def _drive(self) -> None:
+    async def _drive(self, interrupted: str = "the runtime shut down before it finished") -> None:
         try:
             self._value = await self._execution.execute()
         except Exception as exc:  # stored for result(); the runtime must not crash
@@ -92,7 +92,7 @@ class Run(Generic[R]):
             elif execution.released:
                 self._error = RunReleased(self.id)
             else:
-                self._error = RunCancelled(self.id, "the runtime shut down before the run finished")
+                self._error = RunCancelled(self.id, interrupted)
             raise
         finally:
             self._finished.set()

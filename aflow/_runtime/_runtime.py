@@ -85,6 +85,7 @@ class Runtime:
         "_defaults",
         "_durable",
         "_history",
+        "_in_callers",
         "_keep",
         "_on_shutdown",
         "_runs",
@@ -142,6 +143,8 @@ class Runtime:
         self._closing = False
         self._keep = keep_finished
         self._runs: dict[str, Run[Any]] = {}
+        #: the runs rt.run() drives in its callers' tasks (the rest are the task group's)
+        self._in_callers: set[Run[Any]] = set()
         self._history: OrderedDict[str, Run[Any]] = OrderedDict()
         self._threads = threads
         self._shutdown_timeout = shutdown_timeout
@@ -214,6 +217,11 @@ class Runtime:
                 await _let_runs_end(self)
             else:
                 self._stop_runs()
+                # rt.run's runs unwind in their callers' tasks: wait for them as the task
+                # group waits for its own
+                with anyio.CancelScope(shield=True):
+                    for active in list(self._in_callers):
+                        await active.wait()
             durable.stop_heartbeats()  # once every run has ended
         finally:
             self._tg = None
@@ -312,25 +320,13 @@ class Runtime:
         ``reuse`` maps node keys to outputs the run takes instead of running
         those nodes (dflow's ``reuse_step``); they are recorded ``reused``.
         """
-        if self._tg is None:
-            raise RuntimeError("submit() needs an entered Runtime: use 'async with Runtime()'")
+        self._check_open("submit")
         if run_id is not None and (run_id in self._runs or run_id in self._history):
             raise RunExists(run_id, "this runtime")
         all_params = {**(params or {}), **workflow_params}
         durable = self._durable
         store = durable.store
-        if isinstance(workflow, WorkflowBuilder):
-            graph = workflow.build(all_params)
-        elif all_params:
-            raise TypeError("parameters can only be given to an @aflow.workflow")
-        else:
-            if store is not None:
-                raise DefinitionError(
-                    f"a durable run needs a workflow it can rebuild: decorate the function that "
-                    f"builds {type(workflow).__name__} with @aflow.workflow and submit that "
-                    f"(the store is {store.url})"
-                )
-            graph = compile(workflow)
+        graph = self._compile(workflow, all_params)
         taken = durable.reused(graph, reuse) if reuse else None
         options = self._defaults.merged(
             on_event=on_event,
@@ -357,6 +353,25 @@ class Runtime:
         handle._key = key
         return handle
 
+    def _check_open(self, call: str) -> None:
+        if self._tg is None:
+            raise RuntimeError(f"{call}() needs an entered Runtime: use 'async with Runtime()'")
+
+    def _compile(self, workflow: object, params: dict[str, Any]) -> Graph:
+        """The graph of ``workflow`` (an ``@aflow.workflow`` built with ``params``)."""
+        if isinstance(workflow, WorkflowBuilder):
+            return workflow.build(params)
+        if params:
+            raise TypeError("parameters can only be given to an @aflow.workflow")
+        store = self._durable.store
+        if store is not None:
+            raise DefinitionError(
+                f"a durable run needs a workflow it can rebuild: decorate the function that "
+                f"builds {type(workflow).__name__} with @aflow.workflow and submit that "
+                f"(the store is {store.url})"
+            )
+        return compile(workflow)
+
     def _start(
         self,
         graph: Graph,
@@ -365,9 +380,12 @@ class Runtime:
         options: RunOptions,
         restore: tuple[Mapping[str, NodeRecord], bool, str | None, Mapping[str, str]] | None = None,
         deadline: float | None = None,
+        *,
+        spawn: bool = True,
     ) -> Run[Any]:
         """Start a run in this runtime's task group: a new one, or one taken up from its
-        store's records (``restore``, and the wall-time ``deadline`` it kept)."""
+        store's records (``restore``, and the wall-time ``deadline`` it kept). With
+        ``spawn=False`` the run is only registered: the caller drives it (see :meth:`run`)."""
         execution = self._execution(graph, run_id, journal, options)
         execution.release_on_interrupt = journal is not None and self._on_shutdown == "release"
         if deadline is not None:
@@ -381,8 +399,9 @@ class Runtime:
             )
         handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle
-        assert self._tg is not None
-        self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
+        if spawn:
+            assert self._tg is not None
+            self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
         return handle
 
     def _execution(
@@ -405,11 +424,15 @@ class Runtime:
         finally:
             if handle._execution.released:
                 await self._durable.let_go(handle.id)
-            self._runs.pop(handle.id, None)
-            if self._keep > 0:
-                self._history[handle.id] = handle
-                while len(self._history) > self._keep:
-                    self._history.popitem(last=False)
+            self._retire(handle)
+
+    def _retire(self, handle: Run[Any]) -> None:
+        """A run has ended: keep it among the last ``keep_finished``."""
+        self._runs.pop(handle.id, None)
+        if self._keep > 0:
+            self._history[handle.id] = handle
+            while len(self._history) > self._keep:
+                self._history.popitem(last=False)
 
     # --- stored runs (see _durable.py) -----------------------------------------------------
 
@@ -451,8 +474,26 @@ class Runtime:
     @overload
     async def run(self, workflow: Graph | object) -> Any: ...
     async def run(self, workflow: object) -> Any:
-        """Submit a workflow and wait for its value; cancelling the caller cancels the run."""
-        return await outcome(await self.submit(workflow))
+        """Run a workflow in this runtime and return its value; cancelling the caller
+        cancels the run (it unwinds), then re-raises.
+
+        The run shares the runtime's limits and threads, is listed by :meth:`runs`
+        and :meth:`get` while it goes on, and is stopped by the runtime's shutdown
+        like any other. Without a store it runs in the calling task itself (no task
+        is spawned), so it costs what :func:`aflow.run` costs.
+        """
+        if self._durable.store is not None:
+            return await outcome(await self.submit(workflow))
+        self._check_open("run")
+        graph = self._compile(workflow, {})
+        handle = self._start(graph, None, None, self._defaults, spawn=False)
+        self._in_callers.add(handle)
+        try:
+            await handle._drive("the task that ran it was cancelled")
+        finally:
+            self._in_callers.discard(handle)
+            self._retire(handle)
+        return handle.result_nowait()
 
     def runs(self) -> list[Run[Any]]:
         """The runs that have not finished yet."""
