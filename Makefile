@@ -13,7 +13,7 @@ NEWEST_PYTHON ?=
 # The two suites run at once; TEST_JOBS=1 runs them one after the other.
 TEST_JOBS ?= 2
 
-.PHONY: all demo test lint typing bench bench-peers clean suites test-venv test-newest FORCE
+.PHONY: all demo test lint typing bench bench-full bench-peers clean suites test-venv test-newest FORCE
 
 all: test
 
@@ -142,8 +142,28 @@ $(PEERS)/.peers-installed: $(PEERS)/.installed
 		'dask[distributed]>=2024.1' 'prefect>=3,<4'
 	touch $@
 
-bench: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
+# `make bench`: every benchmark at a reduced size, both loops, in a few minutes; the
+# tables go to benchmarks/quick/ (not committed). `make bench-full` is the full run that
+# benchmarks/RESULTS.md, DURABLE.md, FLOWS.md and OPS.md record (about half an hour).
+QUICK_OUT := benchmarks/quick
+bench: $(STAMP) $(VENV)/.bench-installed
+	@mkdir -p $(QUICK_OUT)
+	@echo "== 1/5 graphs, per node (benchmarks/run.py --quick)"
+	$(BIN)/python benchmarks/run.py --quick --repeat 3 --markdown $(QUICK_OUT)/RESULTS.md
+	@echo "== 2/5 short runs, per run, as a web handler sees them (benchmarks/short.py --quick)"
+	$(BIN)/python benchmarks/short.py --quick --markdown $(QUICK_OUT)/RESULTS.md
+	@echo "== 3/5 durable runs (benchmarks/durable.py --quick)"
+	./scripts/ensure-postgres
+	$(BIN)/python benchmarks/durable.py --quick --markdown $(QUICK_OUT)/DURABLE.md
+	@echo "== 4/5 TaskFlow-style flows (benchmarks/flows.py --quick; TaskFlow itself: make bench-full)"
+	$(BIN)/python benchmarks/flows.py --quick --markdown $(QUICK_OUT)/FLOWS.md
+	@echo "== 5/5 dflow-style ops (benchmarks/ops.py --quick)"
+	$(BIN)/python benchmarks/ops.py --quick --markdown $(QUICK_OUT)/OPS.md
+	@echo "tables: $(QUICK_OUT)/*.md"
+
+bench-full: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
 	$(BIN)/python benchmarks/run.py --repeat 5 --anyio-max-nodes 100000 --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/short.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md

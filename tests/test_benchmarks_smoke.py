@@ -64,3 +64,52 @@ def test_ops_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = run_script("ops.py", tmp_path / "ops.md")
     for workload in ("| chain 50 |", "| slices 50 |", "| files 10 |"):
         assert workload in table
+
+
+@pytest.mark.slow
+def test_short_run_benchmark_script_runs_and_keeps_its_section(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "results.md"
+    out.write_text("# Benchmark results\n\nwritten by run.py\n")
+    for _ in range(2):  # a second run replaces its section, never adds one
+        done = subprocess.run(
+            [
+                sys.executable,
+                "benchmarks/short.py",
+                "--rounds",
+                "1",
+                "--runs",
+                "4",
+                "--markdown",
+                str(out),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.startswith("# Benchmark results\n\nwritten by run.py\n")
+    assert text.count("## Short runs: per run, as a web handler sees it") == 1
+    for row in ("| 1-step run, aflow.run | asyncio |", "| saga, rt.submit + result() | uvloop |"):
+        assert row in text
+    assert "| 64 sagas at once, rt.run | asyncio |" in text
+    assert "x by hand" in text
+    assert "| met |" in text or "| missed |" in text
+
+
+def test_results_sections_survive_a_rewrite(tmp_path: pathlib.Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _markdown import replace_section, sections
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    path = tmp_path / "RESULTS.md"
+    replace_section(path, "A", "first")
+    replace_section(path, "B", "second")
+    replace_section(path, "A", "first, again")
+    kept = sections(path)
+    assert [s.splitlines()[1] for s in kept] == ["## A", "## B"]
+    assert "first, again" in kept[0]
+    assert "second" in kept[1]
