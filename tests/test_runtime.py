@@ -392,6 +392,66 @@ class TestRtRun:
             await aflow.Runtime().run(add.s(1, 2))
 
 
+class TestSubmittedRunsTasks:
+    """A submitted run has a task of its own; the runtime's exit treats it as a task
+    group treats its tasks (plain asyncio tasks on asyncio, which cost less)."""
+
+    async def test_a_system_exit_in_a_run_ends_the_runtime_block_with_it(self) -> None:
+        @aflow.task
+        async def exits() -> None:
+            await anyio.lowlevel.checkpoint()
+            raise SystemExit(3)
+
+        runs: list[aflow.Run[None]] = []
+
+        async def block() -> None:
+            async with aflow.Runtime() as rt:
+                runs.append(await rt.submit(exits.s()))
+                await anyio.sleep_forever()  # the run's SystemExit cancels this
+
+        with pytest.raises(SystemExit) as raised:
+            await block()
+        assert raised.value.code == 3
+        (run,) = runs
+        assert run.status is aflow.RunStatus.CANCELLED
+        with pytest.raises(aflow.errors.RunCancelled):
+            await run.result()
+
+    async def test_an_error_leaving_the_block_cancels_the_runs_and_waits_for_their_unwind(
+        self,
+    ) -> None:
+        gate = Gate()
+        undone: list[str] = []
+
+        @aflow.task
+        async def one() -> str:
+            return "one"
+
+        @one.revert
+        async def undo_one(*, result: str) -> None:
+            await anyio.lowlevel.checkpoint()
+            undone.append(result)
+
+        @aflow.task
+        async def hang(x: str) -> None:
+            await gate.wait()
+
+        runs: list[aflow.Run[None]] = []
+
+        async def block() -> None:
+            async with aflow.Runtime() as rt:
+                runs.append(await rt.submit(one.s() | hang.s()))
+                while gate.arrived == 0:
+                    await anyio.lowlevel.checkpoint()
+                raise Boom("the service is going down")
+
+        with pytest.raises(Boom):
+            await block()
+        assert undone == ["one"]  # unwound before the runtime's exit returned
+        (run,) = runs
+        assert run.status is aflow.RunStatus.CANCELLED
+
+
 async def _open_later(gate: Gate) -> None:
     await anyio.lowlevel.checkpoint()
     gate.open()

@@ -10,6 +10,7 @@ across processes, resume, fork, recovery, leases) is its
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -86,8 +87,11 @@ class Runtime:
         "_durable",
         "_history",
         "_in_callers",
+        "_interrupt",
         "_keep",
+        "_loop",
         "_on_shutdown",
+        "_run_tasks",
         "_runs",
         "_shutdown_timeout",
         "_tg",
@@ -149,6 +153,13 @@ class Runtime:
         self._threads = threads
         self._shutdown_timeout = shutdown_timeout
         self._tg: anyio.abc.TaskGroup | None = None
+        #: on asyncio, the submitted runs' tasks: plain tasks (an anyio task group's
+        #: start_soon costs several times a whole short run); on trio, the task group's
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._run_tasks: set[asyncio.Task[None]] = set()
+        #: a KeyboardInterrupt or SystemExit raised in one of those tasks: it stops the
+        #: runtime's block and leaves its exit, as it would a task group's
+        self._interrupt: BaseException | None = None
         #: the limits and threads every run of this runtime shares (built on entry)
         self._capacity: Capacity | None = None
         self._token: contextvars.Token[Runtime] | None = None
@@ -190,6 +201,10 @@ class Runtime:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            self._loop = None
         self._token = CURRENT_RUNTIME.set(self)
         self._closing = False
         durable.start(tg)
@@ -212,14 +227,29 @@ class Runtime:
         self._closing = True  # recovery takes up nothing more here (what it lets go of)
         durable = self._durable
         durable.stop_looking()  # (and other processes' runs: stop watching them)
+        stopped = exc is not None
         try:
-            if exc is None:
-                await _let_runs_end(self)
-            else:
-                self._stop_runs()
-                # rt.run's runs unwind in their callers' tasks: wait for them as the task
-                # group waits for its own
+            try:
+                if exc is None:
+                    try:
+                        await _let_runs_end(self)
+                    except BaseException:
+                        stopped = True
+                        raise
+                else:
+                    self._stop_runs()
+            finally:
+                # What a task group does for its tasks: cancel them if the runtime is
+                # left because of an exception (after _stop_runs() asked them to stop),
+                # and wait for them; rt.run's runs unwind in their callers' tasks, waited
+                # for the same way.
                 with anyio.CancelScope(shield=True):
+                    tasks = self._run_tasks
+                    if stopped:
+                        for task in tasks:
+                            task.cancel()
+                    if tasks:
+                        await asyncio.wait(tasks)
                     for active in list(self._in_callers):
                         await active.wait()
             durable.stop_heartbeats()  # once every run has ended
@@ -242,6 +272,9 @@ class Runtime:
                     raise
             finally:
                 await durable.close()
+                interrupt, self._interrupt = self._interrupt, None
+                if interrupt is not None:
+                    raise interrupt  # (what a run's task raised: it ends the block)
         return handled
 
     def _stop_runs(self) -> None:
@@ -400,8 +433,14 @@ class Runtime:
         handle: Run[Any] = Run(execution)
         self._runs[handle.id] = handle
         if spawn:
-            assert self._tg is not None
-            self._tg.start_soon(self._drive, handle, name=f"aflow run {handle.id[:8]}")
+            name = f"aflow run {handle.id[:8]}"
+            if self._loop is not None:
+                task = self._loop.create_task(self._drive(handle), name=name)
+                self._run_tasks.add(task)
+                task.add_done_callback(self._run_tasks.discard)
+            else:
+                assert self._tg is not None
+                self._tg.start_soon(self._drive, handle, name=name)
         return handle
 
     def _execution(
@@ -421,6 +460,15 @@ class Runtime:
     async def _drive(self, handle: Run[Any]) -> None:
         try:
             await handle._drive()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if self._loop is None:  # a task group's task: it takes it to the runtime's exit
+                raise
+            # A plain task would let it out of the event loop at once, past the runtime's
+            # exit (its store left open): hand it to the block, as a task group does.
+            if self._interrupt is None:
+                self._interrupt = exc
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
         finally:
             if handle._execution.released:
                 await self._durable.let_go(handle.id)
