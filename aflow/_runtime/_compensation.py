@@ -33,6 +33,7 @@ from ._bodies import (
     revert_items_async,
     revert_items_sync,
 )
+from ._current import EXECUTION
 from ._invariants import CHECK_INVARIANTS
 from ._journal import describe
 from ._limits import Limit, release
@@ -51,6 +52,7 @@ from ._run_state import (
 from ._states import RunStatus
 
 _perf_counter = time.perf_counter
+_set_execution = EXECUTION.set
 # Globals: each revert of a durable run reads one (an Enum attribute is slower).
 _RECORD_REVERTED = RecordState.REVERTED
 _RECORD_REVERT_FAILED = RecordState.REVERT_FAILED
@@ -76,6 +78,7 @@ class Compensation(RunState):
             )
         if self.status is not RunStatus.SUCCEEDED:
             return  # a failed run was unwound already; a suspended one is not undone
+        self._context.run(_set_execution, self)  # type: ignore[arg-type]  # (its close let go of it)
         await self._unwind()
         if self._revert_errors:
             errors = list({id(e): e for e in self._revert_errors.values()}.values())

@@ -49,7 +49,10 @@ class Crew(RunState):
             return
         task = loop.create_task(coro, context=self._context.copy())
         self._crew.add(task)
-        task.add_done_callback(self._crew_done_callback)
+        done = self._crew_done_callback
+        if done is None:  # one bound method for all the run's workers (dropped at close)
+            done = self._crew_done_callback = self._crew_done
+        task.add_done_callback(done)
 
     def _crew_done(self, task: asyncio.Task[Any]) -> None:
         self._crew.discard(task)

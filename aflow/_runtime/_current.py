@@ -25,7 +25,7 @@ __all__ = [
 
 ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_attempt")
 #: The run a task belongs to (a retried flow starts its nested run from it).
-EXECUTION: contextvars.ContextVar[Execution] = contextvars.ContextVar("aflow_execution")
+EXECUTION: contextvars.ContextVar[Execution | None] = contextvars.ContextVar("aflow_execution")
 #: The node whose body runs in this context (``~index`` in its revert).
 STEP: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_step")
 #: In a map or starmap, the index of the item whose call runs in this context.

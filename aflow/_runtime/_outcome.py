@@ -102,7 +102,10 @@ class Outcome(RunState):
         else:
             self._close(RunStatus.FAILED)
             events.emit(RUN_FAILED, error=primary)
-        raise primary
+        try:
+            raise primary
+        finally:  # (this frame is in its traceback: no reference cycle through its locals)
+            del primary, roots, errback_errors
 
     def _cause_text(self) -> str:
         if self._failure is not None:

@@ -424,7 +424,20 @@ class Lifecycle(RunState):
             and not self._resumed_unwinding
         )
 
+    def _let_go_of_errors(self) -> None:
+        """Drop what this closed run holds of its errors (see :func:`aflow.run`)."""
+        self._errors = {}
+        self._failures = {}
+        self._revert_errors = {}
+        self._failure = None
+        self._deferred_cancel = None
+        self._store_error = None
+
     def _close(self, status: RunStatus) -> None:
+        # Break the run's reference cycles (its context names it; so does the crew's
+        # callback): a closed run is freed when dropped, not by the garbage collector.
+        self._context.run(_set_execution, None)
+        self._crew_done_callback = None
         self._phase = _CLOSED
         self.starting = False
         self._return_grants()

@@ -137,7 +137,15 @@ async def run(
             clock=clock,
         )
     if store is None:  # (no journal: its execute() is _execute(), one coroutine less)
-        return await _in_memory(workflow, options, run_id, params, idempotency_key)._execute()
+        execution = _in_memory(workflow, options, run_id, params, idempotency_key)
+        try:
+            return await execution._execute()
+        except BaseException:
+            # Nobody can ask this run anything now: let go of its errors, so that the
+            # one raised (whose traceback holds the run's frames) makes no reference
+            # cycle with it, and both are freed without the garbage collector.
+            execution._let_go_of_errors()
+            raise
     return await run_with(
         workflow,
         options,

@@ -390,7 +390,10 @@ class RunState:
         self._crew_idle: asyncio.Future[None] | None = None
         self._crew_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._crew_done_callback = self._crew_done  # one bound method, not one a task
+        #: the crew's done callback, made when first needed: a bound method of this run,
+        #: so a reference cycle, broken at close (a run that leaves no cycle is freed as
+        #: soon as it is dropped, with no work left for the garbage collector)
+        self._crew_done_callback: Callable[[asyncio.Task[Any]], None] | None = None
         #: the crew takes new workers (while a phase's frame is open)
         self._crew_open = False
         #: a spare worker was started and has not begun its loop yet (at most one)
