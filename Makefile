@@ -144,6 +144,7 @@ $(PEERS)/.peers-installed: $(PEERS)/.installed
 
 bench: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
 	$(BIN)/python benchmarks/run.py --repeat 5 --anyio-max-nodes 100000 --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/http.py --quick --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md

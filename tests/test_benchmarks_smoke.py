@@ -64,3 +64,49 @@ def test_ops_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = run_script("ops.py", tmp_path / "ops.md")
     for workload in ("| chain 50 |", "| slices 50 |", "| files 10 |"):
         assert workload in table
+
+
+@pytest.mark.slow
+def test_http_benchmark_serves_every_endpoint(tmp_path: pathlib.Path) -> None:
+    """Real uvicorn servers (both loops): every endpoint is checked before a tiny load
+    (the script fails if an answer or its reverts are wrong); the section is updated
+    in place in a file that has one already."""
+    out = tmp_path / "results.md"
+    out.write_text(
+        "# Results\n\nkept\n\n<!-- begin: benchmarks/http.py -->\nstale\n"
+        "<!-- end: benchmarks/http.py -->\n\n## After\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/http.py",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.3",
+            "--connections",
+            "4",
+            "--markdown",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.startswith("# Results\n\nkept\n\n<!-- begin: benchmarks/http.py -->\n")
+    assert text.endswith("<!-- end: benchmarks/http.py -->\n\n## After\n")
+    assert "stale" not in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
+    cells = {(cell[0].strip(), cell[1].strip()): cell for cell in rows[1:]}
+    for endpoint in ("hand-written", "aflow.run", "Runtime.run"):
+        for label in (endpoint, f"{endpoint}, fail=1"):
+            for loop in ("asyncio", "uvloop"):
+                cell = cells[label, loop]
+                assert float(cell[2].replace(",", "")) > 0, cell  # req/s
+                assert cell[5].strip() == "0", cell  # no wrong status, no dropped connection
