@@ -52,6 +52,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -195,6 +196,14 @@ def get(port: int, path: str) -> tuple[int, Any]:
         conn.close()
 
 
+def die_with_parent() -> None:
+    """In a server's process (Linux): be sent SIGTERM if this script dies, even by SIGKILL."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Server:
     """One uvicorn process serving benchmarks/http_app.py on 127.0.0.1."""
@@ -211,7 +220,7 @@ class Server:
             "--loop", self.loop, "--http", self.http,
             "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(command, cwd=ROOT)
+        self.proc = subprocess.Popen(command, cwd=ROOT, preexec_fn=die_with_parent)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         assert self.proc is not None
@@ -329,7 +338,8 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[str], loops:
         BEGIN,
         "## Over HTTP: the order saga endpoint (uvicorn + FastAPI)",
         "",
-        f"Written by `{command}`; every figure below is from that one invocation.",
+        f"This section is written by `{command}`, apart from the rest of the file; every "
+        "figure in it is from that one invocation.",
         "",
         f"- machine: {machine()}",
         f"- Python {platform.python_version()}; aflow {version('aflow')}, uvicorn "
@@ -392,6 +402,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers (finally)
     cells = [
         (label, path, status, loop) for loop in args.loops for label, path, status, _ in ENDPOINTS
     ]

@@ -67,6 +67,7 @@ def test_ops_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # 12 uvicorn processes start at once: ~14 s alone, more beside a suite
 def test_http_benchmark_serves_every_endpoint(tmp_path: pathlib.Path) -> None:
     """Real uvicorn servers (both loops): every endpoint is checked before a tiny load
     (the script fails if an answer or its reverts are wrong); the section is updated
@@ -94,7 +95,7 @@ def test_http_benchmark_serves_every_endpoint(tmp_path: pathlib.Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=170,
         check=False,
     )
     assert done.returncode == 0, done.stderr
