@@ -113,3 +113,54 @@ def test_results_sections_survive_a_rewrite(tmp_path: pathlib.Path) -> None:
     assert [s.splitlines()[1] for s in kept] == ["## A", "## B"]
     assert "first, again" in kept[0]
     assert "second" in kept[1]
+
+
+TITLE = "Over HTTP: the order saga endpoint (uvicorn + FastAPI)"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # 12 uvicorn processes start at once: ~14 s alone, more beside a suite
+def test_http_benchmark_serves_every_endpoint(tmp_path: pathlib.Path) -> None:
+    """Real uvicorn servers (both loops): every endpoint is checked before a tiny load
+    (the script fails if an answer or its reverts are wrong); the section is updated
+    in place in a file that has one already."""
+    out = tmp_path / "results.md"
+    out.write_text(
+        f"# Results\n\nkept\n\n<!-- section: {TITLE} -->\n## {TITLE}\n\nstale\n"
+        "<!-- /section -->\n\n## After\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/http.py",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.3",
+            "--connections",
+            "4",
+            "--markdown",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.startswith(f"# Results\n\nkept\n\n<!-- section: {TITLE} -->\n## {TITLE}\n")
+    assert text.endswith("<!-- /section -->\n\n## After\n")
+    assert text.count(f"## {TITLE}") == 1
+    assert "stale" not in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
+    cells = {(cell[0].strip(), cell[1].strip()): cell for cell in rows[1:]}
+    for endpoint in ("hand-written", "aflow.run", "Runtime.run"):
+        for label in (endpoint, f"{endpoint}, fail=1"):
+            for loop in ("asyncio", "uvloop"):
+                cell = cells[label, loop]
+                assert float(cell[2].replace(",", "")) > 0, cell  # req/s
+                assert cell[5].strip() == "0", cell  # no wrong status, no dropped connection
