@@ -368,7 +368,8 @@ def _markdown() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_markdown", HERE / "_markdown.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
