@@ -17,6 +17,11 @@ trees, so its runs are pooled):
 * short runs: a 1-step run and a 5-node order saga (validate, then reserve and quote
   at once, charge, ship; reserve and charge have reverts), µs per run, building
   included, aflow / asyncio (``asyncio.gather`` and try/except by hand).
+
+``--durable``: instead, the short section of ``benchmarks/durable.py`` (a durable chain
+step against a bare sqlite3 commit, durable 1- and 5-step runs against the memory store
+and no store; both loops), this tree's script run against each tree's ``aflow`` (it is
+copied into the base tree), the trees' processes interleaved.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,12 +177,88 @@ def run(tree: Path, args: list[str]) -> dict[str, object]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def durable(base: str, repeat: int, rounds: int) -> str:
+    """The A/B table of durable.py's short section (see the module's docstring)."""
+    script = HERE / "durable.py"
+    found: dict[tuple[str, str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="aflow-ab-") as tmp:
+        trees = {"base": export(base, Path(tmp) / "base"), "head": ROOT}
+        shutil.copy(script, trees["base"] / "benchmarks" / "durable.py")
+        out = Path(tmp) / "figures.json"
+        for turn in range(repeat):
+            for label, tree in trees.items():
+                script_args = ["--short-only", "--rounds", str(rounds), "--json", str(out)]
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                done = subprocess.run(
+                    [sys.executable, str(tree / "benchmarks" / "durable.py"), *script_args],
+                    cwd=tree,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"durable.py failed under {tree}: {done.stderr[-2000:]}")
+                for loop, figures in json.loads(out.read_text()).items():
+                    for name, us in figures.items():
+                        found.setdefault((name, loop, label), []).append(us)
+            print(f"durable A/B: {turn + 1}/{repeat}", file=sys.stderr, flush=True)
+    rows = [
+        "| figure | loop | base µs | head µs | head / base |",
+        "|---|---|---:|---:|---:|",
+    ]
+    med = {key: statistics.median(values) for key, values in found.items()}
+    names = dict.fromkeys(k[0] for k in found)
+    for name in names:
+        for loop in LOOPS:
+            base_us, head_us = med[name, loop, "base"], med[name, loop, "head"]
+            rows.append(
+                f"| {name} | {loop} | {base_us:.1f} | {head_us:.1f} | {head_us / base_us:.3f} |"
+            )
+    ratios = [
+        "| ratio | loop | base | head |",
+        "|---|---|---:|---:|",
+    ]
+    for what, top, bottom in (
+        ("chain step sqlite / bare commit", "chain step sqlite", "bare commit"),
+        ("chain step sqlite / store write", "chain step sqlite", "store write"),
+        ("1-step run sqlite / memory", "1-step run sqlite", "1-step run memory"),
+        ("5-step run sqlite / memory", "5-step run sqlite", "5-step run memory"),
+        ("1-step run sqlite / none", "1-step run sqlite", "1-step run none"),
+        ("5-step run sqlite / none", "5-step run sqlite", "5-step run none"),
+    ):
+        for loop in LOOPS:
+            cells = [
+                statistics.median(
+                    a / b
+                    for a, b in zip(
+                        found[top, loop, label], found[bottom, loop, label], strict=True
+                    )
+                )
+                for label in ("base", "head")
+            ]
+            ratios.append(f"| {what} | {loop} | {cells[0]:.2f} | {cells[1]:.2f} |")
+    return (
+        f"Durable A/B against {base}: median of {repeat} interleaved processes per tree "
+        f"(each the median of {rounds} rounds); µs per commit, step or run; a ratio is the "
+        "median of each process's own\n\n" + "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="the commit to compare with (e.g. main's last landing)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--durable", action="store_true", help="durable.py's short section")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds per --durable process")
     opts = parser.parse_args()
+    if opts.durable:
+        text = durable(opts.base, opts.repeat, opts.rounds)
+        print(text)
+        if opts.markdown:
+            opts.markdown.write_text(text)
+        return
     worker = str(HERE / "worker.py")
     # µs per node (graphs) or per run (short runs), every repeat: aflow per tree, and
     # hand-written asyncio (the same code under both trees: pooled)

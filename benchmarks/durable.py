@@ -1,24 +1,35 @@
 """What durability costs: per-node time with checkpoints in memory, SQLite and PostgreSQL.
 
-Usage: ``python benchmarks/durable.py [--repeat N] [--quick] [--no-postgres] [--markdown PATH]``
+Usage: ``python benchmarks/durable.py [--repeat N] [--quick] [--no-postgres] [--markdown PATH]
+[--rounds N] [--short-only] [--json PATH]``
 
 Each workload runs through a :class:`aflow.Runtime` as an ``@aflow.workflow``:
 without a store (nothing checkpointed), then with the in-memory store, a
 SQLite file and a throw-away PostgreSQL cluster (tests/pg.py). Reported: µs per
 node and the ratio to the run without a store, in the same process.
+
+Then, on asyncio and on uvloop, what a web service sees (issue 16): a durable chain's
+step against a bare ``sqlite3`` WAL commit in the same process (INSERT + COMMIT of a
+row shaped like a checkpoint's, ``synchronous=NORMAL``, the store's pragmas, no
+automatic checkpoint inside the timing), and a durable 1-step and 5-step run against
+the same run on the memory store and without a store; every figure of a round is
+taken in turn, the median of ``--rounds`` rounds is reported (``--short-only``: this
+section alone; ``--json``: its figures, for ``benchmarks/ab.py --durable``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import pathlib
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,6 +75,12 @@ def saga_chain(n: int) -> Any:
     return aflow.chain(book.s(0), *(book.s() for _ in range(n - 1)))
 
 
+@aflow.workflow
+def short_chain(n: int) -> Any:
+    """The short runs' workflow: ``n`` steps, each of which returns at once."""
+    return aflow.chain(inc.s(0), *(inc.s() for _ in range(n - 1)))
+
+
 async def once(store: str | None, workflow: Any, n: int) -> float:
     async with aflow.Runtime(store=store) as rt:
         start = time.perf_counter()
@@ -99,7 +116,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--markdown")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of the short section")
+    parser.add_argument("--short-only", action="store_true")
+    parser.add_argument("--json", help="write the short section's figures here")
     args = parser.parse_args()
+    rounds = args.rounds or (3 if args.quick else 9)
+    short = short_section(rounds, quick=args.quick)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(short))
+    if args.short_only:
+        for line in short_lines(short):
+            print(line)
+        return
     # Durable runs refuse workflows defined in __main__: take them by their module name.
     from benchmarks.durable import chain, fanout, saga_chain
 
@@ -138,9 +166,11 @@ def main() -> None:
             "|---|---:|---|---:|---:|",
         ]
         lines += [f"| {w} | {n:,} | {s} | {us:.1f} | {r:.2f} |" for w, n, s, us, r in rows]
-        lines += ["", *target_lines(rows)]
+        lines += ["", *target_lines(rows), "", *short_lines(short)]
         pathlib.Path(args.markdown).write_text("\n".join(lines) + "\n")
     for line in target_lines(rows):
+        print(line)
+    for line in short_lines(short):
         print(line)
 
 
@@ -154,6 +184,194 @@ def target_lines(rows: list[tuple[str, int, str, float, float]]) -> list[str]:
             verdict = "PASS" if sqlite <= 5 * memory else "MISS"
             lines.append(f"- {verdict} {workload}: sqlite / memory = {sqlite / memory:.2f}x")
     return lines
+
+
+# --- what a web service sees: a step, a short run (issue 16) ----------------------------
+
+#: A durable chain's length for the per-step figure, and short runs per figure.
+CHAIN_STEPS = 300
+RUNS_PER_FIGURE = 40
+COMMITS_PER_FIGURE = 300
+#: The figures of a round, in the order they are taken.
+FIGURES = (
+    "bare commit",
+    "store write",
+    "chain step sqlite",
+    "chain step memory",
+    "1-step run none",
+    "1-step run memory",
+    "1-step run sqlite",
+    "5-step run none",
+    "5-step run memory",
+    "5-step run sqlite",
+)
+LOOPS = ("asyncio", "uvloop")
+
+
+class BareCommit:
+    """A bare sqlite3 WAL commit in this process: BEGIN, INSERT of a row shaped like a
+    checkpoint's, COMMIT; ``synchronous=NORMAL`` and ``foreign_keys=ON`` (the store's
+    pragmas). Its WAL is checkpointed between figures, never inside one."""
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.db.execute(
+            "CREATE TABLE bare (run_id TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, "
+            "attempt INTEGER NOT NULL, result TEXT, error TEXT, started_at REAL, "
+            "finished_at REAL, PRIMARY KEY (run_id, key))"
+        )
+        self.written = 0
+
+    def per_commit(self, n: int) -> float:
+        """µs per commit, over ``n`` commits."""
+        db = self.db
+        start = time.perf_counter()
+        for _ in range(n):
+            self.written += 1
+            db.execute("BEGIN")
+            db.execute(
+                "INSERT INTO bare VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ("a-run-id", f"inc-{self.written}", "succeeded", 1, "2", None, 1.0, 2.0),
+            )
+            db.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return elapsed / n * 1e6
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def per_run(rt: aflow.Runtime, workflow: Any, n: int, runs: int) -> float:
+    """µs per ``rt.submit`` + ``result()`` of ``workflow(n)``, over ``runs`` runs."""
+    stored = rt.store is not None
+    start = time.perf_counter()
+    for _ in range(runs):
+        run = await (rt.submit(workflow, n=n) if stored else rt.submit(workflow(n)))
+        await run.result()
+    return (time.perf_counter() - start) / runs * 1e6
+
+
+async def store_write(store: Any, run_id: str, n: int, first: int) -> float:
+    """µs per ``await store.write_nodes`` of one succeeded step, over ``n`` writes."""
+    from aflow.stores import NodeRecord
+
+    start = time.perf_counter()
+    for i in range(first, first + n):
+        await store.write_nodes(run_id, [NodeRecord(f"inc-{i}", "succeeded", 1, "2", None, 1, 2)])
+    return (time.perf_counter() - start) / n * 1e6
+
+
+async def short_round_trips(folder: str, rounds: int, quick: bool) -> dict[str, float]:
+    """The section's figures on the running loop: the median of ``rounds`` rounds."""
+    from benchmarks.durable import short_chain
+
+    steps = 60 if quick else CHAIN_STEPS
+    runs = 10 if quick else RUNS_PER_FIGURE
+    bare = BareCommit(os.path.join(folder, "bare.db"))
+    samples: dict[str, list[float]] = {name: [] for name in FIGURES}
+    url = f"sqlite:///{os.path.join(folder, 'runs.db')}"
+    try:
+        async with (
+            aflow.Runtime(store=url) as sqlite_rt,
+            aflow.Runtime(store="memory://") as memory_rt,
+            aflow.Runtime() as plain_rt,
+        ):
+            store = sqlite_rt.store
+            assert store is not None
+            warm = await sqlite_rt.submit(short_chain, n=1)  # a run to write the rows into
+            await warm.result()
+            written = 0
+            for rt in (sqlite_rt, memory_rt, plain_rt):  # warm-up
+                for n in (1, 5):
+                    await per_run(rt, short_chain, n, 5)
+            bare.per_commit(50)
+            for _ in range(rounds):
+                samples["bare commit"].append(bare.per_commit(COMMITS_PER_FIGURE))
+                samples["store write"].append(
+                    await store_write(store, warm.id, COMMITS_PER_FIGURE, written)
+                )
+                written += COMMITS_PER_FIGURE
+                for label, rt in (("sqlite", sqlite_rt), ("memory", memory_rt)):
+                    us = await per_run(rt, short_chain, steps, 1)
+                    samples[f"chain step {label}"].append(us / steps)
+                for n in (1, 5):
+                    for label, rt in (("none", plain_rt), ("memory", memory_rt)):
+                        samples[f"{n}-step run {label}"].append(
+                            await per_run(rt, short_chain, n, runs)
+                        )
+                    samples[f"{n}-step run sqlite"].append(
+                        await per_run(sqlite_rt, short_chain, n, runs)
+                    )
+    finally:
+        bare.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def short_section(rounds: int, *, quick: bool = False) -> dict[str, dict[str, float]]:
+    """The section's figures on each loop (a fresh folder each)."""
+    found: dict[str, dict[str, float]] = {}
+    for loop in LOOPS:
+        with tempfile.TemporaryDirectory() as folder:
+            main = short_round_trips(folder, rounds, quick)
+            found[loop] = run_on(loop, lambda main=main: main)  # type: ignore[misc]
+        print(f"short runs on {loop}: done", file=sys.stderr, flush=True)
+    return found
+
+
+def run_on(loop: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    async def body() -> Any:
+        return await main()
+
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(body())
+    return asyncio.run(body())
+
+
+def short_lines(short: dict[str, dict[str, float]]) -> list[str]:
+    """The section as markdown, with the issue's targets marked."""
+    lines = [
+        "## A step and a short run (issue 16)",
+        "",
+        "µs (median of interleaved rounds, in one process per loop). `bare commit`: a bare "
+        "`sqlite3` WAL commit (BEGIN, INSERT, COMMIT, `synchronous=NORMAL`); `store write`: "
+        "`await store.write_nodes(...)` of one succeeded step (the store's own statement, "
+        "with its history trigger); a chain step: a "
+        f"{CHAIN_STEPS}-step durable chain through `rt.submit`, per step; an n-step run: "
+        "`rt.submit` + `result()` of an `@aflow.workflow`, per run.",
+        "",
+        "| loop | bare commit | store write | chain step sqlite | x bare | chain step memory "
+        "| 1-step run none / memory / sqlite | sqlite x memory | 5-step run none / memory / "
+        "sqlite | sqlite x memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for loop, f in short.items():
+        step_x = f["chain step sqlite"] / f["bare commit"]
+        one_x = f["1-step run sqlite"] / f["1-step run memory"]
+        five_x = f["5-step run sqlite"] / f["5-step run memory"]
+        lines.append(
+            f"| {loop} | {f['bare commit']:.1f} | {f['store write']:.1f} | "
+            f"{f['chain step sqlite']:.1f} | {step_x:.2f} | {f['chain step memory']:.1f} | "
+            f"{f['1-step run none']:.0f} / {f['1-step run memory']:.0f} / "
+            f"{f['1-step run sqlite']:.0f} | {one_x:.2f} | {f['5-step run none']:.0f} / "
+            f"{f['5-step run memory']:.0f} / {f['5-step run sqlite']:.0f} | {five_x:.2f} |"
+        )
+        verdicts.append(
+            f"- {'MET' if step_x <= 2 else 'MISSED'} ({loop}): a durable chain step ≤ 2x a "
+            f"bare commit: {step_x:.2f}x"
+        )
+        verdicts.append(
+            f"- {'MET' if five_x <= 3 else 'MISSED'} ({loop}): a durable 5-step run ≤ 3x the "
+            f"same run on the memory store: {five_x:.2f}x"
+        )
+    return [*lines, "", "Targets:", "", *verdicts]
 
 
 if __name__ == "__main__":
