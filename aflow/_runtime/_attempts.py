@@ -316,7 +316,12 @@ class Attempts(RunState):
             elif task.reverter is not None:  # write-ahead: a dead run's cancel must undo it
                 self._announced.add(index)
                 try:
-                    await journal.announce(node.key)
+                    journal.started(node.key, 1)
+                    if self._write_now(journal):  # committed here (or the write failed)
+                        if self._ready:  # what the batch released goes on beside this node
+                            self._ensure_worker()
+                    else:
+                        await journal.committed()
                 except BaseException:
                     if limits:
                         release(limits, self)

@@ -129,6 +129,27 @@ class Checkpoints(RunState):
                 self._ensure_worker()
             self._check_idle()
 
+    def _write_now(self, journal: Journal) -> bool:
+        """Commit the pending batch here and now, with no task switch, if the store can
+        without waiting (see :meth:`Journal.write_now`) and nothing else of this run could
+        still join the batch (no node of it in flight or ready: waiting for the flusher
+        would buy no group commit). True if the batch was committed and what it held
+        released, or its write failed (the run stops); False if it is left to the flusher.
+        """
+        if self._running or self._ready or self._store_error is not None:
+            return False
+        try:
+            released = journal.write_now()
+        except Exception as exc:
+            self._store_failed(exc)
+            return True
+        if released is None:
+            return False
+        self._release_held(released)
+        if self._handoff is not None:
+            self._handoff.set()  # a worker waiting for a batch: nothing is left to wait for
+        return True
+
     def _release_held(self, released: list[tuple[str, int]]) -> None:
         for kind, index in released:
             if kind == "ok":

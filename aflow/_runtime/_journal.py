@@ -7,11 +7,17 @@ fills, so a fan-out pays one transaction per batch, not per node. Reverts
 are held the same way: a node's revert starts only once the reverts of its
 consumers are on record, so an interrupted compensation resumes where it
 stopped.
+
+A store that can commit a small batch at once, on the calling thread
+(``try_write_nodes``, see :meth:`Journal.write_now`), lets a worker with
+nothing else to do commit the batch itself, with no task switch: a chain's
+step then costs its commit. It is the same batch, written by the same rules.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 import anyio
@@ -24,6 +30,23 @@ __all__ = ["Journal", "describe"]
 
 # A global: every node's start reads it (an Enum attribute is slower).
 _RECORD_RUNNING = RecordState.RUNNING
+
+#: A store's synchronous write of one batch (see :func:`sync_writer`).
+SyncWrite = Callable[[str, Sequence[NodeRecord], Sequence[NodeRecord]], bool]
+
+
+def sync_writer(store: Store) -> SyncWrite | None:
+    """The store's ``try_write_nodes(run_id, nodes, superseded) -> bool`` (commit the batch
+    at once on the calling thread if that needs no waiting, else write nothing and say
+    False), if the class that defines its ``write_nodes`` defines that too: a wrapper or a
+    subclass that overrides ``write_nodes`` alone is never bypassed."""
+    for cls in type(store).__mro__:
+        if "write_nodes" in cls.__dict__:
+            if "try_write_nodes" in cls.__dict__:
+                write: SyncWrite = store.try_write_nodes  # type: ignore[attr-defined]
+                return write
+            return None
+    return None
 
 
 def describe(error: BaseException) -> str:
@@ -44,6 +67,7 @@ class Journal:
         "_pending",
         "_superseded",
         "_wake",
+        "_write_now",
         "batches",
         "closing",
         "held",
@@ -63,8 +87,9 @@ class Journal:
         #: (kind, node index) released once the pending batch is committed
         self.held: list[tuple[str, int]] = []
         self._wake = anyio.Event()
-        #: set once the batch being filled now is committed
-        self._committed = anyio.Event()
+        #: set once the batch being filled now is committed (made when someone waits)
+        self._committed: anyio.Event | None = None
+        self._write_now = sync_writer(store)
         #: a batch being written: what it releases is not released yet
         self._in_flight = False
         self.closing = False
@@ -103,7 +128,7 @@ class Journal:
     async def record_now(self, node: NodeRecord) -> None:
         """Buffer one record and wait until it is committed (write-ahead)."""
         self.record(node)
-        await self._committed.wait()
+        await self.committed()
 
     async def announce(self, key: str) -> None:
         """Note a node's start and wait until it is committed (write-ahead).
@@ -113,7 +138,14 @@ class Journal:
         start together share one commit.
         """
         self.started(key, 1)
-        await self._committed.wait()
+        await self.committed()
+
+    async def committed(self) -> None:
+        """Wait until the batch being filled now is committed (never, if its write fails)."""
+        committed = self._committed
+        if committed is None:
+            committed = self._committed = anyio.Event()
+        await committed.wait()
 
     async def next_batch(self) -> bool:
         """Wait for something to write; False once the phase is over and all is written."""
@@ -133,7 +165,7 @@ class Journal:
         self._pending = {}
         self._superseded = []
         self.held = []
-        self._committed = anyio.Event()
+        self._committed = None
         if batch:
             self._in_flight = True
             try:
@@ -142,7 +174,40 @@ class Journal:
                 self._in_flight = False
             self.batches += 1
             self.written += len(batch)
-        committed.set()
+        if committed is not None:
+            committed.set()
+        return released
+
+    def write_now(self) -> list[tuple[str, int]] | None:
+        """What :meth:`write` does, at once on this thread, if the store can commit the
+        batch without waiting (``try_write_nodes``) and no batch is in flight; None if it
+        cannot (nothing changed: :meth:`write` writes it later). A failed write drops the
+        batch and releases nothing, as :meth:`write` does."""
+        write = self._write_now
+        if write is None or self._in_flight:
+            return None
+        pending = self._pending
+        if pending:
+            batch = list(pending.values())
+            try:
+                if not write(self.run_id, batch, self._superseded):
+                    return None
+            except BaseException:
+                self._pending = {}
+                self._superseded = []
+                self.held = []
+                self._committed = None
+                raise
+            self._pending = {}
+            self._superseded = []
+            self.batches += 1
+            self.written += len(batch)
+        released = self.held
+        self.held = []
+        committed = self._committed
+        if committed is not None:
+            self._committed = None
+            committed.set()
         return released
 
     def close(self) -> None:

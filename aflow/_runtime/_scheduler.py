@@ -82,6 +82,9 @@ _RECORD_FAILED = RecordState.FAILED
 #: A worker that keeps finding work without ever blocking yields to the loop
 #: this often, so a long run of instant tasks cannot starve the application.
 _YIELD_EVERY = 128
+#: A checkpoint the worker commits itself counts as this many nodes there (a commit costs
+#: tens of µs: the loop gets a turn every few of them).
+_COMMIT_WEIGHT = 16
 
 
 @final
@@ -196,7 +199,7 @@ class Execution(
                             unfinished = -1
                         await self._drive_suspended(node, limits, coro, ctx, yielded, start)
                     streak += 1
-                    if streak == _YIELD_EVERY:
+                    if streak >= _YIELD_EVERY:
                         streak = 0
                         if unfinished >= 0:
                             finished[unfinished] = _perf_counter()
@@ -230,7 +233,7 @@ class Execution(
                 else:
                     await self._run_node(node, limits)
                 streak += 1
-                if streak == _YIELD_EVERY:
+                if streak >= _YIELD_EVERY:
                     streak = 0
                     await anyio.lowlevel.checkpoint()
             if unfinished >= 0:
@@ -244,8 +247,16 @@ class Execution(
                 or not journal.holding
             ):
                 break
-            # What comes next waits for a checkpoint (a chain's next step): wait for the
-            # batch here rather than end, since a new worker for it would cost a task.
+            # What comes next waits for a checkpoint (a chain's next step). Nothing else of
+            # the run could join the batch: commit it here, if the store can at once.
+            if self._write_now(journal):
+                streak += _COMMIT_WEIGHT
+                if streak >= _YIELD_EVERY and self.starting:
+                    streak = 0
+                    await anyio.lowlevel.checkpoint()
+                continue
+            # Else wait for the flusher's batch here rather than end, since a new worker
+            # for what it releases would cost a task.
             self._handoff = handoff = anyio.Event()
             try:
                 await handoff.wait()

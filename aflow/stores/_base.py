@@ -196,6 +196,14 @@ class Store(Protocol):
     A store that keeps text (rows) converts it as it reads it: the statuses it returns
     are :class:`StoredRunStatus` members and its records' states :class:`RecordState`
     members, and text that is neither is a :class:`~aflow.errors.StoreError`.
+
+    A store may also offer ``try_write_nodes(run_id, nodes, superseded=()) -> bool``
+    (SQLite and the memory store do): :meth:`write_nodes` done at once on the calling
+    thread, True once the batch is committed, or False, with nothing written, if that
+    would have to wait (the runtime then awaits :meth:`write_nodes`). A worker with
+    nothing else to do commits a chain's step that way, with no task switch. The
+    runtime uses it only if the class that defines ``write_nodes`` defines it too, so
+    a wrapper or subclass that overrides ``write_nodes`` alone is never bypassed.
     """
 
     url: str

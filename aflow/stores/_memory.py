@@ -88,6 +88,12 @@ class MemoryStore:
     async def write_nodes(
         self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
     ) -> None:
+        self.try_write_nodes(run_id, nodes, superseded)
+
+    def try_write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> bool:
+        """:meth:`write_nodes` at once (it never waits): always True."""
         table = self._nodes.get(run_id)
         if table is None:
             raise RunNotFound(run_id, self.url)
@@ -103,6 +109,7 @@ class MemoryStore:
                     started_at=node.started_at if node.started_at is not None else old.started_at,
                 )
             table[node.key] = node
+        return True
 
     async def claim(
         self,

@@ -1,30 +1,45 @@
-"""The embedded SQLite store (aiosqlite is imported here and nowhere else).
+"""The embedded SQLite store.
 
 WAL journal with ``synchronous=NORMAL``: a committed batch survives the
 process being killed; a power cut may lose the last batches (they re-run
 on resume, like any node not recorded as done).
 
-Several processes may share one file. Every statement of the store's
-connection runs under its lock and is finished (its rows fetched) before the
-lock is released, so no read transaction is ever left open; a transaction
-that writes begins ``IMMEDIATE``. A write therefore waits for another
-process's write (up to the busy timeout) instead of failing at once, as it
+Two connections and one thread per open store. A small write (a checkpoint
+batch of up to :data:`INLINE_ROWS` rows, a run's status, a claim) and a
+one-row read run at once on the caller's thread, on a connection that never
+waits for a lock (busy timeout 0): a WAL commit with ``synchronous=NORMAL``
+is an append to the -wal file, no fsync, tens of microseconds, less than a
+hop to another thread and back costs. Anything that could wait runs on the
+store's own thread, on a connection that waits up to the busy timeout: a
+write that found the file locked by another connection (it changed nothing,
+and is done again there), a large batch, reads of unbounded size, and the
+WAL's checkpoints (the fsyncs; the caller's connection never checkpoints).
+Jobs run in the order they were asked for; while one is queued or running
+on the thread, everything else queues behind it, so writes keep their order.
+
+Several processes may share one file. Every statement runs whole and is
+finished (its rows fetched) before the next one starts, so no read
+transaction is ever left open; a transaction that writes begins
+``IMMEDIATE``. A write therefore waits for another process's write (up to
+the busy timeout, on the store's thread) instead of failing at once, as it
 does when a read transaction begun earlier has to be upgraded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import os
 import pathlib
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, final
 
-import aiosqlite
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
@@ -50,7 +65,9 @@ from ._sql import (
     status_of,
 )
 
-__all__ = ["SQLiteStore", "expected_schema", "schema_problems", "shape_of"]
+__all__ = ["INLINE_ROWS", "SQLiteStore", "expected_schema", "schema_problems", "shape_of"]
+
+T = TypeVar("T")
 
 _CLAIM_SET = CLAIM_SET.format(owner=":owner", until=":until")
 _CLAIM_FRESH_SET = CLAIM_FRESH_SET.format(owner=":owner", until=":until")
@@ -60,6 +77,16 @@ _CANCEL_SET = CANCEL_SET.format(now="?", reason="?")
 _ROWS_PER_STATEMENT = 4000
 #: How long a statement waits for another connection's lock, unless told otherwise.
 DEFAULT_BUSY_TIMEOUT = 30.0
+#: A checkpoint batch of up to this many rows is written on the caller's thread (a
+#: larger one, a fan-out's, on the store's thread: one hop for many rows).
+INLINE_ROWS = 64
+#: The store's thread checkpoints the WAL after this many rows written on the caller's
+#: thread (a commit of one row writes 4 pages or so; SQLite's own automatic checkpoint,
+#: every 1,000 pages and inside the commit, is off there).
+CHECKPOINT_EVERY = 1000
+#: A WAL longer than this (in 4 KiB frames) is caught up with before writes go on.
+WAL_FRAMES_CAUGHT_UP = 4000
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 #: A schema's shape: (``table`` or ``trigger``, name) -> the table's columns.
 Shape = Mapping[tuple[str, str], frozenset[str]]
@@ -114,23 +141,34 @@ def _missing(path: str) -> bool:
     return False
 
 
-@contextlib.asynccontextmanager
-async def _transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT; on any error (cancellation too) a shielded ROLLBACK,
-    so the connection is never left inside a transaction; the error goes on."""
+def _busy(exc: sqlite3.Error) -> bool:
+    """True if ``exc`` says another connection holds a lock this statement needed."""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in _BUSY
+
+
+def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """``body(db)`` between BEGIN IMMEDIATE and COMMIT; on any error a ROLLBACK, so the
+    connection is never left inside a transaction; the error goes on."""
+    db.execute("BEGIN IMMEDIATE")
     try:
-        await db.execute("BEGIN IMMEDIATE")
-        yield
-        await db.execute("COMMIT")
+        result = body(db)
+        db.execute("COMMIT")
     except BaseException:
-        # Queued after the BEGIN even when a cancel interrupted the wait for it (the
-        # connection's thread runs statements in order), so it cannot be skipped.
-        with anyio.CancelScope(shield=True):
+        if db.in_transaction:
             try:
-                await db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             except sqlite3.Error:
-                pass  # no transaction was open (BEGIN or COMMIT failed): the error goes on
+                pass  # the error that ended it goes on
         raise
+    return result
+
+
+def _serve(jobs: queue.SimpleQueue[Callable[[], bool] | None]) -> None:
+    """A store's thread: runs its jobs in turn until one returns True (or it gets None)."""
+    while True:
+        job = jobs.get()
+        if job is None or job():
+            return
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,6 +179,153 @@ def _upsert(n: int) -> str:
 @functools.lru_cache(maxsize=16)
 def _history(n: int) -> str:
     return INSERT_HISTORY.format(rows=", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n))
+
+
+def _write_nodes(
+    db: sqlite3.Connection,
+    run_id: str,
+    nodes: Sequence[NodeRecord],
+    superseded: Sequence[NodeRecord] = (),
+) -> None:
+    """One checkpoint batch, all or nothing."""
+    if len(nodes) <= _ROWS_PER_STATEMENT and not superseded:
+        rows = [value for node in nodes for value in node_row(run_id, node)]
+        db.execute(_upsert(len(nodes)), rows)  # one statement: a transaction of its own
+        return
+
+    def write(db: sqlite3.Connection) -> None:
+        for start in range(0, len(superseded), _ROWS_PER_STATEMENT):
+            part = superseded[start : start + _ROWS_PER_STATEMENT]
+            db.execute(_history(len(part)), [v for node in part for v in history_row(run_id, node)])
+        for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
+            chunk = nodes[start : start + _ROWS_PER_STATEMENT]
+            db.execute(_upsert(len(chunk)), [v for node in chunk for v in node_row(run_id, node)])
+
+    _transaction(db, write)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # its waiter was cancelled: the job ran all the same
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+@final
+class _Link:
+    """An open store's two connections and its thread (see the module's docstring)."""
+
+    __slots__ = (
+        "checkpointing",
+        "db",
+        "finished",
+        "jobs",
+        "sent",
+        "thread_db",
+        "wal_frames",
+        "written",
+    )
+
+    def __init__(
+        self,
+        jobs: queue.SimpleQueue[Callable[[], bool] | None],
+        db: sqlite3.Connection,
+        thread_db: sqlite3.Connection,
+    ) -> None:
+        self.jobs = jobs
+        #: the caller's thread's connection: busy timeout 0, no automatic checkpoint
+        self.db = db
+        #: the store's thread's connection: waits up to the busy timeout
+        self.thread_db = thread_db
+        #: jobs handed to the thread and jobs it has finished; each is written by one
+        #: thread only, and the caller's connection is used only while they are equal
+        self.sent = 0
+        self.finished = 0
+        #: rows written on the caller's thread since the last checkpoint was asked for
+        self.written = 0
+        self.checkpointing = False
+        #: the WAL's length in frames, as the last checkpoint found it
+        self.wal_frames = 0
+
+    def __del__(self) -> None:
+        self.jobs.put(None)  # a store dropped without close(): its thread ends
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is queued or running on the store's thread (a checkpoint aside)."""
+        return self.sent == self.finished
+
+    def wrote(self, rows: int) -> None:
+        """A commit of ``rows`` rows on the caller's thread. Every
+        :data:`CHECKPOINT_EVERY` rows the store's thread checkpoints the WAL (PASSIVE: it
+        never waits), beside the writes that go on meanwhile. The WAL starts over only
+        when a write begins after a checkpoint copied all of it, which writes that never
+        pause do not let happen: once it is longer than :data:`WAL_FRAMES_CAUGHT_UP`
+        frames, the next checkpoint holds the writes back (they queue behind it on the
+        thread) and catches up. So do writes that run far ahead of a checkpoint the
+        thread has not got to yet."""
+        self.written += rows
+        if self.written < CHECKPOINT_EVERY:
+            return
+        if not self.checkpointing:
+            self.written = 0
+            self.checkpointing = True
+            if self.wal_frames > WAL_FRAMES_CAUGHT_UP:
+                self.sent += 1  # counted: nothing runs on the caller's thread meanwhile
+                self.jobs.put(self._catch_up)
+            else:
+                self.jobs.put(self._checkpoint)
+        elif self.written >= 4 * CHECKPOINT_EVERY:
+            self.written = 0
+            self.sent += 1  # writes queue behind the checkpoint from now on
+            self.jobs.put(self._barrier)
+
+    def _checkpoint(self) -> bool:
+        try:
+            ((_, frames, _),) = self.thread_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.wal_frames = int(frames)
+        except sqlite3.Error:
+            pass  # the next one tries again (and closing the store checkpoints)
+        finally:
+            self.checkpointing = False
+        return False
+
+    def _catch_up(self) -> bool:
+        try:
+            return self._checkpoint()
+        finally:
+            self.finished += 1
+
+    def _barrier(self) -> bool:
+        self.finished += 1
+        return False
+
+    async def hop(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        """``call(thread_db)`` on the store's thread, after what is queued there. A
+        cancelled caller stops waiting; the job still runs, whole."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        db = self.thread_db
+
+        def job() -> bool:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = call(db)
+            except BaseException as exc:  # handed to the caller
+                error = exc
+            self.finished += 1
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # its loop has closed: nobody waits any more
+                pass
+            return False
+
+        self.sent += 1
+        self.jobs.put(job)
+        return await future
 
 
 @final
@@ -170,8 +355,8 @@ class SQLiteStore:
         self.read_only = read_only
         self._create = create and not read_only
         self._file = os.path.abspath(path)
-        self._db: aiosqlite.Connection | None = None
-        self._lock = anyio.Lock()
+        #: the connections and thread, while open
+        self._link: _Link | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
@@ -229,34 +414,62 @@ class SQLiteStore:
         return f"{pathlib.Path(self._file).as_uri()}?mode={mode}"
 
     async def open(self) -> None:
-        if self._db is not None:
+        if self._link is not None:
             return
-        # Checked and migrated on a connection of its own in a worker thread: it may
-        # wait for other processes, and a failed aiosqlite connect leaves its thread
-        # to report on a loop that may be closed by then ("Event loop is closed").
-        await anyio.to_thread.run_sync(self._prepare)
+        jobs: queue.SimpleQueue[Callable[[], bool] | None] = queue.SimpleQueue()
+        thread = threading.Thread(
+            target=_serve, args=(jobs,), name=f"aflow store {self._file}", daemon=True
+        )
+        thread.start()
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[tuple[sqlite3.Connection, sqlite3.Connection]]
+        opened = loop.create_future()
+
+        def job() -> bool:
+            # Checked and migrated on a connection of its own: it may wait for other
+            # processes. The thread ends with the job if it fails.
+            try:
+                pair = self._connect()
+            except BaseException as exc:  # handed to the caller
+                loop.call_soon_threadsafe(_settle, opened, None, exc)
+                return True
+            loop.call_soon_threadsafe(_settle, opened, pair, None)
+            return False
+
+        jobs.put(job)
+        # shielded: the connections a cancelled open made would be left to nobody
+        with anyio.CancelScope(shield=True):
+            db, thread_db = await opened
+        self._link = _Link(jobs, db, thread_db)
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """Check (and unless read-only migrate) the file, then open the two connections."""
+        self._prepare()
         mode = "ro" if self.read_only else "rw"  # the file exists now: never create it here
+        made: list[sqlite3.Connection] = []
         try:
-            # shielded: aiosqlite's thread opens the connection of a cancelled connect
-            # anyway, and nothing would close it (a ResourceWarning on 3.13)
-            with anyio.CancelScope(shield=True):
-                db = await aiosqlite.connect(
-                    self._uri(mode), uri=True, isolation_level=None, timeout=self.busy_timeout
+            for timeout in (0.0, self.busy_timeout):  # the caller's, then the thread's
+                db = sqlite3.connect(
+                    self._uri(mode),
+                    uri=True,
+                    isolation_level=None,
+                    timeout=timeout,
+                    check_same_thread=False,
                 )
-        except sqlite3.Error as exc:
-            raise self._error(exc, "opening it") from exc
-        try:
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            if self.read_only:
-                await db.execute("PRAGMA query_only=ON")
+                made.append(db)
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                if self.read_only:
+                    db.execute("PRAGMA query_only=ON")
+            # the caller's connection never checkpoints (an fsync): the thread does
+            made[0].execute("PRAGMA wal_autocheckpoint=0").fetchall()
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await db.close()
+            for db in made:
+                db.close()
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc, "opening it") from exc
             raise
-        self._db = db
+        return made[0], made[1]
 
     def _prepare(self) -> None:
         """Check that the file is an aflow store this aflow can use, changing nothing;
@@ -394,64 +607,101 @@ class SQLiteStore:
             delay = min(delay * 2, 0.5)
 
     async def close(self) -> None:
-        async with self._lock:  # after the statement or transaction under way
-            db, self._db = self._db, None
-        if db is not None:
+        link, self._link = self._link, None
+        if link is None:
+            return
+
+        def close(db: sqlite3.Connection) -> None:
+            # the caller's connection first: the thread's, the last one, checkpoints the
+            # WAL as it closes (off the caller's thread)
             try:
-                await db.close()
-            except sqlite3.Error as exc:
-                raise self._error(exc, "closing it") from exc
+                link.db.close()
+            finally:
+                db.close()
+
+        try:
+            await link.hop(close)  # after every job queued before
+        except sqlite3.Error as exc:
+            raise self._error(exc, "closing it") from exc
+        finally:
+            link.jobs.put(None)  # the thread ends
 
     # --- statements -----------------------------------------------------------------------
 
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
+    def _open_link(self) -> _Link:
+        link = self._link
+        if link is None:
             raise StoreError(f"the store {self.url} is not open: await store.open() first")
-        return self._db
+        return link
 
-    async def _fetch(self, doing: str, sql: str, args: Sequence[Any]) -> list[Any]:
-        """All rows of one statement, fetched in one go under the lock."""
-        async with self._lock:
-            db = self._conn()
+    async def _do(
+        self, call: Callable[[sqlite3.Connection], T], *, inline: bool = True, rows: int = 0
+    ) -> T:
+        """``call(connection)``: at once on this thread (``inline``) if nothing of the store
+        is queued on its thread and no other connection holds a lock it needs; else on the
+        store's thread, after what is queued there. Driver errors go on."""
+        link = self._open_link()
+        if inline and link.idle:
             try:
-                return list(await db.execute_fetchall(sql, args))
-            except sqlite3.Error as exc:
-                raise self._error(exc, doing) from exc
+                result = call(link.db)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                # locked by another connection: nothing was written; wait on the thread
+            else:
+                if rows:  # a commit
+                    link.wrote(rows)
+                return result
+        return await link.hop(call)
+
+    async def _fetch(
+        self,
+        doing: str,
+        sql: str,
+        args: Sequence[Any],
+        *,
+        inline: bool = True,
+        rows: int = 0,
+    ) -> list[Any]:
+        """All rows of one statement, fetched in one go (``inline``: a few rows at most)."""
+        try:
+            return await self._do(
+                lambda db: db.execute(sql, args).fetchall(), inline=inline, rows=rows
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from exc
 
     async def _change(self, doing: str, sql: str, args: Sequence[Any] | Mapping[str, Any]) -> int:
         """Run one statement that writes (a transaction of its own); the rows it changed."""
-        async with self._lock:
-            db = self._conn()
-            try:
-                cursor = await db.execute(sql, args)
-            except sqlite3.Error as exc:
-                raise self._error(exc, doing) from exc
-            return cursor.rowcount
+        try:
+            return await self._do(lambda db: db.execute(sql, args).rowcount, rows=1)
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from exc
 
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
-        async with self._lock:
-            db = self._conn()
-            try:
-                async with _transaction(db):
-                    if record.idempotency_key is not None:
-                        rows = await db.execute_fetchall(
-                            f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = ?",
-                            (record.idempotency_key,),
-                        )
-                        for row in rows:  # one at most: the key is unique
-                            return run_from_row(row), False
-                    await db.execute(
-                        f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        run_row(record),
-                    )
-            except sqlite3.IntegrityError as exc:
-                if "aflow_runs.run_id" in str(exc):
-                    raise RunExists(record.run_id, self.url) from exc
-                raise self._error(exc, f"creating run {record.run_id}") from exc
-            except sqlite3.Error as exc:
-                raise self._error(exc, f"creating run {record.run_id}") from exc
-        return record, True
+        def create(db: sqlite3.Connection) -> tuple[RunRecord, bool]:
+            if record.idempotency_key is not None:
+                rows = db.execute(
+                    f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE idempotency_key = ?",
+                    (record.idempotency_key,),
+                ).fetchall()
+                for row in rows:  # one at most: the key is unique
+                    return run_from_row(row), False
+            db.execute(
+                f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                run_row(record),
+            )
+            return record, True
+
+        try:
+            return await self._do(functools.partial(_transaction, body=create), rows=1)
+        except sqlite3.IntegrityError as exc:
+            if "aflow_runs.run_id" in str(exc):
+                raise RunExists(record.run_id, self.url) from exc
+            raise self._error(exc, f"creating run {record.run_id}") from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"creating run {record.run_id}") from exc
 
     async def get_run(self, run_id: str) -> RunRecord:
         rows = await self._fetch(
@@ -470,7 +720,8 @@ class SQLiteStore:
             sql += " WHERE status = ?"
             args = (status,)
         sql += " ORDER BY created_at DESC LIMIT ?"
-        return [run_from_row(row) for row in await self._fetch("listing runs", sql, (*args, limit))]
+        rows = await self._fetch("listing runs", sql, (*args, limit), inline=False)
+        return [run_from_row(row) for row in rows]
 
     async def set_status(
         self,
@@ -496,26 +747,41 @@ class SQLiteStore:
     ) -> None:
         if not nodes:
             return
-        async with self._lock:
-            db = self._conn()
-            try:
-                if len(nodes) <= _ROWS_PER_STATEMENT and not superseded:
-                    rows = [value for node in nodes for value in node_row(run_id, node)]
-                    await db.execute(_upsert(len(nodes)), rows)  # atomic, one thread hop
-                    return
-                async with _transaction(db):
-                    for start in range(0, len(superseded), _ROWS_PER_STATEMENT):
-                        part = superseded[start : start + _ROWS_PER_STATEMENT]
-                        values = [v for node in part for v in history_row(run_id, node)]
-                        await db.execute(_history(len(part)), values)
-                    for start in range(0, len(nodes), _ROWS_PER_STATEMENT):
-                        chunk = nodes[start : start + _ROWS_PER_STATEMENT]
-                        values = [v for node in chunk for v in node_row(run_id, node)]
-                        await db.execute(_upsert(len(chunk)), values)
-            except sqlite3.IntegrityError as exc:  # the run's row is missing
-                raise RunNotFound(run_id, self.url) from exc
-            except sqlite3.Error as exc:
-                raise self._error(exc, f"writing a checkpoint of run {run_id}") from exc
+        inline = len(nodes) + len(superseded) <= INLINE_ROWS
+        try:
+            await self._do(
+                functools.partial(_write_nodes, run_id=run_id, nodes=nodes, superseded=superseded),
+                inline=inline,
+                rows=len(nodes) + len(superseded),
+            )
+        except sqlite3.Error as exc:
+            raise self._write_error(exc, run_id) from exc
+
+    def try_write_nodes(
+        self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
+    ) -> bool:
+        """:meth:`write_nodes` on the calling thread, if that needs no waiting: True once
+        the batch is committed; False if nothing was written (the store's thread has work
+        queued, another connection holds the file's lock, or the batch is large), and
+        ``await write_nodes(...)`` then writes it. Errors are those of write_nodes."""
+        link = self._open_link()
+        if not link.idle or len(nodes) + len(superseded) > INLINE_ROWS:
+            return False
+        if not nodes:
+            return True
+        try:
+            _write_nodes(link.db, run_id, nodes, superseded)
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                return False  # nothing was written
+            raise self._write_error(exc, run_id) from exc
+        link.wrote(len(nodes) + len(superseded))
+        return True
+
+    def _write_error(self, exc: sqlite3.Error, run_id: str) -> Exception:
+        if isinstance(exc, sqlite3.IntegrityError):  # the run's row is missing
+            return RunNotFound(run_id, self.url)
+        return self._error(exc, f"writing a checkpoint of run {run_id}")
 
     async def claim(
         self,
@@ -581,6 +847,8 @@ class SQLiteStore:
             f"(SELECT value FROM json_each(?)) AND owner = ? AND status IN ({marks}) "
             "RETURNING run_id, status",
             (until, json.dumps(list(run_ids)), owner, *UNFINISHED),
+            inline=len(run_ids) <= INLINE_ROWS,
+            rows=len(run_ids),
         )
         return {row[0]: status_of(row[0], row[1]) for row in rows}
 
@@ -590,6 +858,7 @@ class SQLiteStore:
             "reading a run's nodes",
             f"SELECT {NODE_COLUMNS} FROM aflow_nodes WHERE run_id = ?",
             (run_id,),
+            inline=False,
         )
         return {row[0]: node_from_row(run_id, row) for row in rows}
 
@@ -599,5 +868,6 @@ class SQLiteStore:
             "reading a run's history",
             f"SELECT {HISTORY_COLUMNS} FROM aflow_transitions WHERE run_id = ? ORDER BY seq",
             (run_id,),
+            inline=False,
         )
         return [node_from_row(run_id, row) for row in rows]
