@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -119,15 +120,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the short section")
     parser.add_argument("--short-only", action="store_true")
     parser.add_argument("--json", help="write the short section's figures here")
+    parser.add_argument(
+        "--postgres", action="store_true", help="with --short-only: PostgreSQL figures too"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 9)
-    short = short_section(rounds, quick=args.quick)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(short))
-    if args.short_only:
-        for line in short_lines(short):
-            print(line)
-        return
+    postgres = not args.no_postgres and (args.postgres or not args.short_only)
     # Durable runs refuse workflows defined in __main__: take them by their module name.
     from benchmarks.durable import chain, fanout, saga_chain
 
@@ -135,7 +133,14 @@ def main() -> None:
     sizes["chain"] = (chain, 100 if args.quick else 1000)
     sizes["chain, steps with reverts"] = (saga_chain, 100 if args.quick else 1000)
     rows: list[tuple[str, int, str, float, float]] = []
-    with stores(not args.no_postgres) as urls:
+    with stores(postgres) as urls:
+        short = short_section(rounds, quick=args.quick, postgres=urls.get("postgresql"))
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(short))
+        if args.short_only:
+            for line in short_lines(short):
+                print(line)
+            return
         for name, (workflow, n) in sizes.items():
             graph = workflow.build({"n": n})
             tasks = sum(1 for node in graph.nodes if node.kind is not aflow.NodeKind.JOIN)
@@ -160,7 +165,7 @@ def main() -> None:
             "Written by `make bench` (`python benchmarks/durable.py`). Median of "
             f"{args.repeat}; ratio = per-node time / the same run with no store. Nodes are "
             "task nodes. In the last workload every step has a revert, so its start is "
-            "written ahead of it (a second commit per step).",
+            "written ahead of it (in its parent's commit).",
             "",
             "| workload | nodes | store | µs/node | ratio |",
             "|---|---:|---|---:|---:|",
@@ -204,6 +209,14 @@ FIGURES = (
     "5-step run none",
     "5-step run memory",
     "5-step run sqlite",
+)
+#: The PostgreSQL figures of a round, when a cluster runs (after the others).
+PG_FIGURES = (
+    "bare asyncpg commit",
+    "pg store write",
+    "chain step postgresql",
+    "1-step run postgresql",
+    "5-step run postgresql",
 )
 LOOPS = ("asyncio", "uvloop")
 
@@ -266,58 +279,116 @@ async def store_write(store: Any, run_id: str, n: int, first: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-async def short_round_trips(folder: str, rounds: int, quick: bool) -> dict[str, float]:
+class BareRoundTrip:
+    """A bare asyncpg round trip: one INSERT of a checkpoint-shaped row, autocommitted
+    (the statement and its commit in one round trip), on a connection of its own."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.written = 0
+
+    @classmethod
+    async def open(cls, url: str) -> BareRoundTrip:
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS bare (run_id TEXT NOT NULL, key TEXT NOT NULL, "
+            "state TEXT NOT NULL, attempt INTEGER NOT NULL, result TEXT, error TEXT, "
+            "started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, "
+            "PRIMARY KEY (run_id, key))"
+        )
+        return cls(conn)
+
+    async def per_commit(self, n: int) -> float:
+        conn = self.conn
+        start = time.perf_counter()
+        for _ in range(n):
+            self.written += 1
+            await conn.execute(
+                "INSERT INTO bare VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "a-run-id",
+                f"inc-{self.written}-{id(self)}",
+                "succeeded",
+                1,
+                "2",
+                None,
+                1.0,
+                2.0,
+            )
+        return (time.perf_counter() - start) / n * 1e6
+
+
+async def short_round_trips(
+    folder: str, rounds: int, quick: bool, postgres: str | None = None
+) -> dict[str, float]:
     """The section's figures on the running loop: the median of ``rounds`` rounds."""
     from benchmarks.durable import short_chain
 
     steps = 60 if quick else CHAIN_STEPS
     runs = 10 if quick else RUNS_PER_FIGURE
+    commits = 50 if quick else COMMITS_PER_FIGURE
     bare = BareCommit(os.path.join(folder, "bare.db"))
-    samples: dict[str, list[float]] = {name: [] for name in FIGURES}
+    names = FIGURES + (PG_FIGURES if postgres else ())
+    samples: dict[str, list[float]] = {name: [] for name in names}
     url = f"sqlite:///{os.path.join(folder, 'runs.db')}"
-    try:
-        async with (
-            aflow.Runtime(store=url) as sqlite_rt,
-            aflow.Runtime(store="memory://") as memory_rt,
-            aflow.Runtime() as plain_rt,
-        ):
-            store = sqlite_rt.store
-            assert store is not None
-            warm = await sqlite_rt.submit(short_chain, n=1)  # a run to write the rows into
-            await warm.result()
-            written = 0
-            for rt in (sqlite_rt, memory_rt, plain_rt):  # warm-up
-                for n in (1, 5):
-                    await per_run(rt, short_chain, n, 5)
-            bare.per_commit(50)
-            for _ in range(rounds):
-                samples["bare commit"].append(bare.per_commit(COMMITS_PER_FIGURE))
-                samples["store write"].append(
-                    await store_write(store, warm.id, COMMITS_PER_FIGURE, written)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(bare.close)
+        sqlite_rt = await stack.enter_async_context(aflow.Runtime(store=url))
+        memory_rt = await stack.enter_async_context(aflow.Runtime(store="memory://"))
+        plain_rt = await stack.enter_async_context(aflow.Runtime())
+        pg_rt = pg_bare = pg_run = None
+        if postgres:
+            pg_rt = await stack.enter_async_context(aflow.Runtime(store=postgres))
+            pg_bare = await BareRoundTrip.open(postgres)
+            stack.push_async_callback(pg_bare.conn.close)
+            pg_run = await pg_rt.submit(short_chain, n=1)
+            await pg_run.result()
+        store = sqlite_rt.store
+        assert store is not None
+        warm = await sqlite_rt.submit(short_chain, n=1)  # a run to write the rows into
+        await warm.result()
+        written = 0
+        for rt in (sqlite_rt, memory_rt, plain_rt, *([pg_rt] if pg_rt else [])):  # warm-up
+            for n in (1, 5):
+                await per_run(rt, short_chain, n, 5)
+        bare.per_commit(50)
+        for _ in range(rounds):
+            samples["bare commit"].append(bare.per_commit(commits))
+            samples["store write"].append(await store_write(store, warm.id, commits, written))
+            for label, rt in (("sqlite", sqlite_rt), ("memory", memory_rt)):
+                us = await per_run(rt, short_chain, steps, 1)
+                samples[f"chain step {label}"].append(us / steps)
+            for n in (1, 5):
+                for label, rt in (("none", plain_rt), ("memory", memory_rt)):
+                    samples[f"{n}-step run {label}"].append(await per_run(rt, short_chain, n, runs))
+                samples[f"{n}-step run sqlite"].append(
+                    await per_run(sqlite_rt, short_chain, n, runs)
                 )
-                written += COMMITS_PER_FIGURE
-                for label, rt in (("sqlite", sqlite_rt), ("memory", memory_rt)):
-                    us = await per_run(rt, short_chain, steps, 1)
-                    samples[f"chain step {label}"].append(us / steps)
+            if pg_rt is not None and pg_bare is not None and pg_run is not None:
+                assert pg_rt.store is not None
+                samples["bare asyncpg commit"].append(await pg_bare.per_commit(commits))
+                samples["pg store write"].append(
+                    await store_write(pg_rt.store, pg_run.id, commits, written)
+                )
+                us = await per_run(pg_rt, short_chain, steps, 1)
+                samples["chain step postgresql"].append(us / steps)
                 for n in (1, 5):
-                    for label, rt in (("none", plain_rt), ("memory", memory_rt)):
-                        samples[f"{n}-step run {label}"].append(
-                            await per_run(rt, short_chain, n, runs)
-                        )
-                    samples[f"{n}-step run sqlite"].append(
-                        await per_run(sqlite_rt, short_chain, n, runs)
+                    samples[f"{n}-step run postgresql"].append(
+                        await per_run(pg_rt, short_chain, n, runs)
                     )
-    finally:
-        bare.close()
+            written += commits
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def short_section(rounds: int, *, quick: bool = False) -> dict[str, dict[str, float]]:
+def short_section(
+    rounds: int, *, quick: bool = False, postgres: str | None = None
+) -> dict[str, dict[str, float]]:
     """The section's figures on each loop (a fresh folder each)."""
     found: dict[str, dict[str, float]] = {}
     for loop in LOOPS:
         with tempfile.TemporaryDirectory() as folder:
-            main = short_round_trips(folder, rounds, quick)
+            main = short_round_trips(folder, rounds, quick, postgres)
             found[loop] = run_on(loop, lambda main=main: main)  # type: ignore[misc]
         print(f"short runs on {loop}: done", file=sys.stderr, flush=True)
     return found
@@ -343,7 +414,8 @@ def short_lines(short: dict[str, dict[str, float]]) -> list[str]:
         "`sqlite3` WAL commit (BEGIN, INSERT, COMMIT, `synchronous=NORMAL`); `store write`: "
         "`await store.write_nodes(...)` of one succeeded step (the store's own statement, "
         "with its history trigger); a chain step: a "
-        f"{CHAIN_STEPS}-step durable chain through `rt.submit`, per step; an n-step run: "
+        f"{CHAIN_STEPS}-step durable chain (60 with --quick) through `rt.submit`, per step; "
+        "an n-step run: "
         "`rt.submit` + `result()` of an `@aflow.workflow`, per run.",
         "",
         "| loop | bare commit | store write | chain step sqlite | x bare | chain step memory "
@@ -371,6 +443,27 @@ def short_lines(short: dict[str, dict[str, float]]) -> list[str]:
             f"- {'MET' if five_x <= 3 else 'MISSED'} ({loop}): a durable 5-step run ≤ 3x the "
             f"same run on the memory store: {five_x:.2f}x"
         )
+    if any("chain step postgresql" in f for f in short.values()):
+        lines += [
+            "",
+            "PostgreSQL (the throw-away cluster of tests/pg.py, `fsync=off`), against a bare "
+            "asyncpg round trip (one autocommitted INSERT of the same row on a connection of "
+            "its own) and the memory store:",
+            "",
+            "| loop | bare asyncpg commit | store write | chain step | x bare | 1-step run "
+            "memory / postgresql | x memory | 5-step run memory / postgresql | x memory |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for loop, f in short.items():
+            bare = f["bare asyncpg commit"]
+            lines.append(
+                f"| {loop} | {bare:.1f} | {f['pg store write']:.1f} | "
+                f"{f['chain step postgresql']:.1f} | {f['chain step postgresql'] / bare:.2f} | "
+                f"{f['1-step run memory']:.0f} / {f['1-step run postgresql']:.0f} | "
+                f"{f['1-step run postgresql'] / f['1-step run memory']:.2f} | "
+                f"{f['5-step run memory']:.0f} / {f['5-step run postgresql']:.0f} | "
+                f"{f['5-step run postgresql'] / f['5-step run memory']:.2f} |"
+            )
     return [*lines, "", "Targets:", "", *verdicts]
 
 
