@@ -416,12 +416,12 @@ class SQLiteStore:
     async def open(self) -> None:
         if self._link is not None:
             return
+        loop = asyncio.get_running_loop()  # (asyncio only, as the store's futures are)
         jobs: queue.SimpleQueue[Callable[[], bool] | None] = queue.SimpleQueue()
         thread = threading.Thread(
             target=_serve, args=(jobs,), name=f"aflow store {self._file}", daemon=True
         )
         thread.start()
-        loop = asyncio.get_running_loop()
         opened: asyncio.Future[tuple[sqlite3.Connection, sqlite3.Connection]]
         opened = loop.create_future()
 
