@@ -435,6 +435,25 @@ async def test_the_store_s_thread_keeps_the_order_of_writes(tmp_path: pathlib.Pa
         await store.close()
 
 
+async def test_a_job_that_fails_on_the_store_s_thread_does_not_end_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "runs.db"))
+    await store.open()
+    try:
+        link = store._link
+        assert link is not None
+
+        def broken() -> bool:
+            raise RuntimeError("a job's own bug")
+
+        link.jobs.put(broken)
+        with anyio.fail_after(10):
+            assert await store.list_runs() == []  # the thread runs the jobs after it
+    finally:
+        await store.close()
+
+
 def committed_keys(path: pathlib.Path) -> list[Any]:
     """What another connection sees committed."""
     with contextlib.closing(sqlite3.connect(path)) as db:

@@ -67,6 +67,7 @@ class Journal:
         "_pending",
         "_superseded",
         "_wake",
+        "_woken",
         "_write_now",
         "batches",
         "closing",
@@ -87,6 +88,7 @@ class Journal:
         #: (kind, node index) released once the pending batch is committed
         self.held: list[tuple[str, int]] = []
         self._wake = anyio.Event()
+        self._woken = False  # (_wake is set: one call less than asking it)
         #: set once the batch being filled now is committed (made when someone waits)
         self._committed: anyio.Event | None = None
         self._write_now = sync_writer(store)
@@ -118,7 +120,8 @@ class Journal:
         self._pending[node.key] = node
         if hold is not None:
             self.held.append(hold)
-        if not self._wake.is_set():
+        if not self._woken:
+            self._woken = True
             self._wake.set()
 
     def started(self, key: str, attempt: int) -> None:
@@ -153,6 +156,7 @@ class Journal:
             if self.closing:
                 return False
             self._wake = anyio.Event()
+            self._woken = False
             await self._wake.wait()
         return True
 
@@ -213,6 +217,7 @@ class Journal:
     def close(self) -> None:
         """No more transitions this phase: write what is left, then stop."""
         self.closing = True
+        self._woken = True
         self._wake.set()
 
     def reopen(self) -> None:

@@ -84,8 +84,11 @@ INLINE_ROWS = 64
 #: thread (a commit of one row writes 4 pages or so; SQLite's own automatic checkpoint,
 #: every 1,000 pages and inside the commit, is off there).
 CHECKPOINT_EVERY = 1000
-#: A WAL longer than this (in 4 KiB frames) is caught up with before writes go on.
-WAL_FRAMES_CAUGHT_UP = 4000
+#: A WAL longer than this (in 4 KiB frames: 64 MiB) is caught up with before writes go
+#: on. A catch-up holds the writes for its fsyncs (15 ms on this VM's disk), so it must
+#: be rare: several times what the writes between two checkpoints add (about 4,300
+#: frames for 1,000 one-row commits, the most).
+WAL_FRAMES_CAUGHT_UP = 16_000
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 #: A schema's shape: (``table`` or ``trigger``, name) -> the table's columns.
@@ -164,16 +167,26 @@ def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]
 
 
 def _serve(jobs: queue.SimpleQueue[Callable[[], bool] | None]) -> None:
-    """A store's thread: runs its jobs in turn until one returns True (or it gets None)."""
+    """A store's thread: runs its jobs in turn until one returns True (or it gets None).
+    A job hands its own errors to whoever waits for it; one it lets out (a bug) must not
+    end the thread, or every job after it would wait forever."""
     while True:
         job = jobs.get()
-        if job is None or job():
+        if job is None:
             return
+        try:
+            if job():
+                return
+        except Exception:
+            pass
 
 
 @functools.lru_cache(maxsize=64)
 def _upsert(n: int) -> str:
     return UPSERT_NODE.format(rows=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n))
+
+
+_UPSERT_ONE = _upsert(1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -282,10 +295,13 @@ class _Link:
             self.sent += 1  # writes queue behind the checkpoint from now on
             self.jobs.put(self._barrier)
 
-    def _checkpoint(self) -> bool:
+    def _checkpoint(self, held: bool = False) -> bool:
         try:
-            ((_, frames, _),) = self.thread_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.wal_frames = int(frames)
+            ((_, frames, copied),) = self.thread_db.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchall()
+            # held and all copied: the next write starts the WAL over
+            self.wal_frames = 0 if held and copied >= frames else int(frames)
         except sqlite3.Error:
             pass  # the next one tries again (and closing the store checkpoints)
         finally:
@@ -294,7 +310,7 @@ class _Link:
 
     def _catch_up(self) -> bool:
         try:
-            return self._checkpoint()
+            return self._checkpoint(held=True)
         finally:
             self.finished += 1
 
@@ -765,12 +781,15 @@ class SQLiteStore:
         queued, another connection holds the file's lock, or the batch is large), and
         ``await write_nodes(...)`` then writes it. Errors are those of write_nodes."""
         link = self._open_link()
-        if not link.idle or len(nodes) + len(superseded) > INLINE_ROWS:
+        if link.sent != link.finished or len(nodes) + len(superseded) > INLINE_ROWS:
             return False
-        if not nodes:
-            return True
         try:
-            _write_nodes(link.db, run_id, nodes, superseded)
+            if len(nodes) == 1 and not superseded:  # a chain's step
+                link.db.execute(_UPSERT_ONE, node_row(run_id, nodes[0]))
+            elif nodes:
+                _write_nodes(link.db, run_id, nodes, superseded)
+            else:
+                return True
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
                 return False  # nothing was written
