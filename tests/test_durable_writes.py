@@ -390,6 +390,8 @@ async def test_the_wal_is_checkpointed_on_the_store_s_thread_and_stays_bounded(
         link = store._link
         assert link is not None
         assert link.db.execute("PRAGMA wal_autocheckpoint").fetchall() == [(0,)]
+        assert link.db.execute("PRAGMA busy_timeout").fetchall() == [(0,)]
+        assert link.thread_db.execute("PRAGMA busy_timeout").fetchall() == [(30_000,)]
         commits = 3000  # about 4 frames each: 12,000 frames if nothing started the WAL over
         for i in range(commits):
             node = NodeRecord(f"n{i}", "succeeded", 1, "1", None, 1.0, 2.0)

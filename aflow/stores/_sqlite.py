@@ -464,12 +464,12 @@ class SQLiteStore:
         mode = "ro" if self.read_only else "rw"  # the file exists now: never create it here
         made: list[sqlite3.Connection] = []
         try:
-            for timeout in (0.0, self.busy_timeout):  # the caller's, then the thread's
+            for _ in range(2):  # the caller's, then the thread's
                 db = sqlite3.connect(
                     self._uri(mode),
                     uri=True,
                     isolation_level=None,
-                    timeout=timeout,
+                    timeout=self.busy_timeout,  # set up here, on the thread: it may wait
                     check_same_thread=False,
                 )
                 made.append(db)
@@ -477,7 +477,9 @@ class SQLiteStore:
                 db.execute("PRAGMA foreign_keys=ON")
                 if self.read_only:
                     db.execute("PRAGMA query_only=ON")
-            # the caller's connection never checkpoints (an fsync): the thread does
+            # the caller's connection never waits for a lock, and never checkpoints (an
+            # fsync): what would wait goes to the thread
+            made[0].execute("PRAGMA busy_timeout=0").fetchall()
             made[0].execute("PRAGMA wal_autocheckpoint=0").fetchall()
         except BaseException as exc:
             for db in made:
