@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
+from ._canvas_cache import compile_canvas
 from ._exceptions import SignatureError
 from ._graph import INPUT_ERROR, Graph, GraphBuilder, NodeKind
 from ._options import FANOUT_OPTIONS, FLOW_OPTIONS, check_options, layer_options, resolve_options
@@ -169,6 +170,9 @@ class Canvas(Generic[R]):
         return run(self).__await__()
 
     def __aflow_graph__(self) -> Graph:
+        return compile_canvas(self, _compile_canvas)
+
+    def _compile_uncached(self) -> Graph:
         compiler = _Compiler()
         out = self._compile(compiler, -1, {})
         output = compiler.materialize(out, -1)
@@ -754,6 +758,10 @@ class Chord(Canvas[R]):
         header = c.materialize(self._header._compile(c, pred, inner), pred)
         body = self._body._compile(c, header, inner)
         return ((c.materialize(body, header),), False)
+
+
+def _compile_canvas(canvas: Canvas[Any]) -> Graph:
+    return canvas._compile_uncached()
 
 
 # --- the functional API -------------------------------------------------------------------

@@ -144,6 +144,17 @@ class Graph:
                     raise DuplicateTaskError(node.key)
             self._by_key = by_key
 
+    def _with_nodes(self, nodes: tuple[Node, ...]) -> Graph:
+        """This graph with ``nodes`` in place of its own: the same edges, keys and
+        output, other arguments (see :mod:`aflow._canvas_cache`)."""
+        graph = object.__new__(Graph)
+        graph.nodes = nodes
+        graph.output = self.output
+        graph.name = self.name
+        graph._by_key = self._by_key
+        graph._children = self._children
+        return graph
+
     # --- validation ------------------------------------------------------------------------
 
     def _validate(self) -> tuple[tuple[int, ...], ...]:
