@@ -74,7 +74,12 @@ class Crew(RunState):
                 self._crew_error = error
                 self._cut_phase()
         idle = self._crew_idle
-        if not self._crew and idle is not None and not idle.done():
+        if (
+            not self._crew
+            and idle is not None
+            and not idle.done()
+            and not (self._idle_ends_phase and self._busy())
+        ):
             idle.set_result(None)
 
     def _cut_phase(self) -> None:

@@ -266,8 +266,18 @@ class Lifecycle(RunState):
         try:
             await self._worker()
             if self._busy():
-                self._done = anyio.Event()
-                await self._done.wait()
+                loop = self._loop
+                if loop is not None and journal is None:
+                    # What is left runs in the crew: its last task to end wakes this one
+                    # (see _crew_done), and there is then no crew left to join.
+                    self._idle_ends_phase = True
+                    self._crew_idle = loop.create_future()
+                    if not self._crew and not self._busy():  # (see _check_idle)
+                        self._crew_idle.set_result(None)
+                    await self._crew_idle
+                else:
+                    self._done = anyio.Event()
+                    await self._done.wait()
             if journal is not None:
                 journal.close()
             await self._join_crew(cancel=False)
@@ -279,6 +289,7 @@ class Lifecycle(RunState):
         finally:
             self._crew_open = False
             self._done = None
+            self._idle_ends_phase = False
 
     def suspend(self) -> None:
         """Start no more nodes; the running ones finish, then :meth:`execute` returns.
@@ -344,8 +355,13 @@ class Lifecycle(RunState):
         return self._done_count < self._done_goal
 
     def _check_idle(self) -> None:
-        if self._done is not None and not self._busy():
-            self._done.set()
+        if self._done is not None:
+            if not self._busy():
+                self._done.set()
+        elif self._idle_ends_phase and not self._crew and not self._busy():
+            idle = self._crew_idle
+            if idle is not None and not idle.done():
+                idle.set_result(None)
 
     def _end_phase(self) -> None:
         """The forward phase is over: nothing may start, slots go back."""

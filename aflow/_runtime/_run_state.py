@@ -109,6 +109,7 @@ class RunState:
         "_finished",
         "_global_limits",
         "_handoff",
+        "_idle_ends_phase",
         "_incarnation",
         "_journal",
         "_key_prefix",
@@ -176,6 +177,7 @@ class RunState:
         def _store_failed(self, error: BaseException) -> None: ...
         async def _run_phase(self) -> None: ...
         def _check_idle(self) -> None: ...
+        def _busy(self) -> bool: ...
         def _end_phase(self) -> None: ...
         def cancel(self) -> None: ...
         def _being_released(self) -> bool: ...
@@ -389,6 +391,9 @@ class RunState:
         #: the phase's worker tasks, and what waits for the last of them to end
         self._crew: set[asyncio.Task[Any]] = set()
         self._crew_idle: asyncio.Future[None] | None = None
+        #: the phase's host waits on _crew_idle for its end (asyncio, no journal): it is
+        #: set once the crew is empty *and* no work is left (one wake-up, no Event)
+        self._idle_ends_phase = False
         self._crew_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: the crew's done callback, made when first needed: a bound method of this run,
