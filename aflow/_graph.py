@@ -127,7 +127,7 @@ class Graph:
     :meth:`to_mermaid` draw it.
     """
 
-    __slots__ = ("_by_key", "_children", "name", "nodes", "output")
+    __slots__ = ("_by_key", "_children", "_shape", "name", "nodes", "output")
 
     def __init__(
         self, nodes: Sequence[Node], output: int, name: str | None = None, *, _unique: bool = False
@@ -136,6 +136,8 @@ class Graph:
         self.output = output
         self.name = name
         self._by_key: dict[str, int] | None = None
+        #: what every run of this graph starts from (see _run_state.RunShape), made once
+        self._shape: Any = None
         self._children = (self._link() if _unique else None) or self._validate()
         if not _unique:  # GraphBuilder guarantees unique keys; hand-made graphs are checked
             by_key: dict[str, int] = {}
@@ -153,6 +155,7 @@ class Graph:
         graph.name = self.name
         graph._by_key = self._by_key
         graph._children = self._children
+        graph._shape = self._shape  # (arguments are not part of it)
         return graph
 
     # --- validation ------------------------------------------------------------------------

@@ -309,6 +309,9 @@ class RunState:
         # --- Node state: arrays indexed by node index (see _scheduler). ------------------
         nodes = graph.nodes
         n = len(nodes)
+        shape: RunShape | None = graph._shape
+        if shape is None:
+            shape = graph._shape = RunShape(nodes)
         self._nodes = nodes
         self._children = graph._children
         #: the node's value once it succeeded (a restored or a join's too)
@@ -318,7 +321,7 @@ class RunState:
         self._states: list[NodeState] = [_PENDING] * n
         #: forward: parents of the node that have not released it yet (it is ready at 0);
         #: unwinding: consumers of the node not unwound yet (its revert is ready at 0)
-        self._remaining = [len(node.parents) for node in nodes]
+        self._remaining = shape.remaining.copy()
         #: perf_counter() readings; a node that started has a start <= its finish
         self._started: list[float | None] = [None] * n
         self._finished: list[float | None] = [None] * n
@@ -337,30 +340,16 @@ class RunState:
         #: the nodes the unwind phase reverts (fixed as it begins)
         self._reverting: frozenset[int] = frozenset()
         #: nodes whose remaining count reached 0 and that have not started, each once
-        self._ready: deque[int] = deque()
-        errbacks = 0
-        tolerant: list[Node] = []
-        for node in nodes:
-            if node.error_scope is not None:
-                errbacks += 1
-            elif not node.parents:
-                self._ready.append(node.index)
-            if node.tolerates is not None:
-                tolerant.append(node)
+        self._ready: deque[int] = deque(shape.roots)
         #: the run is complete once _done_count reaches this: every node but the error
         #: callbacks (which run only after a failure)
-        self._done_goal = n - errbacks
+        self._done_goal = shape.done_goal
         #: nodes that have ended for the run's purpose (succeeded, skipped, or failed and
         #: tolerated); never above _done_goal
         self._done_count = 0
-        # node -> the join of the innermost group with a threshold that tolerates it
-        self._tolerated_by: dict[int, int] = {}
-        if tolerant:  # outermost first: an inner group's join overrides it
-            tolerant.sort(key=_tolerated_span, reverse=True)
-            for join in tolerant:
-                start, end = join.tolerates  # type: ignore[misc]
-                for i in range(start, end):
-                    self._tolerated_by[i] = join.index
+        #: node -> the join of the innermost group with a threshold that tolerates it
+        #: (the graph's: never written)
+        self._tolerated_by: Mapping[int, int] = shape.tolerated_by
         #: nodes in flight in this run's workers, and parked on a limit; both 0 at close
         self._running = 0
         self._parked = 0
@@ -417,10 +406,9 @@ class RunState:
         #: granted is taken or released exactly once: empty once a phase ends
         self.grants: dict[int, tuple[Limit, ...]] = {}
         self._any_limits = bool(self._global_limits)
-        for node in nodes:  # options are interned: this loop sees few distinct objects
-            if node.options.limits and id(node.options) not in self._limit_cache:
-                self._limit_cache[id(node.options)] = self._resolve_limits(node)
-                self._any_limits = True
+        for node in shape.limited:
+            self._limit_cache[id(node.options)] = self._resolve_limits(node)
+            self._any_limits = True
 
     def _check_invariants(self) -> None:
         """Raise :class:`aflow.errors.AflowInternalError` naming every invariant this
@@ -429,6 +417,41 @@ class RunState:
         if found:
             FOUND.extend(f"run {self.run_id}: {v}" for v in found)
             raise AflowInternalError(f"run {self.run_id} broke its invariants: " + "; ".join(found))
+
+
+class RunShape:
+    """What every run of one graph starts from, worked out once per graph (a short run's
+    set-up counts): its root nodes, parents per node, the error callbacks' count, which
+    group joins tolerate which nodes, and a node per distinct set of options with limits."""
+
+    __slots__ = ("done_goal", "limited", "remaining", "roots", "tolerated_by")
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.remaining = [len(node.parents) for node in nodes]
+        roots: list[int] = []
+        errbacks = 0
+        tolerant: list[Node] = []
+        limited: dict[int, Node] = {}
+        for node in nodes:
+            if node.error_scope is not None:
+                errbacks += 1
+            elif not node.parents:
+                roots.append(node.index)
+            if node.tolerates is not None:
+                tolerant.append(node)
+            if node.options.limits:  # (options are interned: few distinct objects)
+                limited.setdefault(id(node.options), node)
+        self.roots = tuple(roots)
+        self.done_goal = len(nodes) - errbacks
+        self.limited = tuple(limited.values())
+        tolerated_by: dict[int, int] = {}
+        if tolerant:  # outermost first: an inner group's join overrides it
+            tolerant.sort(key=_tolerated_span, reverse=True)
+            for join in tolerant:
+                start, end = join.tolerates  # type: ignore[misc]
+                for i in range(start, end):
+                    tolerated_by[i] = join.index
+        self.tolerated_by: Mapping[int, int] = tolerated_by
 
 
 def _tolerated_span(join: Node) -> int:
