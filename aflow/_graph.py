@@ -136,8 +136,9 @@ class Graph:
         self.output = output
         self.name = name
         self._by_key: dict[str, int] | None = None
-        #: what every run of this graph starts from (see _run_state.RunShape), made once
-        self._shape: Any = None
+        #: what every run of this graph starts from (see _run_state.RunShape), made by the
+        #: first run; a box shared with the copies that differ only in arguments
+        self._shape: list[Any] = [None]
         self._children = (self._link() if _unique else None) or self._validate()
         if not _unique:  # GraphBuilder guarantees unique keys; hand-made graphs are checked
             by_key: dict[str, int] = {}

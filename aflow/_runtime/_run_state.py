@@ -309,9 +309,9 @@ class RunState:
         # --- Node state: arrays indexed by node index (see _scheduler). ------------------
         nodes = graph.nodes
         n = len(nodes)
-        shape: RunShape | None = graph._shape
+        shape: RunShape | None = graph._shape[0]
         if shape is None:
-            shape = graph._shape = RunShape(nodes)
+            shape = graph._shape[0] = RunShape(nodes)
         self._nodes = nodes
         self._children = graph._children
         #: the node's value once it succeeded (a restored or a join's too)
