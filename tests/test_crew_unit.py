@@ -28,6 +28,7 @@ from aflow._runtime._checkpoints import Checkpoints
 from aflow._runtime._crew import Crew
 from aflow._runtime._options import Capacity, RunOptions, new_execution
 from aflow._runtime._phases import Lifecycle
+from aflow.testing import FakeClock
 
 from .helpers import BACKENDS, gated, run_on
 
@@ -54,7 +55,8 @@ _OPTIONS = RunOptions()
 
 class FakeRun(Lifecycle, Checkpoints, Crew):
     """A run whose worker loop pops scripted jobs, as the scheduler's does: before it
-    runs one (which may block), it asks the crew for a spare if more work is ready."""
+    runs one (which may block), it asks the crew for a spare if more work is ready, and
+    it counts the job as running while it is in flight (what a stop interrupts)."""
 
     def __init__(self, jobs: list[Job]) -> None:
         super().__init__(_GRAPH, _OPTIONS, Capacity.of(_OPTIONS))
@@ -74,7 +76,11 @@ class FakeRun(Lifecycle, Checkpoints, Crew):
             job = self.jobs.popleft()
             if self.jobs:
                 self._ensure_worker()
-            await job()
+            self._running += 1
+            try:
+                await job()
+            finally:
+                self._running -= 1
             self._done_count += 1
             self._check_idle()
 
@@ -381,3 +387,75 @@ def test_a_node_raising_cancelled_error_of_its_own_accord_fails_the_run(backend:
             await aflow.run(aflow.group(first.si(), rogue.si()))
 
     run_on(backend, main)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fails_in", ["caller", "spare"])
+def test_a_failure_cuts_a_sibling_waiting_for_its_retry(backend: str, fails_in: str) -> None:
+    """A node in its backoff is in flight (nothing else is): the failure of another node
+    must reach it, or the run would wait out the hour."""
+    attempts: list[int] = []
+    first_try_failed = anyio.Event()
+
+    @aflow.task(retries=3, backoff=aflow.Backoff(base=3600))
+    async def flaky() -> None:
+        attempts.append(aflow.current_step().attempt)
+        await anyio.lowlevel.checkpoint()  # (suspends: the failing node gets a worker)
+        first_try_failed.set()
+        raise KeyError("again")
+
+    @aflow.task
+    async def fail() -> None:
+        await first_try_failed.wait()
+        await anyio.wait_all_tasks_blocked()  # flaky is in its backoff now
+        raise Bug("boom")
+
+    nodes = [flaky.si(), fail.si()] if fails_in == "spare" else [fail.si(), flaky.si()]
+
+    async def main() -> float:
+        async with FakeClock(autojump=False) as clock, anyio.create_task_group() as tg:
+
+            async def guard() -> None:  # the cut never reached the backoff: end it
+                await anyio.sleep(5)
+                clock.advance(4 * 3600)
+
+            tg.start_soon(guard)
+            with pytest.raises(Bug):
+                await aflow.run(aflow.group(*nodes), clock=clock)
+            tg.cancel_scope.cancel()
+            return clock.now()
+
+    assert run_on(backend, main) == 0  # nobody waited for the hour
+    assert attempts == [1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_last_node_in_flight_failing_in_a_spare_ends_the_run(backend: str) -> None:
+    """Nothing else is in flight when it fails: the phase ends as its workers run dry (no
+    cancel is needed), the completed sibling is reverted, the error reaches the caller."""
+    log: list[str] = []
+    first_done = anyio.Event()
+
+    @aflow.task
+    async def first() -> str:
+        await anyio.lowlevel.checkpoint()  # blocks the caller's worker: a spare starts
+        log.append("first done")
+        first_done.set()
+        return "kept"
+
+    @first.revert
+    async def undo_first(*, result: str) -> None:
+        log.append(f"undo {result}")
+
+    @aflow.task
+    async def fail() -> None:
+        await first_done.wait()
+        await anyio.lowlevel.checkpoint()
+        raise Bug("last")
+
+    async def main() -> None:
+        with anyio.fail_after(10), pytest.raises(Bug, match="last"):
+            await aflow.run(aflow.group(first.si(), fail.si()))
+
+    run_on(backend, main)
+    assert log == ["first done", "undo kept"]

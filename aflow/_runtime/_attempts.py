@@ -358,21 +358,27 @@ class Attempts(RunState):
                     TASK_STARTED,
                     TASK_RETRIED,
                 )
+        # (It is no longer in flight before its failure stops the run: see _cut_phase.)
         except Exception as exc:
+            self._running -= 1
+            if limits:
+                release(limits, self)
             attempt = self._attempts.get(index, 1)
             self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
+            self._running -= 1
+            if limits:
+                release(limits, self)
             if no_error(exc):
                 attempt = self._attempts.get(index, 1)
                 self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
                 return
             self._cancelled(node, exc)
             raise
-        finally:
-            self._running -= 1
-            if limits:
-                release(limits, self)
+        self._running -= 1
+        if limits:
+            release(limits, self)
         if is_unawaited(value) or (
             (node.kind is _MAP or node.kind is _STARMAP) and any(map(is_unawaited, value))
         ):

@@ -33,7 +33,7 @@ from ._bodies import (
     revert_items_async,
     revert_items_sync,
 )
-from ._current import EXECUTION
+from ._current import EXECUTION, INJECTIONS
 from ._invariants import CHECK_INVARIANTS
 from ._journal import describe
 from ._limits import Limit, release
@@ -46,6 +46,7 @@ from ._run_state import (
     _REVERTING,
     _STARMAP,
     _SUCCEEDED,
+    _TASK,
     Phase,
     RunState,
 )
@@ -127,9 +128,12 @@ class Compensation(RunState):
                     finished.set()
                     return
             try:
-                with self._clock.cancel_scope(self._compensation_timeout) as deadline:
+                if self._compensation_timeout is None:
                     await self._run_phase()
-                timed_out = deadline.cancelled_caught
+                else:
+                    with self._clock.cancel_scope(self._compensation_timeout) as deadline:
+                        await self._run_phase()
+                    timed_out = deadline.cancelled_caught
             finally:
                 finished.set()
 
@@ -180,13 +184,27 @@ class Compensation(RunState):
             await self._write_leftover()
 
     def _unwound(self, index: int) -> None:
+        """Node ``index`` is undone: its parents whose consumers all are become ready.
+
+        One with nothing to revert is passed through here and then (a join, a node
+        without a revert, one reverted before a resume): the ready deque holds reverts,
+        so a worker that blocks on one starts a spare only for another revert. A
+        restored revert that failed stays: it blocks its branch."""
+        nodes = self._nodes
         remaining = self._remaining
         ready = self._ready
-        for parent in self._nodes[index].parents:
-            left = remaining[parent] - 1
-            remaining[parent] = left
-            if left == 0:
-                ready.append(parent)
+        reverting = self._reverting
+        states = self._states
+        undone = [index]
+        while undone:
+            for parent in nodes[undone.pop()].parents:
+                left = remaining[parent] - 1
+                remaining[parent] = left
+                if left == 0:
+                    if parent in reverting:
+                        ready.append(parent)
+                    elif states[parent] is not _REVERT_FAILED:
+                        undone.append(parent)
 
     async def _revert_node(self, node: Node, limits: tuple[Limit, ...]) -> None:
         index = node.index
@@ -236,15 +254,25 @@ class Compensation(RunState):
         start = _perf_counter()
         sink = self._events
         try:
-            returned, attempt = await self._attempts_of(
-                node,
-                reverter.options,
-                reverter.is_async,
-                make_call,
-                REVERT_STARTED,
-                REVERT_RETRIED,
-                self._revert_attempts,
-            )
+            if (
+                reverter.options.single_shot
+                and reverter.is_async
+                and node.kind is _TASK
+                and not sink.node_events
+                and not INJECTIONS
+            ):  # the common revert, without the retry machinery (as _run_node's)
+                attempt = 1
+                returned = await InContext(reverter.fn(*args, **kwargs), self._context, ~index)
+            else:
+                returned, attempt = await self._attempts_of(
+                    node,
+                    reverter.options,
+                    reverter.is_async,
+                    make_call,
+                    REVERT_STARTED,
+                    REVERT_RETRIED,
+                    self._revert_attempts,
+                )
             refuse_unawaited(returned, node.key)
         except BaseException as caught:
             if not isinstance(caught, Exception) and not no_error(caught):

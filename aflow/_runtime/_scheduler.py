@@ -289,19 +289,25 @@ class Execution(
                         yielded = ctx.run(coro.send, sent)
             except StopIteration as stop:
                 value = stop.value
+        # (It is no longer in flight before its failure stops the run: see _cut_phase.)
         except Exception as exc:
+            self._running -= 1
+            if limits:
+                release(limits, self)
             self._node_failed(node, self._failure_of(node, exc, 1), 1)
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
+            self._running -= 1
+            if limits:
+                release(limits, self)
             if no_error(exc):
                 self._node_failed(node, self._failure_of(node, exc, 1), 1)
                 return
             self._cancelled(node, exc)
             raise
-        finally:
-            self._running -= 1
-            if limits:
-                release(limits, self)
+        self._running -= 1
+        if limits:
+            release(limits, self)
         if is_unawaited(value):
             self._node_failed(node, self._refused(node, value), 1)
             return
