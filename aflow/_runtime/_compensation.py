@@ -33,6 +33,7 @@ from ._bodies import (
     revert_items_async,
     revert_items_sync,
 )
+from ._crew import AsyncioCancelScope
 from ._current import EXECUTION, INJECTIONS
 from ._invariants import CHECK_INVARIANTS
 from ._journal import describe
@@ -57,6 +58,11 @@ _set_execution = EXECUTION.set
 # Globals: each revert of a durable run reads one (an Enum attribute is slower).
 _RECORD_REVERTED = RecordState.REVERTED
 _RECORD_REVERT_FAILED = RecordState.REVERT_FAILED
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Compensation(RunState):
@@ -114,20 +120,20 @@ class Compensation(RunState):
         self._remaining = [len(c) for c in self._children]
         self._ready = deque(i for i, left in enumerate(self._remaining) if left == 0)
         timed_out = False
-        finished = anyio.Event()
+        loop = self._loop
+        finished = None if loop is not None else anyio.Event()
 
         async def compensate() -> None:
             nonlocal timed_out
-            if self._journal is not None:
-                try:
-                    await self._journal.store.set_status(
-                        self.run_id, StoredRunStatus.REVERTING, error=self._stop_cause
-                    )
-                except Exception as exc:
-                    self._store_failed(exc)
-                    finished.set()
-                    return
             try:
+                if self._journal is not None:
+                    try:
+                        await self._journal.store.set_status(
+                            self.run_id, StoredRunStatus.REVERTING, error=self._stop_cause
+                        )
+                    except Exception as exc:
+                        self._store_failed(exc)
+                        return
                 if self._compensation_timeout is None:
                     await self._run_phase()
                 else:
@@ -135,22 +141,26 @@ class Compensation(RunState):
                         await self._run_phase()
                     timed_out = deadline.cancelled_caught
             finally:
-                finished.set()
+                if finished is not None:
+                    finished.set()
 
         # The shield stops anyio cancellation (cancel scopes, task groups). A native
         # ``task.cancel()`` on asyncio still reaches the waiting task: that is why the
         # reverts run in a child task and this one only waits, keeping the cancel for later.
-        loop = self._loop
-        with anyio.CancelScope(shield=True):
-            if loop is not None:  # asyncio: a plain task (a task group costs a third more)
+        if loop is not None:  # asyncio: a plain task (a task group costs a third more)
+            with AsyncioCancelScope(shield=True):
                 child = loop.create_task(compensate())
                 while not child.done():
+                    ended = loop.create_future()  # (not the child: a cancel would reach it)
+                    child.add_done_callback(functools.partial(_wake, ended))
                     try:
-                        await asyncio.wait((child,))
+                        await ended
                     except asyncio.CancelledError as exc:
                         self._deferred_cancel = exc
                 child.result()  # the compensation itself crashed: let its error out
-            else:
+        else:
+            assert finished is not None
+            with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(compensate)
                     while not finished.is_set():
