@@ -12,7 +12,8 @@ The first canvas of a shape is compiled with a marker in place of each argument;
 markers say which node took which signature's arguments. Later canvases of that shape
 get a copy of that graph with their own arguments put in: no walk of the builder, no
 call checks, no key generation. What is not a plain shape (map and starmap, whose items
-make nodes; options that cannot be hashed) is compiled as before, every time.
+make nodes; options that cannot be hashed) and a canvas of more than 64 signatures are
+compiled as before, every time.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ __all__ = ["compile_canvas"]
 #: Shapes kept, most recent last (a service has a few; a generator of shapes cannot grow
 #: this without bound).
 _LIMIT = 256
+#: Larger canvases are compiled every time: a first compile of a shape costs three
+#: plain ones (the walk, the marked copy), which a big graph, whose size (and so shape)
+#: changes from one run to the next, would pay on every run; and its nodes' own work
+#: dwarfs its compile anyway.
+_MAX_SIGNATURES = 64
 _new_node = tuple.__new__
 
 
@@ -119,6 +125,8 @@ def _shape(canvas: Canvas[Any], arguments: list[tuple[tuple[Any, ...], Any]]) ->
     if kind is _Signature:
         sig: Any = canvas
         if sig._mode != "call":
+            raise _Uncacheable
+        if len(arguments) >= _MAX_SIGNATURES:
             raise _Uncacheable
         args = sig._args
         kwargs = sig._kwargs

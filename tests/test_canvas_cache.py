@@ -182,6 +182,22 @@ def test_the_cache_is_bounded() -> None:
         assert aflow.compile(task.s(n)).nodes[0].args == (n,)
 
 
+async def test_a_big_canvas_is_compiled_every_time() -> None:
+    """Past 64 signatures there is no template (a first compile costs three plain ones,
+    and a big graph's shape changes with its size); its graph is what compiling makes."""
+    n = _canvas_cache._MAX_SIGNATURES + 1
+    small = aflow.chord((add.s(i, 1) for i in range(n - 2)), collect.s())
+    big = aflow.chord((add.s(i, 1) for i in range(n - 1)), collect.s())
+    _canvas_cache._templates.clear()
+    assert same_graph(aflow.compile(big), uncached(big))
+    assert same_graph(aflow.compile(big), uncached(big))
+    again = aflow.chord((add.s(i, 2) for i in range(n - 1)), collect.s())
+    assert await aflow.run(again) == sum(range(2, n + 1))
+    assert not _canvas_cache._templates
+    aflow.compile(small)  # (one short of the bound: kept)
+    assert len(_canvas_cache._templates) == 1
+
+
 @dataclass
 class Unhashable:
     values: list[int]
