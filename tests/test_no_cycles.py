@@ -96,9 +96,17 @@ async def fails(call: Callable[[], Awaitable[Any]]) -> None:
 
 @pytest.mark.parametrize(
     "how",
-    # (a failed run of a Runtime keeps one: its handle holds the error, whose traceback
-    # passes through the handle's own frame; such runs are kept for rt.get() anyway)
-    ["1-step", "saga", "awaited canvas", "compensating saga", "runtime"],
+    # (a failed run submitted to a Runtime keeps one: its handle, which its caller may
+    # still hold, keeps the error, whose traceback passes through the handle's frames)
+    [
+        "1-step",
+        "saga",
+        "awaited canvas",
+        "compensating saga",
+        "runtime",
+        "runtime, compensating",
+        "runtime, compensating, dropped from its history",
+    ],
 )
 async def test_a_finished_run_leaves_no_reference_cycle(how: str) -> None:
     undone.clear()
@@ -112,8 +120,56 @@ async def test_a_finished_run_leaves_no_reference_cycle(how: str) -> None:
         elif how == "compensating saga":
             await fails(lambda: aflow.run(saga(ship_fails)))
             assert undone == ["refund", "release"]
-        else:
+        elif how == "runtime":
             async with aflow.Runtime(keep_finished=0) as rt:
                 assert await rt.run(saga()) == "shipped"
                 assert await (await rt.submit(saga())).result() == "shipped"
+        elif how == "runtime, compensating":
+            async with aflow.Runtime(keep_finished=0) as rt:
+                await fails(lambda: rt.run(saga(ship_fails)))
+                await fails(lambda: rt.run(saga(ship_fails)))
+            assert undone == ["refund", "release"] * 2
+        else:
+            async with aflow.Runtime(keep_finished=2) as rt:
+                for _ in range(5):
+                    await fails(lambda: rt.run(saga(ship_fails)))
+                kept = list(rt._history.values())  # the last two, errors and all
+                assert len(kept) == 2
+                for handle in kept:
+                    with pytest.raises(OutOfStock):
+                        handle.result_nowait()
+                del handle, kept
+                for _ in range(2):  # they leave the history in turn
+                    assert await rt.run(saga()) == "shipped"
+            assert undone == ["refund", "release"] * 5
     assert left == []
+
+
+async def test_a_run_handed_out_keeps_its_error_after_leaving_the_history() -> None:
+    """Only a run nobody outside the runtime holds lets go of its error."""
+    gate = anyio.Event()
+
+    @aflow.task
+    async def fail_later() -> None:
+        await gate.wait()
+        raise OutOfStock("later")
+
+    async with aflow.Runtime(keep_finished=1) as rt:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fails, lambda: rt.run(fail_later.si()))
+            await anyio.wait_all_tasks_blocked()
+            (listed,) = rt.runs()  # handed out while it runs
+            gate.set()
+        looked_up = rt.get(listed.id)  # (the same handle)
+        await fails(lambda: rt.run(fail_later.si()))  # pushes it out of the history
+        (last,) = rt._history.values()
+        by_id = rt.get(last.id)  # handed out by rt.get
+        await fails(lambda: rt.run(fail_later.si()))  # pushes that one out
+        assert listed.id not in rt._history
+        assert by_id.id not in rt._history
+    assert looked_up is listed
+    for handle in (listed, by_id):
+        assert handle.status is aflow.RunStatus.FAILED
+        with pytest.raises(OutOfStock, match="later"):
+            handle.result_nowait()
+        assert isinstance(handle.step("fail_later").error, OutOfStock)

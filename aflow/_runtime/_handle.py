@@ -79,6 +79,7 @@ class Run(Generic[R]):
         "_execution",
         "_finished",
         "_key",
+        "_private",
         "_remote_cancel",
         "_streams",
         "_traceback",
@@ -96,6 +97,9 @@ class Run(Generic[R]):
         self._key: tuple[str, tuple[str, Any]] | None = None
         #: for a run another process drives: ask its store to cancel it
         self._remote_cancel: Callable[[], Awaitable[Any]] | None = None
+        #: nobody outside the runtime holds this handle (a run of ``rt.run`` that was
+        #: never listed nor looked up): once dropped from the history, its errors go
+        self._private = False
 
     @classmethod
     def _finished_in_store(
@@ -127,6 +131,14 @@ class Run(Generic[R]):
             self._finished.set()
             for stream in self._streams:
                 stream.close()
+
+    def _let_go_of_errors(self) -> None:
+        """Drop what this finished handle and its run hold of their errors: the raised
+        error's traceback holds frames that hold the run, a cycle only the garbage
+        collector would free (a full collection, paid by the whole process)."""
+        self._error = None
+        self._traceback = None
+        self._execution._let_go_of_errors()
 
     # --- identity and state ----------------------------------------------------------------
 

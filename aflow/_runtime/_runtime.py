@@ -480,7 +480,11 @@ class Runtime:
         if self._keep > 0:
             self._history[handle.id] = handle
             while len(self._history) > self._keep:
-                self._history.popitem(last=False)
+                _, dropped = self._history.popitem(last=False)
+                if dropped._private:
+                    dropped._let_go_of_errors()
+        elif handle._private:
+            handle._let_go_of_errors()
 
     # --- stored runs (see _durable.py) -----------------------------------------------------
 
@@ -535,23 +539,36 @@ class Runtime:
         self._check_open("run")
         graph = self._compile(workflow, {})
         handle = self._start(graph, None, None, self._defaults, spawn=False)
+        handle._private = True
         self._in_callers.add(handle)
         try:
             await handle._drive("the task that ran it was cancelled")
         finally:
             self._in_callers.discard(handle)
-            self._retire(handle)
-        return handle.result_nowait()
+            error, value, traceback = handle._error, handle._value, handle._traceback
+            self._retire(handle)  # (which may let go of its errors: they are in hand here)
+        if error is None:
+            return value
+        error = error.with_traceback(traceback)
+        traceback = None
+        try:
+            raise error
+        finally:
+            error = None  # (this frame is in its traceback: no cycle through it)
 
     def runs(self) -> list[Run[Any]]:
         """The runs that have not finished yet."""
-        return list(self._runs.values())
+        runs = list(self._runs.values())
+        for handle in runs:
+            handle._private = False
+        return runs
 
     def get(self, run_id: str) -> Run[Any]:
         """A run by id: an active one, or one of the last ``keep_finished`` finished ones."""
         found = self._runs.get(run_id) or self._history.get(run_id)
         if found is None:
             raise KeyError(f"no run {run_id!r} in this runtime (active or recently finished)")
+        found._private = False
         return found
 
 
