@@ -173,3 +173,27 @@ async def test_a_run_handed_out_keeps_its_error_after_leaving_the_history() -> N
         with pytest.raises(OutOfStock, match="later"):
             handle.result_nowait()
         assert isinstance(handle.step("fail_later").error, OutOfStock)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_run_kept_in_the_history_does_not_keep_its_callers_task(fail: bool) -> None:
+    """A request handler's task (and all it holds) goes when the request ends, though the
+    runtime keeps the run it made for rt.get()."""
+    import asyncio
+    import weakref
+
+    async with aflow.Runtime(keep_finished=10) as rt:
+
+        async def handler() -> None:
+            if fail:
+                await fails(lambda: rt.run(saga(ship_fails)))
+            else:
+                assert await rt.run(saga()) == "shipped"
+
+        task = asyncio.create_task(handler())
+        await task
+        gone = weakref.ref(task)
+        del task
+        await anyio.lowlevel.checkpoint()  # (the loop's own callbacks let go of it)
+        assert len(rt._history) == 1
+        assert gone() is None

@@ -251,6 +251,9 @@ class Lifecycle(RunState):
             with AsyncioCancelScope() as scope:
                 self._scope = scope
                 await self._phase_frame()
+        # (An exited scope still names its task: a finished run kept in a history must
+        # not keep its caller's task, and what that holds, alive.)
+        self._scope = None
         if self._crew_error is not None:
             raise self._crew_error
         if self._journal is not None:
@@ -289,6 +292,7 @@ class Lifecycle(RunState):
         finally:
             self._crew_open = False
             self._done = None
+            self._crew_idle = None
             self._idle_ends_phase = False
 
     def suspend(self) -> None:
@@ -454,6 +458,7 @@ class Lifecycle(RunState):
         # callback): a closed run is freed when dropped, not by the garbage collector.
         self._context.run(_set_execution, None)
         self._crew_done_callback = None
+        self._scope = None  # (a phase cut short by an error left it: see _run_phase)
         self._phase = _CLOSED
         self.starting = False
         self._return_grants()
