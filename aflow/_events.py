@@ -1,21 +1,21 @@
 """Run and node events: structlog records and in-process listeners.
 
-structlog is imported here and nowhere else. Node transitions are logged at
-debug level and run transitions at info level, under the logger name
-``aflow``, only when structlog has been configured by the application (a
-library stays quiet by default). When nobody listens and that logger would
+structlog is used here and nowhere else, and never imported by aflow: node
+transitions are logged at debug level and run transitions at info level, under
+the logger name ``aflow``, only when the application has configured structlog
+(which it has imported, then; a library stays quiet by default, and ``import
+aflow`` does not pay for structlog's own imports). When nobody listens and that logger would
 drop the record, the scheduler does no event work at all: it checks one flag.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
-
-import structlog
 
 __all__ = ["Event", "EventListener", "EventSink", "warn"]
 
@@ -65,8 +65,17 @@ class Event:
 EventListener = Callable[[Event], None]
 
 
+def _configured_structlog() -> Any | None:
+    """structlog, if the application configured it (it has imported it, then)."""
+    structlog = sys.modules.get("structlog")
+    if structlog is None or not structlog.is_configured():
+        return None
+    return structlog
+
+
 def _structlog_logger(level: int) -> Any | None:
-    if not structlog.is_configured():
+    structlog = _configured_structlog()
+    if structlog is None:
         return None
     logger = structlog.get_logger("aflow").bind()
     is_enabled = getattr(logger, "is_enabled_for", None)
@@ -78,7 +87,8 @@ def _structlog_logger(level: int) -> Any | None:
 def warn(event: str, **fields: Any) -> None:
     """A problem the runtime works around (a store read that failed, a run it could not
     recover): to structlog when configured, else to the standard ``aflow`` logger."""
-    if structlog.is_configured():
+    structlog = _configured_structlog()
+    if structlog is not None:
         structlog.get_logger("aflow").warning(event, **fields)
     else:
         details = " ".join(f"{k}={v!r}" for k, v in fields.items())
