@@ -14,6 +14,8 @@ composes them into a graph that one scheduler runs on your own event loop::
 
 from __future__ import annotations
 
+import typing as _typing
+
 from ._atom import Task as Task
 from ._canvas import Canvas as Canvas
 from ._canvas import Chain as Chain
@@ -31,17 +33,23 @@ from ._graph import Graph as Graph
 from ._graph import NodeKind as NodeKind
 from ._graph import compile as compile
 from ._options import Backoff as Backoff
-from ._runtime._current import current_step as current_step
-from ._runtime._handle import Run as Run
-from ._runtime._run import run as run
-from ._runtime._run import run_sync as run_sync
-from ._runtime._runtime import Runtime as Runtime
-from ._runtime._states import NodeState as NodeState
-from ._runtime._states import RunStatus as RunStatus
-from ._runtime._states import StepInfo as StepInfo
 from ._task import FunctionTask as FunctionTask
 from ._task import task as task
 from ._workflow import workflow as workflow
+
+if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import aflow stays light
+    from . import engines as engines
+    from . import patterns as patterns
+    from . import retry as retry
+    from . import stores as stores
+    from ._runtime._current import current_step as current_step
+    from ._runtime._handle import Run as Run
+    from ._runtime._run import run as run
+    from ._runtime._run import run_sync as run_sync
+    from ._runtime._runtime import Runtime as Runtime
+    from ._runtime._states import NodeState as NodeState
+    from ._runtime._states import RunStatus as RunStatus
+    from ._runtime._states import StepInfo as StepInfo
 
 __version__ = "0.1.0.dev0"
 
@@ -75,14 +83,36 @@ __all__ = [
     "workflow",
 ]
 
-for _name in __all__:  # users see aflow.Run, not aflow._runtime._handle.Run
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("aflow."):
+#: The runtime's names, and the namespaces, loaded when first asked for: the runtime
+#: imports asyncio, anyio's asyncio backend and the SQLite store, which a script that
+#: only builds workflows (or the CLI's help) need not pay for.
+_LAZY = {
+    "current_step": "._runtime._current",
+    "Run": "._runtime._handle",
+    "run": "._runtime._run",
+    "run_sync": "._runtime._run",
+    "Runtime": "._runtime._runtime",
+    "NodeState": "._runtime._states",
+    "RunStatus": "._runtime._states",
+    "StepInfo": "._runtime._states",
+}
+_NAMESPACES = frozenset({"engines", "patterns", "retry", "stores"})
+
+
+def _public(obj: object) -> object:
+    """Users see aflow.Run, not aflow._runtime._handle.Run."""
+    if getattr(obj, "__module__", "").startswith("aflow."):
         try:
-            _obj.__module__ = "aflow"
+            obj.__module__ = "aflow"
         except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
             pass
-del _name, _obj
+    return obj
+
+
+for _name in __all__:
+    if _name not in _LAZY:
+        _public(globals()[_name])
+del _name
 
 
 #: Exceptions that were top-level names too (deprecated): their one home is aflow.errors.
@@ -105,7 +135,24 @@ _MOVED_ERRORS = frozenset(
 )
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_NAMESPACES})
+
+
 def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = _public(getattr(importlib.import_module(module, __name__), name))
+        globals()[name] = value
+        return value
+    if name in _NAMESPACES:
+        import importlib
+
+        namespace = importlib.import_module(f".{name}", __name__)
+        globals()[name] = namespace
+        return namespace
     if name in _MOVED_ERRORS:
         return _moved_from("aflow", name, to="aflow.errors")
     if name == "current_attempt":  # deprecated: aflow.current_step().attempt says more
@@ -122,9 +169,6 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'aflow' has no attribute {name!r}")
 
 
-# Namespaces: TaskFlow-style flows, their engines and retry controllers; every exception.
-from . import engines as engines  # noqa: E402
+# Namespaces: every exception (TaskFlow-style flows, their engines and retry controllers,
+# and the stores load when first used: see __getattr__).
 from . import errors as errors  # noqa: E402
-from . import patterns as patterns  # noqa: E402
-from . import retry as retry  # noqa: E402
-from . import stores as stores  # noqa: E402

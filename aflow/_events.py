@@ -10,7 +10,6 @@ drop the record, the scheduler does no event work at all: it checks one flag.
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +63,10 @@ class Event:
 
 EventListener = Callable[[Event], None]
 
+# logging's levels (the module loads only when aflow logs without structlog)
+_DEBUG = 10
+_INFO = 20
+
 
 def _configured_structlog() -> Any | None:
     """structlog, if the application configured it (it has imported it, then)."""
@@ -92,6 +95,8 @@ def warn(event: str, **fields: Any) -> None:
         structlog.get_logger("aflow").warning(event, **fields)
     else:
         details = " ".join(f"{k}={v!r}" for k, v in fields.items())
+        import logging  # (only here, and for a broken listener: import aflow stays light)
+
         logging.getLogger("aflow").warning("%s %s", event, details)
 
 
@@ -108,8 +113,8 @@ class EventSink:
         #: False for a nested run (a retried flow): only its node events go out.
         self.run_events = run_events
         self._listeners = list(listeners)
-        self._node_log = _structlog_logger(logging.DEBUG)
-        self._run_log = _structlog_logger(logging.INFO)
+        self._node_log = _structlog_logger(_DEBUG)
+        self._run_log = _structlog_logger(_INFO)
         #: The scheduler's one check on the hot path.
         self.node_events = bool(self._listeners) or self._node_log is not None
 
@@ -148,6 +153,8 @@ class EventSink:
             try:
                 listener(event)
             except Exception as exc:  # a broken listener must not break the run
+                import logging
+
                 logging.getLogger("aflow").exception(
                     "event listener %r failed on %s", listener, name, exc_info=exc
                 )

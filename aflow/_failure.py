@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import final
@@ -52,6 +51,8 @@ class Failure:
         """The exception's traceback as it was captured (with the notes it has now), formatted."""
         if not self._text:
             exc = self.exception
+            import traceback  # (when first read: import aflow stays light)
+
             self._text.append("".join(traceback.format_exception(type(exc), exc, self._traceback)))
         return self._text[0]
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._exceptions import SignatureError
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -66,7 +68,11 @@ class Backoff:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
         wait = min(self.max, self.base * self.factor ** (retry - 1))
         if self.jitter:
-            wait = (rng or random).uniform(0, wait)
+            if rng is None:
+                import random  # (with the first jittered retry: import aflow stays light)
+
+                return random.uniform(0, wait)
+            wait = rng.uniform(0, wait)
         return wait
 
 

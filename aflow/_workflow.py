@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import inspect
 import re
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
 from ._exceptions import DefinitionError, SerializationError, SignatureError
 from ._graph import Graph, compile
-from ._serialize import Serializer
+
+if TYPE_CHECKING:  # (the serializers load with the first durable run: import aflow stays light)
+    from ._serialize import Serializer
 
 __all__ = ["WorkflowBuilder", "fingerprint", "registered_workflow", "resolve_workflow", "workflow"]
 
@@ -185,6 +186,8 @@ def registered_workflow(path: str, modules: Collection[str] = ()) -> WorkflowBui
 
 def fingerprint(graph: Graph) -> str:
     """A hash of the graph's shape: node keys, kinds, tasks and edges (not argument values)."""
+    import hashlib  # (with the first durable run: import aflow stays light)
+
     digest = hashlib.sha256()
     for node in graph.nodes:
         task = node.task
