@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
@@ -19,6 +20,22 @@ __all__ = ["WorkflowBuilder", "fingerprint", "registered_workflow", "resolve_wor
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+#: what the last calls of ``@aflow.workflow`` functions built: id -> (it, builder, args,
+#: kwargs), kept alive while here (so an id names one object)
+_RECENT: OrderedDict[int, tuple[object, WorkflowBuilder[Any, Any], tuple[Any, ...], Any]] = (
+    OrderedDict()
+)
+_RECENT_LIMIT = 16
+
+
+def built_by(workflow: object) -> tuple[WorkflowBuilder[Any, Any], tuple[Any, ...], Any] | None:
+    """The ``@aflow.workflow`` call that built ``workflow`` lately, if one did."""
+    found = _RECENT.get(id(workflow))
+    if found is None or found[0] is not workflow:
+        return None
+    return found[1], found[2], found[3]
 
 
 @final
@@ -50,7 +67,18 @@ class WorkflowBuilder(Generic[P, R]):
         remember = getattr(built, "_remember_origin", None)
         if remember is not None:
             remember(self, args, kwargs)
+        # the last few, so that submitting one to a durable runtime says what to do instead
+        _RECENT[id(built)] = (built, self, args, kwargs)
+        if len(_RECENT) > _RECENT_LIMIT:
+            _RECENT.popitem(last=False)
         return built
+
+    def named_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters a call with ``args`` and ``kwargs`` gives, by name."""
+        try:
+            return dict(inspect.signature(self.fn).bind(*args, **kwargs).arguments)
+        except TypeError:
+            return dict(kwargs)
 
     def build(self, params: dict[str, Any]) -> Graph:
         """The graph for these parameters (:class:`aflow.errors.SignatureError` naming the

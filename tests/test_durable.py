@@ -101,6 +101,32 @@ async def test_a_value_that_cannot_be_stored_fails_its_node_and_keeps_the_rest(
     assert "SerializationError" in (nodes["opaque"].error or "")
 
 
+async def test_a_called_workflow_is_refused_with_the_call_to_make(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    """`rt.run(order_saga(o))`: the function is decorated, but its call built a canvas; the
+    error says to pass the workflow and its parameters (issue 17), through every entry."""
+    expected = (
+        r"pass the @aflow\.workflow tests\.durable_workflows:abc itself and its parameters, "
+        r"not the Chain a call of it built: rt\.submit\(abc, start=1\), or "
+        r"aflow\.run\(abc, params=\{'start': 1\}, store=\.\.\.\)"
+    )
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        with pytest.raises(aflow.errors.DefinitionError, match=expected):
+            await rt.submit(wf.abc(1))
+        with pytest.raises(aflow.errors.DefinitionError, match=expected):
+            await rt.run(wf.abc(start=1))
+        assert rt.store is not None
+        assert await rt.store.list_runs() == []  # nothing was recorded
+    with pytest.raises(aflow.errors.DefinitionError, match=expected):
+        await aflow.run(wf.abc(1), store=url)
+    # what it says to do works
+    async with aflow.Runtime(store=url) as rt:
+        by_submit = await (await rt.submit(wf.abc, start=1)).result()
+    assert await aflow.run(wf.abc, params={"start": 1}, store=url) == by_submit
+
+
 async def test_a_workflow_that_cannot_be_rebuilt_is_refused(tmp_path: pathlib.Path) -> None:
     async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
         with pytest.raises(aflow.errors.DefinitionError, match=r"@aflow\.workflow"):

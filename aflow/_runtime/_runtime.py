@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import reprlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -24,7 +25,7 @@ from .._events import EventListener
 from .._exceptions import DefinitionError, RunExists
 from .._graph import Graph, compile
 from .._serialize import Serializer
-from .._workflow import WorkflowBuilder
+from .._workflow import WorkflowBuilder, built_by
 from ..stores._base import NodeRecord, Store
 from ._clock import Clock
 from ._durable import Durability
@@ -398,6 +399,21 @@ class Runtime:
             raise TypeError("parameters can only be given to an @aflow.workflow")
         store = self._durable.store
         if store is not None:
+            origin = built_by(workflow)
+            if origin is not None:  # (the function is decorated: it was called)
+                builder, args, kwargs = origin
+                named = builder.named_arguments(args, kwargs)
+                shown = {k: reprlib.repr(v) for k, v in named.items()}
+                as_kwargs = "".join(f", {k}={v}" for k, v in shown.items())
+                as_params = ", ".join(f"{k!r}: {v}" for k, v in shown.items())
+                name = builder.__name__
+                raise DefinitionError(
+                    f"a durable run rebuilds its workflow from its parameters in whatever "
+                    f"process resumes it: pass the @aflow.workflow {builder.path} itself and "
+                    f"its parameters, not the {type(workflow).__name__} a call of it built: "
+                    f"rt.submit({name}{as_kwargs}), or aflow.run({name}, "
+                    f"params={{{as_params}}}, store=...) (the store is {store.url})"
+                )
             raise DefinitionError(
                 f"a durable run needs a workflow it can rebuild: decorate the function that "
                 f"builds {type(workflow).__name__} with @aflow.workflow and submit that "
