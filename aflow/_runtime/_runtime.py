@@ -406,7 +406,7 @@ class Runtime:
                 shown = {k: reprlib.repr(v) for k, v in named.items()}
                 as_kwargs = "".join(f", {k}={v}" for k, v in shown.items())
                 as_params = ", ".join(f"{k!r}: {v}" for k, v in shown.items())
-                name = builder.__name__
+                name = builder.fn.__name__
                 raise DefinitionError(
                     f"a durable run rebuilds its workflow from its parameters in whatever "
                     f"process resumes it: pass the @aflow.workflow {builder.path} itself and "
