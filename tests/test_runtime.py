@@ -462,3 +462,106 @@ def _ids(error: BaseException) -> list[str]:
     import re
 
     return re.findall(r"in run ([0-9a-f]{32})", "\n".join(getattr(error, "__notes__", [])))
+
+
+@aflow.task
+async def _double(x: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    return 2 * x
+
+
+@aflow.workflow
+def _doubled_twice(start: int) -> aflow.Canvas[int]:
+    return _double.s(start) | _double.s()
+
+
+class TestRtRunTakesSubmitsOptions:
+    """`rt.run` is the request-scoped call: it takes what `submit` takes (issue 17)."""
+
+    async def test_a_workflow_with_its_parameters(self) -> None:
+        async with aflow.Runtime() as rt:
+            assert await rt.run(_doubled_twice, start=3) == 12
+            assert await rt.run(_doubled_twice, params={"start": 1}) == 4
+            with pytest.raises(aflow.errors.SignatureError, match="start"):
+                await rt.run(_doubled_twice, begin=1)
+
+    async def test_run_id_events_and_timeout(self) -> None:
+        events: list[aflow.Event] = []
+
+        @aflow.task
+        async def hangs() -> None:
+            await anyio.sleep_forever()
+
+        async with aflow.Runtime() as rt:
+            assert await rt.run(_double.s(1), run_id="r-1", on_event=events.append) == 2
+            assert rt.get("r-1").status is aflow.RunStatus.SUCCEEDED
+            assert {e.run_id for e in events} == {"r-1"}
+            assert events[0].name == "run_started"
+            assert events[-1].name == "run_succeeded"
+            with pytest.raises(aflow.errors.RunExists):
+                await rt.run(_double.s(1), run_id="r-1")
+            with pytest.raises(aflow.errors.RunTimeout):
+                await rt.run(hangs.si(), timeout=0.01)
+
+    async def test_an_idempotency_key_runs_the_work_once(self) -> None:
+        calls: list[int] = []
+
+        @aflow.task
+        async def charge(amount: int) -> str:
+            calls.append(amount)
+            await anyio.lowlevel.checkpoint()
+            return f"receipt-{amount}"
+
+        async with aflow.Runtime() as rt:
+            first = await rt.run(charge.s(5), idempotency_key="order-1")
+            again = await rt.run(charge.s(5), idempotency_key="order-1")
+        assert first == again == "receipt-5"
+        assert calls == [5]
+
+    async def test_durable_with_parameters_and_a_key(self, tmp_path: Any) -> None:
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+        async with aflow.Runtime(store=url) as rt:
+            assert await rt.run(_doubled_twice, start=2, idempotency_key="k") == 8
+            assert await rt.run(_doubled_twice, start=2, idempotency_key="k") == 8
+            assert rt.store is not None
+            (stored,) = await rt.store.list_runs()
+        assert stored.status == "succeeded"
+
+    async def test_cancelling_the_caller_of_a_durable_run_unwinds_it(self, tmp_path: Any) -> None:
+        _UNDONE.clear()
+        _STARTED[:] = [anyio.Event()]
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+        async with aflow.Runtime(store=url) as rt:
+            async with anyio.create_task_group() as tg:  # a request the client left
+                tg.start_soon(lambda: rt.run(_reserve_then_wait, order="o-1"))
+                await _STARTED[0].wait()
+                tg.cancel_scope.cancel()
+            assert rt.store is not None
+            (stored,) = await rt.store.list_runs()
+        assert _UNDONE == ["rsv-o-1"]
+        assert stored.status == "cancelled"
+
+
+_UNDONE: list[str] = []
+_STARTED: list[anyio.Event] = []
+
+
+@aflow.task
+async def _reserve(order: str) -> str:
+    return f"rsv-{order}"
+
+
+@_reserve.revert
+async def _release(order: str, *, result: str) -> None:
+    _UNDONE.append(result)
+
+
+@aflow.task
+async def _wait_forever(reservation: str) -> None:
+    _STARTED[0].set()
+    await anyio.sleep_forever()
+
+
+@aflow.workflow
+def _reserve_then_wait(order: str) -> aflow.Canvas[None]:
+    return _reserve.s(order) | _wait_forever.s()

@@ -538,23 +538,106 @@ class Runtime:
     # --- the runs --------------------------------------------------------------------------
 
     @overload
-    async def run(self, workflow: Canvas[R]) -> R: ...
+    async def run(
+        self,
+        workflow: Canvas[R],
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+    ) -> R: ...
     @overload
-    async def run(self, workflow: Graph | object) -> Any: ...
-    async def run(self, workflow: object) -> Any:
-        """Run a workflow in this runtime and return its value; cancelling the caller
-        cancels the run (it unwinds), then re-raises.
+    async def run(
+        self,
+        workflow: Graph | object,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
+    ) -> Any: ...
+    async def run(
+        self,
+        workflow: object,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
+    ) -> Any:
+        """Run a workflow in this runtime and return its value: the request-scoped call.
+        Cancelling the caller (a client that went away) cancels the run, which unwinds,
+        then re-raises.
 
-        The run shares the runtime's limits and threads, is listed by :meth:`runs`
-        and :meth:`get` while it goes on, and is stopped by the runtime's shutdown
-        like any other. Without a store it runs in the calling task itself (no task
-        is spawned), so it costs what :func:`aflow.run` costs.
+        It takes what :meth:`submit` takes (an ``@aflow.workflow`` with its parameters,
+        ``run_id``, ``idempotency_key``, ``on_event``, ``timeout``...). The run shares the
+        runtime's limits and threads, is listed by :meth:`runs` and :meth:`get` while it
+        goes on, and is stopped by the runtime's shutdown like any other. Without a
+        store it runs in the calling task itself (no task is spawned), so it costs what
+        :func:`aflow.run` costs; with one (or an idempotency key) it is submitted and
+        awaited, and a second call with the same key returns what the first run gave.
         """
-        if self._durable.store is not None:
-            return await outcome(await self.submit(workflow))
+        if self._durable.store is not None or idempotency_key is not None:
+            handle = await self.submit(
+                workflow,
+                run_id=run_id,
+                on_event=on_event,
+                on_error=on_error,
+                timeout=timeout,
+                compensation_timeout=compensation_timeout,
+                clock=clock,
+                idempotency_key=idempotency_key,
+                params=params,
+                reuse=reuse,
+                **workflow_params,
+            )
+            return await outcome(handle)
         self._check_open("run")
-        graph = self._compile(workflow, {})
-        handle = self._start(graph, None, None, self._defaults, spawn=False)
+        if run_id is not None and (run_id in self._runs or run_id in self._history):
+            raise RunExists(run_id, "this runtime")
+        graph = self._compile(
+            workflow, {**params, **workflow_params} if params else workflow_params
+        )
+        options = self._defaults
+        if not (
+            on_event is None
+            and on_error is None
+            and timeout is None
+            and compensation_timeout is None
+            and clock is None
+        ):
+            options = options.merged(
+                on_event=on_event,
+                on_error=on_error,
+                timeout=timeout,
+                compensation_timeout=compensation_timeout,
+                clock=clock,
+            )
+        restore: tuple[Mapping[str, NodeRecord], bool, str | None, Mapping[str, str]] | None = None
+        if reuse:
+            restore = (self._durable.reused(graph, reuse), False, None, {})
+        handle = self._start(graph, run_id, None, options, restore, spawn=False)
         handle._private = True
         self._in_callers.add(handle)
         try:
