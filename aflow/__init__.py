@@ -48,6 +48,7 @@ if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import 
     from ._runtime._run import run_sync as run_sync
     from ._runtime._runtime import Runtime as Runtime
     from ._runtime._states import NodeState as NodeState
+    from ._runtime._states import RunStatistics as RunStatistics
     from ._runtime._states import RunStatus as RunStatus
     from ._runtime._states import StepInfo as StepInfo
 
@@ -66,6 +67,7 @@ __all__ = [
     "NodeKind",
     "NodeState",
     "Run",
+    "RunStatistics",
     "RunStatus",
     "Runtime",
     "Signature",
@@ -93,6 +95,7 @@ _LAZY = {
     "run_sync": "._runtime._run",
     "Runtime": "._runtime._runtime",
     "NodeState": "._runtime._states",
+    "RunStatistics": "._runtime._states",
     "RunStatus": "._runtime._states",
     "StepInfo": "._runtime._states",
 }

@@ -52,6 +52,8 @@ class TestRun:
         assert rt.get(run.id) is run  # finished runs stay reachable for a while
         with pytest.raises(KeyError, match="no run 'nope'"):
             rt.get("nope")
+        with pytest.raises(aflow.errors.RunNotFound, match="no run 'nope' in this runtime"):
+            rt.get("nope")
 
     async def test_step_statistics_and_repr(self) -> None:
         gate = Gate()

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 
 from .._events import EventListener
-from .._exceptions import DefinitionError, RunExists
+from .._exceptions import DefinitionError, RunExists, RunNotFound
 from .._graph import Graph, compile
 from .._serialize import Serializer
 from .._workflow import WorkflowBuilder, built_by
@@ -663,10 +663,11 @@ class Runtime:
         return runs
 
     def get(self, run_id: str) -> Run[Any]:
-        """A run by id: an active one, or one of the last ``keep_finished`` finished ones."""
+        """A run by id: an active one, or one of the last ``keep_finished`` finished ones
+        (:class:`aflow.errors.RunNotFound`, a ``KeyError``, for any other)."""
         found = self._runs.get(run_id) or self._history.get(run_id)
-        if found is None:
-            raise KeyError(f"no run {run_id!r} in this runtime (active or recently finished)")
+        if found is None:  # (a KeyError too)
+            raise RunNotFound(run_id, "this runtime (active or recently finished)")
         found._private = False
         return found
 
