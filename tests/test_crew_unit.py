@@ -459,3 +459,53 @@ def test_the_last_node_in_flight_failing_in_a_spare_ends_the_run(backend: str) -
 
     run_on(backend, main)
     assert log == ["first done", "undo kept"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_nodes_slot_goes_to_another_run_not_to_a_node_that_never_starts(
+    backend: str,
+) -> None:
+    """Run A: `fail` fails while `parked` waits for its slot, and `holds` has a shielded
+    cleanup that needs run B's `other`, parked after A's. The freed slot must go to B
+    (A has stopped): handed to A's parked node, which never starts, it deadlocks."""
+    fail_now, cleanup_may_end = anyio.Event(), anyio.Event()
+
+    @aflow.task
+    async def fail() -> int:
+        await fail_now.wait()
+        raise Bug("fail")
+
+    @aflow.task
+    async def holds() -> int:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # a cleanup that needs run B
+                await cleanup_may_end.wait()
+        return 0
+
+    @aflow.task
+    async def parked() -> int:
+        return 1
+
+    @aflow.task
+    async def other() -> int:
+        cleanup_may_end.set()
+        return 3
+
+    async def main() -> tuple[aflow.RunStatus, aflow.RunStatus]:
+        async with aflow.Runtime(max_concurrency=2) as rt:
+            a = await rt.submit(aflow.group(fail.si(), holds.si(), parked.si()))
+            await anyio.wait_all_tasks_blocked()
+            b = await rt.submit(other.si())
+            await anyio.wait_all_tasks_blocked()
+            fail_now.set()
+            try:
+                with anyio.fail_after(5):
+                    await a.wait()
+                    await b.wait()
+            finally:
+                cleanup_may_end.set()  # (a deadlock: let it end, the asserts say so)
+            return a.status, b.status
+
+    assert run_on(backend, main) == (aflow.RunStatus.FAILED, aflow.RunStatus.SUCCEEDED)

@@ -358,23 +358,26 @@ class Attempts(RunState):
                     TASK_STARTED,
                     TASK_RETRIED,
                 )
-        # (It is no longer in flight before its failure stops the run: see _cut_phase.)
+        # It is no longer in flight when its failure stops the run (see _cut_phase), but
+        # its slots go back only once the run has stopped (see _drive_suspended).
         except Exception as exc:
             self._running -= 1
-            if limits:
-                release(limits, self)
             attempt = self._attempts.get(index, 1)
             self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
+            if limits:
+                release(limits, self)
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
             self._running -= 1
-            if limits:
-                release(limits, self)
             if no_error(exc):
                 attempt = self._attempts.get(index, 1)
                 self._node_failed(node, self._failure_of(node, exc, attempt), attempt)
+            else:
+                self._cancelled(node, exc)
+            if limits:
+                release(limits, self)
+            if no_error(exc):
                 return
-            self._cancelled(node, exc)
             raise
         self._running -= 1
         if limits:

@@ -289,21 +289,25 @@ class Execution(
                         yielded = ctx.run(coro.send, sent)
             except StopIteration as stop:
                 value = stop.value
-        # (It is no longer in flight before its failure stops the run: see _cut_phase.)
+        # It is no longer in flight when its failure stops the run (see _cut_phase), but
+        # its slots go back only once the run has stopped: a slot freed before would go to
+        # a node of this run parked behind it, which never starts, while another run waits.
         except Exception as exc:
             self._running -= 1
+            self._node_failed(node, self._failure_of(node, exc, 1), 1)
             if limits:
                 release(limits, self)
-            self._node_failed(node, self._failure_of(node, exc, 1), 1)
             return
         except BaseException as exc:  # cancellation: record it, never swallow it
             self._running -= 1
+            if no_error(exc):
+                self._node_failed(node, self._failure_of(node, exc, 1), 1)
+            else:
+                self._cancelled(node, exc)
             if limits:
                 release(limits, self)
             if no_error(exc):
-                self._node_failed(node, self._failure_of(node, exc, 1), 1)
                 return
-            self._cancelled(node, exc)
             raise
         self._running -= 1
         if limits:
