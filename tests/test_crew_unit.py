@@ -509,3 +509,39 @@ def test_a_failed_nodes_slot_goes_to_another_run_not_to_a_node_that_never_starts
             return a.status, b.status
 
     assert run_on(backend, main) == (aflow.RunStatus.FAILED, aflow.RunStatus.SUCCEEDED)
+
+
+_RUNTIMES: list[aflow.Runtime] = []
+
+
+def _my_run() -> aflow.Run[Any]:
+    # (outside the task's body: a body that names current_step is not started inline)
+    return _RUNTIMES[-1].get(aflow.current_step().run_id)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_node_that_cancels_its_own_run_in_its_first_step_is_cancelled(backend: str) -> None:
+    """It is in flight from its first step (inline, before it ever waits): the cancel
+    must reach it when it waits for its run to stop, or both wait for each other."""
+
+    @aflow.task
+    async def first() -> int:
+        return 1
+
+    @aflow.task
+    async def abort(x: int) -> int:
+        await _my_run().cancel()  # cancel my own run: cancelled right here
+        return 2
+
+    async def main() -> tuple[aflow.RunStatus, aflow.NodeState]:
+        async with aflow.Runtime() as rt:
+            _RUNTIMES.append(rt)
+            run = await rt.submit(first.s() | abort.s())
+            with anyio.fail_after(5):
+                await run.wait()
+            return run.status, run.step("abort").state
+
+    try:
+        assert run_on(backend, main) == (aflow.RunStatus.CANCELLED, aflow.NodeState.CANCELLED)
+    finally:
+        _RUNTIMES.clear()

@@ -145,6 +145,9 @@ class Execution(
                         unfinished = -1
                     ctx = context.copy()  # (no step in it: current_step() finds it here)
                     fn: Callable[..., Coroutine[Any, Any, Any]] = node.task.fn  # type: ignore[union-attr,assignment]
+                    # In flight from its first step: it may stop its own run there (a cancel
+                    # that must reach it once it waits: see _cut_phase).
+                    self._running += 1
                     try:
                         source = node.input
                         if source < 0:
@@ -156,16 +159,21 @@ class Execution(
                         coro = fn(*args, **node.kwargs) if node.kwargs else fn(*args)
                         yielded = ctx.run(coro.send, None)
                     except StopIteration as stop:  # done without suspending: _succeed, inlined
-                        if limits:
-                            release(limits, self)
+                        self._running -= 1
                         if self._running >= self._peak:  # it ran beside those running
                             self._peak = self._running + 1
                         value = stop.value
                         if type(value) in unawaited:
                             self._node_failed(node, self._refused(node, value), 1)
+                            if limits:  # (once the run has stopped: see _drive_suspended)
+                                release(limits, self)
                         elif journal is not None:  # (no start record: nothing ran between)
+                            if limits:
+                                release(limits, self)
                             self._checkpoint_success(node, value, 1, start)
                         else:
+                            if limits:
+                                release(limits, self)
                             results[index] = value
                             states[index] = _SUCCEEDED
                             finished[index] = start
@@ -179,16 +187,18 @@ class Execution(
                             if self._done_count == self._done_goal and self._done is not None:
                                 self._done.set()
                     except BaseException as exc:  # (handled, and re-raised if it is a cancel)
-                        if limits:
-                            release(limits, self)
+                        self._running -= 1
                         if not isinstance(exc, Exception) and not no_error(exc):
                             self._cancelled(node, exc)
+                            if limits:
+                                release(limits, self)
                             raise
                         self._node_failed(node, self._failure_of(node, exc, 1), 1)
+                        if limits:  # (once the run has stopped: see _drive_suspended)
+                            release(limits, self)
                     else:
                         if journal is not None:
                             journal.started(node.key, 1)
-                        self._running += 1
                         if self._running > self._peak:
                             self._peak = self._running
                         if ready and not self._spare_pending:  # it blocks: the others go on
