@@ -461,9 +461,14 @@ def test_the_last_node_in_flight_failing_in_a_spare_ends_the_run(backend: str) -
     assert log == ["first done", "undo kept"]
 
 
+async def _helper() -> int:
+    return 0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["raises", "returns a coroutine"])
 def test_a_failed_nodes_slot_goes_to_another_run_not_to_a_node_that_never_starts(
-    backend: str,
+    backend: str, how: str
 ) -> None:
     """Run A: `fail` fails while `parked` waits for its slot, and `holds` has a shielded
     cleanup that needs run B's `other`, parked after A's. The freed slot must go to B
@@ -471,9 +476,11 @@ def test_a_failed_nodes_slot_goes_to_another_run_not_to_a_node_that_never_starts
     fail_now, cleanup_may_end = anyio.Event(), anyio.Event()
 
     @aflow.task
-    async def fail() -> int:
+    async def fail() -> Any:
         await fail_now.wait()
-        raise Bug("fail")
+        if how == "raises":
+            raise Bug("fail")
+        return _helper()  # a missing await: it fails with ResultError
 
     @aflow.task
     async def holds() -> int:

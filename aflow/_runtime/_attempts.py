@@ -303,9 +303,9 @@ class Attempts(RunState):
             try:
                 kwargs = self._kwargs_of(node)
             except MissingInputError as exc:  # it never ran: nothing to revert
-                if limits:
-                    release(limits, self)
                 self._node_failed(node, exc, 1)
+                if limits:  # (once the run has stopped: see _drive_suspended)
+                    release(limits, self)
                 return
         else:
             kwargs = node.kwargs
@@ -380,13 +380,15 @@ class Attempts(RunState):
                 return
             raise
         self._running -= 1
-        if limits:
-            release(limits, self)
         if is_unawaited(value) or (
             (node.kind is _MAP or node.kind is _STARMAP) and any(map(is_unawaited, value))
         ):
             self._node_failed(node, self._refused(node, value), attempt)
+            if limits:  # (once the run has stopped, as above)
+                release(limits, self)
             return
+        if limits:
+            release(limits, self)
         if sink.node_events:
             sink.emit(TASK_SUCCEEDED, node.key, task.name, attempt, _perf_counter() - start)
         if node.kind is _SUBGRAPH and type(value) is EndBranch:  # what follows is SKIPPED

@@ -320,11 +320,13 @@ class Execution(
                 return
             raise
         self._running -= 1
-        if limits:
-            release(limits, self)
         if is_unawaited(value):
             self._node_failed(node, self._refused(node, value), 1)
+            if limits:  # (once the run has stopped, as above)
+                release(limits, self)
             return
+        if limits:
+            release(limits, self)
         if self._events.node_events:  # someone subscribed while it ran
             self._events.emit(TASK_SUCCEEDED, node.key, node.name, 1, _perf_counter() - start)
         if self._journal is not None:
