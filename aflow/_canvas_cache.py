@@ -105,7 +105,10 @@ def _bind() -> None:
 
 def _remember(key: Any, template: _Template | None) -> None:
     if len(_templates) >= _LIMIT:
-        del _templates[next(iter(_templates))]
+        try:
+            del _templates[next(iter(_templates))]
+        except (KeyError, RuntimeError, StopIteration):
+            pass  # another thread evicted it first (compiling from threads)
     _templates[key] = template
 
 

@@ -217,3 +217,35 @@ async def test_arguments_are_not_part_of_the_shape() -> None:
     assert await aflow.run(echo.s(True)) is True
     assert await aflow.run(echo.s(1)) == 1
     assert type(await aflow.run(echo.s(1))) is int
+
+
+def test_compiling_from_threads_with_the_cache_full() -> None:
+    """Two threads may evict the same oldest shape at once: neither fails."""
+    import random
+    import sys
+    import threading
+
+    tasks = [aflow.task(add.fn, name=f"threaded{i}") for i in range(40)]
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(1500):  # (a new shape most of the time: the cache stays full)
+            sigs = [rng.choice(tasks).s(*range(rng.randint(1, 2))) for _ in range(3)]
+            try:
+                aflow.compile(aflow.group(*sigs))
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
