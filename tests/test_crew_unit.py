@@ -552,3 +552,60 @@ def test_a_node_that_cancels_its_own_run_in_its_first_step_is_cancelled(backend:
         assert run_on(backend, main) == (aflow.RunStatus.CANCELLED, aflow.NodeState.CANCELLED)
     finally:
         _RUNTIMES.clear()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cancelled_callers_slot_goes_to_another_run_not_to_a_node_that_never_starts(
+    backend: str,
+) -> None:
+    """The caller of rt.run gives up while its node holds a limit's one slot: the node,
+    cancelled first, gives the slot back before the run stops. Stopping the run passes
+    it on to the other run's node (which `holds`'s shielded cleanup needs), not to the
+    run's own parked node, which never starts."""
+    cleanup_may_end = anyio.Event()
+
+    @aflow.task(limit="L")
+    async def waits() -> int:
+        await anyio.sleep_forever()
+        return 0
+
+    @aflow.task(limit="L")
+    async def parked() -> int:
+        return 1
+
+    @aflow.task
+    async def holds() -> int:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # a cleanup that needs run B
+                await cleanup_may_end.wait()
+        return 0
+
+    @aflow.task(limit="L")
+    async def other() -> int:
+        cleanup_may_end.set()
+        return 3
+
+    async def main() -> aflow.RunStatus:
+        async with aflow.Runtime(limits={"L": 1}) as rt, anyio.create_task_group() as tg:
+            b: list[aflow.Run[Any]] = []
+
+            async def request() -> None:
+                with anyio.CancelScope() as scope:
+                    caller.append(scope)
+                    await rt.run(aflow.group(waits.si(), holds.si(), parked.si()))
+
+            caller: list[anyio.CancelScope] = []
+            tg.start_soon(request)
+            await anyio.wait_all_tasks_blocked()
+            b.append(await rt.submit(other.si()))  # parked behind A's own
+            await anyio.wait_all_tasks_blocked()
+            caller[0].cancel()  # the client went away
+            try:
+                with anyio.fail_after(5):
+                    return await b[0].wait()
+            finally:
+                cleanup_may_end.set()  # (a deadlock: let it end, the assert says so)
+
+    assert run_on(backend, main) is aflow.RunStatus.SUCCEEDED

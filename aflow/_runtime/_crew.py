@@ -94,6 +94,13 @@ class Crew(RunState):
         host is woken as at a phase's end.
         """
         self.starting = False
+        # Nothing of this phase starts now: a slot a limit handed (or would hand) to one
+        # of its parked nodes goes on to the next waiter at once, not when the phase has
+        # ended, which may wait for that very waiter (another run).
+        if self._parked:
+            self._forget_waiters()
+        if self.grants:
+            self._return_grants()
         if self._nothing_in_flight():
             self._check_idle()
             return
