@@ -75,7 +75,8 @@ class _Compiler:
 class Canvas(Generic[R]):
     """The base of every canvas object: options, callbacks, ``|``, ``await``."""
 
-    __slots__ = ("_errbacks", "_links", "_options")
+    # (weakly referable: aflow.workflow remembers which call built one, while it lives)
+    __slots__ = ("__weakref__", "_errbacks", "_links", "_options")
 
     _options: Mapping[str, Any]
     _links: tuple[Canvas[Any], ...]
@@ -98,7 +99,7 @@ class Canvas(Generic[R]):
         new = object.__new__(type(self))
         for cls in type(self).__mro__:
             for slot in getattr(cls, "__slots__", ()):
-                if hasattr(self, slot):
+                if slot != "__weakref__" and hasattr(self, slot):
                     object.__setattr__(new, slot, changes.get(slot, getattr(self, slot)))
         return new
 

@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import re
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
@@ -22,17 +23,44 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-#: what the last calls of ``@aflow.workflow`` functions built: id -> (it, builder, args,
-#: kwargs), kept alive while here (so an id names one object)
+#: What calls of ``@aflow.workflow`` functions built, while it lives: id -> (a weak
+#: reference to it, builder, args, kwargs). A durable runtime given what a call built
+#: records that call, so any process can build it again.
+_ORIGINS: dict[int, tuple[weakref.ref[Any], WorkflowBuilder[Any, Any], tuple[Any, ...], Any]] = {}
+#: The same for the last few built objects that cannot be weakly referenced (kept alive
+#: while here, so an id names one object).
 _RECENT: OrderedDict[int, tuple[object, WorkflowBuilder[Any, Any], tuple[Any, ...], Any]] = (
     OrderedDict()
 )
 _RECENT_LIMIT = 16
 
 
+def _remember(built: object, builder: WorkflowBuilder[Any, Any], args: Any, kwargs: Any) -> None:
+    key = id(built)
+
+    def forget(ref: weakref.ref[Any]) -> None:
+        found = _ORIGINS.get(key)
+        if found is not None and found[0] is ref:
+            del _ORIGINS[key]
+
+    try:
+        ref = weakref.ref(built, forget)
+    except TypeError:  # (a graph, a tuple...)
+        _RECENT[key] = (built, builder, args, kwargs)
+        if len(_RECENT) > _RECENT_LIMIT:
+            _RECENT.popitem(last=False)
+        return
+    _ORIGINS[key] = (ref, builder, args, kwargs)
+
+
 def built_by(workflow: object) -> tuple[WorkflowBuilder[Any, Any], tuple[Any, ...], Any] | None:
-    """The ``@aflow.workflow`` call that built ``workflow`` lately, if one did."""
-    found = _RECENT.get(id(workflow))
+    """The ``@aflow.workflow`` call that built ``workflow``, if one did (and, for an object
+    that cannot be weakly referenced, lately)."""
+    key = id(workflow)
+    origin = _ORIGINS.get(key)
+    if origin is not None and origin[0]() is workflow:
+        return origin[1], origin[2], origin[3]
+    found = _RECENT.get(key)
     if found is None or found[0] is not workflow:
         return None
     return found[1], found[2], found[3]
@@ -67,18 +95,29 @@ class WorkflowBuilder(Generic[P, R]):
         remember = getattr(built, "_remember_origin", None)
         if remember is not None:
             remember(self, args, kwargs)
-        # the last few, so that submitting one to a durable runtime says what to do instead
-        _RECENT[id(built)] = (built, self, args, kwargs)
-        if len(_RECENT) > _RECENT_LIMIT:
-            _RECENT.popitem(last=False)
+        # so that a durable runtime given what it built can record this call instead
+        _remember(built, self, args, kwargs)
         return built
 
     def named_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters a call with ``args`` and ``kwargs`` gives, by name."""
-        try:
-            return dict(inspect.signature(self.fn).bind(*args, **kwargs).arguments)
-        except TypeError:
-            return dict(kwargs)
+        """The parameters a call with ``args`` and ``kwargs`` gives, by name (``**kwargs``
+        spread out; a ``TypeError`` if some are only positional or collected by ``*args``,
+        which :meth:`build` could not pass by name)."""
+        signature = inspect.signature(self.fn)
+        bound = signature.bind(*args, **kwargs)
+        named: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise TypeError(f"{self.path} collects positional arguments in *{name}")
+            elif kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise TypeError(f"{self.path} takes {name!r} by position only")
+            else:
+                named[name] = value
+        return named
 
     def build(self, params: dict[str, Any]) -> Graph:
         """The graph for these parameters (:class:`aflow.errors.SignatureError` naming the

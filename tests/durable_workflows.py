@@ -573,3 +573,19 @@ async def plus_one(x: int) -> int:
 @aflow.workflow
 def gated_then_plus_one(start: int) -> Any:
     return gated.s(start) | plus_one.s()
+
+
+@aflow.workflow
+def spread(*starts: int) -> Any:
+    """Collects its parameters in *starts: a durable run cannot rebuild it by name."""
+    return aflow.group(step_a.s(s) for s in starts)
+
+
+_BUILDS = [0]
+
+
+@aflow.workflow
+def another_graph_each_time(start: int) -> Any:
+    """Builds a longer chain at each call: what it built cannot be built again."""
+    _BUILDS[0] += 1
+    return aflow.chain(*(step_a.si(start) for _ in range(_BUILDS[0])))

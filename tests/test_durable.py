@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -101,30 +102,68 @@ async def test_a_value_that_cannot_be_stored_fails_its_node_and_keeps_the_rest(
     assert "SerializationError" in (nodes["opaque"].error or "")
 
 
-async def test_a_called_workflow_is_refused_with_the_call_to_make(
+async def test_what_a_called_workflow_built_runs_durably_as_that_call(
     tmp_path: pathlib.Path, counts: pathlib.Path
 ) -> None:
-    """`rt.run(order_saga(o))`: the function is decorated, but its call built a canvas; the
-    error says to pass the workflow and its parameters (issue 17), through every entry."""
-    expected = (
-        r"pass the @aflow\.workflow tests\.durable_workflows:abc itself and its parameters, "
-        r"not the Chain a call of it built: rt\.submit\(abc, start=1\), or "
-        r"aflow\.run\(abc, params=\{'start': 1\}, store=\.\.\.\)"
-    )
+    """`rt.run(order_saga(o))` (issue 17): the call checks its parameters (a type checker
+    does too), and the durable run records the call, the workflow and its parameters by
+    name, through every entry point; a resume rebuilds it from them."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
     async with aflow.Runtime(store=url) as rt:
-        with pytest.raises(aflow.errors.DefinitionError, match=expected):
-            await rt.submit(wf.abc(1))
-        with pytest.raises(aflow.errors.DefinitionError, match=expected):
-            await rt.run(wf.abc(start=1))
+        by_submit = await rt.submit(wf.abc(1))
+        value = await by_submit.result()
+        assert await rt.run(wf.abc(start=1)) == value
+        assert rt.store is not None
+        records = await rt.store.list_runs()
+    assert await aflow.run(wf.abc(1), store=url) == value
+    assert await aflow.run(wf.abc, params={"start": 1}, store=url) == value
+    assert len(records) == 2
+    for record in records:
+        assert (record.workflow, json.loads(record.params)) == (
+            "tests.durable_workflows:abc",
+            {"start": 1},
+        )
+    # a flow (mutable) and many built before any is submitted: no cliff after a few
+    built = [wf.abc(i) for i in range(40)] + [wf.retried_pay(5)]
+    async with aflow.Runtime(store=url) as rt:
+        runs = [await rt.submit(b) for b in built]
+        assert [await r.wait() for r in runs[:40]] == [aflow.RunStatus.SUCCEEDED] * 40
+        await runs[40].wait()
+        assert rt.store is not None
+        stored = {r.run_id: r for r in await rt.store.list_runs(limit=1000)}
+    assert json.loads(stored[runs[39].id].params) == {"start": 39}
+    assert json.loads(stored[runs[40].id].params) == {"amount": 5}
+
+
+async def test_what_a_call_built_is_refused_when_it_cannot_be_that_call(
+    tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        # composed after the call: no call built it
+        with pytest.raises(
+            aflow.errors.DefinitionError, match=r"decorate the function that builds Chain"
+        ):
+            await rt.submit(wf.abc(1) | wf.step_b.s())
+        # a flow changed after the call built it
+        flow = wf.retried_pay(5)
+        flow.add(wf.Probe())
+        with pytest.raises(aflow.errors.DefinitionError, match="changed after the call built it"):
+            await rt.submit(flow)
+        # a function that builds another graph each time
+        with pytest.raises(aflow.errors.DefinitionError, match="changed after the call built it"):
+            await rt.run(wf.another_graph_each_time(1))
+        # parameters collected by *args cannot be passed by name
+        with pytest.raises(
+            aflow.errors.DefinitionError,
+            match=r"by name: .*collects positional arguments in \*starts",
+        ):
+            await rt.submit(wf.spread(1, 2))
+        # parameters beside what a call built
+        with pytest.raises(TypeError, match=r"parameters can only be given to an @aflow\.workflow"):
+            await rt.submit(wf.abc(1), start=2)
         assert rt.store is not None
         assert await rt.store.list_runs() == []  # nothing was recorded
-    with pytest.raises(aflow.errors.DefinitionError, match=expected):
-        await aflow.run(wf.abc(1), store=url)
-    # what it says to do works
-    async with aflow.Runtime(store=url) as rt:
-        by_submit = await (await rt.submit(wf.abc, start=1)).result()
-    assert await aflow.run(wf.abc, params={"start": 1}, store=url) == by_submit
 
 
 async def test_a_workflow_that_cannot_be_rebuilt_is_refused(tmp_path: pathlib.Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import reprlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -25,7 +24,7 @@ from .._events import EventListener
 from .._exceptions import DefinitionError, RunExists, RunNotFound
 from .._graph import Graph, compile
 from .._serialize import Serializer
-from .._workflow import WorkflowBuilder, built_by
+from .._workflow import WorkflowBuilder, built_by, fingerprint
 from ..stores._base import NodeRecord, Store
 from ._clock import Clock
 from ._durable import Durability
@@ -360,7 +359,10 @@ class Runtime:
         all_params = {**(params or {}), **workflow_params}
         durable = self._durable
         store = durable.store
-        graph = self._compile(workflow, all_params)
+        if store is not None and not isinstance(workflow, WorkflowBuilder) and not all_params:
+            workflow, all_params, graph = self._called(workflow)
+        else:
+            graph = self._compile(workflow, all_params)
         taken = durable.reused(graph, reuse) if reuse else None
         options = self._defaults.merged(
             on_event=on_event,
@@ -391,35 +393,49 @@ class Runtime:
         if self._tg is None:
             raise RuntimeError(f"{call}() needs an entered Runtime: use 'async with Runtime()'")
 
+    def _called(self, built: object) -> tuple[WorkflowBuilder[..., Any], dict[str, Any], Graph]:
+        """What a call of an ``@aflow.workflow`` built, given to a durable runtime: the run
+        records that call (the workflow and its parameters by name), so any process can
+        build it again; the graph is what was given, and must be what the call builds."""
+        origin = built_by(built)
+        if origin is None:
+            raise self._not_rebuildable(built)
+        builder, args, kwargs = origin
+        try:
+            params = builder.named_arguments(args, kwargs)
+        except TypeError as exc:
+            raise DefinitionError(
+                f"a durable run rebuilds {builder.path} from its parameters by name: {exc}; "
+                f"submit the workflow itself with its parameters by name"
+            ) from exc
+        graph = compile(built)
+        if fingerprint(builder.build(params)) != fingerprint(graph):
+            raise DefinitionError(
+                f"{type(built).__name__} built by {builder.path} was changed after the call "
+                f"built it (or the function builds another graph from the same parameters): "
+                f"a durable run must be what its workflow builds from its parameters"
+            )
+        return builder, params, graph
+
     def _compile(self, workflow: object, params: dict[str, Any]) -> Graph:
         """The graph of ``workflow`` (an ``@aflow.workflow`` built with ``params``)."""
         if isinstance(workflow, WorkflowBuilder):
             return workflow.build(params)
         if params:
             raise TypeError("parameters can only be given to an @aflow.workflow")
-        store = self._durable.store
-        if store is not None:
-            origin = built_by(workflow)
-            if origin is not None:  # (the function is decorated: it was called)
-                builder, args, kwargs = origin
-                named = builder.named_arguments(args, kwargs)
-                shown = {k: reprlib.repr(v) for k, v in named.items()}
-                as_kwargs = "".join(f", {k}={v}" for k, v in shown.items())
-                as_params = ", ".join(f"{k!r}: {v}" for k, v in shown.items())
-                name = builder.fn.__name__
-                raise DefinitionError(
-                    f"a durable run rebuilds its workflow from its parameters in whatever "
-                    f"process resumes it: pass the @aflow.workflow {builder.path} itself and "
-                    f"its parameters, not the {type(workflow).__name__} a call of it built: "
-                    f"rt.submit({name}{as_kwargs}), or aflow.run({name}, "
-                    f"params={{{as_params}}}, store=...) (the store is {store.url})"
-                )
-            raise DefinitionError(
-                f"a durable run needs a workflow it can rebuild: decorate the function that "
-                f"builds {type(workflow).__name__} with @aflow.workflow and submit that "
-                f"(the store is {store.url})"
-            )
+        if self._durable.store is not None:
+            raise self._not_rebuildable(workflow)
         return compile(workflow)
+
+    def _not_rebuildable(self, workflow: object) -> DefinitionError:
+        store = self._durable.store
+        assert store is not None
+        return DefinitionError(
+            f"a durable run needs a workflow it can rebuild: decorate the function that "
+            f"builds {type(workflow).__name__} with @aflow.workflow and submit what a call of "
+            f"it builds, rt.submit(build(...)), or the function and its parameters, "
+            f"rt.submit(build, x=...) (the store is {store.url})"
+        )
 
     def _start(
         self,
