@@ -44,6 +44,10 @@ if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import 
     from . import stores as stores
     from ._runtime._current import current_step as current_step
     from ._runtime._handle import Run as Run
+    from ._runtime._report import ErrorReport as ErrorReport
+    from ._runtime._report import EventReport as EventReport
+    from ._runtime._report import RunReport as RunReport
+    from ._runtime._report import StepReport as StepReport
     from ._runtime._run import run as run
     from ._runtime._run import run_sync as run_sync
     from ._runtime._runtime import Runtime as Runtime
@@ -59,7 +63,9 @@ __all__ = [
     "Canvas",
     "Chain",
     "Chord",
+    "ErrorReport",
     "Event",
+    "EventReport",
     "Failure",
     "FunctionTask",
     "Graph",
@@ -67,11 +73,13 @@ __all__ = [
     "NodeKind",
     "NodeState",
     "Run",
+    "RunReport",
     "RunStatistics",
     "RunStatus",
     "Runtime",
     "Signature",
     "StepInfo",
+    "StepReport",
     "Task",
     "chain",
     "chord",
@@ -91,6 +99,10 @@ __all__ = [
 _LAZY = {
     "current_step": "._runtime._current",
     "Run": "._runtime._handle",
+    "ErrorReport": "._runtime._report",
+    "EventReport": "._runtime._report",
+    "RunReport": "._runtime._report",
+    "StepReport": "._runtime._report",
     "run": "._runtime._run",
     "run_sync": "._runtime._run",
     "Runtime": "._runtime._runtime",

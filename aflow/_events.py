@@ -48,7 +48,8 @@ class Event:
     run its runtime let go of as it shut down), ``task_started``, ``task_succeeded``,
     ``task_failed``, ``task_retried``, ``task_cancelled``, ``task_skipped``,
     ``revert_started``, ``revert_succeeded``, ``revert_failed``,
-    ``revert_retried``. Run events have ``node=None``.
+    ``revert_retried``. Run events have ``node=None``. ``replayed``: given again
+    from the run's state (``run.events(replay=True)``), not as it happened.
     """
 
     name: str
@@ -59,6 +60,8 @@ class Event:
     duration_s: float | None = None
     error: BaseException | None = None
     timestamp: float = 0.0
+    #: given again by ``run.events(replay=True)`` from the run's state, not as it happened
+    replayed: bool = False
 
 
 EventListener = Callable[[Event], None]

@@ -20,6 +20,8 @@ from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
+    from ._report import RunReport
+
 __all__ = ["Run", "outcome"]
 
 R = TypeVar("R")
@@ -231,20 +233,61 @@ class Run(Generic[R]):
         """Counts of task nodes by state, the peak in flight, and the duration."""
         return self._execution.statistics()
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Iterate over the run's events from now until it ends."""
-        if self._finished.is_set():
-            return
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
-        self._streams.append(send)
-        self._execution.add_listener(send.send_nowait)
+    def report(self, *, steps: bool = True) -> RunReport:
+        """The run as data (:class:`aflow.RunReport`: JSON-ready, the same model a store's
+        run gives); ``steps=False`` leaves out the steps."""
+        from ._report import report_of_run
+
+        return report_of_run(self, steps=steps)
+
+    async def events(self, *, replay: bool = False) -> AsyncIterator[Event]:
+        """Iterate over the run's events from now until it ends.
+
+        With ``replay=True`` it first gives the events that its steps' states stand for
+        so far (``Event.replayed`` is True on those: their start, their end, their
+        revert; earlier attempts of a retried step are not kept), so that a consumer
+        that comes late, or after the end, sees the whole run."""
+        done = self._finished.is_set()
+        send: MemoryObjectSendStream[Event] | None = None
+        if not done:
+            send, receive = anyio.create_memory_object_stream[Event](math.inf)
+            self._streams.append(send)
+            self._execution.add_listener(send.send_nowait)
         try:
+            if replay:  # (taken with the subscription, in one step: nothing in between)
+                from ._report import events_of_run
+
+                for past in events_of_run(self.report()):
+                    yield Event(
+                        past.name,
+                        past.run_id,
+                        past.node,
+                        past.task,
+                        past.attempt,
+                        past.duration_s,
+                        self._error_of(past.node, past.name),
+                        past.timestamp or 0.0,
+                        replayed=True,
+                    )
+            if send is None:
+                return
             async with receive:
                 async for event in receive:
                     yield event
         finally:
-            if not self._finished.is_set():
+            if send is not None and not self._finished.is_set():
                 self._execution.remove_listener(send.send_nowait)
+
+    def _error_of(self, key: str | None, name: str) -> BaseException | None:
+        """The exception a replayed event stands for (the run's own for its end)."""
+        if key is None:
+            return self._error if name in ("run_failed", "run_reverted", "run_cancelled") else None
+        info = self._execution.step(key)
+        if name == "revert_failed":
+            return info.revert_error
+        if name in ("task_failed", "task_cancelled", "task_retried"):
+            return info.error
+        return None
 
     # --- Celery's GroupResult API ----------------------------------------------------------
 

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from .._events import EventListener
-from .._exceptions import DefinitionError, RunExists, RunNotFound
+from .._exceptions import AflowError, DefinitionError, RunExists, RunNotFound
 from .._graph import Graph, compile
 from .._serialize import Serializer
 from .._workflow import WorkflowBuilder, built_by, fingerprint
@@ -39,6 +39,7 @@ from ._threads import DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from .._canvas import Canvas
+    from ._report import RunReport
 
 __all__ = ["CURRENT_RUNTIME", "DEFAULT_LEASE", "Runtime"]
 
@@ -686,6 +687,60 @@ class Runtime:
             raise RunNotFound(run_id, "this runtime (active or recently finished)")
         found._private = False
         return found
+
+    async def retrieve(self, run_id: str) -> Run[Any]:
+        """A run by id, from this runtime or its store: an active or recently finished
+        run of this runtime (as :meth:`get`); else, with a store, the stored run: a
+        finished one's handle gives its stored result (``await run.result()``; a
+        failed one raises :class:`~aflow.errors.RunError` saying how it ended), an
+        unfinished one's follows it in the store until it ends.
+        :class:`~aflow.errors.RunNotFound` (a ``KeyError``) if neither has it;
+        :class:`~aflow.errors.ResumeMismatch` if its workflow cannot be rebuilt here
+        (:meth:`report` still reads it).
+        """
+        found = self._runs.get(run_id) or self._history.get(run_id)
+        if found is not None:
+            found._private = False
+            return found
+        store = self._durable.store
+        if store is None:
+            raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
+        self._check_open("retrieve")
+        record = await store.get_run(run_id)
+        return await self._durable._attach(record, self._rebuilder.graph_of(record))
+
+    async def report(self, run_id: str, *, steps: bool = True) -> RunReport:
+        """A run as data (:class:`aflow.RunReport`), from this runtime or else its store:
+        the same model and state names either way. A stored run's steps come from its
+        records (in graph order, with those not begun yet, when this process can
+        rebuild its workflow). :class:`~aflow.errors.RunNotFound` if neither has it."""
+        from ._report import report_of_record, report_of_run
+
+        found = self._runs.get(run_id) or self._history.get(run_id)
+        if found is not None:
+            return report_of_run(found, steps=steps)
+        store = self._durable.store
+        if store is None:
+            raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
+        record = await store.get_run(run_id)
+        rebuilder = self._rebuilder
+        try:
+            loads = rebuilder.serializer_of(record).loads
+        except AflowError:  # (written with a serializer this runtime does not read)
+            loads = _unreadable
+        if not steps:
+            return report_of_record(record, None, (), loads, None)
+        nodes = await store.load_nodes(run_id)
+        history = await store.load_history(run_id)
+        try:
+            graph: Graph | None = rebuilder.graph_of(record)
+        except AflowError:  # not registered here, or changed: the records alone
+            graph = None
+        return report_of_record(record, nodes, history, loads, graph)
+
+
+def _unreadable(text: str) -> Any:
+    raise ValueError("written with a serializer this runtime does not read")
 
 
 async def _let_runs_end(runtime: Runtime) -> None:
