@@ -81,9 +81,15 @@ def _parser() -> argparse.ArgumentParser:
         "--status", default=None, choices=[s.value for s in StoredRunStatus], help="only these"
     )
     runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--json", action="store_true", help="one RunReport (JSON) per line")
     show = sub.add_parser("show", help="a run and its nodes")
     show.add_argument("run_id")
     show.add_argument("--history", action="store_true", help="every transition, oldest first")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="the run as a RunReport (JSON); with --history, its events, one per line",
+    )
     resume = sub.add_parser(
         "resume", help="take up a run a dead process left unfinished (or recovery parked)"
     )
@@ -146,8 +152,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
         try:
             if args.command == "runs":
                 status = None if args.status is None else StoredRunStatus(args.status)
+                if args.json:
+                    return await _runs_json(store, status, args.limit, args.serializer)
                 return await _runs(store, status, args.limit)
             if args.command == "show":
+                if args.json:
+                    return await _show_json(store, args.run_id, args.serializer, args.history)
                 return await _show(store, args.run_id, history=args.history)
             return await _cancel(store, args.run_id)
         finally:
@@ -287,6 +297,45 @@ async def _show(store: Any, run_id: str, *, history: bool = False) -> int:
                 duration = "?"
         table.add_row(*map(Text, (key, node.state, str(node.attempt), duration, node.error or "")))
     console.print(table)
+    return EXIT.get(record.status, 0)
+
+
+def _reader(record: Any, serializer: str) -> Any:
+    """How the command reads a stored run's values: JSON, or pickle if asked for."""
+    from ._serialize import serializer_for
+
+    if record.serializer in ("json", serializer):
+        return serializer_for(record.serializer).loads
+
+    def unreadable(text: str) -> Any:
+        raise ValueError(f"written with {record.serializer}: give --serializer to read it")
+
+    return unreadable
+
+
+async def _runs_json(
+    store: Any, status: StoredRunStatus | None, limit: int, serializer: str
+) -> int:
+    from ._runtime._report import report_of_record
+
+    for record in await store.list_runs(status, limit):
+        report = report_of_record(record, None, (), _reader(record, serializer), None)
+        print(report.model_dump_json())
+    return 0
+
+
+async def _show_json(store: Any, run_id: str, serializer: str, history: bool) -> int:
+    from ._runtime._report import events_of_history, report_of_record
+
+    record = await store.get_run(run_id)
+    past = await store.load_history(run_id)
+    if history:
+        for event in events_of_history(record, past):
+            print(event.model_dump_json())
+    else:
+        nodes = await store.load_nodes(run_id)
+        report = report_of_record(record, nodes, past, _reader(record, serializer), None)
+        print(report.model_dump_json(indent=2))
     return EXIT.get(record.status, 0)
 
 

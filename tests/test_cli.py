@@ -126,3 +126,52 @@ def test_cancel_marks_an_unfinished_run_and_refuses_a_finished_one(
     refused = aflow("cancel", run_id, store=store, counts=counts)
     assert refused.returncode == 2
     assert "finished already" in refused.stderr
+
+
+def test_json_gives_the_run_models_the_web_service_gives(
+    paths: tuple[pathlib.Path, pathlib.Path],
+) -> None:
+    """`aflow runs --json` / `show --json` print aflow.RunReport (issue 17: one model)."""
+    import aflow as af
+
+    store, counts = paths
+    done = aflow(
+        "run", "tests.durable_workflows:abc_fails", "--param", "start=1", store=store, counts=counts
+    )
+    run_id = done.stderr.split()[1]
+    listed = aflow("runs", "--json", store=store, counts=counts)
+    assert listed.returncode == 0, listed.stderr
+    brief = af.RunReport.model_validate_json(listed.stdout.splitlines()[0])
+    assert (brief.id, brief.status, brief.params, brief.steps) == (
+        run_id,
+        "reverted",
+        {"start": 1},
+        None,
+    )
+    shown = aflow("show", run_id, "--json", store=store, counts=counts)
+    assert shown.returncode == 1  # (a run that did not succeed, as without --json)
+    report = af.RunReport.model_validate_json(shown.stdout)
+    assert [(s.key, s.state) for s in report.steps or ()] == [
+        ("step_a", "reverted"),
+        ("step_b", "reverted"),
+        ("step_c_fails", "failed"),
+    ]
+    failed = (report.steps or [])[2]
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == ("RuntimeError", "card declined")
+    history = aflow("show", run_id, "--json", "--history", store=store, counts=counts)
+    events = [af.EventReport.model_validate_json(line) for line in history.stdout.splitlines()]
+    assert [(e.name, e.node) for e in events] == [
+        ("run_started", None),
+        ("task_started", "step_a"),
+        ("task_succeeded", "step_a"),
+        ("task_started", "step_b"),
+        ("task_succeeded", "step_b"),
+        ("task_started", "step_c_fails"),
+        ("task_failed", "step_c_fails"),
+        ("revert_started", "step_b"),
+        ("revert_succeeded", "step_b"),
+        ("revert_started", "step_a"),
+        ("revert_succeeded", "step_a"),
+        ("run_reverted", None),
+    ]
