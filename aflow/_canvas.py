@@ -27,12 +27,26 @@ from ._options import FANOUT_OPTIONS, FLOW_OPTIONS, check_options, layer_options
 from ._task import FunctionTask
 
 if TYPE_CHECKING:
-    from typing import Self
+    from typing import Literal, Protocol, Self
 
 __all__ = ["Canvas", "Chain", "Chord", "Group", "Signature", "chain", "chord", "group", "signature"]
 
 R = TypeVar("R")
 T = TypeVar("T")
+In_contra = TypeVar("In_contra", contravariant=True)
+Out_co = TypeVar("Out_co", covariant=True)
+
+if TYPE_CHECKING:
+
+    class Step(Protocol[In_contra, Out_co]):
+        """Typing only: a canvas that can follow one whose result is ``In_contra``.
+
+        Every canvas can (it takes ``Any``), but a :class:`PartialSignature`
+        (``charge.s()``) only after a parent whose result fits its first parameter.
+        """
+
+        def _aflow_takes(self, parent: In_contra, /) -> Out_co: ...
+
 
 _MODES = {"call": NodeKind.TASK, "map": NodeKind.MAP, "starmap": NodeKind.STARMAP}
 _NOT_INHERITED = ("name", *sorted(FANOUT_OPTIONS), *sorted(FLOW_OPTIONS))
@@ -113,14 +127,14 @@ class Canvas(Generic[R]):
         merged = {**self._options, **check_options(self._owner(), options)}
         return self._copy(_options=merged)
 
-    def link(self, callback: Canvas[Any]) -> Self:
+    def link(self, callback: Step[R, Any]) -> Self:
         """A copy that calls ``callback`` with this object's result once it succeeds.
 
         Unlike Celery, a link on a group receives the group's whole list of results.
         """
         return self._copy(_links=(*self._links, _as_canvas(callback, "link")))
 
-    def link_error(self, errback: Canvas[Any]) -> Self:
+    def link_error(self, errback: Step[Exception, Any]) -> Self:
         """A copy that calls ``errback`` if any task inside it fails.
 
         The errback runs once, after the run has stopped and unwound, with the
@@ -130,7 +144,7 @@ class Canvas(Generic[R]):
         """
         return self._copy(_errbacks=(*self._errbacks, _as_canvas(errback, "link_error")))
 
-    def on_error(self, errback: Canvas[Any]) -> Self:
+    def on_error(self, errback: Step[Exception, Any]) -> Self:
         """Alias of :meth:`link_error` (Celery's name on chords)."""
         return self.link_error(errback)
 
@@ -161,7 +175,13 @@ class Canvas(Generic[R]):
 
     __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
 
-    def __or__(self, other: Canvas[T]) -> Canvas[T]:
+    if TYPE_CHECKING:
+
+        def _aflow_takes(self, parent: Any, /) -> R:
+            """Typing only (see :class:`Step`): any canvas takes any parent's result."""
+            raise NotImplementedError
+
+    def __or__(self, other: Step[R, T]) -> Canvas[T]:
         other = _as_canvas(other, "|")
         return Chain._join(self, other)
 
@@ -457,6 +477,30 @@ class Signature(Canvas[R]):
         )
 
 
+if TYPE_CHECKING:
+
+    @final
+    class PartialSignature(Signature[R], Generic[In_contra, R]):  # type: ignore[misc]
+        """Typing only (no such class at run time): a :class:`Signature` given all but its
+        first argument, which its parent's result in a chain fills (``charge.s()``).
+
+        ``|``, ``.link()``, ``.link_error()`` and :func:`chord` check that result against
+        ``In_contra``, the task's first parameter.
+        """
+
+        def _aflow_takes(self, parent: In_contra, /) -> R:
+            raise NotImplementedError
+
+        @overload
+        def set(
+            self, *, immutable: Literal[False] | None = None, **options: Any
+        ) -> PartialSignature[In_contra, R]: ...
+        @overload
+        def set(self, *, immutable: bool | None = None, **options: Any) -> Signature[R]: ...
+        def set(self, *, immutable: bool | None = None, **options: Any) -> Signature[R]:
+            raise NotImplementedError
+
+
 class _ChainNode:
     """A persistent list cell: ``a | b | c`` appends in O(1) and flattens once, in O(n)."""
 
@@ -725,7 +769,9 @@ class Chord(Canvas[R]):
 
     __slots__ = ("_body", "_header")
 
-    def __init__(self, header: Iterable[Canvas[Any]] | Group, body: Canvas[R], **options: Any):
+    def __init__(
+        self, header: Iterable[Canvas[Any]] | Group, body: Step[list[Any], R], **options: Any
+    ):
         self._header = header if isinstance(header, Group) else Group(header)
         self._body = _as_canvas(body, "chord body")
         self._init_canvas(options)
@@ -785,14 +831,18 @@ def group(*tasks: Canvas[Any] | Iterable[Canvas[Any]], **options: Any) -> Group:
 
 
 @overload
-def chord(header: Iterable[Canvas[Any]] | Group, body: Canvas[R], **options: Any) -> Chord[R]: ...
+def chord(
+    header: Iterable[Canvas[Any]] | Group, body: Step[list[Any], R], **options: Any
+) -> Chord[R]: ...
 @overload
 def chord(
     header: Iterable[Canvas[Any]] | Group, body: None = None
-) -> Callable[[Canvas[R]], Chord[R]]: ...
+) -> Callable[[Step[list[Any], R]], Chord[R]]: ...
 def chord(
-    header: Iterable[Canvas[Any]] | Group, body: Canvas[Any] | None = None, **options: Any
-) -> Chord[Any] | Callable[[Canvas[Any]], Chord[Any]]:
+    header: Iterable[Canvas[Any]] | Group,
+    body: Step[list[Any], Any] | None = None,
+    **options: Any,
+) -> Chord[Any] | Callable[[Step[list[Any], Any]], Chord[Any]]:
     """A header group and a body called with the header's results.
 
     ``chord(header, body)`` or Celery's ``chord(header)(body)``.

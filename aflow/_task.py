@@ -6,7 +6,17 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    final,
+    overload,
+)
 
 from ._exceptions import SignatureError
 from ._options import (
@@ -20,7 +30,8 @@ from ._options import (
 )
 
 if TYPE_CHECKING:
-    from ._canvas import Group, Signature
+    from ._canvas import Group, PartialSignature, Signature
+    from ._failure import Failure
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -33,8 +44,12 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+E_contra = TypeVar("E_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
 def _is_async(fn: object) -> bool:
@@ -64,6 +79,26 @@ def _asks_step(fn: object) -> bool:
             return True
         stack.extend(c for c in current.co_consts if inspect.iscode(c))
     return False
+
+
+if TYPE_CHECKING:
+    # An error callback's shapes that .s() accepts with nothing more: the runtime gives it
+    # the failure and, if it names them, the keyword-only failures= and results=.
+
+    class _TakesFailures(Protocol[E_contra, R_co]):
+        def __call__(
+            self, error: E_contra, /, *, failures: dict[str, Failure]
+        ) -> Coroutine[Any, Any, R_co]: ...
+
+    class _TakesResults(Protocol[E_contra, R_co]):
+        def __call__(
+            self, error: E_contra, /, *, results: dict[str, Any]
+        ) -> Coroutine[Any, Any, R_co]: ...
+
+    class _TakesBoth(Protocol[E_contra, R_co]):
+        def __call__(
+            self, error: E_contra, /, *, failures: dict[str, Failure], results: dict[str, Any]
+        ) -> Coroutine[Any, Any, R_co]: ...
 
 
 class _RevertDecorator(Protocol):
@@ -272,12 +307,29 @@ class FunctionTask(Generic[P, R]):
 
     # --- building signatures (Celery's calling API) -------------------------------------------
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+    @overload
+    def s(
+        self: Callable[Concatenate[T, P2], Coroutine[Any, Any, R]],
+        *args: P2.args,
+        **kwargs: P2.kwargs,
+    ) -> PartialSignature[T, R]: ...
+    @overload
+    def s(self: _TakesBoth[T, R]) -> PartialSignature[T, R]: ...
+    @overload
+    def s(self: _TakesFailures[T, R]) -> PartialSignature[T, R]: ...
+    @overload
+    def s(self: _TakesResults[T, R]) -> PartialSignature[T, R]: ...
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature of this task with (possibly partial) arguments.
 
-        In a chain, the parent's result is prepended to ``args``. Under a type
-        checker ``.s()`` checks the full argument list; for a partial signature
-        use :meth:`signature` (``add.signature((4,))``).
+        In a chain, the parent's result is prepended to ``args``. A type checker
+        accepts either the full argument list or all but the first argument,
+        which the parent's result fills (``charge.s()`` after a step returning an
+        ``Order``); then ``|``, ``.link()``, ``.link_error()`` and ``chord()``
+        check that the parent's result fits that first parameter. An error
+        callback may leave out its keyword-only ``failures`` / ``results`` too.
         """
         return _canvas.Signature._new(self, args, kwargs, False)
 
