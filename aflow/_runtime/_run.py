@@ -26,6 +26,8 @@ from ._runtime import Runtime
 
 if TYPE_CHECKING:
     from .._canvas import Canvas
+    from ..ops._workflow import Workflow
+    from ..patterns._flow import Flow
     from ._scheduler import Execution
 
 __all__ = ["run", "run_sync", "run_with"]
@@ -35,6 +37,12 @@ R = TypeVar("R")
 
 #: The options of a call that gives none (built once: a short run's cost counts).
 _DEFAULTS = RunOptions()
+
+# The overloads of run / run_sync (and of Runtime.submit / Runtime.run) name what each
+# accepts, never `object`: a catch-all would also match a Canvas[dict[str, Any]], and
+# mypy gives Any when an argument holding Any matches two overloads. The builder
+# overload binds R only so its argument matches the Canvas-builder's one exactly (then
+# mypy sees no ambiguity and keeps that one's result type).
 
 
 @overload
@@ -56,7 +64,58 @@ async def run(
 ) -> R: ...
 @overload
 async def run(
-    workflow: Graph | object,
+    workflow: WorkflowBuilder[..., Canvas[R]],
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
+) -> R: ...
+@overload
+async def run(
+    workflow: Flow,
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
+) -> dict[str, Any]: ...
+@overload
+async def run(
+    workflow: WorkflowBuilder[..., R],
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | Store | None = None,
+    idempotency_key: str | None = None,
+    serializer: str | Serializer = "json",
+) -> Any: ...
+@overload
+async def run(
+    workflow: Graph | Workflow,
     *,
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,
@@ -158,7 +217,7 @@ async def run(
 
 
 async def run_with(
-    workflow: object,
+    workflow: Any,  # (what it passes on to Runtime.submit(), whose overloads take no object)
     options: RunOptions,
     *,
     run_id: str | None = None,
@@ -224,7 +283,61 @@ def run_sync(
 ) -> R: ...
 @overload
 def run_sync(
-    workflow: Graph | object,
+    workflow: WorkflowBuilder[..., Canvas[R]],
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    idempotency_key: str | None = None,
+    serializer: str = "json",
+    use_uvloop: bool | None = None,
+) -> R: ...
+@overload
+def run_sync(
+    workflow: Flow,
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    idempotency_key: str | None = None,
+    serializer: str = "json",
+    use_uvloop: bool | None = None,
+) -> dict[str, Any]: ...
+@overload
+def run_sync(
+    workflow: WorkflowBuilder[..., R],
+    *,
+    max_concurrency: int | None = None,
+    limits: Mapping[str, int] | None = None,
+    on_event: EventListener | None = None,
+    run_id: str | None = None,
+    on_error: str = "revert",
+    timeout: float | None = None,
+    compensation_timeout: float | None = None,
+    clock: Clock | None = None,
+    params: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    idempotency_key: str | None = None,
+    serializer: str = "json",
+    use_uvloop: bool | None = None,
+) -> Any: ...
+@overload
+def run_sync(
+    workflow: Graph | Workflow,
     *,
     max_concurrency: int | None = None,
     limits: Mapping[str, int] | None = None,

@@ -39,6 +39,8 @@ from ._threads import DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from .._canvas import Canvas
+    from ..ops._workflow import Workflow
+    from ..patterns._flow import Flow
     from ._report import RunReport
 
 __all__ = ["CURRENT_RUNTIME", "DEFAULT_LEASE", "Runtime"]
@@ -309,7 +311,7 @@ class Runtime:
     @overload
     async def submit(
         self,
-        workflow: Graph | object,
+        workflow: WorkflowBuilder[..., Canvas[R]],
         /,
         *,
         run_id: str | None = None,
@@ -322,6 +324,55 @@ class Runtime:
         params: Mapping[str, Any] | None = None,
         reuse: Mapping[str, Any] | None = None,
         **workflow_params: Any,
+    ) -> Run[R]: ...
+    @overload
+    async def submit(
+        self,
+        workflow: Flow,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+    ) -> Run[dict[str, Any]]: ...
+    @overload
+    async def submit(
+        self,
+        workflow: WorkflowBuilder[..., R],  # (R: see aflow._runtime._run)
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
+    ) -> Run[Any]: ...
+    @overload
+    async def submit(
+        self,
+        workflow: Graph | Workflow,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
     ) -> Run[Any]: ...
     async def submit(
         self,
@@ -573,7 +624,40 @@ class Runtime:
     @overload
     async def run(
         self,
-        workflow: Graph | object,
+        workflow: WorkflowBuilder[..., Canvas[R]],
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+        **workflow_params: Any,
+    ) -> R: ...
+    @overload
+    async def run(
+        self,
+        workflow: Flow,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+    @overload
+    async def run(
+        self,
+        workflow: WorkflowBuilder[..., R],  # (R: see aflow._runtime._run)
         /,
         *,
         run_id: str | None = None,
@@ -587,9 +671,25 @@ class Runtime:
         reuse: Mapping[str, Any] | None = None,
         **workflow_params: Any,
     ) -> Any: ...
+    @overload
     async def run(
         self,
-        workflow: object,
+        workflow: Graph | Workflow,
+        /,
+        *,
+        run_id: str | None = None,
+        on_event: EventListener | None = None,
+        on_error: str | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        clock: Clock | None = None,
+        idempotency_key: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, Any] | None = None,
+    ) -> Any: ...
+    async def run(
+        self,
+        workflow: Any,  # (what it passes on to submit(), whose overloads take no object)
         /,
         *,
         run_id: str | None = None,
