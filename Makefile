@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check aflow tests examples benchmarks
 	$(BIN)/mypy --strict aflow
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/mypy --strict tests/typing examples/dflow_style.py examples/typed_ops.py
+	$(BIN)/mypy --strict --explicit-package-bases tests/typing examples
 
 # Lint once; then the suite on .venv's Python and on the newest one, at once (it mostly
 # waits: two runs take about as long as one on 2 cores; each starts its own PostgreSQL on

@@ -150,6 +150,10 @@ async def groups_and_chords() -> None:
     aflow.chord([add.s(1, 1)], charge.s())  # type: ignore[arg-type]
     aflow.chord([add.s(1, 1)])(first.s())  # type: ignore[arg-type]
     assert_type(add.chunks([(1, 2)], 1), aflow.Group)
+    # a success threshold keeps a group a group (failed members leave None)
+    quotes = aflow.group(add.s(i, i) for i in range(5)).set(min_success=3)
+    assert_type(quotes, aflow.Group)
+    assert_type(await (quotes | tsum.s()), int)
 
 
 async def mapping() -> None:
@@ -173,3 +177,5 @@ async def callbacks() -> None:
     # an errback must take any exception
     add.s(1, 2).link_error(on_value_error.s())  # type: ignore[arg-type]
     add.s(1, 2).link_error(charge.s())  # type: ignore[arg-type]
+    # in a flow (aflow.patterns), a chain of open signatures is one item
+    assert_type((load.s("o-1") | charge.s()).set(provides="receipt"), aflow.Canvas[Receipt])

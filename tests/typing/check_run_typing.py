@@ -59,6 +59,7 @@ async def run_in_the_caller() -> None:
     assert_type(await workflow, dict[str, Any])
     assert_type(await aflow.run(workflow, max_concurrency=64, limits={"db": 5}), dict[str, Any])
     assert_type(await aflow.run(load.s("o-1"), timeout=60, on_event=show), dict[str, Any])
+    assert_type(await aflow.run(workflow, on_error="continue"), dict[str, Any])
     assert_type(await aflow.run(order_saga(order_id="o-1")), str)
     await aflow.run(workflow, max_concurrency="64")  # type: ignore[call-overload]
     await aflow.run(load)  # type: ignore[call-overload]  # a task, not a signature
