@@ -162,7 +162,11 @@ class Canvas(Generic[R]):
         raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
-        """Canvas objects are values: equal when of one kind with equal contents and options."""
+        """Canvas objects are values: equal when of one kind with equal contents and options.
+
+        (A signature's arguments must also agree on which are plain scalars, which hash
+        by value: see :meth:`Signature._key`.)
+        """
         if type(other) is not type(self):
             return NotImplemented
         assert isinstance(other, Canvas)
@@ -173,7 +177,29 @@ class Canvas(Generic[R]):
             other._errbacks,
         )
 
-    __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
+    def __hash__(self) -> int:
+        """Equal objects hash equal, whatever their arguments (lists, unhashable objects).
+
+        The hash reads a few fields along the first-member path (a group's first member,
+        a chain's first step, a chord's header), at most :data:`_HASH_DEPTH` objects
+        deep: the kind, the counts of members, options and callbacks, and at the end a
+        signature's :meth:`~Signature._key`. Equality implies each of them, so a subclass
+        keeps the rule as long as what its ``_hash_head`` reads is implied by equality.
+        It never hashes a group's members, so ``asyncio.gather`` of ten canvases costs
+        the same whatever their size.
+        """
+        heads: list[Any] = []
+        node: Canvas[Any] | None = self
+        while node is not None and len(heads) < _HASH_DEPTH:
+            heads.append(node._hash_head())
+            node = node._hash_next()
+        return hash(tuple(heads))
+
+    def _hash_head(self) -> tuple[Any, ...]:
+        return (type(self), len(self._options), len(self._links), len(self._errbacks))
+
+    def _hash_next(self) -> Canvas[Any] | None:
+        return None
 
     if TYPE_CHECKING:
 
@@ -248,6 +274,17 @@ class Canvas(Generic[R]):
 #: The options (or keyword arguments) of the many canvas objects that have none: one
 #: shared dict, never written (typed read-only), which copies and pickles as a dict does.
 _EMPTY: Mapping[str, Any] = {}
+
+#: How many objects down the first-member path a canvas's hash reads (see Canvas.__hash__).
+_HASH_DEPTH = 8
+#: Argument types hashed by value; their hashes agree with their equality across them all
+#: (``1 == 1.0 == True`` hash alike), and hashing them runs no user code.
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _scalar_key(value: object) -> int | None:
+    """A plain scalar's hash; ``None`` for anything else (lists, objects: not hashed)."""
+    return hash(value) if type(value) in _SCALARS else None
 
 
 def _as_canvas(obj: object, where: str) -> Canvas[Any]:
@@ -360,7 +397,34 @@ class Signature(Canvas[R]):
         return self._copy(_args=args + self._args, _kwargs={**self._kwargs, **kwargs})
 
     def _value(self) -> tuple[Any, ...]:
-        return (self._task, self._args, self._kwargs, self._immutable, self._mode)
+        return (self._task, self._args, self._kwargs, self._immutable, self._mode, self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        """What a signature's hash reads: its task, the hash of each argument that is a
+        plain scalar (``None`` in place of any other), the keyword names, immutability and
+        mode. Part of equality too, so that equal signatures hash equal: two signatures
+        whose arguments compare equal differ where one holds a plain scalar and the other
+        an object of another type (``1`` against ``Decimal(1)``, ``mock.ANY`` or a numpy
+        value), as a value that cannot be hashed cannot be made to hash like one that can.
+        """
+        kwargs = self._kwargs
+        return (
+            id(self._task),
+            tuple([_scalar_key(arg) for arg in self._args]),
+            frozenset(
+                [
+                    (name if type(name) is str else None, _scalar_key(value))
+                    for name, value in kwargs.items()
+                ]
+            )
+            if kwargs
+            else None,
+            _scalar_key(self._immutable),
+            _scalar_key(self._mode),
+        )
+
+    def _hash_head(self) -> tuple[Any, ...]:
+        return (*super()._hash_head(), self._key())
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self._args]
@@ -565,6 +629,13 @@ class Chain(Canvas[R]):
     def _value(self) -> tuple[Any, ...]:
         return (self.tasks,)
 
+    def _hash_head(self) -> tuple[Any, ...]:
+        return (*super()._hash_head(), len(self.tasks))
+
+    def _hash_next(self) -> Canvas[Any] | None:
+        tasks = self.tasks
+        return tasks[0] if tasks else None
+
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chain[R]:
         tasks = self.tasks
         if not tasks:
@@ -651,6 +722,12 @@ class Group(Canvas[list[Any]]):
 
     def _value(self) -> tuple[Any, ...]:
         return (self._tasks,)
+
+    def _hash_head(self) -> tuple[Any, ...]:
+        return (*super()._hash_head(), len(self._tasks))
+
+    def _hash_next(self) -> Canvas[Any] | None:
+        return self._tasks[0] if self._tasks else None
 
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Group:
         return self._copy(_tasks=tuple(t.clone(args, kwargs) for t in self._tasks))
@@ -788,6 +865,9 @@ class Chord(Canvas[R]):
 
     def _value(self) -> tuple[Any, ...]:
         return (self._header, self._body)
+
+    def _hash_next(self) -> Canvas[Any] | None:
+        return self._header
 
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chord[R]:
         return self._copy(_header=self._header.clone(args, kwargs))
