@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # (the serializers load with the first durable run: import af
 __all__ = ["WorkflowBuilder", "fingerprint", "registered_workflow", "resolve_workflow", "workflow"]
 
 P = ParamSpec("P")
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)
 
 
 #: What calls of ``@aflow.workflow`` functions built, while it lives: id -> (a weak

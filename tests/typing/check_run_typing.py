@@ -46,6 +46,12 @@ def order_data(order_id: str) -> aflow.Canvas[dict[str, Any]]:
 
 
 @aflow.workflow
+def order_chain(order_id: str) -> aflow.Chain[str]:
+    """Annotated with a canvas subclass: the builder is covariant in what it builds."""
+    return aflow.chain(reserve.s(order_id), charge.s(), ship.s())
+
+
+@aflow.workflow
 def order_flow(order_id: str) -> lf.Flow:
     return lf.Flow("order").add(load)
 
@@ -96,6 +102,7 @@ async def durable() -> None:
         assert_type(
             await rt.submit(order_data, params={"order_id": "o-1"}), aflow.Run[dict[str, Any]]
         )
+        assert_type(await rt.run(order_chain, order_id="o-1"), str)
         # what a call of it built: the call checks the parameters' names and types
         assert_type(await rt.submit(order_saga(order_id="o-1")), aflow.Run[str])
         assert_type(await rt.run(order_saga(order_id="o-1"), idempotency_key="order-o-1"), str)
