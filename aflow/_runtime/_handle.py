@@ -81,6 +81,7 @@ class Run(Generic[R]):
         "_execution",
         "_finished",
         "_key",
+        "_origin",
         "_private",
         "_remote_cancel",
         "_streams",
@@ -97,6 +98,9 @@ class Run(Generic[R]):
         self._streams: list[MemoryObjectSendStream[Event]] = []
         #: (idempotency key, what it stands for) of a run without a store
         self._key: tuple[str, tuple[str, Any]] | None = None
+        #: what it was submitted as, for its report: (workflow path, idempotency key,
+        #: parameters), when given
+        self._origin: tuple[str | None, str | None, dict[str, Any] | None] | None = None
         #: for a run another process drives: ask its store to cancel it
         self._remote_cancel: Callable[[], Awaitable[Any]] | None = None
         #: nobody outside the runtime holds this handle (a run of ``rt.run`` that was

@@ -239,13 +239,14 @@ def report_of_run(handle: Run[Any], *, steps: bool = True) -> RunReport:
     for info in infos:
         counts[info.state.value] = counts.get(info.state.value, 0) + 1
     error = handle._error
-    key = handle._key[0] if handle._key is not None else None
+    workflow, key, params = handle._origin or (execution.graph.name, None, None)
     journal = execution._journal
     return RunReport(
         id=handle.id,
         status=status,
         finished=finished,
-        workflow=execution.graph.name,
+        workflow=workflow,
+        params=jsonable(params) if params is not None else None,
         idempotency_key=key,
         created_at=execution.started_at,
         started_at=execution.started_at,

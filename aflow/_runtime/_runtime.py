@@ -425,9 +425,12 @@ class Runtime:
         )
         if store is not None:
             assert isinstance(workflow, WorkflowBuilder)
-            return await durable.submit(
+            handle = await durable.submit(
                 workflow, graph, all_params, run_id, idempotency_key, options, taken
             )
+            if handle._origin is None:
+                handle._origin = (workflow.path, idempotency_key, all_params)
+            return handle
         key = None
         if idempotency_key is not None:
             key = (idempotency_key, identity(workflow, all_params, graph))
@@ -439,6 +442,13 @@ class Runtime:
             graph, run_id, None, options, (taken, False, None, {}) if taken else None
         )
         handle._key = key
+        if isinstance(workflow, WorkflowBuilder):
+            handle._origin = (workflow.path, idempotency_key, all_params)
+        else:
+            origin = built_by(workflow)
+            if origin is not None or idempotency_key is not None:
+                path = None if origin is None else origin[0].path
+                handle._origin = (path, idempotency_key, None)
         return handle
 
     def _check_open(self, call: str) -> None:
