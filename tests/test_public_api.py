@@ -27,6 +27,7 @@ def test_all_is_sorted_and_complete() -> None:
         "stores",
         "ops",
         "errors",
+        "fastapi",
     }  # public submodules
     # (dir(): the runtime's names load when first used)
     public = {n for n in dir(aflow) if not n.startswith("_")} - namespaces - {"annotations"}
