@@ -49,7 +49,7 @@ never wrapped, converted or swallowed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 __all__ = [
@@ -555,12 +555,43 @@ class CompensationFailed(_RunGroup):
 
     The group holds the root failure(s) first, then every revert failure;
     :attr:`original` is the root failure (or the :class:`GroupFailed` of several).
+    :attr:`reverts` maps the key of each node whose revert failed to what it
+    raised (a compensation deadline that cut several: each of them to it).
     """
+
+    def __new__(
+        cls,
+        run_id: str,
+        message: str,
+        exceptions: Sequence[Exception],
+        reverts: Mapping[str, BaseException] | None = None,
+    ) -> Self:
+        return ExceptionGroup.__new__(cls, message, list(exceptions))
+
+    def __init__(
+        self,
+        run_id: str,
+        message: str,
+        exceptions: Sequence[Exception],
+        reverts: Mapping[str, BaseException] | None = None,
+    ) -> None:
+        super().__init__(run_id, message, exceptions)
+        self.reverts: dict[str, BaseException] = dict(reverts or {})
 
     @property
     def original(self) -> BaseException:
         """The forward failure that started the unwinding."""
         return self.exceptions[0]
+
+    def derive(self, excs: Sequence[Exception]) -> CompensationFailed:  # type: ignore[override]
+        kept = {k: e for k, e in self.reverts.items() if any(e is x for x in excs)}
+        return type(self)(self.run_id, self.message_text, excs, kept)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.run_id, self.message_text, list(self.exceptions), self.reverts),
+        )
 
 
 class AflowInternalError(AflowError):

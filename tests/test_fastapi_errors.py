@@ -346,7 +346,10 @@ class TestHelpers:
         assert root_failure(group) is group.original.exceptions[0]
         assert [f.step for f in revert_failures(group)] == ["charge"]
 
-    async def test_a_compensation_deadline_is_a_failure_of_no_one_step(self) -> None:
+    async def test_a_compensation_deadline_is_a_failure_of_each_step_it_cut(self) -> None:
+        """(It was a failure of no one step while the step was read from the revert's
+        note, which a shared deadline has none of; CompensationFailed.reverts says.)"""
+
         @aflow.task
         async def charge() -> str:
             return "receipt"
@@ -363,8 +366,9 @@ class TestHelpers:
             with pytest.raises(CompensationFailed) as caught:
                 await aflow.run(charge.s() | ship.s(), clock=clock, compensation_timeout=30)
         (failure,) = revert_failures(caught.value)
-        assert failure.step is None
+        assert failure.step == "charge"
         assert isinstance(failure.error, TimeoutError)
+        assert caught.value.reverts == {"charge": failure.error}
         assert isinstance(root_failure(caught.value), AddressRejected)
 
     async def test_the_step_is_read_back_whatever_its_key(self) -> None:

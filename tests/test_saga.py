@@ -939,3 +939,38 @@ class TestUnwindingEdgeCases:
             await aflow.run(quick.si(), clock=clock)
             await clock.sleep(1)
         assert clock.now() == 1  # not 1000
+
+
+async def test_compensation_failed_says_which_reverts_failed_by_node_key() -> None:
+    """CompensationFailed.reverts: node key -> what its revert raised (issue 17), kept
+    through pickling and except* splitting."""
+    import pickle
+
+    @aflow.task
+    async def hold(x: int) -> int:
+        return x
+
+    @hold.revert
+    async def unhold(x: int, *, result: object) -> None:
+        if x == 2:
+            raise OSError(f"cannot release {x}")
+
+    @aflow.task
+    async def boom(values: list[int]) -> None:
+        raise LookupError("boom")
+
+    with pytest.raises(aflow.errors.CompensationFailed) as caught:
+        await aflow.chord([hold.s(1), hold.s(2)], boom.s())
+    group = caught.value
+    (key,) = group.reverts
+    assert key == "hold#2"
+    assert isinstance(group.reverts[key], OSError)
+    assert group.reverts[key] is group.exceptions[1]
+    again = pickle.loads(pickle.dumps(group))
+    assert list(again.reverts) == [key]
+    assert isinstance(again.reverts[key], OSError)
+    split, rest = group.split(OSError)  # (what except* does)
+    assert isinstance(split, aflow.errors.CompensationFailed)
+    assert list(split.reverts) == [key]
+    assert isinstance(rest, aflow.errors.CompensationFailed)
+    assert rest.reverts == {}

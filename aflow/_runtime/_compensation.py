@@ -70,6 +70,11 @@ class Compensation(RunState):
 
     __slots__ = ()
 
+    def _failed_reverts(self) -> dict[str, BaseException]:
+        """The nodes whose reverts failed, by key, with what they raised."""
+        nodes = self._nodes
+        return {nodes[i].key: e for i, e in self._revert_errors.items()}
+
     async def compensate(self) -> None:
         """Revert a run that succeeded (a retried flow undone by an outer failure).
 
@@ -82,6 +87,7 @@ class Compensation(RunState):
                 self.run_id,
                 f"{len(errors)} revert(s) failed earlier; what they kept stays",
                 errors,  # type: ignore[arg-type]
+                self._failed_reverts(),
             )
         if self.status is not RunStatus.SUCCEEDED:
             return  # a failed run was unwound already; a suspended one is not undone
@@ -94,6 +100,7 @@ class Compensation(RunState):
                 self.run_id,
                 f"{len(errors)} revert(s) failed while undoing a finished run",
                 errors,  # type: ignore[arg-type]
+                self._failed_reverts(),
             )
         if self._reverted:
             self.status = RunStatus.REVERTED

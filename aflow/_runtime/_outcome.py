@@ -92,6 +92,7 @@ class Outcome(RunState):
                 self.run_id,
                 f"{len(self._revert_errors)} revert(s) failed while unwinding",
                 errors,  # type: ignore[arg-type]
+                self._failed_reverts(),
             )
         if isinstance(primary, RunCancelled):
             self._close(RunStatus.CANCELLED)

@@ -165,9 +165,18 @@ def _split(exc: BaseException) -> tuple[list[BaseException], tuple[RevertFailure
 
     def walk(error: BaseException) -> None:
         if isinstance(error, CompensationFailed):
-            first, *rest = error.exceptions
+            by_key: dict[str, BaseException] = getattr(error, "reverts", {})
+            if by_key:  # the runtime says which node each revert failure is
+                reverted = {id(e) for e in by_key.values()}
+                for member in error.exceptions:
+                    if id(member) not in reverted:
+                        walk(member)  # the root failure (or a GroupFailed of several)
+                for key, failure in by_key.items():
+                    reverts.append(RevertFailure(error.run_id, key, failure))
+                return
+            first, *rest = error.exceptions  # (a group made elsewhere: read the notes)
             if _reverted_step(first, error.run_id) is None:
-                walk(first)  # the root failure (or a GroupFailed of several)
+                walk(first)
                 failed = rest
             else:  # undoing a finished run: every member is a revert's failure
                 failed = list(error.exceptions)
