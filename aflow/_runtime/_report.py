@@ -8,13 +8,16 @@ is given as its ``repr``.
 
 from __future__ import annotations
 
+import json
 import reprlib
 import traceback as _traceback
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json
 
 from .._events import Event
 from .._graph import Graph, NodeKind
@@ -34,6 +37,8 @@ __all__ = [
     "StepState",
     "events_of_history",
     "events_of_run",
+    "history_events",
+    "names_of",
     "report_of_record",
     "report_of_run",
 ]
@@ -96,7 +101,7 @@ class ErrorReport(_Model):
             text = "".join(_traceback.format_exception(error))
         return cls(
             type=name,
-            message=str(error),
+            message=_text_of(error),
             traceback=text,
             exceptions=[cls.of(e) for e in error.exceptions]
             if isinstance(error, BaseExceptionGroup)
@@ -191,8 +196,34 @@ class EventReport(_Model):
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON can hold it (dataclasses, models, dates...), else its ``repr``."""
-    return to_jsonable_python(value, fallback=reprlib.repr)
+    """``value`` as JSON can hold it (dataclasses, models, dates...), else its ``repr``:
+    what a JSON reader reads back (bytes that are not UTF-8 as base64; a value that
+    holds itself, or that a reader cannot read, such as an int of more digits than
+    Python's ``json`` reads, as its ``repr`` as a whole)."""
+    for bytes_mode in ("utf8", "base64"):
+        try:
+            text = to_json(value, fallback=_repr, bytes_mode=bytes_mode, inf_nan_mode="constants")
+            return json.loads(text)
+        except Exception:  # (bytes that are not UTF-8, a cycle, an int too long for text...)
+            continue
+    return _repr(value)
+
+
+def _repr(value: Any) -> str:
+    """A short ``repr`` that never raises."""
+    try:
+        return reprlib.repr(value)
+    except Exception:  # (an int too long for text, a repr that fails in a way reprlib lets out)
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<{type(value).__qualname__} object>"
+
+
+def _text_of(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # (a __str__ that fails: the report of the error must not)
+        return f"<{type(error).__qualname__}: str() failed>"
 
 
 # --- a run this process holds ------------------------------------------------------------
@@ -241,7 +272,7 @@ def report_of_run(handle: Run[Any], *, steps: bool = True) -> RunReport:
     error = handle._error
     workflow, key, params = handle._origin or (execution.graph.name, None, None)
     journal = execution._journal
-    return RunReport(
+    report = RunReport(
         id=handle.id,
         status=status,
         finished=finished,
@@ -258,6 +289,9 @@ def report_of_run(handle: Run[Any], *, steps: bool = True) -> RunReport:
         steps=[step_report(i) for i in infos] if steps else None,
         owner=None if journal is None else "this process",
     )
+    if steps:
+        _remember_order(report, _order_of(handle))
+    return report
 
 
 # --- a run read from a store --------------------------------------------------------------
@@ -277,13 +311,15 @@ _STORED_STEP: dict[str, StepState] = {
 }
 
 
-def _loads_or_text(loads: Any, text: str | None) -> Any:
+def _loads_or_text(loads: Any, text: str | None, as_text: bool = True) -> Any:
+    """A stored value, read; one that cannot be read here is shown as stored if its
+    text is ``as_text`` (JSON), else left out (a pickle's base64 is no value)."""
     if text is None:
         return None
     try:
         return jsonable(loads(text))
-    except Exception:  # (unreadable here: shown as stored)
-        return text
+    except Exception:  # (unreadable here)
+        return text if as_text else None
 
 
 def report_of_record(
@@ -306,7 +342,7 @@ def report_of_record(
     steps = None
     counts: dict[str, int] = {}
     if nodes is not None:
-        steps = _stored_steps(nodes, history, loads, graph)
+        steps = _stored_steps(nodes, history, loads, graph, record.serializer == "json")
         for step in steps:
             counts[step.state] = counts.get(step.state, 0) + 1
     try:
@@ -326,7 +362,11 @@ def report_of_record(
         started_at=started,
         ended_at=ended,
         duration_s=None if ended is None else ended - started,
-        result=_loads_or_text(loads, record.result) if status == "succeeded" else None,
+        result=(
+            _loads_or_text(loads, record.result, record.serializer == "json")
+            if status == "succeeded"
+            else None
+        ),
         error=None if record.error is None else ErrorReport.of_text(record.error),
         counts=counts,
         steps=steps,
@@ -341,6 +381,7 @@ def _stored_steps(
     history: Sequence[NodeRecord],
     loads: Any,
     graph: Graph | None,
+    as_text: bool = True,
 ) -> list[StepReport]:
     # the failure before a revert: the history keeps it (the latest record is the revert's)
     failed_before: dict[str, str] = {}
@@ -349,12 +390,14 @@ def _stored_steps(
             failed_before[entry.key] = entry.error
     keys: Iterable[str] = nodes
     names: dict[str, str] = {}
-    if graph is not None:
-        task_nodes = [n for n in graph.nodes if n.kind is not NodeKind.JOIN]
-        names = {n.key: n.name for n in task_nodes}
-        keys = [n.key for n in task_nodes] + [k for k in nodes if k not in names]
+    if graph is not None:  # (a record of no step of the graph is a step's own: a slice's)
+        names = names_of(graph)
+        keys = list(names)
     else:
-        keys = sorted(nodes, key=lambda k: (nodes[k].started_at or float("inf"), k))
+        keys = sorted(
+            (k for k in nodes if not _internal(k, None)),
+            key=lambda k: (nodes[k].started_at or float("inf"), k),
+        )
     steps = []
     for key in keys:
         node = nodes.get(key)
@@ -378,13 +421,20 @@ def _stored_steps(
                 started_at=started,
                 finished_at=ended,
                 duration_s=None if started is None or ended is None else ended - started,
-                result=_loads_or_text(loads, node.result) if state == "succeeded" else None,
+                result=(
+                    _loads_or_text(loads, node.result, as_text) if state == "succeeded" else None
+                ),
                 error=None if error is None else ErrorReport.of_text(error),
                 revert_error=None if revert_error is None else ErrorReport.of_text(revert_error),
                 reused=node.state == RecordState.REUSED,
             )
         )
     return steps
+
+
+def names_of(graph: Graph) -> dict[str, str]:
+    """Each step's task by key, in graph order."""
+    return {n.key: n.name for n in graph.nodes if n.kind is not NodeKind.JOIN}
 
 
 # --- replays: the events so far, from a run's state or its stored history ---------------
@@ -405,60 +455,195 @@ _END_OF_RUN = {
 }
 
 
-def events_of_run(report: RunReport) -> list[EventReport]:
-    """The events a run's report stands for, in order: its start, each step's start and
-    end (and revert), its end. What a live run replays (its retries' earlier attempts and
-    timings between events are not kept in memory; a stored run's history has them)."""
-    run_id = report.id
-    out: list[tuple[float, int, int, EventReport]] = []
-    position = -1
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """What a live run knows of the order of its events beyond its steps' snapshots (a
+    report of it made here carries it on the side: the model stays what it is)."""
 
-    # by time; at one time, in graph order (a topological order: a parent's end before its
-    # child's start), and a step's own events in the order they happen
-    def add(at: float | None, order: int, name: str, step: StepReport | None = None) -> None:
+    #: the error callbacks (they run after the unwinding; one not needed emits nothing)
+    callbacks: frozenset[str]
+    #: the steps whose reverts succeeded, in the order they finished
+    reverts: tuple[str, ...]
+    #: the steps a cancel stopped mid-way (``task_cancelled``, whatever their state now)
+    cancelled: frozenset[str]
+    #: when each step skipped without a time of its own was skipped: when what it
+    #: depends on ended
+    skipped_at: Mapping[str, float]
+
+
+#: id(report) -> (a weak reference to it, what it carries on the side)
+_ORDERS: dict[int, tuple[weakref.ref[RunReport], _Order]] = {}
+
+
+def _remember_order(report: RunReport, order: _Order) -> None:
+    key = id(report)
+
+    def forget(ref: weakref.ref[RunReport]) -> None:
+        found = _ORDERS.get(key)
+        if found is not None and found[0] is ref:
+            del _ORDERS[key]
+
+    _ORDERS[key] = (weakref.ref(report, forget), order)
+
+
+def _order_known(report: RunReport) -> _Order | None:
+    found = _ORDERS.get(id(report))
+    if found is None or found[0]() is not report:
+        return None
+    return found[1]
+
+
+def _order_of(handle: Run[Any]) -> _Order:
+    execution = handle._execution
+    nodes = execution.graph.nodes
+    states = execution._states
+    finished = execution._finished
+    when: dict[int, float | None] = {}
+
+    def ended(i: int) -> float | None:  # when node i ended, or what it waited for did
+        if i in when:
+            return when[i]
+        when[i] = None  # (a graph has no cycles; this only guards the recursion)
+        at = execution._wall(finished[i])
+        if at is None:
+            parents = [t for t in (ended(p) for p in nodes[i].parents) if t is not None]
+            at = max(parents) if parents else None
+        when[i] = at
+        return at
+
+    skipped_at: dict[str, float] = {}
+    for node in nodes:
+        if states[node.index] is NodeState.SKIPPED and finished[node.index] is None:
+            at = ended(node.index)
+            if at is not None:
+                skipped_at[node.key] = at
+    return _Order(
+        callbacks=frozenset(n.key for n in nodes if n.error_scope is not None),
+        reverts=tuple(nodes[i].key for i in execution._reverted),
+        cancelled=frozenset(nodes[i].key for i, f in execution._failures.items() if f.cancelled),
+        skipped_at=skipped_at,
+    )
+
+
+def events_of_run(report: RunReport) -> list[EventReport]:
+    """The events a run's report stands for, in the order the run emitted them: its
+    start; each step's attempts (a retried step's earlier ones as a start and a retry),
+    its end; then the reverts of the unwinding (in the order they finished when this
+    process ran them, else the reverse of the graph's); then the error callbacks; the
+    run's end. What a live run replays: its timings between events, the errors of a
+    retried step's earlier attempts and a revert's retries are not kept in memory (a
+    stored run's history has them)."""
+    run_id = report.id
+    order = _order_known(report)
+    steps = list(report.steps or ())
+    callbacks = order.callbacks if order is not None else frozenset()
+    cancelled = order.cancelled if order is not None else frozenset()
+    # (phase, time, graph position, sequence): phase 0 the run going forward, 1 its
+    # unwinding, 2 its error callbacks, 3 its end; at one time, graph order (a
+    # topological order: a parent's end before its child's start)
+    out: list[tuple[tuple[int, float, int, int], EventReport]] = []
+
+    def add(
+        key: tuple[int, float, int, int],
+        name: str,
+        step: StepReport | None = None,
+        *,
+        attempt: int | None = None,
+        at: float | None = None,
+    ) -> None:
         error = None
-        if step is not None:
+        if step is not None and name not in ("task_started", "revert_started"):
             error = step.revert_error if name == "revert_failed" else step.error
+            if name == "task_retried" and attempt != step.attempts:
+                error = None  # (an earlier attempt's error is not kept)
         out.append(
             (
-                at if at is not None else float("inf"),
-                position if step is not None else (-1 if order == 0 else 1 << 30),
-                order,
+                key,
                 EventReport(
                     name=name,
                     run_id=run_id,
                     node=None if step is None else step.key,
                     task=None if step is None else step.task,
-                    attempt=0 if step is None else step.attempts,
+                    attempt=(0 if step is None else step.attempts) if attempt is None else attempt,
                     duration_s=None if step is None else step.duration_s,
-                    error=error if name not in ("task_started", "revert_started") else None,
+                    error=error,
                     timestamp=at,
                     replayed=True,
                 ),
             )
         )
 
+    def time(at: float | None) -> float:
+        return at if at is not None else float("inf")
+
     if report.status != "pending":
-        add(report.started_at, 0, "run_started")
-    for step in report.steps or ():
-        position += 1
-        if step.state == "pending" or (step.started_at is None and step.state != "skipped"):
-            continue
-        if step.state != "skipped":
-            add(step.started_at, 1, "task_started", step)
+        add((0, float("-inf"), -1, 0), "run_started", at=report.started_at)
+    unwound: list[tuple[int, StepReport]] = []
+    latest = float("-inf")  # the latest time known up to this step in graph order
+    for position, step in enumerate(steps):
         state = step.state
+        phase = 2 if step.key in callbacks else 0
+        if state == "skipped":
+            if phase == 2:
+                continue  # (an error callback that was not needed: no event)
+            at = step.finished_at or step.started_at
+            if at is None and order is not None:
+                at = order.skipped_at.get(step.key)
+            if at is None:
+                at = latest if latest != float("-inf") else report.started_at
+            add((phase, time(at), position, 0), "task_skipped", step, at=at)
+            continue
+        if state == "pending" or step.started_at is None:
+            continue
+        start = step.started_at
+        latest = max(latest, start)
+        sequence = 0
+        for attempt in range(1, step.attempts):  # the earlier attempts of a retried step
+            add((phase, start, position, sequence), "task_started", step, attempt=attempt, at=start)
+            add((phase, start, position, sequence + 1), "task_retried", step, attempt=attempt)
+            sequence += 2
+        add((phase, start, position, sequence), "task_started", step, at=start)
+        end = step.finished_at
+        if end is not None:
+            latest = max(latest, end)
         if state in ("reverting", "reverted", "revert_failed"):
-            add(step.finished_at, 2, "task_failed" if step.error else "task_succeeded", step)
-            add(step.finished_at, 3, "revert_started", step)
-            if state != "reverting":
-                add(step.finished_at, 4, "revert_succeeded" if state == "reverted" else state, step)
+            if step.key in cancelled or (order is None and _cancelled(step.error)):
+                name = "task_cancelled"
+            else:
+                name = "task_failed" if step.error else "task_succeeded"
+            add((phase, time(end), position, sequence + 1), name, step, at=end)
+            unwound.append((position, step))
         elif state in _END_OF_STEP:
-            add(step.finished_at or step.started_at, 2, _END_OF_STEP[state], step)
-    end = _END_OF_RUN.get(report.status)
-    if end is not None:
-        add(report.ended_at, 5, end)
-    out.sort(key=lambda item: item[:3])
-    return [event for *_, event in out]
+            if state == "failed" and step.key in cancelled:
+                name = "task_cancelled"
+            else:
+                name = _END_OF_STEP[state]
+            add((phase, time(end or start), position, sequence + 1), name, step, at=end or start)
+    # the unwinding: reverse graph order, those known to have finished in their order
+    backwards = sorted(unwound, key=lambda item: -item[0])
+    finished_in = order.reverts if order is not None else ()
+    present = {step.key for _, step in backwards}
+    known = [key for key in dict.fromkeys(finished_in) if key in present]
+    rank: dict[str, int] = {}
+    slots = iter(known)
+    for index, (_, step) in enumerate(backwards):
+        key = next(slots) if step.key in finished_in else step.key
+        rank[key] = index
+    for _, step in backwards:
+        index = rank[step.key]
+        add((1, float(index), 0, 0), "revert_started", step)
+        if step.state != "reverting":
+            name = "revert_succeeded" if step.state == "reverted" else "revert_failed"
+            add((1, float(index), 0, 1), name, step)
+    last = _END_OF_RUN.get(report.status)
+    if last is not None:
+        add((3, 0.0, 0, 0), last, at=report.ended_at)
+    out.sort(key=lambda item: item[0])
+    return [event for _, event in out]
+
+
+def _cancelled(error: ErrorReport | None) -> bool:
+    return error is not None and error.type.rsplit(".", 1)[-1] in ("CancelledError", "Cancelled")
 
 
 _HISTORY_EVENT: dict[str, str] = {
@@ -474,52 +659,93 @@ _HISTORY_EVENT: dict[str, str] = {
 }
 
 
-def events_of_history(record: RunRecord, history: Sequence[NodeRecord]) -> list[EventReport]:
+def events_of_history(
+    record: RunRecord, history: Sequence[NodeRecord], names: Mapping[str, str] | None = None
+) -> list[EventReport]:
     """The events a stored run's history records, in order (a start and an end written
-    in one batch give both events)."""
+    in one batch give both events). ``names``: each step's task by key (from the run's
+    graph, when this process can rebuild it); without it, events name a step's task by
+    its key. A step put on record as starting that never began (stopped first) has no
+    event, as it had none live; nor have the internal records of a step (an ops step's
+    slices)."""
+    return [event for _, event in history_events(record, history, names)]
+
+
+#: An ops step keeps each slice's output on record under this prefix (aflow/ops/_runner.py).
+_INTERNAL = "_slice:"
+
+
+def _internal(key: str, names: Mapping[str, str] | None) -> bool:
+    return key not in names if names is not None else key.startswith(_INTERNAL)
+
+
+def history_events(
+    record: RunRecord, history: Sequence[NodeRecord], names: Mapping[str, str] | None = None
+) -> list[tuple[tuple[int, int], EventReport]]:
+    """:func:`events_of_history`, each event with where it comes from: ``(i, j)``, the
+    ``j``-th event of the ``i``-th transition of the history (the run's start ``(-1, 0)``,
+    its end ``(len(history), 0)``): stable while the history grows, so a follower that
+    reads it again sends only what it has not sent."""
     run_id = record.run_id
-    events = [EventReport(name="run_started", run_id=run_id, timestamp=record.created_at)]
-    started: set[tuple[str, int]] = set()
-    for entry in history:
+    found: list[tuple[tuple[int, int], EventReport] | None] = [
+        ((-1, 0), EventReport(name="run_started", run_id=run_id, timestamp=record.created_at))
+    ]
+    started: dict[tuple[str, int], int] = {}  # (key, attempt) -> where its start is in found
+    for i, entry in enumerate(history):
         state = entry.state
         key, attempt = entry.key, entry.attempt
+        if _internal(key, names):
+            continue
         if state == RecordState.NOT_STARTED:
+            # on record as starting, but stopped before it began: it never started
+            where = started.pop((key, attempt), -1)
+            if where >= 0:
+                found[where] = None
             continue
 
         def event(
             name: str, at: float | None, error: str | None = None, entry: NodeRecord = entry
         ) -> EventReport:
-            started, ended = entry.started_at, entry.finished_at
+            began, ended = entry.started_at, entry.finished_at
             return EventReport(
                 name=name,
                 run_id=run_id,
                 node=entry.key,
-                task=entry.key,
+                task=entry.key if names is None else names.get(entry.key, entry.key),
                 attempt=entry.attempt,
-                duration_s=None if started is None or ended is None else ended - started,
+                duration_s=None if began is None or ended is None else ended - began,
                 error=None if error is None else ErrorReport.of_text(error),
                 timestamp=at,
                 replayed=True,
             )
 
+        j = 0
         if state in (RecordState.REVERTED, RecordState.REVERT_FAILED):
-            events.append(event("revert_started", entry.started_at))
+            found.append(((i, j), event("revert_started", entry.started_at)))
+            j += 1
         elif (key, attempt) not in started and state not in (
             RecordState.SKIPPED,
             RecordState.REUSED,
         ):
-            started.add((key, attempt))
-            events.append(event("task_started", entry.started_at))
+            started[(key, attempt)] = len(found)
+            found.append(((i, j), event("task_started", entry.started_at)))
+            j += 1
         name = _HISTORY_EVENT.get(state)
         if name is not None:
-            events.append(event(name, entry.finished_at or entry.started_at, entry.error))
+            found.append(((i, j), event(name, entry.finished_at or entry.started_at, entry.error)))
+            started[(key, attempt)] = -1  # (it ended: a later record does not unmake it)
     end = _END_OF_RUN.get(str(record.status))
     if end is not None:
         error = None if record.error is None else ErrorReport.of_text(record.error)
-        events.append(
-            EventReport(
-                name=end, run_id=run_id, error=error, timestamp=record.ended_at, replayed=True
+        found.append(
+            (
+                (len(history), 0),
+                EventReport(
+                    name=end, run_id=run_id, error=error, timestamp=record.ended_at, replayed=True
+                ),
             )
         )
-    events[0] = events[0].model_copy(update={"replayed": True})
+    events = [item for item in found if item is not None]
+    first = events[0]
+    events[0] = (first[0], first[1].model_copy(update={"replayed": True}))
     return events

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import math
+import reprlib
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, cast, get_args
 
 import anyio
 from fastapi import APIRouter, HTTPException, Query
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .._events import Event
 from .._exceptions import ResumeMismatch, RunNotFound
 from .._runtime._handle import Run
 from .._runtime._report import (
     EventReport,
     RunReport,
     RunState,
-    events_of_history,
+    history_events,
+    names_of,
     report_of_record,
     report_of_run,
 )
 from .._runtime._runtime import Runtime
-from ..stores._base import StoredRunStatus
-from ._lifespan import RuntimeDep
+from ..stores._base import RunRecord, StoredRunStatus
+from ._lifespan import CLOSING_KEY, RuntimeDep
 
 __all__ = ["EventStream", "runs_router"]
 
@@ -68,54 +71,64 @@ def runs_router(*, actions: bool = True, tags: Sequence[str] = ("runs",)) -> API
         if status is not None and status not in _STATES:
             raise HTTPException(422, f"unknown status {status!r}: one of {sorted(_STATES)}")
 
-        def wanted(report: RunReport) -> bool:
-            created = report.created_at or 0.0
+        def wanted(
+            status_now: str, flow: str | None, key: str | None, created: float | None
+        ) -> bool:
+            at = created or 0.0
             return (
-                (status is None or report.status == status)
-                and (workflow is None or report.workflow == workflow)
-                and (idempotency_key is None or report.idempotency_key == idempotency_key)
-                and (since is None or created >= since)
-                and (until is None or created < until)
+                (status is None or status_now == status)
+                and (workflow is None or flow == workflow)
+                and (idempotency_key is None or key == idempotency_key)
+                and (since is None or at >= since)
+                and (until is None or at < until)
             )
 
-        found: dict[str, RunReport] = {}
+        found: list[tuple[float, RunReport | RunRecord]] = []
+        held: set[str] = set()
         for handle in (*rt._runs.values(), *reversed(rt._history.values())):
+            if handle.id in held:
+                continue
+            held.add(handle.id)
             report = report_of_run(handle, steps=False)
-            if wanted(report):
-                found[report.id] = report
+            if wanted(report.status, report.workflow, report.idempotency_key, report.created_at):
+                found.append((report.created_at or 0.0, report))
         store = rt.store
         if store is not None:
             stored = None
             if status is not None and status in StoredRunStatus._value2member_map_:
                 stored = StoredRunStatus(status)
             if status is None or stored is not None:
-                rebuilder = rt._rebuilder
                 for record in await store.list_runs(stored, MAX_LIST):
-                    if record.run_id in found:
+                    # a run this process holds is reported live (its record may lag)
+                    if record.run_id in held:
                         continue
-                    try:
-                        loads: Callable[[str], Any] = rebuilder.serializer_of(record).loads
-                    except ResumeMismatch:
-                        loads = _unreadable
-                    report = report_of_record(record, None, (), loads, None)
-                    if wanted(report):
-                        found[report.id] = report
-        ordered = sorted(found.values(), key=lambda r: r.created_at or 0.0, reverse=True)
-        return ordered[:limit]
+                    held.add(record.run_id)
+                    if wanted(
+                        str(record.status),
+                        record.workflow,
+                        record.idempotency_key,
+                        record.created_at,
+                    ):
+                        found.append((record.created_at, record))
+        found.sort(key=lambda item: item[0], reverse=True)
+        # (a stored run's values are read only for the runs answered)
+        return [_as_report(rt, item) for _, item in found[:limit]]
 
     @router.get("/{run_id}", response_model=RunReport)
     async def read_run(rt: RuntimeDep, run_id: str, steps: bool = True) -> RunReport:
         try:
+            _check_id(run_id)
             return await rt.report(run_id, steps=steps)
         except RunNotFound as exc:
-            raise HTTPException(404, f"no run {run_id!r}") from exc
+            raise HTTPException(404, f"no run {_short(run_id)}") from exc
 
     @router.get("/{run_id}/events", response_class=EventStream)
     async def run_events(rt: RuntimeDep, run_id: str) -> EventStream:
         try:
+            _check_id(run_id)
             source = await _event_source(rt, run_id)
         except RunNotFound as exc:
-            raise HTTPException(404, f"no run {run_id!r}") from exc
+            raise HTTPException(404, f"no run {_short(run_id)}") from exc
         return EventStream(source, rt, run_id)
 
     if not actions:
@@ -131,11 +144,12 @@ def runs_router(*, actions: bool = True, tags: Sequence[str] = ("runs",)) -> API
             return handle.report()
         store = rt.store
         if store is None:
-            raise HTTPException(404, f"no run {run_id!r}")
+            raise HTTPException(404, f"no run {_short(run_id)}")
         try:
+            _check_id(run_id)
             await store.request_cancel(run_id, "RunCancelled: cancelled over HTTP")
         except RunNotFound as exc:
-            raise HTTPException(404, f"no run {run_id!r}") from exc
+            raise HTTPException(404, f"no run {_short(run_id)}") from exc
         return await rt.report(run_id, steps=False)
 
     @router.post("/{run_id}/resume", response_model=RunReport)
@@ -145,14 +159,40 @@ def runs_router(*, actions: bool = True, tags: Sequence[str] = ("runs",)) -> API
         if rt.store is None:
             raise HTTPException(409, "this service's runtime has no store: nothing to resume")
         try:
+            _check_id(run_id)
             handle = await rt.resume(run_id)
         except RunNotFound as exc:
-            raise HTTPException(404, f"no run {run_id!r}") from exc
+            raise HTTPException(404, f"no run {_short(run_id)}") from exc
         except ResumeMismatch as exc:
             raise HTTPException(409, str(exc)) from exc
         return handle.report(steps=False)
 
     return router
+
+
+def _check_id(run_id: str) -> None:
+    """:class:`RunNotFound` for an id no store can hold (a NUL, text that is not UTF-8):
+    no run has it, and a store asked for it fails instead of saying so."""
+    if "\x00" in run_id:
+        raise RunNotFound(run_id, "any store (a run id holds no NUL)")
+    try:
+        run_id.encode()
+    except UnicodeEncodeError:
+        raise RunNotFound(run_id, "any store (a run id is UTF-8 text)") from None
+
+
+def _short(run_id: str) -> str:
+    return reprlib.repr(run_id)
+
+
+def _as_report(rt: Runtime, item: RunReport | RunRecord) -> RunReport:
+    if isinstance(item, RunReport):
+        return item
+    try:
+        loads: Callable[[str], Any] = rt._rebuilder.serializer_of(item).loads
+    except ResumeMismatch:
+        loads = _unreadable
+    return report_of_record(item, None, (), loads, None)
 
 
 def _unreadable(text: str) -> Any:
@@ -178,38 +218,57 @@ async def _event_source(rt: Runtime, run_id: str) -> AsyncGenerator[EventReport,
 
 
 async def _live_events(handle: Run[Any]) -> AsyncGenerator[EventReport, None]:
-    async for event in handle.events(replay=True):
-        yield EventReport.of(event, replayed=event.replayed)
+    # (closed with this generator: the run's listener goes at once, not when collected)
+    subscribed = cast("AsyncGenerator[Event, None]", handle.events(replay=True))
+    async with contextlib.aclosing(subscribed) as events:
+        async for event in events:
+            yield EventReport.of(event, replayed=event.replayed)
 
 
 async def _stored_events(rt: Runtime, run_id: str) -> AsyncGenerator[EventReport, None]:
+    """A stored run's events from its history, read again until the run ends: each
+    event is sent once (known by the transition it comes from). If this process takes
+    the run up meanwhile (recovery, a resume), its history still says what happens
+    (every transition of a stored run is on record): it is read again as the run ends
+    here, or every :data:`STORE_POLL` seconds."""
     store = rt.store
     assert store is not None
-    sent = 0
+    sent: set[tuple[int, int]] = set()
+    names: dict[str, str] | None = None
     while True:
         record = await store.get_run(run_id)
+        if names is None:
+            try:
+                names = names_of(rt._rebuilder.graph_of(record))
+            except Exception:  # (not rebuildable here: its steps are named by their keys)
+                names = {}
         history = await store.load_history(run_id)
-        events = events_of_history(record, history)
-        done = record.status in (
-            StoredRunStatus.SUCCEEDED,
-            StoredRunStatus.FAILED,
-            StoredRunStatus.REVERTED,
-            StoredRunStatus.CANCELLED,
-        )
-        if not done and events and events[-1].node is None and len(events) > 1:
-            events = events[:-1]  # (no end event while unfinished)
-        for event in events[sent:]:
+        done = record.status in _STORED_ENDS
+        for where, event in history_events(record, history, names or None):
+            if where in sent:
+                continue
+            if event.node is None and where[0] >= 0 and not done:
+                continue  # (no end event while unfinished)
+            sent.add(where)
             yield event
-        sent = max(sent, len(events))
         if done:
             return
         held = _held(rt, run_id)
-        if held is not None:  # this process took it up (recovery): follow it live
-            async for event in _live_events(held):
-                if not event.replayed:
-                    yield event
-            return
-        await anyio.sleep(STORE_POLL)
+        if held is not None:  # this process runs it now: look again when it ends here
+            with anyio.move_on_after(STORE_POLL):
+                await held.wait()
+        else:
+            await anyio.sleep(STORE_POLL)
+
+
+_STORED_ENDS = frozenset(
+    {
+        StoredRunStatus.SUCCEEDED,
+        StoredRunStatus.FAILED,
+        StoredRunStatus.REVERTED,
+        StoredRunStatus.CANCELLED,
+    }
+)
 
 
 class EventStream(Response):
@@ -219,8 +278,11 @@ class EventStream(Response):
     JSON, with an ``id`` counting from 1. The past comes first (``replayed``), then
     events as they happen; the stream ends when the run ends, with a last event
     ``end`` whose data is the run's :class:`aflow.RunReport` (without its steps).
-    A comment is sent after :data:`KEEP_ALIVE` seconds of silence. A client that
-    reconnects gets the whole stream again.
+    It ends too, the same way, when the service is told to stop (see
+    :func:`aflow.fastapi.lifespan`): ``finished`` is then false in the report, and a
+    client may follow the run again from another process. A comment is sent after
+    :data:`KEEP_ALIVE` seconds of silence. A client that reconnects gets the whole
+    stream again.
     """
 
     media_type = "text/event-stream"
@@ -245,10 +307,17 @@ class EventStream(Response):
         )
         to_send, to_read = anyio.create_memory_object_stream[EventReport | None](math.inf)
 
+        pumping = anyio.CancelScope()
+
         async def pump() -> None:
-            async with to_send, contextlib.aclosing(self._source) as source:
-                async for event in source:
-                    await to_send.send(event)
+            with pumping:
+                async with to_send, contextlib.aclosing(self._source) as source:
+                    async for event in source:
+                        await to_send.send(event)
+
+        async def until_closing(closing: anyio.Event) -> None:
+            await closing.wait()
+            pumping.cancel()  # (what was read is sent, then the end)
 
         async def until_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -258,6 +327,9 @@ class EventStream(Response):
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
             tg.start_soon(until_disconnect)
+            closing = _closing_of(scope)
+            if closing is not None:
+                tg.start_soon(until_closing, closing)
             number = 0
             async with to_read:
                 while True:
@@ -291,3 +363,12 @@ class EventStream(Response):
                 end = f"id: {number}\nevent: end\ndata: {report.model_dump_json()}\n\n".encode()
             await send({"type": "http.response.body", "body": end, "more_body": False})
             tg.cancel_scope.cancel()
+
+
+def _closing_of(scope: Scope) -> anyio.Event | None:
+    """The event the service's lifespan sets when the process is told to stop."""
+    found = (scope.get("state") or {}).get(CLOSING_KEY)
+    if found is None:
+        app_state = getattr(scope.get("app"), "state", None)
+        found = getattr(app_state, CLOSING_KEY, None)
+    return found if isinstance(found, anyio.Event) else None
