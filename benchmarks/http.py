@@ -67,9 +67,11 @@ ENDPOINTS: tuple[tuple[str, str, int, str], ...] = (
     ("hand-written", "/hand/saga", 200, "hand-written"),
     ("aflow.run", "/aflow/saga", 200, "hand-written"),
     ("Runtime.run", "/aflow/runtime", 200, "hand-written"),
+    ("aflow.fastapi", "/integrated/saga", 200, "hand-written"),
     ("hand-written, fail=1", "/hand/saga?fail=1", 409, "hand-written, fail=1"),
     ("aflow.run, fail=1", "/aflow/saga?fail=1", 409, "hand-written, fail=1"),
     ("Runtime.run, fail=1", "/aflow/runtime?fail=1", 409, "hand-written, fail=1"),
+    ("aflow.fastapi, fail=1", "/integrated/saga?fail=1", 409, "hand-written, fail=1"),
 )
 LOOPS = ("asyncio", "uvloop")
 TARGET = 0.8

@@ -11,7 +11,11 @@ registered with ``task.revert(fn)``.
   compensation (reverts in reverse order, consumers first, as aflow does).
 * ``/aflow/saga``: the canvas built per request and ``await aflow.run(canvas)``.
 * ``/aflow/runtime``: the same canvas, ``await rt.run(canvas)`` on one
-  ``aflow.Runtime`` that the app's lifespan enters and leaves.
+  ``aflow.Runtime`` that the app's lifespan (``aflow.fastapi.lifespan()``) enters and
+  leaves.
+* ``/integrated/saga``: the same, as the README's web-service section writes it: the
+  runtime from the ``RuntimeDep`` dependency, in a sub-application wrapped in
+  ``aflow.fastapi.CancelOnDisconnect`` (so the middleware's cost is in the figure).
 
 ``?fail=1`` makes the last step (ship) raise: the reverts run (refund, then
 release) and the endpoint answers 409. ``/stats`` tells how many reverts ran, so
@@ -24,8 +28,7 @@ a check can see that compensation really happened in every version.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -33,6 +36,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import aflow
+import aflow.fastapi
+from aflow.fastapi import RuntimeDep
 
 #: reverts that ran, by name (the same counter for every version)
 REVERTED = {"release": 0, "refund": 0}
@@ -124,14 +129,9 @@ def saga_canvas(order: str, fail: bool) -> aflow.Canvas[str]:
 # --- the app --------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with aflow.Runtime() as rt:
-        app.state.rt = rt
-        yield
-
-
-app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+# The Runtime of /aflow/runtime and /integrated/saga: aflow.fastapi's lifespan (which also
+# puts it on app.state.aflow_runtime).
+app = FastAPI(lifespan=aflow.fastapi.lifespan(), openapi_url=None, docs_url=None, redoc_url=None)
 
 
 def rejected(exc: AddressRejected) -> JSONResponse:
@@ -158,11 +158,29 @@ async def aflow_run(order: str = "o-1", fail: bool = False) -> dict[str, str] | 
 async def aflow_runtime(
     request: Request, order: str = "o-1", fail: bool = False
 ) -> dict[str, str] | JSONResponse:
-    rt: aflow.Runtime = request.app.state.rt
+    rt: aflow.Runtime = request.app.state.aflow_runtime
     try:
         return {"result": await rt.run(saga_canvas(order, fail))}
     except AddressRejected as exc:
         return rejected(exc)
+
+
+# /integrated: what the README's web-service section writes: the runtime from RuntimeDep,
+# and CancelOnDisconnect around the (mounted) app, so a client that leaves stops its run.
+integrated = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+
+@integrated.get("/saga", response_model=None)
+async def integrated_saga(
+    rt: RuntimeDep, order: str = "o-1", fail: bool = False
+) -> dict[str, str] | JSONResponse:
+    try:
+        return {"result": await rt.run(saga_canvas(order, fail))}
+    except AddressRejected as exc:
+        return rejected(exc)
+
+
+app.mount("/integrated", aflow.fastapi.CancelOnDisconnect(integrated))
 
 
 @app.get("/stats")
