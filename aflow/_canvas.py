@@ -131,8 +131,12 @@ class Canvas(Generic[R]):
         """A copy that calls ``callback`` with this object's result once it succeeds.
 
         Unlike Celery, a link on a group receives the group's whole list of results.
+        Linking a callback equal to one already linked keeps one (as Celery does).
         """
-        return self._copy(_links=(*self._links, _as_canvas(callback, "link")))
+        callback = _as_canvas(callback, "link")
+        if callback in self._links:
+            return self
+        return self._copy(_links=(*self._links, callback))
 
     def link_error(self, errback: Step[Exception, Any]) -> Self:
         """A copy that calls ``errback`` if any task inside it fails.
@@ -140,9 +144,13 @@ class Canvas(Generic[R]):
         The errback runs once, after the run has stopped and unwound, with the
         first failure inside this object as its argument; if it names
         ``failures`` / ``results`` it also gets every failure and every result
-        inside this object (node key to value). The run still raises.
+        inside this object (node key to value). The run still raises. Linking an
+        errback equal to one already linked keeps one (as Celery does).
         """
-        return self._copy(_errbacks=(*self._errbacks, _as_canvas(errback, "link_error")))
+        errback = _as_canvas(errback, "link_error")
+        if errback in self._errbacks:
+            return self
+        return self._copy(_errbacks=(*self._errbacks, errback))
 
     def on_error(self, errback: Step[Exception, Any]) -> Self:
         """Alias of :meth:`link_error` (Celery's name on chords)."""
@@ -384,6 +392,51 @@ class Signature(Canvas[R]):
         if immutable is not None:
             new._immutable = immutable
         return new
+
+    def replace(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Signature[R]:
+        """A copy with its arguments, keyword arguments or options *replaced* (not merged).
+
+        Each one left as ``None`` is kept; callbacks and immutability are kept too.
+        Unlike :meth:`clone`, which prepends and merges, this says what the call is::
+
+            add.s(1, 2, debug=True).replace(args=(5, 6))         # add.s(5, 6, debug=True)
+            add.s(1, 2).set(timeout=1).replace(options={})       # add.s(1, 2), no options
+
+        Raises:
+            SignatureError: ``args`` is not a tuple or list, ``kwargs`` not a mapping of
+                names, or an option is unknown or has a wrong value.
+        """
+        changes: dict[str, Any] = {}
+        if args is not None:
+            if isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable):
+                raise SignatureError(
+                    self.name,
+                    f"needs a tuple or list of positional arguments, got {args!r}",
+                    "args",
+                )
+            changes["_args"] = tuple(args)
+        if kwargs is not None:
+            if not isinstance(kwargs, Mapping) or not all(type(k) is str for k in kwargs):
+                raise SignatureError(
+                    self.name,
+                    f"needs a mapping of argument names to values, got {kwargs!r}",
+                    "kwargs",
+                )
+            changes["_kwargs"] = dict(kwargs) if kwargs else _EMPTY
+        if options is not None:
+            if not isinstance(options, Mapping):
+                raise SignatureError(
+                    self.name,
+                    f"needs a mapping of option names to values, got {options!r}",
+                    "options",
+                )
+            changes["_options"] = check_options(self._owner(), options) if options else _EMPTY
+        return self._copy(**changes)
 
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature[R]:
         if self._immutable:  # Celery: an immutable signature ignores partial arguments
@@ -847,9 +900,9 @@ class Chord(Canvas[R]):
     __slots__ = ("_body", "_header")
 
     def __init__(
-        self, header: Iterable[Canvas[Any]] | Group, body: Step[list[Any], R], **options: Any
+        self, header: Iterable[Canvas[Any]] | Canvas[Any], body: Step[list[Any], R], **options: Any
     ):
-        self._header = header if isinstance(header, Group) else Group(header)
+        self._header = _header_group(header)
         self._body = _as_canvas(body, "chord body")
         self._init_canvas(options)
 
@@ -887,6 +940,23 @@ class Chord(Canvas[R]):
         return ((c.materialize(body, header),), False)
 
 
+def _header_group(header: object) -> Group:
+    """A chord's header as a group: a group as it is, one canvas (a signature, a chain,
+    a chord) as a one-member group, else an iterable of members."""
+    if isinstance(header, Group):
+        return header
+    if isinstance(header, Canvas | FunctionTask) or hasattr(header, "__aflow_canvas__"):
+        return Group((_as_canvas(header, "chord header"),))
+    if isinstance(header, str | bytes | Mapping) or not isinstance(header, Iterable):
+        raise SignatureError(
+            "chord",
+            "the header must be a signature, chain, group or chord, or an iterable of them; "
+            f"got {header!r}",
+            "header",
+        )
+    return Group(header)
+
+
 def _compile_canvas(canvas: Canvas[Any]) -> Graph:
     return canvas._compile_uncached()
 
@@ -912,22 +982,24 @@ def group(*tasks: Canvas[Any] | Iterable[Canvas[Any]], **options: Any) -> Group:
 
 @overload
 def chord(
-    header: Iterable[Canvas[Any]] | Group, body: Step[list[Any], R], **options: Any
+    header: Iterable[Canvas[Any]] | Canvas[Any], body: Step[list[Any], R], **options: Any
 ) -> Chord[R]: ...
 @overload
 def chord(
-    header: Iterable[Canvas[Any]] | Group, body: None = None
+    header: Iterable[Canvas[Any]] | Canvas[Any], body: None = None
 ) -> Callable[[Step[list[Any], R]], Chord[R]]: ...
 def chord(
-    header: Iterable[Canvas[Any]] | Group,
+    header: Iterable[Canvas[Any]] | Canvas[Any],
     body: Step[list[Any], Any] | None = None,
     **options: Any,
 ) -> Chord[Any] | Callable[[Step[list[Any], Any]], Chord[Any]]:
     """A header group and a body called with the header's results.
 
-    ``chord(header, body)`` or Celery's ``chord(header)(body)``.
+    ``chord(header, body)`` or Celery's ``chord(header)(body)``. The header is a
+    group, an iterable of members, or one signature, chain or chord (a one-member
+    header: the body gets a one-item list).
     """
-    header_group = header if isinstance(header, Group) else Group(header)
+    header_group = _header_group(header)
     if body is None:
         return lambda b: Chord(header_group, b, **options)
     return Chord(header_group, body, **options)

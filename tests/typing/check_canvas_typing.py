@@ -154,6 +154,22 @@ async def groups_and_chords() -> None:
     quotes = aflow.group(add.s(i, i) for i in range(5)).set(min_success=3)
     assert_type(quotes, aflow.Group)
     assert_type(await (quotes | tsum.s()), int)
+    # one signature, chain or chord as a header is a one-member header
+    assert_type(await aflow.chord(add.s(1, 1), tsum.s()), int)
+    assert_type(await aflow.chord(add.s(1, 1) | inc.s(), tsum.s()), int)
+    aflow.chord(add.s(1, 1), charge.s())  # type: ignore[arg-type]
+    aflow.chord(42, tsum.s())  # type: ignore[call-overload]
+
+
+async def replacing() -> None:
+    # replace() says what the call is: a plain Signature of the same result
+    assert_type(add.s(1, 2).replace(args=(3, 4)), Signature[int])
+    assert_type(add.s(1, 2).replace(kwargs={}, options={"retries": 2}), Signature[int])
+    # a partial signature may be given all its arguments: no longer known to be partial
+    assert_type(charge.s().replace(args=(Order("o-1"),)), Signature[Receipt])
+    assert_type(await charge.s().replace(args=(Order("o-1"),)), Receipt)
+    add.s(1, 2).replace(args=(3, 4), timeout=1)  # type: ignore[call-arg]
+    add.s(1, 2).replace(kwargs=[("y", 1)])  # type: ignore[arg-type]
 
 
 async def mapping() -> None:
