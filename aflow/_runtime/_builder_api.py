@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio.lowlevel
 
+from .._exceptions import CompensationFailed
 from .._graph import Graph
 from .._options import NodeOptions
 from ..stores._base import NodeRecord, RunRecord, Store
@@ -307,10 +308,27 @@ async def run_subflow(subflow: Subflow) -> Any:
 
 async def undo_subflow(key: str) -> bool:
     """Undo the last attempt node ``key`` of the current run made (its reverts run, in
-    reverse order); ``False`` when it made none in this process (a resumed run)."""
+    reverse order); ``False`` when it made none in this process (a resumed run).
+
+    An attempt that failed was unwound then; if reverts failed in it, what they raised
+    is raised again, the same objects, which the node's own failure holds already: the
+    run reports each once (see ``Outcome._settle``), and the node's revert fails, so
+    what precedes it in its branch is kept."""
     made = current_run().made_by(key)
     if not made:
         return False
+    last = made[-1]._execution
+    if last.status is not RunStatus.SUCCEEDED and last._revert_errors:
+        failed = last._failed_reverts()
+        errors = list({id(e): e for e in failed.values()}.values())
+        if len(errors) == 1:
+            raise errors[0]
+        raise CompensationFailed(
+            last.run_id,
+            f"{len(errors)} revert(s) failed earlier; what they kept stays",
+            errors,  # type: ignore[arg-type]
+            failed,
+        )
     await made[-1].compensate()
     return True
 

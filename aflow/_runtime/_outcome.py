@@ -85,7 +85,10 @@ class Outcome(RunState):
                 )
         if self._revert_errors:
             unique = {id(e): e for e in self._revert_errors.values()}  # one compensation timeout
-            errors = [primary, *unique.values()]
+            # A nested run's failed reverts, raised again by the revert of the node that
+            # ran it (a retried flow), are in the node's failure already: listed once.
+            reported = _leaves(primary)
+            errors = [primary, *(e for e in unique.values() if not _leaves(e) <= reported)]
             self._close(RunStatus.FAILED)
             events.emit(RUN_FAILED, error=primary)
             raise CompensationFailed(
@@ -248,3 +251,13 @@ class Outcome(RunState):
                 and self._states[i] in (_SUCCEEDED, _REVERTED, _REVERT_FAILED)
             }
         await self._run_node(node._replace(args=args, kwargs=kwargs, input=-1), ())
+
+
+def _leaves(error: BaseException) -> set[int]:
+    """The identities of the exceptions ``error`` is made of (itself, or its groups' leaves)."""
+    if isinstance(error, BaseExceptionGroup):
+        found: set[int] = set()
+        for inner in error.exceptions:
+            found |= _leaves(inner)
+        return found
+    return {id(error)}
