@@ -24,7 +24,17 @@ from ._exceptions import ProvidesError, SignatureError
 from ._options import DEFAULT_OPTIONS, check_options, resolve_options
 from ._task import FunctionTask, Revert, _check_revert
 
-__all__ = ["Params", "ProvidesSpec", "Task", "analyse_params", "checked_task", "provides_spec"]
+__all__ = [
+    "Params",
+    "ProvidesLike",
+    "ProvidesSpec",
+    "Task",
+    "analyse_params",
+    "check_result",
+    "checked_task",
+    "provides_spec",
+    "shape_of",
+]
 
 #: What ``provides=`` accepts: a name, a tuple of names, a set of names, or nothing.
 ProvidesLike = str | tuple[str, ...] | list[str] | set[str] | frozenset[str] | None
@@ -89,7 +99,8 @@ def provides_spec(owner: str, provides: object) -> ProvidesSpec:
     )
 
 
-def _check_result(owner: str, spec: ProvidesSpec, value: Any) -> None:
+def check_result(owner: str, spec: ProvidesSpec, value: Any) -> None:
+    """Raise :class:`aflow.errors.ProvidesError` when ``value`` lacks the shape ``spec`` asks."""
     if spec.kind == "tuple":
         try:
             n = len(value)
@@ -135,7 +146,7 @@ def checked_task(task: FunctionTask[..., Any], spec: ProvidesSpec) -> FunctionTa
         @functools.wraps(fn)
         async def run_checked(*args: Any, **kwargs: Any) -> Any:
             value = await fn(*args, **kwargs)
-            _check_result(owner(args), spec, value)
+            check_result(owner(args), spec, value)
             return value
 
         wrapped: Callable[..., Any] = run_checked
@@ -144,7 +155,7 @@ def checked_task(task: FunctionTask[..., Any], spec: ProvidesSpec) -> FunctionTa
         @functools.wraps(fn)
         def run_checked_sync(*args: Any, **kwargs: Any) -> Any:
             value = fn(*args, **kwargs)
-            _check_result(owner(args), spec, value)
+            check_result(owner(args), spec, value)
             return value
 
         wrapped = run_checked_sync
@@ -174,14 +185,17 @@ def analyse_params(
     given: Iterable[str] = (),
     rebind: Mapping[str, str] | Iterable[str] | None = None,
     inject: Mapping[str, Any] | None = None,
-    requires: Iterable[str] = (),
+    requires: str | Iterable[str] = (),
 ) -> Params:
     """Which names ``fn`` reads from the flow, after ``rebind`` and ``inject``.
 
     ``skip`` leading positional parameters are given positionally (``self``,
     a signature's partial arguments) and ``given`` keywords are fixed already.
+    ``requires`` is a name or several (a plain string is one name, as in TaskFlow).
     Cached: ten thousand instances of one task class cost one ``inspect.signature``.
     """
+    if isinstance(requires, str):
+        requires = (requires,)
     try:
         if isinstance(rebind, Mapping):
             rebind_key: Any = ("map", tuple(rebind.items()))
@@ -200,7 +214,7 @@ def analyse_params(
 
 
 @functools.lru_cache(maxsize=1024)
-def _shape_of(
+def shape_of(
     fn: Callable[..., Any], skip: int, given: tuple[str, ...]
 ) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
     """``fn``'s parameters passed by name (after ``skip`` positional ones and ``given``
@@ -232,7 +246,7 @@ def _analyse_params(
     inject: Mapping[str, Any] | None,
     requires: Iterable[str],
 ) -> Params:
-    shape = _shape_of(fn, skip, tuple(given))
+    shape = shape_of(fn, skip, tuple(given))
     if shape is None:
         return Params({}, {})
     named, has_default, var_kw = shape
@@ -321,7 +335,8 @@ class Task:
     Args:
         name: the task's name, unique in its flow (default: the class name).
         provides: overrides the class's ``default_provides``.
-        requires: extra names to pass as keywords (``execute`` takes ``**kwargs``).
+        requires: extra names to pass as keywords (``execute`` takes ``**kwargs``): a
+            name, or several.
         rebind: ``{parameter: name}`` to read a parameter under another name, or a
             list of names for ``execute``'s parameters in order.
         inject: ``{parameter: value}``: fixed values, which win over everything.
@@ -350,7 +365,7 @@ class Task:
         name: str | None = None,
         provides: ProvidesLike = _UNSET,
         *,
-        requires: Iterable[str] | None = None,
+        requires: str | Iterable[str] | None = None,
         rebind: Mapping[str, str] | Iterable[str] | None = None,
         inject: Mapping[str, Any] | None = None,
         **options: Any,

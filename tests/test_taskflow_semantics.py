@@ -13,6 +13,7 @@ import aflow.retry
 from aflow import engines
 from aflow.errors import CompensationFailed
 from aflow.patterns import linear_flow as lf
+from aflow.retry import History
 
 S = aflow.NodeState
 
@@ -38,6 +39,34 @@ def step_class(log: list[Any]) -> type[aflow.Task]:
             log.append(f"undo {self.name}")
 
     return Step
+
+
+async def test_requires_given_as_a_plain_string_names_one_argument() -> None:
+    class Kw(aflow.Task):
+        async def execute(self, **kwargs: Any) -> dict[str, Any]:
+            return kwargs
+
+    task = Kw(requires="long_arg_name", provides="got")
+    assert task.requires == {"long_arg_name"}
+    values = await engines.run(lf.Flow("f").add(task), store={"long_arg_name": 5})
+    assert values["got"] == {"long_arg_name": 5}
+    with pytest.raises(aflow.errors.MissingInputError, match="'long_arg_name'"):
+        engines.load(lf.Flow("f").add(Kw(requires="long_arg_name")))
+
+
+async def test_a_retry_takes_requires_as_a_plain_string_too() -> None:
+    class FromBase(aflow.retry.Retry):
+        def execute(self, history: History, **requires: Any) -> Any:
+            return requires["base_value"] + len(history)
+
+    class Use(aflow.Task):
+        async def execute(self, n: int) -> int:
+            return n
+
+    retry = FromBase(provides="n", requires="base_value")
+    assert set(retry.params.required.values()) == {"base_value"}
+    flow = lf.Flow("f", retry=retry).add(Use(provides="out"))
+    assert (await engines.run(flow, store={"base_value": 10}))["out"] == 10
 
 
 class BadRevert(aflow.Task):
