@@ -13,6 +13,11 @@ The rules of data flow (Celery's):
   its members' values in declaration order, nested groups flattened.
 * A group chained into anything becomes a chord: the next step receives the
   header's list.
+* Empty things (Celery's): an empty group in a chain is skipped once the chain
+  has a value (a parent, a step before it, partial arguments), so the chain
+  passes that value on past it; an empty ``chain()`` is a no-op, dropped from
+  groups and chord headers, ``None`` awaited alone; ``aflow.chord([], body)``
+  calls the body with ``[]``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ class _Compiler:
         #: Set while a canvas sits inside a flow (see aflow.patterns).
         self.resolve: Resolver | None = None
 
+    def nothing(self, pred: int) -> int:
+        """The node holding a no-op's value (an empty chain's): its input, else ``None``."""
+        if pred != -1:
+            return pred
+        return self.builder.add(NodeKind.JOIN, None, name="chain", when=_no_op)
+
     def materialize(self, out: tuple[tuple[int, ...], bool], pred: int) -> int:
         """One node holding an element's value: the node itself, or a join for a group.
 
@@ -84,6 +95,11 @@ class _Compiler:
         return self.builder.add(
             NodeKind.JOIN, None, parents=(pred,) if pred != -1 else (), args=((),), name="join"
         )
+
+
+def _no_op(results: Mapping[str, Any]) -> bool:
+    """The guard of an empty chain's node: always go on (the node's value is ``None``)."""
+    return True
 
 
 class Canvas(Generic[R]):
@@ -636,6 +652,12 @@ class Chain(Canvas[R]):
     the last step's value. Example::
 
         await (add.s(2, 2) | add.s(4) | add.s(8))   # 16
+
+    As in Celery, an empty group is skipped once the chain has a value (so
+    ``chain(add.s(2, 2), group(), mul.s(2))`` is ``add.s(2, 2) | mul.s(2)``); one that
+    starts a chain with nothing before it gives the next step ``[]`` (Celery's
+    ``group() | body``). Partial arguments go to the first real step. An empty
+    chain is a no-op: awaited alone it is ``None``.
     """
 
     __slots__ = ("_cell", "_flat")
@@ -650,7 +672,9 @@ class Chain(Canvas[R]):
 
     @classmethod
     def _join(cls, left: Canvas[Any], right: Canvas[Any]) -> Canvas[Any]:
-        if isinstance(left, Group) and not isinstance(right, Group):
+        # (an empty group stays a chain step, skipped once the chain has a value, so that
+        # a | (group() | b) is (a | group()) | b, which is a | b)
+        if isinstance(left, Group) and left._tasks and not isinstance(right, Group):
             return Chord(left, right)
         if isinstance(left, Chain) and left._is_plain():
             cell = left._cell
@@ -691,10 +715,16 @@ class Chain(Canvas[R]):
 
     def _with_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chain[R]:
         tasks = self.tasks
-        if not tasks:
+        if not (args or kwargs):
             return self._copy()
-        first = tasks[0].clone(args, kwargs)
-        flat = (first, *tasks[1:])
+        # They go to the first real step, past leading empty groups and chains (Celery's
+        # prepare_steps); those go, as the chain has a value now (one with link callbacks
+        # follows that step instead, where it is skipped and its callbacks still run).
+        at = next((i for i, step in enumerate(tasks) if not _is_empty(step)), -1)
+        if at == -1:
+            return self._copy()  # no step to take them
+        linked = tuple(step for step in tasks[:at] if step._links)
+        flat = (tasks[at].clone(args, kwargs), *linked, *tasks[at + 1 :])
         return self._copy(_cell=_ChainNode(None, flat), _flat=flat)
 
     def __repr__(self) -> str:
@@ -710,17 +740,24 @@ class Chain(Canvas[R]):
         inherited: Mapping[str, Any],
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
-        tasks = self.tasks
-        if not tasks:
-            raise SignatureError("chain", "an empty chain has no value; add at least one step")
         cur = pred
-        out: tuple[tuple[int, ...], bool] = ((), False)
+        out: tuple[tuple[int, ...], bool] | None = None  # the last step's, once there is one
         step_pred = cur
-        first = True
-        for part in _plain_runs(tasks, c):
-            if not first:
+        for part in _plain_runs(self.tasks, c):
+            if type(part) is not _PlainRun and _is_empty(part):
+                # Celery: an empty chain is a no-op, and an empty group is skipped once the
+                # chain has a value (a parent, a step before it); one that starts a chain
+                # gives it [] (as Celery's group() | body, a chord with an empty header).
+                if type(part) is Group and out is None and cur == -1:
+                    out = part._compile(c, cur, inner)
+                elif part._links:  # skipped, but its callbacks still run off the value
+                    if out is not None:
+                        cur = step_pred = c.materialize(out, step_pred)
+                        out = ((cur,), False)
+                    part._compile(c, cur, inner)
+                continue
+            if out is not None:
                 cur = c.materialize(out, step_pred)
-            first = False
             step_pred = cur
             if type(part) is _PlainRun:  # a run of plain calls of one task, one after another
                 added = part.add(c, cur, inner, chained=True)
@@ -728,8 +765,16 @@ class Chain(Canvas[R]):
                 out = ((added[-1],), False)
             else:
                 out = part._compile(c, cur, inner)
+        if out is None:  # no step, or only skipped ones: the chain passes its input on
+            return ((c.nothing(pred),), False)
         # A chain is one value even when it ends in a group: a parent group keeps it nested.
         return ((c.materialize(out, step_pred),), False)
+
+
+def _is_empty(step: Canvas[Any]) -> bool:
+    """A group without members or a chain without steps (skipped in a chain)."""
+    kind = type(step)
+    return (kind is Group and not step._tasks) or (kind is Chain and not step.tasks)  # type: ignore[attr-defined]
 
 
 def _flatten_chain(items: tuple[Canvas[Any], ...]) -> tuple[Canvas[Any], ...]:
@@ -749,7 +794,8 @@ class Group(Canvas[list[Any]]):
     """Members run concurrently; the value is their list of values, in declaration order.
 
     Nested groups flatten into the list; a one-member group still yields a
-    list. Chained into another step, a group becomes a :class:`Chord`.
+    list. Chained into another step, a group becomes a :class:`Chord`. An empty
+    ``chain()`` is not a member (a no-op), and an empty group's value is ``[]``.
 
     ``min_success=k`` or ``success_ratio=r`` (as options) let the group succeed
     when enough members do: a failed member leaves ``None`` in its place and
@@ -762,7 +808,12 @@ class Group(Canvas[list[Any]]):
     __slots__ = ("_tasks",)
 
     def __init__(self, tasks: Iterable[Canvas[Any]] = (), **options: Any) -> None:
-        self._tasks = tuple(t if type(t) is Signature else _as_canvas(t, "group") for t in tasks)
+        # An empty chain is a no-op: not a member (unless callbacks are linked to it).
+        self._tasks = tuple(
+            t if type(t) is Signature else _as_canvas(t, "group")
+            for t in tasks
+            if type(t) is Signature or not (type(t) is Chain and not t.tasks and not t._links)
+        )
         self._init_canvas(options)
 
     @property
@@ -892,6 +943,7 @@ def _check_reachable(owner: str, thresholds: Mapping[str, Any], members: int) ->
 class Chord(Canvas[R]):
     """A header group, then a body called with the header's list of results.
 
+    The header is a group, or one signature, chain or chord (a one-member header).
     An empty header calls the body with ``[]``. Example::
 
         await chord((add.s(i, i) for i in range(100)), tsum.s())   # 9900

@@ -62,6 +62,8 @@ def evaluate(tree: Any, incoming: Any = None, has_parent: bool = False) -> Any:
     if isinstance(tree, Chain):
         value, parent = incoming, has_parent
         for step in tree.steps:
+            if isinstance(step, Group) and not step.members and parent:
+                continue  # Celery: an empty group is skipped once the chain has a value
             value, parent = evaluate(step, value, parent), True
         return value
     if isinstance(tree, Group):

@@ -45,6 +45,172 @@ def _clear() -> None:
     calls.clear()
 
 
+class TestEmptyGroupsInAChain:
+    """Celery's ``prepare_steps`` skips an empty group in a chain: the chain passes its
+    value on past it."""
+
+    @pytest.mark.parametrize(
+        "build",
+        [
+            pytest.param(lambda: aflow.chain(add.s(2, 2), aflow.group(), mul.s(2)), id="middle"),
+            pytest.param(lambda: add.s(2, 2) | aflow.group() | mul.s(2), id="middle-pipe"),
+            pytest.param(
+                lambda: aflow.chain(add.s(2, 2), aflow.group(), aflow.group(), mul.s(2)),
+                id="several",
+            ),
+            pytest.param(lambda: aflow.chain(add.s(2, 2), mul.s(2), aflow.group()), id="trailing"),
+            pytest.param(
+                lambda: aflow.chain(add.s(2, 2), aflow.group()) | mul.s(2),
+                id="chain-upgraded-to-a-chord-with-an-empty-header",
+            ),
+            pytest.param(
+                lambda: add.s(2, 2) | (aflow.group() | mul.s(2)),
+                id="group()-piped-into-a-task-after-a-step",
+            ),
+            pytest.param(
+                lambda: aflow.chain(
+                    add.s(2, 2), aflow.chain(aflow.group(), mul.s(2)).set(name="c")
+                ),
+                id="leading-in-a-nested-chain-with-a-parent",
+            ),
+        ],
+    )
+    async def test_behaves_as_the_chain_without_it(self, build: Any) -> None:
+        canvas = build()
+        assert await canvas == await (add.s(2, 2) | mul.s(2)) == 8
+        # nothing is added for it: no join, no step
+        assert len(aflow.compile(canvas)) == len(aflow.compile(add.s(2, 2) | mul.s(2))) == 2
+
+    async def test_pipe_stays_associative(self) -> None:
+        left = (add.s(2, 2) | aflow.group()) | mul.s(2)
+        right = add.s(2, 2) | (aflow.group() | mul.s(2))
+        assert left == right
+        assert await left == await right == 8
+
+    async def test_before_a_chord_body(self) -> None:
+        """Celery: ``group(a, b) | group()`` is ``group(a, b)``, then ``| body`` a chord."""
+        header = aflow.group(add.s(1, 1), add.s(2, 2))
+        assert await aflow.chain(header, aflow.group(), tsum.s()) == 6
+        assert await (header | aflow.group() | tsum.s()) == 6
+        assert await (header | aflow.group() | aflow.group() | tsum.s()) == 6
+
+    async def test_after_a_group_the_group_is_the_value(self) -> None:
+        """Celery's test_empty_groups_are_skipped_in_chain and
+        test_empty_group_body_is_skipped_when_chain_upgrades_to_chord."""
+        header = aflow.group(add.s(2, 2), add.s(4, 4))
+        assert await aflow.chain(header, aflow.group(), aflow.group()) == [4, 8]
+        assert await (add.s(1, 1) | aflow.group(add.s(2), add.s(3)) | aflow.group()) == [4, 5]
+
+    async def test_before_and_after_a_chord(self) -> None:
+        chord = aflow.chord([add.s(1), add.s(2)], tsum.s())
+        assert await (add.s(2, 2) | aflow.group() | chord) == 11  # (4 + 1) + (4 + 2)
+        assert await (chord.clone(args=(4,)) | aflow.group() | mul.s(2)) == 22
+
+    async def test_links_of_a_skipped_group_still_get_its_empty_list(self) -> None:
+        seen: list[Any] = []
+
+        @aflow.task
+        async def record(value: Any) -> None:
+            seen.append(value)
+
+        assert await (add.s(2, 2) | aflow.group().link(record.s()) | mul.s(2)) == 8
+        assert seen == [[]]
+
+    async def test_at_the_start_it_gives_the_empty_list(self) -> None:
+        """Nothing before it: as Celery's ``group() | body``, a chord whose empty header
+        calls the body with ``[]`` (kept from before: Celery agrees)."""
+        assert await aflow.chain(aflow.group(), tsum.s()) == 0
+        assert await (aflow.group() | tsum.s()) == 0
+        assert await (aflow.group() | aflow.group() | tsum.s()) == 0
+
+    async def test_a_chain_of_empty_groups_is_an_empty_group(self) -> None:
+        assert await aflow.chain(aflow.group()) == []
+        assert await aflow.chain(aflow.group(), aflow.group()) == []
+        assert await (aflow.group() | aflow.group()) == []
+
+    async def test_a_lone_empty_group_is_the_empty_list(self) -> None:
+        """Kept from before (Celery's empty GroupResult has no results)."""
+        assert await aflow.group() == []
+        assert await aflow.group().clone(args=(1,)) == []
+
+    async def test_partial_arguments_reach_the_first_real_step(self) -> None:
+        c = aflow.chain(aflow.group(), add.s(1))
+        assert await c.clone(args=(5,)) == 6
+        assert calls[-1][1] == (5, 1)
+        assert await c.clone(kwargs={"y": 7}) == 8
+        assert calls[-1][1] == (1, 7)
+        several = aflow.chain(aflow.group(), aflow.chain().set(name="x"), aflow.group(), add.s(1))
+        assert await several.clone(args=(5,)) == 6
+        assert await aflow.chord([c, c], tsum.s()).clone(args=(10,)) == 22
+
+    async def test_partial_arguments_past_a_linked_empty_group(self) -> None:
+        seen: list[Any] = []
+
+        @aflow.task
+        async def record(value: Any) -> None:
+            seen.append(value)
+
+        c = aflow.chain(aflow.group().link(record.s()), add.s(1))
+        assert await c.clone(args=(5,)) == 6
+        assert seen == [[]]
+
+    def test_partial_arguments_with_no_real_step_change_nothing(self) -> None:
+        c = aflow.chain(aflow.group(), aflow.group())
+        assert c.clone(args=(5,)) == c
+
+    async def test_an_explicit_chord_with_an_empty_header_still_gives_the_empty_list(
+        self,
+    ) -> None:
+        """The design's rule: ``aflow.chord([], body)`` calls the body with ``[]``, also
+        after a step (only ``group() | body``, a chain, skips its empty group)."""
+        assert await (add.s(2, 2) | aflow.chord([], identity.s())) == []
+        assert isinstance(aflow.group(add.s(1, 1)) | tsum.s(), aflow.Chord)
+        assert isinstance(aflow.group() | tsum.s(), aflow.Chain)
+
+
+class TestEmptyChains:
+    """Celery's ``chain()()`` is ``None``: an empty chain is a no-op."""
+
+    async def test_awaited_alone_it_is_none(self) -> None:
+        assert await aflow.chain() is None
+        assert await aflow.chain(aflow.chain()) is None
+        assert await aflow.chain().set(name="nothing") is None
+        assert await aflow.chain().clone(args=(1,)) is None
+
+    async def test_in_a_chain_it_passes_the_value_on(self) -> None:
+        assert await aflow.chain(add.s(2, 2), aflow.chain(), mul.s(2)) == 8
+        assert await (add.s(2, 2) | aflow.chain().set(name="x") | mul.s(2)) == 8
+        assert await aflow.chain(aflow.chain().set(name="x"), add.s(1, 2)) == 3
+
+    async def test_dropped_from_a_group(self) -> None:
+        g = aflow.group(add.s(1, 1), aflow.chain(), add.s(2, 2), aflow.chain())
+        assert g == aflow.group(add.s(1, 1), add.s(2, 2))
+        assert len(g) == 2
+        assert await g == [2, 4]
+        assert await aflow.group(aflow.chain(), aflow.chain()) == []
+
+    async def test_dropped_from_a_chord_header(self) -> None:
+        assert await aflow.chord([add.s(1, 1), aflow.chain()], identity.s()) == [2]
+        assert await aflow.chord([aflow.chain()], identity.s()) == []
+        assert await aflow.chord(aflow.chain(), identity.s()) == []
+
+    async def test_as_a_chord_body_it_passes_the_header_list_on(self) -> None:
+        assert await aflow.chord([add.s(1, 1), add.s(2, 2)], aflow.chain()) == [2, 4]
+
+    async def test_its_link_gets_its_value(self) -> None:
+        seen: list[Any] = []
+
+        @aflow.task
+        async def record(value: Any) -> None:
+            seen.append(value)
+
+        assert await aflow.chain().link(record.s()) is None
+        assert await (add.s(1, 1) | aflow.chain().link(record.s()) | mul.s(3)) == 6
+        assert seen == [None, 2]
+        # with a callback it is something: a group keeps it (its value is None)
+        assert await aflow.group(add.s(1, 1), aflow.chain().link(record.s())) == [2, None]
+
+
 class TestLoneSignatureAsChordHeader:
     """Celery's ``_maybe_group``: one signature as a header is a one-member header."""
 
