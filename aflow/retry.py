@@ -12,6 +12,8 @@ completed tasks and runs the flow again, as long as the controller says so::
 A controller that gives up lets the failure escalate to the retry of the
 enclosing flow, if any, else the run fails (everything is reverted).
 ``revert_all=True`` skips the enclosing retries and fails the run at once.
+Once the flow is reverted for good (the controller gave up, or something
+after the flow failed), the controller's own ``revert`` runs, as in TaskFlow.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
-from ._atom import Params, analyse_params, provides_spec
-from ._exceptions import SignatureError
+from ._atom import Params, ProvidesLike, analyse_params, check_result, provides_spec, shape_of
+from ._exceptions import NotFound, SignatureError
 from ._failure import Failure
 
 __all__ = [
     "REVERT",
     "REVERT_ALL",
     "RETRY",
+    "AlwaysRevert",
+    "AlwaysRevertAll",
     "Attempt",
     "Decision",
     "ForEach",
@@ -68,7 +72,11 @@ class Attempt:
 @final
 @dataclass(slots=True)
 class History:
-    """The failed attempts of a retried flow so far, oldest first."""
+    """The attempts of a retried flow so far, oldest first.
+
+    ``execute`` and ``on_failure`` see the failed ones; ``revert`` sees every attempt
+    made, the last with no failures if it succeeded (TaskFlow's history).
+    """
 
     attempts: list[Attempt] = field(default_factory=list)
 
@@ -86,32 +94,36 @@ class History:
 class Retry:
     """The base of retry controllers: subclass it to decide differently.
 
-    ``execute(history, **requires)`` returns the value for the next attempt
-    (stored under ``provides``, readable by the flow's tasks); parameters
-    after ``history`` are required by name, like a task's.
-    ``on_failure(history, **requires)`` returns a :class:`Decision`.
+    ``execute(history, **requires)`` returns the value for the next attempt,
+    stored under ``provides`` (a name, a tuple of names for a returned
+    sequence, or a set of names for a returned dict, as a task's) and readable
+    by the flow's tasks; parameters after ``history`` are required by name,
+    like a task's. ``on_failure(history, **requires)`` returns a
+    :class:`Decision`. ``revert(history, **requires)`` runs once the flow is
+    reverted for good (see :meth:`revert`).
     """
 
     def __init__(
         self,
         name: str | None = None,
-        provides: str | None = None,
-        requires: Iterable[str] | None = None,
+        provides: ProvidesLike = None,
+        requires: str | Iterable[str] | None = None,
         rebind: Mapping[str, str] | Iterable[str] | None = None,
         revert_all: bool = False,
     ) -> None:
         self.name: str = name if name is not None else type(self).__name__
         if not isinstance(self.name, str) or not self.name:
             raise SignatureError(type(self).__name__, f"name must be a non-empty string: {name!r}")
-        spec = provides_spec(self.name, provides)
-        if spec.kind not in ("none", "name"):
-            raise SignatureError(self.name, "a retry provides one name", "provides")
-        #: The name the attempt's value is stored under (``None``: not stored).
-        self.provides: str | None = spec.names[0] if spec.names else None
+        self._spec = provides_spec(self.name, provides)
+        #: The names the attempt's value is stored under (as a task's ``provides``).
+        self.provides: tuple[str, ...] = self._spec.names
         self.revert_all = revert_all
         self.params: Params = analyse_params(
             self.name, type(self).execute, skip=2, rebind=rebind, requires=requires or ()
         )
+        #: What ``revert`` reads by name, and whether it takes ``flow_failures``
+        #: (``None``: ``revert`` is not overridden, nothing to call).
+        self.revert_params: tuple[Params, bool] | None = self._revert_params(requires)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -124,8 +136,51 @@ class Retry:
         """Whether to retry after the latest failure (default: never)."""
         return self._give_up()
 
+    def revert(self, history: History, **requires: Any) -> Any:
+        """Undo what the controller did, once its flow is reverted for good.
+
+        Called after the flow's tasks are reverted: when the controller gave up
+        (or its own ``execute`` raised), or when the flow succeeded and something
+        after it failed; never between attempts. ``history`` holds every
+        attempt made; parameters after it are read by name as ``execute``'s are
+        (same ``rebind``), and ``flow_failures`` (task name -> Failure) is given
+        if it is a parameter. Sync or async; the default does nothing.
+        """
+
     def _give_up(self) -> Decision:
         return REVERT_ALL if self.revert_all else REVERT
+
+    def _revert_params(self, requires: str | Iterable[str] | None) -> tuple[Params, bool] | None:
+        revert = type(self).revert
+        if revert is Retry.revert:
+            return None
+        shape = shape_of(revert, 2, ())
+        if shape is None:  # a callable inspect cannot read: give it what execute reads
+            return self.params, False
+        named, has_default, var_kw = shape
+        renamed = {**self.params.required, **self.params.optional}  # execute's rebind
+        required: dict[str, str] = {}
+        optional: dict[str, str] = {}
+        for param in named:
+            if param != "flow_failures":
+                table = optional if param in has_default else required
+                table[param] = renamed.get(param, param)
+        if var_kw:  # **kwargs: the names given as requires=, as TaskFlow does
+            extra = (requires,) if isinstance(requires, str) else tuple(requires or ())
+            for name in extra:
+                required.setdefault(name, name)
+        return Params(required, optional), "flow_failures" in named or var_kw
+
+    def _values(self, value: Any) -> dict[str, Any]:
+        """The names an attempt's ``value`` is stored under (a wrong shape raises
+        :class:`aflow.errors.ProvidesError` naming the controller)."""
+        spec = self._spec
+        if spec.kind == "none":
+            return {}
+        if spec.kind == "name":
+            return {spec.names[0]: value}
+        check_result(self.name, spec, value)
+        return {name: value[where] for name, where in spec.selectors.items()}
 
     async def _call(self, method: str, history: History, inputs: Mapping[str, Any]) -> Any:
         value = getattr(self, method)(history, **inputs)
@@ -142,12 +197,17 @@ class Times(Retry):
         self,
         attempts: int = 1,
         name: str | None = None,
-        provides: str | None = None,
+        provides: ProvidesLike = None,
         revert_all: bool = False,
     ) -> None:
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            hint = (
+                f": Times(1) is equivalent (TaskFlow runs Times({attempts}) once, as Times(1))"
+                if isinstance(attempts, int) and not isinstance(attempts, bool)
+                else ""
+            )
             raise SignatureError(
-                name or "Times", f"attempts must be an int >= 1, got {attempts!r}", "attempts"
+                name or "Times", f"attempts must be an int >= 1, got {attempts!r}{hint}", "attempts"
             )
         self.attempts = attempts
         super().__init__(name, provides, revert_all=revert_all)
@@ -158,22 +218,28 @@ class Times(Retry):
 
 @final
 class ForEach(Retry):
-    """Try the flow with each value in turn (provided by name) until one attempt succeeds."""
+    """Try the flow with each value in turn (provided by name) until one attempt succeeds.
+
+    An empty collection fails the flow before its first attempt with
+    :class:`aflow.errors.NotFound`, as in TaskFlow.
+    """
 
     def __init__(
         self,
         values: Iterable[Any],
         name: str | None = None,
-        provides: str | None = None,
+        provides: ProvidesLike = None,
         revert_all: bool = False,
     ) -> None:
+        if not isinstance(values, Iterable):
+            raise SignatureError(
+                name or "ForEach", f"values must be a collection, got {values!r}", "values"
+            )
         self.values: tuple[Any, ...] = tuple(values)
-        if not self.values:
-            raise SignatureError(name or "ForEach", "needs at least one value", "values")
         super().__init__(name, provides, revert_all=revert_all)
 
     def execute(self, history: History, **requires: Any) -> Any:
-        return self.values[len(history)]
+        return _next_value(self, self.values, history)
 
     def on_failure(self, history: History, **requires: Any) -> Decision:
         return RETRY if len(history) < len(self.values) else self._give_up()
@@ -189,18 +255,64 @@ class ParameterizedForEach(Retry):
     def __init__(
         self,
         name: str | None = None,
-        provides: str | None = None,
-        requires: Iterable[str] | None = None,
+        provides: ProvidesLike = None,
+        requires: str | Iterable[str] | None = None,
         rebind: Mapping[str, str] | Iterable[str] | None = None,
         revert_all: bool = False,
     ) -> None:
         super().__init__(name, provides, requires, rebind, revert_all)
 
     def execute(self, history: History, values: Sequence[Any]) -> Any:  # type: ignore[override]
-        values = list(values)
-        if len(history) >= len(values):
-            raise ValueError(f"retry {self.name!r} has no value left to try ({len(values)} given)")
-        return values[len(history)]
+        return _next_value(self, list(values), history)
 
     def on_failure(self, history: History, values: Sequence[Any]) -> Decision:  # type: ignore[override]
         return RETRY if len(history) < len(list(values)) else self._give_up()
+
+
+def _next_value(retry: Retry, values: Sequence[Any], history: History) -> Any:
+    """The value of the next attempt; :class:`aflow.errors.NotFound` when none is left."""
+    if len(history) < len(values):
+        return values[len(history)]
+    if not values:
+        raise NotFound(f"retry {retry.name!r} has no value to try: its collection is empty")
+    raise NotFound(f"retry {retry.name!r} has no value left to try: all {len(values)} were tried")
+
+
+class AlwaysRevert(Retry):
+    """Never retries: a failure reverts the flow and escalates to the enclosing retry
+    (TaskFlow's ``AlwaysRevert``). Provides ``None`` if given a name."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        provides: ProvidesLike = None,
+        requires: str | Iterable[str] | None = None,
+        rebind: Mapping[str, str] | Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(name, provides, requires, rebind)
+
+    def execute(self, history: History, **requires: Any) -> Any:
+        return None
+
+    def on_failure(self, history: History, **requires: Any) -> Decision:
+        return REVERT
+
+
+class AlwaysRevertAll(Retry):
+    """Never retries: a failure reverts the flow and fails the whole run, whatever the
+    enclosing retries say (TaskFlow's ``AlwaysRevertAll``). Provides ``None`` if named."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        provides: ProvidesLike = None,
+        requires: str | Iterable[str] | None = None,
+        rebind: Mapping[str, str] | Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(name, provides, requires, rebind, revert_all=True)
+
+    def execute(self, history: History, **requires: Any) -> Any:
+        return None
+
+    def on_failure(self, history: History, **requires: Any) -> Decision:
+        return REVERT_ALL

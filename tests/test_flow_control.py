@@ -215,8 +215,9 @@ async def test_parameterized_for_each_reads_its_values_by_name() -> None:
 def test_retry_controllers_check_their_arguments() -> None:
     with pytest.raises(aflow.errors.SignatureError, match="attempts must be an int >= 1"):
         aflow.retry.Times(0)
-    with pytest.raises(aflow.errors.SignatureError, match="at least one value"):
-        aflow.retry.ForEach([])
+    # an empty ForEach raises NotFound when the flow runs, as TaskFlow's does (issue 18:
+    # tests/test_taskflow_semantics.py)
+    assert aflow.retry.ForEach([]).values == ()
     with pytest.raises(TypeError, match=r"aflow\.retry\.Retry"):
         lf.Flow("f", retry=3)  # type: ignore[arg-type]
     flow = lf.Flow("f", retry=aflow.retry.ParameterizedForEach(provides="v"))

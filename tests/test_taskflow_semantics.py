@@ -11,7 +11,7 @@ import pytest
 import aflow
 import aflow.retry
 from aflow import engines
-from aflow.errors import CompensationFailed
+from aflow.errors import CompensationFailed, NotFound
 from aflow.patterns import linear_flow as lf
 from aflow.retry import History
 
@@ -69,6 +69,61 @@ async def test_a_retry_takes_requires_as_a_plain_string_too() -> None:
     assert (await engines.run(flow, store={"base_value": 10}))["out"] == 10
 
 
+@pytest.mark.parametrize(
+    ("retry", "store", "error", "message"),
+    [
+        pytest.param(
+            aflow.retry.ParameterizedForEach(provides="v"),
+            {"values": []},
+            NotFound,
+            "retry 'ParameterizedForEach' has no value to try: its collection is empty",
+            id="ParameterizedForEach-empty",
+        ),
+        pytest.param(
+            aflow.retry.ForEach([], provides="v"),
+            {},
+            NotFound,
+            "retry 'ForEach' has no value to try: its collection is empty",
+            id="ForEach-empty",
+        ),
+    ],
+)
+async def test_a_controller_that_raises_before_its_first_attempt_raises_its_own_error(
+    retry: aflow.retry.Retry, store: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """TaskFlow: NotFound("No elements left in collection of iterable retry controller ...")
+    and the tasks before the flow are reverted; no revert failure about a resumed run."""
+    log: list[Any] = []
+    Step = step_class(log)
+
+    class Inner(aflow.Task):
+        async def execute(self, v: Any) -> None:
+            log.append(f"inner {v}")
+
+    flow = lf.Flow("m").add(Step(name="before"), lf.Flow("sub", retry=retry).add(Inner()))
+    eng = engines.load(flow, store=store)
+    with pytest.raises(error, match=message) as info:
+        await eng.run()
+    assert isinstance(info.value, LookupError)  # TaskFlow code catching NotFound/KeyError
+    assert any("of flow 'sub' raised before attempt 1" in n for n in info.value.__notes__)
+    assert log == ["do before", "undo before"]
+    assert eng.state is aflow.RunStatus.REVERTED
+    assert eng.states() == {"before": S.REVERTED, "sub": S.REVERTED, "Inner": S.PENDING}
+
+
+async def test_a_custom_controller_whose_execute_raises_raises_that_error() -> None:
+    class Broken(aflow.retry.Retry):
+        def execute(self, history: History, **requires: Any) -> Any:
+            raise PermissionError("no token to retry with")
+
+    class Inner(aflow.Task):
+        async def execute(self) -> None:
+            raise AssertionError("never runs")
+
+    with pytest.raises(PermissionError, match="no token"):
+        await engines.run(lf.Flow("m").add(lf.Flow("sub", retry=Broken()).add(Inner())))
+
+
 class BadRevert(aflow.Task):
     async def execute(self) -> None: ...
 
@@ -115,3 +170,253 @@ async def test_a_revert_that_fails_undoing_a_finished_retried_flow_is_reported_o
     with pytest.raises(CompensationFailed) as info:
         await engines.run(lf.Flow("m").add(sub, Late()))
     assert [type(e) for e in leaves(info.value)] == [Declined, OSError]
+
+
+class Recording(aflow.retry.Retry):
+    """Times(n) that records its reverts."""
+
+    def __init__(self, attempts: int, log: list[Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.attempts = attempts
+        self.log = log
+
+    def on_failure(self, history: History, **requires: Any) -> aflow.retry.Decision:
+        return aflow.retry.RETRY if len(history) < self.attempts else aflow.retry.REVERT
+
+    def revert(self, history: History, flow_failures: dict[str, aflow.Failure]) -> None:
+        self.log.append(
+            (
+                "retry revert",
+                [(a.value, sorted(a.failures)) for a in history],
+                {name: type(f.exception).__name__ for name, f in flow_failures.items()},
+            )
+        )
+
+
+async def test_retry_revert_runs_after_its_flow_when_the_controller_gives_up() -> None:
+    """TaskFlow: history of both attempts, flow_failures of the last one ({'b': ...})."""
+    log: list[Any] = []
+    Step = step_class(log)
+
+    class Fail(aflow.Task):
+        async def execute(self, attempt: int) -> None:
+            log.append(f"fail {attempt}")
+            raise Declined(attempt)
+
+    sub = lf.Flow("sub", retry=Recording(2, log, provides="attempt"))
+    sub.add(Step(name="in"), Fail(name="b"))
+    eng = engines.load(lf.Flow("m").add(Step(name="out"), sub))
+    with pytest.raises(Declined):
+        await eng.run()
+    assert log == [
+        "do out",
+        "do in",
+        "fail 1",
+        "undo in",  # between attempts: the tasks only
+        "do in",
+        "fail 2",
+        "undo in",
+        ("retry revert", [(1, ["b"]), (2, ["b"])], {"b": "Declined"}),
+        "undo out",
+    ]
+    assert eng.states()["sub"] is S.REVERTED
+
+
+async def test_retry_revert_runs_when_a_later_task_fails() -> None:
+    """TaskFlow: the successful attempt is in the history, with no failures."""
+    log: list[Any] = []
+    Step = step_class(log)
+
+    class Late(aflow.Task):
+        async def execute(self) -> None:
+            raise Declined("late")
+
+    sub = lf.Flow("sub", retry=Recording(2, log, provides="attempt")).add(Step(name="in"))
+    with pytest.raises(Declined):
+        await engines.run(lf.Flow("m").add(sub, Late(name="late")))
+    assert log == ["do in", "undo in", ("retry revert", [(1, [])], {"late": "Declined"})]
+
+
+async def test_retry_revert_runs_when_its_own_execute_raised() -> None:
+    """TaskFlow: an empty history, and the controller's own failure in flow_failures."""
+    log: list[Any] = []
+
+    class Empty(aflow.retry.Retry):
+        def execute(self, history: History, **requires: Any) -> Any:
+            raise NotFound("nothing to try")
+
+        def revert(self, history: History, **kwargs: Any) -> None:
+            failures = kwargs.pop("flow_failures")
+            log.append((len(history), sorted(failures), kwargs))
+
+    class Inner(aflow.Task):
+        async def execute(self) -> None: ...
+
+    with pytest.raises(NotFound, match="nothing to try"):
+        await engines.run(lf.Flow("m").add(lf.Flow("sub", retry=Empty()).add(Inner())))
+    assert log == [(0, ["sub"], {})]
+
+
+async def test_retry_revert_is_not_called_on_success_nor_between_attempts() -> None:
+    log: list[Any] = []
+    tries: list[int] = []
+
+    class Flaky(aflow.Task):
+        async def execute(self) -> None:
+            tries.append(1)
+            if len(tries) < 3:
+                raise Declined("again")
+
+    sub = lf.Flow("sub", retry=Recording(3, log)).add(Flaky())
+    await engines.run(lf.Flow("m").add(sub))
+    assert len(tries) == 3
+    assert log == []
+
+
+async def test_retry_revert_reads_what_it_requires_as_execute_does() -> None:
+    log: list[Any] = []
+
+    class Ports(aflow.retry.ParameterizedForEach):
+        async def revert(self, history: History, values: list[int], note: str = "-") -> None:
+            log.append((values, note, history.values()))
+
+    class Bind(aflow.Task):
+        async def execute(self, port: int) -> None:
+            raise OSError(port)
+
+    sub = lf.Flow("bind", retry=Ports(rebind=["ports"], provides="port")).add(Bind())
+    with pytest.raises(OSError, match="8001"):
+        await engines.run(lf.Flow("m").add(sub), store={"ports": [8000, 8001], "note": "n"})
+    assert log == [([8000, 8001], "n", [8000, 8001])]
+
+
+async def test_retry_revert_reads_what_nothing_else_requires() -> None:
+    class Needs(aflow.retry.Retry):
+        def revert(self, history: History, audit: list[str]) -> None:
+            audit.append("retry reverted")
+
+    class Fail(aflow.Task):
+        async def execute(self) -> None:
+            raise Declined("no")
+
+    flow = lf.Flow("m").add(lf.Flow("sub", retry=Needs()).add(Fail()))
+    with pytest.raises(aflow.errors.MissingInputError, match="'Needs' requires 'audit'"):
+        engines.load(flow)
+    audit: list[str] = []
+    with pytest.raises(Declined):
+        await engines.run(flow, store={"audit": audit})
+    assert audit == ["retry reverted"]
+
+
+async def test_a_retry_revert_that_fails_keeps_what_precedes_it() -> None:
+    log: list[Any] = []
+    Step = step_class(log)
+
+    class Unrevertible(aflow.retry.Retry):
+        def revert(self, history: History) -> None:
+            raise OSError("controller cannot undo")
+
+    class Fail(aflow.Task):
+        async def execute(self) -> None:
+            raise Declined("no")
+
+    sub = lf.Flow("sub", retry=Unrevertible()).add(Step(name="in"), Fail())
+    eng = engines.load(lf.Flow("m").add(Step(name="out"), sub))
+    with pytest.raises(CompensationFailed) as info:
+        await eng.run()
+    assert [type(e) for e in leaves(info.value)] == [Declined, OSError]
+    assert log == ["do out", "do in", "undo in"]  # "out" precedes the failed revert: kept
+    assert eng.states()["sub"] is S.REVERT_FAILED
+
+
+@pytest.mark.parametrize(
+    ("provides", "returned"),
+    [
+        pytest.param(("region", "zone"), lambda n: (f"r{n}", f"z{n}"), id="tuple"),
+        pytest.param({"region", "zone"}, lambda n: {"region": f"r{n}", "zone": f"z{n}"}, id="set"),
+    ],
+)
+async def test_a_retry_provides_several_names(provides: Any, returned: Any) -> None:
+    class Places(aflow.retry.Retry):
+        def execute(self, history: History, **requires: Any) -> Any:
+            return returned(len(history) + 1)
+
+        def on_failure(self, history: History, **requires: Any) -> aflow.retry.Decision:
+            return aflow.retry.RETRY
+
+    class Deploy(aflow.Task):
+        async def execute(self, region: str, zone: str) -> str:
+            if region == "r1":
+                raise Declined(region)
+            return f"{region}/{zone}"
+
+    retry = Places(provides=provides)
+    assert set(retry.provides) == {"region", "zone"}
+    flow = lf.Flow("deploy", retry=retry).add(Deploy(provides="where"))
+    eng = engines.load(lf.Flow("m").add(flow))
+    await eng.run()
+    assert eng.storage.fetch_all() == {"region": "r2", "zone": "z2", "where": "r2/z2"}
+
+
+async def test_a_retry_value_of_the_wrong_shape_fails_naming_the_retry() -> None:
+    class Wrong(aflow.retry.Retry):
+        def execute(self, history: History, **requires: Any) -> Any:
+            return "just one"
+
+    class Use(aflow.Task):
+        async def execute(self, a: str, b: str) -> None: ...
+
+    flow = lf.Flow("f", retry=Wrong(name="pick", provides=("a", "b"))).add(Use())
+    with pytest.raises(aflow.errors.ProvidesError, match=r"task 'pick' provides \['a', 'b'\]"):
+        await engines.run(lf.Flow("m").add(flow))
+
+
+async def test_always_revert_escalates_to_the_enclosing_retry() -> None:
+    """TaskFlow: the inner flow ran three times, once per attempt of the outer Times(3)."""
+    runs: list[int] = []
+
+    class Fail(aflow.Task):
+        async def execute(self, outer: int) -> None:
+            runs.append(outer)
+            raise Declined(outer)
+
+    inner = lf.Flow("inner", retry=aflow.retry.AlwaysRevert()).add(Fail())
+    outer = lf.Flow("outer", retry=aflow.retry.Times(3, provides="outer")).add(inner)
+    with pytest.raises(Declined):
+        await engines.run(lf.Flow("m").add(outer))
+    assert runs == [1, 2, 3]
+
+
+async def test_always_revert_all_fails_the_run_whatever_the_enclosing_retry_says() -> None:
+    """TaskFlow: the inner flow ran once, the outer Times(3) was not consulted."""
+    runs: list[int] = []
+
+    class Fail(aflow.Task):
+        async def execute(self, outer: int) -> None:
+            runs.append(outer)
+            raise Declined(outer)
+
+    inner = lf.Flow("inner", retry=aflow.retry.AlwaysRevertAll()).add(Fail())
+    outer = lf.Flow("outer", retry=aflow.retry.Times(3, provides="outer")).add(inner)
+    with pytest.raises(Declined):
+        await engines.run(lf.Flow("m").add(outer))
+    assert runs == [1]
+
+
+async def test_always_revert_provides_none_when_named() -> None:
+    class Use(aflow.Task):
+        async def execute(self, token: Any) -> Any:
+            return token
+
+    flow = lf.Flow("f", retry=aflow.retry.AlwaysRevert(provides="token")).add(Use(provides="out"))
+    assert await engines.run(flow) == {"token": None, "out": None}
+
+
+@pytest.mark.parametrize("attempts", [0, -1])
+def test_times_below_one_is_refused_saying_times_1_is_what_taskflow_runs(attempts: int) -> None:
+    """TaskFlow accepts Times(0) and Times(-1) and runs the flow once, like Times(1)."""
+    with pytest.raises(aflow.errors.SignatureError, match=r"Times\(1\) is equivalent") as info:
+        aflow.retry.Times(attempts)
+    assert info.value.argument == "attempts"
+    with pytest.raises(aflow.errors.SignatureError, match=r"got True$"):
+        aflow.retry.Times(True)

@@ -39,7 +39,7 @@ from .._exceptions import (
 )
 from .._graph import EndBranch, Graph, GraphBuilder, NodeKind, OptionalKey, find_cycle
 from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
-from .._runtime._builder_api import RunView, run_subflow, undo_subflow
+from .._runtime._builder_api import RunView, current_run, run_subflow, undo_subflow
 from .._runtime._states import NodeState
 from .._task import FunctionTask, Revert
 from ..retry import RETRY, REVERT_ALL, Attempt, History, Retry
@@ -124,8 +124,8 @@ class Level:
     @property
     def export_names(self) -> list[str]:
         names = list(self.exports)
-        if self.retry is not None and self.retry.provides and self.retry.provides not in names:
-            names.append(self.retry.provides)
+        if self.retry is not None:
+            names.extend(name for name in self.retry.provides if name not in self.exports)
         return names
 
 
@@ -292,8 +292,13 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
             _merge(wants, name, True, retry.name)
         for name in retry.params.optional.values():
             _merge(wants, name, False, retry.name)
-        if retry.provides:
-            wants.pop(retry.provides, None)  # the flow's tasks read the attempt's value
+        if retry.revert_params is not None:  # its revert reads what the flow's node is given
+            for name in retry.revert_params[0].required.values():
+                _merge(wants, name, True, retry.name)
+            for name in retry.revert_params[0].optional.values():
+                _merge(wants, name, False, retry.name)
+        for name in retry.provides:
+            wants.pop(name, None)  # the flow's tasks read the attempt's value
     level = Level(
         flow, flow.name, kind, items, retry, preds, gates, order, exports, positions, wants, names
     )
@@ -579,6 +584,8 @@ class CompiledFlow:
     graph: Graph | None
     level: Level
     storage: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    #: True for a retried flow's body (one attempt), False for the flow as a whole.
+    body: bool = False
 
     def value(self, execution: RunView | None, name: str) -> tuple[bool, Any]:
         """``(True, value)`` if the provider of ``name`` gave it, else ``(False, None)``."""
@@ -628,7 +635,7 @@ def compile_flow(
     storage = _storage_of(emitter, level, root=root)
     nodes = c.builder.nodes
     graph = c.builder.build(len(nodes) - 1, name=level.name) if nodes else None
-    return CompiledFlow(graph, level, storage)
+    return CompiledFlow(graph, level, storage, body=root and level.retry is not None)
 
 
 # --- retried flows ---------------------------------------------------------------------------
@@ -642,27 +649,39 @@ class RetriedFlow:
     with the attempt's value and runs it as a nested run sharing the outer run's
     limits; a failed attempt is unwound (its reverts run) before the controller
     decides. The node's result is the dict of the names the flow provides; its
-    revert undoes the last attempt.
+    revert undoes the last attempt, then calls the controller's ``revert``.
     """
 
     __slots__ = ("level", "task")
 
     def __init__(self, level: Level) -> None:
         self.level = level
+        key = level.name
 
         async def run(**inputs: Any) -> Any:
-            return await run_subflow(_Attempts(level, inputs))
+            attempts = _Attempts(level, inputs)
+            current_run().notes.setdefault(_ATTEMPTS, {})[key] = attempts
+            return await run_subflow(attempts)
 
         async def undo(**inputs: Any) -> None:
-            if not await undo_subflow(level.name) and _has_reverts(level):
-                # it ran in a process that is gone (a resumed run)
-                raise RuntimeError(
-                    f"retried flow {level.name!r} ran before this run was resumed; its "
-                    "attempts are not checkpointed, so its inner steps cannot be undone here"
-                )
+            outer = current_run()
+            attempts: _Attempts | None = outer.notes.get(_ATTEMPTS, {}).get(key)
+            if attempts is None:  # its body ran in a process that is gone (a resumed run)
+                if _has_reverts(level):
+                    raise RuntimeError(
+                        f"retried flow {key!r} ran before this run was resumed; its "
+                        "attempts are not checkpointed, so its inner steps cannot be undone here"
+                    )
+                return
+            # The last attempt's tasks (one that failed was unwound then: what its reverts
+            # raised is raised again), then the controller, as TaskFlow reverts its retry
+            # atom after the atoms of its subflow. A controller whose execute raised made
+            # no attempt: only its revert runs.
+            await undo_subflow(key)
+            await attempts.revert(outer)
 
-        run.__name__ = undo.__name__ = level.name
-        task: FunctionTask[..., Any] = FunctionTask(run, {"name": level.name})
+        run.__name__ = undo.__name__ = key
+        task: FunctionTask[..., Any] = FunctionTask(run, {"name": key})
         task.reverter = Revert(undo, True, False, False, DEFAULT_OPTIONS)
         self.task = task
 
@@ -678,14 +697,25 @@ class RetriedFlow:
 
 #: Where an attempt's run keeps the compiled flow it runs (for the engine's queries).
 _COMPILED = "patterns.compiled"
+#: Where a run keeps the controller state of each retried flow it ran, by the flow's name.
+_ATTEMPTS = "patterns.attempts"
 
 
 @final
 class _Attempts:
     """TaskFlow's retry semantics as the runtime's subflow controller: the controller's
-    ``execute`` gives each attempt's value, its ``on_failure`` decides after a failure."""
+    ``execute`` gives each attempt's value, its ``on_failure`` decides after a failure,
+    its ``revert`` runs once the flow is reverted for good."""
 
-    __slots__ = ("_compiled", "_history", "_inputs", "_level", "_params", "_value")
+    __slots__ = (
+        "_compiled",
+        "_history",
+        "_inputs",
+        "_level",
+        "_params",
+        "_succeeded",
+        "_value",
+    )
 
     def __init__(self, level: Level, inputs: Mapping[str, Any]) -> None:
         retry = level.retry
@@ -697,14 +727,21 @@ class _Attempts:
         self._history = History()
         self._value: Any = None
         self._compiled: CompiledFlow | None = None
+        self._succeeded = False
 
     async def next_graph(self) -> Graph | None:
         retry = self._level.retry
         assert retry is not None
-        self._value = await retry._call("execute", self._history, self._params)
-        store = dict(self._inputs)
-        if retry.provides:
-            store[retry.provides] = self._value
+        try:
+            self._value = await retry._call("execute", self._history, self._params)
+            provided = retry._values(self._value)
+        except Exception as exc:
+            exc.add_note(
+                f"aflow: retry {retry.name!r} of flow {self._level.name!r} raised before "
+                f"attempt {len(self._history) + 1}"
+            )
+            raise
+        store = {**self._inputs, **provided}
         self._compiled = compile_flow(self._level, store, root=True)
         return self._compiled.graph
 
@@ -712,11 +749,11 @@ class _Attempts:
         attempt.notes[_COMPILED] = self._compiled
 
     async def failed(self, attempt: RunView, error: Exception) -> bool:
+        self._history.attempts.append(Attempt(self._value, attempt.failures()))
         if isinstance(error, CompensationFailed) or _reverts_all(error):
             return False
         retry = self._level.retry
         assert retry is not None
-        self._history.attempts.append(Attempt(self._value, attempt.failures()))
         decision = await retry._call("on_failure", self._history, self._params)
         if decision is RETRY:
             return True
@@ -731,21 +768,45 @@ class _Attempts:
     def value(self, attempt: RunView | None) -> dict[str, Any] | EndBranch:
         retry = self._level.retry
         assert retry is not None
+        self._succeeded = True
         if attempt is None:
-            return {retry.provides: self._value} if retry.provides else {}
+            return retry._values(self._value)
         compiled = self._compiled
         assert compiled is not None
         assert compiled.graph is not None
         values = compiled.values(attempt)
-        if retry.provides:
-            values[retry.provides] = self._value
+        values.update(retry._values(self._value))
         if _ended_a_branch(compiled.graph, attempt):
             return EndBranch(values)  # a decider said no: what follows is SKIPPED
         return values
 
+    async def revert(self, outer: RunView) -> None:
+        """Call the controller's ``revert`` (TaskFlow's arguments: ``history`` of every
+        attempt made, what it requires, ``flow_failures`` if it takes them)."""
+        retry = self._level.retry
+        assert retry is not None
+        if retry.revert_params is None:
+            return
+        params, takes_failures = retry.revert_params
+        inputs = self._inputs
+        kwargs = {p: inputs[n] for p, n in params.required.items()}
+        kwargs.update({p: inputs[n] for p, n in params.optional.items() if n in inputs})
+        history = History(list(self._history.attempts))
+        if self._succeeded:
+            history.attempts.append(Attempt(self._value, {}))
+        if takes_failures:
+            failures = outer.failures()
+            if history.attempts and not self._succeeded:  # the failures inside, not their echo
+                failures.pop(self._level.name, None)
+                failures.update(history.attempts[-1].failures)
+            kwargs["flow_failures"] = failures
+        await retry._call("revert", history, kwargs)
+
 
 def _has_reverts(level: Level) -> bool:
     """True when something inside ``level`` may have a revert (a canvas piece may)."""
+    if level.retry is not None and level.retry.revert_params is not None:
+        return True
     for item in level.items:
         if isinstance(item, Level):
             if _has_reverts(item):
