@@ -25,6 +25,7 @@ After the name: the attributes it carries, then what it means::
     ├── RecordedError                     .text: a failure read back from a store, as text
     ├── WhenError                         .step, .error: a step's ``when`` condition raised
     ├── NotFound(KeyError)                an engine's storage holds no value under that name
+    │   └── EngineNotFound(ValueError)    .name, .known: engines.load was given an unknown engine
     ├── RunError                          .run_id, .message: a run (not a task in it) went wrong
     │   ├── RunNotFinished                the run has not finished yet
     │   ├── RunCancelled                  run.cancel() or a runtime shutdown stopped it
@@ -61,6 +62,7 @@ __all__ = [
     "CycleError",
     "DefinitionError",
     "DuplicateTaskError",
+    "EngineNotFound",
     "GroupFailed",
     "IdempotencyConflict",
     "LeaseLost",
@@ -604,3 +606,16 @@ class NotFound(AflowError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not found"
+
+
+class EngineNotFound(NotFound, ValueError):
+    """``engines.load(..., engine=name)`` names no engine aflow has: TaskFlow's ``NotFound``
+    (a ``LookupError``), and a ``ValueError`` like every error found before anything runs."""
+
+    def __init__(self, name: object, known: Sequence[str]) -> None:
+        self.name = name
+        self.known: tuple[str, ...] = tuple(known)
+        super().__init__(f"no engine named {name!r}: engine must be one of {self.known}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.known))

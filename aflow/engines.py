@@ -19,15 +19,20 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any, Literal, final
 
+from ._atom import Task
+from ._canvas import Canvas
 from ._deprecated import moved as _moved
 from ._events import EventListener
+from ._exceptions import EngineNotFound as _EngineNotFound
 from ._exceptions import NotFound as _NotFound
 from ._runtime._builder_api import RunView, new_run
 from ._runtime._clock import Clock
 from ._runtime._options import RunOptions
 from ._runtime._states import NodeState, RunStatistics, RunStatus
+from ._task import FunctionTask
 from .patterns._compile import CompiledFlow, Level, compile_flow
-from .patterns._flow import Flow
+from .patterns._flow import Flow, FlowItem, item_name
+from .patterns.linear_flow import Flow as _linear_flow
 
 __all__ = ["Engine", "Storage", "load", "run"]
 
@@ -86,7 +91,9 @@ class Engine:
 
     ``await run()`` runs the flow (or, after :meth:`suspend`, what is left of
     it); a failure reverts what ran, in reverse order, and raises the task's
-    own exception, as ``await workflow`` does.
+    own exception, as ``await workflow`` does. Once the flow was reverted,
+    ``run()`` runs it again from the start (as TaskFlow's engine does);
+    :meth:`reset` forgets a run whatever its end.
     """
 
     __slots__ = (
@@ -132,24 +139,51 @@ class Engine:
     prepare = validate = compile
 
     async def run(self) -> None:
-        """Run the flow to the end, or until :meth:`suspend`; a later call continues."""
+        """Run the flow to the end, or until :meth:`suspend`; a later call continues.
+
+        After a success this does nothing; after the flow was reverted (or cancelled
+        and unwound) it runs the flow again from the start. After a run whose revert
+        failed it raises ``RuntimeError``: what that revert kept is still done, so
+        call :meth:`reset` first to run the flow again anyway.
+        """
         graph = self._compiled.graph
         if graph is None:
             self._ran_empty = True
             return
         execution = self._execution
+        if execution is not None:
+            status = execution.status
+            if status is RunStatus.SUCCEEDED:
+                return  # nothing left to run
+            if status is RunStatus.RUNNING:
+                raise RuntimeError(f"the engine of flow {self.flow.name!r} is running already")
+            if status is not RunStatus.SUSPENDED:
+                if execution.statistics().revert_failed:
+                    raise RuntimeError(
+                        f"the engine of flow {self.flow.name!r} already ran ({status.value}) "
+                        "and a revert failed, so what it kept is still done; call "
+                        "engine.reset() to run the flow from the start anyway"
+                    )
+                execution = None  # reverted (TaskFlow resets a reverted flow and runs it)
         if execution is None:
             execution = self._execution = self._new_execution()
-        elif execution.status is RunStatus.SUCCEEDED:
-            return  # nothing left to run
-        elif execution.status is RunStatus.RUNNING:
-            raise RuntimeError(f"the engine of flow {self.flow.name!r} is running already")
-        elif execution.status is not RunStatus.SUSPENDED:
-            raise RuntimeError(
-                f"the engine of flow {self.flow.name!r} already ran "
-                f"({execution.status.value}); load the flow again to run it again"
-            )
         await execution.execute()
+
+    def reset(self) -> None:
+        """Forget the run: every task ``PENDING`` again and what they provided gone
+        (the store stays); the next :meth:`run` runs the flow from the start.
+
+        Raises ``RuntimeError`` while the engine runs. Nothing is reverted: a run
+        that ended with a failed revert keeps what that revert could not undo.
+        """
+        execution = self._execution
+        if execution is not None and execution.status is RunStatus.RUNNING:
+            raise RuntimeError(
+                f"the engine of flow {self.flow.name!r} is running: suspend() it and let "
+                "run() return before reset()"
+            )
+        self._execution = None
+        self._ran_empty = False
 
     def suspend(self) -> None:
         """Start no more tasks; running ones finish, then :meth:`run` returns (``SUSPENDED``).
@@ -189,6 +223,15 @@ def _retried(level: Level) -> Iterator[Level]:
                 yield from _retried(item)
 
 
+def _retried_in(compiled: CompiledFlow) -> Iterator[Level]:
+    """The retried flows whose nodes are in ``compiled``'s graph (the flow itself when
+    it has a retry: its graph is then the one node that runs it)."""
+    level = compiled.level
+    if level.runner is not None and not compiled.body:
+        return iter((level,))
+    return _retried(level)
+
+
 def _states_of(
     compiled: CompiledFlow,
     execution: RunView | None,
@@ -206,7 +249,7 @@ def _states_of(
             out[node.key] = execution.state_of(node.index)
         else:
             out[node.key] = fill or NodeState.PENDING
-    for level in _retried(compiled.level):
+    for level in _retried_in(compiled):
         _retried_states(level, execution, out)
 
 
@@ -232,7 +275,7 @@ def _state_in(compiled: CompiledFlow, execution: RunView | None, name: str) -> N
     node = graph.find(name)
     if node is not None and not name.startswith("~"):
         return execution.state_of(node.index) if execution is not None else NodeState.PENDING
-    for level in _retried(compiled.level):
+    for level in _retried_in(compiled):
         if name not in level.name_set:
             continue
         assert level.runner is not None
@@ -250,7 +293,7 @@ def _state_in(compiled: CompiledFlow, execution: RunView | None, name: str) -> N
 
 
 def load(
-    flow: Flow,
+    flow: Flow | FlowItem,
     store: Mapping[str, Any] | None = None,
     *,
     engine: Literal["serial", "parallel"] = "serial",
@@ -264,19 +307,26 @@ def load(
     """Compile ``flow`` with ``store`` and return an :class:`Engine` ready to :meth:`~Engine.run`.
 
     Args:
-        flow: a linear, unordered or graph flow (any nesting).
+        flow: a linear, unordered or graph flow (any nesting), or a single task
+            (an ``aflow.Task``, an ``@aflow.task`` or a canvas piece), run as a
+            linear flow of its own name holding just it.
         store: the initial named values tasks may require.
         engine: ``"serial"`` (one task at a time, TaskFlow's default) or
-            ``"parallel"`` (independent tasks concurrently).
+            ``"parallel"`` (independent tasks concurrently); any other name raises
+            :class:`aflow.errors.EngineNotFound` (a ``NotFound`` and a ``ValueError``).
         max_workers: with ``"parallel"``, at most this many tasks at once.
         executor: a ``concurrent.futures`` executor for sync ``execute`` methods
             (default: aflow's worker threads). The engine never shuts it down.
         timeout, compensation_timeout, on_event, clock: as for :func:`aflow.run`.
     """
-    if not isinstance(flow, Flow):
-        raise TypeError(f"engines.load expects a flow from aflow.patterns, got {flow!r}")
+    if isinstance(flow, Task | FunctionTask | Canvas):  # one task, as TaskFlow takes an atom
+        flow = _linear_flow(item_name(flow)).add(flow)
+    elif not isinstance(flow, Flow):
+        raise TypeError(
+            f"engines.load expects a flow from aflow.patterns or a single task, got {flow!r}"
+        )
     if engine not in _ENGINES:
-        raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
+        raise _EngineNotFound(engine, _ENGINES)
     if max_workers is not None and (
         not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
     ):
@@ -293,7 +343,7 @@ def load(
 
 
 async def run(
-    flow: Flow,
+    flow: Flow | FlowItem,
     store: Mapping[str, Any] | None = None,
     *,
     engine: Literal["serial", "parallel"] = "serial",

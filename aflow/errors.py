@@ -27,6 +27,7 @@ from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CycleError as CycleError
 from ._exceptions import DefinitionError as DefinitionError
 from ._exceptions import DuplicateTaskError as DuplicateTaskError
+from ._exceptions import EngineNotFound as EngineNotFound
 from ._exceptions import GroupFailed as GroupFailed
 from ._exceptions import IdempotencyConflict as IdempotencyConflict
 from ._exceptions import LeaseLost as LeaseLost
@@ -62,6 +63,7 @@ __all__ = [
     "CycleError",
     "DefinitionError",
     "DuplicateTaskError",
+    "EngineNotFound",
     "GroupFailed",
     "IdempotencyConflict",
     "LeaseLost",

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import aflow
 import aflow.retry
 from aflow import engines
-from aflow.errors import CompensationFailed, NotFound
+from aflow.errors import CompensationFailed, EngineNotFound, NotFound
 from aflow.patterns import linear_flow as lf
 from aflow.retry import History
 
@@ -39,6 +40,9 @@ def step_class(log: list[Any]) -> type[aflow.Task]:
             log.append(f"undo {self.name}")
 
     return Step
+
+
+# --- bugs -----------------------------------------------------------------------------------
 
 
 async def test_requires_given_as_a_plain_string_names_one_argument() -> None:
@@ -124,6 +128,51 @@ async def test_a_custom_controller_whose_execute_raises_raises_that_error() -> N
         await engines.run(lf.Flow("m").add(lf.Flow("sub", retry=Broken()).add(Inner())))
 
 
+async def test_the_tasks_of_a_root_flow_with_a_retry_are_seen() -> None:
+    calls: list[int] = []
+
+    class Flaky(aflow.Task):
+        async def execute(self, attempt: int) -> int:
+            calls.append(attempt)
+            if attempt < 2:
+                raise Declined(attempt)
+            return attempt
+
+    class After(aflow.Task):
+        async def execute(self, got: int) -> int:
+            return got * 10
+
+    flow = lf.Flow("root", retry=aflow.retry.Times(3, provides="attempt")).add(
+        Flaky(provides="got"), After(provides="out")
+    )
+    eng = engines.load(flow)
+    assert eng.states() == {"root": S.PENDING, "Flaky": S.PENDING, "After": S.PENDING}
+    assert eng.storage.get_atom_state("Flaky") is S.PENDING
+    await eng.run()
+    assert calls == [1, 2]
+    assert eng.states() == {"root": S.SUCCEEDED, "Flaky": S.SUCCEEDED, "After": S.SUCCEEDED}
+    assert eng.storage.get_atom_state("After") is S.SUCCEEDED
+    assert eng.storage.fetch_all() == {"attempt": 2, "got": 2, "out": 20}
+    with pytest.raises(NotFound, match="no task named 'nope'"):
+        eng.storage.get_atom_state("nope")
+
+
+async def test_the_tasks_of_a_root_flow_with_a_retry_that_gave_up_are_reverted() -> None:
+    log: list[Any] = []
+    Step = step_class(log)
+
+    class Boom(aflow.Task):
+        async def execute(self) -> None:
+            raise Declined("always")
+
+    flow = lf.Flow("root", retry=aflow.retry.Times(2)).add(Step(name="a"), Boom())
+    eng = engines.load(flow)
+    with pytest.raises(Declined):
+        await eng.run()
+    assert eng.states() == {"root": S.REVERTED, "a": S.REVERTED, "Boom": S.FAILED}
+    assert eng.storage.get_atom_state("a") is S.REVERTED
+
+
 class BadRevert(aflow.Task):
     async def execute(self) -> None: ...
 
@@ -170,6 +219,204 @@ async def test_a_revert_that_fails_undoing_a_finished_retried_flow_is_reported_o
     with pytest.raises(CompensationFailed) as info:
         await engines.run(lf.Flow("m").add(sub, Late()))
     assert [type(e) for e in leaves(info.value)] == [Declined, OSError]
+
+
+# --- engines --------------------------------------------------------------------------------
+
+
+async def test_an_engine_runs_a_reverted_flow_again() -> None:
+    """TaskFlow's prepare() resets a REVERTED flow: run() runs it again from the start."""
+    log: list[Any] = []
+    Step = step_class(log)
+    failing = [True]
+
+    class Charge(aflow.Task):
+        async def execute(self, attempt: int) -> str:
+            log.append(f"charge {attempt}")
+            if failing[0]:
+                raise Declined("card declined")
+            return "paid"
+
+    sub = lf.Flow("pay", retry=aflow.retry.Times(2, provides="attempt")).add(
+        Charge(provides="receipt")
+    )
+    eng = engines.load(lf.Flow("order").add(Step(name="reserve"), sub))
+    with pytest.raises(Declined):
+        await eng.run()
+    assert eng.state is aflow.RunStatus.REVERTED
+    failing[0] = False
+    log.clear()
+    await eng.run()
+    assert log == ["do reserve", "charge 1"]  # from the start, attempts counted afresh
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+    assert eng.states() == {"reserve": S.SUCCEEDED, "pay": S.SUCCEEDED, "Charge": S.SUCCEEDED}
+    assert eng.storage.fetch("receipt") == "paid"
+    await eng.run()  # after a success: nothing left to run
+    assert log == ["do reserve", "charge 1"]
+
+
+async def test_an_engine_whose_flow_failed_without_reverts_runs_it_again() -> None:
+    """Nothing had a revert, so the run is FAILED rather than REVERTED: nothing was kept."""
+    tries: list[int] = []
+
+    class Once(aflow.Task):
+        async def execute(self) -> None:
+            tries.append(1)
+            if len(tries) == 1:
+                raise Declined("first")
+
+    eng = engines.load(Once())
+    with pytest.raises(Declined):
+        await eng.run()
+    await eng.run()
+    assert len(tries) == 2
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+
+
+async def test_an_engine_whose_revert_failed_runs_again_only_after_reset() -> None:
+    class Once(aflow.Task):
+        async def execute(self) -> None:
+            if not ran:
+                ran.append(1)
+                raise Declined("first")
+
+    ran: list[int] = []
+    eng = engines.load(lf.Flow("f").add(BadRevert(), Once()))
+    with pytest.raises(CompensationFailed):
+        await eng.run()
+    assert eng.state is aflow.RunStatus.FAILED
+    with pytest.raises(RuntimeError, match=r"a revert failed.*engine\.reset\(\)"):
+        await eng.run()
+    eng.reset()
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+
+
+async def test_reset_forgets_the_run() -> None:
+    log: list[Any] = []
+    Step = step_class(log)
+
+    class Give(aflow.Task):
+        async def execute(self, base: int) -> int:
+            return base + 1
+
+    flow = lf.Flow("f").add(Step(name="a"), Give(provides="out"))
+    eng = engines.load(flow, store={"base": 1})
+    eng.reset()  # before a run: nothing to forget
+    assert eng.state is aflow.RunStatus.PENDING
+    await eng.run()
+    assert eng.storage.fetch_all() == {"base": 1, "out": 2}
+    eng.reset()
+    assert eng.state is aflow.RunStatus.PENDING
+    assert eng.run_id is None
+    assert eng.states() == {"a": S.PENDING, "Give": S.PENDING}
+    assert eng.storage.fetch_all() == {"base": 1}  # the store stays, provided values go
+    await eng.run()
+    assert log == ["do a", "do a"]
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+
+
+async def test_reset_of_a_suspended_engine_starts_over() -> None:
+    log: list[Any] = []
+    box: list[engines.Engine] = []
+
+    class Step(aflow.Task):
+        async def execute(self) -> None:
+            log.append(self.name)
+            if self.name == "a" and len(log) == 1:
+                box[0].suspend()
+
+    eng = engines.load(lf.Flow("f").add(Step(name="a"), Step(name="b")))
+    box.append(eng)
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUSPENDED
+    eng.reset()
+    await eng.run()
+    assert log == ["a", "a", "b"]
+
+
+async def test_reset_while_running_is_refused() -> None:
+    started = anyio.Event()
+    release = anyio.Event()
+
+    class Wait(aflow.Task):
+        async def execute(self) -> None:
+            started.set()
+            await release.wait()
+
+    eng = engines.load(Wait())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eng.run)
+        await started.wait()
+        with pytest.raises(RuntimeError, match="'Wait' is running"):
+            eng.reset()
+        release.set()
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+
+
+async def test_an_engine_cancelled_and_unwound_runs_the_flow_again() -> None:
+    log: list[Any] = []
+    Step = step_class(log)
+    started = anyio.Event()
+    hang = [True]
+
+    class Hang(aflow.Task):
+        async def execute(self) -> None:
+            if hang[0]:
+                started.set()
+                await anyio.sleep_forever()
+
+    eng = engines.load(lf.Flow("f").add(Step(name="a"), Hang()))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eng.run)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert eng.state is aflow.RunStatus.CANCELLED
+    hang[0] = False
+    await eng.run()
+    assert log == ["do a", "undo a", "do a"]
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+
+
+async def test_load_takes_a_single_task_as_a_flow() -> None:
+    class Square(aflow.Task):
+        default_provides = "square"
+
+        def execute(self, x: int) -> int:
+            return x * x
+
+    eng = engines.load(Square(), store={"x": 3})
+    assert eng.flow.name == "Square"
+    await eng.run()
+    assert eng.storage.fetch("square") == 9
+    assert eng.storage.get_atom_state("Square") is S.SUCCEEDED
+
+    @aflow.task(provides="double")
+    async def double(x: int) -> int:
+        return 2 * x
+
+    assert await engines.run(double, store={"x": 4}) == {"x": 4, "double": 8}
+    assert await engines.run(double.s(5).set(name="five")) == {"double": 10}
+
+
+def test_load_refuses_what_is_neither_a_flow_nor_a_task() -> None:
+    with pytest.raises(TypeError, match=r"a flow from aflow\.patterns or a single task, got 42"):
+        engines.load(42)  # type: ignore[arg-type]
+
+
+def test_an_unknown_engine_name_raises_not_found() -> None:
+    """TaskFlow: NotFound("Could not find engine 'threaded'")."""
+    with pytest.raises(EngineNotFound, match="no engine named 'threaded'") as info:
+        engines.load(lf.Flow("f"), engine="threaded")  # type: ignore[arg-type]
+    error = info.value
+    assert isinstance(error, NotFound)
+    assert isinstance(error, LookupError)
+    assert isinstance(error, ValueError)  # found before anything runs: a definition error
+    assert error.name == "threaded"
+    assert error.known == ("serial", "parallel")
+
+
+# --- retry controllers ----------------------------------------------------------------------
 
 
 class Recording(aflow.retry.Retry):
