@@ -68,12 +68,28 @@ Resolver = Callable[
 class _Compiler:
     """Walks a canvas tree once, emitting nodes; linear in the number of nodes."""
 
-    __slots__ = ("builder", "resolve")
+    __slots__ = ("builder", "header", "resolve")
 
     def __init__(self, builder: GraphBuilder | None = None) -> None:
         self.builder = builder or GraphBuilder()
         #: Set while a canvas sits inside a flow (see aflow.patterns).
         self.resolve: Resolver | None = None
+        #: ``(start, end)`` of a chord's header while its body's surface compiles (the
+        #: body, and the members of a group body): their errbacks see the header fail,
+        #: as Celery calls the body's errbacks with the chord's error. Else ``()``.
+        self.header: tuple[int, ...] = ()
+
+    def body(
+        self, canvas: Canvas[Any], header: tuple[int, int], pred: int, inner: Mapping[str, Any]
+    ) -> tuple[tuple[int, ...], bool]:
+        """Compile ``canvas`` as the body of a chord whose header is ``header``."""
+        if header[1] <= header[0]:  # an empty header cannot fail
+            return canvas._compile(self, pred, inner)
+        self.header = header
+        try:
+            return canvas._compile(self, pred, inner)
+        finally:
+            self.header = ()
 
     def nothing(self, pred: int) -> int:
         """The node holding a no-op's value (an empty chain's): its input, else ``None``."""
@@ -261,22 +277,30 @@ class Canvas(Generic[R]):
             # A name labels this object only, and thresholds belong to this fan-out only.
             for private in _NOT_INHERITED:
                 inner.pop(private, None)
-        out = self._compile_body(c, pred, inherited, inner)
-        if self._links or self._errbacks:
+        header = c.header  # set when this is a chord's body (or a member of a group body)
+        if header and type(self) is not Group:
+            c.header = ()  # what is inside is not the body's surface
+        try:
+            out = self._compile_body(c, pred, inherited, inner)
+            if not (self._links or self._errbacks):
+                return out
+            c.header = ()
             end = len(c.builder.nodes)
+            scope = (start, end, *header)
             if not self._links:
                 for eb in self._errbacks:
-                    eb._compile_errback(c, (start, end), inherited)
+                    eb._compile_errback(c, scope, inherited)
                 return out
             value = c.materialize(out, pred)
             for cb in self._links:
                 cb._compile(c, value, inherited)
             for eb in self._errbacks:
-                eb._compile_errback(c, (start, end), inherited)
+                eb._compile_errback(c, scope, inherited)
             if out[1]:  # a group with links still yields its flattened members
                 return out
             return ((value,), False)
-        return out
+        finally:
+            c.header = header
 
     def _compile_body(
         self,
@@ -288,7 +312,7 @@ class Canvas(Generic[R]):
         raise NotImplementedError
 
     def _compile_errback(
-        self, c: _Compiler, scope: tuple[int, int], inherited: Mapping[str, Any]
+        self, c: _Compiler, scope: tuple[int, ...], inherited: Mapping[str, Any]
     ) -> None:
         raise SignatureError(
             self._owner(), "an error callback must be a task signature, e.g. log_error.s()"
@@ -592,7 +616,7 @@ class Signature(Canvas[R]):
         )
 
     def _compile_errback(
-        self, c: _Compiler, scope: tuple[int, int], inherited: Mapping[str, Any]
+        self, c: _Compiler, scope: tuple[int, ...], inherited: Mapping[str, Any]
     ) -> None:
         if self._mode != "call" or self._links or self._errbacks:
             super()._compile_errback(c, scope, inherited)
@@ -743,6 +767,7 @@ class Chain(Canvas[R]):
         cur = pred
         out: tuple[tuple[int, ...], bool] | None = None  # the last step's, once there is one
         step_pred = cur
+        group_at = -1  # where the last step began, if it was a group: the next is a chord body
         for part in _plain_runs(self.tasks, c):
             if type(part) is not _PlainRun and _is_empty(part):
                 # Celery: an empty chain is a no-op, and an empty group is skipped once the
@@ -759,12 +784,16 @@ class Chain(Canvas[R]):
             if out is not None:
                 cur = c.materialize(out, step_pred)
             step_pred = cur
+            start = len(c.builder.nodes)
             if type(part) is _PlainRun:  # a run of plain calls of one task, one after another
                 added = part.add(c, cur, inner, chained=True)
                 step_pred = added[-2] if len(added) > 1 else cur
                 out = ((added[-1],), False)
+            elif group_at >= 0:
+                out = c.body(part, (group_at, start), cur, inner)
             else:
                 out = part._compile(c, cur, inner)
+            group_at = start if type(part) is Group else -1
         if out is None:  # no step, or only skipped ones: the chain passes its input on
             return ((c.nothing(pred),), False)
         # A chain is one value even when it ends in a group: a parent group keeps it nested.
@@ -987,8 +1016,9 @@ class Chord(Canvas[R]):
         inherited: Mapping[str, Any],
         inner: Mapping[str, Any],
     ) -> tuple[tuple[int, ...], bool]:
+        start = len(c.builder.nodes)
         header = c.materialize(self._header._compile(c, pred, inner), pred)
-        body = self._body._compile(c, header, inner)
+        body = c.body(self._body, (start, len(c.builder.nodes)), header, inner)
         return ((c.materialize(body, header),), False)
 
 

@@ -64,9 +64,10 @@ class Node(NamedTuple):
     ``parents`` must all finish before the node starts. ``input`` is the
     parent whose result is prepended to ``args`` (``-1``: none, as for an
     immutable signature). A node with ``error_scope`` set is an error
-    callback: it runs only when a node with an index in that half-open range
-    fails, and receives the exception as its first argument when ``input``
-    is ``INPUT_ERROR``.
+    callback: it runs only when a node with an index in one of its half-open
+    ranges fails (``(start, end)``, or more pairs ``(start, end, start2, end2)``:
+    an errback on a chord's body also sees the chord's header), and receives
+    the exception as its first argument when ``input`` is ``INPUT_ERROR``.
     """
 
     # A NamedTuple rather than a frozen dataclass: building one costs 0.2 µs
@@ -80,7 +81,7 @@ class Node(NamedTuple):
     parents: tuple[int, ...] = ()
     input: int = -1
     options: NodeOptions = DEFAULT_OPTIONS
-    error_scope: tuple[int, int] | None = None
+    error_scope: tuple[int, ...] | None = None
     #: For the join of a group with a success threshold: the half-open range of
     #: the group's own nodes, whose failures it tolerates up to that threshold.
     tolerates: tuple[int, int] | None = None
@@ -284,8 +285,10 @@ class Graph:
     def _error_edges(self) -> Iterator[tuple[int, int]]:
         for node in self.nodes:
             scope = node.error_scope
-            if scope is not None and scope[1] > scope[0]:  # an empty scope can never fail
-                yield scope[1] - 1, node.index
+            if scope is not None:
+                for at in range(0, len(scope), 2):
+                    if scope[at + 1] > scope[at]:  # an empty range can never fail
+                        yield scope[at + 1] - 1, node.index
 
     def to_dot(self) -> str:
         """The graph in Graphviz DOT; error callbacks hang off dashed edges."""
@@ -500,7 +503,7 @@ class GraphBuilder:
         parents: tuple[int, ...] = (),
         input: int = -1,
         options: NodeOptions = DEFAULT_OPTIONS,
-        error_scope: tuple[int, int] | None = None,
+        error_scope: tuple[int, ...] | None = None,
         key: str | None = None,
         tolerates: tuple[int, int] | None = None,
         bindings: tuple[tuple[str, int, Any], ...] = (),

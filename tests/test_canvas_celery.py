@@ -211,6 +211,154 @@ class TestEmptyChains:
         assert await aflow.group(add.s(1, 1), aflow.chain().link(record.s())) == [2, None]
 
 
+class HeaderBroke(Exception):
+    pass
+
+
+@aflow.task
+async def broken(*args: Any) -> None:
+    raise HeaderBroke("header broke")
+
+
+errbacks_run: list[tuple[str, BaseException, list[str]]] = []
+
+
+@aflow.task
+async def on_error(
+    exc: BaseException, tag: str, *, failures: dict[str, aflow.Failure] | None = None
+) -> None:
+    errbacks_run.append((tag, exc, sorted(failures or {})))
+
+
+@pytest.fixture(autouse=True)
+def _clear_errbacks() -> None:
+    errbacks_run.clear()
+
+
+def ran() -> list[str]:
+    return sorted(tag for tag, _, _ in errbacks_run)
+
+
+class TestChordHeaderFailureReachesTheBodyErrbacks:
+    """Celery's ``chord_error_from_stack``: when a header task fails, the body never runs
+    and its errbacks are called with the chord's error, once (t/integration/test_canvas.py
+    test_*_errback_called_by_chord_from_*). aflow gives them the header task's own
+    exception (Celery wraps it in a ChordError)."""
+
+    HEADER = (add.s(1, 1), broken.s(), add.s(2, 2))
+
+    async def test_an_errback_on_a_signature_body(self) -> None:
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(self.HEADER, tsum.s().on_error(on_error.s("body")))
+        assert ran() == ["body"]
+        _, exc, failures = errbacks_run[0]
+        assert isinstance(exc, HeaderBroke)
+        assert failures == ["broken"]
+
+    async def test_once_however_many_header_tasks_fail(self) -> None:
+        header = [broken.s() for _ in range(5)]
+        canvas = aflow.chord(header, tsum.s().on_error(on_error.s("body")))
+        with pytest.raises(aflow.errors.GroupFailed):
+            await aflow.run(canvas, on_error="continue")
+        assert ran() == ["body"]
+        assert len(errbacks_run[0][2]) == 5  # failures=: every header failure
+
+    async def test_errbacks_on_the_members_of_a_group_body(self) -> None:
+        body = aflow.group(
+            tsum.s().on_error(on_error.s("first")),
+            tsum.s(),
+            identity.s().on_error(on_error.s("third")),
+            aflow.group(tsum.s().on_error(on_error.s("nested"))),
+        )
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(self.HEADER, body)
+        assert ran() == ["first", "nested", "third"]
+        assert all(isinstance(exc, HeaderBroke) for _, exc, _ in errbacks_run)
+
+    async def test_errbacks_on_the_body_group_itself_and_on_a_chain_body(self) -> None:
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(self.HEADER, aflow.group(tsum.s()).on_error(on_error.s("group")))
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(self.HEADER, (tsum.s() | add.s(1)).on_error(on_error.s("chain")))
+        assert ran() == ["chain", "group"]
+
+    async def test_not_the_errbacks_of_steps_inside_a_chain_body(self) -> None:
+        """As Celery, which calls the errbacks of the body itself (the chain's)."""
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(self.HEADER, tsum.s().on_error(on_error.s("step")) | add.s(1))
+        assert ran() == []
+
+    async def test_a_chord_body_gets_it_on_itself_not_on_its_own_body(self) -> None:
+        inner = aflow.chord([identity.s()], tsum.s().on_error(on_error.s("inner body")))
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(self.HEADER, inner.on_error(on_error.s("inner chord")))
+        assert ran() == ["inner chord"]
+
+    @pytest.mark.parametrize(
+        "build",
+        [
+            pytest.param(lambda h, b: aflow.group(h) | b, id="group-piped-into-a-task"),
+            pytest.param(lambda h, b: aflow.chain(aflow.group(h), b), id="chain-group-then-task"),
+            pytest.param(
+                lambda h, b: aflow.chain(aflow.group(h), aflow.group(), b),
+                id="past-an-empty-group",
+            ),
+            pytest.param(lambda h, b: aflow.chord(h)(b), id="chord(header)(body)"),
+        ],
+    )
+    async def test_every_way_of_building_the_chord(self, build: Any) -> None:
+        with pytest.raises(HeaderBroke):
+            await build(list(self.HEADER), tsum.s().on_error(on_error.s("body")))
+        assert ran() == ["body"]
+
+    async def test_the_chord_errback_and_the_body_errback_run_once_each(self) -> None:
+        canvas = aflow.chord(self.HEADER, tsum.s().on_error(on_error.s("body")))
+        with pytest.raises(HeaderBroke):
+            await canvas.on_error(on_error.s("chord"))
+        assert ran() == ["body", "chord"]
+
+    async def test_a_header_member_errback_runs_too(self) -> None:
+        header = [add.s(1, 1), broken.s().on_error(on_error.s("member"))]
+        with pytest.raises(HeaderBroke):
+            await aflow.chord(header, tsum.s().on_error(on_error.s("body")))
+        assert ran() == ["body", "member"]
+
+    async def test_a_body_failure_still_reaches_them_once(self) -> None:
+        body = aflow.group(
+            broken.s().on_error(on_error.s("failing")), tsum.s().on_error(on_error.s("ok"))
+        )
+        with pytest.raises(HeaderBroke):
+            await aflow.chord([add.s(1, 1)], body)
+        assert ran() == ["failing"]  # a member's errback is about that member
+
+    async def test_not_called_when_nothing_fails(self) -> None:
+        body = aflow.group(tsum.s().on_error(on_error.s("a")), tsum.s().on_error(on_error.s("b")))
+        assert await aflow.chord([add.s(1, 1), add.s(2, 2)], body) == [6, 6]
+        assert ran() == []
+
+    async def test_a_header_threshold_that_tolerates_the_failure_is_no_failure(self) -> None:
+        header = aflow.group(add.s(1, 1), broken.s(), add.s(2, 2)).set(min_success=2)
+
+        @aflow.task
+        async def total(values: list[int | None]) -> int:
+            return sum(v for v in values if v is not None)
+
+        assert await aflow.chord(header, total.s().on_error(on_error.s("body"))) == 6
+        assert ran() == []
+        below = header.set(min_success=3)
+        with pytest.raises(aflow.errors.BelowThreshold):
+            await aflow.chord(below, total.s().on_error(on_error.s("body")))
+        assert ran() == ["body"]
+        assert isinstance(errbacks_run[0][1], aflow.errors.BelowThreshold)
+
+    def test_the_graph_draws_an_error_edge_from_the_header_too(self) -> None:
+        graph = aflow.compile(aflow.chord([broken.s()], tsum.s().on_error(on_error.s("b"))))
+        dot = graph.to_dot()
+        # nodes: broken 0, join 1, tsum 2, on_error 3: edges from the header and the body
+        assert 'n1 -> n3 [style=dashed, color=red, label="on error"];' in dot
+        assert 'n2 -> n3 [style=dashed, color=red, label="on error"];' in dot
+
+
 class TestLoneSignatureAsChordHeader:
     """Celery's ``_maybe_group``: one signature as a header is a one-member header."""
 

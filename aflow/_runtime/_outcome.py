@@ -182,32 +182,36 @@ class Outcome(RunState):
         return "cancelled mid-way: the task driving the run was cancelled"
 
     def _errors_for(self, node: Node) -> BaseException:
-        assert node.error_scope is not None
-        start, end = node.error_scope
+        scope = node.error_scope
+        assert scope is not None
         for index, error in self._errors.items():  # insertion order: the first failure first
             failure = self._failures.get(index)
-            if start <= index < end and failure is not None and not failure.cancelled:
+            if failure is not None and not failure.cancelled and self._fails(scope, index):
                 return error
         raise AssertionError("error callback run without a failure in its scope")
 
+    def _fails(self, scope: tuple[int, ...], i: int) -> bool:
+        """Whether node ``i``'s failure fails an error callback's scope: ``i`` lies in one
+        of its ``(start, end)`` ranges, and is a task's own failure which no success
+        threshold inside the scope tolerated."""
+        node = self._nodes[i]
+        if node.error_scope is not None or node.options.continue_on_failed:
+            return False
+        join = self._tolerated_by.get(i)
+        inside = False
+        for at in range(0, len(scope), 2):
+            start, end = scope[at], scope[at + 1]
+            if join is not None and start <= join < end:
+                return False
+            if start <= i < end:
+                inside = True
+        return inside
+
     async def _run_errbacks(self) -> list[tuple[str, BaseException]]:
         """Run the error callbacks whose scope saw a failure; return those that failed."""
-        failed = [
-            i
-            for i, f in self._failures.items()
-            if not f.cancelled
-            and self._nodes[i].error_scope is None
-            and not self._nodes[i].options.continue_on_failed
-        ]
-        tolerated_by = self._tolerated_by
-
-        def fails(scope: tuple[int, int], i: int) -> bool:
-            # A failure a threshold inside the scope tolerated did not fail the scope.
-            start, end = scope
-            join = tolerated_by.get(i)
-            return start <= i < end and not (join is not None and start <= join < end)
-
+        failed = [i for i, f in self._failures.items() if not f.cancelled]
         states = self._states
+        fails = self._fails
         due = [  # one already done before a resume is not run again
             node
             for node in self._nodes
@@ -231,8 +235,9 @@ class Outcome(RunState):
     async def _run_errback(self, node: Node) -> None:
         task = node.task
         assert task is not None
-        assert node.error_scope is not None
-        start, end = node.error_scope
+        scope = node.error_scope
+        assert scope is not None
+        ranges = sorted((scope[at], scope[at + 1]) for at in range(0, len(scope), 2))
         args = self._args_of(node)
         kwargs = dict(node.kwargs)
         accepted = errback_extras(task)
@@ -240,13 +245,15 @@ class Outcome(RunState):
             kwargs["failures"] = {
                 self._nodes[i].key: f
                 for i, f in self._failures.items()
-                if start <= i < end and not f.cancelled
+                if not f.cancelled and any(start <= i < end for start, end in ranges)
             }
         if "results" in accepted:
             kwargs["results"] = {
                 self._nodes[i].key: self._results[i]
+                for start, end in ranges
                 for i in range(start, end)
                 if self._nodes[i].kind is not _JOIN
+                and self._nodes[i].error_scope is None  # (an errback inside: not a result)
                 and i not in self._failures
                 and self._states[i] in (_SUCCEEDED, _REVERTED, _REVERT_FAILED)
             }
