@@ -178,6 +178,14 @@ class Canvas(Generic[R]):
         ``failures`` / ``results`` it also gets every failure and every result
         inside this object (node key to value). The run still raises. Linking an
         errback equal to one already linked keeps one (as Celery does).
+
+        It runs for tasks that *failed*: by default the first failure stops the run,
+        so tasks cancelled or never started get no errback (the raised error says how
+        many did not run), while every task that failed, also while being cancelled,
+        gets its own; ``on_error="continue"`` runs every task, so every failing task's
+        errbacks run. Where a group goes on past a failure (``continue_on_failed``, a
+        success threshold), the failed task's errbacks run but not the group's. On a
+        chord's body (or a member of a group body) it also runs when the header fails.
         """
         errback = _as_canvas(errback, "link_error")
         if errback in self._errbacks:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow
@@ -497,3 +499,143 @@ class TestReplace:
             add.s(1, 2).replace(**changes)
         assert info.value.argument == argument
         assert "add" in str(info.value)
+
+
+class MemberFailed(Exception):
+    pass
+
+
+@aflow.task
+async def member_fails(i: int) -> None:
+    raise MemberFailed(i)
+
+
+class TestErrbacksOfAFailingGroup:
+    """Celery calls the errback of every member that fails (test_group_children_with_errbacks:
+    42 failing members, 42 errbacks). aflow runs an errback once per failing task too, but
+    its default policy stops the run at the first failure: tasks cancelled or never
+    started did not fail, so their errbacks do not run (the raised error says how many).
+    ``on_error="continue"`` runs every task and so every failing task's errbacks; a group
+    told to go on (``continue_on_failed``, a success threshold) runs its failed members'
+    errbacks but not its own."""
+
+    @staticmethod
+    def members(n: int = 42) -> aflow.Group:
+        return aflow.group(member_fails.s(i).on_error(on_error.s(f"m{i:02}")) for i in range(n))
+
+    async def test_under_continue_every_members_errback_runs(self) -> None:
+        with pytest.raises(aflow.errors.GroupFailed) as info:
+            await aflow.run(self.members(), on_error="continue")
+        assert ran() == [f"m{i:02}" for i in range(42)]
+        # each errback got its own member's failure
+        assert sorted(exc.args[0] for _, exc, _ in errbacks_run) == list(range(42))
+        assert len(info.value.exceptions) == 42
+        notes = "\n".join(info.value.__notes__)
+        assert "42 error callback(s) ran: 'on_error', 'on_error#2'" in notes
+        assert "and 37 more" in notes
+        assert "did not run" not in notes
+
+    async def test_fail_fast_runs_the_errbacks_of_those_that_failed_and_says_so(self) -> None:
+        with pytest.raises(MemberFailed) as info:  # one at a time: the first stops the run
+            await aflow.run(self.members(), max_concurrency=1)
+        assert ran() == ["m00"]
+        notes = "\n".join(info.value.__notes__)
+        assert "1 error callback(s) ran: 'on_error'" in notes
+        assert "41 error callback(s) did not run: the run stopped at its first failure" in notes
+        assert "on_error='continue'" in notes
+
+    async def test_fail_fast_members_failing_together_all_get_their_errbacks(self) -> None:
+        """They resume in the loop turn that opens the gate, before the stop reaches them."""
+        gate = anyio.Event()
+
+        @aflow.task
+        async def fails_at_the_gate(i: int) -> None:
+            await gate.wait()
+            raise MemberFailed(i)
+
+        @aflow.task
+        async def opens_the_gate() -> None:
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+
+        group = aflow.group(
+            *(fails_at_the_gate.s(i).on_error(on_error.s(f"m{i}")) for i in range(3)),
+            opens_the_gate.s(),
+        )
+        with pytest.raises(aflow.errors.GroupFailed) as info:
+            await group
+        assert len(info.value.exceptions) == 3  # all three failed before the stop reached them
+        assert ran() == ["m0", "m1", "m2"]
+
+    async def test_fail_fast_members_failing_while_cancelled_get_their_errbacks(self) -> None:
+        @aflow.task
+        async def fails_when_cancelled(i: int) -> None:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                raise MemberFailed(f"cleanup {i}") from None  # its cleanup fails
+
+        @aflow.task
+        async def fails_first() -> None:
+            await anyio.wait_all_tasks_blocked()
+            raise MemberFailed("first")
+
+        group = aflow.group(
+            fails_first.s().on_error(on_error.s("first")),
+            *(fails_when_cancelled.s(i).on_error(on_error.s(f"m{i}")) for i in range(3)),
+        )
+        with pytest.raises(aflow.errors.GroupFailed):
+            await group
+        assert ran() == ["first", "m0", "m1", "m2"]
+
+    async def test_a_member_cancelled_mid_way_gets_no_errback(self) -> None:
+        @aflow.task
+        async def waits() -> None:
+            await anyio.sleep_forever()
+
+        @aflow.task
+        async def fails_first() -> None:
+            await anyio.wait_all_tasks_blocked()
+            raise MemberFailed("first")
+
+        group = aflow.group(
+            fails_first.s().on_error(on_error.s("first")),
+            waits.s().on_error(on_error.s("cancelled")),
+        )
+        with pytest.raises(MemberFailed) as info:
+            await group
+        assert ran() == ["first"]
+        assert "1 error callback(s) did not run" in "\n".join(info.value.__notes__)
+
+    async def test_a_group_told_to_go_on_runs_its_members_errbacks_not_its_own(self) -> None:
+        group = aflow.group(
+            member_fails.s(0).on_error(on_error.s("m0")),
+            add.s(1, 1).on_error(on_error.s("ok")),
+            member_fails.s(2).on_error(on_error.s("m2")),
+        )
+        kept_going = group.set(continue_on_failed=True).on_error(on_error.s("group"))
+        assert await kept_going == [None, 2, None]
+        assert ran() == ["m0", "m2"]
+        errbacks_run.clear()
+        chained = (kept_going | identity.s()).on_error(on_error.s("chain"))
+        assert await chained == [None, 2, None]
+        assert ran() == ["m0", "m2"]
+
+    async def test_a_success_threshold_runs_its_failed_members_errbacks_not_its_own(
+        self,
+    ) -> None:
+        group = aflow.group(
+            member_fails.s(0).on_error(on_error.s("m0")),
+            add.s(1, 1),
+            add.s(2, 2),
+        )
+        assert await group.set(min_success=2).on_error(on_error.s("group")) == [None, 2, 4]
+        assert ran() == ["m0"]
+
+    async def test_each_errback_runs_once_per_task_not_per_failure_seen(self) -> None:
+        """A group's own errback runs once for all its members (aflow differs on purpose:
+        Celery links it to every member, so 42 failures call it 42 times)."""
+        group = self.members(5).on_error(on_error.s("group"))
+        with pytest.raises(aflow.errors.GroupFailed):
+            await aflow.run(group, on_error="continue")
+        assert ran() == ["group", "m00", "m01", "m02", "m03", "m04"]

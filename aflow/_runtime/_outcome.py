@@ -25,6 +25,7 @@ from .._exceptions import (
 from .._graph import Node, errback_extras
 from ._journal import describe
 from ._run_state import (
+    _CANCELLED,
     _FAILED,
     _JOIN,
     _PENDING,
@@ -78,6 +79,7 @@ class Outcome(RunState):
             return self._results[self.graph.output]
 
         self._note_outcome(primary)
+        self._note_errbacks(primary)
         for key, error in errback_errors:
             if error is not primary:
                 primary.add_note(
@@ -164,6 +166,37 @@ class Outcome(RunState):
             names = ", ".join(self._nodes[i].key for i in self._revert_errors)
             primary.add_note(f"aflow: the revert of {names} failed; what precedes it was kept")
 
+    def _note_errbacks(self, primary: BaseException) -> None:
+        """Say which error callbacks ran, and how many did not because the run stopped
+        before their tasks could fail (fail fast: cancelled, or never started)."""
+        if self._done_goal >= len(self._nodes):  # no error callbacks (as in _settle)
+            return
+        states = self._states
+        ran: list[str] = []
+        missed = 0
+        for node in self._nodes:
+            scope = node.error_scope
+            if scope is None:
+                continue
+            if states[node.index] is not _PENDING:
+                ran.append(node.key)
+            elif StopReason.FAILURE in self._stops and any(
+                states[i] is _PENDING or states[i] is _CANCELLED
+                for i in range(scope[0], scope[1])
+                if self._nodes[i].task is not None and self._nodes[i].error_scope is None
+            ):
+                missed += 1
+        if ran:
+            shown = ", ".join(repr(key) for key in ran[:5])
+            more = f" and {len(ran) - 5} more" if len(ran) > 5 else ""
+            primary.add_note(f"aflow: {len(ran)} error callback(s) ran: {shown}{more}")
+        if missed:
+            primary.add_note(
+                f"aflow: {missed} error callback(s) did not run: the run stopped at its first "
+                "failure before their tasks failed (they were cancelled or never started); "
+                "on_error='continue' runs every task, and so every failing task's errbacks"
+            )
+
     def _why_cut_short(self, exc: BaseException) -> str:
         """Why a running node was cancelled, as its record says."""
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -195,8 +228,12 @@ class Outcome(RunState):
         of its ``(start, end)`` ranges, and is a task's own failure which no success
         threshold inside the scope tolerated."""
         node = self._nodes[i]
-        if node.error_scope is not None or node.options.continue_on_failed:
+        if node.error_scope is not None:
             return False
+        if node.options.continue_on_failed:
+            # The run went on past it: only the errbacks on that task itself see it, as
+            # a success threshold's group runs its failed members' errbacks, not its own.
+            return scope[0] == i and scope[1] == i + 1
         join = self._tolerated_by.get(i)
         inside = False
         for at in range(0, len(scope), 2):
