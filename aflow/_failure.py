@@ -40,7 +40,7 @@ class Failure:
             task=task,
             exception=exc,
             exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            message=str(exc),
+            message=told(exc),
             attempt=attempt,
             cancelled=cancelled,
             _traceback=exc.__traceback__,
@@ -72,3 +72,12 @@ class Failure:
             "cancelled" if self.cancelled else f"{self.exc_type.rsplit('.', 1)[-1]}: {self.message}"
         )
         return f"Failure({self.task!r}, {what})"
+
+
+def told(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of it when its ``__str__`` fails (a bad task's
+    error must fail the task like any other, not the runtime)."""
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<{type(exc).__name__}: str() failed: {type(broken).__name__}>"

@@ -484,13 +484,6 @@ def test_an_error_whose_str_fails_is_reported() -> None:
     json.loads(report.model_dump_json())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a task whose exception's __str__ raises breaks the run (aflow/_failure.py "
-    "Failure.capture calls str(exc)): the node is left in flight, a submitted run ends "
-    "CANCELLED (its invariants broken: AflowInternalError under AFLOW_CHECK_INVARIANTS) and "
-    "aflow.run raises the RuntimeError of __str__ instead of the task's own exception",
-)
 async def test_a_task_whose_error_cannot_be_told_fails_like_any_task() -> None:
     async with aflow.Runtime() as rt:
         run = await rt.submit(raise_bad_str.s())
@@ -642,12 +635,6 @@ async def test_a_run_whose_workflow_is_not_here_is_reported_and_retrieve_says_wh
         assert "not registered" in resumed.json()["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rt.retrieve() of a finished stored run gives a handle whose execution was never "
-    "restored (aflow/_runtime/_durable.py _attach): its report() says every step is "
-    "'pending' with no times, workflow or parameters, under status 'succeeded'",
-)
 async def test_the_handle_retrieve_gives_reports_the_stored_run(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     async with aflow.Runtime(store=url) as rt:
@@ -740,14 +727,6 @@ async def test_clients_that_leave_mid_stream_leave_no_listener() -> None:
                 assert set(streamed(request)) <= set(seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Run.events() (aflow/_runtime/_handle.py) keeps each subscription's send stream in "
-    "run._streams until the run ends, also for a consumer that left: a long run followed by "
-    "clients that come and go holds one stream per visit; and one that leaves during the "
-    "replay never closes its receive stream (ResourceWarning: Unclosed "
-    "MemoryObjectReceiveStream, an error under this suite's filterwarnings)",
-)
 async def test_a_subscription_that_left_is_forgotten() -> None:
     async with aflow.Runtime() as rt:
         run = await rt.submit(inc.s(1) | held.s())

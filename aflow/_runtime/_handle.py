@@ -18,7 +18,7 @@ from ._scheduler import Execution
 from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._report import RunReport
 
@@ -84,6 +84,7 @@ class Run(Generic[R]):
         "_origin",
         "_private",
         "_remote_cancel",
+        "_stored",
         "_streams",
         "_traceback",
         "_value",
@@ -103,6 +104,8 @@ class Run(Generic[R]):
         self._origin: tuple[str | None, str | None, dict[str, Any] | None] | None = None
         #: for a run another process drives: ask its store to cancel it
         self._remote_cancel: Callable[[], Awaitable[Any]] | None = None
+        #: the report of a run that ended in another process, read from its store
+        self._stored: RunReport | None = None
         #: nobody outside the runtime holds this handle (a run of ``rt.run`` that was
         #: never listed nor looked up): once dropped from the history, its errors go
         self._private = False
@@ -240,6 +243,9 @@ class Run(Generic[R]):
     def report(self, *, steps: bool = True) -> RunReport:
         """The run as data (:class:`aflow.RunReport`: JSON-ready, the same model a store's
         run gives); ``steps=False`` leaves out the steps."""
+        stored = self._stored
+        if stored is not None:  # (it ended elsewhere: what its store says)
+            return stored if steps else stored.model_copy(update={"steps": None})
         from ._report import report_of_run
 
         return report_of_run(self, steps=steps)
@@ -251,9 +257,9 @@ class Run(Generic[R]):
         so far (``Event.replayed`` is True on those: their start, their end, their
         revert; earlier attempts of a retried step are not kept), so that a consumer
         that comes late, or after the end, sees the whole run."""
-        done = self._finished.is_set()
         send: MemoryObjectSendStream[Event] | None = None
-        if not done:
+        receive: MemoryObjectReceiveStream[Event] | None = None
+        if not self._finished.is_set():
             send, receive = anyio.create_memory_object_stream[Event](math.inf)
             self._streams.append(send)
             self._execution.add_listener(send.send_nowait)
@@ -273,14 +279,20 @@ class Run(Generic[R]):
                         past.timestamp or 0.0,
                         replayed=True,
                     )
-            if send is None:
+            if receive is None:
                 return
-            async with receive:
-                async for event in receive:
-                    yield event
+            async for event in receive:
+                yield event
         finally:
-            if send is not None and not self._finished.is_set():
-                self._execution.remove_listener(send.send_nowait)
+            if send is not None and receive is not None:  # a consumer that left is forgotten
+                if not self._finished.is_set():
+                    self._execution.remove_listener(send.send_nowait)
+                try:
+                    self._streams.remove(send)
+                except ValueError:
+                    pass
+                send.close()
+                receive.close()
 
     def _error_of(self, key: str | None, name: str) -> BaseException | None:
         """The exception a replayed event stands for (the run's own for its end)."""

@@ -23,6 +23,7 @@ from typing import Any, final
 import anyio
 
 from .._exceptions import RecordedError, SerializationError
+from .._failure import told
 from .._serialize import Serializer
 from ..stores._base import NodeRecord, RecordState, Store
 
@@ -54,7 +55,7 @@ def describe(error: BaseException) -> str:
     is written as ``\\0``."""
     if isinstance(error, RecordedError):  # recorded before: keep the text as it was
         return error.text
-    return f"{type(error).__name__}: {error}".replace("\x00", "\\0")
+    return f"{type(error).__name__}: {told(error)}".replace("\x00", "\\0")
 
 
 @final

@@ -817,7 +817,10 @@ class Runtime:
             raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
         self._check_open("retrieve")
         record = await store.get_run(run_id)
-        return await self._durable._attach(record, self._rebuilder.graph_of(record))
+        handle = await self._durable._attach(record, self._rebuilder.graph_of(record))
+        if handle._finished.is_set() and handle._execution.started_at is None:
+            handle._stored = await self.report(run_id)  # (it ran elsewhere: its records)
+        return handle
 
     async def report(self, run_id: str, *, steps: bool = True) -> RunReport:
         """A run as data (:class:`aflow.RunReport`), from this runtime or else its store:
