@@ -845,12 +845,12 @@ class Group(Canvas[list[Any]]):
     __slots__ = ("_tasks",)
 
     def __init__(self, tasks: Iterable[Canvas[Any]] = (), **options: Any) -> None:
-        # An empty chain is a no-op: not a member (unless callbacks are linked to it).
-        self._tasks = tuple(
-            t if type(t) is Signature else _as_canvas(t, "group")
-            for t in tasks
-            if type(t) is Signature or not (type(t) is Chain and not t.tasks and not t._links)
-        )
+        noops: list[Canvas[Any]] = []  # (no cost per member for a group of signatures)
+        members = tuple(t if type(t) is Signature else _group_member(t, noops) for t in tasks)
+        if noops:  # an empty chain is a no-op: not a member (unless callbacks are linked)
+            dropped = {id(noop) for noop in noops}
+            members = tuple(t for t in members if id(t) not in dropped)
+        self._tasks = members
         self._init_canvas(options)
 
     @property
@@ -914,6 +914,14 @@ class Group(Canvas[list[Any]]):
             tolerates=(start, end),
         )
         return ((join,), False)
+
+
+def _group_member(member: object, noops: list[Canvas[Any]]) -> Canvas[Any]:
+    """``member`` as a canvas, noted in ``noops`` if it is an empty chain with no links."""
+    canvas = _as_canvas(member, "group")
+    if type(canvas) is Chain and not canvas.tasks and not canvas._links:
+        noops.append(canvas)
+    return canvas
 
 
 @final
