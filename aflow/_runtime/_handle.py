@@ -254,9 +254,10 @@ class Run(Generic[R]):
         """Iterate over the run's events from now until it ends.
 
         With ``replay=True`` it first gives the events that its steps' states stand for
-        so far (``Event.replayed`` is True on those: their start, their end, their
-        revert; earlier attempts of a retried step are not kept), so that a consumer
-        that comes late, or after the end, sees the whole run."""
+        so far, in the order the run emitted them (``Event.replayed`` is True on those:
+        each step's attempts and end, the reverts, the error callbacks; the errors of a
+        retried step's earlier attempts are not kept), so that a consumer that comes
+        late, or after the end, sees the whole run."""
         send: MemoryObjectSendStream[Event] | None = None
         receive: MemoryObjectReceiveStream[Event] | None = None
         if not self._finished.is_set():
