@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, final
 
@@ -168,10 +168,15 @@ def checked_task(task: FunctionTask[..., Any], spec: ProvidesSpec) -> FunctionTa
 @final
 @dataclass(frozen=True, slots=True)
 class Params:
-    """How a callable's parameters are fed by name: ``parameter -> store name``."""
+    """How a callable's parameters are fed by name: ``parameter -> store name``.
+
+    ``injected`` maps each injected name to the parameters it feeds (an ``inject``
+    key is the name read, after ``rebind``, as in TaskFlow).
+    """
 
     required: dict[str, str]
     optional: dict[str, str]
+    injected: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 _params_cache: dict[tuple[Any, ...], Params] = {}
@@ -184,15 +189,20 @@ def analyse_params(
     skip: int = 0,
     given: Iterable[str] = (),
     rebind: Mapping[str, str] | Iterable[str] | None = None,
-    inject: Mapping[str, Any] | None = None,
+    inject: Mapping[str, Any] | Iterable[str] | None = None,
     requires: str | Iterable[str] = (),
+    what: str = "execute",
+    loose_inject: bool = False,
 ) -> Params:
     """Which names ``fn`` reads from the flow, after ``rebind`` and ``inject``.
 
     ``skip`` leading positional parameters are given positionally (``self``,
     a signature's partial arguments) and ``given`` keywords are fixed already.
     ``requires`` is a name or several (a plain string is one name, as in TaskFlow).
-    Cached: ten thousand instances of one task class cost one ``inspect.signature``.
+    ``inject`` keys are names read (after ``rebind``); one that ``fn`` does not read
+    is an error unless ``loose_inject`` (the caller checks them itself). ``what``
+    names ``fn`` in errors. Cached: ten thousand instances of one task class cost one
+    ``inspect.signature``.
     """
     if isinstance(requires, str):
         requires = (requires,)
@@ -201,13 +211,24 @@ def analyse_params(
             rebind_key: Any = ("map", tuple(rebind.items()))
         else:
             rebind_key = ("seq", tuple(rebind) if rebind is not None else None)
-        key = (fn, skip, tuple(given), rebind_key, tuple(inject or ()), tuple(requires))
+        key = (
+            fn,
+            skip,
+            tuple(given),
+            rebind_key,
+            tuple(inject or ()),
+            tuple(requires),
+            what,
+            loose_inject,
+        )
         hash(key)
     except TypeError:  # unhashable names: checked (and rejected) below, uncached
-        return _analyse_params(owner, fn, skip, given, rebind, inject, requires)
+        return _analyse_params(owner, fn, skip, given, rebind, inject, requires, what, loose_inject)
     found = _params_cache.get(key)
     if found is None:
-        found = _analyse_params(owner, fn, skip, given, rebind, inject, requires)
+        found = _analyse_params(
+            owner, fn, skip, given, rebind, inject, requires, what, loose_inject
+        )
         if len(_params_cache) < 4096:
             _params_cache[key] = found
     return found
@@ -243,8 +264,10 @@ def _analyse_params(
     skip: int,
     given: Iterable[str],
     rebind: Mapping[str, str] | Iterable[str] | None,
-    inject: Mapping[str, Any] | None,
+    inject: Mapping[str, Any] | Iterable[str] | None,
     requires: Iterable[str],
+    what: str,
+    loose_inject: bool,
 ) -> Params:
     shape = shape_of(fn, skip, tuple(given))
     if shape is None:
@@ -258,7 +281,7 @@ def _analyse_params(
         if isinstance(rebind, str) or len(order) > len(named):
             raise SignatureError(
                 owner,
-                f"rebind lists {len(order)} name(s) but execute takes {len(named)} "
+                f"rebind lists {len(order)} name(s) but {what} takes {len(named)} "
                 f"parameter(s) by name: {list(named)}",
                 "rebind",
             )
@@ -270,41 +293,66 @@ def _analyse_params(
             raise SignatureError(owner, f"rebind of {param!r} must be a name, got {new!r}", param)
         if param not in names and not var_kw:
             raise SignatureError(
-                owner, f"rebind names {param!r}, which is not a parameter of execute", param
+                owner, f"rebind names {param!r}, which is not a parameter of {what}", param
             )
         names[param] = new
-    injected = dict(inject or {})
-    for param in injected:
-        if param not in names and not var_kw:
-            raise SignatureError(
-                owner, f"inject names {param!r}, which is not a parameter of execute", param
-            )
-    required: dict[str, str] = {}
-    optional: dict[str, str] = {}
-    for param, name in names.items():
-        if param in injected:
-            continue
-        if param in has_default:
-            optional[param] = name
-        else:
-            required[param] = name
     for extra in requires:
         if not isinstance(extra, str) or not extra:
             raise SignatureError(owner, f"requires must list names, got {extra!r}", "requires")
         if extra not in names and not var_kw:
             raise SignatureError(
                 owner,
-                f"requires names {extra!r}, but execute has no such parameter nor **kwargs",
+                f"requires names {extra!r}, but {what} has no such parameter nor **kwargs",
                 "requires",
             )
-        if extra not in injected:
-            required.setdefault(extra, extra)
-            optional.pop(extra, None)
-    return Params(required, optional)
+        names.setdefault(extra, extra)
+    # inject is keyed by the name read (after rebind), as TaskFlow's storage looks it up
+    feeds: dict[str, list[str]] = {}
+    for param, name in names.items():
+        feeds.setdefault(name, []).append(param)
+    injected: dict[str, tuple[str, ...]] = {}
+    for name in inject or ():
+        params = feeds.get(name)
+        if params:
+            injected[name] = tuple(params)
+        elif loose_inject:
+            continue
+        elif name in names:  # a parameter rebind renamed: it reads another name
+            raise SignatureError(
+                owner,
+                f"inject names {name!r}, but rebind makes {what} read it as "
+                f"{names[name]!r}: inject is keyed by the name read, as in TaskFlow "
+                f"(inject={{{names[name]!r}: ...}})",
+                name,
+            )
+        elif var_kw and isinstance(name, str) and name:
+            injected[name] = (name,)  # one more keyword for **kwargs
+        else:
+            raise SignatureError(
+                owner,
+                f"inject names {name!r}, which is not a parameter of {what} nor a name "
+                f"it reads (it reads {sorted(feeds)})",
+                name if isinstance(name, str) else "inject",
+            )
+    fed = {p for params in injected.values() for p in params}
+    required: dict[str, str] = {}
+    optional: dict[str, str] = {}
+    extras = set(requires)
+    for param, name in names.items():
+        if param in fed:
+            continue
+        if param in has_default and param not in extras:
+            optional[param] = name
+        else:
+            required[param] = name
+    return Params(required, optional, injected)
 
 
 _UNSET: Any = object()
 _NO_INJECT: Mapping[str, Any] = MappingProxyType({})
+#: The keyword under which a revert's own argument travels with the node's (see
+#: :func:`revert_twin`); ``~`` keeps it clear of every parameter name.
+REVERT_KEY = "~revert."
 
 
 class Task:
@@ -330,7 +378,8 @@ class Task:
     ``revert`` gets the same arguments plus ``result`` (the return value, or an
     :class:`aflow.Failure` if this task failed) and ``flow_failures`` (task
     name -> Failure) when it accepts it; a revert that cannot take ``result``
-    is rejected when the class is defined.
+    is rejected when the class is defined. With ``revert_requires`` or
+    ``revert_rebind`` it reads its own arguments instead, as TaskFlow's does.
 
     Args:
         name: the task's name, unique in its flow (default: the class name).
@@ -339,7 +388,12 @@ class Task:
             name, or several.
         rebind: ``{parameter: name}`` to read a parameter under another name, or a
             list of names for ``execute``'s parameters in order.
-        inject: ``{parameter: value}``: fixed values, which win over everything.
+        inject: ``{name: value}``: fixed values, which win over everything; keyed by
+            the name read, after ``rebind`` (TaskFlow's rule).
+        revert_requires: names ``revert`` reads besides its parameters (it takes
+            ``**kwargs``); default ``requires``.
+        revert_rebind: ``rebind`` for ``revert``'s parameters; default: each reads the
+            name the ``execute`` parameter of the same name reads.
         options: aflow node options (``retries``, ``timeout``, ``limit``...).
     """
 
@@ -368,6 +422,8 @@ class Task:
         requires: str | Iterable[str] | None = None,
         rebind: Mapping[str, str] | Iterable[str] | None = None,
         inject: Mapping[str, Any] | None = None,
+        revert_requires: str | Iterable[str] | None = None,
+        revert_rebind: Mapping[str, str] | Iterable[str] | None = None,
         **options: Any,
     ) -> None:
         cls = type(self)
@@ -380,6 +436,11 @@ class Task:
         self._spec = spec
         #: The names this task's result is stored under.
         self.provides: tuple[str, ...] = spec.names
+        if inject is not None and not isinstance(inject, Mapping):
+            raise SignatureError(
+                self.name, f"inject must be a dict of name -> value, got {inject!r}", "inject"
+            )
+        own_revert = revert_requires is not None or revert_rebind is not None
         self._params = analyse_params(
             self.name,
             cls.execute,
@@ -387,8 +448,26 @@ class Task:
             rebind=rebind,
             inject=inject,
             requires=requires or (),
+            loose_inject=own_revert,
         )
+        #: What ``revert`` reads by its own mapping (``None``: execute's arguments).
+        self._revert_params: Params | None = None
+        if own_revert:
+            self._revert_params = self._revert_mapping(
+                requires, rebind, inject, revert_requires, revert_rebind
+            )
         self.inject: Mapping[str, Any] = dict(inject) if inject else _NO_INJECT
+        #: ``inject`` as keywords of ``execute`` (and of ``revert``, under REVERT_KEY).
+        self._inject_kwargs: Mapping[str, Any] = _NO_INJECT
+        if inject:
+            kwargs = {p: inject[n] for n, ps in self._params.injected.items() for p in ps}
+            if self._revert_params is not None:
+                kwargs.update(
+                    (REVERT_KEY + p, inject[n])
+                    for n, ps in self._revert_params.injected.items()
+                    for p in ps
+                )
+            self._inject_kwargs = kwargs
         if options:
             checked = check_options(self.name, options)
             checked.pop("name", None)
@@ -398,10 +477,62 @@ class Task:
             self._options = {}
             self._node_options = DEFAULT_OPTIONS
 
+    def _revert_mapping(
+        self,
+        requires: str | Iterable[str] | None,
+        rebind: Mapping[str, str] | Iterable[str] | None,
+        inject: Mapping[str, Any] | None,
+        revert_requires: str | Iterable[str] | None,
+        revert_rebind: Mapping[str, str] | Iterable[str] | None,
+    ) -> Params:
+        """TaskFlow's revert mapping: ``revert``'s own parameters (not ``result`` nor
+        ``flow_failures``), renamed by ``revert_rebind`` (else as ``execute``'s of the
+        same name), plus ``revert_requires`` (else ``requires``)."""
+        cls = type(self)
+        reverter = cls._aflow_task.reverter if cls._aflow_task is not None else None
+        if reverter is None:
+            raise SignatureError(
+                self.name,
+                f"revert_requires / revert_rebind given, but {cls.__name__} has no revert",
+                "revert_requires" if revert_rebind is None else "revert_rebind",
+            )
+        revert = reverter.fn
+        if revert_rebind is None:
+            shape = shape_of(revert, 1, ("result", "flow_failures"))
+            read = {**self._params.required, **self._params.optional}
+            if shape is not None:
+                named, _, var_kw = shape
+                revert_rebind = {p: n for p, n in read.items() if p != n and (p in named or var_kw)}
+        if revert_requires is None:
+            revert_requires = requires
+        params = analyse_params(
+            self.name,
+            revert,
+            skip=1,
+            given=("result", "flow_failures"),
+            rebind=revert_rebind,
+            inject=inject,
+            requires=revert_requires or (),
+            what="revert",
+            loose_inject=True,
+        )
+        for name in inject or ():  # a key neither execute nor revert reads
+            if name not in self._params.injected and name not in params.injected:
+                raise SignatureError(
+                    self.name,
+                    f"inject names {name!r}, which neither execute nor revert reads "
+                    "(inject is keyed by the name read, after rebind)",
+                    name,
+                )
+        return params
+
     @property
     def requires(self) -> frozenset[str]:
-        """The names this task must be given."""
-        return frozenset(self._params.required.values())
+        """The names this task must be given (its revert's too, as in TaskFlow)."""
+        names = frozenset(self._params.required.values())
+        if self._revert_params is not None:
+            names |= frozenset(self._revert_params.required.values())
+        return names
 
     @property
     def optional(self) -> frozenset[str]:
@@ -427,3 +558,74 @@ def _class_revert(owner: str, execute: Callable[..., Any], revert: Callable[...,
             "result",
         )
     return found
+
+
+def revert_twin(task: FunctionTask[..., Any], params: Params) -> FunctionTask[..., Any]:
+    """``task`` whose revert reads its own arguments (``revert_requires`` /
+    ``revert_rebind``): they travel with the node's keywords under :data:`REVERT_KEY`,
+    which the execute twin drops and the revert twin takes. Cached per mapping, so a
+    task class costs one twin per distinct revert mapping, and the runtime sees one
+    plain node whatever the mapping."""
+    reverter = task.reverter
+    assert reverter is not None
+    cache: dict[Any, FunctionTask[..., Any]] = task.__dict__.setdefault("_aflow_revert_twins", {})
+    fed = tuple(p for ps in params.injected.values() for p in ps)
+    key = (tuple(params.required), tuple(params.optional), fed)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    own = tuple((p, REVERT_KEY + p) for p in (*params.required, *params.optional, *fed))
+    drop = tuple(k for _, k in own)
+    fn = task.fn
+    undo = reverter.fn
+
+    def for_execute(kwargs: dict[str, Any]) -> dict[str, Any]:
+        for k in drop:
+            kwargs.pop(k, None)
+        return kwargs
+
+    def for_revert(kwargs: dict[str, Any]) -> dict[str, Any]:
+        call = {p: kwargs[k] for p, k in own if k in kwargs}
+        for extra in ("result", "flow_failures"):
+            if extra in kwargs:
+                call[extra] = kwargs[extra]
+        return call
+
+    # No functools.wraps: the graph checks a node's keywords against the signature
+    # inspect finds, and these take the REVERT_KEY ones the originals do not.
+    execute: Callable[..., Any]
+    if task.is_async:
+
+        async def execute_async(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **for_execute(kwargs))
+
+        execute = execute_async
+    else:
+
+        def execute_sync(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **for_execute(kwargs))
+
+        execute = execute_sync
+    revert: Callable[..., Any]
+    if reverter.is_async:
+
+        async def revert_async(*args: Any, **kwargs: Any) -> Any:
+            return await undo(*args, **for_revert(kwargs))
+
+        revert = revert_async
+    else:
+
+        def revert_sync(*args: Any, **kwargs: Any) -> Any:
+            return undo(*args, **for_revert(kwargs))
+
+        revert = revert_sync
+    for wrapper, inner in ((execute, fn), (revert, undo)):
+        wrapper.__name__ = getattr(inner, "__name__", wrapper.__name__)
+        wrapper.__qualname__ = getattr(inner, "__qualname__", wrapper.__qualname__)
+    twin: FunctionTask[..., Any] = FunctionTask(execute, {**task.options, "name": task.name})
+    twin.asks_step = task.asks_step
+    twin.reverter = Revert(
+        revert, reverter.is_async, reverter.takes_result, reverter.takes_failures, reverter.options
+    )
+    cache[key] = twin
+    return twin

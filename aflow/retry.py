@@ -128,6 +128,15 @@ class Retry:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
+    @property
+    def requires(self) -> frozenset[str]:
+        """The names this controller must be given: its ``execute``'s and its
+        ``revert``'s, as TaskFlow's ``retry.requires``."""
+        names = set(self.params.required.values())
+        if self.revert_params is not None:
+            names.update(self.revert_params[0].required.values())
+        return frozenset(names)
+
     def execute(self, history: History, **requires: Any) -> Any:
         """The value for the next attempt (default: the attempt number, from 1)."""
         return len(history) + 1

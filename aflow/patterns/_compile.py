@@ -26,7 +26,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
-from .._atom import Params, ProvidesSpec, Task, analyse_params, checked_task, provides_spec
+from .._atom import (
+    REVERT_KEY,
+    Params,
+    ProvidesSpec,
+    Task,
+    analyse_params,
+    checked_task,
+    provides_spec,
+    revert_twin,
+)
 from .._canvas import Canvas, Signature, _Compiler
 from .._exceptions import (
     AmbiguousProviderError,
@@ -143,12 +152,20 @@ def _atom_of(item: FlowItem) -> Atom:
         cls_task = type(item)._aflow_task
         assert cls_task is not None
         spec = item._spec
+        params = item._params
+        undo = item._revert_params
+        if undo is not None:  # the revert reads its own names, under REVERT_KEY
+            cls_task = revert_twin(cls_task, undo)
+            params = Params(
+                {**params.required, **{REVERT_KEY + p: n for p, n in undo.required.items()}},
+                {**params.optional, **{REVERT_KEY + p: n for p, n in undo.optional.items()}},
+            )
         return Atom(
             item.name,
             checked_task(cls_task, spec),
             (item,),
-            item.inject,
-            item._params,
+            item._inject_kwargs,
+            params,
             spec,
             item._node_options,
             None,

@@ -78,6 +78,27 @@ class Flow:
         retry = f" retry={self.retry!r}" if self.retry is not None else ""
         return f"<{self.pattern} flow {self.name!r} [{len(self._items)} items]{retry}>"
 
+    @property
+    def requires(self) -> frozenset[str]:
+        """The names this flow must be given (by the store, or what encloses it): what
+        its items and its retry require that no item before them in it provides, as
+        TaskFlow computes ``flow.requires`` (optional parameters are not included).
+
+        Raises the flow's definition errors (duplicate names, cycles...), as
+        :func:`aflow.engines.load` would.
+        """
+        from ._compile import analyse
+
+        wants = analyse(self).wants
+        return frozenset(name for name, (required, _) in wants.items() if required)
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """Every name this flow's items (nested flows' too) and its retry provide."""
+        from ._compile import analyse
+
+        return frozenset(analyse(self).export_names)
+
     def iter_links(self) -> Iterator[tuple[FlowItem, FlowItem, Decider | None]]:
         """The explicit links ``(u, v, decider)`` (graph flows)."""
         return iter(self._links)

@@ -1,0 +1,319 @@
+"""TaskFlow's semantics, the rest of issue 18's TaskFlow part: arguments, storage, deciders,
+priority, suspending a revert, revert scope. The reference is TaskFlow 6.5 (atom.py,
+storage.py, patterns/, engines/action_engine/), checked by running it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aflow
+import aflow.retry
+from aflow import engines
+from aflow.errors import MissingInputError, SignatureError
+from aflow.patterns import graph_flow as gf
+from aflow.patterns import linear_flow as lf
+from aflow.patterns import unordered_flow as uf
+from aflow.retry import History
+
+S = aflow.NodeState
+
+
+class Declined(Exception):
+    pass
+
+
+class Boom(aflow.Task):
+    async def execute(self) -> None:
+        raise Declined("boom")
+
+
+# --- arguments: revert_requires / revert_rebind -------------------------------------------
+
+
+class Reserve(aflow.Task):
+    """execute reads ``order``; revert reads ``order`` and whatever ``**kwargs`` is given."""
+
+    log: list[tuple[str, Any]]
+
+    async def execute(self, order: str) -> str:
+        type(self).log.append(("do", order))
+        return f"r-{order}"
+
+    async def revert(self, order: str, result: Any, **kwargs: Any) -> None:
+        kwargs.pop("flow_failures", None)
+        type(self).log.append(("undo", (order, result, kwargs)))
+
+
+@pytest.fixture
+def reserve_log() -> list[tuple[str, Any]]:
+    Reserve.log = []
+    return Reserve.log
+
+
+async def test_revert_requires_gives_the_revert_a_name_execute_does_not_read(
+    reserve_log: list[tuple[str, Any]],
+) -> None:
+    """TaskFlow: revert_requires=["ticket"] -> revert(**kwargs) gets ticket; the task
+    requires it (atom.requires is execute's names plus the revert's)."""
+    task = Reserve(revert_requires=["ticket"])
+    assert task.requires == {"order", "ticket"}
+    with pytest.raises(Declined):
+        await engines.run(lf.Flow("f").add(task, Boom()), store={"order": "o1", "ticket": 7})
+    assert reserve_log == [("do", "o1"), ("undo", ("o1", "r-o1", {"ticket": 7}))]
+
+
+async def test_a_name_only_the_revert_reads_is_checked_before_anything_runs(
+    reserve_log: list[tuple[str, Any]],
+) -> None:
+    with pytest.raises(MissingInputError, match="'ticket'") as info:
+        engines.load(lf.Flow("f").add(Reserve(revert_requires="ticket")), store={"order": "o"})
+    assert info.value.task == "Reserve"
+    assert reserve_log == []
+
+
+async def test_revert_rebind_reads_a_revert_parameter_under_another_name(
+    reserve_log: list[tuple[str, Any]],
+) -> None:
+    task = Reserve(revert_rebind={"order": "refund_order"})
+    assert task.requires == {"order", "refund_order"}
+    with pytest.raises(Declined):
+        await engines.run(
+            lf.Flow("f").add(task, Boom()), store={"order": "o1", "refund_order": "o2"}
+        )
+    assert reserve_log == [("do", "o1"), ("undo", ("o2", "r-o1", {}))]
+
+
+async def test_without_revert_rebind_a_revert_parameter_reads_what_execute_reads(
+    reserve_log: list[tuple[str, Any]],
+) -> None:
+    """TaskFlow falls back to ``rebind``: the revert's ``order`` reads ``o`` too."""
+    task = Reserve(rebind={"order": "o"}, revert_requires=["ticket"])
+    assert task.requires == {"o", "ticket"}
+    with pytest.raises(Declined):
+        await engines.run(lf.Flow("f").add(task, Boom()), store={"o": "o9", "ticket": 1})
+    assert reserve_log == [("do", "o9"), ("undo", ("o9", "r-o9", {"ticket": 1}))]
+
+
+async def test_with_its_own_mapping_the_revert_gets_only_what_it_reads() -> None:
+    """TaskFlow: revert(self, result, **kwargs) with revert_requires=["c"] gets c (and
+    flow_failures), not execute's arguments."""
+    seen: list[dict[str, Any]] = []
+
+    class Wide(aflow.Task):
+        def execute(self, a: int, b: int = 2) -> int:  # sync: both run in a thread
+            return a
+
+        def revert(self, result: Any, **kwargs: Any) -> None:
+            seen.append(kwargs)
+
+    with pytest.raises(Declined):
+        await engines.run(
+            lf.Flow("f").add(Wide(revert_requires=["c"]), Boom()), store={"a": 1, "b": 3, "c": 4}
+        )
+    assert len(seen) == 1
+    assert set(seen[0]) == {"c", "flow_failures"}
+    assert seen[0]["c"] == 4
+
+
+async def test_a_revert_reading_a_name_a_sibling_provides_runs_after_it_in_a_graph_flow() -> None:
+    """TaskFlow's graph flow links on ``requires``, which holds the revert's names too."""
+    log: list[str] = []
+
+    class Make(aflow.Task):
+        default_provides = "ticket"
+
+        async def execute(self) -> int:
+            log.append("make")
+            return 5
+
+    class Use(aflow.Task):
+        async def execute(self) -> None:
+            log.append("use")
+
+        async def revert(self, result: Any, **kwargs: Any) -> None:
+            log.append(f"undo use {kwargs['ticket']}")
+
+    flow = gf.Flow("g").add(Use(revert_requires="ticket"), Make(), Boom())
+    flow.link(flow_item(flow, "Use"), flow_item(flow, "Boom"))
+    with pytest.raises(Declined):
+        await engines.run(flow)
+    assert log == ["make", "use", "undo use 5"]
+
+
+def flow_item(flow: aflow.patterns.Flow, name: str) -> Any:
+    return next(item for item in flow if getattr(item, "name", None) == name)
+
+
+def test_revert_arguments_need_a_revert() -> None:
+    class NoRevert(aflow.Task):
+        async def execute(self, a: int) -> None: ...
+
+    with pytest.raises(SignatureError, match="NoRevert has no revert") as info:
+        NoRevert(revert_requires=["x"])
+    assert info.value.task == "NoRevert"
+    assert info.value.argument == "revert_requires"
+    with pytest.raises(SignatureError, match="has no revert") as info:
+        NoRevert(revert_rebind={"a": "x"})
+    assert info.value.argument == "revert_rebind"
+
+
+def test_revert_rebind_of_a_parameter_the_revert_lacks_is_refused() -> None:
+    class Narrow(aflow.Task):
+        async def execute(self, a: int) -> None: ...
+
+        async def revert(self, a: int, result: Any) -> None: ...
+
+    with pytest.raises(SignatureError, match="'zz', which is not a parameter of revert") as info:
+        Narrow(revert_rebind={"zz": "x"})
+    assert info.value.task == "Narrow"
+    assert info.value.argument == "zz"
+    with pytest.raises(SignatureError, match="revert has no such parameter nor"):
+        Narrow(revert_requires=["other"])
+
+
+# --- arguments: inject is keyed by the name read ------------------------------------------
+
+
+class Echo(aflow.Task):
+    async def execute(self, a: Any) -> Any:
+        return a
+
+
+async def test_inject_is_keyed_by_the_name_read_after_rebind() -> None:
+    """TaskFlow: rebind={"a": "x"}, inject={"x": 5} -> a == 5 and nothing is required."""
+    task = Echo(rebind={"a": "x"}, inject={"x": 5}, provides="out")
+    assert task.requires == frozenset()
+    assert (await engines.run(lf.Flow("f").add(task)))["out"] == 5
+
+
+def test_inject_keyed_by_a_rebound_parameter_name_is_refused_naming_the_name_read() -> None:
+    """TaskFlow ignores such a key silently (a is still read from x); aflow says so."""
+    with pytest.raises(SignatureError, match=r"rebind makes execute read it as 'x'") as info:
+        Echo(rebind={"a": "x"}, inject={"a": 5})
+    assert info.value.task == "Echo"
+    assert info.value.argument == "a"
+    assert "inject={'x': ...}" in str(info.value)
+
+
+async def test_inject_feeds_every_parameter_reading_the_name() -> None:
+    class Two(aflow.Task):
+        async def execute(self, a: int, b: int) -> int:
+            return a * 10 + b
+
+    task = Two(rebind={"a": "n", "b": "n"}, inject={"n": 3}, provides="out")
+    assert (await engines.run(lf.Flow("f").add(task)))["out"] == 33
+
+
+async def test_inject_feeds_the_revert_by_the_name_it_reads(
+    reserve_log: list[tuple[str, Any]],
+) -> None:
+    task = Reserve(revert_rebind={"order": "z"}, inject={"z": "from-inject"})
+    assert task.requires == {"order"}
+    with pytest.raises(Declined):
+        await engines.run(lf.Flow("f").add(task, Boom()), store={"order": "o1"})
+    assert reserve_log == [("do", "o1"), ("undo", ("from-inject", "r-o1", {}))]
+
+
+def test_inject_of_a_name_neither_execute_nor_revert_reads_is_refused() -> None:
+    with pytest.raises(SignatureError, match="'nope', which neither execute nor revert"):
+        Reserve(revert_requires=["t"], inject={"nope": 1})
+
+
+# --- arguments: a flow's requires and provides ----------------------------------------------
+
+
+class Kw(aflow.Task):
+    def execute(self, **kwargs: Any) -> int:
+        return 1
+
+
+class Opt(aflow.Task):
+    def execute(self, x: Any, y: int = 1) -> int:
+        return 1
+
+
+class RevertReads(aflow.retry.Retry):
+    def on_failure(self, history: History, **requires: Any) -> aflow.retry.Decision:
+        return aflow.retry.RETRY
+
+    def revert(self, history: History, w: Any, **requires: Any) -> None: ...
+
+
+def kw(name: str, requires: tuple[str, ...] = (), provides: Any = None) -> Kw:
+    return Kw(name, requires=list(requires), provides=provides)
+
+
+#: Each flow with the requires and provides TaskFlow 6.5 gives the same flow (measured).
+FLOWS = [
+    pytest.param(
+        lambda: lf.Flow("l").add(kw("a", ("x",), "y"), kw("b", ("y", "z"), "w")),
+        {"x", "z"},
+        {"w", "y"},
+        id="linear",
+    ),
+    pytest.param(
+        lambda: lf.Flow("l").add(kw("b", ("y", "z"), "w"), kw("a", ("x",), "y")),
+        {"x", "y", "z"},
+        {"w", "y"},
+        id="linear-provided-too-late",
+    ),
+    pytest.param(
+        lambda: gf.Flow("g").add(kw("b", ("y", "z"), "w"), kw("a", ("x",), "y")),
+        {"x", "z"},
+        {"w", "y"},
+        id="graph",
+    ),
+    pytest.param(
+        lambda: uf.Flow(
+            "u", retry=aflow.retry.ParameterizedForEach(provides="p", rebind=["vals"])
+        ).add(kw("a", ("p", "q"), "r")),
+        {"q", "vals"},
+        {"p", "r"},
+        id="unordered-with-retry",
+    ),
+    pytest.param(lambda: lf.Flow("o").add(Opt("o", provides="y")), {"x"}, {"y"}, id="optional"),
+    pytest.param(
+        lambda: lf.Flow("n").add(
+            uf.Flow("in").add(kw("a", ("x",), "y"), kw("b", (), ("m", "n"))),
+            kw("c", ("m", "y", "k")),
+        ),
+        {"k", "x"},
+        {"m", "n", "y"},
+        id="nested",
+    ),
+    pytest.param(
+        lambda: lf.Flow("rr", retry=RevertReads(provides="att")).add(kw("a", ("att",))),
+        {"w"},
+        {"att"},
+        id="retry-revert-reads",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "requires", "provides"), FLOWS)
+def test_a_flow_requires_and_provides_as_taskflow_computes_them(
+    make: Any, requires: set[str], provides: set[str]
+) -> None:
+    flow = make()
+    assert flow.requires == requires
+    assert flow.provides == provides
+    assert isinstance(flow.requires, frozenset)
+
+
+def test_a_flow_requires_what_only_a_revert_reads() -> None:
+    flow = lf.Flow("f").add(Reserve(revert_rebind={"order": "z"}))
+    assert flow.requires == {"order", "z"}
+
+
+def test_a_retry_requires_what_its_execute_and_revert_read() -> None:
+    assert RevertReads().requires == {"w"}
+    assert aflow.retry.ParameterizedForEach(rebind=["vals"]).requires == {"vals"}
+
+
+def test_what_a_flow_requires_is_what_its_engine_needs_in_the_store() -> None:
+    flow = lf.Flow("l").add(kw("a", ("x",), "y"), kw("b", ("y", "z"), "w"))
+    with pytest.raises(MissingInputError):
+        engines.load(flow, store={"x": 1})
+    engines.load(flow, store=dict.fromkeys(flow.requires, 1))
