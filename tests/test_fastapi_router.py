@@ -29,6 +29,7 @@ async def first(x: int) -> int:
 
 @aflow.task
 async def gated(x: int) -> int:
+    GATE["started"].set()
     await GATE["open"].wait()
     return x * 2
 
@@ -85,14 +86,19 @@ def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
 @pytest.fixture(autouse=True)
 def gate() -> None:
     GATE["open"] = anyio.Event()
+    GATE["started"] = anyio.Event()
 
 
 async def test_a_run_through_the_router_live_and_streamed() -> None:
     async with client(make_app()) as http:
         run_id = (await http.post("/start")).json()["id"]
+        await GATE["started"].wait()
         running = (await http.get(f"/runs/{run_id}")).json()
         assert running["status"] == "running"
-        assert {s["key"]: s["state"] for s in running["steps"]}["first"] in ("succeeded", "running")
+        assert {s["key"]: s["state"] for s in running["steps"]} == {
+            "first": "succeeded",
+            "gated": "running",
+        }
         listed = (await http.get("/runs", params={"status": "running"})).json()
         assert [r["id"] for r in listed] == [run_id]
         assert listed[0]["steps"] is None
