@@ -25,6 +25,7 @@ from ._deprecated import moved as _moved
 from ._events import EventListener
 from ._exceptions import EngineNotFound as _EngineNotFound
 from ._exceptions import NotFound as _NotFound
+from ._failure import Failure
 from ._runtime._builder_api import RunView, new_run
 from ._runtime._clock import Clock
 from ._runtime._options import RunOptions
@@ -83,6 +84,56 @@ class Storage:
     def get_flow_state(self) -> RunStatus:
         """The run's state (TaskFlow's name for :attr:`Engine.state`)."""
         return self._engine.state
+
+    def get_revert_result(self, name: str) -> Any:
+        """What the revert of task ``name`` returned, or the :class:`aflow.Failure` of
+        what it raised (``None`` while it runs), as TaskFlow's storage gives it.
+
+        Raises :class:`aflow.errors.NotFound` when no task has this name, or when it
+        was not reverted. The value is kept in memory only: a revert that ran before
+        its run was resumed from a durable store gives ``None``. A task in a retried
+        flow answers for its latest attempt.
+        """
+        engine = self._engine
+        where = _locate(engine._compiled, engine._execution, name)
+        if where is None:
+            if _state_in(engine._compiled, engine._execution, name) is None:
+                raise _NotFound(f"no task named {name!r} in flow {engine.flow.name!r}")
+            raise _NotFound(f"no revert result for task {name!r}: it did not run")
+        view, index = where
+        state = view.state_of(index)
+        if state is NodeState.REVERTED:
+            return view.revert_result_of(index)
+        if state is NodeState.REVERT_FAILED:
+            return view.revert_failures()[view.graph.nodes[index].key]
+        if state is NodeState.REVERTING:
+            return None
+        node = view.graph.nodes[index]
+        why = "" if node.task is None or node.task.reverter is not None else " (it has no revert)"
+        raise _NotFound(
+            f"no revert result for task {name!r}: it is {state.name}, not reverted{why}"
+        )
+
+    def get_execute_failures(self) -> dict[str, Failure]:
+        """Every task whose ``execute`` failed, by name, with its :class:`aflow.Failure`.
+
+        As TaskFlow's: a task of a retried flow keeps the failure of its latest
+        attempt that failed, even once a later attempt succeeded. Tasks cancelled
+        because another failed (aflow fails fast) did not fail and are not listed;
+        a retried flow is listed under its name only when its controller raised.
+        """
+        engine = self._engine
+        out: dict[str, Failure] = {}
+        _execute_failures(engine._compiled, engine._execution, out)
+        return out
+
+    def get_revert_failures(self) -> dict[str, Failure]:
+        """Every task whose ``revert`` failed, by name, with its :class:`aflow.Failure`
+        (a retried flow under its name only when its controller's own revert failed)."""
+        engine = self._engine
+        out: dict[str, Failure] = {}
+        _revert_failures(engine._compiled, engine._execution, out)
+        return out
 
 
 @final
@@ -290,6 +341,66 @@ def _state_in(compiled: CompiledFlow, execution: RunView | None, name: str) -> N
         )
         return NodeState.SKIPPED if skipped else NodeState.PENDING
     return None
+
+
+def _locate(
+    compiled: CompiledFlow, execution: RunView | None, name: str
+) -> tuple[RunView, int] | None:
+    """The run and node index task ``name`` last ran as (``None``: unknown, or never in a
+    run that started)."""
+    graph = compiled.graph
+    if graph is None or execution is None or name.startswith("~"):
+        return None
+    node = graph.find(name)
+    if node is not None:
+        return execution, node.index
+    for level in _retried_in(compiled):
+        if name in level.name_set:
+            assert level.runner is not None
+            last = level.runner.last(execution)
+            return None if last is None else _locate(last[0], last[1], name)
+    return None
+
+
+def _execute_failures(
+    compiled: CompiledFlow, execution: RunView | None, out: dict[str, Failure]
+) -> None:
+    if execution is None:
+        return
+    retried = {level.name: level for level in _retried_in(compiled)}
+    for key, failure in execution.failures().items():
+        if failure.cancelled or key.startswith("~"):
+            continue
+        level = retried.get(key)
+        if level is not None:
+            assert level.runner is not None
+            if not level.runner.controller_raised(execution):
+                continue  # its attempt's failure, listed under that task's name
+        out[key] = failure
+    for level in retried.values():
+        assert level.runner is not None
+        for sub, attempt in level.runner.attempts(execution):  # oldest first: latest wins
+            _execute_failures(sub, attempt, out)
+
+
+def _revert_failures(
+    compiled: CompiledFlow, execution: RunView | None, out: dict[str, Failure]
+) -> None:
+    if execution is None:
+        return
+    retried = {level.name: level for level in _retried_in(compiled)}
+    for key, failure in execution.revert_failures().items():
+        level = retried.get(key)
+        if level is not None:
+            assert level.runner is not None
+            last = level.runner.last(execution)
+            if last is not None and last[1].revert_failures():
+                continue  # its attempt's failed reverts, raised again: listed by their names
+        out[key] = failure
+    for level in retried.values():
+        assert level.runner is not None
+        for sub, attempt in level.runner.attempts(execution):
+            _revert_failures(sub, attempt, out)
 
 
 def load(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import aflow
@@ -317,3 +318,156 @@ def test_what_a_flow_requires_is_what_its_engine_needs_in_the_store() -> None:
     with pytest.raises(MissingInputError):
         engines.load(flow, store={"x": 1})
     engines.load(flow, store=dict.fromkeys(flow.requires, 1))
+
+
+# --- storage: revert results and failures ---------------------------------------------------
+
+
+class Undo(aflow.Task):
+    """Returns its name; its revert returns ``undone <name>``."""
+
+    async def execute(self) -> str:
+        return self.name
+
+    async def revert(self, result: Any) -> str:
+        return f"undone {result}"
+
+
+class BadUndo(aflow.Task):
+    async def execute(self) -> None: ...
+
+    async def revert(self, result: Any) -> None:
+        raise KeyError("cannot undo")
+
+
+async def test_get_revert_result_is_what_the_revert_returned() -> None:
+    eng = engines.load(lf.Flow("f").add(Undo("a"), Boom("boom")))
+    with pytest.raises(Declined):
+        await eng.run()
+    assert eng.storage.get_revert_result("a") == "undone a"
+    failures = eng.storage.get_execute_failures()
+    assert list(failures) == ["boom"]
+    assert isinstance(failures["boom"], aflow.Failure)
+    assert isinstance(failures["boom"].exception, Declined)
+    assert eng.storage.get_revert_failures() == {}
+
+
+async def test_get_revert_result_of_a_failed_revert_is_its_failure() -> None:
+    """TaskFlow: the revert's Failure; get_revert_failures() lists it by name."""
+    eng = engines.load(lf.Flow("f").add(Undo("a"), BadUndo("bad"), Boom("boom")))
+    with pytest.raises(aflow.errors.CompensationFailed):
+        await eng.run()
+    got = eng.storage.get_revert_result("bad")
+    assert isinstance(got, aflow.Failure)
+    assert isinstance(got.exception, KeyError)
+    reverts = eng.storage.get_revert_failures()
+    assert list(reverts) == ["bad"]
+    assert reverts["bad"].task == "bad"
+    assert isinstance(reverts["bad"].exception, KeyError)
+    assert list(eng.storage.get_execute_failures()) == ["boom"]
+
+
+async def test_get_revert_result_of_what_was_not_reverted_raises_not_found() -> None:
+    eng = engines.load(lf.Flow("f").add(Undo("a"), BadUndo("bad"), Boom("boom")))
+    with pytest.raises(aflow.errors.NotFound, match="no task named 'nope' in flow 'f'"):
+        eng.storage.get_revert_result("nope")
+    with pytest.raises(aflow.errors.NotFound, match="'a': it did not run"):
+        eng.storage.get_revert_result("a")
+    with pytest.raises(aflow.errors.CompensationFailed):
+        await eng.run()
+    with pytest.raises(aflow.errors.NotFound, match="'a': it is SUCCEEDED, not reverted"):
+        eng.storage.get_revert_result("a")  # kept: the failed revert stopped the unwinding
+    with pytest.raises(aflow.errors.NotFound, match=r"FAILED, not reverted \(it has no revert\)"):
+        eng.storage.get_revert_result("boom")
+
+
+async def test_a_revert_returning_none_gives_none() -> None:
+    log: list[tuple[str, Any]] = []
+    Reserve.log = log
+    eng = engines.load(lf.Flow("f").add(Reserve(), Boom()), store={"order": "o"})
+    with pytest.raises(Declined):
+        await eng.run()
+    assert eng.storage.get_revert_result("Reserve") is None
+
+
+async def test_failures_start_empty_and_stay_so_after_a_success() -> None:
+    eng = engines.load(lf.Flow("f").add(Undo("a")))
+    assert eng.storage.get_execute_failures() == {}
+    await eng.run()
+    assert eng.storage.get_execute_failures() == {}
+    assert eng.storage.get_revert_failures() == {}
+
+
+async def test_tasks_cancelled_by_a_failure_are_not_execute_failures() -> None:
+    started = anyio.Event()
+
+    class Waits(aflow.Task):
+        async def execute(self) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+    class FailsOnceStarted(aflow.Task):
+        async def execute(self) -> None:
+            await started.wait()
+            raise Declined("late")
+
+    eng = engines.load(uf.Flow("u").add(Waits(), FailsOnceStarted()), engine="parallel")
+    with pytest.raises(Declined):
+        await eng.run()
+    assert eng.states()["Waits"] is S.CANCELLED
+    assert list(eng.storage.get_execute_failures()) == ["FailsOnceStarted"]
+
+
+async def test_a_retried_task_keeps_its_earlier_failure_as_in_taskflow() -> None:
+    """TaskFlow 6.5: after Times(2) succeeds on the second attempt,
+    get_execute_failures() still holds the first attempt's failure of that task."""
+    calls: list[int] = []
+
+    class Flaky(aflow.Task):
+        async def execute(self) -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise Declined("first")
+            return len(calls)
+
+        async def revert(self, result: Any) -> str:
+            return "flaky undone"
+
+    flow = lf.Flow("f").add(
+        Undo("x"),
+        lf.Flow("sub", retry=aflow.retry.Times(2)).add(Undo("a"), Flaky("flaky")),
+        Boom("boom"),
+    )
+    eng = engines.load(flow)
+    with pytest.raises(Declined, match="boom"):
+        await eng.run()
+    failures = eng.storage.get_execute_failures()
+    assert set(failures) == {"flaky", "boom"}
+    assert str(failures["flaky"].exception) == "first"
+    assert eng.storage.get_revert_result("flaky") == "flaky undone"
+    assert eng.storage.get_revert_result("a") == "undone a"
+    assert eng.storage.get_revert_result("x") == "undone x"
+    assert eng.storage.get_revert_result("sub") is None
+
+
+async def test_a_failed_revert_in_a_retried_flow_is_listed_once_by_its_task() -> None:
+    flow = lf.Flow("f").add(
+        lf.Flow("sub", retry=aflow.retry.Times(2)).add(Undo("a"), BadUndo("bad"), Boom("boom"))
+    )
+    eng = engines.load(flow)
+    with pytest.raises(aflow.errors.CompensationFailed):
+        await eng.run()
+    assert list(eng.storage.get_revert_failures()) == ["bad"]
+    assert list(eng.storage.get_execute_failures()) == ["boom"]
+
+
+async def test_a_controller_that_raised_is_listed_under_its_flow() -> None:
+    flow = lf.Flow("f").add(
+        lf.Flow("sub", retry=aflow.retry.ForEach([], provides="v")).add(Echo(rebind=["v"]))
+    )
+    eng = engines.load(flow)
+    with pytest.raises(aflow.errors.NotFound):
+        await eng.run()
+    failures = eng.storage.get_execute_failures()
+    assert list(failures) == ["sub"]
+    assert isinstance(failures["sub"].exception, aflow.errors.NotFound)

@@ -119,6 +119,14 @@ class RunView:
     def failures(self) -> dict[str, Failure]:
         return self._execution.failures()
 
+    def revert_failures(self) -> dict[str, Failure]:
+        """The nodes whose revert failed, by key."""
+        return self._execution.revert_failures()
+
+    def revert_result_of(self, index: int) -> Any:
+        """What node ``index``'s revert returned (kept in memory, not checkpointed)."""
+        return self._execution.revert_result_of(index)
+
     def statistics(self) -> RunStatistics:
         return self._execution.statistics()
 

@@ -311,6 +311,11 @@ class Compensation(RunState):
         else:
             self._states[index] = _REVERTED
             self._reverted.append(index)
+            if returned is not None:  # (TaskFlow's storage.get_revert_result reads it)
+                kept = self._revert_results
+                if kept is None:
+                    kept = self._revert_results = {}
+                kept[index] = returned
             if sink.node_events:
                 sink.emit(REVERT_SUCCEEDED, node.key, node.name, attempt, _perf_counter() - start)
             if self._journal is not None:  # its parents' reverts start once this is on record

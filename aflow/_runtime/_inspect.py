@@ -75,6 +75,19 @@ class Inspection(RunState):
         """Every node that failed or was cancelled mid-way, by key."""
         return {self._nodes[i].key: f for i, f in self._failures.items()}
 
+    def revert_failures(self) -> dict[str, Failure]:
+        """Every node whose revert failed, by key, with what its revert raised."""
+        attempts = self._revert_attempts
+        return {
+            self._nodes[i].key: Failure.capture(self._nodes[i].key, e, attempts.get(i, 1))
+            for i, e in self._revert_errors.items()
+        }
+
+    def revert_result_of(self, index: int) -> Any:
+        """What the revert of one node returned (``None`` if nothing, or not reverted)."""
+        kept = self._revert_results
+        return None if kept is None else kept.get(index)
+
     def reverted(self) -> list[str]:
         """The keys of the nodes reverted, in the order their reverts finished."""
         return [self._nodes[i].key for i in self._reverted]

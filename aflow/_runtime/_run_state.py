@@ -132,6 +132,7 @@ class RunState:
         "_resumed_unwinding",
         "_revert_attempts",
         "_revert_errors",
+        "_revert_results",
         "_reverted",
         "_reverting",
         "_running",
@@ -336,6 +337,10 @@ class RunState:
         self._failures: dict[int, Failure] = {}
         #: every REVERT_FAILED node has its revert's error here
         self._revert_errors: dict[int, BaseException] = {}
+        #: what a revert returned, when not None (made by the first such revert: a run
+        #: that reverts nothing, or whose reverts return None, allocates nothing); in
+        #: memory only, never checkpointed
+        self._revert_results: dict[int, Any] | None = None
         #: nodes reverted, in the order their reverts ended: a node's consumers come first
         self._reverted: list[int] = []
         #: the nodes the unwind phase reverts (fixed as it begins)

@@ -702,6 +702,18 @@ class RetriedFlow:
         task.reverter = Revert(undo, True, False, False, DEFAULT_OPTIONS)
         self.task = task
 
+    def attempts(self, outer: RunView | None) -> list[tuple[CompiledFlow, RunView]]:
+        """Every attempt made within the run ``outer``, oldest first."""
+        made = outer.made_by(self.level.name) if outer is not None else []
+        return [(attempt.notes[_COMPILED], attempt) for attempt in made]
+
+    def controller_raised(self, outer: RunView | None) -> bool:
+        """True when the controller's own ``execute`` raised within the run ``outer``."""
+        if outer is None:
+            return False
+        attempts: _Attempts | None = outer.notes.get(_ATTEMPTS, {}).get(self.level.name)
+        return attempts is not None and attempts.raised
+
     def last(self, outer: RunView | None) -> tuple[CompiledFlow, RunView] | None:
         """The latest attempt made within the run ``outer``, if one started."""
         made = outer.made_by(self.level.name) if outer is not None else None
@@ -732,6 +744,7 @@ class _Attempts:
         "_params",
         "_succeeded",
         "_value",
+        "raised",
     )
 
     def __init__(self, level: Level, inputs: Mapping[str, Any]) -> None:
@@ -745,6 +758,9 @@ class _Attempts:
         self._value: Any = None
         self._compiled: CompiledFlow | None = None
         self._succeeded = False
+        #: the controller's own execute raised (the node's failure is its own, not an
+        #: attempt's echoed)
+        self.raised = False
 
     async def next_graph(self) -> Graph | None:
         retry = self._level.retry
@@ -753,6 +769,7 @@ class _Attempts:
             self._value = await retry._call("execute", self._history, self._params)
             provided = retry._values(self._value)
         except Exception as exc:
+            self.raised = True
             exc.add_note(
                 f"aflow: retry {retry.name!r} of flow {self._level.name!r} raised before "
                 f"attempt {len(self._history) + 1}"
