@@ -29,6 +29,7 @@ __all__ = [
     "Node",
     "NodeKind",
     "OptionalKey",
+    "SkipOnly",
     "compile",
     "errback_extras",
     "find_cycle",
@@ -89,8 +90,9 @@ class Node(NamedTuple):
     #: ``(parameter, source node, selector)``; the value is the source's result,
     #: or ``result[selector]`` when the selector is not ``None``.
     bindings: tuple[tuple[str, int, Any], ...] = ()
-    #: For a join: a guard called with ``{key: result}`` of the nodes it collects;
-    #: when false the join is SKIPPED, and everything downstream of it too.
+    #: For a join: a guard called with ``{key: result}`` of the nodes it collects that
+    #: succeeded; when false the join is SKIPPED, and everything downstream of it too
+    #: (a :class:`SkipOnly` it returns names the only nodes to skip).
     when: Callable[[dict[str, Any]], Any] | None = None
     #: Runs once its parents end, even if some were SKIPPED (it is not skipped with
     #: them); bindings to a source that did not succeed are left out.
@@ -345,6 +347,24 @@ class OptionalKey:
 
     def __repr__(self) -> str:
         return f"OptionalKey({self.key!r})"
+
+
+@final
+class SkipOnly:
+    """What a guard join's ``when`` may return to say no to some nodes only: the guard
+    and ``nodes`` are SKIPPED, and what follows them runs once its other parents end
+    (a TaskFlow decider with a ``decider_depth`` narrower than ``ALL``). Falsy."""
+
+    __slots__ = ("nodes",)
+
+    def __init__(self, nodes: tuple[int, ...]) -> None:
+        self.nodes = nodes
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"SkipOnly({self.nodes!r})"
 
 
 @final

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow
@@ -471,3 +472,256 @@ async def test_a_controller_that_raised_is_listed_under_its_flow() -> None:
     failures = eng.storage.get_execute_failures()
     assert list(failures) == ["sub"]
     assert isinstance(failures["sub"].exception, aflow.errors.NotFound)
+
+
+# --- deciders -------------------------------------------------------------------------------
+
+
+class Named(aflow.Task):
+    """Logs its run; returns its name upper-cased."""
+
+    log: list[str] = []
+
+    async def execute(self, **kwargs: Any) -> str:
+        await anyio.lowlevel.checkpoint()
+        type(self).log.append(self.name)
+        return self.name.upper()
+
+
+@pytest.fixture
+def ran() -> list[str]:
+    Named.log = []
+    return Named.log
+
+
+def recorder(seen: list[Any], answer: bool) -> Any:
+    def decider(history: dict[str, Any]) -> bool:
+        seen.append(dict(history))
+        return answer
+
+    return decider
+
+
+async def test_every_decider_into_a_task_sees_every_decider_linked_predecessor(
+    ran: list[str],
+) -> None:
+    """TaskFlow 6.5: link(a, c, d1), link(b, c, d2): both see {a, b}; a plain link's
+    source is not in the history (measured)."""
+    seen: list[Any] = []
+    a, b, p, c = Named("a"), Named("b"), Named("p"), Named("c")
+    flow = gf.Flow("g").add(a, b, p, c)
+    flow.link(a, c, decider=recorder(seen, True)).link(b, c, decider=recorder(seen, True))
+    flow.link(p, c)
+    await engines.run(flow, engine="parallel")
+    assert seen == [{"a": "A", "b": "B"}, {"a": "A", "b": "B"}]
+    assert ran[-1] == "c"
+
+
+async def test_a_decider_is_asked_once_every_predecessor_has_ended(ran: list[str]) -> None:
+    """TaskFlow decides when the target is about to run: after a slow plain predecessor."""
+    gate = anyio.Event()
+    seen: list[str] = []
+
+    class Slow(aflow.Task):
+        async def execute(self) -> None:
+            await gate.wait()
+            seen.append("slow done")
+
+    def decider(history: dict[str, Any]) -> bool:
+        seen.append("decided")
+        return True
+
+    a, slow, c = Named("a"), Slow(), Named("c")
+    flow = gf.Flow("g").add(a, slow, c).link(a, c, decider=decider).link(slow, c)
+    eng = engines.load(flow, engine="parallel")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eng.run)
+        await anyio.wait_all_tasks_blocked()
+        assert seen == []  # a ended long ago; the decider waits for slow
+        gate.set()
+    assert seen == ["slow done", "decided"]
+
+
+async def test_one_decider_saying_no_skips_its_target(ran: list[str]) -> None:
+    seen: list[Any] = []
+    a, b, c = Named("a"), Named("b"), Named("c")
+    flow = gf.Flow("g").add(a, b, c)
+    flow.link(a, c, decider=recorder(seen, False)).link(b, c, decider=recorder(seen, True))
+    eng = engines.load(flow)
+    await eng.run()
+    assert eng.states() == {"a": S.SUCCEEDED, "b": S.SUCCEEDED, "c": S.SKIPPED}
+
+
+def depth_flows(depth: str) -> dict[str, Any]:
+    """TaskFlow 6.5's shapes A, C, D and G of a decider saying no at ``depth``."""
+    a, b, c, x = Named("a"), Named("b"), Named("c"), Named("x")
+    shape_a = gf.Flow("A").add(a, b, c, x)
+    shape_a.link(a, b, decider=lambda h: False, decider_depth=depth).link(b, c).link(c, x)
+    a, b, e = Named("a"), Named("b"), Named("e")
+    inner = gf.Flow("g").add(a, b).link(a, b, decider=lambda h: False, decider_depth=depth)
+    shape_c = lf.Flow("C").add(inner, e)
+    a, t1, t2, c = Named("a"), Named("t1"), Named("t2"), Named("c")
+    sub = lf.Flow("sub").add(t1, t2)
+    shape_d = gf.Flow("D").add(a, sub, c)
+    shape_d.link(a, sub, decider=lambda h: False, decider_depth=depth).link(sub, c)
+    a, b, s1, s2 = Named("a"), Named("b"), Named("s1"), Named("s2")
+    nested = lf.Flow("s").add(s1, s2)
+    shape_g = gf.Flow("G").add(a, b, nested)
+    shape_g.link(a, b, decider=lambda h: False, decider_depth=depth).link(b, nested)
+    return {"A": shape_a, "C": shape_c, "D": shape_d, "G": shape_g}
+
+
+#: What TaskFlow 6.5 ignores (IGNORE) for each depth and shape, measured; the rest ran.
+DEPTHS = {
+    "ALL": {"A": {"b", "c", "x"}, "C": {"b", "e"}, "D": {"t1", "t2", "c"}, "G": {"b", "s1", "s2"}},
+    "FLOW": {"A": {"b", "c", "x"}, "C": {"b"}, "D": {"t1", "t2"}, "G": {"b"}},
+    "NEIGHBORS": {"A": {"b", "c"}, "C": {"b"}, "D": {"t1", "t2"}, "G": {"b"}},
+    "ATOM": {"A": {"b"}, "C": {"b"}, "D": {"t1"}, "G": {"b"}},
+}
+
+
+@pytest.mark.parametrize("depth", list(DEPTHS))
+@pytest.mark.parametrize("shape", ["A", "C", "D", "G"])
+async def test_decider_depth_skips_what_taskflow_ignores(
+    depth: str, shape: str, ran: list[str]
+) -> None:
+    eng = engines.load(depth_flows(depth)[shape])
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUCCEEDED
+    skipped = {name for name, state in eng.states().items() if state is S.SKIPPED}
+    assert skipped == DEPTHS[depth][shape]
+    assert set(ran) == set(eng.states()) - skipped
+
+
+async def test_decider_depth_is_an_enum_or_its_name_in_any_case(ran: list[str]) -> None:
+    from aflow.patterns import Depth
+
+    a, b, c = Named("a"), Named("b"), Named("c")
+    flow = gf.Flow("g").add(a, b, c).link(b, c)
+    flow.link(a, b, decider=lambda h: False, decider_depth=Depth.ATOM)
+    assert (await engines.run(flow)) is not None
+    assert ran == ["a", "c"]
+    assert Depth.parse("neighbors") is Depth.NEIGHBORS is gf.Depth.NEIGHBORS
+
+
+async def test_the_widest_depth_of_the_deciders_saying_no_wins(ran: list[str]) -> None:
+    """TaskFlow: ATOM and FLOW both say no to c -> FLOW (x after c is ignored too)."""
+    a, b, c, x = Named("a"), Named("b"), Named("c"), Named("x")
+    flow = gf.Flow("g").add(a, b, c, x).link(c, x)
+    flow.link(a, c, decider=lambda h: False, decider_depth="ATOM")
+    flow.link(b, c, decider=lambda h: False, decider_depth="FLOW")
+    eng = engines.load(flow)
+    await eng.run()
+    assert ran == ["a", "b"]
+    assert eng.states()["x"] is S.SKIPPED
+
+
+async def test_a_decider_whose_source_was_skipped_has_no_say(ran: list[str]) -> None:
+    """TaskFlow: b is ignored (ATOM), so the decider on b -> c is not asked and c runs."""
+    asked: list[Any] = []
+    a, b, c, d = Named("a"), Named("b"), Named("c"), Named("d")
+    flow = gf.Flow("g").add(a, b, c, d).link(c, d)
+    flow.link(a, b, decider=lambda h: False, decider_depth="ATOM")
+    flow.link(b, c, decider=recorder(asked, False))
+    eng = engines.load(flow)
+    await eng.run()
+    assert asked == []
+    assert ran == ["a", "c", "d"]
+
+
+async def test_a_narrow_decider_in_a_retried_flow_lets_what_follows_it_run(
+    ran: list[str],
+) -> None:
+    a, b = Named("a"), Named("b")
+    inner = gf.Flow("g", retry=aflow.retry.Times(2)).add(a, b)
+    inner.link(a, b, decider=lambda h: False, decider_depth="FLOW")
+    eng = engines.load(lf.Flow("m").add(inner, Named("after")))
+    await eng.run()
+    assert ran == ["a", "after"]
+    assert eng.states()["b"] is S.SKIPPED
+
+
+def test_a_task_reading_from_what_a_narrow_decider_skips_is_refused_at_load() -> None:
+    class Make(aflow.Task):
+        default_provides = "x"
+
+        async def execute(self) -> int:
+            return 1
+
+    class Read(aflow.Task):
+        async def execute(self, x: int) -> int:
+            return x
+
+    a, make, read = Named("a"), Make(), Read()
+    flow = gf.Flow("g").add(a, make, read)
+    flow.link(a, make, decider=lambda h: False, decider_depth="ATOM")
+    with pytest.raises(aflow.errors.DefinitionError, match="'Read' reads 'x' from 'Make'") as info:
+        engines.load(flow)
+    assert "decider_depth='ATOM'" in str(info.value)
+    flow = gf.Flow("g").add(a, make, read)
+    flow.link(a, make, decider=lambda h: False, decider_depth="NEIGHBORS")
+    engines.load(flow)  # NEIGHBORS skips Read with Make
+
+
+def test_bad_decider_depths_are_refused_naming_the_link() -> None:
+    a, b = Named("a"), Named("b")
+    flow = gf.Flow("g").add(a, b)
+    with pytest.raises(aflow.errors.DefinitionError, match=r"link\('a', 'b'\).*got 'DEEP'"):
+        flow.link(a, b, decider=lambda h: True, decider_depth="DEEP")
+    with pytest.raises(ValueError, match="has a decider_depth but no decider"):
+        flow.link(a, b, decider_depth="ALL")
+    assert list(flow.iter_links()) == []
+
+
+# --- add(..., resolve_requires=False) -------------------------------------------------------
+
+
+class Give(aflow.Task):
+    default_provides = "x"
+
+    async def execute(self) -> int:
+        return 1
+
+
+class Take(aflow.Task):
+    default_provides = "got"
+
+    async def execute(self, x: int) -> int:
+        return x
+
+
+async def test_resolve_requires_false_reads_the_store_not_an_earlier_provider() -> None:
+    """TaskFlow: no link to the provider added before; the flow requires x; the store's x."""
+    flow = gf.Flow("g")
+    flow.add(Give())
+    flow.add(Take(), resolve_requires=False)
+    assert flow.requires == {"x"}
+    assert list(flow.iter_links()) == []
+    values = await engines.run(flow, store={"x": 100})
+    assert values["got"] == 100
+    with pytest.raises(MissingInputError, match="'x'"):
+        engines.load(flow)
+
+
+async def test_resolve_requires_false_is_linked_by_a_provider_added_later() -> None:
+    """TaskFlow's resolve_existing: a provider added by a later add() links to it."""
+    flow = gf.Flow("g")
+    flow.add(Take(), resolve_requires=False)
+    flow.add(Give())
+    assert flow.requires == frozenset()
+    assert (await engines.run(flow))["got"] == 1
+
+
+async def test_resolve_requires_false_in_one_add_call_links_nothing_in_it() -> None:
+    flow = gf.Flow("g").add(Take(), Give(), resolve_requires=False)
+    assert flow.requires == {"x"}
+    assert (await engines.run(flow, store={"x": 7}))["got"] == 7
+
+
+async def test_resolve_requires_false_reads_a_provider_it_is_linked_to() -> None:
+    give, take = Give(), Take()
+    flow = gf.Flow("g").add(give)
+    flow.add(take, resolve_requires=False)
+    flow.link(give, take)
+    assert flow.requires == frozenset()
+    assert (await engines.run(flow, store={"x": 100}))["got"] == 1

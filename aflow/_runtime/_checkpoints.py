@@ -159,13 +159,14 @@ class Checkpoints(RunState):
             else:
                 self._unwound(index)
 
-    def _record_decided_out(self, guard: Node) -> None:
-        """A condition (a guard join) said no: the nodes it guards go on record as
-        skipped, so a stored run shows them so. A resume asks the condition again."""
+    def _record_decided_out(self, guard: Node, only: tuple[int, ...] | None = None) -> None:
+        """A condition (a guard join) said no: the nodes it guards (``only`` those, if
+        given) go on record as skipped, so a stored run shows them so. A resume asks the
+        condition again."""
         journal = self._journal
         assert journal is not None
         now = time.time()
-        for child in self._children[guard.index]:
+        for child in self._children[guard.index] if only is None else only:
             node = self._nodes[child]
             if (
                 node.kind is not _JOIN

@@ -46,7 +46,7 @@ from .._events import (
     TASK_SUCCEEDED,
 )
 from .._failure import Failure
-from .._graph import Node
+from .._graph import Node, SkipOnly
 from ..stores._base import NodeRecord, RecordState
 from ._attempts import Attempts
 from ._bodies import UNAWAITED, below_threshold, is_unawaited, no_error
@@ -406,6 +406,34 @@ class Execution(
         self._skip_dependents(index, None)
         self._check_idle()
 
+    def _skip_only(self, index: int, only: tuple[int, ...]) -> None:
+        """A guard said no to ``only``: the guard and those nodes are SKIPPED, and each
+        node after them starts once its other parents end (they count as ended)."""
+        states = self._states
+        remaining = self._remaining
+        nodes = self._nodes
+        sink = self._events
+        states[index] = _SKIPPED
+        self._finished[index] = _perf_counter()
+        self._done_count += 1
+        skipped = [index]
+        for i in only:
+            if states[i] is _PENDING:
+                states[i] = _SKIPPED
+                self._done_count += 1
+                skipped.append(i)
+                if sink.node_events and nodes[i].kind is not _JOIN:
+                    sink.emit(TASK_SKIPPED, nodes[i].key, nodes[i].name)
+        out = set(skipped)
+        for i in skipped:
+            for child in self._children[i]:
+                if child not in out:
+                    left = remaining[child] - 1
+                    remaining[child] = left
+                    if left == 0 and states[child] is _PENDING:
+                        self._ready.append(child)
+        self._check_idle()
+
     def _skip_dependents(self, index: int, tolerant_join: int | None) -> None:
         """Mark every node downstream of a failed one SKIPPED, up to a tolerating join."""
         states = self._states
@@ -431,16 +459,26 @@ class Execution(
         sources = node.args[0] if node.args else node.parents
         if node.when is not None:
             self._started[node.index] = _perf_counter()
+            states = self._states
+            nodes = self._nodes
             try:
-                # in the run's context, as a task would be (contextvars, the current run)
-                go = self._context.run(node.when, {self._nodes[p].key: results[p] for p in sources})
+                # in the run's context, as a task would be (contextvars, the current run);
+                # a source that was skipped has no result to show
+                go = self._context.run(
+                    node.when,
+                    {nodes[p].key: results[p] for p in sources if states[p] is _SUCCEEDED},
+                )
             except Exception as exc:
                 self._node_failed(node, exc, 1)
                 return
             if not go:
+                only = go.nodes if type(go) is SkipOnly else None
                 if self._journal is not None:
-                    self._record_decided_out(node)
-                self._skip(node.index)
+                    self._record_decided_out(node, only)
+                if only is None:
+                    self._skip(node.index)
+                else:
+                    self._skip_only(node.index, only)
                 return
             self._succeed(node.index, None)
             return

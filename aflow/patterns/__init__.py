@@ -23,9 +23,11 @@ from .._deprecated import moved as _moved
 from . import graph_flow as graph_flow
 from . import linear_flow as linear_flow
 from . import unordered_flow as unordered_flow
+from ._flow import Depth as Depth
 from ._flow import Flow as Flow
 
 __all__ = [
+    "Depth",
     "Flow",
     "graph_flow",
     "linear_flow",

@@ -46,17 +46,21 @@ from .._exceptions import (
     MissingInputError,
     SignatureError,
 )
-from .._graph import EndBranch, Graph, GraphBuilder, NodeKind, OptionalKey, find_cycle
+from .._graph import EndBranch, Graph, GraphBuilder, NodeKind, OptionalKey, SkipOnly, find_cycle
 from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
 from .._runtime._builder_api import RunView, current_run, run_subflow, undo_subflow
 from .._runtime._states import NodeState
 from .._task import FunctionTask, Revert
 from ..retry import RETRY, REVERT_ALL, Attempt, History, Retry
-from ._flow import Decider, Flow, FlowItem, item_name
+from ._flow import DEPTH_ORDER, Decider, Depth, Flow, FlowItem, item_name
 
 __all__ = ["CompiledFlow", "FlowCanvas", "Level", "analyse", "compile_flow"]
 
 _REVERT_ALL_FLAG = "_aflow_revert_all"
+
+#: A decider link into a graph flow's item: (the source item's position, the decider,
+#: its decider_depth).
+Gate = tuple[int, Decider, Depth]
 
 
 @dataclass(eq=False, slots=True)
@@ -97,7 +101,7 @@ class Level:
     items: list[Atom | Level]
     retry: Retry | None
     preds: list[list[int]]
-    gates: list[list[tuple[int, Decider]]]
+    gates: list[list[Gate]]
     order: list[int]
     exports: dict[str, int]
     positions: dict[str, list[int]]
@@ -120,7 +124,7 @@ class Level:
             found = False
             while stack and not found:
                 i = stack.pop()
-                for j in (*self.preds[i], *(g for g, _ in self.gates[i])):
+                for j in (*self.preds[i], *(g[0] for g in self.gates[i])):
                     if j == source:
                         found = True
                         break
@@ -246,7 +250,7 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     n = len(items)
     exported = [_exports_of(it) for it in items]
     preds: list[list[int]] = [[] for _ in range(n)]
-    gates: list[list[tuple[int, Decider]]] = [[] for _ in range(n)]
+    gates: list[list[Gate]] = [[] for _ in range(n)]
     exports: dict[str, int] = {}
     positions: dict[str, list[int]] = {}
     wants: dict[str, tuple[bool, str]] = {}
@@ -271,13 +275,20 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
                 if j != i:
                     raise AmbiguousProviderError(name, [_label(items[j]), _label(items[i])], where)
         optional: list[tuple[int, str, str, int]] = []
+        unlinked: list[tuple[int, str, str, int]] = []
+        unresolved = flow._unresolved
+        flow_items = list(flow) if unresolved else []
         for i in range(n):
+            # added with resolve_requires=False: not linked to providers added up to then
+            limit = unresolved.get(id(flow_items[i]), -1) if unresolved else -1
             for name, required, who in _wants(items[i]):
                 j = exports.get(name, i)
                 if j == i:
                     _merge(wants, name, required, who)
                 elif not required:  # an optional input never orders anything
                     optional.append((i, name, who, j))
+                elif j < limit:
+                    unlinked.append((i, name, who, j))
                 elif kind == "graph":
                     preds[i].append(j)
                 else:
@@ -289,7 +300,8 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
         order = list(range(n))
         if kind == "graph":
             position = {id(item): i for i, item in enumerate(flow)}
-            for u, v, decider in flow.iter_links():
+            depths = flow._depths
+            for link, (u, v, decider) in enumerate(flow.iter_links()):
                 iu, iv = position.get(id(u)), position.get(id(v))
                 if iu is None or iv is None:
                     missing = u if iu is None else v
@@ -299,7 +311,7 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
                 if decider is None:
                     preds[iv].append(iu)
                 else:
-                    gates[iv].append((iu, decider))
+                    gates[iv].append((iu, decider, depths.get(link, Depth.ALL)))
             preds = [list(dict.fromkeys(p)) for p in preds]
             order = _order(items, preds, gates)
     retry = flow.retry
@@ -323,6 +335,9 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
         for i, name, who, j in optional:  # read from a provider only if it runs before
             if kind == "unordered" or not level.reaches(j, i):
                 _merge(wants, name, False, who)
+        for i, name, who, j in unlinked:  # from a provider it is linked to, else outside
+            if not level.reaches(j, i):
+                _merge(wants, name, True, who)
     if retry is not None:
         level.runner = RetriedFlow(level)
         names.append(flow.name)
@@ -347,11 +362,11 @@ def _label(item: Atom | Level) -> str:
 def _order(
     items: Sequence[Atom | Level],
     preds: list[list[int]],
-    gates: list[list[tuple[int, Decider]]],
+    gates: list[list[Gate]],
 ) -> list[int]:
     """Kahn's order of a graph flow's items (ties in insertion order); names a cycle."""
     n = len(items)
-    before = [list(dict.fromkeys([*preds[i], *(j for j, _ in gates[i])])) for i in range(n)]
+    before = [list(dict.fromkeys([*preds[i], *(g[0] for g in gates[i])])) for i in range(n)]
     after: list[list[int]] = [[] for _ in range(n)]
     remaining = [len(b) for b in before]
     for i, bs in enumerate(before):
@@ -381,12 +396,21 @@ _Found = tuple[str, Any, Any]  # ("node", index, selector) | ("value", v, None) 
 
 @final
 class _Emitter:
-    __slots__ = ("c", "parent", "store")
+    __slots__ = ("c", "guards", "owner", "parent", "skipped_only", "store", "units")
 
     def __init__(self, c: _Compiler, store: Mapping[str, Any] | None, parent: int) -> None:
         self.c = c
         self.store = store
         self.parent = parent
+        #: the guards of deciders narrower than ALL (their regions are checked at the end)
+        self.guards: list[_Guard] = []
+        #: node -> the flow (level) it belongs to; recorded only once a graph flow has a
+        #: decider narrower than ALL (no cost otherwise)
+        self.owner: dict[int, Level] = {}
+        #: a canvas piece's node -> all of that piece's nodes (skipped together)
+        self.units: dict[int, tuple[int, ...]] = {}
+        #: nodes a narrow decider skipped (see _ended_a_branch), shared by its guards
+        self.skipped_only: set[int] = set()
 
     @property
     def builder(self) -> GraphBuilder:
@@ -467,6 +491,7 @@ class _Emitter:
             for pos, item in enumerate(items):
                 if isinstance(item, Level) and len(cur) > 1:
                     cur = (self._barrier(cur),)
+                    self.owner[cur[0]] = level
                 cur = self._emit_item(item, cur, (level, pos, frame))
             return cur
         if level.kind == "unordered":
@@ -476,19 +501,29 @@ class _Emitter:
             return tuple(sinks) or preds  # an empty flow: what follows waits for what preceded
         done: dict[int, tuple[int, ...]] = {}
         followed = [False] * len(items)
+        guards: list[_Guard] = []
         for pos in level.order:
             parents: list[int] = []
             for j in level.preds[pos]:
                 parents.extend(done[j])
                 followed[j] = True
-            for j, decider in level.gates[pos]:
-                followed[j] = True
-                parents.append(self._gate(items[j], items[pos], done[j], decider))
-            if not level.preds[pos] and not level.gates[pos]:
+            if level.gates[pos]:
+                # One guard for every decider into the item, asked once all of the item's
+                # predecessors have ended (TaskFlow's IgnoreDecider): it waits for them all.
+                for j, _, _ in level.gates[pos]:
+                    parents.extend(done[j])
+                    followed[j] = True
+                guard = self._gate(level, pos, tuple(dict.fromkeys(parents)), done)
+                parents = [guard.gate]
+                if guard.depths:
+                    guards.append(guard)
+            elif not level.preds[pos]:
                 parents.extend(preds)
             done[pos] = self._emit_item(
                 items[pos], tuple(dict.fromkeys(parents)), (level, pos, frame)
             )
+        for guard in guards:  # every node of this flow exists now: what each depth skips
+            self._regions(guard)
         sinks = [x for pos in level.order if not followed[pos] for x in done[pos]]
         return tuple(sinks) or preds
 
@@ -513,6 +548,7 @@ class _Emitter:
             bindings=tuple(bindings),
         )
         item.node = index
+        self.owner[index] = frame[0]
         return (index,)
 
     def _emit_canvas(self, atom: Atom, preds: tuple[int, ...], frame: Frame) -> tuple[int, ...]:
@@ -543,6 +579,10 @@ class _Emitter:
                 if not node.parents and node.error_scope is None:
                     nodes[i] = node._replace(parents=preds)
         atom.node = value
+        unit = tuple(range(start, len(nodes)))
+        for i in unit:
+            self.owner[i] = frame[0]
+            self.units[i] = unit
         return (value,)
 
     def _emit_retried(
@@ -566,22 +606,142 @@ class _Emitter:
             bindings=tuple(bindings),
         )
         level.node = index
+        self.owner[index] = level  # a flow of its own: no narrow decider reaches past it
         return (index,)
 
     def _barrier(self, parents: tuple[int, ...]) -> int:
         return self.builder.add(NodeKind.JOIN, None, name="~barrier", parents=parents, args=((),))
 
     def _gate(
-        self, source: Atom | Level, target: Atom | Level, parents: tuple[int, ...], decider: Decider
-    ) -> int:
-        return self.builder.add(
+        self,
+        level: Level,
+        pos: int,
+        parents: tuple[int, ...],
+        done: Mapping[int, tuple[int, ...]],
+    ) -> _Guard:
+        votes: list[tuple[tuple[str, ...], Decider, Depth]] = []
+        sources: list[int] = []
+        nodes = self.builder.nodes
+        for j, decider, depth in level.gates[pos]:
+            seen = _value_nodes(level.items[j])
+            votes.append((tuple(nodes[n].key for n in seen), decider, depth))
+            sources.extend(seen)
+        narrow = tuple(dict.fromkeys(d for _, _, d in votes if d is not Depth.ALL))
+        guard = _Guard(level.items[pos].name, votes, narrow, self.skipped_only)
+        guard.gate = self.builder.add(
             NodeKind.JOIN,
             None,
-            name=f"~decider:{target.name}",
+            name=f"~decider:{level.items[pos].name}",
             parents=parents,
-            args=(tuple(_value_nodes(source)),),
-            when=decider,
+            args=(tuple(dict.fromkeys(sources)),),
+            when=guard,
         )
+        self.owner[guard.gate] = level
+        return guard
+
+    def _regions(self, guard: _Guard) -> None:
+        """What each narrow depth of ``guard`` skips, as TaskFlow's deciders affect the
+        atoms of its execution graph: ``ATOM`` the item's first tasks, ``NEIGHBORS``
+        those and the tasks right after them, ``FLOW`` those and all that follows them
+        in the same flow (never into a nested flow, a retried one included)."""
+        nodes = self.builder.nodes
+        owner = self.owner
+        units = self.units
+        gate = guard.gate
+        children: dict[int, list[int]] = {}
+        for node in nodes[gate + 1 :]:
+            for p in node.parents:
+                children.setdefault(p, []).append(node.index)
+        entries = children.get(gate, [])
+
+        def whole(found: list[int]) -> set[int]:
+            out: set[int] = set()
+            for i in found:
+                out.update(units.get(i, (i,)))
+            return out
+
+        for depth in guard.depths:
+            region = whole(entries)
+            if depth is not Depth.ATOM:
+                stack = [(i, owner.get(i)) for i in region]
+                seen = set(region)
+                while stack:
+                    i, where = stack.pop()
+                    for child in children.get(i, ()):
+                        if child in seen or owner.get(child) is not where:
+                            continue  # (another flow: a nested one, or the one around)
+                        seen.add(child)
+                        is_join = nodes[child].kind is NodeKind.JOIN
+                        for k in units.get(child, (child,)):
+                            region.add(k)
+                            seen.add(k)
+                            if depth is Depth.FLOW or is_join:
+                                stack.append((k, where))
+            guard.regions[depth] = tuple(sorted(region))
+        self.guards.append(guard)
+
+    def check_regions(self) -> None:
+        """Refuse a task that reads a value from a task a narrow decider skips while it
+        still runs (TaskFlow fails it then, with NotFound: "user beware")."""
+        if not self.guards:
+            return
+        nodes = self.builder.nodes
+        for guard in self.guards:
+            for depth, region in guard.regions.items():
+                skipped = set(region)
+                for node in nodes:
+                    if node.index in skipped or node.after_all:
+                        continue
+                    for param, source, _ in node.bindings:
+                        if source in skipped:
+                            raise DefinitionError(
+                                f"{node.key!r} reads {param!r} from {nodes[source].key!r}, "
+                                f"which a decider on {guard.target!r} with decider_depth="
+                                f"{depth.value!r} skips while {node.key!r} still runs; "
+                                f"use a wider decider_depth (ALL, the default, skips "
+                                f"{node.key!r} too) or read {param!r} from elsewhere"
+                            )
+
+
+@final
+class _Guard:
+    """The ``when`` of the join before a graph flow's item with deciders: asks each
+    decider with the results of every decider-linked predecessor (a predecessor that
+    was skipped has no result and its decider no vote, as in TaskFlow), and when one
+    says no, skips what the widest depth saying no covers."""
+
+    __slots__ = ("depths", "gate", "regions", "skipped_only", "target", "votes")
+
+    def __init__(
+        self,
+        target: str,
+        votes: list[tuple[tuple[str, ...], Decider, Depth]],
+        depths: tuple[Depth, ...],
+        skipped_only: set[int],
+    ) -> None:
+        self.target = target
+        self.votes = votes
+        #: the depths narrower than ALL among the votes, and the nodes each skips
+        self.depths = depths
+        self.regions: dict[Depth, tuple[int, ...]] = {}
+        self.skipped_only = skipped_only
+        self.gate = -1
+
+    def __call__(self, history: dict[str, Any]) -> Any:
+        nays: list[Depth] = []
+        for keys, decider, depth in self.votes:
+            if keys and not any(k in history for k in keys):
+                continue  # what it is linked from was skipped: it has no say
+            if not decider(history):
+                nays.append(depth)
+        if not nays:
+            return True
+        widest = min(nays, key=DEPTH_ORDER.index)
+        if widest is Depth.ALL:
+            return False
+        region = self.regions[widest]
+        self.skipped_only.update(region)
+        return SkipOnly(region)
 
 
 def _value_nodes(item: Atom | Level) -> list[int]:
@@ -603,6 +763,8 @@ class CompiledFlow:
     storage: dict[str, tuple[int, Any]] = field(default_factory=dict)
     #: True for a retried flow's body (one attempt), False for the flow as a whole.
     body: bool = False
+    #: nodes a decider narrower than ALL skipped (what follows them went on)
+    skipped_only: set[int] = field(default_factory=set)
 
     def value(self, execution: RunView | None, name: str) -> tuple[bool, Any]:
         """``(True, value)`` if the provider of ``name`` gave it, else ``(False, None)``."""
@@ -649,10 +811,17 @@ def compile_flow(
     c.builder.reserve(level.names)
     emitter = _Emitter(c, store or {}, -1)
     emitter.emit(level, (), None, root=root)
+    emitter.check_regions()
     storage = _storage_of(emitter, level, root=root)
     nodes = c.builder.nodes
     graph = c.builder.build(len(nodes) - 1, name=level.name) if nodes else None
-    return CompiledFlow(graph, level, storage, body=root and level.retry is not None)
+    return CompiledFlow(
+        graph,
+        level,
+        storage,
+        body=root and level.retry is not None,
+        skipped_only=emitter.skipped_only,
+    )
 
 
 # --- retried flows ---------------------------------------------------------------------------
@@ -810,7 +979,7 @@ class _Attempts:
         assert compiled.graph is not None
         values = compiled.values(attempt)
         values.update(retry._values(self._value))
-        if _ended_a_branch(compiled.graph, attempt):
+        if _ended_a_branch(compiled, attempt):
             return EndBranch(values)  # a decider said no: what follows is SKIPPED
         return values
 
@@ -859,12 +1028,17 @@ def _reverts_all(exc: BaseException) -> bool:
     return False
 
 
-def _ended_a_branch(graph: Graph, execution: RunView) -> bool:
-    """True when a last node of the run was SKIPPED (everything after it is, too)."""
+def _ended_a_branch(compiled: CompiledFlow, execution: RunView) -> bool:
+    """True when a last node of the run was SKIPPED (everything after it is, too), other
+    than by a decider narrower than ALL (what follows the flow goes on then)."""
+    graph = compiled.graph
+    assert graph is not None
+    narrow = compiled.skipped_only
     return any(
         not graph.children(node.index)
         and node.error_scope is None
         and execution.state_of(node.index) is NodeState.SKIPPED
+        and node.index not in narrow
         for node in graph.nodes
     )
 
@@ -923,6 +1097,7 @@ class FlowCanvas(Canvas[dict[str, Any]]):
         emitter = _Emitter(c, self._store, pred)
         preds = (pred,) if pred != -1 else ()
         sinks = emitter.emit(level, preds, None, root=False)
+        emitter.check_regions()
         storage = _storage_of(emitter, level, root=False)
         out = c.builder.add(
             NodeKind.TASK,

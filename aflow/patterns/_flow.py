@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from .._atom import Task
 from .._canvas import Canvas
+from .._exceptions import DefinitionError
 from .._graph import Graph
 from .._task import FunctionTask
 from ..retry import Retry
@@ -14,12 +16,49 @@ from ..retry import Retry
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Decider", "Flow", "FlowItem"]
+__all__ = ["Decider", "Depth", "Flow", "FlowItem"]
 
 #: What a flow holds: tasks, function tasks, canvas pieces and other flows.
 FlowItem: TypeAlias = "Task | FunctionTask[..., Any] | Canvas[Any] | Flow"
-#: ``decider(history) -> bool`` where history maps the linked task's name to its result.
+#: ``decider(history) -> bool`` where history maps the name of each task linked to the
+#: target with a decider (every task of a linked flow) to its result.
 Decider = Callable[[dict[str, Any]], Any]
+
+
+class Depth(enum.StrEnum):
+    """What a decider that says no skips (TaskFlow's ``taskflow.deciders.Depth``).
+
+    Whatever it does not skip runs once its other predecessors end: a task there
+    must not read a value from a task it skips (:func:`aflow.engines.load` says so).
+    """
+
+    #: The target and everything after it, nested flows and what follows the flow too
+    #: (the default).
+    ALL = "ALL"
+    #: The target and what follows it in the same flow, not in nested flows.
+    FLOW = "FLOW"
+    #: The target and the tasks right after it in the same flow.
+    NEIGHBORS = "NEIGHBORS"
+    #: The target only (for a flow: the tasks it starts with).
+    ATOM = "ATOM"
+
+    @classmethod
+    def parse(cls, depth: object, where: str = "decider_depth") -> Depth:
+        """``depth`` as a member (a member, or its name in any case)."""
+        if isinstance(depth, cls):
+            return depth
+        if isinstance(depth, str):
+            found = cls.__members__.get(depth.upper())
+            if found is not None:
+                return found
+        raise DefinitionError(
+            f"{where}: decider_depth must be one of {[d.value for d in cls]} "
+            f"(any case), got {depth!r}"
+        )
+
+
+#: From the widest to the narrowest: of several deciders saying no, the widest wins.
+DEPTH_ORDER = (Depth.ALL, Depth.FLOW, Depth.NEIGHBORS, Depth.ATOM)
 
 
 class Flow:
@@ -48,6 +87,11 @@ class Flow:
         self._ids: set[int] = set()  # identity of each item: add() stays O(1)
         #: (u, v, decider) links between items (graph flows).
         self._links: list[tuple[FlowItem, FlowItem, Decider | None]] = []
+        #: the decider_depth of a link whose decider says so (by position in _links)
+        self._depths: dict[int, Depth] = {}
+        #: item id -> how many items the flow held once the add() that added it ended,
+        #: for items added with resolve_requires=False (graph flows)
+        self._unresolved: dict[int, int] = {}
 
     def add(self, *items: FlowItem) -> Self:
         """Add tasks, function tasks, signatures, chains, groups or flows; returns the flow."""
