@@ -111,6 +111,8 @@ class Level:
     runner: RetriedFlow | None = None
     reach: dict[tuple[int, int], bool] = field(default_factory=dict)
     name_set: frozenset[str] = frozenset()
+    #: a decider narrower than ALL is in this flow or one nested in it
+    narrow: bool = False
 
     def reaches(self, source: int, target: int) -> bool:
         """True when item ``source`` runs before item ``target`` (graph flows)."""
@@ -331,6 +333,9 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     level = Level(
         flow, flow.name, kind, items, retry, preds, gates, order, exports, positions, wants, names
     )
+    level.narrow = any(g[2] is not Depth.ALL for gs in gates for g in gs) or any(
+        isinstance(item, Level) and item.narrow for item in items
+    )
     if kind != "linear":
         for i, name, who, j in optional:  # read from a provider only if it runs before
             if kind == "unordered" or not level.reaches(j, i):
@@ -396,12 +401,16 @@ _Found = tuple[str, Any, Any]  # ("node", index, selector) | ("value", v, None) 
 
 @final
 class _Emitter:
-    __slots__ = ("c", "guards", "owner", "parent", "skipped_only", "store", "units")
+    __slots__ = ("c", "guards", "owner", "parent", "skipped_only", "store", "track", "units")
 
-    def __init__(self, c: _Compiler, store: Mapping[str, Any] | None, parent: int) -> None:
+    def __init__(
+        self, c: _Compiler, store: Mapping[str, Any] | None, parent: int, track: bool = False
+    ) -> None:
         self.c = c
         self.store = store
         self.parent = parent
+        #: record who owns each node (a decider narrower than ALL needs it)
+        self.track = track
         #: the guards of deciders narrower than ALL (their regions are checked at the end)
         self.guards: list[_Guard] = []
         #: node -> the flow (level) it belongs to; recorded only once a graph flow has a
@@ -491,7 +500,8 @@ class _Emitter:
             for pos, item in enumerate(items):
                 if isinstance(item, Level) and len(cur) > 1:
                     cur = (self._barrier(cur),)
-                    self.owner[cur[0]] = level
+                    if self.track:
+                        self.owner[cur[0]] = level
                 cur = self._emit_item(item, cur, (level, pos, frame))
             return cur
         if level.kind == "unordered":
@@ -548,7 +558,8 @@ class _Emitter:
             bindings=tuple(bindings),
         )
         item.node = index
-        self.owner[index] = frame[0]
+        if self.track:
+            self.owner[index] = frame[0]
         return (index,)
 
     def _emit_canvas(self, atom: Atom, preds: tuple[int, ...], frame: Frame) -> tuple[int, ...]:
@@ -579,10 +590,11 @@ class _Emitter:
                 if not node.parents and node.error_scope is None:
                     nodes[i] = node._replace(parents=preds)
         atom.node = value
-        unit = tuple(range(start, len(nodes)))
-        for i in unit:
-            self.owner[i] = frame[0]
-            self.units[i] = unit
+        if self.track:
+            unit = tuple(range(start, len(nodes)))
+            for i in unit:
+                self.owner[i] = frame[0]
+                self.units[i] = unit
         return (value,)
 
     def _emit_retried(
@@ -606,7 +618,8 @@ class _Emitter:
             bindings=tuple(bindings),
         )
         level.node = index
-        self.owner[index] = level  # a flow of its own: no narrow decider reaches past it
+        if self.track:  # a flow of its own: no narrow decider reaches past it
+            self.owner[index] = level
         return (index,)
 
     def _barrier(self, parents: tuple[int, ...]) -> int:
@@ -636,7 +649,8 @@ class _Emitter:
             args=(tuple(dict.fromkeys(sources)),),
             when=guard,
         )
-        self.owner[guard.gate] = level
+        if self.track:
+            self.owner[guard.gate] = level
         return guard
 
     def _regions(self, guard: _Guard) -> None:
@@ -809,7 +823,7 @@ def compile_flow(
     level = flow if isinstance(flow, Level) else analyse(flow)
     c = _Compiler()
     c.builder.reserve(level.names)
-    emitter = _Emitter(c, store or {}, -1)
+    emitter = _Emitter(c, store or {}, -1, level.narrow)
     emitter.emit(level, (), None, root=root)
     emitter.check_regions()
     storage = _storage_of(emitter, level, root=root)
@@ -1094,7 +1108,7 @@ class FlowCanvas(Canvas[dict[str, Any]]):
     ) -> tuple[tuple[int, ...], bool]:
         level = analyse(self._flow)
         c.builder.reserve(level.names)
-        emitter = _Emitter(c, self._store, pred)
+        emitter = _Emitter(c, self._store, pred, level.narrow)
         preds = (pred,) if pred != -1 else ()
         sinks = emitter.emit(level, preds, None, root=False)
         emitter.check_regions()
