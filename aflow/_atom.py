@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, final
 
 from ._exceptions import ProvidesError, SignatureError
-from ._options import DEFAULT_OPTIONS, check_options, resolve_options
+from ._options import DEFAULT_OPTIONS, NodeOptions, check_options, resolve_options
 from ._task import FunctionTask, Revert, _check_revert
 
 __all__ = [
@@ -394,11 +394,15 @@ class Task:
             ``**kwargs``); default ``requires``.
         revert_rebind: ``rebind`` for ``revert``'s parameters; default: each reads the
             name the ``execute`` parameter of the same name reads.
-        options: aflow node options (``retries``, ``timeout``, ``limit``...).
+        options: aflow node options (``retries``, ``timeout``, ``limit``, ``priority``...).
     """
 
     #: The names the result is stored under when ``provides`` is not given.
     default_provides: ClassVar[ProvidesLike] = None
+    #: When more tasks are ready than may run, the higher starts (and reverts) first;
+    #: equal ones in the order they became ready (TaskFlow's ``Atom.priority``). Set it
+    #: on the class, on the instance, or with ``priority=``.
+    priority: float = 0
 
     _aflow_task: ClassVar[FunctionTask[..., Any] | None] = None
 
@@ -473,6 +477,8 @@ class Task:
             checked.pop("name", None)
             self._options = checked
             self._node_options = resolve_options(checked)
+            if "priority" in checked:
+                self.priority = checked["priority"]
         else:
             self._options = {}
             self._node_options = DEFAULT_OPTIONS
@@ -538,6 +544,14 @@ class Task:
     def optional(self) -> frozenset[str]:
         """The names this task reads if something provides them (parameters with defaults)."""
         return frozenset(self._params.optional.values())
+
+    def _options_now(self) -> NodeOptions:
+        """The node options, with ``priority`` as the task has it now (TaskFlow code sets
+        it on the class or the instance after construction)."""
+        if self.priority == self._node_options.priority:
+            return self._node_options
+        checked = check_options(self.name, {**self._options, "priority": self.priority})
+        return resolve_options(checked)
 
     def __repr__(self) -> str:
         provides = f" provides={list(self.provides)}" if self.provides else ""

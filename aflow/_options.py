@@ -28,7 +28,17 @@ RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Base
 
 #: Options of a node (task, signature, or inherited from a group or chain).
 NODE_OPTIONS = frozenset(
-    {"name", "retries", "timeout", "limit", "backoff", "retry_on", "deadline", "continue_on_failed"}
+    {
+        "name",
+        "retries",
+        "timeout",
+        "limit",
+        "backoff",
+        "retry_on",
+        "deadline",
+        "continue_on_failed",
+        "priority",
+    }
 )
 #: Options of a fan-out (a group, or a map/starmap signature).
 FANOUT_OPTIONS = frozenset({"min_success", "success_ratio"})
@@ -94,12 +104,17 @@ class NodeOptions:
     continue_on_failed: bool = False
     min_success: int | None = None
     success_ratio: float | None = None
+    #: Among ready nodes, the higher runs (and reverts) first; ties in readiness order.
+    priority: float = 0
     #: One attempt, no deadline: the scheduler's fast path (computed, not an option).
     single_shot: bool = field(init=False, compare=False, repr=False)
+    #: It takes limit slots or has a priority (computed): RunShape looks closer then.
+    queued: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         single = self.retries == 0 and self.timeout is None and self.deadline is None
         object.__setattr__(self, "single_shot", single)
+        object.__setattr__(self, "queued", bool(self.limits) or self.priority != 0)
 
     def should_retry(self, error: BaseException) -> bool:
         """True if ``retry_on`` admits ``error`` (any ``Exception`` when unset)."""
@@ -188,6 +203,9 @@ def check_options(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
             f"must be a name, a tuple of names or a set of names, got {provides!r}",
             "provides",
         )
+    priority = out.get("priority", 0)
+    if not isinstance(priority, int | float) or isinstance(priority, bool) or priority != priority:
+        raise SignatureError(owner, f"must be a number, got {priority!r}", "priority")
     if "continue_on_failed" in out and not isinstance(out["continue_on_failed"], bool):
         raise SignatureError(owner, "must be True or False", "continue_on_failed")
     min_success = out.get("min_success")
@@ -233,6 +251,7 @@ def resolve_options(merged: Mapping[str, Any], *, fanout: bool = False) -> NodeO
         merged.get("continue_on_failed", False),
         merged.get("min_success") if fanout else None,
         merged.get("success_ratio") if fanout else None,
+        merged.get("priority", 0),
     )
     found = _interned.get(key)
     if found is None:

@@ -397,6 +397,7 @@ def task(
     limit: str | Iterable[str] | None = None,
     continue_on_failed: bool = False,
     provides: str | tuple[str, ...] | set[str] | frozenset[str] | None = None,
+    priority: float = 0,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -411,6 +412,7 @@ def task(
     limit: str | Iterable[str] | None = None,
     continue_on_failed: bool = False,
     provides: str | tuple[str, ...] | set[str] | frozenset[str] | None = None,
+    priority: float = 0,
 ) -> Any:
     """Turn a function into a task.
 
@@ -437,6 +439,8 @@ def task(
         provides: inside a flow (``aflow.patterns``), the name its result is stored
             under; a tuple of names unpacks a returned sequence, a set of names
             picks keys of a returned dict.
+        priority: when more nodes are ready than may run, the higher starts (and, on
+            unwinding, reverts) first; equal ones in the order they became ready.
     """
     options: dict[str, Any] = {}
     if name is not None:
@@ -457,6 +461,8 @@ def task(
         options["continue_on_failed"] = True
     if provides is not None:
         options["provides"] = provides
+    if priority:
+        options["priority"] = priority
 
     def decorate(f: Callable[..., Any]) -> FunctionTask[..., Any]:
         return FunctionTask(f, options)

@@ -725,3 +725,102 @@ async def test_resolve_requires_false_reads_a_provider_it_is_linked_to() -> None
     flow.link(give, take)
     assert flow.requires == frozenset()
     assert (await engines.run(flow, store={"x": 100}))["got"] == 1
+
+
+# --- scheduling: priority -------------------------------------------------------------------
+
+
+class Ranked(aflow.Task):
+    """Logs its start, lets the loop run, then logs its end; its revert logs too."""
+
+    log: list[str] = []
+
+    async def execute(self) -> None:
+        type(self).log.append(self.name)
+        await anyio.lowlevel.checkpoint()
+
+    async def revert(self, result: Any) -> None:
+        type(self).log.append(f"undo {self.name}")
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+def ranked() -> list[str]:
+    Ranked.log = []
+    return Ranked.log
+
+
+def six() -> list[Ranked]:
+    return [
+        Ranked("p1", priority=1),
+        Ranked("p5", priority=5),
+        Ranked("p3", priority=3),
+        Ranked("p0"),
+        Ranked("n1", priority=-1),
+        Ranked("p3b", priority=3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("engine", "workers"),
+    [("serial", None), ("parallel", 1), ("parallel", 2)],
+    ids=["serial", "parallel-1", "parallel-2"],
+)
+async def test_priority_orders_ready_tasks_as_taskflow(
+    engine: Any, workers: int | None, ranked: list[str]
+) -> None:
+    """TaskFlow 6.5's serial engine: p5, p3, p3b, p1, p0, n1 (stable, highest first)."""
+    await engines.run(uf.Flow("u").add(*six()), engine=engine, max_workers=workers)
+    assert ranked == ["p5", "p3", "p3b", "p1", "p0", "n1"]
+
+
+async def test_reverts_that_are_ready_together_go_by_priority(ranked: list[str]) -> None:
+    """TaskFlow 6.5: root, p5, p3, p1, then undo p5, p3, p1, root."""
+    flow = lf.Flow("l").add(
+        Ranked("root"),
+        uf.Flow("u").add(
+            Ranked("p1", priority=1), Ranked("p5", priority=5), Ranked("p3", priority=3)
+        ),
+        Boom("boom"),
+    )
+    with pytest.raises(Declined):
+        await engines.run(flow)
+    assert ranked == ["root", "p5", "p3", "p1", "undo p5", "undo p3", "undo p1", "undo root"]
+
+
+async def test_priority_set_on_the_class_or_the_instance_counts(ranked: list[str]) -> None:
+    class Urgent(Ranked):
+        priority = 10
+
+    late = Ranked("late")
+    late.priority = 20  # as TaskFlow code does, after construction
+    await engines.run(uf.Flow("u").add(Ranked("plain"), Urgent("urgent"), late))
+    assert ranked == ["late", "urgent", "plain"]
+
+
+async def test_function_tasks_take_a_priority_too() -> None:
+    order: list[str] = []
+
+    @aflow.task
+    async def step(name: str) -> None:
+        order.append(name)
+
+    @aflow.task(priority=2)
+    async def urgent(name: str) -> None:
+        order.append(name)
+
+    await aflow.run(
+        aflow.group(step.s("a"), urgent.s("b"), step.s("c").set(priority=1)), max_concurrency=1
+    )
+    assert order == ["b", "c", "a"]
+
+
+def test_a_priority_must_be_a_number() -> None:
+    with pytest.raises(SignatureError, match="must be a number, got 'high'") as info:
+        Ranked("r", priority="high")
+    assert info.value.task == "r"
+    assert info.value.argument == "priority"
+    late = Ranked("late")
+    late.priority = None  # type: ignore[assignment]
+    with pytest.raises(SignatureError, match="must be a number, got None"):
+        engines.load(lf.Flow("f").add(late))

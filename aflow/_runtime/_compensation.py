@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +124,10 @@ class Compensation(RunState):
         before = self._phase  # (FORWARD, or CLOSED for compensate())
         self._phase = Phase.UNWINDING
         self._remaining = [len(c) for c in self._children]
-        self._ready = deque(i for i, left in enumerate(self._remaining) if left == 0)
+        # (by priority too, for a graph with priorities: TaskFlow sorts reverts alike)
+        self._ready = self.graph._shape[0].new_ready(
+            i for i, left in enumerate(self._remaining) if left == 0
+        )
         timed_out = False
         loop = self._loop
         finished = None if loop is not None else anyio.Event()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -310,7 +309,7 @@ class Lifecycle(RunState):
         self._stops.discard(_SUSPEND)
         states = self._states
         remaining = self._remaining
-        self._ready = deque(
+        self._ready = self.graph._shape[0].new_ready(
             node.index
             for node in self._nodes
             if node.error_scope is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -166,7 +165,7 @@ class Restore(RunState):
                     self._restore_error(node, _CUT_SHORT, record, cancelled=True)
                     self._started[i] = self._finished[i] = now
         self._rebuild_map_calls()
-        self._ready = deque(
+        self._ready = self.graph._shape[0].new_ready(
             node.index
             for node in nodes
             if node.error_scope is None

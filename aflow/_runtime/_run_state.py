@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import heapq
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import anyio.abc
@@ -346,7 +347,8 @@ class RunState:
         #: the nodes the unwind phase reverts (fixed as it begins)
         self._reverting: frozenset[int] = frozenset()
         #: nodes whose remaining count reached 0 and that have not started, each once
-        self._ready: deque[int] = deque(shape.roots)
+        #: (a deque; by priority for a graph with priorities: see PriorityReady)
+        self._ready: ReadyQueue = shape.new_ready(shape.roots)
         #: the run is complete once _done_count reaches this: every node but the error
         #: callbacks (which run only after a failure)
         self._done_goal = shape.done_goal
@@ -430,7 +432,7 @@ class RunShape:
     set-up counts): its root nodes, parents per node, the error callbacks' count, which
     group joins tolerate which nodes, and a node per distinct set of options with limits."""
 
-    __slots__ = ("done_goal", "limited", "remaining", "roots", "tolerated_by")
+    __slots__ = ("done_goal", "limited", "new_ready", "remaining", "roots", "tolerated_by")
 
     def __init__(self, nodes: Sequence[Node]) -> None:
         self.remaining = [len(node.parents) for node in nodes]
@@ -438,6 +440,7 @@ class RunShape:
         errbacks = 0
         tolerant: list[Node] = []
         limited: dict[int, Node] = {}
+        prioritised = False
         for node in nodes:
             if node.error_scope is not None:
                 errbacks += 1
@@ -445,8 +448,18 @@ class RunShape:
                 roots.append(node.index)
             if node.tolerates is not None:
                 tolerant.append(node)
-            if node.options.limits:  # (options are interned: few distinct objects)
-                limited.setdefault(id(node.options), node)
+            options = node.options
+            if options.queued:  # limits or a priority (options are interned: few objects)
+                if options.limits:
+                    limited.setdefault(id(options), node)
+                if options.priority:
+                    prioritised = True
+        #: makes a run's ready queue: a plain deque unless some node has a priority, so a
+        #: graph without one pays nothing for them
+        self.new_ready: Callable[[Iterable[int]], ReadyQueue] = deque
+        if prioritised:
+            priorities = [node.options.priority for node in nodes]
+            self.new_ready = lambda items: PriorityReady(priorities, items)
         self.roots = tuple(roots)
         self.done_goal = len(nodes) - errbacks
         self.limited = tuple(limited.values())
@@ -458,6 +471,57 @@ class RunShape:
                 for i in range(start, end):
                     tolerated_by[i] = join.index
         self.tolerated_by: Mapping[int, int] = tolerated_by
+
+
+@final
+class PriorityReady:
+    """The ready queue of a graph whose nodes have priorities (TaskFlow's ``priority``):
+    the highest first, equal ones in the order they became ready (TaskFlow sorts its
+    ready atoms stably); a node handed a limit slot (``appendleft``) goes before all.
+
+    It offers what the scheduler uses of a deque, in Python: only a graph with
+    priorities pays for it (see ``RunShape.new_ready``)."""
+
+    __slots__ = ("_front", "_heap", "_priorities", "_seq")
+
+    def __init__(self, priorities: Sequence[float], items: Iterable[int] = ()) -> None:
+        self._priorities = priorities
+        #: (-priority, arrival, node index)
+        self._heap: list[tuple[float, int, int]] = []
+        self._front: deque[int] = deque()
+        self._seq = 0
+        for index in items:
+            self.append(index)
+
+    def append(self, index: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (-self._priorities[index], self._seq, index))
+
+    def appendleft(self, index: int) -> None:
+        self._front.appendleft(index)
+
+    def popleft(self) -> int:
+        if self._front:
+            return self._front.popleft()
+        return heapq.heappop(self._heap)[2]
+
+    def clear(self) -> None:
+        self._front.clear()
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._front) + len(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._front) or bool(self._heap)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._front
+        yield from (index for _, _, index in sorted(self._heap))
+
+
+#: A run's ready queue: a deque, or a PriorityReady for a graph with priorities.
+ReadyQueue = deque[int] | PriorityReady
 
 
 def _tolerated_span(join: Node) -> int:

@@ -173,7 +173,7 @@ def _atom_of(item: FlowItem) -> Atom:
             item._inject_kwargs,
             params,
             spec,
-            item._node_options,
+            item._options_now(),
             None,
         )
     if isinstance(item, FunctionTask):
