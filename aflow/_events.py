@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
+from ._exceptions import told
+
 __all__ = ["Event", "EventListener", "EventSink", "warn"]
 
 #: Event names, fixed: tests and dashboards match on them.
@@ -169,7 +171,7 @@ class EventSink:
         if duration_s is not None:
             fields["duration_s"] = round(duration_s, 6)
         if error is not None:
-            fields["error"] = f"{type(error).__name__}: {error}"
+            fields["error"] = f"{type(error).__name__}: {told(error)}"
         if node is not None:
             log.debug(name, **fields)
         elif name in (RUN_FAILED, RUN_CANCELLED, RUN_REVERTED):

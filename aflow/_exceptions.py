@@ -619,3 +619,12 @@ class EngineNotFound(NotFound, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.known))
+
+
+def told(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of it when its ``__str__`` fails (a bad task's
+    error must fail the task like any other, not the runtime, a log line or a report)."""
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<{type(exc).__name__}: str() failed: {type(broken).__name__}>"

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import final
 
+from ._exceptions import told
+
 __all__ = ["Failure"]
 
 
@@ -72,12 +74,3 @@ class Failure:
             "cancelled" if self.cancelled else f"{self.exc_type.rsplit('.', 1)[-1]}: {self.message}"
         )
         return f"Failure({self.task!r}, {what})"
-
-
-def told(exc: BaseException) -> str:
-    """``str(exc)``, or what can be said of it when its ``__str__`` fails (a bad task's
-    error must fail the task like any other, not the runtime)."""
-    try:
-        return str(exc)
-    except Exception as broken:
-        return f"<{type(exc).__name__}: str() failed: {type(broken).__name__}>"

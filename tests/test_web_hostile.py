@@ -992,3 +992,20 @@ def test_a_deploy_is_not_held_up_by_a_client_following_a_run(
     assert (end["id"], end["finished"]) == (accepted["run_id"], False)
     assert "Application shutdown complete" in server.output()
     assert "undo: refunded 25.00 (rcpt-o-7)" in server.output()
+
+
+async def test_an_error_that_cannot_be_told_is_logged_and_raised_as_itself() -> None:
+    """With structlog capturing at debug level (as an application that logs does), a task
+    and its error callback whose exceptions' __str__ raise fail the run with the task's
+    own exception: the log lines, the notes and the stored text say 'str() failed'."""
+    from structlog.testing import capture_logs
+
+    @aflow.task
+    async def note(error: Exception) -> None:
+        raise BadStr()
+
+    with capture_logs() as logs, pytest.raises(BadStr) as caught:
+        await aflow.run(raise_bad_str.s().on_error(note.s()), run_id="bad-str")
+    failed = [e for e in logs if e.get("run_id") == "bad-str" and e["event"] == "task_failed"]
+    assert [e["error"] for e in failed] == ["BadStr: <BadStr: str() failed: RuntimeError>"] * 2
+    assert any("str() failed" in n for n in getattr(caught.value, "__notes__", ()))

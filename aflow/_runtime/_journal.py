@@ -22,8 +22,7 @@ from typing import Any, final
 
 import anyio
 
-from .._exceptions import RecordedError, SerializationError
-from .._failure import told
+from .._exceptions import RecordedError, SerializationError, told
 from .._serialize import Serializer
 from ..stores._base import NodeRecord, RecordState, Store
 

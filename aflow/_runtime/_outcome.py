@@ -21,6 +21,7 @@ from .._exceptions import (
     RunCancelled,
     RunTimeout,
     StoreError,
+    told,
 )
 from .._graph import Node, errback_extras
 from ._journal import describe
@@ -83,7 +84,8 @@ class Outcome(RunState):
         for key, error in errback_errors:
             if error is not primary:
                 primary.add_note(
-                    f"aflow: error callback {key!r} also failed: {type(error).__name__}: {error}"
+                    f"aflow: error callback {key!r} also failed: "
+                    f"{type(error).__name__}: {told(error)}"
                 )
         if self._revert_errors:
             unique = {id(e): e for e in self._revert_errors.values()}  # one compensation timeout
