@@ -239,7 +239,10 @@ class Engine:
     def suspend(self) -> None:
         """Start no more tasks; running ones finish, then :meth:`run` returns (``SUSPENDED``).
 
-        A task inside a retried flow counts as part of that flow, which runs to its
+        While the flow is being reverted, no more reverts start: the running ones
+        finish, :meth:`run` returns (``SUSPENDED``) and the next :meth:`run` goes on
+        reverting, then raises what failed (as TaskFlow's engine). A task inside a
+        retried flow counts as part of that flow, which runs (or is undone) to its
         end. Before :meth:`run` has started (or once it ended) this does nothing.
         """
         if self._execution is not None:

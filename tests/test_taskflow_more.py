@@ -824,3 +824,136 @@ def test_a_priority_must_be_a_number() -> None:
     late.priority = None  # type: ignore[assignment]
     with pytest.raises(SignatureError, match="must be a number, got None"):
         engines.load(lf.Flow("f").add(late))
+
+
+# --- suspend while reverting ------------------------------------------------------------------
+
+
+class Undoes(aflow.Task):
+    """Logs; its revert logs and, for the name in ``suspend_at``, suspends the engine."""
+
+    log: list[str] = []
+    engine: list[engines.Engine] = []
+    suspend_at: set[str] = set()
+
+    async def execute(self) -> None:
+        type(self).log.append(self.name)
+
+    async def revert(self, result: Any) -> None:
+        type(self).log.append(f"undo {self.name}")
+        if self.name in type(self).suspend_at:
+            type(self).suspend_at.discard(self.name)
+            type(self).engine[0].suspend()
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+def undoes() -> list[str]:
+    Undoes.log, Undoes.engine, Undoes.suspend_at = [], [], set()
+    return Undoes.log
+
+
+def loaded(flow: Any, suspend_at: set[str]) -> engines.Engine:
+    eng = engines.load(flow)
+    Undoes.engine.append(eng)
+    Undoes.suspend_at = set(suspend_at)
+    return eng
+
+
+async def test_suspend_while_reverting_stops_after_the_running_revert(undoes: list[str]) -> None:
+    """TaskFlow 6.5: run() returns SUSPENDED after 'undo b'; the next run() reverts a,
+    raises the task's error and ends REVERTED."""
+    flow = lf.Flow("l").add(Undoes("a"), Undoes("b"), Undoes("c"), Boom("boom"))
+    eng = loaded(flow, {"b"})
+    await eng.run()
+    assert undoes == ["a", "b", "c", "undo c", "undo b"]
+    assert eng.state is aflow.RunStatus.SUSPENDED
+    assert eng.states()["a"] is S.SUCCEEDED
+    assert eng.states()["b"] is S.REVERTED
+    undoes.clear()
+    with pytest.raises(Declined, match="boom") as info:
+        await eng.run()
+    assert undoes == ["undo a"]
+    assert eng.state is aflow.RunStatus.REVERTED
+    assert set(eng.states().values()) == {S.REVERTED, S.FAILED}
+    assert any("reverted c, b, a" in note for note in info.value.__notes__)
+
+
+async def test_suspend_from_outside_lets_every_running_revert_finish(undoes: list[str]) -> None:
+    gate = anyio.Event()
+    started: list[str] = []
+
+    class Slow(aflow.Task):
+        async def execute(self) -> None: ...
+
+        async def revert(self, result: Any) -> None:
+            started.append(self.name)
+            await gate.wait()
+            undoes.append(f"undo {self.name}")
+
+    flow = lf.Flow("l").add(Undoes("root"), uf.Flow("u").add(Slow("s1"), Slow("s2")), Boom())
+    eng = engines.load(flow, engine="parallel")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eng.run)
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(started) == ["s1", "s2"]
+        eng.suspend()
+        gate.set()
+    assert eng.state is aflow.RunStatus.SUSPENDED
+    assert sorted(undoes[1:]) == ["undo s1", "undo s2"]
+    assert eng.states()["root"] is S.SUCCEEDED
+    with pytest.raises(Declined):
+        await eng.run()
+    assert undoes[-1] == "undo root"
+    assert eng.state is aflow.RunStatus.REVERTED
+
+
+async def test_a_suspend_with_nothing_left_to_revert_ends_the_run(undoes: list[str]) -> None:
+    eng = loaded(lf.Flow("l").add(Undoes("a"), Boom()), {"a"})
+    with pytest.raises(Declined):
+        await eng.run()
+    assert eng.state is aflow.RunStatus.REVERTED
+
+
+async def test_a_revert_failing_after_a_suspend_is_reported_when_the_run_goes_on(
+    undoes: list[str],
+) -> None:
+    flow = lf.Flow("l").add(BadUndo("bad"), Undoes("a"), Undoes("b"), Boom("boom"))
+    eng = loaded(flow, {"b"})
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUSPENDED
+    with pytest.raises(aflow.errors.CompensationFailed):
+        await eng.run()
+    assert eng.state is aflow.RunStatus.FAILED
+    assert list(eng.storage.get_revert_failures()) == ["bad"]
+    assert eng.states()["a"] is S.REVERTED
+
+
+async def test_an_engine_suspended_while_reverting_can_be_reset(undoes: list[str]) -> None:
+    eng = loaded(lf.Flow("l").add(Undoes("a"), Undoes("b"), Boom()), {"b"})
+    await eng.run()
+    assert eng.state is aflow.RunStatus.SUSPENDED
+    eng.reset()
+    assert eng.state is aflow.RunStatus.PENDING
+
+
+async def test_a_cancelled_caller_is_unwound_to_the_end_even_if_suspended(
+    undoes: list[str],
+) -> None:
+    """Cancelling the task awaiting run() unwinds the run; a suspend meanwhile does not
+    leave it half undone (there is no caller left to run it again)."""
+    blocked = anyio.Event()
+
+    class Waits(aflow.Task):
+        async def execute(self) -> None:
+            blocked.set()
+            await anyio.sleep_forever()
+
+    eng = loaded(lf.Flow("l").add(Undoes("a"), Undoes("b"), Waits()), {"b"})
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(eng.run)
+            await blocked.wait()
+            scope.cancel()
+    assert undoes == ["a", "b", "undo b", "undo a"]
+    assert eng.state is aflow.RunStatus.CANCELLED

@@ -239,7 +239,8 @@ class RunView:
         await self._execution.compensate()
 
     def suspend(self) -> None:
-        """Let the running nodes finish and start no more (see ``Engine.suspend``)."""
+        """Let the running nodes (or reverts) finish and start no more (see
+        ``Engine.suspend``)."""
         self._execution.suspend()
 
 

@@ -49,6 +49,7 @@ from ._run_state import (
     _TASK,
     Phase,
     RunState,
+    StopReason,
 )
 from ._states import RunStatus
 
@@ -106,8 +107,11 @@ class Compensation(RunState):
         if CHECK_INVARIANTS:
             self._check_invariants()
 
-    async def _unwind(self) -> None:
-        """Revert what ran, consumers first; shielded, with its own deadline."""
+    async def _unwind(self) -> bool:
+        """Revert what ran, consumers first; shielded, with its own deadline.
+
+        Returns ``True`` when :meth:`suspend` stopped it with reverts still to start
+        (calling it again goes on: what was reverted is passed over)."""
         states = self._states
         started = self._started
         self._reverting = frozenset(
@@ -120,7 +124,7 @@ class Compensation(RunState):
             and states[node.index] in (_SUCCEEDED, _FAILED, _CANCELLED)
         )
         if not self._reverting:
-            return
+            return False
         before = self._phase  # (FORWARD, or CLOSED for compensate())
         self._phase = Phase.UNWINDING
         self._remaining = [len(c) for c in self._children]
@@ -180,8 +184,10 @@ class Compensation(RunState):
                                 raise  # the compensation itself crashed: let its error out
                             self._deferred_cancel = exc
         self._phase = before
+        left = bool(self._ready or self._parked) and StopReason.SUSPEND in self._stops
         self._end_phase()
         if timed_out:
+            left = False
             timeout = TimeoutError(
                 f"compensation of run {self.run_id} exceeded {self._compensation_timeout} s"
             )
@@ -201,6 +207,7 @@ class Compensation(RunState):
                             )
                         )
             await self._write_leftover()
+        return left
 
     def _unwound(self, index: int) -> None:
         """Node ``index`` is undone: its parents whose consumers all are become ready.

@@ -148,12 +148,17 @@ class Lifecycle(RunState):
             or caller_cancel is not None
             or (bool(stops) and (_TIMEOUT in stops or _CANCEL in stops))
         )
+        left = False  # suspend() stopped the unwinding with reverts still to start
         if stopped and self._on_error == "revert":
             self._stop_cause = self._cause_text()
             try:
-                await self._unwind()
+                left = await self._unwind()
+                if left and caller_cancel is not None:  # its caller is gone: undo it all now
+                    stops.discard(_SUSPEND)
+                    left = await self._unwind()
             except BaseException as exc:  # a native cancel as the shielded group closed
                 caller_cancel = caller_cancel or exc
+                left = False
             if _RELEASE in stops:  # let go of mid-compensation: a resume goes on
                 await self._let_go(caller_cancel)
             if caller_cancel is None and self._reverting:
@@ -169,6 +174,12 @@ class Lifecycle(RunState):
             raise caller_cancel
         if self._store_error is not None:  # while unwinding
             raise self._stopped_by_store()
+        if left:  # the next execute() takes up the unwinding where it stopped
+            self._resumed_unwinding = True
+            self.status = RunStatus.SUSPENDED
+            self._phase = _SUSPENDED
+            events.emit(RUN_SUSPENDED)
+            return None
         if stops and _SUSPEND in stops and not stopped and self._done_count < self._done_goal:
             self.status = RunStatus.SUSPENDED  # what is left runs on the next execute()
             self._phase = _SUSPENDED
@@ -298,9 +309,12 @@ class Lifecycle(RunState):
         """Start no more nodes; the running ones finish, then :meth:`execute` returns.
 
         The run is then ``SUSPENDED`` and a later :meth:`execute` runs only
-        what is left. A run already unwinding is not suspended.
+        what is left. A run that is unwinding starts no more reverts: the running
+        ones finish, :meth:`execute` returns (``SUSPENDED``), and the next one goes on
+        unwinding, then raises what stopped the run (TaskFlow's engine does so). A run
+        whose awaiting task was cancelled is unwound to the end all the same.
         """
-        if self._phase is _UNWINDING or self.closed:
+        if self.closed:
             return
         self._stop(_SUSPEND)
 

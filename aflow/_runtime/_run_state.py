@@ -205,7 +205,7 @@ class RunState:
         def _failure_of(self, node: Node, exc: BaseException, attempt: int) -> Exception: ...
 
         # compensation.py
-        async def _unwind(self) -> None: ...
+        async def _unwind(self) -> bool: ...
         def _unwound(self, index: int) -> None: ...
         def _failed_reverts(self) -> dict[str, BaseException]: ...
 
@@ -292,7 +292,8 @@ class RunState:
         self._store_error: BaseException | None = None
         #: taken up from checkpoints (a resumed or forked run); a fact, never cleared
         self.restored = False
-        #: taken up in the middle of its compensation: it goes on unwinding (a fact)
+        #: taken up in the middle of its compensation (restored, or suspended while
+        #: unwinding): its next execute() goes on unwinding (a fact)
         self._resumed_unwinding = False
         #: what stopped the run, as its store keeps it while it reverts (a resume needs it)
         self._stop_cause: str | None = None
