@@ -10,6 +10,7 @@ test waits for those records through the app itself (see that module).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import re
@@ -22,6 +23,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 import httpx
 import pytest
 from starlette.requests import Request
@@ -72,6 +76,11 @@ class FakeServer:
         self.complete = False
         self.hold_last: anyio.Event | None = None
         self.fail_with: Exception | None = None
+        self.said_disconnect = anyio.Event()  # receive() returned http.disconnect
+        self.interrupted = 0  # receive() calls a cancellation cut short
+        # A cancelled receive() waits for it (shielded) before it ends.
+        self.linger: anyio.Event | None = None
+        self.lingering = anyio.Event()
         self._receiving = False
         self._changed = anyio.Event()
 
@@ -96,10 +105,18 @@ class FakeServer:
                 if self.fail_with is not None:
                     raise self.fail_with
                 if self.gone or (self.complete and self.like_uvicorn):
+                    self.said_disconnect.set()
                     return DISCONNECT
                 if self.incoming:
                     return self.incoming.pop(0)
                 await self._changed.wait()
+        except anyio.get_cancelled_exc_class():
+            self.interrupted += 1
+            if self.linger is not None:
+                self.lingering.set()
+                with anyio.CancelScope(shield=True):
+                    await self.linger.wait()
+            raise
         finally:
             self._receiving = False
 
@@ -530,6 +547,418 @@ async def test_when_limits_the_requests_it_watches() -> None:
         handler.gate.set()
     assert seen == [server.receive]
     assert handler.log == ["finished"]
+
+
+# --- the asyncio path: its shortcuts, its own cancel, nothing left behind ----------------
+
+
+def on_asyncio(test: Any) -> Any:
+    """An async test, run on asyncio and uvloop: what the middleware does on asyncio
+    alone (trio keeps an anyio task group)."""
+    run = on_each_backend(test)
+    run.pytestmark = [  # (replaces on_each_backend's parametrization)
+        *getattr(test, "pytestmark", []),
+        pytest.mark.parametrize("backend", ["asyncio", "uvloop"]).mark,
+    ]
+    return run
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    """The asyncio tasks of the loop but the current one (none on trio)."""
+    try:
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+    except RuntimeError:  # trio
+        return set()
+
+
+@on_each_backend
+async def test_a_handler_that_answers_at_once_is_never_watched() -> None:
+    """It never lets the loop turn: no disconnect could be seen, none is looked for."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send)
+
+    server = FakeServer(body(), like_uvicorn=False)
+    before = other_tasks()
+    await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert server.complete
+    assert server.calls == 0
+    assert other_tasks() == before
+
+
+@on_each_backend
+async def test_a_body_read_at_once_is_read_by_the_app_itself() -> None:
+    got: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        got.append(await receive())
+        await respond(send)
+
+    server = FakeServer(body(b"all"), like_uvicorn=False)
+    await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert got == [body(b"all")]
+    assert server.complete
+
+
+@pytest.mark.parametrize("like_uvicorn", [True, False], ids=["uvicorn", "other-server"])
+@on_asyncio
+async def test_the_watcher_never_outlives_the_request(like_uvicorn: bool) -> None:
+    """Under uvicorn (its receive() says ``http.disconnect`` once the response is
+    complete) the watcher ends by itself; under another server it is cancelled."""
+    got: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        got.append(await receive())
+        await anyio.wait_all_tasks_blocked()  # the watcher is in receive()
+        await respond(send)
+
+    server = FakeServer(body(b"x"), like_uvicorn=like_uvicorn)
+    before = other_tasks()
+    await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert other_tasks() == before
+    assert got == [body(b"x")]
+    assert server.calls == 2  # the app's own read, then the watcher's
+    assert server.interrupted == (0 if like_uvicorn else 1)
+    assert server.said_disconnect.is_set() == like_uvicorn
+
+
+@pytest.mark.parametrize("like_uvicorn", [True, False], ids=["uvicorn", "other-server"])
+@on_each_backend
+async def test_a_disconnect_racing_the_responses_end_cancels_nothing(like_uvicorn: bool) -> None:
+    """The client leaves while the app sends its last message: the watcher sees the
+    disconnect only after it began sending it, and cancels nothing."""
+    handler = Handler()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await handler.hold()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        server.disconnect()
+        await send({"type": "http.response.body", "body": b"end"})
+        await anyio.lowlevel.checkpoint()  # the watcher reads the disconnect here
+        await anyio.wait_all_tasks_blocked()
+        handler.log.append("returned")
+
+    server = FakeServer(body(), like_uvicorn=like_uvicorn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await handler.reached.wait()
+        await anyio.wait_all_tasks_blocked()  # the watcher is in receive()
+        handler.gate.set()
+    assert handler.log == ["returned"]
+    assert server.said_disconnect.is_set()
+    assert [m["type"] for m in server.sent] == ["http.response.start", "http.response.body"]
+
+
+@on_each_backend
+async def test_a_disconnect_the_apps_own_read_finds_cancels_it() -> None:
+    """The client left before the app read its body: the app's receive() (on asyncio
+    the app reads for itself while nobody else does) returns ``http.disconnect``, and
+    the handler is cancelled at its next wait, as when the watcher reads it."""
+    handler = Handler()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        handler.log.append((await receive())["type"])
+        await handler.hold()
+
+    server = FakeServer(body())
+    server.disconnect()
+    before = other_tasks()
+    await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert handler.log == ["http.disconnect", "cancelled"]
+    assert server.sent == []
+    assert other_tasks() == before
+
+
+@on_each_backend
+async def test_a_disconnect_while_the_app_waits_in_receive_is_returned_then_cancels() -> None:
+    handler = Handler()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert await receive() == body()
+        handler.reached.set()
+        handler.log.append((await receive())["type"])
+        await handler.hold()
+
+    server = FakeServer(body(), like_uvicorn=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await handler.reached.wait()
+        await anyio.wait_all_tasks_blocked()
+        server.disconnect()
+    assert handler.log == ["http.disconnect", "cancelled"]
+
+
+@on_each_backend
+async def test_a_disconnect_another_task_of_the_app_reads_cancels_the_handler() -> None:
+    handler = Handler()
+
+    async def listen(receive: Receive) -> None:
+        await receive()
+        await anyio.sleep_forever()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen, receive)
+            await handler.hold()
+
+    server = FakeServer(body())
+    server.disconnect()
+    await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert handler.log == ["cancelled"]
+    assert server.sent == []
+
+
+@on_each_backend
+async def test_the_app_and_the_watcher_never_read_at_once() -> None:
+    """The app waits in the server's receive() for a late body; the watcher, started
+    meanwhile, waits for it to come out (the fake server fails a second caller)."""
+    got: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        got.append(await receive())
+        got.append(await receive())
+        await respond(send)
+
+    server = FakeServer(like_uvicorn=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await anyio.wait_all_tasks_blocked()
+        server.push(body(b"a", more=True))
+        await anyio.wait_all_tasks_blocked()
+        server.push(body(b"b"))
+    assert got == [body(b"a", more=True), body(b"b")]
+    assert server.complete
+
+
+@on_each_backend
+async def test_an_outside_cancel_with_the_disconnect_propagates() -> None:
+    """Both in the same turn: the cancel is not the middleware's alone, it goes on."""
+    handler = Handler()
+    escaped: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await handler.hold()
+
+    server = FakeServer(body())
+
+    async def call() -> None:
+        try:
+            await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+        except anyio.get_cancelled_exc_class():
+            escaped.append("cancelled")
+            raise
+        escaped.append("returned")
+
+    with anyio.CancelScope() as outer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await handler.reached.wait()
+            await anyio.wait_all_tasks_blocked()
+            server.disconnect()
+            outer.cancel()
+    assert outer.cancelled_caught
+    assert handler.log == ["cancelled"]
+    assert escaped == ["cancelled"]
+
+
+@pytest.mark.parametrize("swallowed", [False, True], ids=["raised", "caught-by-the-app"])
+@on_asyncio
+async def test_the_handlers_cancel_count_is_restored(swallowed: bool) -> None:
+    """As ``asyncio.timeout`` does: after the middleware's own cancel (raised, or caught
+    by the app) the task's ``cancelling()`` is back where it was."""
+    handler = Handler()
+    after: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await handler.hold()
+        except asyncio.CancelledError:
+            if not swallowed:
+                raise
+
+    async def call() -> None:
+        server = FakeServer(body())
+        tg.start_soon(disconnect_when_held, server)
+        await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+        after.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+
+    async def disconnect_when_held(server: FakeServer) -> None:
+        await handler.reached.wait()
+        server.disconnect()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+    assert handler.log == ["cancelled"]
+    assert after == [0]
+
+
+@on_asyncio
+async def test_an_outside_cancel_while_the_watcher_ends_waits_for_it() -> None:
+    """The request is cancelled while the middleware waits for its cancelled watcher:
+    the cancel is raised once the watcher has ended, not before."""
+    escaped: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.wait_all_tasks_blocked()  # the watcher is in receive()
+        await respond(send)
+
+    server = FakeServer(body(), like_uvicorn=False)  # the watcher must be cancelled
+    server.linger = anyio.Event()
+
+    async def call() -> None:
+        try:
+            await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+        except asyncio.CancelledError:
+            escaped.append(f"cancelled, {len(other_tasks() - before)} task left")
+            raise
+
+    before = other_tasks()
+    task = asyncio.get_running_loop().create_task(call())
+    await server.lingering.wait()  # the watcher, cancelled, holds on
+    task.cancel()
+    await anyio.wait_all_tasks_blocked()
+    assert escaped == []
+    assert not task.done()
+    server.linger.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert escaped == ["cancelled, 1 task left"]  # (the one that called)
+    assert other_tasks() == before
+
+
+@on_asyncio
+async def test_nothing_is_left_behind_when_the_app_fails() -> None:
+    error = ValueError("bug")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await anyio.wait_all_tasks_blocked()  # the watcher is in receive()
+        raise error
+
+    server = FakeServer(body())
+    before = other_tasks()
+    with pytest.raises(ValueError) as caught:
+        await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert caught.value is error
+    assert server.interrupted == 1
+    assert other_tasks() == before
+
+
+@on_asyncio
+async def test_nothing_is_left_behind_when_the_servers_receive_fails() -> None:
+    got: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await anyio.wait_all_tasks_blocked()  # the watcher is in receive()
+        server.fail_with = OSError("reset")
+        server.push()
+        await anyio.wait_all_tasks_blocked()  # the watcher is done
+        try:
+            await receive()
+        except OSError as exc:
+            got.append(str(exc))
+        await respond(send)
+
+    server = FakeServer(body())
+    before = other_tasks()
+    await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+    assert got == ["reset"]
+    assert server.interrupted == 0
+    assert other_tasks() == before
+
+
+# --- a shield in the handler holds the cancel off ----------------------------------------
+
+
+@on_each_backend
+async def test_a_shield_in_the_handler_holds_the_cancel_off_until_it_is_down() -> None:
+    handler = Handler()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope(shield=True):
+            await handler.hold()
+            handler.log.append("shield down")
+        await handler.hold()  # the cancel lands here
+
+    server = FakeServer(body())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await handler.reached.wait()
+        server.disconnect()
+        await server.said_disconnect.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert handler.log == []
+        handler.gate.set()
+    assert handler.log == ["shield down", "cancelled"]
+
+
+@on_each_backend
+async def test_a_shield_the_handler_spins_in_holds_the_cancel_off() -> None:
+    """The handler is never waiting on anything when the disconnect comes (it yields
+    with checkpoints): the cancel is tried again until the shield is down."""
+    log: list[str] = []
+    spinning = anyio.Event()
+    stop = anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope(shield=True):
+            spinning.set()
+            while not stop.is_set():
+                await anyio.lowlevel.checkpoint()
+            log.append("shield down")
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            log.append("cancelled")
+            raise
+
+    server = FakeServer(body())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await spinning.wait()
+        server.disconnect()
+        await server.said_disconnect.wait()
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert log == []
+        stop.set()
+    assert log == ["shield down", "cancelled"]
+
+
+@on_each_backend
+async def test_a_thread_the_handler_waits_for_ends_before_the_cancel() -> None:
+    """``anyio.to_thread.run_sync`` (FastAPI's way with a ``def`` endpoint) waits for its
+    thread behind a shield: the handler is cancelled once the thread is done, so its
+    limiter's token is held until then."""
+    log: list[str] = []
+    started = anyio.Event()
+    release = threading.Event()
+
+    def blocking() -> str:
+        anyio.from_thread.run_sync(started.set)
+        release.wait(10)
+        return "thread done"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        log.append(await anyio.to_thread.run_sync(blocking))
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            log.append("cancelled")
+            raise
+
+    server = FakeServer(body())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await started.wait()
+        server.disconnect()
+        await server.said_disconnect.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert log == []
+        assert anyio.to_thread.current_default_thread_limiter().borrowed_tokens == 1
+        release.set()
+    assert log == ["thread done", "cancelled"]
 
 
 # --- a real uvicorn --------------------------------------------------------------------
