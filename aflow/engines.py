@@ -31,7 +31,7 @@ from ._runtime._clock import Clock
 from ._runtime._options import RunOptions
 from ._runtime._states import NodeState, RunStatistics, RunStatus
 from ._task import FunctionTask
-from .patterns._compile import CompiledFlow, Level, compile_flow
+from .patterns._compile import DEFER_REVERTS, CompiledFlow, Level, compile_flow
 from .patterns._flow import Flow, FlowItem, item_name
 from .patterns.linear_flow import Flow as _linear_flow
 
@@ -149,6 +149,7 @@ class Engine:
 
     __slots__ = (
         "_compiled",
+        "_defer_reverts",
         "_execution",
         "_options",
         "_ran_empty",
@@ -157,10 +158,17 @@ class Engine:
         "storage",
     )
 
-    def __init__(self, flow: Flow, store: Mapping[str, Any] | None, options: RunOptions) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        store: Mapping[str, Any] | None,
+        options: RunOptions,
+        defer_reverts: bool = True,
+    ) -> None:
         self.flow = flow
         self._store: dict[str, Any] = dict(store or {})
         self._options = options
+        self._defer_reverts = defer_reverts
         #: The values the flow provides, and the store.
         self.storage = Storage(self)
         self._compiled: CompiledFlow = compile_flow(flow, self._store)
@@ -251,7 +259,10 @@ class Engine:
     def _new_execution(self) -> RunView:
         graph = self._compiled.graph
         assert graph is not None
-        return new_run(graph, self._options)
+        view = new_run(graph, self._options)
+        if not self._defer_reverts:
+            view.notes[DEFER_REVERTS] = False
+        return view
 
     def _provided(self) -> dict[str, Any]:
         return self._compiled.values(self._execution)
@@ -417,6 +428,7 @@ def load(
     compensation_timeout: float | None = None,
     on_event: EventListener | None = None,
     clock: Clock | None = None,
+    defer_reverts: bool = True,
 ) -> Engine:
     """Compile ``flow`` with ``store`` and return an :class:`Engine` ready to :meth:`~Engine.run`.
 
@@ -432,6 +444,14 @@ def load(
         executor: a ``concurrent.futures`` executor for sync ``execute`` methods
             (default: aflow's worker threads). The engine never shuts it down.
         timeout, compensation_timeout, on_event, clock: as for :func:`aflow.run`.
+        defer_reverts: what a retried flow that gives up (its controller says
+            ``REVERT``) reverts. ``True`` (the default, and what TaskFlow calls the
+            behaviour to come): it defers to the enclosing flow's retry, and with none
+            left the run fails and everything that ran is reverted. ``False``
+            (TaskFlow's default): unless an enclosing retry retries or reverts all, only
+            that flow is reverted; what ran outside it is kept, what depends on it is
+            ``SKIPPED``, other branches go on, and the run then fails with its error
+            (``FAILED``: it is not undone).
     """
     if isinstance(flow, Task | FunctionTask | Canvas):  # one task, as TaskFlow takes an atom
         flow = _linear_flow(item_name(flow)).add(flow)
@@ -453,7 +473,9 @@ def load(
         on_event=on_event,
         clock=clock,
     )
-    return Engine(flow, store, options)
+    if not isinstance(defer_reverts, bool):
+        raise TypeError(f"defer_reverts must be True or False, got {defer_reverts!r}")
+    return Engine(flow, store, options, defer_reverts)
 
 
 async def run(
@@ -464,10 +486,17 @@ async def run(
     max_workers: int | None = None,
     executor: Executor | None = None,
     timeout: float | None = None,
+    defer_reverts: bool = True,
 ) -> dict[str, Any]:
     """Load and run ``flow``; return every stored value by name (``storage.fetch_all()``)."""
     eng = load(
-        flow, store, engine=engine, max_workers=max_workers, executor=executor, timeout=timeout
+        flow,
+        store,
+        engine=engine,
+        max_workers=max_workers,
+        executor=executor,
+        timeout=timeout,
+        defer_reverts=defer_reverts,
     )
     await eng.run()
     return eng.storage.fetch_all()

@@ -957,3 +957,117 @@ async def test_a_cancelled_caller_is_unwound_to_the_end_even_if_suspended(
             scope.cancel()
     assert undoes == ["a", "b", "undo b", "undo a"]
     assert eng.state is aflow.RunStatus.CANCELLED
+
+
+# --- revert scope: defer_reverts ------------------------------------------------------------
+
+
+class Fails(aflow.Task):
+    """Logs, then raises Declined; its revert logs."""
+
+    async def execute(self) -> None:
+        Undoes.log.append(self.name)
+        raise Declined(f"fail {self.name}")
+
+    async def revert(self, result: Any) -> None:
+        Undoes.log.append(f"undo {self.name}")
+
+
+def scope_shapes() -> dict[str, Any]:
+    """TaskFlow 6.5's shapes (Times(2) unless said otherwise), built afresh."""
+
+    def sub(retry: Any = None) -> Any:
+        retry = retry if retry is not None else aflow.retry.Times(2)
+        return lf.Flow("sub", retry=retry).add(Undoes("B"), Fails("F"))
+
+    z_after = gf.Flow("o")
+    inner = lf.Flow("sub", retry=aflow.retry.Times(1)).add(Fails("F"))
+    z_after.add(inner, Undoes("X"), Undoes("Z")).link(inner, flow_item(z_after, "Z"))
+    return {
+        "linear": lf.Flow("o").add(Undoes("A"), sub(), Undoes("C")),
+        "unordered": uf.Flow("o").add(Undoes("A"), sub()),
+        "nested-retry": lf.Flow("o").add(
+            Undoes("A"), lf.Flow("mid", retry=aflow.retry.Times(2)).add(Undoes("M"), sub())
+        ),
+        "nested-always-revert": lf.Flow("o").add(
+            Undoes("A"), lf.Flow("mid", retry=aflow.retry.AlwaysRevert()).add(Undoes("M"), sub())
+        ),
+        "revert-all": lf.Flow("o").add(
+            Undoes("A"), sub(aflow.retry.Times(2, revert_all=True)), Undoes("C")
+        ),
+        "other-branch-goes-on": uf.Flow("o").add(
+            lf.Flow("sub", retry=aflow.retry.Times(1)).add(Fails("F")),
+            lf.Flow("xy").add(Undoes("X"), Undoes("Y")),
+        ),
+        "dependent-skipped": z_after,
+    }
+
+
+#: What TaskFlow 6.5 leaves done (SUCCESS) with defer_reverts=False; with True, nothing.
+KEPT_WITHOUT_DEFER = {
+    "linear": {"A"},
+    "unordered": {"A"},
+    "nested-retry": {"A", "M"},
+    "nested-always-revert": {"A", "M"},
+    "revert-all": set(),
+    "other-branch-goes-on": {"X", "Y"},
+    "dependent-skipped": {"X"},
+}
+
+
+@pytest.mark.parametrize("shape", list(KEPT_WITHOUT_DEFER))
+@pytest.mark.parametrize("defer", [False, True], ids=["defer_reverts=False", "default"])
+async def test_revert_scope_as_taskflow(shape: str, defer: bool, undoes: list[str]) -> None:
+    flow = scope_shapes()[shape]
+    eng = engines.load(flow) if defer else engines.load(flow, defer_reverts=False)
+    with pytest.raises(Declined):
+        await eng.run()
+    states = eng.states()
+    kept = {name for name, state in states.items() if state is S.SUCCEEDED}
+    assert kept == (set() if defer else KEPT_WITHOUT_DEFER[shape])
+    assert states.get("F") is S.REVERTED  # the flow that gave up is reverted either way
+    if defer or not KEPT_WITHOUT_DEFER[shape]:
+        assert eng.state is aflow.RunStatus.REVERTED
+    else:
+        assert eng.state is aflow.RunStatus.FAILED  # TaskFlow says REVERTED; it is not undone
+
+
+async def test_without_defer_reverts_an_enclosing_retry_still_retries(undoes: list[str]) -> None:
+    """TaskFlow: the inner flow gives up (REVERT) but the enclosing retry says RETRY,
+    so the enclosing flow is reverted and run again; once it gives up too, only the
+    inner flow is reverted (M and A are kept)."""
+    flow = scope_shapes()["nested-retry"]
+    with pytest.raises(Declined):
+        await engines.run(flow, defer_reverts=False)
+    assert undoes == [
+        *["A", "M", "B", "F", "undo F", "undo B", "B", "F", "undo F", "undo B", "undo M"],
+        *["M", "B", "F", "undo F", "undo B", "B", "F", "undo F", "undo B"],
+    ]
+
+
+async def test_without_defer_reverts_the_given_up_controller_is_reverted_once(
+    undoes: list[str],
+) -> None:
+    reverted: list[int] = []
+
+    class Counting(aflow.retry.Retry):
+        def on_failure(self, history: History, **requires: Any) -> aflow.retry.Decision:
+            return aflow.retry.REVERT
+
+        def revert(self, history: History, **requires: Any) -> None:
+            reverted.append(len(history))
+
+    flow = lf.Flow("o").add(
+        Undoes("A"), lf.Flow("sub", retry=Counting()).add(Fails("F")), Undoes("C")
+    )
+    eng = engines.load(flow, defer_reverts=False)
+    with pytest.raises(Declined) as info:
+        await eng.run()
+    assert reverted == [1]
+    assert any("was reverted alone (defer_reverts=False)" in n for n in info.value.__notes__)
+    assert list(eng.storage.get_execute_failures()) == ["F"]
+
+
+def test_defer_reverts_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="defer_reverts must be True or False, got 'no'"):
+        engines.load(lf.Flow("f").add(Undoes("a")), defer_reverts="no")  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from ._fan_out import FanOutHooks, fan_out
 from ._handle import Run
 from ._limits import Limit, acquire_slot, release
 from ._options import RunOptions, new_execution
+from ._run_state import CONTAINED
 from ._states import NodeState, RunStatistics, RunStatus
 from ._threads import run_in_thread
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttemptHooks",
     "FanOutHooks",
+    "contain",
     "RunView",
     "current_attempt_number",
     "current_run",
@@ -340,6 +342,18 @@ async def undo_subflow(key: str) -> bool:
         )
     await made[-1].compensate()
     return True
+
+
+def contain(error: BaseException) -> None:
+    """Keep the failure of the node that raises ``error`` to its branch: what depends
+    on that node is SKIPPED, the rest of the run goes on, nothing is unwound, and the
+    run fails with ``error`` once the rest has ended (a run holding a node of a run it
+    raises from treats that node alike). TaskFlow's revert scope without
+    ``defer_reverts``: a retried subflow that gave up is reverted alone."""
+    try:
+        setattr(error, CONTAINED, True)
+    except AttributeError:  # pragma: no cover - an exception type that refuses attributes
+        pass
 
 
 def new_run(graph: Graph, options: RunOptions) -> RunView:

@@ -79,6 +79,11 @@ class StopReason(enum.Enum):
 _FORWARD = Phase.FORWARD
 _UNWINDING = Phase.UNWINDING
 
+#: An exception with this attribute true fails its node "contained": what depends on
+#: the node is SKIPPED, the rest of the run goes on, nothing is unwound, and the run
+#: fails with it at its end (see _builder_api.contain).
+CONTAINED = "_aflow_contained"
+
 
 class RunState:
     """The fields every unit of a run reads and writes (see :class:`Execution`)."""

@@ -71,6 +71,7 @@ from ._run_state import (
     _SUBGRAPH,
     _SUCCEEDED,
     _UNWINDING,
+    CONTAINED,
     StopReason,
 )
 from ._states import NodeState
@@ -385,7 +386,11 @@ class Execution(
             self._succeed(index, None, _FAILED)  # dependents go on without its output
             return
         tolerant_join = self._tolerated_by.get(index)
-        if tolerant_join is not None or self._on_error == "continue":
+        if (
+            tolerant_join is not None
+            or self._on_error == "continue"
+            or getattr(error, CONTAINED, False)  # (a failure's path only)
+        ):
             self._states[index] = _FAILED
             self._finished[index] = _perf_counter()
             self._skip_dependents(index, tolerant_join)

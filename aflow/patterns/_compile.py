@@ -46,9 +46,10 @@ from .._exceptions import (
     MissingInputError,
     SignatureError,
 )
+from .._failure import Failure
 from .._graph import EndBranch, Graph, GraphBuilder, NodeKind, OptionalKey, SkipOnly, find_cycle
 from .._options import DEFAULT_OPTIONS, NodeOptions, layer_options, resolve_options
-from .._runtime._builder_api import RunView, current_run, run_subflow, undo_subflow
+from .._runtime._builder_api import RunView, contain, current_run, run_subflow, undo_subflow
 from .._runtime._states import NodeState
 from .._task import FunctionTask, Revert
 from ..retry import RETRY, REVERT_ALL, Attempt, History, Retry
@@ -859,8 +860,11 @@ class RetriedFlow:
         key = level.name
 
         async def run(**inputs: Any) -> Any:
-            attempts = _Attempts(level, inputs)
-            current_run().notes.setdefault(_ATTEMPTS, {})[key] = attempts
+            outer = current_run()
+            parent: _Attempts | None = outer.notes.get(_CONTROLLER)
+            defer = parent.defer if parent is not None else outer.notes.get(DEFER_REVERTS, True)
+            attempts = _Attempts(level, inputs, parent, defer)
+            outer.notes.setdefault(_ATTEMPTS, {})[key] = attempts
             return await run_subflow(attempts)
 
         async def undo(**inputs: Any) -> None:
@@ -911,6 +915,12 @@ class RetriedFlow:
 _COMPILED = "patterns.compiled"
 #: Where a run keeps the controller state of each retried flow it ran, by the flow's name.
 _ATTEMPTS = "patterns.attempts"
+#: Where an attempt's run keeps the controller that made it (the enclosing controller of
+#: the retried flows inside it).
+_CONTROLLER = "patterns.controller"
+#: A run's note: ``False`` for TaskFlow's engine option ``defer_reverts=False`` (a retried
+#: flow that gives up is reverted alone, unless an enclosing retry retries or reverts all).
+DEFER_REVERTS = "patterns.defer_reverts"
 
 
 @final
@@ -921,20 +931,37 @@ class _Attempts:
 
     __slots__ = (
         "_compiled",
+        "_decided",
         "_history",
         "_inputs",
         "_level",
         "_params",
+        "_reverted",
         "_succeeded",
         "_value",
+        "defer",
+        "parent",
         "raised",
     )
 
-    def __init__(self, level: Level, inputs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        level: Level,
+        inputs: Mapping[str, Any],
+        parent: _Attempts | None = None,
+        defer: bool = True,
+    ) -> None:
         retry = level.retry
         assert retry is not None
         self._level = level
         self._inputs = inputs
+        #: the controller of the retried flow this one is inside, if any
+        self.parent = parent
+        #: TaskFlow's defer_reverts (see DEFER_REVERTS)
+        self.defer = defer
+        #: what on_failure said when a retried flow inside asked ahead (see _contained)
+        self._decided: Any = None
+        self._reverted = False
         self._params = {p: inputs[n] for p, n in retry.params.required.items()}
         self._params.update({p: inputs[n] for p, n in retry.params.optional.items() if n in inputs})
         self._history = History()
@@ -964,14 +991,19 @@ class _Attempts:
 
     def started(self, attempt: RunView) -> None:
         attempt.notes[_COMPILED] = self._compiled
+        attempt.notes[_CONTROLLER] = self
 
     async def failed(self, attempt: RunView, error: Exception) -> bool:
         self._history.attempts.append(Attempt(self._value, attempt.failures()))
+        asked, self._decided = self._decided, None
         if isinstance(error, CompensationFailed) or _reverts_all(error):
             return False
         retry = self._level.retry
         assert retry is not None
-        decision = await retry._call("on_failure", self._history, self._params)
+        if asked is not None:  # a retried flow inside asked already (TaskFlow asks once)
+            decision = asked
+        else:
+            decision = await retry._call("on_failure", self._history, self._params)
         if decision is RETRY:
             return True
         error.add_note(
@@ -980,7 +1012,42 @@ class _Attempts:
         )
         if decision is REVERT_ALL:
             setattr(error, _REVERT_ALL_FLAG, True)
+        elif asked is None and not self.defer and await self._contained(error):
+            # TaskFlow without defer_reverts: this flow is reverted alone (its attempt
+            # was unwound; its controller's revert runs now), the rest is kept.
+            error.add_note(
+                f"aflow: flow {self._level.name!r} was reverted alone (defer_reverts=False); "
+                "what ran outside it is kept"
+            )
+            contain(error)
+            await self.revert(current_run())
         return False
+
+    async def _contained(self, error: Exception) -> bool:
+        """Ask the enclosing controllers, innermost first, as TaskFlow resolves a REVERT
+        without defer_reverts: ``False`` once one retries or reverts all (the failure
+        escalates to it; each one asked keeps its answer for when it gets there),
+        ``True`` when every one says REVERT (or there is none)."""
+        parent = self.parent
+        while parent is not None:
+            decision = await parent._ask(self._level.name, error)
+            if decision is RETRY:
+                return False
+            if decision is REVERT_ALL:
+                setattr(error, _REVERT_ALL_FLAG, True)
+                return False
+            parent = parent.parent
+        return True
+
+    async def _ask(self, inner: str, error: Exception) -> Any:
+        """What ``on_failure`` says of the failure of retried flow ``inner`` inside this
+        flow's attempt under way (kept for :meth:`failed`)."""
+        retry = self._level.retry
+        assert retry is not None
+        failure = Failure.capture(inner, error, 1)
+        history = History([*self._history.attempts, Attempt(self._value, {inner: failure})])
+        self._decided = await retry._call("on_failure", history, self._params)
+        return self._decided
 
     def value(self, attempt: RunView | None) -> dict[str, Any] | EndBranch:
         retry = self._level.retry
@@ -1002,8 +1069,9 @@ class _Attempts:
         attempt made, what it requires, ``flow_failures`` if it takes them)."""
         retry = self._level.retry
         assert retry is not None
-        if retry.revert_params is None:
+        if retry.revert_params is None or self._reverted:
             return
+        self._reverted = True
         params, takes_failures = retry.revert_params
         inputs = self._inputs
         kwargs = {p: inputs[n] for p, n in params.required.items()}
