@@ -731,6 +731,29 @@ async def test_the_app_and_the_watcher_never_read_at_once() -> None:
 
 
 @on_each_backend
+async def test_messages_of_an_odd_server_keep_their_order() -> None:
+    """More ``http.request`` after the body's end: the watcher, holding one while the
+    app has not taken the last, keeps the app from reading past it."""
+    handler = Handler()
+    got: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await handler.hold()
+        for _ in range(3):
+            got.append((await receive())["body"])
+        await respond(send)
+
+    server = FakeServer(body(b"1"), body(b"2"), body(b"3"), like_uvicorn=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(CancelOnDisconnect(app), http_scope(), server.receive, server.send)
+        await handler.reached.wait()
+        await anyio.wait_all_tasks_blocked()  # "1" held, "2" read: the watcher waits
+        assert server.calls == 2
+        handler.gate.set()
+    assert got == [b"1", b"2", b"3"]
+
+
+@on_each_backend
 async def test_an_outside_cancel_with_the_disconnect_propagates() -> None:
     """Both in the same turn: the cancel is not the middleware's alone, it goes on."""
     handler = Handler()
