@@ -18,7 +18,11 @@ Apps, each bare and wrapped in ``CancelOnDisconnect``:
 * ``FastAPI GET``: ``GET /items/{item_id}`` of a small FastAPI app (a path parameter,
   a dict answered as JSON);
 * ``FastAPI POST``: ``POST /orders`` of the same app (a pydantic body, a pydantic
-  answer).
+  answer);
+* ``raw POST, waits`` and ``FastAPI POST, waits`` (``POST /orders/slow``): the same,
+  but the handler lets the loop turn twice before it answers, as one that awaits
+  something does (a saga's steps, a database): only then is there a watcher to start,
+  to read the server's ``receive()`` and to end.
 
 Figures are CPU time (``time.process_time``) per request, requests back to back in one
 task on a fresh event loop per cell, after a warm-up. Every round runs every cell
@@ -144,6 +148,14 @@ async def raw_post(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": message["body"], "more_body": False})
 
 
+async def raw_post_waits(scope: Scope, receive: Receive, send: Send) -> None:
+    message = await receive()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": message["body"], "more_body": False})
+
+
 class Order(BaseModel):
     item: str
     quantity: int
@@ -168,13 +180,23 @@ async def order(order: Order) -> Receipt:
     return Receipt(item=order.item, quantity=order.quantity, total=order.quantity * 2.5)
 
 
+@api.post("/orders/slow")
+async def slow_order(order: Order) -> Receipt:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return Receipt(item=order.item, quantity=order.quantity, total=order.quantity * 2.5)
+
+
 ORDER = b'{"item": "book", "quantity": 2}'
+RECEIPT = b'{"item":"book","quantity":2,"total":5.0}'
 #: label: (app, method, path, body, the answer expected)
 APPS: dict[str, tuple[ASGIApp, str, str, bytes, bytes]] = {
     "raw GET": (raw_get, "GET", "/", b"", b"ok"),
     "raw POST": (raw_post, "POST", "/", ORDER, ORDER),
+    "raw POST, waits": (raw_post_waits, "POST", "/", ORDER, ORDER),
     "FastAPI GET": (api, "GET", "/items/7", b"", b'{"id":7}'),
-    "FastAPI POST": (api, "POST", "/orders", ORDER, b'{"item":"book","quantity":2,"total":5.0}'),
+    "FastAPI POST": (api, "POST", "/orders", ORDER, RECEIPT),
+    "FastAPI POST, waits": (api, "POST", "/orders/slow", ORDER, RECEIPT),
 }
 
 
@@ -238,14 +260,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000, help="timed, per cell")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--loops", default=",".join(LOOPS))
-    parser.add_argument("--apps", default=",".join(APPS), help="labels, comma-separated")
+    parser.add_argument("--apps", default=";".join(APPS), help="labels, ';'-separated")
     parser.add_argument("--baseline", metavar="REV", help="also measure REV's middleware")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1000 requests")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.requests, args.warmup = 3, 1000, 100
     loops = [name for name in args.loops.split(",") if name]
-    labels = [label for label in args.apps.split(",") if label]
+    labels = [label for label in args.apps.split(";") if label]
     variants: dict[str, Callable[[ASGIApp], ASGIApp]] = {
         "bare": lambda app: app,
         "wrapped": CancelOnDisconnect,
