@@ -91,7 +91,7 @@ class Node(NamedTuple):
     #: or ``result[selector]`` when the selector is not ``None``.
     bindings: tuple[tuple[str, int, Any], ...] = ()
     #: For a join: a guard called with ``{key: result}`` of the nodes it collects that
-    #: succeeded; when false the join is SKIPPED, and everything downstream of it too
+    #: were not skipped; when false the join is SKIPPED, and everything downstream of it too
     #: (a :class:`SkipOnly` it returns names the only nodes to skip).
     when: Callable[[dict[str, Any]], Any] | None = None
     #: Runs once its parents end, even if some were SKIPPED (it is not skipped with

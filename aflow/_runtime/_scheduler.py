@@ -471,7 +471,7 @@ class Execution(
                 # a source that was skipped has no result to show
                 go = self._context.run(
                     node.when,
-                    {nodes[p].key: results[p] for p in sources if states[p] is _SUCCEEDED},
+                    {nodes[p].key: results[p] for p in sources if states[p] is not _SKIPPED},
                 )
             except Exception as exc:
                 self._node_failed(node, exc, 1)
