@@ -1,7 +1,7 @@
 """What :class:`aflow.fastapi.CancelOnDisconnect` costs per request, in process.
 
 Usage: ``python benchmarks/asgi_disconnect.py [--quick] [--rounds N] [--requests N]
-[--loops asyncio,uvloop] [--baseline REV]``
+[--concurrency N] [--loops asyncio,uvloop] [--apps 'raw GET;...'] [--baseline REV]``
 
 No sockets: each request is driven straight into the ASGI app by a fake server that
 behaves as uvicorn's request cycle does (``httptools_impl.RequestResponseCycle``): the
@@ -24,14 +24,17 @@ Apps, each bare and wrapped in ``CancelOnDisconnect``:
   something does (a saga's steps, a database): only then is there a watcher to start,
   to read the server's ``receive()`` and to end.
 
-Figures are CPU time (``time.process_time``) per request, requests back to back in one
-task on a fresh event loop per cell, after a warm-up. Every round runs every cell
-(app x loop x variant) once, in an order rotated from round to round, so that the
-machine's mood (other processes on its cores) falls on every cell alike; reported are
-the medians over rounds, the overhead (wrapped - bare) and the ratio (wrapped / bare),
-both medians of the per-round figures. With ``--baseline REV``, the middleware as it
-is in git revision ``REV`` (``aflow/fastapi/_disconnect.py``) is measured in the same
-rounds as a third variant.
+Figures are CPU time (``time.process_time``) per request, each request in a task of its
+own (as uvicorn runs it), one after the other (``--concurrency N``: N at a time) on a
+fresh event loop per cell, after a warm-up. One at a time, every turn of the loop a
+request causes is a whole iteration of the loop (a ``select()`` call and all) charged
+to that request alone; with many in flight, as in a busy server, the turns are shared.
+Every round runs every cell (app x loop x variant) once, in an order rotated from
+round to round, so that the machine's mood (other processes on its cores) falls on
+every cell alike; reported are the medians over rounds, the overhead (wrapped - bare)
+and the ratio (wrapped / bare), both medians of the per-round figures. With
+``--baseline REV``, the middleware as it is in git revision ``REV``
+(``aflow/fastapi/_disconnect.py``) is measured in the same rounds as a third variant.
 """
 
 from __future__ import annotations
@@ -228,28 +231,39 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-async def drive(app: ASGIApp, label: str, requests: int, warmup: int) -> float:
-    """µs of CPU per request: ``requests`` of them back to back after ``warmup``."""
+async def drive(app: ASGIApp, label: str, requests: int, warmup: int, concurrency: int) -> float:
+    """µs of CPU per request: ``requests`` of them after ``warmup``, back to back in each
+    of ``concurrency`` tasks."""
     _, method, path, body, expected = APPS[label]
     template = scope_of(method, path, body)
-    for _ in range(warmup):
-        cycle = Cycle(body)
-        await app(dict(template), cycle.receive, cycle.send)
-        if cycle.status != 200 or cycle.answer != expected:
-            raise AssertionError(f"{label}: {cycle.status} {cycle.answer!r}")
+
+    async def client(count: int, check: bool) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            cycle = Cycle(body)
+            # A task of its own, as uvicorn runs each request (_start_asgi_task)
+            await loop.create_task(app(dict(template), cycle.receive, cycle.send))
+            if check and (cycle.status != 200 or cycle.answer != expected):
+                raise AssertionError(f"{label}: {cycle.status} {cycle.answer!r}")
+
+    each = max(1, requests // concurrency)
+    await asyncio.gather(*(client(max(1, warmup // concurrency), True) for _ in range(concurrency)))
     clock = time.process_time
     start = clock()
-    for _ in range(requests):
-        cycle = Cycle(body)
-        await app(dict(template), cycle.receive, cycle.send)
-    return (clock() - start) / requests * 1e6
+    if concurrency == 1:
+        await client(each, False)
+    else:
+        await asyncio.gather(*(client(each, False) for _ in range(concurrency)))
+    return (clock() - start) / (each * concurrency) * 1e6
 
 
-def measure(app: ASGIApp, label: str, loop_name: str, requests: int, warmup: int) -> float:
+def measure(
+    app: ASGIApp, label: str, loop_name: str, requests: int, warmup: int, concurrency: int
+) -> float:
     gc.collect()
     loop = new_loop(loop_name)
     try:
-        return loop.run_until_complete(drive(app, label, requests, warmup))
+        return loop.run_until_complete(drive(app, label, requests, warmup, concurrency))
     finally:
         loop.close()
 
@@ -259,6 +273,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=4000, help="timed, per cell")
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="requests in flight at once (default 1)"
+    )
     parser.add_argument("--loops", default=",".join(LOOPS))
     parser.add_argument("--apps", default=";".join(APPS), help="labels, ';'-separated")
     parser.add_argument("--baseline", metavar="REV", help="also measure REV's middleware")
@@ -283,13 +300,14 @@ def main() -> None:
     results: dict[tuple[str, str, str], list[float]] = {cell[:3]: [] for cell in cells}
     print(
         f"python {platform.python_version()}, {args.rounds} rounds of {args.requests} "
-        f"requests a cell (+{args.warmup} warm-up), CPU µs per request",
+        f"requests a cell (+{args.warmup} warm-up), {args.concurrency} at a time, "
+        "CPU µs per request",
         file=sys.stderr,
     )
     for round_no in range(args.rounds):
         shift = round_no * 7 % len(cells)
         for label, loop_name, variant, app in cells[shift:] + cells[:shift]:
-            us = measure(app, label, loop_name, args.requests, args.warmup)
+            us = measure(app, label, loop_name, args.requests, args.warmup, args.concurrency)
             results[label, loop_name, variant].append(us)
         print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
 
