@@ -950,6 +950,27 @@ async def test_a_shield_the_handler_spins_in_holds_the_cancel_off() -> None:
 
 
 @on_each_backend
+async def test_a_shield_around_the_middleware_does_not_hold_the_cancel_off() -> None:
+    """Only a shield of the app's own counts, as with a cancel scope of the middleware's."""
+    handler = Handler()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await handler.hold()
+
+    server = FakeServer(body())
+
+    async def call() -> None:
+        with anyio.CancelScope(shield=True):
+            await CancelOnDisconnect(app)(http_scope(), server.receive, server.send)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await handler.reached.wait()
+        server.disconnect()
+    assert handler.log == ["cancelled"]
+
+
+@on_each_backend
 async def test_a_thread_the_handler_waits_for_ends_before_the_cancel() -> None:
     """``anyio.to_thread.run_sync`` (FastAPI's way with a ``def`` endpoint) waits for its
     thread behind a shield: the handler is cancelled once the thread is done, so its
