@@ -2,7 +2,9 @@
 response is complete cancels the handler, so that a request-scoped run unwinds.
 
 The first tests drive the middleware with a fake server (deterministic: anyio Events
-and ``wait_all_tasks_blocked``) on asyncio, uvloop and trio. ``TestUnderUvicorn`` runs
+and ``wait_all_tasks_blocked``) on asyncio, uvloop and trio, a few on asyncio and uvloop
+alone (what its asyncio path does: its watcher task, its own ``task.cancel()``, nothing
+left behind in ``asyncio.all_tasks()``). ``TestUnderUvicorn`` runs
 tests/disconnect_app.py in a real uvicorn process (httptools on uvloop, h11 on asyncio)
 and talks to it over sockets; the app records what happened to each request, and the
 test waits for those records through the app itself (see that module).
