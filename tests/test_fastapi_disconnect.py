@@ -1194,3 +1194,36 @@ class TestUnderUvicorn:
         assert answer.json() == {"bytes": 64 * len(chunk)}
         found = server.events(tag, until="request returned")
         assert found == [f"read {64 * len(chunk)} bytes", "request returned"]
+
+
+def test_without_anyios_record_of_scopes_every_request_takes_the_task_group_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another anyio (no `_task_states`, or another layout): the fast asyncio path is not
+    taken, so a cancel can never land inside a shield the middleware cannot see."""
+    import aflow.fastapi._disconnect as disconnect
+
+    taken: list[str] = []
+
+    class Spy:
+        def __init__(self, *args: object) -> None:
+            taken.append(type(self).__name__)
+
+        async def serve(self, app: object) -> None:
+            return None
+
+    monkeypatch.setattr(disconnect, "_Watched", Spy)
+    monkeypatch.setitem(disconnect._FAST, "ok", False)
+    middleware = disconnect.CancelOnDisconnect(lambda *a: None)  # type: ignore[arg-type,return-value]
+
+    async def main() -> None:
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: object) -> None:
+            return None
+
+        await middleware({"type": "http", "headers": []}, receive, send)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert taken == ["Spy"]

@@ -37,14 +37,19 @@ from typing import Any, final
 
 import anyio
 
-#: anyio's record of each asyncio task's cancel scopes, read to respect a shield
+#: anyio's record of each asyncio task's cancel scopes, read to respect a shield. Without
+#: it (another anyio), or once its layout proves other than expected, every request takes
+#: the anyio task-group path (its cancel scope respects shields by itself): slower, never
+#: a cancel into a shield (a run's compensation is shielded).
 _task_states: Mapping[asyncio.Task[Any], Any] | None
 try:
     from anyio._backends._asyncio import _task_states as _anyio_task_states
-except ImportError:  # pragma: no cover - another anyio: shields are not looked for
+except ImportError:  # pragma: no cover - another anyio
     _task_states = None
 else:
     _task_states = _anyio_task_states
+#: the fast asyncio path may be used (see _task_states)
+_FAST = {"ok": _task_states is not None and hasattr(_task_states, "get")}
 
 __all__ = ["CancelOnDisconnect"]
 
@@ -121,7 +126,7 @@ class CancelOnDisconnect:
             handler = asyncio.current_task()
         except RuntimeError:  # not asyncio: trio
             handler = None
-        if handler is None:
+        if handler is None or not _FAST["ok"]:
             await _Watched(scope, receive, send).serve(self.app)
         else:
             await _Request(scope, receive, send, handler).serve(self.app)
@@ -460,8 +465,8 @@ class _Request:
 
     def _shielded(self) -> bool:
         """Whether the handler is inside a shielded anyio cancel scope of the app."""
-        if _task_states is None:
-            return False
+        if _task_states is None:  # pragma: no cover - (this path is not taken then)
+            return True
         try:
             state = _task_states.get(self._handler)
             scope = None if state is None else state.cancel_scope
@@ -469,8 +474,11 @@ class _Request:
                 if scope.shield:
                     return True
                 scope = scope._parent_scope
-        except AttributeError:  # pragma: no cover - another anyio: no shield is seen
-            pass
+        except AttributeError:  # pragma: no cover - another anyio's layout
+            # Not known to be unshielded: hold the cancel (it is tried again as the
+            # handler moves on) and send later requests down the task-group path.
+            _FAST["ok"] = False
+            return True
         return False
 
     async def receive(self) -> Message:
