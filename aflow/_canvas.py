@@ -23,6 +23,7 @@ The rules of data flow (Celery's):
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from ._canvas_cache import compile_canvas
@@ -166,7 +167,7 @@ class Canvas(Generic[R]):
         Linking a callback equal to one already linked keeps one (as Celery does).
         """
         callback = _as_canvas(callback, "link")
-        if callback in self._links:
+        if _holds_equal(self._links, callback):
             return self
         return self._copy(_links=(*self._links, callback))
 
@@ -188,7 +189,7 @@ class Canvas(Generic[R]):
         chord's body (or a member of a group body) it also runs when the header fails.
         """
         errback = _as_canvas(errback, "link_error")
-        if errback in self._errbacks:
+        if _holds_equal(self._errbacks, errback):
             return self
         return self._copy(_errbacks=(*self._errbacks, errback))
 
@@ -343,6 +344,23 @@ def _scalar_key(value: object) -> int | None:
     return hash(value) if type(value) in _SCALARS else None
 
 
+def _holds_equal(linked: tuple[Canvas[Any], ...], new: Canvas[Any]) -> bool:
+    """Whether ``linked`` holds a callback equal to ``new`` (Celery keeps it once).
+
+    Arguments that cannot be compared (their ``==`` raises, or gives something with no
+    truth value, as a numpy array does) make two callbacks different: both are kept.
+    """
+    for each in linked:
+        if each is new:
+            return True
+        try:
+            if each == new:
+                return True
+        except Exception:
+            continue
+    return False
+
+
 def _as_canvas(obj: object, where: str) -> Canvas[Any]:
     if isinstance(obj, Canvas):
         return obj
@@ -461,7 +479,9 @@ class Signature(Canvas[R]):
         """
         changes: dict[str, Any] = {}
         if args is not None:
-            if isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable):
+            if isinstance(args, str | bytes | bytearray | Mapping | AbstractSet) or not isinstance(
+                args, Iterable
+            ):  # (a set has no order to give the arguments)
                 raise SignatureError(
                     self.name,
                     f"needs a tuple or list of positional arguments, got {args!r}",
@@ -917,11 +937,23 @@ class Group(Canvas[list[Any]]):
 
 
 def _group_member(member: object, noops: list[Canvas[Any]]) -> Canvas[Any]:
-    """``member`` as a canvas, noted in ``noops`` if it is an empty chain with no links."""
+    """``member`` as a canvas, noted in ``noops`` if it is a no-op (see :func:`_is_noop`)."""
     canvas = _as_canvas(member, "group")
-    if type(canvas) is Chain and not canvas.tasks and not canvas._links:
+    if type(canvas) is Chain and _is_noop(canvas):
         noops.append(canvas)
     return canvas
+
+
+def _is_noop(canvas: Canvas[Any]) -> bool:
+    """An empty chain with no links, or a chain of nothing but such (``chain(chain().set(
+    name="x"))``, which does not flatten: its step has options): it does nothing."""
+    stack = [canvas]  # (no recursion: chains nest deeper than the recursion limit)
+    while stack:
+        step = stack.pop()
+        if type(step) is not Chain or step._links:
+            return False
+        stack.extend(step.tasks)
+    return True
 
 
 @final
