@@ -217,7 +217,7 @@ class Engine:
             if status is RunStatus.RUNNING:
                 raise RuntimeError(f"the engine of flow {self.flow.name!r} is running already")
             if status is not RunStatus.SUSPENDED:
-                if execution.statistics().revert_failed:
+                if execution.statistics().revert_failed or self.storage.get_revert_failures():
                     raise RuntimeError(
                         f"the engine of flow {self.flow.name!r} already ran ({status.value}) "
                         "and a revert failed, so what it kept is still done; call "
@@ -413,6 +413,9 @@ def _revert_failures(
         out[key] = failure
     for level in retried.values():
         assert level.runner is not None
+        error = level.runner.revert_error(execution)
+        if error is not None:  # its controller's revert, when it was reverted alone
+            out[level.name] = Failure.capture(level.name, error, 1)
         for sub, attempt in level.runner.attempts(execution):
             _revert_failures(sub, attempt, out)
 

@@ -153,6 +153,15 @@ class Lifecycle(RunState):
             self._stop_cause = self._cause_text()
             try:
                 left = await self._unwind()
+                if left and caller_cancel is None:
+                    # A cancel that arrived while the shield was up, with the suspend: the
+                    # caller is gone too, and nobody would run the rest of the unwinding.
+                    caller_cancel = self._deferred_cancel
+                    if caller_cancel is None:
+                        try:
+                            await anyio.lowlevel.checkpoint_if_cancelled()
+                        except BaseException as exc:
+                            caller_cancel = exc
                 if left and caller_cancel is not None:  # its caller is gone: undo it all now
                     stops.discard(_SUSPEND)
                     left = await self._unwind()

@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
+
+import anyio
+import anyio.lowlevel
 
 from .._atom import (
     REVERT_KEY,
@@ -638,7 +642,7 @@ class _Emitter:
         nodes = self.builder.nodes
         for j, decider, depth in level.gates[pos]:
             seen = _value_nodes(level.items[j])
-            votes.append((tuple(nodes[n].key for n in seen), decider, depth))
+            votes.append((tuple(nodes[n].key for n in seen), _by_keyword(decider), depth))
             sources.extend(seen)
         narrow = tuple(dict.fromkeys(d for _, _, d in votes if d is not Depth.ALL))
         guard = _Guard(level.items[pos].name, votes, narrow, self.skipped_only)
@@ -757,6 +761,20 @@ class _Guard:
         region = self.regions[widest]
         self.skipped_only.update(region)
         return SkipOnly(region)
+
+
+def _by_keyword(decider: Decider) -> Decider:
+    """``decider``, called as TaskFlow calls it (``decider(history=...)``) when it cannot
+    take the history positionally (``def decider(*, history)``, ``def decider(**kw)``);
+    else as it is (``lambda h: ...`` works too)."""
+    try:
+        params = inspect.signature(decider).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: as it is
+        return decider
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind in positional or p.kind is p.VAR_POSITIONAL for p in params):
+        return decider
+    return lambda history: decider(history=history)  # type: ignore[call-arg]
 
 
 def _value_nodes(item: Atom | Level) -> list[int]:
@@ -901,6 +919,14 @@ class RetriedFlow:
         attempts: _Attempts | None = outer.notes.get(_ATTEMPTS, {}).get(self.level.name)
         return attempts is not None and attempts.raised
 
+    def revert_error(self, outer: RunView | None) -> Exception | None:
+        """What the controller's ``revert`` raised within the run ``outer`` when its flow
+        was reverted alone (``defer_reverts=False``: the node failed with it)."""
+        if outer is None:
+            return None
+        attempts: _Attempts | None = outer.notes.get(_ATTEMPTS, {}).get(self.level.name)
+        return attempts.revert_error if attempts is not None else None
+
     def last(self, outer: RunView | None) -> tuple[CompiledFlow, RunView] | None:
         """The latest attempt made within the run ``outer``, if one started."""
         made = outer.made_by(self.level.name) if outer is not None else None
@@ -942,6 +968,7 @@ class _Attempts:
         "defer",
         "parent",
         "raised",
+        "revert_error",
     )
 
     def __init__(
@@ -971,6 +998,9 @@ class _Attempts:
         #: the controller's own execute raised (the node's failure is its own, not an
         #: attempt's echoed)
         self.raised = False
+        #: what the controller's revert raised when its flow was reverted alone
+        #: (defer_reverts=False): the node failed with it, a revert failure
+        self.revert_error: Exception | None = None
 
     async def next_graph(self) -> Graph | None:
         retry = self._level.retry
@@ -1020,7 +1050,23 @@ class _Attempts:
                 "what ran outside it is kept"
             )
             contain(error)
-            await self.revert(current_run())
+            try:
+                # A revert: it runs to its end even if the run is cancelled meanwhile (as
+                # the unwinding's reverts do), since it is never called again.
+                with anyio.CancelScope(shield=True):
+                    await self.revert(current_run())
+            except Exception as exc:
+                # As a failed revert anywhere: what ran outside the flow is kept, and the
+                # run fails with it (TaskFlow raises it too, and lists it as the
+                # controller's revert failure).
+                self.revert_error = exc
+                contain(exc)
+                exc.add_note(
+                    f"aflow: the revert of retry {retry.name!r} of flow {self._level.name!r} "
+                    "failed; what ran outside the flow is kept"
+                )
+                raise exc from error
+            await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel held off meanwhile
         return False
 
     async def _contained(self, error: Exception) -> bool:
