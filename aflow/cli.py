@@ -341,6 +341,9 @@ async def _show_json(store: Any, run_id: str, serializer: str, history: bool) ->
 
 async def _cancel(store: Any, run_id: str) -> int:
     status = await store.request_cancel(run_id, "RunCancelled: cancelled from the command line")
+    if status == StoredRunStatus.REVERTING:  # not finished: it is being undone already
+        print(f"run {run_id}: being undone already (reverting); its process goes on unwinding it")
+        return 0
     if status != StoredRunStatus.CANCELLING:
         print(f"aflow: run {run_id} has finished already ({status})", file=sys.stderr)
         return 2

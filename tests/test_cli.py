@@ -175,3 +175,21 @@ def test_json_gives_the_run_models_the_web_service_gives(
         ("revert_succeeded", "step_a"),
         ("run_reverted", None),
     ]
+
+
+def test_cancel_of_a_run_being_undone_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """The owner may take the cancel up between the store's update and its read-back, and
+    write ``reverting`` (seen under load with PostgreSQL): the run has not finished, the
+    cancel worked, so the command says the run is being undone and exits 0 (it said
+    'finished already' and exited 2)."""
+    import asyncio
+
+    from aflow import cli
+    from aflow.stores import StoredRunStatus
+
+    class Store:
+        async def request_cancel(self, run_id: str, reason: str) -> StoredRunStatus:
+            return StoredRunStatus.REVERTING
+
+    assert asyncio.run(cli._cancel(Store(), "r-1")) == 0
+    assert "being undone already (reverting)" in capsys.readouterr().out
