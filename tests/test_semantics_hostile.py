@@ -598,9 +598,8 @@ def test_suspending_at_any_revert_changes_nothing_but_where_run_returns(
     if engine[1] in (None, 1) and len(set(_priorities(tree))) == 1:
         # (one task at a time, the same log; with several priorities the plain run hands
         # a slot to the revert that waited longest, not to the highest one ready, while a
-        # resumed unwinding starts from the priority order: the known gap of
-        # test_a_higher_priority_task_waiting_for_a_limit_starts_before_a_lower_one, and
-        # of the pinned case below)
+        # resumed unwinding starts from the priority order: the known gap of the pinned
+        # case below)
         assert log == plain_log
 
 
@@ -612,10 +611,11 @@ def _priorities(tree: Any) -> list[int]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the serial engine hands the one worker to the revert that waited longest (t6, "
-    "priority -1), not to the highest ready (t4, priority 0, ready once t5 is undone); a "
-    "suspended unwinding resumes in priority order, so the two logs differ: the gap of "
-    "test_a_higher_priority_task_waiting_for_a_limit_starts_before_a_lower_one",
+    reason="the serial engine's spare worker pops a revert (t6, priority -1) and parks it on "
+    "the one slot while t5 is undone; t4 (priority 0) becomes ready only then, and the slot "
+    "goes to the parked t6: a parked node is not compared with the run's ready queue (two "
+    "parked nodes are, since _limits._best_waiter); a suspended unwinding resumes in "
+    "priority order, so the two logs differ",
 )
 def test_a_suspended_unwinding_reverts_in_the_order_the_plain_one_does() -> None:
     """Found by the property above (tree, failing task and suspend point pinned)."""
@@ -646,12 +646,6 @@ def test_a_suspended_unwinding_reverts_in_the_order_the_plain_one_does() -> None
 # --- TaskFlow: priorities -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node parked on a full limit keeps its place in the limit's FIFO line: one of "
-    "higher priority that became ready later is handed the slot after it (_limits.release "
-    "serves waiters first come first served; outside issue 18's runtime pieces)",
-)
 async def test_a_higher_priority_task_waiting_for_a_limit_starts_before_a_lower_one() -> None:
     """The README: 'when more tasks are ready than may run, the higher starts first'.
     ``hold`` takes the one 'db' slot; ``low`` (priority 1) becomes ready and parks on

@@ -16,6 +16,7 @@ hold-and-wait, so no deadlock between limits).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, final
 
 import anyio
@@ -82,11 +83,33 @@ def release(limits: tuple[Limit, ...], releaser: RunState | None) -> None:
                 break
             if not execution.starting:  # (a stopped run's waiters are forgotten at its phase's end)
                 continue
+            priorities = getattr(getattr(execution, "_ready", None), "priorities", None)
+            if priorities is not None:  # (a graph with priorities: its best waiter goes)
+                index = _best_waiter(waiters, execution, index, priorities)
             execution.grant(index, limit)
             execution.requeue(index, wake=execution is not releaser)
             break
         else:
             limit.borrowed -= 1
+
+
+def _best_waiter(
+    waiters: deque[tuple[RunState | SlotWaiter, int]],
+    execution: RunState,
+    index: int,
+    priorities: Sequence[float],
+) -> int:
+    """The run's waiter of highest priority on this limit (the first of equal ones): it
+    takes the slot the run's first waiter was owed, which keeps its place in the line.
+    Between runs the line stays first come, first served."""
+    best, at = index, -1
+    for position, (waiting, other) in enumerate(waiters):
+        if waiting is execution and priorities[other] > priorities[best]:
+            best, at = other, position
+    if at >= 0:
+        del waiters[at]
+        waiters.appendleft((execution, index))
+    return best
 
 
 @final

@@ -488,10 +488,11 @@ class PriorityReady:
     It offers what the scheduler uses of a deque, in Python: only a graph with
     priorities pays for it (see ``RunShape.new_ready``)."""
 
-    __slots__ = ("_front", "_heap", "_priorities", "_seq")
+    __slots__ = ("_front", "_heap", "_seq", "priorities")
 
     def __init__(self, priorities: Sequence[float], items: Iterable[int] = ()) -> None:
-        self._priorities = priorities
+        #: each node's priority, by index (a limit's release reads them too)
+        self.priorities = priorities
         #: (-priority, arrival, node index)
         self._heap: list[tuple[float, int, int]] = []
         self._front: deque[int] = deque()
@@ -501,7 +502,7 @@ class PriorityReady:
 
     def append(self, index: int) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (-self._priorities[index], self._seq, index))
+        heapq.heappush(self._heap, (-self.priorities[index], self._seq, index))
 
     def appendleft(self, index: int) -> None:
         self._front.appendleft(index)
