@@ -10,7 +10,7 @@ module is imported because a row names it (issue 14).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, final
 
 from .._exceptions import DefinitionError, ResumeMismatch, RunError
@@ -109,6 +109,15 @@ class Rebuilder:
             f"{mine.name!r}; only a Runtime(serializer={record.serializer!r}) reads it",
         )
 
+    def reader_of(self, record: RunRecord) -> Callable[[str], Any]:
+        """How to read a run's stored values for a report: its serializer's ``loads``, or,
+        for one this runtime does not read (a pickle), a reader that always fails (the
+        report then shows no value)."""
+        try:
+            return self.serializer_of(record).loads
+        except ResumeMismatch:
+            return _unreadable
+
     def outcome_of(self, record: RunRecord) -> tuple[Any, BaseException | None]:
         """The value of a run its store says has ended, and its error if it did not succeed."""
         value = None
@@ -118,3 +127,7 @@ class Rebuilder:
         if record.status != StoredRunStatus.SUCCEEDED:
             error = RunError(record.run_id, f"the run ended {record.status}: {record.error}")
         return value, error
+
+
+def _unreadable(text: str) -> Any:
+    raise ValueError("written with a serializer this runtime does not read")

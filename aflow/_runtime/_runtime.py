@@ -837,10 +837,7 @@ class Runtime:
             raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
         record = await store.get_run(run_id)
         rebuilder = self._rebuilder
-        try:
-            loads = rebuilder.serializer_of(record).loads
-        except AflowError:  # (written with a serializer this runtime does not read)
-            loads = _unreadable
+        loads = rebuilder.reader_of(record)
         if not steps:
             return report_of_record(record, None, (), loads, None)
         nodes = await store.load_nodes(run_id)
@@ -850,10 +847,6 @@ class Runtime:
         except AflowError:  # not registered here, or changed: the records alone
             graph = None
         return report_of_record(record, nodes, history, loads, graph)
-
-
-def _unreadable(text: str) -> Any:
-    raise ValueError("written with a serializer this runtime does not read")
 
 
 async def _let_runs_end(runtime: Runtime) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import reprlib
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Annotated, Any, cast, get_args
 
 import anyio
@@ -188,15 +188,7 @@ def _short(run_id: str) -> str:
 def _as_report(rt: Runtime, item: RunReport | RunRecord) -> RunReport:
     if isinstance(item, RunReport):
         return item
-    try:
-        loads: Callable[[str], Any] = rt._rebuilder.serializer_of(item).loads
-    except ResumeMismatch:
-        loads = _unreadable
-    return report_of_record(item, None, (), loads, None)
-
-
-def _unreadable(text: str) -> Any:
-    raise ValueError("written with a serializer this runtime does not read")
+    return report_of_record(item, None, (), rt._rebuilder.reader_of(item), None)
 
 
 def _held(rt: Runtime, run_id: str) -> Run[Any] | None:
