@@ -95,6 +95,7 @@ async def refund(checks: list[Any], order: dict[str, Any], *, result: Any) -> No
 
 @aflow.task(retries=2, retry_on=ConnectionError)
 async def ship(receipt: dict[str, Any], order: dict[str, Any]) -> dict[str, Any]:
+    print(f"carrier: booking {order['id']}", flush=True)
     await anyio.sleep(order["ship_delay"])
     if order["address"] == "nowhere":
         raise AddressRejected(f"the carrier cannot deliver to {order['address']!r}")

@@ -11,9 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,60 +26,89 @@ DEADLINE = 20.0
 pytestmark = pytest.mark.slow
 
 
-@dataclass
 class Server:
-    process: subprocess.Popen[str]
-    url: str
-    log: pathlib.Path
+    """A uvicorn process serving the example; its output is read as it comes (a thread
+    per server), so a test waits for a line, not for time to pass."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        self.process.stdout.close()
+        with self._changed:
+            self._lines.append("")  # (the end of its output)
+            self._changed.notify_all()
 
     def output(self) -> str:
-        return self.log.read_text()
+        with self._changed:
+            return "".join(self._lines)
+
+    def wait_for(self, text: str) -> None:
+        """Wait (bounded) until the server has printed ``text``."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: any(text in line for line in self._lines) or self._ended(), DEADLINE
+            )
+            if not found or not any(text in line for line in self._lines):
+                raise AssertionError(f"the server never printed {text!r}:\n{self.output()}")
+
+    def _ended(self) -> bool:
+        return bool(self._lines) and self._lines[-1] == ""
 
     def stop(self, timeout: float = DEADLINE) -> bool:
         """SIGTERM (what a deploy sends), then wait for it to exit; True if it shut down
         cleanly (uvicorn raises the signal again once shut down: its exit says SIGTERM)."""
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=timeout)
-        log = self.output()
-        return code in (0, -signal.SIGTERM) and "Application shutdown complete" in log
+        self._reader.join(timeout)  # (all its output read)
+        return code in (0, -signal.SIGTERM) and "Application shutdown complete" in self.output()
 
 
 @pytest.fixture
-def serve(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
+def serve() -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def start(**env: str) -> Server:
-        # the test binds the port and hands the socket to uvicorn: no race for a free port
+        # The test binds the port and hands the socket to uvicorn: no race for a free
+        # port, and a request waits in the socket's backlog until the server serves it.
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
         port = listener.getsockname()[1]
-        log = tmp_path / f"server-{len(started)}.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "examples.fastapi_app:app",
-                    "--fd",
-                    str(listener.fileno()),
-                    "--log-level",
-                    "info",
-                    "--no-access-log",
-                ],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                pass_fds=(listener.fileno(),),
-            )
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "examples.fastapi_app:app",
+                "--fd",
+                str(listener.fileno()),
+                "--log-level",
+                "info",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            pass_fds=(listener.fileno(),),
+        )
         listener.close()  # (the server holds its own copy)
-        server = Server(process, f"http://127.0.0.1:{port}", log)
+        server = Server(process, f"http://127.0.0.1:{port}")
         started.append(server)
-        until(lambda: _answers(server), "the server answers")
+        server.wait_for("Application startup complete")
         return server
 
     yield start
@@ -87,26 +116,18 @@ def serve(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait(timeout=DEADLINE)
+        server._reader.join(DEADLINE)  # (its pipe read to the end and closed)
 
 
-def _answers(server: Server) -> bool:
-    if server.process.poll() is not None:
-        raise AssertionError(f"the server exited:\n{server.output()}")
-    try:
-        return httpx.get(f"{server.url}/runs", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    """Poll a condition on another process (bounded): its value once truthy."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {what}")
+def follow(server: Server, run_id: str) -> dict[str, Any]:
+    """Read the run's event stream to its end (the server ends it when the run ends):
+    the run's report, from the stream's last event."""
+    last: dict[str, Any] = {}
+    with httpx.stream("GET", f"{server.url}/runs/{run_id}/events", timeout=DEADLINE) as events:
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                last = json.loads(line[6:])
+    return last
 
 
 def order(id: str, address: str = "1 Main St", delay: float = 0.0) -> dict[str, Any]:
@@ -207,12 +228,14 @@ def test_a_client_that_disconnects_mid_saga_unwinds_its_run(
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    until(lambda: step_state(run_of(server, "o-4"), "ship") == "running", "ship is running")
+    server.wait_for("carrier: booking o-4")  # the saga is at its ship step
+    running = run_of(server, "o-4")
+    assert running is not None
+    assert step_state(running, "ship") == "running"
     client.close()  # the client goes away mid-saga
-    report = until(
-        lambda: (r := run_of(server, "o-4")) is not None and r["finished"] and r,
-        "the run ended",
-    )
+    assert follow(server, running["id"])["status"] == "cancelled"
+    report = run_of(server, "o-4")
+    assert report is not None
     assert report["status"] == "cancelled"
     states = {s["key"]: s["state"] for s in report["steps"]}
     assert (states["charge"], states["reserve_stock"], states["ship"]) == (
@@ -231,7 +254,7 @@ def test_a_shutdown_with_a_run_in_flight(
     it is released, and the next process takes it up and finishes it."""
     server = serve(**store_env)
     accepted = httpx.post(f"{server.url}/orders/async", json=order("o-5", delay=2.0)).json()
-    until(lambda: step_state(run_of(server, "o-5"), "ship") == "running", "ship is running")
+    server.wait_for("carrier: booking o-5")  # the saga is at its ship step
     began = time.monotonic()
     assert server.stop()
     assert time.monotonic() - began < 1.5  # the 0.5 s shutdown timeout, not the 2 s step
@@ -240,10 +263,8 @@ def test_a_shutdown_with_a_run_in_flight(
         return
     assert "undo:" not in server.output()  # released: nothing undone
     successor = serve(**store_env)
-    report = until(
-        lambda: (r := httpx.get(f"{successor.url}{accepted['status']}").json())["finished"] and r,
-        "the next process finished the run",
-    )
+    assert follow(successor, accepted["run_id"])["status"] == "succeeded"
+    report = httpx.get(f"{successor.url}{accepted['status']}").json()
     assert report["status"] == "succeeded"
     assert report["result"]["tracking"] == "trk-o-5"
     assert successor.stop()
