@@ -69,9 +69,14 @@ class Server:
         """SIGTERM (what a deploy sends), then wait for it to exit; True if it shut down
         cleanly (uvicorn raises the signal again once shut down: its exit says SIGTERM)."""
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout)  # (all its output read)
+        code = self.exited(timeout)
         return code in (0, -signal.SIGTERM) and "Application shutdown complete" in self.output()
+
+    def exited(self, timeout: float = DEADLINE) -> int:
+        """Wait for the process to exit and its output to be read whole; its exit code."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return code
 
 
 @pytest.fixture
@@ -115,8 +120,7 @@ def serve() -> Iterator[Callable[..., Server]]:
     for server in started:  # stop by process id whatever the test did
         if server.process.poll() is None:
             server.process.kill()
-            server.process.wait(timeout=DEADLINE)
-        server._reader.join(DEADLINE)  # (its pipe read to the end and closed)
+        server.exited()  # (its pipe read to the end and closed)
 
 
 def follow(server: Server, run_id: str) -> dict[str, Any]:
