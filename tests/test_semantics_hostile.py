@@ -595,30 +595,15 @@ def test_suspending_at_any_revert_changes_nothing_but_where_run_returns(
     assert len(reverts) == len(set(reverts))
     assert sorted(reverts) == sorted(e for e in plain_log if e.startswith("undo"))
     assert (state, states) == (plain_state, plain_states)
-    if engine[1] in (None, 1) and len(set(_priorities(tree))) == 1:
-        # (one task at a time, the same log; with several priorities the plain run hands
-        # a slot to the revert that waited longest, not to the highest one ready, while a
-        # resumed unwinding starts from the priority order: the known gap of the pinned
-        # case below)
+    if engine[1] in (None, 1):  # one task at a time: the same log, whatever the priorities
         assert log == plain_log
 
 
-def _priorities(tree: Any) -> list[int]:
-    if not isinstance(tree, tuple):
-        return [tree]
-    return [p for kid in tree[1] for p in _priorities(kid)]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the serial engine's spare worker pops a revert (t6, priority -1) and parks it on "
-    "the one slot while t5 is undone; t4 (priority 0) becomes ready only then, and the slot "
-    "goes to the parked t6: a parked node is not compared with the run's ready queue (two "
-    "parked nodes are, since _limits._best_waiter); a suspended unwinding resumes in "
-    "priority order, so the two logs differ",
-)
 def test_a_suspended_unwinding_reverts_in_the_order_the_plain_one_does() -> None:
-    """Found by the property above (tree, failing task and suspend point pinned)."""
+    """Found by the property above (tree, failing task and suspend point pinned): the
+    serial engine's spare worker pops a revert (t6, priority -1) and parks it on the one
+    slot while t5 is undone; t4 (priority 0) becomes ready only then. The freed slot
+    goes to t4, the best ready node, as a resumed unwinding (priority order) does."""
     tree = ("l", [0, ("u", [("l", [0, 0]), -1])])
 
     def load() -> engines.Engine:
@@ -681,6 +666,80 @@ async def test_a_higher_priority_task_waiting_for_a_limit_starts_before_a_lower_
     )
     await aflow.run(canvas, limits={"db": 1})
     assert order == ["hold", "high", "low"]
+
+
+async def test_a_freed_slot_goes_to_a_ready_task_that_outranks_the_parked_one() -> None:
+    """``low`` (priority 1) parks on the one 'db' slot while ``hold`` runs; ``high``
+    (priority 5) becomes ready only as ``hold`` ends (its child), never parked. The
+    slot ``hold`` frees goes to ``high``: TaskFlow sorts every ready task, parked or
+    not. (Before, a parked node was not compared with the ready queue: low, then high.)"""
+    order: list[str] = []
+
+    @aflow.task
+    async def hold(name: str) -> None:
+        order.append(name)
+        await anyio.lowlevel.checkpoint()  # (a spare worker pops low and parks it)
+
+    @aflow.task
+    async def work(x: Any, name: str) -> None:
+        order.append(name)
+
+    canvas = aflow.group(
+        hold.si("hold").set(limit="db", priority=10)
+        | work.s(name="high").set(limit="db", priority=5),
+        work.si(None, "low").set(limit="db", priority=1),
+    )
+    await aflow.run(canvas, limits={"db": 1})
+    assert order == ["hold", "high", "low"]
+    order.clear()
+    eng_order: list[str] = []
+
+    class Step(aflow.Task):
+        async def execute(self) -> None:
+            eng_order.append(self.name)
+            await anyio.lowlevel.checkpoint()
+
+    # the same with max_concurrency (the serial engine's one slot)
+    flow = uf.Flow("f").add(
+        lf.Flow("l").add(Step("hold", priority=10), Step("high", priority=5)),
+        Step("low", priority=1),
+    )
+    await engines.load(flow, engine="serial").run()
+    assert eng_order == ["hold", "high", "low"]
+
+
+async def test_independent_reverts_undo_the_last_finished_first() -> None:
+    """As a hand-written saga's stack does: ``a`` and ``b`` run at once, ``a`` ends
+    first; when ``boom`` fails, ``b`` is undone before ``a``, whatever their order in
+    the group (before, reverts of independent branches went in the order they became
+    ready to revert, which hung on timing: a suspended unwinding resumed differently)."""
+    log: list[str] = []
+    a_done = anyio.Event()
+
+    @aflow.task
+    async def step(name: str) -> None:
+        if name == "b":
+            await a_done.wait()
+        log.append(name)
+        if name == "a":
+            a_done.set()
+
+    @step.revert
+    async def _(name: str) -> None:
+        log.append(f"undo {name}")
+
+    @aflow.task
+    async def boom(_: Any) -> None:
+        raise Declined("boom")
+
+    with pytest.raises(Declined):
+        await aflow.run(aflow.group(step.si("a"), step.si("b")) | boom.s())
+    assert log == ["a", "b", "undo b", "undo a"]
+    log.clear()
+    a_done = anyio.Event()
+    with pytest.raises(Declined):
+        await aflow.run(aflow.group(step.si("b"), step.si("a")) | boom.s())
+    assert log == ["a", "b", "undo b", "undo a"]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

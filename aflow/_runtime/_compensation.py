@@ -37,6 +37,7 @@ from ._current import EXECUTION, INJECTIONS
 from ._invariants import CHECK_INVARIANTS
 from ._journal import describe
 from ._limits import Limit, release
+from ._ready import PriorityReady
 from ._run_state import (
     _CANCELLED,
     _FAILED,
@@ -128,10 +129,20 @@ class Compensation(RunState):
         before = self._phase  # (FORWARD, or CLOSED for compensate())
         self._phase = Phase.UNWINDING
         self._remaining = [len(c) for c in self._children]
-        # (by priority too, for a graph with priorities: TaskFlow sorts reverts alike)
-        self._ready = self.graph._shape[0].new_ready(
-            i for i, left in enumerate(self._remaining) if left == 0
-        )
+        # Ready reverts go by priority (TaskFlow sorts reverts alike), then the last to
+        # finish first, as a hand-written saga undoes its steps: an order that does not
+        # hang on timing, so a suspended unwinding goes on as the plain one would.
+        rank = [-(at or 0.0) for at in self._finished]
+        self._ready = ready = PriorityReady(self.graph._shape[0].priorities, (), rank)
+        frontier = [i for i, left in enumerate(self._remaining) if left == 0]
+        for i in frontier:
+            if i in self._reverting:
+                ready.append(i)
+        # What has nothing to revert is passed through at once, so the first reverts
+        # are chosen among every one ready.
+        for i in frontier:
+            if i not in self._reverting and states[i] is not _REVERT_FAILED:
+                self._unwound(i)
         timed_out = False
         loop = self._loop
         finished = None if loop is not None else anyio.Event()

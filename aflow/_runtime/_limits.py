@@ -11,20 +11,30 @@ it straight back for its next step while another run waits: waiters are
 served first come, first served. A node that was handed one slot but finds
 another limit full gives the slot back before it parks again (no
 hold-and-wait, so no deadlock between limits).
+
+A run whose ready queue goes by priority (TaskFlow's ``priority``, and every
+unwinding) is handed the slot rather than one of its nodes: its best parked node
+goes back in its place in the queue, and whichever of its nodes needing the limit
+pops first takes the slot, so a node that became ready meanwhile with a higher
+priority is not passed over for a parked one.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, final
 
 import anyio
 
+from ._ready import PriorityReady
+
 if TYPE_CHECKING:
     from ._run_state import RunState
 
-__all__ = ["Limit", "SlotWaiter", "acquire_slot", "release", "try_acquire"]
+__all__ = ["ANY_NODE", "Limit", "SlotWaiter", "acquire_slot", "release", "try_acquire"]
+
+#: The key of a run's grants handed to whichever of its nodes needs the limit first.
+ANY_NODE = -1
 
 
 @final
@@ -57,6 +67,9 @@ def try_acquire(limits: tuple[Limit, ...], execution: RunState, index: int) -> b
     for limit in limits:
         if limit in granted:
             continue
+        if execution.grants and execution.take_credit(limit):
+            granted = (*granted, limit)
+            continue
         if limit.borrowed >= limit.total:
             if granted:
                 release(granted, execution)
@@ -83,9 +96,15 @@ def release(limits: tuple[Limit, ...], releaser: RunState | None) -> None:
                 break
             if not execution.starting:  # (a stopped run's waiters are forgotten at its phase's end)
                 continue
-            priorities = getattr(getattr(execution, "_ready", None), "priorities", None)
-            if priorities is not None:  # (a graph with priorities: its best waiter goes)
-                index = _best_waiter(waiters, execution, index, priorities)
+            ready = getattr(execution, "_ready", None)  # (unit tests hand in fakes)
+            if type(ready) is PriorityReady:
+                # A queue by priority: the slot goes to the run, and its next node to pop
+                # that needs it takes it, the parked one put back in its place or a better
+                # one ready meanwhile (TaskFlow sorts every ready task, waiting or not).
+                index = _best_waiter(waiters, execution, index, ready)
+                execution.credit(limit)
+                execution.put_back(index, wake=execution is not releaser)
+                break
             execution.grant(index, limit)
             execution.requeue(index, wake=execution is not releaser)
             break
@@ -97,15 +116,16 @@ def _best_waiter(
     waiters: deque[tuple[RunState | SlotWaiter, int]],
     execution: RunState,
     index: int,
-    priorities: Sequence[float],
+    ready: PriorityReady,
 ) -> int:
-    """The run's waiter of highest priority on this limit (the first of equal ones): it
-    takes the slot the run's first waiter was owed, which keeps its place in the line.
-    Between runs the line stays first come, first served."""
+    """The run's waiter on this limit that its ready queue puts first (the first in line
+    of equal ones): it takes the slot the run's first waiter was owed, which keeps its
+    place in the line. Between runs the line stays first come, first served."""
     best, at = index, -1
+    best_key = ready.key(index)
     for position, (waiting, other) in enumerate(waiters):
-        if waiting is execution and priorities[other] > priorities[best]:
-            best, at = other, position
+        if waiting is execution and (key := ready.key(other)) < best_key:
+            best, best_key, at = other, key, position
     if at >= 0:
         del waiters[at]
         waiters.appendleft((execution, index))

@@ -8,7 +8,8 @@ from .._exceptions import (
     DefinitionError,
 )
 from .._graph import Node
-from ._limits import Limit, release
+from ._limits import ANY_NODE, Limit, release
+from ._ready import PriorityReady
 from ._run_state import RunState
 
 
@@ -44,6 +45,33 @@ class RunLimits(RunState):
     def take_grants(self, index: int) -> tuple[Limit, ...]:
         """The slots handed to node ``index``, now its own."""
         return self.grants.pop(index, ())
+
+    def credit(self, limit: Limit) -> None:
+        """A slot of ``limit`` was handed to this run: the first of its nodes to need it
+        takes it (a queue by priority: see :mod:`._limits`)."""
+        self.grant(ANY_NODE, limit)
+
+    def take_credit(self, limit: Limit) -> bool:
+        """Take a slot of ``limit`` handed to this run, if it holds one."""
+        held = self.grants.get(ANY_NODE)
+        if held is None or limit not in held:
+            return False
+        left = list(held)
+        left.remove(limit)
+        if left:
+            self.grants[ANY_NODE] = tuple(left)
+        else:
+            del self.grants[ANY_NODE]
+        return True
+
+    def put_back(self, index: int, *, wake: bool) -> None:
+        """Put a node that waited for a limit slot back in its place in a queue by priority."""
+        self._parked -= 1
+        ready = self._ready
+        assert isinstance(ready, PriorityReady)
+        ready.put_back(index)
+        if wake:
+            self._ensure_worker()
 
     def _return_grants(self) -> None:
         # Slots handed to nodes this run will never start go on to the next waiters.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -26,6 +25,7 @@ from ._ids import new_run_id
 from ._invariants import FOUND, violations
 from ._journal import Journal
 from ._limits import Limit
+from ._ready import PriorityReady, ReadyQueue
 from ._states import NodeState, RunStatus
 
 if TYPE_CHECKING:
@@ -251,6 +251,9 @@ class RunState:
         def grant(self, index: int, limit: Limit) -> None: ...
         def take_grants(self, index: int) -> tuple[Limit, ...]: ...
         def requeue(self, index: int, *, wake: bool) -> None: ...
+        def credit(self, limit: Limit) -> None: ...
+        def take_credit(self, limit: Limit) -> bool: ...
+        def put_back(self, index: int, *, wake: bool) -> None: ...
         def _return_grants(self) -> None: ...
         def _forget_waiters(self) -> None: ...
 
@@ -438,7 +441,15 @@ class RunShape:
     set-up counts): its root nodes, parents per node, the error callbacks' count, which
     group joins tolerate which nodes, and a node per distinct set of options with limits."""
 
-    __slots__ = ("done_goal", "limited", "new_ready", "remaining", "roots", "tolerated_by")
+    __slots__ = (
+        "done_goal",
+        "limited",
+        "new_ready",
+        "priorities",
+        "remaining",
+        "roots",
+        "tolerated_by",
+    )
 
     def __init__(self, nodes: Sequence[Node]) -> None:
         self.remaining = [len(node.parents) for node in nodes]
@@ -463,8 +474,10 @@ class RunShape:
         #: makes a run's ready queue: a plain deque unless some node has a priority, so a
         #: graph without one pays nothing for them
         self.new_ready: Callable[[Iterable[int]], ReadyQueue] = deque
+        #: each node's priority, by index (all 0 without priorities)
+        self.priorities: Sequence[float] = _Zeros(len(nodes))
         if prioritised:
-            priorities = [node.options.priority for node in nodes]
+            priorities = self.priorities = [node.options.priority for node in nodes]
             self.new_ready = lambda items: PriorityReady(priorities, items)
         self.roots = tuple(roots)
         self.done_goal = len(nodes) - errbacks
@@ -479,58 +492,22 @@ class RunShape:
         self.tolerated_by: Mapping[int, int] = tolerated_by
 
 
-@final
-class PriorityReady:
-    """The ready queue of a graph whose nodes have priorities (TaskFlow's ``priority``):
-    the highest first, equal ones in the order they became ready (TaskFlow sorts its
-    ready atoms stably); a node handed a limit slot (``appendleft``) goes before all.
-
-    It offers what the scheduler uses of a deque, in Python: only a graph with
-    priorities pays for it (see ``RunShape.new_ready``)."""
-
-    __slots__ = ("_front", "_heap", "_seq", "priorities")
-
-    def __init__(self, priorities: Sequence[float], items: Iterable[int] = ()) -> None:
-        #: each node's priority, by index (a limit's release reads them too)
-        self.priorities = priorities
-        #: (-priority, arrival, node index)
-        self._heap: list[tuple[float, int, int]] = []
-        self._front: deque[int] = deque()
-        self._seq = 0
-        for index in items:
-            self.append(index)
-
-    def append(self, index: int) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (-self.priorities[index], self._seq, index))
-
-    def appendleft(self, index: int) -> None:
-        self._front.appendleft(index)
-
-    def popleft(self) -> int:
-        if self._front:
-            return self._front.popleft()
-        return heapq.heappop(self._heap)[2]
-
-    def clear(self) -> None:
-        self._front.clear()
-        self._heap.clear()
-
-    def __len__(self) -> int:
-        return len(self._front) + len(self._heap)
-
-    def __bool__(self) -> bool:
-        return bool(self._front) or bool(self._heap)
-
-    def __iter__(self) -> Iterator[int]:
-        yield from self._front
-        yield from (index for _, _, index in sorted(self._heap))
-
-
-#: A run's ready queue: a deque, or a PriorityReady for a graph with priorities.
-ReadyQueue = deque[int] | PriorityReady
-
-
 def _tolerated_span(join: Node) -> int:
     start, end = join.tolerates  # type: ignore[misc]
     return int(end - start)
+
+
+@final
+class _Zeros(Sequence[float]):
+    """Every node's priority in a graph without priorities."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: Any) -> Any:
+        return 0.0
