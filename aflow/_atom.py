@@ -179,6 +179,9 @@ class Params:
     injected: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+#: ``Params.injected`` of the many tasks that inject nothing (one object, not one each).
+_NOTHING_INJECTED: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
 _params_cache: dict[tuple[Any, ...], Params] = {}
 
 
@@ -207,17 +210,19 @@ def analyse_params(
     if isinstance(requires, str):
         requires = (requires,)
     try:
-        if isinstance(rebind, Mapping):
-            rebind_key: Any = ("map", tuple(rebind.items()))
+        if rebind is None:
+            rebind_key: Any = None
+        elif type(rebind) is dict or isinstance(rebind, Mapping):  # (a dict: no ABC check)
+            rebind_key = ("map", tuple(rebind.items()))
         else:
-            rebind_key = ("seq", tuple(rebind) if rebind is not None else None)
+            rebind_key = ("seq", tuple(rebind))
         key = (
             fn,
             skip,
-            tuple(given),
+            given if type(given) is tuple else tuple(given),
             rebind_key,
-            tuple(inject or ()),
-            tuple(requires),
+            tuple(inject) if inject else (),
+            requires if type(requires) is tuple else tuple(requires),
             what,
             loose_inject,
         )
@@ -269,14 +274,16 @@ def _analyse_params(
     what: str,
     loose_inject: bool,
 ) -> Params:
-    shape = shape_of(fn, skip, tuple(given))
+    shape = shape_of(fn, skip, given if type(given) is tuple else tuple(given))
     if shape is None:
         return Params({}, {})
     named, has_default, var_kw = shape
     names = {p: p for p in named}
-    if isinstance(rebind, Mapping):
+    if rebind is None:
+        mapping = {}
+    elif type(rebind) is dict or isinstance(rebind, Mapping):
         mapping = dict(rebind)
-    elif rebind is not None:
+    else:
         order = list(rebind)
         if isinstance(rebind, str) or len(order) > len(named):
             raise SignatureError(
@@ -286,8 +293,6 @@ def _analyse_params(
                 "rebind",
             )
         mapping = dict(zip(named, order, strict=False))
-    else:
-        mapping = {}
     for param, new in mapping.items():
         if not isinstance(new, str) or not new:
             raise SignatureError(owner, f"rebind of {param!r} must be a name, got {new!r}", param)
@@ -307,10 +312,11 @@ def _analyse_params(
             )
         names.setdefault(extra, extra)
     # inject is keyed by the name read (after rebind), as TaskFlow's storage looks it up
-    feeds: dict[str, list[str]] = {}
-    for param, name in names.items():
-        feeds.setdefault(name, []).append(param)
     injected: dict[str, tuple[str, ...]] = {}
+    feeds: dict[str, list[str]] = {}
+    if inject:
+        for param, name in names.items():
+            feeds.setdefault(name, []).append(param)
     for name in inject or ():
         params = feeds.get(name)
         if params:
@@ -334,9 +340,13 @@ def _analyse_params(
                 f"it reads (it reads {sorted(feeds)})",
                 name if isinstance(name, str) else "inject",
             )
-    fed = {p for params in injected.values() for p in params}
+    if not injected:
+        if not has_default:  # (the common task: every name required)
+            return Params(names, {}, _NOTHING_INJECTED)
+        injected = _NOTHING_INJECTED  # type: ignore[assignment]
     required: dict[str, str] = {}
     optional: dict[str, str] = {}
+    fed = {p for params in injected.values() for p in params}
     extras = set(requires)
     for param, name in names.items():
         if param in fed:

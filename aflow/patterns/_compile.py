@@ -178,7 +178,7 @@ def _atom_of(item: FlowItem) -> Atom:
             item._inject_kwargs,
             params,
             spec,
-            item._options_now(),
+            opts if item.priority == (opts := item._node_options).priority else item._options_now(),
             None,
         )
     if isinstance(item, FunctionTask):
@@ -242,9 +242,11 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     stack.add(id(flow))
     items: list[Atom | Level] = []
     names: list[str] = []
+    narrow = False  # (an inner level's deciders look past it: see Level.narrow)
     for item in flow:
         if isinstance(item, Flow):
             level = _analyse(item, seen, stack)
+            narrow = narrow or level.narrow
             items.append(level)
             names.extend(level.names)
         else:
@@ -338,8 +340,8 @@ def _analyse(flow: Flow, seen: dict[str, str], stack: set[int]) -> Level:
     level = Level(
         flow, flow.name, kind, items, retry, preds, gates, order, exports, positions, wants, names
     )
-    level.narrow = any(g[2] is not Depth.ALL for gs in gates for g in gs) or any(
-        isinstance(item, Level) and item.narrow for item in items
+    level.narrow = narrow or (
+        kind == "graph" and any(g[2] is not Depth.ALL for gs in gates for g in gs)
     )
     if kind != "linear":
         for i, name, who, j in optional:  # read from a provider only if it runs before
