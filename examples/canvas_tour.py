@@ -47,6 +47,13 @@ async def main() -> None:
         await fail.s(7).link_error(report.s("on error"))
     except ValueError as exc:
         print("link_error          raised", repr(exc))
+    print("empty group skipped", await aflow.chain(add.s(2, 2), aflow.group(), mul.s(2)))
+    print("replace (not merge)", await add.s(1, 1).replace(args=(5, 5)))
+    print("lone chord header  ", await aflow.chord(add.s(3, 3), tsum.s()))
+    try:  # the header fails: the errback linked to the body runs, once
+        await aflow.chord([add.s(1, 1), fail.s(2)], tsum.s().link_error(report.s("body errback")))
+    except ValueError as exc:
+        print("chord header failed", repr(exc))
 
 
 if __name__ == "__main__":
