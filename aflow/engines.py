@@ -155,7 +155,6 @@ class Engine:
         "_ran_empty",
         "_store",
         "flow",
-        "storage",
     )
 
     def __init__(
@@ -169,14 +168,21 @@ class Engine:
         self._store: dict[str, Any] = dict(store or {})
         self._options = options
         self._defer_reverts = defer_reverts
-        #: The values the flow provides, and the store.
-        self.storage = Storage(self)
         self._compiled: CompiledFlow = compile_flow(flow, self._store)
         self._execution: RunView | None = None
         self._ran_empty = False  # an empty flow has no run: this says it was run
 
     def __repr__(self) -> str:
         return f"<Engine {self.flow.name!r} {self.state.value}>"
+
+    @property
+    def storage(self) -> Storage:
+        """The values the flow provides, and the store.
+
+        (A view made on each access, not kept: an engine and a storage that held each
+        other would leave a finished engine, and its whole flow, to the garbage collector.)
+        """
+        return Storage(self)
 
     @property
     def state(self) -> RunStatus:

@@ -61,6 +61,10 @@ __all__ = [
 ]
 
 
+#: the runs a run's nodes made (see RunView.nested), in its notes
+_MADE = "aflow.made"
+
+
 @final
 class RunView:
     """One run, as a builder may use it.
@@ -69,14 +73,22 @@ class RunView:
     run (an ops step's live slices, say) and go with it.
     """
 
-    __slots__ = ("__weakref__", "_execution", "_made", "notes")
+    __slots__ = ("__weakref__", "_execution")
 
     def __init__(self, execution: Execution) -> None:
         self._execution = execution
-        #: A builder's own state for this run, under a key it owns (``"ops.slices"``).
-        self.notes: dict[str, Any] = {}
-        #: the runs its nodes made (see nested), by node key
-        self._made: dict[str, list[RunView]] | None = None
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """A builder's own state for this run, under a key it owns (``"ops.slices"``).
+
+        (Kept by the run, not the view: a view is made on each ask, so that a run and
+        its view hold no reference cycle and a finished run is freed at once.)"""
+        execution = self._execution
+        notes: dict[str, Any] | None = execution._view
+        if notes is None:
+            notes = execution._view = {}
+        return notes
 
     def __repr__(self) -> str:
         return f"<RunView {self.run_id}>"
@@ -224,13 +236,14 @@ class RunView:
         child = view_of(execution.nested(graph))
         step = STEP.get(-1)
         if step >= 0:
-            made = self._made = self._made or {}
+            made = self.notes.setdefault(_MADE, {})
             made.setdefault(execution.graph.nodes[step].key, []).append(child)
         return child
 
     def made_by(self, key: str) -> list[RunView]:
         """The runs node ``key`` made with :meth:`nested` in this process, oldest first."""
-        return (self._made or {}).get(key, [])
+        made: dict[str, list[RunView]] = self.notes.get(_MADE, {})
+        return made.get(key, [])
 
     async def execute(self) -> Any:
         """Run it (again, for a suspended run) and return its result."""
@@ -247,12 +260,9 @@ class RunView:
 
 
 def view_of(run: Execution | Run[Any]) -> RunView:
-    """The view of ``run`` (an execution, or the handle of one): one per run."""
-    execution = run._execution if isinstance(run, Run) else run
-    view: RunView | None = execution._view
-    if view is None:
-        view = execution._view = RunView(execution)
-    return view
+    """The view of ``run`` (an execution, or the handle of one); views of one run share
+    its notes."""
+    return RunView(run._execution if isinstance(run, Run) else run)
 
 
 def current_run() -> RunView:
@@ -265,10 +275,7 @@ def current_run() -> RunView:
             execution = found[0]
     if execution is None:
         raise RuntimeError("no aflow run is executing here")
-    view: RunView | None = execution._view
-    if view is None:
-        view = execution._view = RunView(execution)
-    return view
+    return RunView(execution)
 
 
 def current_attempt_number() -> int:

@@ -378,8 +378,8 @@ class RunState:
         self._nested_runs: dict[int, int] | None = None
         self._incarnation = ""  # "~<token>" once restored
         self._parent: RunState | None = None
-        #: what builders see of this run (see _builder_api.view_of), made when first asked
-        self._view: Any = None
+        #: builders' notes on this run (RunView.notes), made when first asked
+        self._view: dict[str, Any] | None = None
 
         # --- Checkpoints (see _checkpoints and _journal). ----------------------------------
         self._journal = journal
