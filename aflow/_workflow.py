@@ -9,10 +9,11 @@ import re
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
 
 from ._exceptions import DefinitionError, SerializationError, SignatureError
 from ._graph import Graph, compile
+from ._workflow_template import Templates
 
 if TYPE_CHECKING:  # (the serializers load with the first durable run: import aflow stays light)
     from ._serialize import Serializer
@@ -78,10 +79,12 @@ class WorkflowBuilder(Generic[P, R]):
     return one.)
     """
 
-    def __init__(self, fn: Callable[P, R]) -> None:
+    def __init__(self, fn: Callable[P, R], *, reuse_graph: bool = True) -> None:
         if not callable(fn):
             raise TypeError(f"@aflow.workflow expects a function, got {fn!r}")
         self.fn = fn
+        #: graphs built once per kind of parameters and filled in (see _workflow_template)
+        self._templates = Templates() if reuse_graph else None
         self.path = f"{fn.__module__}:{fn.__qualname__}"
         functools.update_wrapper(self, fn)
         _REGISTRY[self.path] = self  # (a module imported again replaces its workflows)
@@ -122,6 +125,11 @@ class WorkflowBuilder(Generic[P, R]):
     def build(self, params: dict[str, Any]) -> Graph:
         """The graph for these parameters (:class:`aflow.errors.SignatureError` naming the
         workflow and the parameter if the function cannot take them)."""
+        if self._templates is not None:
+            return self._templates.build(self.fn, params, lambda: self._build(params))
+        return self._build(params)
+
+    def _build(self, params: dict[str, Any]) -> Graph:
         try:
             built = self.fn(**params)  # type: ignore[call-arg]
         except TypeError as exc:
@@ -173,8 +181,20 @@ class WorkflowBuilder(Generic[P, R]):
         return None
 
 
-def workflow(fn: Callable[P, R]) -> WorkflowBuilder[P, R]:
+@overload
+def workflow(fn: Callable[P, R], /) -> WorkflowBuilder[P, R]: ...
+@overload
+def workflow(*, reuse_graph: bool = True) -> Callable[[Callable[P, R]], WorkflowBuilder[P, R]]: ...
+def workflow(
+    fn: Callable[P, R] | None = None, /, *, reuse_graph: bool = True
+) -> WorkflowBuilder[P, R] | Callable[[Callable[P, R]], WorkflowBuilder[P, R]]:
     """Mark a function that builds a workflow, so durable runs can rebuild it.
+
+    Its graph must follow from its parameters alone (another process rebuilds it
+    from them). Run by ``rt.run(wf, ...)``, ``rt.submit`` or ``aflow.run(wf,
+    params=...)``, a canvas workflow that only passes its parameters into
+    signatures is built and compiled once per kind of parameters and filled in
+    with each call's values; ``reuse_graph=False`` calls the function every time.
 
     Example::
 
@@ -184,7 +204,9 @@ def workflow(fn: Callable[P, R]) -> WorkflowBuilder[P, R]:
 
         run = await rt.submit(order_saga, order_id="o-42")
     """
-    return WorkflowBuilder(fn)
+    if fn is None:
+        return lambda fn: WorkflowBuilder(fn, reuse_graph=reuse_graph)
+    return WorkflowBuilder(fn, reuse_graph=reuse_graph)
 
 
 #: Every ``@aflow.workflow`` this process defined, by path. A stored run is resumed only

@@ -140,6 +140,21 @@ def saga(last: Any = ship) -> Any:
     return validate.s("order-1") | aflow.group(reserve.s(), quote.s()) | charge.s() | last.s()
 
 
+def _order_saga(order: str) -> Any:
+    return validate.s(order) | aflow.group(reserve.s(), quote.s()) | charge.s() | ship.s()
+
+
+def _one_step(x: int) -> Any:
+    return step.s(x)
+
+
+#: the same saga as an @aflow.workflow: built and compiled once, filled in per call
+order_saga = aflow.workflow(_order_saga)
+one_step = aflow.workflow(_one_step)
+#: and built on every call, as before issue 16's templates
+order_saga_rebuilt = aflow.workflow(reuse_graph=False)(_order_saga)
+
+
 # --- the workloads: (name, aflow version, hand-written version) --------------------------
 
 
@@ -167,6 +182,22 @@ def workloads(rt: aflow.Runtime) -> list[tuple[str, Callable[[], Awaitable[Any]]
         ("saga, aflow.run", lambda: aflow.run(saga()), saga_by_hand),
         ("saga, rt.run", lambda: rt.run(saga()), saga_by_hand),
         ("saga, rt.submit + result()", submitted, saga_by_hand),
+        (
+            "1-step @aflow.workflow, aflow.run",
+            lambda: aflow.run(one_step, params={"x": 1}),
+            lambda: step_fn(1),
+        ),
+        (
+            "saga @aflow.workflow, aflow.run",
+            lambda: aflow.run(order_saga, params={"order": "order-1"}),
+            saga_by_hand,
+        ),
+        ("saga @aflow.workflow, rt.run", lambda: rt.run(order_saga, order="order-1"), saga_by_hand),
+        (
+            "saga @aflow.workflow(reuse_graph=False), rt.run",
+            lambda: rt.run(order_saga_rebuilt, order="order-1"),
+            saga_by_hand,
+        ),
         (
             "saga compensating, aflow.run",
             lambda: expect_failure(lambda: aflow.run(saga(ship_fails))),
