@@ -188,14 +188,14 @@ class Templates:
 
 
 def _trace(fn: Callable[..., Any], params: Mapping[str, Any], real: Graph) -> _Template | None:
-    from ._canvas import Canvas
-
     markers = {name: _Param(name) for name in params}
     try:
         built = fn(**markers)
-        if not isinstance(built, Canvas):
+        # a canvas (known by its compile: this layer may not import the canvas module)
+        compile_uncached = getattr(type(built), "_compile_uncached", None)
+        if compile_uncached is None:
             return None
-        graph = built._compile_uncached()
+        graph = compile_uncached(built)
     except Exception:  # (a marker refused, or anything else: built as before)
         return None
     slots: list[tuple[int, int | str, str]] = []
