@@ -85,9 +85,9 @@ class RunView:
         (Kept by the run, not the view: a view is made on each ask, so that a run and
         its view hold no reference cycle and a finished run is freed at once.)"""
         execution = self._execution
-        notes: dict[str, Any] | None = execution._view
+        notes: dict[str, Any] | None = execution._notes
         if notes is None:
-            notes = execution._view = {}
+            notes = execution._notes = {}
         return notes
 
     def __repr__(self) -> str:

@@ -126,6 +126,7 @@ class RunState:
         "_nested",
         "_nested_runs",
         "_nodes",
+        "_notes",
         "_on_error",
         "_options",
         "_parent",
@@ -154,7 +155,6 @@ class RunState:
         "_thread_limiter",
         "_timeout",
         "_tolerated_by",
-        "_view",
         "_wall_deadline",
         "_wall_offset",
         "ended_at",
@@ -379,7 +379,7 @@ class RunState:
         self._incarnation = ""  # "~<token>" once restored
         self._parent: RunState | None = None
         #: builders' notes on this run (RunView.notes), made when first asked
-        self._view: dict[str, Any] | None = None
+        self._notes: dict[str, Any] | None = None
 
         # --- Checkpoints (see _checkpoints and _journal). ----------------------------------
         self._journal = journal
