@@ -61,7 +61,11 @@ class PriorityReady:
         """A node that waited for a limit slot goes back in its place: ahead of what
         became ready after it with the same priority (see :func:`._limits.release`)."""
         rank = 0.0 if self._rank is None else self._rank[index]
-        heapq.heappush(self._heap, (-self.priorities[index], rank, self._arrival[index], index))
+        # (a node parked before this queue was made, if ever: after everything here)
+        arrival = self._arrival.get(index)
+        if arrival is None:
+            self._seq = arrival = self._seq + 1
+        heapq.heappush(self._heap, (-self.priorities[index], rank, arrival, index))
 
     def clear(self) -> None:
         self._front.clear()
