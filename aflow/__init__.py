@@ -48,6 +48,7 @@ if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import 
     from ._runtime._report import EventReport as EventReport
     from ._runtime._report import RunReport as RunReport
     from ._runtime._report import StepReport as StepReport
+    from ._runtime._report import WaitReport as WaitReport
     from ._runtime._run import run as run
     from ._runtime._run import run_sync as run_sync
     from ._runtime._runtime import Runtime as Runtime
@@ -55,6 +56,11 @@ if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import 
     from ._runtime._states import RunStatistics as RunStatistics
     from ._runtime._states import RunStatus as RunStatus
     from ._runtime._states import StepInfo as StepInfo
+    from ._runtime._waits import receive as receive
+    from ._runtime._waits import set_event as set_event
+    from ._runtime._waits import sleep as sleep
+    from ._runtime._waits import sleep_until as sleep_until
+    from ._runtime._waits import wait_for as wait_for
 
 __version__ = "0.1.0.dev0"
 
@@ -81,15 +87,21 @@ __all__ = [
     "StepInfo",
     "StepReport",
     "Task",
+    "WaitReport",
     "chain",
     "chord",
     "compile",
     "current_step",
     "group",
+    "receive",
     "run",
     "run_sync",
+    "set_event",
     "signature",
+    "sleep",
+    "sleep_until",
     "task",
+    "wait_for",
     "workflow",
 ]
 
@@ -103,6 +115,7 @@ _LAZY = {
     "EventReport": "._runtime._report",
     "RunReport": "._runtime._report",
     "StepReport": "._runtime._report",
+    "WaitReport": "._runtime._report",
     "run": "._runtime._run",
     "run_sync": "._runtime._run",
     "Runtime": "._runtime._runtime",
@@ -110,6 +123,11 @@ _LAZY = {
     "RunStatistics": "._runtime._states",
     "RunStatus": "._runtime._states",
     "StepInfo": "._runtime._states",
+    "receive": "._runtime._waits",
+    "set_event": "._runtime._waits",
+    "sleep": "._runtime._waits",
+    "sleep_until": "._runtime._waits",
+    "wait_for": "._runtime._waits",
 }
 _NAMESPACES = frozenset({"engines", "patterns", "retry", "stores"})
 

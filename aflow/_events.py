@@ -28,6 +28,7 @@ RUN_CANCELLED = "run_cancelled"
 RUN_REVERTED = "run_reverted"
 RUN_SUSPENDED = "run_suspended"
 RUN_RELEASED = "run_released"
+RUN_WAITING = "run_waiting"
 TASK_STARTED = "task_started"
 TASK_SUCCEEDED = "task_succeeded"
 TASK_FAILED = "task_failed"
@@ -47,7 +48,8 @@ class Event:
 
     ``name`` is one of ``run_started``, ``run_succeeded``, ``run_failed``,
     ``run_reverted``, ``run_cancelled``, ``run_suspended``, ``run_released`` (a durable
-    run its runtime let go of as it shut down), ``task_started``, ``task_succeeded``,
+    run its runtime let go of as it shut down), ``run_waiting`` (a durable run unloaded
+    while all it runs waits for events or timers), ``task_started``, ``task_succeeded``,
     ``task_failed``, ``task_retried``, ``task_cancelled``, ``task_skipped``,
     ``revert_started``, ``revert_succeeded``, ``revert_failed``,
     ``revert_retried``. Run events have ``node=None``. ``replayed``: given again

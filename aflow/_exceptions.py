@@ -34,6 +34,8 @@ After the name: the attributes it carries, then what it means::
     │   ├── IdempotencyConflict(ValueError)  .key, .existing, .requested: the key names another
     │   ├── TaskFailed                    .task, .attempt, .what: a BaseException that is no error
     │   ├── TaskTimeout(TimeoutError)     .task, .attempt, .timeout: one attempt ran too long
+    │   ├── WaitTimeout(TimeoutError)     .event, .timeout, .task: a wait's event did not come
+    │   ├── RunEnded                      .status: an event sent to (a value asked of) an ended run
     │   ├── RunTimeout(TimeoutError)      .timeout: the run's own deadline passed
     │   ├── GroupFailed(ExceptionGroup)   .exceptions: several root failures, each as raised
     │   │   └── BelowThreshold            .key, .succeeded, .total: too few members succeeded
@@ -74,6 +76,7 @@ __all__ = [
     "ResultError",
     "ResumeMismatch",
     "RunCancelled",
+    "RunEnded",
     "RunError",
     "RunExists",
     "RunNotFinished",
@@ -87,6 +90,7 @@ __all__ = [
     "TaskFailed",
     "TaskTimeout",
     "UntrustedManifest",
+    "WaitTimeout",
     "WhenError",
 ]
 
@@ -465,6 +469,36 @@ class TaskTimeout(RunError, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run_id, self.task, self.attempt, self.timeout))
+
+
+class WaitTimeout(RunError, TimeoutError):
+    """A wait ran past its deadline: a wait node or ``aflow.receive`` whose event did not
+    come in time (the step fails, and the run unwinds and compensates as for any
+    failure), or ``Runtime.get_event`` whose value was not set in time.
+    ``except TimeoutError`` catches it. ``task`` is the waiting node's key (``None``
+    for ``get_event``)."""
+
+    def __init__(self, run_id: str, event: str, timeout: float, task: str | None = None) -> None:
+        self.event = event
+        self.timeout = timeout
+        self.task = task
+        where = f"task {task!r} waited" if task is not None else "waited"
+        super().__init__(run_id, f"{where} {timeout:g} s for {event!r}, which did not come")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.event, self.timeout, self.task))
+
+
+class RunEnded(RunError):
+    """An event was sent to a run that has ended (nothing waits for it any more, and it
+    was not kept), or a value was asked of an ended run that never set it."""
+
+    def __init__(self, run_id: str, status: str, message: str) -> None:
+        self.status = status
+        super().__init__(run_id, f"the run has ended ({status}): {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.status, self.message.split(": ", 1)[-1]))
 
 
 class RunTimeout(RunError, TimeoutError):

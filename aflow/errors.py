@@ -39,6 +39,7 @@ from ._exceptions import RecordedError as RecordedError
 from ._exceptions import ResultError as ResultError
 from ._exceptions import ResumeMismatch as ResumeMismatch
 from ._exceptions import RunCancelled as RunCancelled
+from ._exceptions import RunEnded as RunEnded
 from ._exceptions import RunError as RunError
 from ._exceptions import RunExists as RunExists
 from ._exceptions import RunNotFinished as RunNotFinished
@@ -52,6 +53,7 @@ from ._exceptions import StoreError as StoreError
 from ._exceptions import TaskFailed as TaskFailed
 from ._exceptions import TaskTimeout as TaskTimeout
 from ._exceptions import UntrustedManifest as UntrustedManifest
+from ._exceptions import WaitTimeout as WaitTimeout
 from ._exceptions import WhenError as WhenError
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "ResultError",
     "ResumeMismatch",
     "RunCancelled",
+    "RunEnded",
     "RunError",
     "RunExists",
     "RunNotFinished",
@@ -88,6 +91,7 @@ __all__ = [
     "TaskFailed",
     "TaskTimeout",
     "UntrustedManifest",
+    "WaitTimeout",
     "WhenError",
 ]
 

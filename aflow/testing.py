@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import anyio.abc
@@ -18,7 +18,10 @@ import structlog.testing
 
 from ._runtime._current import INJECTIONS, Injection
 
-__all__ = ["FakeClock", "Injection", "capture_events", "inject_failure"]
+if TYPE_CHECKING:
+    from ._runtime._runtime import Runtime
+
+__all__ = ["FakeClock", "Injection", "capture_events", "inject_failure", "send_when_waiting"]
 
 
 @contextmanager
@@ -32,6 +35,55 @@ def capture_events() -> Iterator[list[MutableMapping[str, Any]]]:
     """
     with structlog.testing.capture_logs() as entries:
         yield entries
+
+
+async def send_when_waiting(
+    runtime: Runtime,
+    run_id: str,
+    event: str,
+    payload: Any = None,
+    *,
+    message_id: str | None = None,
+    timeout: float = 30.0,
+) -> bool:
+    """Send ``event`` to run ``run_id`` once the run waits for it (a wait for it shows in
+    its report), and return what :meth:`aflow.Runtime.send` returned.
+
+    A test of "the event comes after the wait began" needs this: a plain ``send`` just
+    after ``submit`` usually lands before the run gets to its wait (which works too,
+    differently: the event is kept). ``timeout`` is in real seconds: the helper fails
+    with ``TimeoutError`` naming what the run does wait for. A run of this runtime is
+    watched without letting a :class:`FakeClock` jump meanwhile; a run another process
+    drives is read from the store every few milliseconds (a fake clock may jump then).
+    """
+    from ._runtime._report import report_of_run
+
+    seen: object = None
+    with anyio.move_on_after(timeout):
+        while True:
+            try:
+                handle = runtime.get(run_id)
+            except KeyError:
+                handle = None
+            report = (
+                report_of_run(handle, steps=False)
+                if handle is not None
+                else await runtime.report(run_id, steps=False)
+            )
+            seen = [(w.key, w.event) for w in report.waits]
+            if any(wait.event == event for wait in report.waits):
+                return await runtime.send(run_id, event, payload, message_id=message_id)
+            if report.finished:
+                raise AssertionError(
+                    f"run {run_id} ended ({report.status}) before it waited for {event!r}"
+                )
+            if handle is not None and not handle._detached:
+                await anyio.lowlevel.checkpoint()  # (a fake clock sees a busy task)
+            else:
+                await anyio.sleep(0.005)
+    raise TimeoutError(
+        f"run {run_id} did not wait for {event!r} within {timeout} s (it waits for: {seen})"
+    )
 
 
 @final

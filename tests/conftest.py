@@ -99,7 +99,14 @@ def counts(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.P
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
     """A fresh durable store: a SQLite file, or a new database on the session's PostgreSQL."""
-    if request.param == "sqlite":
+    return new_store_url(request, tmp_path, request.param)
+
+
+def new_store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path, kind: str) -> str:
+    """A fresh store of ``kind`` (memory, sqlite, postgres) for a test."""
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'runs.db'}"
     url: str = request.getfixturevalue("postgres_url")
     import anyio

@@ -54,6 +54,7 @@ RUN_TEXT = {
     "REVERTING": "reverting",
     "CANCELLING": "cancelling",
     "PARKED": "parked",
+    "WAITING": "waiting",
     "SUCCEEDED": "succeeded",
     "FAILED": "failed",
     "REVERTED": "reverted",

@@ -435,11 +435,14 @@ async def test_a_heartbeat_that_fails_for_a_while_does_not_stop_anything(
     store.fail_heartbeats = True
     async with store:
         with caplog.at_level(logging.WARNING, logger="aflow"):
-            async with aflow.Runtime(store=store, lease=0.04) as rt:  # type: ignore[arg-type]
-                await store.beat.wait()  # three failed heartbeats, no run to lose
+            async with aflow.Runtime(store=store, lease=0.2) as rt:  # type: ignore[arg-type]
+                # (heartbeats tick only while a durable run is driven here: one is)
+                wf.GATES["gated"] = gate = anyio.Event()
+                run = await rt.submit(wf.gated_then_plus_one, start=1)
+                await store.beat.wait()  # three failed heartbeats, in less than the lease
                 store.fail_heartbeats = False
-                run = await rt.submit(wf.abc, start=1)
-                assert await run.result() == 104
+                gate.set()
+                assert await run.result() == 3
     assert "aflow_heartbeat_failed" in caplog.text
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "Injection",
     "current_attempt",
     "current_step",
+    "locate",
 ]
 
 ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("aflow_attempt")
@@ -48,25 +49,33 @@ def current_step() -> StepInfo:
             step = aflow.current_step()
             return await payments.charge(order, idempotency_key=step.idempotency_key)
     """
+    execution, step = locate("aflow.current_step()", 2)
+    return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))
+
+
+def locate(what: str, depth: int = 1) -> tuple[Execution, int]:
+    """The run and node (``~index`` in a revert) whose body calls ``what`` (a
+    ``RuntimeError`` naming ``what`` outside one); ``depth``: frames above this one
+    to begin the search from."""
     execution = EXECUTION.get(None)
     step = STEP.get(None)
     if step is None:
         # A node started inline has no step in its context (setting it costs a plain
         # node's start a tenth): the worker or generator driving it is on the stack.
-        found = _driving_step(sys._getframe(1))
+        found = _driving_step(sys._getframe(depth))
         if found is not None:
             execution, step = found
             STEP.set(step)  # in the node's own context: what it starts from now sees it
             EXECUTION.set(execution)
     if execution is None or step is None:
         where = (
-            "a task or thread a step started before it asked: call aflow.current_step() "
+            f"a task or thread a step started before it asked: call {what} "
             "in the step's body first (or pass what it returns along)"
             if execution is not None
             else "a task or a revert that aflow runs"
         )
-        raise RuntimeError(f"aflow.current_step() is only available inside {where}")
-    return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))
+        raise RuntimeError(f"{what} is only available inside {where}")
+    return execution, step
 
 
 def _driving_step(frame: FrameType | None) -> tuple[Execution, int] | None:

@@ -39,6 +39,7 @@ from ._leases import Leases
 from ._options import RunOptions, dump_options, stored_options
 from ._rebuild import FINISHED, Rebuilder
 from ._scheduler import Execution
+from ._wake import Waker
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -63,7 +64,16 @@ _HAS_OUTPUT = (RecordState.SUCCEEDED, RecordState.REUSED)
 class Durability:
     """A runtime's store side (see the module's docstring)."""
 
-    __slots__ = ("_rt", "_spec", "followers", "leases", "rebuilder", "recovering", "store")
+    __slots__ = (
+        "_rt",
+        "_spec",
+        "followers",
+        "leases",
+        "rebuilder",
+        "recovering",
+        "store",
+        "waker",
+    )
 
     def __init__(
         self,
@@ -75,6 +85,7 @@ class Durability:
         lease: float,
         max_recoveries: int,
         recover: bool,
+        poll: float = 1.0,
     ) -> None:
         self._rt = runtime
         self._spec = store
@@ -87,6 +98,8 @@ class Durability:
         #: handles on runs another process drives (an idempotency key's), polled until they
         #: end, one per run id, with the scope that stops the polling
         self.followers: dict[str, tuple[Run[Any], anyio.CancelScope]] = {}
+        #: takes up this store's unloaded runs when they are due (with a store only)
+        self.waker: Waker | None = Waker(self, poll) if store is not None else None
 
     @property
     def serializer(self) -> Serializer:
@@ -125,6 +138,10 @@ class Durability:
             tg.start_soon(
                 self.leases.keep_looking, store, clock, self.recover, name="aflow runtime recovery"
             )
+        waker = self.waker
+        if waker is not None and hasattr(store, "due_runs"):
+            waker.scope = anyio.CancelScope()
+            tg.start_soon(waker.keep_waking, store, name="aflow runtime waker")
 
     def _driven(self) -> dict[str, Execution]:
         """The durable runs this process drives now, by id (what its heartbeats renew)."""
@@ -139,6 +156,8 @@ class Durability:
         self.leases.looking.cancel()
         for _, follower in self.followers.values():
             follower.cancel()
+        if self.waker is not None:
+            self.waker.close()
 
     def stop_heartbeats(self) -> None:
         """Every run has ended: no lease is left to renew."""

@@ -68,6 +68,8 @@ def follow(
             reason = "recovery parked it: it kept killing the processes that took it up"
             end(RunStatus.FAILED, RunError(record.run_id, reason))
             return True
+        if record.status == StoredRunStatus.WAITING:
+            return False  # unloaded while it waits: a runtime takes it up when it is due
         if (record.heartbeat or 0) >= wall_time(clock):
             return False  # its process is alive
         try:

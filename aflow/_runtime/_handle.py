@@ -77,6 +77,8 @@ class Run(Generic[R]):
     """
 
     __slots__ = (
+        "__weakref__",
+        "_detached",
         "_error",
         "_execution",
         "_finished",
@@ -109,6 +111,8 @@ class Run(Generic[R]):
         #: nobody outside the runtime holds this handle (a run of ``rt.run`` that was
         #: never listed nor looked up): once dropped from the history, its errors go
         self._private = False
+        #: its durable run was unloaded while it waits (see _waits): not over
+        self._detached = False
 
     @classmethod
     def _finished_in_store(
@@ -125,6 +129,11 @@ class Run(Generic[R]):
         try:
             self._value = await self._execution.execute()
         except Exception as exc:  # stored for result(); the runtime must not crash
+            waits = self._execution._waits
+            if waits is not None and waits.unloading and isinstance(exc, RunReleased):
+                # unloaded while it waits: not over; whoever takes it up ends this handle
+                self._detached = True
+                return
             self._error = exc
             self._traceback = exc.__traceback__
         except BaseException:  # the runtime is shutting down: record, then re-raise
@@ -135,11 +144,30 @@ class Run(Generic[R]):
                 self._error = RunReleased(self.id)
             else:
                 self._error = RunCancelled(self.id, interrupted)
+            self._end()
             raise
-        finally:
-            self._finished.set()
-            for stream in self._streams:
-                stream.close()
+        self._end()
+
+    def _end(self) -> None:
+        self._finished.set()
+        for stream in self._streams:
+            stream.close()
+
+    def _take_up(self, execution: Execution) -> None:
+        """An unloaded run was taken up again in this process: this handle follows it."""
+        self._execution = execution
+        self._detached = False
+        self._remote_cancel = None
+        for stream in self._streams:
+            execution.add_listener(stream.send_nowait)
+
+    def _ended_elsewhere(self, status: RunStatus, value: Any, error: BaseException | None) -> None:
+        """An unloaded run ended in another process (or cannot be followed any more)."""
+        self._execution.status = status
+        self._value = value
+        self._error = error
+        self._detached = False
+        self._end()
 
     def _let_go_of_errors(self) -> None:
         """Drop what this finished handle and its run hold of their errors: the raised

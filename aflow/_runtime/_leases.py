@@ -40,7 +40,7 @@ DEFAULT_LEASE = 10.0
 class Leases:
     """A runtime's leases on its durable runs, and its look for runs whose process died."""
 
-    __slots__ = ("_warned", "alive", "lease", "looking", "max_recoveries", "owner")
+    __slots__ = ("_idle", "_warned", "alive", "lease", "looking", "max_recoveries", "owner")
 
     def __init__(self, lease: float, max_recoveries: int) -> None:
         if not lease > 0:
@@ -56,6 +56,13 @@ class Leases:
         self.alive = anyio.CancelScope()
         self.looking = anyio.CancelScope()
         self._warned: set[tuple[str, str]] = set()
+        #: set when a durable run starts here while the heartbeats wait for one
+        self._idle: anyio.Event | None = None
+
+    def started(self) -> None:
+        """A durable run starts in this process: its lease is renewed from now on."""
+        if self._idle is not None:
+            self._idle.set()
 
     def reset(self) -> None:
         """Fresh scopes for a runtime entered (again)."""
@@ -76,6 +83,12 @@ class Leases:
         until: dict[str, float] = {}  # run id -> when its lease runs out, as far as we know
         with self.alive:
             while True:
+                if not until and not driven():
+                    # Nothing to renew (every run ended, or waits unloaded): no tick until
+                    # a durable run starts (a fake clock jumps straight to the next timer).
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+                    self._idle = None
                 await clock.sleep(lease / 4)
                 runs = driven()
                 now = clock.now()

@@ -40,6 +40,7 @@ from ._run_state import (
 from ._states import RunStatus
 
 _RELEASED = "interrupted: its runtime shut down (it runs again when the run resumes)"
+_UNLOADED = "waiting: the run was unloaded until its event or timer (it runs again then)"
 
 
 class Outcome(RunState):
@@ -204,6 +205,8 @@ class Outcome(RunState):
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return f"interrupted: {exc!r} was raised while it ran"
         if self._being_released():
+            if self._waits is not None and self._waits.unloading:
+                return _UNLOADED
             return _RELEASED
         if self._failure is not None:
             failed = self._nodes[self._failure[0]].key if self._failure[0] >= 0 else "a step"

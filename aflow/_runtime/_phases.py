@@ -17,6 +17,7 @@ from .._events import (
     RUN_STARTED,
     RUN_SUCCEEDED,
     RUN_SUSPENDED,
+    RUN_WAITING,
     EventListener,
 )
 from .._exceptions import (
@@ -224,7 +225,8 @@ class Lifecycle(RunState):
         """End a released run here: write what finished (shielded), undo nothing."""
         await self._write_leftover()
         self._close(RunStatus.SUSPENDED)
-        self._events.emit(RUN_RELEASED)
+        waits = self._waits
+        self._events.emit(RUN_WAITING if waits is not None and waits.unloading else RUN_RELEASED)
         if interrupt is not None:
             raise interrupt
         raise RunReleased(self.run_id)
@@ -441,6 +443,14 @@ class Lifecycle(RunState):
         it as it starts; one that passed while no process ran it times out at once,
         and unwinds what ran before (issue 14)."""
         self._wall_deadline = wall
+
+    def run_deadline(self) -> float | None:
+        """When the run's own ``timeout`` runs out (wall seconds; None: it has none)."""
+        if self._wall_deadline is not None:
+            return self._wall_deadline
+        if self._timeout is None or self.started_at is None:
+            return None
+        return self.started_at + self._timeout
 
     def _being_released(self) -> bool:
         """Its runtime is letting go of this run: released, or its task cancelled from

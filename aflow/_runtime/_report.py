@@ -21,7 +21,7 @@ from pydantic_core import to_json
 
 from .._events import Event
 from .._graph import Graph, NodeKind
-from ..stores._base import NodeRecord, RecordState, RunRecord, StoredRunStatus
+from ..stores._base import NodeRecord, RecordState, RunRecord, StoredRunStatus, WaitRecord
 from ._run_state import Phase, StopReason
 from ._states import NodeState, RunStatus, StepInfo
 
@@ -41,6 +41,7 @@ __all__ = [
     "names_of",
     "report_of_record",
     "report_of_run",
+    "WaitReport",
 ]
 
 #: A run's status, the same words live and stored: where it is, then how it ended.
@@ -51,6 +52,7 @@ RunState = Literal[
     "cancelling",  # a cancel was asked; it stops (and unwinds) next
     "reverting",  # stopped by a failure, a cancel or its deadline: its reverts run
     "parked",  # recovered too often from dying processes: a person resumes or cancels it
+    "waiting",  # all it runs waits for events or timers (see RunReport.waits)
     "succeeded",
     "failed",
     "reverted",
@@ -136,13 +138,26 @@ class StepReport(_Model):
     reused: bool = False
 
 
+class WaitReport(_Model):
+    """A wait of a run: the wait node's key (``key#receive<n>`` for the n-th
+    ``aflow.receive`` of a task body), the event it waits for (``None``: a timer), its
+    deadline and when it began (wall-clock seconds since the epoch; ``deadline`` None:
+    none)."""
+
+    key: str
+    event: str | None = None
+    deadline: float | None = None
+    since: float | None = None
+
+
 class RunReport(_Model):
     """A run as data: what ``rt.report(run_id)``, ``run.report()`` and the web-service
     router give, live or read from a store.
 
     ``status`` is one of :data:`RunState`'s words whichever the source; ``finished`` is
     True once it can no longer change. ``result`` is the run's value (JSON-ready) once it
-    succeeded; ``error`` what stopped it. ``counts`` has one entry per step state.
+    succeeded; ``error`` what stopped it. ``waits``: what it waits for now (events,
+    timers, with their deadlines), while it waits. ``counts`` has one entry per step state.
     ``steps`` is ``None`` when not asked for. ``source``: ``"live"`` (a run this process
     holds) or ``"store"``."""
 
@@ -160,6 +175,7 @@ class RunReport(_Model):
     error: ErrorReport | None = None
     counts: dict[str, int] = {}
     steps: list[StepReport] | None = None
+    waits: list[WaitReport] = []
     owner: str | None = None
     recoveries: int = 0
     source: Literal["live", "store"] = "live"
@@ -233,12 +249,17 @@ def run_state(handle: Run[Any]) -> RunState:
     """The run's status in :data:`RunState`'s words."""
     execution = handle._execution
     status = execution.status
+    if handle._detached:
+        return "waiting"
     if status is RunStatus.RUNNING:
         phase = execution._phase
         if phase is Phase.UNWINDING or phase is Phase.CALLBACKS:
             return "reverting"
         if StopReason.CANCEL in execution._stops:
             return "cancelling"
+        waits = execution._waits
+        if waits is not None and waits.held and execution._running == len(waits.held):
+            return "waiting"
     value: RunState = status.value  # (the same words)
     return value
 
@@ -287,11 +308,22 @@ def report_of_run(handle: Run[Any], *, steps: bool = True) -> RunReport:
         error=None if error is None else ErrorReport.of(error),
         counts=counts,
         steps=[step_report(i) for i in infos] if steps else None,
+        waits=_live_waits(execution),
         owner=None if journal is None else "this process",
     )
     if steps:
         _remember_order(report, _order_of(handle))
     return report
+
+
+def _live_waits(execution: Any) -> list[WaitReport]:
+    waits = execution._waits
+    if waits is None:
+        return []
+    return [
+        WaitReport(key=key, event=event, deadline=deadline, since=since)
+        for key, event, deadline, since in waits.waiting_for()
+    ]
 
 
 # --- a run read from a store --------------------------------------------------------------
@@ -328,10 +360,13 @@ def report_of_record(
     history: Sequence[NodeRecord],
     loads: Any,
     graph: Graph | None,
+    waits: Sequence[WaitRecord] | None = None,
 ) -> RunReport:
     """The report of a stored run: its row, its nodes' latest records and their history,
     read with ``loads`` (the run's serializer); ``graph`` (rebuilt, if this process can)
-    adds the steps not on record yet, as pending, and puts them in graph order."""
+    adds the steps not on record yet, as pending, and puts them in graph order.
+    ``waits``: the run's wait records (without them, a waiting run's row tells what it
+    waits for, each wait known by its event's name)."""
     status: RunState = str(record.status)  # type: ignore[assignment]  # (the same words)
     finished = record.status in (
         StoredRunStatus.SUCCEEDED,
@@ -373,7 +408,55 @@ def report_of_record(
         owner=record.owner,
         recoveries=record.recoveries,
         source="store",
+        waits=[] if finished else _stored_waits(record, nodes, waits),
     )
+
+
+#: A wait whose node has one of these records is over.
+_WAIT_OVER = frozenset(
+    {
+        RecordState.SUCCEEDED,
+        RecordState.ENDED,
+        RecordState.REUSED,
+        RecordState.FAILED,
+        RecordState.REVERTED,
+        RecordState.REVERT_FAILED,
+        RecordState.SKIPPED,
+    }
+)
+
+
+def _stored_waits(
+    record: RunRecord,
+    nodes: Mapping[str, NodeRecord] | None,
+    waits: Sequence[WaitRecord] | None,
+) -> list[WaitReport]:
+    """What a stored run waits for: its waits whose node has not ended; else, for a
+    waiting run, what its row says."""
+    if waits is not None and nodes is not None:
+        found = []
+        for wait in waits:
+            node = nodes.get(wait.key.partition("#receive")[0])
+            if node is None or node.state not in _WAIT_OVER:
+                found.append(
+                    WaitReport(
+                        key=wait.key,
+                        event=wait.event,
+                        deadline=wait.deadline,
+                        since=wait.started_at,
+                    )
+                )
+        return found
+    if record.status != StoredRunStatus.WAITING:
+        return []
+    try:
+        events = [str(e) for e in json.loads(record.waiting_for or "[]")]
+    except ValueError:
+        events = []
+    deadline = record.wake_at if record.wake_at else None
+    if not events:
+        return [WaitReport(key="timer", deadline=deadline)]
+    return [WaitReport(key=e, event=e, deadline=deadline) for e in events]
 
 
 def _stored_steps(

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .._exceptions import StoreError
     from .._options import NodeOptions
     from ._options import Capacity, RunOptions
+    from ._waits import WaitState
 
 _copy_context = contextvars.copy_context
 
@@ -155,6 +156,7 @@ class RunState:
         "_thread_limiter",
         "_timeout",
         "_tolerated_by",
+        "_waits",
         "_wall_deadline",
         "_wall_offset",
         "ended_at",
@@ -166,6 +168,7 @@ class RunState:
         "started_at",
         "starting",
         "status",
+        "unload_waits",
     )
 
     if TYPE_CHECKING:  # The seams: what one unit calls of another, by the unit that defines it.
@@ -305,6 +308,10 @@ class RunState:
         self._resumed_unwinding = False
         #: what stopped the run, as its store keeps it while it reverts (a resume needs it)
         self._stop_cause: str | None = None
+        #: its waits, once it waits, sends or is sent to (see _waits)
+        self._waits: WaitState | None = None
+        #: a durable run of a runtime: unloaded while every node in flight waits
+        self.unload_waits = False
         #: a run its runtime owns is cancelled through cancel(); a native cancellation of
         #: its task means the runtime itself is going away (its task group, or a scope
         #: around it, was cancelled): with this set, that releases the run (issue 14)

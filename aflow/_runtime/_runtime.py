@@ -36,6 +36,7 @@ from ._options import Capacity, RunOptions, new_execution
 from ._rebuild import Rebuilder
 from ._scheduler import Execution
 from ._threads import DEFAULT_THREADS
+from ._waits import wait_store
 
 if TYPE_CHECKING:
     from .._canvas import Canvas
@@ -100,6 +101,7 @@ class Runtime:
         "_tg",
         "_threads",
         "_token",
+        "_unload_waits",
     )
 
     def __init__(
@@ -121,6 +123,7 @@ class Runtime:
         workflows: Iterable[WorkflowBuilder[..., Any] | str] | None = None,
         on_shutdown: str | None = None,
         max_recoveries: int = 5,
+        poll: float = 1.0,
     ) -> None:
         #: what a run submitted here gets for every option its call leaves unset
         self._defaults = RunOptions(
@@ -141,6 +144,7 @@ class Runtime:
             lease=lease,
             max_recoveries=max_recoveries,
             recover=recover,
+            poll=poll,
         )
         if on_shutdown not in (None, "release", "cancel"):
             raise ValueError(f"on_shutdown must be 'release' or 'cancel', got {on_shutdown!r}")
@@ -166,6 +170,9 @@ class Runtime:
         #: the limits and threads every run of this runtime shares (built on entry)
         self._capacity: Capacity | None = None
         self._token: contextvars.Token[Runtime] | None = None
+        #: a durable run whose nodes in flight all wait is unloaded (see _waits); not in
+        #: aflow.run(store=...)'s runtime, whose one run its caller awaits
+        self._unload_waits = True
 
     @classmethod
     def _owning_one_run(
@@ -176,6 +183,7 @@ class Runtime:
         (heartbeats, recovery) stays the loop's: ``clock`` is the run's."""
         runtime = cls(store=store, serializer=serializer, on_shutdown="cancel")
         runtime._defaults = options
+        runtime._unload_waits = False
         return runtime
 
     def __repr__(self) -> str:
@@ -524,7 +532,16 @@ class Runtime:
             execution.restore(
                 records, decode, unwinding=unwinding, trigger=trigger, failed_before=failed_before
             )
-        handle: Run[Any] = Run(execution)
+        waker = self._durable.waker
+        taken = None if waker is None or journal is None else waker.take(execution.run_id)
+        if taken is not None:  # an unloaded run taken up again: its handle follows it
+            taken._take_up(execution)
+            handle: Run[Any] = taken
+        else:
+            handle = Run(execution)
+        if journal is not None:
+            execution.unload_waits = self._unload_waits
+            self._durable.leases.started()
         self._runs[handle.id] = handle
         if spawn:
             name = f"aflow run {handle.id[:8]}"
@@ -564,9 +581,14 @@ class Runtime:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
         finally:
-            if handle._execution.released:
-                await self._durable.let_go(handle.id)
-            self._retire(handle)
+            waker = self._durable.waker
+            if handle._detached and waker is not None:  # unloaded while it waits
+                self._runs.pop(handle.id, None)
+                await waker.park(handle)
+            else:
+                if handle._execution.released:
+                    await self._durable.let_go(handle.id)
+                self._retire(handle)
 
     def _retire(self, handle: Run[Any]) -> None:
         """A run has ended: keep it among the last ``keep_finished``."""
@@ -793,6 +815,8 @@ class Runtime:
         """A run by id: an active one, or one of the last ``keep_finished`` finished ones
         (:class:`aflow.errors.RunNotFound`, a ``KeyError``, for any other)."""
         found = self._runs.get(run_id) or self._history.get(run_id)
+        if found is None and self._durable.waker is not None:  # unloaded while it waits
+            found = self._durable.waker.detached.get(run_id)
         if found is None:  # (a KeyError too)
             raise RunNotFound(run_id, "this runtime (active or recently finished)")
         found._private = False
@@ -822,6 +846,72 @@ class Runtime:
             handle._stored = await self.report(run_id)  # (it ran elsewhere: its records)
         return handle
 
+    # --- events and values (see _wake.py) -----------------------------------------------
+
+    async def send(
+        self,
+        run_id: str | None,
+        event: str,
+        payload: Any = None,
+        *,
+        message_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send event ``event`` with ``payload`` to a run: an ``aflow.wait_for(event)``
+        node or an ``aflow.receive(event)`` in it takes it. Name the run by id, or by the
+        ``idempotency_key`` it was submitted with (``run_id=None``).
+
+        An event sent before the run gets to its wait is kept until it does. Sending is
+        idempotent per run, event and ``message_id``: returns True if the event was
+        kept, False if that message was sent already (a webhook delivered twice); with
+        no ``message_id`` a run takes one event of each name. With a store, any process
+        with it may send (the payload is written with the run's serializer), and a run
+        unloaded while it waits is taken up at once here if this process can rebuild
+        its workflow, else by one that can. :class:`~aflow.errors.RunNotFound` for an
+        unknown run, :class:`~aflow.errors.RunEnded` for one that has ended (the event
+        is not kept).
+        """
+        from ._wake import send
+
+        self._check_open("send")
+        if run_id is None:
+            run_id = await self._run_of_key(idempotency_key)
+        return await send(self, run_id, event, payload, message_id)
+
+    async def get_event(
+        self,
+        run_id: str | None,
+        name: str,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """The value a run published under ``name`` (``aflow.set_event`` in one of its
+        tasks), waiting up to ``timeout`` seconds (on the runtime's clock) for it to be
+        set: :class:`~aflow.errors.WaitTimeout` (a ``TimeoutError``) if it is not, and
+        :class:`~aflow.errors.RunEnded` at once if the run ended without setting it.
+        With a store, it reads what any process's run published."""
+        from ._wake import get_event
+
+        self._check_open("get_event")
+        if run_id is None:
+            run_id = await self._run_of_key(idempotency_key)
+        return await get_event(self, run_id, name, timeout)
+
+    async def _run_of_key(self, key: str | None) -> str:
+        """The id of the run submitted with idempotency key ``key``."""
+        if key is None:
+            raise TypeError("name the run: give its run_id, or its idempotency_key")
+        for active in (*self._runs.values(), *self._history.values()):
+            if active._key is not None and active._key[0] == key:
+                return active.id
+        store = self._durable.store
+        if store is not None:
+            found = await wait_store(store).run_of_key(key)
+            if found is not None:
+                return found
+        raise RunNotFound(key, "this runtime (no run has that idempotency key)")
+
     async def report(self, run_id: str, *, steps: bool = True) -> RunReport:
         """A run as data (:class:`aflow.RunReport`), from this runtime or else its store:
         the same model and state names either way. A stored run's steps come from its
@@ -842,11 +932,12 @@ class Runtime:
             return report_of_record(record, None, (), loads, None)
         nodes = await store.load_nodes(run_id)
         history = await store.load_history(run_id)
+        waits = await store.load_waits(run_id) if hasattr(store, "load_waits") else None
         try:
             graph: Graph | None = rebuilder.graph_of(record)
         except AflowError:  # not registered here, or changed: the records alone
             graph = None
-        return report_of_record(record, nodes, history, loads, graph)
+        return report_of_record(record, nodes, history, loads, graph, waits)
 
 
 async def _let_runs_end(runtime: Runtime) -> None:

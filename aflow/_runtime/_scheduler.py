@@ -75,6 +75,7 @@ from ._run_state import (
     StopReason,
 )
 from ._states import NodeState
+from ._waits import maybe_unload
 
 _perf_counter = time.perf_counter
 # A global: every failure of a durable run reads it (an Enum attribute is slower).
@@ -250,6 +251,8 @@ class Execution(
             if unfinished >= 0:
                 finished[unfinished] = _perf_counter()
                 unfinished = -1
+            if self._waits is not None:  # what is left in flight may all be waits
+                maybe_unload(self)
             if (
                 journal is None
                 or not self.starting

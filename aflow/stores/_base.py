@@ -11,17 +11,19 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 from .._exceptions import StoreError
 
 __all__ = [
+    "ENDED",
     "SCHEMA_VERSION",
     "NodeRecord",
     "RecordState",
     "RunRecord",
     "Store",
     "StoredRunStatus",
+    "WaitRecord",
     "open_store",
 ]
 
 #: The schema this aflow writes; a store written by a newer aflow is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoredRunStatus(enum.StrEnum):
@@ -59,6 +61,12 @@ class StoredRunStatus(enum.StrEnum):
     #: ends with a :class:`~aflow.errors.RunError`. A person resumes it (``aflow
     #: resume``: unwinding if ``error`` holds a cause, else forward) or cancels it.
     PARKED = "parked"
+    #: Every node it had in flight waits for an event or a timer (``aflow.wait_for``,
+    #: ``aflow.sleep``): no process holds it (``owner`` is empty). ``waiting_for`` lists
+    #: the events, ``wake_at`` is when it is due (its first deadline; 0 once an event it
+    #: waits for has arrived). Unfinished: a runtime that can rebuild its workflow takes
+    #: it up when it is due (the wait nodes run again and find their event or deadline).
+    WAITING = "waiting"
     #: Ended: every node it needed succeeded; ``result`` holds its value. Written by its
     #: owner at the end, as the other three ends are. A resume refuses an ended run; an
     #: idempotency key naming one gets its stored outcome.
@@ -168,6 +176,34 @@ class RunRecord:
     options: str | None = None
     #: How many times recovery took the run over from a process that died holding it.
     recoveries: int = 0
+    #: A ``waiting`` run: when it is due (wall seconds; 0: an event it waits for came;
+    #: ``None``: only an event wakes it), and the events it waits for (JSON list text).
+    wake_at: float | None = None
+    waiting_for: str | None = None
+
+
+#: The statuses of a run that has ended.
+ENDED = frozenset(
+    {
+        StoredRunStatus.SUCCEEDED,
+        StoredRunStatus.FAILED,
+        StoredRunStatus.REVERTED,
+        StoredRunStatus.CANCELLED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRecord:
+    """One wait of a run as stored: the wait node (or ``key#n`` for the n-th
+    ``aflow.receive`` of a task body), the event it waits for (``None``: a timer), its
+    deadline (wall seconds; ``None``: none), and when it began. A wait's deadline is
+    fixed when it first begins: a wait run again after a resume keeps it."""
+
+    key: str
+    event: str | None
+    deadline: float | None
+    started_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +344,62 @@ class Store(Protocol):
     async def load_history(self, run_id: str) -> list[NodeRecord]:
         """Every transition written for a run, oldest first (results are in
         :meth:`load_nodes`; a start and an end written in one batch are one entry)."""
+        ...
+
+    # --- events, published values and waits (durable waits, issue 22) --------------------
+
+    async def run_of_key(self, idempotency_key: str) -> str | None:
+        """The id of the run created with ``idempotency_key`` (``None``: no such run)."""
+        ...
+
+    async def send_event(
+        self, run_id: str, name: str, message_id: str, payload: str | None, now: float
+    ) -> tuple[bool, StoredRunStatus]:
+        """Keep event ``name`` for the run, once per ``(run, name, message_id)``; a
+        ``waiting`` run that waits for it becomes due at once (``wake_at`` 0). Returns
+        (recorded, the run's status): not recorded if that message was kept already, or
+        if the run has ended (nothing is written then). Atomic; :class:`RunNotFound`."""
+        ...
+
+    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+        """The event ``name`` that ``consumer`` (a wait) took before, else the oldest
+        one nobody took, now taken by ``consumer``: (found, payload). Atomic."""
+        ...
+
+    async def begin_wait(
+        self, run_id: str, key: str, event: str | None, deadline: float | None, now: float
+    ) -> float | None:
+        """Record wait ``key`` with its ``deadline`` unless it is recorded already;
+        return the deadline on record (a wait begun again keeps its first one)."""
+        ...
+
+    async def load_waits(self, run_id: str) -> list[WaitRecord]:
+        """Every wait the run began, oldest first."""
+        ...
+
+    async def park_waiting(
+        self, run_id: str, owner: str, wake_at: float | None, events: Sequence[str], now: float
+    ) -> bool:
+        """Set a ``running`` run that ``owner`` holds to ``waiting`` and let go of it
+        (no owner), due at ``wake_at`` or, if an event in ``events`` nobody took is kept
+        already, at once. Atomic; False (nothing changed) if it is not ``owner``'s or not
+        ``running`` (a cancel was asked)."""
+        ...
+
+    async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
+        """Runs nobody holds that should be taken up: ``waiting`` ones due by ``now``,
+        and ``cancelling`` ones with no owner (a waiting run cancelled), soonest first."""
+        ...
+
+    async def next_wake(self) -> float | None:
+        """The soonest ``wake_at`` of the ``waiting`` runs (``None``: none is timed)."""
+        ...
+
+    async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
+        """Publish value ``name`` of a run (a later one replaces it); :class:`RunNotFound`."""
+
+    async def get_value(self, run_id: str, name: str) -> tuple[bool, str | None]:
+        """(found, payload) of value ``name`` of a run; :class:`RunNotFound` if no such run."""
         ...
 
 

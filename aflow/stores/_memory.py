@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from typing import final
 
 from .._exceptions import RunExists, RunNotFound
-from ._base import NodeRecord, RunRecord, StoredRunStatus
+from ._base import ENDED, NodeRecord, RunRecord, StoredRunStatus, WaitRecord
 from ._sql import CANCELLABLE, UNFINISHED
 
 _CANCELLING = StoredRunStatus.CANCELLING
@@ -30,6 +31,10 @@ class MemoryStore:
         self._keys: dict[str, str] = {}
         self._nodes: dict[str, dict[str, NodeRecord]] = {}
         self._history: dict[str, list[NodeRecord]] = {}
+        #: per run: events as [name, message id, payload, consumed by], in the order sent
+        self._events: dict[str, list[list[str | None]]] = {}
+        self._values: dict[tuple[str, str], str | None] = {}
+        self._waits: dict[str, dict[str, WaitRecord]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore [{len(self._runs)} runs]>"
@@ -177,3 +182,97 @@ class MemoryStore:
     async def load_history(self, run_id: str) -> list[NodeRecord]:
         await self.get_run(run_id)
         return [dataclasses.replace(node, result=None) for node in self._history[run_id]]
+
+    # --- events, published values and waits (see Store) -----------------------------------
+
+    async def run_of_key(self, idempotency_key: str) -> str | None:
+        return self._keys.get(idempotency_key)
+
+    async def send_event(
+        self, run_id: str, name: str, message_id: str, payload: str | None, now: float
+    ) -> tuple[bool, StoredRunStatus]:
+        run = await self.get_run(run_id)
+        if run.status in ENDED:
+            return False, run.status
+        events = self._events.setdefault(run_id, [])
+        if any(e[0] == name and e[1] == message_id for e in events):
+            return False, run.status
+        events.append([name, message_id, payload, None])
+        if run.status == StoredRunStatus.WAITING and name in json.loads(run.waiting_for or "[]"):
+            self._runs[run_id] = dataclasses.replace(run, wake_at=0.0)
+        return True, run.status
+
+    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+        events = self._events.get(run_id, [])
+        for event in events:
+            if event[0] == name and event[3] == consumer:
+                return True, event[2]
+        for event in events:
+            if event[0] == name and event[3] is None:
+                event[3] = consumer
+                return True, event[2]
+        return False, None
+
+    async def begin_wait(
+        self, run_id: str, key: str, event: str | None, deadline: float | None, now: float
+    ) -> float | None:
+        await self.get_run(run_id)
+        waits = self._waits.setdefault(run_id, {})
+        if key not in waits:
+            waits[key] = WaitRecord(key, event, deadline, now)
+        return waits[key].deadline
+
+    async def load_waits(self, run_id: str) -> list[WaitRecord]:
+        return sorted(self._waits.get(run_id, {}).values(), key=lambda w: (w.started_at, w.key))
+
+    async def park_waiting(
+        self, run_id: str, owner: str, wake_at: float | None, events: Sequence[str], now: float
+    ) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.owner != owner or run.status != StoredRunStatus.RUNNING:
+            return False
+        names = set(events)
+        if any(e[0] in names and e[3] is None for e in self._events.get(run_id, [])):
+            wake_at = 0.0
+        self._runs[run_id] = dataclasses.replace(
+            run,
+            status=StoredRunStatus.WAITING,
+            updated_at=now,
+            owner=None,
+            heartbeat=None,
+            wake_at=wake_at,
+            waiting_for=json.dumps(list(events)),
+        )
+        return True
+
+    async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
+        due = [
+            run
+            for run in self._runs.values()
+            if (
+                run.status == StoredRunStatus.WAITING
+                and run.wake_at is not None
+                and run.wake_at <= now
+            )
+            or (run.status == _CANCELLING and run.owner is None)
+        ]
+        due.sort(key=lambda run: run.wake_at if run.wake_at is not None else -1.0)
+        return due[:limit]
+
+    async def next_wake(self) -> float | None:
+        times = [
+            run.wake_at
+            for run in self._runs.values()
+            if run.status == StoredRunStatus.WAITING and run.wake_at is not None
+        ]
+        return min(times) if times else None
+
+    async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
+        await self.get_run(run_id)
+        self._values[run_id, name] = payload
+
+    async def get_value(self, run_id: str, name: str) -> tuple[bool, str | None]:
+        await self.get_run(run_id)
+        if (run_id, name) in self._values:
+            return True, self._values[run_id, name]
+        return False, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from typing import Any, final
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
-from ._base import SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus
+from ._base import ENDED, SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus, WaitRecord
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
@@ -41,7 +42,7 @@ _CLAIM_SET = CLAIM_SET.format(owner="$1", until="$2")
 _CLAIM_FRESH_SET = CLAIM_FRESH_SET.format(owner="$1", until="$2")
 _CANCEL_SET = CANCEL_SET.format(now="$2", reason="$1")
 
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 17))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 19))
 #: PostgreSQL allows 32,767 parameters per statement; a node row has 8.
 _ROWS_PER_STATEMENT = 4000
 
@@ -476,3 +477,169 @@ class PostgresStore:
                 run_id,
             )
         return [node_from_row(run_id, tuple(row)) for row in rows]
+
+    # --- events, published values and waits (see Store) -----------------------------------
+
+    async def run_of_key(self, idempotency_key: str) -> str | None:
+        with self._errors("finding a run by its idempotency key"):
+            found = await self._p().fetchval(
+                "SELECT run_id FROM aflow_runs WHERE idempotency_key = $1", idempotency_key
+            )
+        return None if found is None else str(found)
+
+    async def send_event(
+        self, run_id: str, name: str, message_id: str, payload: str | None, now: float
+    ) -> tuple[bool, StoredRunStatus]:
+        with self._errors(f"sending event {name!r} to run {run_id}"):
+            async with self._p().acquire() as conn, conn.transaction():
+                text = await conn.fetchval(
+                    "SELECT status FROM aflow_runs WHERE run_id = $1 FOR UPDATE", run_id
+                )
+                if text is None:
+                    raise RunNotFound(run_id, self.url)
+                status = status_of(run_id, text)
+                if status in ENDED:
+                    return False, status
+                added = await conn.fetchval(
+                    "INSERT INTO aflow_events (run_id, name, message_id, payload, sent_at) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, name, message_id) "
+                    "DO NOTHING RETURNING seq",
+                    run_id,
+                    name,
+                    message_id,
+                    payload,
+                    now,
+                )
+                if added is None:
+                    return False, status
+                await conn.execute(
+                    "UPDATE aflow_runs SET wake_at = 0 WHERE run_id = $1 AND status = 'waiting' "
+                    "AND waiting_for::jsonb ? $2",
+                    run_id,
+                    name,
+                )
+                return True, status
+
+    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+        with self._errors(f"taking event {name!r} of run {run_id}"):
+            async with self._p().acquire() as conn, conn.transaction():
+                mine = await conn.fetchrow(
+                    "SELECT payload FROM aflow_events WHERE run_id = $1 AND name = $2 "
+                    "AND consumed_by = $3 LIMIT 1",
+                    run_id,
+                    name,
+                    consumer,
+                )
+                if mine is not None:
+                    return True, mine[0]
+                first = await conn.fetchrow(
+                    "SELECT seq, payload FROM aflow_events WHERE run_id = $1 AND name = $2 "
+                    "AND consumed_by IS NULL ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    run_id,
+                    name,
+                )
+                if first is None:
+                    return False, None
+                await conn.execute(
+                    "UPDATE aflow_events SET consumed_by = $1 WHERE seq = $2", consumer, first[0]
+                )
+                return True, first[1]
+
+    async def begin_wait(
+        self, run_id: str, key: str, event: str | None, deadline: float | None, now: float
+    ) -> float | None:
+        import asyncpg
+
+        with self._errors(f"recording wait {key!r} of run {run_id}"):
+            try:
+                async with self._p().acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO aflow_waits (run_id, key, event, deadline, started_at) "
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, key) DO NOTHING",
+                        run_id,
+                        key,
+                        event,
+                        deadline,
+                        now,
+                    )
+                    stored = await conn.fetchval(
+                        "SELECT deadline FROM aflow_waits WHERE run_id = $1 AND key = $2",
+                        run_id,
+                        key,
+                    )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise RunNotFound(run_id, self.url) from exc
+        return None if stored is None else float(stored)
+
+    async def load_waits(self, run_id: str) -> list[WaitRecord]:
+        with self._errors("reading a run's waits"):
+            rows = await self._p().fetch(
+                "SELECT key, event, deadline, started_at FROM aflow_waits WHERE run_id = $1 "
+                "ORDER BY started_at, key",
+                run_id,
+            )
+        return [WaitRecord(*tuple(row)) for row in rows]
+
+    async def park_waiting(
+        self, run_id: str, owner: str, wake_at: float | None, events: Sequence[str], now: float
+    ) -> bool:
+        names = json.dumps(list(events))
+        with self._errors("recording a waiting run"):
+            done = await self._p().execute(
+                "UPDATE aflow_runs SET status = 'waiting', updated_at = $1, owner = NULL, "
+                "heartbeat = NULL, waiting_for = $2::text, wake_at = CASE WHEN EXISTS (SELECT 1 "
+                "FROM aflow_events AS e WHERE e.run_id = aflow_runs.run_id AND "
+                "e.consumed_by IS NULL AND ($2::text)::jsonb ? e.name) THEN 0 ELSE $3::float8 END "
+                "WHERE run_id = $4 AND owner = $5 AND status = 'running'",
+                now,
+                names,
+                wake_at,
+                run_id,
+                owner,
+            )
+        return not done.endswith(" 0")
+
+    async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
+        with self._errors("looking for runs that are due"):
+            rows = await self._p().fetch(
+                f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE (status = 'waiting' AND "
+                "wake_at <= $1) OR (status = 'cancelling' AND owner IS NULL) "
+                "ORDER BY wake_at LIMIT $2",
+                now,
+                limit,
+            )
+        return [run_from_row(tuple(row)) for row in rows]
+
+    async def next_wake(self) -> float | None:
+        with self._errors("looking for the next wake-up"):
+            value = await self._p().fetchval(
+                "SELECT MIN(wake_at) FROM aflow_runs WHERE status = 'waiting'"
+            )
+        return None if value is None else float(value)
+
+    async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
+        import asyncpg
+
+        with self._errors(f"publishing value {name!r} of run {run_id}"):
+            try:
+                await self._p().execute(
+                    "INSERT INTO aflow_values (run_id, name, payload, set_at) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT (run_id, name) DO UPDATE SET "
+                    "payload = excluded.payload, set_at = excluded.set_at",
+                    run_id,
+                    name,
+                    payload,
+                    now,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise RunNotFound(run_id, self.url) from exc
+
+    async def get_value(self, run_id: str, name: str) -> tuple[bool, str | None]:
+        with self._errors("reading a run's value"):
+            row = await self._p().fetchrow(
+                "SELECT payload FROM aflow_values WHERE run_id = $1 AND name = $2", run_id, name
+            )
+        if row is not None:
+            return True, row[0]
+        await self.get_run(run_id)
+        return False, None

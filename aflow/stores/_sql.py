@@ -112,6 +112,41 @@ _VERSION_2 = {
 #: Version 3: how many times recovery took a run over from a process that died holding
 #: it (a run that keeps killing its processes is parked past a maximum; issue 14).
 _VERSION_3 = ("ALTER TABLE aflow_runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0",)
+#: Version 4: durable waits (issue 22). A run can be ``waiting`` (no owner, due at
+#: ``wake_at``, for the events in ``waiting_for``); the events sent to runs (one per
+#: run, name and message id; ``consumed_by`` the wait that took it), the values runs
+#: publish, and each wait's deadline, fixed when it first begins.
+_VERSION_4 = (
+    "ALTER TABLE aflow_runs ADD COLUMN wake_at {real}",
+    "ALTER TABLE aflow_runs ADD COLUMN waiting_for TEXT",
+    "CREATE INDEX aflow_runs_wake ON aflow_runs (status, wake_at)",
+    """CREATE TABLE aflow_events (
+        seq {serial},
+        run_id TEXT NOT NULL REFERENCES aflow_runs (run_id),
+        name TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        payload TEXT,
+        sent_at {real} NOT NULL,
+        consumed_by TEXT
+    )""",
+    "CREATE UNIQUE INDEX aflow_events_message ON aflow_events (run_id, name, message_id)",
+    "CREATE INDEX aflow_events_taken ON aflow_events (run_id, name, consumed_by)",
+    """CREATE TABLE aflow_values (
+        run_id TEXT NOT NULL REFERENCES aflow_runs (run_id),
+        name TEXT NOT NULL,
+        payload TEXT,
+        set_at {real} NOT NULL,
+        PRIMARY KEY (run_id, name)
+    )""",
+    """CREATE TABLE aflow_waits (
+        run_id TEXT NOT NULL REFERENCES aflow_runs (run_id),
+        key TEXT NOT NULL,
+        event TEXT,
+        deadline {real},
+        started_at {real} NOT NULL,
+        PRIMARY KEY (run_id, key)
+    )""",
+)
 _TYPES = {
     "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY"},
     "postgres": {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"},
@@ -122,7 +157,7 @@ def migrations(dialect: str, version: int) -> list[tuple[int, list[str]]]:
     """The statements that take a store from schema ``version`` (0: empty) to the
     newest, version by version; each version runs in its own transaction."""
     types = _TYPES[dialect]
-    steps = {1: _VERSION_1, 2: _VERSION_2[dialect], 3: _VERSION_3}
+    steps = {1: _VERSION_1, 2: _VERSION_2[dialect], 3: _VERSION_3, 4: _VERSION_4}
     return [
         (v, [statement.format(**types) for statement in steps[v]])
         for v in sorted(steps)
@@ -149,7 +184,8 @@ INSERT_HISTORY = (
 
 RUN_COLUMNS = (
     "run_id, workflow, params, fingerprint, status, idempotency_key, created_at, "
-    "updated_at, ended_at, result, error, serializer, owner, heartbeat, options, recoveries"
+    "updated_at, ended_at, result, error, serializer, owner, heartbeat, options, recoveries, "
+    "wake_at, waiting_for"
 )
 NODE_COLUMNS = "key, state, attempt, result, error, started_at, finished_at"
 #: A transition as the history keeps it (its result is in aflow_nodes).
@@ -160,9 +196,11 @@ _RUNNING = StoredRunStatus.RUNNING
 _REVERTING = StoredRunStatus.REVERTING
 _CANCELLING = StoredRunStatus.CANCELLING
 _PARKED = StoredRunStatus.PARKED
+_WAITING = StoredRunStatus.WAITING
 
-#: Statuses of runs that are not over (recovery looks at these).
-UNFINISHED = (_PENDING, _RUNNING, _REVERTING, _CANCELLING)
+#: Statuses of runs that are not over (recovery looks at the first four; a waiting run
+#: has no owner, and is taken up when it is due).
+UNFINISHED = (_PENDING, _RUNNING, _REVERTING, _CANCELLING, _WAITING)
 #: What ``aflow cancel`` may act on: an unfinished run, or a parked one (the dead-letter
 #: state: recovery leaves it alone, a person may resume or cancel it; issue 14).
 CANCELLABLE = (*UNFINISHED, _PARKED)
@@ -216,6 +254,8 @@ def run_row(record: RunRecord) -> tuple[Any, ...]:
         record.heartbeat,
         record.options,
         record.recoveries,
+        record.wake_at,
+        record.waiting_for,
     )
 
 

@@ -43,7 +43,7 @@ from typing import Any, TypeVar, final
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
-from ._base import SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus
+from ._base import ENDED, SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus, WaitRecord
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
@@ -707,7 +707,7 @@ class SQLiteStore:
                     return run_from_row(row), False
             db.execute(
                 f"INSERT INTO aflow_runs ({RUN_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 run_row(record),
             )
             return record, True
@@ -892,3 +892,165 @@ class SQLiteStore:
             inline=False,
         )
         return [node_from_row(run_id, row) for row in rows]
+
+    # --- events, published values and waits (see Store) -----------------------------------
+
+    async def run_of_key(self, idempotency_key: str) -> str | None:
+        rows = await self._fetch(
+            "finding a run by its idempotency key",
+            "SELECT run_id FROM aflow_runs WHERE idempotency_key = ?",
+            (idempotency_key,),
+        )
+        return rows[0][0] if rows else None
+
+    async def send_event(
+        self, run_id: str, name: str, message_id: str, payload: str | None, now: float
+    ) -> tuple[bool, StoredRunStatus]:
+        def send(db: sqlite3.Connection) -> tuple[bool, StoredRunStatus]:
+            rows = db.execute("SELECT status FROM aflow_runs WHERE run_id = ?", (run_id,))
+            found = rows.fetchall()
+            if not found:
+                raise RunNotFound(run_id, self.url)
+            status = status_of(run_id, found[0][0])
+            if status in ENDED:
+                return False, status
+            added = db.execute(
+                "INSERT INTO aflow_events (run_id, name, message_id, payload, sent_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, name, message_id) DO NOTHING",
+                (run_id, name, message_id, payload, now),
+            ).rowcount
+            if added:
+                db.execute(_WAKE_ON_EVENT, (run_id, name))
+            return added == 1, status
+
+        try:
+            return await self._do(functools.partial(_transaction, body=send), rows=2)
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"sending event {name!r} to run {run_id}") from exc
+
+    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+        def take(db: sqlite3.Connection) -> tuple[bool, str | None]:
+            mine = db.execute(
+                "SELECT payload FROM aflow_events WHERE run_id = ? AND name = ? "
+                "AND consumed_by = ? LIMIT 1",
+                (run_id, name, consumer),
+            ).fetchall()
+            if mine:
+                return True, mine[0][0]
+            first = db.execute(
+                "SELECT seq, payload FROM aflow_events WHERE run_id = ? AND name = ? "
+                "AND consumed_by IS NULL ORDER BY seq LIMIT 1",
+                (run_id, name),
+            ).fetchall()
+            if not first:
+                return False, None
+            db.execute(
+                "UPDATE aflow_events SET consumed_by = ? WHERE seq = ?", (consumer, first[0][0])
+            )
+            return True, first[0][1]
+
+        try:
+            return await self._do(functools.partial(_transaction, body=take), rows=1)
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"taking event {name!r} of run {run_id}") from exc
+
+    async def begin_wait(
+        self, run_id: str, key: str, event: str | None, deadline: float | None, now: float
+    ) -> float | None:
+        def begin(db: sqlite3.Connection) -> float | None:
+            db.execute(
+                "INSERT INTO aflow_waits (run_id, key, event, deadline, started_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
+                (run_id, key, event, deadline, now),
+            )
+            ((stored,),) = db.execute(
+                "SELECT deadline FROM aflow_waits WHERE run_id = ? AND key = ?", (run_id, key)
+            ).fetchall()
+            return None if stored is None else float(stored)
+
+        try:
+            return await self._do(functools.partial(_transaction, body=begin), rows=1)
+        except sqlite3.IntegrityError as exc:
+            raise RunNotFound(run_id, self.url) from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"recording wait {key!r} of run {run_id}") from exc
+
+    async def load_waits(self, run_id: str) -> list[WaitRecord]:
+        rows = await self._fetch(
+            "reading a run's waits",
+            "SELECT key, event, deadline, started_at FROM aflow_waits WHERE run_id = ? "
+            "ORDER BY started_at, key",
+            (run_id,),
+            inline=False,
+        )
+        return [WaitRecord(*row) for row in rows]
+
+    async def park_waiting(
+        self, run_id: str, owner: str, wake_at: float | None, events: Sequence[str], now: float
+    ) -> bool:
+        changed = await self._change(
+            "recording a waiting run",
+            _PARK_WAITING,
+            (now, json.dumps(list(events)), json.dumps(list(events)), wake_at, run_id, owner),
+        )
+        return changed == 1
+
+    async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
+        rows = await self._fetch(
+            "looking for runs that are due",
+            f"SELECT {RUN_COLUMNS} FROM aflow_runs WHERE (status = ? AND wake_at <= ?) "
+            "OR (status = ? AND owner IS NULL) ORDER BY wake_at LIMIT ?",
+            (StoredRunStatus.WAITING.value, now, StoredRunStatus.CANCELLING.value, limit),
+        )
+        return [run_from_row(row) for row in rows]
+
+    async def next_wake(self) -> float | None:
+        rows = await self._fetch(
+            "looking for the next wake-up",
+            "SELECT MIN(wake_at) FROM aflow_runs WHERE status = ?",
+            (StoredRunStatus.WAITING.value,),
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
+        try:
+            await self._do(
+                lambda db: db.execute(
+                    "INSERT INTO aflow_values (run_id, name, payload, set_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, name) DO UPDATE SET payload = excluded.payload, "
+                    "set_at = excluded.set_at",
+                    (run_id, name, payload, now),
+                ),
+                rows=1,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise RunNotFound(run_id, self.url) from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"publishing value {name!r} of run {run_id}") from exc
+
+    async def get_value(self, run_id: str, name: str) -> tuple[bool, str | None]:
+        rows = await self._fetch(
+            "reading a run's value",
+            "SELECT payload FROM aflow_values WHERE run_id = ? AND name = ?",
+            (run_id, name),
+        )
+        if rows:
+            return True, rows[0][0]
+        await self.get_run(run_id)  # RunNotFound
+        return False, None
+
+
+#: An event came: a waiting run that waits for it is due at once.
+_WAKE_ON_EVENT = (
+    "UPDATE aflow_runs SET wake_at = 0 WHERE run_id = ? AND status = 'waiting' "
+    "AND EXISTS (SELECT 1 FROM json_each(aflow_runs.waiting_for) WHERE value = ?)"
+)
+#: A run whose nodes in flight all wait: no owner, due at its first deadline, or at once
+#: if an event it waits for came while it was being parked.
+_PARK_WAITING = (
+    "UPDATE aflow_runs SET status = 'waiting', updated_at = ?, owner = NULL, heartbeat = NULL, "
+    "waiting_for = ?, wake_at = CASE WHEN EXISTS (SELECT 1 FROM aflow_events AS e WHERE "
+    "e.run_id = aflow_runs.run_id AND e.consumed_by IS NULL AND e.name IN "
+    "(SELECT value FROM json_each(?))) THEN 0 ELSE ? END "
+    "WHERE run_id = ? AND owner = ? AND status = 'running'"
+)
