@@ -1,4 +1,5 @@
-"""The ``aflow`` command: run, list, show, resume and cancel durable runs; draw workflows.
+"""The ``aflow`` command: run, list, show, resume and cancel durable runs, send events to
+waiting ones; draw workflows.
 
 Usage::
 
@@ -7,6 +8,8 @@ Usage::
     aflow show RUN_ID [--history]
     aflow resume RUN_ID [--allow-module pkg.mod]
     aflow cancel RUN_ID
+    aflow send RUN_ID payment-confirmed [--payload '{"amount": 5}'] [--message-id evt_1]
+    aflow send --key order-42 payment-confirmed
     aflow graph examples.orders:order_saga --param order_id=o-42 --format mermaid
 
 The store defaults to ``$AFLOW_STORE`` or ``sqlite:///aflow-runs.db``. Exit
@@ -32,6 +35,7 @@ from ._runtime._runtime import Runtime
 from ._runtime._states import RunStatus
 from ._workflow import resolve_workflow
 from .stores import StoredRunStatus, open_store
+from .stores._base import ENDED as _ENDED
 
 __all__ = ["main"]
 
@@ -104,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     cancel = sub.add_parser("cancel", help="cancel an unfinished run (it is unwound)")
     cancel.add_argument("run_id")
+    send = sub.add_parser(
+        "send", help="send an event to a run (an aflow.wait_for or aflow.receive takes it)"
+    )
+    send.add_argument("run_id", nargs="?", default=None, help="the run (or name it by --key)")
+    send.add_argument("event", help="the event's name")
+    send.add_argument("--payload", default=None, help="the event's value (JSON or text)")
+    send.add_argument("--message-id", default=None, help="sent once per run, event and message id")
+    send.add_argument("--key", default=None, help="the run's idempotency key, instead of its id")
     graph = sub.add_parser("graph", help="draw a workflow's graph")
     graph.add_argument("workflow")
     graph.add_argument("--param", action="append", default=[])
@@ -145,9 +157,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         graph = resolve_workflow(args.workflow).build(_params(args.param))
         print(graph.to_mermaid() if args.format == "mermaid" else graph.to_dot(), end="")
         return 0
-    if args.command in ("runs", "show", "cancel"):
+    if args.command in ("runs", "show", "cancel", "send"):
         # none of these creates a store; runs and show do not even write to one
-        store = open_store(args.store, read_only=args.command != "cancel", create=False)
+        writes = args.command in ("cancel", "send")
+        store = open_store(args.store, read_only=not writes, create=False)
         await store.open()
         try:
             if args.command == "runs":
@@ -159,6 +172,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 if args.json:
                     return await _show_json(store, args.run_id, args.serializer, args.history)
                 return await _show(store, args.run_id, history=args.history)
+            if args.command == "send":
+                return await _send(store, args)
             return await _cancel(store, args.run_id)
         finally:
             await store.close()
@@ -348,6 +363,45 @@ async def _cancel(store: Any, run_id: str) -> int:
         print(f"aflow: run {run_id} has finished already ({status})", file=sys.stderr)
         return 2
     print(f"run {run_id}: cancel requested (its process unwinds it; a dead one's recovery does)")
+    return 0
+
+
+async def _send(store: Any, args: argparse.Namespace) -> int:
+    """Keep the event for the run, as :meth:`Runtime.send` does; a process that holds
+    the run (or takes it up once it is due) delivers it. Nothing here runs the workflow."""
+    import time
+
+    from ._runtime._waits import wait_store
+    from ._serialize import serializer_for
+
+    if (args.run_id is None) == (args.key is None):
+        raise DefinitionError("aflow send: name the run by its id or by --key, not both")
+    if not args.event:
+        raise DefinitionError("aflow send: an event's name is a non-empty string")
+    store = wait_store(store)
+    run_id = args.run_id
+    if run_id is None:
+        run_id = await store.run_of_key(args.key)
+        if run_id is None:
+            print(f"aflow: no run has idempotency key {args.key!r}", file=sys.stderr)
+            return 2
+    payload = None if args.payload is None else _params([f"payload={args.payload}"])["payload"]
+    record = await store.get_run(run_id)  # RunNotFound: a StoreError (exit 2)
+    text = (
+        None
+        if payload is None  # a payload from the command line is plain data: any serializer
+        else serializer_for(record.serializer).dumps(payload, task=f"event {args.event!r}")
+    )
+    sent, status = await store.send_event(
+        run_id, args.event, args.message_id or "", text, time.time()
+    )
+    if status in _ENDED:
+        print(f"aflow: run {run_id} has finished already ({status}); not sent", file=sys.stderr)
+        return 2
+    if not sent:
+        print(f"run {run_id}: event {args.event!r} was sent already (message kept once)")
+        return 0
+    print(f"run {run_id}: event {args.event!r} sent (the run is {status})")
     return 0
 
 

@@ -7,7 +7,13 @@ import pathlib
 import subprocess
 import sys
 
+import anyio
 import pytest
+
+import aflow as aflow_pkg
+
+from . import wait_workflows
+from .durable_workflows import read_counts
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -85,6 +91,9 @@ def test_graph_draws_mermaid_and_dot(paths: tuple[pathlib.Path, pathlib.Path]) -
         (("show", "no-such-run"), "no run 'no-such-run'"),
         (("resume", "no-such-run"), "no run 'no-such-run'"),
         (("cancel", "no-such-run"), "no run 'no-such-run'"),
+        (("send", "no-such-run", "paid"), "no run 'no-such-run'"),
+        (("send", "--key", "no-such-key", "paid"), "no run has idempotency key 'no-such-key'"),
+        (("send", "r-1", "paid", "--key", "k"), "by its id or by --key, not both"),
         (("run", "tests.durable_workflows:nope"), "no workflow 'nope'"),
         (("run", "tests.durable_workflows:step_a"), "not marked @aflow.workflow"),
         (("run", "tests.durable_workflows:abc", "--param", "oops"), "key=value"),
@@ -193,3 +202,49 @@ def test_cancel_of_a_run_being_undone_says_so(capsys: pytest.CaptureFixture[str]
 
     assert asyncio.run(cli._cancel(Store(), "r-1")) == 0
     assert "being undone already (reverting)" in capsys.readouterr().out
+
+
+async def test_send_delivers_an_event_to_a_waiting_run_once(
+    paths: tuple[pathlib.Path, pathlib.Path], counts: pathlib.Path
+) -> None:
+    """A webhook relayed by a script: the run waits unloaded in the store, ``aflow send``
+    (another process, no runtime) keeps the event, and the runtime here takes it up."""
+    store, _ = paths  # (the counts fixture points this process at the same file)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return aflow(*args, store=store, counts=counts)
+
+    async with aflow_pkg.Runtime(store=f"sqlite:///{store}", poll=0.05) as rt:
+        run = await rt.submit(wait_workflows.two_waits, order="o-cli", idempotency_key="o-cli")
+        with anyio.fail_after(10):
+            while (await rt.report(run.id)).status != "waiting":  # noqa: ASYNC110 - the store
+                await anyio.sleep(0.01)
+        sent = await anyio.to_thread.run_sync(
+            lambda: cli(
+                "send",
+                "--key",
+                "o-cli",
+                "item",
+                "--payload",
+                '{"amount": 5}',
+                "--message-id",
+                "evt_1",
+            )
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert "sent" in sent.stdout
+        again = await anyio.to_thread.run_sync(
+            lambda: cli("send", run.id, "item", "--payload", "7", "--message-id", "evt_1")
+        )
+        assert again.returncode == 0, again.stderr
+        assert "sent already" in again.stdout  # (the run waits for a second "item")
+        second = await anyio.to_thread.run_sync(
+            lambda: cli("send", run.id, "item", "--payload", "second", "--message-id", "evt_2")
+        )
+        assert second.returncode == 0, second.stderr
+        with anyio.fail_after(10):
+            assert await run.result() == "shipped after second"
+        late = await anyio.to_thread.run_sync(lambda: cli("send", run.id, "paid"))
+        assert late.returncode == 2
+        assert "finished already" in late.stderr
+    assert read_counts(counts) == {"charge": 1, "ship": 1}
