@@ -18,6 +18,8 @@ import aflow
 import aflow.fastapi
 from aflow.fastapi import RuntimeDep
 from tests import durable_workflows as wf
+from tests import wait_workflows
+from tests.durable_workflows import read_counts
 
 GATE: dict[str, anyio.Event] = {}
 
@@ -46,6 +48,11 @@ def make_app(store: str | None = None, **options: Any) -> FastAPI:
     @app.post("/start")
     async def start(rt: RuntimeDep) -> dict[str, str]:
         run = await rt.submit(first.s(1) | gated.s())
+        return {"id": run.id}
+
+    @app.post("/pay/{order}")
+    async def pay(order: str, rt: RuntimeDep) -> dict[str, str]:
+        run = await rt.submit(wait_workflows.link_then_wait, order=order)
         return {"id": run.id}
 
     @app.post("/durable/{start}")
@@ -134,6 +141,56 @@ async def test_cancel_over_http_unwinds_the_run() -> None:
         assert cancelled.json()["status"] == "cancelled"
         assert (await http.post("/runs/nope/cancel")).status_code == 404
         assert (await http.post(f"/runs/{run_id}/resume")).status_code == 409  # no store
+
+
+@pytest.mark.parametrize("store", [None, "sqlite"])
+async def test_a_webhook_sends_an_event_once_and_a_client_reads_a_published_value(
+    store: str | None, tmp_path: pathlib.Path, counts: pathlib.Path
+) -> None:
+    url = None if store is None else f"sqlite:///{tmp_path / 'w.db'}"
+    async with client(make_app(url)) as http:
+        run_id = (await http.post("/pay/o-1")).json()["id"]
+        link = await http.get(f"/runs/{run_id}/values/checkout_url", params={"timeout": 10})
+        assert link.status_code == 200, link.text
+        assert link.json() == {
+            "run_id": run_id,
+            "name": "checkout_url",
+            "value": "https://pay.example/o-1",
+        }
+        unset = await http.get(f"/runs/{run_id}/values/nothing", params={"timeout": 0})
+        assert unset.status_code == 404
+        assert "has not set 'nothing'" in unset.json()["detail"]
+        bad = await http.post(f"/runs/{run_id}/send/paid", content=b"{not json")
+        assert bad.status_code == 422
+        hook = f"/runs/{run_id}/send/paid"
+        body = {"amount": 5, "currency": "EUR"}
+        sent = await http.post(hook, json=body, headers={"Idempotency-Key": "evt_1"})
+        assert sent.status_code == 202, sent.text
+        assert sent.json() == {"run_id": run_id, "event": "paid", "delivered": True}
+        again = await http.post(hook, json={"amount": 6}, params={"message_id": "evt_1"})
+        assert again.status_code == 202
+        assert again.json()["delivered"] is False  # a redelivery: answered 2xx, not kept
+        with anyio.fail_after(10):
+            while (await http.get(f"/runs/{run_id}")).json()["status"] != "succeeded":  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        done = (await http.get(f"/runs/{run_id}")).json()
+        assert done["result"] == "shipped after {'amount': 5, 'currency': 'EUR'}"
+        late = await http.post(hook, json=1, params={"message_id": "evt_2"})
+        assert late.status_code == 409
+        assert "not kept" in late.json()["detail"]
+        ended = await http.get(f"/runs/{run_id}/values/nothing", params={"timeout": 1})
+        assert ended.status_code == 409
+        assert (await http.post("/runs/nope/send/paid", json=1)).status_code == 404
+        assert (await http.get("/runs/nope/values/x")).status_code == 404
+        too_long = await http.get(f"/runs/{run_id}/values/x", params={"timeout": 3600})
+        assert too_long.status_code == 422
+    assert read_counts(counts) == {"ship": 1}
+
+
+def test_the_send_routes_can_be_left_out() -> None:
+    paths = {r.path for r in aflow.fastapi.runs_router(send=False).routes}  # type: ignore[attr-defined]
+    assert "/{run_id}/send/{event}" not in paths
+    assert "/{run_id}/send/{event}" in {r.path for r in aflow.fastapi.runs_router().routes}  # type: ignore[attr-defined]
 
 
 async def test_stored_runs_are_listed_read_and_replayed_from_the_store(

@@ -153,6 +153,7 @@ async def test_a_published_value_is_read_while_the_run_goes_on(counts: pathlib.P
         run = await rt.submit(wf.link_then_wait, order="o-7")
         url = await rt.get_event(run.id, "checkout_url", timeout=5)
         assert url == "https://pay.example/o-7"
+        assert await rt.get_event(run.id, "checkout_url", timeout=0) == url
         assert run.status is aflow.RunStatus.RUNNING  # the run waits for its payment meanwhile
         await rt.send(run.id, "paid", "ok")
         assert await run.result() == "shipped after ok"
@@ -163,6 +164,8 @@ async def test_get_event_times_out_or_fails_at_once_on_an_ended_run() -> None:
         run = await rt.submit(aflow.wait_for("paid") | then.s())
         with pytest.raises(WaitTimeout):
             await rt.get_event(run.id, "never", timeout=30)
+        with pytest.raises(WaitTimeout):
+            await rt.get_event(run.id, "never", timeout=0)
         await rt.send(run.id, "paid", 1)
         await run.result()
         with pytest.raises(RunEnded, match="never set 'never'"):
@@ -391,6 +394,12 @@ async def test_a_value_published_in_one_runtime_is_read_in_another(
         assert await other.get_event(run.id, "checkout_url", timeout=10) == (
             "https://pay.example/o-9"
         )
+        # timeout=0 reads what is there now (it looks once before any deadline)
+        assert await other.get_event(run.id, "checkout_url", timeout=0) == (
+            "https://pay.example/o-9"
+        )
+        with pytest.raises(WaitTimeout):
+            await other.get_event(run.id, "not-yet", timeout=0)
         assert await other.send(run.id, "paid", "ok")
         assert await run.result() == "shipped after ok"
         with pytest.raises(RunEnded):

@@ -178,7 +178,7 @@ async def send(rt: Runtime, run_id: str, event: str, payload: Any, message_id: s
             raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
         if handle._finished.is_set() or handle._execution.closed:
             status = handle.status.value
-            raise RunEnded(run_id, status, f"event {event!r} was not delivered")
+            raise RunEnded(run_id, status, f"event {event!r} was not kept")
         return waits_of(handle._execution).put(event, key, payload)
     record = await store.get_run(run_id)
     text = (
@@ -198,40 +198,52 @@ async def send(rt: Runtime, run_id: str, event: str, payload: Any, message_id: s
 
 
 async def get_event(rt: Runtime, run_id: str, name: str, timeout: float | None) -> Any:
-    """:meth:`Runtime.get_event` (see there)."""
+    """:meth:`Runtime.get_event` (see there). It always looks once, so ``timeout=0``
+    reads what is there now."""
     from .._exceptions import WaitTimeout
 
     clock = rt._clock or SYSTEM_CLOCK
+    deadline = None if timeout is None else clock.now() + timeout
+    delay = 0.01
+    while True:
+        found, value, signal = await _look_for_value(rt, run_id, name)
+        if found:
+            return value
+        left = None if deadline is None else deadline - clock.now()
+        if left is not None and left <= 0:
+            raise WaitTimeout(run_id, name, timeout or 0.0)
+        with clock.cancel_scope(left):
+            if rt._durable.store is None:
+                assert signal is not None
+                await signal.wait()
+            else:  # set here (the signal), or in another process (a look at the store)
+                with anyio.move_on_after(delay):
+                    await (anyio.sleep_forever() if signal is None else signal.wait())
+                delay = min(delay * 2, 0.5)
+
+
+async def _look_for_value(rt: Runtime, run_id: str, name: str) -> tuple[bool, Any, Any]:
+    """(found, the value, an event set when this process's run publishes anything)."""
     durable = rt._durable
     store = durable.store
-    with clock.cancel_scope(timeout):
-        delay = 0.01
-        while True:
-            handle = rt._runs.get(run_id) or rt._history.get(run_id)
-            waits = None if handle is None else handle._execution._waits
-            if store is None:
-                if handle is None:
-                    raise RunNotFound(
-                        run_id, "this runtime (active or recently finished; no store)"
-                    )
-                if waits is not None and name in waits.values:
-                    return waits.values[name]
-                if handle._finished.is_set():
-                    raise RunEnded(run_id, handle.status.value, f"it never set {name!r}")
-                waits = waits_of(handle._execution)
-                await waits.signal.wait()
-                continue
-            found, text = await wait_store(store).get_value(run_id, name)
-            if found:
-                record = await store.get_run(run_id)
-                return None if text is None else durable.rebuilder.serializer_of(record).loads(text)
-            record = await store.get_run(run_id)
-            if record.status in ENDED:
-                raise RunEnded(run_id, str(record.status), f"it never set {name!r}")
-            with anyio.move_on_after(delay):  # set here, or in another process
-                if waits is not None:
-                    await waits.signal.wait()
-                else:
-                    await anyio.sleep_forever()
-            delay = min(delay * 2, 0.5)
-    raise WaitTimeout(run_id, name, timeout or 0.0)
+    handle = rt._runs.get(run_id) or rt._history.get(run_id)
+    waits = None if handle is None else handle._execution._waits
+    if store is None:
+        if handle is None:
+            raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
+        if waits is not None and name in waits.values:
+            return True, waits.values[name], None
+        if handle._finished.is_set():
+            raise RunEnded(run_id, handle.status.value, f"it never set {name!r}")
+        return False, None, waits_of(handle._execution).signal
+    found, text = await wait_store(store).get_value(run_id, name)
+    record = await store.get_run(run_id)
+    if found:
+        return (
+            True,
+            None if text is None else durable.rebuilder.serializer_of(record).loads(text),
+            None,
+        )
+    if record.status in ENDED:
+        raise RunEnded(run_id, str(record.status), f"it never set {name!r}")
+    return False, None, None if waits is None else waits.signal

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import reprlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Annotated, Any, cast, get_args
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .._events import Event
-from .._exceptions import ResumeMismatch, RunNotFound
+from .._exceptions import ResumeMismatch, RunEnded, RunNotFound, WaitTimeout
 from .._runtime._handle import Run
 from .._runtime._report import (
     EventReport,
@@ -29,7 +32,7 @@ from .._runtime._runtime import Runtime
 from ..stores._base import RunRecord, StoredRunStatus
 from ._lifespan import CLOSING_KEY, RuntimeDep
 
-__all__ = ["EventStream", "runs_router"]
+__all__ = ["EventStream", "Sent", "Value", "runs_router"]
 
 #: Seconds between two looks at the store while following a run another process drives.
 STORE_POLL = 0.5
@@ -39,11 +42,15 @@ KEEP_ALIVE = 15.0
 #: The most runs one list answer holds; the store is asked for at most this many of a
 #: status before the other filters apply.
 MAX_LIST = 1000
+#: The longest ``GET /{run_id}/values/{name}`` waits for a value (seconds).
+MAX_VALUE_WAIT = 60.0
 
 _STATES = frozenset(get_args(RunState))
 
 
-def runs_router(*, actions: bool = True, tags: Sequence[str] = ("runs",)) -> APIRouter:
+def runs_router(
+    *, actions: bool = True, send: bool = True, tags: Sequence[str] = ("runs",)
+) -> APIRouter:
     """An ``APIRouter`` over the service's runs (mount it with a prefix)::
 
         app.include_router(aflow.fastapi.runs_router(), prefix="/runs")
@@ -53,10 +60,17 @@ def runs_router(*, actions: bool = True, tags: Sequence[str] = ("runs",)) -> API
     with its steps (:class:`aflow.RunReport`); ``GET /{run_id}/events`` streams its
     events as server-sent events (:class:`EventStream`). With ``actions`` (the
     default), ``POST /{run_id}/cancel`` and ``POST /{run_id}/resume``; guard them with
-    the router's ``dependencies=`` or your own auth. A run this process holds is read
-    live; any other from the runtime's store. An unknown run is a 404.
+    the router's ``dependencies=`` or your own auth. With ``send`` (the default),
+    ``POST /{run_id}/send/{event}`` sends an event to the run (:meth:`Runtime.send`;
+    the JSON body is its payload, ``?message_id=`` or an ``Idempotency-Key`` header
+    makes a redelivery a no-op; 202) and ``GET /{run_id}/values/{name}?timeout=`` reads
+    a value the run published (:meth:`Runtime.get_event`). A run this process holds is
+    read live; any other from the runtime's store. An unknown run is a 404; a run that
+    has ended is a 409 to a send.
     """
     router = APIRouter(tags=list(tags))
+    if send:
+        _add_send_routes(router)
 
     @router.get("", response_model=list[RunReport])
     async def list_runs(
@@ -168,6 +182,84 @@ def runs_router(*, actions: bool = True, tags: Sequence[str] = ("runs",)) -> API
         return handle.report(steps=False)
 
     return router
+
+
+class Sent(BaseModel):
+    """The answer to ``POST /runs/{run_id}/send/{event}``."""
+
+    run_id: str
+    event: str
+    #: False: this message was sent already (the run takes it once)
+    delivered: bool
+
+
+class Value(BaseModel):
+    """The answer to ``GET /runs/{run_id}/values/{name}``."""
+
+    run_id: str
+    name: str
+    value: Any
+
+
+def _add_send_routes(router: APIRouter) -> None:
+    @router.post("/{run_id}/send/{event}", response_model=Sent, status_code=202)
+    async def send_event(
+        rt: RuntimeDep,
+        request: Request,
+        run_id: str,
+        event: str,
+        message_id: Annotated[
+            str | None, Query(description="sent once per run, event and message id")
+        ] = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Sent:
+        """Send ``event`` to the run: an ``aflow.wait_for(event)`` (or ``aflow.receive``)
+        in it takes the JSON body as its value (no body: ``null``). Kept if the run has
+        not got to its wait yet. A webhook's redelivery with the same message id (the
+        query's ``message_id``, else the ``Idempotency-Key`` header) is a no-op
+        (``delivered`` false), so answer it 2xx and let the provider stop retrying."""
+        body = await request.body()
+        try:
+            payload = json.loads(body) if body.strip() else None
+        except ValueError as exc:
+            raise HTTPException(422, f"the body of an event is JSON: {exc}") from exc
+        try:
+            _check_id(run_id)
+            delivered = await rt.send(
+                run_id, event, payload, message_id=message_id or idempotency_key
+            )
+        except RunNotFound as exc:
+            raise HTTPException(404, f"no run {_short(run_id)}") from exc
+        except RunEnded as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return Sent(run_id=run_id, event=event, delivered=delivered)
+
+    @router.get("/{run_id}/values/{name}", response_model=Value)
+    async def read_value(
+        rt: RuntimeDep,
+        run_id: str,
+        name: str,
+        timeout: Annotated[
+            float, Query(ge=0, le=MAX_VALUE_WAIT, description="seconds to wait for it")
+        ] = 0.0,
+    ) -> Value:
+        """The value the run published under ``name`` (``aflow.set_event``), waiting up
+        to ``timeout`` seconds for it: 404 if it is not set by then, 409 if the run ended
+        without setting it."""
+        try:
+            _check_id(run_id)
+            value = await rt.get_event(run_id, name, timeout=timeout)
+        except RunNotFound as exc:
+            raise HTTPException(404, f"no run {_short(run_id)}") from exc
+        except WaitTimeout as exc:
+            raise HTTPException(404, f"run {_short(run_id)} has not set {name!r}") from exc
+        except RunEnded as exc:
+            raise HTTPException(409, str(exc)) from exc
+        try:
+            shown = jsonable_encoder(value)
+        except (TypeError, ValueError):  # a pickle run's value JSON cannot hold
+            shown = repr(value)
+        return Value(run_id=run_id, name=name, value=shown)
 
 
 def _check_id(run_id: str) -> None:
