@@ -35,7 +35,6 @@ from ._runtime._runtime import Runtime
 from ._runtime._states import RunStatus
 from ._workflow import resolve_workflow
 from .stores import StoredRunStatus, open_store
-from .stores._base import ENDED as _ENDED
 
 __all__ = ["main"]
 
@@ -392,13 +391,13 @@ async def _send(store: Any, args: argparse.Namespace) -> int:
         if payload is None  # a payload from the command line is plain data: any serializer
         else serializer_for(record.serializer).dumps(payload, task=f"event {args.event!r}")
     )
-    sent, status = await store.send_event(
+    outcome, status = await store.send_event(
         run_id, args.event, args.message_id or "", text, time.time()
     )
-    if status in _ENDED:
+    if outcome == "ended":
         print(f"aflow: run {run_id} has finished already ({status}); not sent", file=sys.stderr)
         return 2
-    if not sent:
+    if outcome == "duplicate":
         print(f"run {run_id}: event {args.event!r} was sent already (message kept once)")
         return 0
     print(f"run {run_id}: event {args.event!r} sent (the run is {status})")

@@ -244,6 +244,11 @@ async def test_send_delivers_an_event_to_a_waiting_run_once(
         assert second.returncode == 0, second.stderr
         with anyio.fail_after(10):
             assert await run.result() == "shipped after second"
+        redelivered = await anyio.to_thread.run_sync(
+            lambda: cli("send", run.id, "item", "--message-id", "evt_2")
+        )
+        assert redelivered.returncode == 0, redelivered.stderr  # a redelivery, after the end
+        assert "sent already" in redelivered.stdout
         late = await anyio.to_thread.run_sync(lambda: cli("send", run.id, "paid"))
         assert late.returncode == 2
         assert "finished already" in late.stderr

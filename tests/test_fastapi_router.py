@@ -175,6 +175,9 @@ async def test_a_webhook_sends_an_event_once_and_a_client_reads_a_published_valu
                 await anyio.sleep(0.01)
         done = (await http.get(f"/runs/{run_id}")).json()
         assert done["result"] == "shipped after {'amount': 5, 'currency': 'EUR'}"
+        redelivered = await http.post(hook, json=body, headers={"Idempotency-Key": "evt_1"})
+        assert redelivered.status_code == 202  # after the run ended: still a no-op, not a 409
+        assert redelivered.json()["delivered"] is False
         late = await http.post(hook, json=1, params={"message_id": "evt_2"})
         assert late.status_code == 409
         assert "not kept" in late.json()["detail"]

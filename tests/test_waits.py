@@ -192,6 +192,12 @@ async def test_sending_to_an_unknown_or_ended_run_is_a_typed_error() -> None:
         with pytest.raises(RunEnded) as caught:
             await rt.send(run.id, "paid")
         assert caught.value.status == "succeeded"
+        waited = await rt.submit(aflow.wait_for("paid") | then.s())
+        assert await rt.send(waited.id, "paid", 1, message_id="m-1")
+        await waited.result()
+        assert not await rt.send(waited.id, "paid", 1, message_id="m-1")  # a redelivery
+        with pytest.raises(RunEnded):
+            await rt.send(waited.id, "paid", 1, message_id="m-2")
 
 
 async def test_the_report_shows_what_a_run_waits_for_and_until_when() -> None:
@@ -286,6 +292,10 @@ async def test_a_waiting_run_is_unloaded_then_taken_up_when_its_event_comes(
         assert not await rt.send(run.id, "paid", {"amount": 5}, message_id="evt_1")
         assert await run.result() == "shipped after {'amount': 5}"
         assert (await rt.report(run.id)).waits == []
+        # the provider redelivers after the run has ended: still a no-op, not an error
+        assert not await rt.send(run.id, "paid", {"amount": 5}, message_id="evt_1")
+        with pytest.raises(RunEnded):  # a new message is not kept
+            await rt.send(run.id, "paid", {"amount": 5}, message_id="evt_2")
     assert read(counts) == {"charge": 1, "ship": 1}
 
 

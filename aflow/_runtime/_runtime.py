@@ -863,8 +863,9 @@ class Runtime:
 
         An event sent before the run gets to its wait is kept until it does. Sending is
         idempotent per run, event and ``message_id``: returns True if the event was
-        kept, False if that message was sent already (a webhook delivered twice); with
-        no ``message_id`` a run takes one event of each name. With a store, any process
+        kept, False if that message was sent already (a webhook delivered twice, even
+        after the run has ended); with no ``message_id`` a run takes one event of each
+        name. With a store, any process
         with it may send (the payload is written with the run's serializer), and a run
         unloaded while it waits is taken up at once here if this process can rebuild
         its workflow, else by one that can. :class:`~aflow.errors.RunNotFound` for an

@@ -96,9 +96,13 @@ class WaitState:
         signal, self.signal = self.signal, anyio.Event()
         signal.set()
 
+    def has(self, name: str, message_id: str) -> bool:
+        """That message was kept already (a run without a store)."""
+        return any(e[0] == name and e[1] == message_id for e in self.events)
+
     def put(self, name: str, message_id: str, payload: Any) -> bool:
         """Keep an event (a run without a store); False if that message was kept already."""
-        if any(e[0] == name and e[1] == message_id for e in self.events):
+        if self.has(name, message_id):
             return False
         self.events.append([name, message_id, payload, None])
         self.notify()

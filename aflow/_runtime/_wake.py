@@ -176,6 +176,9 @@ async def send(rt: Runtime, run_id: str, event: str, payload: Any, message_id: s
         handle = active or rt._history.get(run_id)
         if handle is None:
             raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
+        waits = handle._execution._waits
+        if waits is not None and waits.has(event, key):
+            return False  # a redelivery, even to a run that has ended since
         if handle._finished.is_set() or handle._execution.closed:
             status = handle.status.value
             raise RunEnded(run_id, status, f"event {event!r} was not kept")
@@ -187,14 +190,16 @@ async def send(rt: Runtime, run_id: str, event: str, payload: Any, message_id: s
         else durable.rebuilder.serializer_of(record).dumps(payload, task=f"event {event!r}")
     )
     now = wall_time(rt._clock)
-    recorded, status = await wait_store(store).send_event(run_id, event, key, text, now)
-    if status in ENDED:
+    outcome, status = await wait_store(store).send_event(run_id, event, key, text, now)
+    if outcome == "ended":
         raise RunEnded(run_id, str(status), f"event {event!r} was not kept")
+    if outcome == "duplicate":
+        return False
     if active is not None and active._execution._waits is not None:
         active._execution._waits.notify()  # a wait held in memory here looks again
     elif status == StoredRunStatus.WAITING and durable.waker is not None:
         durable.waker.poke()  # taken up here at once, if this process can
-    return recorded
+    return True
 
 
 async def get_event(rt: Runtime, run_id: str, name: str, timeout: float | None) -> Any:

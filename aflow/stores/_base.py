@@ -16,6 +16,7 @@ __all__ = [
     "NodeRecord",
     "RecordState",
     "RunRecord",
+    "SendOutcome",
     "Store",
     "StoredRunStatus",
     "WaitRecord",
@@ -181,6 +182,9 @@ class RunRecord:
     wake_at: float | None = None
     waiting_for: str | None = None
 
+
+#: What :meth:`Store.send_event` did with an event.
+SendOutcome: TypeAlias = Literal["kept", "duplicate", "ended"]
 
 #: The statuses of a run that has ended.
 ENDED = frozenset(
@@ -354,11 +358,13 @@ class Store(Protocol):
 
     async def send_event(
         self, run_id: str, name: str, message_id: str, payload: str | None, now: float
-    ) -> tuple[bool, StoredRunStatus]:
+    ) -> tuple[SendOutcome, StoredRunStatus]:
         """Keep event ``name`` for the run, once per ``(run, name, message_id)``; a
         ``waiting`` run that waits for it becomes due at once (``wake_at`` 0). Returns
-        (recorded, the run's status): not recorded if that message was kept already, or
-        if the run has ended (nothing is written then). Atomic; :class:`RunNotFound`."""
+        what became of it and the run's status: ``"kept"``; ``"duplicate"``, that
+        message was kept already (even if the run has ended since: a redelivery); or
+        ``"ended"``, a new message to a run that has ended (nothing is written then).
+        Atomic; :class:`RunNotFound`."""
         ...
 
     async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:

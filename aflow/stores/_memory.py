@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import final
 
 from .._exceptions import RunExists, RunNotFound
-from ._base import ENDED, NodeRecord, RunRecord, StoredRunStatus, WaitRecord
+from ._base import ENDED, NodeRecord, RunRecord, SendOutcome, StoredRunStatus, WaitRecord
 from ._sql import CANCELLABLE, UNFINISHED
 
 _CANCELLING = StoredRunStatus.CANCELLING
@@ -190,17 +190,17 @@ class MemoryStore:
 
     async def send_event(
         self, run_id: str, name: str, message_id: str, payload: str | None, now: float
-    ) -> tuple[bool, StoredRunStatus]:
+    ) -> tuple[SendOutcome, StoredRunStatus]:
         run = await self.get_run(run_id)
-        if run.status in ENDED:
-            return False, run.status
-        events = self._events.setdefault(run_id, [])
+        events = self._events.get(run_id, [])
         if any(e[0] == name and e[1] == message_id for e in events):
-            return False, run.status
-        events.append([name, message_id, payload, None])
+            return "duplicate", run.status
+        if run.status in ENDED:
+            return "ended", run.status
+        self._events.setdefault(run_id, events).append([name, message_id, payload, None])
         if run.status == StoredRunStatus.WAITING and name in json.loads(run.waiting_for or "[]"):
             self._runs[run_id] = dataclasses.replace(run, wake_at=0.0)
-        return True, run.status
+        return "kept", run.status
 
     async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
         events = self._events.get(run_id, [])

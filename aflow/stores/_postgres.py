@@ -13,7 +13,15 @@ from typing import Any, final
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
-from ._base import ENDED, SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus, WaitRecord
+from ._base import (
+    ENDED,
+    SCHEMA_VERSION,
+    NodeRecord,
+    RunRecord,
+    SendOutcome,
+    StoredRunStatus,
+    WaitRecord,
+)
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
@@ -489,7 +497,7 @@ class PostgresStore:
 
     async def send_event(
         self, run_id: str, name: str, message_id: str, payload: str | None, now: float
-    ) -> tuple[bool, StoredRunStatus]:
+    ) -> tuple[SendOutcome, StoredRunStatus]:
         with self._errors(f"sending event {name!r} to run {run_id}"):
             async with self._p().acquire() as conn, conn.transaction():
                 text = await conn.fetchval(
@@ -499,7 +507,14 @@ class PostgresStore:
                     raise RunNotFound(run_id, self.url)
                 status = status_of(run_id, text)
                 if status in ENDED:
-                    return False, status
+                    kept = await conn.fetchval(
+                        "SELECT 1 FROM aflow_events WHERE run_id = $1 AND name = $2 "
+                        "AND message_id = $3",
+                        run_id,
+                        name,
+                        message_id,
+                    )
+                    return ("duplicate" if kept else "ended"), status
                 added = await conn.fetchval(
                     "INSERT INTO aflow_events (run_id, name, message_id, payload, sent_at) "
                     "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, name, message_id) "
@@ -511,14 +526,14 @@ class PostgresStore:
                     now,
                 )
                 if added is None:
-                    return False, status
+                    return "duplicate", status
                 await conn.execute(
                     "UPDATE aflow_runs SET wake_at = 0 WHERE run_id = $1 AND status = 'waiting' "
                     "AND waiting_for::jsonb ? $2",
                     run_id,
                     name,
                 )
-                return True, status
+                return "kept", status
 
     async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
         with self._errors(f"taking event {name!r} of run {run_id}"):

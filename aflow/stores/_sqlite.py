@@ -43,7 +43,15 @@ from typing import Any, TypeVar, final
 import anyio
 
 from .._exceptions import RunExists, RunNotFound, StoreError
-from ._base import ENDED, SCHEMA_VERSION, NodeRecord, RunRecord, StoredRunStatus, WaitRecord
+from ._base import (
+    ENDED,
+    SCHEMA_VERSION,
+    NodeRecord,
+    RunRecord,
+    SendOutcome,
+    StoredRunStatus,
+    WaitRecord,
+)
 from ._sql import (
     CANCEL_SET,
     CANCELLABLE,
@@ -905,23 +913,28 @@ class SQLiteStore:
 
     async def send_event(
         self, run_id: str, name: str, message_id: str, payload: str | None, now: float
-    ) -> tuple[bool, StoredRunStatus]:
-        def send(db: sqlite3.Connection) -> tuple[bool, StoredRunStatus]:
+    ) -> tuple[SendOutcome, StoredRunStatus]:
+        def send(db: sqlite3.Connection) -> tuple[SendOutcome, StoredRunStatus]:
             rows = db.execute("SELECT status FROM aflow_runs WHERE run_id = ?", (run_id,))
             found = rows.fetchall()
             if not found:
                 raise RunNotFound(run_id, self.url)
             status = status_of(run_id, found[0][0])
             if status in ENDED:
-                return False, status
+                kept = db.execute(
+                    "SELECT 1 FROM aflow_events WHERE run_id = ? AND name = ? AND message_id = ?",
+                    (run_id, name, message_id),
+                ).fetchall()
+                return ("duplicate" if kept else "ended"), status
             added = db.execute(
                 "INSERT INTO aflow_events (run_id, name, message_id, payload, sent_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, name, message_id) DO NOTHING",
                 (run_id, name, message_id, payload, now),
             ).rowcount
-            if added:
-                db.execute(_WAKE_ON_EVENT, (run_id, name))
-            return added == 1, status
+            if not added:
+                return "duplicate", status
+            db.execute(_WAKE_ON_EVENT, (run_id, name))
+            return "kept", status
 
         try:
             return await self._do(functools.partial(_transaction, body=send), rows=2)
