@@ -9,6 +9,10 @@
 * ``POST /orders/async`` answers 202 at once with the run's id; ``GET /runs/{id}``
   reports it (status, steps, errors as JSON), ``GET /runs/{id}/events`` streams its
   progress (server-sent events, from the start), ``GET /runs`` lists runs.
+* ``POST /checkout`` starts a payment saga that waits for the provider's webhook
+  (``POST /webhooks/payments``): it ships on confirmation and refunds if no word comes
+  in time (``examples/payment_webhook.py``). ``POST /runs/{id}/send/{event}`` sends
+  any run an event (guard it as you would cancel).
 * ``AFLOW_STORE=sqlite:///orders.db`` makes the runs durable: a retried request with
   the same order id attaches to the first run, and a run in flight when the service
   stops is taken up by the next process.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from typing import Any
 
 import anyio
@@ -34,6 +39,10 @@ from pydantic import BaseModel
 import aflow
 import aflow.fastapi
 from aflow.fastapi import RuntimeDep
+
+if __name__ == "__main__":  # run as a script: import the examples package as uvicorn does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples import payment_webhook
 
 
 class Order(BaseModel):
@@ -128,6 +137,7 @@ app = FastAPI(
     ),
 )
 app.include_router(aflow.fastapi.runs_router(), prefix="/runs")
+app.include_router(payment_webhook.router)
 aflow.fastapi.add_exception_handlers(app)  # handlers see the root failure of a run
 app.add_middleware(aflow.fastapi.CancelOnDisconnect)  # a client that leaves stops its run
 
@@ -190,7 +200,34 @@ async def demo() -> None:
             report = (await http.get(accepted["status"])).json()
             steps = ", ".join(f"{s['key']}={s['state']}" for s in report["steps"])
             print("GET /runs/{id}        ", report["status"], steps)
+            await pay_over_http(http)
         server.should_exit = True
+
+
+async def pay_over_http(http: httpx.AsyncClient) -> None:
+    """A checkout paid through the webhook (delivered twice), and one never paid."""
+    started = (await http.post("/checkout", json={"id": "o-7", "total": 12.0})).json()
+    print("POST /checkout        ", started["checkout_url"])
+    body = json.dumps(payment_webhook.provider_event("o-7", 12.0)).encode()
+    signed = {"X-Signature": payment_webhook.sign(body), "Content-Type": "application/json"}
+    for _ in range(2):  # the provider delivers it twice
+        hook = await http.post("/webhooks/payments", content=body, headers=signed)
+        print("POST /webhooks/payments", hook.status_code, hook.json())
+    forged = await http.post("/webhooks/payments", content=body, headers={"X-Signature": "x"})
+    print("POST /webhooks/payments (forged)", forged.status_code)
+    print("  o-7", await settled(http, started["run_id"]))
+    unpaid = {"id": "o-8", "total": 3.0, "confirm_within": 0.2}
+    started = (await http.post("/checkout", json=unpaid)).json()
+    print("  o-8 (never paid)", await settled(http, started["run_id"]))
+
+
+async def settled(http: httpx.AsyncClient, run_id: str) -> tuple[str, Any]:
+    """The run's status and result once it has ended (the demo polls; a client could
+    follow /runs/{id}/events instead)."""
+    with anyio.fail_after(10):
+        while not (report := (await http.get(f"/runs/{run_id}")).json())["finished"]:  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+    return report["status"], report["result"]
 
 
 if __name__ == "__main__":

@@ -272,3 +272,77 @@ def test_a_shutdown_with_a_run_in_flight(
     assert report["status"] == "succeeded"
     assert report["result"]["tracking"] == "trk-o-5"
     assert successor.stop()
+
+
+def webhook(server: Server, order_id: str, amount: float) -> httpx.Response:
+    """The payment provider's webhook, signed as it signs it."""
+    from examples import payment_webhook
+
+    body = json.dumps(payment_webhook.provider_event(order_id, amount)).encode()
+    headers = {"X-Signature": payment_webhook.sign(body), "Content-Type": "application/json"}
+    return httpx.post(
+        f"{server.url}/webhooks/payments", content=body, headers=headers, timeout=DEADLINE
+    )
+
+
+def settled(server: Server, run_id: str) -> dict[str, Any]:
+    """The run's report once it has ended (its event stream ends with it)."""
+    follow(server, run_id)
+    report: dict[str, Any] = httpx.get(f"{server.url}/runs/{run_id}").json()
+    return report
+
+
+def test_a_checkout_waits_for_its_webhook_and_ships_once(
+    serve: Callable[..., Server], store_env: dict[str, str]
+) -> None:
+    server = serve(**store_env)
+    started = httpx.post(f"{server.url}/checkout", json={"id": "o-7", "total": 12.0})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    assert started.json()["checkout_url"] == "https://pay.example/checkout/ch_o-7"
+    waiting = httpx.get(f"{server.url}/runs/{run_id}").json()
+    assert waiting["status"] in ("running", "waiting")  # (unloaded once it waits, with a store)
+    forged = httpx.post(f"{server.url}/webhooks/payments", json={}, headers={"X-Signature": "x"})
+    assert forged.status_code == 401
+    assert webhook(server, "o-7", 12.0).json() == {"delivered": True}
+    assert webhook(server, "o-7", 12.0).json() == {"delivered": False}  # a redelivery
+    report = settled(server, run_id)
+    assert report["status"] == "succeeded", report
+    assert report["result"]["tracking"] == "trk-o-7"
+    assert webhook(server, "o-nobody", 1.0).status_code == 404
+    unpaid = httpx.post(
+        f"{server.url}/checkout", json={"id": "o-8", "total": 3.0, "confirm_within": 0.3}
+    )
+    report = settled(server, unpaid.json()["run_id"])
+    assert report["status"] == "reverted"
+    assert {s["key"]: s["state"] for s in report["steps"]} == {
+        "create_charge": "reverted",
+        "wait_for:payment": "failed",
+        "check_payment": "pending",
+        "ship": "pending",
+    }
+    assert server.stop()
+    assert "undo: refunded 3.00 (ch_o-8)" in server.output()
+    assert "refunded 12.00" not in server.output()
+
+
+def test_a_webhook_reaches_a_run_that_waited_through_a_restart(
+    serve: Callable[..., Server], tmp_path: pathlib.Path
+) -> None:
+    """The service is redeployed while the run waits for its payment: the new process
+    takes the webhook, and the run goes on from its wait (nothing runs twice)."""
+    env = {"AFLOW_STORE": f"sqlite:///{tmp_path / 'orders.db'}", "AFLOW_SHUTDOWN_TIMEOUT": "0.5"}
+    first = serve(**env)
+    run_id = httpx.post(f"{first.url}/checkout", json={"id": "o-9", "total": 4.0}).json()["run_id"]
+    deadline = time.monotonic() + DEADLINE
+    while httpx.get(f"{first.url}/runs/{run_id}").json()["status"] != "waiting":
+        assert time.monotonic() < deadline, "the run never waited"
+        time.sleep(0.01)
+    assert first.stop()
+    second = serve(**env)
+    assert httpx.get(f"{second.url}/runs/{run_id}").json()["status"] == "waiting"
+    assert webhook(second, "o-9", 4.0).json() == {"delivered": True}
+    report = settled(second, run_id)
+    assert report["status"] == "succeeded", report
+    assert [s["attempts"] for s in report["steps"]] == [1, 1, 1, 1]
+    assert second.stop()
