@@ -303,6 +303,12 @@ async def _wait(
         deadline = waits.deadlines.setdefault(consumer, deadline)
     began = now
     while True:
+        if waits.unloading:
+            # The run is being unloaded with this wait in it: taking an event (or firing)
+            # now would finish the node after the run was recorded as waiting for it.
+            # Leave the event in the store (the parked run is then due at once) and let
+            # the stop cancel this wait.
+            await anyio.sleep_forever()
         if event is not None:
             if store is not None:
                 assert journal is not None
