@@ -430,3 +430,18 @@ async def test_a_body_waiting_in_receive_finds_an_event_another_process_sent(
         assert await other.send(run.id, "approved", "yes")
         with anyio.fail_after(10):
             assert await run.result() == "shipped after yes"
+
+
+async def test_a_payload_the_store_cannot_hold_is_refused_and_nothing_is_kept(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=store_url) as rt:
+        run = await rt.submit(wf.pay_then_ship, order="o-11")
+        with pytest.raises(aflow.errors.SerializationError, match="event 'paid'"):
+            await rt.send(run.id, "paid", object(), message_id="evt_1")
+        with pytest.raises(ValueError, match="non-empty str"):
+            await rt.send(run.id, "", "x")
+        with pytest.raises(TypeError, match="message_id must be a str"):
+            await rt.send(run.id, "paid", "x", message_id=7)  # type: ignore[arg-type]
+        assert await rt.send(run.id, "paid", "fine", message_id="evt_1")  # (not kept before)
+        assert await run.result() == "shipped after fine"
