@@ -1,8 +1,9 @@
 """Durable waits under hypothesis: chains of steps and waits, each wait's event sent
-early (before the run gets there), late (once it waits) or never (it times out), with
-and without a store that unloads the waiting run. Whatever the plan, every step runs
-at most once, the run succeeds exactly when every event came, and a timeout reverts
-the completed steps once each, newest first."""
+early (before the run gets there), late (once it waits) or never (it times out), or
+the run cancelled while it waits there, with and without a store that unloads the
+waiting run. Whatever the plan, every step runs at most once, the run succeeds exactly
+when every event came, and a timeout or a cancel reverts the completed steps once
+each, newest first."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from aflow.testing import FakeClock, send_when_waiting
 TIMEOUT = 3600.0
 LOG: list[str] = []
 
-Plan = Literal["early", "late", "never"]
+Plan = Literal["early", "late", "never", "cancel"]
 
 
 @aflow.task
@@ -52,12 +53,12 @@ async def waits_for(rt: aflow.Runtime, run_id: str, event: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", [None, "memory://"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     chain=st.lists(
         st.one_of(
             st.just(("step", "")),
-            st.tuples(st.just("wait"), st.sampled_from(["early", "late", "never"])),
+            st.tuples(st.just("wait"), st.sampled_from(["early", "late", "never", "cancel"])),
         ),
         min_size=1,
         max_size=6,
@@ -68,6 +69,7 @@ async def waits_for(rt: aflow.Runtime, run_id: str, event: str) -> None:
 # waiting for it, so the run slept until its deadline
 @example(chain=[("wait", "late")])
 @example(chain=[("step", ""), ("wait", "late"), ("wait", "never"), ("step", "")])
+@example(chain=[("step", ""), ("wait", "early"), ("wait", "cancel"), ("step", "")])
 def test_any_plan_of_events_runs_each_step_once_and_compensates_a_timeout(
     store: str | None, chain: list[tuple[str, Plan | str]]
 ) -> None:
@@ -88,7 +90,7 @@ async def _check(store: str | None, chain: list[tuple[str, str]]) -> None:
         for i, plan in plans.items():
             if plan == "early":
                 assert await rt.send(run.id, f"e{i}", f"p{i}")
-        timed_out = None
+        timed_out = cancelled = None
         for i, plan in plans.items():
             if plan == "late":
                 assert await send_when_waiting(rt, run.id, f"e{i}", f"p{i}")
@@ -97,8 +99,17 @@ async def _check(store: str | None, chain: list[tuple[str, str]]) -> None:
                 clock.advance(TIMEOUT + 1)
                 timed_out = i
                 break
+            elif plan == "cancel":
+                await waits_for(rt, run.id, f"e{i}")
+                await run.cancel()
+                cancelled = timed_out = i
+                break
         if timed_out is None:
             value = await run.result()
+        elif cancelled is not None:
+            with pytest.raises(aflow.errors.RunCancelled):
+                await run.result()
+            assert (await rt.report(run.id)).status == "cancelled"
         else:
             with pytest.raises(WaitTimeout, match=f"'e{timed_out}'"):
                 await run.result()
