@@ -445,3 +445,22 @@ async def test_a_payload_the_store_cannot_hold_is_refused_and_nothing_is_kept(
             await rt.send(run.id, "paid", "x", message_id=7)  # type: ignore[arg-type]
         assert await rt.send(run.id, "paid", "fine", message_id="evt_1")  # (not kept before)
         assert await run.result() == "shipped after fine"
+
+
+async def test_a_cancel_that_comes_as_the_run_is_unloaded_cancels_it(
+    any_store: str, counts: pathlib.Path
+) -> None:
+    """Cancelled between deciding to unload and recording it waiting (the release has
+    begun, so the cancel cannot stop it): the run is cancelled in the store once parked,
+    taken up and unwound, and ``cancel()`` returns."""
+    async with aflow.Runtime(store=any_store) as rt:
+        run = await rt.submit(wf.pay_then_ship, order="o-12")
+        async for event in run.events():
+            if event.name == "run_waiting":  # emitted as the run stops to be unloaded
+                with anyio.fail_after(10):
+                    await run.cancel()
+                break
+        with pytest.raises(aflow.errors.RunCancelled):
+            await run.result()
+        assert await stored_status(rt, run.id) == "cancelled"
+    assert read(counts) == {"charge": 1, "refund": 1}

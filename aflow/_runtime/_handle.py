@@ -78,6 +78,7 @@ class Run(Generic[R]):
 
     __slots__ = (
         "__weakref__",
+        "_cancel_asked",
         "_detached",
         "_error",
         "_execution",
@@ -113,6 +114,8 @@ class Run(Generic[R]):
         self._private = False
         #: its durable run was unloaded while it waits (see _waits): not over
         self._detached = False
+        #: cancel() was called (a run being unloaded as it came is cancelled once parked)
+        self._cancel_asked = False
 
     @classmethod
     def _finished_in_store(
@@ -238,6 +241,7 @@ class Run(Generic[R]):
         A run another process drives (found by its idempotency key) is asked to
         cancel through the store, as ``aflow cancel`` does; its process unwinds it.
         """
+        self._cancel_asked = True
         if self._remote_cancel is not None and not self._finished.is_set():
             await self._remote_cancel()
         self._execution.cancel()

@@ -145,6 +145,13 @@ class Waker:
             self.poke()
 
         handle._remote_cancel = cancel_waiting
+        if handle._cancel_asked and not handle._finished.is_set():
+            # cancelled as it was being unloaded (the release won): ask the store now
+            with anyio.CancelScope(shield=True):
+                try:
+                    await cancel_waiting()
+                except Exception as exc:  # the store hiccupped: the caller cancels again
+                    warn("aflow_park_failed", run_id=run_id, error=repr(exc))
         self.poke()
 
     def close(self) -> None:
