@@ -302,7 +302,8 @@ async def _show(store: Any, run_id: str, *, history: bool = False) -> int:
         console.print(table)
         return EXIT.get(record.status, 0)
     table = Table("node", "state", "attempts", "duration", "error")
-    for key, node in (await store.load_nodes(run_id)).items():
+    nodes = await store.load_nodes(run_id)
+    for key, node in nodes.items():
         duration = ""
         if node.started_at is not None and node.finished_at is not None:
             try:
@@ -311,7 +312,21 @@ async def _show(store: Any, run_id: str, *, history: bool = False) -> int:
                 duration = "?"
         table.add_row(*map(Text, (key, node.state, str(node.attempt), duration, node.error or "")))
     console.print(table)
+    for wait in await _waits_of(store, record, nodes):
+        what = "a timer" if wait.event is None else f"event {wait.event!r}"
+        until = "no deadline" if wait.deadline is None else f"until {_when(wait.deadline)}"
+        console.print(Text(f"{wait.key} waits for {what}, {until}"))
     return EXIT.get(record.status, 0)
+
+
+async def _waits_of(store: Any, record: Any, nodes: Any) -> list[Any]:
+    """What a stored run waits for now (its waits whose node has not ended)."""
+    from ._runtime._report import report_of_record
+
+    if record.status in EXIT or not hasattr(store, "load_waits"):
+        return []
+    waits = await store.load_waits(record.run_id)
+    return report_of_record(record, nodes, (), _reader(record, "json"), None, waits).waits
 
 
 def _reader(record: Any, serializer: str) -> Any:
@@ -348,7 +363,9 @@ async def _show_json(store: Any, run_id: str, serializer: str, history: bool) ->
             print(event.model_dump_json())
     else:
         nodes = await store.load_nodes(run_id)
-        report = report_of_record(record, nodes, past, _reader(record, serializer), None)
+        waits = await store.load_waits(run_id) if hasattr(store, "load_waits") else None
+        reader = _reader(record, serializer)
+        report = report_of_record(record, nodes, past, reader, None, waits)
         print(report.model_dump_json(indent=2))
     return EXIT.get(record.status, 0)
 

@@ -219,6 +219,14 @@ async def test_send_delivers_an_event_to_a_waiting_run_once(
         with anyio.fail_after(10):
             while (await rt.report(run.id)).status != "waiting":  # noqa: ASYNC110 - the store
                 await anyio.sleep(0.01)
+        shown = await anyio.to_thread.run_sync(lambda: cli("show", run.id))
+        assert "wait_for:item waits for event 'item', no deadline" in shown.stdout, shown.stdout
+        as_json = json.loads(
+            (await anyio.to_thread.run_sync(lambda: cli("show", run.id, "--json"))).stdout
+        )
+        assert (as_json["status"], [w["event"] for w in as_json["waits"]]) == ("waiting", ["item"])
+        listed = await anyio.to_thread.run_sync(lambda: cli("runs", "--status", "waiting"))
+        assert run.id in listed.stdout
         sent = await anyio.to_thread.run_sync(
             lambda: cli(
                 "send",
