@@ -90,35 +90,41 @@ class Leases:
                     await self._idle.wait()
                     self._idle = None
                 await clock.sleep(lease / 4)
-                runs = driven()
-                now = clock.now()
-                for run_id in runs:
-                    until.setdefault(run_id, now + lease)  # claimed or created just now
-                for run_id in list(until):
-                    if run_id not in runs:
-                        del until[run_id]
-                try:
-                    renewed = await store.heartbeat(
-                        self.owner, lease, list(runs), now=wall_time(clock)
-                    )
-                except Exception as exc:  # the next tick tries again; the runs go on meanwhile
-                    warn("aflow_heartbeat_failed", store=store.url, error=repr(exc))
-                    for run_id, execution in runs.items():
-                        if clock.now() > until[run_id]:
-                            reason = f"its heartbeats failed for over {lease} s ({exc!r})"
-                            execution._store_failed(LeaseLost(run_id, reason))
-                    continue
-                expires = now + lease
-                for run_id, execution in runs.items():
-                    status = renewed.get(run_id)
-                    if status is None:
-                        if not execution.closed:  # (a run that just ended is not ours to stop)
-                            reason = "another process owns it now"
-                            execution._store_failed(LeaseLost(run_id, reason))
-                        continue
-                    until[run_id] = expires
-                    if status == StoredRunStatus.CANCELLING:
-                        execution.cancel()
+                await self._tick(store, clock, driven(), until)
+
+    async def _tick(
+        self, store: Store, clock: Clock, runs: Mapping[str, Execution], until: dict[str, float]
+    ) -> None:
+        """One heartbeat of :meth:`keep_alive`. A function of its own so that nothing holds
+        the runs it renewed past it: a run unloaded meanwhile (it waits) is freed at once,
+        not at the next tick."""
+        lease = self.lease
+        now = clock.now()
+        for run_id in runs:
+            until.setdefault(run_id, now + lease)  # claimed or created just now
+        for run_id in list(until):
+            if run_id not in runs:
+                del until[run_id]
+        try:
+            renewed = await store.heartbeat(self.owner, lease, list(runs), now=wall_time(clock))
+        except Exception as exc:  # the next tick tries again; the runs go on meanwhile
+            warn("aflow_heartbeat_failed", store=store.url, error=repr(exc))
+            for run_id, execution in runs.items():
+                if clock.now() > until[run_id]:
+                    reason = f"its heartbeats failed for over {lease} s ({exc!r})"
+                    execution._store_failed(LeaseLost(run_id, reason))
+            return
+        expires = now + lease
+        for run_id, execution in runs.items():
+            status = renewed.get(run_id)
+            if status is None:
+                if not execution.closed:  # (a run that just ended is not ours to stop)
+                    reason = "another process owns it now"
+                    execution._store_failed(LeaseLost(run_id, reason))
+                continue
+            until[run_id] = expires
+            if status == StoredRunStatus.CANCELLING:
+                execution.cancel()
 
     async def keep_looking(
         self, store: Store, clock: Clock, recover: Callable[[], Awaitable[object]]
