@@ -276,10 +276,13 @@ class Durability:
 
     # --- taking up stored runs -----------------------------------------------------------
 
-    async def resume(self, run_id: str, *, automatic: bool = False) -> Run[Any]:
+    async def resume(
+        self, run_id: str, *, automatic: bool = False, graph: Graph | None = None
+    ) -> Run[Any]:
         """Take up a run a dead process left unfinished (see :meth:`aflow.Runtime.resume`);
         ``automatic`` for recovery, which counts the run's recoveries (a person's resume
-        gives it a fresh count) and parks a run recovered too often."""
+        gives it a fresh count) and parks a run recovered too often. ``graph``: the run's,
+        rebuilt already from its record (a run's workflow and parameters never change)."""
         store = self.require("resume")
         rt = self._rt
         if rt._tg is None:
@@ -291,7 +294,8 @@ class Durability:
         if record.status in FINISHED:
             raise ResumeMismatch(run_id, f"it has finished already ({record.status})")
         # What a row says is checked before the run is claimed: a bad row stays as it is.
-        graph = self.rebuilder.graph_of(record)
+        if graph is None:
+            graph = self.rebuilder.graph_of(record)
         options, deadline = stored_options(record, rt._defaults)
         serializer = self.rebuilder.serializer_of(record)
         wall = wall_time(rt._clock)

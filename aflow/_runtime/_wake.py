@@ -88,14 +88,14 @@ class Waker:
             if record.run_id in rt._runs or rt._closing:
                 continue
             try:
-                durable.rebuilder.graph_of(record)
+                graph = durable.rebuilder.graph_of(record)
             except AflowError as exc:  # not this process's workflow: another takes it up
                 durable.leases.warn_once(
                     "aflow_wake_skipped", run_id=record.run_id, reason=str(exc)
                 )
                 continue
             try:
-                await durable.resume(record.run_id)
+                await durable.resume(record.run_id, graph=graph)
             except ResumeMismatch:  # another process claimed it first
                 continue
             except Exception as exc:  # one broken run must not keep the others waiting

@@ -27,7 +27,7 @@ class MemoryStore:
     url = "memory://"
 
     def __init__(self) -> None:
-        self._runs: dict[str, RunRecord] = {}
+        self._runs = _Runs()
         self._keys: dict[str, str] = {}
         self._nodes: dict[str, dict[str, NodeRecord]] = {}
         self._history: dict[str, list[NodeRecord]] = {}
@@ -246,23 +246,21 @@ class MemoryStore:
         return True
 
     async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
-        due = [
-            run
-            for run in self._runs.values()
+        due = []
+        for run in self._runs.maybe_due():
             if (
                 run.status == StoredRunStatus.WAITING
                 and run.wake_at is not None
                 and run.wake_at <= now
-            )
-            or (run.status == _CANCELLING and run.owner is None)
-        ]
+            ) or (run.status == _CANCELLING and run.owner is None):
+                due.append(run)
         due.sort(key=lambda run: run.wake_at if run.wake_at is not None else -1.0)
         return due[:limit]
 
     async def next_wake(self) -> float | None:
         times = [
             run.wake_at
-            for run in self._runs.values()
+            for run in self._runs.maybe_due()
             if run.status == StoredRunStatus.WAITING and run.wake_at is not None
         ]
         return min(times) if times else None
@@ -276,3 +274,31 @@ class MemoryStore:
         if (run_id, name) in self._values:
             return True, self._values[run_id, name]
         return False, None
+
+
+class _Runs(dict[str, RunRecord]):
+    """The runs by id, and which of them may be due for a waker (waiting, or cancelling):
+    a waker looks at those only, not at every run the store ever kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._candidates: set[str] = set()
+
+    def __setitem__(self, run_id: str, record: RunRecord) -> None:
+        super().__setitem__(run_id, record)
+        if record.status in _MAYBE_DUE:
+            self._candidates.add(run_id)
+
+    def maybe_due(self) -> list[RunRecord]:
+        """The runs waiting or cancelling now (the others are forgotten as candidates)."""
+        found = []
+        for run_id in list(self._candidates):
+            record = self[run_id]
+            if record.status in _MAYBE_DUE:
+                found.append(record)
+            else:
+                self._candidates.discard(run_id)
+        return found
+
+
+_MAYBE_DUE = frozenset({StoredRunStatus.WAITING, StoredRunStatus.CANCELLING})
