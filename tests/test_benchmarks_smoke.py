@@ -164,3 +164,17 @@ def test_http_benchmark_serves_every_endpoint(tmp_path: pathlib.Path) -> None:
                 cell = cells[label, loop]
                 assert float(cell[2].replace(",", "")) > 0, cell  # req/s
                 assert cell[5].strip() == "0", cell  # no wrong status, no dropped connection
+
+
+@pytest.mark.slow
+def test_waiting_runs_benchmark_runs(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "waits.md"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/waits.py", "--quick", "--runs", "200", "--loop",
+         "asyncio", "--settle", "0", "--markdown", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = out.read_text()
+    for row in ("not waiting: blocked in a task", "wait_for, unloaded; caller keeps run ids"):
+        assert row in table
