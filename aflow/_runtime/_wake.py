@@ -118,6 +118,8 @@ class Waker:
 
     def take(self, run_id: str) -> Run[Any] | None:
         """The handle of an unloaded run taken up now, if someone holds it."""
+        if not self.detached:  # (every durable run's start asks: the common answer, fast)
+            return None
         return self.detached.pop(run_id, None)
 
     async def park(self, handle: Run[Any]) -> None:

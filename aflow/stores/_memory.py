@@ -27,7 +27,10 @@ class MemoryStore:
     url = "memory://"
 
     def __init__(self) -> None:
-        self._runs = _Runs()
+        self._runs: dict[str, RunRecord] = {}
+        #: the runs that may be due for a waker (waiting or cancelling when last set): a
+        #: waker looks at those only, not at every run the store ever kept
+        self._maybe_due: set[str] = set()
         self._keys: dict[str, str] = {}
         self._nodes: dict[str, dict[str, NodeRecord]] = {}
         self._history: dict[str, list[NodeRecord]] = {}
@@ -52,6 +55,8 @@ class MemoryStore:
         if record.run_id in self._runs:
             raise RunExists(record.run_id, self.url)
         self._runs[record.run_id] = record
+        if record.status in _MAYBE_DUE:
+            self._maybe_due.add(record.run_id)
         self._nodes[record.run_id] = {}
         self._history[record.run_id] = []
         if key is not None:
@@ -89,6 +94,8 @@ class MemoryStore:
             error=error if error is not None else run.error,
             ended_at=ended_at if ended_at is not None else run.ended_at,
         )
+        if status in _MAYBE_DUE:
+            self._maybe_due.add(run_id)
 
     async def write_nodes(
         self, run_id: str, nodes: Sequence[NodeRecord], superseded: Sequence[NodeRecord] = ()
@@ -243,11 +250,12 @@ class MemoryStore:
             wake_at=wake_at,
             waiting_for=json.dumps(list(events)),
         )
+        self._maybe_due.add(run_id)
         return True
 
     async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
         due = []
-        for run in self._runs.maybe_due():
+        for run in self._due_candidates():
             if (
                 run.status == StoredRunStatus.WAITING
                 and run.wake_at is not None
@@ -260,10 +268,21 @@ class MemoryStore:
     async def next_wake(self) -> float | None:
         times = [
             run.wake_at
-            for run in self._runs.maybe_due()
+            for run in self._due_candidates()
             if run.status == StoredRunStatus.WAITING and run.wake_at is not None
         ]
         return min(times) if times else None
+
+    def _due_candidates(self) -> list[RunRecord]:
+        """The runs waiting or cancelling now (the others are dropped as candidates)."""
+        found = []
+        for run_id in list(self._maybe_due):
+            record = self._runs[run_id]
+            if record.status in _MAYBE_DUE:
+                found.append(record)
+            else:
+                self._maybe_due.discard(run_id)
+        return found
 
     async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
         await self.get_run(run_id)
@@ -274,31 +293,6 @@ class MemoryStore:
         if (run_id, name) in self._values:
             return True, self._values[run_id, name]
         return False, None
-
-
-class _Runs(dict[str, RunRecord]):
-    """The runs by id, and which of them may be due for a waker (waiting, or cancelling):
-    a waker looks at those only, not at every run the store ever kept."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._candidates: set[str] = set()
-
-    def __setitem__(self, run_id: str, record: RunRecord) -> None:
-        super().__setitem__(run_id, record)
-        if record.status in _MAYBE_DUE:
-            self._candidates.add(run_id)
-
-    def maybe_due(self) -> list[RunRecord]:
-        """The runs waiting or cancelling now (the others are forgotten as candidates)."""
-        found = []
-        for run_id in list(self._candidates):
-            record = self[run_id]
-            if record.status in _MAYBE_DUE:
-                found.append(record)
-            else:
-                self._candidates.discard(run_id)
-        return found
 
 
 _MAYBE_DUE = frozenset({StoredRunStatus.WAITING, StoredRunStatus.CANCELLING})
