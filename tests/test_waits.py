@@ -464,3 +464,26 @@ async def test_a_cancel_that_comes_as_the_run_is_unloaded_cancels_it(
             await run.result()
         assert await stored_status(rt, run.id) == "cancelled"
     assert read(counts) == {"charge": 1, "refund": 1}
+
+
+async def test_a_run_that_gets_to_its_wait_as_the_runtime_closes_does_not_hold_it_open(
+    any_store: str, counts: pathlib.Path
+) -> None:
+    """Leaving the block waits for the runs; one that is unloaded meanwhile (it got to
+    its wait) has left: the exit returns, and the run waits in its store."""
+    wf.GATE.update(entered=anyio.Event(), open=anyio.Event())
+    with anyio.fail_after(10):
+        async with aflow.Runtime(store=any_store) as rt:
+            run = await rt.submit(wf.gate_then_pay, order="o-13")
+            await wf.GATE["entered"].wait()
+            wf.GATE["open"].set()  # it goes on to its wait as the block ends
+            store = rt.store
+    with pytest.raises(aflow.errors.RunReleased):
+        await run.result()
+    assert store is not None
+    if any_store != "memory://":  # (a memory store ends with its runtime)
+        async with aflow.Runtime(store=any_store) as again:
+            assert await stored_status(again, run.id) == "waiting"
+            assert await again.send(run.id, "paid", "later")
+            await until_status(again, run.id, "succeeded")
+    assert read(counts)["charge"] == 1

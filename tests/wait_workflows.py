@@ -7,6 +7,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
+import anyio
+
 import aflow
 
 from .durable_workflows import _count, hang
@@ -84,3 +86,20 @@ async def approval(charged: str) -> Any:
 def receive_then_ship(order: str) -> Any:
     """A body that waits in ``aflow.receive`` (it is not unloaded)."""
     return charge.s(order) | approval.s() | ship.s()
+
+
+GATE: dict[str, anyio.Event] = {}
+
+
+@aflow.task
+async def gated_charge(order: str) -> str:
+    GATE["entered"].set()
+    await GATE["open"].wait()
+    _count("charge")
+    return f"charged {order}"
+
+
+@aflow.workflow
+def gate_then_pay(order: str) -> Any:
+    """A charge held at a gate, then a wait for ``paid`` (no deadline), then ship."""
+    return gated_charge.s(order) | aflow.wait_for("paid") | ship.s()

@@ -84,6 +84,7 @@ class Run(Generic[R]):
         "_execution",
         "_finished",
         "_key",
+        "_leaving",
         "_origin",
         "_private",
         "_remote_cancel",
@@ -116,6 +117,9 @@ class Run(Generic[R]):
         self._detached = False
         #: cancel() was called (a run being unloaded as it came is cancelled once parked)
         self._cancel_asked = False
+        #: set once the run has left its runtime's runs (ended, or unloaded while it
+        #: waits); made only when a shutdown waits for that
+        self._leaving: anyio.Event | None = None
 
     @classmethod
     def _finished_in_store(

@@ -589,10 +589,14 @@ class Runtime:
                 if handle._execution.released:
                     await self._durable.let_go(handle.id)
                 self._retire(handle)
+            if handle._leaving is not None:  # (unloaded: it has left; _retire says so too)
+                handle._leaving.set()
 
     def _retire(self, handle: Run[Any]) -> None:
         """A run has ended: keep it among the last ``keep_finished``."""
         self._runs.pop(handle.id, None)
+        if handle._leaving is not None:  # a shutdown waits for it to leave
+            handle._leaving.set()
         if self._keep > 0:
             self._history[handle.id] = handle
             while len(self._history) > self._keep:
@@ -941,6 +945,15 @@ class Runtime:
         return report_of_record(record, nodes, history, loads, graph, waits)
 
 
+async def _leaves(handle: Run[Any]) -> None:
+    """Until a run of the runtime has left it: ended, or unloaded while it waits (it is
+    safe in its store then; a handle awaited on it gets RunReleased as the runtime
+    closes)."""
+    if handle._leaving is None:
+        handle._leaving = anyio.Event()
+    await handle._leaving.wait()
+
+
 async def _let_runs_end(runtime: Runtime) -> None:
     """A clean shutdown: wait for the runs (at most ``shutdown_timeout``), then let go
     of or cancel what is left (see :meth:`Runtime._stop_runs`)."""
@@ -949,10 +962,10 @@ async def _let_runs_end(runtime: Runtime) -> None:
         if runtime._shutdown_timeout is not None:
             with anyio.move_on_after(runtime._shutdown_timeout):
                 while runs:
-                    await next(iter(runs.values())).wait()
+                    await _leaves(next(iter(runs.values())))
             runtime._stop_runs()
         while runs:  # a follower may have resumed one meanwhile
-            await next(iter(runs.values())).wait()
+            await _leaves(next(iter(runs.values())))
     except BaseException:  # cancelled while waiting: a deploy stops the service
         runtime._stop_runs()
         raise

@@ -40,7 +40,7 @@ _BATCH = 100
 class Waker:
     """A runtime's look for unloaded runs that are due (see the module's docstring)."""
 
-    __slots__ = ("_durable", "_poke", "detached", "poll", "scope")
+    __slots__ = ("_durable", "_poke", "closed", "detached", "poll", "scope")
 
     def __init__(self, durable: Durability, poll: float) -> None:
         if not poll > 0:
@@ -52,6 +52,8 @@ class Waker:
         self.detached: weakref.WeakValueDictionary[str, Run[Any]] = weakref.WeakValueDictionary()
         self.scope = anyio.CancelScope()
         self._poke = anyio.Event()
+        #: the runtime is closing: a run unloaded from now on is not followed here
+        self.closed = False
 
     def poke(self) -> None:
         """Look now (an event was sent, a run unloaded)."""
@@ -139,6 +141,9 @@ class Waker:
                     await store.release(handle.id, durable.leases.owner)
             except Exception as exc:  # its lease lapses; recovery takes it up then
                 warn("aflow_park_failed", run_id=handle.id, error=repr(exc))
+        if self.closed:  # unloaded as the runtime closes: it waits in its store
+            _end_released(handle)
+            return
         self.detached[handle.id] = handle
         run_id = handle.id
 
@@ -159,12 +164,19 @@ class Waker:
     def close(self) -> None:
         """The runtime closes: handles still awaited on unloaded runs end (the run stays
         waiting in the store; any runtime with it takes it up)."""
+        self.closed = True
         self.scope.cancel()
-        for run_id, handle in list(self.detached.items()):
-            if not handle._finished.is_set():
-                why = "the runtime closed while the run waited; it waits in its store"
-                handle._ended_elsewhere(handle.status, None, RunReleased(run_id, why))
+        for handle in list(self.detached.values()):
+            _end_released(handle)
         self.detached.clear()
+
+
+def _end_released(handle: Run[Any]) -> None:
+    """An unloaded run's handle, as its runtime closes: RunReleased (the run waits in its
+    store; any runtime with it takes it up)."""
+    if not handle._finished.is_set():
+        why = "the runtime closed while the run waited; it waits in its store"
+        handle._ended_elsewhere(handle.status, None, RunReleased(handle.id, why))
 
 
 def _message_key(message_id: str | None) -> str:
