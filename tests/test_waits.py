@@ -487,3 +487,22 @@ async def test_a_run_that_gets_to_its_wait_as_the_runtime_closes_does_not_hold_i
             assert await again.send(run.id, "paid", "later")
             await until_status(again, run.id, "succeeded")
     assert read(counts)["charge"] == 1
+
+
+async def test_an_event_sent_after_the_deadline_is_too_late_even_if_no_process_saw_it_pass(
+    store_url: str, counts: pathlib.Path
+) -> None:
+    """Whether the order ships must not depend on which processes were up at the
+    deadline: an event sent after it is kept, but no wait takes it, and the run
+    compensates as it would have live."""
+    async with FakeClock(autojump=False) as clock:
+        async with aflow.Runtime(store=store_url, clock=clock) as rt:
+            run = await rt.submit(wf.pay_then_ship, order="o-14", days=1)
+            await until_waiting(rt, run.id)
+        clock.advance(2 * DAY)  # no runtime is up as the deadline passes
+        async with aflow.Runtime(store=store_url, clock=clock) as rt:
+            assert await rt.send(run.id, "paid", "too late")  # (kept: the run has not ended)
+            await until_status(rt, run.id, "reverted")
+            with pytest.raises(WaitTimeout):
+                await (await rt.retrieve(run.id)).result()
+    assert read(counts) == {"charge": 1, "refund": 1}

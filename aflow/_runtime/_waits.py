@@ -312,7 +312,7 @@ async def _wait(
         if event is not None:
             if store is not None:
                 assert journal is not None
-                found, text = await store.take_event(run_id, event, consumer)
+                found, text = await store.take_event(run_id, event, consumer, deadline)
                 if found:
                     return None if text is None else journal.serializer.loads(text)
             else:

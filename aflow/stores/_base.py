@@ -367,9 +367,13 @@ class Store(Protocol):
         Atomic; :class:`RunNotFound`."""
         ...
 
-    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+    async def take_event(
+        self, run_id: str, name: str, consumer: str, sent_by: float | None = None
+    ) -> tuple[bool, str | None]:
         """The event ``name`` that ``consumer`` (a wait) took before, else the oldest
-        one nobody took, now taken by ``consumer``: (found, payload). Atomic."""
+        one nobody took, sent at ``sent_by`` or earlier (the wait's deadline: one sent
+        later came too late, even if no process was up to see the deadline pass), now
+        taken by ``consumer``: (found, payload). Atomic."""
         ...
 
     async def begin_wait(

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from typing import final
+from typing import Any, final
 
 from .._exceptions import RunExists, RunNotFound
 from ._base import ENDED, NodeRecord, RunRecord, SendOutcome, StoredRunStatus, WaitRecord
@@ -34,8 +34,9 @@ class MemoryStore:
         self._keys: dict[str, str] = {}
         self._nodes: dict[str, dict[str, NodeRecord]] = {}
         self._history: dict[str, list[NodeRecord]] = {}
-        #: per run: events as [name, message id, payload, consumed by], in the order sent
-        self._events: dict[str, list[list[str | None]]] = {}
+        #: per run: events as [name, message id, payload, consumed by, sent at], in the
+        #: order sent
+        self._events: dict[str, list[list[Any]]] = {}
         self._values: dict[tuple[str, str], str | None] = {}
         self._waits: dict[str, dict[str, WaitRecord]] = {}
 
@@ -204,18 +205,20 @@ class MemoryStore:
             return "duplicate", run.status
         if run.status in ENDED:
             return "ended", run.status
-        self._events.setdefault(run_id, events).append([name, message_id, payload, None])
+        self._events.setdefault(run_id, events).append([name, message_id, payload, None, now])
         if run.status == StoredRunStatus.WAITING and name in json.loads(run.waiting_for or "[]"):
             self._runs[run_id] = dataclasses.replace(run, wake_at=0.0)
         return "kept", run.status
 
-    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+    async def take_event(
+        self, run_id: str, name: str, consumer: str, sent_by: float | None = None
+    ) -> tuple[bool, str | None]:
         events = self._events.get(run_id, [])
         for event in events:
             if event[0] == name and event[3] == consumer:
                 return True, event[2]
         for event in events:
-            if event[0] == name and event[3] is None:
+            if event[0] == name and event[3] is None and (sent_by is None or event[4] <= sent_by):
                 event[3] = consumer
                 return True, event[2]
         return False, None

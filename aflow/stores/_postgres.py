@@ -535,7 +535,9 @@ class PostgresStore:
                 )
                 return "kept", status
 
-    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+    async def take_event(
+        self, run_id: str, name: str, consumer: str, sent_by: float | None = None
+    ) -> tuple[bool, str | None]:
         with self._errors(f"taking event {name!r} of run {run_id}"):
             async with self._p().acquire() as conn, conn.transaction():
                 mine = await conn.fetchrow(
@@ -549,9 +551,11 @@ class PostgresStore:
                     return True, mine[0]
                 first = await conn.fetchrow(
                     "SELECT seq, payload FROM aflow_events WHERE run_id = $1 AND name = $2 "
-                    "AND consumed_by IS NULL ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    "AND consumed_by IS NULL AND ($3::float8 IS NULL OR sent_at <= $3::float8) "
+                    "ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
                     run_id,
                     name,
+                    sent_by,
                 )
                 if first is None:
                     return False, None

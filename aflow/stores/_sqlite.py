@@ -941,7 +941,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise self._error(exc, f"sending event {name!r} to run {run_id}") from exc
 
-    async def take_event(self, run_id: str, name: str, consumer: str) -> tuple[bool, str | None]:
+    async def take_event(
+        self, run_id: str, name: str, consumer: str, sent_by: float | None = None
+    ) -> tuple[bool, str | None]:
         def take(db: sqlite3.Connection) -> tuple[bool, str | None]:
             mine = db.execute(
                 "SELECT payload FROM aflow_events WHERE run_id = ? AND name = ? "
@@ -952,8 +954,8 @@ class SQLiteStore:
                 return True, mine[0][0]
             first = db.execute(
                 "SELECT seq, payload FROM aflow_events WHERE run_id = ? AND name = ? "
-                "AND consumed_by IS NULL ORDER BY seq LIMIT 1",
-                (run_id, name),
+                "AND consumed_by IS NULL AND (? IS NULL OR sent_at <= ?) ORDER BY seq LIMIT 1",
+                (run_id, name, sent_by, sent_by),
             ).fetchall()
             if not first:
                 return False, None
