@@ -162,6 +162,8 @@ async def test_a_webhook_sends_an_event_once_and_a_client_reads_a_published_valu
         assert "has not set 'nothing'" in unset.json()["detail"]
         bad = await http.post(f"/runs/{run_id}/send/paid", content=b"{not json")
         assert bad.status_code == 422
+        deep = await http.post(f"/runs/{run_id}/send/paid", content=b"[" * 100_000)
+        assert deep.status_code == 422  # (a RecursionError was a 500)
         hook = f"/runs/{run_id}/send/paid"
         body = {"amount": 5, "currency": "EUR"}
         sent = await http.post(hook, json=body, headers={"Idempotency-Key": "evt_1"})

@@ -220,6 +220,7 @@ async def test_the_report_shows_what_a_run_waits_for_and_until_when() -> None:
         (lambda: aflow.wait_for("x", timeout=-1), ">= 0"),
         (lambda: aflow.wait_for("x", timeout="soon"), "seconds or a timedelta"),
         (lambda: aflow.sleep(float("inf")), "finite"),
+        (lambda: aflow.sleep(None), "got None"),  # (it slept forever)
         (lambda: aflow.sleep_until(datetime(2030, 1, 1)), "timezone-aware"),
         (lambda: aflow.sleep_until("tomorrow"), "must be a datetime"),
     ],
@@ -505,4 +506,28 @@ async def test_an_event_sent_after_the_deadline_is_too_late_even_if_no_process_s
             await until_status(rt, run.id, "reverted")
             with pytest.raises(WaitTimeout):
                 await (await rt.retrieve(run.id)).result()
+    assert read(counts) == {"charge": 1, "refund": 1}
+
+
+async def test_get_event_refuses_a_timeout_that_is_no_duration() -> None:
+    async with aflow.Runtime() as rt:
+        run = await rt.submit(aflow.wait_for("paid") | then.s())
+        for bad in (-1, float("nan"), "soon"):
+            with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+                await rt.get_event(run.id, "x", timeout=bad)  # type: ignore[arg-type]
+        await rt.send(run.id, "paid", 1)
+        await run.result()
+
+
+async def test_a_wait_node_with_an_attempt_timeout_of_its_own_times_out_with_a_store_too(
+    any_store: str, counts: pathlib.Path
+) -> None:
+    """``.set(timeout=)`` on a wait node is an attempt timeout: an unloaded run would
+    start the attempt over, so such a wait keeps its run loaded, and it fires as it
+    does without a store."""
+    async with FakeClock() as clock, aflow.Runtime(store=any_store, clock=clock) as rt:
+        run = await rt.submit(wf.pay_with_attempt_timeout, order="o-15")
+        with pytest.raises(aflow.errors.TaskTimeout, match="wait_for:paid"):
+            await run.result()
+        assert await stored_status(rt, run.id) == "reverted"
     assert read(counts) == {"charge": 1, "refund": 1}

@@ -103,3 +103,9 @@ async def gated_charge(order: str) -> str:
 def gate_then_pay(order: str) -> Any:
     """A charge held at a gate, then a wait for ``paid`` (no deadline), then ship."""
     return gated_charge.s(order) | aflow.wait_for("paid") | ship.s()
+
+
+@aflow.workflow
+def pay_with_attempt_timeout(order: str) -> Any:
+    """A wait node with an attempt timeout of its own (60 s), not a wait timeout."""
+    return charge.s(order) | aflow.wait_for("paid").set(timeout=60) | ship.s()

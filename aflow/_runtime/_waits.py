@@ -216,6 +216,8 @@ def sleep(delay: float | timedelta) -> Signature[Any]:
     """A durable timer: a node that waits ``delay`` (seconds or a ``timedelta``) from when
     it first begins, then passes its input on (a chain's parent's result). With a store
     the run is unloaded meanwhile, and a timer fires once, even across restarts."""
+    if delay is None:
+        raise SignatureError("aflow.sleep", "must be seconds or a timedelta, got None", "delay")
     seconds = _seconds(delay, "aflow.sleep", "delay")
     return _sleep.s(seconds=seconds)
 
@@ -283,7 +285,11 @@ async def _wait(
     if step < 0:
         raise RuntimeError(f"{what} cannot wait inside a revert: a compensation must not block")
     waits = waits_of(execution)
-    key = execution._key_prefix + execution._nodes[step].key
+    node_of_wait = execution._nodes[step]
+    key = execution._key_prefix + node_of_wait.key
+    # A wait node given an attempt timeout of its own (.set(timeout=)) stays loaded: the
+    # timeout runs on this attempt, which an unloaded run would start over.
+    unloadable = node and node_of_wait.options.timeout is None
     if node:
         consumer = key
     else:
@@ -327,10 +333,10 @@ async def _wait(
             raise WaitTimeout(run_id, event, waited, key)
         signal = waits.signal
         waits.held[consumer] = (event, deadline, began)
-        if node:
+        if unloadable:
             waits.blocked += 1
         try:
-            if node:
+            if unloadable:
                 maybe_unload(execution)  # (then this wait is cancelled as it blocks)
             with clock.cancel_scope(None if deadline is None else deadline - now):
                 if store is not None:
@@ -340,7 +346,7 @@ async def _wait(
                     await signal.wait()
         finally:
             waits.held.pop(consumer, None)
-            if node:
+            if unloadable:
                 waits.blocked -= 1
 
 

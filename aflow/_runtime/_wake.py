@@ -228,6 +228,10 @@ async def get_event(rt: Runtime, run_id: str, name: str, timeout: float | None) 
     reads what is there now."""
     from .._exceptions import WaitTimeout
 
+    if timeout is not None and not (
+        isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0
+    ):  # (NaN fails >= too)
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
     clock = rt._clock or SYSTEM_CLOCK
     deadline = None if timeout is None else clock.now() + timeout
     delay = 0.01

@@ -221,7 +221,7 @@ def _add_send_routes(router: APIRouter) -> None:
         body = await request.body()
         try:
             payload = json.loads(body) if body.strip() else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (nested past Python's limit)
             raise HTTPException(422, f"the body of an event is JSON: {exc}") from exc
         try:
             _check_id(run_id)
