@@ -531,3 +531,17 @@ async def test_a_wait_node_with_an_attempt_timeout_of_its_own_times_out_with_a_s
             await run.result()
         assert await stored_status(rt, run.id) == "reverted"
     assert read(counts) == {"charge": 1, "refund": 1}
+
+
+async def test_a_nested_run_waits_for_and_publishes_on_its_run(
+    any_store: str, counts: pathlib.Path
+) -> None:
+    """A TaskFlow flow with a retry runs as a nested run: its receive takes the events
+    sent to the run, and its set_event publishes on the run (both went to the nested
+    run's own state, where no send or get_event looks)."""
+    async with aflow.Runtime(store=any_store) as rt:
+        run = await rt.submit(wf.approval_in_a_retried_flow)
+        assert await rt.get_event(run.id, "asked", timeout=10) is True
+        assert await rt.send(run.id, "approved", "yes")
+        with anyio.fail_after(10):
+            assert await run.result() == {"answer": "yes"}

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 import aflow
+import aflow.retry
 
 from .durable_workflows import _count, hang
 
@@ -109,3 +110,22 @@ def gate_then_pay(order: str) -> Any:
 def pay_with_attempt_timeout(order: str) -> Any:
     """A wait node with an attempt timeout of its own (60 s), not a wait timeout."""
     return charge.s(order) | aflow.wait_for("paid").set(timeout=60) | ship.s()
+
+
+class Approve(aflow.Task):
+    """A TaskFlow task that publishes that it asked, then receives the answer."""
+
+    default_provides = "answer"
+
+    async def execute(self) -> Any:
+        await aflow.set_event("asked", True)
+        return await aflow.receive("approved", timeout=timedelta(days=1))
+
+
+@aflow.workflow
+def approval_in_a_retried_flow() -> Any:
+    """The receive runs in a nested run (the retried inner flow's)."""
+    from aflow.patterns import linear_flow as lf
+
+    inner = lf.Flow("inner", retry=aflow.retry.Times(2)).add(Approve())
+    return lf.Flow("outer").add(inner)

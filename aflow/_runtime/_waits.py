@@ -86,8 +86,8 @@ class WaitState:
         #: the run is being unloaded, and the waits it was unloaded with
         self.unloading = False
         self.parked: dict[str, tuple[str | None, float | None, float]] = {}
-        #: (node index, attempt) -> how many receive() calls that attempt made
-        self.receives: dict[tuple[int, int], int] = {}
+        #: (node key, attempt) -> how many receive() calls that attempt made
+        self.receives: dict[tuple[str, int], int] = {}
         #: set when something arrives (an event, a value); a new one each time
         self.signal = anyio.Event()
 
@@ -265,13 +265,14 @@ async def set_event(name: str, value: Any) -> None:
     any process with the run's store, while the run goes on (a checkout link, say)."""
     name = _event_name(name, "aflow.set_event")
     execution, step = locate("aflow.set_event()")
-    waits = waits_of(execution)
-    journal = execution._journal
+    run = _top(execution)  # (a nested run's values are its run's)
+    waits = waits_of(run)
+    journal = run._journal
     if journal is not None:
         node = execution._nodes[step if step >= 0 else ~step]
         text = journal.encode(f"{node.key} (set_event {name!r})", value)
-        clock = execution._clock
-        await wait_store(journal.store).set_value(execution.run_id, name, text, wall_time(clock))
+        clock = run._clock
+        await wait_store(journal.store).set_value(run.run_id, name, text, wall_time(clock))
     waits.values[name] = value
     waits.notify()
 
@@ -284,24 +285,26 @@ async def _wait(
     execution, step = locate(what)
     if step < 0:
         raise RuntimeError(f"{what} cannot wait inside a revert: a compensation must not block")
-    waits = waits_of(execution)
+    run = _top(execution)  # a nested run (a retried flow's) waits for its run's events
+    waits = waits_of(run)
     node_of_wait = execution._nodes[step]
     key = execution._key_prefix + node_of_wait.key
     # A wait node given an attempt timeout of its own (.set(timeout=)) stays loaded: the
-    # timeout runs on this attempt, which an unloaded run would start over.
-    unloadable = node and node_of_wait.options.timeout is None
+    # timeout runs on this attempt, which an unloaded run would start over. So does one
+    # in a nested run (its run is unloaded, or not, as a whole).
+    unloadable = node and node_of_wait.options.timeout is None and run is execution
     if node:
         consumer = key
     else:
         attempt = ATTEMPT.get(1)
-        made = waits.receives.get((step, attempt), 0) + 1
-        waits.receives[step, attempt] = made
+        made = waits.receives.get((key, attempt), 0) + 1
+        waits.receives[key, attempt] = made
         consumer = f"{key}#receive{made}"
-    clock = execution._clock
+    clock = run._clock
     now = wall_time(clock)
     deadline = until if until is not None else None if seconds is None else now + seconds
-    journal = execution._journal
-    run_id = execution.run_id
+    journal = run._journal
+    run_id = run.run_id
     store = None if journal is None else wait_store(journal.store)
     if store is not None:
         deadline = await store.begin_wait(run_id, consumer, event, deadline, now)
@@ -348,6 +351,13 @@ async def _wait(
             waits.held.pop(consumer, None)
             if unloadable:
                 waits.blocked -= 1
+
+
+def _top(execution: Execution) -> Execution:
+    """The run a nested run (a retried flow's, a subflow's) belongs to."""
+    while execution._parent is not None:
+        execution = execution._parent  # type: ignore[assignment]
+    return execution
 
 
 def maybe_unload(execution: Execution) -> None:
