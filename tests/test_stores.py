@@ -344,3 +344,58 @@ async def test_cancelling_a_parked_run_gives_it_a_fresh_count(store: Store) -> N
     assert await store.request_cancel(run.run_id, "RunCancelled: by hand") == "cancelling"
     cancelled = await store.get_run(run.run_id)
     assert (cancelled.recoveries, cancelled.error) == (0, "RuntimeError: declined")
+
+
+async def test_a_run_parked_as_an_event_for_it_commits_is_due_at_once(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL: a send holds the run's row while it keeps the event; a park that
+    comes meanwhile waits for the row. Its check for kept events must see that event
+    (a statement begun before the send's commit does not), or the run waits on for an
+    event it has (found under load: the run was never taken up)."""
+    import asyncpg
+
+    url = request.getfixturevalue("postgres_url")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    db_url = url.rsplit("/", 1)[0] + f"/{name}"
+    store = open_store(db_url)
+    await store.open()
+    sender = await asyncpg.connect(db_url)
+    try:
+        run = dataclasses.replace(record(status="running"), owner="me")
+        await store.create_run(run)
+        sending = sender.transaction()  # what send_event does, held open
+        await sending.start()
+        await sender.execute(
+            "SELECT status FROM aflow_runs WHERE run_id = $1 FOR UPDATE", run.run_id
+        )
+        await sender.execute(
+            "INSERT INTO aflow_events (run_id, name, message_id, payload, sent_at) "
+            "VALUES ($1, 'paid', '', NULL, 0)",
+            run.run_id,
+        )
+        parked: list[bool] = []
+
+        async def park() -> None:
+            waiting = store.park_waiting  # type: ignore[attr-defined]
+            parked.append(await waiting(run.run_id, "me", None, ["paid"], 1.0))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(park)
+            with anyio.fail_after(10):  # until the park waits for the row
+                while not await sender.fetchval(  # noqa: ASYNC110 - a lock has no event
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                ):
+                    await anyio.sleep(0.005)
+            assert parked == []
+            await sending.commit()
+        assert parked == [True]
+        stored = await store.get_run(run.run_id)
+        assert (stored.status, stored.wake_at) == ("waiting", 0.0)
+        assert [r.run_id for r in await store.due_runs(1.0)] == [run.run_id]  # type: ignore[attr-defined]
+    finally:
+        await sender.close()
+        await store.close()

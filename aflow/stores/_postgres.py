@@ -604,18 +604,24 @@ class PostgresStore:
     ) -> bool:
         names = json.dumps(list(events))
         with self._errors("recording a waiting run"):
-            done = await self._p().execute(
-                "UPDATE aflow_runs SET status = 'waiting', updated_at = $1, owner = NULL, "
-                "heartbeat = NULL, waiting_for = $2::text, wake_at = CASE WHEN EXISTS (SELECT 1 "
-                "FROM aflow_events AS e WHERE e.run_id = aflow_runs.run_id AND "
-                "e.consumed_by IS NULL AND ($2::text)::jsonb ? e.name) THEN 0 ELSE $3::float8 END "
-                "WHERE run_id = $4 AND owner = $5 AND status = 'running'",
-                now,
-                names,
-                wake_at,
-                run_id,
-                owner,
-            )
+            async with self._p().acquire() as conn, conn.transaction():
+                # The row first, as send_event takes it: an event sent meanwhile is
+                # committed before the UPDATE below begins, so its EXISTS sees it (in one
+                # statement, its snapshot predates that commit and the run would wait on
+                # for an event it has; found on PostgreSQL only, under load).
+                await conn.execute("SELECT 1 FROM aflow_runs WHERE run_id = $1 FOR UPDATE", run_id)
+                done = await conn.execute(
+                    "UPDATE aflow_runs SET status = 'waiting', updated_at = $1, owner = NULL, "
+                    "heartbeat = NULL, waiting_for = $2::text, wake_at = CASE WHEN EXISTS "
+                    "(SELECT 1 FROM aflow_events AS e WHERE e.run_id = aflow_runs.run_id AND "
+                    "e.consumed_by IS NULL AND ($2::text)::jsonb ? e.name) THEN 0 "
+                    "ELSE $3::float8 END WHERE run_id = $4 AND owner = $5 AND status = 'running'",
+                    now,
+                    names,
+                    wake_at,
+                    run_id,
+                    owner,
+                )
         return not done.endswith(" 0")
 
     async def due_runs(self, now: float, limit: int = 100) -> list[RunRecord]:
