@@ -6,10 +6,10 @@ and, inside a task's body, ``await`` :func:`receive` and :func:`set_event`.
 
 Each wait has a *consumer* name: the wait node's key, or ``<key>#receive<n>`` for the
 n-th :func:`receive` of an attempt of a task body. A wait takes the oldest event of
-its name nobody took, and the same one again if it runs again (a resumed run, a retried
-body); its deadline is fixed when it first begins. Without a store these live on the
-run (:class:`WaitState`); with one, in the store, so a wait run again in another
-process finds them.
+its name nobody took that was sent by its deadline, and the same one again if it runs
+again (a resumed run, a retried body); its deadline is fixed when it first begins.
+Without a store these live on the run (:class:`WaitState`); with one, in the store, so
+a wait run again in another process finds them.
 
 A durable run whose every node in flight is a wait node (not a body's
 :func:`receive`: a body's state cannot be stored) is *unloaded*
@@ -22,14 +22,13 @@ an event it waits for comes or its first deadline passes, and its wait nodes run
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
 from .._exceptions import SignatureError, StoreError, WaitTimeout
-from .._task import FunctionTask, task
+from .._task import task
 from ._clock import wall_time
 from ._current import ATTEMPT, locate
 from ._run_state import Phase, StopReason
@@ -238,10 +237,6 @@ def sleep_until(when: datetime) -> Signature[Any]:
     return _sleep.s(until=when.timestamp()).set(name="sleep_until")
 
 
-#: The nodes that are waits (a run whose nodes in flight are all waits may be unloaded).
-WAIT_TASKS: frozenset[FunctionTask[..., Any]] = frozenset({_wait_for, _sleep})
-
-
 # --- in a task's body ------------------------------------------------------------------------
 
 
@@ -392,8 +387,3 @@ def wake_at(execution: Execution) -> tuple[float | None, list[str]]:
         deadlines.append(own)
     events = sorted({e for e, _, _ in waits.parked.values() if e is not None})
     return (min(deadlines) if deadlines else None), events
-
-
-def describe_waits(held: Mapping[str, tuple[str | None, float | None, float]]) -> list[str]:
-    """Waits as text, for logs."""
-    return [f"{key} ({event or 'timer'})" for key, (event, _, _) in held.items()]
