@@ -24,6 +24,9 @@ After the name: the attributes it carries, then what it means::
     │   └── UntrustedManifest(ValueError) .run_id, .step, .reason: an artifact manifest refused
     ├── RecordedError                     .text: a failure read back from a store, as text
     ├── WhenError                         .step, .error: a step's ``when`` condition raised
+    ├── TransientError                    an op's failure worth retrying (``aflow.ops``, as dflow's)
+    ├── FatalError                        an op's failure no retry mends: never retried
+    ├── IgnoredOption(UserWarning)        a warning: a dflow option with no meaning in-process
     ├── NotFound(KeyError)                an engine's storage holds no value under that name
     │   └── EngineNotFound(ValueError)    .name, .known: engines.load was given an unknown engine
     ├── RunError                          .run_id, .message: a run (not a task in it) went wrong
@@ -65,8 +68,10 @@ __all__ = [
     "DefinitionError",
     "DuplicateTaskError",
     "EngineNotFound",
+    "FatalError",
     "GroupFailed",
     "IdempotencyConflict",
+    "IgnoredOption",
     "LeaseLost",
     "MissingInputError",
     "NotFound",
@@ -89,6 +94,7 @@ __all__ = [
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
+    "TransientError",
     "UntrustedManifest",
     "WaitTimeout",
     "WhenError",
@@ -364,6 +370,23 @@ class WhenError(AflowError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.step, self.error))
+
+
+class TransientError(AflowError):
+    """Raised by an operator (``aflow.ops``) for a failure that may pass: a step retries it
+    under its retries (``PythonOPTemplate(retry_on_transient_error=N)`` retries only these).
+    dflow's ``TransientError``; raise it with a message, as any exception."""
+
+
+class FatalError(AflowError):
+    """Raised by an operator (``aflow.ops``) for a failure no retry can mend: the step
+    fails at once, whatever its retries. dflow's ``FatalError``."""
+
+
+class IgnoredOption(AflowError, UserWarning):
+    """A warning, not an error: a dflow option of ``PythonOPTemplate`` or ``Slices`` that
+    has no meaning when the op runs in this process (``image=``, ``requests=``...) was
+    given, and is ignored. Issued once per option name per process."""
 
 
 class RunError(AflowError):

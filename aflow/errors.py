@@ -28,8 +28,10 @@ from ._exceptions import CycleError as CycleError
 from ._exceptions import DefinitionError as DefinitionError
 from ._exceptions import DuplicateTaskError as DuplicateTaskError
 from ._exceptions import EngineNotFound as EngineNotFound
+from ._exceptions import FatalError as FatalError
 from ._exceptions import GroupFailed as GroupFailed
 from ._exceptions import IdempotencyConflict as IdempotencyConflict
+from ._exceptions import IgnoredOption as IgnoredOption
 from ._exceptions import LeaseLost as LeaseLost
 from ._exceptions import MissingInputError as MissingInputError
 from ._exceptions import NotFound as NotFound
@@ -52,6 +54,7 @@ from ._exceptions import SlicesBelowThreshold as SlicesBelowThreshold
 from ._exceptions import StoreError as StoreError
 from ._exceptions import TaskFailed as TaskFailed
 from ._exceptions import TaskTimeout as TaskTimeout
+from ._exceptions import TransientError as TransientError
 from ._exceptions import UntrustedManifest as UntrustedManifest
 from ._exceptions import WaitTimeout as WaitTimeout
 from ._exceptions import WhenError as WhenError
@@ -66,8 +69,10 @@ __all__ = [
     "DefinitionError",
     "DuplicateTaskError",
     "EngineNotFound",
+    "FatalError",
     "GroupFailed",
     "IdempotencyConflict",
+    "IgnoredOption",
     "LeaseLost",
     "MissingInputError",
     "NotFound",
@@ -90,6 +95,7 @@ __all__ = [
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
+    "TransientError",
     "UntrustedManifest",
     "WaitTimeout",
     "WhenError",

@@ -43,7 +43,8 @@ class WriteFile(OP):
 
 
 async def main(download_to: Path) -> list[Path]:
-    a_tmp = PythonOPTemplate(WriteFile, image="python:3.8")  # the image is ignored
+    # no image=: the op runs in this process (dflow's image= would warn, IgnoredOption)
+    a_tmp = PythonOPTemplate(WriteFile)
     step0 = Step(name="step0", template=a_tmp, parameters={"msg": "HelloWorld!", "number": 1})
     wf = Workflow(name="python")
     wf.add(step0)

@@ -60,7 +60,10 @@ def screening(folder: Path) -> Workflow:
         "simulate",
         simulate,
         parameters={"size": gen.outputs.parameters["sizes"]},
-        slices=Slices(input_parameter=["size"], output_parameter=["score"], pool_size=2),
+        # one group of the five candidates, two at a time (dflow's group_size and pool_size)
+        slices=Slices(
+            input_parameter=["size"], output_parameter=["score"], group_size=5, pool_size=2
+        ),
         key="simulate-{{item}}",
         retries=1,
     )

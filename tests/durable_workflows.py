@@ -466,8 +466,8 @@ class SliceWork(ops.OP):
 
 @aflow.workflow
 def ops_slices(start: int) -> ops.Workflow:
-    """One step sliced over four items, one at a time."""
-    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    """One step sliced over four items, one at a time (one group of four)."""
+    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], group_size=4, pool_size=1)
     work = ops.Step(
         "work", SliceWork, parameters={"x": [start + i for i in range(4)]}, slices=sliced
     )
@@ -513,7 +513,7 @@ def ops_mixed(fail: int, limit: int = 100) -> ops.Workflow:
         "maybe", Square, parameters={"x": 1}, when=f"{prep.outputs.parameters['y']} > {limit}"
     )
     after = ops.Step("after-maybe", Square, parameters={"x": maybe.outputs.parameters["y"]})
-    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], group_size=4, pool_size=1)
     sq = ops.Step(
         "sq",
         Square,
@@ -589,3 +589,58 @@ def another_graph_each_time(start: int) -> Any:
     """Builds a longer chain at each call: what it built cannot be built again."""
     _BUILDS[0] += 1
     return aflow.chain(*(step_a.si(start) for _ in range(_BUILDS[0])))
+
+
+class CountUp(ops.OP):
+    """``iter + 1``, counted as ``count-<iter>`` (``AFLOW_HANG`` blocks one, once)."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"iter": int})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"iter": int})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        await bump(f"count-{op_in['iter']}")
+        return ops.OPIO({"iter": op_in["iter"] + 1})
+
+
+@aflow.workflow
+def ops_recursion(start: int) -> ops.Workflow:
+    """dflow's loop by recursion: a Steps template that adds a step using itself, from
+    ``start - 1`` up to ``start + 3``; its output is the last value (a conditional output
+    reading the next level's, or its own step's at the last level)."""
+    steps = ops.Steps(
+        "iter",
+        inputs=ops.Inputs(
+            parameters={"iter": ops.InputParameter(value=0), "limit": ops.InputParameter()}
+        ),
+        outputs=ops.Outputs(parameters={"last": ops.OutputParameter()}),
+    )
+    plus1 = ops.Step(
+        "plus1",
+        CountUp,
+        parameters={"iter": steps.inputs.parameters["iter"]},
+        key=f"iter-{steps.inputs.parameters['iter']}",
+    )
+    more = f"{plus1.outputs.parameters['iter']} < {steps.inputs.parameters['limit']}"
+    deeper = ops.Step(
+        "next",
+        steps,
+        parameters={
+            "iter": plus1.outputs.parameters["iter"],
+            "limit": steps.inputs.parameters["limit"],
+        },
+        when=more,
+    )
+    steps.add(plus1).add(deeper)
+    steps.outputs.parameters["last"].value_from_expression = ops.if_expression(
+        _if=more,
+        _then=deeper.outputs.parameters["last"],
+        _else=plus1.outputs.parameters["iter"],
+    )
+    return ops.Workflow(
+        "recursion", steps=steps, parameters={"iter": start - 1, "limit": start + 3}
+    )

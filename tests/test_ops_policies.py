@@ -154,7 +154,7 @@ async def test_slices_wait_their_backoff_and_timeouts_on_the_runs_clock() -> Non
             raise ConnectionError("then fails once more")
         return {"x": x}
 
-    sliced = Slices(input_parameter=["x"], output_parameter=["x"], pool_size=1)
+    sliced = Slices(input_parameter=["x"], output_parameter=["x"], group_size=2, pool_size=1)
     step = Step(
         "s",
         shaky,

@@ -117,14 +117,20 @@ async def test_stacked_file_outputs_keep_slice_positions(tmp_path: Path) -> None
 # --- the pool and success thresholds --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pool", "group"), [(2, 1), (1, 1), (3, 2)])
-async def test_the_slice_pool_bounds_what_runs_at_once(pool: int, group: int) -> None:
-    probe = PeakProbe(fill=pool)
+@pytest.mark.parametrize(
+    ("pool", "group", "peak"),
+    # as in dflow: every group at once, the items of each pool_size at a time
+    [(2, 9, 2), (1, 9, 1), (None, 3, 3), (1, 3, 3), (2, 4, 5), (-1, 3, 9), (3, 1, 9)],
+)
+async def test_the_slice_pool_bounds_what_runs_at_once(
+    pool: int | None, group: int, peak: int
+) -> None:
+    probe = PeakProbe(fill=peak)
     slices = Slices(input_parameter=["x"], output_parameter=["x"], pool_size=pool, group_size=group)
     wf = Workflow("pool").add(Step("p", probe.op, parameters={"x": list(range(9))}, slices=slices))
     with anyio.fail_after(10):
         assert await run_wf(wf) == "Succeeded"
-    assert probe.peak == pool
+    assert probe.peak == peak
     assert wf.query_step()[0].outputs.parameters["x"].value == list(range(9))
 
 
@@ -135,7 +141,7 @@ async def test_a_failed_slice_fails_the_step_unless_a_threshold_lets_it_go_on() 
             raise ValueError(f"no {x}")
         return {"y": x}
 
-    slices = Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    slices = Slices(input_parameter=["x"], output_parameter=["y"], group_size=4, pool_size=1)
     strict = Workflow("s").add(Step("p", picky, parameters={"x": [1, 2, 3, 4]}, slices=slices))
     assert await run_wf(strict) == "Failed"
     [record] = strict.query_step()

@@ -91,7 +91,7 @@ def local_flow(path: str) -> Workflow:
 
 @aflow.workflow
 def sliced_flow() -> Workflow:
-    sliced = Slices(input_parameter=["text"], output_artifact=["out"], pool_size=1)
+    sliced = Slices(input_parameter=["text"], output_artifact=["out"], group_size=2, pool_size=1)
     w = Step("work", produce_one, parameters={"text": ["a", "b"]}, slices=sliced)
     c = Step("all", consume_all, artifacts={"srcs": w.outputs.artifacts["out"]})
     return Workflow("sliced").add(w).add(c)

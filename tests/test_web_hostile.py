@@ -178,7 +178,7 @@ class Square(ops.OP):
 
 @aflow.workflow
 def sliced_squares(start: int) -> ops.Workflow:
-    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], pool_size=1)
+    sliced = ops.Slices(input_parameter=["x"], output_parameter=["y"], group_size=3, pool_size=1)
     step = ops.Step("sq", Square, parameters={"x": [start + i for i in range(3)]}, slices=sliced)
     return ops.Workflow("squares").add(step)
 

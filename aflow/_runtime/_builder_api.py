@@ -32,7 +32,7 @@ from ._handle import Run
 from ._limits import Limit, acquire_slot, release
 from ._options import RunOptions, new_execution
 from ._run_state import CONTAINED
-from ._states import NodeState, RunStatistics, RunStatus
+from ._states import NodeState, RunStatistics, RunStatus, StepInfo
 from ._threads import run_in_thread
 
 if TYPE_CHECKING:
@@ -108,6 +108,15 @@ class RunView:
         return self._execution.status
 
     @property
+    def top(self) -> RunView:
+        """The outermost run this one is nested in (itself, for a run that is not nested):
+        the one with the store and journal."""
+        execution = self._execution
+        while execution._parent is not None:
+            execution = execution._parent  # type: ignore[assignment]
+        return self if execution is self._execution else RunView(execution)
+
+    @property
     def restored(self) -> bool:
         """True when the run was read back from its store (a resumed run): what is on
         record there is not done again."""
@@ -132,6 +141,14 @@ class RunView:
 
     def failures(self) -> dict[str, Failure]:
         return self._execution.failures()
+
+    def step(self, key: str) -> StepInfo:
+        """A snapshot of node ``key`` (as ``Run.step`` gives it)."""
+        return self._execution.step(key)
+
+    def results(self) -> dict[str, Any]:
+        """Every succeeded task node's output, by node key."""
+        return self._execution.results()
 
     def revert_failures(self) -> dict[str, Failure]:
         """The nodes whose revert failed, by key."""
@@ -210,6 +227,7 @@ class RunView:
         *,
         pool_size: int | None = None,
         group_size: int = 1,
+        per_group: int = 1,
         done: Collection[int] = (),
         hooks: FanOutHooks | None = None,
     ) -> dict[int, Exception]:
@@ -223,6 +241,7 @@ class RunView:
             self.slot if self._execution._global_limits else None,
             pool_size=pool_size,
             group_size=group_size,
+            per_group=per_group,
             done=done,
             hooks=hooks,
         )

@@ -57,6 +57,7 @@ async def fan_out(
     *,
     pool_size: int | None = None,
     group_size: int = 1,
+    per_group: int = 1,
     done: Collection[int] = (),
     hooks: FanOutHooks | None = None,
 ) -> dict[int, Exception]:
@@ -68,8 +69,9 @@ async def fan_out(
     (``min_success`` / ``success_ratio``): without one, the first failed item
     stops the others (they are cancelled, or never start); with one, every item
     runs and the caller checks ``options.threshold_met``. Items run in groups of
-    ``group_size`` in order, at most ``pool_size`` groups at once (all when
-    ``None``), each item holding ``slot()`` while it runs (``None``: no limits).
+    ``group_size``, at most ``pool_size`` groups at once (all when ``None``), the
+    items of a group ``per_group`` at a time, started in order (1: one after
+    another), each item holding ``slot()`` while it runs (``None``: no limits).
     """
     hooks = hooks or FanOutHooks()
     errors: dict[int, Exception] = {}
@@ -102,6 +104,9 @@ async def fan_out(
 
     async def group(start: int) -> None:
         async with pool:
+            if per_group > 1:
+                await pooled(start)
+                return
             for item in range(start, min(count, start + group_size)):
                 if errors and not tolerant:
                     return
@@ -112,6 +117,30 @@ async def fan_out(
                 else:
                     async with slot():
                         await attempt(item)
+
+    async def pooled(start: int) -> None:
+        """A group's items, ``per_group`` at a time."""
+        gate = anyio.Semaphore(per_group)
+
+        async def one(item: int) -> None:
+            try:
+                if slot is None:
+                    await attempt(item)
+                else:
+                    async with slot():
+                        await attempt(item)
+            finally:
+                gate.release()
+
+        async with anyio.create_task_group() as members:
+            for item in range(start, min(count, start + group_size)):
+                if item in done:
+                    continue
+                await gate.acquire()
+                if errors and not tolerant:
+                    gate.release()
+                    return
+                members.start_soon(one, item)
 
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:

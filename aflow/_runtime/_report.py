@@ -754,8 +754,9 @@ def events_of_history(
     return [event for _, event in history_events(record, history, names)]
 
 
-#: An ops step keeps each slice's output on record under this prefix (aflow/ops/_runner.py).
-_INTERNAL = "_slice:"
+#: An ops step keeps each slice's output on record under these prefixes, and each step
+#: inside a template step (aflow/ops/_runner.py).
+_INTERNAL = ("_slice:", "_in:")
 
 
 def _internal(key: str, names: Mapping[str, str] | None) -> bool:

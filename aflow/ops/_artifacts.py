@@ -8,7 +8,10 @@ Layout under the root::
 An artifact value in a step's outputs is a *manifest*, plain JSON data:
 ``{"file": sha, "name": "msg.txt", "size": 12}`` for a file,
 ``{"dir": "name", "entries": [[relpath, sha, size], ...]}`` for a directory;
-a ``list[Path]`` artifact is a list of them, a ``dict[str, Path]`` a dict.
+a ``list[Path]`` artifact is a list of them, a ``dict[str, Path]`` a dict. A file
+or directory an op gave from a sub-folder of its work dir also keeps its path
+there, ``"path": "task.0000/OUTCAR"`` (ending in its name), which
+:func:`download_artifact` recreates.
 
 A manifest read back from a run store is data, never trusted as a path: every
 hash must be a sha256 digest (64 lowercase hex digits), every name a plain name
@@ -28,7 +31,7 @@ import stat
 import tempfile
 import threading
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple, final
 
@@ -373,6 +376,13 @@ def check_manifest(manifest: Any, origin: Origin = _NOWHERE) -> None:
             raise origin.refuse(f"file {name!r} has size {manifest.get('size')!r}")
     else:
         raise origin.refuse(f"a manifest has a 'file' or a 'dir', got keys {sorted(manifest)}")
+    if "path" in manifest:  # where the op made it, in its work dir: a relative path to its name
+        path = manifest["path"]
+        if not _relative(path):
+            raise origin.refuse(f"path {path!r} names a place outside its folder")
+        last = path.rpartition("/")[2]
+        if last != (manifest.get("name") if "file" in manifest else manifest["dir"]):
+            raise origin.refuse(f"path {path!r} does not end in the artifact's name")
 
 
 def check_artifact(value: Any, shape: str, origin: Origin = _NOWHERE) -> list[dict[str, Any]]:
@@ -403,10 +413,38 @@ def _shas(manifest: dict[str, Any]) -> Iterator[str]:
         yield manifest["file"]
 
 
+def _sub_path(path: Path, workdir: Path, inputs: Sequence[Path]) -> str | None:
+    """``path``'s place in the work dir when it lies in a sub-folder of it (not among the
+    op's materialised inputs), as ``a/b/name``; ``None`` otherwise (just its name)."""
+    full = os.path.abspath(path)
+    base = os.path.abspath(workdir)
+    try:  # (paths on two drives have no common path)
+        if os.path.commonpath([full, base]) != base or any(
+            os.path.commonpath([full, outside]) == outside
+            for outside in map(os.path.abspath, inputs)
+        ):
+            return None
+    except ValueError:
+        return None
+    rel = Path(os.path.relpath(full, base)).as_posix()
+    return rel if "/" in rel and _relative(rel) else None
+
+
 def store_output(
-    store: ArtifactStore, op: str, field: str, spec: Artifact, value: Any, workdir: Path
+    store: ArtifactStore,
+    op: str,
+    field: str,
+    spec: Artifact,
+    value: Any,
+    workdir: Path,
+    inputs: Sequence[Path] = (),
 ) -> Any:
-    """Check an artifact output's shape, store its files, return its manifest(s)."""
+    """Check an artifact output's shape, store its files, return its manifest(s).
+
+    A file or directory in a sub-folder of ``workdir`` keeps its path there
+    (``"path"`` in its manifest); the op's own inputs (``inputs``, under the work
+    dir) and paths elsewhere keep only their name.
+    """
 
     def one(item: Any, where: str) -> dict[str, Any]:
         if not isinstance(item, str | os.PathLike):
@@ -418,7 +456,11 @@ def store_output(
             raise OpIOError(
                 op, "output", where, "an existing file or directory", f"missing path {path}"
             )
-        return store.put(path)
+        manifest = store.put(path)
+        sub = _sub_path(path, workdir, inputs)
+        if sub is not None:
+            manifest["path"] = sub
+        return manifest
 
     if value is None:
         if spec.optional:
@@ -507,8 +549,10 @@ def download_artifact(
 ) -> list[Path]:
     """Copy an artifact's files (or directories) into ``path``; return their local paths.
 
-    Files keep their names; when members of a list artifact share a name,
-    every member goes into a numbered sub-folder (``0/``, ``1/``...).
+    Files keep their names, and the sub-folders of the op's work dir they were
+    made in (``task.0000/OUTCAR``, as dflow keeps them); when members of a list
+    artifact would land on one another (one path, or one inside the other), every
+    member goes into a numbered sub-folder (``0/``, ``1/``...).
     ``skip_exists=True`` leaves files already there.
     """
     if artifact is None:
@@ -522,14 +566,42 @@ def download_artifact(
     store = ArtifactStore(artifact.root)
     origin = artifact.origin
     manifests = check_artifact(artifact.manifest, artifact.shape, origin)  # before any path
-    names = [m.get("name") or m.get("dir") for m in manifests]
-    clash = len(set(names)) != len(names)
+    places = [
+        manifest.get("path") or manifest.get("name") or manifest.get("dir") or "dir"
+        for manifest in manifests
+    ]
+    clash = _overlap(places)
     out: list[Path] = []
-    for i, manifest in enumerate(manifests):
-        into = target / str(i) if clash else target
-        name = manifest.get("name") or manifest.get("dir") or "dir"
-        if skip_exists and (into / name).exists():
-            out.append(into / name)
+    for i, (manifest, place) in enumerate(zip(manifests, places, strict=True)):
+        base = target / str(i) if clash else target
+        folder = place.rpartition("/")[0]
+        if skip_exists and (base / place).exists():
+            out.append(base / place)
             continue
+        into = _folder(base, folder, origin) if folder else base
         out.append(store.materialize(manifest, into, origin))
     return out
+
+
+def _overlap(places: list[str]) -> bool:
+    """Two members that would land on one another: one path, or one inside the other."""
+    seen = set(places)
+    if len(seen) != len(places):
+        return True
+    return any(
+        "/".join(place.split("/")[:i]) in seen
+        for place in places
+        for i in range(1, place.count("/") + 1)
+    )
+
+
+def _folder(base: Path, rel: str, origin: Origin) -> Path:
+    """``base/rel``, made one level at a time, never through a link."""
+    base.mkdir(parents=True, exist_ok=True)
+    here = base
+    for part in rel.split("/"):
+        here = here / part
+        if here.is_symlink():
+            raise origin.refuse(f"{here} is a link: the manifest would write through it")
+        here.mkdir(exist_ok=True)
+    return here

@@ -21,7 +21,7 @@ from typing import Any, final
 
 from .._exceptions import SignatureError
 
-__all__ = ["Expression"]
+__all__ = ["TEMPLATE_INPUT", "Expression"]
 
 #: The name a reference is bound to (no expression writes it by accident).
 _BOUND = "__aflow_ref_"
@@ -30,9 +30,12 @@ _MAX_DEPTH = 50
 # a reference, alone or quoted as Argo writes strings ('{{...}}' == 'yes'): either way it
 # is bound to the value itself
 _REF = re.compile(
-    r"""(['"]?)\{\{\s*steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.parameters\."""
+    r"""(['"]?)\{\{\s*(?:steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs|inputs)\.parameters\."""
     r"""([^\s{}'"]+)\s*\}\}\1"""
 )
+#: The step name of a reference to the enclosing template's input
+#: (``{{inputs.parameters.x}}``): no step is named so.
+TEMPLATE_INPUT = ""
 _CONSTANTS = {
     "true": True,
     "false": False,
@@ -64,7 +67,8 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
 
 @final
 class Expression:
-    """A parsed ``when`` expression; :attr:`refs` lists ``(step, parameter)`` it reads."""
+    """A parsed ``when`` expression; :attr:`refs` lists ``(step, parameter)`` it reads
+    (``step`` is :data:`TEMPLATE_INPUT` for an input of the enclosing template)."""
 
     __slots__ = ("_tree", "refs", "text")
 
@@ -73,7 +77,7 @@ class Expression:
         refs: list[tuple[str, str]] = []
 
         def bind(match: re.Match[str]) -> str:
-            ref = (match.group(2), match.group(3))
+            ref = (match.group(2) or TEMPLATE_INPUT, match.group(3))
             if ref not in refs:
                 refs.append(ref)
             return f" {_BOUND}{refs.index(ref)} "

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 import typing
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, final, overload
 
 from .._exceptions import SignatureError
-from ._sign import MISSING, OPIO, Artifact, OPIOSign, Parameter
+from ._sign import MISSING, OPIO, Artifact, OPIOSign, Parameter, check_sign
 
 __all__ = ["OP", "PythonOPTemplate", "Slices", "op", "template_of"]
 
@@ -50,6 +51,21 @@ class OP:
     def execute(self, op_in: OPIO) -> OPIO | Awaitable[OPIO]:
         """Do the work; return every output key of :meth:`get_output_sign`."""
         raise NotImplementedError(f"{type(self).__name__} does not implement execute()")
+
+    @classmethod
+    def function(
+        cls, fn: Callable[..., Any] | None = None, /, *, outputs: Mapping[str, Any] | None = None
+    ) -> Any:
+        """dflow's ``@OP.function``: an op made of a function (as :func:`op` makes one),
+        as a callable instance. Called inside ``with Workflow(...) as wf:`` it adds a step
+        (named after the function: ``duplicate-0``, ``duplicate-1``...) and returns its
+        outputs by name, to pass to the next call; called elsewhere it runs the function.
+        It is also a template: ``Step("s", PythonOPTemplate(Duplicate), ...)``."""
+        from ._call import function_op
+
+        if fn is None:
+            return lambda f: function_op(f, outputs)
+        return function_op(fn, outputs)
 
     @staticmethod
     def exec_sign_check(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -182,6 +198,90 @@ def _make_op(fn: Callable[..., Any], declared: Mapping[str, Any] | None) -> type
     return type(getattr(fn, "__name__", "op"), (OP,), namespace)
 
 
+#: dflow's options with no meaning in-process, and why: each given (other than dflow's
+#: default) warns once per process with :class:`aflow.errors.IgnoredOption`.
+_NO_POD = "the op runs in this process: there is no container, pod or Kubernetes scheduler"
+_NO_SCRIPT = "the op is called in this process: no script is written or run"
+_STORE = "artifacts live in the run's content-addressed store, as they are"
+_SLICING = "slice with Slices(input_parameter=..., input_artifact=..., output_...=...)"
+_TEMPLATE_OPTIONS: dict[str, tuple[Any, str]] = {
+    "command": (None, _NO_SCRIPT),
+    "annotations": (None, _NO_POD),
+    "labels": (None, _NO_POD),
+    "node_selector": (None, _NO_POD),
+    "tolerations": (None, _NO_POD),
+    "affinity": (None, _NO_POD),
+    "output_artifact_save": (None, _STORE),
+    "output_artifact_archive": (None, _STORE),
+    "input_artifact_prefix": (None, _STORE),
+    "input_artifact_slices": (None, _SLICING),
+    "input_parameter_slices": (None, _SLICING),
+    "output_artifact_slices": (None, _SLICING),
+    "output_parameter_slices": (None, _SLICING),
+    "output_artifact_global_name": (None, "a workflow has no global outputs: wire the step's"),
+    "output_parameter_global_name": (None, "a workflow has no global outputs: wire the step's"),
+    "python_packages": (None, "the op runs in this process, with what it imports"),
+    "memoize_key": (None, "no memoization: reuse steps with submit(reuse_step=...)"),
+    "volumes": (None, _NO_POD),
+    "mounts": (None, _NO_POD),
+    "image_pull_policy": (None, _NO_POD),
+    "requests": (None, _NO_POD),
+    "limits": (None, _NO_POD),
+    "upload_dflow": (True, "the op runs in this process, with what it imports"),
+    "envs": (None, "the op shares this process's environment (set no variables per op)"),
+    "init_containers": (None, _NO_POD),
+    "sidecars": (None, _NO_POD),
+    "tmp_root": ("/tmp", "each attempt works in its own op_in.workdir"),
+    "pre_script": ("", _NO_SCRIPT),
+    "post_script": ("", _NO_SCRIPT),
+    "success_tag": (False, "a failed slice is reported by the step's record"),
+    "create_slice_dir": (False, "each slice already works in a directory of its own"),
+    "skip_slice_input": (False, _SLICING),
+}
+_SLICES_OPTIONS: dict[str, tuple[Any, str]] = {
+    "shuffle": (False, "groups are made in input order"),
+    "random_seed": (0, "groups are made in input order"),
+    "pool_timeout": (None, "give timeout= to the step or the template: it applies per slice"),
+    "register_first_only": (False, "there is no lineage registry"),
+    "create_dir": (False, "each slice already works in a directory of its own"),
+    "raise_for_group": (False, "a failed slice fails the step (unless a success threshold)"),
+}
+_warned: set[str] = set()
+
+
+def ignored(owner: str, name: str, why: str, depth: int = 1) -> None:
+    """Warn (once per option name per process) that dflow option ``name`` is ignored;
+    the warning points ``depth`` frames above the caller (the user's code)."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    from .._exceptions import IgnoredOption
+
+    warnings.warn(IgnoredOption(f"{owner}({name}=...) is ignored: {why}"), stacklevel=2 + depth)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # an array, say: not the default
+        return False
+
+
+def _dflow_options(
+    owner: str, known: Mapping[str, tuple[Any, str]], given: Mapping[str, Any]
+) -> None:
+    """Warn of each dflow option given (other than its default); a name dflow does not
+    have is refused, as Python refuses an unknown keyword."""
+    for name, value in given.items():
+        if name not in known:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}")
+        default, why = known[name]
+        if not _is_default(value, default):
+            ignored(owner, name, why, depth=2)
+
+
 @final
 class Slices:
     """Fan a step out over list inputs, one call per item (dflow's ``Slices``).
@@ -189,8 +289,10 @@ class Slices:
     ``input_parameter`` / ``input_artifact`` name the inputs given as lists
     (all the same length); item *i* gets element *i* of each. The outputs
     named in ``output_parameter`` / ``output_artifact`` are stacked into
-    lists in input order. ``group_size`` items run one after another in one
-    call group; at most ``pool_size`` groups run at once.
+    lists in input order. As in dflow, items go in groups of ``group_size``
+    (default 1), every group runs at once (within the run's ``max_concurrency``),
+    and the items of one group run ``pool_size`` at a time (default 1: one after
+    another; ``-1``: all at once).
     """
 
     __slots__ = (
@@ -213,16 +315,27 @@ class Slices:
         output_artifact: Sequence[str] = (),
         group_size: int | None = None,
         pool_size: int | None = None,
+        sub_path: bool = False,
+        **dflow_options: Any,
     ) -> None:
         if slices not in (None, "{{item}}"):
             raise ValueError(
                 f"Slices takes '{{{{item}}}}' or nothing as its pattern, got {slices!r}"
             )
+        if sub_path:
+            raise ValueError(
+                "Slices(sub_path=True) is not supported: slice over a list artifact "
+                "(input_artifact=[...]) of the files instead"
+            )
         for label, size in (("group_size", group_size), ("pool_size", pool_size)):
             if size is not None and (
-                not isinstance(size, int) or isinstance(size, bool) or size < 1
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or (size < 1 and not (label == "pool_size" and size == -1))
             ):
-                raise ValueError(f"Slices {label} must be an int >= 1, got {size!r}")
+                more = " (or -1: all of a group at once)" if label == "pool_size" else ""
+                raise ValueError(f"Slices {label} must be an int >= 1{more}, got {size!r}")
+        _dflow_options("Slices", _SLICES_OPTIONS, dflow_options)
         self.slices = slices
         self.input_parameter = tuple(input_parameter)
         self.input_artifact = tuple(input_artifact)
@@ -232,6 +345,13 @@ class Slices:
         self.pool_size = pool_size
         if not self.input_parameter and not self.input_artifact:
             raise ValueError("Slices needs input_parameter or input_artifact to slice over")
+
+    @property
+    def per_group(self) -> int:
+        """How many items of one group run at once."""
+        if self.pool_size is None:
+            return 1
+        return self.group_size if self.pool_size == -1 else self.pool_size
 
     def __repr__(self) -> str:
         return (
@@ -245,10 +365,28 @@ class Slices:
 
 @final
 class PythonOPTemplate:
-    """An operator as a step's template, with dflow's slices (``image`` is accepted and
-    ignored: aflow runs the op in this process)."""
+    """An operator as a step's template, with dflow's options.
 
-    __slots__ = ("image", "op", "slices")
+    ``slices`` fans it out. ``timeout`` (seconds, per call of the op) and the retry
+    policies apply as in dflow, unless the step sets its own: ``retry_on_transient_error=N``
+    retries up to N times an op raising :class:`aflow.errors.TransientError` (with
+    ``timeout_as_transient_error=True``, a timed-out call too); ``retry_on_failure=N``
+    (or ``retry_on_failure_and_error=N``) retries any failure. A
+    :class:`aflow.errors.FatalError` is never retried. ``output_parameter_default``
+    gives output parameters the op may leave out. dflow's other options (``image``,
+    ``requests``, ``envs``...) mean nothing in this process: each warns once
+    (:class:`aflow.errors.IgnoredOption`); a name dflow does not have is a ``TypeError``.
+    """
+
+    __slots__ = (
+        "image",
+        "op",
+        "output_parameter_default",
+        "retries",
+        "retry_on",
+        "slices",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -256,31 +394,116 @@ class PythonOPTemplate:
         slices: Slices | None = None,
         *,
         image: str | None = None,
-        **_ignored: Any,
+        timeout: float | None = None,
+        retry_on_transient_error: int | None = None,
+        retry_on_failure: int | None = None,
+        retry_on_error: int | None = None,
+        retry_on_failure_and_error: int | None = None,
+        timeout_as_transient_error: bool = False,
+        output_parameter_default: Mapping[str, Any] | None = None,
+        **dflow_options: Any,
     ) -> None:
         if not (isinstance(op, OP) or (isinstance(op, type) and issubclass(op, OP))):
             raise TypeError(f"PythonOPTemplate takes an OP class or instance, got {op!r}")
         if slices is not None and not isinstance(slices, Slices):
             raise TypeError(f"slices must be an aflow.ops.Slices, got {slices!r}")
+        if dflow_options:
+            _dflow_options("PythonOPTemplate", _TEMPLATE_OPTIONS, dflow_options)
+        if image is not None:
+            ignored("PythonOPTemplate", "image", _NO_POD)
         self.op = op
         self.slices = slices
         self.image = image
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise ValueError(f"PythonOPTemplate timeout must be seconds > 0, got {timeout!r}")
+        self.timeout: float | None = timeout
+        #: the retries and the errors retried (None: any), from dflow's policies
+        self.retries: int | None = None
+        self.retry_on: tuple[type[BaseException], ...] | None = None
+        if (
+            retry_on_transient_error is not None
+            or retry_on_failure is not None
+            or retry_on_error is not None
+            or retry_on_failure_and_error is not None
+            or timeout_as_transient_error
+        ):
+            policies = {
+                "retry_on_transient_error": retry_on_transient_error,
+                "retry_on_failure": retry_on_failure,
+                "retry_on_error": retry_on_error,
+                "retry_on_failure_and_error": retry_on_failure_and_error,
+            }
+            self._retry_policy(policies, timeout_as_transient_error)
+        #: output parameters' defaults, for those the op leaves out
+        self.output_parameter_default: dict[str, Any] = {}
+        if output_parameter_default:
+            fields = op.get_output_sign().fields
+            for key in output_parameter_default:
+                field = fields.get(key)
+                if field is None or field.artifact is not None:
+                    params = sorted(k for k, f in fields.items() if f.artifact is None)
+                    raise TypeError(
+                        f"PythonOPTemplate output_parameter_default: {op_name(op)} has no "
+                        f"output parameter {key!r}; it has {params}"
+                    )
+            self.output_parameter_default = dict(output_parameter_default)
+
+    def _retry_policy(self, policies: Mapping[str, int | None], timeout_counts: bool) -> None:
+        """dflow's retry policies: the first given wins (dflow's order)."""
+        chosen = None
+        for name, count in policies.items():
+            if count is None:
+                continue
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"PythonOPTemplate {name} must be an int >= 0, got {count!r}")
+            if chosen is not None:
+                ignored("PythonOPTemplate", name, f"{chosen} is given too, and comes first", 2)
+            elif name == "retry_on_error":
+                ignored(
+                    "PythonOPTemplate",
+                    name,
+                    "it retries Argo's errors (of the pod, not the op), which an op run in "
+                    "this process cannot have: retry_on_failure retries the op's failures",
+                    2,
+                )
+            else:
+                chosen = name
+                self.retries = count
+        if chosen == "retry_on_transient_error":
+            from .._exceptions import TaskTimeout, TransientError
+
+            self.retry_on = (TransientError, TaskTimeout) if timeout_counts else (TransientError,)
+        elif timeout_counts:
+            ignored(
+                "PythonOPTemplate",
+                "timeout_as_transient_error",
+                "it applies with retry_on_transient_error only",
+                2,
+            )
 
     def __repr__(self) -> str:
         return f"PythonOPTemplate({op_name(self.op)})"
 
 
-def op_name(operator: type[OP] | OP) -> str:
+def op_name(operator: Any) -> str:
+    """An operator's class name, or a template's (``Steps 'iter'``)."""
+    if not isinstance(operator, type) and not isinstance(operator, OP):
+        return f"{type(operator).__name__} {getattr(operator, 'name', '?')!r}"
     cls = operator if isinstance(operator, type) else type(operator)
     return cls.__qualname__
 
 
 def template_of(template: Any, step: str) -> PythonOPTemplate:
     """A step's template as a :class:`PythonOPTemplate` (an OP class or instance is wrapped)."""
-    if isinstance(template, PythonOPTemplate):
-        return template
     if isinstance(template, OP) or (isinstance(template, type) and issubclass(template, OP)):
-        return PythonOPTemplate(template)
+        template = PythonOPTemplate(template)
+    if isinstance(template, PythonOPTemplate):
+        # a parameter type that cannot be checked is refused here, naming the step
+        check_sign(step, template.op.get_input_sign(), "input")
+        check_sign(step, template.op.get_output_sign(), "output")
+        return template
     raise SignatureError(
         step,
         f"a step's template is an OP class, an OP or a PythonOPTemplate, got {template!r}",

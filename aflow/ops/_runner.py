@@ -1,5 +1,6 @@
 """Running one step: fresh working directory, inputs checked and materialised, the op
-called, outputs checked and stored. Sliced steps fan out here, bounded by ``pool_size``."""
+called, outputs checked and stored. Sliced steps fan out here: every group at once, the
+items of a group ``pool_size`` at a time (dflow's meaning)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from typing import Any
 
 from .._exceptions import (
     DefinitionError,
+    FatalError,
     OpIOError,
     SlicesBelowThreshold,
     TaskTimeout,
     UntrustedManifest,
     WhenError,
 )
-from .._options import NodeOptions
+from .._options import NodeOptions, RetryOn
 from .._runtime._builder_api import (
     AttemptHooks,
     FanOutHooks,
@@ -33,17 +35,27 @@ from .._task import FunctionTask
 from ..stores._base import NodeRecord, RecordState
 from ._artifacts import (
     ArtifactStore,
+    ArtifactValue,
     Origin,
     check_artifact,
     load_input,
     store_output,
 )
+from ._level import manifest_shape
 from ._op import OP, op_name
-from ._sign import OPIO, Field, check_value
+from ._sign import OPIO, Field, check_value, copy_value, fresh
 from ._step import OutputRef, Step
+from ._step import given_shape as manifest_shape_of_paths
 
 __all__ = [
     "SLICES_ATTR",
+    "bring_stored",
+    "check_artifacts",
+    "in_template",
+    "inner_key",
+    "local_inputs",
+    "resolve",
+    "source_of",
     "StepCall",
     "run_store",
     "slice_record",
@@ -109,18 +121,55 @@ def slice_record(step: Step, index: int, inputs: dict[str, Any] | None = None) -
     }
 
 
+#: The attribute of an error a step with ``retry_on`` failed with: whether its rule retries it.
+_VERDICT = "__aflow_retry__"
+_RULES_NOTE = "ops.retry_rules"
+
+
+class _Rules(dict[str, Any]):
+    """The ``retry_on`` of a run's steps that have one, by step key (in the run's notes:
+    it goes with the run)."""
+
+
+#: Each run's rules, by run id: how a step's TaskTimeout finds its step's rule.
+_RULES: weakref.WeakValueDictionary[str, _Rules] = weakref.WeakValueDictionary()
+
+
+def _admits(rule: RetryOn | None, error: BaseException) -> bool:
+    if rule is None:
+        return True
+    if isinstance(rule, type | tuple):
+        return isinstance(error, rule)
+    return bool(rule(error))
+
+
 def retryable(error: BaseException) -> bool:
-    """A step's retry rule: any exception but a failed condition, a definition error or
-    a stored manifest refused (none goes away by trying again)."""
-    return isinstance(error, Exception) and not isinstance(
-        error, WhenError | DefinitionError | UntrustedManifest
-    )
+    """A step's retry rule: any exception but a failed condition, a definition error, a
+    stored manifest refused or a :class:`FatalError` (none goes away by trying again),
+    within the step's own ``retry_on`` (its template's retry policy) when it has one."""
+    if not isinstance(error, Exception) or isinstance(
+        error, WhenError | DefinitionError | UntrustedManifest | FatalError
+    ):
+        return False
+    verdict = getattr(error, "__dict__", {}).get(_VERDICT)
+    if verdict is not None:  # the op's own error, judged by its step's rule
+        return bool(verdict)
+    if _RULES and isinstance(error, TaskTimeout):  # a call the runtime cut short
+        rules = _RULES.get(error.run_id)
+        if rules is not None and error.task in rules:
+            return _admits(rules[error.task], error)
+    return True
+
+
+def step_retryable(step: Step, error: BaseException) -> bool:
+    """:func:`retryable`, within the step's ``retry_on`` (a slice's rule)."""
+    return retryable(error) and _admits(step.retry_on, error)
 
 
 def run_store(explicit: Path | None) -> ArtifactStore:
     """The artifact store of the run that is executing now."""
     try:
-        store = current_run().store
+        store = current_run().top.store
     except RuntimeError:  # an op called outside a run
         store = None
     return ArtifactStore.for_run(explicit, store)
@@ -143,14 +192,54 @@ def source_names(step: Step) -> dict[int, str]:
     return out
 
 
-def _resolve(value: Any, upstream: Mapping[str, Any], names: Mapping[int, str]) -> Any:
+def resolve(value: Any, upstream: Mapping[str, Any], names: Mapping[int, str]) -> Any:
     if isinstance(value, OutputRef):
         result = upstream[names[id(value.step)]]
         return result[value.kind][value.name]
+    if isinstance(value, ArtifactValue):
+        return value.manifest
     return value
 
 
-async def _call_op(
+def _call_op(
+    step: Step,
+    store: ArtifactStore,
+    run_id: str,
+    where: tuple[str, ...],
+    attempt: int,
+    params: Mapping[str, Any],
+    artifacts: Mapping[str, Any],
+) -> Awaitable[dict[str, Any]]:
+    """One call of the op (see :func:`_call`). With a ``retry_on`` rule, the step's error
+    carries the rule's verdict, and the rule is on record for its timeouts, which is
+    what :func:`retryable` reads."""
+    call = _call(step, store, run_id, where, attempt, params, artifacts)
+    rule = step.retry_on
+    if rule is None:
+        return call
+    if step.slices is None:
+        run = current_run()
+        rules = run.notes.get(_RULES_NOTE)
+        if rules is None:
+            rules = run.notes[_RULES_NOTE] = _RULES[run.run_id] = _Rules()
+        rules[step.node_key] = rule
+    return _judged(call, rule)
+
+
+async def _judged(call: Awaitable[dict[str, Any]], rule: RetryOn) -> dict[str, Any]:
+    """``call``'s value; an error it raises carries ``rule``'s verdict on retrying it."""
+    try:
+        return await call
+    except Exception as exc:
+        verdict = _admits(rule, exc)
+        try:
+            setattr(exc, _VERDICT, verdict)
+        except Exception:  # an exception that takes no attribute: the default rule
+            pass
+        raise
+
+
+async def _call(
     step: Step,
     store: ArtifactStore,
     run_id: str,
@@ -159,7 +248,12 @@ async def _call_op(
     params: Mapping[str, Any],
     artifacts: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """One call of the op; returns ``{"parameters": ..., "artifacts": manifests}``."""
+    """One call of the op; returns ``{"parameters": ..., "artifacts": manifests}``.
+
+    Input parameters pass by value, as in dflow: the op gets its own copy of each
+    (the checked value itself when checking rebuilt it all through), so changing
+    one changes neither the step that gave it nor a literal of the workflow.
+    """
     name = op_name(step.op)
     op_in = OPIO()
     op_in.workdir = store.workdir(run_id, *where, str(attempt))
@@ -168,10 +262,14 @@ async def _call_op(
     for field in fields.values():
         if field.artifact is None:
             if field.name in params:
-                value = params[field.name]
-                op_in[field.name] = check_value(name, "input", field.name, field.type, value)
+                value = check_value(
+                    name, "input", field.name, field.type, params[field.name], step.name
+                )
+                if not fresh(field.type):
+                    value = copy_value(name, field.name, value)
+                op_in[field.name] = value
             elif field.has_default:
-                op_in[field.name] = field.default
+                op_in[field.name] = copy_value(name, field.name, field.default)
             continue
         value = artifacts.get(field.name)
         if value is None:
@@ -180,7 +278,9 @@ async def _call_op(
             op_in[field.name] = None
         else:
             wanted.append((field, value))
-    instance = step.op() if isinstance(step.op, type) else step.op
+    operator = step.op
+    assert isinstance(operator, type | OP), "a template step runs in run_template"
+    instance = operator() if isinstance(operator, type) else operator
     execute = instance.execute
     if inspect.iscoroutinefunction(execute):
         if wanted:  # file work happens in a worker thread
@@ -217,7 +317,7 @@ def _materialize(
         assert field.artifact is not None
         shape = field.artifact.shape
         into = workdir / "inputs" / field.name
-        origin = _source(step, run_id, field.name)
+        origin = source_of(step, run_id, field.name)
         op_in[field.name] = load_input(store, field.artifact, shape, value, into, origin)
 
 
@@ -239,11 +339,19 @@ def _check_outputs(
             if field.artifact is not None and field.artifact.optional:
                 arts[key] = None
                 continue
+            if field.artifact is None:  # a parameter left out takes its default, as in dflow
+                if field.has_default:
+                    params[key] = copy_value(name, key, field.default, "output")
+                    continue
+                defaults = getattr(step.template, "output_parameter_default", None)
+                if defaults and key in defaults:
+                    params[key] = copy_value(name, key, defaults[key], "output")
+                    continue
             raise OpIOError(name, "output", key, field.describe(), "nothing (the key is missing)")
         if field.artifact is not None:
             files.append((key, out[key]))
         else:
-            params[key] = check_value(name, "output", key, field.type, out[key])
+            params[key] = check_value(name, "output", key, field.type, out[key], step.name)
     return params, files, arts
 
 
@@ -258,10 +366,12 @@ def _store_files(
     """Copy artifact outputs into the store, then drop the working directory (blocking)."""
     workdir = op_in._path
     assert workdir is not None
+    # the op's input files are materialised in its work dir: one it gives back keeps its name
+    inputs = [workdir / "inputs" / f.name for f in step.input_fields.values() if f.artifact]
     for key, value in files:
         spec = step.all_output_fields[key].artifact
         assert spec is not None
-        arts[key] = store_output(store, name, key, spec, value, workdir)
+        arts[key] = store_output(store, name, key, spec, value, workdir, inputs)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -279,16 +389,19 @@ def _literal_artifacts(step: Step, store: ArtifactStore) -> dict[str, Any]:
             continue
         field = step.input_fields[key]
         assert field.artifact is not None
-        if key in sliced or field.artifact.shape == "list":
+        shape = field.artifact.shape
+        if shape == "any":  # a template's input: the value says
+            shape = manifest_shape_of_paths(value)
+        if key in sliced or shape == "list":
             out[key] = [store.put(Path(p)) for p in value]
-        elif field.artifact.shape == "dict":
+        elif shape == "dict":
             out[key] = {k: store.put(Path(p)) for k, p in value.items()}
         else:
             out[key] = store.put(Path(value))
     return out
 
 
-async def _local_inputs(call: StepCall, store: ArtifactStore, run: RunView) -> dict[str, Any]:
+async def local_inputs(call: StepCall, store: ArtifactStore, run: RunView) -> dict[str, Any]:
     """A step's local input files, stored once per run: a resumed run reads what the
     first attempt read, whatever became of the files since."""
     key = f"_inputs-{call.step.node_key}"
@@ -306,57 +419,136 @@ async def _local_inputs(call: StepCall, store: ArtifactStore, run: RunView) -> d
 class StepCall:
     """What a step's node passes its runner: the step, its wiring, its artifact root."""
 
-    __slots__ = ("has_literal", "names", "root", "step")
+    __slots__ = ("has_literal", "names", "path", "root", "step")
 
-    def __init__(self, step: Step, root: Path | None) -> None:
+    def __init__(self, step: Step, root: Path | None, path: tuple[str, ...] = ()) -> None:
         self.step = step
         self.root = root
+        #: the keys of the template steps it runs inside, outermost first
+        self.path = path
         self.names = source_names(step)
-        self.has_literal = any(not isinstance(v, OutputRef) for v in step.artifacts.values())
+        self.has_literal = any(
+            not isinstance(v, OutputRef | ArtifactValue) for v in step.artifacts.values()
+        )
 
     def __repr__(self) -> str:
         return f"<StepCall {self.step.name!r}>"
 
 
+def inner_key(call: StepCall) -> str:
+    """Where a step inside a template step is checkpointed: ``_in:<path>/<key>`` (the
+    keys of the template steps it runs inside, then its own). Never a node's key."""
+    return "_in:" + "/".join((*call.path, call.step.node_key))
+
+
+async def in_template(
+    call: StepCall, body: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run ``body``, the work of a step inside a template step, checkpointed in the
+    run's store (the nested run a template step makes has no journal of its own): its
+    result is on record before anything downstream reads it, and a resumed run takes it
+    from there instead of running it again."""
+    top = current_run().top
+    if top.store is None:
+        return await body()
+    key = inner_key(call)
+    if top.restored:
+        stored = top.notes.get(_STORED)
+        if stored is None:  # read once per resumed run
+            stored = top.notes[_STORED] = await top.stored_nodes()
+        found = stored.get(key)
+        if found is not None and found.state == RecordState.SUCCEEDED and found.result is not None:
+            kept: dict[str, Any] = top.decode(found.result)
+            return kept
+    started = time.time()
+    result = await body()
+    await top.record_now(
+        NodeRecord(
+            key,
+            RecordState.SUCCEEDED,
+            current_attempt_number(),
+            top.encode(key, result),
+            None,
+            started,
+            time.time(),
+        )
+    )
+    return result
+
+
+_STORED = "ops.stored"
+
+
 async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:
     """The task of every step's node; upstream results arrive by binding name."""
+    if call.path:
+        return await in_template(call, functools.partial(_run_step, call, upstream))
+    return await _run_step(call, upstream)
+
+
+async def _run_step(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, Any]:
     step = call.step
     run = current_run()
     failed = run.notes.get(_WHEN_ERRORS, _NONE).get(step.node_key)
     if failed is not None:  # its condition raised: it fails before doing anything
         raise WhenError(step.name, failed) from failed
     names = call.names
-    store = ArtifactStore.for_run(call.root, run.store)
-    literal = await _local_inputs(call, store, run) if call.has_literal else {}
-    params = {k: _resolve(v, upstream, names) for k, v in step.parameters.items()}
-    arts = {k: _resolve(v, upstream, names) for k, v in step.artifacts.items()}
+    store = ArtifactStore.for_run(call.root, run.top.store)  # (a template's: its run's)
+    literal = await local_inputs(call, store, run) if call.has_literal else {}
+    params = {k: resolve(v, upstream, names) for k, v in step.parameters.items()}
+    arts = {k: resolve(v, upstream, names) for k, v in step.artifacts.items()}
     arts.update(literal)
-    _check_artifacts(step, run.run_id, arts)
+    check_artifacts(step, run.run_id, arts)
+    await bring_stored(step, store)
     if step.slices is None:
         attempt = current_attempt_number()
-        return await _call_op(step, store, run.run_id, (step.node_key,), attempt, params, arts)
-    return await _run_slices(step, store, run, params, arts)
+        where = (*call.path, step.node_key)
+        return await _call_op(step, store, run.run_id, where, attempt, params, arts)
+    return await _run_slices(step, store, run, params, arts, call.path)
 
 
-def _source(step: Step, run_id: str, key: str) -> Origin:
+def source_of(step: Step, run_id: str, key: str) -> Origin:
     """Whose record holds artifact input ``key``: the step that made it, or this step
     for a local file (read into the store on its first run)."""
     wired = step.artifacts.get(key)
+    if isinstance(wired, ArtifactValue):
+        return wired.origin
     return Origin(run_id, (wired.step if isinstance(wired, OutputRef) else step).node_key)
 
 
-def _check_artifacts(step: Step, run_id: str, arts: Mapping[str, Any]) -> None:
+def check_artifacts(step: Step, run_id: str, arts: Mapping[str, Any]) -> None:
     """Refuse any artifact input whose manifest is not as this aflow writes it (it may
     come from a store), naming the step whose record holds it, before any file is read."""
     sliced = set(step.sliced_inputs)
     for key, wired in step.artifacts.items():
-        if isinstance(wired, OutputRef):
+        if isinstance(wired, ArtifactValue):  # a stored artifact given as it is
+            shape = wired.shape
+        elif isinstance(wired, OutputRef):
             spec = wired.field.artifact
             shape = "list" if wired.step.slices is not None else spec.shape if spec else "one"
         else:  # a local file, as read on the first run
             spec = step.input_fields[key].artifact
             shape = "list" if key in sliced else spec.shape if spec else "one"
-        check_artifact(arts.get(key), shape, _source(step, run_id, key))
+        if shape == "any":  # a template's output: its manifest tells
+            shape = manifest_shape(arts.get(key))
+        check_artifact(arts.get(key), shape, source_of(step, run_id, key))
+
+
+async def bring_stored(step: Step, store: ArtifactStore) -> None:
+    """Files of stored artifacts given as inputs from another artifact store, copied into
+    this run's (off the event loop)."""
+    foreign = [
+        v for v in step.artifacts.values() if isinstance(v, ArtifactValue) and v.root != store.root
+    ]
+    if foreign:
+        await in_thread(_copy_into, store, foreign)
+
+
+def _copy_into(store: ArtifactStore, values: list[ArtifactValue]) -> None:
+    for value in values:
+        source = ArtifactStore(value.root)
+        for manifest in check_artifact(value.manifest, value.shape, value.origin):
+            store.copy_from(source, manifest, value.origin)
 
 
 def _check_stored_outputs(step: Step, outputs: Any, origin: Origin) -> None:
@@ -372,7 +564,7 @@ def _check_stored_outputs(step: Step, outputs: Any, origin: Origin) -> None:
 _tasks: weakref.WeakKeyDictionary[Any, FunctionTask[..., Any]] = weakref.WeakKeyDictionary()
 
 
-def task_for(op: type[OP] | OP) -> FunctionTask[..., Any]:
+def task_for(op: Any) -> FunctionTask[..., Any]:
     """One task per operator class, named after it (call shapes are checked once per class;
     keyed by class, so an unhashable OP instance is fine)."""
     cls = op if isinstance(op, type) else type(op)
@@ -388,6 +580,7 @@ async def _run_slices(
     run: RunView,
     params: dict[str, Any],
     arts: dict[str, Any],
+    path: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     slices = step.slices
     assert slices is not None
@@ -442,27 +635,31 @@ async def _run_slices(
         retries=step.retries,
         timeout=step.timeout,
         backoff=step.backoff,
-        retry_on=retryable,
+        retry_on=retryable if step.retry_on is None else functools.partial(step_retryable, step),
         min_success=step.continue_on_num_success,
         success_ratio=step.continue_on_success_ratio,
     )
     tolerant = options.tolerant
 
+    hooks = _SliceRecords(step, run, records)
+
     def body(i: int, attempt: int) -> Awaitable[dict[str, Any]]:
         inputs = records[i]["inputs"]
-        where = (step.node_key, f"slice-{i}")
-        return _call_op(
+        where = (*path, step.node_key, f"slice-{i}")
+        call = _call_op(
             step, store, run_id, where, attempt, inputs["parameters"], inputs["artifacts"]
         )
+        return call if run.store is None else hooks.encoded(i, call)
 
     errors = await run.fan_out(
         n,
         body,
         options,
-        pool_size=slices.pool_size,
+        pool_size=None,  # as in dflow: every group at once, pool_size items of each
         group_size=slices.group_size,
+        per_group=slices.per_group,
         done={r["index"] for r in records if r["phase"] == "Succeeded"},
-        hooks=_SliceRecords(step, run, records),
+        hooks=hooks,
     )
     for record in records:
         if record["phase"] in ("Pending", "Running"):
@@ -505,12 +702,24 @@ async def _run_slices(
 class _SliceRecords(FanOutHooks):
     """Each slice's record kept as it runs (live queries), and checkpointed."""
 
-    __slots__ = ("_records", "_run", "_step")
+    __slots__ = ("_encoded", "_records", "_run", "_step")
 
     def __init__(self, step: Step, run: RunView, records: list[dict[str, Any]]) -> None:
         self._step = step
         self._run = run
         self._records = records
+        self._encoded: dict[int, str] = {}
+
+    async def encoded(self, item: int, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """A slice's outputs, encoded for its checkpoint within its attempt: outputs the
+        store cannot take fail the slice (a SerializationError naming it, not retried)."""
+        value = await call
+        try:
+            self._encoded[item] = self._run.encode(self._records[item]["key"], value)
+        except Exception as exc:
+            setattr(exc, _VERDICT, False)
+            raise
+        return value
 
     def attempts(self, item: int) -> AttemptHooks:
         return _SliceAttempts(self._records[item])
@@ -541,13 +750,14 @@ class _SliceRecords(FanOutHooks):
         record["finished_at"] = time.time()
         record["outputs"] = value
         run = self._run
-        if run.store is not None:  # checkpoint each slice: a crash loses only what ran
+        encoded = self._encoded.pop(item, None)
+        if encoded is not None:  # checkpoint each slice: a crash loses only what ran
             run.record(
                 NodeRecord(
                     checkpoint_key(self._step, item),
                     RecordState.SUCCEEDED,
                     attempts,
-                    run.encode(record["key"], value),
+                    encoded,
                     None,
                     record["started_at"],
                     record["finished_at"],

@@ -5,16 +5,18 @@ Values are checked with pydantic in strict mode: ``"5"`` is not an ``int``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import shutil
+import types
 import typing
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, final
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, PydanticSchemaGenerationError, TypeAdapter, ValidationError
 
-from .._exceptions import OpIOError
+from .._exceptions import OpIOError, SignatureError
 
 __all__ = [
     "MISSING",
@@ -23,7 +25,10 @@ __all__ = [
     "Field",
     "OPIOSign",
     "Parameter",
+    "check_sign",
     "check_value",
+    "copy_value",
+    "fresh",
     "type_name",
 ]
 
@@ -126,7 +131,7 @@ class OPIOSign(Mapping[str, Any]):
         OPIOSign({"msg": str, "number": Parameter(int, default=1), "out": Artifact(list[Path])})
     """
 
-    __slots__ = ("_fields", "_raw")
+    __slots__ = ("_checked", "_fields", "_raw")
 
     def __init__(self, fields: Mapping[str, Any] | None = None) -> None:
         raw = dict(fields or {})
@@ -144,6 +149,7 @@ class OPIOSign(Mapping[str, Any]):
                 resolved[name] = Field(name, spec, None, MISSING)
         self._raw = raw
         self._fields = resolved
+        self._checked = False  # every parameter's type can be checked (see check_sign)
 
     def __getitem__(self, key: str) -> Any:
         return self._raw[key]
@@ -194,9 +200,78 @@ class OPIO(dict[str, Any]):
         self._made = False
 
 
+_ARBITRARY = ConfigDict(arbitrary_types_allowed=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _not_a_type(tp: Any) -> str | None:
+    """What in annotation ``tp`` is no type (a string, a number...), or ``None``."""
+    if tp is None or tp is Ellipsis or tp is Any or isinstance(tp, type | typing.TypeVar):
+        return None
+    if isinstance(tp, str | typing.ForwardRef):
+        return f"{tp!r} is a string annotation: give the type itself"
+    origin = typing.get_origin(tp)
+    if origin is None:
+        return None if callable(tp) else f"{tp!r} is not a type"  # a NewType is callable
+    if origin is typing.Literal:
+        return None
+    if origin is typing.Annotated:
+        return _not_a_type(typing.get_args(tp)[0])
+    for arg in typing.get_args(tp):
+        found = (
+            next(filter(None, map(_not_a_type, arg)), None)
+            if isinstance(arg, list)  # Callable[[int], str]
+            else _not_a_type(arg)
+        )
+        if found is not None:
+            return found
+    return None
+
+
+def _build(tp: Any) -> TypeAdapter[Any] | type | str:
+    """How values of ``tp`` are checked: a pydantic adapter (a user's class inside is
+    checked by ``isinstance``, pydantic's ``arbitrary_types_allowed``), a class to check
+    by ``isinstance`` alone (pydantic can build no schema for it), or why neither works."""
+    problem = _not_a_type(tp)
+    if problem is not None:
+        return problem
+    try:
+        adapter = TypeAdapter(tp)
+        if getattr(adapter, "pydantic_complete", True):
+            return adapter
+        reason = "pydantic cannot resolve a name in it"
+    except PydanticSchemaGenerationError as exc:
+        reason = _first_line(exc)
+        try:
+            return TypeAdapter(tp, config=_ARBITRARY)
+        except Exception as again:  # a type with its own config (a TypedDict, a dataclass)
+            reason = _first_line(again)
+    except Exception as exc:  # a forward reference, a value that is no type...
+        reason = _first_line(exc)
+    if isinstance(tp, type):
+        try:
+            isinstance(None, tp)
+        except TypeError:  # TypedDict, a protocol that is not runtime-checkable...
+            pass
+        else:
+            return tp
+    return reason
+
+
 @functools.lru_cache(maxsize=512)
-def _adapter(tp: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(tp)
+def _cached(tp: Any) -> TypeAdapter[Any] | type | str:
+    return _build(tp)
+
+
+def _checker(tp: Any) -> TypeAdapter[Any] | type | str:
+    try:
+        return _cached(tp)
+    except TypeError:  # an unhashable annotation (rare): built each time
+        return _build(tp)
 
 
 def _actual(value: Any) -> str:
@@ -206,20 +281,116 @@ def _actual(value: Any) -> str:
     return f"{type(value).__name__} ({text})"
 
 
-def check_value(op: str, direction: str, key: str, tp: Any, value: Any) -> Any:
-    """``value`` checked against ``tp`` in strict mode; :class:`OpIOError` when it does not fit."""
+def uncheckable(tp: Any) -> str | None:
+    """Why values of ``tp`` cannot be checked (``None``: they can)."""
+    if tp is Any or tp is object:
+        return None
+    found = _checker(tp)
+    return found if isinstance(found, str) else None
+
+
+def check_sign(step: str, sign: OPIOSign, direction: str) -> None:
+    """Refuse, naming the step, a parameter whose type cannot be checked (a
+    :class:`SignatureError`, never pydantic's own error)."""
+    if sign._checked:
+        return
+    for field in sign.fields.values():
+        if field.artifact is None:
+            reason = uncheckable(field.type)
+            if reason is not None:
+                raise SignatureError(
+                    step,
+                    f"{direction} {field.name!r} is typed {type_name(field.type)}, which "
+                    f"cannot be checked: {reason}",
+                    field.name,
+                )
+    sign._checked = True
+
+
+def check_value(
+    op: str, direction: str, key: str, tp: Any, value: Any, step: str | None = None
+) -> Any:
+    """``value`` checked against ``tp`` in strict mode; :class:`OpIOError` when it does not fit.
+
+    A type that cannot be checked raises :class:`SignatureError` naming ``step``
+    (an :class:`OpIOError` saying so without one).
+    """
     if tp is Any or tp is object:
         return value
     try:
-        adapter = _adapter(tp)
-    except TypeError:  # unhashable annotation (rare): build one each time
-        adapter = TypeAdapter(tp)
-    try:
-        return adapter.validate_python(value, strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "".join(f"[{part!r}]" for part in first.get("loc", ()))
-        detail = (
-            f"{_actual(value)}; {where} {first['msg']}".replace("; ", "; at ", 1) if where else ""
+        adapter = _cached(tp)
+    except TypeError:  # an unhashable annotation (rare): built each time
+        adapter = _build(tp)
+    if isinstance(adapter, TypeAdapter):
+        try:
+            return adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "".join(f"[{part!r}]" for part in first.get("loc", ()))
+            detail = (
+                f"{_actual(value)}; {where} {first['msg']}".replace("; ", "; at ", 1)
+                if where
+                else ""
+            )
+            raise OpIOError(op, direction, key, type_name(tp), detail or _actual(value)) from None
+    if isinstance(adapter, str):
+        if step is not None:
+            raise SignatureError(
+                step,
+                f"{direction} {key!r} is typed {type_name(tp)}, which cannot be checked: {adapter}",
+                key,
+            )
+        raise OpIOError(
+            op, direction, key, f"{type_name(tp)}, a type that cannot be checked", adapter
         )
-        raise OpIOError(op, direction, key, type_name(tp), detail or _actual(value)) from None
+    if isinstance(value, adapter):  # a class pydantic builds no schema for
+        return value
+    raise OpIOError(op, direction, key, type_name(tp), _actual(value))
+
+
+#: Values no op can change: handed over as they are.
+_IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_CONTAINERS = frozenset({list, dict, tuple, set, frozenset, typing.Union, types.UnionType})
+
+
+@functools.lru_cache(maxsize=512)
+def _fresh(tp: Any) -> bool:
+    if tp in _IMMUTABLE or (isinstance(tp, type) and issubclass(tp, PurePath)):
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return True
+    args = typing.get_args(tp)
+    return origin in _CONTAINERS and bool(args) and all(a is Ellipsis or _fresh(a) for a in args)
+
+
+def fresh(tp: Any) -> bool:
+    """True when a value :func:`check_value` gives for ``tp`` is a new one all through
+    (pydantic rebuilds ``list[int]``, ``dict[str, list[float]]``...): no copy needed."""
+    try:
+        return _fresh(tp)
+    except TypeError:  # unhashable annotation
+        return False
+
+
+def copy_value(op: str, key: str, value: Any, direction: str = "input") -> Any:
+    """A deep copy of an input parameter's value, for one call of ``op`` (parameters pass
+    by value, as in dflow: an op that changes its input changes nobody else's).
+
+    A value that cannot be copied (a lock, a socket, a client holding one) is refused
+    with :class:`OpIOError`: pass such an object on the op instead
+    (``PythonOPTemplate(MyOp(client))``).
+    """
+    if type(value) in _IMMUTABLE:
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception as exc:
+        raise OpIOError(
+            op,
+            direction,
+            key,
+            "a value that can be copied (parameters pass by value; give a shared object "
+            "to the op instance instead)",
+            f"{type(value).__name__}: {_first_line(exc)}",
+        ) from exc

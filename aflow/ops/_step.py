@@ -6,16 +6,22 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, final
 
 from .._exceptions import MissingInputError, OpIOError, SignatureError
-from .._options import Backoff, check_options
-from ._expr import Expression
+from .._options import Backoff, RetryOn, check_options
+from ._artifacts import ArtifactValue
+from ._expr import TEMPLATE_INPUT, Expression
 from ._op import OP, PythonOPTemplate, Slices, op_name, template_of
 from ._sign import MISSING, Artifact, Field, check_value, type_name
+from ._template import InputArtifact, InputParameter, Template
 
-__all__ = ["OutputRef", "Step"]
+__all__ = ["BUILDING", "OutputRef", "Step"]
+
+#: The workflow a ``with Workflow(...)`` block builds: steps made there are added to it.
+BUILDING: ContextVar[Any] = ContextVar("aflow.ops.building", default=None)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -93,6 +99,18 @@ class _Outputs:
         self.artifacts = _RefMap(step, "artifacts")
 
 
+#: Inputs that are not local files: wiring, a template's inputs, stored artifacts.
+_REFERENCES = (OutputRef, InputParameter, InputArtifact, ArtifactValue)
+
+
+def given_shape(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "dict"
+    if isinstance(value, list | tuple):
+        return "list"
+    return "one"
+
+
 def _is_path(value: Any) -> bool:
     return isinstance(value, str | os.PathLike)
 
@@ -116,7 +134,9 @@ class Step:
     callable over earlier steps' parameters, or an expression string
     (``f"{s0.outputs.parameters['y']} > 5"``), is true; otherwise the step is
     ``Skipped``. ``slices`` fans it out over list inputs. ``retries``,
-    ``timeout`` and ``backoff`` apply to each call of the op;
+    ``timeout`` and ``backoff`` apply to each call of the op (over the template's
+    ``retry_on_transient_error`` / ``retry_on_failure`` and ``timeout``);
+    ``retry_on`` (exception types) limits the retries to those errors;
     ``continue_on_failed`` lets the workflow go on past its failure, and
     ``continue_on_num_success`` / ``continue_on_success_ratio`` past failed
     slices. ``dependencies`` (in a ``DAG``) adds ordering to what the wiring implies.
@@ -124,21 +144,21 @@ class Step:
     """
 
     __slots__ = (
-        "all_output_fields",
+        "_fields",
         "artifacts",
         "backoff",
+        "bound_inputs",
         "continue_on_failed",
         "continue_on_num_success",
         "continue_on_success_ratio",
         "dependencies",
-        "input_fields",
         "key",
         "name",
         "op",
-        "output_fields",
         "outputs",
         "parameters",
         "retries",
+        "retry_on",
         "slices",
         "template",
         "timeout",
@@ -148,7 +168,7 @@ class Step:
     def __init__(
         self,
         name: str,
-        template: type[OP] | OP | PythonOPTemplate,
+        template: type[OP] | OP | PythonOPTemplate | Template,
         parameters: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, Any] | None = None,
         *,
@@ -158,9 +178,10 @@ class Step:
         continue_on_num_success: int | None = None,
         continue_on_success_ratio: float | None = None,
         slices: Slices | None = None,
-        retries: int = 0,
+        retries: int | None = None,
         timeout: float | None = None,
         backoff: Backoff | None = None,
+        retry_on: RetryOn | None = None,
         dependencies: Sequence[Step] = (),
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -168,23 +189,45 @@ class Step:
                 str(name), "a step name is letters, digits, '-' and '_', starting alnum", "name"
             )
         self.name = name
-        self.template = tmpl = template_of(template, name)
-        self.op = tmpl.op
-        if slices is not None and tmpl.slices is not None:
-            raise SignatureError(name, "slices are given both to the step and to its template")
-        self.slices = slices if slices is not None else tmpl.slices
+        #: the enclosing template's input values its ``when`` reads (set per level)
+        self.bound_inputs: dict[str, Any] = {}
+        self._fields: tuple[dict[str, Field], dict[str, Field], dict[str, Field]] | None = None
+        if isinstance(template, Template):
+            self.template: PythonOPTemplate | Template = template
+            self.op: type[OP] | OP | Template = template
+            if slices is not None:
+                raise SignatureError(
+                    name, "a step whose template is Steps or a DAG cannot be sliced", "slices"
+                )
+            self.slices: Slices | None = None
+        else:
+            self.template = tmpl = template_of(template, name)
+            self.op = tmpl.op
+            if slices is not None and tmpl.slices is not None:
+                raise SignatureError(name, "slices are given both to the step and to its template")
+            self.slices = slices if slices is not None else tmpl.slices
         if slices is not None and not isinstance(slices, Slices):
             raise SignatureError(name, f"must be an aflow.ops.Slices, got {slices!r}", "slices")
+        tmpl_policy = self.template  # a PythonOPTemplate's retries, errors retried and timeout
         options = check_options(
             name,
             {
-                "retries": retries,
-                "timeout": timeout,
+                "retries": (
+                    retries if retries is not None else getattr(tmpl_policy, "retries", None) or 0
+                ),
+                "timeout": timeout
+                if timeout is not None
+                else getattr(tmpl_policy, "timeout", None),
                 "backoff": backoff,
                 "continue_on_failed": continue_on_failed,
+                "retry_on": retry_on,
             },
         )
         self.retries: int = options["retries"]
+        #: the errors retried (None: any error); a FatalError never is
+        self.retry_on: RetryOn | None = (
+            options["retry_on"] if retry_on is not None else getattr(tmpl_policy, "retry_on", None)
+        )
         self.timeout: float | None = options["timeout"]
         self.backoff: Backoff | None = options["backoff"]
         self.continue_on_failed: bool = options["continue_on_failed"]
@@ -205,10 +248,8 @@ class Step:
                 name, f"must be a non-empty string not starting with '_', got {key!r}", "key"
             )
         self.key = key
-        self.input_fields = dict(self.op.get_input_sign().fields)
-        all_out = dict(self.op.get_output_sign().fields)
-        self.all_output_fields = all_out
-        self.output_fields = all_out if self.slices is None else self._stacked(all_out)
+        if not isinstance(self.op, Template):  # a template's may still change: read on use
+            self._fields = self._read_fields()
         self.parameters = dict(parameters or {})
         self.artifacts = dict(artifacts or {})
         self._check_inputs()
@@ -229,9 +270,37 @@ class Step:
                 raise SignatureError(name, f"dependencies are steps, got {dep!r}", "dependencies")
         self.dependencies = deps
         self.outputs = _Outputs(self)
+        building = BUILDING.get()
+        if building is not None:
+            building._made(self, called=False)
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r} {op_name(self.op)}>"
+
+    def _read_fields(self) -> tuple[dict[str, Field], dict[str, Field], dict[str, Field]]:
+        inputs = dict(self.op.get_input_sign().fields)
+        all_out = dict(self.op.get_output_sign().fields)
+        return inputs, all_out, all_out if self.slices is None else self._stacked(all_out)
+
+    @property
+    def input_fields(self) -> dict[str, Field]:
+        """The inputs the step's operator (or template) takes, by name."""
+        return (self._fields or self._read_fields())[0]
+
+    @property
+    def all_output_fields(self) -> dict[str, Field]:
+        """Every output of one call of the operator (or of the template), by name."""
+        return (self._fields or self._read_fields())[1]
+
+    @property
+    def output_fields(self) -> dict[str, Field]:
+        """The step's outputs (a sliced step's: the stacked ones), by name."""
+        return (self._fields or self._read_fields())[2]
+
+    @property
+    def is_template(self) -> bool:
+        """True when the step runs Steps or a DAG rather than an operator."""
+        return isinstance(self.op, Template)
 
     @property
     def node_key(self) -> str:
@@ -297,7 +366,7 @@ class Step:
                     raise SignatureError(name, f"input {key!r} is given in {right}", key)
                 self._check_input(field, value, key in sliced)
         for key, value in self.artifacts.items():  # local paths: absolute from now on
-            if not isinstance(value, OutputRef):
+            if not isinstance(value, _REFERENCES):
                 self.artifacts[key] = _absolute(value)
         given = {**self.parameters, **self.artifacts}
         lengths = {
@@ -322,6 +391,25 @@ class Step:
     def _check_input(self, field: Field, value: Any, sliced: bool) -> None:
         name = self.name
         key = field.name
+        if isinstance(value, InputParameter | InputArtifact):  # the enclosing template's
+            if isinstance(value, InputArtifact) != field.is_artifact:
+                what = "an artifact" if field.is_artifact else "a parameter"
+                raise SignatureError(
+                    name, f"input {key!r} is {what}, but is wired to {value!r}", key
+                )
+            return  # checked when the template runs, with its value
+        if isinstance(value, ArtifactValue):  # an artifact in the store already
+            if not field.is_artifact:
+                raise SignatureError(name, f"input {key!r} is a parameter, got an artifact", key)
+            assert field.artifact is not None
+            if field.artifact.shape not in ("any", value.shape) and not sliced:
+                raise SignatureError(
+                    name,
+                    f"input {key!r} takes {field.artifact!r}, got an artifact holding "
+                    f"{value.shape}",
+                    key,
+                )
+            return
         if isinstance(value, OutputRef):
             if (value.kind == "artifacts") != field.is_artifact:
                 what = "an artifact" if field.is_artifact else "a parameter"
@@ -329,7 +417,11 @@ class Step:
                     name, f"input {key!r} is {what}, but is wired to {value!r}", key
                 )
             source = value.field.artifact
-            if field.artifact is not None and source is not None:
+            if (
+                field.artifact is not None
+                and source is not None
+                and "any" not in (source.shape, field.artifact.shape)
+            ):
                 wanted = "list" if sliced else field.artifact.shape
                 if source.shape != wanted or (sliced and field.artifact.shape != "one"):
                     raise SignatureError(
@@ -341,10 +433,11 @@ class Step:
                     )
             return
         if field.is_artifact:
-            items = (
-                value if sliced or (field.artifact and field.artifact.shape == "list") else [value]
-            )
-            if field.artifact and field.artifact.shape == "dict" and not sliced:
+            shape = field.artifact.shape if field.artifact else "one"
+            if shape == "any":  # a template's input: what is given says which
+                shape = given_shape(value)
+            items = value if sliced or shape == "list" else [value]
+            if shape == "dict" and not sliced:
                 if not isinstance(value, Mapping):
                     raise SignatureError(
                         name, f"input {key!r} takes a dict of local paths, got {value!r}", key
@@ -377,13 +470,28 @@ class Step:
     def local_files(self) -> Iterator[tuple[str, Path]]:
         """``(input, path)`` of every local file given as an artifact input."""
         for key, value in self.artifacts.items():
-            if isinstance(value, OutputRef):
+            if isinstance(value, _REFERENCES):
                 continue
             items = value.values() if isinstance(value, Mapping) else value
             for path in (
                 items if isinstance(items, list | tuple) or isinstance(value, Mapping) else [value]
             ):
                 yield key, Path(path)
+
+    def reads_template(self) -> bool:
+        """True when the step reads an input of its enclosing template (in its inputs,
+        its key or its ``when``)."""
+        return (
+            any(
+                isinstance(v, InputParameter | InputArtifact)
+                for v in (*self.parameters.values(), *self.artifacts.values())
+            )
+            or (self.key is not None and "{{inputs." in self.key)
+            or (
+                isinstance(self.when, Expression)
+                and any(step == TEMPLATE_INPUT for step, _ in self.when.refs)
+            )
+        )
 
     def refs(self) -> Iterator[OutputRef]:
         """Every output reference among this step's inputs (its ``when`` is read apart)."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
 import anyio
 import anyio.to_thread
@@ -20,13 +24,17 @@ from .._exceptions import (
     CycleError,
     DefinitionError,
     DuplicateTaskError,
+    MissingInputError,
+    OpIOError,
     RecordedError,
     ResumeMismatch,
     SignatureError,
+    WhenError,
 )
 from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
 from .._runtime._builder_api import (
+    RunView,
     current_run,
     runtime_clock,
     stored_loads,
@@ -40,26 +48,38 @@ from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
 from ..stores._base import NodeRecord, RecordState, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, check_artifact, default_root
-from ._expr import Expression
+from ._expr import TEMPLATE_INPUT, Expression
+from ._level import Level, bind_level, manifest_shape
 from ._op import op_name
 from ._runner import (
     SLICES_ATTR,
     StepCall,
+    bring_stored,
+    check_artifacts,
     checkpoint_prefix,
+    in_template,
     in_thread,
     live_slices,
+    local_inputs,
+    resolve,
     retryable,
     run_store,
     slice_record,
+    source_of,
     task_for,
     when_errors,
 )
-from ._step import OutputRef, Step
+from ._script import Ready, in_script, on_script_loop, on_script_thread, script_runtime
+from ._sign import MISSING, check_value
+from ._step import BUILDING, OutputRef, Step
+from ._template import DAG, IfExpression, InputArtifact, InputParameter, Steps, Template, walk
 
 if TYPE_CHECKING:
     from .._workflow import WorkflowBuilder
 
-__all__ = ["DAG", "OutputParameter", "StepIO", "StepRecord", "Workflow"]
+T = TypeVar("T")
+
+__all__ = ["ParameterValue", "StepIO", "StepRecord", "Workflow"]
 
 #: a slice's index in its checkpoint key: ASCII digits, no leading zero (``str.isdigit``
 #: would take "²", which ``int`` refuses)
@@ -90,31 +110,7 @@ _RESULT_KEY = "_outputs"
 
 
 @final
-class DAG:
-    """Steps whose order comes from their wiring (plus ``Step(dependencies=...)``)."""
-
-    __slots__ = ("name", "steps")
-
-    def __init__(self, name: str = "dag") -> None:
-        self.name = name
-        self.steps: list[Step] = []
-
-    def add(self, step: Step | Sequence[Step]) -> DAG:
-        """Add a step (or several); returns the DAG."""
-        self.steps.extend(_as_steps(step))
-        return self
-
-
-def _as_steps(step: Step | Sequence[Step]) -> list[Step]:
-    items = [step] if isinstance(step, Step) else list(step)
-    for item in items:
-        if not isinstance(item, Step):
-            raise TypeError(f"add() takes a Step or a list of steps, got {item!r}")
-    return items
-
-
-@final
-class OutputParameter:
+class ParameterValue:
     """An output parameter in a :class:`StepRecord`: its ``value``."""
 
     __slots__ = ("value",)
@@ -123,7 +119,7 @@ class OutputParameter:
         self.value = value
 
     def __repr__(self) -> str:
-        return f"OutputParameter({self.value!r})"
+        return f"ParameterValue({self.value!r})"
 
 
 @final
@@ -225,7 +221,7 @@ class StepRecord:
         if self._raw is None or name not in self._raw["parameters"]:
             raise KeyError(f"step {self.key!r} has no output parameter {name!r}")
         self._raw["parameters"][name] = value
-        self.outputs.parameters[name] = OutputParameter(value)
+        self.outputs.parameters[name] = ParameterValue(value)
 
     def modify_output_artifact(self, name: str, artifact: ArtifactValue) -> None:
         """Replace an output artifact (another step's, say) before reusing this record."""
@@ -258,7 +254,7 @@ def _outputs_view(
 ) -> StepIO:
     if raw is None:
         return StepIO({}, {})
-    params = {k: OutputParameter(v) for k, v in raw.get("parameters", {}).items()}
+    params = {k: ParameterValue(v) for k, v in raw.get("parameters", {}).items()}
     arts: dict[str, ArtifactValue | None] = {
         k: None if v is None else ArtifactValue(root, v, shapes.get(k, "one"), run_id, key)
         for k, v in raw.get("artifacts", {}).items()
@@ -321,6 +317,22 @@ class _StoredRun:
 
     def find(self, key: str) -> StepInfo | None:
         return self._infos.get(key)
+
+    def inner(self, prefix: str) -> _StoredRun:
+        """The records of the steps inside one template step (keys under ``prefix``)."""
+        view = _StoredRun.__new__(_StoredRun)
+        view.status = self.status
+        view.finished = self.finished
+        view.heartbeat = self.heartbeat
+        view.reused = set()
+        cut = len(prefix)
+        view._infos = {
+            k[cut:]: dataclasses.replace(info, key=k[cut:], task=k[cut:])
+            for k, info in self._infos.items()
+            if k.startswith(prefix)
+        }
+        view._results = {k[cut:]: v for k, v in self._results.items() if k.startswith(prefix)}
+        return view
 
     def step(self, key: str) -> StepInfo:
         """A step's record (not on record: never started, see ``Workflow._record``)."""
@@ -405,12 +417,27 @@ class Workflow:
         self,
         name: str = "workflow",
         *,
+        steps: Steps | None = None,
         dag: DAG | None = None,
+        parameters: Mapping[str, Any] | None = None,
         artifacts: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name
-        self._stages: list[list[Step]] = []
-        self._dag = dag
+        if steps is not None and dag is not None:
+            raise TypeError("a workflow runs steps= or dag=, not both")
+        entry = steps if steps is not None else dag
+        if entry is not None and not isinstance(entry, Steps | DAG):
+            raise TypeError(f"steps= takes aflow.ops.Steps, dag= an aflow.ops.DAG, got {entry!r}")
+        self._entry: Template = entry if entry is not None else Steps(name)
+        self._parameters = dict(parameters or {})
+        for key in self._parameters:
+            if key not in self._entry.inputs.parameters:
+                raise SignatureError(
+                    name,
+                    f"parameters= gives {key!r}, which {self._entry.name!r} does not take; it "
+                    f"takes {sorted(self._entry.inputs.parameters)}",
+                    key,
+                )
         self._root: Path | None = Path(artifacts).resolve() if artifacts is not None else None
         self._origin: tuple[WorkflowBuilder[..., Any], dict[str, Any]] | None = None
         self._run: Run[Any] | None = None
@@ -419,23 +446,46 @@ class Workflow:
         self._stored: _StoredRun | None = None
         self._store_runtime: Runtime | None = None
         self._run_id: str | None = None
+        #: submitted from a plain script: its run lives on aflow's script loop
+        self._script = False
+        self._context: list[contextvars.Token[Any]] = []
+        self._called_stage: list[Step] | None = None
+        self._calls: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<ops.Workflow {self.name!r} [{len(self.steps)} steps]>"
 
     def add(self, step: Step | Sequence[Step]) -> Workflow:
         """Append a step, or a list of steps that run in parallel; returns the workflow."""
-        if self._dag is not None:
+        if self._entry.is_dag:
             raise TypeError("this workflow runs a DAG: add steps to the DAG")
-        self._stages.append(_as_steps(step))
+        self._entry.add(step)
         return self
 
     @property
     def steps(self) -> list[Step]:
-        """Every step, in the order added."""
-        if self._dag is not None:
-            return list(self._dag.steps)
-        return [s for stage in self._stages for s in stage]
+        """Every step of the workflow's entry template, in the order added."""
+        return self._entry.steps
+
+    def _level(self) -> Level:
+        """The entry template with its inputs' values (defaults, then ``parameters=``)."""
+        entry = self._entry
+        values: dict[str, Any] = {}
+        for name, declared in entry.inputs.parameters.items():
+            if name in self._parameters:
+                values[name] = check_value(
+                    entry.name, "input", name, declared.type, self._parameters[name]
+                )
+            elif declared.value is not MISSING:
+                values[name] = declared.value
+        missing = [n for n, d in entry.inputs.parameters.items() if n not in values]
+        if missing:
+            raise MissingInputError(
+                entry.name,
+                missing,
+                "an input of the workflow's entry: give it a value, or Workflow(parameters=...)",
+            )
+        return bind_level(entry, values, {})
 
     def _remember_origin(
         self, builder: WorkflowBuilder[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -450,7 +500,73 @@ class Workflow:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def submit(
+    def __enter__(self) -> Self:
+        """``with Workflow("wf") as wf:``: steps made inside are added to it (in order;
+        function-style ops called inside add theirs, ordered by their wiring). In a plain
+        script the block's end submits it, as dflow's does; under a running event loop,
+        ``await wf.submit()`` after the block."""
+        self._context.append(BUILDING.set(self))
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        BUILDING.reset(self._context.pop())
+        if exc_type is None and in_script() and self._run is None:
+            self.submit()
+
+    def _made(self, step: Step, *, called: bool) -> None:
+        """A step made inside ``with self:``: a call of a function-style op joins the
+        calls just before it (their wiring orders them), any other step follows all."""
+        if self._entry.is_dag:
+            self._entry.add(step)
+        elif called and self._entry.stages and self._called_stage is self._entry.stages[-1]:
+            self._entry.stages[-1].append(step)
+        else:
+            self._entry.add(step)
+            self._called_stage = self._entry.stages[-1] if called else None
+
+    def submit(
+        self,
+        *,
+        runtime: Runtime | None = None,
+        reuse_step: Sequence[StepRecord] | None = None,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        on_event: EventListener | None = None,
+    ) -> Awaitable[Run[Any]]:
+        """Start a run in ``runtime`` (default: the innermost ``async with aflow.Runtime()``)
+        and return its handle at once: ``run = await wf.submit()``.
+
+        ``reuse_step`` takes records from an earlier run's :meth:`query_step`
+        (optionally changed with ``modify_output_parameter``): those steps are
+        not run, their outputs are taken. With a durable runtime the workflow
+        must come from an ``@aflow.workflow`` function, so another process can
+        rebuild it.
+
+        In a plain script (no event loop running here) it submits to the runtime of
+        aflow's script loop and returns when the run has started, as dflow's
+        ``submit()`` does; then :meth:`wait`, :meth:`query_status` and
+        :meth:`query_step` work there too.
+        """
+        options: dict[str, Any] = {
+            "reuse_step": reuse_step,
+            "run_id": run_id,
+            "idempotency_key": idempotency_key,
+            "timeout": timeout,
+            "on_event": on_event,
+        }
+        if not in_script():
+            return self._submit(runtime=runtime, **options)
+        if runtime is not None:
+            raise TypeError(
+                "runtime= is for a running event loop ('await wf.submit(runtime=rt)'); a "
+                "plain script's workflows run in aflow's script runtime"
+            )
+        self._script = True
+        run = on_script_loop(lambda: self._submit(runtime=script_runtime(), **options)).result()
+        return Ready(run)
+
+    async def _submit(
         self,
         *,
         runtime: Runtime | None = None,
@@ -460,15 +576,6 @@ class Workflow:
         timeout: float | None = None,
         on_event: EventListener | None = None,
     ) -> Run[Any]:
-        """Start a run in ``runtime`` (default: the innermost ``async with aflow.Runtime()``)
-        and return its handle at once.
-
-        ``reuse_step`` takes records from an earlier run's :meth:`query_step`
-        (optionally changed with ``modify_output_parameter``): those steps are
-        not run, their outputs are taken. With a durable runtime the workflow
-        must come from an ``@aflow.workflow`` function, so another process can
-        rebuild it.
-        """
         rt = runtime if runtime is not None else CURRENT_RUNTIME.get(None)
         if rt is None:
             raise RuntimeError(
@@ -599,13 +706,22 @@ class Workflow:
         if self._store_runtime is not None and self._run_id is not None:
             self._stored = await _load_stored(self._store_runtime, self._run_id)
 
-    async def wait(self, *, poll: float = 0.25) -> str:
-        """Wait for the run to end and return its status; never raises for a failed run.
+    def wait(self, *, poll: float = 0.25) -> Awaitable[str]:
+        """Wait for the run to end and return its status (``await wf.wait()``); never
+        raises for a failed run. In a plain script it blocks until then.
 
         A run another process drives is read from the store every ``poll`` seconds, on
         the clock of the runtime that reads it (its heartbeat is stale once that clock's
         wall time is past it).
         """
+        if not self._script or on_script_thread():
+            return self._wait(poll)
+        future = on_script_loop(lambda: self._wait(poll))
+        if in_script():
+            return Ready(future.result())
+        return asyncio.wrap_future(future)
+
+    async def _wait(self, poll: float) -> str:
         if self._run is not None:
             await self._run.wait()
             await self.refresh()
@@ -640,6 +756,8 @@ class Workflow:
     def query_status(self) -> str:
         """``Pending``, ``Running``, ``Succeeded`` or ``Failed`` (reverted and cancelled
         runs are ``Failed``; ``wf.run.status`` tells them apart)."""
+        if self._script and not on_script_thread():
+            return on_script_loop(_async(self.query_status)).result()
         if self._stored is not None:
             return _STATUS[self._stored.status]
         if self._run is None:
@@ -656,12 +774,30 @@ class Workflow:
         steps included, in an order where every step follows those it depends on.
         A sliced step's slices match by their own keys (``name-0`` or the step's
         templated key)."""
+        if self._script and not on_script_thread():
+            return on_script_loop(_async(self.query_step, name, key, phase)).result()
         run: Run[Any] | _StoredRun = self._stored if self._stored is not None else self.run
         root = self._run_root or self._root or default_root(None)
+        found: list[StepRecord] = []
+        for record in self._records(self._level(), run, root):
+            candidates = [record, *record.slices] if key is not None else [record]
+            for candidate in candidates:
+                if (
+                    _match(candidate.name, name)
+                    and _match(candidate.key, key)
+                    and _match(candidate.phase, phase)
+                ):
+                    found.append(candidate)
+        return found
+
+    def _records(
+        self, level: Level, run: Run[Any] | _StoredRun | RunView, root: Path
+    ) -> list[StepRecord]:
+        """The records of one level's steps, each template step's own steps after it."""
         run_id = self._run_id
         results = run.results()
         found: list[StepRecord] = []
-        ordered, data, _ = _order(self)
+        ordered, data, _ = _order(level)
         phases: dict[int, str] = {}
         for step in ordered:
             unrecorded: str | None = None
@@ -677,20 +813,29 @@ class Workflow:
                     unrecorded = "Skipped"
             record = self._record(step, run, results, root, run_id, unrecorded)
             phases[id(step)] = record.phase
-            candidates = [record, *record.slices] if key is not None else [record]
-            for candidate in candidates:
-                if (
-                    _match(candidate.name, name)
-                    and _match(candidate.key, key)
-                    and _match(candidate.phase, phase)
-                ):
-                    found.append(candidate)
+            found.append(record)
+            if not step.is_template:
+                continue
+            if isinstance(run, _StoredRun):
+                if record.phase not in ("Pending", "Skipped"):
+                    inner_level = _stored_level(step, level, record.inputs)
+                    if inner_level is not None:
+                        # (an inner level's records are keyed under its template step's)
+                        prefix = ("" if level.path else "_in:") + step.node_key + "/"
+                        found.extend(self._records(inner_level, run.inner(prefix), root))
+            else:
+                view = view_of(run) if isinstance(run, Run) else run
+                made = view.made_by(step.node_key)
+                inner = made[-1] if made else None
+                inner_level = None if inner is None else inner.notes.get(_LEVEL)
+                if inner is not None and isinstance(inner_level, Level):
+                    found.extend(self._records(inner_level, inner, root))
         return found
 
     def _record(
         self,
         step: Step,
-        run: Run[Any] | _StoredRun,
+        run: Run[Any] | _StoredRun | RunView,
         results: Mapping[str, Any],
         root: Path,
         run_id: str | None,
@@ -710,8 +855,9 @@ class Workflow:
         inputs = _inputs_of(step, results, root, run_id)
         slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
         if not slice_dicts and step.slices is not None:
-            if isinstance(run, Run):  # in progress here
-                slice_dicts = live_slices(view_of(run)).get(step.node_key)
+            if isinstance(run, Run | RunView):  # in progress here
+                view = view_of(run) if isinstance(run, Run) else run
+                slice_dicts = live_slices(view).get(step.node_key)
             else:  # from each slice's own checkpoint
                 slice_dicts = run.slices(step, _slice_count(step, results))
         item_shapes = {k: f.artifact.shape for k, f in step.all_output_fields.items() if f.artifact}
@@ -842,7 +988,7 @@ def _inputs_of(step: Step, results: Mapping[str, Any], root: Path, run_id: str |
 # --- compiling to the graph IR ----------------------------------------------------------------
 
 
-def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, list[Step]]]:
+def _order(wf: Level) -> tuple[list[Step], dict[int, list[Step]], dict[int, list[Step]]]:
     """Steps in a topological order, each step's data sources and its order-only dependencies."""
     steps = wf.steps
     by_id = {id(s): s for s in steps}
@@ -853,7 +999,7 @@ def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, l
     data: dict[int, list[Step]] = {}
     order_deps: dict[int, list[Step]] = {}
     previous: list[Step] = []
-    stages = [[s] for s in steps] if wf._dag is not None else wf._stages
+    stages = [[s] for s in steps] if wf.is_dag else wf.stages
     for stage in stages:
         for s in stage:
             sources: dict[int, Step] = {}
@@ -867,6 +1013,8 @@ def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, l
                 sources[id(ref.step)] = ref.step
             if isinstance(s.when, Expression):
                 for step_name, param in s.when.refs:
+                    if step_name == TEMPLATE_INPUT:
+                        continue  # bound with the level (see bind_level)
                     src = names.get(step_name)
                     if src is None:
                         raise SignatureError(
@@ -887,7 +1035,7 @@ def _order(wf: Workflow) -> tuple[list[Step], dict[int, list[Step]], dict[int, l
             data[id(s)] = list(sources.values())
             extra = [
                 d
-                for d in (*(previous if wf._dag is None else ()), *s.dependencies)
+                for d in (*(previous if not wf.is_dag else ()), *s.dependencies)
                 if id(d) not in sources
             ]
             order_deps[id(s)] = list({id(d): d for d in extra}.values())
@@ -923,6 +1071,9 @@ def _guard(
         if isinstance(when, Expression):
             values = {}
             for step_name, param in when.refs:
+                if step_name == TEMPLATE_INPUT:
+                    values[(step_name, param)] = step.bound_inputs[param]
+                    continue
                 src = next(s for _, s in collected if s.name == step_name)
                 values[(step_name, param)] = results[src.node_key]["parameters"][param]
             return bool(when.evaluate(values))
@@ -966,8 +1117,10 @@ def _ancestors(
 
 def _describe_value(value: Any) -> str:
     """A value as the change check compares it: wiring by reference, data by content."""
-    if isinstance(value, OutputRef):
+    if isinstance(value, OutputRef | InputParameter | InputArtifact):
         return str(value)
+    if isinstance(value, ArtifactValue):
+        return json.dumps(value.manifest, sort_keys=True)
     try:
         return json.dumps(value, sort_keys=True)
     except (TypeError, ValueError):
@@ -976,9 +1129,28 @@ def _describe_value(value: Any) -> str:
 
 
 def _digest(wf: Workflow) -> str:
-    """Everything that makes the workflow what it is: steps, wiring, options, conditions."""
+    """Everything that makes the workflow what it is: steps, wiring, options, conditions,
+    and those of every template its steps use."""
     digest = hashlib.sha256()
-    for step in wf.steps:
+    digest.update(repr(sorted((k, _describe_value(v)) for k, v in wf._parameters.items())).encode())
+    for template in walk(wf._entry):
+        digest.update(_template_digest(template).encode())
+    return digest.hexdigest()
+
+
+def _template_digest(template: Template) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{type(template).__name__} {template.name} {template.parallelism}".encode())
+    for name, p in template.inputs.parameters.items():
+        digest.update(f"in {name} {_describe_value(p.value)} {p.type!r}".encode())
+    for name, a in template.inputs.artifacts.items():
+        digest.update(f"in-art {name} {a.optional}".encode())
+    for name, o in template.outputs.parameters.items():
+        source = o.value_from_expression or o.value_from_parameter
+        digest.update(f"out {name} {source!r} {_describe_value(o.default)}".encode())
+    for name, oa in template.outputs.artifacts.items():
+        digest.update(f"out-art {name} {(oa.from_expression or oa._from)!r}".encode())
+    for step in template.steps:
         when = step.when
         condition = when.text if isinstance(when, Expression) else getattr(when, "__qualname__", "")
         parts = [
@@ -1000,7 +1172,7 @@ def _digest(wf: Workflow) -> str:
             repr([d.name for d in step.dependencies]),
         ]
         digest.update("\x1f".join(parts).encode() + b"\n")
-    digest.update(repr([[s.name for s in stage] for stage in wf._stages]).encode())
+    digest.update(repr([[s.name for s in stage] for stage in template.stages]).encode())
     return digest.hexdigest()
 
 
@@ -1034,7 +1206,15 @@ def _check_slice_keys(steps: list[Step]) -> None:
 def _compile(wf: Workflow) -> Graph:
     if not wf.steps:
         raise SignatureError(wf.name, "a workflow needs at least one step", "steps")
-    ordered, data, order_deps = _order(wf)
+    return _compile_level(wf._level(), wf._root, nested=False)
+
+
+def _compile_level(level: Level, root: Path | None, *, nested: bool) -> Graph:
+    """The graph of one run of a template: the workflow's own (its last node gives the
+    last steps' outputs and clears the work dirs), or a template step's (``nested``)."""
+    if not level.steps:
+        raise SignatureError(level.name, "a template needs at least one step", "steps")
+    ordered, data, order_deps = _order(level)
     builder = GraphBuilder()
     _check_slice_keys(ordered)
     builder.reserve(s.node_key for s in ordered)
@@ -1071,7 +1251,7 @@ def _compile(wf: Workflow) -> Graph:
                 when=_guard(step, sources, collected),
             )
             parents.append(guard)
-        call = StepCall(step, wf._root)
+        call = StepCall(step, root, level.path)
         binding_names = call.names
         bindings = tuple(
             (binding_names[id(s)], node_of[id(s)], None) for s in sources if id(s) in binding_names
@@ -1087,9 +1267,10 @@ def _compile(wf: Workflow) -> Graph:
             }
         )
         node_of[id(step)] = builder.add(
-            # a sliced step's node holds no slot of the limits: its slices take them
-            NodeKind.SUBGRAPH if sliced else NodeKind.TASK,
-            task_for(step.op),
+            # a sliced step's node holds no slot of the limits: its slices take them (and
+            # a template step's, its steps)
+            NodeKind.SUBGRAPH if sliced or step.is_template else NodeKind.TASK,
+            _TEMPLATE_TASK if step.is_template else task_for(step.op),
             args=(call,),
             key=step.node_key,
             parents=tuple(dict.fromkeys(parents)),
@@ -1097,8 +1278,15 @@ def _compile(wf: Workflow) -> Graph:
             bindings=bindings,
         )
     sinks = [s for s in ordered if id(s) not in consumed]
-
-    root = wf._root
+    if nested:  # the template step reads its inner steps' results itself
+        end = builder.add(
+            NodeKind.JOIN,
+            None,
+            name="_end",
+            parents=tuple(node_of[id(s)] for s in sinks),
+            after_all=True,
+        )
+        return builder.build(end, name=level.name)
 
     async def outputs(**results: Any) -> dict[str, Any]:
         # the run went through: its outputs are stored, its work dirs can go
@@ -1114,4 +1302,180 @@ def _compile(wf: Workflow) -> Graph:
         bindings=tuple((s.node_key, node_of[id(s)], None) for s in sinks),
         after_all=True,
     )
-    return builder.build(final, name=wf.name)
+    return builder.build(final, name=level.name)
+
+
+# --- a step whose template is Steps or a DAG ----------------------------------------------
+
+#: In a template step's run, its level (what queries show of it).
+_LEVEL = "ops.level"
+_NOTHING: Any = object()
+
+
+async def run_template(call: StepCall, **upstream: Any) -> dict[str, Any]:
+    """The task of a template step's node: its template run as a nested run, with the
+    step's inputs as the template's; its value is the template's outputs."""
+    if call.path:  # itself inside a template step: checkpointed as the steps there are
+        return await in_template(call, functools.partial(_run_template, call, upstream))
+    return await _run_template(call, upstream)
+
+
+async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, Any]:
+    step = call.step
+    template = step.op
+    assert isinstance(template, Template)
+    run = current_run()
+    failed = when_errors(run).get(step.node_key)
+    if failed is not None:
+        raise WhenError(step.name, failed) from failed
+    store = ArtifactStore.for_run(call.root, run.top.store)
+    literal = await local_inputs(call, store, run) if call.has_literal else {}
+    params = {k: resolve(v, upstream, call.names) for k, v in step.parameters.items()}
+    arts = {k: resolve(v, upstream, call.names) for k, v in step.artifacts.items()}
+    arts.update(literal)
+    check_artifacts(step, run.run_id, arts)
+    await bring_stored(step, store)
+    name = op_name(template)
+    values: dict[str, Any] = {}
+    for key, declared in template.inputs.parameters.items():
+        if key in params:
+            values[key] = check_value(name, "input", key, declared.type, params[key])
+        elif declared.value is not MISSING:
+            values[key] = declared.value
+        else:
+            raise MissingInputError(step.name, [key], f"an input of {name}")
+    art_values: dict[str, ArtifactValue | None] = {}
+    for key in template.inputs.artifacts:
+        manifest = arts.get(key)
+        if manifest is None:
+            art_values[key] = None
+            continue
+        origin = source_of(step, run.run_id, key)
+        art_values[key] = ArtifactValue(
+            store.root, manifest, manifest_shape(manifest), origin.run_id, origin.step
+        )
+    level = bind_level(template, values, art_values, (*call.path, step.node_key))
+    graph = _compile_level(level, call.root, nested=True)
+    inner = run.nested(graph)
+    inner.notes[_LEVEL] = level
+    await _execute_apart(inner)
+    return _template_outputs(level, inner.results())
+
+
+async def _execute_apart(inner: RunView) -> None:
+    """Run a template step's level in a task of its own. (Awaited inline, each level of a
+    recursion would add its frames to the Python stack of the one before: a recursion of
+    a few dozen levels would reach the interpreter's limit.)"""
+    failed: list[Exception] = []
+
+    async def execute() -> None:
+        try:
+            await inner.execute()
+        except Exception as exc:  # raised below, as it is (not in an exception group)
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execute)
+    if failed:
+        raise failed[0]
+
+
+def _stored_level(step: Step, level: Level, inputs: StepIO) -> Level | None:
+    """The level a template step ran, from its inputs on record (``None``: they no
+    longer bind, so it cannot have run)."""
+    template = step.op
+    assert isinstance(template, Template)
+    values = {
+        k: inputs.parameters.get(k, p.value)
+        for k, p in template.inputs.parameters.items()
+        if k in inputs.parameters or p.value is not MISSING
+    }
+    arts = {k: inputs.artifacts.get(k) for k in template.inputs.artifacts}
+    try:
+        return bind_level(template, values, arts, (*level.path, step.node_key))
+    except (SignatureError, KeyError):
+        return None
+
+
+def _template_outputs(level: Level, results: Mapping[str, Any]) -> dict[str, Any]:
+    """A template's outputs, from its steps' results and its inputs."""
+    template = level.template
+    name = op_name(template)
+    params: dict[str, Any] = {}
+    for key, declared in template.outputs.parameters.items():
+        value = _pick(declared.source(), level, results)
+        if value is _NOTHING:
+            if declared.default is MISSING:
+                raise OpIOError(name, "output", key, "a value", _no_value(declared.source()))
+            value = declared.default
+        params[key] = check_value(name, "output", key, declared.type, value)
+    arts: dict[str, Any] = {}
+    for key, art in template.outputs.artifacts.items():
+        value = _pick(art.source(), level, results)
+        if value is _NOTHING:
+            if not art.optional:
+                raise OpIOError(name, "output", key, "an artifact", _no_value(art.source()))
+            value = None
+        arts[key] = value
+    return {"parameters": params, "artifacts": arts}
+
+
+def _no_value(source: Any) -> str:
+    if source is MISSING:
+        return "nothing: it has no source (value_from_parameter / _from) and no default"
+    return f"nothing: {source!r} gave no value (its step was skipped or failed)"
+
+
+def _pick(source: Any, level: Level, results: Mapping[str, Any]) -> Any:
+    """What an output's source holds in this level's run (``_NOTHING``: no value)."""
+    if source is MISSING:
+        return _NOTHING
+    if isinstance(source, IfExpression):
+        values: dict[tuple[str, str], Any] = {}
+        for step_name, param in source.condition.refs:
+            if step_name == TEMPLATE_INPUT:
+                values[(step_name, param)] = level.values[param]
+                continue
+            found = level.step_named(step_name)
+            if found is None:
+                raise SignatureError(
+                    level.name,
+                    f"an if_expression reads step {step_name!r}, which is not in it",
+                    "outputs",
+                )
+            result = results.get(found.node_key)
+            if result is None:
+                return _NOTHING
+            values[(step_name, param)] = result["parameters"][param]
+        chosen = source.holds(source.condition.evaluate(values))
+        return _pick(source.branches()[0 if chosen else 1], level, results)
+    if isinstance(source, OutputRef):
+        bound = level.bound(source.step)
+        if all(s is not bound for s in level.steps):
+            raise SignatureError(
+                level.name,
+                f"an output reads {source!r}, but step {source.step.name!r} is not in it",
+                "outputs",
+            )
+        result = results.get(bound.node_key)
+        if result is None:
+            return _NOTHING
+        return result[source.kind][source.name]
+    if isinstance(source, InputParameter):
+        return level.values[source.name or ""]
+    if isinstance(source, InputArtifact):
+        given = level.artifacts.get(source.name or "")
+        return _NOTHING if given is None else given.manifest
+    return source  # a literal value
+
+
+_TEMPLATE_TASK: FunctionTask[..., Any] = FunctionTask(run_template, {"name": "template"})
+
+
+def _async(call: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
+    """``call(*args)`` as a coroutine function (to run it on the script loop's thread)."""
+
+    async def run() -> T:
+        return call(*args)
+
+    return run
