@@ -27,6 +27,9 @@ from __future__ import annotations
 from .._deprecated import moved_from as _moved_from
 from ._artifacts import ArtifactValue as ArtifactValue
 from ._artifacts import download_artifact as download_artifact
+from ._loops import argo_len as argo_len
+from ._loops import argo_range as argo_range
+from ._loops import argo_sequence as argo_sequence
 from ._op import OP as OP
 from ._op import PythonOPTemplate as PythonOPTemplate
 from ._op import Slices as Slices
@@ -77,6 +80,9 @@ __all__ = [
     "StepRecord",
     "Steps",
     "Workflow",
+    "argo_len",
+    "argo_range",
+    "argo_sequence",
     "download_artifact",
     "if_expression",
     "op",

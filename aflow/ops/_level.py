@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, final
 
 from .._exceptions import SignatureError
 from ._artifacts import ArtifactValue
 from ._expr import TEMPLATE_INPUT, Expression
+from ._loops import map_loop
 from ._step import OutputRef, Step, _Outputs
 from ._template import InputArtifact, InputParameter, Template
 
@@ -109,6 +111,8 @@ def bind_level(
         arts = {k: wire(v, original, k) for k, v in original.artifacts.items()}
         step.artifacts = {k: v for k, v in arts.items() if v is not None}
         step.dependencies = tuple(copies.get(id(d), d) for d in original.dependencies)
+        if original.loop is not None:
+            step.loop = map_loop(original.loop, functools.partial(_wire_loop, wire, original))
         if original.key is not None and "{{inputs." in original.key:
             step.key = _INPUT_IN_KEY.sub(lambda m: _input_text(m, template, values), original.key)
         when = original.when
@@ -129,6 +133,10 @@ def bind_level(
         step._check_inputs()  # the values in place: types, shapes, what is missing
     stages = [[copies[id(s)] for s in stage] for stage in template.stages]
     return Level(template, values, artifacts, path, stages, copies)
+
+
+def _wire_loop(wire: Callable[[Any, Step, str], Any], step: Step, ref: Any) -> Any:
+    return wire(ref, step, "with_param")
 
 
 def _input_text(match: re.Match[str], template: Template, values: Mapping[str, Any]) -> str:

@@ -4,6 +4,7 @@ items of a group ``pool_size`` at a time (dflow's meaning)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import shutil
@@ -11,7 +12,9 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
 
 from .._exceptions import (
     DefinitionError,
@@ -42,6 +45,7 @@ from ._artifacts import (
     store_output,
 )
 from ._level import manifest_shape
+from ._loops import item_key, loop_items, put_item
 from ._op import OP, op_name
 from ._sign import OPIO, Field, check_value, copy_value, fresh
 from ._step import OutputRef, Step
@@ -49,6 +53,7 @@ from ._step import given_shape as manifest_shape_of_paths
 
 __all__ = [
     "SLICES_ATTR",
+    "Bound",
     "bring_stored",
     "check_artifacts",
     "in_template",
@@ -69,6 +74,8 @@ __all__ = [
     "task_for",
     "when_errors",
 ]
+
+T = TypeVar("T")
 
 #: The attribute of a sliced step's error that holds its slices' records.
 SLICES_ATTR = "__aflow_slices__"
@@ -416,16 +423,54 @@ async def local_inputs(call: StepCall, store: ArtifactStore, run: RunView) -> di
     return manifests
 
 
+class Bound:
+    """A ``parallelism=`` bound of a workflow or a template: at most ``limit`` calls of
+    operators at once in one run of it (made per run of its level; its limiter on first
+    use, inside the run's loop)."""
+
+    __slots__ = ("_limiter", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.limit)
+        return self._limiter
+
+
+async def _bounded(bounds: tuple[Bound, ...], call: Awaitable[T]) -> T:
+    """``call`` awaited holding one place of each bound, outermost first."""
+    async with contextlib.AsyncExitStack() as places:
+        for bound in bounds:
+            await places.enter_async_context(bound.limiter)
+        return await call
+
+
+def bounded(bounds: tuple[Bound, ...], call: Awaitable[T]) -> Awaitable[T]:
+    return call if not bounds else _bounded(bounds, call)
+
+
 class StepCall:
     """What a step's node passes its runner: the step, its wiring, its artifact root."""
 
-    __slots__ = ("has_literal", "names", "path", "root", "step")
+    __slots__ = ("bounds", "has_literal", "names", "path", "root", "step")
 
-    def __init__(self, step: Step, root: Path | None, path: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        step: Step,
+        root: Path | None,
+        path: tuple[str, ...] = (),
+        bounds: tuple[Bound, ...] = (),
+    ) -> None:
         self.step = step
         self.root = root
         #: the keys of the template steps it runs inside, outermost first
         self.path = path
+        #: the parallelism bounds of the workflow and templates it runs inside
+        self.bounds = bounds
         self.names = source_names(step)
         self.has_literal = any(
             not isinstance(v, OutputRef | ArtifactValue) for v in step.artifacts.values()
@@ -500,11 +545,16 @@ async def _run_step(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, An
     arts.update(literal)
     check_artifacts(step, run.run_id, arts)
     await bring_stored(step, store)
+    if step.loop is not None:
+        items = loop_items(step.name, step.loop, lambda ref: resolve(ref, upstream, names))
+        return await _run_loop(step, store, run, params, arts, items, call)
     if step.slices is None:
         attempt = current_attempt_number()
         where = (*call.path, step.node_key)
-        return await _call_op(step, store, run.run_id, where, attempt, params, arts)
-    return await _run_slices(step, store, run, params, arts, call.path)
+        return await bounded(
+            call.bounds, _call_op(step, store, run.run_id, where, attempt, params, arts)
+        )
+    return await _run_slices(step, store, run, params, arts, call)
 
 
 def source_of(step: Step, run_id: str, key: str) -> Origin:
@@ -525,7 +575,7 @@ def check_artifacts(step: Step, run_id: str, arts: Mapping[str, Any]) -> None:
             shape = wired.shape
         elif isinstance(wired, OutputRef):
             spec = wired.field.artifact
-            shape = "list" if wired.step.slices is not None else spec.shape if spec else "one"
+            shape = "list" if wired.step.fans_out else spec.shape if spec else "one"
         else:  # a local file, as read on the first run
             spec = step.input_fields[key].artifact
             shape = "list" if key in sliced else spec.shape if spec else "one"
@@ -580,11 +630,10 @@ async def _run_slices(
     run: RunView,
     params: dict[str, Any],
     arts: dict[str, Any],
-    path: tuple[str, ...] = (),
+    call: StepCall,
 ) -> dict[str, Any]:
     slices = step.slices
     assert slices is not None
-    run_id = run.run_id
     name = op_name(step.op)
     sliced = step.sliced_inputs
     lengths = {}
@@ -610,6 +659,68 @@ async def _run_slices(
         )
         for i in range(n)
     ]
+    return await _fan(
+        step,
+        store,
+        run,
+        records,
+        call,
+        (slices.output_parameter, slices.output_artifact),
+        # as in dflow: every group at once (the step's parallelism bounds them), pool_size
+        # items of each
+        pool_size=step.parallelism,
+        group_size=slices.group_size,
+        per_group=slices.per_group,
+    )
+
+
+async def _run_loop(
+    step: Step,
+    store: ArtifactStore,
+    run: RunView,
+    params: dict[str, Any],
+    arts: dict[str, Any],
+    items: list[Any],
+    call: StepCall,
+) -> dict[str, Any]:
+    """A ``with_param`` / ``with_sequence`` step: one call per item, ``{{item}}`` in its
+    parameters; every output stacked into a list, in item order."""
+    records = []
+    for i, item in enumerate(items):
+        record = slice_record(
+            step,
+            i,
+            {
+                "parameters": {k: put_item(v, item, step.name, k) for k, v in params.items()},
+                "artifacts": dict(arts),
+            },
+        )
+        record["key"] = item_key(step.key, item, step.name, i)
+        records.append(record)
+    fields = step.all_output_fields
+    stacked = (
+        tuple(n for n, f in fields.items() if not f.is_artifact),
+        tuple(n for n, f in fields.items() if f.is_artifact),
+    )
+    return await _fan(step, store, run, records, call, stacked, pool_size=step.parallelism)
+
+
+async def _fan(
+    step: Step,
+    store: ArtifactStore,
+    run: RunView,
+    records: list[dict[str, Any]],
+    call: StepCall,
+    stacked: tuple[tuple[str, ...], tuple[str, ...]],
+    *,
+    pool_size: int | None,
+    group_size: int = 1,
+    per_group: int = 1,
+) -> dict[str, Any]:
+    """Run a step's items (slices or loop items) as ``records`` describe them; their
+    outputs stacked, ``stacked`` names which (parameters, artifacts)."""
+    run_id = run.run_id
+    n = len(records)
     if run.restored:  # slices on record are not run again
         stored = await run.stored_nodes()
         for record in records:
@@ -645,19 +756,22 @@ async def _run_slices(
 
     def body(i: int, attempt: int) -> Awaitable[dict[str, Any]]:
         inputs = records[i]["inputs"]
-        where = (*path, step.node_key, f"slice-{i}")
-        call = _call_op(
-            step, store, run_id, where, attempt, inputs["parameters"], inputs["artifacts"]
+        where = (*call.path, step.node_key, f"slice-{i}")
+        made = bounded(
+            call.bounds,
+            _call_op(
+                step, store, run_id, where, attempt, inputs["parameters"], inputs["artifacts"]
+            ),
         )
-        return call if run.store is None else hooks.encoded(i, call)
+        return made if run.store is None else hooks.encoded(i, made)
 
     errors = await run.fan_out(
         n,
         body,
         options,
-        pool_size=None,  # as in dflow: every group at once, pool_size items of each
-        group_size=slices.group_size,
-        per_group=slices.per_group,
+        pool_size=pool_size,
+        group_size=group_size,
+        per_group=per_group,
         done={r["index"] for r in records if r["phase"] == "Succeeded"},
         hooks=hooks,
     )
@@ -679,10 +793,10 @@ async def _run_slices(
         raise error
     stacked_params = {
         p: [r["outputs"]["parameters"][p] if r["outputs"] else None for r in records]
-        for p in slices.output_parameter
+        for p in stacked[0]
     }
     stacked_arts: dict[str, list[Any]] = {}
-    for a in slices.output_artifact:
+    for a in stacked[1]:
         shape = step.all_output_fields[a].artifact.shape  # type: ignore[union-attr]
         flat: list[Any] = []
         for r in records:

@@ -14,6 +14,7 @@ from .._exceptions import MissingInputError, OpIOError, SignatureError
 from .._options import Backoff, RetryOn, check_options
 from ._artifacts import ArtifactValue
 from ._expr import TEMPLATE_INPUT, Expression
+from ._loops import ArgoSequence, check_loop, has_item, refs_of
 from ._op import OP, PythonOPTemplate, Slices, op_name, template_of
 from ._sign import MISSING, Artifact, Field, check_value, type_name
 from ._template import InputArtifact, InputParameter, Template
@@ -73,7 +74,7 @@ class _RefMap(Mapping[str, OutputRef]):
         if field is None or field.is_artifact != (self._kind == "artifacts"):
             what = "output parameter" if self._kind == "parameters" else "output artifact"
             hint = ""
-            if step.slices is not None and name in step.all_output_fields:
+            if step.slices is not None and step.loop is None and name in step.all_output_fields:
                 hint = (
                     f" (the step is sliced: name it in Slices(output_{self._kind[:-1]}=...) "
                     "to stack it)"
@@ -153,9 +154,11 @@ class Step:
         "continue_on_success_ratio",
         "dependencies",
         "key",
+        "loop",
         "name",
         "op",
         "outputs",
+        "parallelism",
         "parameters",
         "retries",
         "retry_on",
@@ -183,6 +186,9 @@ class Step:
         backoff: Backoff | None = None,
         retry_on: RetryOn | None = None,
         dependencies: Sequence[Step] = (),
+        with_param: Any = None,
+        with_sequence: ArgoSequence | None = None,
+        parallelism: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SignatureError(
@@ -208,6 +214,19 @@ class Step:
             self.slices = slices if slices is not None else tmpl.slices
         if slices is not None and not isinstance(slices, Slices):
             raise SignatureError(name, f"must be an aflow.ops.Slices, got {slices!r}", "slices")
+        #: with_param= / with_sequence=: one call per item (None: no loop)
+        self.loop: Any = check_loop(name, with_param, with_sequence)
+        if self.loop is not None and (self.slices is not None or isinstance(template, Template)):
+            what = "sliced" if self.slices is not None else "a template step"
+            raise SignatureError(
+                name, f"with_param / with_sequence: the step is {what}", "with_param"
+            )
+        if parallelism is not None and (
+            not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1
+        ):
+            raise SignatureError(name, f"must be an int >= 1, got {parallelism!r}", "parallelism")
+        #: at most this many of the step's own calls (items, slice groups) at once
+        self.parallelism = parallelism
         tmpl_policy = self.template  # a PythonOPTemplate's retries, errors retried and timeout
         options = check_options(
             name,
@@ -232,10 +251,11 @@ class Step:
         self.backoff: Backoff | None = options["backoff"]
         self.continue_on_failed: bool = options["continue_on_failed"]
         if (continue_on_num_success is not None or continue_on_success_ratio is not None) and (
-            self.slices is None
+            not self.fans_out
         ):
             raise SignatureError(
-                name, "continue_on_num_success / continue_on_success_ratio need slices"
+                name,
+                "continue_on_num_success / continue_on_success_ratio need slices or with_param",
             )
         threshold = check_options(
             name,
@@ -280,6 +300,8 @@ class Step:
     def _read_fields(self) -> tuple[dict[str, Field], dict[str, Field], dict[str, Field]]:
         inputs = dict(self.op.get_input_sign().fields)
         all_out = dict(self.op.get_output_sign().fields)
+        if self.loop is not None:  # every output, one per item
+            return inputs, all_out, self._stacked(all_out, tuple(all_out))
         return inputs, all_out, all_out if self.slices is None else self._stacked(all_out)
 
     @property
@@ -315,13 +337,20 @@ class Step:
             return self.key.replace("{{item}}", str(index))
         return f"{self.name}-{index}"
 
-    def _stacked(self, fields: dict[str, Field]) -> dict[str, Field]:
-        assert self.slices is not None
+    def _stacked(
+        self, fields: dict[str, Field], every: tuple[str, ...] | None = None
+    ) -> dict[str, Field]:
+        """The outputs of a step that fans out: one value per item, in item order."""
+        if every is not None:
+            stacked = (
+                tuple(n for n in every if not fields[n].is_artifact),
+                tuple(n for n in every if fields[n].is_artifact),
+            )
+        else:
+            assert self.slices is not None
+            stacked = (self.slices.output_parameter, self.slices.output_artifact)
         out: dict[str, Field] = {}
-        for names, artifact in (
-            (self.slices.output_parameter, False),
-            (self.slices.output_artifact, True),
-        ):
+        for names, artifact in zip(stacked, (False, True), strict=True):
             for n in names:
                 f = fields.get(n)
                 if f is None or f.is_artifact != artifact:
@@ -336,6 +365,11 @@ class Step:
                 else:  # a failed slice (past a threshold) gives None
                     out[n] = Field(n, list[f.type | None], None, MISSING)  # type: ignore[name-defined]
         return out
+
+    @property
+    def fans_out(self) -> bool:
+        """True when the step makes one call per item (slices, with_param, with_sequence)."""
+        return self.slices is not None or self.loop is not None
 
     @property
     def sliced_inputs(self) -> tuple[str, ...]:
@@ -391,6 +425,12 @@ class Step:
     def _check_input(self, field: Field, value: Any, sliced: bool) -> None:
         name = self.name
         key = field.name
+        if has_item(value):  # "{{item}}": a loop's item, checked when it is known
+            if self.loop is None:
+                raise SignatureError(
+                    name, f"input {key!r} reads {{{{item}}}}, but the step has no with_param", key
+                )
+            return
         if isinstance(value, InputParameter | InputArtifact):  # the enclosing template's
             if isinstance(value, InputArtifact) != field.is_artifact:
                 what = "an artifact" if field.is_artifact else "a parameter"
@@ -487,6 +527,7 @@ class Step:
                 for v in (*self.parameters.values(), *self.artifacts.values())
             )
             or (self.key is not None and "{{inputs." in self.key)
+            or any(isinstance(r, InputParameter) for r in refs_of(self.loop))
             or (
                 isinstance(self.when, Expression)
                 and any(step == TEMPLATE_INPUT for step, _ in self.when.refs)
@@ -494,7 +535,12 @@ class Step:
         )
 
     def refs(self) -> Iterator[OutputRef]:
-        """Every output reference among this step's inputs (its ``when`` is read apart)."""
+        """Every output reference among this step's inputs and loop (its ``when`` is read
+        apart)."""
         for value in (*self.parameters.values(), *self.artifacts.values()):
             if isinstance(value, OutputRef):
                 yield value
+        if self.loop is not None:
+            for ref in refs_of(self.loop):
+                if isinstance(ref, OutputRef):
+                    yield ref

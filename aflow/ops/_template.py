@@ -258,7 +258,7 @@ class OutputArtifact(_Declared):
 
         src = self.from_expression._then if self.from_expression is not None else self._from
         if isinstance(src, OutputRef):
-            if src.step.slices is not None:
+            if src.step.fans_out:
                 return "list"
             art = src.step.all_output_fields[src.name].artifact
             return art.shape if art is not None else "any"

@@ -50,9 +50,11 @@ from ..stores._base import NodeRecord, RecordState, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, check_artifact, default_root
 from ._expr import TEMPLATE_INPUT, Expression
 from ._level import Level, bind_level, manifest_shape
+from ._loops import loop_items
 from ._op import op_name
 from ._runner import (
     SLICES_ATTR,
+    Bound,
     StepCall,
     bring_stored,
     check_artifacts,
@@ -421,8 +423,15 @@ class Workflow:
         dag: DAG | None = None,
         parameters: Mapping[str, Any] | None = None,
         artifacts: str | os.PathLike[str] | None = None,
+        parallelism: int | None = None,
     ) -> None:
         self.name = name
+        if parallelism is not None and (
+            not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1
+        ):
+            raise SignatureError(name, f"must be an int >= 1, got {parallelism!r}", "parallelism")
+        #: at most this many operator calls (steps, slices, loop items) at once in a run
+        self.parallelism = parallelism
         if steps is not None and dag is not None:
             raise TypeError("a workflow runs steps= or dag=, not both")
         entry = steps if steps is not None else dag
@@ -848,13 +857,13 @@ class Workflow:
                 {"slices": raw["slices"]} if "slices" in raw else {}
             )
         shapes = {
-            k: ("list" if step.slices is not None else f.artifact.shape)
+            k: ("list" if step.fans_out else f.artifact.shape)
             for k, f in step.output_fields.items()
             if f.artifact is not None
         }
         inputs = _inputs_of(step, results, root, run_id)
         slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
-        if not slice_dicts and step.slices is not None:
+        if not slice_dicts and step.fans_out:
             if isinstance(run, Run | RunView):  # in progress here
                 view = view_of(run) if isinstance(run, Run) else run
                 slice_dicts = live_slices(view).get(step.node_key)
@@ -913,7 +922,20 @@ async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
 
 
 def _slice_count(step: Step, results: Mapping[str, Any]) -> int | None:
-    """How many slices a step has, from its first sliced input (None: not known)."""
+    """How many slices a step has, from its first sliced input or its loop (None: not
+    known)."""
+    if step.loop is not None:
+
+        def read(ref: Any) -> Any:
+            upstream = results.get(ref.step.node_key) if isinstance(ref, OutputRef) else None
+            if upstream is None:
+                raise LookupError(ref)
+            return upstream[ref.kind].get(ref.name)
+
+        try:
+            return len(loop_items(step.name, step.loop, read))
+        except (LookupError, SignatureError):
+            return None
     key = step.sliced_inputs[0]
     value = step.parameters.get(key, step.artifacts.get(key))
     if isinstance(value, OutputRef):
@@ -971,9 +993,7 @@ def _inputs_of(step: Step, results: Mapping[str, Any], root: Path, run_id: str |
             manifest = None if upstream is None else upstream["artifacts"].get(v.name)
             field = v.field
             shape = (
-                "list"
-                if v.step.slices is not None
-                else (field.artifact.shape if field.artifact else "one")
+                "list" if v.step.fans_out else (field.artifact.shape if field.artifact else "one")
             )
             arts[k] = (
                 None
@@ -1133,6 +1153,7 @@ def _digest(wf: Workflow) -> str:
     and those of every template its steps use."""
     digest = hashlib.sha256()
     digest.update(repr(sorted((k, _describe_value(v)) for k, v in wf._parameters.items())).encode())
+    digest.update(repr(wf.parallelism).encode())
     for template in walk(wf._entry):
         digest.update(_template_digest(template).encode())
     return digest.hexdigest()
@@ -1169,6 +1190,7 @@ def _template_digest(template: Template) -> str:
             condition,
             repr((step.retries, step.timeout, step.backoff, step.continue_on_failed)),
             repr((step.continue_on_num_success, step.continue_on_success_ratio, step.slices)),
+            repr((step.loop, step.parallelism, step.retry_on)),
             repr([d.name for d in step.dependencies]),
         ]
         digest.update("\x1f".join(parts).encode() + b"\n")
@@ -1206,10 +1228,13 @@ def _check_slice_keys(steps: list[Step]) -> None:
 def _compile(wf: Workflow) -> Graph:
     if not wf.steps:
         raise SignatureError(wf.name, "a workflow needs at least one step", "steps")
-    return _compile_level(wf._level(), wf._root, nested=False)
+    bounds = tuple(Bound(n) for n in (wf.parallelism, wf._entry.parallelism) if n is not None)
+    return _compile_level(wf._level(), wf._root, nested=False, bounds=bounds)
 
 
-def _compile_level(level: Level, root: Path | None, *, nested: bool) -> Graph:
+def _compile_level(
+    level: Level, root: Path | None, *, nested: bool, bounds: tuple[Bound, ...] = ()
+) -> Graph:
     """The graph of one run of a template: the workflow's own (its last node gives the
     last steps' outputs and clears the work dirs), or a template step's (``nested``)."""
     if not level.steps:
@@ -1251,12 +1276,12 @@ def _compile_level(level: Level, root: Path | None, *, nested: bool) -> Graph:
                 when=_guard(step, sources, collected),
             )
             parents.append(guard)
-        call = StepCall(step, root, level.path)
+        call = StepCall(step, root, level.path, bounds)
         binding_names = call.names
         bindings = tuple(
             (binding_names[id(s)], node_of[id(s)], None) for s in sources if id(s) in binding_names
         )
-        sliced = step.slices is not None
+        sliced = step.fans_out
         options = resolve_options(
             {
                 "retries": 0 if sliced else step.retries,
@@ -1355,7 +1380,10 @@ async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str
             store.root, manifest, manifest_shape(manifest), origin.run_id, origin.step
         )
     level = bind_level(template, values, art_values, (*call.path, step.node_key))
-    graph = _compile_level(level, call.root, nested=True)
+    bounds = call.bounds
+    if template.parallelism is not None:  # one bound per run of the template
+        bounds = (*bounds, Bound(template.parallelism))
+    graph = _compile_level(level, call.root, nested=True, bounds=bounds)
     inner = run.nested(graph)
     inner.notes[_LEVEL] = level
     await _execute_apart(inner)
