@@ -644,3 +644,46 @@ def ops_recursion(start: int) -> ops.Workflow:
     return ops.Workflow(
         "recursion", steps=steps, parameters={"iter": start - 1, "limit": start + 3}
     )
+
+
+class MakeBig(ops.OP):
+    """A big list, kept out of the records (``BigParameter``)."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"n": int})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"values": ops.BigParameter(list[int])})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        return ops.OPIO({"values": list(range(op_in["n"]))})
+
+
+class SumBig(ops.OP):
+    """Sums the big list it reads, then changes it (its own copy)."""
+
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"values": ops.BigParameter(list[int])})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"total": int})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        total = sum(op_in["values"])
+        op_in["values"].clear()
+        return ops.OPIO({"total": total})
+
+
+@aflow.workflow
+def ops_big(start: int) -> ops.Workflow:
+    """A big parameter made by one step and read by two."""
+    make = ops.Step("make", MakeBig, parameters={"n": 1000 * start})
+    read = [
+        ops.Step(f"sum-{i}", SumBig, parameters={"values": make.outputs.parameters["values"]})
+        for i in range(2)
+    ]
+    return ops.Workflow("big").add(make).add(read)

@@ -36,6 +36,7 @@ from ._op import Slices as Slices
 from ._op import op as op
 from ._sign import OPIO as OPIO
 from ._sign import Artifact as Artifact
+from ._sign import BigParameter as BigParameter
 from ._sign import OPIOSign as OPIOSign
 from ._sign import Parameter as Parameter
 from ._step import OutputRef as OutputRef
@@ -59,6 +60,7 @@ from ._workflow import Workflow as Workflow
 __all__ = [
     "Artifact",
     "ArtifactValue",
+    "BigParameter",
     "DAG",
     "IfExpression",
     "InputArtifact",

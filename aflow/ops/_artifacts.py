@@ -178,6 +178,33 @@ class ArtifactStore:
                 raise
         return sha, size
 
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` as an object; return its hash."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.object_path(sha)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return sha
+
+    def read_bytes(self, sha: str, origin: Origin = _NOWHERE) -> bytes:
+        """An object's content, checked against its hash (``sha`` is data: checked first)."""
+        if not isinstance(sha, str) or not _HASH.fullmatch(sha):
+            raise origin.refuse(f"not an object's hash: {sha!r}")
+        with self._open_object(sha, origin) as source:
+            data = source.read()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise origin.refuse(f"object {sha} in {self.root} does not hash to its name")
+        return data
+
     def put(self, path: Path) -> dict[str, Any]:
         """Store a file or a directory; return its manifest."""
         if path.is_dir():

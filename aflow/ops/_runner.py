@@ -44,6 +44,7 @@ from ._artifacts import (
     load_input,
     store_output,
 )
+from ._big import keep_bigs, load_bigs
 from ._level import manifest_shape
 from ._loops import item_key, loop_items, put_item
 from ._op import OP, op_name
@@ -545,15 +546,17 @@ async def _run_step(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, An
     arts.update(literal)
     check_artifacts(step, run.run_id, arts)
     await bring_stored(step, store)
+    params = await load_bigs(run, store, params, Origin(run.run_id, step.node_key))
     if step.loop is not None:
         items = loop_items(step.name, step.loop, lambda ref: resolve(ref, upstream, names))
         return await _run_loop(step, store, run, params, arts, items, call)
     if step.slices is None:
         attempt = current_attempt_number()
         where = (*call.path, step.node_key)
-        return await bounded(
+        result = await bounded(
             call.bounds, _call_op(step, store, run.run_id, where, attempt, params, arts)
         )
+        return await keep_bigs(step, run, store, result)
     return await _run_slices(step, store, run, params, arts, call)
 
 
@@ -753,6 +756,7 @@ async def _fan(
     tolerant = options.tolerant
 
     hooks = _SliceRecords(step, run, records)
+    bigs = run.top.store is not None and any(f.big for f in step.all_output_fields.values())
 
     def body(i: int, attempt: int) -> Awaitable[dict[str, Any]]:
         inputs = records[i]["inputs"]
@@ -763,6 +767,8 @@ async def _fan(
                 step, store, run_id, where, attempt, inputs["parameters"], inputs["artifacts"]
             ),
         )
+        if bigs:
+            made = _kept(step, run, store, made)
         return made if run.store is None else hooks.encoded(i, made)
 
     errors = await run.fan_out(
@@ -811,6 +817,12 @@ async def _fan(
                 flat.extend(value.values())
         stacked_arts[a] = flat
     return {"parameters": stacked_params, "artifacts": stacked_arts, "slices": records}
+
+
+async def _kept(
+    step: Step, run: RunView, store: ArtifactStore, call: Awaitable[dict[str, Any]]
+) -> dict[str, Any]:
+    return await keep_bigs(step, run, store, await call)
 
 
 class _SliceRecords(FanOutHooks):

@@ -20,6 +20,7 @@ from .._exceptions import OpIOError, SignatureError
 
 __all__ = [
     "MISSING",
+    "BigParameter",
     "OPIO",
     "Artifact",
     "Field",
@@ -77,7 +78,6 @@ class Artifact:
         return f"Artifact({type_name(self.type)}{extra})"
 
 
-@final
 class Parameter:
     """A parameter with options: ``Parameter(int, default=1)``; a bare type means required."""
 
@@ -92,13 +92,30 @@ class Parameter:
         return f"Parameter({type_name(self.type)}{extra})"
 
 
+class BigParameter(Parameter):
+    """A parameter kept out of the run's records (dflow's ``BigParameter(type)``): in a
+    durable run its value is written once to the artifact store, encoded with the run's
+    serializer, and steps pass a reference to it; each step that reads it gets its own
+    copy. In a run without a store it is a plain parameter."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        extra = "" if self.default is MISSING else f", default={self.default!r}"
+        return f"BigParameter({type_name(self.type)}{extra})"
+
+
 @final
 class Field:
     """One resolved entry of a signature (what the checks and the compiler read)."""
 
-    __slots__ = ("artifact", "default", "name", "type")
+    __slots__ = ("artifact", "big", "default", "name", "type")
 
-    def __init__(self, name: str, type_: Any, artifact: Artifact | None, default: Any) -> None:
+    def __init__(
+        self, name: str, type_: Any, artifact: Artifact | None, default: Any, big: bool = False
+    ) -> None:
+        #: a BigParameter: passed by reference in a durable run
+        self.big = big
         self.name = name
         self.type = type_
         self.artifact = artifact
@@ -142,7 +159,8 @@ class OPIOSign(Mapping[str, Any]):
             if isinstance(spec, Artifact):
                 resolved[name] = Field(name, spec.type, spec, MISSING)
             elif isinstance(spec, Parameter):
-                resolved[name] = Field(name, spec.type, None, spec.default)
+                big = isinstance(spec, BigParameter)
+                resolved[name] = Field(name, spec.type, None, spec.default, big)
             elif isinstance(spec, type) and issubclass(spec, Artifact | Parameter):
                 raise TypeError(f"OPIOSign field {name!r}: write Artifact(Path), not the class")
             else:

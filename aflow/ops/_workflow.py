@@ -47,7 +47,8 @@ from .._runtime._runtime import CURRENT_RUNTIME, Runtime
 from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
 from ..stores._base import NodeRecord, RecordState, RunRecord
-from ._artifacts import ArtifactStore, ArtifactValue, check_artifact, default_root
+from ._artifacts import ArtifactStore, ArtifactValue, Origin, check_artifact, default_root
+from ._big import load_bigs, show_bigs
 from ._expr import TEMPLATE_INPUT, Expression
 from ._level import Level, bind_level, manifest_shape
 from ._loops import loop_items
@@ -284,11 +285,13 @@ _STORED_STATES: dict[str, NodeState] = {
 class _StoredRun:
     """A run read back from a durable store: what ``query_step`` needs, from its records."""
 
-    __slots__ = ("_infos", "_results", "finished", "heartbeat", "reused", "status")
+    __slots__ = ("_infos", "_results", "finished", "heartbeat", "loads", "reused", "status")
 
     def __init__(
         self, record: RunRecord, nodes: Mapping[str, NodeRecord], loads: Callable[[str], Any]
     ) -> None:
+        #: how the run's stored values read back (big parameters too)
+        self.loads = loads
         try:
             self.status = RunStatus(record.status)
         except ValueError:  # "cancelling", "reverting": still going
@@ -326,6 +329,7 @@ class _StoredRun:
         view.status = self.status
         view.finished = self.finished
         view.heartbeat = self.heartbeat
+        view.loads = self.loads
         view.reused = set()
         cut = len(prefix)
         view._infos = {
@@ -852,16 +856,20 @@ class Workflow:
     ) -> StepRecord:
         info = run.step(step.node_key)
         raw = results.get(step.node_key) if info.state is NodeState.SUCCEEDED else None
+        loads = _loads_of(run)
+        origin = Origin(run_id, step.node_key)
         if raw is not None:
-            raw = {"parameters": dict(raw["parameters"]), "artifacts": dict(raw["artifacts"])} | (
-                {"slices": raw["slices"]} if "slices" in raw else {}
-            )
+            raw = {
+                "parameters": show_bigs(raw["parameters"], root, loads, origin),
+                "artifacts": dict(raw["artifacts"]),
+            } | ({"slices": raw["slices"]} if "slices" in raw else {})
         shapes = {
             k: ("list" if step.fans_out else f.artifact.shape)
             for k, f in step.output_fields.items()
             if f.artifact is not None
         }
         inputs = _inputs_of(step, results, root, run_id)
+        inputs.parameters = show_bigs(inputs.parameters, root, loads, origin)
         slice_dicts = (raw or {}).get("slices") or getattr(info.error, SLICES_ATTR, None)
         if not slice_dicts and step.fans_out:
             if isinstance(run, Run | RunView):  # in progress here
@@ -878,7 +886,7 @@ class Workflow:
                 key=item["key"],
                 phase=_slice_phase(item["phase"], ended),
                 inputs=_slice_inputs(item.get("inputs"), in_shapes, root, run_id, item["key"]),
-                raw=item["outputs"],
+                raw=_shown(item["outputs"], root, loads, origin),
                 root=root,
                 run_id=run_id,
                 shapes=item_shapes,
@@ -912,6 +920,21 @@ class Workflow:
             or (isinstance(run, _StoredRun) and step.node_key in run.reused),
             run_id=run_id,
         )
+
+
+def _loads_of(run: Run[Any] | _StoredRun | RunView) -> Callable[[str], Any] | None:
+    """How a run's stored values read back (``None``: a run in memory keeps none)."""
+    if isinstance(run, _StoredRun):
+        return run.loads
+    top = (view_of(run) if isinstance(run, Run) else run).top
+    return top.decode if top.store is not None else None
+
+
+def _shown(outputs: Any, root: Path, loads: Callable[[str], Any] | None, origin: Origin) -> Any:
+    """A slice's outputs with big references read back."""
+    if not isinstance(outputs, dict) or "parameters" not in outputs:
+        return outputs
+    return {**outputs, "parameters": show_bigs(outputs["parameters"], root, loads, origin)}
 
 
 async def _load_stored(rt: Runtime, run_id: str) -> _StoredRun:
@@ -1360,6 +1383,7 @@ async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str
     arts.update(literal)
     check_artifacts(step, run.run_id, arts)
     await bring_stored(step, store)
+    params = await load_bigs(run, store, params, Origin(run.run_id, step.node_key))
     name = op_name(template)
     values: dict[str, Any] = {}
     for key, declared in template.inputs.parameters.items():
