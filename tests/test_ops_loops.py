@@ -239,3 +239,70 @@ async def test_parallelism_with_recursion_does_not_deadlock(tmp_path: Path) -> N
     wf = Workflow("recurse", steps=recursion(limit=6), parallelism=1)
     assert await run_wf(wf) == "Succeeded"
     assert wf.query_step(key="iter-5")[0].outputs.parameters["iter"].value == 6
+
+
+# --- reusing slices and steps inside templates --------------------------------------------------
+
+
+async def test_reusing_slices_runs_only_the_others() -> None:
+    from aflow.ops import Slices
+
+    calls: list[int] = []
+
+    @op(outputs={"y": int})
+    async def tracked(x: int):
+        calls.append(x)
+        return {"y": x * 10}
+
+    def build() -> Workflow:
+        return Workflow("w").add(
+            Step(
+                "s",
+                tracked,
+                parameters={"x": [1, 2, 3]},
+                slices=Slices(input_parameter=["x"], output_parameter=["y"]),
+            )
+        )
+
+    first = build()
+    assert await run_wf(first) == "Succeeded"
+    assert sorted(calls) == [1, 2, 3]
+    [record] = first.query_step(name="s")
+    kept = record.slices[0]
+    kept.modify_output_parameter("y", 99)
+    calls.clear()
+    second = build()
+    assert await run_wf(second, reuse_step=[kept, first.query_step(key="s-2")[0]]) == "Succeeded"
+    assert calls == [2]  # slices 0 and 2 were reused
+    [again] = second.query_step(name="s")
+    assert again.outputs.parameters["y"].value == [99, 20, 30]
+    assert [s.reused for s in again.slices] == [True, False, True]
+
+
+async def test_reusing_steps_inside_a_recursion_as_dflow_tests_it() -> None:
+    from .test_ops_templates import recursion
+
+    first = Workflow("recurse", steps=recursion())
+    assert await run_wf(first) == "Succeeded"
+    step0 = first.query_step(key="iter-0")[0]
+    step1 = first.query_step(key="iter-1")[0]
+    step1.modify_output_parameter("iter", 3)
+    second = Workflow("recurse-resubmit", steps=recursion())
+    assert await run_wf(second, reuse_step=[step0, step1]) == "Succeeded"
+    # iter-1 gave 3, so the next level is iter-3: iter-2 never ran
+    assert [r.key for r in second.query_step(name="plus1")] == [
+        "iter-0",
+        "iter-1",
+        "iter-3",
+        "iter-4",
+    ]
+    assert [r.reused for r in second.query_step(name="plus1")] == [True, True, False, False]
+
+
+async def test_reusing_an_unknown_key_is_refused_when_no_template_could_hold_it() -> None:
+    wf = Workflow("w").add(Step("s", sq, parameters={"x": 1}))
+    assert await run_wf(wf) == "Succeeded"
+    [record] = wf.query_step()
+    record.key = "other"
+    with pytest.raises(KeyError, match="other"):
+        await run_wf(Workflow("w").add(Step("s", sq, parameters={"x": 1})), reuse_step=[record])

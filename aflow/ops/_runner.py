@@ -11,6 +11,7 @@ import shutil
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,8 +54,10 @@ from ._step import OutputRef, Step
 from ._step import given_shape as manifest_shape_of_paths
 
 __all__ = [
+    "REUSING",
     "SLICES_ATTR",
     "Bound",
+    "Reuse",
     "bring_stored",
     "check_artifacts",
     "in_template",
@@ -454,10 +457,32 @@ def bounded(bounds: tuple[Bound, ...], call: Awaitable[T]) -> Awaitable[T]:
     return call if not bounds else _bounded(bounds, call)
 
 
+class Reuse:
+    """Outputs a run takes instead of running what made them (``submit(reuse_step=)``)
+    that no node of its graph holds: slices, by their step's key (or name) and index, and
+    steps inside template steps, by key."""
+
+    __slots__ = ("inner", "slices")
+
+    def __init__(self) -> None:
+        self.inner: dict[str, Any] = {}
+        self.slices: dict[str, dict[int, Any]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.inner or self.slices)
+
+    def slices_of(self, step: Step) -> dict[int, Any]:
+        return self.slices.get(step.node_key) or self.slices.get(step.name) or {}
+
+
+#: The reuse of the run being submitted (read when its graph is compiled).
+REUSING: ContextVar[Reuse | None] = ContextVar("aflow.ops.reusing", default=None)
+
+
 class StepCall:
     """What a step's node passes its runner: the step, its wiring, its artifact root."""
 
-    __slots__ = ("bounds", "has_literal", "names", "path", "root", "step")
+    __slots__ = ("bounds", "has_literal", "names", "path", "reuse", "root", "step")
 
     def __init__(
         self,
@@ -465,7 +490,10 @@ class StepCall:
         root: Path | None,
         path: tuple[str, ...] = (),
         bounds: tuple[Bound, ...] = (),
+        reuse: Reuse | None = None,
     ) -> None:
+        #: outputs taken from an earlier run, for the slices and inner steps it runs
+        self.reuse = reuse
         self.step = step
         self.root = root
         #: the keys of the template steps it runs inside, outermost first
@@ -495,6 +523,13 @@ async def in_template(
     result is on record before anything downstream reads it, and a resumed run takes it
     from there instead of running it again."""
     top = current_run().top
+    reused = call.reuse.inner.get(call.step.node_key) if call.reuse is not None else None
+    if reused is not None:  # taken from an earlier run (and on record, for a resume)
+        if top.store is not None:
+            key = inner_key(call)
+            value = top.encode(key, reused)
+            await top.record_now(NodeRecord(key, RecordState.SUCCEEDED, 1, value))
+        return dict(reused)
     if top.store is None:
         return await body()
     key = inner_key(call)
@@ -742,6 +777,15 @@ async def _fan(
                     finished_at=found.finished_at,
                     outputs=outputs,
                 )
+    reused = call.reuse.slices_of(step) if call.reuse is not None else {}
+    for record in records:
+        taken = reused.get(record["index"])
+        if taken is not None and record["phase"] != "Succeeded":
+            record.update(phase="Succeeded", attempts=0, outputs=taken, reused=True)
+            if run.store is not None:  # on record: a resumed run takes it too
+                key = checkpoint_key(step, record["index"])
+                encoded = run.encode(record["key"], taken)
+                run.record(NodeRecord(key, RecordState.SUCCEEDED, 1, encoded))
     live_slices(run)[step.node_key] = records
     # One rule for retries (the step's, per slice) and one for tolerating failed
     # slices (a success threshold), the runtime's: the same as a group's or a map's.

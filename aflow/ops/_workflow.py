@@ -54,8 +54,10 @@ from ._level import Level, bind_level, manifest_shape
 from ._loops import loop_items
 from ._op import op_name
 from ._runner import (
+    REUSING,
     SLICES_ATTR,
     Bound,
+    Reuse,
     StepCall,
     bring_stored,
     check_artifacts,
@@ -606,14 +608,20 @@ class Workflow:
                         step.name, f"input {key!r}: no such file or directory {path}", key
                     )
         reuse: dict[str, Any] = {}
+        beyond = Reuse()  # slices, and steps inside template steps
         keys = {s.node_key for s in self.steps}
+        by_name = {s.name: s for s in self.steps}
+        nested = any(s.is_template for t in walk(self._entry) for s in t.steps)
         for record in reuse_step or ():
             if not isinstance(record, StepRecord):
                 raise TypeError(f"reuse_step takes records from query_step(), got {record!r}")
-            if record.slice_index is not None or record.key not in keys:
+            parent = by_name.get(record.name) if record.slice_index is not None else None
+            if record.slice_index is None and record.key not in keys and not nested:
                 raise KeyError(
                     f"workflow {self.name!r} has no step with key {record.key!r} to reuse"
                 )
+            if record.slice_index is not None and parent is None and not nested:
+                raise KeyError(f"workflow {self.name!r} has no step {record.name!r} to reuse")
             if record._raw is None:
                 raise ValueError(
                     f"step {record.key!r} has no outputs to reuse (it is {record.phase})"
@@ -623,8 +631,14 @@ class Workflow:
                     check_artifact(value.manifest, value.shape, value.origin)
             if record.root != root:  # file copies: off the event loop
                 await anyio.to_thread.run_sync(_copy_artifacts, record, root)
-            reuse[record.key] = record._raw
-        self._reused = set(reuse)
+            if record.slice_index is not None:
+                owner = parent.node_key if parent is not None else record.name
+                beyond.slices.setdefault(owner, {})[record.slice_index] = record._raw
+            elif record.key in keys:
+                reuse[record.key] = record._raw
+            else:  # a step inside a template step (recursion keys are known as it runs)
+                beyond.inner[record.key] = record._raw
+        self._reused = set(reuse) | set(beyond.inner)
         options: dict[str, Any] = {
             "run_id": run_id,
             "idempotency_key": idempotency_key,
@@ -640,9 +654,17 @@ class Workflow:
                     f"workflow {self.name!r} was changed after {builder.path} built it; a "
                     "durable run is rebuilt from that function, so make the change there"
                 )
-            run = await rt.submit(builder, params=params, **options)
+            token = REUSING.set(beyond)  # read when the graph is compiled, below
+            try:
+                run = await rt.submit(builder, params=params, **options)
+            finally:
+                REUSING.reset(token)
         else:
-            run = await rt.submit(self, **options)
+            token = REUSING.set(beyond)
+            try:
+                run = await rt.submit(self, **options)
+            finally:
+                REUSING.reset(token)
         self._run = run
         self._run_id = run.id
         self._stored = None
@@ -895,6 +917,7 @@ class Workflow:
                 finished_at=item["finished_at"],
                 error=item["error"],
                 slice_index=item["index"],
+                reused=bool(item.get("reused")),
             )
             for item in slice_dicts or ()
         )
@@ -1252,11 +1275,17 @@ def _compile(wf: Workflow) -> Graph:
     if not wf.steps:
         raise SignatureError(wf.name, "a workflow needs at least one step", "steps")
     bounds = tuple(Bound(n) for n in (wf.parallelism, wf._entry.parallelism) if n is not None)
-    return _compile_level(wf._level(), wf._root, nested=False, bounds=bounds)
+    reuse = REUSING.get()
+    return _compile_level(wf._level(), wf._root, nested=False, bounds=bounds, reuse=reuse or None)
 
 
 def _compile_level(
-    level: Level, root: Path | None, *, nested: bool, bounds: tuple[Bound, ...] = ()
+    level: Level,
+    root: Path | None,
+    *,
+    nested: bool,
+    bounds: tuple[Bound, ...] = (),
+    reuse: Reuse | None = None,
 ) -> Graph:
     """The graph of one run of a template: the workflow's own (its last node gives the
     last steps' outputs and clears the work dirs), or a template step's (``nested``)."""
@@ -1299,7 +1328,7 @@ def _compile_level(
                 when=_guard(step, sources, collected),
             )
             parents.append(guard)
-        call = StepCall(step, root, level.path, bounds)
+        call = StepCall(step, root, level.path, bounds, reuse)
         binding_names = call.names
         bindings = tuple(
             (binding_names[id(s)], node_of[id(s)], None) for s in sources if id(s) in binding_names
@@ -1407,7 +1436,7 @@ async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str
     bounds = call.bounds
     if template.parallelism is not None:  # one bound per run of the template
         bounds = (*bounds, Bound(template.parallelism))
-    graph = _compile_level(level, call.root, nested=True, bounds=bounds)
+    graph = _compile_level(level, call.root, nested=True, bounds=bounds, reuse=call.reuse)
     inner = run.nested(graph)
     inner.notes[_LEVEL] = level
     await _execute_apart(inner)
