@@ -44,7 +44,8 @@ def test_submit_wait_and_query_in_a_plain_script() -> None:
     wf = Workflow("plain").add(Step("s", PythonOPTemplate(add), parameters={"x": 1, "y": 2}))
     done = wf.submit()  # submits and returns: no loop, no await
     assert wf.query_status() in ("Running", "Succeeded")
-    wf.wait()
+    assert wf.wait() == "Succeeded"  # blocks, then gives the status as text
+    assert wf.wait() == "Succeeded"  # again: the run has ended
     assert wf.query_status() == "Succeeded"
     assert wf.query_step(name="s")[0].outputs.parameters["sum"].value == 3
     assert wf.run.id == wf.query_step()[0].run_id  # the handle: a run of the script loop

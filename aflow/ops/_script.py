@@ -22,7 +22,7 @@ import anyio
 
 from .._runtime._runtime import Runtime
 
-__all__ = ["Ready", "in_script", "on_script_loop", "script_runtime"]
+__all__ = ["Ready", "ReadyText", "in_script", "on_script_loop", "script_runtime"]
 
 T = TypeVar("T")
 
@@ -143,6 +143,16 @@ class Ready(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<done: {self.value!r}>"
+
+
+class ReadyText(str):
+    """A status a call has already given in a plain script: text to compare
+    (``wf.wait() == "Succeeded"``), and awaitable as the async form of the call is."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return _value(str(self)).__await__()
 
 
 async def _value(value: T) -> T:

@@ -74,7 +74,7 @@ from ._runner import (
     task_for,
     when_errors,
 )
-from ._script import Ready, in_script, on_script_loop, on_script_thread, script_runtime
+from ._script import Ready, ReadyText, in_script, on_script_loop, on_script_thread, script_runtime
 from ._sign import MISSING, check_value
 from ._step import BUILDING, OutputRef, Step
 from ._template import DAG, IfExpression, InputArtifact, InputParameter, Steps, Template, walk
@@ -743,7 +743,8 @@ class Workflow:
 
     def wait(self, *, poll: float = 0.25) -> Awaitable[str]:
         """Wait for the run to end and return its status (``await wf.wait()``); never
-        raises for a failed run. In a plain script it blocks until then.
+        raises for a failed run. In a plain script it blocks until then and returns the
+        status (``wf.wait() == "Succeeded"``).
 
         A run another process drives is read from the store every ``poll`` seconds, on
         the clock of the runtime that reads it (its heartbeat is stale once that clock's
@@ -753,7 +754,7 @@ class Workflow:
             return self._wait(poll)
         future = on_script_loop(lambda: self._wait(poll))
         if in_script():
-            return Ready(future.result())
+            return ReadyText(future.result())
         return asyncio.wrap_future(future)
 
     async def _wait(self, poll: float) -> str:
