@@ -88,6 +88,12 @@ def bind_level(
     copies: dict[int, Step] = {id(s): copy.copy(s) for s in originals}
 
     def wire(value: Any, step: Step, key: str) -> Any:
+        if isinstance(value, str) and "{{inputs." in value:  # an input rendered in a text
+            whole = _INPUT_IN_KEY.fullmatch(value.strip())
+            if whole is not None:
+                _input_text(whole, template, values)  # (names an unknown input)
+                return values[whole.group(1)]
+            return _INPUT_IN_KEY.sub(lambda m: _input_text(m, template, values), value)
         if isinstance(value, OutputRef):
             return OutputRef(copies.get(id(value.step), value.step), value.kind, value.name)
         if isinstance(value, InputParameter | InputArtifact):

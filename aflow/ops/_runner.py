@@ -60,11 +60,13 @@ __all__ = [
     "Reuse",
     "bring_stored",
     "check_artifacts",
+    "escape_key",
     "in_template",
     "inner_key",
     "local_inputs",
     "resolve",
     "source_of",
+    "unescape_key",
     "StepCall",
     "run_store",
     "slice_record",
@@ -482,7 +484,7 @@ REUSING: ContextVar[Reuse | None] = ContextVar("aflow.ops.reusing", default=None
 class StepCall:
     """What a step's node passes its runner: the step, its wiring, its artifact root."""
 
-    __slots__ = ("bounds", "has_literal", "names", "path", "reuse", "root", "step")
+    __slots__ = ("bounds", "has_literal", "names", "path", "reuse", "root", "step", "workpath")
 
     def __init__(
         self,
@@ -491,7 +493,11 @@ class StepCall:
         path: tuple[str, ...] = (),
         bounds: tuple[Bound, ...] = (),
         reuse: Reuse | None = None,
+        workpath: tuple[str, ...] | None = None,
     ) -> None:
+        #: where its work dirs go under the run's: ``path`` with each template step's
+        #: attempt (a retried template step's steps start in fresh folders)
+        self.workpath = path if workpath is None else workpath
         #: outputs taken from an earlier run, for the slices and inner steps it runs
         self.reuse = reuse
         self.step = step
@@ -511,8 +517,18 @@ class StepCall:
 
 def inner_key(call: StepCall) -> str:
     """Where a step inside a template step is checkpointed: ``_in:<path>/<key>`` (the
-    keys of the template steps it runs inside, then its own). Never a node's key."""
-    return "_in:" + "/".join((*call.path, call.step.node_key))
+    keys of the template steps it runs inside, then its own, each escaped: a key may hold
+    a ``/``). Never a node's key."""
+    return "_in:" + "/".join(escape_key(k) for k in (*call.path, call.step.node_key))
+
+
+def escape_key(key: str) -> str:
+    """A step key as one part of an inner checkpoint's path (no ``/`` left in it)."""
+    return key.replace("%", "%25").replace("/", "%2F")
+
+
+def unescape_key(part: str) -> str:
+    return part.replace("%2F", "/").replace("%25", "%")
 
 
 async def in_template(
@@ -542,7 +558,13 @@ async def in_template(
             kept: dict[str, Any] = top.decode(found.result)
             return kept
     started = time.time()
-    result = await body()
+    attempt = current_attempt_number()
+    try:
+        result = await body()
+    except Exception as exc:  # on record, so a run read back shows where it failed
+        error = f"{type(exc).__name__}: {exc}"
+        top.record(NodeRecord(key, RecordState.FAILED, attempt, None, error, started, time.time()))
+        raise
     await top.record_now(
         NodeRecord(
             key,
@@ -587,7 +609,7 @@ async def _run_step(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, An
         return await _run_loop(step, store, run, params, arts, items, call)
     if step.slices is None:
         attempt = current_attempt_number()
-        where = (*call.path, step.node_key)
+        where = (*call.workpath, step.node_key)
         result = await bounded(
             call.bounds, _call_op(step, store, run.run_id, where, attempt, params, arts)
         )
@@ -804,7 +826,7 @@ async def _fan(
 
     def body(i: int, attempt: int) -> Awaitable[dict[str, Any]]:
         inputs = records[i]["inputs"]
-        where = (*call.path, step.node_key, f"slice-{i}")
+        where = (*call.workpath, step.node_key, f"slice-{i}")
         made = bounded(
             call.bounds,
             _call_op(

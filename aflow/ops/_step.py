@@ -425,6 +425,8 @@ class Step:
     def _check_input(self, field: Field, value: Any, sliced: bool) -> None:
         name = self.name
         key = field.name
+        if isinstance(value, str) and "{{inputs." in value:  # a template's input, in a text
+            return  # checked when the template runs, with its value
         if has_item(value):  # "{{item}}": a loop's item, checked when it is known
             if self.loop is None:
                 raise SignatureError(
@@ -524,6 +526,7 @@ class Step:
         return (
             any(
                 isinstance(v, InputParameter | InputArtifact)
+                or (isinstance(v, str) and "{{inputs." in v)
                 for v in (*self.parameters.values(), *self.artifacts.values())
             )
             or (self.key is not None and "{{inputs." in self.key)

@@ -421,12 +421,16 @@ def _any_artifact(optional: bool) -> Artifact:
 
 
 def _as_steps(step: Step | Iterable[Step]) -> list[Step]:
-    from ._step import Step
+    from ._step import BUILDING, Step
 
     items = [step] if isinstance(step, Step) else list(step)
     for item in items:
         if not isinstance(item, Step):
             raise TypeError(f"add() takes a Step or a list of steps, got {item!r}")
+    building = BUILDING.get()
+    if building is not None:  # made in a `with Workflow()` block: added where asked instead
+        for item in items:
+            building._claimed(item)
     return items
 
 

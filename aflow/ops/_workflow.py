@@ -35,6 +35,7 @@ from .._graph import Graph, GraphBuilder, NodeKind, find_cycle
 from .._options import resolve_options
 from .._runtime._builder_api import (
     RunView,
+    current_attempt_number,
     current_run,
     runtime_clock,
     stored_loads,
@@ -62,6 +63,7 @@ from ._runner import (
     bring_stored,
     check_artifacts,
     checkpoint_prefix,
+    escape_key,
     in_template,
     in_thread,
     live_slices,
@@ -72,6 +74,7 @@ from ._runner import (
     slice_record,
     source_of,
     task_for,
+    unescape_key,
     when_errors,
 )
 from ._script import Ready, ReadyText, in_script, on_script_loop, on_script_thread, script_runtime
@@ -287,13 +290,24 @@ _STORED_STATES: dict[str, NodeState] = {
 class _StoredRun:
     """A run read back from a durable store: what ``query_step`` needs, from its records."""
 
-    __slots__ = ("_infos", "_results", "finished", "heartbeat", "loads", "reused", "status")
+    __slots__ = (
+        "_deep",
+        "_infos",
+        "_results",
+        "finished",
+        "heartbeat",
+        "loads",
+        "reused",
+        "status",
+    )
 
     def __init__(
         self, record: RunRecord, nodes: Mapping[str, NodeRecord], loads: Callable[[str], Any]
     ) -> None:
         #: how the run's stored values read back (big parameters too)
         self.loads = loads
+        #: (an inner view's) the records of steps deeper down, by their escaped path
+        self._deep: tuple[dict[str, StepInfo], dict[str, Any]] | None = None
         try:
             self.status = RunStatus(record.status)
         except ValueError:  # "cancelling", "reverting": still going
@@ -326,20 +340,34 @@ class _StoredRun:
         return self._infos.get(key)
 
     def inner(self, prefix: str) -> _StoredRun:
-        """The records of the steps inside one template step (keys under ``prefix``)."""
+        """The records of the steps inside one template step (keys under ``prefix``; its
+        own steps' keys come back as they are, deeper ones stay escaped under theirs)."""
         view = _StoredRun.__new__(_StoredRun)
         view.status = self.status
         view.finished = self.finished
         view.heartbeat = self.heartbeat
         view.loads = self.loads
         view.reused = set()
+        infos, results = self._deep if self._deep is not None else (self._infos, self._results)
         cut = len(prefix)
-        view._infos = {
-            k[cut:]: dataclasses.replace(info, key=k[cut:], task=k[cut:])
-            for k, info in self._infos.items()
-            if k.startswith(prefix)
-        }
-        view._results = {k[cut:]: v for k, v in self._results.items() if k.startswith(prefix)}
+        view._infos, view._results = {}, {}
+        deep: tuple[dict[str, StepInfo], dict[str, Any]] = ({}, {})
+        view._deep = deep
+        for key, info in infos.items():
+            if key.startswith(prefix):
+                rest = key[cut:]
+                if "/" in rest:  # a step of a template step in there: for its own view
+                    deep[0][rest] = info
+                else:
+                    own = unescape_key(rest)
+                    view._infos[own] = dataclasses.replace(info, key=own, task=own)
+        for key, value in results.items():
+            if key.startswith(prefix):
+                rest = key[cut:]
+                if "/" in rest:
+                    deep[1][rest] = value
+                else:
+                    view._results[unescape_key(rest)] = value
         return view
 
     def step(self, key: str) -> StepInfo:
@@ -466,6 +494,8 @@ class Workflow:
         self._context: list[contextvars.Token[Any]] = []
         self._called_stage: list[Step] | None = None
         self._calls: dict[str, int] = {}
+        #: the steps a ``with self:`` block added (see _claimed)
+        self._auto: set[int] = set()
 
     def __repr__(self) -> str:
         return f"<ops.Workflow {self.name!r} [{len(self.steps)} steps]>"
@@ -476,6 +506,19 @@ class Workflow:
             raise TypeError("this workflow runs a DAG: add steps to the DAG")
         self._entry.add(step)
         return self
+
+    def _claimed(self, step: Step) -> None:
+        """``step``, made inside ``with self:`` and so added here, is added somewhere
+        explicitly (to a template, or here again): it leaves the place it was given."""
+        if id(step) not in self._auto:
+            return
+        self._auto.discard(id(step))
+        for stage in self._entry.stages:
+            if any(s is step for s in stage):
+                stage[:] = [s for s in stage if s is not step]
+        self._entry.stages[:] = [stage for stage in self._entry.stages if stage]
+        if self._called_stage is not None and not self._called_stage:
+            self._called_stage = None
 
     @property
     def steps(self) -> list[Step]:
@@ -538,6 +581,7 @@ class Workflow:
         else:
             self._entry.add(step)
             self._called_stage = self._entry.stages[-1] if called else None
+        self._auto.add(id(step))  # (after: adding it goes through _claimed)
 
     def submit(
         self,
@@ -609,8 +653,9 @@ class Workflow:
                     )
         reuse: dict[str, Any] = {}
         beyond = Reuse()  # slices, and steps inside template steps
-        keys = {s.node_key for s in self.steps}
-        by_name = {s.name: s for s in self.steps}
+        entry = self._level().steps  # (keys rendered with the entry's inputs)
+        keys = {s.node_key for s in entry}
+        by_name = {s.name: s for s in entry}
         nested = any(s.is_template for t in walk(self._entry) for s in t.steps)
         for record in reuse_step or ():
             if not isinstance(record, StepRecord):
@@ -750,6 +795,8 @@ class Workflow:
         the clock of the runtime that reads it (its heartbeat is stale once that clock's
         wall time is past it).
         """
+        if self._run is None and self._stored is None and not self._script:
+            raise RuntimeError(f"workflow {self.name!r} has not been submitted")
         if not self._script or on_script_thread():
             return self._wait(poll)
         future = on_script_loop(lambda: self._wait(poll))
@@ -829,10 +876,28 @@ class Workflow:
     def _records(
         self, level: Level, run: Run[Any] | _StoredRun | RunView, root: Path
     ) -> list[StepRecord]:
-        """The records of one level's steps, each template step's own steps after it."""
+        """The records of one level's steps, each template step's own steps after it (a
+        walk with a stack of its own: a recursion may be thousands of levels deep)."""
+        found: list[StepRecord] = []
+        stack = [iter(self._level_records(level, run, root))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            record, inner = item
+            found.append(record)
+            if inner is not None:
+                stack.append(iter(self._level_records(*inner, root)))
+        return found
+
+    def _level_records(
+        self, level: Level, run: Run[Any] | _StoredRun | RunView, root: Path
+    ) -> list[tuple[StepRecord, tuple[Level, _StoredRun | RunView] | None]]:
+        """One level's records, each with the level a template step ran (if it ran)."""
         run_id = self._run_id
         results = run.results()
-        found: list[StepRecord] = []
+        found: list[tuple[StepRecord, tuple[Level, _StoredRun | RunView] | None]] = []
         ordered, data, _ = _order(level)
         phases: dict[int, str] = {}
         for step in ordered:
@@ -849,23 +914,22 @@ class Workflow:
                     unrecorded = "Skipped"
             record = self._record(step, run, results, root, run_id, unrecorded)
             phases[id(step)] = record.phase
-            found.append(record)
-            if not step.is_template:
-                continue
-            if isinstance(run, _StoredRun):
+            inner: tuple[Level, _StoredRun | RunView] | None = None
+            if step.is_template and isinstance(run, _StoredRun):
                 if record.phase not in ("Pending", "Skipped"):
                     inner_level = _stored_level(step, level, record.inputs)
                     if inner_level is not None:
                         # (an inner level's records are keyed under its template step's)
-                        prefix = ("" if level.path else "_in:") + step.node_key + "/"
-                        found.extend(self._records(inner_level, run.inner(prefix), root))
-            else:
+                        prefix = ("" if level.path else "_in:") + escape_key(step.node_key) + "/"
+                        inner = (inner_level, run.inner(prefix))
+            elif step.is_template and not isinstance(run, _StoredRun):
                 view = view_of(run) if isinstance(run, Run) else run
                 made = view.made_by(step.node_key)
-                inner = made[-1] if made else None
-                inner_level = None if inner is None else inner.notes.get(_LEVEL)
-                if inner is not None and isinstance(inner_level, Level):
-                    found.extend(self._records(inner_level, inner, root))
+                nested = made[-1] if made else None
+                inner_level = None if nested is None else nested.notes.get(_LEVEL)
+                if nested is not None and isinstance(inner_level, Level):
+                    inner = (inner_level, nested)
+            found.append((record, inner))
         return found
 
     def _record(
@@ -1287,6 +1351,7 @@ def _compile_level(
     nested: bool,
     bounds: tuple[Bound, ...] = (),
     reuse: Reuse | None = None,
+    workpath: tuple[str, ...] | None = None,
 ) -> Graph:
     """The graph of one run of a template: the workflow's own (its last node gives the
     last steps' outputs and clears the work dirs), or a template step's (``nested``)."""
@@ -1329,7 +1394,7 @@ def _compile_level(
                 when=_guard(step, sources, collected),
             )
             parents.append(guard)
-        call = StepCall(step, root, level.path, bounds, reuse)
+        call = StepCall(step, root, level.path, bounds, reuse, workpath)
         binding_names = call.names
         bindings = tuple(
             (binding_names[id(s)], node_of[id(s)], None) for s in sources if id(s) in binding_names
@@ -1437,7 +1502,10 @@ async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str
     bounds = call.bounds
     if template.parallelism is not None:  # one bound per run of the template
         bounds = (*bounds, Bound(template.parallelism))
-    graph = _compile_level(level, call.root, nested=True, bounds=bounds, reuse=call.reuse)
+    workpath = (*call.workpath, step.node_key, f"attempt-{current_attempt_number()}")
+    graph = _compile_level(
+        level, call.root, nested=True, bounds=bounds, reuse=call.reuse, workpath=workpath
+    )
     inner = run.nested(graph)
     inner.notes[_LEVEL] = level
     await _execute_apart(inner)
@@ -1445,21 +1513,23 @@ async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str
 
 
 async def _execute_apart(inner: RunView) -> None:
-    """Run a template step's level in a task of its own. (Awaited inline, each level of a
-    recursion would add its frames to the Python stack of the one before: a recursion of
-    a few dozen levels would reach the interpreter's limit.)"""
-    failed: list[Exception] = []
-
-    async def execute() -> None:
-        try:
-            await inner.execute()
-        except Exception as exc:  # raised below, as it is (not in an exception group)
-            failed.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(execute)
-    if failed:
-        raise failed[0]
+    """Run a template step's level in a task of its own, outside the cancel scopes of the
+    levels around it. (Awaited inline, each level of a recursion would add its frames to
+    the Python stack of the one before, and in a task group of the level before, its
+    cancel scope to theirs: a few dozen levels reach the interpreter's recursion limit,
+    and a cancel of a few hundred recurses through every scope.) A cancel of this level
+    cancels that task and waits, shielded, for it to end; its error is raised as it is."""
+    level = asyncio.get_running_loop().create_task(inner.execute())  # (the context: copied)
+    try:
+        await asyncio.shield(level)
+    except asyncio.CancelledError:
+        if not level.done():
+            level.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([level])
+        if level.done() and not level.cancelled() and level.exception() is not None:
+            level.exception()  # (retrieved: the cancel is what goes on)
+        raise
 
 
 def _stored_level(step: Step, level: Level, inputs: StepIO) -> Level | None:
@@ -1512,10 +1582,26 @@ def _pick(source: Any, level: Level, results: Mapping[str, Any]) -> Any:
     """What an output's source holds in this level's run (``_NOTHING``: no value)."""
     if source is MISSING:
         return _NOTHING
+    if isinstance(source, InputParameter | InputArtifact) and source.template is not level.template:
+        owner = source.template.name if source.template is not None else "no template"
+        raise SignatureError(
+            level.name,
+            f"an output reads {source!r}, an input of {owner}, not of {level.name!r}",
+            "outputs",
+        )
     if isinstance(source, IfExpression):
+        if isinstance(source._if, InputParameter):
+            _pick(source._if, level, {})  # (refuses another template's input)
         values: dict[tuple[str, str], Any] = {}
         for step_name, param in source.condition.refs:
             if step_name == TEMPLATE_INPUT:
+                if param not in level.values:
+                    raise SignatureError(
+                        level.name,
+                        f"an if_expression reads input {param!r}, which template "
+                        f"{level.name!r} does not take",
+                        "outputs",
+                    )
                 values[(step_name, param)] = level.values[param]
                 continue
             found = level.step_named(step_name)
