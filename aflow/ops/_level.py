@@ -29,7 +29,7 @@ class Level:
     level's other copies; the rest are the template's own steps.
     """
 
-    __slots__ = ("artifacts", "copies", "path", "stages", "template", "values")
+    __slots__ = ("artifacts", "copies", "is_dag", "path", "stages", "template", "values")
 
     def __init__(
         self,
@@ -46,14 +46,11 @@ class Level:
         self.path = path
         self.stages = stages
         self.copies = copies
+        self.is_dag = template.is_dag
 
     @property
     def name(self) -> str:
         return self.template.name
-
-    @property
-    def is_dag(self) -> bool:
-        return self.template.is_dag
 
     @property
     def steps(self) -> list[Step]:
@@ -84,7 +81,7 @@ def bind_level(
     not declare)."""
     originals = template.steps
     if not any(s.reads_template() for s in originals):
-        return Level(template, values, artifacts, path, [list(st) for st in template.stages], {})
+        return Level(template, values, artifacts, path, template.stages, {})  # (read only)
     copies: dict[int, Step] = {id(s): copy.copy(s) for s in originals}
 
     def wire(value: Any, step: Step, key: str) -> Any:

@@ -484,7 +484,19 @@ REUSING: ContextVar[Reuse | None] = ContextVar("aflow.ops.reusing", default=None
 class StepCall:
     """What a step's node passes its runner: the step, its wiring, its artifact root."""
 
-    __slots__ = ("bounds", "has_literal", "names", "path", "reuse", "root", "step", "workpath")
+    __slots__ = (
+        "bigs_in",
+        "bigs_out",
+        "bounds",
+        "foreign",
+        "has_literal",
+        "names",
+        "path",
+        "reuse",
+        "root",
+        "step",
+        "workpath",
+    )
 
     def __init__(
         self,
@@ -506,10 +518,25 @@ class StepCall:
         self.path = path
         #: the parallelism bounds of the workflow and templates it runs inside
         self.bounds = bounds
-        self.names = source_names(step)
-        self.has_literal = any(
-            not isinstance(v, OutputRef | ArtifactValue) for v in step.artifacts.values()
-        )
+        names: dict[int, str] = {}
+        #: big parameters it reads (wired from big outputs) and gives (see _big)
+        self.bigs_in = False
+        for ref in step.refs():
+            names.setdefault(id(ref.step), f"up{len(names)}")
+            if ref.kind == "parameters" and ref.field.big:
+                self.bigs_in = True
+        self.names = names
+        self.bigs_out = False
+        for f in step.all_output_fields.values():
+            if f.big:
+                self.bigs_out = True
+        self.has_literal = self.foreign = False
+        for v in step.artifacts.values():
+            if isinstance(v, ArtifactValue):
+                #: artifacts given from the store already (maybe another store's)
+                self.foreign = True
+            elif not isinstance(v, OutputRef):
+                self.has_literal = True
 
     def __repr__(self) -> str:
         return f"<StepCall {self.step.name!r}>"
@@ -602,18 +629,19 @@ async def _run_step(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, An
     arts = {k: resolve(v, upstream, names) for k, v in step.artifacts.items()}
     arts.update(literal)
     check_artifacts(step, run.run_id, arts)
-    await bring_stored(step, store)
-    params = await load_bigs(run, store, params, Origin(run.run_id, step.node_key))
+    if call.foreign:
+        await bring_stored(step, store)
+    if call.bigs_in:
+        params = await load_bigs(run, store, params, Origin(run.run_id, step.node_key))
     if step.loop is not None:
         items = loop_items(step.name, step.loop, lambda ref: resolve(ref, upstream, names))
         return await _run_loop(step, store, run, params, arts, items, call)
     if step.slices is None:
         attempt = current_attempt_number()
         where = (*call.workpath, step.node_key)
-        result = await bounded(
-            call.bounds, _call_op(step, store, run.run_id, where, attempt, params, arts)
-        )
-        return await keep_bigs(step, run, store, result)
+        made = _call_op(step, store, run.run_id, where, attempt, params, arts)
+        result = await (_bounded(call.bounds, made) if call.bounds else made)
+        return await keep_bigs(step, run, store, result) if call.bigs_out else result
     return await _run_slices(step, store, run, params, arts, call)
 
 
@@ -822,7 +850,7 @@ async def _fan(
     tolerant = options.tolerant
 
     hooks = _SliceRecords(step, run, records)
-    bigs = run.top.store is not None and any(f.big for f in step.all_output_fields.values())
+    bigs = call.bigs_out and run.top.store is not None
 
     def body(i: int, attempt: int) -> Awaitable[dict[str, Any]]:
         inputs = records[i]["inputs"]

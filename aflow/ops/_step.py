@@ -100,6 +100,7 @@ class _Outputs:
         self.artifacts = _RefMap(step, "artifacts")
 
 
+_INPUTS = (InputParameter, InputArtifact)
 #: Inputs that are not local files: wiring, a template's inputs, stored artifacts.
 _REFERENCES = (OutputRef, InputParameter, InputArtifact, ArtifactValue)
 
@@ -215,7 +216,11 @@ class Step:
         if slices is not None and not isinstance(slices, Slices):
             raise SignatureError(name, f"must be an aflow.ops.Slices, got {slices!r}", "slices")
         #: with_param= / with_sequence=: one call per item (None: no loop)
-        self.loop: Any = check_loop(name, with_param, with_sequence)
+        self.loop: Any = (
+            None
+            if with_param is None and with_sequence is None
+            else check_loop(name, with_param, with_sequence)
+        )
         if self.loop is not None and (self.slices is not None or isinstance(template, Template)):
             what = "sliced" if self.slices is not None else "a template step"
             raise SignatureError(
@@ -363,7 +368,7 @@ class Step:
                 if artifact:  # failed slices give nothing; the others' files, in order
                     out[n] = Field(n, list[Path], Artifact(list[Path], optional=True), MISSING)
                 else:  # a failed slice (past a threshold) gives None
-                    out[n] = Field(n, list[f.type | None], None, MISSING)  # type: ignore[name-defined]
+                    out[n] = Field(n, list[f.type | None], None, MISSING, f.big)  # type: ignore[name-defined]
         return out
 
     @property
@@ -425,14 +430,17 @@ class Step:
     def _check_input(self, field: Field, value: Any, sliced: bool) -> None:
         name = self.name
         key = field.name
-        if isinstance(value, str) and "{{inputs." in value:  # a template's input, in a text
-            return  # checked when the template runs, with its value
-        if has_item(value):  # "{{item}}": a loop's item, checked when it is known
-            if self.loop is None:
-                raise SignatureError(
-                    name, f"input {key!r} reads {{{{item}}}}, but the step has no with_param", key
-                )
-            return
+        if isinstance(value, str) and "{{" in value:
+            if "{{inputs." in value:  # a template's input, in a text
+                return  # checked when the template runs, with its value
+            if has_item(value):  # "{{item}}": a loop's item, checked when it is known
+                if self.loop is None:
+                    raise SignatureError(
+                        name,
+                        f"input {key!r} reads {{{{item}}}}, but the step has no with_param",
+                        key,
+                    )
+                return
         if isinstance(value, InputParameter | InputArtifact):  # the enclosing template's
             if isinstance(value, InputArtifact) != field.is_artifact:
                 what = "an artifact" if field.is_artifact else "a parameter"
@@ -523,14 +531,16 @@ class Step:
     def reads_template(self) -> bool:
         """True when the step reads an input of its enclosing template (in its inputs,
         its key or its ``when``)."""
+        for given in (self.parameters, self.artifacts):
+            for v in given.values():
+                if isinstance(v, _INPUTS) or (type(v) is str and "{{inputs." in v):
+                    return True
         return (
-            any(
-                isinstance(v, InputParameter | InputArtifact)
-                or (isinstance(v, str) and "{{inputs." in v)
-                for v in (*self.parameters.values(), *self.artifacts.values())
+            (self.key is not None and "{{inputs." in self.key)
+            or (
+                self.loop is not None
+                and any(isinstance(r, InputParameter) for r in refs_of(self.loop))
             )
-            or (self.key is not None and "{{inputs." in self.key)
-            or any(isinstance(r, InputParameter) for r in refs_of(self.loop))
             or (
                 isinstance(self.when, Expression)
                 and any(step == TEMPLATE_INPUT for step, _ in self.when.refs)

@@ -353,6 +353,8 @@ class Template:
     :class:`DAG`)."""
 
     __slots__ = ("inputs", "name", "outputs", "parallelism", "stages")
+    #: whether the wiring alone orders the steps (a DAG), or the order they were added
+    is_dag = False
 
     def __init__(
         self,
@@ -376,10 +378,6 @@ class Template:
         self.outputs._adopt(self)
         self.parallelism = parallelism
         self.stages: list[list[Step]] = []
-
-    @property
-    def is_dag(self) -> bool:
-        return False
 
     @property
     def steps(self) -> list[Step]:
@@ -420,14 +418,27 @@ def _any_artifact(optional: bool) -> Artifact:
     return art
 
 
-def _as_steps(step: Step | Iterable[Step]) -> list[Step]:
-    from ._step import BUILDING, Step
+def _step_module() -> Any:
+    """``aflow.ops._step`` (which imports this module: read once, on first use)."""
+    global _STEP_MODULE
+    if _STEP_MODULE is None:
+        from . import _step
 
-    items = [step] if isinstance(step, Step) else list(step)
+        _STEP_MODULE = _step
+    return _STEP_MODULE
+
+
+_STEP_MODULE: Any = None
+
+
+def _as_steps(step: Step | Iterable[Step]) -> list[Step]:
+    module = _step_module()
+    step_type = module.Step
+    items: list[Step] = [step] if isinstance(step, step_type) else list(step)  # type: ignore[arg-type]
     for item in items:
-        if not isinstance(item, Step):
+        if not isinstance(item, step_type):
             raise TypeError(f"add() takes a Step or a list of steps, got {item!r}")
-    building = BUILDING.get()
+    building = module.BUILDING.get()
     if building is not None:  # made in a `with Workflow()` block: added where asked instead
         for item in items:
             building._claimed(item)
@@ -471,6 +482,7 @@ class DAG(Template):
     declared inputs and outputs like :class:`Steps`."""
 
     __slots__ = ()
+    is_dag = True
 
     def __init__(
         self,
@@ -481,10 +493,6 @@ class DAG(Template):
         parallelism: int | None = None,
     ) -> None:
         super().__init__(name, inputs, outputs, parallelism)
-
-    @property
-    def is_dag(self) -> bool:
-        return True
 
     def add(self, step: Step | Sequence[Step]) -> DAG:
         """Add a step (or several); returns the DAG."""
