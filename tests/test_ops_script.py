@@ -136,13 +136,14 @@ def test_upload_artifact_gives_an_input_and_a_replacement_output(tmp_path: Path)
 
 SCRIPT = textwrap.dedent(
     """
-    import sys
+    import sys, threading
     from aflow.ops import OP, PythonOPTemplate, Step, Workflow
+
+    script_ended = threading.Event()
 
     @OP.function(outputs={"sum": int})
     def slow_add(x: int, y: int) -> dict:
-        import time
-        time.sleep(0.2)
+        script_ended.wait(30)  # the script's body is over before any step ends
         with open(sys.argv[1], "a") as f:
             f.write(f"{x + y}\\n")
         return {"sum": x + y}
@@ -151,6 +152,7 @@ SCRIPT = textwrap.dedent(
         a = slow_add(1, 2)
         slow_add(a["sum"], 1)
     print(wf.query_status(), flush=True)
+    script_ended.set()
     """
 )
 

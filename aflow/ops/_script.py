@@ -65,10 +65,8 @@ class _Loop:
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            try:
+            try:  # (a failure to start is told to the caller waiting for it, and here)
                 self.loop.run_until_complete(main())
-            except BaseException:  # told to the caller that waited for the start
-                pass
             finally:
                 self.loop.close()
 

@@ -691,25 +691,21 @@ class Workflow:
             "reuse": reuse or None,
             "on_event": on_event,
         }
-        if self._origin is not None and rt.store is not None:
-            builder, params = self._origin
-            rebuilt = builder.fn(**params)
-            if not isinstance(rebuilt, Workflow) or _digest(rebuilt) != _digest(self):
-                raise DefinitionError(
-                    f"workflow {self.name!r} was changed after {builder.path} built it; a "
-                    "durable run is rebuilt from that function, so make the change there"
-                )
-            token = REUSING.set(beyond)  # read when the graph is compiled, below
-            try:
+        token = REUSING.set(beyond)  # read when the graph is compiled, in rt.submit
+        try:
+            if self._origin is not None and rt.store is not None:
+                builder, params = self._origin
+                rebuilt = builder.fn(**params)
+                if not isinstance(rebuilt, Workflow) or _digest(rebuilt) != _digest(self):
+                    raise DefinitionError(
+                        f"workflow {self.name!r} was changed after {builder.path} built it; a "
+                        "durable run is rebuilt from that function, so make the change there"
+                    )
                 run = await rt.submit(builder, params=params, **options)
-            finally:
-                REUSING.reset(token)
-        else:
-            token = REUSING.set(beyond)
-            try:
+            else:
                 run = await rt.submit(self, **options)
-            finally:
-                REUSING.reset(token)
+        finally:
+            REUSING.reset(token)
         self._run = run
         self._run_id = run.id
         self._stored = None
