@@ -241,3 +241,33 @@ async def test_a_stored_failed_sliced_step_shows_every_slice(tmp_path: Path) -> 
     assert view(live)["gate"][1][:3] == ["Cancelled", "Succeeded", "Failed"]
     assert view(live)["after"] == ("Pending", [])  # never started: the run failed first
     assert [r.key for r in stored.query_step(key="gate-2")] == ["gate-2"]
+
+
+@pytest.mark.slow
+async def test_terminate_asks_another_process_run_to_stop_through_the_store(
+    tmp_path: Path, counts: Path
+) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as owner, aflow.Runtime(store=url) as other:
+        wf = dw.ops_files(start=7)
+        os.environ["AFLOW_HANG"] = "consume"  # consume blocks: the run stays running
+        consuming = anyio.Event()
+
+        def on_event(event: aflow.Event) -> None:
+            if event.name == "task_started" and event.node == "consume":
+                consuming.set()
+
+        try:
+            run = await wf.submit(runtime=owner, on_event=on_event)
+            await consuming.wait()
+            watched = await Workflow.load(run.id, runtime=other)
+            await watched.terminate()  # through the store: the owner's process stops it
+            assert other.store is not None
+            assert (await other.store.get_run(run.id)).status in ("cancelling", "cancelled")
+            with anyio.fail_after(20):
+                await run.wait()
+        finally:
+            del os.environ["AFLOW_HANG"]
+        assert run.status is aflow.RunStatus.CANCELLED

@@ -7,9 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import anyio
 import pytest
 
 import aflow
@@ -21,6 +23,7 @@ from aflow.ops import (
     Step,
     Workflow,
     download_artifact,
+    op,
     upload_artifact,
 )
 
@@ -181,3 +184,69 @@ async def test_under_a_running_loop_the_with_block_leaves_submitting_to_the_call
         run = await wf.submit()
         assert await wf.wait() == "Succeeded"
     assert await run.result() == {"add-0": {"sum": 3}}
+
+
+# --- stopping a run (dflow's terminate) ---------------------------------------------------------
+
+
+def test_terminate_in_a_plain_script_stops_the_run() -> None:
+    started = threading.Event()
+
+    @op(outputs={"y": int})
+    async def hang(x: int):
+        started.set()
+        await anyio.sleep_forever()
+        return {"y": x}
+
+    with Workflow("stopped") as wf:
+        first = Step("first", hang, parameters={"x": 1})
+        Step("second", add, parameters={"x": first.outputs.parameters["y"], "y": 1})
+    assert started.wait(10)
+    done = wf.terminate()  # returns once the run has stopped
+    assert done is not None
+    assert wf.query_status() == "Failed"
+    phases = {r.name: r.phase for r in wf.query_step()}
+    assert phases == {"first": "Cancelled", "second": "Pending"}
+    with pytest.raises(RuntimeError, match="not been submitted"):
+        Workflow("never").terminate()
+
+
+async def test_terminate_under_a_running_loop_is_awaited() -> None:
+    started = anyio.Event()
+
+    @op(outputs={"y": int})
+    async def wait_forever(x: int):
+        started.set()
+        await anyio.sleep_forever()
+        return {"y": x}
+
+    wf = Workflow("stopped").add(Step("s", wait_forever, parameters={"x": 1}))
+    async with aflow.Runtime():
+        run = await wf.submit()
+        with anyio.fail_after(10):
+            await started.wait()
+            await wf.terminate()
+        assert wf.query_status() == "Failed"
+        assert run.status is aflow.RunStatus.CANCELLED
+    assert wf.query_step(name="s")[0].phase == "Cancelled"
+
+
+async def test_a_condition_that_changes_what_it_reads_changes_no_output() -> None:
+    @op(outputs={"xs": list[int]})
+    async def make():
+        return {"xs": [1, 2]}
+
+    def greedy(seen: dict[str, Any]) -> bool:
+        seen["m"]["xs"].append(99)
+        return True
+
+    m = Step("m", make)
+    wf = (
+        Workflow("w")
+        .add(m)
+        .add(Step("s", PythonOPTemplate(add), parameters={"x": 1, "y": 2}, when=greedy))
+    )
+    async with aflow.Runtime():
+        await wf.submit()
+        assert await wf.wait() == "Succeeded"
+    assert wf.query_step(name="m")[0].outputs.parameters["xs"].value == [1, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -832,6 +833,32 @@ class Workflow:
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
         return self.query_status()
 
+    def terminate(self) -> Awaitable[None]:
+        """Stop the run now (dflow's ``terminate()``): the steps running are cancelled,
+        nothing more starts, and it ends ``Failed`` (``wf.run.status``: cancelled). A run
+        another process drives (read with :meth:`load`) is asked to stop through the
+        store, as ``aflow cancel`` does. ``await wf.terminate()``; in a plain script it
+        returns once the run has stopped."""
+        if self._run is None and self._stored is None:
+            raise RuntimeError(f"workflow {self.name!r} has not been submitted")
+
+        async def stop() -> None:
+            if self._run is not None:
+                await self._run.cancel()
+                return
+            rt, run_id = self._store_runtime, self._run_id
+            if rt is not None and rt.store is not None and run_id is not None:
+                reason = "RunCancelled: terminated (ops.Workflow.terminate)"
+                await rt.store.request_cancel(run_id, reason)
+                await self.refresh()
+
+        if not self._script or on_script_thread():
+            return stop()
+        future = on_script_loop(stop)
+        if in_script():
+            return Ready(future.result())
+        return asyncio.wrap_future(future)
+
     def query_status(self) -> str:
         """``Pending``, ``Running``, ``Succeeded`` or ``Failed`` (reverted and cancelled
         runs are ``Failed``; ``wf.run.status`` tells them apart)."""
@@ -1213,7 +1240,8 @@ def _guard(
                 )
                 for _, s in collected
             }
-            return bool(when(seen))
+            # a copy: a condition that changes what it reads changes no step's outputs
+            return bool(when(copy.deepcopy(seen)))
         return True
 
     def guard(results: dict[str, Any]) -> bool:
