@@ -514,3 +514,39 @@ async def test_a_durable_template_run_is_queried_from_the_store_in_another_runti
         assert wf.query_step(key="iter-5")[0].outputs.parameters["iter"].value == 6
         report = await rt.report(run.id)
         assert not [s for s in report.steps or () if s.key.startswith("_in:")]
+
+
+async def test_a_retry_on_rule_holds_for_timeouts_in_template_levels_side_by_side() -> None:
+    from aflow.testing import FakeClock
+
+    calls = {"a": 0, "b": 0}
+
+    @op(outputs={"y": int})
+    async def slow(x: int, tag: str):
+        calls[tag] += 1
+        await anyio.sleep(10)  # past the step's timeout: a TaskTimeout, not a ConnectionError
+        return {"y": x}
+
+    steps = Steps("inner", inputs=Inputs(parameters={"tag": InputParameter(type=str)}))
+    steps.add(
+        Step(
+            "s",
+            slow,
+            parameters={"x": 1, "tag": steps.inputs.parameters["tag"]},
+            key=f"s-{steps.inputs.parameters['tag']}",
+            timeout=1,
+            retries=2,
+            retry_on=ConnectionError,
+        )
+    )
+    wf = Workflow("w").add(
+        [
+            Step("a", steps, parameters={"tag": "a"}, continue_on_failed=True),
+            Step("b", steps, parameters={"tag": "b"}, continue_on_failed=True),
+        ]
+    )
+    clock = FakeClock()
+    async with clock, aflow.Runtime(clock=clock):
+        await wf.submit()
+        await wf.wait()
+    assert calls == {"a": 1, "b": 1}  # neither level's timeout was retried

@@ -21,6 +21,7 @@ from .._exceptions import (
     DefinitionError,
     FatalError,
     OpIOError,
+    SerializationError,
     SlicesBelowThreshold,
     TaskTimeout,
     UntrustedManifest,
@@ -76,7 +77,6 @@ __all__ = [
     "in_thread",
     "live_slices",
     "retryable",
-    "source_names",
     "task_for",
     "when_errors",
 ]
@@ -134,20 +134,6 @@ def slice_record(step: Step, index: int, inputs: dict[str, Any] | None = None) -
     }
 
 
-#: The attribute of an error a step with ``retry_on`` failed with: whether its rule retries it.
-_VERDICT = "__aflow_retry__"
-_RULES_NOTE = "ops.retry_rules"
-
-
-class _Rules(dict[str, Any]):
-    """The ``retry_on`` of a run's steps that have one, by step key (in the run's notes:
-    it goes with the run)."""
-
-
-#: Each run's rules, by run id: how a step's TaskTimeout finds its step's rule.
-_RULES: weakref.WeakValueDictionary[str, _Rules] = weakref.WeakValueDictionary()
-
-
 def _admits(rule: RetryOn | None, error: BaseException) -> bool:
     if rule is None:
         return True
@@ -157,26 +143,23 @@ def _admits(rule: RetryOn | None, error: BaseException) -> bool:
 
 
 def retryable(error: BaseException) -> bool:
-    """A step's retry rule: any exception but a failed condition, a definition error, a
-    stored manifest refused or a :class:`FatalError` (none goes away by trying again),
-    within the step's own ``retry_on`` (its template's retry policy) when it has one."""
-    if not isinstance(error, Exception) or isinstance(
-        error, WhenError | DefinitionError | UntrustedManifest | FatalError
-    ):
-        return False
-    verdict = getattr(error, "__dict__", {}).get(_VERDICT)
-    if verdict is not None:  # the op's own error, judged by its step's rule
-        return bool(verdict)
-    if _RULES and isinstance(error, TaskTimeout):  # a call the runtime cut short
-        rules = _RULES.get(error.run_id)
-        if rules is not None and error.task in rules:
-            return _admits(rules[error.task], error)
-    return True
+    """The retry rule of a step without ``retry_on``: any exception but a failed
+    condition, a definition error, a stored manifest refused, a value the store cannot
+    hold or a :class:`FatalError` (none goes away by trying again)."""
+    return isinstance(error, Exception) and not isinstance(
+        error, WhenError | DefinitionError | UntrustedManifest | SerializationError | FatalError
+    )
 
 
 def step_retryable(step: Step, error: BaseException) -> bool:
-    """:func:`retryable`, within the step's ``retry_on`` (a slice's rule)."""
+    """:func:`retryable`, within the step's own ``retry_on`` (its template's retry policy
+    when it has one): the rule of its node, and of each of its slices or items."""
     return retryable(error) and _admits(step.retry_on, error)
+
+
+def retry_rule(step: Step) -> Callable[[BaseException], bool]:
+    """The retry rule a step's node (or its items) goes by."""
+    return retryable if step.retry_on is None else functools.partial(step_retryable, step)
 
 
 def run_store(explicit: Path | None) -> ArtifactStore:
@@ -197,14 +180,6 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await _in_threads(functools.partial(fn, *args))
 
 
-def source_names(step: Step) -> dict[int, str]:
-    """id(source step) -> the binding name it arrives under."""
-    out: dict[int, str] = {}
-    for ref in step.refs():
-        out.setdefault(id(ref.step), f"up{len(out)}")
-    return out
-
-
 def resolve(value: Any, upstream: Mapping[str, Any], names: Mapping[int, str]) -> Any:
     if isinstance(value, OutputRef):
         result = upstream[names[id(value.step)]]
@@ -223,33 +198,9 @@ def _call_op(
     params: Mapping[str, Any],
     artifacts: Mapping[str, Any],
 ) -> Awaitable[dict[str, Any]]:
-    """One call of the op (see :func:`_call`). With a ``retry_on`` rule, the step's error
-    carries the rule's verdict, and the rule is on record for its timeouts, which is
-    what :func:`retryable` reads."""
-    call = _call(step, store, run_id, where, attempt, params, artifacts)
-    rule = step.retry_on
-    if rule is None:
-        return call
-    if step.slices is None:
-        run = current_run()
-        rules = run.notes.get(_RULES_NOTE)
-        if rules is None:
-            rules = run.notes[_RULES_NOTE] = _RULES[run.run_id] = _Rules()
-        rules[step.node_key] = rule
-    return _judged(call, rule)
-
-
-async def _judged(call: Awaitable[dict[str, Any]], rule: RetryOn) -> dict[str, Any]:
-    """``call``'s value; an error it raises carries ``rule``'s verdict on retrying it."""
-    try:
-        return await call
-    except Exception as exc:
-        verdict = _admits(rule, exc)
-        try:
-            setattr(exc, _VERDICT, verdict)
-        except Exception:  # an exception that takes no attribute: the default rule
-            pass
-        raise
+    """One call of the op (see :func:`_call`); its step's retry rule is its node's (see
+    :func:`retry_rule`)."""
+    return _call(step, store, run_id, where, attempt, params, artifacts)
 
 
 async def _call(
@@ -843,7 +794,7 @@ async def _fan(
         retries=step.retries,
         timeout=step.timeout,
         backoff=step.backoff,
-        retry_on=retryable if step.retry_on is None else functools.partial(step_retryable, step),
+        retry_on=retry_rule(step),
         min_success=step.continue_on_num_success,
         success_ratio=step.continue_on_success_ratio,
     )
@@ -934,11 +885,7 @@ class _SliceRecords(FanOutHooks):
         """A slice's outputs, encoded for its checkpoint within its attempt: outputs the
         store cannot take fail the slice (a SerializationError naming it, not retried)."""
         value = await call
-        try:
-            self._encoded[item] = self._run.encode(self._records[item]["key"], value)
-        except Exception as exc:
-            setattr(exc, _VERDICT, False)
-            raise
+        self._encoded[item] = self._run.encode(self._records[item]["key"], value)
         return value
 
     def attempts(self, item: int) -> AttemptHooks:

@@ -501,10 +501,6 @@ class DAG(Template):
         return self
 
 
-def is_template(value: Any) -> bool:
-    return isinstance(value, Template)
-
-
 def walk(template: Template) -> Iterator[Template]:
     """``template`` and every template its steps use, each once (recursion included)."""
     seen: set[int] = set()

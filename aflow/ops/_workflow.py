@@ -70,7 +70,7 @@ from ._runner import (
     live_slices,
     local_inputs,
     resolve,
-    retryable,
+    retry_rule,
     run_store,
     slice_record,
     source_of,
@@ -1430,7 +1430,7 @@ def _compile_level(
                 "timeout": None if sliced else step.timeout,
                 "backoff": None if sliced else step.backoff,
                 "continue_on_failed": step.continue_on_failed,
-                "retry_on": retryable,
+                "retry_on": retry_rule(step),
             }
         )
         node_of[id(step)] = builder.add(
