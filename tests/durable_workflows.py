@@ -687,3 +687,38 @@ def ops_big(start: int) -> ops.Workflow:
         for i in range(2)
     ]
     return ops.Workflow("big").add(make).add(read)
+
+
+class Inc(ops.OP):
+    @classmethod
+    def get_input_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"x": int})
+
+    @classmethod
+    def get_output_sign(cls) -> ops.OPIOSign:
+        return ops.OPIOSign({"y": int})
+
+    async def execute(self, op_in: ops.OPIO) -> ops.OPIO:
+        return ops.OPIO({"y": op_in["x"] + 1})
+
+
+@aflow.workflow
+def ops_big_readers(start: int) -> ops.Workflow:
+    """A big list read by a condition, a loop, and (through a template's output) a step."""
+    make = ops.Step("make", MakeBig, parameters={"n": 3 * start})
+    gate = ops.Step(
+        "gate",
+        SumBig,
+        parameters={"values": make.outputs.parameters["values"]},
+        when=f"{make.outputs.parameters['values']} == [0, 1, 2]",
+    )
+    loop = ops.Step(
+        "loop", Inc, parameters={"x": "{{item}}"}, with_param=make.outputs.parameters["values"]
+    )
+    inner = ops.Steps("inner", outputs=ops.Outputs(parameters={"values": ops.OutputParameter()}))
+    made = ops.Step("made", MakeBig, parameters={"n": 2})
+    inner.add(made)
+    inner.outputs.parameters["values"].value_from_parameter = made.outputs.parameters["values"]
+    sub = ops.Step("sub", inner)
+    after = ops.Step("after", SumBig, parameters={"values": sub.outputs.parameters["values"]})
+    return ops.Workflow("big-readers").add(make).add([gate, loop, sub]).add(after)

@@ -138,3 +138,21 @@ async def test_a_big_value_the_stores_serializer_refuses_fails_naming_the_step(
         run = await wf.submit(runtime=rt)
         await run.result()
         assert wf.query_step(name="step2")[0].outputs.parameters["foo"].value.msg == "hi" * 4
+
+
+async def test_every_reader_of_a_big_value_in_a_durable_run_reads_the_value(
+    tmp_path: Path, counts: Path
+) -> None:
+    from tests import durable_workflows as dw
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        wf = dw.ops_big_readers(start=1)
+        run = await wf.submit(runtime=rt)
+        # a step read it through a template's output, and the run's value holds values
+        assert await run.result() == {"after": {"total": 1}}
+        outputs = {r.name: r.outputs.parameters for r in wf.query_step()}
+    # a condition compared the list (not its reference); a loop went over it
+    assert outputs["gate"]["total"].value == 3
+    assert outputs["loop"]["y"].value == [1, 2, 3]
+    assert outputs["sub"]["values"].value == [0, 1]  # (a reference, shown as its value)

@@ -12,7 +12,7 @@ from .._runtime._builder_api import RunView, in_thread
 from ._artifacts import ArtifactStore, Origin
 from ._step import Step
 
-__all__ = ["BIG", "is_big", "keep_bigs", "load_bigs", "show_bigs"]
+__all__ = ["BIG", "holds_big", "is_big", "keep_bigs", "load_bigs", "read_bigs", "show_bigs"]
 
 BIG = "__aflow_big__"
 
@@ -45,12 +45,20 @@ async def keep_bigs(
     return {**result, "parameters": params}
 
 
-async def load_bigs(
-    run: RunView, store: ArtifactStore, params: Mapping[str, Any], origin: Origin
+def holds_big(value: Any) -> bool:
+    """A reference, or a list of them (a fan-out's stacked outputs)."""
+    if type(value) is dict:
+        return len(value) == 1 and BIG in value
+    if type(value) is list and value:  # stacked: every item a reference (or None)
+        return any(is_big(v) for v in (value[0], value[-1]))
+    return False
+
+
+def read_bigs(
+    run: RunView, store: ArtifactStore, values: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
-    """``params`` with every big reference (alone or in a list) read back."""
-    if not any(is_big(v) or (type(v) is list and any(map(is_big, v))) for v in params.values()):
-        return dict(params)
+    """``values`` with every big reference (alone or in a list) read back (blocking: the
+    caller decides where; a condition reads them inline)."""
     top = run.top
 
     def read(ref: dict[str, Any]) -> Any:
@@ -63,10 +71,18 @@ async def load_bigs(
             return [read(v) if is_big(v) else v for v in value]
         return value
 
-    def all_of() -> dict[str, Any]:
-        return {k: one(v) for k, v in params.items()}
+    return {k: one(v) for k, v in values.items()}
 
-    loaded: dict[str, Any] = await in_thread(all_of)
+
+async def load_bigs(
+    run: RunView, store: ArtifactStore, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
+    """``params`` with every big reference (alone or in a list) read back, in a thread."""
+    if not any(holds_big(v) for v in params.values()):
+        return dict(params)
+    loaded: dict[str, Any] = await in_thread(
+        functools.partial(read_bigs, run, store, params, origin)
+    )
     return loaded
 
 

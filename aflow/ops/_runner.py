@@ -46,7 +46,7 @@ from ._artifacts import (
     load_input,
     store_output,
 )
-from ._big import keep_bigs, load_bigs
+from ._big import holds_big, keep_bigs, load_bigs, read_bigs
 from ._level import manifest_shape
 from ._loops import item_key, loop_items, put_item
 from ._op import OP, op_name
@@ -582,10 +582,18 @@ async def _run_step(call: StepCall, upstream: Mapping[str, Any]) -> dict[str, An
     check_artifacts(step, run.run_id, arts)
     if call.foreign:
         await bring_stored(step, store)
-    if call.bigs_in:
+    if call.bigs_in or (run.top.store is not None and any(map(holds_big, params.values()))):
         params = await load_bigs(run, store, params, Origin(run.run_id, step.node_key))
     if step.loop is not None:
-        items = loop_items(step.name, step.loop, lambda ref: resolve(ref, upstream, names))
+
+        def read(ref: Any) -> Any:
+            value = resolve(ref, upstream, names)
+            if holds_big(value):  # a loop over a big list
+                value = read_bigs(run, store, {"v": value}, Origin(run.run_id, step.node_key))
+                return value["v"]
+            return value
+
+        items = loop_items(step.name, step.loop, read)
         return await _run_loop(step, store, run, params, arts, items, call)
     if step.slices is None:
         attempt = current_attempt_number()

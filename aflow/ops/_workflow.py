@@ -50,7 +50,7 @@ from .._runtime._states import NodeState, RunStatus, StepInfo
 from .._task import FunctionTask
 from ..stores._base import NodeRecord, RecordState, RunRecord
 from ._artifacts import ArtifactStore, ArtifactValue, Origin, check_artifact, default_root
-from ._big import load_bigs, show_bigs
+from ._big import holds_big, load_bigs, read_bigs, show_bigs
 from ._expr import TEMPLATE_INPUT, Expression
 from ._level import Level, bind_level, manifest_shape
 from ._loops import loop_items
@@ -1215,11 +1215,19 @@ def _order(wf: Level) -> tuple[list[Step], dict[int, list[Step]], dict[int, list
 
 
 def _guard(
-    step: Step, data: list[Step], collected: list[tuple[int, Step]]
+    step: Step, data: list[Step], collected: list[tuple[int, Step]], root: Path | None
 ) -> Callable[[dict[str, Any]], bool]:
     """A step's guard: every data source gave outputs, and its ``when`` holds."""
     data_keys = [s.node_key for s in data]
     when = step.when
+
+    def read(params: Mapping[str, Any]) -> dict[str, Any]:
+        """Parameters as the condition reads them: big references read back."""
+        if not any(map(holds_big, params.values())):
+            return dict(params)
+        run = current_run()
+        store = ArtifactStore.for_run(root, run.top.store)
+        return read_bigs(run, store, params, Origin(run.run_id, step.node_key))
 
     def holds(results: dict[str, Any]) -> bool:
         if isinstance(when, Expression):
@@ -1229,14 +1237,15 @@ def _guard(
                     values[(step_name, param)] = step.bound_inputs[param]
                     continue
                 src = next(s for _, s in collected if s.name == step_name)
-                values[(step_name, param)] = results[src.node_key]["parameters"][param]
+                given = results[src.node_key]["parameters"]
+                values[(step_name, param)] = read({param: given[param]})[param]
             return bool(when.evaluate(values))
         if when is not None:
             seen = {
                 s.name: (
                     None
                     if results.get(s.node_key) is None
-                    else dict(results[s.node_key]["parameters"])
+                    else read(results[s.node_key]["parameters"])
                 )
                 for _, s in collected
             }
@@ -1415,7 +1424,7 @@ def _compile_level(
                 name=f"_when-{step.name}",
                 args=(tuple(i for i, _ in collected),),
                 parents=tuple(parents),
-                when=_guard(step, sources, collected),
+                when=_guard(step, sources, collected, root),
             )
             parents.append(guard)
         call = StepCall(step, root, level.path, bounds, reuse, workpath)
@@ -1458,8 +1467,12 @@ def _compile_level(
     async def outputs(**results: Any) -> dict[str, Any]:
         # the run went through: its outputs are stored, its work dirs can go
         store = run_store(root)
-        await in_thread(shutil.rmtree, store.run_workdirs(current_run().run_id), True)
-        return {key: dict(value["parameters"]) for key, value in results.items()}
+        run = current_run()
+        await in_thread(shutil.rmtree, store.run_workdirs(run.run_id), True)
+        return {  # (big parameters as their values)
+            key: await load_bigs(run, store, value["parameters"], Origin(run.run_id, key))
+            for key, value in results.items()
+        }
 
     final = builder.add(
         NodeKind.TASK,
@@ -1533,7 +1546,12 @@ async def _run_template(call: StepCall, upstream: Mapping[str, Any]) -> dict[str
     inner = run.nested(graph)
     inner.notes[_LEVEL] = level
     await _execute_apart(inner)
-    return _template_outputs(level, inner.results())
+    origin = Origin(run.run_id, step.node_key)
+
+    def read(value: Any) -> Any:
+        return read_bigs(run, store, {"v": value}, origin)["v"] if holds_big(value) else value
+
+    return _template_outputs(level, inner.results(), read)
 
 
 async def _execute_apart(inner: RunView) -> None:
@@ -1573,21 +1591,27 @@ def _stored_level(step: Step, level: Level, inputs: StepIO) -> Level | None:
         return None
 
 
-def _template_outputs(level: Level, results: Mapping[str, Any]) -> dict[str, Any]:
-    """A template's outputs, from its steps' results and its inputs."""
+def _template_outputs(
+    level: Level, results: Mapping[str, Any], read: Callable[[Any], Any] = lambda v: v
+) -> dict[str, Any]:
+    """A template's outputs, from its steps' results and its inputs (``read``: a big
+    parameter's value, for a condition that compares it)."""
     template = level.template
     name = op_name(template)
     params: dict[str, Any] = {}
     for key, declared in template.outputs.parameters.items():
-        value = _pick(declared.source(), level, results)
+        value = _pick(declared.source(), level, results, read)
         if value is _NOTHING:
             if declared.default is MISSING:
                 raise OpIOError(name, "output", key, "a value", _no_value(declared.source()))
             value = declared.default
-        params[key] = check_value(name, "output", key, declared.type, value)
+        if holds_big(value):  # passed on by reference (its step checked its type)
+            params[key] = value
+        else:
+            params[key] = check_value(name, "output", key, declared.type, value)
     arts: dict[str, Any] = {}
     for key, art in template.outputs.artifacts.items():
-        value = _pick(art.source(), level, results)
+        value = _pick(art.source(), level, results, read)
         if value is _NOTHING:
             if not art.optional:
                 raise OpIOError(name, "output", key, "an artifact", _no_value(art.source()))
@@ -1602,7 +1626,12 @@ def _no_value(source: Any) -> str:
     return f"nothing: {source!r} gave no value (its step was skipped or failed)"
 
 
-def _pick(source: Any, level: Level, results: Mapping[str, Any]) -> Any:
+def _pick(
+    source: Any,
+    level: Level,
+    results: Mapping[str, Any],
+    read: Callable[[Any], Any] = lambda v: v,
+) -> Any:
     """What an output's source holds in this level's run (``_NOTHING``: no value)."""
     if source is MISSING:
         return _NOTHING
@@ -1638,9 +1667,9 @@ def _pick(source: Any, level: Level, results: Mapping[str, Any]) -> Any:
             result = results.get(found.node_key)
             if result is None:
                 return _NOTHING
-            values[(step_name, param)] = result["parameters"][param]
+            values[(step_name, param)] = read(result["parameters"][param])
         chosen = source.holds(source.condition.evaluate(values))
-        return _pick(source.branches()[0 if chosen else 1], level, results)
+        return _pick(source.branches()[0 if chosen else 1], level, results, read)
     if isinstance(source, OutputRef):
         bound = level.bound(source.step)
         if all(s is not bound for s in level.steps):
