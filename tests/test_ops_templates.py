@@ -550,3 +550,24 @@ async def test_a_retry_on_rule_holds_for_timeouts_in_template_levels_side_by_sid
         await wf.submit()
         await wf.wait()
     assert calls == {"a": 1, "b": 1}  # neither level's timeout was retried
+
+
+@pytest.mark.slow
+async def test_a_tampered_inner_checkpoint_is_refused_naming_its_record(
+    tmp_path: Path, counts: Path
+) -> None:
+    import sqlite3
+
+    from tests.test_durable import LEASE, crash_in, later
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_recursion", "count-2", counts)
+    with sqlite3.connect(tmp_path / "runs.db") as db:  # a row is data: someone wrote this
+        changed = db.execute(
+            "UPDATE aflow_nodes SET result = '[]' WHERE run_id = ? AND key = ?",
+            (run_id, "_in:next/iter-1"),
+        ).rowcount
+    assert changed == 1
+    async with aflow.Runtime(store=url, recover=True, lease=LEASE, clock=later()) as rt:
+        with pytest.raises(aflow.errors.UntrustedManifest, match="_in:next/iter-1"):
+            await rt.get(run_id).result()

@@ -528,13 +528,14 @@ async def in_template(
         return await body()
     key = inner_key(call)
     if top.restored:
-        stored = top.notes.get(_STORED)
-        if stored is None:  # read once per resumed run
-            stored = top.notes[_STORED] = await top.stored_nodes()
+        reading = top.notes.setdefault(_STORED_LOCK, anyio.Lock())
+        async with reading:  # read once per resumed run, by the first step that asks
+            stored = top.notes.get(_STORED)
+            if stored is None:
+                stored = top.notes[_STORED] = await top.stored_nodes()
         found = stored.get(key)
         if found is not None and found.state == RecordState.SUCCEEDED and found.result is not None:
-            kept: dict[str, Any] = top.decode(found.result)
-            return kept
+            return _checked_inner(call, top.decode(found.result), Origin(top.run_id, key))
     started = time.time()
     attempt = current_attempt_number()
     try:
@@ -558,6 +559,26 @@ async def in_template(
 
 
 _STORED = "ops.stored"
+_STORED_LOCK = "ops.stored.lock"
+
+
+def _checked_inner(call: StepCall, kept: Any, origin: Origin) -> dict[str, Any]:
+    """An inner step's checkpoint read back from the store: data, checked as the run's own
+    outputs are before anything reads it (UntrustedManifest naming the record)."""
+    if (
+        not isinstance(kept, dict)
+        or not isinstance(kept.get("parameters"), dict)
+        or not isinstance(kept.get("artifacts"), dict)
+    ):
+        raise origin.refuse("its record is not a step's outputs (parameters and artifacts)")
+    step = call.step
+    for name, field in step.output_fields.items():
+        if field.artifact is not None and field.artifact.shape != "any":
+            shape = "list" if step.fans_out else field.artifact.shape
+            value = kept["artifacts"].get(name)
+            if value is not None or not field.artifact.optional:
+                check_artifact(value, shape, origin)
+    return kept
 
 
 async def run_step(call: StepCall, **upstream: Any) -> dict[str, Any]:

@@ -835,10 +835,11 @@ class Workflow:
 
     def terminate(self) -> Awaitable[None]:
         """Stop the run now (dflow's ``terminate()``): the steps running are cancelled,
-        nothing more starts, and it ends ``Failed`` (``wf.run.status``: cancelled). A run
-        another process drives (read with :meth:`load`) is asked to stop through the
-        store, as ``aflow cancel`` does. ``await wf.terminate()``; in a plain script it
-        returns once the run has stopped."""
+        nothing more starts, and it ends ``Failed`` (``wf.run.status``: cancelled).
+        ``await wf.terminate()``; in a plain script it returns once the run has stopped.
+        A run another process drives (read with :meth:`load`) is asked to stop through
+        the store, as ``aflow cancel`` does: it returns once the ask is on record (its
+        process stops it; :meth:`wait` follows)."""
         if self._run is None and self._stored is None:
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
 
