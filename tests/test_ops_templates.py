@@ -562,11 +562,15 @@ async def test_a_tampered_inner_checkpoint_is_refused_naming_its_record(
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     run_id = await anyio.to_thread.run_sync(crash_in, url, "ops_recursion", "count-2", counts)
-    with sqlite3.connect(tmp_path / "runs.db") as db:  # a row is data: someone wrote this
-        changed = db.execute(
-            "UPDATE aflow_nodes SET result = '[]' WHERE run_id = ? AND key = ?",
-            (run_id, "_in:next/iter-1"),
-        ).rowcount
+    db = sqlite3.connect(tmp_path / "runs.db")  # a row is data: someone wrote this
+    try:
+        with db:
+            changed = db.execute(
+                "UPDATE aflow_nodes SET result = '[]' WHERE run_id = ? AND key = ?",
+                (run_id, "_in:next/iter-1"),
+            ).rowcount
+    finally:
+        db.close()
     assert changed == 1
     async with aflow.Runtime(store=url, recover=True, lease=LEASE, clock=later()) as rt:
         with pytest.raises(aflow.errors.UntrustedManifest, match="_in:next/iter-1"):
