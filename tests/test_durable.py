@@ -246,8 +246,8 @@ async def test_a_durable_fan_out_batches_its_checkpoints(
 CRASHER = textwrap.dedent(
     """
     import asyncio, sys
-    import aflow
-    from tests import durable_workflows as wf
+    import aflow, importlib
+    wf = importlib.import_module(sys.argv[4] if len(sys.argv) > 4 else "tests.durable_workflows")
 
     async def main():
         async with aflow.Runtime(store=sys.argv[1], lease=float(sys.argv[3])) as rt:
@@ -263,11 +263,18 @@ CRASHER = textwrap.dedent(
 )
 
 
-def crash_in(store_url: str, workflow: str, hang: str, counts: pathlib.Path) -> str:
-    """Run ``workflow`` in a subprocess and SIGKILL it while step ``hang`` is blocked."""
+def crash_in(
+    store_url: str,
+    workflow: str,
+    hang: str,
+    counts: pathlib.Path,
+    module: str = "tests.durable_workflows",
+) -> str:
+    """Run ``workflow`` (of ``module``) in a subprocess and SIGKILL it while step ``hang``
+    is blocked."""
     env = {**os.environ, "AFLOW_COUNTS": str(counts), "AFLOW_HANG": hang}
     with subprocess.Popen(
-        [sys.executable, "-c", CRASHER, store_url, workflow, str(LEASE)],
+        [sys.executable, "-c", CRASHER, store_url, workflow, str(LEASE), module],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

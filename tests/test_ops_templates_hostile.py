@@ -842,54 +842,12 @@ async def test_reusing_the_entry_levels_keyed_step_of_a_recursion_takes_its_outp
 # --- durable runs -------------------------------------------------------------------------------
 
 
-CRASHER = textwrap.dedent(
-    """
-    import asyncio, sys
-    import aflow
-    from tests import hostile_templates_workflows as wf
-
-    async def main():
-        async with aflow.Runtime(store=sys.argv[1], lease=float(sys.argv[3])) as rt:
-            run = await rt.submit(getattr(wf, sys.argv[2]), start=1)
-            print(run.id, flush=True)
-            try:
-                await run.result()
-            except Exception:
-                pass
-
-    asyncio.run(main())
-    """
-)
-
-
 def crash_in(store_url: str, workflow: str, hang: str, counts: Path) -> str:
-    """Run ``workflow`` in a subprocess; SIGKILL it while step ``hang`` is blocked."""
-    import os
-    import signal
+    """Run a workflow of tests/hostile_templates_workflows.py in a subprocess; SIGKILL it
+    while step ``hang`` is blocked (tests/test_durable.py's crasher)."""
+    from tests.test_durable import crash_in as crash
 
-    from tests.test_durable import LEASE
-
-    env = {**os.environ, "AFLOW_COUNTS": str(counts), "AFLOW_HANG": hang}
-    with subprocess.Popen(
-        [sys.executable, "-c", CRASHER, store_url, workflow, str(LEASE)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            run_id = proc.stdout.readline().strip()
-            line = proc.stdout.readline().strip()
-            assert line == f"hanging {hang}", proc.stderr.read() if proc.stderr else line
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    return run_id
+    return crash(store_url, workflow, hang, counts, "tests.hostile_templates_workflows")
 
 
 @pytest.mark.slow
