@@ -9,16 +9,26 @@ import re
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
 
 from ._exceptions import DefinitionError, SerializationError, SignatureError
-from ._graph import Graph, compile
+from ._graph import Graph, NodeKind, compile
 from ._workflow_template import Templates
 
 if TYPE_CHECKING:  # (the serializers load with the first durable run: import aflow stays light)
     from ._serialize import Serializer
 
-__all__ = ["WorkflowBuilder", "fingerprint", "registered_workflow", "resolve_workflow", "workflow"]
+__all__ = [
+    "ShapeNode",
+    "WorkflowBuilder",
+    "fingerprint",
+    "registered_workflow",
+    "resolve_workflow",
+    "shape_of",
+    "shape_text",
+    "workflow",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
@@ -283,3 +293,50 @@ def fingerprint(graph: Graph) -> str:
         name = f"{getattr(task.fn, '__module__', '')}.{task.name}" if task is not None else ""
         digest.update(f"{node.key}|{node.kind.value}|{name}|{node.parents}|{node.input}\n".encode())
     return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeNode:
+    """One step of a run's graph as the dashboard draws it: its key, its task's name, what
+    kind of node it is, and the steps it waits for (joins are looked through)."""
+
+    key: str
+    task: str
+    kind: str
+    parents: tuple[str, ...]
+
+
+def shape_of(graph: Graph) -> list[ShapeNode]:
+    """The steps of a graph, each with the steps it waits for; a join (a group's value)
+    is not a step: a node after it waits for what it joins."""
+    nodes = graph.nodes
+    through: dict[int, tuple[str, ...]] = {}
+
+    def parents_of(index: int) -> tuple[str, ...]:
+        found: list[str] = []
+        for parent in nodes[index].parents:
+            node = nodes[parent]
+            if node.kind is NodeKind.JOIN:
+                if parent not in through:
+                    through[parent] = parents_of(parent)
+                found.extend(through[parent])
+            else:
+                found.append(node.key)
+        return tuple(dict.fromkeys(found))
+
+    return [
+        ShapeNode(node.key, node.name, node.kind.value, parents_of(node.index))
+        for node in nodes
+        if node.kind is not NodeKind.JOIN
+    ]
+
+
+def shape_text(graph: Graph) -> str:
+    """A graph's shape as a store keeps it, with its fingerprint (JSON:
+    ``[[key, task, kind, [parent, ...]], ...]``; see ``aflow._feed.shape_of_text``)."""
+    import json
+
+    return json.dumps(
+        [[n.key, n.task, n.kind, list(n.parents)] for n in shape_of(graph)],
+        separators=(",", ":"),
+    )

@@ -131,7 +131,7 @@ def run_sql(*statements: str) -> Callable[[pathlib.Path], None]:
         ),
         pytest.param(
             run_sql("DROP TABLE aflow_nodes"),
-            "lacks part of aflow's schema 4 (no table aflow_nodes; "
+            "lacks part of aflow's schema 5 (no table aflow_nodes; "
             "no trigger aflow_nodes_log_insert; no trigger aflow_nodes_log_update)",
             id="dropped-table",
         ),
@@ -147,7 +147,7 @@ def run_sql(*statements: str) -> Callable[[pathlib.Path], None]:
         ),
         pytest.param(
             run_sql("UPDATE aflow_meta SET value = '99' WHERE key = 'schema_version'"),
-            "has schema 99, newer than this aflow's 4: upgrade aflow",
+            "has schema 99, newer than this aflow's 5: upgrade aflow",
             id="newer-schema",
         ),
     ],
@@ -173,7 +173,7 @@ async def test_a_store_aflow_cannot_use_is_refused_on_open_and_left_as_it_was(
 async def test_an_older_store_is_migrated_by_a_writer_only(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "runs.db"
     run_id = await make_store(path)
-    run_sql(  # what schema 3 and 4 added goes, as in a store aflow 0.1 wrote
+    run_sql(  # what schemas 3 to 5 added goes, as in a store aflow 0.1 wrote
         "ALTER TABLE aflow_runs DROP COLUMN recoveries",
         "DROP INDEX aflow_runs_wake",
         "ALTER TABLE aflow_runs DROP COLUMN wake_at",
@@ -181,11 +181,12 @@ async def test_an_older_store_is_migrated_by_a_writer_only(tmp_path: pathlib.Pat
         "DROP TABLE aflow_events",
         "DROP TABLE aflow_values",
         "DROP TABLE aflow_waits",
+        "DROP TABLE aflow_shapes",
         "UPDATE aflow_meta SET value = '2' WHERE key = 'schema_version'",
     )(path)
     before = path.read_bytes()
     shown = await anyio.to_thread.run_sync(lambda: cli("show", run_id, store=f"sqlite:///{path}"))
-    assert_reported(shown, "has schema 2, older than this aflow's 4", "open it once for writing")
+    assert_reported(shown, "has schema 2, older than this aflow's 5", "open it once for writing")
     assert path.read_bytes() == before
     await open_and_close(f"sqlite:///{path}")  # a writer migrates it
     shown = await anyio.to_thread.run_sync(lambda: cli("show", run_id, store=f"sqlite:///{path}"))
@@ -203,7 +204,7 @@ async def test_the_schema_is_checked_on_postgresql_too(store_url: str) -> None:
         conn = await asyncpg.connect(store_url)
         await conn.execute("DROP TABLE aflow_transitions")
         await conn.close()
-    with pytest.raises(StoreError, match=r"lacks part of aflow's schema 4 \(no table aflow_trans"):
+    with pytest.raises(StoreError, match=r"lacks part of aflow's schema 5 \(no table aflow_trans"):
         await open_and_close(store_url)
     if store_url.startswith("postgres"):
         conn = await asyncpg.connect(store_url)

@@ -28,7 +28,8 @@ import aflow
 import aflow.fastapi
 from aflow import ops
 from aflow._runtime import _report
-from aflow.fastapi import RuntimeDep, _router
+from aflow import _feed
+from aflow.fastapi import RuntimeDep
 from aflow.stores import NodeRecord, RunRecord
 from aflow.stores._base import StoredRunStatus
 
@@ -771,7 +772,7 @@ async def test_a_run_that_ends_while_its_past_is_sent_is_streamed_once() -> None
 async def test_a_run_another_runtime_drives_is_streamed_from_the_store(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_router, "STORE_POLL", 0.01)
+    monkeypatch.setattr(_feed, "STORE_POLL", 0.01)
     app = make_app(store_url)
     async with aflow.Runtime(store=store_url) as driver, served(app) as (_, state):
         # one that ended there, then one in flight there

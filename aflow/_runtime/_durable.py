@@ -10,6 +10,7 @@ reads; without a store it holds nothing but the checked ``lease``,
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
@@ -20,7 +21,7 @@ from .._events import warn
 from .._exceptions import DefinitionError, ResumeMismatch
 from .._graph import Graph
 from .._serialize import Serializer, serializer_for
-from .._workflow import WorkflowBuilder, fingerprint
+from .._workflow import WorkflowBuilder, fingerprint, shape_text
 from ..stores._base import (
     NodeRecord,
     RecordState,
@@ -234,6 +235,7 @@ class Durability:
         if taken:
             await store.write_nodes(stored.run_id, list(taken.values()))
             restore = (taken, False, None, {})
+        await _keep_shape(store, record.fingerprint, graph)
         journal = Journal(store, stored.run_id, serializer)
         return self._rt._start(graph, stored.run_id, journal, options, restore)
 
@@ -409,5 +411,31 @@ class Durability:
         if not created:  # the key names another run: never write into it
             raise ValueError(f"run_key {run_key!r} is used by run {stored.run_id} already")
         await store.write_nodes(stored.run_id, list(taken.values()))
+        await _keep_shape(store, record.fingerprint, graph)  # (a run from before shapes)
         journal = Journal(store, stored.run_id, serializer)
         return rt._start(graph, stored.run_id, journal, options, (taken, False, None, {}))
+
+
+#: Per open store, the fingerprints whose shape it was given (by this process).
+_SHAPES_KEPT: weakref.WeakKeyDictionary[Store, set[str]] = weakref.WeakKeyDictionary()
+
+
+async def _keep_shape(store: Store, fingerprint: str, graph: Graph) -> None:
+    """Give the store the shape of a run's graph, once per shape and store (for a
+    dashboard over the store alone); a store that cannot keep it, or fails to, is
+    only warned about: a run never fails for it."""
+    save = getattr(store, "save_shape", None)
+    if save is None:
+        return
+    try:
+        kept = _SHAPES_KEPT.setdefault(store, set())
+    except TypeError:  # (a store that cannot be weakly referenced: given each time)
+        kept = set()
+    if fingerprint in kept:
+        return
+    try:
+        await save(fingerprint, shape_text(graph))
+    except Exception as exc:
+        warn("aflow_shape_not_kept", store=store.url, error=repr(exc))
+        return
+    kept.add(fingerprint)

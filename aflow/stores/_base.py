@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: The schema this aflow writes; a store written by a newer aflow is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class StoredRunStatus(enum.StrEnum):
@@ -244,6 +244,10 @@ class Store(Protocol):
     nothing else to do commits a chain's step that way, with no task switch. The
     runtime uses it only if the class that defines ``write_nodes`` defines it too, so
     a wrapper or subclass that overrides ``write_nodes`` alone is never bypassed.
+
+    It may also keep graph shapes, for dashboards (the three stores here do):
+    ``save_shape(fingerprint, shape)`` (kept once per fingerprint; a second is ignored)
+    and ``load_shape(fingerprint) -> str | None``; ``shape`` is JSON text.
     """
 
     url: str

@@ -32,6 +32,8 @@ class MemoryStore:
         #: waker looks at those only, not at every run the store ever kept
         self._maybe_due: set[str] = set()
         self._keys: dict[str, str] = {}
+        #: graph shapes by fingerprint (what a dashboard draws)
+        self._shapes: dict[str, str] = {}
         self._nodes: dict[str, dict[str, NodeRecord]] = {}
         self._history: dict[str, list[NodeRecord]] = {}
         #: per run: events as [name, message id, payload, consumed by, sent at], in the
@@ -286,6 +288,12 @@ class MemoryStore:
             else:
                 self._maybe_due.discard(run_id)
         return found
+
+    async def save_shape(self, fingerprint: str, shape: str) -> None:
+        self._shapes.setdefault(fingerprint, shape)
+
+    async def load_shape(self, fingerprint: str) -> str | None:
+        return self._shapes.get(fingerprint)
 
     async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
         await self.get_run(run_id)

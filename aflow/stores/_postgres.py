@@ -642,6 +642,22 @@ class PostgresStore:
             )
         return None if value is None else float(value)
 
+    async def save_shape(self, fingerprint: str, shape: str) -> None:
+        with self._errors("recording a graph's shape"):
+            await self._p().execute(
+                "INSERT INTO aflow_shapes (fingerprint, shape) VALUES ($1, $2) "
+                "ON CONFLICT (fingerprint) DO NOTHING",
+                fingerprint,
+                shape,
+            )
+
+    async def load_shape(self, fingerprint: str) -> str | None:
+        with self._errors("reading a graph's shape"):
+            found: str | None = await self._p().fetchval(
+                "SELECT shape FROM aflow_shapes WHERE fingerprint = $1", fingerprint
+            )
+        return found
+
     async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
         import asyncpg
 

@@ -149,6 +149,15 @@ _VERSION_4 = (
         PRIMARY KEY (run_id, key)
     )""",
 )
+#: Version 5: the shape of each graph runs were made of (its steps, their tasks and
+#: edges), by fingerprint, so a dashboard over the store alone draws a run's graph with
+#: the steps not begun yet (issue 20). Written once per shape, not per run.
+_VERSION_5 = (
+    """CREATE TABLE aflow_shapes (
+        fingerprint TEXT PRIMARY KEY,
+        shape TEXT NOT NULL
+    )""",
+)
 _TYPES = {
     "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY"},
     "postgres": {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"},
@@ -159,7 +168,13 @@ def migrations(dialect: str, version: int) -> list[tuple[int, list[str]]]:
     """The statements that take a store from schema ``version`` (0: empty) to the
     newest, version by version; each version runs in its own transaction."""
     types = _TYPES[dialect]
-    steps = {1: _VERSION_1, 2: _VERSION_2[dialect], 3: _VERSION_3, 4: _VERSION_4}
+    steps = {
+        1: _VERSION_1,
+        2: _VERSION_2[dialect],
+        3: _VERSION_3,
+        4: _VERSION_4,
+        5: _VERSION_5,
+    }
     return [
         (v, [statement.format(**types) for statement in steps[v]])
         for v in sorted(steps)

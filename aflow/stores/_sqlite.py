@@ -1032,6 +1032,23 @@ class SQLiteStore:
         )
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
+    async def save_shape(self, fingerprint: str, shape: str) -> None:
+        await self._change(
+            "recording a graph's shape",
+            "INSERT INTO aflow_shapes (fingerprint, shape) VALUES (?, ?) "
+            "ON CONFLICT (fingerprint) DO NOTHING",
+            (fingerprint, shape),
+        )
+
+    async def load_shape(self, fingerprint: str) -> str | None:
+        rows = await self._fetch(
+            "reading a graph's shape",
+            "SELECT shape FROM aflow_shapes WHERE fingerprint = ?",
+            (fingerprint,),
+            inline=False,
+        )
+        return rows[0][0] if rows else None
+
     async def set_value(self, run_id: str, name: str, payload: str | None, now: float) -> None:
         try:
             await self._do(
