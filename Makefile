@@ -43,6 +43,7 @@ lint: $(STAMP)
 # a free port). Each run's output is printed whole when it ends; both run to the end.
 test: lint
 	./scripts/ensure-postgres
+	./scripts/ensure-chromium
 	@newest="$(NEWEST_PYTHON)"; \
 	if [ -z "$$newest" ]; then newest=$$($(BIN)/python -c "$$FIND_NEWEST") || exit 1; fi; \
 	if [ "$$newest" = none ]; then newest=; fi; \

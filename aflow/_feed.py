@@ -236,14 +236,19 @@ class Feed:
         text = await load_shape(record.fingerprint)
         return None if text is None else shape_of_text(text)
 
-    async def history(self, run_id: str) -> list[EventReport]:
-        """The run's events so far (a stored run's from its transitions)."""
+    async def history(self, run_id: str, report: RunReport | None = None) -> list[EventReport]:
+        """The run's events so far (a stored run's from its transitions; one this process
+        holds from its ``report`` with steps, made if not given)."""
         check_id(run_id)
         handle = self.held(run_id)
-        if handle is not None:
+        if handle is not None and (self.store is None or handle._execution._journal is None):
+            # (a run in memory: its report's events; a durable one's history has every
+            # attempt and revert with its times)
             from ._runtime._report import events_of_run
 
-            return events_of_run(report_of_run(handle))
+            if report is None or report.steps is None or report.source != "live":
+                report = report_of_run(handle)
+            return events_of_run(report)
         store = self.store
         if store is None:
             raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")

@@ -11,6 +11,7 @@ Usage::
     aflow send RUN_ID payment-confirmed [--payload '{"amount": 5}'] [--message-id evt_1]
     aflow send --key order-42 payment-confirmed
     aflow graph examples.orders:order_saga --param order_id=o-42 --format mermaid
+    aflow ui [--host 127.0.0.1] [--port 8765] [--allow-actions [--allow-module pkg.mod]]
 
 The store defaults to ``$AFLOW_STORE`` or ``sqlite:///aflow-runs.db``. Exit
 codes: 0 succeeded, 1 failed or reverted, 2 bad input, 3 cancelled.
@@ -19,6 +20,7 @@ codes: 0 succeeded, 1 failed or reverted, 2 bad input, 3 cancelled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -119,6 +121,25 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("workflow")
     graph.add_argument("--param", action="append", default=[])
     graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    ui = sub.add_parser(
+        "ui", help="serve the runs dashboard over the store (needs aflow[web]; read-only)"
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    ui.add_argument("--port", type=int, default=8765, help="the port (0: any free one)")
+    ui.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="let the dashboard cancel runs (and resume, retry and fork those of the "
+        "workflows --allow-module names: this process then runs them)",
+    )
+    ui.add_argument(
+        "--allow-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="with --allow-actions: import MODULE for the workflows it may run",
+    )
+    ui.add_argument("--title", default="aflow", help="the dashboard's title")
     return parser
 
 
@@ -176,6 +197,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _cancel(store, args.run_id)
         finally:
             await store.close()
+    if args.command == "ui":
+        return await _ui(args)
     if args.command == "run":
         workflow = resolve_workflow(args.workflow)  # named on the command line: imported
         async with Runtime(
@@ -193,6 +216,49 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _follow(handle, quiet=args.quiet)
     finally:
         await store.close()
+
+
+async def _ui(args: argparse.Namespace) -> int:
+    """Serve the dashboard over the store until interrupted."""
+    try:
+        import uvicorn
+
+        from . import web
+    except ImportError as exc:
+        raise DefinitionError(
+            f"aflow ui needs the web extra: pip install 'aflow[web]' ({exc})"
+        ) from None
+    if args.allow_module and not args.allow_actions:
+        raise DefinitionError("--allow-module is for --allow-actions (the workflows it may run)")
+    store = open_store(args.store, read_only=not args.allow_actions, create=False)
+    await store.open()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            source: Any = store
+            if args.allow_module:
+                source = await stack.enter_async_context(
+                    Runtime(store=store, serializer=args.serializer, workflows=args.allow_module)
+                )
+            board = web.app(source, actions=args.allow_actions, title=args.title)
+            config = uvicorn.Config(
+                board, host=args.host, port=args.port, log_level="warning", lifespan="on"
+            )
+            mode = "actions on" if args.allow_actions else "read-only"
+
+            class Server(uvicorn.Server):
+                async def startup(self, sockets: Any = None) -> None:
+                    await super().startup(sockets)
+                    for server in self.servers:
+                        for sock in server.sockets:
+                            host, port = sock.getsockname()[:2]
+                            print(
+                                f"aflow ui: http://{host}:{port}/ ({mode}, {store.url})", flush=True
+                            )
+
+            await Server(config).serve()
+    finally:
+        await store.close()
+    return 0
 
 
 async def _follow(handle: Run[Any], *, quiet: bool) -> int:

@@ -13,6 +13,9 @@
   (``POST /webhooks/payments``): it ships on confirmation and refunds if no word comes
   in time (``examples/payment_webhook.py``). ``POST /runs/{id}/send/{event}`` sends
   any run an event (guard it as you would cancel).
+* ``GET /aflow/`` is the runs dashboard (``aflow.web``): runs, their graphs live, each
+  step's detail; cancel, resume, retry and fork for callers ``allow_operator`` lets
+  through (from this machine, or with the ``X-Operator-Token`` the service is given).
 * ``AFLOW_STORE=sqlite:///orders.db`` makes the runs durable: a retried request with
   the same order id attaches to the first run, and a run in flight when the service
   stops is taken up by the next process.
@@ -38,6 +41,7 @@ from pydantic import BaseModel
 
 import aflow
 import aflow.fastapi
+import aflow.web
 from aflow.fastapi import RuntimeDep
 
 if __name__ == "__main__":  # run as a script: import the examples package as uvicorn does
@@ -142,6 +146,17 @@ aflow.fastapi.add_exception_handlers(app)  # handlers see the root failure of a 
 app.add_middleware(aflow.fastapi.CancelOnDisconnect)  # a client that leaves stops its run
 
 
+def allow_operator(request: Request, action: str, run_id: str | None) -> bool:
+    """Who may cancel, resume, retry or fork runs from the dashboard: your auth goes here."""
+    token = os.environ.get("ORDERS_OPERATOR_TOKEN")
+    if token:
+        return request.headers.get("x-operator-token") == token
+    return request.client is not None and request.client.host in ("127.0.0.1", "::1")
+
+
+app.mount("/aflow", aflow.web.app(authorize=allow_operator, title="orders"))
+
+
 @app.exception_handler(AddressRejected)
 async def address_rejected(request: Request, exc: Exception) -> JSONResponse:
     """The carrier said no: the order was undone, except what a failed revert lists (a
@@ -201,6 +216,11 @@ async def demo() -> None:
             steps = ", ".join(f"{s['key']}={s['state']}" for s in report["steps"])
             print("GET /runs/{id}        ", report["status"], steps)
             await pay_over_http(http)
+            graph = (await http.get(f"/aflow/api/runs/{accepted['run_id']}/graph")).json()
+            drawn = ", ".join(f"{n['key']}={n['state']}" for n in graph["nodes"])
+            print("GET /aflow/api/runs/{id}/graph", drawn)
+            page = await http.get("/aflow/")
+            print(f"dashboard: http://127.0.0.1:{port}/aflow/ ({page.status_code})")
         server.should_exit = True
 
 

@@ -28,6 +28,8 @@ def test_all_is_sorted_and_complete() -> None:
         "ops",
         "errors",
         "fastapi",
+        "web",
+        "otel",
         "cli",
     }  # public submodules (cli: the `aflow` command's module)
     # (dir(): the runtime's names load when first used)

@@ -26,9 +26,8 @@ from fastapi import FastAPI
 
 import aflow
 import aflow.fastapi
-from aflow import ops
+from aflow import _feed, ops
 from aflow._runtime import _report
-from aflow import _feed
 from aflow.fastapi import RuntimeDep
 from aflow.stores import NodeRecord, RunRecord
 from aflow.stores._base import StoredRunStatus
