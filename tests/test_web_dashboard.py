@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -27,6 +29,7 @@ from tests import web_workflows as wf
 from tests.test_fastapi_router import client, sse
 
 ACT = {"X-Aflow-Action": "1"}
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -473,3 +476,59 @@ def test_static_files_ship_in_the_package() -> None:
         assert (here / name).is_file(), name
     assert "X-Aflow-Action" in (here / "static/aflow.js").read_text()
     json.dumps({})  # (json is used by the browser tests' helpers too)
+
+
+# --- aflow ui ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_aflow_ui_serves_a_store_read_only_and_stops_on_sigint(
+    tmp_path: pathlib.Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with aflow.Runtime(store=url) as rt:
+        run = await rt.submit(wf.saga, order="o-ui")
+        await run.wait()
+    process = await anyio.open_process(
+        [sys.executable, "-m", "aflow.cli", "--store", url, "ui", "--port", "0"],
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(30):
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+        text = line.decode()
+        assert "(read-only," in text
+        base = text.split()[2].rstrip("/")
+        async with httpx.AsyncClient() as http:
+            listed = (await http.get(f"{base}/api/runs")).json()
+            assert [r["id"] for r in listed] == [run.id]
+            graph = (await http.get(f"{base}/api/runs/{run.id}/graph")).json()
+            assert [n["key"] for n in graph["nodes"]] == ["reserve", "quote", "charge", "ship"]
+            page = await http.get(f"{base}/runs/{run.id}")
+            assert page.status_code == 200
+            assert 'data-action="cancel"' not in page.text
+            refused = await http.post(f"{base}/api/runs/{run.id}/cancel", headers=ACT)
+            assert refused.status_code == 403
+    finally:
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(15):
+            code = await process.wait()
+        await process.aclose()
+    assert code in (0, 3)  # (3: interrupted, as the other commands say it)
+
+
+async def test_aflow_ui_refuses_a_store_that_is_not_there(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "none.db"
+    done = await anyio.run_process(
+        [sys.executable, "-m", "aflow.cli", "--store", f"sqlite:///{missing}", "ui"],
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert b"aflow: " in done.stderr
+    assert not (tmp_path / "none.db").is_file()
