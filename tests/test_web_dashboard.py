@@ -3,6 +3,7 @@ a FastAPI service and alone over a store; tests/test_web_browser.py drives it in
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import signal
@@ -194,6 +195,13 @@ async def test_lists_filter_search_and_page() -> None:
         assert every[1]["id"] not in page
         assert 'rel="next"' in page
         assert 'rel="prev"' in page
+        # a date picker's local time, or ISO 8601 with an offset
+        newest = datetime.datetime.fromtimestamp(every[0]["created_at"])
+        since = (await http.get("/ops/aflow/api/runs", params={"since": newest.isoformat()})).json()
+        assert [r["id"] for r in since] == [failed.id]
+        oldest = datetime.datetime.fromtimestamp(every[-1]["created_at"], datetime.UTC)
+        until = (await http.get("/ops/aflow/api/runs", params={"until": oldest.isoformat()})).json()
+        assert until == []
         for bad in ({"status": "lost"}, {"since": "yesterday"}, {"limit": "0"}):
             answer = await http.get("/ops/aflow/api/runs", params=bad)
             assert answer.status_code == 422, bad

@@ -4,6 +4,7 @@ event streams that keep them live."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import inspect
 import json
 import time
@@ -97,7 +98,20 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
-_ENV.filters.update(when=_when, took=_took, show=_show, q=lambda s: urllib.parse.quote(s, safe=""))
+def _local(at: float | None) -> str:
+    """A time as a date picker's value (local time, to the minute)."""
+    if at is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M", time.localtime(at))
+
+
+_ENV.filters.update(
+    when=_when,
+    took=_took,
+    show=_show,
+    local=_local,
+    q=lambda s: urllib.parse.quote(s, safe=""),
+)
 
 
 class _Dashboard:
@@ -262,7 +276,13 @@ def _filter_of(request: Request) -> RunFilter:
         try:
             return float(raw)
         except ValueError:
-            raise HTTPException(422, f"{name} is seconds since the epoch, got {raw!r}") from None
+            pass
+        try:  # (a date picker's local time, or ISO 8601 with its offset)
+            return datetime.datetime.fromisoformat(raw).timestamp()
+        except ValueError:
+            raise HTTPException(
+                422, f"{name} is seconds since the epoch or an ISO 8601 time, got {raw!r}"
+            ) from None
 
     status = query.get("status") or None
     if status is not None and status not in STATES:
