@@ -6,6 +6,8 @@ the logger name ``aflow``, only when the application has configured structlog
 (which it has imported, then; a library stays quiet by default, and ``import
 aflow`` does not pay for structlog's own imports). When nobody listens and that logger would
 drop the record, the scheduler does no event work at all: it checks one flag.
+Run hooks (:func:`add_run_hook`, process-wide: aflow.otel) give each run made afterwards
+an observer, a listener that is also told as each attempt's body begins.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, Protocol, final
 
 from ._exceptions import told
 
-__all__ = ["Event", "EventListener", "EventSink", "warn"]
+__all__ = [
+    "Event",
+    "EventListener",
+    "EventSink",
+    "RunHook",
+    "RunObserver",
+    "add_run_hook",
+    "remove_run_hook",
+    "warn",
+]
 
 #: Event names, fixed: tests and dashboards match on them.
 RUN_STARTED = "run_started"
@@ -70,6 +81,39 @@ class Event:
 
 EventListener = Callable[[Event], None]
 
+
+class RunObserver(Protocol):
+    """What a run hook gives a run (aflow.otel: its spans and metrics): a listener of its
+    events that is also told as each attempt's body begins."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def enter_body(self, key: str, attempt: int, revert: bool) -> None:
+        """Called in the body's own context before it runs (after its ``task_started``
+        or ``revert_started``): what it sets there (a contextvar) the body sees."""
+
+
+#: Called as each run's sink is made: an observer for the run, or None.
+RunHook = Callable[["EventSink"], "RunObserver | None"]
+
+#: The process-wide run hooks (aflow.otel's instrument() adds one), read once per run:
+#: with none, a run pays one falsy check for them, and nothing per node.
+_run_hooks: tuple[RunHook, ...] = ()
+
+
+def add_run_hook(hook: RunHook) -> None:
+    """Give every run made from now on what ``hook`` makes of its sink (idempotent)."""
+    global _run_hooks
+    if hook not in _run_hooks:
+        _run_hooks = (*_run_hooks, hook)
+
+
+def remove_run_hook(hook: RunHook) -> None:
+    """Runs made from now on no longer get ``hook``'s observer (runs made keep theirs)."""
+    global _run_hooks
+    _run_hooks = tuple(h for h in _run_hooks if h is not hook)
+
+
 # logging's levels (the module loads only when aflow logs without structlog)
 _DEBUG = 10
 _INFO = 20
@@ -111,23 +155,62 @@ def warn(event: str, **fields: Any) -> None:
 class EventSink:
     """Fans a run's events out to its listeners and to structlog."""
 
-    __slots__ = ("_listeners", "_node_log", "_run_log", "node_events", "run_events", "run_id")
+    __slots__ = (
+        "_listeners",
+        "_node_log",
+        "_run_log",
+        "name",
+        "node_events",
+        "observers",
+        "run_events",
+        "run_id",
+    )
 
     def __init__(
-        self, run_id: str, listeners: Sequence[EventListener], *, run_events: bool = True
+        self,
+        run_id: str,
+        listeners: Sequence[EventListener],
+        *,
+        run_events: bool = True,
+        name: str | None = None,
     ) -> None:
         self.run_id = run_id
         #: False for a nested run (a retried flow): only its node events go out.
         self.run_events = run_events
+        #: the workflow's name, when the run knows it (aflow.otel names its span with it)
+        self.name = name
         self._listeners = list(listeners)
+        #: what the run hooks gave this run: listeners too, but not shared with a nested
+        #: run (which gets its own) and not in :attr:`listeners`
+        self.observers: tuple[RunObserver, ...] = ()
+        if _run_hooks:
+            self._observe(_run_hooks)
         self._node_log = _structlog_logger(_DEBUG)
         self._run_log = _structlog_logger(_INFO)
         #: The scheduler's one check on the hot path.
         self.node_events = bool(self._listeners) or self._node_log is not None
 
+    def _observe(self, hooks: tuple[RunHook, ...]) -> None:
+        observers = []
+        for hook in hooks:
+            try:
+                observer = hook(self)
+            except Exception as exc:  # a broken hook must not break the run
+                import logging
+
+                logging.getLogger("aflow").exception("run hook %r failed", hook, exc_info=exc)
+                continue
+            if observer is not None:
+                observers.append(observer)
+        if observers:
+            self.observers = tuple(observers)
+            self._listeners.extend(observers)
+
     @property
     def listeners(self) -> tuple[EventListener, ...]:
-        """The listeners subscribed now."""
+        """The listeners subscribed now (not the run hooks' observers)."""
+        if self.observers:
+            return tuple(x for x in self._listeners if x not in self.observers)
         return tuple(self._listeners)
 
     def add_listener(self, listener: EventListener) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, TypeVar, final
 
 import anyio
@@ -13,10 +14,12 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._events import (
+    REVERT_STARTED,
     TASK_CANCELLED,
     TASK_RETRIED,
     TASK_STARTED,
     TASK_SUCCEEDED,
+    RunObserver,
 )
 from .._exceptions import (
     MissingInputError,
@@ -34,6 +37,7 @@ from ._bodies import (
     InContext,
     _Escaped,
     awaitable_name,
+    drive,
     in_thread_as,
     is_unawaited,
     map_async,
@@ -268,6 +272,9 @@ class Attempts(RunState):
         hooks = _NodeAttempts(
             self, node, started, retried, self._attempts if attempts is None else attempts
         )
+        observers = self._events.observers
+        if observers:  # (aflow.otel) each attempt's body runs with its span current
+            make_call = _Observed(make_call, observers, node.key, started is REVERT_STARTED)
         return await run_attempts(
             make_call, options, self._clock, hooks.timed_out, is_async=is_async, hooks=hooks
         )
@@ -533,3 +540,47 @@ class _NodeAttempts(AttemptHooks):
 
     async def inject(self, attempt: int) -> None:
         await self._execution._inject(self._node, attempt)
+
+
+@final
+class _Observed:
+    """``make_call``, each call's body in a context the run's observers entered first."""
+
+    __slots__ = ("_key", "_make_call", "_observers", "_revert")
+
+    def __init__(
+        self,
+        make_call: Callable[[int], Any],
+        observers: tuple[RunObserver, ...],
+        key: str,
+        revert: bool,
+    ) -> None:
+        self._make_call = make_call
+        self._observers = observers
+        self._key = key
+        self._revert = revert
+
+    def __call__(self, attempt: int) -> Any:
+        call = self._make_call(attempt)
+        if type(call) is InContext:
+            ctx = call._ctx
+        else:  # a sync body's thread, which starts from a copy of the caller's context
+            ctx = contextvars.copy_context()
+            call = _Driven(call, ctx)
+        for observer in self._observers:
+            ctx.run(observer.enter_body, self._key, attempt, self._revert)
+        return call
+
+
+@final
+class _Driven:
+    """Await a coroutine stepped in ``ctx``."""
+
+    __slots__ = ("_coro", "_ctx")
+
+    def __init__(self, coro: Any, ctx: contextvars.Context) -> None:
+        self._coro = coro
+        self._ctx = ctx
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return drive(self._coro, self._ctx, None, None)

@@ -256,11 +256,12 @@ def _in_memory(
         raise ValueError("an idempotency_key needs a durable store: pass store='sqlite:///...'")
     if isinstance(workflow, WorkflowBuilder):
         graph = workflow.build(dict(params or {}))
-    elif params:
+        execution = new_execution(graph, options, run_id=run_id)
+        execution._events.name = workflow.path  # (the name its events give: aflow.otel's)
+        return execution
+    if params:
         raise TypeError("parameters can only be given to an @aflow.workflow")
-    else:
-        graph = compile(workflow)
-    return new_execution(graph, options, run_id=run_id)
+    return new_execution(compile(workflow), options, run_id=run_id)
 
 
 @overload

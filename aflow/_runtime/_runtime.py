@@ -438,6 +438,7 @@ class Runtime:
             )
             if handle._origin is None:
                 handle._origin = (workflow.path, idempotency_key, all_params)
+            handle._execution._events.name = workflow.path
             return handle
         key = None
         if idempotency_key is not None:
@@ -452,11 +453,13 @@ class Runtime:
         handle._key = key
         if isinstance(workflow, WorkflowBuilder):
             handle._origin = (workflow.path, idempotency_key, all_params)
+            handle._execution._events.name = workflow.path
         else:
             origin = built_by(workflow)
             if origin is not None or idempotency_key is not None:
                 path = None if origin is None else origin[0].path
                 handle._origin = (path, idempotency_key, None)
+                handle._execution._events.name = path
         return handle
 
     def _check_open(self, call: str) -> None:
