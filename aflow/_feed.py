@@ -387,6 +387,7 @@ async def stream_events(
     """Send a run's events as server-sent events (see ``aflow.fastapi.EventStream``):
     ``send(body, more)`` sends bytes; ``disconnected()`` returns when the client goes;
     ``closing`` ends the stream early (the service stops)."""
+    followed = feed.held(run_id)  # (its end is reported even once the runtime let it go)
     to_send, to_read = anyio.create_memory_object_stream[EventReport | None](math.inf)
     pumping = anyio.CancelScope()
 
@@ -425,11 +426,13 @@ async def stream_events(
                 body = f"id: {number}\nevent: {event.name}\ndata: {event.model_dump_json()}\n\n"
                 await send(body.encode(), True)
         end = b""
+        report: RunReport | None = None
         try:
             report = await feed.report(run_id, steps=False)
-        except RunNotFound:  # (dropped from the history meanwhile, and no store)
-            pass
-        else:
+        except RunNotFound:  # dropped from the history meanwhile, and no store
+            if followed is not None:
+                report = followed.report(steps=False)
+        if report is not None:
             number += 1
             end = f"id: {number}\nevent: end\ndata: {report.model_dump_json()}\n\n".encode()
         await send(end, False)

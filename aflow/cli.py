@@ -20,6 +20,7 @@ codes: 0 succeeded, 1 failed or reverted, 2 bad input, 3 cancelled.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -240,12 +241,24 @@ async def _ui(args: argparse.Namespace) -> int:
                     Runtime(store=store, serializer=args.serializer, workflows=args.allow_module)
                 )
             board = web.app(source, actions=args.allow_actions, title=args.title)
+            # told to stop, the event streams end (uvicorn waits for open responses)
+            closing = board.state.dashboard.closing = anyio.Event()  # type: ignore[attr-defined]
+            loop = asyncio.get_running_loop()
             config = uvicorn.Config(
-                board, host=args.host, port=args.port, log_level="warning", lifespan="on"
+                board,
+                host=args.host,
+                port=args.port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=5,
             )
             mode = "actions on" if args.allow_actions else "read-only"
 
             class Server(uvicorn.Server):
+                def handle_exit(self, sig: int, frame: Any) -> None:
+                    super().handle_exit(sig, frame)
+                    loop.call_soon_threadsafe(closing.set)  # (safe in a signal handler)
+
                 async def startup(self, sockets: Any = None) -> None:
                     await super().startup(sockets)
                     for server in self.servers:

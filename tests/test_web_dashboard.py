@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import pathlib
 import signal
 import sys
@@ -196,10 +197,11 @@ async def test_lists_filter_search_and_page() -> None:
         assert 'rel="next"' in page
         assert 'rel="prev"' in page
         # a date picker's local time, or ISO 8601 with an offset
-        newest = datetime.datetime.fromtimestamp(every[0]["created_at"])
+        newest = datetime.datetime.fromtimestamp(math.floor(every[0]["created_at"] * 1e6) / 1e6)
         since = (await http.get("/ops/aflow/api/runs", params={"since": newest.isoformat()})).json()
         assert [r["id"] for r in since] == [failed.id]
-        oldest = datetime.datetime.fromtimestamp(every[-1]["created_at"], datetime.UTC)
+        # (an ISO time holds microseconds: a millisecond before the oldest run)
+        oldest = datetime.datetime.fromtimestamp(every[-1]["created_at"] - 1e-3, datetime.UTC)
         until = (await http.get("/ops/aflow/api/runs", params={"until": oldest.isoformat()})).json()
         assert until == []
         for bad in ({"status": "lost"}, {"since": "yesterday"}, {"limit": "0"}):
@@ -342,6 +344,11 @@ async def test_retry_and_fork_of_a_durable_run(tmp_path: pathlib.Path) -> None:
         assert retried.status.value == "succeeded"
         # what succeeded and was not undone is reused: only ship runs again
         assert dict(wf.CALLS) == {"reserve": 1, "quote": 1, "charge": 1, "ship": 2}
+        # a second click (another tab, another operator) gets the same retry, not another
+        twice = await http.post(f"/ops/aflow/api/runs/{failed.id}/retry", headers=ACT)
+        assert twice.status_code == 200
+        assert twice.json()["id"] == retried.id
+        assert wf.CALLS["ship"] == 2
         again = await http.post(f"/ops/aflow/api/runs/{retried.id}/retry", headers=ACT)
         assert again.status_code == 409  # it succeeded
         forked_answer = await http.post(
@@ -476,6 +483,17 @@ async def test_a_mounted_dashboard_without_a_runtime_says_what_is_missing() -> N
         answer = await http.get("/aflow/api/runs")
         assert answer.status_code == 500
         assert "lifespan=aflow.fastapi.lifespan" in answer.text
+
+
+async def test_pages_say_what_may_frame_them_and_run_in_them() -> None:
+    app = service()
+    async with client(app) as http:
+        page = await http.get("/ops/aflow/")
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "frame-ancestors 'self'" in policy
+        assert page.headers["x-frame-options"] == "SAMEORIGIN"
+        assert page.headers["x-content-type-options"] == "nosniff"
 
 
 def test_static_files_ship_in_the_package() -> None:

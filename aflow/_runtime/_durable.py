@@ -339,6 +339,7 @@ class Durability:
                 except Exception as exc:  # its lease lapses instead
                     warn("aflow_release_failed", run_id=run_id, error=repr(exc))
             raise
+        _name(handle, record, serializer, record.idempotency_key)
         if record.status == StoredRunStatus.CANCELLING:
             handle._execution.cancel()
         return handle
@@ -413,7 +414,20 @@ class Durability:
         await store.write_nodes(stored.run_id, list(taken.values()))
         await _keep_shape(store, record.fingerprint, graph)  # (a run from before shapes)
         journal = Journal(store, stored.run_id, serializer)
-        return rt._start(graph, stored.run_id, journal, options, (taken, False, None, {}))
+        handle = rt._start(graph, stored.run_id, journal, options, (taken, False, None, {}))
+        _name(handle, record, serializer, run_key)
+        return handle
+
+
+def _name(handle: Run[Any], record: RunRecord, serializer: Serializer, key: str | None) -> None:
+    """Say which workflow a resumed or forked run runs, with what (its reports, the
+    dashboard's filters and its events' name, as a submitted run's)."""
+    try:
+        params = serializer.loads(record.params)
+    except Exception:  # (a report shows no parameters then; the run itself read them)
+        params = None
+    handle._origin = (record.workflow, key, params if isinstance(params, dict) else None)
+    handle._execution._events.name = record.workflow
 
 
 #: Per open store, the fingerprints whose shape it was given (by this process).

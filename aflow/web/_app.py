@@ -7,6 +7,8 @@ import contextlib
 import datetime
 import inspect
 import json
+import math
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._exceptions import AflowError, ResumeMismatch, RunNotFound
 from .._feed import (
@@ -50,6 +52,10 @@ RUNTIME_KEY = "aflow_runtime"
 CLOSING_KEY = "aflow_closing"
 #: Above this many nodes a run's page shows a table of its steps instead of its graph.
 MAX_GRAPH = 500
+#: Times past this (the year 9999) are refused as filters.
+_LAST_TIME = 253402300799.0
+#: Past this many nodes drawn, a run's page reloads its live part at most every 2 s.
+LIVE_BIG = 100
 #: Steps per page of a run's table.
 PAGE = 100
 #: Past this many steps a run's timeline shows each step's last attempt (from its
@@ -105,13 +111,60 @@ def _local(at: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M", time.localtime(at))
 
 
+def segment(text: str) -> str:
+    """A run id or step key as one segment of a URL's path: quoted (``/`` too), and with a
+    ``~`` before it if it starts with one or is all dots (which browsers would take as
+    ``.`` or ``..``, and move up a folder). See :func:`_param`."""
+    quoted = urllib.parse.quote(text, safe="")
+    if text.startswith("~") or not text.strip("."):
+        return "~" + quoted
+    return quoted
+
+
 _ENV.filters.update(
     when=_when,
     took=_took,
     show=_show,
     local=_local,
-    q=lambda s: urllib.parse.quote(s, safe=""),
+    seg=segment,
+    qs=lambda s: urllib.parse.quote(s, safe=""),
 )
+
+#: The scope key set when the path was decoded from the raw path, keeping ``%2F`` and
+#: ``%25`` as they are (see :class:`_RawSegments`).
+_KEPT = "aflow.kept_escapes"
+
+
+def _param(request: Request, name: str) -> str:
+    """A path parameter as :func:`segment` wrote it: ``%2F`` and ``%25`` decoded (a run id
+    with a ``/``), one leading ``~`` dropped."""
+    value: str = request.path_params[name]
+    if request.scope.get(_KEPT):
+        value = re.sub(r"%(25|2[fF])", lambda m: "%" if m[1] == "25" else "/", value)
+    return value[1:] if value.startswith("~") else value
+
+
+class _RawSegments:
+    """Routes on the raw path with ``%2F`` (and ``%25``) left encoded, so that a run id
+    or step key with a ``/`` stays one segment (the server decodes it before routing)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:  # (app.state, app.router: the Starlette app's)
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw and b"%" in raw:
+            text = raw.decode("latin-1").partition("?")[0]
+            kept = urllib.parse.unquote(
+                text.replace("%25", "%2525").replace("%2F", "%252F").replace("%2f", "%252F")
+            )
+            # (only when the server decoded it the usual way: a proxy may have rewritten it)
+            if urllib.parse.unquote(text) == scope["path"]:
+                scope = {**scope, "path": kept, _KEPT: True}
+        await self.app(scope, receive, send)
 
 
 class _Dashboard:
@@ -134,6 +187,9 @@ class _Dashboard:
         self._store: Store | None = source if isinstance(source, Store) else None
         self._opening = anyio.Lock()
         self._opened = False
+        #: set when the process serving the dashboard alone is told to stop (aflow ui):
+        #: its event streams end, so the server does not wait for them
+        self.closing: anyio.Event | None = None
 
     async def open_store(self) -> None:
         """Open the store named by URL (the app's lifespan, or its first request when
@@ -183,7 +239,7 @@ class _Dashboard:
             allowed = self.authorize(request, action, run_id)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
-            if not allowed:
+            if allowed is not True:  # (a redirect, a role name, an unawaited coroutine: no)
                 raise HTTPException(403, f"not allowed to {action}")
 
 
@@ -194,7 +250,7 @@ def app(
     authorize: Authorize | None = None,
     title: str = "aflow",
     max_graph: int = MAX_GRAPH,
-) -> Starlette:
+) -> ASGIApp:
     """The runs dashboard, an ASGI app to mount in a Starlette / FastAPI service::
 
         app.mount("/aflow", aflow.web.app())          # the runtime of aflow.fastapi.lifespan
@@ -234,11 +290,13 @@ def app(
         Route("/api/runs/{run_id}/{action}", _api_action(board), methods=["POST"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
-    return Starlette(
+    board_app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={AflowError: _aflow_error, HTTPException: _http_error},
     )
+    board_app.state.dashboard = board
+    return _RawSegments(board_app)
 
 
 async def _aflow_error(request: Request, exc: Exception) -> Response:
@@ -274,15 +332,17 @@ def _filter_of(request: Request) -> RunFilter:
         if raw is None:
             return None
         try:
-            return float(raw)
+            at = float(raw)
         except ValueError:
-            pass
-        try:  # (a date picker's local time, or ISO 8601 with its offset)
-            return datetime.datetime.fromisoformat(raw).timestamp()
-        except ValueError:
+            try:  # (a date picker's local time, or ISO 8601 with its offset)
+                at = datetime.datetime.fromisoformat(raw).timestamp()
+            except ValueError:
+                at = math.nan
+        if not 0 <= at < _LAST_TIME:  # (nan, inf, and times no clock shows, too)
             raise HTTPException(
                 422, f"{name} is seconds since the epoch or an ISO 8601 time, got {raw!r}"
-            ) from None
+            )
+        return at
 
     status = query.get("status") or None
     if status is not None and status not in STATES:
@@ -357,7 +417,7 @@ def _api_run(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
         steps = request.query_params.get("steps", "true").lower() not in ("0", "false", "no")
-        return _json(await _report(feed, request.path_params["run_id"], steps))
+        return _json(await _report(feed, _param(request, "run_id"), steps))
 
     return endpoint
 
@@ -365,7 +425,7 @@ def _api_run(board: _Dashboard) -> Endpoint:
 def _api_graph(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
-        run_id = request.path_params["run_id"]
+        run_id = _param(request, "run_id")
         shape = await _shape(feed, run_id)
         return _json(graph_view(await _report(feed, run_id), shape))
 
@@ -375,7 +435,7 @@ def _api_graph(board: _Dashboard) -> Endpoint:
 def _api_step(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
-        detail = await _step_detail(feed, request.path_params["run_id"], request.path_params["key"])
+        detail = await _step_detail(feed, _param(request, "run_id"), _param(request, "key"))
         return _json(detail)
 
     return endpoint
@@ -424,12 +484,12 @@ def _live_inputs(feed: Feed, run_id: str, key: str, parents: tuple[str, ...]) ->
 def _api_events(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
-        run_id = request.path_params["run_id"]
+        run_id = _param(request, "run_id")
         try:
             source = await feed.events(run_id)
         except RunNotFound as exc:
             raise HTTPException(404, f"no run {short(run_id)}") from exc
-        return _Stream(feed, run_id, source)
+        return _Stream(feed, run_id, source, board.closing)
 
     return endpoint
 
@@ -437,9 +497,10 @@ def _api_events(board: _Dashboard) -> Endpoint:
 class _Stream(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, feed: Feed, run_id: str, source: Any) -> None:
+    def __init__(self, feed: Feed, run_id: str, source: Any, closing: anyio.Event | None) -> None:
         super().__init__(media_type=self.media_type)
         self._feed, self._run_id, self._source = feed, run_id, source
+        self._closing = closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers()})
@@ -457,14 +518,14 @@ class _Stream(Response):
             self._source,
             send_body,
             disconnected,
-            closing_of(scope, CLOSING_KEY),
+            closing_of(scope, CLOSING_KEY) or self._closing,
         )
 
 
 def _api_artifact(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
-        run_id, sha = request.path_params["run_id"], request.path_params["sha"]
+        run_id, sha = _param(request, "run_id"), _param(request, "sha")
         name = request.query_params.get("name") or sha
         report = await _report(feed, run_id)
         from ._views import artifacts_in
@@ -500,7 +561,7 @@ def _object_path(feed: Feed, sha: str) -> Path:
 
 def _api_action(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        run_id, action = request.path_params["run_id"], request.path_params["action"]
+        run_id, action = _param(request, "run_id"), request.path_params["action"]
         if action not in ("cancel", "resume", "retry", "fork"):
             raise HTTPException(404, f"no action {action!r}: cancel, resume, retry or fork")
         await board.check_action(request, action, run_id)
@@ -525,14 +586,31 @@ def _api_action(board: _Dashboard) -> Endpoint:
                     409, f"run {short(run_id)} is {report.status}: retry a run that failed"
                 )
             reuse = [s.key for s in report.steps or () if s.state == "succeeded"]
+            key = f"aflow-retry:{run_id}"
         else:
             body = await _body(request)
             step = body.get("step")
             if not isinstance(step, str):
                 raise HTTPException(422, 'fork takes {"step": key}: the step to run again from')
+            if not report.finished:  # (what it would reuse may still be reverted)
+                raise HTTPException(
+                    409, f"run {short(run_id)} is {report.status}: fork a run that has ended"
+                )
             shape = await _shape(feed, run_id)
             reuse = _before(report, shape, step)
-        handle = await rt.fork(run_id, reuse)
+            key = f"aflow-fork:{run_id}:{step}"
+        # Once per run (and step): a second click, or a second operator, gets the run the
+        # first started, not another (a retried saga would charge twice).
+        again = await feed.runs(RunFilter(idempotency_key=key), 1)
+        if again:
+            return _json(again[0])
+        try:
+            handle = await rt.fork(run_id, reuse, run_key=key)
+        except ValueError:  # (started meanwhile by another request)
+            again = await feed.runs(RunFilter(idempotency_key=key), 1)
+            if not again:
+                raise
+            return _json(again[0])
         return _json(handle.report(steps=False))
 
     return endpoint
@@ -607,7 +685,20 @@ def _page(board: _Dashboard, request: Request, name: str, **context: Any) -> HTM
         fragment=fragment,
         **context,
     )
-    return HTMLResponse(body)
+    return HTMLResponse(body, headers=_PAGE_HEADERS)
+
+
+#: A page runs only its own script and is framed only by its own site (no clickjacking
+#: of its buttons); inline styles are the graph's SVG's.
+_PAGE_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
+    ),
+    "x-frame-options": "SAMEORIGIN",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
 
 
 def _page_runs(board: _Dashboard) -> Endpoint:
@@ -637,7 +728,7 @@ def _page_runs(board: _Dashboard) -> Endpoint:
 def _page_run(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
-        run_id = request.path_params["run_id"]
+        run_id = _param(request, "run_id")
         report = await _report(feed, run_id)
         shape = await _shape(feed, run_id)
         view = graph_view(report, shape)
@@ -662,7 +753,7 @@ def _page_run(board: _Dashboard) -> Endpoint:
             "run.html",
             run=report,
             graph=None if big else _svg(view, _base(request), run_id),
-            big=big,
+            big=big or len(view.nodes) > LIVE_BIG,
             nodes=len(view.nodes),
             steps=shown[(page - 1) * PAGE : page * PAGE],
             matching=len(shown),
@@ -679,7 +770,7 @@ def _page_run(board: _Dashboard) -> Endpoint:
 
 
 def _svg(view: GraphView, base: str, run_id: str) -> str:
-    quoted = urllib.parse.quote(run_id, safe="")
+    quoted = segment(run_id)
     drawn = [
         DrawNode(
             key=node.key,
@@ -687,9 +778,7 @@ def _svg(view: GraphView, base: str, run_id: str) -> str:
             state=node.state,
             parents=tuple(node.parents),
             counts=node.counts or None,
-            href=None
-            if node.members
-            else f"{base}/runs/{quoted}/steps/{urllib.parse.quote(node.key, safe='')}",
+            href=None if node.members else f"{base}/runs/{quoted}/steps/{segment(node.key)}",
         )
         for node in view.nodes
     ]
@@ -699,7 +788,7 @@ def _svg(view: GraphView, base: str, run_id: str) -> str:
 def _page_step(board: _Dashboard) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         feed = await board.feed(request)
-        run_id, key = request.path_params["run_id"], request.path_params["key"]
+        run_id, key = _param(request, "run_id"), _param(request, "key")
         detail = await _step_detail(feed, run_id, key)
         report = await _report(feed, run_id, steps=False)
         return _page(

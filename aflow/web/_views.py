@@ -86,12 +86,19 @@ class Attempt(_Model):
     error: ErrorReport | None = None
 
 
+class ShownStep(StepReport):
+    """A step as the dashboard shows it: its report, with ``waiting`` for a step that
+    waits now (an event, a timer), whatever its record says."""
+
+    state: str  # type: ignore[assignment]  # (StepState's words, and "waiting")
+
+
 class StepDetail(_Model):
     """One step in full: its report, its attempts (and its revert's) with their timings,
     what it waits for, and the artifacts its result holds."""
 
     run_id: str
-    step: StepReport
+    step: ShownStep
     parents: list[str] = []
     inputs: dict[str, Any] = {}
     attempts: list[Attempt] = []
@@ -101,9 +108,20 @@ class StepDetail(_Model):
 def _state_of(step: StepReport | None, waiting: frozenset[str]) -> str:
     if step is None:
         return "pending"
-    if step.key in waiting and step.state in ("pending", "running"):
+    # (a durable run unloaded while it waits has its wait on record as stopped: it waits)
+    if step.key in waiting and step.state in ("pending", "running", "cancelled"):
         return "waiting"
     return step.state
+
+
+def _waiting_keys(report: RunReport) -> Iterable[str]:
+    """The steps that wait now: each wait node, and a task body's ``aflow.receive``
+    (its wait is ``<key>#receive<n>``)."""
+    for wait in report.waits:
+        yield wait.key
+        key, mark, number = wait.key.rpartition("#receive")
+        if mark and number.isdigit():
+            yield key
 
 
 def worst(states: Iterable[str]) -> str:
@@ -116,7 +134,7 @@ def graph_view(report: RunReport, shape: Sequence[ShapeNode] | None) -> GraphVie
     yet) or, without one, the steps on record; siblings of one task with the same parents
     and children are grouped from :data:`GROUP_MIN` on."""
     steps = {step.key: step for step in report.steps or ()}
-    waiting = frozenset(w.key.partition("#")[0] for w in report.waits)
+    waiting = frozenset(_waiting_keys(report))
     if shape is None:
         alone = [
             GraphNode(key=s.key, task=s.task, state=_state_of(s, waiting), attempts=s.attempts)
@@ -291,9 +309,12 @@ def step_detail(
         upstream = by_key.get(parent)
         if upstream is not None and upstream.state == "succeeded":
             found_inputs.setdefault(f"from {parent}", upstream.result)
+    shown = ShownStep(
+        **{**step.model_dump(), "state": _state_of(step, frozenset(_waiting_keys(report)))}
+    )
     return StepDetail(
         run_id=report.id,
-        step=step,
+        step=shown,
         parents=parents,
         inputs=found_inputs,
         attempts=attempts_of(key, events),
@@ -393,6 +414,16 @@ def timeline_svg(
         for (kind, key, attempt), begin in started.items():  # still going
             state = "reverting" if kind == "revert" else "running"
             bars.append(_Bar(rows.of(key), begin, now, state, f"{key} #{attempt} {state}"))
+    waiting = frozenset(_waiting_keys(report))
+    if waiting:  # (a durable run unloaded while it waits: its wait's record says stopped)
+        last: dict[int, int] = {}
+        for i, bar in enumerate(bars):
+            last[bar.row] = i
+        for key in waiting & rows.index.keys():
+            i = last.get(rows.index[key], -1)
+            if i >= 0 and bars[i].state in ("cancelled", "running"):
+                bar = bars[i]
+                bars[i] = _Bar(bar.row, bar.start, now, "waiting", f"{key} waiting")
     if not bars:
         return '<p class="muted">No attempts yet.</p>'
     t0 = min(bar.start for bar in bars)

@@ -5,6 +5,15 @@
   "use strict";
   var REFRESH_MS = 300, BIG_REFRESH_MS = 2000, LIST_MS = 2000;
 
+  // A run id as one segment of a path, as the server writes it (aflow.web._app.segment):
+  // quoted, with a "~" before it if it starts with one or is all dots.
+  function segment(text) {
+    var quoted = encodeURIComponent(text).replace(/[!'()*]/g, function (c) {
+      return "%" + c.charCodeAt(0).toString(16).toUpperCase();
+    });
+    return (text.charAt(0) === "~" || /^\.*$/.test(text)) ? "~" + quoted : quoted;
+  }
+
   function flash(text, good) {
     var el = document.getElementById("flash");
     if (!el) return;
@@ -85,7 +94,7 @@
       var action = button.getAttribute("data-action");
       var base = document.body.getAttribute("data-base") || "";
       if ((action === "retry" || action === "fork") && data.id) {
-        window.location.href = base + "/runs/" + encodeURIComponent(data.id);
+        window.location.href = base + "/runs/" + segment(data.id);
         return;
       }
       if (action === "cancel-many") {
