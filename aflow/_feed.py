@@ -3,8 +3,8 @@ them with filters, report one, follow its events, read its graph's shape, cancel
 
 A :class:`Feed` reads a runtime's runs (live, then from its store) or, with no runtime
 (``aflow ui`` over a store), a store's alone: the same models either way. Nothing here
-imports a web framework but :class:`EventStream` (a Starlette response), which only the
-surfaces that have Starlette touch.
+imports a web framework but :class:`RunEvents` (a Starlette response): only the surfaces,
+which have Starlette, import this module.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, cast, get_args
 
 import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ._events import Event
 from ._exceptions import AflowError, RunNotFound
@@ -38,11 +40,14 @@ from ._workflow import ShapeNode, shape_of
 from .stores._base import RunRecord, Store, StoredRunStatus
 
 __all__ = [
+    "CLOSING_KEY",
     "KEEP_ALIVE",
     "MAX_LIST",
+    "RUNTIME_KEY",
     "STATES",
     "STORE_POLL",
     "Feed",
+    "RunEvents",
     "RunFilter",
     "ShapeNode",
     "check_id",
@@ -54,6 +59,11 @@ STORE_POLL = 0.5
 #: Seconds of silence after which an event stream sends a comment (proxies close idle
 #: connections).
 KEEP_ALIVE = 15.0
+#: Where a service's lifespan (``aflow.fastapi.lifespan``) puts its runtime.
+RUNTIME_KEY = "aflow_runtime"
+#: Where a service's lifespan (``aflow.fastapi.lifespan``) puts the event it sets when
+#: the process is told to stop: event streams end then (the server waits for them).
+CLOSING_KEY = "aflow_closing"
 #: The most runs one list answer holds; the store is asked for at most this many of a
 #: status before the other filters apply.
 MAX_LIST = 1000
@@ -439,10 +449,40 @@ async def stream_events(
         tg.cancel_scope.cancel()
 
 
-def stream_headers() -> list[tuple[bytes, bytes]]:
-    """The headers of an event stream."""
-    return [
-        (b"content-type", b"text/event-stream; charset=utf-8"),
-        (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no"),
-    ]
+class RunEvents(Response):
+    """A run's events as a ``text/event-stream`` response (see :func:`stream_events`);
+    it ends early when ``closing`` is set, or the event the service's lifespan puts
+    under :data:`CLOSING_KEY`."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        feed: Feed,
+        run_id: str,
+        source: AsyncGenerator[EventReport, None],
+        closing: anyio.Event | None = None,
+    ) -> None:
+        super().__init__(media_type=self.media_type)
+        self._feed, self._run_id, self._source = feed, run_id, source
+        self._closing = closing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def send_body(body: bytes, more: bool) -> None:
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        closing = closing_of(scope, CLOSING_KEY) or self._closing
+        await stream_events(
+            self._feed, self._run_id, self._source, send_body, disconnected, closing
+        )

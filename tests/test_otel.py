@@ -106,6 +106,14 @@ def tree(spans: list[ReadableSpan]) -> list[str]:
     return ["  " * depth(s) + s.name for s in spans]
 
 
+def assert_no_event_work(sink: _events.EventSink) -> None:
+    """The run got no observer and no listener: the scheduler's fast path, no event work
+    (but for structlog's, when another test configured it for this process)."""
+    assert sink.observers == ()
+    assert sink.listeners == ()
+    assert sink.node_events is (sink._node_log is not None)
+
+
 def attrs(*pairs: tuple[str, Any]) -> frozenset[tuple[str, Any]]:
     return frozenset(pairs)
 
@@ -421,8 +429,7 @@ async def test_uninstrument_stops_spans_for_runs_made_afterwards(otel: Telemetry
         run = await rt.submit(reserve.s("x"))
         await run.result()
         sink = run._execution._events
-    assert sink.observers == ()
-    assert not sink.node_events  # the scheduler's fast path: no event work at all
+    assert_no_event_work(sink)
     instrumentation.uninstrument()  # idempotent
     aflow.otel.uninstrument()
 
@@ -459,20 +466,16 @@ async def test_nothing_is_recorded_when_instrument_was_never_called() -> None:
             run = await rt.submit(reserve.s("x") | charge.s())
             await run.result()
     assert [s.name for s in exporter.get_finished_spans()] == ["request"]
-    sink = run._execution._events
-    assert sink.observers == ()
-    assert not sink.node_events
+    assert_no_event_work(run._execution._events)
     provider.shutdown()
 
 
 async def test_without_a_configured_provider_a_run_gets_no_listener() -> None:
     """instrument() with the API's defaults (no SDK set up): zero cost, as uninstrumented."""
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        pytest.skip("a global tracer provider was set in this process")
+    # (no test sets the global provider: it must still be the API's proxy)
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     with aflow.otel.instrument():
         async with aflow.Runtime() as rt:
             run = await rt.submit(reserve.s("x"))
             await run.result()
-    sink = run._execution._events
-    assert sink.observers == ()
-    assert not sink.node_events
+    assert_no_event_work(run._execution._events)

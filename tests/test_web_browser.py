@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -27,6 +26,7 @@ import aflow
 import aflow.fastapi
 import aflow.web
 from tests import web_workflows as wf
+from tests.test_web_dashboard import gates
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHOTS = ROOT / ".test-output" / "screenshots"
@@ -52,12 +52,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     wf.reset()
-
-
-def gates(*names: str) -> None:
-    for name in names:
-        wf.GATES[f"{name}-started"] = anyio.Event()
-        wf.GATES[f"{name}-go"] = anyio.Event()
 
 
 @asynccontextmanager

@@ -476,6 +476,37 @@ async def test_hostile_ids_keys_and_errors_are_inert(tmp_path: pathlib.Path) -> 
         assert answer.status_code == 404
 
 
+async def test_a_steps_files_are_listed_and_downloaded(tmp_path: pathlib.Path) -> None:
+    from aflow.ops import Step, Workflow
+    from tests.ops_helpers import read, write
+
+    for root in (None, tmp_path / "files"):  # ops's own folder, and one a workflow names
+        flow = Workflow("notes", artifacts=root)
+        made = Step("w", write, parameters={"text": "hello <files>"})
+        flow.add(made).add(Step("r", read, artifacts={"file": made.outputs.artifacts["file"]}))
+        async with aflow.Runtime() as rt:
+            await flow.submit(runtime=rt)
+            assert await flow.wait() == "Succeeded"
+            run_id = flow.run.id
+            board = Starlette(routes=[Mount("/", aflow.web.app(rt, artifacts=root))])
+            async with over(board) as http:
+                detail = (await http.get(f"/api/runs/{run_id}/steps/w")).json()
+                (file,) = detail["artifacts"]
+                assert file["name"] == "note.txt"
+                assert file["size"] == len("hello <files>")
+                page = (await http.get(f"/runs/{run_id}/steps/w")).text
+                assert f"/api/runs/{run_id}/artifacts/{file['sha']}?name=note.txt" in page
+                got = await http.get(
+                    f"/api/runs/{run_id}/artifacts/{file['sha']}", params={"name": "note.txt"}
+                )
+                assert got.status_code == 200
+                assert got.text == "hello <files>"
+                assert 'filename="note.txt"' in got.headers["content-disposition"]
+                # a file of another run, or none, is not served by this run's page
+                other = "0" * 64
+                assert (await http.get(f"/api/runs/{run_id}/artifacts/{other}")).status_code == 404
+
+
 async def test_a_mounted_dashboard_without_a_runtime_says_what_is_missing() -> None:
     app = FastAPI()
     app.mount("/aflow", aflow.web.app())

@@ -42,6 +42,7 @@ from aflow.stores import NodeRecord, RunRecord, open_store
 from aflow.stores._base import RecordState, StoredRunStatus
 from tests import web_hostile_workflows as hw
 from tests.test_fastapi_router import client, sse
+from tests.test_web_dashboard import runtime_of
 from tests.test_web_hostile import Request
 
 ACT = {"X-Aflow-Action": "1"}
@@ -74,12 +75,6 @@ async def over(app: Starlette, *, raise_errors: bool = True) -> AsyncIterator[ht
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_errors)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             yield http
-
-
-def runtime_of(app: FastAPI) -> aflow.Runtime:
-    found = app.state.aflow_runtime
-    assert isinstance(found, aflow.Runtime)
-    return found
 
 
 def sqlite_url(tmp_path: pathlib.Path) -> str:

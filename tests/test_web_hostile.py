@@ -1004,8 +1004,15 @@ async def test_an_error_that_cannot_be_told_is_logged_and_raised_as_itself() -> 
     async def note(error: Exception) -> None:
         raise BadStr()
 
-    with capture_logs() as logs, pytest.raises(BadStr) as caught:
-        await aflow.run(raise_bad_str.s().on_error(note.s()), run_id="bad-str")
+    import structlog
+
+    try:
+        with capture_logs() as logs, pytest.raises(BadStr) as caught:
+            await aflow.run(raise_bad_str.s().on_error(note.s()), run_id="bad-str")
+    finally:
+        # (capture_logs leaves structlog "configured": every later run of this process
+        # would log its events to stdout, and do the event work it otherwise skips)
+        structlog.reset_defaults()
     failed = [e for e in logs if e.get("run_id") == "bad-str" and e["event"] == "task_failed"]
     assert [e["error"] for e in failed] == ["BadStr: <BadStr: str() failed: RuntimeError>"] * 2
     assert any("str() failed" in n for n in getattr(caught.value, "__notes__", ()))

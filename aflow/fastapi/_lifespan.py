@@ -13,6 +13,7 @@ import anyio
 from fastapi import Depends, Request
 from starlette.types import ASGIApp
 
+from .. import _feed
 from .._runtime._runtime import Runtime, _let_runs_end
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "RuntimeDep", "lifespan", "runtime"]
@@ -24,11 +25,11 @@ DEFAULT_SHUTDOWN_TIMEOUT = 20.0
 
 #: Where the lifespan puts the runtime: the lifespan state (``request.state``) and the
 #: application's ``app.state``.
-STATE_KEY = "aflow_runtime"
+STATE_KEY = _feed.RUNTIME_KEY
 #: Where it puts the event set when the process is told to stop (SIGTERM, SIGINT): the
 #: event streams end then, so that the server, which waits for open responses before
 #: it shuts its application down, is not held by them (see :func:`lifespan`).
-CLOSING_KEY = "aflow_closing"
+CLOSING_KEY = _feed.CLOSING_KEY
 
 Lifespan: TypeAlias = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
 

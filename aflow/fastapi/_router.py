@@ -9,24 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from .._exceptions import ResumeMismatch, RunEnded, RunNotFound, WaitTimeout
-from .._feed import (
-    MAX_LIST,
-    STATES,
-    Feed,
-    RunFilter,
-    check_id,
-    closing_of,
-    short,
-    stream_events,
-    stream_headers,
-)
+from .._feed import MAX_LIST, STATES, Feed, RunEvents, RunFilter, check_id, short
 from .._runtime._report import EventReport, RunReport
 from .._runtime._runtime import Runtime
-from ._lifespan import CLOSING_KEY, RuntimeDep
+from ._lifespan import RuntimeDep
 
 __all__ = ["EventStream", "Sent", "Value", "runs_router"]
 
@@ -201,7 +189,7 @@ _check_id = check_id
 _short = short
 
 
-class EventStream(Response):
+class EventStream(RunEvents):
     """A ``text/event-stream`` response of a run's events (server-sent events).
 
     Each event is ``event: <name>`` and ``data:`` its :class:`aflow.EventReport` as
@@ -215,29 +203,5 @@ class EventStream(Response):
     stream again.
     """
 
-    media_type = "text/event-stream"
-
     def __init__(self, source: AsyncGenerator[EventReport, None], rt: Runtime, run_id: str) -> None:
-        super().__init__(media_type=self.media_type)
-        self._source = source
-        self._rt = rt
-        self._run_id = run_id
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": stream_headers()})
-
-        async def send_body(body: bytes, more: bool) -> None:
-            await send({"type": "http.response.body", "body": body, "more_body": more})
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        await stream_events(
-            Feed(self._rt),
-            self._run_id,
-            self._source,
-            send_body,
-            disconnected,
-            closing_of(scope, CLOSING_KEY),
-        )
+        super().__init__(Feed(rt), run_id, source)

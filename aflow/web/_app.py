@@ -28,14 +28,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._exceptions import AflowError, ResumeMismatch, RunNotFound
 from .._feed import (
     MAX_LIST,
+    RUNTIME_KEY,
     STATES,
     Feed,
+    RunEvents,
     RunFilter,
     ShapeNode,
-    closing_of,
     short,
-    stream_events,
-    stream_headers,
 )
 from .._runtime._report import RunReport, StepReport
 from .._runtime._runtime import Runtime
@@ -46,10 +45,6 @@ from ._views import GraphView, graph_view, step_detail, timeline_svg
 
 __all__ = ["Authorize", "app"]
 
-#: Where ``aflow.fastapi.lifespan`` puts the service's runtime (its state) and the event
-#: it sets when the process is told to stop.
-RUNTIME_KEY = "aflow_runtime"
-CLOSING_KEY = "aflow_closing"
 #: Above this many nodes a run's page shows a table of its steps instead of its graph.
 MAX_GRAPH = 500
 #: Times past this (the year 9999) are refused as filters.
@@ -190,6 +185,8 @@ class _Dashboard:
         #: set when the process serving the dashboard alone is told to stop (aflow ui):
         #: its event streams end, so the server does not wait for them
         self.closing: anyio.Event | None = None
+        #: where ``aflow.ops`` keeps the runs' files (None: beside the store, as ops does)
+        self.artifacts: Path | None = None
 
     async def open_store(self) -> None:
         """Open the store named by URL (the app's lifespan, or its first request when
@@ -250,6 +247,7 @@ def app(
     authorize: Authorize | None = None,
     title: str = "aflow",
     max_graph: int = MAX_GRAPH,
+    artifacts: str | Path | None = None,
 ) -> ASGIApp:
     """The runs dashboard, an ASGI app to mount in a Starlette / FastAPI service::
 
@@ -261,12 +259,16 @@ def app(
     ``/runs/{id}/steps/{key}`` one step. The JSON API under ``/api`` serves the same
     models as :mod:`aflow.fastapi`. ``actions`` (cancel, resume, retry, fork, cancel
     many) need the ``X-Aflow-Action`` header the pages send, and ``authorize``'s yes:
-    hook your service's auth there. Over a store alone (no runtime) resume, retry and
-    fork are not offered: they run the workflow, which a runtime does.
+    hook your service's auth there (``True`` lets an action through; reading is not
+    guarded here: guard the mount). Over a store alone (no runtime) resume, retry and
+    fork are not offered: they run the workflow, which a runtime does. ``artifacts``:
+    the folder ``aflow.ops`` keeps files in, when workflows name their own
+    (``Workflow(artifacts=...)``); by default the one beside the store, as ops's.
     """
     board = _Dashboard(
         source, actions=actions, authorize=authorize, title=title, max_graph=max_graph
     )
+    board.artifacts = None if artifacts is None else Path(artifacts)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -489,37 +491,9 @@ def _api_events(board: _Dashboard) -> Endpoint:
             source = await feed.events(run_id)
         except RunNotFound as exc:
             raise HTTPException(404, f"no run {short(run_id)}") from exc
-        return _Stream(feed, run_id, source, board.closing)
+        return RunEvents(feed, run_id, source, board.closing)
 
     return endpoint
-
-
-class _Stream(Response):
-    media_type = "text/event-stream"
-
-    def __init__(self, feed: Feed, run_id: str, source: Any, closing: anyio.Event | None) -> None:
-        super().__init__(media_type=self.media_type)
-        self._feed, self._run_id, self._source = feed, run_id, source
-        self._closing = closing
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": stream_headers()})
-
-        async def send_body(body: bytes, more: bool) -> None:
-            await send({"type": "http.response.body", "body": body, "more_body": more})
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        await stream_events(
-            self._feed,
-            self._run_id,
-            self._source,
-            send_body,
-            disconnected,
-            closing_of(scope, CLOSING_KEY) or self._closing,
-        )
 
 
 def _api_artifact(board: _Dashboard) -> Endpoint:
@@ -535,21 +509,22 @@ def _api_artifact(board: _Dashboard) -> Endpoint:
             a["sha"] == sha for step in report.steps or () for a in artifacts_in(step.result)
         ):
             raise HTTPException(404, f"run {short(run_id)} gave no artifact {sha!r}")
-        path = _object_path(feed, sha)
+        path = _object_path(feed, sha, board.artifacts)
         return FileResponse(path, filename=Path(name).name or sha)
 
     return endpoint
 
 
-def _object_path(feed: Feed, sha: str) -> Path:
+def _object_path(feed: Feed, sha: str, root: Path | None) -> Path:
     from ..ops._artifacts import default_root
 
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise HTTPException(404, "an artifact is named by its sha256 (64 hex digits)")
-    try:
-        root = default_root(feed.store)
-    except AflowError as exc:
-        raise HTTPException(404, f"this store keeps no artifacts here: {exc}") from exc
+    if root is None:
+        try:
+            root = default_root(feed.store)
+        except AflowError as exc:
+            raise HTTPException(404, f"this store keeps no artifacts here: {exc}") from exc
     path = root / "objects" / sha[:2] / sha
     if path.is_symlink() or not path.is_file():
         raise HTTPException(404, f"no artifact {sha} in {root}")

@@ -44,6 +44,9 @@ import unicodedata
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import get_args
+
+from .._runtime._report import StepState
 
 __all__ = [
     "STATES",
@@ -59,19 +62,7 @@ __all__ = [
 
 #: The states a node is drawn in (a step's states, and ``waiting`` for a step waiting on
 #: a signal). Any other word is drawn as ``unknown``.
-STATES = (
-    "pending",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "skipped",
-    "reverting",
-    "reverted",
-    "revert_failed",
-    "waiting",
-)
+STATES = (*get_args(StepState), "waiting")
 
 #: The worst first: a grouped node takes the first of these any of its items is in.
 #: What needs a look comes first (failures), then what is still moving (``waiting`` sits

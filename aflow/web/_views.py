@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .._feed import ShapeNode
 from .._runtime._report import ErrorReport, EventReport, RunReport, StepReport
+from ._layout import worst_state
 
 __all__ = [
     "GROUP_MIN",
@@ -30,21 +31,6 @@ __all__ = [
 
 #: Siblings (same task, same parents, same children) drawn as one node from this many on.
 GROUP_MIN = 6
-#: A group's state is the worst of its members', in this order (first is worst).
-WORST_FIRST = (
-    "failed",
-    "revert_failed",
-    "running",
-    "retrying",
-    "reverting",
-    "waiting",
-    "pending",
-    "cancelled",
-    "reverted",
-    "skipped",
-    "succeeded",
-)
-_RANK = {state: rank for rank, state in enumerate(WORST_FIRST)}
 
 
 class _Model(BaseModel):
@@ -125,8 +111,8 @@ def _waiting_keys(report: RunReport) -> Iterable[str]:
 
 
 def worst(states: Iterable[str]) -> str:
-    """The state a group shows: its members' worst (see :data:`WORST_FIRST`)."""
-    return min(states, key=lambda s: _RANK.get(s, len(_RANK)), default="pending")
+    """The state a group shows: its members' worst (``_layout.STATE_SEVERITY``'s order)."""
+    return worst_state(states) or "pending"
 
 
 def graph_view(report: RunReport, shape: Sequence[ShapeNode] | None) -> GraphView:
