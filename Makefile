@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/order_saga.py
 	$(BIN)/aflow --store sqlite:///.aflow-demo.db run examples.durable_orders:order_saga --param order_id=o-42
 	$(BIN)/aflow --store sqlite:///.aflow-demo.db runs --limit 5
+	@echo "the runs in a browser: $(BIN)/aflow --store sqlite:///.aflow-demo.db ui"
 
 lint: $(STAMP)
 	$(BIN)/ruff check aflow tests examples benchmarks
@@ -149,21 +150,23 @@ $(PEERS)/.peers-installed: $(PEERS)/.installed
 QUICK_OUT := benchmarks/quick
 bench: $(STAMP) $(VENV)/.bench-installed
 	@mkdir -p $(QUICK_OUT)
-	@echo "== 1/7 graphs, per node (benchmarks/run.py --quick)"
+	@echo "== 1/8 graphs, per node (benchmarks/run.py --quick)"
 	$(BIN)/python benchmarks/run.py --quick --repeat 3 --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 2/7 short runs, per run, as a web handler sees them (benchmarks/short.py --quick)"
+	@echo "== 2/8 short runs, per run, as a web handler sees them (benchmarks/short.py --quick)"
 	$(BIN)/python benchmarks/short.py --quick --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 3/7 the saga over HTTP: uvicorn, FastAPI, 64 connections (benchmarks/http.py --quick)"
+	@echo "== 3/8 the saga over HTTP: uvicorn, FastAPI, 64 connections (benchmarks/http.py --quick)"
 	$(BIN)/python benchmarks/http.py --quick --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 4/7 durable runs (benchmarks/durable.py --quick)"
+	@echo "== 4/8 durable runs (benchmarks/durable.py --quick)"
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --quick --markdown $(QUICK_OUT)/DURABLE.md
-	@echo "== 5/7 TaskFlow-style flows (benchmarks/flows.py --quick; TaskFlow itself: make bench-full)"
+	@echo "== 5/8 TaskFlow-style flows (benchmarks/flows.py --quick; TaskFlow itself: make bench-full)"
 	$(BIN)/python benchmarks/flows.py --quick --markdown $(QUICK_OUT)/FLOWS.md
-	@echo "== 6/7 dflow-style ops (benchmarks/ops.py --quick)"
+	@echo "== 6/8 dflow-style ops (benchmarks/ops.py --quick)"
 	$(BIN)/python benchmarks/ops.py --quick --markdown $(QUICK_OUT)/OPS.md
-	@echo "== 7/7 import aflow against import anyio (benchmarks/imports.py --runs 5)"
+	@echo "== 7/8 import aflow against import anyio (benchmarks/imports.py --runs 5)"
 	$(BIN)/python benchmarks/imports.py --runs 5 --markdown $(QUICK_OUT)/RESULTS.md
+	@echo "== 8/8 the dashboard's pages for a big run (benchmarks/dashboard.py --quick)"
+	$(BIN)/python benchmarks/dashboard.py --quick --markdown $(QUICK_OUT)/RESULTS.md
 	@echo "tables: $(QUICK_OUT)/*.md"
 
 bench-full: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
@@ -171,6 +174,7 @@ bench-full: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
 	$(BIN)/python benchmarks/short.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/http.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/imports.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/dashboard.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md

@@ -88,9 +88,11 @@ class RunObserver(Protocol):
 
     def __call__(self, event: Event) -> None: ...
 
-    def enter_body(self, key: str, attempt: int, revert: bool) -> None:
+    def enter_body(self, key: str, attempt: int, revert: bool, executor: str) -> None:
         """Called in the body's own context before it runs (after its ``task_started``
-        or ``revert_started``): what it sets there (a contextvar) the body sees."""
+        or ``revert_started``): what it sets there (a contextvar) the body sees.
+        ``executor``: where the body runs (``loop``, ``thread``, or the run's executor's
+        class name)."""
 
 
 #: Called as each run's sink is made: an observer for the run, or None.

@@ -340,6 +340,21 @@ class Feed:
         await store.request_cancel(run_id, f"RunCancelled: {reason}")
         return await self.report(run_id, steps=False)
 
+    async def ask_to_cancel(self, run_id: str, reason: str = "cancelled over HTTP") -> None:
+        """Ask a run to cancel, without waiting for it to unwind (many at once)."""
+        check_id(run_id)
+        handle = self.held(run_id)
+        if handle is None:
+            store = self.store
+            if store is None:
+                raise RunNotFound(run_id, "this runtime (active or recently finished; no store)")
+            await store.request_cancel(run_id, f"RunCancelled: {reason}")
+            return
+        handle._cancel_asked = True
+        if handle._remote_cancel is not None and not handle._finished.is_set():
+            await handle._remote_cancel()
+        handle._execution.cancel()
+
 
 def shape_of_text(text: str) -> list[ShapeNode] | None:
     """A shape as a store keeps it (JSON: ``[[key, task, kind, [parent, ...]], ...]``),

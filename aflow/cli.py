@@ -140,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="with --allow-actions: import MODULE for the workflows it may run",
     )
+    ui.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients reach it by (besides localhost and --host): others "
+        "are refused, so a web page that rebinds its name to this address reads nothing",
+    )
     ui.add_argument("--title", default="aflow", help="the dashboard's title")
     return parser
 
@@ -223,6 +231,7 @@ async def _ui(args: argparse.Namespace) -> int:
     """Serve the dashboard over the store until interrupted."""
     try:
         import uvicorn
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         from . import web
     except ImportError as exc:
@@ -231,6 +240,7 @@ async def _ui(args: argparse.Namespace) -> int:
         ) from None
     if args.allow_module and not args.allow_actions:
         raise DefinitionError("--allow-module is for --allow-actions (the workflows it may run)")
+    hosts = _ui_hosts(args.host, args.allow_host)
     store = open_store(args.store, read_only=not args.allow_actions, create=False)
     await store.open()
     try:
@@ -245,7 +255,7 @@ async def _ui(args: argparse.Namespace) -> int:
             closing = board.state.dashboard.closing = anyio.Event()  # type: ignore[attr-defined]
             loop = asyncio.get_running_loop()
             config = uvicorn.Config(
-                board,
+                TrustedHostMiddleware(board, allowed_hosts=hosts),
                 host=args.host,
                 port=args.port,
                 log_level="warning",
@@ -272,6 +282,20 @@ async def _ui(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 0
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _ui_hosts(host: str, allowed: Sequence[str]) -> list[str]:
+    """The host names ``aflow ui`` answers (a Host header naming another is refused)."""
+    if host in ("0.0.0.0", "::", "") and not allowed:
+        raise DefinitionError(
+            f"--host {host or repr(host)} listens on every address: name the host names "
+            "clients use with --allow-host (the dashboard has no login: keep it behind "
+            "your network's, or your proxy's)"
+        )
+    return [*_LOOPBACK, f"[{_LOOPBACK[2]}]", host, *allowed]
 
 
 async def _follow(handle: Run[Any], *, quiet: bool) -> int:

@@ -291,9 +291,14 @@ class _RunObserver:
             if handler is not None:
                 handler(self, event)
 
-    def enter_body(self, key: str, attempt: int, revert: bool) -> None:
-        """Make the attempt's span current in its body's context (a copy: never reset)."""
-        span = (self._reverts if revert else self._nodes).get(key) or self._run_span
+    def enter_body(self, key: str, attempt: int, revert: bool, executor: str) -> None:
+        """Make the attempt's span current in its body's context (a copy: never reset),
+        and say where the body runs."""
+        span = (self._reverts if revert else self._nodes).get(key)
+        if span is not None:
+            span.set_attribute(EXECUTOR, executor)
+        else:
+            span = self._run_span
         if span is not None:
             otel_context.attach(trace.set_span_in_context(span))
 

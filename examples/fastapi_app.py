@@ -15,7 +15,7 @@
   any run an event (guard it as you would cancel).
 * ``GET /aflow/`` is the runs dashboard (``aflow.web``): runs, their graphs live, each
   step's detail; cancel, resume, retry and fork for callers ``allow_operator`` lets
-  through (from this machine, or with the ``X-Operator-Token`` the service is given).
+  through (from this machine, or with the ``operator`` cookie the service is given).
 * ``AFLOW_STORE=sqlite:///orders.db`` makes the runs durable: a retried request with
   the same order id attaches to the first run, and a run in flight when the service
   stops is taken up by the next process.
@@ -26,6 +26,7 @@ starts it on 127.0.0.1, places four orders over HTTP and prints what it sees.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import socket
@@ -147,11 +148,17 @@ app.add_middleware(aflow.fastapi.CancelOnDisconnect)  # a client that leaves sto
 
 
 def allow_operator(request: Request, action: str, run_id: str | None) -> bool:
-    """Who may cancel, resume, retry or fork runs from the dashboard: your auth goes here."""
+    """Who may cancel, resume, retry or fork runs from the dashboard: your auth goes here
+    (a session, your SSO). This one: with ``ORDERS_OPERATOR_TOKEN`` set, a browser that
+    carries it in its ``operator`` cookie; without, a browser on this machine that no
+    proxy forwarded (behind a local proxy every visitor would come from here)."""
     token = os.environ.get("ORDERS_OPERATOR_TOKEN")
     if token:
-        return request.headers.get("x-operator-token") == token
-    return request.client is not None and request.client.host in ("127.0.0.1", "::1")
+        given = request.cookies.get("operator", "")
+        return hmac.compare_digest(given.encode(), token.encode())
+    forwarded = "x-forwarded-for" in request.headers or "forwarded" in request.headers
+    local = request.client is not None and request.client.host in ("127.0.0.1", "::1")
+    return local and not forwarded
 
 
 app.mount("/aflow", aflow.web.app(authorize=allow_operator, title="orders"))

@@ -67,6 +67,14 @@ def test_ops_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
+def test_dashboard_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
+    table = run_script("dashboard.py", tmp_path / "dashboard.md")
+    assert "## Dashboard pages" in table
+    for where in ("held, in memory", "held, durable (SQLite)", "store alone (aflow ui)"):
+        assert f"| {where} | run page, 2,000 steps (page 7) |" in table
+
+
+@pytest.mark.slow
 def test_short_run_benchmark_script_runs_and_keeps_its_section(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "results.md"
     out.write_text("# Benchmark results\n\nwritten by run.py\n")

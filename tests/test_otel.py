@@ -418,6 +418,20 @@ async def test_the_run_span_names_its_workflow_however_the_run_is_made(otel: Tel
     assert points[named] == 3
 
 
+async def test_a_forked_durable_run_names_its_workflow_too(
+    otel: Telemetry, tmp_path: pathlib.Path
+) -> None:
+    async with aflow.Runtime(store=f"sqlite:///{tmp_path / 'r.db'}") as rt:
+        first = await rt.submit(durable_saga, card="c")
+        await first.wait()
+        forked = await rt.fork(first.id, ["reserve"])
+        await forked.wait()
+    runs = [s for s in otel.spans() if s.name.startswith("run")]
+    assert [s.name for s in runs] == ["run tests.test_otel:durable_saga"] * 2
+    assert [s.attributes["aflow.run.id"] for s in runs] == [first.id, forked.id]  # type: ignore[index]
+    assert tree(otel.spans())[-2:] == ["run tests.test_otel:durable_saga", "  node charge"]
+
+
 async def test_uninstrument_stops_spans_for_runs_made_afterwards(otel: Telemetry) -> None:
     instrumentation = aflow.otel.instrument()
     was_active = instrumentation.active

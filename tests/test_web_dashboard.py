@@ -4,7 +4,6 @@ a FastAPI service and alone over a store; tests/test_web_browser.py drives it in
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import pathlib
 import signal
@@ -322,6 +321,8 @@ async def test_cancel_many_by_filter(tmp_path: pathlib.Path) -> None:
             "/ops/aflow/api/runs/cancel", params={"workflow": wf.saga.path}, headers=ACT
         )
         assert sorted(answer.json()["cancelled"]) == sorted([a.id, b.id])
+        await a.wait()  # (asked, all at once: each unwinds on its own)
+        await b.wait()
         assert a.status.value == "cancelled"
         assert b.status.value == "cancelled"
         assert ended.status.value == "succeeded"
@@ -527,12 +528,12 @@ async def test_pages_say_what_may_frame_them_and_run_in_them() -> None:
         assert page.headers["x-content-type-options"] == "nosniff"
 
 
-def test_static_files_ship_in_the_package() -> None:
+def test_the_script_and_templates_live_in_the_package_folder() -> None:
+    """(hatch puts the package folder in the wheel whole, data files too)"""
     here = pathlib.Path(aflow.web.__file__).parent
     for name in ("static/aflow.js", "static/aflow.css", "templates/run.html"):
         assert (here / name).is_file(), name
     assert "X-Aflow-Action" in (here / "static/aflow.js").read_text()
-    json.dumps({})  # (json is used by the browser tests' helpers too)
 
 
 # --- aflow ui ---------------------------------------------------------------------------------

@@ -617,11 +617,13 @@ async def test_cancel_many_cancels_only_unfinished_runs_the_filter_matches() -> 
         assert answer.json() == {"cancelled": [], "failed": {}}
         answer = await http.post(many, params={"q": "alpha"}, headers=ACT)  # (the key)
         assert answer.json() == {"cancelled": [a.id], "failed": {}}
+        await a.wait()  # (asked to cancel: it unwinds on its own)
         assert (a.status.value, b.status.value) == ("cancelled", "running")
         answer = await http.post(many, params={"all": "true"}, headers=ACT)
         assert answer.json() == {"cancelled": [b.id], "failed": {}}
         again = await http.post(many, params={"all": "true"}, headers=ACT)
         assert again.json() == {"cancelled": [], "failed": {}}
+        await b.wait()
         assert done.status.value == "succeeded"
         assert b.status.value == "cancelled"
         assert hw.CALLS["third"] == 0

@@ -274,7 +274,8 @@ class Attempts(RunState):
         )
         observers = self._events.observers
         if observers:  # (aflow.otel) each attempt's body runs with its span current
-            make_call = _Observed(make_call, observers, node.key, started is REVERT_STARTED)
+            thread = "thread" if self._executor is None else type(self._executor).__name__
+            make_call = _Observed(make_call, observers, node.key, started is REVERT_STARTED, thread)
         return await run_attempts(
             make_call, options, self._clock, hooks.timed_out, is_async=is_async, hooks=hooks
         )
@@ -546,7 +547,7 @@ class _NodeAttempts(AttemptHooks):
 class _Observed:
     """``make_call``, each call's body in a context the run's observers entered first."""
 
-    __slots__ = ("_key", "_make_call", "_observers", "_revert")
+    __slots__ = ("_key", "_make_call", "_observers", "_revert", "_thread")
 
     def __init__(
         self,
@@ -554,21 +555,26 @@ class _Observed:
         observers: tuple[RunObserver, ...],
         key: str,
         revert: bool,
+        thread: str,
     ) -> None:
         self._make_call = make_call
         self._observers = observers
         self._key = key
         self._revert = revert
+        #: where a sync body runs: aflow's worker threads, or the run's own executor
+        self._thread = thread
 
     def __call__(self, attempt: int) -> Any:
         call = self._make_call(attempt)
         if type(call) is InContext:
             ctx = call._ctx
+            executor = "loop"
         else:  # a sync body's thread, which starts from a copy of the caller's context
             ctx = contextvars.copy_context()
             call = _Driven(call, ctx)
+            executor = self._thread
         for observer in self._observers:
-            ctx.run(observer.enter_body, self._key, attempt, self._revert)
+            ctx.run(observer.enter_body, self._key, attempt, self._revert, executor)
         return call
 
 

@@ -218,6 +218,9 @@ class Durability:
             heartbeat=now + self.leases.lease,
             options=dump_options(options, now),
         )
+        # (before the run's record: a submit cancelled here leaves no run that nobody
+        # drives; once a process has given a shape to a store this is no await at all)
+        await _keep_shape(store, record.fingerprint, graph)
         stored, created = await store.create_run(record)
         if not created:
             assert idempotency_key is not None
@@ -235,7 +238,6 @@ class Durability:
         if taken:
             await store.write_nodes(stored.run_id, list(taken.values()))
             restore = (taken, False, None, {})
-        await _keep_shape(store, record.fingerprint, graph)
         journal = Journal(store, stored.run_id, serializer)
         return self._rt._start(graph, stored.run_id, journal, options, restore)
 
@@ -392,6 +394,7 @@ class Durability:
                 if found is None or found.state not in _HAS_OUTPUT:
                     raise ResumeMismatch(run_id, f"node {key!r} has no stored output to reuse")
                 taken[key] = NodeRecord(key, RecordState.REUSED, 1, found.result)
+        await _keep_shape(store, record.fingerprint, graph)  # (a run from before shapes)
         now = wall_time(rt._clock)
         options, _ = stored_options(record, rt._defaults)  # (a new run: its deadline starts now)
         new = RunRecord(
@@ -412,7 +415,6 @@ class Durability:
         if not created:  # the key names another run: never write into it
             raise ValueError(f"run_key {run_key!r} is used by run {stored.run_id} already")
         await store.write_nodes(stored.run_id, list(taken.values()))
-        await _keep_shape(store, record.fingerprint, graph)  # (a run from before shapes)
         journal = Journal(store, stored.run_id, serializer)
         handle = rt._start(graph, stored.run_id, journal, options, (taken, False, None, {}))
         _name(handle, record, serializer, run_key)

@@ -12,6 +12,7 @@ from .._exceptions import StoreError
 
 __all__ = [
     "ENDED",
+    "READABLE_SCHEMA",
     "SCHEMA_VERSION",
     "NodeRecord",
     "RecordState",
@@ -25,6 +26,9 @@ __all__ = [
 
 #: The schema this aflow writes; a store written by a newer aflow is refused.
 SCHEMA_VERSION = 5
+#: The oldest schema a read-only open reads (what it lacks is only read when there:
+#: schema 5's graph shapes); an older one is migrated by a process that writes to it.
+READABLE_SCHEMA = 4
 
 
 class StoredRunStatus(enum.StrEnum):

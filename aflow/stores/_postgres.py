@@ -15,6 +15,7 @@ import anyio
 from .._exceptions import RunExists, RunNotFound, StoreError
 from ._base import (
     ENDED,
+    READABLE_SCHEMA,
     SCHEMA_VERSION,
     NodeRecord,
     RunRecord,
@@ -129,6 +130,8 @@ class PostgresStore:
         self.url = redacted(url)
         self.read_only = read_only
         self._create = create and not read_only
+        #: the schema it was opened at (below the newest only when opened read-only)
+        self._version = SCHEMA_VERSION
         self._pool: Any = None
 
     def __repr__(self) -> str:
@@ -230,12 +233,13 @@ class PostgresStore:
                 "run written to it"
             )
         if self.read_only:
-            if version < SCHEMA_VERSION:
+            if version < READABLE_SCHEMA:
                 raise StoreError(
                     f"the PostgreSQL store {self.url} has schema {version}, older than this "
                     f"aflow's {SCHEMA_VERSION}, and is opened read-only: open it once for "
                     "writing (aflow run, aflow resume, or a Runtime) to migrate it"
                 )
+            self._version = version
             return
         steps = migrations("postgres", version)
         for target, statements in steps:
@@ -652,6 +656,8 @@ class PostgresStore:
             )
 
     async def load_shape(self, fingerprint: str) -> str | None:
+        if self._version < 5:  # (a schema 4 store opened read-only: no shapes kept)
+            return None
         with self._errors("reading a graph's shape"):
             found: str | None = await self._p().fetchval(
                 "SELECT shape FROM aflow_shapes WHERE fingerprint = $1", fingerprint

@@ -45,6 +45,7 @@ import anyio
 from .._exceptions import RunExists, RunNotFound, StoreError
 from ._base import (
     ENDED,
+    READABLE_SCHEMA,
     SCHEMA_VERSION,
     NodeRecord,
     RunRecord,
@@ -378,6 +379,8 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self.read_only = read_only
         self._create = create and not read_only
+        #: the schema it was opened at (below the newest only when opened read-only)
+        self._version = SCHEMA_VERSION
         self._file = os.path.abspath(path)
         #: the connections and thread, while open
         self._link: _Link | None = None
@@ -537,12 +540,13 @@ class SQLiteStore:
                         f"no store at {self._file}: the file is an empty SQLite database "
                         "(a store is created by the first run written to it)"
                     )
-                if version < SCHEMA_VERSION:
+                if version < READABLE_SCHEMA:
                     raise StoreError(
                         f"the SQLite store {self._file} has schema {version}, older than this "
                         f"aflow's {SCHEMA_VERSION}, and is opened read-only: open it once "
                         "for writing (aflow run, aflow resume, or a Runtime) to migrate it"
                     )
+                self._version = version
                 return
             ((mode,),) = db.execute("PRAGMA journal_mode").fetchall()
             if mode != "wal":
@@ -1041,6 +1045,8 @@ class SQLiteStore:
         )
 
     async def load_shape(self, fingerprint: str) -> str | None:
+        if self._version < 5:  # (a schema 4 store opened read-only: no shapes kept)
+            return None
         rows = await self._fetch(
             "reading a graph's shape",
             "SELECT shape FROM aflow_shapes WHERE fingerprint = ?",

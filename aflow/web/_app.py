@@ -152,14 +152,28 @@ class _RawSegments:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = scope.get("raw_path")
         if scope["type"] == "http" and raw and b"%" in raw:
-            text = raw.decode("latin-1").partition("?")[0]
-            kept = urllib.parse.unquote(
-                text.replace("%25", "%2525").replace("%2F", "%252F").replace("%2f", "%252F")
-            )
-            # (only when the server decoded it the usual way: a proxy may have rewritten it)
-            if urllib.parse.unquote(text) == scope["path"]:
-                scope = {**scope, "path": kept, _KEPT: True}
+            path = _kept(raw.decode("latin-1").partition("?")[0], scope)
+            if path is not None:
+                scope = {**scope, "path": path, _KEPT: True}
         await self.app(scope, receive, send)
+
+
+def _kept(raw: str, scope: Scope) -> str | None:
+    """The request's path with the ``%2F`` and ``%25`` of its part below the mount left
+    encoded; ``None`` if the raw path is not what the server decoded (a proxy rewrote
+    it) or the mount's prefix cannot be found in it."""
+    if urllib.parse.unquote(raw) != scope["path"]:
+        return None
+    prefix = str(scope.get("root_path", ""))
+    # (the raw segments that make the mount's prefix, decoded as the server did)
+    segments = raw.split("/")
+    for count in range(len(segments) + 1):
+        head = "/".join(segments[:count])
+        if urllib.parse.unquote(head) == prefix:
+            rest = "/".join(segments[count:])
+            rest = rest.replace("%25", "%2525").replace("%2F", "%252F").replace("%2f", "%252F")
+            return prefix + ("/" if count else "") + urllib.parse.unquote(rest)
+    return None
 
 
 class _Dashboard:
@@ -202,9 +216,10 @@ class _Dashboard:
             self._opened = True
 
     async def close_store(self) -> None:
+        """Close the store it opened (its lifespan's end; the next one opens it again)."""
         if self._opened and self._store is not None:
-            await self._store.close()
-            self._opened = False
+            store, self._store, self._opened = self._store, None, False
+            await store.close()
 
     async def feed(self, request: Request) -> Feed:
         source = self.source
@@ -315,12 +330,13 @@ async def _aflow_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """JSON (``{"detail": ...}``, as FastAPI's) under ``/api``, a small page elsewhere."""
     assert isinstance(exc, HTTPException)
-    if "/api/" in request.url.path:
+    path, root = request.scope["path"], str(request.scope.get("root_path", ""))
+    if path.removeprefix(root).startswith("/api/"):  # (not the mount's prefix)
         return JSONResponse({"detail": exc.detail}, exc.status_code)
     page = _ENV.get_template("error.html").render(
         base=_base(request), title="aflow", fragment=False, code=exc.status_code, detail=exc.detail
     )
-    return HTMLResponse(page, exc.status_code)
+    return HTMLResponse(page, exc.status_code, headers=_PAGE_HEADERS)
 
 
 # --- reading requests -------------------------------------------------------------------------
@@ -576,17 +592,16 @@ def _api_action(board: _Dashboard) -> Endpoint:
             key = f"aflow-fork:{run_id}:{step}"
         # Once per run (and step): a second click, or a second operator, gets the run the
         # first started, not another (a retried saga would charge twice).
-        again = await feed.runs(RunFilter(idempotency_key=key), 1)
-        if again:
-            return _json(again[0])
-        try:
-            handle = await rt.fork(run_id, reuse, run_key=key)
-        except ValueError:  # (started meanwhile by another request)
-            again = await feed.runs(RunFilter(idempotency_key=key), 1)
-            if not again:
-                raise
-            return _json(again[0])
-        return _json(handle.report(steps=False))
+        store = rt.store
+        first = await store.run_of_key(key)
+        if first is None:
+            try:
+                return _json((await rt.fork(run_id, reuse, run_key=key)).report(steps=False))
+            except ValueError:  # (started meanwhile by another request, or process)
+                first = await store.run_of_key(key)
+                if first is None:
+                    raise
+        return _json(await _report(feed, first, steps=False))
 
     return endpoint
 
@@ -634,10 +649,13 @@ def _api_cancel_many(board: _Dashboard) -> Endpoint:
         cancelled: list[str] = []
         failed: dict[str, str] = {}
         for report in await feed.runs(wanted, MAX_LIST):
-            if report.status not in _UNFINISHED or report.status == "cancelling":
+            if report.status not in _UNFINISHED or report.status in ("cancelling", "reverting"):
+                continue  # (ended, or unwinding already: asked once is enough)
+            held = feed.held(report.id)
+            if held is not None and held._cancel_asked:
                 continue
-            try:
-                await feed.cancel(report.id, "cancelled from the dashboard (many at once)")
+            try:  # (asked, not awaited: each unwinds on its own, all at once)
+                await feed.ask_to_cancel(report.id, "cancelled from the dashboard (many at once)")
             except AflowError as exc:
                 failed[report.id] = str(exc)
             else:
@@ -728,7 +746,7 @@ def _page_run(board: _Dashboard) -> Endpoint:
             "run.html",
             run=report,
             graph=None if big else _svg(view, _base(request), run_id),
-            big=big or len(view.nodes) > LIVE_BIG,
+            big=big or len(view.nodes) > LIVE_BIG or len(steps) > MAX_GRAPH,
             nodes=len(view.nodes),
             steps=shown[(page - 1) * PAGE : page * PAGE],
             matching=len(shown),
@@ -773,6 +791,7 @@ def _page_step(board: _Dashboard) -> Endpoint:
             run=report,
             detail=detail,
             step=detail.step,
+            big=sum(report.counts.values()) > MAX_GRAPH,
             runs_actions=feed.runtime is not None and feed.store is not None,
         )
 

@@ -34,13 +34,22 @@
   function followRun(live) {
     var url = live.getAttribute("data-refresh");
     var every = live.getAttribute("data-big") === "true" ? BIG_REFRESH_MS : REFRESH_MS;
-    var timer = null, last = 0, source = null, ended = false;
+    var timer = null, last = 0, source = null, ended = false, busy = false, again = false;
+    // One reload at a time, the next at least `every` ms after the last one ended: a
+    // slow answer never overlaps the next, nor lands after it (a stale page).
     function refresh() {
       timer = null;
-      last = Date.now();
-      replaceLive(live, url).catch(function (err) { flash("refresh failed: " + err.message, false); });
+      busy = true;
+      replaceLive(live, url).catch(function (err) {
+        flash("refresh failed: " + err.message, false);
+      }).finally(function () {
+        busy = false;
+        last = Date.now();
+        if (again) { again = false; soon(); }
+      });
     }
     function soon() {
+      if (busy) { again = true; return; }
       if (timer !== null) return;
       timer = setTimeout(refresh, Math.max(0, every - (Date.now() - last)));
     }
@@ -56,8 +65,8 @@
     source.addEventListener("end", function () {
       ended = true;
       source.close();
-      if (timer !== null) clearTimeout(timer);
-      refresh();
+      if (timer !== null) { clearTimeout(timer); timer = null; }
+      if (busy) again = true; else refresh();
     });
     source.onerror = function () {
       if (ended) return;
