@@ -23,6 +23,8 @@ After the name: the attributes it carries, then what it means::
     │   ├── LeaseLost                     .run_id, .reason: another process owns the run now
     │   └── UntrustedManifest(ValueError) .run_id, .step, .reason: an artifact manifest refused
     ├── RecordedError                     .text: a failure read back from a store, as text
+    ├── WorkerLost                        .task, .why: the worker running an attempt died
+    ├── RemoteError                       .type_name, .message, .traceback_text: as text
     ├── WhenError                         .step, .error: a step's ``when`` condition raised
     ├── TransientError                    an op's failure worth retrying (``aflow.ops``, as dflow's)
     ├── FatalError                        an op's failure no retry mends: never retried
@@ -78,6 +80,7 @@ __all__ = [
     "OpIOError",
     "ProvidesError",
     "RecordedError",
+    "RemoteError",
     "ResultError",
     "ResumeMismatch",
     "RunCancelled",
@@ -98,6 +101,7 @@ __all__ = [
     "UntrustedManifest",
     "WaitTimeout",
     "WhenError",
+    "WorkerLost",
 ]
 
 
@@ -685,3 +689,32 @@ def told(exc: BaseException) -> str:
         return str(exc)
     except Exception as broken:
         return f"<{type(exc).__name__}: str() failed: {type(broken).__name__}>"
+
+
+class WorkerLost(AflowError):
+    """The worker running an attempt died (a process killed, a pool broken): the
+    attempt failed, and is retried like any failure (``retries=``). :attr:`task` names
+    the task."""
+
+    def __init__(self, task: str, why: str) -> None:
+        super().__init__(f"task {task!r}: the worker running it was lost ({why})")
+        self.task = task
+        self.why = why
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.why))
+
+
+class RemoteError(AflowError):
+    """An error a body raised in another process that could not come back as itself
+    (its type cannot be imported here, or it does not pickle): its type's name, its
+    message and its traceback there, as text."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback_text))

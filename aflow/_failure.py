@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import final
+from typing import Any, final
 
 from ._exceptions import told
 
@@ -58,6 +58,19 @@ class Failure:
             self._text.append("".join(traceback.format_exception(type(exc), exc, self._traceback)))
         return self._text[0]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (for a revert in a worker process, a pickle store) with its traceback
+        # as text, and its exception as itself if that pickles, else as its text.
+        import pickle
+
+        exc = self.exception
+        try:
+            pickle.dumps(exc)
+        except Exception:
+            exc = RuntimeError(f"{self.exc_type}: {self.message}")
+        fields = (self.task, exc, self.exc_type, self.message, self.attempt, self.cancelled)
+        return (_unpickled, (*fields, self.traceback_text))
+
     def check(self, *types: type[BaseException]) -> type[BaseException] | None:
         """The first of ``types`` the exception is an instance of, else ``None`` (as TaskFlow)."""
         for kind in types:
@@ -74,3 +87,17 @@ class Failure:
             "cancelled" if self.cancelled else f"{self.exc_type.rsplit('.', 1)[-1]}: {self.message}"
         )
         return f"Failure({self.task!r}, {what})"
+
+
+def _unpickled(
+    task: str,
+    exception: BaseException,
+    exc_type: str,
+    message: str,
+    attempt: int,
+    cancelled: bool,
+    text: str,
+) -> Failure:
+    failure = Failure(task, exception, exc_type, message, attempt, cancelled)
+    failure._text.append(text)
+    return failure

@@ -571,6 +571,7 @@ class GraphBuilder:
             and not bindings
             and error_scope is None
             and not task.asks_step
+            and task.executor is None
         )
         self.nodes.append(
             _new_node(
@@ -618,7 +619,9 @@ class GraphBuilder:
         first = len(nodes)
         name = name or task.name
         count = self._counts.get(name, 0)
-        inline = task.is_async and options.single_shot and not task.asks_step
+        inline = (
+            task.is_async and options.single_shot and not task.asks_step and task.executor is None
+        )
         shapes = task.checked_shapes
         last_shape: tuple[int, tuple[str, ...]] | None = None
         parents = (pred,) if pred != -1 else ()

@@ -28,6 +28,7 @@ from ._options import (
     layer_options,
     resolve_options,
 )
+from .executors._base import Executor, executor_of
 
 if TYPE_CHECKING:
     from ._canvas import Group, PartialSignature, Signature
@@ -230,7 +231,16 @@ class FunctionTask(Generic[P, R]):
         self.node_options = resolve_options(checked)
         #: Call shapes already checked against the function (see aflow._graph).
         self.checked_shapes: dict[tuple[int, tuple[str, ...]], str | None] = {}
+        #: Where its body runs (``None``: the run's choice, by default the event loop);
+        #: ``executor_named``: the task chose (``"loop"`` too), not the run.
+        self.executor: Executor | None = None
+        self.executor_named = False
         functools.update_wrapper(self, fn)
+
+    def __reduce__(self) -> str:
+        # Pickled as its module-level name (what another process imports): a body run
+        # in a worker process is named, not sent.
+        return str(getattr(self, "__qualname__", self.name))
 
     def __repr__(self) -> str:
         kind = "async" if self.is_async else "thread"
@@ -398,6 +408,7 @@ def task(
     continue_on_failed: bool = False,
     provides: str | tuple[str, ...] | set[str] | frozenset[str] | None = None,
     priority: float = 0,
+    executor: str | Executor | None = None,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -413,6 +424,7 @@ def task(
     continue_on_failed: bool = False,
     provides: str | tuple[str, ...] | set[str] | frozenset[str] | None = None,
     priority: float = 0,
+    executor: str | Executor | None = None,
 ) -> Any:
     """Turn a function into a task.
 
@@ -441,6 +453,10 @@ def task(
             picks keys of a returned dict.
         priority: when more nodes are ready than may run, the higher starts (and, on
             unwinding, reverts) first; equal ones in the order they became ready.
+        executor: where its body (and its revert) runs: ``"loop"`` (the default: the
+            event loop, a sync body in a worker thread), ``"process"`` (a pool of worker
+            processes: arguments and results must pickle, the task must be a module-level
+            name), or an :class:`aflow.executors.Executor`. Overrides the run's.
     """
     options: dict[str, Any] = {}
     if name is not None:
@@ -465,7 +481,11 @@ def task(
         options["priority"] = priority
 
     def decorate(f: Callable[..., Any]) -> FunctionTask[..., Any]:
-        return FunctionTask(f, options)
+        made = FunctionTask(f, options)
+        if executor is not None:
+            made.executor = executor_of(executor, f"task {made.name!r}")
+            made.executor_named = True
+        return made
 
     if fn is not None:
         return decorate(fn)

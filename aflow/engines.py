@@ -474,6 +474,11 @@ def load(
         not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
     ):
         raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be a concurrent.futures.Executor, got {executor!r} "
+            "(aflow needs no executor: sync tasks run in its worker threads by default)"
+        )
     options = RunOptions(
         max_concurrency=max_workers if engine == "parallel" else 1,  # serial: one at a time
         executor=executor,

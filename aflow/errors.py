@@ -38,6 +38,7 @@ from ._exceptions import NotFound as NotFound
 from ._exceptions import OpIOError as OpIOError
 from ._exceptions import ProvidesError as ProvidesError
 from ._exceptions import RecordedError as RecordedError
+from ._exceptions import RemoteError as RemoteError
 from ._exceptions import ResultError as ResultError
 from ._exceptions import ResumeMismatch as ResumeMismatch
 from ._exceptions import RunCancelled as RunCancelled
@@ -58,6 +59,7 @@ from ._exceptions import TransientError as TransientError
 from ._exceptions import UntrustedManifest as UntrustedManifest
 from ._exceptions import WaitTimeout as WaitTimeout
 from ._exceptions import WhenError as WhenError
+from ._exceptions import WorkerLost as WorkerLost
 
 __all__ = [
     "AflowError",
@@ -79,6 +81,7 @@ __all__ = [
     "OpIOError",
     "ProvidesError",
     "RecordedError",
+    "RemoteError",
     "ResultError",
     "ResumeMismatch",
     "RunCancelled",
@@ -99,6 +102,7 @@ __all__ = [
     "UntrustedManifest",
     "WaitTimeout",
     "WhenError",
+    "WorkerLost",
 ]
 
 for _name in __all__:  # users see aflow.errors.RunCancelled, not aflow._exceptions.RunCancelled

@@ -30,6 +30,7 @@ def test_all_is_sorted_and_complete() -> None:
         "fastapi",
         "web",
         "otel",
+        "executors",
         "cli",
     }  # public submodules (cli: the `aflow` command's module)
     # (dir(): the runtime's names load when first used)

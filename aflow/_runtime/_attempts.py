@@ -43,6 +43,7 @@ from ._bodies import (
     map_async,
     map_sync,
     no_error,
+    remote_call,
 )
 from ._clock import Clock
 from ._current import INJECTIONS, Injection
@@ -236,6 +237,20 @@ class Attempts(RunState):
     ) -> Any:
         task = node.task
         assert task is not None
+        remote = task.executor if task.executor_named else self._remote
+        if remote is not None and node.kind is not _SUBGRAPH:
+            if node.kind is _TASK:
+                return remote_call(self, remote, task, node.index, attempt, args, kwargs)
+            # a map's calls, each in the executor (as many at once as the map makes)
+            one = functools.partial(remote_call, self, remote, task, node.index, attempt)
+            star = node.kind is not _MAP
+            done = None
+            if task.reverter is not None:
+                done = self._map_calls.setdefault(node.index, [])
+            coro = map_async(
+                lambda *a, **k: one(a, k), args[0], star, kwargs, node, self.run_id, done
+            )
+            return InContext(coro, self._context, node.index, attempt)
         if node.kind is _TASK or node.kind is _SUBGRAPH:
             if task.is_async:
                 return InContext(task.fn(*args, **kwargs), self._context, node.index, attempt)  # type: ignore[arg-type]
@@ -354,6 +369,8 @@ class Attempts(RunState):
                 and task.is_async
                 and not sink.node_events
                 and not INJECTIONS
+                # (on the loop: neither the task nor the run names an executor)
+                and (task.executor is None if task.executor_named else self._remote is None)
             ):  # the common case, without the retry machinery
                 attempt = 1
                 value = await InContext(task.fn(*args, **kwargs), self._context, index)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import types
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
@@ -16,6 +17,7 @@ from .._exceptions import (
 )
 from .._failure import Failure
 from .._graph import Node
+from ..executors._base import Executor as AflowExecutor
 from ._current import ATTEMPT, EXECUTION, ITEM, STEP
 
 if TYPE_CHECKING:
@@ -296,3 +298,21 @@ def _settle_map(out: list[Any], errors: list[Exception], node: Node, run_id: str
     if not node.options.threshold_met(succeeded, len(out)):
         raise below_threshold(run_id, node, succeeded, len(out), errors)
     return [None if v is MISSING else v for v in out]
+
+
+def remote_call(
+    execution: Any,
+    executor: AflowExecutor,
+    target: Any,
+    step: int,
+    attempt: int,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> Any:
+    """One attempt of a body (``step``; ``~i`` for the revert of node ``i``) in
+    ``executor``: what the body may ask of itself (:func:`aflow.current_step`) goes with
+    it, without the step's values (a result or an error need not pickle)."""
+    info = dataclasses.replace(
+        execution.step_now(step, attempt), result=None, error=None, revert_error=None
+    )
+    return executor.call(target, tuple(args), dict(kwargs), info)

@@ -29,6 +29,7 @@ from ._bodies import (
     in_thread_as,
     no_error,
     refuse_unawaited,
+    remote_call,
     revert_items_async,
     revert_items_sync,
 )
@@ -260,8 +261,15 @@ class Compensation(RunState):
         if reverter.takes_failures:
             kwargs["flow_failures"] = self.failures()
 
+        task = node.task
+        assert task is not None
+        # (a revert runs where its task's body runs)
+        remote = task.executor if task.executor_named else self._remote
+
         def make_call(attempt: int) -> Any:
             call: Callable[[], Any]
+            if remote is not None and node.kind is _TASK:
+                return remote_call(self, remote, reverter.fn, ~index, attempt, args, kwargs)
             if node.kind is _MAP or node.kind is _STARMAP:  # one revert per call made
                 kwargs.pop("result", None)
                 star = node.kind is not _MAP
@@ -297,6 +305,7 @@ class Compensation(RunState):
                 and node.kind is _TASK
                 and not sink.node_events
                 and not INJECTIONS
+                and remote is None
             ):  # the common revert, without the retry machinery (as _run_node's)
                 attempt = 1
                 returned = await InContext(reverter.fn(*args, **kwargs), self._context, ~index)

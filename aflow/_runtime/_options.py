@@ -28,6 +28,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
 from .._exceptions import ResumeMismatch
+from ..executors._base import Executor as AflowExecutor
+from ..executors._base import executor_of
 from ._limits import Limit
 from ._scheduler import Execution
 
@@ -93,8 +95,10 @@ class RunOptions:
     compensation_timeout: float | None = None
     #: Where every wait and deadline of the run reads time (the loop's clock if ``None``).
     clock: Clock | None = None
-    #: Runs sync task bodies instead of aflow's worker threads (``engines.load``).
-    executor: Executor | None = None
+    #: Where bodies run: a ``concurrent.futures`` executor runs sync bodies instead of
+    #: aflow's worker threads (``engines.load``); an :class:`aflow.executors.Executor`
+    #: (or ``"process"``) runs every body whose task does not name its own.
+    executor: Executor | AflowExecutor | str | None = None
 
     def __post_init__(self) -> None:
         if self.on_error != "revert" and self.on_error != "continue":
@@ -122,11 +126,15 @@ class RunOptions:
                         f"clock must be an aflow clock (now(), sleep(), cancel_scope()), "
                         f"got {self.clock!r}"
                     )
-        if self.executor is not None and not isinstance(self.executor, Executor):
-            raise TypeError(
-                f"executor must be a concurrent.futures.Executor, got {self.executor!r} "
-                "(aflow needs no executor: sync tasks run in its worker threads by default)"
-            )
+        executor = self.executor
+        if executor is not None and not isinstance(executor, Executor | AflowExecutor):
+            if executor in ("loop", "process"):
+                object.__setattr__(self, "executor", executor_of(executor, "the run"))
+            else:
+                raise TypeError(
+                    f"executor must be 'loop', 'process', an aflow.executors.Executor or a "
+                    f"concurrent.futures.Executor, got {executor!r}"
+                )
 
     def merged(self, **overrides: Any) -> RunOptions:
         """These options with every override that is not ``None`` (a call's options over a

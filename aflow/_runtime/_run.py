@@ -18,6 +18,7 @@ from .._events import EventListener
 from .._graph import Graph, compile
 from .._serialize import Serializer
 from .._workflow import WorkflowBuilder
+from ..executors._base import Executor
 from ..stores._base import Store
 from ._clock import Clock
 from ._handle import outcome
@@ -57,6 +58,7 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | Store | None = None,
     idempotency_key: str | None = None,
@@ -74,6 +76,7 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | Store | None = None,
     idempotency_key: str | None = None,
@@ -91,6 +94,7 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | Store | None = None,
     idempotency_key: str | None = None,
@@ -108,6 +112,7 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | Store | None = None,
     idempotency_key: str | None = None,
@@ -125,6 +130,7 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | Store | None = None,
     idempotency_key: str | None = None,
@@ -141,6 +147,7 @@ async def run(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | Store | None = None,
     idempotency_key: str | None = None,
@@ -160,7 +167,9 @@ async def run(
     skipped, independent branches finish, and the failure is raised at the
     end. ``timeout`` bounds the whole run (:class:`aflow.errors.RunTimeout`); time
     comes from ``clock`` (``aflow.testing.FakeClock`` in tests). Cancelling
-    the caller cancels and unwinds the run, then re-raises.
+    the caller cancels and unwinds the run, then re-raises. ``executor``
+    (``"process"``, an :class:`aflow.executors.Executor`) runs the bodies of the
+    tasks that name none elsewhere.
 
     ``params`` builds an ``@aflow.workflow``. With ``store`` (a URL or a
     :class:`~aflow.stores.Store`) the run is durable, as in a
@@ -183,6 +192,7 @@ async def run(
         and timeout is None
         and compensation_timeout is None
         and clock is None
+        and executor is None
     ):
         options = _DEFAULTS  # the common call: no options to check (it is frozen)
     else:
@@ -194,6 +204,7 @@ async def run(
             timeout=timeout,
             compensation_timeout=compensation_timeout,
             clock=clock,
+            executor=executor,
         )
     if store is None:  # (no journal: its execute() is _execute(), one coroutine less)
         execution = _in_memory(workflow, options, run_id, params, idempotency_key)
@@ -276,6 +287,7 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | None = None,
     idempotency_key: str | None = None,
@@ -294,6 +306,7 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | None = None,
     idempotency_key: str | None = None,
@@ -312,6 +325,7 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | None = None,
     idempotency_key: str | None = None,
@@ -330,6 +344,7 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | None = None,
     idempotency_key: str | None = None,
@@ -348,6 +363,7 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | None = None,
     idempotency_key: str | None = None,
@@ -365,6 +381,7 @@ def run_sync(
     timeout: float | None = None,
     compensation_timeout: float | None = None,
     clock: Clock | None = None,
+    executor: str | Executor | None = None,
     params: Mapping[str, Any] | None = None,
     store: str | None = None,
     idempotency_key: str | None = None,
@@ -390,6 +407,7 @@ def run_sync(
         timeout=timeout,
         compensation_timeout=compensation_timeout,
         clock=clock,
+        executor=executor,
     )
     call = functools.partial(
         run_with,

@@ -7,6 +7,7 @@ import contextvars
 import enum
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -20,6 +21,7 @@ from .._events import (
 from .._exceptions import AflowInternalError
 from .._failure import Failure
 from .._graph import Graph, Node, NodeKind
+from ..executors._base import Executor as AflowExecutor
 from ._clock import SYSTEM_CLOCK, Clock, DeadlineScope
 from ._ids import new_run_id
 from ._invariants import FOUND, violations
@@ -136,6 +138,7 @@ class RunState:
         "_phase",
         "_ready",
         "_remaining",
+        "_remote",
         "_results",
         "_resumed_unwinding",
         "_revert_attempts",
@@ -282,7 +285,16 @@ class RunState:
         self._timeout = options.timeout
         self._compensation_timeout = options.compensation_timeout
         self._clock: Clock = options.clock or SYSTEM_CLOCK
-        self._executor = options.executor
+        executor = options.executor
+        #: a concurrent.futures executor for sync bodies, or None (aflow's threads)
+        self._executor: Executor | None = None
+        #: an aflow executor for the bodies of tasks that name none (None: the loop)
+        self._remote: AflowExecutor | None = None
+        if executor is not None:  # (the common run has none: no isinstance to pay)
+            if isinstance(executor, AflowExecutor):
+                self._remote = executor
+            elif isinstance(executor, Executor):
+                self._executor = executor
         self._nested = nested
         self._thread_limiter = capacity.threads
         self._events = EventSink(self.run_id, listeners, run_events=not nested)

@@ -25,6 +25,7 @@ from .._exceptions import AflowError, DefinitionError, RunExists, RunNotFound
 from .._graph import Graph, compile
 from .._serialize import Serializer
 from .._workflow import WorkflowBuilder, built_by, fingerprint
+from ..executors._base import Executor
 from ..stores._base import NodeRecord, Store
 from ._clock import Clock
 from ._durable import Durability
@@ -124,6 +125,7 @@ class Runtime:
         on_shutdown: str | None = None,
         max_recoveries: int = 5,
         poll: float = 1.0,
+        executor: str | Executor | None = None,
     ) -> None:
         #: what a run submitted here gets for every option its call leaves unset
         self._defaults = RunOptions(
@@ -133,6 +135,7 @@ class Runtime:
             timeout=timeout,
             compensation_timeout=compensation_timeout,
             clock=clock,
+            executor=executor,
         )
         #: the runtime's own time: heartbeats, recovery, following another process's run
         self._clock = clock

@@ -112,7 +112,8 @@ class Execution(
         events = self._events
         # A worker lives in one phase, and a run's journal never changes.
         journal = self._journal
-        inline_ok = self._phase is not _UNWINDING
+        # (a run whose bodies run elsewhere by default starts none inline)
+        inline_ok = self._phase is not _UNWINDING and self._remote is None
         unawaited = UNAWAITED  # (what no node may return; a frozenset: one lookup)
         any_limits = self._any_limits
         streak = 0
