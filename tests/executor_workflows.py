@@ -141,3 +141,37 @@ def unhold(x: int, *, result: Any) -> None:
 @aflow.task
 def boom(x: int) -> int:
     raise Declined(f"boom {x}")
+
+
+# --- durable: the caller killed mid-run (tests/test_executors.py, with test_durable's
+# crasher): the steps count their calls (AFLOW_COUNTS) and one hangs once (AFLOW_HANG)
+
+
+@aflow.task(executor="process")
+async def step_a(x: int) -> int:
+    from tests.durable_workflows import bump
+
+    await bump("A")
+    return x + 1
+
+
+@aflow.task(executor="process")
+async def step_b(x: int) -> int:
+    from tests.durable_workflows import bump
+
+    log("b")
+    await bump("B")
+    return x * 2
+
+
+@aflow.task(executor="process")
+async def step_c(x: int) -> int:
+    from tests.durable_workflows import bump
+
+    await bump("C")
+    return x + 100
+
+
+@aflow.workflow
+def abc(start: int) -> Any:
+    return step_a.s(start) | step_b.s() | step_c.s()

@@ -16,6 +16,8 @@ import aflow.executors
 from aflow.errors import RemoteError, RunCancelled, SerializationError, TaskTimeout, WorkerLost
 from aflow.executors import Executor, Process
 from tests import executor_workflows as ew
+from tests.durable_workflows import read_counts
+from tests.test_durable import LEASE, crash_in, later
 
 
 @pytest.fixture
@@ -163,3 +165,33 @@ async def test_an_executor_of_ones_own_gets_every_attempt_and_revert(log: pathli
         await aflow.run(ew.hold.s(1) | ew.boom.s(), executor=mine)
     assert mine.calls == ["hold", "boom", "hold"]  # the task, the failure, the revert
     assert [what for what, _ in lines(log)][-1] == "unhold 1"
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie nobody reaped counts: it runs nothing)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.slow
+async def test_a_caller_killed_mid_step_takes_its_worker_along_and_resumes(
+    store_url: str, counts: pathlib.Path, log: pathlib.Path
+) -> None:
+    """SIGKILL of the calling process while step B runs in a worker: the worker dies too
+    (no body left running for nobody), and a resume does not run A again."""
+    run_id = await anyio.to_thread.run_sync(
+        crash_in, store_url, "abc", "B", counts, "tests.executor_workflows"
+    )
+    assert read_counts(counts) == {"A": 1, "B": 1}
+    ((_, worker),) = [line for line in lines(log) if line[0] == "b"]
+    with anyio.fail_after(10):
+        while not gone(worker):  # noqa: ASYNC110  (nothing to wait on: another process)
+            await anyio.sleep(0.05)
+    aflow.executors.shutdown()  # (this process's workers: started with AFLOW_COUNTS set)
+    async with aflow.Runtime(store=store_url, recover=True, lease=LEASE, clock=later()) as rt:
+        run = rt.get(run_id)  # recovered at start-up
+        assert await run.result() == 104
+    assert read_counts(counts) == {"A": 1, "B": 2, "C": 1}  # B again: at-least-once

@@ -16,6 +16,8 @@ import inspect
 import multiprocessing
 import os
 import pickle
+import signal
+import sys
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -51,7 +53,9 @@ class Process(Executor):
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    self.max_workers, mp_context=multiprocessing.get_context("spawn")
+                    self.max_workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_die_with_parent,
                 )
             return self._pool
 
@@ -121,6 +125,22 @@ def _pickled(
                 f"what a body in another process is given must pickle ({exc})",
             ) from None
     return pickle.dumps((target, args, kwargs, step))
+
+
+def _die_with_parent() -> None:
+    """In a new worker: on Linux, die when the process that started it dies (a SIGKILL
+    of the caller would otherwise leave a worker running its body to the end)."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # (no prctl: the worker ends with its body)
+        return
+    if os.getppid() == 1:  # the parent died before the call: go now
+        os._exit(1)
 
 
 def _run(blob: bytes) -> bytes:
