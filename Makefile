@@ -150,23 +150,25 @@ $(PEERS)/.peers-installed: $(PEERS)/.installed
 QUICK_OUT := benchmarks/quick
 bench: $(STAMP) $(VENV)/.bench-installed
 	@mkdir -p $(QUICK_OUT)
-	@echo "== 1/8 graphs, per node (benchmarks/run.py --quick)"
+	@echo "== 1/9 graphs, per node (benchmarks/run.py --quick)"
 	$(BIN)/python benchmarks/run.py --quick --repeat 3 --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 2/8 short runs, per run, as a web handler sees them (benchmarks/short.py --quick)"
+	@echo "== 2/9 short runs, per run, as a web handler sees them (benchmarks/short.py --quick)"
 	$(BIN)/python benchmarks/short.py --quick --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 3/8 the saga over HTTP: uvicorn, FastAPI, 64 connections (benchmarks/http.py --quick)"
+	@echo "== 3/9 the saga over HTTP: uvicorn, FastAPI, 64 connections (benchmarks/http.py --quick)"
 	$(BIN)/python benchmarks/http.py --quick --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 4/8 durable runs (benchmarks/durable.py --quick)"
+	@echo "== 4/9 durable runs (benchmarks/durable.py --quick)"
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --quick --markdown $(QUICK_OUT)/DURABLE.md
-	@echo "== 5/8 TaskFlow-style flows (benchmarks/flows.py --quick; TaskFlow itself: make bench-full)"
+	@echo "== 5/9 TaskFlow-style flows (benchmarks/flows.py --quick; TaskFlow itself: make bench-full)"
 	$(BIN)/python benchmarks/flows.py --quick --markdown $(QUICK_OUT)/FLOWS.md
-	@echo "== 6/8 dflow-style ops (benchmarks/ops.py --quick)"
+	@echo "== 6/9 dflow-style ops (benchmarks/ops.py --quick)"
 	$(BIN)/python benchmarks/ops.py --quick --markdown $(QUICK_OUT)/OPS.md
-	@echo "== 7/8 import aflow against import anyio (benchmarks/imports.py --runs 5)"
+	@echo "== 7/9 import aflow against import anyio (benchmarks/imports.py --runs 5)"
 	$(BIN)/python benchmarks/imports.py --runs 5 --markdown $(QUICK_OUT)/RESULTS.md
-	@echo "== 8/8 the dashboard's pages for a big run (benchmarks/dashboard.py --quick)"
+	@echo "== 8/9 the dashboard's pages for a big run (benchmarks/dashboard.py --quick)"
 	$(BIN)/python benchmarks/dashboard.py --quick --markdown $(QUICK_OUT)/RESULTS.md
+	@echo "== 9/9 steps in worker processes (benchmarks/executors.py --quick)"
+	$(BIN)/python benchmarks/executors.py --quick --markdown $(QUICK_OUT)/RESULTS.md
 	@echo "tables: $(QUICK_OUT)/*.md"
 
 bench-full: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
@@ -175,6 +177,7 @@ bench-full: $(STAMP) $(VENV)/.bench-installed $(PEERS)/.installed
 	$(BIN)/python benchmarks/http.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/imports.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/dashboard.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/executors.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/flows.py --taskflow-python $(PEERS)/bin/python --markdown benchmarks/FLOWS.md
 	./scripts/ensure-postgres
 	$(BIN)/python benchmarks/durable.py --markdown benchmarks/DURABLE.md

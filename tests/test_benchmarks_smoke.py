@@ -67,6 +67,14 @@ def test_ops_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
+def test_executors_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
+    table = run_script("executors.py", tmp_path / "executors.md")
+    assert "## Executors" in table
+    assert '| aflow, `executor="process"` |' in table
+    assert "speed-up" in table
+
+
+@pytest.mark.slow
 def test_dashboard_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     table = run_script("dashboard.py", tmp_path / "dashboard.md")
     assert "## Dashboard pages" in table

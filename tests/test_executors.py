@@ -14,7 +14,7 @@ import pytest
 import aflow
 import aflow.executors
 from aflow.errors import RemoteError, RunCancelled, SerializationError, TaskTimeout, WorkerLost
-from aflow.executors import Executor, Process
+from aflow.executors import Call, Executor, Process
 from tests import executor_workflows as ew
 from tests.durable_workflows import read_counts
 from tests.test_durable import LEASE, crash_in, later
@@ -148,7 +148,7 @@ class Counting(Executor):
         self.calls: list[str] = []
 
     async def call(
-        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Any
+        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
     ) -> Any:
         self.calls.append(step.key)
         fn = getattr(target, "fn", target)

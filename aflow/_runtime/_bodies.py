@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import types
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
@@ -17,6 +16,7 @@ from .._exceptions import (
 )
 from .._failure import Failure
 from .._graph import Node
+from ..executors._base import Call
 from ..executors._base import Executor as AflowExecutor
 from ._current import ATTEMPT, EXECUTION, ITEM, STEP
 
@@ -311,8 +311,7 @@ def remote_call(
 ) -> Any:
     """One attempt of a body (``step``; ``~i`` for the revert of node ``i``) in
     ``executor``: what the body may ask of itself (:func:`aflow.current_step`) goes with
-    it, without the step's values (a result or an error need not pickle)."""
-    info = dataclasses.replace(
-        execution.step_now(step, attempt), result=None, error=None, revert_error=None
-    )
-    return executor.call(target, tuple(args), dict(kwargs), info)
+    it: which run, step and attempt (not the step's values: they need not pickle)."""
+    info = execution.step_now(step, attempt)
+    call = Call(info.run_id, info.key, info.task, attempt, info.idempotency_key)
+    return executor.call(target, tuple(args), dict(kwargs), call)

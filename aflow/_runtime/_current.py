@@ -54,7 +54,22 @@ def current_step() -> StepInfo:
     if EXECUTION.get(None) is None:
         remote = REMOTE_STEP.get(None)
         if remote is not None:  # a body an executor runs in another process
-            return remote  # type: ignore[no-any-return]
+            from ._states import NodeState, StepInfo
+
+            run_id, key, task, attempt, idempotency_key = remote
+            return StepInfo(
+                key=key,
+                task=task,
+                state=NodeState.RUNNING,
+                result=None,
+                error=None,
+                attempts=attempt,
+                started_at=None,
+                finished_at=None,
+                duration_s=None,
+                run_id=run_id,
+                idempotency_key=idempotency_key,
+            )
     execution, step = locate("aflow.current_step()", 2)
     return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))
 

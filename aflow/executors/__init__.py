@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._base import Call as Call
 from ._base import Executor as Executor
 from ._base import executor_of as executor_of
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ._process import Process as Process
     from ._process import shutdown as shutdown
 
-__all__ = ["Executor", "Process", "executor_of", "shutdown"]
+__all__ = ["Call", "Executor", "Process", "executor_of", "shutdown"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["REMOTE_STEP", "Executor", "executor_of"]
+__all__ = ["REMOTE_STEP", "Call", "Executor", "executor_of"]
 
-#: In a worker (another process): what ``aflow.current_step()`` gives the body running
-#: there (a ``StepInfo`` made by the calling process, without result or error).
-REMOTE_STEP: contextvars.ContextVar[Any] = contextvars.ContextVar("aflow_remote_step")
+
+class Call(NamedTuple):
+    """Which attempt of which step an executor runs (what ``aflow.current_step()`` tells
+    the body there): small, and cheap to send to another process."""
+
+    run_id: str
+    key: str
+    task: str
+    attempt: int
+    idempotency_key: str
+
+
+#: In a worker (another process): the call of the body running there.
+REMOTE_STEP: contextvars.ContextVar[Call] = contextvars.ContextVar("aflow_remote_step")
 
 
 class Executor:
@@ -21,12 +32,12 @@ class Executor:
     name = "executor"
 
     async def call(
-        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Any
+        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
     ) -> Any:
         """Run ``target`` (a task, or a revert function: a module-level name another
-        process can import) with ``args`` and ``kwargs``; ``step`` is what
-        ``aflow.current_step()`` gives the body there. Cancelled, it stops waiting and
-        discards a late result."""
+        process can import) with ``args`` and ``kwargs``; ``step`` says which attempt of
+        which step it is (what ``aflow.current_step()`` tells the body). Cancelled, it
+        stops waiting and discards a late result."""
         raise NotImplementedError
 
 

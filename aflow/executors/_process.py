@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._exceptions import RemoteError, SerializationError, WorkerLost
-from ._base import REMOTE_STEP, Executor
+from ._base import REMOTE_STEP, Call, Executor
 
 __all__ = ["Process", "default_pool", "shutdown"]
 
@@ -74,9 +74,9 @@ class Process(Executor):
             pool.shutdown(wait=wait, cancel_futures=True)
 
     async def call(
-        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Any
+        self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
     ) -> Any:
-        task = getattr(step, "task", "") or getattr(target, "__name__", repr(target))
+        task = step.task
         blob = _pickled(task, target, args, kwargs, step)
         pool = self._workers()
         try:
@@ -99,9 +99,14 @@ class Process(Executor):
 
 
 def _pickled(
-    task: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Any
+    task: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
 ) -> bytes:
-    """What a worker is sent, or a SerializationError naming what cannot go."""
+    """What a worker is sent, or a SerializationError naming what cannot go (looked for
+    only when the whole does not pickle)."""
+    try:
+        return pickle.dumps((target, args, kwargs, step))
+    except Exception:
+        pass
     try:
         pickle.dumps(target)
     except Exception as exc:
@@ -160,14 +165,14 @@ def _run(blob: bytes) -> bytes:
     try:
         return pickle.dumps((True, value))
     except Exception as exc:
-        name = getattr(step, "task", "") or getattr(fn, "__name__", "?")
+        name = step.task
         error = SerializationError(
             name, type(value), detail=f"a result from another process must pickle ({exc})"
         )
         return pickle.dumps((False, error))
 
 
-async def _in_context(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Any) -> Any:
+async def _in_context(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call) -> Any:
     REMOTE_STEP.set(step)  # (asyncio.run copies the context as it was: set it here too)
     return await fn(*args, **kwargs)
 
