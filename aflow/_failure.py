@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, final
 
-from ._exceptions import told
+from ._exceptions import RemoteError, told
 
 __all__ = ["Failure"]
 
@@ -65,9 +65,9 @@ class Failure:
 
         exc = self.exception
         try:
-            pickle.dumps(exc)
+            pickle.loads(pickle.dumps(exc))  # (a type whose __init__ pickling breaks: no)
         except Exception:
-            exc = RuntimeError(f"{self.exc_type}: {self.message}")
+            exc = RemoteError(self.exc_type, self.message, self.traceback_text)
         fields = (self.task, exc, self.exc_type, self.message, self.attempt, self.cancelled)
         return (_unpickled, (*fields, self.traceback_text))
 

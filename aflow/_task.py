@@ -234,13 +234,31 @@ class FunctionTask(Generic[P, R]):
         #: Where its body runs (``None``: the run's choice, by default the event loop);
         #: ``executor_named``: the task chose (``"loop"`` too), not the run.
         self.executor: Executor | None = None
-        self.executor_named = False
+        #: aflow's own tasks (sleep, waits, ops' steps, atoms) run on the loop: a run's
+        #: executor is for the tasks its user wrote
+        self.executor_named = getattr(fn, "__module__", "").startswith("aflow.")
+        #: its module-level name was found to be it (what pickling it by name needs)
+        self._named_ok = False
         functools.update_wrapper(self, fn)
 
-    def __reduce__(self) -> str:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Pickled as its module-level name (what another process imports): a body run
-        # in a worker process is named, not sent.
-        return str(getattr(self, "__qualname__", self.name))
+        # in a worker process is named, not sent. The name may hold the task, or the
+        # function it was made of (``aflow.task(...)(f)``): a worker needs the function.
+        module, qualname = self.__module__, str(getattr(self, "__qualname__", self.name))
+        if not self._named_ok:
+            try:
+                found = _named(module, qualname)
+            except Exception:
+                found = None
+            if found is not self and found is not self.fn:
+                import pickle
+
+                raise pickle.PicklingError(
+                    f"{module}.{qualname} is not this task (nor its function) in its module"
+                )
+            self._named_ok = True
+        return (_named, (module, qualname))
 
     def __repr__(self) -> str:
         kind = "async" if self.is_async else "thread"
@@ -490,6 +508,16 @@ def task(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+def _named(module: str, qualname: str) -> Any:
+    """What a task pickled by name is in another process: the object at that name."""
+    import importlib
+
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 # The canvas builds on this module; imported as a module, last, so the cycle resolves.

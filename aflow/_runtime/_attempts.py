@@ -239,8 +239,10 @@ class Attempts(RunState):
         assert task is not None
         remote = task.executor if task.executor_named else self._remote
         if remote is not None and node.kind is not _SUBGRAPH:
-            if node.kind is _TASK:
-                return remote_call(self, remote, task, node.index, attempt, args, kwargs)
+            if node.kind is _TASK:  # (in the step's context: an in-process executor's
+                # body asking aflow.current_step() finds its step)
+                coro = remote_call(self, remote, task, node.index, attempt, args, kwargs)
+                return InContext(coro, self._context, node.index, attempt)
             # a map's calls, each in the executor (as many at once as the map makes)
             one = functools.partial(remote_call, self, remote, task, node.index, attempt)
             star = node.kind is not _MAP

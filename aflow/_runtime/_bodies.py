@@ -300,7 +300,7 @@ def _settle_map(out: list[Any], errors: list[Exception], node: Node, run_id: str
     return [None if v is MISSING else v for v in out]
 
 
-def remote_call(
+async def remote_call(
     execution: Any,
     executor: AflowExecutor,
     target: Any,
@@ -312,6 +312,7 @@ def remote_call(
     """One attempt of a body (``step``; ``~i`` for the revert of node ``i``) in
     ``executor``: what the body may ask of itself (:func:`aflow.current_step`) goes with
     it: which run, step and attempt (not the step's values: they need not pickle)."""
-    info = execution.step_now(step, attempt)
+    # (read as it is awaited: a map's item has its own key by then)
+    info = execution.step_now(step, attempt, ITEM.get(-1))
     call = Call(info.run_id, info.key, info.task, attempt, info.idempotency_key)
-    return executor.call(target, tuple(args), dict(kwargs), call)
+    return await executor.call(target, tuple(args), dict(kwargs), call)

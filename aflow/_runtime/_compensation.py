@@ -269,11 +269,21 @@ class Compensation(RunState):
         def make_call(attempt: int) -> Any:
             call: Callable[[], Any]
             if remote is not None and node.kind is _TASK:
-                return remote_call(self, remote, reverter.fn, ~index, attempt, args, kwargs)
+                coro = remote_call(self, remote, reverter.fn, ~index, attempt, args, kwargs)
+                return InContext(coro, self._context, ~index, attempt)
             if node.kind is _MAP or node.kind is _STARMAP:  # one revert per call made
                 kwargs.pop("result", None)
                 star = node.kind is not _MAP
                 done = self._map_calls.get(index, [])
+                if remote is not None:  # each call's revert where the call ran
+
+                    def one(*a: Any, **k: Any) -> Any:
+                        return remote_call(self, remote, reverter.fn, ~index, attempt, a, k)
+
+                    coro = revert_items_async(
+                        one, done, star, kwargs, reverter.takes_result, node.key
+                    )
+                    return InContext(coro, self._context, ~index, attempt)
                 if reverter.is_async:
                     coro = revert_items_async(
                         reverter.fn, done, star, kwargs, reverter.takes_result, node.key

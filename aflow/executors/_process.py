@@ -14,13 +14,12 @@ import asyncio
 import atexit
 import inspect
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
-import signal
-import sys
 import threading
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -45,6 +44,9 @@ class Process(Executor):
         self.max_workers = max_workers
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        #: attempts abandoned (cancelled, timed out) while their body ran, by run and
+        #: step: the step's next attempt, or its revert, waits for that body to end first
+        self._abandoned: dict[tuple[str, str], Future[bytes]] = {}
 
     def __repr__(self) -> str:
         return f"<aflow.executors.Process max_workers={self.max_workers}>"
@@ -78,16 +80,25 @@ class Process(Executor):
     ) -> Any:
         task = step.task
         blob = _pickled(task, target, args, kwargs, step)
+        where = (step.run_id, step.key)
+        running = self._abandoned.pop(where, None)
+        if running is not None:  # (its last body still runs: a retry or a revert waits)
+            await asyncio.wait([asyncio.wrap_future(running)])
         pool = self._workers()
         try:
             future = pool.submit(_run, blob)
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, RuntimeError) as exc:  # (broken, or shut down)
             self._lost(pool)
             raise WorkerLost(task, str(exc) or "its pool is broken") from None
         try:
             answer = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            future.cancel()  # (not started yet: it never runs; running: its result is dropped)
+            task_now = asyncio.current_task()
+            if future.cancelled() and (task_now is None or not task_now.cancelling()):
+                # the pool cancelled it (shut down), not our caller
+                raise WorkerLost(task, "its pool was shut down") from None
+            if not future.cancel():  # running: dropped, but waited for by what follows
+                self._abandoned[where] = future
             raise
         except BrokenProcessPool as exc:
             self._lost(pool)
@@ -133,19 +144,19 @@ def _pickled(
 
 
 def _die_with_parent() -> None:
-    """In a new worker: on Linux, die when the process that started it dies (a SIGKILL
-    of the caller would otherwise leave a worker running its body to the end)."""
-    if sys.platform != "linux":
+    """In a new worker: die when the process that started it dies (a SIGKILL of the
+    caller would otherwise leave a worker running its body to the end for nobody). A
+    thread waits on the parent's sentinel: the process, not the thread that spawned
+    the worker (as Linux's PR_SET_PDEATHSIG would)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
         return
-    try:
-        import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # (no prctl: the worker ends with its body)
-        return
-    if os.getppid() == 1:  # the parent died before the call: go now
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
         os._exit(1)
+
+    threading.Thread(target=watch, name="aflow parent watch", daemon=True).start()
 
 
 def _run(blob: bytes) -> bytes:
