@@ -19,6 +19,7 @@ import aflow.executors
 from aflow.errors import AflowError
 from aflow.executors import Process
 from tests import executor_workflows as ew
+from tests.test_executors import gone, lines
 
 # --- bodies --------------------------------------------------------------------------
 
@@ -108,20 +109,7 @@ def log(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pat
     aflow.executors.shutdown()
 
 
-def logged(path: pathlib.Path) -> list[tuple[str, int]]:
-    found = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        what, _, pid = line.rpartition(" pid=")
-        found.append((what, int(pid)))
-    return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
+logged = lines
 
 
 # --- the findings ----------------------------------------------------------------------
