@@ -42,6 +42,7 @@ if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import 
     from . import patterns as patterns
     from . import retry as retry
     from . import stores as stores
+    from ._runtime._current import check_cancelled as check_cancelled
     from ._runtime._current import current_step as current_step
     from ._runtime._handle import Run as Run
     from ._runtime._report import ErrorReport as ErrorReport
@@ -62,7 +63,7 @@ if _typing.TYPE_CHECKING:  # imported when first used (see __getattr__): import 
     from ._runtime._waits import sleep_until as sleep_until
     from ._runtime._waits import wait_for as wait_for
 
-__version__ = "0.1.0.dev0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "Backoff",
@@ -89,6 +90,7 @@ __all__ = [
     "Task",
     "WaitReport",
     "chain",
+    "check_cancelled",
     "chord",
     "compile",
     "current_step",
@@ -109,6 +111,7 @@ __all__ = [
 #: imports asyncio, anyio's asyncio backend and the SQLite store, which a script that
 #: only builds workflows (or the CLI's help) need not pay for.
 _LAZY = {
+    "check_cancelled": "._runtime._current",
     "current_step": "._runtime._current",
     "Run": "._runtime._handle",
     "ErrorReport": "._runtime._report",

@@ -24,6 +24,7 @@ After the name: the attributes it carries, then what it means::
     │   └── UntrustedManifest(ValueError) .run_id, .step, .reason: an artifact manifest refused
     ├── RecordedError                     .text: a failure read back from a store, as text
     ├── WorkerLost                        .task, .why: the worker running an attempt died
+    ├── WorkerMismatch                    .task, .worker: a worker's Python or aflow differ
     ├── RemoteError                       .type_name, .message, .traceback_text: as text
     ├── WhenError                         .step, .error: a step's ``when`` condition raised
     ├── TransientError                    an op's failure worth retrying (``aflow.ops``, as dflow's)
@@ -102,6 +103,7 @@ __all__ = [
     "WaitTimeout",
     "WhenError",
     "WorkerLost",
+    "WorkerMismatch",
 ]
 
 
@@ -703,6 +705,26 @@ class WorkerLost(AflowError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.task, self.why))
+
+
+class WorkerMismatch(AflowError):
+    """A worker runs another Python (major.minor) or another aflow than the process that
+    sent it a body: pickles and the calls themselves would not mean the same there. The
+    attempt fails (and is retried, maybe on another worker); :attr:`task` names the task,
+    :attr:`worker` the worker."""
+
+    def __init__(self, task: str, worker: str, caller: str, theirs: str) -> None:
+        super().__init__(
+            f"task {task!r}: {worker} runs {theirs}, but the caller runs {caller}: "
+            "install the same Python and aflow on the workers"
+        )
+        self.task = task
+        self.worker = worker
+        self.caller = caller
+        self.theirs = theirs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.worker, self.caller, self.theirs))
 
 
 class RemoteError(AflowError):

@@ -60,6 +60,7 @@ from ._exceptions import UntrustedManifest as UntrustedManifest
 from ._exceptions import WaitTimeout as WaitTimeout
 from ._exceptions import WhenError as WhenError
 from ._exceptions import WorkerLost as WorkerLost
+from ._exceptions import WorkerMismatch as WorkerMismatch
 
 __all__ = [
     "AflowError",
@@ -103,6 +104,7 @@ __all__ = [
     "WaitTimeout",
     "WhenError",
     "WorkerLost",
+    "WorkerMismatch",
 ]
 
 for _name in __all__:  # users see aflow.errors.RunCancelled, not aflow._exceptions.RunCancelled

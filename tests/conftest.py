@@ -120,3 +120,12 @@ def new_store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path, kind: 
         return url.rsplit("/", 1)[0] + f"/{name}"
 
     return anyio.run(create)
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """The session's Dask cluster (see tests/dask_cluster.py): its scheduler's address."""
+    from .dask_cluster import dask_cluster
+
+    with dask_cluster() as address:
+        yield address

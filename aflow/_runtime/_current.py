@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, final
 
-from ..executors._base import REMOTE_STEP
+from ..executors._base import REMOTE_CANCELLED, REMOTE_STEP
 
 if TYPE_CHECKING:
     from ._scheduler import Execution
@@ -21,6 +21,7 @@ __all__ = [
     "ITEM",
     "STEP",
     "Injection",
+    "check_cancelled",
     "current_attempt",
     "current_step",
     "locate",
@@ -74,6 +75,43 @@ def current_step() -> StepInfo:
     return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))
 
 
+def check_cancelled() -> None:
+    """Raise ``CancelledError`` if the attempt whose body calls it has been given up on:
+    its run cancelled, or its timeout passed. A sync body (in a thread, a worker process
+    or a Dask worker) cannot be interrupted; one that calls this now and then stops
+    early instead of running to its end for nobody::
+
+        @aflow.task(executor="process", timeout=60)
+        def render(frames: list[Frame]) -> Video:
+            for frame in frames:
+                aflow.check_cancelled()
+                draw(frame)
+            ...
+
+    In an async body on the loop it does nothing (a cancel interrupts it at its next
+    ``await``). In a thread that aflow did not start it raises ``RuntimeError``.
+    """
+    remote = REMOTE_CANCELLED.get()
+    if remote is not None:
+        if remote():
+            import asyncio
+
+            raise asyncio.CancelledError("aflow: the caller gave up on this attempt")
+        return
+    if REMOTE_STEP.get(None) is not None:
+        return  # (an executor of one's own that tells nothing)
+    import anyio.from_thread
+
+    try:
+        anyio.from_thread.check_cancelled()
+    except RuntimeError:
+        if EXECUTION.get(None) is None and STEP.get(None) is None:
+            raise RuntimeError(
+                "aflow.check_cancelled() is only available inside a task or a revert"
+            ) from None
+        # on the loop itself: an async body, which a cancel interrupts by itself
+
+
 def locate(what: str, depth: int = 1) -> tuple[Execution, int]:
     """The run and node (``~index`` in a revert) whose body calls ``what`` (a
     ``RuntimeError`` naming ``what`` outside one); ``depth``: frames above this one
@@ -122,6 +160,9 @@ def current_attempt() -> int:
     try:
         return ATTEMPT.get()
     except LookupError:
+        remote = REMOTE_STEP.get(None)
+        if remote is not None:  # a body in another process
+            return remote.attempt
         raise RuntimeError("aflow.current_attempt() is only available inside a task") from None
 
 

@@ -128,13 +128,13 @@ class RunOptions:
                     )
         executor = self.executor
         if executor is not None and not isinstance(executor, Executor | AflowExecutor):
-            if executor in ("loop", "process"):
+            try:
                 object.__setattr__(self, "executor", executor_of(executor, "the run"))
-            else:
+            except ValueError:
                 raise TypeError(
-                    f"executor must be 'loop', 'process', an aflow.executors.Executor or a "
-                    f"concurrent.futures.Executor, got {executor!r}"
-                )
+                    f"executor must be 'loop', 'process', an aflow.executors.Executor, a "
+                    f"distributed.Client or a concurrent.futures.Executor, got {executor!r}"
+                ) from None
 
     def merged(self, **overrides: Any) -> RunOptions:
         """These options with every override that is not ``None`` (a call's options over a

@@ -2,8 +2,9 @@
 
 ``@aflow.task(executor="process")`` (or ``Runtime(executor="process")``,
 ``aflow.run(..., executor="process")``) runs a body, sync or async, in a pool of worker
-processes; aflow keeps the graph, limits, retries, compensation and durable state in
-the calling process. See the README's "Running steps elsewhere".
+processes; ``executor=aflow.executors.Dask(address)`` on the workers of a Dask cluster
+(``pip install 'aflow[dask]'``). aflow keeps the graph, limits, retries, compensation
+and durable state in the calling process. See the README's "Running steps elsewhere".
 """
 
 from __future__ import annotations
@@ -15,16 +16,21 @@ from ._base import Executor as Executor
 from ._base import executor_of as executor_of
 
 if TYPE_CHECKING:
+    from ._dask import Dask as Dask
     from ._process import Process as Process
     from ._process import shutdown as shutdown
 
-__all__ = ["Call", "Executor", "Process", "executor_of", "shutdown"]
+__all__ = ["Call", "Dask", "Executor", "Process", "executor_of", "shutdown"]
 
 
 def __getattr__(name: str) -> Any:
-    # (the process pool's modules load with its first use: import aflow stays light)
+    # (the executors' modules load with their first use: import aflow stays light)
     if name in ("Process", "shutdown"):
         from . import _process
 
         return getattr(_process, name)
+    if name == "Dask":
+        from ._dask import Dask
+
+        return Dask
     raise AttributeError(f"module 'aflow.executors' has no attribute {name!r}")

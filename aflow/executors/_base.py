@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["REMOTE_STEP", "Call", "Executor", "executor_of"]
+__all__ = ["REMOTE_CANCELLED", "REMOTE_STEP", "Call", "Executor", "executor_of"]
 
 
 class Call(NamedTuple):
@@ -21,6 +22,11 @@ class Call(NamedTuple):
 
 #: In a worker (another process): the call of the body running there.
 REMOTE_STEP: contextvars.ContextVar[Call] = contextvars.ContextVar("aflow_remote_step")
+#: In a worker: whether the caller has given up on the attempt running there (cancelled,
+#: or timed out): what :func:`aflow.check_cancelled` asks.
+REMOTE_CANCELLED: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "aflow_remote_cancelled", default=None
+)
 
 
 class Executor:
@@ -50,8 +56,13 @@ def executor_of(spec: Any, where: str) -> Executor | None:
         from ._process import default_pool
 
         return default_pool()
+    if type(spec).__module__.startswith("distributed") and type(spec).__name__ == "Client":
+        from ._dask import Dask
+
+        return Dask(client=spec)
     if isinstance(spec, Executor):
         return spec
     raise ValueError(
-        f"{where}: executor must be 'loop', 'process' or an aflow.executors.Executor, got {spec!r}"
+        f"{where}: executor must be 'loop', 'process', an aflow.executors.Executor "
+        f"(Process, Dask...) or a distributed.Client, got {spec!r}"
     )

@@ -1,30 +1,33 @@
 """The ``"process"`` executor: bodies in a pool of worker processes.
 
-What crosses to a worker is pickled here, before it is sent, so a value that cannot go
-is a :class:`~aflow.errors.SerializationError` naming the task and the argument at
-once (a pool would fail later, in a thread of its own). A body is named, not sent: a
-task (or a revert function) must be a module-level name the worker can import.
-Workers start with ``spawn`` (a fork of a process running an event loop and threads is
-unsafe), once, and are reused.
+What crosses to a worker is pickled before it is sent (see ``_remote``), so a value that
+cannot go is an error naming the task and the argument at once (a pool would fail later,
+in a thread of its own). A body is named, not sent: a task (or a revert function) must
+be a module-level name the worker can import. Workers start with ``spawn`` (a fork of a
+process running an event loop and threads is unsafe), once, and are reused. A body
+that checks in (:func:`aflow.check_cancelled`) learns that its caller gave up on it from
+a marker file, made only then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import inspect
+import functools
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
+import shutil
+import tempfile
 import threading
-import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .._exceptions import RemoteError, SerializationError, WorkerLost
-from ._base import REMOTE_STEP, Call, Executor
+from .._exceptions import WorkerLost
+from ._base import Call, Executor
+from ._remote import answer_of, pickled, process_name, run_blob
 
 __all__ = ["Process", "default_pool", "shutdown"]
 
@@ -34,7 +37,7 @@ class Process(Executor):
     processes: ``max_workers`` (default: the machine's CPUs), started on first use and
     reused. Arguments and results must pickle. A body cannot be interrupted: a
     cancelled or timed-out attempt is abandoned (its late result discarded) while the
-    worker finishes it."""
+    worker finishes it, unless it checks in with :func:`aflow.check_cancelled`."""
 
     name = "process"
 
@@ -47,6 +50,9 @@ class Process(Executor):
         #: attempts abandoned (cancelled, timed out) while their body ran, by run and
         #: step: the step's next attempt, or its revert, waits for that body to end first
         self._abandoned: dict[tuple[str, str], Future[bytes]] = {}
+        #: where the markers of abandoned attempts go (made with the first call)
+        self._markers: str | None = None
+        self._calls = itertools.count()
 
     def __repr__(self) -> str:
         return f"<aflow.executors.Process max_workers={self.max_workers}>"
@@ -72,21 +78,31 @@ class Process(Executor):
         """Stop the workers (a later call starts new ones)."""
         with self._lock:
             pool, self._pool = self._pool, None
+            markers, self._markers = self._markers, None
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=True)
+        if markers is not None:
+            shutil.rmtree(markers, ignore_errors=True)
+
+    def _marker(self) -> str:
+        with self._lock:
+            if self._markers is None:
+                self._markers = tempfile.mkdtemp(prefix="aflow-process-")
+            return os.path.join(self._markers, str(next(self._calls)))
 
     async def call(
         self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
     ) -> Any:
         task = step.task
-        blob = _pickled(task, target, args, kwargs, step)
+        blob = pickled(task, target, args, kwargs, step)
         where = (step.run_id, step.key)
         running = self._abandoned.pop(where, None)
         if running is not None:  # (its last body still runs: a retry or a revert waits)
             await asyncio.wait([asyncio.wrap_future(running)])
         pool = self._workers()
         try:
-            future = pool.submit(_run, blob)
+            marker = self._marker()
+            future = pool.submit(_run, blob, marker)
         except (BrokenProcessPool, RuntimeError) as exc:  # (broken, or shut down)
             self._lost(pool)
             raise WorkerLost(task, str(exc) or "its pool is broken") from None
@@ -99,48 +115,30 @@ class Process(Executor):
                 raise WorkerLost(task, "its pool was shut down") from None
             if not future.cancel():  # running: dropped, but waited for by what follows
                 self._abandoned[where] = future
+                _give_up(future, marker)
             raise
         except BrokenProcessPool as exc:
             self._lost(pool)
             raise WorkerLost(task, str(exc) or "a worker process died") from None
-        ok, value = pickle.loads(answer)
-        if ok:
-            return value
-        raise value
+        return answer_of(answer)
 
 
-def _pickled(
-    task: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
-) -> bytes:
-    """What a worker is sent, or a SerializationError naming what cannot go (looked for
-    only when the whole does not pickle)."""
+def _give_up(future: Future[bytes], marker: str) -> None:
+    """Tell a running body that its caller gave up on it (what check_cancelled() sees),
+    and drop the marker once it has ended."""
     try:
-        return pickle.dumps((target, args, kwargs, step))
-    except Exception:
+        with open(marker, "x"):
+            pass
+    except OSError:  # (shut down meanwhile: nothing left to tell)
+        return
+    future.add_done_callback(lambda _: _unlink(marker))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
         pass
-    try:
-        pickle.dumps(target)
-    except Exception as exc:
-        raise SerializationError(
-            task,
-            type(target),
-            detail=f"a body run in another process is named, not sent: define "
-            f"{getattr(target, '__qualname__', target)!r} at a module's top level ({exc})",
-        ) from None
-    for where, value in (
-        *((f"argument {i}", a) for i, a in enumerate(args)),
-        *((f"argument {name!r}", v) for name, v in kwargs.items()),
-    ):
-        try:
-            pickle.dumps(value)
-        except Exception as exc:
-            raise SerializationError(
-                task,
-                type(value),
-                where,
-                f"what a body in another process is given must pickle ({exc})",
-            ) from None
-    return pickle.dumps((target, args, kwargs, step))
 
 
 def _die_with_parent() -> None:
@@ -159,48 +157,10 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="aflow parent watch", daemon=True).start()
 
 
-def _run(blob: bytes) -> bytes:
-    """In a worker: call the body, and give back its value or its error, pickled."""
-    target, args, kwargs, step = pickle.loads(blob)
-    fn = getattr(target, "fn", target)  # (a task: its function; a revert: itself)
-    token = REMOTE_STEP.set(step)
-    try:
-        if inspect.iscoroutinefunction(fn):
-            value = asyncio.run(_in_context(fn, args, kwargs, step))
-        else:
-            value = fn(*args, **kwargs)
-    except BaseException as exc:  # (sent back whatever it is: the caller decides)
-        return _error(exc)
-    finally:
-        REMOTE_STEP.reset(token)
-    try:
-        return pickle.dumps((True, value))
-    except Exception as exc:
-        name = step.task
-        error = SerializationError(
-            name, type(value), detail=f"a result from another process must pickle ({exc})"
-        )
-        return pickle.dumps((False, error))
-
-
-async def _in_context(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call) -> Any:
-    REMOTE_STEP.set(step)  # (asyncio.run copies the context as it was: set it here too)
-    return await fn(*args, **kwargs)
-
-
-def _error(exc: BaseException) -> bytes:
-    text = "".join(traceback.format_exception(exc))
-    try:
-        exc.add_note(f"aflow: raised in worker process {os.getpid()}")
-        blob = pickle.dumps((False, exc))
-        pickle.loads(blob)  # (a type the caller could not rebuild fails here, not there)
-        return blob
-    except Exception:
-        kind = type(exc)
-        name = kind.__qualname__
-        if kind.__module__ != "builtins":
-            name = f"{kind.__module__}.{name}"
-        return pickle.dumps((False, RemoteError(name, str(exc), text)))
+def _run(blob: bytes, marker: str) -> bytes:
+    """In a worker: call the body (see :func:`run_blob`); the caller gives up on it by
+    making the file ``marker``."""
+    return run_blob(blob, functools.partial(os.path.exists, marker), process_name())
 
 
 _DEFAULT: Process | None = None

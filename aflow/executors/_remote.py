@@ -1,0 +1,149 @@
+"""What crosses to a worker and back, shared by every executor that runs bodies in
+another process (``"process"``, Dask).
+
+The caller pickles a call here, before it is sent, so a value that cannot go is a
+:class:`~aflow.errors.SerializationError` naming the task and the argument at once.
+The worker unpacks it with :func:`run_blob`: it checks that it runs the caller's Python
+and aflow, sets what the body may ask of itself (:func:`aflow.current_step`,
+:func:`aflow.check_cancelled`), calls the body, and gives back its value or its error,
+pickled (an error with its traceback as text in a note).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+import pickle
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .._exceptions import RemoteError, SerializationError, WorkerMismatch
+from ._base import REMOTE_CANCELLED, REMOTE_STEP, Call
+
+__all__ = ["answer_of", "pickled", "run_blob", "versions"]
+
+
+def versions() -> tuple[str, str]:
+    """What a worker must share with its caller: Python's major.minor (pickles, bytecode)
+    and aflow's version (what a call and its answer carry)."""
+    from .._version import __version__
+
+    return (f"{sys.version_info[0]}.{sys.version_info[1]}", __version__)
+
+
+#: this process's, as a call carries them
+CALLER = versions()
+
+
+def pickled(
+    task: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
+) -> bytes:
+    """What a worker is sent, or a SerializationError naming what cannot go (looked for
+    only when the whole does not pickle)."""
+    call = (CALLER, target, args, kwargs, step)
+    try:
+        return pickle.dumps(call)
+    except Exception:
+        pass
+    try:
+        pickle.dumps(target)
+    except Exception as exc:
+        raise SerializationError(
+            task,
+            type(target),
+            detail=f"a body run in another process is named, not sent: define "
+            f"{getattr(target, '__qualname__', target)!r} at a module's top level ({exc})",
+        ) from None
+    for where, value in (
+        *((f"argument {i}", a) for i, a in enumerate(args)),
+        *((f"argument {name!r}", v) for name, v in kwargs.items()),
+    ):
+        try:
+            pickle.dumps(value)
+        except Exception as exc:
+            raise SerializationError(
+                task,
+                type(value),
+                where,
+                f"what a body in another process is given must pickle ({exc})",
+            ) from None
+    return pickle.dumps(call)
+
+
+def answer_of(blob: bytes) -> Any:
+    """In the caller: the body's value, or its error raised."""
+    ok, value = pickle.loads(blob)
+    if ok:
+        return value
+    raise value
+
+
+def run_blob(blob: bytes, cancelled: Callable[[], bool] | None, where: str) -> bytes:
+    """In a worker: call the body ``blob`` names, and give back its value or its error,
+    pickled. ``cancelled`` tells whether the caller has given up on this attempt (what
+    :func:`aflow.check_cancelled` asks); ``where`` names the worker in errors."""
+    callers, target, args, kwargs, step = pickle.loads(blob)
+    mine = versions()
+    if callers != mine:
+        error = WorkerMismatch(step.task, where, _describe(callers), _describe(mine))
+        return pickle.dumps((False, error))
+    fn = getattr(target, "fn", target)  # (a task: its function; a revert: itself)
+    step_token = REMOTE_STEP.set(step)
+    cancel_token = REMOTE_CANCELLED.set(cancelled)
+    try:
+        if inspect.iscoroutinefunction(fn):
+            value = _runner().run(fn(*args, **kwargs), context=contextvars.copy_context())
+        else:
+            value = fn(*args, **kwargs)
+    except BaseException as exc:  # (sent back whatever it is: the caller decides)
+        return _error(exc, where)
+    finally:
+        REMOTE_CANCELLED.reset(cancel_token)
+        REMOTE_STEP.reset(step_token)
+    try:
+        return pickle.dumps((True, value))
+    except Exception as exc:
+        refused = SerializationError(
+            step.task, type(value), detail=f"a result from another process must pickle ({exc})"
+        )
+        return pickle.dumps((False, refused))
+
+
+def _describe(pair: tuple[str, str]) -> str:
+    return f"Python {pair[0]}, aflow {pair[1]}"
+
+
+_RUNNERS = threading.local()
+
+
+def _runner() -> asyncio.Runner:
+    """The event loop async bodies run in, one per worker thread, kept from call to
+    call (a client a body makes at module level stays usable in the next call)."""
+    runner: asyncio.Runner | None = getattr(_RUNNERS, "runner", None)
+    if runner is None:
+        runner = _RUNNERS.runner = asyncio.Runner()
+    return runner
+
+
+def _error(exc: BaseException, where: str) -> bytes:
+    text = "".join(traceback.format_exception(exc))
+    try:
+        exc.add_note(f"aflow: raised in {where}; its traceback there:\n{text.rstrip()}")
+        blob = pickle.dumps((False, exc))
+        pickle.loads(blob)  # (a type the caller could not rebuild fails here, not there)
+        return blob
+    except Exception:
+        kind = type(exc)
+        name = kind.__qualname__
+        if kind.__module__ != "builtins":
+            name = f"{kind.__module__}.{name}"
+        return pickle.dumps((False, RemoteError(name, str(exc), text)))
+
+
+def process_name() -> str:
+    return f"worker process {os.getpid()}"
