@@ -23,10 +23,11 @@ import anyio.lowlevel
 from .._exceptions import CompensationFailed
 from .._graph import Graph
 from .._options import NodeOptions
+from ..executors._base import Call
 from ..stores._base import NodeRecord, RunRecord, Store
 from ._attempts import AttemptHooks, run_attempts
 from ._clock import SYSTEM_CLOCK, Clock
-from ._current import ATTEMPT, EXECUTION, STEP, _driving_step
+from ._current import ATTEMPT, EXECUTION, STEP, _driving_step, current_step
 from ._fan_out import FanOutHooks, fan_out
 from ._handle import Run
 from ._limits import Limit, acquire_slot, release
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttemptHooks",
+    "remote_call_of",
     "FanOutHooks",
     "contain",
     "RunView",
@@ -295,6 +297,17 @@ def current_run() -> RunView:
     if execution is None:
         raise RuntimeError("no aflow run is executing here")
     return RunView(execution)
+
+
+def remote_call_of(task: str, key: str) -> Call:
+    """What an executor is told of the attempt running now, for a call it makes on
+    behalf of the node body (an op's ``execute`` in another process): ``key`` names the
+    call within the node (a slice's own), and the idempotency key follows it."""
+    info = current_step()
+    idempotency = info.idempotency_key
+    if key != info.key:
+        idempotency = f"{idempotency}/{key}"
+    return Call(info.run_id, key, task, info.attempts, idempotency)
 
 
 def current_attempt_number() -> int:

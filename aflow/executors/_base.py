@@ -36,6 +36,9 @@ class Executor:
 
     #: the name spans and reports give it (``aflow.executor``)
     name = "executor"
+    #: each worker process runs one body at a time: a body may have the process's
+    #: current directory to itself (an ``aflow.ops`` op runs in its work dir there)
+    one_body_per_process = False
 
     async def call(
         self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call

@@ -40,6 +40,7 @@ class Process(Executor):
     worker finishes it, unless it checks in with :func:`aflow.check_cancelled`."""
 
     name = "process"
+    one_body_per_process = True
 
     def __init__(self, max_workers: int | None = None) -> None:
         if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):

@@ -19,13 +19,13 @@ import pickle
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .._exceptions import RemoteError, SerializationError, WorkerMismatch
 from ._base import REMOTE_CANCELLED, REMOTE_STEP, Call
 
-__all__ = ["answer_of", "pickled", "run_blob", "versions"]
+__all__ = ["answer_of", "pickled", "run_blob", "run_coroutine", "versions"]
 
 
 def versions() -> tuple[str, str]:
@@ -97,7 +97,7 @@ def run_blob(blob: bytes, cancelled: Callable[[], bool] | None, where: str) -> b
     cancel_token = REMOTE_CANCELLED.set(cancelled)
     try:
         if inspect.iscoroutinefunction(fn):
-            value = _runner().run(fn(*args, **kwargs), context=contextvars.copy_context())
+            value = run_coroutine(fn(*args, **kwargs))
         else:
             value = fn(*args, **kwargs)
     except BaseException as exc:  # (sent back whatever it is: the caller decides)
@@ -112,6 +112,12 @@ def run_blob(blob: bytes, cancelled: Callable[[], bool] | None, where: str) -> b
             step.task, type(value), detail=f"a result from another process must pickle ({exc})"
         )
         return pickle.dumps((False, refused))
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    """In a worker: run ``coro`` to its end in this thread's event loop (in a copy of the
+    context, so what the body asks of itself is there)."""
+    return _runner().run(coro, context=contextvars.copy_context())
 
 
 def _describe(pair: tuple[str, str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import shutil
 import time
 import weakref
@@ -34,9 +35,11 @@ from .._runtime._builder_api import (
     RunView,
     current_attempt_number,
     current_run,
+    remote_call_of,
 )
 from .._runtime._builder_api import in_thread as _in_threads
 from .._task import FunctionTask
+from ..executors._remote import run_coroutine
 from ..stores._base import NodeRecord, RecordState
 from ._artifacts import (
     ArtifactStore,
@@ -244,6 +247,8 @@ async def _call(
             wanted.append((field, value))
     operator = step.op
     assert isinstance(operator, type | OP), "a template step runs in run_template"
+    if step.executor is not None:
+        return await _call_elsewhere(step, store, run_id, where, name, op_in, wanted)
     instance = operator() if isinstance(operator, type) else operator
     execute = instance.execute
     if inspect.iscoroutinefunction(execute):
@@ -271,6 +276,88 @@ async def _call(
 
     result: dict[str, Any] = await in_thread(whole_attempt)
     return result
+
+
+async def _call_elsewhere(
+    step: Step,
+    store: ArtifactStore,
+    run_id: str,
+    where: tuple[str, ...],
+    name: str,
+    op_in: OPIO,
+    wanted: list[tuple[Field, Any]],
+) -> dict[str, Any]:
+    """One call of an op whose ``execute`` runs in the step's executor: its work dir made
+    and its input files put there by this process, its output files stored by it."""
+    executor = step.executor
+    assert executor is not None
+    await in_thread(_prepare, step, run_id, store, op_in, wanted)
+    call = remote_call_of(name, "/".join(where))
+    own_cwd = executor.one_body_per_process
+    try:
+        out = await executor.call(execute_op, (step.op, op_in, own_cwd), {}, call)
+    except SerializationError as exc:
+        raise _unsent(name, step.op, op_in) or exc from None
+    params, files, arts = _check_outputs(step, name, out)
+    await in_thread(_store_files, step, store, name, op_in, files, arts)
+    return {"parameters": params, "artifacts": arts}
+
+
+def _prepare(
+    step: Step, run_id: str, store: ArtifactStore, op_in: OPIO, wanted: list[tuple[Field, Any]]
+) -> None:
+    op_in.workdir  # noqa: B018  (made here: the op may run with it as its current directory)
+    if wanted:
+        _materialize(step, run_id, store, op_in, wanted)
+
+
+def _unsent(name: str, operator: Any, op_in: OPIO) -> Exception | None:
+    """What of an op's call cannot go to another process, by name (``None``: not found)."""
+    import pickle
+
+    try:
+        pickle.dumps(operator)
+    except Exception as exc:
+        return SerializationError(
+            name,
+            type(operator),
+            "the op",
+            f"an op run elsewhere must pickle: a class at a module's top level, or an "
+            f"instance of one whose attributes pickle ({exc})",
+        )
+    for key, value in op_in.items():
+        try:
+            pickle.dumps(value)
+        except Exception as exc:
+            return SerializationError(
+                name, type(value), f"input {key!r}", f"an op run elsewhere is given a copy ({exc})"
+            )
+    return None
+
+
+def execute_op(operator: Any, op_in: OPIO, own_cwd: bool) -> Any:
+    """In a worker: the op's ``execute``, in its work dir as the current directory when
+    the worker runs nothing else meanwhile (``own_cwd``), as dflow runs an op."""
+    instance = operator() if isinstance(operator, type) else operator
+    execute = instance.execute
+    before = os.getcwd() if own_cwd else None
+    if before is not None:
+        os.chdir(op_in.workdir)
+    try:
+        if inspect.iscoroutinefunction(execute):
+            return run_coroutine(execute(op_in))
+        out = execute(op_in)
+        if inspect.isawaitable(out):
+            close = getattr(out, "close", None)
+            if close is not None:
+                close()
+            raise OpIOError(
+                op_name(operator), "output", "*", "an OPIO from a plain def", "an awaitable"
+            )
+        return out
+    finally:
+        if before is not None:
+            os.chdir(before)
 
 
 def _materialize(

@@ -310,6 +310,12 @@ def uncheckable(tp: Any) -> str | None:
 def check_sign(step: str, sign: OPIOSign, direction: str) -> None:
     """Refuse, naming the step, a parameter whose type cannot be checked (a
     :class:`SignatureError`, never pydantic's own error)."""
+    if not isinstance(sign, OPIOSign):
+        raise SignatureError(
+            step,
+            f"get_{direction}_sign() must return an OPIOSign, got {type(sign).__name__} "
+            f"({sign!r:.80})",
+        )
     if sign._checked:
         return
     for field in sign.fields.values():

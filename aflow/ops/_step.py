@@ -12,6 +12,8 @@ from typing import Any, final
 
 from .._exceptions import MissingInputError, OpIOError, SignatureError
 from .._options import Backoff, RetryOn, check_options
+from ..executors._base import Executor as AflowExecutor
+from ..executors._base import executor_of
 from ._artifacts import ArtifactValue
 from ._expr import TEMPLATE_INPUT, Expression
 from ._loops import ArgoSequence, check_loop, has_item, refs_of
@@ -142,6 +144,9 @@ class Step:
     ``continue_on_failed`` lets the workflow go on past its failure, and
     ``continue_on_num_success`` / ``continue_on_success_ratio`` past failed
     slices. ``dependencies`` (in a ``DAG``) adds ordering to what the wiring implies.
+    ``executor`` runs the op's ``execute`` elsewhere (dflow's ``Step(executor=)``):
+    ``"process"`` in a worker process, with its work dir as the current directory, or
+    an :class:`aflow.executors.Executor` (``Dask``...).
     Missing and unknown inputs, and literals of the wrong type, raise here.
     """
 
@@ -154,6 +159,7 @@ class Step:
         "continue_on_num_success",
         "continue_on_success_ratio",
         "dependencies",
+        "executor",
         "key",
         "loop",
         "name",
@@ -190,6 +196,7 @@ class Step:
         with_param: Any = None,
         with_sequence: ArgoSequence | None = None,
         parallelism: int | None = None,
+        executor: Any = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SignatureError(
@@ -294,6 +301,19 @@ class Step:
             if not isinstance(dep, Step):
                 raise SignatureError(name, f"dependencies are steps, got {dep!r}", "dependencies")
         self.dependencies = deps
+        #: where the op's ``execute`` runs (``None``: this process, in the run's threads)
+        self.executor: AflowExecutor | None = None
+        if executor is not None:
+            if isinstance(template, Template):
+                raise SignatureError(
+                    name,
+                    "a step whose template is Steps or a DAG: its steps name theirs",
+                    "executor",
+                )
+            try:
+                self.executor = executor_of(executor, f"step {name!r}")
+            except ValueError as exc:
+                raise SignatureError(name, str(exc), "executor") from None
         self.outputs = _Outputs(self)
         building = BUILDING.get()
         if building is not None:
