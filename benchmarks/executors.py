@@ -9,6 +9,11 @@ Usage: ``python benchmarks/executors.py [--quick] [--repeat N] [--markdown PATH]
 2. CPU-bound: a fan-out of ``--cpu-tasks`` bodies of 50 ms of pure-Python work, on the
    loop (sync bodies in aflow's threads: the GIL runs one at a time) and in the worker
    processes; the speed-up is what this machine's cores allow (reported with them).
+3. Dask (``aflow.executors.Dask``), on a ``LocalCluster`` this script starts (one
+   worker process per core, 1 thread each, loopback): per node, a fan-out of tiny
+   bodies and a chain of them (one hop after another), against the raw engine doing the
+   same with the same client (``client.submit`` + ``await``, gathered for the fan-out);
+   then the CPU-bound fan-out on the cluster. Target: at most 1.2x the raw engine.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE))  # (after the stdlib: benchmarks/http.py is no "http")
 
 from _markdown import replace_section  # noqa: E402
 
@@ -105,6 +110,90 @@ async def cpu_bound(count: int) -> tuple[float, float]:
     return on_loop, in_workers
 
 
+@aflow.task
+def tiny_d(x: int) -> int:
+    return x + 1
+
+
+async def dask_figures(n: int, chain: int, repeat: int, cores: int, count: int) -> dict[str, float]:
+    """Per node on Dask (fan-out and chain, aflow and raw) and the CPU-bound fan-out."""
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    # (aflow's retries alone: the scheduler fails a task at its first lost worker)
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
+    async with (
+        LocalCluster(
+            n_workers=cores,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+            asynchronous=True,
+        ) as cluster,
+        Client(cluster, asynchronous=True) as client,
+    ):
+        on_dask = aflow.executors.Dask(client=client)
+
+        async def one(i: int) -> int:
+            future = client.submit(tiny, i, pure=False)
+            try:
+                value: int = await future
+                return value
+            finally:
+                future.release()
+
+        async def raw_chain(x: int) -> int:
+            for _ in range(chain):
+                x = await one(x)
+            return x
+
+        workflow_chain = aflow.chain(*(tiny_d.s(0) if i == 0 else tiny_d.s() for i in range(chain)))
+        await asyncio.gather(*(one(i) for i in range(cores * 4)))  # (warm: every worker)
+        await aflow.run(aflow.group(tiny_d.s(i) for i in range(cores * 4)), executor=on_dask)
+        fan, fan_raw, hop, hop_raw = [], [], [], []
+        for _ in range(repeat):
+            began = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            fan_raw.append((time.perf_counter() - began) / n)
+            began = time.perf_counter()
+            await aflow.run(aflow.group(tiny_d.s(i) for i in range(n)), executor=on_dask)
+            fan.append((time.perf_counter() - began) / n)
+            began = time.perf_counter()
+            await raw_chain(0)
+            hop_raw.append((time.perf_counter() - began) / chain)
+            began = time.perf_counter()
+            await aflow.run(workflow_chain, executor=on_dask)
+            hop.append((time.perf_counter() - began) / chain)
+        rounds = rounds_for(BURN_S)
+        began = time.perf_counter()
+        await aflow.run(aflow.group(burn_loop.s(rounds) for _ in range(count)), executor=on_dask)
+        cpu = time.perf_counter() - began
+        # the same through a client the executor opens itself (Dask's loop thread)
+        by_address = aflow.executors.Dask(cluster.scheduler_address)
+        try:
+            await aflow.run(tiny_d.s(0), executor=by_address)
+            own = []
+            for _ in range(repeat):
+                began = time.perf_counter()
+                await aflow.run(workflow_chain, executor=by_address)
+                own.append((time.perf_counter() - began) / chain)
+        finally:
+            await asyncio.to_thread(by_address.close)
+    med = statistics.median
+    return {
+        "fan": med(fan),
+        "fan_raw": med(fan_raw),
+        "hop": med(hop),
+        "hop_raw": med(hop_raw),
+        "hop_own": med(own),
+        "cpu": cpu,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer nodes and tasks")
@@ -121,6 +210,9 @@ def main() -> None:
     verdict = "met" if ratio <= TARGET else "missed"
     on_loop, in_workers = asyncio.run(cpu_bound(count))
     aflow.executors.shutdown()
+    chain = 20 if args.quick else 50
+    dask = asyncio.run(dask_figures(n, chain, repeat, cores, count))
+    fan_ratio, hop_ratio = dask["fan"] / dask["fan_raw"], dask["hop"] / dask["hop_raw"]
     text = (
         f"This machine: {cores} cores. `python benchmarks/executors.py"
         f"{' --quick' if args.quick else ''} --repeat {repeat}`.\n\n"
@@ -135,6 +227,20 @@ def main() -> None:
         f"| on the loop (sync bodies in aflow's threads) | {on_loop:.2f} | 1.00 |\n"
         f'| `executor="process"` ({cores} workers) | {in_workers:.2f} | '
         f"{on_loop / in_workers:.2f} |\n"
+        f"| `aflow.executors.Dask` ({cores} worker processes) | {dask['cpu']:.2f} | "
+        f"{on_loop / dask['cpu']:.2f} |\n\n"
+        f"Dask, per node (a `LocalCluster` of {cores} worker processes, 1 thread each, "
+        f"loopback; the same client for both; median of {repeat}):\n\n"
+        "| | raw engine (ms) | aflow (ms) | x raw | target | |\n|---|---:|---:|---:|---:|---|\n"
+        f"| fan-out of {n} tiny bodies (`client.submit` + `await`, gathered) | "
+        f"{dask['fan_raw'] * 1e3:.2f} | {dask['fan'] * 1e3:.2f} | {fan_ratio:.2f} | "
+        f"<= {TARGET:g}x | {'met' if fan_ratio <= TARGET else 'missed'} |\n"
+        f"| chain of {chain} tiny bodies (one hop after another) | "
+        f"{dask['hop_raw'] * 1e3:.2f} | {dask['hop'] * 1e3:.2f} | {hop_ratio:.2f} | "
+        f"<= {TARGET:g}x | {'met' if hop_ratio <= TARGET else 'missed'} |\n"
+        f"| the chain, `Dask(address)` (its own client, in Dask's loop thread) | "
+        f"{dask['hop_raw'] * 1e3:.2f} | {dask['hop_own'] * 1e3:.2f} | "
+        f"{dask['hop_own'] / dask['hop_raw']:.2f} | | |\n"
     )
     print(text)
     if args.markdown is not None:

@@ -72,6 +72,8 @@ def test_executors_benchmark_script_runs(tmp_path: pathlib.Path) -> None:
     assert "## Executors" in table
     assert '| aflow, `executor="process"` |' in table
     assert "speed-up" in table
+    assert "| `aflow.executors.Dask` (" in table
+    assert "| chain of 20 tiny bodies (one hop after another) |" in table
 
 
 @pytest.mark.slow
