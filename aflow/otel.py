@@ -7,7 +7,8 @@
 Every run made afterwards, by any means, is traced: a ``run {workflow}`` span (a child
 of the span current where the run was made), a ``node {key}`` span per attempt of each
 node, a ``compensate {key}`` span per attempt of each revert, and the spans a task body
-makes nest under its node's. Attributes are ``aflow.*`` and ``error.type``; argument
+makes nest under its node's. A body run by an executor in another process continues the
+trace there (an ``execute {key}`` span, where that process has a tracer provider). Attributes are ``aflow.*`` and ``error.type``; argument
 values and results are never recorded. Metrics: ``aflow.runs``, ``aflow.nodes``,
 ``aflow.run.duration``, ``aflow.node.duration``, ``aflow.node.retries`` and
 ``aflow.node.reverts``. Without ``instrument()``, or while no tracer or meter provider is
@@ -22,7 +23,7 @@ from typing import Any, final
 
 try:
     from opentelemetry import context as otel_context
-    from opentelemetry import metrics, trace
+    from opentelemetry import metrics, propagate, trace
 except ImportError as exc:  # pragma: no cover (the extra is a dev dependency)
     raise ImportError("aflow.otel needs OpenTelemetry: pip install 'aflow[otel]'") from exc
 
@@ -301,6 +302,13 @@ class _RunObserver:
             span = self._run_span
         if span is not None:
             otel_context.attach(trace.set_span_in_context(span))
+
+    def trace_carrier(self) -> dict[str, str]:
+        """The trace context current here (an attempt's body: its span), as W3C headers,
+        for a body run in another process to continue it (its ``execute {key}`` span)."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
 
     # --- the run ---------------------------------------------------------------------
 

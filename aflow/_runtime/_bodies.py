@@ -314,5 +314,11 @@ async def remote_call(
     it: which run, step and attempt (not the step's values: they need not pickle)."""
     # (read as it is awaited: a map's item has its own key by then)
     info = execution.step_now(step, attempt, ITEM.get(-1))
-    call = Call(info.run_id, info.key, info.task, attempt, info.idempotency_key)
+    trace = None
+    for observer in execution._events.observers:  # (aflow.otel: the trace goes along)
+        carrier = getattr(observer, "trace_carrier", None)
+        if carrier is not None:
+            trace = carrier()
+            break
+    call = Call(info.run_id, info.key, info.task, attempt, info.idempotency_key, trace)
     return await executor.call(target, tuple(args), dict(kwargs), call)

@@ -57,19 +57,18 @@ def current_step() -> StepInfo:
         if remote is not None:  # a body an executor runs in another process
             from ._states import NodeState, StepInfo
 
-            run_id, key, task, attempt, idempotency_key = remote
             return StepInfo(
-                key=key,
-                task=task,
+                key=remote.key,
+                task=remote.task,
                 state=NodeState.RUNNING,
                 result=None,
                 error=None,
-                attempts=attempt,
+                attempts=remote.attempt,
                 started_at=None,
                 finished_at=None,
                 duration_s=None,
-                run_id=run_id,
-                idempotency_key=idempotency_key,
+                run_id=remote.run_id,
+                idempotency_key=remote.idempotency_key,
             )
     execution, step = locate("aflow.current_step()", 2)
     return execution.step_now(step, ATTEMPT.get(1), ITEM.get(-1))

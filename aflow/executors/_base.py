@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 __all__ = ["REMOTE_CANCELLED", "REMOTE_STEP", "Call", "Executor", "executor_of"]
@@ -18,6 +18,9 @@ class Call(NamedTuple):
     task: str
     attempt: int
     idempotency_key: str
+    #: the W3C trace context of the attempt's span (``aflow.otel`` instrumented), for
+    #: the worker's ``execute {key}`` span to continue its trace
+    trace: Mapping[str, str] | None = None
 
 
 #: In a worker (another process): the call of the body running there.

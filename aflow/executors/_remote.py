@@ -12,6 +12,7 @@ pickled (an error with its traceback as text in a note).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import os
@@ -19,7 +20,7 @@ import pickle
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from .._exceptions import RemoteError, SerializationError, WorkerMismatch
@@ -96,10 +97,11 @@ def run_blob(blob: bytes, cancelled: Callable[[], bool] | None, where: str) -> b
     step_token = REMOTE_STEP.set(step)
     cancel_token = REMOTE_CANCELLED.set(cancelled)
     try:
-        if inspect.iscoroutinefunction(fn):
-            value = run_coroutine(fn(*args, **kwargs))
-        else:
-            value = fn(*args, **kwargs)
+        with _traced(step, where) if step.trace else contextlib.nullcontext():
+            if inspect.iscoroutinefunction(fn):
+                value = run_coroutine(fn(*args, **kwargs))
+            else:
+                value = fn(*args, **kwargs)
     except BaseException as exc:  # (sent back whatever it is: the caller decides)
         return _error(exc, where)
     finally:
@@ -118,6 +120,35 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     """In a worker: run ``coro`` to its end in this thread's event loop (in a copy of the
     context, so what the body asks of itself is there)."""
     return _runner().run(coro, context=contextvars.copy_context())
+
+
+@contextlib.contextmanager
+def _traced(step: Call, where: str) -> Iterator[None]:
+    """The caller's trace, continued here: an ``execute {key}`` span, a child of the
+    attempt's, when this process has a tracer provider configured (else the attempt's
+    span current, as its context came), so the body's own spans join the trace."""
+    try:
+        from opentelemetry import context, propagate, trace
+    except ImportError:  # (no OpenTelemetry here: the trace stops at the caller)
+        yield
+        return
+    token = context.attach(propagate.extract(dict(step.trace or {})))
+    try:
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            yield  # (nothing configured: nothing to record, the context alone goes on)
+            return
+        tracer = trace.get_tracer("aflow", versions()[1])
+        attributes: dict[str, Any] = {
+            "aflow.run.id": step.run_id,
+            "aflow.node.key": step.key,
+            "aflow.task": step.task,
+            "aflow.attempt": step.attempt,
+            "aflow.worker": where,
+        }
+        with tracer.start_as_current_span(f"execute {step.key}", attributes=attributes):
+            yield
+    finally:
+        context.detach(token)
 
 
 def _describe(pair: tuple[str, str]) -> str:
