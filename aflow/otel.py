@@ -8,8 +8,9 @@ Every run made afterwards, by any means, is traced: a ``run {workflow}`` span (a
 of the span current where the run was made), a ``node {key}`` span per attempt of each
 node, a ``compensate {key}`` span per attempt of each revert, and the spans a task body
 makes nest under its node's. A body run by an executor in another process continues the
-trace there (an ``execute {key}`` span, where that process has a tracer provider). Attributes are ``aflow.*`` and ``error.type``; argument
-values and results are never recorded. Metrics: ``aflow.runs``, ``aflow.nodes``,
+trace there (an ``execute {key}`` span, where that process has a tracer provider).
+Attributes are ``aflow.*`` and ``error.type``; argument values and results are never
+recorded. Metrics: ``aflow.runs``, ``aflow.nodes``,
 ``aflow.run.duration``, ``aflow.node.duration``, ``aflow.node.retries`` and
 ``aflow.node.reverts``. Without ``instrument()``, or while no tracer or meter provider is
 configured (the API's defaults), a run costs what it did: it gets no listener at all.

@@ -58,7 +58,8 @@ async def test_a_worker_with_a_tracer_provider_records_an_execute_span(
     monkeypatch.setenv("AFLOW_OTEL_SPANS", str(exported))  # (read by workers as they start)
     trace_id, span_id, pid = await aflow.run(ow.traced.s(1), executor="process")
     node = otel.one("node traced")
-    assert node.context is not None and node.context.trace_id == trace_id
+    assert node.context is not None
+    assert node.context.trace_id == trace_id
     spans = {s["name"]: s for s in ow.spans_in(str(exported))}
     execute, inside = spans["execute traced"], spans["inside the body"]
     assert execute["context"]["trace_id"] == f"0x{trace_id:032x}"
