@@ -95,7 +95,7 @@ async def main() -> None:
 
     # aflow's retries alone: the scheduler fails a task at its first lost worker
     dask.config.set({"distributed.scheduler.allowed-failures": 0})
-    async with LocalCluster(
+    async with LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=2,
         threads_per_worker=1,
         host="127.0.0.1",
