@@ -9,9 +9,10 @@ the reverts then run where the bodies ran, in reverse order. ``price`` checks in
 ``aflow.check_cancelled()``, so a cancel or a timeout stops it even in another process.
 
 The Dask part starts a ``LocalCluster`` of its own (2 worker processes on 127.0.0.1, no
-dashboard); against a real cluster, give ``aflow.executors.Dask("tcp://scheduler:8786")``.
-A task run in another process must be a module-level name, and what it is given and
-returns must pickle. Run it with ``python examples/executors.py`` (Dask needs
+dashboard); against a real cluster, give ``aflow.executors.Dask("tcp://scheduler:8786")``
+and put the tasks in a module installed on the workers (this script's ``__main__`` is
+importable only by workers started from it). A task run in another process must be a
+module-level name, and what it is given and returns must pickle. Run it with ``python examples/executors.py`` (Dask needs
 ``pip install 'aflow[dask]'``).
 """
 

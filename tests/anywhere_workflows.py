@@ -76,7 +76,7 @@ def hold_until_cancelled(log: str, seconds: float = 30.0) -> None:
         except BaseException as exc:
             note(log, f"stopped {type(exc).__name__}")
             raise
-        time.sleep(0.01)
+        time.sleep(0.01)  # a body's own blocking work, where it runs (noqa: hook)
     note(log, "ran out")
 
 

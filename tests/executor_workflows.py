@@ -112,7 +112,7 @@ def raises_opaque() -> None:
 def sleeps(seconds: float) -> str:
     import time
 
-    time.sleep(seconds)
+    time.sleep(seconds)  # a body's own blocking work, where it runs (noqa: hook)
     log("slept")
     return "late"
 

@@ -233,3 +233,26 @@ async def test_a_caller_killed_mid_step_releases_its_body_and_resumes(
         executor.close()
     assert aw.read_counts(counts) == {"A": 1, "B": 2, "C": 1}  # B again: at-least-once
     assert all(pid != os.getpid() for _, pid in lines(log))
+
+
+def test_a_client_whose_loop_has_ended_is_a_clear_error_not_a_hang(dask_address: str) -> None:
+    """A client made with asynchronous=True in one asyncio.run, used from the next."""
+    from distributed import Client
+
+    async def made() -> Any:
+        return await Client(dask_address, asynchronous=True)
+
+    async def close(client: Any) -> None:
+        await client.close()
+
+    import asyncio
+
+    runner = asyncio.Runner()
+    client = runner.run(made())
+    try:
+        runner_loop_stopped = Dask(client=client)
+        with pytest.raises(RuntimeError, match="belongs to an event loop that no longer runs"):
+            aflow.run_sync(aw.echo.s(1), executor=runner_loop_stopped)
+    finally:
+        runner.run(close(client))
+        runner.close()

@@ -48,7 +48,7 @@ def undouble(x: int, *, result: Any) -> None:
 def slow_charge(marker: str) -> str:
     """Marks its start, works 1.5 s, then marks the charge as made."""
     pathlib.Path(marker + ".started").write_text("")
-    time.sleep(1.5)
+    time.sleep(1.5)  # a body's own blocking work, where it runs (noqa: hook)
     pathlib.Path(marker + ".charged").write_text("")
     return "ch-1"
 
@@ -62,7 +62,7 @@ def slow_refund(marker: str, *, result: Any) -> None:
 
 @aflow.task
 def nap(seconds: float) -> int:
-    time.sleep(seconds)
+    time.sleep(seconds)  # a body's own blocking work, where it runs (noqa: hook)
     return os.getpid()
 
 

@@ -314,11 +314,17 @@ async def remote_call(
     it: which run, step and attempt (not the step's values: they need not pickle)."""
     # (read as it is awaited: a map's item has its own key by then)
     info = execution.step_now(step, attempt, ITEM.get(-1))
-    trace = None
-    for observer in execution._events.observers:  # (aflow.otel: the trace goes along)
-        carrier = getattr(observer, "trace_carrier", None)
-        if carrier is not None:
-            trace = carrier()
-            break
+    trace = trace_carrier(execution)
     call = Call(info.run_id, info.key, info.task, attempt, info.idempotency_key, trace)
     return await executor.call(target, tuple(args), dict(kwargs), call)
+
+
+def trace_carrier(execution: Any) -> dict[str, str] | None:
+    """The trace context current here, as W3C headers, for a body run in another
+    process to continue (``None`` unless aflow.otel observes the run)."""
+    for observer in execution._events.observers:
+        carrier = getattr(observer, "trace_carrier", None)
+        if carrier is not None:
+            made: dict[str, str] = carrier()
+            return made
+    return None

@@ -26,6 +26,7 @@ from .._options import NodeOptions
 from ..executors._base import Call
 from ..stores._base import NodeRecord, RunRecord, Store
 from ._attempts import AttemptHooks, run_attempts
+from ._bodies import trace_carrier
 from ._clock import SYSTEM_CLOCK, Clock
 from ._current import ATTEMPT, EXECUTION, STEP, _driving_step, current_step
 from ._fan_out import FanOutHooks, fan_out
@@ -307,7 +308,8 @@ def remote_call_of(task: str, key: str) -> Call:
     idempotency = info.idempotency_key
     if key != info.key:
         idempotency = f"{idempotency}/{key}"
-    return Call(info.run_id, key, task, info.attempts, idempotency)
+    trace = trace_carrier(current_run()._execution)
+    return Call(info.run_id, key, task, info.attempts, idempotency, trace)
 
 
 def current_attempt_number() -> int:

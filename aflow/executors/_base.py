@@ -63,9 +63,9 @@ def executor_of(spec: Any, where: str) -> Executor | None:
 
         return default_pool()
     if type(spec).__module__.startswith("distributed") and type(spec).__name__ == "Client":
-        from ._dask import Dask
+        from ._dask import for_client
 
-        return Dask(client=spec)
+        return for_client(spec)
     if isinstance(spec, Executor):
         return spec
     raise ValueError(

@@ -17,10 +17,11 @@ import contextvars
 import inspect
 import os
 import pickle
+import re
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 from .._exceptions import RemoteError, SerializationError, WorkerMismatch
@@ -45,21 +46,31 @@ def pickled(
     task: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
 ) -> bytes:
     """What a worker is sent, or a SerializationError naming what cannot go (looked for
-    only when the whole does not pickle)."""
-    call = (CALLER, target, args, kwargs, step)
+    only when the whole does not pickle).
+
+    A header (this process's versions, the task's name) wraps the call itself, pickled
+    apart: a worker reads the header first, so one of another Python or aflow says so
+    (``WorkerMismatch``) rather than failing to read what it cannot.
+    """
     try:
-        return pickle.dumps(call)
+        call = pickle.dumps((target, args, kwargs, step))
     except Exception:
-        pass
+        raise _unsendable(task, target, args, kwargs) from None
+    return pickle.dumps((CALLER, task, call))
+
+
+def _unsendable(
+    task: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> SerializationError:
     try:
         pickle.dumps(target)
     except Exception as exc:
-        raise SerializationError(
+        return SerializationError(
             task,
             type(target),
             detail=f"a body run in another process is named, not sent: define "
             f"{getattr(target, '__qualname__', target)!r} at a module's top level ({exc})",
-        ) from None
+        )
     for where, value in (
         *((f"argument {i}", a) for i, a in enumerate(args)),
         *((f"argument {name!r}", v) for name, v in kwargs.items()),
@@ -67,59 +78,132 @@ def pickled(
         try:
             pickle.dumps(value)
         except Exception as exc:
-            raise SerializationError(
+            return SerializationError(
                 task,
                 type(value),
                 where,
                 f"what a body in another process is given must pickle ({exc})",
-            ) from None
-    return pickle.dumps(call)
+            )
+    return SerializationError(task, "call", detail="what it is given does not pickle")
 
 
-def answer_of(blob: bytes) -> Any:
-    """In the caller: the body's value, or its error raised."""
-    ok, value = pickle.loads(blob)
+def answer_of(
+    blob: bytes, task: str, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None
+) -> Any:
+    """In the caller: the body's value, or its error raised. A call the worker could not
+    read is a SerializationError naming which of ``args`` and ``kwargs`` it was, when
+    that can be told; a value this process cannot rebuild, one naming the task; an
+    error it cannot rebuild, a RemoteError with its type, message and traceback."""
+    ok, payload, fallback = pickle.loads(blob)  # (bytes and text: always readable)
+    if ok is None:  # (the worker could not unpickle the call: see run_blob)
+        name, where, kind, text, missing = payload
+        raise _unreadable(name, where, kind, text, missing, args, kwargs or {})
+    try:
+        value = pickle.loads(payload)
+    except Exception as exc:
+        if not ok:
+            raise RemoteError(*fallback) from None
+        raise SerializationError(
+            task,
+            "result",
+            detail=f"this process cannot rebuild the result ({type(exc).__name__}: {exc}): "
+            "return values of types the caller can import",
+        ) from None
     if ok:
         return value
     raise value
+
+
+_MISSING_NAME = re.compile(r"Can't get attribute '([^']+)'")
+
+
+def _unreadable(
+    task: str,
+    where: str,
+    kind: str,
+    text: str,
+    missing: str | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+) -> SerializationError:
+    """What a worker could not rebuild, named when one argument's pickle holds the name
+    (a module, a class) the worker lacks."""
+    detail = (
+        f"{where} cannot rebuild what it was sent ({kind}: {text}): define the task and "
+        "the classes of its arguments in a module the workers can import (not in __main__)"
+    )
+    if missing:
+        needle = missing.encode()
+        for at, value in (
+            *((f"argument {i}", a) for i, a in enumerate(args)),
+            *((f"argument {name!r}", v) for name, v in kwargs.items()),
+        ):
+            try:
+                if needle in pickle.dumps(value):
+                    return SerializationError(task, type(value), at, detail)
+            except Exception:
+                continue
+    return SerializationError(task, "call", detail=detail)
 
 
 def run_blob(blob: bytes, cancelled: Callable[[], bool] | None, where: str) -> bytes:
     """In a worker: call the body ``blob`` names, and give back its value or its error,
     pickled. ``cancelled`` tells whether the caller has given up on this attempt (what
     :func:`aflow.check_cancelled` asks); ``where`` names the worker in errors."""
-    callers, target, args, kwargs, step = pickle.loads(blob)
+    callers, task, call = pickle.loads(blob)
     mine = versions()
     if callers != mine:
-        error = WorkerMismatch(step.task, where, _describe(callers), _describe(mine))
-        return pickle.dumps((False, error))
+        error = WorkerMismatch(task, where, _describe(callers), _describe(mine))
+        return _failed(error)
+    try:
+        target, args, kwargs, step = pickle.loads(call)
+    except Exception as exc:  # (a class only the caller has: its __main__'s, say)
+        missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+        found = _MISSING_NAME.search(str(exc))
+        if found is not None:
+            missing = found.group(1)
+        return pickle.dumps((None, (task, where, type(exc).__name__, str(exc), missing), None))
+    if cancelled is not None and cancelled():  # (given up on before it could start)
+        return _failed(asyncio.CancelledError("given up on before it started"))
     fn = getattr(target, "fn", target)  # (a task: its function; a revert: itself)
     step_token = REMOTE_STEP.set(step)
     cancel_token = REMOTE_CANCELLED.set(cancelled)
     try:
         with _traced(step, where) if step.trace else contextlib.nullcontext():
-            if inspect.iscoroutinefunction(fn):
-                value = run_coroutine(fn(*args, **kwargs))
-            else:
-                value = fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):  # (an async def, or an object's async __call__)
+                value = run_coroutine(value)
     except BaseException as exc:  # (sent back whatever it is: the caller decides)
         return _error(exc, where)
     finally:
         REMOTE_CANCELLED.reset(cancel_token)
         REMOTE_STEP.reset(step_token)
     try:
-        return pickle.dumps((True, value))
+        return pickle.dumps((True, pickle.dumps(value), None))
     except Exception as exc:
         refused = SerializationError(
             step.task, type(value), detail=f"a result from another process must pickle ({exc})"
         )
-        return pickle.dumps((False, refused))
+        return _failed(refused)
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     """In a worker: run ``coro`` to its end in this thread's event loop (in a copy of the
-    context, so what the body asks of itself is there)."""
-    return _runner().run(coro, context=contextvars.copy_context())
+    context, so what the body asks of itself is there); the tasks it left running are
+    cancelled and waited for, as ``asyncio.run`` would, but the loop is kept."""
+    runner = _runner()
+    try:
+        return runner.run(coro, context=contextvars.copy_context())
+    finally:
+        left = asyncio.all_tasks(runner.get_loop())
+        if left:
+            for task in left:
+                task.cancel()
+            runner.run(_ended(left))
+
+
+async def _ended(tasks: set[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.contextmanager
@@ -160,7 +244,8 @@ _RUNNERS = threading.local()
 
 def _runner() -> asyncio.Runner:
     """The event loop async bodies run in, one per worker thread, kept from call to
-    call (a client a body makes at module level stays usable in the next call)."""
+    call (a client a body keeps at module level stays usable in the next call that
+    thread runs)."""
     runner: asyncio.Runner | None = getattr(_RUNNERS, "runner", None)
     if runner is None:
         runner = _RUNNERS.runner = asyncio.Runner()
@@ -171,15 +256,21 @@ def _error(exc: BaseException, where: str) -> bytes:
     text = "".join(traceback.format_exception(exc))
     try:
         exc.add_note(f"aflow: raised in {where}; its traceback there:\n{text.rstrip()}")
-        blob = pickle.dumps((False, exc))
-        pickle.loads(blob)  # (a type the caller could not rebuild fails here, not there)
-        return blob
-    except Exception:
-        kind = type(exc)
-        name = kind.__qualname__
-        if kind.__module__ != "builtins":
-            name = f"{kind.__module__}.{name}"
-        return pickle.dumps((False, RemoteError(name, str(exc), text)))
+        return _failed(exc, text)
+    except Exception:  # (it does not pickle: its text alone goes back)
+        return _failed(RemoteError(_type_name(exc), str(exc), text))
+
+
+def _failed(exc: BaseException, text: str = "") -> bytes:
+    """An error's answer: itself, and its text for a caller that cannot rebuild it."""
+    fallback = (_type_name(exc), str(exc), text)
+    return pickle.dumps((False, pickle.dumps(exc), fallback))
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    name = kind.__qualname__
+    return name if kind.__module__ == "builtins" else f"{kind.__module__}.{name}"
 
 
 def process_name() -> str:
