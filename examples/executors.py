@@ -12,8 +12,8 @@ The Dask part starts a ``LocalCluster`` of its own (2 worker processes on 127.0.
 dashboard); against a real cluster, give ``aflow.executors.Dask("tcp://scheduler:8786")``
 and put the tasks in a module installed on the workers (this script's ``__main__`` is
 importable only by workers started from it). A task run in another process must be a
-module-level name, and what it is given and returns must pickle. Run it with ``python examples/executors.py`` (Dask needs
-``pip install 'aflow[dask]'``).
+module-level name, and what it is given and returns must pickle. Run it with
+``python examples/executors.py`` (Dask needs ``pip install 'aflow[dask]'``).
 """
 
 from __future__ import annotations
