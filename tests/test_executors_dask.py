@@ -80,6 +80,24 @@ async def test_futures_are_released_once_answered(dask: Dask, log: pathlib.Path)
             await anyio.sleep(0.02)
 
 
+async def test_a_failed_attempts_task_is_released_while_its_error_is_kept(
+    dask: Dask, tmp_path: pathlib.Path
+) -> None:
+    """The error of a lost worker keeps the frame that awaited the Dask future (its
+    traceback, in the run's failures): the future is released all the same, or the
+    scheduler would hold the task as long as anyone keeps the run."""
+    async with aflow.Runtime(executor=dask) as rt:
+        run = await rt.submit(aw.dies.s(str(tmp_path / "died")))
+        with pytest.raises(WorkerLost):
+            await run.result()
+        kept = run.failures()["dies"]
+        assert kept.exception.__traceback__ is not None
+        with anyio.fail_after(10):
+            while await aflow_keys(dask):  # noqa: ASYNC110  (the scheduler: another process)
+                await anyio.sleep(0.02)
+        assert kept.exception is not None
+
+
 @pytest.fixture
 def log(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "log"
