@@ -75,6 +75,16 @@ def busy(log: str, seconds: float) -> str:
 
 
 @aflow.task
+def blocks_until(log: str, name: str, go: str) -> str:
+    """Says "block NAME", then runs (not checking in) until the file ``go`` exists."""
+    note(log, f"block {name}")
+    while not pathlib.Path(go).exists():
+        time.sleep(0.01)  # a body's own blocking work, where it runs (noqa: hook)
+    note(log, f"unblocked {name}")
+    return name
+
+
+@aflow.task
 def side_effect(log: str, name: str) -> str:
     note(log, f"side {name}")
     return name

@@ -423,33 +423,38 @@ async def dask_keys(executor: Dask) -> list[str]:
 
 
 async def test_a_dask_run_cancelled_with_bodies_queued_never_starts_them(
-    dask_address: str, log: str
+    dask_address: str, log: str, tmp_path: pathlib.Path
 ) -> None:
-    """The session's cluster has 2 single-threaded workers: two holds take them, the run's
-    other calls wait on the scheduler; a cancel releases them all, and none starts."""
+    """The session's cluster has 2 single-threaded workers: two bodies that do not check
+    in take them, the run's other calls wait on the scheduler; a cancel releases them
+    all, and once the scheduler holds none of them the busy workers are let go: the
+    queued calls never start. (While the cancel is in flight, a worker a cancelled body
+    leaves at once may be handed a queued call before its release arrives: README.)"""
+    go = tmp_path / "go"
     executor = Dask(dask_address)
     try:
         async with aflow.Runtime(executor=executor) as rt:
             run = await rt.submit(
                 aflow.group(
                     [
-                        hw.hold.s(log, "h1"),
-                        hw.hold.s(log, "h2"),
+                        hw.blocks_until.s(log, "h1", str(go)),
+                        hw.blocks_until.s(log, "h2", str(go)),
                         hw.side_effect.s(log, "q1"),
                         hw.side_effect.s(log, "q2"),
                     ]
                 )
             )
-            await wait_for(log, "hold h1")
-            await wait_for(log, "hold h2")
+            await wait_for(log, "block h1")
+            await wait_for(log, "block h2")
             await run.cancel()
             with pytest.raises(RunCancelled):
                 await run.result()
-        await wait_for(log, "stopped h1 CancelledError")
-        await wait_for(log, "stopped h2 CancelledError")
         with anyio.fail_after(10):
             while await dask_keys(executor):  # noqa: ASYNC110  (the scheduler, elsewhere)
                 await anyio.sleep(0.05)
+        go.write_text("go")
+        await wait_for(log, "unblocked h1")
+        await wait_for(log, "unblocked h2")
         assert not [line for line in hw.lines(log) if line.startswith("side")]
     finally:
         executor.close()

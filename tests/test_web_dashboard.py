@@ -196,7 +196,10 @@ async def test_lists_filter_search_and_page() -> None:
         assert 'rel="next"' in page
         assert 'rel="prev"' in page
         # a date picker's local time, or ISO 8601 with an offset
-        newest = datetime.datetime.fromtimestamp(math.floor(every[0]["created_at"] * 1e6) / 1e6)
+        # (a microsecond early: x * 1e6 may round up past the run's own time)
+        newest = datetime.datetime.fromtimestamp(
+            (math.floor(every[0]["created_at"] * 1e6) - 1) / 1e6
+        )
         since = (await http.get("/ops/aflow/api/runs", params={"since": newest.isoformat()})).json()
         assert [r["id"] for r in since] == [failed.id]
         # (an ISO time holds microseconds: a millisecond before the oldest run)
