@@ -17,6 +17,7 @@ import anyio
 import anyio.lowlevel
 
 import aflow
+from tests.durable_workflows import count_in
 
 
 def note(log: str, line: str) -> None:
@@ -129,22 +130,8 @@ def gives_lock() -> Any:
 # ``counts``, a JSON file; step B holds, once, until its caller gives up on it)
 
 
-def read_counts(path: pathlib.Path) -> dict[str, int]:
-    import json
-
-    return dict(json.loads(path.read_text())) if path.exists() else {}
-
-
 def bump(counts: str, name: str) -> int:
-    path = pathlib.Path(counts)
-    import json
-
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = data.get(name, 0) + 1
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-    return int(data[name])
+    return count_in(pathlib.Path(counts), name)
 
 
 @aflow.task

@@ -7,6 +7,7 @@ import os
 import pathlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,17 @@ def dask_address() -> Iterator[str]:
 
     with dask_cluster() as address:
         yield address
+
+
+@pytest.fixture(params=["process", "dask"])
+def elsewhere(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """An executor of another process: "process", or a Dask executor on the session's
+    cluster (closed after the test)."""
+    if request.param == "process":
+        yield "process"
+        return
+    import aflow.executors
+
+    dask = aflow.executors.Dask(request.getfixturevalue("dask_address"))
+    yield dask
+    dask.close()

@@ -37,7 +37,11 @@ def read_counts(path: pathlib.Path) -> dict[str, int]:
 
 
 def _count(name: str) -> int:
-    path = pathlib.Path(os.environ["AFLOW_COUNTS"])
+    return count_in(pathlib.Path(os.environ["AFLOW_COUNTS"]), name)
+
+
+def count_in(path: pathlib.Path, name: str) -> int:
+    """Count one call of ``name`` in the JSON file ``path``; the count so far."""
     data = json.loads(path.read_text()) if path.exists() else {}
     data[name] = data.get(name, 0) + 1
     tmp = path.with_suffix(".tmp")

@@ -16,6 +16,7 @@ import aflow.executors
 from aflow.errors import RemoteError, RunCancelled, SerializationError, TaskTimeout, WorkerLost
 from aflow.executors import Call, Executor, Process
 from tests import executor_workflows as ew
+from tests.anywhere_workflows import lines
 from tests.durable_workflows import read_counts
 from tests.test_durable import LEASE, crash_in, later
 
@@ -28,15 +29,6 @@ def log(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pat
     aflow.executors.shutdown()  # (workers read the variable as they start)
     yield path
     aflow.executors.shutdown()
-
-
-def lines(log: pathlib.Path) -> list[tuple[str, int]]:
-    """(what, pid) of each line the bodies logged, in order."""
-    found = []
-    for line in log.read_text().splitlines() if log.exists() else []:
-        what, _, pid = line.rpartition(" pid=")
-        found.append((what, int(pid)))
-    return found
 
 
 async def test_a_saga_runs_in_worker_processes_and_unwinds_there(log: pathlib.Path) -> None:

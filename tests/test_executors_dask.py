@@ -24,6 +24,7 @@ from aflow.errors import SerializationError, WorkerLost, WorkerMismatch
 from aflow.executors import Dask
 from tests import anywhere_workflows as aw
 from tests.anywhere_workflows import lines
+from tests.durable_workflows import read_counts
 from tests.test_durable import LEASE, ROOT, later
 from tests.test_executors_anywhere import wait_for_line
 
@@ -240,7 +241,7 @@ async def test_a_caller_killed_mid_step_releases_its_body_and_resumes(
             proc.send_signal(signal.SIGKILL)
             assert await proc.wait() == -signal.SIGKILL
     await wait_for_line(log, "stopped CancelledError")  # no body left running for nobody
-    assert aw.read_counts(counts) == {"A": 1, "B": 1}
+    assert read_counts(counts) == {"A": 1, "B": 1}
     executor = Dask(dask_address)
     try:
         async with aflow.Runtime(
@@ -249,7 +250,7 @@ async def test_a_caller_killed_mid_step_releases_its_body_and_resumes(
             assert await rt.get(run_id).result() == 104
     finally:
         executor.close()
-    assert aw.read_counts(counts) == {"A": 1, "B": 2, "C": 1}  # B again: at-least-once
+    assert read_counts(counts) == {"A": 1, "B": 2, "C": 1}  # B again: at-least-once
     assert all(pid != os.getpid() for _, pid in lines(log))
 
 

@@ -32,6 +32,7 @@ from aflow.errors import (
 )
 from aflow.executors import Dask, Process
 from tests import hostile_executor_workflows as hw
+from tests.test_executors_dask import aflow_keys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -414,14 +415,6 @@ async def test_an_async_body_elsewhere_sees_its_timeout(
             await anyio.to_thread.run_sync(executor.shutdown)
 
 
-async def dask_keys(executor: Dask) -> list[str]:
-    def held(dask_scheduler: Any) -> list[str]:
-        return [str(k) for k in dask_scheduler.tasks if str(k).startswith("aflow-")]
-
-    found: list[str] = await anyio.to_thread.run_sync(executor.client.run_on_scheduler, held)
-    return found
-
-
 async def test_a_dask_run_cancelled_with_bodies_queued_never_starts_them(
     dask_address: str, log: str, tmp_path: pathlib.Path
 ) -> None:
@@ -450,7 +443,7 @@ async def test_a_dask_run_cancelled_with_bodies_queued_never_starts_them(
             with pytest.raises(RunCancelled):
                 await run.result()
         with anyio.fail_after(10):
-            while await dask_keys(executor):  # noqa: ASYNC110  (the scheduler, elsewhere)
+            while await aflow_keys(executor):  # noqa: ASYNC110  (the scheduler, elsewhere)
                 await anyio.sleep(0.05)
         go.write_text("go")
         await wait_for(log, "unblocked h1")
@@ -472,7 +465,7 @@ async def test_many_concurrent_runs_share_one_dask_executor(dask_address: str) -
                 hw.echo.starmap([(i,) for i in range(10)]), executor=executor
             ) == list(range(10))
             assert await aflow.run(hw.async_body.map([1, 2, 3]), executor=executor) == [3, 6, 9]
-            while await dask_keys(executor):  # noqa: ASYNC110
+            while await aflow_keys(executor):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
     finally:
         executor.close()
@@ -489,7 +482,7 @@ async def test_a_dask_body_given_up_on_leaves_no_task_on_the_scheduler(
             await aflow.run(hw.naps.s(log, 1.0, "dask").set(timeout=0.2), executor=executor)
         await wait_for(log, "nap end dask")
         with anyio.fail_after(10):
-            while await dask_keys(executor):  # noqa: ASYNC110
+            while await aflow_keys(executor):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
     finally:
         executor.close()

@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 
-import aflow.executors
 from aflow.errors import SerializationError, SignatureError
 from aflow.ops import (
     OP,
@@ -29,16 +27,6 @@ from aflow.ops import (
 )
 from tests import ops_elsewhere as oe
 from tests.ops_helpers import add, run_wf
-
-
-@pytest.fixture(params=["process", "dask"])
-def elsewhere(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "process":
-        yield "process"
-        return
-    dask = aflow.executors.Dask(request.getfixturevalue("dask_address"))
-    yield dask
-    dask.close()
 
 
 async def test_a_dflow_op_writing_relative_paths_runs_in_its_work_dir_in_a_worker(

@@ -25,17 +25,11 @@ def fresh_workers() -> Iterator[None]:
     aflow.executors.shutdown()
 
 
-@pytest.fixture(params=["process", "dask"])
-def elsewhere(request: pytest.FixtureRequest, fresh_workers: None) -> Iterator[Any]:
-    if request.param == "process":
-        yield "process"
-        return
-    dask = aflow.executors.Dask(request.getfixturevalue("dask_address"))
-    yield dask
-    dask.close()
-
-
-async def test_a_body_elsewhere_runs_in_its_attempts_trace(otel: Telemetry, elsewhere: Any) -> None:  # noqa: F811
+async def test_a_body_elsewhere_runs_in_its_attempts_trace(
+    otel: Telemetry,  # noqa: F811
+    fresh_workers: None,
+    elsewhere: Any,
+) -> None:
     trace_id, span_id, pid = await aflow.run(ow.traced.s(1), executor=elsewhere)
     assert pid != os.getpid()
     node = otel.one("node traced")
