@@ -20,7 +20,7 @@ import pytest
 
 import aflow
 import aflow.executors
-from aflow.errors import SerializationError, WorkerLost, WorkerMismatch
+from aflow.errors import SerializationError, TaskTimeout, WorkerLost, WorkerMismatch
 from aflow.executors import Dask
 from tests import anywhere_workflows as aw
 from tests.anywhere_workflows import lines
@@ -275,3 +275,21 @@ def test_a_client_whose_loop_has_ended_is_a_clear_error_not_a_hang(dask_address:
     finally:
         runner.run(close(client))
         runner.close()
+
+
+async def test_abandoned_attempts_no_one_asks_about_are_forgotten_once_ended(
+    dask: Dask, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Attempts given up on are kept for the step's next attempt or revert to wait on;
+    those none asks about (no retries, no revert) go once their body has ended."""
+    from aflow.executors import _dask
+
+    monkeypatch.setattr(_dask, "_PRUNE_AT", 2)
+    for i in range(3):
+        with pytest.raises(TaskTimeout):
+            await aflow.run(aw.overstays.s(str(tmp_path / f"log{i}")), executor=dask)
+    assert len(dask._abandoned) == 3
+    for i in range(3):
+        await wait_for_line(tmp_path / f"log{i}", "stopped CancelledError")
+    assert await aflow.run(aw.echo.s(1), executor=dask) == 1
+    assert dask._abandoned == {}

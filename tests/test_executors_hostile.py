@@ -114,6 +114,37 @@ async def test_a_revert_never_runs_before_the_body_it_undoes_even_when_the_retry
     assert done.index("end 1") < done.index("refund"), done
 
 
+async def test_on_dask_a_revert_never_runs_before_the_body_it_undoes(
+    dask_address: str, log: str
+) -> None:
+    """The Dask executor's wait for an abandoned body, cancelled by the waiting
+    attempt's own timeout, leaves the entry for the revert (it was popped first)."""
+    async with Dask(dask_address) as executor:
+        with pytest.raises(TaskTimeout):
+            await aflow.run(hw.slow_charge_once.s(log, 1.5), executor=executor)
+        await wait_for(log, "end 1")
+        await wait_for(log, "refund")
+    done = hw.lines(log)
+    assert done.index("end 1") < done.index("refund"), done
+
+
+async def test_on_dask_two_attempts_of_one_step_never_run_at_once(
+    dask_address: str, log: str
+) -> None:
+    async with Dask(dask_address) as executor:
+        with pytest.raises(TaskTimeout):
+            await aflow.run(hw.slow_charge.s(log, 1.5), executor=executor)
+        await wait_for(log, "refund")
+    running: set[str] = set()
+    for line in hw.lines(log):
+        what, _, attempt = line.partition(" ")
+        if what == "start":
+            assert not running, f"attempt {attempt} started beside {running}: {hw.lines(log)}"
+            running.add(attempt)
+        elif what == "end":
+            running.discard(attempt)
+
+
 async def test_two_attempts_of_one_step_never_run_at_once(pool2: Process, log: str) -> None:
     """Same cause: attempt 2 times out while it waits for attempt 1's body, so attempt 3
     does not wait at all and runs beside attempt 1 (two charges in flight at once)."""

@@ -39,6 +39,8 @@ _RUNNING = frozenset({"executing", "long-running"})
 _BUSY = frozenset({"executing", "long-running", "cancelled", "resumed"})
 #: how often a step whose last body was abandoned asks whether it still runs
 _POLL_S = 0.05
+#: abandoned attempts no later attempt or revert asked about: looked at past this many
+_PRUNE_AT = 256
 
 
 class Dask(Executor):
@@ -165,9 +167,14 @@ class Dask(Executor):
         blob = pickled(task, target, args, kwargs, step)
         client = await self._connected(task)
         where = (step.run_id, step.key)
-        left = self._abandoned.pop(where, None)
-        if left is not None:  # (its last body may still run: a retry or a revert waits)
+        left = self._abandoned.get(where)
+        if left is not None:  # (its last body may still run: a retry or a revert waits;
+            # cancelled meanwhile, the entry stays for what comes next)
             await _in_loop_of(client, lambda: _until_ended(client, left), task)
+            if self._abandoned.get(where) == left:
+                del self._abandoned[where]
+        if len(self._abandoned) > _PRUNE_AT:  # (those whose body has ended go)
+            await _in_loop_of(client, lambda: _prune(client, self._abandoned), task)
         key = f"aflow-{task}-{uuid.uuid4().hex}"
         options = self._submit
         try:
@@ -331,6 +338,21 @@ async def _until_ended(client: Any, key: str) -> None:
         if not any(running.values()):
             return
         await asyncio.sleep(_POLL_S)
+
+
+async def _prune(client: Any, abandoned: dict[tuple[str, str], str]) -> None:
+    """In the client's loop: forget the abandoned attempts no worker runs any more."""
+    keys = list(abandoned.values())
+    running = await client.run(_busy_among, keys, on_error="ignore")
+    busy = {key for found in running.values() if isinstance(found, list) for key in found}
+    for where, key in list(abandoned.items()):
+        if key not in busy and abandoned.get(where) == key:
+            del abandoned[where]
+
+
+def _busy_among(keys: list[str], dask_worker: Any = None) -> list[str]:
+    """On a worker: which of ``keys`` it still runs."""
+    return [key for key in keys if _busy_with(key, dask_worker)]
 
 
 def _busy_with(key: str, dask_worker: Any = None) -> bool:
