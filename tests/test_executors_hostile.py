@@ -367,7 +367,7 @@ MARKERS = textwrap.dedent(
     async def main():
         pool = aflow.executors.Process(max_workers=1)
         assert await aflow.run(hw.echo.s(1), executor=pool) == 1
-        print(pool._markers, flush=True)
+        print(pool._workers()._markers, flush=True)
 
     if __name__ == "__main__":
         asyncio.run(main())

@@ -17,11 +17,14 @@ import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import queue
+import select
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from typing import Any
@@ -54,9 +57,10 @@ class Process(Executor):
         #: attempts abandoned (cancelled, timed out) while their body ran, by run and
         #: step: the step's next attempt, or its revert, waits for that body to end first
         self._abandoned: dict[tuple[str, str], Future[bytes]] = {}
-        #: where the markers of abandoned attempts go (made with the first call)
-        self._markers: str | None = None
-        self._calls = itertools.count()
+        #: pools shut down without waiting, whose bodies may still run
+        self._stopping: list[_Pool] = []
+        self._release: weakref.finalize[Any, Any] | None = None
+        _EXECUTORS.add(self)
 
     def __repr__(self) -> str:
         return f"<aflow.executors.Process max_workers={self.max_workers}>"
@@ -64,30 +68,36 @@ class Process(Executor):
     def _workers(self) -> _Pool:
         with self._lock:
             if self._pool is None:
-                self._pool = _Pool(self.max_workers or os.cpu_count() or 1)
-                # (at exit, its workers end once their bodies have: none waits forever)
-                atexit.register(self._pool.shutdown, True)
+                self._pool = pool = _Pool(self.max_workers or os.cpu_count() or 1)
+                # (a pool dropped unused stops its workers; at exit, they end once their
+                # bodies have, and none waits forever: see _at_exit)
+                self._release = release = weakref.finalize(self, pool.shutdown, False)
+                release.atexit = False
             return self._pool
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the workers (a later call starts new ones): calls still queued are
-        cancelled; with ``wait``, running bodies are waited for."""
+        cancelled; with ``wait``, running bodies are waited for (those of an earlier
+        shutdown that did not wait, too)."""
         with self._lock:
             pool, self._pool = self._pool, None
-            markers, self._markers = self._markers, None
+            release, self._release = self._release, None
+            stopping = self._stopping
+            self._stopping = [] if wait else [*stopping, *([pool] if pool else [])]
+        if release is not None:
+            release.detach()
         if pool is not None:
-            atexit.unregister(pool.shutdown)
             pool.shutdown(wait)
-        if markers is not None and wait:  # (else bodies told to stop may still look)
-            shutil.rmtree(markers, ignore_errors=True)
+        if wait:
+            for earlier in stopping:
+                earlier.shutdown(True)
 
-    def _marker(self) -> str:
-        with self._lock:
-            if self._markers is None:
-                self._markers = tempfile.mkdtemp(prefix="aflow-process-")
-                # (removed with the pool at the latest: at exit, or once it is collected)
-                weakref.finalize(self, shutil.rmtree, self._markers, True)
-            return os.path.join(self._markers, str(next(self._calls)))
+    def _forked(self) -> None:
+        """In a child forked from a process that used this pool: its threads and workers
+        are the parent's; the child starts its own with its first call."""
+        self._lock = threading.Lock()
+        self._pool, self._release, self._stopping = None, None, []
+        self._abandoned = {}
 
     async def call(
         self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], step: Call
@@ -99,8 +109,9 @@ class Process(Executor):
         if running is not None:  # (its last body still runs: a retry or a revert waits;
             # cancelled meanwhile, the entry stays for what comes next)
             await asyncio.wait([asyncio.wrap_future(running)])
-        marker = self._marker()
-        future = self._workers().submit(blob, marker)
+        pool = self._workers()
+        marker = pool.marker()
+        future = pool.submit(blob, marker)
         try:
             answer = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -142,43 +153,62 @@ class _Pool:
         self._calls: queue.SimpleQueue[tuple[Future[bytes], bytes, str] | None] = (
             queue.SimpleQueue()
         )
+        self._lock = threading.Lock()
         self._closed = False
+        #: where the markers of abandoned attempts go: removed once no body can look
+        self._markers = tempfile.mkdtemp(prefix="aflow-process-")
+        self._marked = itertools.count()
+        self._serving = size
         self._threads = [
             threading.Thread(target=self._serve, name=f"aflow process {i}", daemon=True)
             for i in range(size)
         ]
         for thread in self._threads:
             thread.start()
+        _POOLS.add(self)
+        # at exit (of this process, or of a multiprocessing child that used aflow): its
+        # bodies are waited for, and its workers stop, before multiprocessing waits for
+        # its children (atexit runs in no such child, and this runs before that wait)
+        self._at_exit = multiprocessing.util.Finalize(
+            self, self.shutdown, args=(True,), exitpriority=10
+        )
+
+    def marker(self) -> str:
+        """A path no body has been given yet (the file is made only to tell it)."""
+        return os.path.join(self._markers, str(next(self._marked)))
 
     def submit(self, blob: bytes, marker: str) -> Future[bytes]:
         future: Future[bytes] = Future()
-        if self._closed:
-            future.cancel()
-        else:
-            self._calls.put((future, blob, marker))
+        with self._lock:  # (never into a queue no thread serves any more)
+            if self._closed:
+                future.cancel()
+            else:
+                self._calls.put((future, blob, marker))
         return future
 
     def shutdown(self, wait: bool) -> None:
-        self._closed = True
-        while True:  # (what is queued never starts)
-            try:
-                call = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            if call is not None:
-                call[0].cancel()
-        for _ in self._threads:
-            self._calls.put(None)
+        if wait:
+            self._at_exit.cancel()
+        with self._lock:
+            self._closed = True
+            while True:  # (what is queued never starts)
+                try:
+                    call = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if call is not None:
+                    call[0].cancel()
+            for _ in self._threads:  # (again: the drain took those of an earlier shutdown)
+                self._calls.put(None)
         if wait:
             for thread in self._threads:
-                thread.join()
+                if thread is not threading.current_thread():
+                    thread.join()
 
     def _serve(self) -> None:
         """A thread: hand calls to its worker, started (in this thread: a spawn blocks)
         with its first call and again after it died."""
-        context = multiprocessing.get_context("spawn")
-        worker: Any = None
-        conn: Any = None
+        worker: _Worker | None = None
         try:
             while True:
                 call = self._calls.get()
@@ -189,52 +219,158 @@ class _Pool:
                 future, blob, marker = call
                 if not future.set_running_or_notify_cancel():
                     continue  # (cancelled while queued: never started)
-                if worker is None:
-                    try:
-                        conn, theirs = context.Pipe()
-                        worker = context.Process(
-                            target=_worker_main, args=(theirs,), name="aflow worker"
-                        )
-                        worker.start()
-                        theirs.close()  # (so a dead worker is an EOF here)
-                    except BaseException as exc:  # (the spawn failed)
-                        worker = conn = None
-                        future.set_exception(_Lost(f"no worker process could start ({exc!r})"))
+                for _ in range(2):  # (a worker found dead before it took the call: again)
+                    if worker is None or not worker.alive():
+                        if worker is not None:
+                            worker.close()
+                        try:
+                            worker = _Worker()
+                        except BaseException as exc:  # (the spawn failed)
+                            worker = None
+                            future.set_exception(_Lost(f"no worker process started ({exc!r})"))
+                            break
+                    if not worker.send(marker, blob):
+                        continue  # (it died before it took the call: it never ran)
+                    answer = worker.receive()
+                    if answer is None and not worker.took_it():
+                        worker.died()
                         continue
-                try:
-                    conn.send_bytes(marker.encode())
-                    conn.send_bytes(blob)
-                    answer = conn.recv_bytes()
-                except (EOFError, OSError):
-                    worker.join()
-                    why = f"worker process {worker.pid} died (exit code {worker.exitcode})"
-                    conn.close()
-                    worker = conn = None
+                    if answer is None:
+                        why = worker.died()
+                        worker = None
+                        future.set_exception(_Lost(why))
+                    else:
+                        future.set_result(answer)
+                    break
+                else:
+                    why = worker.died() if worker is not None else "it did not start"
+                    worker = None
                     future.set_exception(_Lost(why))
-                    continue
-                future.set_result(answer)
         finally:
             if worker is not None:
-                try:
-                    conn.send_bytes(b"")  # (stop)
-                except OSError:
-                    pass
-                worker.join()
-                conn.close()
+                worker.stop()
+            with self._lock:
+                self._serving -= 1
+                last = self._serving == 0
+            if last:  # (no body of this pool runs any more: none looks at a marker)
+                shutil.rmtree(self._markers, ignore_errors=True)
 
 
-def _worker_main(conn: Any) -> None:
+class _Worker:
+    """One worker process and this side of its pipe."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, theirs = context.Pipe()
+        #: how many calls it has taken (shared memory: a worker found dead that had not
+        #: taken the call it was sent never ran it, and the call goes to another)
+        self.taken = context.RawValue("Q", 0)
+        self.sent = 0
+        self.process = context.Process(
+            target=_worker_main, args=(theirs, self.taken), name="aflow worker"
+        )
+        self.process.start()
+        theirs.close()  # (so a dead worker is an EOF here, unless a fork of it holds it)
+        # the process itself, watched (Linux): a child a body forked keeps the pipe open
+        pidfd_open = getattr(os, "pidfd_open", None)
+        self.watch: int | None = None
+        self.poller: select.poll | None = None
+        if pidfd_open is not None and self.process.pid is not None:
+            try:
+                self.watch = pidfd_open(self.process.pid)
+            except OSError:
+                self.watch = None
+            else:
+                self.poller = select.poll()
+                self.poller.register(self.conn.fileno(), select.POLLIN)
+                self.poller.register(self.watch, select.POLLIN)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def send(self, marker: str, blob: bytes) -> bool:
+        """Hand it a call (False: it is dead, and took nothing)."""
+        try:
+            self.conn.send_bytes(marker.encode())
+            self.conn.send_bytes(blob)
+        except OSError:
+            return False
+        self.sent += 1
+        return True
+
+    def took_it(self) -> bool:
+        """It took the last call it was sent (read once it is dead)."""
+        return int(self.taken.value) >= self.sent
+
+    def receive(self) -> bytes | None:
+        """Its answer (None: it died first)."""
+        try:
+            poller = self.poller
+            if poller is None:
+                return bytes(self.conn.recv_bytes())
+            conn = self.conn.fileno()
+            while True:
+                ready = poller.poll()
+                if any(fd == conn for fd, _ in ready):
+                    return bytes(self.conn.recv_bytes())
+                if not self.process.is_alive():  # (gone, with no answer left in the pipe)
+                    return bytes(self.conn.recv_bytes()) if self.conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
+    def died(self) -> str:
+        self.process.join(5)
+        if self.process.is_alive():  # (its pipe broke, yet it lives: it is of no use)
+            self.process.kill()
+            self.process.join()
+        self.close()
+        return f"worker process {self.process.pid} died (exit code {self.process.exitcode})"
+
+    def stop(self) -> None:
+        try:
+            self.conn.send_bytes(b"")
+        except OSError:
+            pass
+        self.process.join()
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.watch is not None:
+            os.close(self.watch)
+            self.watch = None
+
+
+def _worker_main(conn: Any, taken: Any) -> None:
     """A worker process: call one body after another, as its thread hands them over."""
     _die_with_parent()
-    while True:
-        try:
-            marker = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        if not marker:
-            return
-        blob = conn.recv_bytes()
-        conn.send_bytes(_run(blob, marker.decode()))
+    try:
+        while True:
+            try:
+                marker = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if not marker:
+                return
+            blob = conn.recv_bytes()
+            taken.value += 1  # (from here, its death is this call's)
+            conn.send_bytes(_run(blob, marker.decode()))
+    finally:
+        _end_children()
+
+
+def _end_children() -> None:
+    """As a worker ends: what its bodies started and left running (a pool of their own,
+    a helper process) ends too; multiprocessing would wait for them for ever."""
+    _at_exit()  # (a pool of aflow's a body used here: its workers end with their bodies)
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 def _give_up(future: Future[bytes], marker: str) -> None:
@@ -258,14 +394,22 @@ def _unlink(path: str) -> None:
 def _die_with_parent() -> None:
     """In a new worker: die when the process that started it dies (a SIGKILL of the
     caller would otherwise leave a worker running its body to the end for nobody). A
-    thread waits on the parent's sentinel: the process, not the thread that spawned
-    the worker (as Linux's PR_SET_PDEATHSIG would)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
+    thread watches the parent process itself (a pidfd on Linux, else its pid), not the
+    thread that spawned the worker (as Linux's PR_SET_PDEATHSIG would), nor a pipe a
+    fork of the parent would hold open."""
+    parent = os.getppid()
 
     def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is not None:
+            try:
+                fd = pidfd_open(parent)
+            except OSError:  # (gone already)
+                os._exit(1)
+            multiprocessing.connection.wait([fd])
+        else:
+            while os.getppid() == parent:
+                time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="aflow parent watch", daemon=True).start()
@@ -276,6 +420,27 @@ def _run(blob: bytes, marker: str) -> bytes:
     making the file ``marker``."""
     return run_blob(blob, functools.partial(os.path.exists, marker), process_name())
 
+
+#: every pool alive, and every Process executor (for exit and fork)
+_POOLS: weakref.WeakSet[_Pool] = weakref.WeakSet()
+_EXECUTORS: weakref.WeakSet[Process] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    """Every pool's queued calls are cancelled, its running bodies waited for."""
+    for pool in list(_POOLS):
+        pool.shutdown(True)
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's pools are not this process's (no thread serves
+    them here): each executor starts its own with its first call."""
+    _POOLS.clear()
+    for executor in list(_EXECUTORS):
+        executor._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 _DEFAULT: Process | None = None
 _DEFAULT_LOCK = threading.Lock()
