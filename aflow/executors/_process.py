@@ -219,32 +219,35 @@ class _Pool:
                 future, blob, marker = call
                 if not future.set_running_or_notify_cancel():
                     continue  # (cancelled while queued: never started)
-                for _ in range(2):  # (a worker found dead before it took the call: again)
-                    if worker is None or not worker.alive():
-                        if worker is not None:
-                            worker.close()
+                why = "it did not start"
+                for _ in range(3):  # (a worker found dead before it took the call: again)
+                    if worker is not None and not worker.alive():
+                        worker.died()
+                        worker = None
+                    if worker is None:
                         try:
                             worker = _Worker()
                         except BaseException as exc:  # (the spawn failed)
-                            worker = None
-                            future.set_exception(_Lost(f"no worker process started ({exc!r})"))
+                            why = f"no worker process started ({exc!r})"
                             break
-                    if not worker.send(marker, blob):
-                        continue  # (it died before it took the call: it never ran)
-                    answer = worker.receive()
-                    if answer is None and not worker.took_it():
-                        worker.died()
-                        continue
-                    if answer is None:
+                    if not worker.send(marker, blob):  # (dead, or dying: it took nothing)
                         why = worker.died()
                         worker = None
-                        future.set_exception(_Lost(why))
-                    else:
+                        continue
+                    answer = worker.receive()
+                    if answer is not None:
                         future.set_result(answer)
-                    break
-                else:
-                    why = worker.died() if worker is not None else "it did not start"
+                        break
+                    took = worker.took_it()
+                    why = worker.died()
                     worker = None
+                    if took:  # (it died running this call: the call's own loss)
+                        future.set_exception(_Lost(why))
+                        break
+                else:
+                    future.set_exception(_Lost(why))
+                    continue
+                if not future.done():
                     future.set_exception(_Lost(why))
         finally:
             if worker is not None:
