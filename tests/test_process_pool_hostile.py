@@ -187,7 +187,7 @@ FORKS_THEN_DIES = """
 
     def helper(go):
         while not pathlib.Path(go).exists():
-            time.sleep(0.05)
+            time.sleep(0.05)  # a helper process waiting on a file (noqa: hook)
 
     async def main(log, go, out):
         pool = aflow.executors.Process(max_workers=1)
