@@ -12,7 +12,6 @@ a marker file, made only then (in a folder of the pool's, made with its first ca
 from __future__ import annotations
 
 import asyncio
-import atexit
 import functools
 import itertools
 import multiprocessing
@@ -31,7 +30,7 @@ from typing import Any
 
 from .._exceptions import WorkerLost
 from ._base import Call, Executor
-from ._remote import answer_of, pickled, process_name, run_blob
+from ._remote import answer_of, pickled, run_blob
 
 __all__ = ["Process", "default_pool", "shutdown"]
 
@@ -421,7 +420,8 @@ def _die_with_parent() -> None:
 def _run(blob: bytes, marker: str) -> bytes:
     """In a worker: call the body (see :func:`run_blob`); the caller gives up on it by
     making the file ``marker``."""
-    return run_blob(blob, functools.partial(os.path.exists, marker), process_name())
+    where = f"worker process {os.getpid()}"
+    return run_blob(blob, functools.partial(os.path.exists, marker), where)
 
 
 #: every pool alive, and every Process executor (for exit and fork)
@@ -454,8 +454,7 @@ def default_pool() -> Process:
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = Process()
-            atexit.register(shutdown)
+            _DEFAULT = Process()  # (its pool stops at exit: see _Pool's finalizer)
         return _DEFAULT
 
 

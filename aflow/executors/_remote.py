@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
-import os
 import pickle
 import re
 import sys
@@ -271,7 +270,3 @@ def _type_name(exc: BaseException) -> str:
     kind = type(exc)
     name = kind.__qualname__
     return name if kind.__module__ == "builtins" else f"{kind.__module__}.{name}"
-
-
-def process_name() -> str:
-    return f"worker process {os.getpid()}"
