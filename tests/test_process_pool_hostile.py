@@ -693,7 +693,9 @@ async def test_many_pools_shut_down_leave_no_thread_process_or_fd() -> None:
     assert len(workers) == 12
     assert not [pid for pid in workers if not gone(pid)]
     assert ours() == threads, threading.enumerate()
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    # (process-wide: another thread of the session, a Dask client's, may hold one or two
+    # for a moment; a pool that leaked would leave at least one each: 6 or more)
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
     assert not pool_threads()
 
 
